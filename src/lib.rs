@@ -1,0 +1,10 @@
+//! gdn: Gated DeltaNet (arXiv 2412.06464) in Rust.
+//!
+//! Layers, top to bottom (arrows point down only): `train` → `data`, `model` → `ops` → `tensor`.
+//! The `gdn` binary (src/main.rs, src/cli) sits on top.
+
+pub mod data;
+pub mod model;
+pub mod ops;
+pub mod tensor;
+pub mod train;

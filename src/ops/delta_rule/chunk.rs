@@ -1,0 +1,1 @@
+//! Chunked form (spec §B). (to be written)

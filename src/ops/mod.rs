@@ -1,0 +1,4 @@
+//! Sequence mixers: each a CPU reference behind one function signature.
+
+pub mod conv;
+pub mod delta_rule;
