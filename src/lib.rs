@@ -4,6 +4,7 @@
 //! The `gdn` binary (src/main.rs, src/cli) sits on top.
 
 pub mod data;
+pub mod io;
 pub mod model;
 pub mod ops;
 pub mod tensor;
