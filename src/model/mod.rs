@@ -1,1 +1,11 @@
-//! (to be written)
+//! Modules with explicit forward/backward, configs and presets, checkpoint I/O.
+
+pub mod config;
+pub mod lm;
+pub mod mixer;
+pub mod nn;
+pub mod params;
+pub mod safetensors_io;
+
+pub use config::ModelConfig;
+pub use lm::{uniform_cu_seqlens, Activations, Model};

@@ -1,0 +1,238 @@
+//! Model configuration, presets (spec §C) and the FLA `config.json` form.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// How parameters are initialised (spec §A.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// FLA `_init_weights`: every Linear/Conv/Embedding ~ N(0, initializer_range).
+    Fla,
+    /// NVlabs `mamba_init`: PyTorch default kaiming-uniform linears, conv U(±1/√W), MLP down
+    /// projection rescaled by 1/√(2L), embeddings N(0, 0.02).
+    Nvlabs,
+}
+
+/// A Gated DeltaNet language model. Field names follow FLA's `GatedDeltaNetConfig`, so the
+/// serialised form is a `config.json` that FLA / transformers read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    /// GDN heads (q/k heads = value heads).
+    pub num_heads: usize,
+    /// Key/query head dimension K.
+    pub head_dim: usize,
+    /// V = K · expand_v.
+    pub expand_v: f64,
+    /// SwiGLU hidden width.
+    pub intermediate_size: usize,
+    pub conv_size: usize,
+    pub norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    /// NVlabs' b_proj has a bias; FLA's does not.
+    #[serde(default)]
+    pub b_proj_bias: bool,
+    #[serde(default = "default_init")]
+    pub init: Init,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+}
+
+fn default_init() -> Init {
+    Init::Fla
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+/// Preset names accepted by `--preset`.
+pub const PRESETS: &[&str] = &["tiny", "mqar", "fla-1.3b", "nvlabs-0.4b", "nvlabs-1.3b"];
+
+impl ModelConfig {
+    /// V, the value head dimension.
+    pub fn head_v_dim(&self) -> usize {
+        (self.head_dim as f64 * self.expand_v).round() as usize
+    }
+    pub fn key_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn value_dim(&self) -> usize {
+        self.num_heads * self.head_v_dim()
+    }
+
+    /// A named preset (spec §C).
+    pub fn preset(name: &str) -> Result<Self> {
+        let fla = |d, layers, heads, k, expand_v, inter, vocab| ModelConfig {
+            vocab_size: vocab,
+            hidden_size: d,
+            num_hidden_layers: layers,
+            num_heads: heads,
+            head_dim: k,
+            expand_v,
+            intermediate_size: inter,
+            conv_size: 4,
+            norm_eps: 1e-6,
+            tie_word_embeddings: false,
+            b_proj_bias: false,
+            init: Init::Fla,
+            initializer_range: 0.02,
+        };
+        // NVlabs sizes everything from d: key_dim = 0.75d, value_dim = 1.5d, 9 heads, tied.
+        let nvlabs = |d: usize, layers, inter| ModelConfig {
+            vocab_size: 32000,
+            hidden_size: d,
+            num_hidden_layers: layers,
+            num_heads: 9,
+            head_dim: d * 3 / 4 / 9,
+            expand_v: 2.0,
+            intermediate_size: inter,
+            conv_size: 4,
+            norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            b_proj_bias: true,
+            init: Init::Nvlabs,
+            initializer_range: 0.02,
+        };
+        Ok(match name {
+            "tiny" => fla(8, 2, 2, 4, 1.0, 16, 17),
+            "mqar" => fla(64, 2, 2, 32, 1.0, 128, 256),
+            "fla-1.3b" => fla(2048, 21, 6, 256, 2.0, 5632, 32000),
+            "nvlabs-0.4b" => nvlabs(1536, 11, 6144),
+            "nvlabs-1.3b" => nvlabs(2400, 16, 5888),
+            other => bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
+        })
+    }
+
+    /// Rejects inconsistent sizes, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_heads", self.num_heads),
+            ("head_dim", self.head_dim),
+            ("intermediate_size", self.intermediate_size),
+            ("conv_size", self.conv_size),
+        ];
+        for (name, v) in nonzero {
+            ensure!(v > 0, "config field `{name}` must be positive, got {v}");
+        }
+        let v = self.head_dim as f64 * self.expand_v;
+        ensure!(
+            self.expand_v > 0.0 && (v - v.round()).abs() < 1e-9,
+            "config field `expand_v` = {} does not give a whole value head dim (head_dim {} × expand_v)",
+            self.expand_v,
+            self.head_dim
+        );
+        ensure!(
+            self.norm_eps > 0.0 && self.norm_eps.is_finite(),
+            "config field `norm_eps` must be positive, got {}",
+            self.norm_eps
+        );
+        ensure!(self.vocab_size <= u32::MAX as usize, "config field `vocab_size` is too large");
+        Ok(())
+    }
+
+    /// The FLA / transformers `config.json` text.
+    pub fn to_hf_json(&self) -> String {
+        let mut j = serde_json::to_value(self).expect("config serialises");
+        let o = j.as_object_mut().expect("config is an object");
+        let extra = serde_json::json!({
+            "model_type": "gated_deltanet",
+            "architectures": ["GatedDeltaNetForCausalLM"],
+            "attn_mode": "chunk",
+            "use_gate": true,
+            "use_short_conv": true,
+            "allow_neg_eigval": false,
+            "num_v_heads": null,
+            "hidden_act": "swish",
+            "hidden_ratio": 4,
+            "max_position_embeddings": 2048,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": null,
+            "fuse_norm": true,
+            "fuse_swiglu": true,
+            "fuse_cross_entropy": true,
+            "use_cache": true,
+            "attn": null,
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            o.insert(k.clone(), v.clone());
+        }
+        serde_json::to_string_pretty(&j).expect("json")
+    }
+
+    /// Reads a `config.json` written by gdn or by FLA. `origin` names the file in errors.
+    pub fn from_hf_json(text: &str, origin: &str) -> Result<Self> {
+        let j: serde_json::Value =
+            serde_json::from_str(text).with_context(|| format!("{origin}: not valid JSON"))?;
+        if let Some(mt) = j.get("model_type").and_then(|v| v.as_str()) {
+            ensure!(
+                mt == "gated_deltanet",
+                "{origin}: model_type is `{mt}`, expected `gated_deltanet`"
+            );
+        }
+        for (field, want) in [("use_gate", true), ("use_short_conv", true), ("allow_neg_eigval", false)] {
+            if let Some(v) = j.get(field).and_then(|v| v.as_bool()) {
+                ensure!(v == want, "{origin}: `{field}` = {v} is not supported (gdn needs {want})");
+            }
+        }
+        if let Some(nv) = j.get("num_v_heads").filter(|v| !v.is_null()) {
+            ensure!(
+                nv.as_u64() == j.get("num_heads").and_then(|v| v.as_u64()),
+                "{origin}: `num_v_heads` different from `num_heads` (GVA) is not supported"
+            );
+        }
+        if let Some(a) = j.get("attn").filter(|v| !v.is_null()) {
+            bail!("{origin}: hybrid attention layers (`attn` = {a}) are not supported yet");
+        }
+        let mut cfg: ModelConfig = serde_json::from_value(j.clone())
+            .with_context(|| format!("{origin}: missing or malformed field"))?;
+        if j.get("intermediate_size").map(|v| v.is_null()).unwrap_or(false) {
+            bail!("{origin}: `intermediate_size` is null; set it explicitly");
+        }
+        cfg.validate().with_context(|| origin.to_string())?;
+        if j.get("init").is_none() {
+            cfg.init = Init::Fla;
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_json_round_trips() {
+        for name in PRESETS {
+            let c = ModelConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            let back = ModelConfig::from_hf_json(&c.to_hf_json(), "config.json").unwrap();
+            assert_eq!(back, c, "{name}");
+        }
+        let nv = ModelConfig::preset("nvlabs-0.4b").unwrap();
+        assert_eq!((nv.head_dim, nv.head_v_dim()), (128, 256));
+        let nv13 = ModelConfig::preset("nvlabs-1.3b").unwrap();
+        assert_eq!((nv13.head_dim, nv13.head_v_dim()), (200, 400));
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let err = ModelConfig::preset("gpt5").unwrap_err().to_string();
+        assert!(err.contains("unknown preset `gpt5`"), "{err}");
+        let mut c = ModelConfig::preset("tiny").unwrap();
+        c.num_heads = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("num_heads"));
+        let mut c = ModelConfig::preset("tiny").unwrap();
+        c.expand_v = 1.3;
+        assert!(c.validate().unwrap_err().to_string().contains("expand_v"));
+        let bad = ModelConfig::preset("tiny").unwrap().to_hf_json().replace("gated_deltanet", "llama");
+        let err = ModelConfig::from_hf_json(&bad, "x/config.json").unwrap_err().to_string();
+        assert!(err.contains("x/config.json") && err.contains("llama"), "{err}");
+    }
+}

@@ -1,0 +1,245 @@
+//! The Gated DeltaNet language model: embedding, pre-norm blocks (RMSNorm → GDN mixer →
+//! residual; RMSNorm → SwiGLU MLP → residual), final RMSNorm, LM head (tied or not), and
+//! cross-entropy. Forward keeps what backward needs; backward runs the blocks in reverse.
+
+use super::config::ModelConfig;
+use super::mixer::{self, MixerCache, MixerDims, MixerParams};
+use super::nn;
+use super::params::{Kind, ParamLayout};
+use crate::tensor::{Elem, Rng};
+use anyhow::{ensure, Result};
+use std::ops::Range;
+
+#[derive(Clone, Debug)]
+struct BlockParams {
+    attn_norm: Range<usize>,
+    mixer: MixerParams,
+    mlp_norm: Range<usize>,
+    gate_proj: Range<usize>,
+    up_proj: Range<usize>,
+    down_proj: Range<usize>,
+}
+
+/// A model: its config and where each parameter lives in the flat buffer.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub layout: ParamLayout,
+    dims: MixerDims,
+    embeddings: Range<usize>,
+    blocks: Vec<BlockParams>,
+    norm: Range<usize>,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Range<usize>>,
+}
+
+struct BlockCache<F> {
+    x_in: Vec<F>,
+    rstd1: Vec<F>,
+    mixer: MixerCache<F>,
+    x_mid: Vec<F>,
+    rstd2: Vec<F>,
+    h2: Vec<F>,
+    gate: Vec<F>,
+    up: Vec<F>,
+    act: Vec<F>,
+}
+
+/// Everything one forward pass keeps for its backward, and the logits.
+pub struct Activations<F> {
+    tokens: Vec<u32>,
+    cu_seqlens: Vec<usize>,
+    blocks: Vec<BlockCache<F>>,
+    x_final: Vec<F>,
+    rstd_final: Vec<F>,
+    normed_final: Vec<F>,
+    /// [tokens, vocab]
+    pub logits: Vec<F>,
+}
+
+impl Model {
+    pub fn new(config: ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let (d, inter) = (c.hidden_size, c.intermediate_size);
+        let dims = MixerDims::of(c);
+        let mut layout = ParamLayout::default();
+        let embeddings = layout.push("model.embeddings.weight".into(), vec![c.vocab_size, d], Kind::Embedding);
+        let blocks = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = |s: &str| format!("model.layers.{i}.{s}");
+                let attn_norm = layout.push(p("attn_norm.weight"), vec![d], Kind::Norm);
+                let mixer = MixerParams::register(&mut layout, i, dims, c.b_proj_bias);
+                BlockParams {
+                    attn_norm,
+                    mixer,
+                    mlp_norm: layout.push(p("mlp_norm.weight"), vec![d], Kind::Norm),
+                    gate_proj: layout.push(p("mlp.gate_proj.weight"), vec![inter, d], Kind::Linear),
+                    up_proj: layout.push(p("mlp.up_proj.weight"), vec![inter, d], Kind::Linear),
+                    down_proj: layout.push(p("mlp.down_proj.weight"), vec![d, inter], Kind::LinearOut),
+                }
+            })
+            .collect();
+        let norm = layout.push("model.norm.weight".into(), vec![d], Kind::Norm);
+        let lm_head = (!c.tie_word_embeddings)
+            .then(|| layout.push("lm_head.weight".into(), vec![c.vocab_size, d], Kind::Linear));
+        Ok(Model { config, layout, dims, embeddings, blocks, norm, lm_head })
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.layout.total
+    }
+
+    pub fn init_params<F: Elem>(&self, rng: &mut Rng) -> Vec<F> {
+        self.layout.init(&self.config, rng)
+    }
+
+    fn head(&self) -> &Range<usize> {
+        self.lm_head.as_ref().unwrap_or(&self.embeddings)
+    }
+
+    /// Forward pass over `tokens` packed by `cu_seqlens`; computes the logits.
+    pub fn forward<F: Elem>(&self, params: &[F], tokens: &[u32], cu_seqlens: &[usize]) -> Result<Activations<F>> {
+        let c = &self.config;
+        let (d, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        ensure!(params.len() == self.layout.total, "parameter buffer has {} values, the model needs {}", params.len(), self.layout.total);
+        ensure!(
+            cu_seqlens.first() == Some(&0) && cu_seqlens.last() == Some(&tokens.len()) && cu_seqlens.windows(2).all(|w| w[0] <= w[1]),
+            "cu_seqlens must increase from 0 to the number of tokens ({})",
+            tokens.len()
+        );
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            anyhow::bail!("token id {t} is outside the model's vocabulary of {vocab}");
+        }
+        let n = tokens.len();
+        let p = |r: &Range<usize>| &params[r.clone()];
+        let mut x = nn::embedding_fwd(p(&self.embeddings), tokens, d);
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let (h1, rstd1) = nn::rmsnorm_fwd(&x, p(&b.attn_norm), d, c.norm_eps);
+            let (mix, mixer) = mixer::forward(&b.mixer, self.dims, params, &h1, cu_seqlens);
+            let x_mid: Vec<F> = x.iter().zip(&mix).map(|(&a, &m)| a + m).collect();
+            let (h2, rstd2) = nn::rmsnorm_fwd(&x_mid, p(&b.mlp_norm), d, c.norm_eps);
+            let gate = nn::linear_fwd(&h2, p(&b.gate_proj), n, d, inter);
+            let up = nn::linear_fwd(&h2, p(&b.up_proj), n, d, inter);
+            let act: Vec<F> = gate.iter().zip(&up).map(|(&g, &u)| nn::silu(g) * u).collect();
+            let mlp = nn::linear_fwd(&act, p(&b.down_proj), n, inter, d);
+            let x_out = x_mid.iter().zip(&mlp).map(|(&a, &m)| a + m).collect();
+            blocks.push(BlockCache { x_in: std::mem::replace(&mut x, x_out), rstd1, mixer, x_mid, rstd2, h2, gate, up, act });
+        }
+        let (normed_final, rstd_final) = nn::rmsnorm_fwd(&x, p(&self.norm), d, c.norm_eps);
+        let logits = nn::linear_fwd(&normed_final, p(self.head()), n, d, vocab);
+        Ok(Activations {
+            tokens: tokens.to_vec(),
+            cu_seqlens: cu_seqlens.to_vec(),
+            blocks,
+            x_final: x,
+            rstd_final,
+            normed_final,
+            logits,
+        })
+    }
+
+    /// Backward of `scale`·(mean cross-entropy over the `count` counted targets): accumulates into
+    /// `grads` (same layout as the parameters). Consumes the activations (the logits buffer is
+    /// reused for their gradient).
+    pub fn backward<F: Elem>(&self, params: &[F], acts: Activations<F>, targets: &[u32], count: usize, scale: f64, grads: &mut [F]) {
+        let c = &self.config;
+        let (d, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let n = acts.tokens.len();
+        let p = |r: &Range<usize>| &params[r.clone()];
+        let mut dlogits = acts.logits;
+        nn::cross_entropy_bwd_inplace(&mut dlogits, targets, vocab, count, scale);
+        let dnormed = nn::linear_bwd(&acts.normed_final, p(self.head()), &dlogits, n, d, vocab, &mut grads[self.head().clone()]);
+        drop(dlogits);
+        let mut dx = nn::rmsnorm_bwd(&acts.x_final, p(&self.norm), &acts.rstd_final, &dnormed, d, &mut grads[self.norm.clone()]);
+        for (b, bc) in self.blocks.iter().zip(acts.blocks).rev() {
+            // MLP: x_out = x_mid + down(silu(gate) ⊙ up)
+            let dact = nn::linear_bwd(&bc.act, p(&b.down_proj), &dx, n, inter, d, &mut grads[b.down_proj.clone()]);
+            let dgate: Vec<F> = dact.iter().zip(&bc.gate).zip(&bc.up).map(|((&da, &g), &u)| da * u * nn::silu_grad(g)).collect();
+            let dup: Vec<F> = dact.iter().zip(&bc.gate).map(|(&da, &g)| da * nn::silu(g)).collect();
+            let mut dh2 = nn::linear_bwd(&bc.h2, p(&b.gate_proj), &dgate, n, d, inter, &mut grads[b.gate_proj.clone()]);
+            let dh2_up = nn::linear_bwd(&bc.h2, p(&b.up_proj), &dup, n, d, inter, &mut grads[b.up_proj.clone()]);
+            dh2.iter_mut().zip(&dh2_up).for_each(|(a, &b)| *a += b);
+            let dmid = nn::rmsnorm_bwd(&bc.x_mid, p(&b.mlp_norm), &bc.rstd2, &dh2, d, &mut grads[b.mlp_norm.clone()]);
+            dx.iter_mut().zip(&dmid).for_each(|(a, &b)| *a += b);
+            // Mixer: x_mid = x_in + mixer(norm(x_in))
+            let dh1 = mixer::backward(&b.mixer, self.dims, params, &bc.mixer, &dx, &acts.cu_seqlens, grads);
+            let din = nn::rmsnorm_bwd(&bc.x_in, p(&b.attn_norm), &bc.rstd1, &dh1, d, &mut grads[b.attn_norm.clone()]);
+            dx.iter_mut().zip(&din).for_each(|(a, &b)| *a += b);
+        }
+        nn::embedding_bwd(&acts.tokens, &dx, d, &mut grads[self.embeddings.clone()]);
+    }
+
+    /// Mean cross-entropy of a forward pass against `targets`: (loss, counted positions).
+    pub fn loss<F: Elem>(&self, acts: &Activations<F>, targets: &[u32]) -> (f64, usize) {
+        nn::cross_entropy(&acts.logits, targets, self.config.vocab_size)
+    }
+}
+
+/// Offsets of `batch` sequences of `seq_len` tokens laid end to end.
+pub fn uniform_cu_seqlens(batch: usize, seq_len: usize) -> Vec<usize> {
+    (0..=batch).map(|i| i * seq_len).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::IGNORE;
+    use crate::model::nn::tests::fd;
+    use crate::tensor::max_rel_err;
+
+    fn fd_check(tie: bool, b_bias: bool) {
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
+        cfg.tie_word_embeddings = tie;
+        cfg.b_proj_bias = b_bias;
+        let model = Model::new(cfg).unwrap();
+        let mut rng = Rng::new(21);
+        let mut params: Vec<f64> = model.init_params(&mut rng);
+        // Larger than the init scale so every path carries a visible gradient.
+        params.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
+        let tokens = [3u32, 1, 16, 2, 7, 7, 0, 5, 9, 11];
+        let targets = [1u32, 16, IGNORE, 7, 7, 0, 5, 9, 11, 3];
+        let cu = [0, 4, 10];
+        let loss = |p: &[f64]| {
+            let a = model.forward(p, &tokens, &cu).unwrap();
+            model.loss(&a, &targets).0
+        };
+        let acts = model.forward(&params, &tokens, &cu).unwrap();
+        let (_, count) = model.loss(&acts, &targets);
+        let mut grads = vec![0.0; params.len()];
+        model.backward(&params, acts, &targets, count, 1.0, &mut grads);
+        let numeric = fd(&params, &loss);
+        for info in &model.layout.params {
+            let e = max_rel_err(&grads[info.range()], &numeric[info.range()]);
+            assert!(e < 1e-6, "{}: rel err {e}", info.name);
+        }
+        assert!(max_rel_err(&grads, &numeric) < 1e-6);
+    }
+
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_untied() {
+        fd_check(false, false);
+    }
+
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_tied_with_b_bias() {
+        fd_check(true, true);
+    }
+
+    #[test]
+    fn parameter_counts_match_the_spec() {
+        let count = |name: &str| Model::new(ModelConfig::preset(name).unwrap()).unwrap().num_params() as f64 / 1e6;
+        assert_eq!(format!("{:.1}", count("fla-1.3b")), "1387.3");
+        assert_eq!(format!("{:.1}", count("nvlabs-0.4b")), "516.8");
+        assert_eq!(format!("{:.1}", count("nvlabs-1.3b")), "1309.3");
+    }
+
+    #[test]
+    fn out_of_vocabulary_token_is_an_error() {
+        let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
+        let params: Vec<f32> = model.init_params(&mut Rng::new(1));
+        let err = model.forward(&params, &[1, 99], &[0, 2]).err().unwrap().to_string();
+        assert!(err.contains("99"), "{err}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The GatedDeltaNet token mixer (spec §A): projections, short convs + SiLU, L2 norm, gates,
+//! the gated delta rule, gated RMSNorm and the output projection.
+
+use super::config::ModelConfig;
+use super::nn;
+use super::params::{Kind, ParamLayout};
+use crate::ops::{conv, delta_rule};
+use crate::tensor::Elem;
+use std::ops::Range;
+
+/// Where one mixer's parameters live in the flat buffer.
+#[derive(Clone, Debug)]
+pub struct MixerParams {
+    q_proj: Range<usize>,
+    k_proj: Range<usize>,
+    v_proj: Range<usize>,
+    a_proj: Range<usize>,
+    b_proj: Range<usize>,
+    b_bias: Option<Range<usize>>,
+    a_log: Range<usize>,
+    dt_bias: Range<usize>,
+    q_conv: Range<usize>,
+    k_conv: Range<usize>,
+    v_conv: Range<usize>,
+    g_proj: Range<usize>,
+    o_norm: Range<usize>,
+    o_proj: Range<usize>,
+}
+
+/// Sizes of the mixer, from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct MixerDims {
+    pub d: usize,
+    pub heads: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub width: usize,
+    pub eps: f64,
+}
+
+impl MixerDims {
+    pub fn of(c: &ModelConfig) -> Self {
+        MixerDims {
+            d: c.hidden_size,
+            heads: c.num_heads,
+            dk: c.head_dim,
+            dv: c.head_v_dim(),
+            width: c.conv_size,
+            eps: c.norm_eps,
+        }
+    }
+    fn key_dim(&self) -> usize {
+        self.heads * self.dk
+    }
+    fn value_dim(&self) -> usize {
+        self.heads * self.dv
+    }
+    fn rule(&self) -> delta_rule::Dims {
+        delta_rule::Dims { heads: self.heads, dk: self.dk, dv: self.dv }
+    }
+}
+
+impl MixerParams {
+    /// Registers the parameters of layer `i` under FLA's names.
+    pub fn register(layout: &mut ParamLayout, i: usize, dims: MixerDims, b_bias: bool) -> Self {
+        let p = |s: &str| format!("model.layers.{i}.attn.{s}");
+        let (d, kd, vd, h, w) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads, dims.width);
+        MixerParams {
+            q_proj: layout.push(p("q_proj.weight"), vec![kd, d], Kind::Linear),
+            k_proj: layout.push(p("k_proj.weight"), vec![kd, d], Kind::Linear),
+            v_proj: layout.push(p("v_proj.weight"), vec![vd, d], Kind::Linear),
+            a_proj: layout.push(p("a_proj.weight"), vec![h, d], Kind::Linear),
+            b_proj: layout.push(p("b_proj.weight"), vec![h, d], Kind::Linear),
+            b_bias: b_bias.then(|| layout.push(p("b_proj.bias"), vec![h], Kind::Bias)),
+            a_log: layout.push(p("A_log"), vec![h], Kind::ALog),
+            dt_bias: layout.push(p("dt_bias"), vec![h], Kind::DtBias),
+            q_conv: layout.push(p("q_conv1d.weight"), vec![kd, 1, w], Kind::Conv),
+            k_conv: layout.push(p("k_conv1d.weight"), vec![kd, 1, w], Kind::Conv),
+            v_conv: layout.push(p("v_conv1d.weight"), vec![vd, 1, w], Kind::Conv),
+            g_proj: layout.push(p("g_proj.weight"), vec![vd, d], Kind::Linear),
+            o_norm: layout.push(p("o_norm.weight"), vec![dims.dv], Kind::Norm),
+            o_proj: layout.push(p("o_proj.weight"), vec![d, vd], Kind::Linear),
+        }
+    }
+}
+
+/// What the backward needs from one mixer forward.
+pub struct MixerCache<F> {
+    x: Vec<F>,
+    q_pre: Vec<F>,
+    k_pre: Vec<F>,
+    v_pre: Vec<F>,
+    q_conv: Vec<F>,
+    k_conv: Vec<F>,
+    v_conv: Vec<F>,
+    q: Vec<F>,
+    k: Vec<F>,
+    q_r: Vec<F>,
+    k_r: Vec<F>,
+    v: Vec<F>,
+    a: Vec<F>,
+    beta: Vec<F>,
+    g: Vec<F>,
+    o: Vec<F>,
+    gate: Vec<F>,
+    o_rstd: Vec<F>,
+    normed: Vec<F>,
+}
+
+/// The per-token projections q, k, v after conv and SiLU, before the L2 norm, plus a, b, gate.
+struct Streams<F> {
+    q_pre: Vec<F>,
+    k_pre: Vec<F>,
+    v_pre: Vec<F>,
+    a: Vec<F>,
+    b: Vec<F>,
+    gate: Vec<F>,
+}
+
+fn project<F: Elem>(mp: &MixerParams, dims: MixerDims, params: &[F], x: &[F], n: usize) -> Streams<F> {
+    let (d, kd, vd, h) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads);
+    let lin = |r: &Range<usize>, out| nn::linear_fwd(x, &params[r.clone()], n, d, out);
+    let mut b = lin(&mp.b_proj, h);
+    if let Some(bias) = &mp.b_bias {
+        b.iter_mut().enumerate().for_each(|(i, v)| *v += params[bias.start + i % h]);
+    }
+    Streams {
+        q_pre: lin(&mp.q_proj, kd),
+        k_pre: lin(&mp.k_proj, kd),
+        v_pre: lin(&mp.v_proj, vd),
+        a: lin(&mp.a_proj, h),
+        b,
+        gate: lin(&mp.g_proj, vd),
+    }
+}
+
+/// Mixer forward over `x` [n, d] packed by `cu_seqlens`. Returns (output [n, d], cache).
+pub fn forward<F: Elem>(
+    mp: &MixerParams,
+    dims: MixerDims,
+    params: &[F],
+    x: &[F],
+    cu_seqlens: &[usize],
+) -> (Vec<F>, MixerCache<F>) {
+    let n = x.len() / dims.d;
+    let (kd, vd, w) = (dims.key_dim(), dims.value_dim(), dims.width);
+    let s = project(mp, dims, params, x, n);
+    let q_conv = conv::forward(&s.q_pre, &params[mp.q_conv.clone()], kd, w, cu_seqlens);
+    let k_conv = conv::forward(&s.k_pre, &params[mp.k_conv.clone()], kd, w, cu_seqlens);
+    let v_conv = conv::forward(&s.v_pre, &params[mp.v_conv.clone()], vd, w, cu_seqlens);
+    let (q, q_r) = nn::l2norm_fwd(&nn::silu_fwd(&q_conv), dims.dk);
+    let (k, k_r) = nn::l2norm_fwd(&nn::silu_fwd(&k_conv), dims.dk);
+    let v = nn::silu_fwd(&v_conv);
+    let (g, beta) = nn::gates_fwd(&s.a, &s.b, &params[mp.a_log.clone()], &params[mp.dt_bias.clone()]);
+    let inputs = delta_rule::Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        g: &g,
+        beta: &beta,
+        scale: F::of(1.0 / (dims.dk as f64).sqrt()),
+        initial_state: None,
+        cu_seqlens,
+    };
+    let o = delta_rule::chunk::forward(&inputs, dims.rule()).o;
+    let (normed, o_rstd) = nn::gated_rmsnorm_fwd(&o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
+    let out = nn::linear_fwd(&normed, &params[mp.o_proj.clone()], n, vd, dims.d);
+    let cache = MixerCache {
+        x: x.to_vec(),
+        q_pre: s.q_pre,
+        k_pre: s.k_pre,
+        v_pre: s.v_pre,
+        q_conv,
+        k_conv,
+        v_conv,
+        q,
+        k,
+        q_r,
+        k_r,
+        v,
+        a: s.a,
+        beta,
+        g,
+        o,
+        gate: s.gate,
+        o_rstd,
+        normed,
+    };
+    (out, cache)
+}
+
+/// Mixer backward: accumulates parameter gradients into `grads`, returns dx [n, d].
+pub fn backward<F: Elem>(
+    mp: &MixerParams,
+    dims: MixerDims,
+    params: &[F],
+    c: &MixerCache<F>,
+    dy: &[F],
+    cu_seqlens: &[usize],
+    grads: &mut [F],
+) -> Vec<F> {
+    let (d, kd, vd, h, w) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads, dims.width);
+    let n = c.x.len() / d;
+    let p = |r: &Range<usize>| &params[r.clone()];
+    let d_normed = nn::linear_bwd(&c.normed, p(&mp.o_proj), dy, n, vd, d, &mut grads[mp.o_proj.clone()]);
+    let (d_o, d_gate) =
+        nn::gated_rmsnorm_bwd(&c.o, &c.gate, p(&mp.o_norm), &c.o_rstd, &d_normed, &mut grads[mp.o_norm.clone()]);
+    let inputs = delta_rule::Inputs {
+        q: &c.q,
+        k: &c.k,
+        v: &c.v,
+        g: &c.g,
+        beta: &c.beta,
+        scale: F::of(1.0 / (dims.dk as f64).sqrt()),
+        initial_state: None,
+        cu_seqlens,
+    };
+    let rg = delta_rule::chunk::backward(&inputs, dims.rule(), &d_o, None);
+    let (d_a_log, rest) = split_two(grads, &mp.a_log, &mp.dt_bias);
+    let (da, db) = nn::gates_bwd(&c.a, &c.beta, &c.g, p(&mp.a_log), p(&mp.dt_bias), &rg.dg, &rg.dbeta, d_a_log, rest);
+    if let Some(bias) = &mp.b_bias {
+        for (i, &v) in db.iter().enumerate() {
+            grads[bias.start + i % h] += v;
+        }
+    }
+    let dq_conv = nn::silu_bwd(&c.q_conv, &nn::l2norm_bwd(&c.q, &c.q_r, &rg.dq, dims.dk));
+    let dk_conv = nn::silu_bwd(&c.k_conv, &nn::l2norm_bwd(&c.k, &c.k_r, &rg.dk, dims.dk));
+    let dv_conv = nn::silu_bwd(&c.v_conv, &rg.dv);
+    let dq_pre = conv::backward(&c.q_pre, p(&mp.q_conv), &dq_conv, kd, w, cu_seqlens, &mut grads[mp.q_conv.clone()]);
+    let dk_pre = conv::backward(&c.k_pre, p(&mp.k_conv), &dk_conv, kd, w, cu_seqlens, &mut grads[mp.k_conv.clone()]);
+    let dv_pre = conv::backward(&c.v_pre, p(&mp.v_conv), &dv_conv, vd, w, cu_seqlens, &mut grads[mp.v_conv.clone()]);
+    let mut dx = vec![F::zero(); n * d];
+    for (r, dy_, out) in [
+        (&mp.q_proj, &dq_pre, kd),
+        (&mp.k_proj, &dk_pre, kd),
+        (&mp.v_proj, &dv_pre, vd),
+        (&mp.a_proj, &da, h),
+        (&mp.b_proj, &db, h),
+        (&mp.g_proj, &d_gate, vd),
+    ] {
+        let part = nn::linear_bwd(&c.x, p(r), dy_, n, d, out, &mut grads[r.clone()]);
+        dx.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
+    }
+    dx
+}
+
+/// Two disjoint mutable views of the gradient buffer (`a` must come before `b`).
+fn split_two<'g, F>(g: &'g mut [F], a: &Range<usize>, b: &Range<usize>) -> (&'g mut [F], &'g mut [F]) {
+    assert!(a.end <= b.start, "split_two: ranges out of order");
+    let (lo, hi) = g.split_at_mut(b.start);
+    (&mut lo[a.clone()], &mut hi[..b.len()])
+}
