@@ -49,7 +49,14 @@ fn default_initializer_range() -> f64 {
 }
 
 /// Preset names accepted by `--preset`.
-pub const PRESETS: &[&str] = &["tiny", "mqar", "fla-1.3b", "nvlabs-0.4b", "nvlabs-1.3b"];
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "mqar",
+    "small",
+    "fla-1.3b",
+    "nvlabs-0.4b",
+    "nvlabs-1.3b",
+];
 
 impl ModelConfig {
     /// V, the value head dimension.
@@ -99,6 +106,8 @@ impl ModelConfig {
         Ok(match name {
             "tiny" => fla(8, 2, 2, 4, 1.0, 16, 17),
             "mqar" => fla(64, 2, 2, 32, 1.0, 128, 256),
+            // A byte-level language model that trains on a laptop CPU.
+            "small" => fla(128, 4, 2, 64, 1.0, 384, 256),
             "fla-1.3b" => fla(2048, 21, 6, 256, 2.0, 5632, 32000),
             "nvlabs-0.4b" => nvlabs(1536, 11, 6144),
             "nvlabs-1.3b" => nvlabs(2400, 16, 5888),
@@ -132,7 +141,10 @@ impl ModelConfig {
             "config field `norm_eps` must be positive, got {}",
             self.norm_eps
         );
-        ensure!(self.vocab_size <= u32::MAX as usize, "config field `vocab_size` is too large");
+        ensure!(
+            self.vocab_size <= u32::MAX as usize,
+            "config field `vocab_size` is too large"
+        );
         Ok(())
     }
 
@@ -176,9 +188,16 @@ impl ModelConfig {
                 "{origin}: model_type is `{mt}`, expected `gated_deltanet`"
             );
         }
-        for (field, want) in [("use_gate", true), ("use_short_conv", true), ("allow_neg_eigval", false)] {
+        for (field, want) in [
+            ("use_gate", true),
+            ("use_short_conv", true),
+            ("allow_neg_eigval", false),
+        ] {
             if let Some(v) = j.get(field).and_then(|v| v.as_bool()) {
-                ensure!(v == want, "{origin}: `{field}` = {v} is not supported (gdn needs {want})");
+                ensure!(
+                    v == want,
+                    "{origin}: `{field}` = {v} is not supported (gdn needs {want})"
+                );
             }
         }
         if let Some(nv) = j.get("num_v_heads").filter(|v| !v.is_null()) {
@@ -192,7 +211,10 @@ impl ModelConfig {
         }
         let mut cfg: ModelConfig = serde_json::from_value(j.clone())
             .with_context(|| format!("{origin}: missing or malformed field"))?;
-        if j.get("intermediate_size").map(|v| v.is_null()).unwrap_or(false) {
+        if j.get("intermediate_size")
+            .map(|v| v.is_null())
+            .unwrap_or(false)
+        {
             bail!("{origin}: `intermediate_size` is null; set it explicitly");
         }
         cfg.validate().with_context(|| origin.to_string())?;
@@ -231,8 +253,16 @@ mod tests {
         let mut c = ModelConfig::preset("tiny").unwrap();
         c.expand_v = 1.3;
         assert!(c.validate().unwrap_err().to_string().contains("expand_v"));
-        let bad = ModelConfig::preset("tiny").unwrap().to_hf_json().replace("gated_deltanet", "llama");
-        let err = ModelConfig::from_hf_json(&bad, "x/config.json").unwrap_err().to_string();
-        assert!(err.contains("x/config.json") && err.contains("llama"), "{err}");
+        let bad = ModelConfig::preset("tiny")
+            .unwrap()
+            .to_hf_json()
+            .replace("gated_deltanet", "llama");
+        let err = ModelConfig::from_hf_json(&bad, "x/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x/config.json") && err.contains("llama"),
+            "{err}"
+        );
     }
 }

@@ -64,7 +64,11 @@ impl Model {
         let (d, inter) = (c.hidden_size, c.intermediate_size);
         let dims = MixerDims::of(c);
         let mut layout = ParamLayout::default();
-        let embeddings = layout.push("model.embeddings.weight".into(), vec![c.vocab_size, d], Kind::Embedding);
+        let embeddings = layout.push(
+            "model.embeddings.weight".into(),
+            vec![c.vocab_size, d],
+            Kind::Embedding,
+        );
         let blocks = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = |s: &str| format!("model.layers.{i}.{s}");
@@ -76,14 +80,26 @@ impl Model {
                     mlp_norm: layout.push(p("mlp_norm.weight"), vec![d], Kind::Norm),
                     gate_proj: layout.push(p("mlp.gate_proj.weight"), vec![inter, d], Kind::Linear),
                     up_proj: layout.push(p("mlp.up_proj.weight"), vec![inter, d], Kind::Linear),
-                    down_proj: layout.push(p("mlp.down_proj.weight"), vec![d, inter], Kind::LinearOut),
+                    down_proj: layout.push(
+                        p("mlp.down_proj.weight"),
+                        vec![d, inter],
+                        Kind::LinearOut,
+                    ),
                 }
             })
             .collect();
         let norm = layout.push("model.norm.weight".into(), vec![d], Kind::Norm);
         let lm_head = (!c.tie_word_embeddings)
             .then(|| layout.push("lm_head.weight".into(), vec![c.vocab_size, d], Kind::Linear));
-        Ok(Model { config, layout, dims, embeddings, blocks, norm, lm_head })
+        Ok(Model {
+            config,
+            layout,
+            dims,
+            embeddings,
+            blocks,
+            norm,
+            lm_head,
+        })
     }
 
     pub fn num_params(&self) -> usize {
@@ -99,12 +115,24 @@ impl Model {
     }
 
     /// Forward pass over `tokens` packed by `cu_seqlens`; computes the logits.
-    pub fn forward<F: Elem>(&self, params: &[F], tokens: &[u32], cu_seqlens: &[usize]) -> Result<Activations<F>> {
+    pub fn forward<F: Elem>(
+        &self,
+        params: &[F],
+        tokens: &[u32],
+        cu_seqlens: &[usize],
+    ) -> Result<Activations<F>> {
         let c = &self.config;
         let (d, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        ensure!(params.len() == self.layout.total, "parameter buffer has {} values, the model needs {}", params.len(), self.layout.total);
         ensure!(
-            cu_seqlens.first() == Some(&0) && cu_seqlens.last() == Some(&tokens.len()) && cu_seqlens.windows(2).all(|w| w[0] <= w[1]),
+            params.len() == self.layout.total,
+            "parameter buffer has {} values, the model needs {}",
+            params.len(),
+            self.layout.total
+        );
+        ensure!(
+            cu_seqlens.first() == Some(&0)
+                && cu_seqlens.last() == Some(&tokens.len())
+                && cu_seqlens.windows(2).all(|w| w[0] <= w[1]),
             "cu_seqlens must increase from 0 to the number of tokens ({})",
             tokens.len()
         );
@@ -122,10 +150,24 @@ impl Model {
             let (h2, rstd2) = nn::rmsnorm_fwd(&x_mid, p(&b.mlp_norm), d, c.norm_eps);
             let gate = nn::linear_fwd(&h2, p(&b.gate_proj), n, d, inter);
             let up = nn::linear_fwd(&h2, p(&b.up_proj), n, d, inter);
-            let act: Vec<F> = gate.iter().zip(&up).map(|(&g, &u)| nn::silu(g) * u).collect();
+            let act: Vec<F> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| nn::silu(g) * u)
+                .collect();
             let mlp = nn::linear_fwd(&act, p(&b.down_proj), n, inter, d);
             let x_out = x_mid.iter().zip(&mlp).map(|(&a, &m)| a + m).collect();
-            blocks.push(BlockCache { x_in: std::mem::replace(&mut x, x_out), rstd1, mixer, x_mid, rstd2, h2, gate, up, act });
+            blocks.push(BlockCache {
+                x_in: std::mem::replace(&mut x, x_out),
+                rstd1,
+                mixer,
+                x_mid,
+                rstd2,
+                h2,
+                gate,
+                up,
+                act,
+            });
         }
         let (normed_final, rstd_final) = nn::rmsnorm_fwd(&x, p(&self.norm), d, c.norm_eps);
         let logits = nn::linear_fwd(&normed_final, p(self.head()), n, d, vocab);
@@ -143,29 +185,107 @@ impl Model {
     /// Backward of `scale`·(mean cross-entropy over the `count` counted targets): accumulates into
     /// `grads` (same layout as the parameters). Consumes the activations (the logits buffer is
     /// reused for their gradient).
-    pub fn backward<F: Elem>(&self, params: &[F], acts: Activations<F>, targets: &[u32], count: usize, scale: f64, grads: &mut [F]) {
+    pub fn backward<F: Elem>(
+        &self,
+        params: &[F],
+        acts: Activations<F>,
+        targets: &[u32],
+        count: usize,
+        scale: f64,
+        grads: &mut [F],
+    ) {
         let c = &self.config;
         let (d, inter, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let n = acts.tokens.len();
         let p = |r: &Range<usize>| &params[r.clone()];
         let mut dlogits = acts.logits;
         nn::cross_entropy_bwd_inplace(&mut dlogits, targets, vocab, count, scale);
-        let dnormed = nn::linear_bwd(&acts.normed_final, p(self.head()), &dlogits, n, d, vocab, &mut grads[self.head().clone()]);
+        let dnormed = nn::linear_bwd(
+            &acts.normed_final,
+            p(self.head()),
+            &dlogits,
+            n,
+            d,
+            vocab,
+            &mut grads[self.head().clone()],
+        );
         drop(dlogits);
-        let mut dx = nn::rmsnorm_bwd(&acts.x_final, p(&self.norm), &acts.rstd_final, &dnormed, d, &mut grads[self.norm.clone()]);
+        let mut dx = nn::rmsnorm_bwd(
+            &acts.x_final,
+            p(&self.norm),
+            &acts.rstd_final,
+            &dnormed,
+            d,
+            &mut grads[self.norm.clone()],
+        );
         for (b, bc) in self.blocks.iter().zip(acts.blocks).rev() {
             // MLP: x_out = x_mid + down(silu(gate) ⊙ up)
-            let dact = nn::linear_bwd(&bc.act, p(&b.down_proj), &dx, n, inter, d, &mut grads[b.down_proj.clone()]);
-            let dgate: Vec<F> = dact.iter().zip(&bc.gate).zip(&bc.up).map(|((&da, &g), &u)| da * u * nn::silu_grad(g)).collect();
-            let dup: Vec<F> = dact.iter().zip(&bc.gate).map(|(&da, &g)| da * nn::silu(g)).collect();
-            let mut dh2 = nn::linear_bwd(&bc.h2, p(&b.gate_proj), &dgate, n, d, inter, &mut grads[b.gate_proj.clone()]);
-            let dh2_up = nn::linear_bwd(&bc.h2, p(&b.up_proj), &dup, n, d, inter, &mut grads[b.up_proj.clone()]);
+            let dact = nn::linear_bwd(
+                &bc.act,
+                p(&b.down_proj),
+                &dx,
+                n,
+                inter,
+                d,
+                &mut grads[b.down_proj.clone()],
+            );
+            let dgate: Vec<F> = dact
+                .iter()
+                .zip(&bc.gate)
+                .zip(&bc.up)
+                .map(|((&da, &g), &u)| da * u * nn::silu_grad(g))
+                .collect();
+            let dup: Vec<F> = dact
+                .iter()
+                .zip(&bc.gate)
+                .map(|(&da, &g)| da * nn::silu(g))
+                .collect();
+            let mut dh2 = nn::linear_bwd(
+                &bc.h2,
+                p(&b.gate_proj),
+                &dgate,
+                n,
+                d,
+                inter,
+                &mut grads[b.gate_proj.clone()],
+            );
+            let dh2_up = nn::linear_bwd(
+                &bc.h2,
+                p(&b.up_proj),
+                &dup,
+                n,
+                d,
+                inter,
+                &mut grads[b.up_proj.clone()],
+            );
             dh2.iter_mut().zip(&dh2_up).for_each(|(a, &b)| *a += b);
-            let dmid = nn::rmsnorm_bwd(&bc.x_mid, p(&b.mlp_norm), &bc.rstd2, &dh2, d, &mut grads[b.mlp_norm.clone()]);
+            let dmid = nn::rmsnorm_bwd(
+                &bc.x_mid,
+                p(&b.mlp_norm),
+                &bc.rstd2,
+                &dh2,
+                d,
+                &mut grads[b.mlp_norm.clone()],
+            );
             dx.iter_mut().zip(&dmid).for_each(|(a, &b)| *a += b);
             // Mixer: x_mid = x_in + mixer(norm(x_in))
-            let dh1 = mixer::backward(&b.mixer, self.dims, params, &bc.mixer, &dx, &acts.cu_seqlens, grads);
-            let din = nn::rmsnorm_bwd(&bc.x_in, p(&b.attn_norm), &bc.rstd1, &dh1, d, &mut grads[b.attn_norm.clone()]);
+            let dh1 = mixer::backward(
+                &b.mixer,
+                self.dims,
+                params,
+                &bc.mixer,
+                &dx,
+                &acts.cu_seqlens,
+                grads,
+            );
+            let din = nn::rmsnorm_bwd(
+                &bc.x_in,
+                p(&b.attn_norm),
+                &bc.rstd1,
+                &dh1,
+                d,
+                &mut grads[b.attn_norm.clone()],
+            );
             dx.iter_mut().zip(&din).for_each(|(a, &b)| *a += b);
         }
         nn::embedding_bwd(&acts.tokens, &dx, d, &mut grads[self.embeddings.clone()]);
@@ -229,7 +349,12 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_spec() {
-        let count = |name: &str| Model::new(ModelConfig::preset(name).unwrap()).unwrap().num_params() as f64 / 1e6;
+        let count = |name: &str| {
+            Model::new(ModelConfig::preset(name).unwrap())
+                .unwrap()
+                .num_params() as f64
+                / 1e6
+        };
         assert_eq!(format!("{:.1}", count("fla-1.3b")), "1387.3");
         assert_eq!(format!("{:.1}", count("nvlabs-0.4b")), "516.8");
         assert_eq!(format!("{:.1}", count("nvlabs-1.3b")), "1309.3");
@@ -239,7 +364,11 @@ mod tests {
     fn out_of_vocabulary_token_is_an_error() {
         let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
         let params: Vec<f32> = model.init_params(&mut Rng::new(1));
-        let err = model.forward(&params, &[1, 99], &[0, 2]).err().unwrap().to_string();
+        let err = model
+            .forward(&params, &[1, 99], &[0, 2])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("99"), "{err}");
     }
 }

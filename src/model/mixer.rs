@@ -56,7 +56,11 @@ impl MixerDims {
         self.heads * self.dv
     }
     fn rule(&self) -> delta_rule::Dims {
-        delta_rule::Dims { heads: self.heads, dk: self.dk, dv: self.dv }
+        delta_rule::Dims {
+            heads: self.heads,
+            dk: self.dk,
+            dv: self.dv,
+        }
     }
 }
 
@@ -64,7 +68,13 @@ impl MixerParams {
     /// Registers the parameters of layer `i` under FLA's names.
     pub fn register(layout: &mut ParamLayout, i: usize, dims: MixerDims, b_bias: bool) -> Self {
         let p = |s: &str| format!("model.layers.{i}.attn.{s}");
-        let (d, kd, vd, h, w) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads, dims.width);
+        let (d, kd, vd, h, w) = (
+            dims.d,
+            dims.key_dim(),
+            dims.value_dim(),
+            dims.heads,
+            dims.width,
+        );
         MixerParams {
             q_proj: layout.push(p("q_proj.weight"), vec![kd, d], Kind::Linear),
             k_proj: layout.push(p("k_proj.weight"), vec![kd, d], Kind::Linear),
@@ -117,12 +127,20 @@ struct Streams<F> {
     gate: Vec<F>,
 }
 
-fn project<F: Elem>(mp: &MixerParams, dims: MixerDims, params: &[F], x: &[F], n: usize) -> Streams<F> {
+fn project<F: Elem>(
+    mp: &MixerParams,
+    dims: MixerDims,
+    params: &[F],
+    x: &[F],
+    n: usize,
+) -> Streams<F> {
     let (d, kd, vd, h) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads);
     let lin = |r: &Range<usize>, out| nn::linear_fwd(x, &params[r.clone()], n, d, out);
     let mut b = lin(&mp.b_proj, h);
     if let Some(bias) = &mp.b_bias {
-        b.iter_mut().enumerate().for_each(|(i, v)| *v += params[bias.start + i % h]);
+        b.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += params[bias.start + i % h]);
     }
     Streams {
         q_pre: lin(&mp.q_proj, kd),
@@ -151,7 +169,12 @@ pub fn forward<F: Elem>(
     let (q, q_r) = nn::l2norm_fwd(&nn::silu_fwd(&q_conv), dims.dk);
     let (k, k_r) = nn::l2norm_fwd(&nn::silu_fwd(&k_conv), dims.dk);
     let v = nn::silu_fwd(&v_conv);
-    let (g, beta) = nn::gates_fwd(&s.a, &s.b, &params[mp.a_log.clone()], &params[mp.dt_bias.clone()]);
+    let (g, beta) = nn::gates_fwd(
+        &s.a,
+        &s.b,
+        &params[mp.a_log.clone()],
+        &params[mp.dt_bias.clone()],
+    );
     let inputs = delta_rule::Inputs {
         q: &q,
         k: &k,
@@ -199,12 +222,32 @@ pub fn backward<F: Elem>(
     cu_seqlens: &[usize],
     grads: &mut [F],
 ) -> Vec<F> {
-    let (d, kd, vd, h, w) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads, dims.width);
+    let (d, kd, vd, h, w) = (
+        dims.d,
+        dims.key_dim(),
+        dims.value_dim(),
+        dims.heads,
+        dims.width,
+    );
     let n = c.x.len() / d;
     let p = |r: &Range<usize>| &params[r.clone()];
-    let d_normed = nn::linear_bwd(&c.normed, p(&mp.o_proj), dy, n, vd, d, &mut grads[mp.o_proj.clone()]);
-    let (d_o, d_gate) =
-        nn::gated_rmsnorm_bwd(&c.o, &c.gate, p(&mp.o_norm), &c.o_rstd, &d_normed, &mut grads[mp.o_norm.clone()]);
+    let d_normed = nn::linear_bwd(
+        &c.normed,
+        p(&mp.o_proj),
+        dy,
+        n,
+        vd,
+        d,
+        &mut grads[mp.o_proj.clone()],
+    );
+    let (d_o, d_gate) = nn::gated_rmsnorm_bwd(
+        &c.o,
+        &c.gate,
+        p(&mp.o_norm),
+        &c.o_rstd,
+        &d_normed,
+        &mut grads[mp.o_norm.clone()],
+    );
     let inputs = delta_rule::Inputs {
         q: &c.q,
         k: &c.k,
@@ -217,7 +260,17 @@ pub fn backward<F: Elem>(
     };
     let rg = delta_rule::chunk::backward(&inputs, dims.rule(), &d_o, None);
     let (d_a_log, rest) = split_two(grads, &mp.a_log, &mp.dt_bias);
-    let (da, db) = nn::gates_bwd(&c.a, &c.beta, &c.g, p(&mp.a_log), p(&mp.dt_bias), &rg.dg, &rg.dbeta, d_a_log, rest);
+    let (da, db) = nn::gates_bwd(
+        &c.a,
+        &c.beta,
+        &c.g,
+        p(&mp.a_log),
+        p(&mp.dt_bias),
+        &rg.dg,
+        &rg.dbeta,
+        d_a_log,
+        rest,
+    );
     if let Some(bias) = &mp.b_bias {
         for (i, &v) in db.iter().enumerate() {
             grads[bias.start + i % h] += v;
@@ -226,9 +279,33 @@ pub fn backward<F: Elem>(
     let dq_conv = nn::silu_bwd(&c.q_conv, &nn::l2norm_bwd(&c.q, &c.q_r, &rg.dq, dims.dk));
     let dk_conv = nn::silu_bwd(&c.k_conv, &nn::l2norm_bwd(&c.k, &c.k_r, &rg.dk, dims.dk));
     let dv_conv = nn::silu_bwd(&c.v_conv, &rg.dv);
-    let dq_pre = conv::backward(&c.q_pre, p(&mp.q_conv), &dq_conv, kd, w, cu_seqlens, &mut grads[mp.q_conv.clone()]);
-    let dk_pre = conv::backward(&c.k_pre, p(&mp.k_conv), &dk_conv, kd, w, cu_seqlens, &mut grads[mp.k_conv.clone()]);
-    let dv_pre = conv::backward(&c.v_pre, p(&mp.v_conv), &dv_conv, vd, w, cu_seqlens, &mut grads[mp.v_conv.clone()]);
+    let dq_pre = conv::backward(
+        &c.q_pre,
+        p(&mp.q_conv),
+        &dq_conv,
+        kd,
+        w,
+        cu_seqlens,
+        &mut grads[mp.q_conv.clone()],
+    );
+    let dk_pre = conv::backward(
+        &c.k_pre,
+        p(&mp.k_conv),
+        &dk_conv,
+        kd,
+        w,
+        cu_seqlens,
+        &mut grads[mp.k_conv.clone()],
+    );
+    let dv_pre = conv::backward(
+        &c.v_pre,
+        p(&mp.v_conv),
+        &dv_conv,
+        vd,
+        w,
+        cu_seqlens,
+        &mut grads[mp.v_conv.clone()],
+    );
     let mut dx = vec![F::zero(); n * d];
     for (r, dy_, out) in [
         (&mp.q_proj, &dq_pre, kd),
@@ -245,7 +322,11 @@ pub fn backward<F: Elem>(
 }
 
 /// Two disjoint mutable views of the gradient buffer (`a` must come before `b`).
-fn split_two<'g, F>(g: &'g mut [F], a: &Range<usize>, b: &Range<usize>) -> (&'g mut [F], &'g mut [F]) {
+fn split_two<'g, F>(
+    g: &'g mut [F],
+    a: &Range<usize>,
+    b: &Range<usize>,
+) -> (&'g mut [F], &'g mut [F]) {
     assert!(a.end <= b.start, "split_two: ranges out of order");
     let (lo, hi) = g.split_at_mut(b.start);
     (&mut lo[a.clone()], &mut hi[..b.len()])

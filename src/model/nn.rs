@@ -18,20 +18,41 @@ pub fn linear_fwd<F: Elem>(x: &[F], w: &[F], n: usize, din: usize, dout: usize) 
 }
 
 /// dW += dyᵀ x; returns dx = dy · W.
-pub fn linear_bwd<F: Elem>(x: &[F], w: &[F], dy: &[F], n: usize, din: usize, dout: usize, dw: &mut [F]) -> Vec<F> {
+pub fn linear_bwd<F: Elem>(
+    x: &[F],
+    w: &[F],
+    dy: &[F],
+    n: usize,
+    din: usize,
+    dout: usize,
+    dw: &mut [F],
+) -> Vec<F> {
     gemm(dout, n, din, dy, true, x, false, dw, F::one(), F::one());
     let mut dx = vec![F::zero(); n * din];
-    gemm(n, dout, din, dy, false, w, false, &mut dx, F::one(), F::zero());
+    gemm(
+        n,
+        dout,
+        din,
+        dy,
+        false,
+        w,
+        false,
+        &mut dx,
+        F::one(),
+        F::zero(),
+    );
     dx
 }
 
 /// Rows of `table` [vocab, d] for each token.
 pub fn embedding_fwd<F: Elem>(table: &[F], tokens: &[u32], d: usize) -> Vec<F> {
     let mut y = vec![F::zero(); tokens.len() * d];
-    y.par_chunks_mut(d).zip(tokens.par_iter()).for_each(|(row, &t)| {
-        let t = t as usize;
-        row.copy_from_slice(&table[t * d..(t + 1) * d]);
-    });
+    y.par_chunks_mut(d)
+        .zip(tokens.par_iter())
+        .for_each(|(row, &t)| {
+            let t = t as usize;
+            row.copy_from_slice(&table[t * d..(t + 1) * d]);
+        });
     y
 }
 
@@ -66,7 +87,14 @@ pub fn rmsnorm_fwd<F: Elem>(x: &[F], w: &[F], d: usize, eps: f64) -> (Vec<F>, Ve
 
 /// RMSNorm backward: returns dx, accumulates dw. The weight may be shared by several row
 /// groups (the per-head gated norm), which is why `w.len()` may be smaller than `d`'s multiple.
-pub fn rmsnorm_bwd<F: Elem>(x: &[F], w: &[F], rstd: &[F], dy: &[F], d: usize, dw: &mut [F]) -> Vec<F> {
+pub fn rmsnorm_bwd<F: Elem>(
+    x: &[F],
+    w: &[F],
+    rstd: &[F],
+    dy: &[F],
+    d: usize,
+    dw: &mut [F],
+) -> Vec<F> {
     let mut dx = vec![F::zero(); x.len()];
     dx.par_chunks_mut(d)
         .zip(x.par_chunks(d))
@@ -122,19 +150,33 @@ pub fn silu_fwd<F: Elem>(x: &[F]) -> Vec<F> {
 }
 
 pub fn silu_bwd<F: Elem>(x: &[F], dy: &[F]) -> Vec<F> {
-    x.par_iter().zip(dy).with_min_len(4096).map(|(&v, &g)| g * silu_grad(v)).collect()
+    x.par_iter()
+        .zip(dy)
+        .with_min_len(4096)
+        .map(|(&v, &g)| g * silu_grad(v))
+        .collect()
 }
 
 /// Gated RMSNorm per head (FLA `FusedRMSNormGated`, swish): y = RMSNorm(o)·w ⊙ silu(gate), over
 /// rows of width V with one weight [V] shared by all heads. Returns (y, rstd per row).
 pub fn gated_rmsnorm_fwd<F: Elem>(o: &[F], gate: &[F], w: &[F], eps: f64) -> (Vec<F>, Vec<F>) {
     let (mut y, rstd) = rmsnorm_fwd(o, w, w.len(), eps);
-    y.par_iter_mut().zip(gate).with_min_len(4096).for_each(|(v, &g)| *v *= silu(g));
+    y.par_iter_mut()
+        .zip(gate)
+        .with_min_len(4096)
+        .for_each(|(v, &g)| *v *= silu(g));
     (y, rstd)
 }
 
 /// Returns (d o, d gate) and accumulates dw.
-pub fn gated_rmsnorm_bwd<F: Elem>(o: &[F], gate: &[F], w: &[F], rstd: &[F], dy: &[F], dw: &mut [F]) -> (Vec<F>, Vec<F>) {
+pub fn gated_rmsnorm_bwd<F: Elem>(
+    o: &[F],
+    gate: &[F],
+    w: &[F],
+    rstd: &[F],
+    dy: &[F],
+    dw: &mut [F],
+) -> (Vec<F>, Vec<F>) {
     let v = w.len();
     let mut dnorm = vec![F::zero(); o.len()];
     let mut dgate = vec![F::zero(); o.len()];
@@ -218,12 +260,20 @@ pub fn gates_bwd<F: Elem>(
         let j = i % h;
         let z = a[i] + dt_bias[j];
         // softplus'(z) = sigmoid(z), and exactly 1 in the linear branch above 20.
-        let dsp = if z > F::of(20.0) { F::one() } else { sigmoid(z) };
+        let dsp = if z > F::of(20.0) {
+            F::one()
+        } else {
+            sigmoid(z)
+        };
         da[i] = dg[i] * -a_log[j].exp() * dsp;
         d_a_log[j] += dg[i] * g[i];
         d_dt_bias[j] += da[i];
     }
-    let db = beta.iter().zip(dbeta).map(|(&s, &d)| d * s * (F::one() - s)).collect();
+    let db = beta
+        .iter()
+        .zip(dbeta)
+        .map(|(&s, &d)| d * s * (F::one() - s))
+        .collect();
     (da, db)
 }
 
@@ -250,22 +300,36 @@ pub fn cross_entropy<F: Elem>(logits: &[F], targets: &[u32], vocab: usize) -> (f
 
 /// d loss / d logits for `scale`·(mean cross-entropy), overwriting `logits` with the gradient
 /// (the logits are not needed afterwards, as llm.c's fused classifier).
-pub fn cross_entropy_bwd_inplace<F: Elem>(logits: &mut [F], targets: &[u32], vocab: usize, count: usize, scale: f64) {
-    let k = if count > 0 { F::of(scale / count as f64) } else { F::zero() };
-    logits.par_chunks_mut(vocab).zip(targets.par_iter()).with_min_len(16).for_each(|(row, &t)| {
-        if t == IGNORE {
-            row.iter_mut().for_each(|v| *v = F::zero());
-            return;
-        }
-        let m = row.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
-        let mut z = F::zero();
-        row.iter_mut().for_each(|v| {
-            *v = (*v - m).exp();
-            z += *v;
+pub fn cross_entropy_bwd_inplace<F: Elem>(
+    logits: &mut [F],
+    targets: &[u32],
+    vocab: usize,
+    count: usize,
+    scale: f64,
+) {
+    let k = if count > 0 {
+        F::of(scale / count as f64)
+    } else {
+        F::zero()
+    };
+    logits
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .with_min_len(16)
+        .for_each(|(row, &t)| {
+            if t == IGNORE {
+                row.iter_mut().for_each(|v| *v = F::zero());
+                return;
+            }
+            let m = row.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
+            let mut z = F::zero();
+            row.iter_mut().for_each(|v| {
+                *v = (*v - m).exp();
+                z += *v;
+            });
+            row.iter_mut().for_each(|v| *v = *v / z * k);
+            row[t as usize] -= k;
         });
-        row.iter_mut().for_each(|v| *v = *v / z * k);
-        row[t as usize] -= k;
-    });
 }
 
 #[cfg(test)]
@@ -319,7 +383,12 @@ pub(crate) mod tests {
         let r = randn(&mut rng, tokens.len() * d);
         let mut dt = vec![0.0; table.len()];
         embedding_bwd(&tokens, &r, d, &mut dt);
-        assert!(max_rel_err(&dt, &fd(&table, &|t| dot(&embedding_fwd(t, &tokens, d), &r))) < TOL);
+        assert!(
+            max_rel_err(
+                &dt,
+                &fd(&table, &|t| dot(&embedding_fwd(t, &tokens, d), &r))
+            ) < TOL
+        );
     }
 
     #[test]
@@ -380,7 +449,9 @@ pub(crate) mod tests {
         };
         let (g, beta) = gates_fwd(&a, &b, &a_log, &dt_bias);
         let (mut dal, mut ddt) = (vec![0.0; h], vec![0.0; h]);
-        let (da, db) = gates_bwd(&a, &beta, &g, &a_log, &dt_bias, &rg, &rb, &mut dal, &mut ddt);
+        let (da, db) = gates_bwd(
+            &a, &beta, &g, &a_log, &dt_bias, &rg, &rb, &mut dal, &mut ddt,
+        );
         assert!(max_rel_err(&da, &fd(&a, &|a| f(a, &b, &a_log, &dt_bias))) < TOL);
         assert!(max_rel_err(&db, &fd(&b, &|b| f(&a, b, &a_log, &dt_bias))) < TOL);
         assert!(max_rel_err(&dal, &fd(&a_log, &|al| f(&a, &b, al, &dt_bias))) < TOL);

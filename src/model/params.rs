@@ -57,7 +57,12 @@ pub struct ParamLayout {
 impl ParamLayout {
     /// Appends a parameter and returns its range in the flat buffer.
     pub fn push(&mut self, name: String, shape: Vec<usize>, kind: Kind) -> Range<usize> {
-        let info = ParamInfo { name, shape, offset: self.total, kind };
+        let info = ParamInfo {
+            name,
+            shape,
+            offset: self.total,
+            kind,
+        };
         self.total += info.len();
         let r = info.range();
         self.params.push(info);
@@ -81,7 +86,9 @@ impl ParamLayout {
             };
             match (p.kind, config.init) {
                 (Kind::Embedding, _) => fill(&mut |r| std * r.normal()),
-                (Kind::Linear | Kind::LinearOut | Kind::Conv, Init::Fla) => fill(&mut |r| std * r.normal()),
+                (Kind::Linear | Kind::LinearOut | Kind::Conv, Init::Fla) => {
+                    fill(&mut |r| std * r.normal())
+                }
                 (Kind::Linear, Init::Nvlabs) | (Kind::Conv, Init::Nvlabs) => {
                     // PyTorch's default: kaiming-uniform(a=√5) gives U(±1/√fan_in); the conv
                     // weight [D, 1, W] has fan_in W.

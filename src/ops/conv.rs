@@ -7,7 +7,13 @@
 use crate::tensor::Elem;
 
 /// y_t[c] = Σ_j w[c, j] · x_{t−W+1+j}[c], within each sequence.
-pub fn forward<F: Elem>(x: &[F], w: &[F], channels: usize, width: usize, cu_seqlens: &[usize]) -> Vec<F> {
+pub fn forward<F: Elem>(
+    x: &[F],
+    w: &[F],
+    channels: usize,
+    width: usize,
+    cu_seqlens: &[usize],
+) -> Vec<F> {
     let d = channels;
     let mut y = vec![F::zero(); x.len()];
     for seq in cu_seqlens.windows(2) {
@@ -71,7 +77,11 @@ pub fn step<F: Elem>(x: &[F], w: &[F], width: usize, cache: &mut [F]) -> Vec<F> 
     cache.copy_within(d.., 0);
     cache[(width - 1) * d..].copy_from_slice(x);
     (0..d)
-        .map(|c| (0..width).map(|j| cache[j * d + c] * w[c * width + j]).sum())
+        .map(|c| {
+            (0..width)
+                .map(|j| cache[j * d + c] * w[c * width + j])
+                .sum()
+        })
         .collect()
 }
 
@@ -93,7 +103,11 @@ mod tests {
         let w = rand(&mut rng, d * width);
         let r = rand(&mut rng, t * d);
         let loss = |x: &[f64], w: &[f64]| -> f64 {
-            forward(x, w, d, width, &cu).iter().zip(&r).map(|(a, b)| a * b).sum()
+            forward(x, w, d, width, &cu)
+                .iter()
+                .zip(&r)
+                .map(|(a, b)| a * b)
+                .sum()
         };
         let mut dw = vec![0.0; w.len()];
         let dx = backward(&x, &w, &r, d, width, &cu, &mut dw);

@@ -18,9 +18,24 @@ pub fn gemm<F: Elem>(
     alpha: F,
     beta: F,
 ) {
-    assert!(a.len() >= m * k, "gemm: A has {} elements, needs {}", a.len(), m * k);
-    assert!(b.len() >= k * n, "gemm: B has {} elements, needs {}", b.len(), k * n);
-    assert!(c.len() >= m * n, "gemm: C has {} elements, needs {}", c.len(), m * n);
+    assert!(
+        a.len() >= m * k,
+        "gemm: A has {} elements, needs {}",
+        a.len(),
+        m * k
+    );
+    assert!(
+        b.len() >= k * n,
+        "gemm: B has {} elements, needs {}",
+        b.len(),
+        k * n
+    );
+    assert!(
+        c.len() >= m * n,
+        "gemm: C has {} elements, needs {}",
+        c.len(),
+        m * n
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -80,7 +95,10 @@ mod tests {
                     .iter()
                     .map(|x| 2.0 * x + 0.5)
                     .collect();
-                assert!(crate::tensor::max_rel_err(&c, &want) < 1e-14, "ta={ta} tb={tb}");
+                assert!(
+                    crate::tensor::max_rel_err(&c, &want) < 1e-14,
+                    "ta={ta} tb={tb}"
+                );
             }
         }
     }

@@ -107,7 +107,10 @@ impl Elem for f64 {
 /// Largest relative error max|a−b| / max(max|b|, tiny): the measure the equivalence tests use.
 pub fn max_rel_err<F: Elem>(a: &[F], b: &[F]) -> f64 {
     assert_eq!(a.len(), b.len(), "max_rel_err: length mismatch");
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.f64().abs())).max(1e-300);
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.f64().abs()))
+        .max(1e-300);
     let diff = a
         .iter()
         .zip(b)

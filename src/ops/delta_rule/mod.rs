@@ -80,12 +80,27 @@ impl<F: Elem> Inputs<'_, F> {
     /// Checks every length against `dims` and `cu_seqlens`, naming the offending tensor.
     pub fn validate(&self, dims: Dims) -> Result<()> {
         let cu = self.cu_seqlens;
-        ensure!(cu.len() >= 2, "cu_seqlens must hold at least 2 offsets, got {}", cu.len());
-        ensure!(cu[0] == 0, "cu_seqlens must start at 0, starts at {}", cu[0]);
+        ensure!(
+            cu.len() >= 2,
+            "cu_seqlens must hold at least 2 offsets, got {}",
+            cu.len()
+        );
+        ensure!(
+            cu[0] == 0,
+            "cu_seqlens must start at 0, starts at {}",
+            cu[0]
+        );
         if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
-            bail!("cu_seqlens is not increasing at index {i} ({} < {})", cu[i], cu[i - 1]);
+            bail!(
+                "cu_seqlens is not increasing at index {i} ({} < {})",
+                cu[i],
+                cu[i - 1]
+            );
         }
-        ensure!(dims.heads > 0 && dims.dk > 0 && dims.dv > 0, "delta rule dims must be non-zero: {dims:?}");
+        ensure!(
+            dims.heads > 0 && dims.dk > 0 && dims.dv > 0,
+            "delta rule dims must be non-zero: {dims:?}"
+        );
         let t = self.num_tokens();
         let n = self.num_seqs();
         let (h, k, v) = (dims.heads, dims.dk, dims.dv);

@@ -1,0 +1,391 @@
+//! The training loop: batches → forward → backward (gradient accumulation) → clip → AdamW,
+//! with held-out evaluation, JSON-lines metrics, a progress bar, periodic atomic checkpoints and
+//! exact resumption.
+
+use super::adamw::{clip_grad_norm, AdamW};
+use super::checkpoint::{self, TrainerState};
+use super::config::{DataSpec, TrainConfig};
+use crate::data::bytes::{ByteDataset, BYTE_VOCAB};
+use crate::data::mqar::{self, MqarConfig};
+use crate::data::{Batch, IGNORE};
+use crate::model::{uniform_cu_seqlens, Model};
+use crate::tensor::Rng;
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Stream tags: the init, data and evaluation draws never share a generator.
+const INIT_STREAM: u64 = 1;
+const DATA_STREAM: u64 = 2;
+const EVAL_STREAM: u64 = 3;
+
+pub const RUN_CONFIG_FILE: &str = "train_config.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// How to run (not part of what is trained).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The run folder: config, metrics and checkpoint go here.
+    pub out: PathBuf,
+    /// Continue the run saved in `out` instead of starting a new one.
+    pub resume: bool,
+    /// Stop (after checkpointing) once this many steps are done in total, though the schedule
+    /// runs to `steps`: for time-sliced jobs, and for testing resumption.
+    pub stop_after: Option<usize>,
+    /// No progress bar or console lines.
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    /// MQAR query accuracy (None for language-model data).
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub steps: usize,
+    pub last_loss: f64,
+    pub eval: Option<EvalResult>,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
+}
+
+#[derive(Serialize)]
+struct MetricsLine {
+    step: usize,
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_accuracy: Option<f64>,
+}
+
+enum Source {
+    Mqar(MqarConfig),
+    Bytes(ByteDataset, usize),
+}
+
+impl Source {
+    fn open(spec: &DataSpec) -> Result<Source> {
+        Ok(match spec {
+            DataSpec::Mqar(m) => Source::Mqar(m.clone()),
+            DataSpec::Bytes { path, seq_len } => Source::Bytes(ByteDataset::open(path)?, *seq_len),
+        })
+    }
+
+    fn next(&self, rng: &mut Rng, batch: usize) -> Result<Batch> {
+        match self {
+            Source::Mqar(m) => Ok(mqar::generate(m, rng, batch)),
+            Source::Bytes(d, t) => d.sample_train(rng, batch, *t),
+        }
+    }
+
+    /// The held-out set, fixed for the whole run.
+    fn eval_set(&self, c: &TrainConfig) -> Result<Vec<Batch>> {
+        Ok(match self {
+            Source::Mqar(m) => {
+                let mut rng = Rng::new(c.seed).fork(EVAL_STREAM);
+                let mut left = c.eval_size;
+                let mut out = Vec::new();
+                while left > 0 {
+                    let b = left.min(c.batch_size);
+                    out.push(mqar::generate(m, &mut rng, b));
+                    left -= b;
+                }
+                out
+            }
+            Source::Bytes(d, t) => {
+                let v = d.valid_batches(c.batch_size, *t, c.eval_size);
+                ensure!(
+                    !v.is_empty(),
+                    "the validation split ({} bytes) is shorter than one sequence of {} bytes",
+                    d.valid_len(),
+                    t + 1
+                );
+                v
+            }
+        })
+    }
+}
+
+/// Loss (and MQAR accuracy) over the held-out set.
+pub fn evaluate(
+    model: &Model,
+    params: &[f32],
+    set: &[Batch],
+    with_accuracy: bool,
+) -> Result<EvalResult> {
+    let (mut loss_sum, mut counted, mut correct, mut total) = (0.0, 0usize, 0usize, 0usize);
+    for b in set {
+        let acts = model.forward(params, &b.inputs, &uniform_cu_seqlens(b.batch, b.seq_len))?;
+        let (loss, count) = model.loss(&acts, &b.targets);
+        loss_sum += loss * count as f64;
+        counted += count;
+        if with_accuracy {
+            let preds = argmax_at_targets(&acts.logits, &b.targets, model.config.vocab_size);
+            let (c, t) = mqar::query_accuracy(b, &preds);
+            correct += c;
+            total += t;
+        }
+    }
+    Ok(EvalResult {
+        loss: loss_sum / counted.max(1) as f64,
+        accuracy: with_accuracy.then(|| correct as f64 / total.max(1) as f64),
+    })
+}
+
+/// Greedy predictions where a target is set (0 elsewhere, unused).
+fn argmax_at_targets(logits: &[f32], targets: &[u32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks(vocab)
+        .zip(targets)
+        .map(|(row, &t)| {
+            if t == IGNORE {
+                return 0;
+            }
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// Trains per `config` in `opts.out` (or resumes the run there), returning where it ended.
+pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutcome> {
+    let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
+    let (model, mut params, mut opt, mut state) = if opts.resume {
+        let (model, params) = checkpoint::load_model(&ckpt_dir)?;
+        let (state, m, v) = checkpoint::load_trainer(&ckpt_dir, &model)?;
+        let mut opt = AdamW::new(state.config.adamw, &model.layout);
+        (opt.m, opt.v, opt.step) = (m, v, state.step as u64);
+        truncate_metrics(&opts.out.join(METRICS_FILE), state.step)?;
+        (model, params, opt, state)
+    } else {
+        let mut config = config.context("no training config given")?;
+        if let DataSpec::Bytes { .. } = config.data {
+            config.model.vocab_size = BYTE_VOCAB;
+        }
+        config.validate()?;
+        if ckpt_dir.exists() {
+            bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --out", opts.out.display());
+        }
+        std::fs::create_dir_all(&opts.out)
+            .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
+        crate::io::write_atomic(
+            &opts.out.join(RUN_CONFIG_FILE),
+            &serde_json::to_vec_pretty(&config)?,
+        )?;
+        let _ = std::fs::remove_file(opts.out.join(METRICS_FILE));
+        let model = Model::new(config.model.clone())?;
+        let mut root = Rng::new(config.seed);
+        let params = model.init_params(&mut root.clone().fork(INIT_STREAM));
+        let opt = AdamW::new(config.adamw, &model.layout);
+        let state = TrainerState {
+            step: 0,
+            tokens_seen: 0,
+            data_rng: root.fork(DATA_STREAM),
+            config,
+        };
+        (model, params, opt, state)
+    };
+    let c = state.config.clone();
+    let source = Source::open(&c.data)?;
+    let eval_set = source.eval_set(&c)?;
+    let is_mqar = matches!(c.data, DataSpec::Mqar(_));
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.out.join(METRICS_FILE))
+        .with_context(|| format!("cannot open {}", opts.out.join(METRICS_FILE).display()))?;
+
+    let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
+    let bar = progress_bar(opts.quiet, c.steps, state.step);
+    let say = |line: String| {
+        if !opts.quiet {
+            bar.println(line);
+        }
+    };
+    if !opts.quiet {
+        say(format!(
+            "gdn train: {} parameters, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
+            model.num_params(),
+            c.batch_size,
+            c.seq_len(),
+            c.grad_accum,
+            c.steps,
+            opts.out.display()
+        ));
+    }
+    let started = Instant::now();
+    let mut grads = vec![0.0f32; params.len()];
+    let mut last_loss = f64::NAN;
+    let mut last_eval = None;
+    let mut saved_step = state.step;
+    while state.step < end {
+        let t0 = Instant::now();
+        grads.iter_mut().for_each(|g| *g = 0.0);
+        let mut loss_sum = 0.0;
+        let mut tokens = 0u64;
+        for _ in 0..c.grad_accum {
+            let batch = source.next(&mut state.data_rng, c.batch_size)?;
+            let acts = model.forward(
+                &params,
+                &batch.inputs,
+                &uniform_cu_seqlens(batch.batch, batch.seq_len),
+            )?;
+            let (loss, count) = model.loss(&acts, &batch.targets);
+            if !loss.is_finite() {
+                bail!(non_finite(
+                    "loss",
+                    loss,
+                    state.step + 1,
+                    &ckpt_dir,
+                    saved_step
+                ));
+            }
+            loss_sum += loss;
+            tokens += batch.inputs.len() as u64;
+            model.backward(
+                &params,
+                acts,
+                &batch.targets,
+                count,
+                1.0 / c.grad_accum as f64,
+                &mut grads,
+            );
+        }
+        let loss = loss_sum / c.grad_accum as f64;
+        let norm = clip_grad_norm(&mut grads, c.clip);
+        if !norm.is_finite() {
+            bail!(non_finite(
+                "gradient norm",
+                norm,
+                state.step + 1,
+                &ckpt_dir,
+                saved_step
+            ));
+        }
+        let lr = c.schedule.lr_at(state.step);
+        opt.update(&mut params, &grads, lr);
+        state.step += 1;
+        state.tokens_seen += tokens;
+        last_loss = loss;
+        let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
+
+        let done = state.step == end;
+        let eval = if state.step % c.eval_every == 0 || done {
+            let e = evaluate(&model, &params, &eval_set, is_mqar)?;
+            say(eval_line(state.step, &e, started.elapsed().as_secs_f64()));
+            Some(e)
+        } else {
+            None
+        };
+        let line = MetricsLine {
+            step: state.step,
+            loss,
+            lr,
+            grad_norm: norm,
+            tokens_per_s,
+            eval_loss: eval.as_ref().map(|e| e.loss),
+            eval_accuracy: eval.as_ref().and_then(|e| e.accuracy),
+        };
+        writeln!(metrics, "{}", serde_json::to_string(&line)?)
+            .context("cannot append to metrics.jsonl")?;
+        let reached = matches!((&eval, c.target_accuracy), (Some(EvalResult { accuracy: Some(a), .. }), Some(t)) if *a >= t);
+        if eval.is_some() {
+            last_eval = eval;
+        }
+        if state.step % c.checkpoint_every == 0 || done || reached {
+            checkpoint::save(&ckpt_dir, &model, &params, Some((&state, &opt.m, &opt.v)))?;
+            saved_step = state.step;
+        }
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+        if reached {
+            say(format!(
+                "reached the target accuracy at step {}",
+                state.step
+            ));
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(TrainOutcome {
+        steps: state.step,
+        last_loss,
+        eval: last_eval,
+        checkpoint: ckpt_dir,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn non_finite(what: &str, value: f64, step: usize, ckpt: &Path, saved_step: usize) -> String {
+    let kept = if saved_step > 0 {
+        format!(
+            "the last good checkpoint ({}, step {saved_step}) is kept",
+            ckpt.display()
+        )
+    } else {
+        "no checkpoint had been written yet".to_string()
+    };
+    format!("training stopped: the {what} became {value} at step {step}; {kept}. Try a lower --lr.")
+}
+
+fn eval_line(step: usize, e: &EvalResult, secs: f64) -> String {
+    match e.accuracy {
+        Some(a) => format!(
+            "step {step:>6} | eval loss {:.4} | query accuracy {:.2}% | {secs:.0}s",
+            e.loss,
+            100.0 * a
+        ),
+        None => format!(
+            "step {step:>6} | eval loss {:.4} | {:.3} bits/byte | {secs:.0}s",
+            e.loss,
+            e.loss / std::f64::consts::LN_2
+        ),
+    }
+}
+
+fn progress_bar(quiet: bool, total: usize, pos: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps | {msg} | {per_sec} | ETA {eta}")
+            .expect("valid template"),
+    );
+    bar.set_position(pos as u64);
+    bar
+}
+
+/// Drops metric lines past the checkpoint being resumed, so the file reads as one run.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::io::write_atomic(path, kept.as_bytes())
+}
