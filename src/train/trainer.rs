@@ -214,8 +214,10 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let bar = progress_bar(opts.quiet, c.steps, state.step);
     let say = |line: String| {
+        // Through `suspend`, not `println`: the latter prints nothing when stderr is not a
+        // terminal (CI, logs), where these lines matter most.
         if !opts.quiet {
-            bar.println(line);
+            bar.suspend(|| eprintln!("{line}"));
         }
     };
     if !opts.quiet {
@@ -309,6 +311,21 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             last_eval = eval;
         }
         if state.step % c.checkpoint_every == 0 || done || reached {
+            if let Some(i) = params.iter().position(|p| !p.is_finite()) {
+                let name = model
+                    .layout
+                    .params
+                    .iter()
+                    .find(|p| p.range().contains(&i))
+                    .map_or("?", |p| &p.name);
+                bail!(non_finite(
+                    &format!("parameter `{name}`"),
+                    params[i] as f64,
+                    state.step,
+                    &ckpt_dir,
+                    saved_step
+                ));
+            }
             checkpoint::save(&ckpt_dir, &model, &params, Some((&state, &opt.m, &opt.v)))?;
             saved_step = state.step;
         }
