@@ -330,10 +330,13 @@ mod tests {
         let mut grads = vec![0.0; params.len()];
         model.backward(&params, acts, &targets, count, 1.0, &mut grads);
         let numeric = fd(&params, &loss);
+        let mut worst = 0.0f64;
         for info in &model.layout.params {
             let e = max_rel_err(&grads[info.range()], &numeric[info.range()]);
             assert!(e < 1e-6, "{}: rel err {e}", info.name);
+            worst = worst.max(e);
         }
+        eprintln!("whole model (tie={tie}, b_bias={b_bias}): worst per-tensor rel err {worst:.2e}");
         assert!(max_rel_err(&grads, &numeric) < 1e-6);
     }
 
