@@ -1,0 +1,178 @@
+//! `gdn train`.
+
+use anyhow::Result;
+use clap::Args;
+use gdn::data::mqar::MqarConfig;
+use gdn::model::ModelConfig;
+use gdn::train::{trainer::RunOptions, DataSpec, TrainConfig};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A text file to train a byte-level language model on (instead of MQAR).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Model preset (tiny, mqar, small, fla-1.3b, nvlabs-0.4b, nvlabs-1.3b).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A model config.json (FLA's format) instead of a preset.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// The run folder (config, metrics.jsonl, checkpoint/). Default: runs/mqar or runs/<file stem>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in --out exactly where its checkpoint left it.
+    #[arg(long)]
+    pub resume: bool,
+    /// Optimiser steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches accumulated per optimiser step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Sequence length (byte-level data; MQAR: the task's length).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// MQAR key–value pairs per sequence.
+    #[arg(long)]
+    pub kv_pairs: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine (default lr/10).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Keep norms, biases, A_log and dt_bias out of weight decay.
+    #[arg(long)]
+    pub no_decay_norms: bool,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Seed of initialisation, data and evaluation draws.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluate every N steps.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Stop after this many steps in total (checkpointed; continue with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// No progress bar or console lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| match &a.data {
+        Some(p) => PathBuf::from("runs").join(p.file_stem().unwrap_or_default()),
+        None => PathBuf::from("runs/mqar"),
+    });
+    let opts = RunOptions {
+        out,
+        resume: a.resume,
+        stop_after: a.stop_after,
+        quiet: a.quiet,
+    };
+    let config = if a.resume {
+        None
+    } else {
+        Some(train_config(&a)?)
+    };
+    let o = gdn::train::train(config, &opts)?;
+    let eval = match &o.eval {
+        Some(e) => match e.accuracy {
+            Some(acc) => format!(
+                "held-out query accuracy {:.2}%, eval loss {:.4}",
+                100.0 * acc,
+                e.loss
+            ),
+            None => format!(
+                "eval loss {:.4} ({:.3} bits/byte)",
+                e.loss,
+                e.loss / std::f64::consts::LN_2
+            ),
+        },
+        None => "no evaluation".into(),
+    };
+    println!(
+        "done: {} steps in {:.0}s, last loss {:.4}, {eval}; checkpoint {}",
+        o.steps,
+        o.seconds,
+        o.last_loss,
+        o.checkpoint.display()
+    );
+    Ok(())
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = TrainConfig::mqar_default();
+    if let Some(path) = &a.data {
+        c.model = ModelConfig::preset("small")?;
+        c.data = DataSpec::Bytes {
+            path: path.clone(),
+            seq_len: a.seq_len.unwrap_or(256),
+        };
+        c.batch_size = 16;
+        c.target_accuracy = None;
+        c.eval_size = 8;
+        c.steps = 1000;
+        c.schedule.lr = 2e-3;
+        c.schedule.warmup_steps = 50;
+    }
+    if let Some(p) = &a.preset {
+        c.model = ModelConfig::preset(p)?;
+    }
+    if let Some(p) = &a.config {
+        c.model = super::read_model_config(p)?;
+    }
+    if let DataSpec::Mqar(m) = &mut c.data {
+        *m = MqarConfig {
+            vocab: c.model.vocab_size,
+            seq_len: a.seq_len.unwrap_or(m.seq_len),
+            num_kv_pairs: a.kv_pairs.unwrap_or(m.num_kv_pairs),
+            ..m.clone()
+        };
+    }
+    let set = |dst: &mut usize, v: Option<usize>| {
+        if let Some(v) = v {
+            *dst = v
+        }
+    };
+    set(&mut c.steps, a.steps);
+    set(&mut c.batch_size, a.batch_size);
+    set(&mut c.grad_accum, a.grad_accum);
+    set(&mut c.eval_every, a.eval_every);
+    set(&mut c.checkpoint_every, a.checkpoint_every);
+    set(&mut c.schedule.warmup_steps, a.warmup);
+    c.schedule.total_steps = c.steps;
+    if let Some(lr) = a.lr {
+        c.schedule.lr = lr;
+        c.schedule.min_lr = lr / 10.0;
+    }
+    if let Some(m) = a.min_lr {
+        c.schedule.min_lr = m;
+    }
+    if let Some(w) = a.weight_decay {
+        c.adamw.weight_decay = w;
+    }
+    c.adamw.exempt_norms_and_biases |= a.no_decay_norms;
+    if let Some(clip) = a.clip {
+        c.clip = clip;
+    }
+    if let Some(s) = a.seed {
+        c.seed = s;
+    }
+    Ok(c)
+}
