@@ -3,6 +3,7 @@
 //! Layers, top to bottom (arrows point down only): `train` → `data`, `model` → `ops` → `tensor`.
 //! The `gdn` binary (src/main.rs, src/cli) sits on top.
 
+pub mod cuda;
 pub mod data;
 pub mod io;
 pub mod model;

@@ -1,0 +1,141 @@
+//! The CUDA device (part of the tensor layer): a context and one stream, kernels compiled from
+//! `.cu` sources by NVRTC for the device's architecture and cached, and device buffers.
+//!
+//! Nothing CUDA is linked at build time (cudarc's dynamic loading): the same binary runs
+//! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
+
+mod compile;
+
+pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
+
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One GPU: its context, the stream all work goes on, and the kernels loaded so far.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// NVRTC target, e.g. `sm_90a` on an H200.
+    pub arch: &'static str,
+    pub name: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+/// Why CUDA cannot be used here, or `None` when the driver and NVRTC load and a device exists.
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: these only try to dlopen the libraries; nothing is called through them.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver found (libcuda.so could not be loaded)".into());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Some("the CUDA driver is present but NVRTC (libnvrtc.so) is not: install the CUDA toolkit or the nvidia-cuda-nvrtc package and add its lib folder to LD_LIBRARY_PATH".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Some("no CUDA device found".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("the CUDA driver failed to start: {e:?}")),
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, or explains why it cannot.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        if let Some(why) = unavailable_reason() {
+            bail!("{why}");
+        }
+        let ctx = CudaContext::new(ordinal)
+            .with_context(|| format!("cannot open CUDA device {ordinal}"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .context("cannot read the compute capability")?;
+        let arch = arch_name(major, minor);
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            ctx,
+            stream,
+            arch,
+            name,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The kernel `func` of `source`, compiling and loading the module at first use.
+    pub fn function(&self, source: &KernelSource, func: &str) -> Result<CudaFunction> {
+        let mut modules = self.modules.lock().expect("module cache lock");
+        let module = match modules.get(source.name) {
+            Some(m) => m.clone(),
+            None => {
+                let ptx = compile_ptx(source, self.arch)?;
+                let m = self
+                    .ctx
+                    .load_module(ptx)
+                    .with_context(|| format!("cannot load CUDA module `{}`", source.name))?;
+                modules.insert(source.name, m.clone());
+                m
+            }
+        };
+        module
+            .load_function(func)
+            .with_context(|| format!("kernel `{func}` not found in `{}`", source.name))
+    }
+
+    /// Waits for all queued work and surfaces any asynchronous error.
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .context("CUDA stream synchronisation failed")
+    }
+}
+
+/// The NVRTC architecture for a compute capability: the `a` variants unlock Hopper's wgmma and
+/// TMA instructions.
+fn arch_name(major: i32, minor: i32) -> &'static str {
+    match (major, minor) {
+        (9, 0) => "sm_90a",
+        (10, 0) => "sm_100a",
+        (8, 9) => "sm_89",
+        (8, 6) => "sm_86",
+        (8, 0) => "sm_80",
+        (12, _) => "sm_120",
+        (10, _) => "sm_100",
+        _ => "sm_80",
+    }
+}
+
+/// Every `.cu` module of the project, so that all of them can be compile-checked at once
+/// (`cargo test` does it where NVRTC is installed; CI installs it).
+pub fn all_sources() -> Vec<&'static KernelSource> {
+    vec![]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles every kernel for Hopper with NVRTC, which needs no GPU. Skipped (with a note)
+    /// where NVRTC is not installed, unless GDN_REQUIRE_NVRTC=1 (as in CI).
+    #[test]
+    fn all_kernels_compile_for_sm_90a() {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            assert!(
+                std::env::var_os("GDN_REQUIRE_NVRTC").is_none(),
+                "GDN_REQUIRE_NVRTC is set but NVRTC is not loadable"
+            );
+            eprintln!("NVRTC not found: kernel compilation not checked");
+            return;
+        }
+        let probe = KernelSource {
+            name: "probe",
+            code: "#include <cuda_bf16.h>\nextern \"C\" __global__ void probe(__nv_bfloat16* x) { x[threadIdx.x] = __float2bfloat16(1.0f); }",
+        };
+        for s in std::iter::once(&probe).chain(all_sources()) {
+            if let Err(e) = compile_ptx(s, "sm_90a") {
+                panic!("{e:#}");
+            }
+        }
+    }
+}
