@@ -5,6 +5,7 @@
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
 
 mod compile;
+pub mod selftest;
 
 pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
 
