@@ -178,47 +178,79 @@ impl ModelConfig {
         serde_json::to_string_pretty(&j).expect("json")
     }
 
-    /// Reads a `config.json` written by gdn or by FLA. `origin` names the file in errors.
+    /// Reads a `config.json` written by gdn or by FLA. Fields FLA would default are defaulted
+    /// as FLA does (including `intermediate_size` from `hidden_ratio`); options gdn does not
+    /// implement are refused by name. `origin` names the file in errors.
     pub fn from_hf_json(text: &str, origin: &str) -> Result<Self> {
-        let j: serde_json::Value =
+        let mut j: serde_json::Value =
             serde_json::from_str(text).with_context(|| format!("{origin}: not valid JSON"))?;
-        if let Some(mt) = j.get("model_type").and_then(|v| v.as_str()) {
+        let o = j
+            .as_object_mut()
+            .with_context(|| format!("{origin}: expected a JSON object"))?;
+        if let Some(mt) = o.get("model_type").and_then(|v| v.as_str()) {
             ensure!(
                 mt == "gated_deltanet",
                 "{origin}: model_type is `{mt}`, expected `gated_deltanet`"
             );
         }
+        let given = |o: &serde_json::Map<String, serde_json::Value>, k: &str| {
+            o.get(k).filter(|v| !v.is_null()).cloned()
+        };
         for (field, want) in [
-            ("use_gate", true),
-            ("use_short_conv", true),
-            ("allow_neg_eigval", false),
+            ("use_gate", serde_json::json!(true)),
+            ("use_short_conv", serde_json::json!(true)),
+            ("allow_neg_eigval", serde_json::json!(false)),
+            ("conv_bias", serde_json::json!(false)),
+            ("output_gate_activation", serde_json::json!("swish")),
+            ("hidden_act", serde_json::json!("swish")),
         ] {
-            if let Some(v) = j.get(field).and_then(|v| v.as_bool()) {
+            if let Some(v) = given(o, field) {
                 ensure!(
                     v == want,
-                    "{origin}: `{field}` = {v} is not supported (gdn needs {want})"
+                    "{origin}: `{field}` = {v} is not supported (gdn implements {want})"
                 );
             }
         }
-        if let Some(nv) = j.get("num_v_heads").filter(|v| !v.is_null()) {
+        if let Some(nv) = given(o, "num_v_heads") {
             ensure!(
-                nv.as_u64() == j.get("num_heads").and_then(|v| v.as_u64()),
+                Some(&nv) == o.get("num_heads"),
                 "{origin}: `num_v_heads` different from `num_heads` (GVA) is not supported"
             );
         }
-        if let Some(a) = j.get("attn").filter(|v| !v.is_null()) {
-            bail!("{origin}: hybrid attention layers (`attn` = {a}) are not supported yet");
+        for unsupported in ["attn", "attnres_block_size"] {
+            if let Some(v) = given(o, unsupported) {
+                bail!("{origin}: `{unsupported}` = {v} (hybrid layers) is not supported yet");
+            }
         }
-        let mut cfg: ModelConfig = serde_json::from_value(j.clone())
-            .with_context(|| format!("{origin}: missing or malformed field"))?;
-        if j.get("intermediate_size")
-            .map(|v| v.is_null())
-            .unwrap_or(false)
-        {
-            bail!("{origin}: `intermediate_size` is null; set it explicitly");
+        // FLA's defaults (GatedDeltaNetConfig) for whatever the file leaves out.
+        let defaults = serde_json::json!({
+            "vocab_size": 32000, "hidden_size": 2048, "num_hidden_layers": 21, "num_heads": 6,
+            "head_dim": 256, "expand_v": 2.0, "conv_size": 4, "norm_eps": 1e-6,
+            "tie_word_embeddings": false, "initializer_range": 0.02,
+        });
+        for (k, v) in defaults.as_object().expect("object") {
+            if given(o, k).is_none() {
+                o.insert(k.clone(), v.clone());
+            }
         }
+        if given(o, "intermediate_size").is_none() {
+            let d = o["hidden_size"]
+                .as_u64()
+                .with_context(|| format!("{origin}: `hidden_size` must be an integer"))?;
+            let ratio = given(o, "hidden_ratio")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(4.0);
+            let inter = (d as f64 * ratio * 2.0 / 3.0) as u64;
+            o.insert(
+                "intermediate_size".into(),
+                serde_json::json!(inter.div_ceil(256) * 256),
+            );
+        }
+        let has_init = o.contains_key("init");
+        let mut cfg: ModelConfig =
+            serde_json::from_value(j).with_context(|| format!("{origin}: malformed field"))?;
         cfg.validate().with_context(|| origin.to_string())?;
-        if j.get("init").is_none() {
+        if !has_init {
             cfg.init = Init::Fla;
         }
         Ok(cfg)
@@ -241,6 +273,30 @@ mod tests {
         assert_eq!((nv.head_dim, nv.head_v_dim()), (128, 256));
         let nv13 = ModelConfig::preset("nvlabs-1.3b").unwrap();
         assert_eq!((nv13.head_dim, nv13.head_v_dim()), (200, 400));
+    }
+
+    #[test]
+    fn fla_style_config_gets_flas_defaults() {
+        let c = ModelConfig::from_hf_json(
+            r#"{"model_type": "gated_deltanet", "hidden_size": 1024, "num_heads": 4, "intermediate_size": null}"#,
+            "c.json",
+        )
+        .unwrap();
+        // int(1024·4·2/3) = 2730, rounded up to a multiple of 256.
+        assert_eq!(c.intermediate_size, 2816);
+        assert_eq!(
+            (
+                c.head_dim,
+                c.head_v_dim(),
+                c.num_hidden_layers,
+                c.vocab_size
+            ),
+            (256, 512, 21, 32000)
+        );
+        let err = ModelConfig::from_hf_json(r#"{"conv_bias": true}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("conv_bias"), "{err}");
     }
 
     #[test]
