@@ -375,3 +375,77 @@ mod tests {
         assert!(err.contains("99"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inference-only passes (no backward cache), used by prefill / decode (model::decode) and by
+// evaluation. The mixer is supplied by the caller, so one block loop serves the chunked prefill
+// and the recurrent decode step.
+
+/// A block's mixer as seen by an inference pass: (layer index, its parameters, its sizes,
+/// the normed input [n, d]) → the mixer output [n, d].
+pub(crate) type MixerFn<'a, F> = dyn FnMut(usize, &MixerParams, MixerDims, &[F]) -> Vec<F> + 'a;
+
+impl Model {
+    /// The mixer sizes of every layer.
+    pub fn mixer_dims(&self) -> MixerDims {
+        self.dims
+    }
+
+    /// Checks the parameter buffer and token ids as `forward` does.
+    pub(crate) fn check_inputs<F>(&self, params: &[F], tokens: &[u32]) -> Result<()> {
+        ensure!(
+            params.len() == self.layout.total,
+            "parameter buffer has {} values, the model needs {}",
+            params.len(),
+            self.layout.total
+        );
+        let vocab = self.config.vocab_size;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            anyhow::bail!("token id {t} is outside the model's vocabulary of {vocab}");
+        }
+        Ok(())
+    }
+
+    /// Embedding → blocks (with `mix` as each mixer) → final RMSNorm. Returns the normed final
+    /// hidden states [tokens, d]; keeps nothing for a backward.
+    pub(crate) fn hidden_with<F: Elem>(
+        &self,
+        params: &[F],
+        tokens: &[u32],
+        mix: &mut MixerFn<'_, F>,
+    ) -> Result<Vec<F>> {
+        self.check_inputs(params, tokens)?;
+        let c = &self.config;
+        let (d, inter) = (c.hidden_size, c.intermediate_size);
+        let n = tokens.len();
+        let p = |r: &Range<usize>| &params[r.clone()];
+        let mut x = nn::embedding_fwd(p(&self.embeddings), tokens, d);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let (h1, _) = nn::rmsnorm_fwd(&x, p(&b.attn_norm), d, c.norm_eps);
+            let m = mix(i, &b.mixer, self.dims, &h1);
+            x.iter_mut().zip(&m).for_each(|(a, &v)| *a += v);
+            let (h2, _) = nn::rmsnorm_fwd(&x, p(&b.mlp_norm), d, c.norm_eps);
+            let mut act = nn::linear_fwd(&h2, p(&b.gate_proj), n, d, inter);
+            let up = nn::linear_fwd(&h2, p(&b.up_proj), n, d, inter);
+            act.iter_mut()
+                .zip(&up)
+                .for_each(|(g, &u)| *g = nn::silu(*g) * u);
+            let mlp = nn::linear_fwd(&act, p(&b.down_proj), n, inter, d);
+            x.iter_mut().zip(&mlp).for_each(|(a, &v)| *a += v);
+        }
+        Ok(nn::rmsnorm_fwd(&x, p(&self.norm), d, c.norm_eps).0)
+    }
+
+    /// LM-head logits [rows, vocab] of final hidden states [rows, d] (from [`Model::infer_hidden`]
+    /// or prefill), so that callers can bound the memory by projecting a few rows at a time.
+    pub fn logits_of<F: Elem>(&self, params: &[F], hidden: &[F]) -> Vec<F> {
+        let (d, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        nn::linear_fwd(
+            hidden,
+            &params[self.head().clone()],
+            hidden.len() / d,
+            d,
+            vocab,
+        )
+    }
+}

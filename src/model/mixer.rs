@@ -331,3 +331,122 @@ fn split_two<'g, F>(
     let (lo, hi) = g.split_at_mut(b.start);
     (&mut lo[a.clone()], &mut hi[..b.len()])
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inference (spec §A.4): a prefill that keeps no backward cache but returns the decode state,
+// and a one-token decode step per sequence.
+
+use super::decode::{self as dec, LayerState};
+
+impl MixerDims {
+    /// Raw conv input widths (q, k, v).
+    pub fn conv_channels(&self) -> (usize, usize, usize) {
+        (self.key_dim(), self.key_dim(), self.value_dim())
+    }
+}
+
+/// Inference forward over `x` [n, d] packed by `cu_seqlens` (every sequence from a zero state).
+/// Returns the output [n, d] and each sequence's decode state: the last W raw conv inputs of
+/// q, k, v (oldest first, zero-filled) and the final recurrent state [N, H, K, V].
+pub fn prefill<F: Elem>(
+    mp: &MixerParams,
+    dims: MixerDims,
+    params: &[F],
+    x: &[F],
+    cu_seqlens: &[usize],
+) -> (Vec<F>, LayerState<F>) {
+    let n = x.len() / dims.d;
+    let (kd, vd, w) = (dims.key_dim(), dims.value_dim(), dims.width);
+    let s = project(mp, dims, params, x, n);
+    let conv_q = dec::conv_tail(&s.q_pre, kd, w, cu_seqlens);
+    let conv_k = dec::conv_tail(&s.k_pre, kd, w, cu_seqlens);
+    let conv_v = dec::conv_tail(&s.v_pre, vd, w, cu_seqlens);
+    let conv_silu = |pre: &[F], r: &Range<usize>, ch| {
+        nn::silu_fwd(&conv::forward(pre, &params[r.clone()], ch, w, cu_seqlens))
+    };
+    let (q, _) = nn::l2norm_fwd(&conv_silu(&s.q_pre, &mp.q_conv, kd), dims.dk);
+    let (k, _) = nn::l2norm_fwd(&conv_silu(&s.k_pre, &mp.k_conv, kd), dims.dk);
+    let v = conv_silu(&s.v_pre, &mp.v_conv, vd);
+    let (g, beta) = nn::gates_fwd(
+        &s.a,
+        &s.b,
+        &params[mp.a_log.clone()],
+        &params[mp.dt_bias.clone()],
+    );
+    let inputs = delta_rule::Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        g: &g,
+        beta: &beta,
+        scale: F::of(1.0 / (dims.dk as f64).sqrt()),
+        initial_state: None,
+        cu_seqlens,
+    };
+    let r = delta_rule::chunk::forward(&inputs, dims.rule());
+    let (normed, _) = nn::gated_rmsnorm_fwd(&r.o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
+    let out = nn::linear_fwd(&normed, &params[mp.o_proj.clone()], n, vd, dims.d);
+    let state = LayerState {
+        conv_q,
+        conv_k,
+        conv_v,
+        state: r.final_state,
+    };
+    (out, state)
+}
+
+/// One decode step: `x` [N, d] holds one token's mixer input per sequence; updates `st` in
+/// place (conv step, SiLU, L2 norm, gates, one gated-delta-rule step) and returns [N, d].
+pub fn decode_step<F: Elem>(
+    mp: &MixerParams,
+    dims: MixerDims,
+    params: &[F],
+    x: &[F],
+    st: &mut LayerState<F>,
+) -> Vec<F> {
+    let nseq = x.len() / dims.d;
+    let (kd, vd, w, h, dk, dv) = (
+        dims.key_dim(),
+        dims.value_dim(),
+        dims.width,
+        dims.heads,
+        dims.dk,
+        dims.dv,
+    );
+    let s = project(mp, dims, params, x, nseq);
+    let conv_step = |pre: &[F], r: &Range<usize>, ch: usize, cache: &mut [F]| -> Vec<F> {
+        let wt = &params[r.clone()];
+        let mut y = Vec::with_capacity(nseq * ch);
+        for (row, c) in pre.chunks(ch).zip(cache.chunks_mut(w * ch)) {
+            y.extend(conv::step(row, wt, w, c));
+        }
+        nn::silu_fwd(&y)
+    };
+    let (q, _) = nn::l2norm_fwd(&conv_step(&s.q_pre, &mp.q_conv, kd, &mut st.conv_q), dk);
+    let (k, _) = nn::l2norm_fwd(&conv_step(&s.k_pre, &mp.k_conv, kd, &mut st.conv_k), dk);
+    let v = conv_step(&s.v_pre, &mp.v_conv, vd, &mut st.conv_v);
+    let (g, beta) = nn::gates_fwd(
+        &s.a,
+        &s.b,
+        &params[mp.a_log.clone()],
+        &params[mp.dt_bias.clone()],
+    );
+    let scale = F::of(1.0 / (dk as f64).sqrt());
+    let mut o = vec![F::zero(); nseq * vd];
+    for (i, s_h) in st.state.chunks_mut(dk * dv).enumerate() {
+        // i = sequence · H + head; q, k, v, g, β are [N, H, ·] so the same index works.
+        dec::recurrent_step(
+            s_h,
+            &q[i * dk..(i + 1) * dk],
+            &k[i * dk..(i + 1) * dk],
+            &v[i * dv..(i + 1) * dv],
+            g[i].exp(),
+            beta[i],
+            scale,
+            &mut o[i * dv..(i + 1) * dv],
+        );
+    }
+    debug_assert_eq!(st.state.len(), nseq * h * dk * dv);
+    let (normed, _) = nn::gated_rmsnorm_fwd(&o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
+    nn::linear_fwd(&normed, &params[mp.o_proj.clone()], nseq, vd, dims.d)
+}
