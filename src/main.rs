@@ -23,6 +23,8 @@ enum Command {
     Train(Box<cli::train::TrainArgs>),
     /// Print a model's configuration and parameter count.
     Info(cli::info::InfoArgs),
+    /// Save the logits a checkpoint gives for token sequences (to compare implementations).
+    Logits(cli::logits::LogitsArgs),
 }
 
 fn main() {
@@ -36,5 +38,6 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => cli::train::run(*a),
         Command::Info(a) => cli::info::run(a),
+        Command::Logits(a) => cli::logits::run(a),
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands of the `gdn` binary, one module each.
 
 pub mod info;
+pub mod logits;
 pub mod train;
 
 use anyhow::{Context, Result};

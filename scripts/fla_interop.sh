@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Checkpoints both ways between gdn and FLA (GPU machine; FLA wheels in .whl/). Prints JSON lines.
+set -u
+B=./target/release/gdn
+W=/tmp/gdn-interop
+rm -rf "$W" && mkdir -p "$W"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site
+cat src/*.rs src/*/*.rs > "$W/corpus.txt"
+# A sequence longer than one chunk (64) and not a multiple of it.
+TOK=$(python3 -c "print(','.join(str((i * 37 + 11) % 256) for i in range(150)))")
+# gdn → FLA: a byte-level model trained briefly by gdn.
+timeout 300 $B train --data "$W/corpus.txt" --preset small --steps 20 --out "$W/run" --quiet \
+  && timeout 60 $B logits --checkpoint "$W/run/checkpoint" --tokens "$TOK" --out "$W/gdn_logits.safetensors" \
+  && timeout 300 python3 scripts/fla_interop.py gdn2fla "$W/run/checkpoint" "$W/gdn_logits.safetensors"
+# FLA → gdn: a random FLA model saved by save_pretrained.
+timeout 300 python3 scripts/fla_interop.py make_fla "$W/fla" "$TOK" \
+  && timeout 60 $B logits --checkpoint "$W/fla" --tokens "$TOK" --out "$W/gdn_on_fla.safetensors" \
+  && timeout 120 python3 scripts/fla_interop.py compare "$W/fla/fla_logits.safetensors" "$W/gdn_on_fla.safetensors"
