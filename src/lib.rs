@@ -5,6 +5,7 @@
 
 pub mod cuda;
 pub mod data;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;
