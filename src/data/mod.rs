@@ -2,6 +2,10 @@
 
 pub mod bytes;
 pub mod mqar;
+pub mod packed;
+pub mod prepare;
+pub mod shards;
+pub mod tokenizer;
 
 /// Target value meaning "no loss at this position".
 pub const IGNORE: u32 = u32::MAX;
