@@ -18,6 +18,15 @@ pub struct TrainArgs {
     /// A model config.json (FLA's format) instead of a preset.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
+    /// Model width (resizes the preset: keys 0.75·width over the heads, MLP (8/3)·width).
+    #[arg(long)]
+    pub hidden_size: Option<usize>,
+    /// Number of blocks.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Number of GDN heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
     /// The run folder (config, metrics.jsonl, checkpoint/). Default: runs/mqar or runs/<file stem>.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -137,6 +146,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(p) = &a.config {
         c.model = super::read_model_config(p)?;
     }
+    c.model = c.model.clone().resized(a.hidden_size, a.layers, a.heads)?;
     if let DataSpec::Mqar(m) = &mut c.data {
         *m = MqarConfig {
             vocab: c.model.vocab_size,

@@ -115,6 +115,40 @@ impl ModelConfig {
         })
     }
 
+    /// Resizes the model as FLA and NVlabs size theirs from the width: keys take 0.75·d split
+    /// over `heads` (so 0.75·d must divide evenly), values V = K·expand_v, and the SwiGLU width
+    /// is ⌈(8/3)·d / 256⌉·256. Fields given as `None` keep their value.
+    pub fn resized(
+        mut self,
+        hidden: Option<usize>,
+        layers: Option<usize>,
+        heads: Option<usize>,
+    ) -> Result<Self> {
+        if hidden.is_none() && heads.is_none() && layers.is_none() {
+            return Ok(self);
+        }
+        let d = hidden.unwrap_or(self.hidden_size);
+        let h = heads.unwrap_or(self.num_heads);
+        ensure!(
+            d > 0 && h > 0,
+            "`hidden_size` and `num_heads` must be positive (got {d} and {h})"
+        );
+        let key_dim = d * 3 / 4;
+        ensure!(
+            d % 4 == 0 && key_dim % h == 0,
+            "`hidden_size` {d} does not split into `num_heads` {h}: the key width 0.75·{d} must be a multiple of the head count"
+        );
+        self.hidden_size = d;
+        self.num_heads = h;
+        self.head_dim = key_dim / h;
+        self.intermediate_size = (d * 8 / 3).div_ceil(256) * 256;
+        if let Some(l) = layers {
+            self.num_hidden_layers = l;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Rejects inconsistent sizes, naming the field.
     pub fn validate(&self) -> Result<()> {
         let nonzero = [
@@ -297,6 +331,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("conv_bias"), "{err}");
+    }
+
+    #[test]
+    fn resizing_from_the_width_checks_the_head_split() {
+        let c = ModelConfig::preset("mqar")
+            .unwrap()
+            .resized(Some(256), Some(3), Some(4))
+            .unwrap();
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.head_dim,
+                c.num_hidden_layers,
+                c.intermediate_size
+            ),
+            (256, 48, 3, 768)
+        );
+        let err = ModelConfig::preset("mqar")
+            .unwrap()
+            .resized(Some(100), None, Some(4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hidden_size") && err.contains("num_heads"),
+            "{err}"
+        );
     }
 
     #[test]
