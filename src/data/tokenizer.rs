@@ -265,7 +265,7 @@ pub fn train_bpe(
             for f in &files {
                 read_documents(f, &bar2, &mut |doc| {
                     n += 1;
-                    if n % 1024 == 0 {
+                    if n.is_multiple_of(1024) {
                         bar2.set_message(format!("{n} documents"));
                     }
                     // A closed channel means training stopped; its error is reported.
