@@ -5,6 +5,7 @@
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
 
 mod compile;
+pub mod delta_rule;
 pub mod selftest;
 
 pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
@@ -109,7 +110,9 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
 /// Every `.cu` module of the project, so that all of them can be compile-checked at once
 /// (`cargo test` does it where NVRTC is installed; CI installs it).
 pub fn all_sources() -> Vec<&'static KernelSource> {
-    vec![]
+    let mut v = vec![];
+    v.extend(delta_rule::sources());
+    v
 }
 
 #[cfg(test)]

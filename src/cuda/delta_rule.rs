@@ -1,0 +1,983 @@
+//! The gated delta rule on the GPU (kernels in `kernels/delta_rule.cu`): the chunked forward and
+//! backward (chunk 64, WY/UT transform, bf16 tensor-core products with f32 accumulation), and a
+//! fused recurrent decode step. The CPU reference is [`crate::ops::delta_rule`]; layouts are the
+//! same: q,k [T,H,K], v,o [T,H,V] bf16; g (per-token log decay, not cumsummed) and beta [T,H] f32;
+//! states [N,H,K,V] f32, key-first; sequences packed by `cu_seqlens`.
+//!
+//! Every entry point validates first and only then queues kernels on `gpu.stream`; none waits
+//! for the device. The one exception is [`DeltaRuleWorkspace::set_seqlens`] (called by the
+//! chunked entry points), which uploads the chunk table when `cu_seqlens` differs from the last
+//! call's and then synchronises (pageable copy). Repeated calls with the same `cu_seqlens`
+//! allocate and copy nothing, so they can be captured in a CUDA graph.
+//!
+//! Pipeline (spec §B), per call:
+//! - forward: `prep` (per chunk, head: G, T = (I+M)^{-1}, W, U) → `state_fwd` (per sequence, head,
+//!   V tile: every chunk's entering state h_c and Ṽ = U − W h_c, final state) → `fwd_o` (per
+//!   chunk, head, 64 columns of V: O);
+//! - backward: `prep` (also stores T) → `state_fwd` (recompute h_c, Ṽ) → `dvloc` → `state_bwd`
+//!   (reverse: dh_c, dṼ, dh0) → `dqk` (dq, partial dk and dG) → `wy` (WY backward, dv, dβ, dk, dg).
+
+pub mod selftest;
+
+use super::{Gpu, KernelSource};
+use crate::ops::delta_rule::{Dims, CHUNK};
+use anyhow::{bail, ensure, Context, Result};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use half::bf16;
+
+/// The kernels of this module.
+pub static SOURCE: KernelSource = KernelSource {
+    name: "delta_rule",
+    code: include_str!("kernels/delta_rule.cu"),
+};
+
+/// This module's `.cu` sources, for [`super::all_sources`].
+pub fn sources() -> Vec<&'static KernelSource> {
+    vec![&SOURCE]
+}
+
+/// Checks the head sizes the kernels are built for: K ∈ {64, 128, 256}, V ∈ {K, 2K}.
+pub fn check_dims(dims: Dims) -> Result<()> {
+    ensure!(dims.heads > 0, "delta rule (CUDA): heads must be > 0");
+    ensure!(
+        matches!(dims.dk, 64 | 128 | 256),
+        "delta rule (CUDA): unsupported key head dim K={} (supported: 64, 128, 256)",
+        dims.dk
+    );
+    ensure!(
+        dims.dv == dims.dk || dims.dv == 2 * dims.dk,
+        "delta rule (CUDA): unsupported value head dim V={} for K={} (supported: V = K or V = 2K)",
+        dims.dv,
+        dims.dk
+    );
+    Ok(())
+}
+
+/// Checks `cu_seqlens` ([N+1], from 0, non-decreasing, ending at `t`).
+pub fn check_cu_seqlens(cu: &[usize], t: usize) -> Result<()> {
+    ensure!(
+        cu.len() >= 2,
+        "cu_seqlens must hold at least 2 offsets, got {}",
+        cu.len()
+    );
+    ensure!(
+        cu[0] == 0,
+        "cu_seqlens must start at 0, starts at {}",
+        cu[0]
+    );
+    if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
+        bail!(
+            "cu_seqlens is not increasing at index {i} ({} < {})",
+            cu[i],
+            cu[i - 1]
+        );
+    }
+    ensure!(
+        *cu.last().unwrap() == t,
+        "cu_seqlens ends at {} but the inputs hold T={t} tokens",
+        cu.last().unwrap()
+    );
+    Ok(())
+}
+
+fn check_len(name: &str, len: usize, want: usize, what: &str) -> Result<()> {
+    ensure!(
+        len == want,
+        "delta rule (CUDA): `{name}` has {len} elements, expected {want} ({what})"
+    );
+    Ok(())
+}
+
+/// One kernel argument.
+enum Arg {
+    P(u64),
+    I(i32),
+    F(f32),
+}
+
+fn launch(
+    gpu: &Gpu,
+    f: &CudaFunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    args: &[Arg],
+) -> Result<()> {
+    let mut b = gpu.stream.launch_builder(f);
+    for a in args {
+        match a {
+            Arg::P(p) => b.arg(p),
+            Arg::I(i) => b.arg(i),
+            Arg::F(x) => b.arg(x),
+        };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    // SAFETY: argument lists match the `extern "C"` signatures in delta_rule.cu (checked by the
+    // selftest); every pointer was length-checked against the shapes the kernel indexes.
+    unsafe { b.launch(cfg) }
+        .with_context(|| format!("launching {name} grid {grid:?} block {block} smem {smem}"))?;
+    Ok(())
+}
+
+fn ptr<T, S: DevicePtr<T>>(gpu: &Gpu, x: &S) -> u64 {
+    x.device_ptr(&gpu.stream).0
+}
+
+fn ptr_mut<T, S: DevicePtrMut<T>>(gpu: &Gpu, x: &mut S) -> u64 {
+    x.device_ptr_mut(&gpu.stream).0
+}
+
+fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
+    Ok(gpu
+        .ctx
+        .attribute(a)
+        .with_context(|| format!("reading device attribute {a:?}"))? as usize)
+}
+
+/// Order of the shared-memory table written by `dr_smem_sizes` (11 per K, K = 64, 128, 256).
+const SLOT_PREP: usize = 0;
+const SLOT_FWD_O: usize = 1;
+const SLOT_DVLOC: usize = 2;
+const SLOT_DQK: usize = 3;
+const SLOT_WY: usize = 4;
+const SLOT_STATE_FWD: usize = 5; // + 0,1,2 for BV 16, 32, 64
+const SLOT_STATE_BWD: usize = 8; // + 0,1,2 for BV 16, 32, 64
+const SLOTS_PER_K: usize = 11;
+const STATE_BVS: [usize; 3] = [16, 32, 64];
+
+/// Shared-memory bytes of every chunk kernel, as the kernels compute them (one tiny launch).
+fn smem_table(gpu: &Gpu) -> Result<Vec<u32>> {
+    let f = gpu.function(&SOURCE, "dr_smem_sizes")?;
+    let mut out = gpu
+        .stream
+        .alloc_zeros::<u32>(3 * SLOTS_PER_K)
+        .context("allocating the shared-memory table")?;
+    let p = ptr_mut(gpu, &mut out);
+    launch(gpu, &f, "dr_smem_sizes", (1, 1, 1), 32, 0, &[Arg::P(p)])?;
+    let v = gpu
+        .stream
+        .clone_dtoh(&out)
+        .context("reading the shared-memory table")?;
+    gpu.sync()?;
+    Ok(v)
+}
+
+fn k_index(dk: usize) -> usize {
+    match dk {
+        64 => 0,
+        128 => 1,
+        _ => 2,
+    }
+}
+
+/// A kernel with its dynamic shared-memory size (the opt-in limit already raised).
+struct Kern {
+    f: CudaFunction,
+    name: String,
+    smem: u32,
+}
+
+fn load_kern(gpu: &Gpu, name: String, smem: u32, limit: usize) -> Result<Option<Kern>> {
+    if smem as usize > limit {
+        return Ok(None);
+    }
+    let f = gpu.function(&SOURCE, &name)?;
+    f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .with_context(|| format!("raising the shared-memory limit of {name} to {smem} bytes"))?;
+    Ok(Some(Kern { f, name, smem }))
+}
+
+fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
+    k.with_context(|| {
+        format!("delta rule kernel {what} needs more shared memory than this GPU allows per block ({limit} bytes)")
+    })
+}
+
+/// The chunk kernels for one key head size.
+struct ChunkKernels {
+    prep: Kern,
+    fwd_o: Kern,
+    dvloc: Kern,
+    dqk: Kern,
+    wy: Kern,
+    /// Indexed like [`STATE_BVS`]; `None` where the variant does not fit in shared memory.
+    state_fwd: [Option<Kern>; 3],
+    state_bwd: [Option<Kern>; 3],
+    /// Threads of the dqk and wy kernels.
+    bwd_threads: u32,
+}
+
+impl ChunkKernels {
+    fn load(gpu: &Gpu, dk: usize) -> Result<Self> {
+        let table = smem_table(gpu)?;
+        let limit = device_attr(
+            gpu,
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?;
+        let s = |slot: usize| table[k_index(dk) * SLOTS_PER_K + slot];
+        let ld = |n: &str, slot: usize| load_kern(gpu, format!("dr_{n}_k{dk}"), s(slot), limit);
+        let st = |n: &str, base: usize, i: usize| {
+            load_kern(
+                gpu,
+                format!("dr_{n}_k{dk}_bv{}", STATE_BVS[i]),
+                s(base + i),
+                limit,
+            )
+        };
+        Ok(ChunkKernels {
+            prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
+            fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
+            dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
+            dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
+            wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
+            state_fwd: [
+                st("state_fwd", SLOT_STATE_FWD, 0)?,
+                st("state_fwd", SLOT_STATE_FWD, 1)?,
+                st("state_fwd", SLOT_STATE_FWD, 2)?,
+            ],
+            state_bwd: [
+                st("state_bwd", SLOT_STATE_BWD, 0)?,
+                st("state_bwd", SLOT_STATE_BWD, 1)?,
+                st("state_bwd", SLOT_STATE_BWD, 2)?,
+            ],
+            bwd_threads: if dk >= 256 { 512 } else { 256 },
+        })
+    }
+}
+
+/// Picks the V-tile width of the sequential state passes: the widest that still gives at least
+/// one block per SM (fewer, wider tiles re-read W and K less), else the narrowest that fits.
+/// `GDN_DR_BV` (16, 32 or 64) overrides it, for experiments.
+fn pick_state_bv(
+    fwd: &[Option<Kern>; 3],
+    bwd: &[Option<Kern>; 3],
+    blocks_per_bv1: usize,
+    num_sms: usize,
+) -> Result<usize> {
+    let ok = |i: usize| fwd[i].is_some() && bwd[i].is_some();
+    if let Some(v) = std::env::var("GDN_DR_BV")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        if let Some(i) = STATE_BVS.iter().position(|&b| b == v) {
+            if ok(i) {
+                return Ok(i);
+            }
+        }
+    }
+    for i in (0..3).rev() {
+        if ok(i) && blocks_per_bv1 / STATE_BVS[i] >= num_sms {
+            return Ok(i);
+        }
+    }
+    (0..3)
+        .find(|&i| ok(i))
+        .context("no state-pass kernel variant fits in shared memory")
+}
+
+/// Buffers of the backward pass.
+struct BwdBuffers {
+    /// T per chunk and head, f32 [NC, H, 64, 64].
+    tmat: CudaSlice<f32>,
+    /// dṼ_loc, f32 [T, H, V].
+    dvloc: CudaSlice<f32>,
+    /// dS leaving each chunk, bf16 [NC, H, K, V].
+    dh: CudaSlice<bf16>,
+    /// dṼ, bf16 [T, H, V].
+    dvnew: CudaSlice<bf16>,
+}
+
+/// Device scratch for the chunked kernels, sized once for up to `max_tokens` tokens in up to
+/// `max_seqs` sequences; reused by every call (no allocation per call).
+pub struct DeltaRuleWorkspace {
+    dims: Dims,
+    max_tokens: usize,
+    max_seqs: usize,
+    max_chunks: usize,
+    num_sms: usize,
+    kern: ChunkKernels,
+    /// (first token, length) per chunk, i32 [max_chunks, 2].
+    ctab: CudaSlice<i32>,
+    /// First chunk of each sequence, i32 [max_seqs + 1].
+    seq_chunk: CudaSlice<i32>,
+    cu_cached: Vec<usize>,
+    n_chunks: usize,
+    /// In-chunk cumulative log decay G, f32 [T, H].
+    gc: CudaSlice<f32>,
+    /// W, bf16 [T, H, K].
+    w: CudaSlice<bf16>,
+    /// U, bf16 [T, H, V].
+    u: CudaSlice<bf16>,
+    /// State entering each chunk, bf16 [NC, H, K, V].
+    h: CudaSlice<bf16>,
+    /// Ṽ, bf16 [T, H, V].
+    vnew: CudaSlice<bf16>,
+    bwd: Option<BwdBuffers>,
+}
+
+/// Inputs of the chunked forward and backward.
+pub struct ChunkInputs<'a> {
+    /// [T, H, K] bf16, L2-normalised by the caller.
+    pub q: CudaView<'a, bf16>,
+    /// [T, H, K] bf16, L2-normalised by the caller.
+    pub k: CudaView<'a, bf16>,
+    /// [T, H, V] bf16.
+    pub v: CudaView<'a, bf16>,
+    /// Per-token log decay g = ln α, [T, H] f32 (not cumsummed).
+    pub g: CudaView<'a, f32>,
+    /// Write strength β, [T, H] f32.
+    pub beta: CudaView<'a, f32>,
+    /// Read-out scale (K^{-1/2} in the model).
+    pub scale: f32,
+    /// State entering each sequence, [N, H, K, V] f32; zeros when `None`.
+    pub initial_state: Option<CudaView<'a, f32>>,
+    /// Sequence offsets [N+1] on the host.
+    pub cu_seqlens: &'a [usize],
+}
+
+/// Gradient outputs of [`chunk_backward`], all f32, every element written.
+pub struct ChunkGrads<'a> {
+    /// [T, H, K]
+    pub dq: CudaViewMut<'a, f32>,
+    /// [T, H, K]
+    pub dk: CudaViewMut<'a, f32>,
+    /// [T, H, V]
+    pub dv: CudaViewMut<'a, f32>,
+    /// Gradient w.r.t. the per-token log decay g, [T, H].
+    pub dg: CudaViewMut<'a, f32>,
+    /// [T, H]
+    pub dbeta: CudaViewMut<'a, f32>,
+    /// Gradient w.r.t. the initial state, [N, H, K, V] (written even when there was none).
+    pub dh0: CudaViewMut<'a, f32>,
+}
+
+/// Owned gradient buffers, for callers that do not have their own.
+pub struct GradBuffers {
+    pub dq: CudaSlice<f32>,
+    pub dk: CudaSlice<f32>,
+    pub dv: CudaSlice<f32>,
+    pub dg: CudaSlice<f32>,
+    pub dbeta: CudaSlice<f32>,
+    pub dh0: CudaSlice<f32>,
+}
+
+impl GradBuffers {
+    pub fn new(gpu: &Gpu, dims: Dims, tokens: usize, seqs: usize) -> Result<Self> {
+        let (h, k, v) = (dims.heads, dims.dk, dims.dv);
+        let z = |n: usize| {
+            gpu.stream
+                .alloc_zeros::<f32>(n.max(1))
+                .with_context(|| format!("allocating {n} f32 for delta rule gradients"))
+        };
+        Ok(GradBuffers {
+            dq: z(tokens * h * k)?,
+            dk: z(tokens * h * k)?,
+            dv: z(tokens * h * v)?,
+            dg: z(tokens * h)?,
+            dbeta: z(tokens * h)?,
+            dh0: z(seqs * h * k * v)?,
+        })
+    }
+
+    /// Views of the first `tokens` tokens and `seqs` sequences.
+    pub fn views(&mut self, dims: Dims, tokens: usize, seqs: usize) -> ChunkGrads<'_> {
+        let (h, k, v) = (dims.heads, dims.dk, dims.dv);
+        ChunkGrads {
+            dq: self.dq.slice_mut(..tokens * h * k),
+            dk: self.dk.slice_mut(..tokens * h * k),
+            dv: self.dv.slice_mut(..tokens * h * v),
+            dg: self.dg.slice_mut(..tokens * h),
+            dbeta: self.dbeta.slice_mut(..tokens * h),
+            dh0: self.dh0.slice_mut(..seqs * h * k * v),
+        }
+    }
+}
+
+impl DeltaRuleWorkspace {
+    /// Allocates the scratch for calls of up to `max_tokens` tokens in up to `max_seqs`
+    /// sequences; with `backward`, also what [`chunk_backward`] needs. Compiles/loads the
+    /// kernels (first use) and synchronises once.
+    pub fn new(
+        gpu: &Gpu,
+        dims: Dims,
+        max_tokens: usize,
+        max_seqs: usize,
+        backward: bool,
+    ) -> Result<Self> {
+        check_dims(dims)?;
+        ensure!(max_seqs > 0, "delta rule workspace: max_seqs must be > 0");
+        ensure!(
+            max_tokens < (1 << 30),
+            "delta rule workspace: max_tokens {max_tokens} too large"
+        );
+        let kern = ChunkKernels::load(gpu, dims.dk)?;
+        let num_sms = device_attr(
+            gpu,
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
+        let (h, k, v) = (dims.heads, dims.dk, dims.dv);
+        let max_chunks = max_tokens.div_ceil(CHUNK) + max_seqs;
+        let t = max_tokens.max(1);
+        fn al<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+            gpu: &Gpu,
+            n: usize,
+            what: &str,
+        ) -> Result<CudaSlice<T>> {
+            gpu.stream
+                .alloc_zeros::<T>(n.max(1))
+                .with_context(|| format!("allocating delta rule workspace `{what}` ({n} elements)"))
+        }
+        let bwd = if backward {
+            Some(BwdBuffers {
+                tmat: al(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?,
+                dvloc: al(gpu, t * h * v, "dvloc")?,
+                dh: al(gpu, max_chunks * h * k * v, "dh")?,
+                dvnew: al(gpu, t * h * v, "dvnew")?,
+            })
+        } else {
+            None
+        };
+        Ok(DeltaRuleWorkspace {
+            dims,
+            max_tokens,
+            max_seqs,
+            max_chunks,
+            num_sms,
+            ctab: al(gpu, 2 * max_chunks, "ctab")?,
+            seq_chunk: al(gpu, max_seqs + 1, "seq_chunk")?,
+            cu_cached: Vec::new(),
+            n_chunks: 0,
+            gc: al(gpu, t * h, "gc")?,
+            w: al(gpu, t * h * k, "w")?,
+            u: al(gpu, t * h * v, "u")?,
+            h: al(gpu, max_chunks * h * k * v, "h")?,
+            vnew: al(gpu, t * h * v, "vnew")?,
+            bwd,
+            kern,
+        })
+    }
+
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+
+    /// Builds and uploads the chunk table for `cu_seqlens` (validated against `tokens`), unless
+    /// it is the one already uploaded. Synchronises the stream when it uploads.
+    pub fn set_seqlens(&mut self, gpu: &Gpu, cu: &[usize], tokens: usize) -> Result<()> {
+        check_cu_seqlens(cu, tokens)?;
+        let n = cu.len() - 1;
+        ensure!(
+            tokens <= self.max_tokens,
+            "delta rule: T={tokens} exceeds the workspace's max_tokens {}",
+            self.max_tokens
+        );
+        ensure!(
+            n <= self.max_seqs,
+            "delta rule: N={n} sequences exceed the workspace's max_seqs {}",
+            self.max_seqs
+        );
+        if self.cu_cached == cu {
+            return Ok(());
+        }
+        let mut ctab = Vec::new();
+        let mut seq_chunk = Vec::with_capacity(n + 1);
+        for s in 0..n {
+            seq_chunk.push((ctab.len() / 2) as i32);
+            let (bos, eos) = (cu[s], cu[s + 1]);
+            let mut t = bos;
+            while t < eos {
+                let l = (eos - t).min(CHUNK);
+                ctab.push(t as i32);
+                ctab.push(l as i32);
+                t += l;
+            }
+        }
+        seq_chunk.push((ctab.len() / 2) as i32);
+        let nc = ctab.len() / 2;
+        ensure!(nc <= self.max_chunks, "delta rule: chunk table overflow");
+        if !ctab.is_empty() {
+            gpu.stream
+                .memcpy_htod(&ctab, &mut self.ctab.slice_mut(..ctab.len()))
+                .context("uploading the delta rule chunk table")?;
+        }
+        gpu.stream
+            .memcpy_htod(&seq_chunk, &mut self.seq_chunk.slice_mut(..n + 1))
+            .context("uploading the delta rule sequence table")?;
+        gpu.sync()?;
+        self.cu_cached = cu.to_vec();
+        self.n_chunks = nc;
+        Ok(())
+    }
+
+    fn state_bv_index(&self, n: usize) -> Result<usize> {
+        let d = self.dims;
+        pick_state_bv(
+            &self.kern.state_fwd,
+            &self.kern.state_bwd,
+            n * d.heads * d.dv,
+            self.num_sms,
+        )
+    }
+}
+
+/// Validates the inputs against the workspace; returns (T, N).
+fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, usize)> {
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = ws.dims;
+    ensure!(
+        inp.q.len() % (h * k) == 0,
+        "delta rule (CUDA): `q` has {} elements, not a multiple of H·K = {}",
+        inp.q.len(),
+        h * k
+    );
+    let t = inp.q.len() / (h * k);
+    check_cu_seqlens(inp.cu_seqlens, t)?;
+    let n = inp.cu_seqlens.len() - 1;
+    let what = format!("T={t}, H={h}, K={k}, V={v}, N={n}");
+    check_len("k", inp.k.len(), t * h * k, &what)?;
+    check_len("v", inp.v.len(), t * h * v, &what)?;
+    check_len("g", inp.g.len(), t * h, &what)?;
+    check_len("beta", inp.beta.len(), t * h, &what)?;
+    if let Some(s) = &inp.initial_state {
+        check_len("initial_state", s.len(), n * h * k * v, &what)?;
+    }
+    ensure!(
+        inp.scale.is_finite(),
+        "delta rule (CUDA): scale must be finite"
+    );
+    Ok((t, n))
+}
+
+/// Queues prep + the forward state pass. `tmat` (backward) receives T; `ht` the final state.
+fn run_prep_and_states(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    n: usize,
+    tmat: u64,
+    ht: u64,
+) -> Result<()> {
+    let Dims {
+        heads: h,
+        dk: _,
+        dv: v,
+    } = ws.dims;
+    let (hi, vi) = (h as i32, v as i32);
+    let nc = ws.n_chunks;
+    let (pk, pv, pg, pb) = (
+        ptr(gpu, &inp.k),
+        ptr(gpu, &inp.v),
+        ptr(gpu, &inp.g),
+        ptr(gpu, &inp.beta),
+    );
+    let ctab = ptr(gpu, &ws.ctab);
+    let seq_chunk = ptr(gpu, &ws.seq_chunk);
+    let gc = ptr_mut(gpu, &mut ws.gc);
+    let w = ptr_mut(gpu, &mut ws.w);
+    let u = ptr_mut(gpu, &mut ws.u);
+    let hs = ptr_mut(gpu, &mut ws.h);
+    let vnew = ptr_mut(gpu, &mut ws.vnew);
+    let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
+    if nc > 0 {
+        let kp = &ws.kern.prep;
+        launch(
+            gpu,
+            &kp.f,
+            &kp.name,
+            (nc as u32, h as u32, 1),
+            256,
+            kp.smem,
+            &[
+                Arg::P(pk),
+                Arg::P(pv),
+                Arg::P(pg),
+                Arg::P(pb),
+                Arg::P(ctab),
+                Arg::I(hi),
+                Arg::I(vi),
+                Arg::P(gc),
+                Arg::P(w),
+                Arg::P(u),
+                Arg::P(tmat),
+            ],
+        )?;
+    }
+    let bi = ws.state_bv_index(n)?;
+    let bv = STATE_BVS[bi];
+    let ks = ws.kern.state_fwd[bi].as_ref().unwrap();
+    launch(
+        gpu,
+        &ks.f,
+        &ks.name,
+        (n as u32, h as u32, (v / bv) as u32),
+        (ws.dims.dk / 16 * 32) as u32,
+        ks.smem,
+        &[
+            Arg::P(w),
+            Arg::P(u),
+            Arg::P(pk),
+            Arg::P(gc),
+            Arg::P(ctab),
+            Arg::P(seq_chunk),
+            Arg::P(h0),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::P(hs),
+            Arg::P(vnew),
+            Arg::P(ht),
+        ],
+    )
+}
+
+/// Chunked forward: writes `o` ([T,H,V] bf16) and, when given, `final_state` ([N,H,K,V] f32).
+pub fn chunk_forward(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    o: &mut CudaViewMut<bf16>,
+    final_state: Option<&mut CudaViewMut<f32>>,
+) -> Result<()> {
+    let (t, n) = check_inputs(ws, inp)?;
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = ws.dims;
+    let what = format!("T={t}, H={h}, K={k}, V={v}, N={n}");
+    check_len("o", o.len(), t * h * v, &what)?;
+    if let Some(f) = &final_state {
+        check_len("final_state", f.len(), n * h * k * v, &what)?;
+    }
+    ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
+    let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
+    run_prep_and_states(gpu, ws, inp, n, 0, ht)?;
+    let nc = ws.n_chunks;
+    if nc == 0 {
+        return Ok(());
+    }
+    let po = ptr_mut(gpu, o);
+    let ko = &ws.kern.fwd_o;
+    launch(
+        gpu,
+        &ko.f,
+        &ko.name,
+        (nc as u32, h as u32, (v / 64) as u32),
+        256,
+        ko.smem,
+        &[
+            Arg::P(ptr(gpu, &inp.q)),
+            Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(ptr(gpu, &ws.gc)),
+            Arg::P(ptr(gpu, &ws.h)),
+            Arg::P(ptr(gpu, &ws.vnew)),
+            Arg::P(ptr(gpu, &ws.ctab)),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::F(inp.scale),
+            Arg::P(po),
+        ],
+    )
+}
+
+/// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
+/// ([N,H,K,V] f32, zeros when `None`). Recomputes the forward intermediates; the workspace must
+/// have been created with `backward = true`.
+pub fn chunk_backward(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    d_o: &CudaView<bf16>,
+    d_final: Option<&CudaView<f32>>,
+    grads: &mut ChunkGrads,
+) -> Result<()> {
+    let (t, n) = check_inputs(ws, inp)?;
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = ws.dims;
+    let what = format!("T={t}, H={h}, K={k}, V={v}, N={n}");
+    check_len("d_o", d_o.len(), t * h * v, &what)?;
+    if let Some(d) = d_final {
+        check_len("d_final", d.len(), n * h * k * v, &what)?;
+    }
+    check_len("dq", grads.dq.len(), t * h * k, &what)?;
+    check_len("dk", grads.dk.len(), t * h * k, &what)?;
+    check_len("dv", grads.dv.len(), t * h * v, &what)?;
+    check_len("dg", grads.dg.len(), t * h, &what)?;
+    check_len("dbeta", grads.dbeta.len(), t * h, &what)?;
+    check_len("dh0", grads.dh0.len(), n * h * k * v, &what)?;
+    ensure!(
+        ws.bwd.is_some(),
+        "delta rule: the workspace was created without backward buffers"
+    );
+    ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
+    let tmat = ptr_mut(gpu, &mut ws.bwd.as_mut().unwrap().tmat);
+    run_prep_and_states(gpu, ws, inp, n, tmat, 0)?;
+    let nc = ws.n_chunks;
+    let (hi, vi) = (h as i32, v as i32);
+    let (pq, pk, pv, pb) = (
+        ptr(gpu, &inp.q),
+        ptr(gpu, &inp.k),
+        ptr(gpu, &inp.v),
+        ptr(gpu, &inp.beta),
+    );
+    let pdo = ptr(gpu, d_o);
+    let ctab = ptr(gpu, &ws.ctab);
+    let seq_chunk = ptr(gpu, &ws.seq_chunk);
+    let gc = ptr(gpu, &ws.gc);
+    let w = ptr(gpu, &ws.w);
+    let hs = ptr(gpu, &ws.h);
+    let vnew = ptr(gpu, &ws.vnew);
+    let bwd = ws.bwd.as_mut().unwrap();
+    let dvloc = ptr_mut(gpu, &mut bwd.dvloc);
+    let dh = ptr_mut(gpu, &mut bwd.dh);
+    let dvnew = ptr_mut(gpu, &mut bwd.dvnew);
+    let dht = d_final.map_or(0, |d| ptr(gpu, d));
+    let (dq, dk, dv, dg, dbeta, dh0) = (
+        ptr_mut(gpu, &mut grads.dq),
+        ptr_mut(gpu, &mut grads.dk),
+        ptr_mut(gpu, &mut grads.dv),
+        ptr_mut(gpu, &mut grads.dg),
+        ptr_mut(gpu, &mut grads.dbeta),
+        ptr_mut(gpu, &mut grads.dh0),
+    );
+    let kern = &ws.kern;
+    if nc > 0 {
+        launch(
+            gpu,
+            &kern.dvloc.f,
+            &kern.dvloc.name,
+            (nc as u32, h as u32, (v / 64) as u32),
+            256,
+            kern.dvloc.smem,
+            &[
+                Arg::P(pq),
+                Arg::P(pk),
+                Arg::P(gc),
+                Arg::P(pdo),
+                Arg::P(ctab),
+                Arg::I(hi),
+                Arg::I(vi),
+                Arg::F(inp.scale),
+                Arg::P(dvloc),
+            ],
+        )?;
+    }
+    let bi = ws.state_bv_index(n)?;
+    let bv = STATE_BVS[bi];
+    let ks = kern.state_bwd[bi].as_ref().unwrap();
+    launch(
+        gpu,
+        &ks.f,
+        &ks.name,
+        (n as u32, h as u32, (v / bv) as u32),
+        (k / 16 * 32) as u32,
+        ks.smem,
+        &[
+            Arg::P(pq),
+            Arg::P(pk),
+            Arg::P(w),
+            Arg::P(gc),
+            Arg::P(pdo),
+            Arg::P(dvloc),
+            Arg::P(ctab),
+            Arg::P(seq_chunk),
+            Arg::P(dht),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::F(inp.scale),
+            Arg::P(dh),
+            Arg::P(dvnew),
+            Arg::P(dh0),
+        ],
+    )?;
+    if nc == 0 {
+        return Ok(());
+    }
+    launch(
+        gpu,
+        &kern.dqk.f,
+        &kern.dqk.name,
+        (nc as u32, h as u32, 1),
+        kern.bwd_threads,
+        kern.dqk.smem,
+        &[
+            Arg::P(pq),
+            Arg::P(pk),
+            Arg::P(gc),
+            Arg::P(pdo),
+            Arg::P(vnew),
+            Arg::P(hs),
+            Arg::P(dh),
+            Arg::P(ctab),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::F(inp.scale),
+            Arg::P(dq),
+            Arg::P(dk),
+            Arg::P(dg),
+        ],
+    )?;
+    launch(
+        gpu,
+        &kern.wy.f,
+        &kern.wy.name,
+        (nc as u32, h as u32, 1),
+        kern.bwd_threads,
+        kern.wy.smem,
+        &[
+            Arg::P(pk),
+            Arg::P(pv),
+            Arg::P(pb),
+            Arg::P(gc),
+            Arg::P(tmat),
+            Arg::P(dvnew),
+            Arg::P(hs),
+            Arg::P(ctab),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::P(dk),
+            Arg::P(dv),
+            Arg::P(dg),
+            Arg::P(dbeta),
+        ],
+    )
+}
+
+/// Inputs of one decode step (one token per sequence), all raw: the kernel L2-normalises q and k
+/// (eps 1e-6), computes β = sigmoid(b) and g = −exp(A_log)·softplus(a + dt_bias).
+pub struct DecodeInputs<'a> {
+    /// [N, H, K] bf16, not normalised.
+    pub q: CudaView<'a, bf16>,
+    /// [N, H, K] bf16, not normalised.
+    pub k: CudaView<'a, bf16>,
+    /// [N, H, V] bf16.
+    pub v: CudaView<'a, bf16>,
+    /// Raw decay input a, [N, H] f32.
+    pub a: CudaView<'a, f32>,
+    /// Raw write-strength logit b, [N, H] f32.
+    pub b: CudaView<'a, f32>,
+    /// [H] f32.
+    pub a_log: CudaView<'a, f32>,
+    /// [H] f32.
+    pub dt_bias: CudaView<'a, f32>,
+    /// Read-out scale (K^{-1/2} in the model).
+    pub scale: f32,
+}
+
+/// The decode kernel for one (dims, batch): the V-slice width is chosen so that the grid fills
+/// the GPU.
+pub struct DecodeStep {
+    dims: Dims,
+    n_seqs: usize,
+    bv: usize,
+    f: CudaFunction,
+    name: String,
+}
+
+impl DecodeStep {
+    pub fn new(gpu: &Gpu, dims: Dims, n_seqs: usize) -> Result<Self> {
+        check_dims(dims)?;
+        ensure!(n_seqs > 0, "delta rule decode: n_seqs must be > 0");
+        let sms = device_attr(
+            gpu,
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?;
+        let cols = n_seqs * dims.heads * dims.dv;
+        let bv = [64usize, 32]
+            .into_iter()
+            .find(|&bv| cols / bv >= 2 * sms)
+            .unwrap_or(16);
+        let name = format!("dr_decode_k{}_bv{bv}", dims.dk);
+        let f = gpu.function(&SOURCE, &name)?;
+        Ok(DecodeStep {
+            dims,
+            n_seqs,
+            bv,
+            f,
+            name,
+        })
+    }
+
+    /// Advances `state` ([N,H,K,V] f32, in place) by one token and writes `o` ([N,H,V] bf16).
+    pub fn run(
+        &self,
+        gpu: &Gpu,
+        inp: &DecodeInputs,
+        state: &mut CudaViewMut<f32>,
+        o: &mut CudaViewMut<bf16>,
+    ) -> Result<()> {
+        let Dims {
+            heads: h,
+            dk: k,
+            dv: v,
+        } = self.dims;
+        let n = self.n_seqs;
+        let what = format!("decode N={n}, H={h}, K={k}, V={v}");
+        check_len("q", inp.q.len(), n * h * k, &what)?;
+        check_len("k", inp.k.len(), n * h * k, &what)?;
+        check_len("v", inp.v.len(), n * h * v, &what)?;
+        check_len("a", inp.a.len(), n * h, &what)?;
+        check_len("b", inp.b.len(), n * h, &what)?;
+        check_len("a_log", inp.a_log.len(), h, &what)?;
+        check_len("dt_bias", inp.dt_bias.len(), h, &what)?;
+        check_len("state", state.len(), n * h * k * v, &what)?;
+        check_len("o", o.len(), n * h * v, &what)?;
+        ensure!(
+            n <= 65535,
+            "delta rule decode: at most 65535 sequences per call"
+        );
+        let ps = ptr_mut(gpu, state);
+        let po = ptr_mut(gpu, o);
+        launch(
+            gpu,
+            &self.f,
+            &self.name,
+            ((v / self.bv) as u32, h as u32, n as u32),
+            256,
+            0,
+            &[
+                Arg::P(ptr(gpu, &inp.q)),
+                Arg::P(ptr(gpu, &inp.k)),
+                Arg::P(ptr(gpu, &inp.v)),
+                Arg::P(ptr(gpu, &inp.a)),
+                Arg::P(ptr(gpu, &inp.b)),
+                Arg::P(ptr(gpu, &inp.a_log)),
+                Arg::P(ptr(gpu, &inp.dt_bias)),
+                Arg::P(ps),
+                Arg::P(po),
+                Arg::I(h as i32),
+                Arg::I(v as i32),
+                Arg::F(inp.scale),
+            ],
+        )
+    }
+}
+
+/// One decode step without a cached [`DecodeStep`] (looks the kernel up each call).
+pub fn decode_step(
+    gpu: &Gpu,
+    dims: Dims,
+    n_seqs: usize,
+    inp: &DecodeInputs,
+    state: &mut CudaViewMut<f32>,
+    o: &mut CudaViewMut<bf16>,
+) -> Result<()> {
+    DecodeStep::new(gpu, dims, n_seqs)?.run(gpu, inp, state, o)
+}

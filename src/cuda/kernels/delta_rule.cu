@@ -1,0 +1,1606 @@
+// Gated delta rule on the GPU: chunked forward/backward (chunk C = 64, WY/UT transform) and a fused
+// recurrent decode step. Math: docs gdn-spec §B; the CPU reference is src/ops/delta_rule/chunk.rs,
+// whose notation this file follows (G in-chunk cumsum of g, γ = e^G, δ_i = e^{G_last − G_i},
+// Γ_ij = e^{G_i − G_j}, M = strictLower(β KKᵀ ⊙ Γ), T = (I + M)^{-1}, W = T diag(βγ) K,
+// U = T diag(β) V, Ṽ = U − W S, O = s[diag(γ) Q S + (QKᵀ ⊙ Γ ⊙ L) Ṽ],
+// S' = γ_last S + (diag(δ) K)ᵀ Ṽ).
+//
+// Layouts: q,k [T,H,K], v,o [T,H,V] bf16; g,beta [T,H] f32; states [N,H,K,V] f32 (key-first).
+// Varlen: `ctab` holds (first token, length) per chunk, chunks numbered globally in sequence
+// order; `seq_chunk` [N+1] gives each sequence's first chunk. Rows of a partial chunk past the
+// sequence end are zero-filled on load, get γ = δ = 0 and are never written.
+//
+// Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators (tf32 16x16x8 for the
+// T-chain of the WY backward). Every wmma pointer is 32-byte aligned: shared arrays are carved at
+// 128-byte boundaries, bf16 row strides are multiples of 8 elements, f32 strides multiples of 4,
+// and tiles start at multiples of 16 rows/columns.
+
+#include <cuda_bf16.h>
+#include <mma.h>
+
+using namespace nvcuda;
+typedef __nv_bfloat16 bf16;
+
+namespace dr {
+
+constexpr int CH = 64;     // chunk length
+constexpr int LD64 = 72;   // bf16 row stride of a 64-wide tile
+constexpr int LF64 = 68;   // f32 row stride of a 64-wide tile
+constexpr int STG = 20;    // f32 row stride of a per-warp 16x16 staging tile
+constexpr int STG_SZ = 16 * STG;
+
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FAr;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FAc;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FBr;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FBc;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FC;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> TAr;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> TAc;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> TBr;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> TBc;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> TC;
+
+// ------------------------------------------------------------------------------------------
+// Small helpers
+
+// Carves the dynamic shared memory into 128-byte aligned arrays. With base == nullptr it only
+// counts, which is how dr_smem_sizes reports each kernel's requirement to the host.
+struct Carve {
+  char* base;
+  unsigned off;
+  __device__ explicit Carve(char* b) : base(b), off(0) {}
+  template <class T>
+  __device__ T* take(unsigned n) {
+    off = (off + 127u) & ~127u;
+    T* p = reinterpret_cast<T*>(base + off);
+    off += n * (unsigned)sizeof(T);
+    return p;
+  }
+};
+
+__device__ __forceinline__ float b2f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 f2b(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ uint4 pack8(const float* s) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(s[0], s[1]);
+  __nv_bfloat162 b = __floats2bfloat162_rn(s[2], s[3]);
+  __nv_bfloat162 c = __floats2bfloat162_rn(s[4], s[5]);
+  __nv_bfloat162 d = __floats2bfloat162_rn(s[6], s[7]);
+  uint4 u;
+  u.x = *reinterpret_cast<unsigned*>(&a);
+  u.y = *reinterpret_cast<unsigned*>(&b);
+  u.z = *reinterpret_cast<unsigned*>(&c);
+  u.w = *reinterpret_cast<unsigned*>(&d);
+  return u;
+}
+
+__device__ __forceinline__ void cp16(void* smem, const void* gmem, bool ok) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  int n = ok ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
+// dld); rows >= valid are zero-filled and not read.
+__device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* src, long sld,
+                                                int rows, int cols, int valid) {
+  const int per_row = cols >> 3;
+  for (int idx = threadIdx.x; idx < rows * per_row; idx += blockDim.x) {
+    const int r = idx / per_row, c = (idx - r * per_row) << 3;
+    const bool ok = r < valid;
+    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+  }
+}
+
+// Same for f32 (cols a multiple of 4).
+__device__ __forceinline__ void load_f32_async(float* dst, int dld, const float* src, long sld,
+                                               int rows, int cols, int valid) {
+  const int per_row = cols >> 2;
+  for (int idx = threadIdx.x; idx < rows * per_row; idx += blockDim.x) {
+    const int r = idx / per_row, c = (idx - r * per_row) << 2;
+    const bool ok = r < valid;
+    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+  }
+}
+
+// One warp: 16x16 f32 accumulator -> bf16 rows of a global matrix (row stride ld), only the
+// first `valid` rows (valid may be <= 0 or > 16).
+__device__ __forceinline__ void frag_to_bf16_global(const FC& f, float* stage, bf16* dst, long ld,
+                                                    int valid) {
+  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
+  if (r < valid) *reinterpret_cast<uint4*>(dst + r * ld + c) = pack8(stage + r * STG + c);
+  __syncwarp();
+}
+
+// One warp: 16x16 f32 accumulator -> f32 rows of a global matrix, first `valid` rows only.
+__device__ __forceinline__ void frag_to_f32_global(const FC& f, float* stage, float* dst, long ld,
+                                                   int valid) {
+  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
+  if (r < valid) {
+    const float* s = stage + r * STG + c;
+    *reinterpret_cast<float4*>(dst + r * ld + c) = make_float4(s[0], s[1], s[2], s[3]);
+    *reinterpret_cast<float4*>(dst + r * ld + c + 4) = make_float4(s[4], s[5], s[6], s[7]);
+  }
+  __syncwarp();
+}
+
+// One warp: 16x16 accumulator -> bf16 shared tile (row stride ld) and, if gdst is non-null, the
+// same bf16 values to global (row stride gld), all 16 rows.
+__device__ __forceinline__ void frag_to_bf16_smem(const FC& f, float* stage, bf16* dst, int ld,
+                                                  bf16* gdst, long gld) {
+  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
+  const uint4 p = pack8(stage + r * STG + c);
+  *reinterpret_cast<uint4*>(dst + r * ld + c) = p;
+  if (gdst) *reinterpret_cast<uint4*>(gdst + r * gld + c) = p;
+  __syncwarp();
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// out[i] = Σ_c X[i*ldx + c] · float(B[i*ldb + c]) for the 64 rows, one warp per row.
+template <int NCOL>
+__device__ __forceinline__ void row_dots(const float* X, int ldx, const bf16* B, int ldb,
+                                         float* out) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int i = warp; i < CH; i += nw) {
+    float s = 0.f;
+    for (int c = lane; c < NCOL; c += 32) s += X[i * ldx + c] * b2f(B[i * ldb + c]);
+    s = warp_sum(s);
+    if (lane == 0) out[i] = s;
+  }
+}
+
+// P = QKᵀ on the lower 16x16 tiles (i-block >= j-block) into f32 P (row stride LF64). The upper
+// tiles are left unwritten; callers mask them. One tile per warp at a time.
+template <int K>
+__device__ __forceinline__ void qk_lower(const bf16* q, const bf16* k, float* P) {
+  const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int t = warp; t < 16; t += nw) {
+    const int ti = t >> 2, tj = t & 3;
+    if (tj > ti) continue;
+    FC acc;
+    wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+    for (int kk = 0; kk < K / 16; ++kk) {
+      FAr a;
+      FBc b;
+      wmma::load_matrix_sync(a, q + ti * 16 * (K + 8) + kk * 16, K + 8);
+      wmma::load_matrix_sync(b, k + tj * 16 * (K + 8) + kk * 16, K + 8);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(P + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
+// (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
+// 256 threads.
+
+template <int K>
+struct PrepSm {
+  bf16* ks;     // [64][K+8]  K rows, later diag(βγ) K
+  bf16* vs;     // [64][72]   a 64-column slice of V, scaled by β
+  float* A;     // [64][68]   KKᵀ, then M
+  bf16* tb;     // [64][72]   T
+  float* stage; // [8][320]
+  float* graw;  // [64]
+  float* G;     // [64]
+  float* bs;    // [64]
+  float* gam;   // [64]
+  __device__ void carve(Carve& c) {
+    ks = c.take<bf16>(CH * (K + 8));
+    vs = c.take<bf16>(CH * LD64);
+    A = c.take<float>(CH * LF64);
+    tb = c.take<bf16>(CH * LD64);
+    stage = c.take<float>(8 * STG_SZ);
+    graw = c.take<float>(CH);
+    G = c.take<float>(CH);
+    bs = c.take<float>(CH);
+    gam = c.take<float>(CH);
+  }
+};
+
+template <int K>
+__device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
+                          const float* __restrict__ g, const float* __restrict__ beta,
+                          const int* __restrict__ ctab, int H, int V, float* __restrict__ gc,
+                          bf16* __restrict__ w, bf16* __restrict__ u, float* __restrict__ tmat) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  PrepSm<K> S;
+  S.carve(cv);
+  constexpr int NW = 8;
+  const int cg = blockIdx.x, h = blockIdx.y;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int tid = threadIdx.x, warp = tid >> 5;
+  float* stage = S.stage + warp * STG_SZ;
+
+  load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  cp_commit();
+  if (tid < CH) {
+    S.graw[tid] = tid < len ? g[(long)(start + tid) * H + h] : 0.f;
+    S.bs[tid] = tid < len ? beta[(long)(start + tid) * H + h] : 0.f;
+  }
+  __syncthreads();
+  if (tid < CH) {
+    float acc = 0.f;
+    for (int j = 0; j <= tid; ++j) acc += S.graw[j];
+    const bool ok = tid < len;
+    S.G[tid] = ok ? acc : 0.f;
+    S.gam[tid] = ok ? __expf(acc) : 0.f;
+    if (ok) gc[(long)(start + tid) * H + h] = acc;
+  }
+  cp_wait<0>();
+  __syncthreads();
+
+  qk_lower<K>(S.ks, S.ks, S.A);
+  __syncthreads();
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    float m = 0.f;
+    if (j < i && i < len) m = S.bs[i] * S.A[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+    S.A[i * LF64 + j] = m;
+  }
+  __syncthreads();
+
+  // T = (I + M)^{-1}: thread c solves column c by forward substitution, in f32 registers.
+  if (tid < CH) {
+    const int c = tid;
+    float t[CH];
+#pragma unroll
+    for (int i = 0; i < CH; ++i) {
+      float acc = (i == c) ? 1.f : 0.f;
+      const float* Ai = S.A + i * LF64;
+#pragma unroll
+      for (int j4 = 0; j4 < i / 4; ++j4) {
+        const float4 m = *reinterpret_cast<const float4*>(Ai + 4 * j4);
+        acc -= m.x * t[4 * j4];
+        acc -= m.y * t[4 * j4 + 1];
+        acc -= m.z * t[4 * j4 + 2];
+        acc -= m.w * t[4 * j4 + 3];
+      }
+#pragma unroll
+      for (int j = (i / 4) * 4; j < i; ++j) acc -= Ai[j] * t[j];
+      t[i] = acc;
+    }
+    float* tg = tmat ? tmat + ((long)cg * H + h) * (CH * CH) : nullptr;
+#pragma unroll
+    for (int i = 0; i < CH; ++i) {
+      S.tb[i * LD64 + c] = f2b(t[i]);
+      if (tg) tg[i * CH + c] = t[i];
+    }
+  }
+  // diag(βγ) K in place (rows past len are zero already).
+  __syncthreads();
+  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+    const int i = idx / K, c = idx - i * K;
+    bf16* p = S.ks + i * (K + 8) + c;
+    *p = f2b(b2f(*p) * S.bs[i] * S.gam[i]);
+  }
+  __syncthreads();
+
+  // W = T · diag(βγ) K; T is lower triangular so only kk <= ti contributes.
+  for (int t = warp; t < 4 * (K / 16); t += NW) {
+    const int ti = t / (K / 16), tj = t - ti * (K / 16);
+    FC acc;
+    wmma::fill_fragment(acc, 0.f);
+    for (int kk = 0; kk <= ti; ++kk) {
+      FAr a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.tb + ti * 16 * LD64 + kk * 16, LD64);
+      wmma::load_matrix_sync(b, S.ks + kk * 16 * (K + 8) + tj * 16, K + 8);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    frag_to_bf16_global(acc, stage, w + ((long)(start + ti * 16) * H + h) * K + tj * 16, (long)H * K,
+                        len - ti * 16);
+  }
+
+  // U = T · diag(β) V, 64 columns at a time.
+  for (int v0 = 0; v0 < V; v0 += 64) {
+    __syncthreads();
+    load_bf16_async(S.vs, LD64, v + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
+    cp_commit();
+    cp_wait<0>();
+    __syncthreads();
+    for (int idx = tid; idx < CH * 64; idx += blockDim.x) {
+      const int i = idx >> 6, c = idx & 63;
+      bf16* p = S.vs + i * LD64 + c;
+      *p = f2b(b2f(*p) * S.bs[i]);
+    }
+    __syncthreads();
+    for (int t = warp; t < 16; t += NW) {
+      const int ti = t >> 2, tj = t & 3;
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+      for (int kk = 0; kk <= ti; ++kk) {
+        FAr a;
+        FBr b;
+        wmma::load_matrix_sync(a, S.tb + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b, S.vs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      frag_to_bf16_global(acc, stage, u + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+                          (long)H * V, len - ti * 16);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel 2: forward state pass per (sequence, head, BV-column tile of V). K/16 warps; warp w owns
+// state rows [16w, 16w+16) as BV/16 f32 accumulator fragments. For every chunk: store h_c = S
+// (bf16), Ṽ = U − W S (bf16, global), S ← γ_last S + Kᵀ diag(δ) Ṽ. Next chunk's W, K, U are
+// prefetched with cp.async while the current one is processed.
+
+template <int K, int BV>
+struct StateFwdSm {
+  // Double-buffered chunk inputs; buffer b of X starts at X + b * X_SZ.
+  static constexpr int W_SZ = CH * (K + 8), U_SZ = CH * (BV + 8);
+  bf16* w;      // 2 x [64][K+8]
+  bf16* k;      // 2 x [64][K+8]
+  bf16* u;      // 2 x [64][BV+8]
+  float* G;     // 2 x [64]
+  bf16* sb;     // [K][BV+8]  S in bf16
+  float* vn;    // [64][BV+4] W S   (aliases stage)
+  float* stage; // [K/16][320]
+  bf16* vnb;    // [64][BV+8] diag(δ) Ṽ
+  __device__ void carve(Carve& c) {
+    w = c.take<bf16>(2 * W_SZ);
+    k = c.take<bf16>(2 * W_SZ);
+    u = c.take<bf16>(2 * U_SZ);
+    G = c.take<float>(2 * CH);
+    sb = c.take<bf16>(K * (BV + 8));
+    const unsigned a = CH * (BV + 4), s = (K / 16) * STG_SZ;
+    vn = c.take<float>(a > s ? a : s);
+    stage = vn;
+    vnb = c.take<bf16>(CH * (BV + 8));
+  }
+};
+
+template <int K, int BV>
+__device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
+                               const bf16* __restrict__ k, const float* __restrict__ gc,
+                               const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
+                               const float* __restrict__ h0, int H, int V, bf16* __restrict__ hout,
+                               bf16* __restrict__ vnew, float* __restrict__ ht) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  StateFwdSm<K, BV> S;
+  S.carve(cv);
+  constexpr int NW = K / 16, NT = BV / 16;
+  const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * BV;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
+  const long sbase = ((long)(n * H + h) * K + warp * 16) * V + v0;
+
+  FC st[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    if (h0)
+      wmma::load_matrix_sync(st[j], h0 + sbase + j * 16, V, wmma::mem_row_major);
+    else
+      wmma::fill_fragment(st[j], 0.f);
+  }
+
+  auto issue = [&](int c, int b) {
+    const int s0 = ctab[2 * c], l = ctab[2 * c + 1];
+    load_bf16_async(S.w + b * S.W_SZ, K + 8, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.k + b * S.W_SZ, K + 8, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.u + b * S.U_SZ, BV + 8, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH, BV, l);
+    if (tid < CH) S.G[b * CH + tid] = tid < l ? gc[(long)(s0 + tid) * H + h] : 0.f;
+    cp_commit();
+  };
+
+  if (cs < ce) issue(cs, 0);
+  for (int c = cs; c < ce; ++c) {
+    const int b = (c - cs) & 1;
+    const int start = ctab[2 * c], len = ctab[2 * c + 1];
+    const bool more = c + 1 < ce;
+    if (more) issue(c + 1, b ^ 1);
+
+    // h_c = S (bf16) to shared and global.
+    float* stg = S.stage + warp * STG_SZ;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+      frag_to_bf16_smem(st[j], stg, S.sb + warp * 16 * (BV + 8) + j * 16, BV + 8,
+                        hout + (((long)c * H + h) * K + warp * 16) * V + v0 + j * 16, V);
+    if (more)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
+    __syncthreads();
+
+    // W S -> vn.
+    for (int t = warp; t < 4 * NT; t += NW) {
+      const int ti = t / NT, tj = t - ti * NT;
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+      for (int kk = 0; kk < K / 16; ++kk) {
+        FAr a;
+        FBr bb;
+        wmma::load_matrix_sync(a, S.w + b * S.W_SZ + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(bb, S.sb + kk * 16 * (BV + 8) + tj * 16, BV + 8);
+        wmma::mma_sync(acc, a, bb, acc);
+      }
+      wmma::store_matrix_sync(S.vn + ti * 16 * (BV + 4) + tj * 16, acc, BV + 4,
+                              wmma::mem_row_major);
+    }
+    __syncthreads();
+
+    // Ṽ = U − W S (global, bf16); vnb = diag(δ) Ṽ.
+    const float* G = S.G + b * CH;
+    const bf16* ub = S.u + b * S.U_SZ;
+    const float glast = G[len - 1];
+    for (int idx = tid; idx < CH * (BV / 8); idx += blockDim.x) {
+      const int r = idx / (BV / 8), c8 = (idx - r * (BV / 8)) * 8;
+      const bool ok = r < len;
+      const float d = ok ? __expf(glast - G[r]) : 0.f;
+      float x[8], y[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        x[e] = ok ? b2f(ub[r * (BV + 8) + c8 + e]) - S.vn[r * (BV + 4) + c8 + e] : 0.f;
+        y[e] = d * x[e];
+      }
+      if (ok) *reinterpret_cast<uint4*>(vnew + ((long)(start + r) * H + h) * V + v0 + c8) = pack8(x);
+      *reinterpret_cast<uint4*>(S.vnb + r * (BV + 8) + c8) = pack8(y);
+    }
+    __syncthreads();
+
+    // S ← γ_last S + Kᵀ (diag(δ) Ṽ).
+    const float gl = __expf(glast);
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < st[j].num_elements; ++e) st[j].x[e] *= gl;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      FAc a;
+      wmma::load_matrix_sync(a, S.k + b * S.W_SZ + kk * 16 * (K + 8) + warp * 16, K + 8);
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        FBr bb;
+        wmma::load_matrix_sync(bb, S.vnb + kk * 16 * (BV + 8) + j * 16, BV + 8);
+        wmma::mma_sync(st[j], a, bb, st[j]);
+      }
+    }
+    __syncthreads();
+  }
+  (void)lane;
+  if (ht) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+      wmma::store_matrix_sync(ht + sbase + j * 16, st[j], V, wmma::mem_row_major);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernels 3 and 4 share the intra-chunk attention matrix: per (chunk, head, 64 columns of V),
+// 256 threads. Kernel 3 (output): O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ]. Kernel 4 (backward,
+// local dṼ): dṼ_loc = s (QKᵀ ⊙ Γ ⊙ L)ᵀ dO, f32.
+
+template <int K>
+struct OutSm {
+  bf16* q;      // [64][K+8]
+  bf16* k;      // [64][K+8]
+  bf16* hs;     // [K][72]   h_c columns v0..v0+64 (output kernel only)
+  bf16* x;      // [64][72]  Ṽ (output) or dO (dv_local) columns
+  float* P;     // [64][68]
+  bf16* pb;     // [64][72]
+  float* stage; // [8][320]
+  float* G;     // [64]
+  __device__ void carve(Carve& c, bool with_h) {
+    q = c.take<bf16>(CH * (K + 8));
+    k = c.take<bf16>(CH * (K + 8));
+    hs = with_h ? c.take<bf16>(K * LD64) : nullptr;
+    x = c.take<bf16>(CH * LD64);
+    P = c.take<float>(CH * LF64);
+    pb = c.take<bf16>(CH * LD64);
+    stage = c.take<float>(8 * STG_SZ);
+    G = c.take<float>(CH);
+  }
+};
+
+// Loads q, k, G and builds pb = s·(QKᵀ ⊙ Γ ⊙ L) (bf16). Also scales q rows by s·γ when asked.
+// `x_src`/`xld` is the 64-column slice loaded into S.x. Ends with a barrier.
+template <int K>
+__device__ __forceinline__ void intra_attn(OutSm<K>& S, const bf16* q, const bf16* k,
+                                           const float* gc, const bf16* x_src, long xld,
+                                           const bf16* h_src, long hld, int start, int len, int h,
+                                           int H, float scale, bool scale_q) {
+  const int tid = threadIdx.x;
+  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.x, LD64, x_src, xld, CH, 64, len);
+  if (h_src) load_bf16_async(S.hs, LD64, h_src, hld, K, 64, K);
+  cp_commit();
+  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+  cp_wait<0>();
+  __syncthreads();
+  qk_lower<K>(S.q, S.k, S.P);
+  __syncthreads();
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    float p = 0.f;
+    if (j <= i && i < len) p = scale * S.P[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+    S.pb[i * LD64 + j] = f2b(p);
+  }
+  if (scale_q) {
+    for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+      const int i = idx / K, c = idx - i * K;
+      bf16* p = S.q + i * (K + 8) + c;
+      const float f = i < len ? scale * __expf(S.G[i]) : 0.f;
+      *p = f2b(b2f(*p) * f);
+    }
+  }
+  __syncthreads();
+}
+
+template <int K>
+__device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                           const float* __restrict__ gc, const bf16* __restrict__ hstates,
+                           const bf16* __restrict__ vnew, const int* __restrict__ ctab, int H,
+                           int V, float scale, bf16* __restrict__ o) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  OutSm<K> S;
+  S.carve(cv, true);
+  const int cg = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * 64;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  intra_attn<K>(S, q, k, gc, vnew + ((long)start * H + h) * V + v0, (long)H * V,
+                hstates + ((long)cg * H + h) * K * V + v0, V, start, len, h, H, scale, true);
+  float* stage = S.stage + warp * STG_SZ;
+  for (int t = warp; t < 16; t += nw) {
+    const int ti = t >> 2, tj = t & 3;
+    FC acc;
+    wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+    for (int kk = 0; kk < K / 16; ++kk) {
+      FAr a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
+      wmma::load_matrix_sync(b, S.hs + kk * 16 * LD64 + tj * 16, LD64);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    for (int kk = 0; kk <= ti; ++kk) {
+      FAr a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
+      wmma::load_matrix_sync(b, S.x + kk * 16 * LD64 + tj * 16, LD64);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    frag_to_bf16_global(acc, stage, o + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+                        (long)H * V, len - ti * 16);
+  }
+}
+
+template <int K>
+__device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                           const float* __restrict__ gc, const bf16* __restrict__ d_o,
+                           const int* __restrict__ ctab, int H, int V, float scale,
+                           float* __restrict__ dvl) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  OutSm<K> S;
+  S.carve(cv, false);
+  const int cg = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * 64;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  intra_attn<K>(S, q, k, gc, d_o + ((long)start * H + h) * V + v0, (long)H * V, nullptr, 0, start,
+                len, h, H, scale, false);
+  float* stage = S.stage + warp * STG_SZ;
+  for (int t = warp; t < 16; t += nw) {
+    const int ti = t >> 2, tj = t & 3;  // output rows are the key index j
+    FC acc;
+    wmma::fill_fragment(acc, 0.f);
+    for (int kk = ti; kk < 4; ++kk) {
+      FAc a;  // (pb)ᵀ: element (j, i) = pb[i][j]
+      FBr b;
+      wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
+      wmma::load_matrix_sync(b, S.x + kk * 16 * LD64 + tj * 16, LD64);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    frag_to_f32_global(acc, stage, dvl + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+                       (long)H * V, len - ti * 16);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel 5: reverse state pass per (sequence, head, BV columns). dS (gradient of the state
+// leaving the current chunk) lives in f32 fragments like S in kernel 2. For each chunk, last to
+// first: dh_c = dS (bf16, global); dṼ = dṼ_loc + diag(δ) K dS (bf16, global);
+// dS ← γ_last dS + (s diag(γ) Q)ᵀ dO − Wᵀ dṼ. At the end dh0 = dS (f32).
+
+template <int K, int BV>
+struct StateBwdSm {
+  bf16* q;      // [64][K+8]  s·γ·Q
+  bf16* w;      // [64][K+8]  −W
+  bf16* kd;     // [64][K+8]  δ·K
+  bf16* dos;    // [64][BV+8]
+  float* dvl;   // [64][BV+4] dṼ_loc, then dṼ
+  bf16* dsb;    // [K][BV+8]
+  bf16* dvb;    // [64][BV+8]
+  float* stage; // [K/16][320]
+  float* G;     // [64]
+  __device__ void carve(Carve& c) {
+    q = c.take<bf16>(CH * (K + 8));
+    w = c.take<bf16>(CH * (K + 8));
+    kd = c.take<bf16>(CH * (K + 8));
+    dos = c.take<bf16>(CH * (BV + 8));
+    dvl = c.take<float>(CH * (BV + 4));
+    dsb = c.take<bf16>(K * (BV + 8));
+    dvb = c.take<bf16>(CH * (BV + 8));
+    stage = c.take<float>((K / 16) * STG_SZ);
+    G = c.take<float>(CH);
+  }
+};
+
+template <int K, int BV>
+__device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                               const bf16* __restrict__ w, const float* __restrict__ gc,
+                               const bf16* __restrict__ d_o, const float* __restrict__ dvl,
+                               const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
+                               const float* __restrict__ dht, int H, int V, float scale,
+                               bf16* __restrict__ dh, bf16* __restrict__ dvnew,
+                               float* __restrict__ dh0) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  StateBwdSm<K, BV> S;
+  S.carve(cv);
+  constexpr int NW = K / 16, NT = BV / 16;
+  const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * BV;
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
+  const long sbase = ((long)(n * H + h) * K + warp * 16) * V + v0;
+
+  FC ds[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    if (dht)
+      wmma::load_matrix_sync(ds[j], dht + sbase + j * 16, V, wmma::mem_row_major);
+    else
+      wmma::fill_fragment(ds[j], 0.f);
+  }
+  float* stg = S.stage + warp * STG_SZ;
+
+  for (int c = ce - 1; c >= cs; --c) {
+    const int start = ctab[2 * c], len = ctab[2 * c + 1];
+    load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+    load_bf16_async(S.w, K + 8, w + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+    load_bf16_async(S.kd, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+    load_bf16_async(S.dos, BV + 8, d_o + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
+    load_f32_async(S.dvl, BV + 4, dvl + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
+    cp_commit();
+    if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+
+    // dh_c = dS.
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+      frag_to_bf16_smem(ds[j], stg, S.dsb + warp * 16 * (BV + 8) + j * 16, BV + 8,
+                        dh + (((long)c * H + h) * K + warp * 16) * V + v0 + j * 16, V);
+    cp_wait<0>();
+    __syncthreads();
+
+    const float glast = S.G[len - 1];
+    for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+      const int i = idx / K, cc = idx - i * K;
+      const bool ok = i < len;
+      const float fq = ok ? scale * __expf(S.G[i]) : 0.f;
+      const float fk = ok ? __expf(glast - S.G[i]) : 0.f;
+      const int o = i * (K + 8) + cc;
+      S.q[o] = f2b(b2f(S.q[o]) * fq);
+      S.w[o] = f2b(-b2f(S.w[o]));
+      S.kd[o] = f2b(b2f(S.kd[o]) * fk);
+    }
+    __syncthreads();
+
+    // dṼ = dṼ_loc + (δK) dS.
+    for (int t = warp; t < 4 * NT; t += NW) {
+      const int ti = t / NT, tj = t - ti * NT;
+      FC acc;
+      wmma::load_matrix_sync(acc, S.dvl + ti * 16 * (BV + 4) + tj * 16, BV + 4,
+                             wmma::mem_row_major);
+#pragma unroll 4
+      for (int kk = 0; kk < K / 16; ++kk) {
+        FAr a;
+        FBr bb;
+        wmma::load_matrix_sync(a, S.kd + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(bb, S.dsb + kk * 16 * (BV + 8) + tj * 16, BV + 8);
+        wmma::mma_sync(acc, a, bb, acc);
+      }
+      wmma::store_matrix_sync(S.dvl + ti * 16 * (BV + 4) + tj * 16, acc, BV + 4,
+                              wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < CH * (BV / 8); idx += blockDim.x) {
+      const int r = idx / (BV / 8), c8 = (idx - r * (BV / 8)) * 8;
+      const uint4 p = pack8(S.dvl + r * (BV + 4) + c8);
+      *reinterpret_cast<uint4*>(S.dvb + r * (BV + 8) + c8) = p;
+      if (r < len) *reinterpret_cast<uint4*>(dvnew + ((long)(start + r) * H + h) * V + v0 + c8) = p;
+    }
+    __syncthreads();
+
+    // dS ← γ_last dS + (sγQ)ᵀ dO + (−W)ᵀ dṼ.
+    const float gl = __expf(glast);
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < ds[j].num_elements; ++e) ds[j].x[e] *= gl;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      FAc a1, a2;
+      wmma::load_matrix_sync(a1, S.q + kk * 16 * (K + 8) + warp * 16, K + 8);
+      wmma::load_matrix_sync(a2, S.w + kk * 16 * (K + 8) + warp * 16, K + 8);
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        FBr b1, b2;
+        wmma::load_matrix_sync(b1, S.dos + kk * 16 * (BV + 8) + j * 16, BV + 8);
+        wmma::load_matrix_sync(b2, S.dvb + kk * 16 * (BV + 8) + j * 16, BV + 8);
+        wmma::mma_sync(ds[j], a1, b1, ds[j]);
+        wmma::mma_sync(ds[j], a2, b2, ds[j]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+    wmma::store_matrix_sync(dh0 + sbase + j * 16, ds[j], V, wmma::mem_row_major);
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel 6: per (chunk, head), looping over V in 64-column slices:
+//   dP = s dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ, ⟨h_c, dh_c⟩;
+// then dq = s diag(γ) dQ1 + (dP ⊙ Γ ⊙ L) K (final), dk = (dP ⊙ Γ ⊙ L)ᵀ Q + diag(δ) dKi (partial,
+// completed by kernel 7) and the partial dG (completed by kernel 7) written into dg.
+
+template <int K>
+struct DqkSm {
+  static constexpr int NW = (K >= 256) ? 16 : 8;
+  bf16* q;      // [64][K+8]
+  bf16* k;      // [64][K+8]
+  float* P;     // [64][68]  QKᵀ ⊙ Γ ⊙ L (no scale)
+  float* dP;    // [64][68]
+  bf16* pb;     // [64][72]  dPm = s dO Ṽᵀ ⊙ Γ ⊙ L
+  char* region; // loop: dos [64][72], vns [64][72], hs [K][72], dhs [K][72]; after: X [64][K+4]
+  bf16 *dos, *vns, *hs, *dhs;
+  float* X;
+  float *G, *gam, *dec, *rsum, *csum, *qdot, *kdot, *red;  // [64] each; red [NW]
+  __device__ void carve(Carve& c) {
+    q = c.take<bf16>(CH * (K + 8));
+    k = c.take<bf16>(CH * (K + 8));
+    P = c.take<float>(CH * LF64);
+    dP = c.take<float>(CH * LF64);
+    pb = c.take<bf16>(CH * LD64);
+    const unsigned loop_bytes = (2 * CH * LD64 + 2 * K * LD64) * 2 + 4 * 128;
+    const unsigned x_bytes = CH * (K + 4) * 4;
+    region = c.take<char>(loop_bytes > x_bytes ? loop_bytes : x_bytes);
+    Carve r(region);
+    dos = r.take<bf16>(CH * LD64);
+    vns = r.take<bf16>(CH * LD64);
+    hs = r.take<bf16>(K * LD64);
+    dhs = r.take<bf16>(K * LD64);
+    X = reinterpret_cast<float*>(region);
+    G = c.take<float>(CH);
+    gam = c.take<float>(CH);
+    dec = c.take<float>(CH);
+    rsum = c.take<float>(CH);
+    csum = c.take<float>(CH);
+    qdot = c.take<float>(CH);
+    kdot = c.take<float>(CH);
+    red = c.take<float>(32);
+  }
+};
+
+template <int K>
+__device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                         const float* __restrict__ gc, const bf16* __restrict__ d_o,
+                         const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
+                         const bf16* __restrict__ dh, const int* __restrict__ ctab, int H, int V,
+                         float scale, float* __restrict__ dq, float* __restrict__ dk,
+                         float* __restrict__ dg) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  DqkSm<K> S;
+  S.carve(cv);
+  constexpr int NW = DqkSm<K>::NW;
+  constexpr int NP = 16 / NW;            // dP tiles per warp
+  constexpr int KT = K / 16;             // column tiles of a 64xK matrix
+  constexpr int NQ = (4 * KT) / NW;      // 64xK tiles per warp
+  const int cg = blockIdx.x, h = blockIdx.y;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  cp_commit();
+  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+  cp_wait<0>();
+  __syncthreads();
+  if (tid < CH) {
+    const bool ok = tid < len;
+    S.gam[tid] = ok ? __expf(S.G[tid]) : 0.f;
+    S.dec[tid] = ok ? __expf(S.G[len - 1] - S.G[tid]) : 0.f;
+  }
+  qk_lower<K>(S.q, S.k, S.P);
+  __syncthreads();
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    float p = 0.f;
+    if (j <= i && i < len) p = S.P[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+    S.P[i * LF64 + j] = p;
+  }
+
+  FC fdp[NP], fq[NQ], fk[NQ];
+#pragma unroll
+  for (int i = 0; i < NP; ++i) wmma::fill_fragment(fdp[i], 0.f);
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    wmma::fill_fragment(fq[i], 0.f);
+    wmma::fill_fragment(fk[i], 0.f);
+  }
+  float sdot = 0.f;
+  const long hoff = ((long)cg * H + h) * K * V;
+  for (int v0 = 0; v0 < V; v0 += 64) {
+    __syncthreads();
+    load_bf16_async(S.dos, LD64, d_o + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
+    load_bf16_async(S.vns, LD64, vnew + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
+    load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
+    load_bf16_async(S.dhs, LD64, dh + hoff + v0, V, K, 64, K);
+    cp_commit();
+    cp_wait<0>();
+    __syncthreads();
+    for (int idx = tid; idx < K * 64; idx += blockDim.x) {
+      const int r = idx >> 6, c = idx & 63;
+      sdot += b2f(S.hs[r * LD64 + c]) * b2f(S.dhs[r * LD64 + c]);
+    }
+#pragma unroll
+    for (int i = 0; i < NP; ++i) {
+      const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        FAr a;
+        FBc b;
+        wmma::load_matrix_sync(a, S.dos + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b, S.vns + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(fdp[i], a, b, fdp[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < NQ; ++i) {
+      const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        FAr a1, a2;
+        FBc b1, b2;
+        wmma::load_matrix_sync(a1, S.dos + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b1, S.hs + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(fq[i], a1, b1, fq[i]);
+        wmma::load_matrix_sync(a2, S.vns + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b2, S.dhs + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(fk[i], a2, b2, fk[i]);
+      }
+    }
+  }
+  // ⟨h, dh⟩ over the block.
+  sdot = warp_sum(sdot);
+  if (lane == 0) S.red[warp] = sdot;
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+    wmma::store_matrix_sync(S.dP + ti * 16 * LF64 + tj * 16, fdp[i], LF64, wmma::mem_row_major);
+  }
+  __syncthreads();
+
+  // dG from dP ⊙ P (row sums minus column sums), and pb = dP ⊙ Γ on j <= i.
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    float x = 0.f;
+    if (j <= i && i < len) x = scale * S.dP[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+    S.pb[i * LD64 + j] = f2b(x);
+  }
+  if (tid < CH) {
+    float a = 0.f;
+    for (int j = 0; j < CH; ++j) a += scale * S.dP[tid * LF64 + j] * S.P[tid * LF64 + j];
+    S.rsum[tid] = a;
+  } else if (tid < 2 * CH) {
+    const int j = tid - CH;
+    float a = 0.f;
+    for (int i = 0; i < CH; ++i) a += scale * S.dP[i * LF64 + j] * S.P[i * LF64 + j];
+    S.csum[j] = a;
+  }
+  // (P is zero outside j <= i < len, so these sums are already masked.)
+
+  // dq: X = s γ_i dQ1; qdot_i = q_i · X_i; dq = X + pb K.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fq[i], K + 4, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+    const int i = idx / K, c = idx - i * K;
+    S.X[i * (K + 4) + c] *= scale * S.gam[i];
+  }
+  __syncthreads();
+  row_dots<K>(S.X, K + 4, S.q, K + 8, S.qdot);
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::load_matrix_sync(fq[i], S.X + ti * 16 * (K + 4) + tj * 16, K + 4, wmma::mem_row_major);
+    for (int kk = 0; kk <= ti; ++kk) {
+      FAr a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
+      wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
+      wmma::mma_sync(fq[i], a, b, fq[i]);
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fq[i], K + 4, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < CH * (K / 4); idx += blockDim.x) {
+    const int i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
+    if (i < len)
+      *reinterpret_cast<float4*>(dq + ((long)(start + i) * H + h) * K + c) =
+          *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
+  }
+  __syncthreads();
+
+  // dk (partial): X = δ_i dKi; kdot_i = k_i · X_i; dk = X + pbᵀ Q.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fk[i], K + 4, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+    const int i = idx / K, c = idx - i * K;
+    S.X[i * (K + 4) + c] *= S.dec[i];
+  }
+  __syncthreads();
+  row_dots<K>(S.X, K + 4, S.k, K + 8, S.kdot);
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::load_matrix_sync(fk[i], S.X + ti * 16 * (K + 4) + tj * 16, K + 4, wmma::mem_row_major);
+    for (int kk = ti; kk < 4; ++kk) {
+      FAc a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
+      wmma::load_matrix_sync(b, S.q + kk * 16 * (K + 8) + tj * 16, K + 8);
+      wmma::mma_sync(fk[i], a, b, fk[i]);
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fk[i], K + 4, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < CH * (K / 4); idx += blockDim.x) {
+    const int i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
+    if (i < len)
+      *reinterpret_cast<float4*>(dk + ((long)(start + i) * H + h) * K + c) =
+          *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
+  }
+
+  // Partial dG.
+  if (tid < CH && tid < len) {
+    const int i = tid;
+    float val = S.rsum[i] - S.csum[i] + S.qdot[i] - S.kdot[i];
+    if (i == len - 1) {
+      float ksum = 0.f, sd = 0.f;
+      for (int r = 0; r < len; ++r) ksum += S.kdot[r];
+      for (int r = 0; r < NW; ++r) sd += S.red[r];
+      val += ksum + S.gam[len - 1] * sd;
+    }
+    dg[(long)(start + i) * H + h] = val;
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel 7: WY backward per (chunk, head). Loop over V slices: dW' = dṼ h_cᵀ (dW = −dW'),
+// dTv = dṼ Vᵀ, dVβ = Tᵀ dṼ (→ dv = β dVβ, dβ += Σ dVβ ⊙ V). Then dT = dTv diag(β) +
+// dW Kᵀ diag(βγ), dKβγ = Tᵀ dW, dM = −Tᵀ strictLower(dT) Tᵀ (tf32), and the M backward. Adds to
+// the partial dk and dG of kernel 6, reverse-cumsums dG into dg, writes dbeta.
+
+template <int K>
+struct WySm {
+  static constexpr int NW = (K >= 256) ? 16 : 8;
+  bf16* k;      // [64][K+8]
+  float* tf;    // [64][68]  T (f32)
+  bf16* tb;     // [64][72]  T (bf16)
+  float* DT;    // [64][68]
+  float* TMP;   // [64][68]
+  bf16* pb;     // [64][72]  dMm
+  char* region; // loop: dvs, vs [64][72], hs [K][72], st [64][68] f32; after: X [64][K+4] f32, dwb [64][K+8]
+  bf16 *dvs, *vs, *hs, *dwb;
+  float *st, *X;
+  float *G, *gam, *bs, *bg, *dbv, *z, *rsum, *csum, *dbm, *dgp;  // [64]
+  __device__ void carve(Carve& c) {
+    k = c.take<bf16>(CH * (K + 8));
+    tf = c.take<float>(CH * LF64);
+    tb = c.take<bf16>(CH * LD64);
+    DT = c.take<float>(CH * LF64);
+    TMP = c.take<float>(CH * LF64);
+    pb = c.take<bf16>(CH * LD64);
+    const unsigned loop_bytes = (2 * CH * LD64 + K * LD64) * 2 + CH * LF64 * 4 + 4 * 128;
+    const unsigned x_bytes = CH * (K + 4) * 4 + CH * (K + 8) * 2 + 2 * 128;
+    region = c.take<char>(loop_bytes > x_bytes ? loop_bytes : x_bytes);
+    {
+      Carve r(region);
+      dvs = r.take<bf16>(CH * LD64);
+      vs = r.take<bf16>(CH * LD64);
+      hs = r.take<bf16>(K * LD64);
+      st = r.take<float>(CH * LF64);
+    }
+    {
+      Carve r(region);
+      X = r.take<float>(CH * (K + 4));
+      dwb = r.take<bf16>(CH * (K + 8));
+    }
+    G = c.take<float>(CH);
+    gam = c.take<float>(CH);
+    bs = c.take<float>(CH);
+    bg = c.take<float>(CH);
+    dbv = c.take<float>(CH);
+    z = c.take<float>(CH);
+    rsum = c.take<float>(CH);
+    csum = c.take<float>(CH);
+    dbm = c.take<float>(CH);
+    dgp = c.take<float>(CH);
+  }
+};
+
+template <int K>
+__device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
+                        const float* __restrict__ beta, const float* __restrict__ gc,
+                        const float* __restrict__ tmat, const bf16* __restrict__ dvnew,
+                        const bf16* __restrict__ hst, const int* __restrict__ ctab, int H, int V,
+                        float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dg,
+                        float* __restrict__ dbeta) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  WySm<K> S;
+  S.carve(cv);
+  constexpr int NW = WySm<K>::NW;
+  constexpr int NP = 16 / NW;
+  constexpr int KT = K / 16;
+  constexpr int NQ = (4 * KT) / NW;
+  const int cg = blockIdx.x, h = blockIdx.y;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int tid = threadIdx.x, warp = tid >> 5;
+
+  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_f32_async(S.tf, LF64, tmat + ((long)cg * H + h) * (CH * CH), CH, CH, CH, CH);
+  cp_commit();
+  if (tid < CH) {
+    const bool ok = tid < len;
+    S.G[tid] = ok ? gc[(long)(start + tid) * H + h] : 0.f;
+    S.bs[tid] = ok ? beta[(long)(start + tid) * H + h] : 0.f;
+    S.dgp[tid] = ok ? dg[(long)(start + tid) * H + h] : 0.f;  // partial dG of kernel 6
+    S.dbv[tid] = 0.f;
+  }
+  cp_wait<0>();
+  __syncthreads();
+  if (tid < CH) {
+    const bool ok = tid < len;
+    S.gam[tid] = ok ? __expf(S.G[tid]) : 0.f;
+    S.bg[tid] = S.bs[tid] * S.gam[tid];
+  }
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    S.tb[i * LD64 + j] = f2b(S.tf[i * LF64 + j]);
+  }
+
+  FC fw[NQ], ft[NP];
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) wmma::fill_fragment(fw[i], 0.f);
+#pragma unroll
+  for (int i = 0; i < NP; ++i) wmma::fill_fragment(ft[i], 0.f);
+  const long hoff = ((long)cg * H + h) * K * V;
+  for (int v0 = 0; v0 < V; v0 += 64) {
+    __syncthreads();
+    load_bf16_async(S.dvs, LD64, dvnew + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
+    load_bf16_async(S.vs, LD64, v + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
+    load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
+    cp_commit();
+    cp_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < NQ; ++i) {
+      const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        FAr a;
+        FBc b;
+        wmma::load_matrix_sync(a, S.dvs + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b, S.hs + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(fw[i], a, b, fw[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < NP; ++i) {
+      const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        FAr a;
+        FBc b;
+        wmma::load_matrix_sync(a, S.dvs + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b, S.vs + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(ft[i], a, b, ft[i]);
+      }
+      // dVβ tile = Tᵀ dṼ: (Tᵀ)_{ij} = T_ji, nonzero for j >= i.
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+      for (int kk = ti; kk < 4; ++kk) {
+        FAc a;
+        FBr b;
+        wmma::load_matrix_sync(a, S.tb + kk * 16 * LD64 + ti * 16, LD64);
+        wmma::load_matrix_sync(b, S.dvs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(S.st + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < CH * 16; idx += blockDim.x) {
+      const int i = idx >> 4, c = (idx & 15) * 4;
+      if (i < len) {
+        const float* s = S.st + i * LF64 + c;
+        const float b = S.bs[i];
+        *reinterpret_cast<float4*>(dv + ((long)(start + i) * H + h) * V + v0 + c) =
+            make_float4(b * s[0], b * s[1], b * s[2], b * s[3]);
+      }
+    }
+    if (tid < CH) {
+      float a = 0.f;
+      for (int c = 0; c < 64; ++c) a += S.st[tid * LF64 + c] * b2f(S.vs[tid * LD64 + c]);
+      S.dbv[tid] += a;
+    }
+  }
+  __syncthreads();
+
+  // dW = −dW' into X (f32) and dwb (bf16); dTv into DT with column scale β_j.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fw[i], K + 4, wmma::mem_row_major);
+  }
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+    wmma::store_matrix_sync(S.DT + ti * 16 * LF64 + tj * 16, ft[i], LF64, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+    const int i = idx / K, c = idx - i * K;
+    S.dwb[i * (K + 8) + c] = f2b(-S.X[i * (K + 4) + c]);
+  }
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    S.DT[i * LF64 + j] *= S.bs[j];
+  }
+  __syncthreads();
+
+  // dT += (dW Kᵀ) diag(βγ): 16 tiles into TMP; dKβγ = Tᵀ dW into fragments.
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+    FC acc;
+    wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+    for (int kk = 0; kk < KT; ++kk) {
+      FAr a;
+      FBc b;
+      wmma::load_matrix_sync(a, S.dwb + ti * 16 * (K + 8) + kk * 16, K + 8);
+      wmma::load_matrix_sync(b, S.k + tj * 16 * (K + 8) + kk * 16, K + 8);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(S.TMP + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
+  }
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::fill_fragment(fw[i], 0.f);
+    for (int kk = ti; kk < 4; ++kk) {
+      FAc a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.tb + kk * 16 * LD64 + ti * 16, LD64);
+      wmma::load_matrix_sync(b, S.dwb + kk * 16 * (K + 8) + tj * 16, K + 8);
+      wmma::mma_sync(fw[i], a, b, fw[i]);
+    }
+  }
+  __syncthreads();  // all reads of X (dW f32) finished long ago; TMP complete
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fw[i], K + 4, wmma::mem_row_major);
+  }
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    const float x = S.DT[i * LF64 + j] + S.TMP[i * LF64 + j] * S.bg[j];
+    S.DT[i * LF64 + j] = (j < i) ? x : 0.f;  // strictly lower part of dT
+  }
+  __syncthreads();
+
+  // z_i = k_i · dKβγ_i; then X = dk_partial + βγ_i dKβγ.
+  row_dots<K>(S.X, K + 4, S.k, K + 8, S.z);
+  __syncthreads();
+  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
+    const int i = idx / K, c = idx - i * K;
+    const float prev = i < len ? dk[((long)(start + i) * H + h) * K + c] : 0.f;
+    S.X[i * (K + 4) + c] = prev + S.bg[i] * S.X[i * (K + 4) + c];
+  }
+
+  // TMP = strictLower(dT) Tᵀ (tf32).
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+    TC acc;
+    wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      TAr a;
+      TBc b;  // (Tᵀ)_{j c} = T_{c j}
+      wmma::load_matrix_sync(a, S.DT + ti * 16 * LF64 + kk * 8, LF64);
+      wmma::load_matrix_sync(b, S.tf + tj * 16 * LF64 + kk * 8, LF64);
+#pragma unroll
+      for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+#pragma unroll
+      for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    // Every read of TMP (the dT update above) finished before the last barrier.
+    wmma::store_matrix_sync(S.TMP + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
+  }
+  __syncthreads();
+  // DT = Tᵀ TMP (the negative of dM), tf32.
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+    TC acc;
+    wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      TAc a;  // (Tᵀ)_{i j} = T_{j i}
+      TBr b;
+      wmma::load_matrix_sync(a, S.tf + kk * 8 * LF64 + ti * 16, LF64);
+      wmma::load_matrix_sync(b, S.TMP + kk * 8 * LF64 + tj * 16, LF64);
+#pragma unroll
+      for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+#pragma unroll
+      for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(S.DT + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
+  }
+  __syncthreads();
+  // KKᵀ (lower tiles) into TMP.
+  qk_lower<K>(S.k, S.k, S.TMP);
+  __syncthreads();
+
+  // M backward: for j < i < len, dm = −DT_ij, ag = (KKᵀ)_ij Γ_ij, x = dm β_i ag.
+  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+    const int i = idx >> 6, j = idx & 63;
+    float x = 0.f;
+    if (j < i && i < len) x = -S.DT[i * LF64 + j] * S.bs[i] * __expf(S.G[i] - S.G[j]);
+    S.pb[i * LD64 + j] = f2b(x);
+  }
+  if (tid < CH) {
+    const int i = tid;
+    float rs = 0.f, db = 0.f;
+    if (i < len) {
+      for (int j = 0; j < i; ++j) {
+        const float ag = S.TMP[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+        const float dm = -S.DT[i * LF64 + j];
+        rs += dm * S.bs[i] * ag;
+        db += dm * ag;
+      }
+    }
+    S.rsum[i] = rs;
+    S.dbm[i] = db;
+  } else if (tid < 2 * CH) {
+    const int j = tid - CH;
+    float cs = 0.f;
+    for (int i = j + 1; i < len; ++i) {
+      const float ag = S.TMP[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+      cs += -S.DT[i * LF64 + j] * S.bs[i] * ag;
+    }
+    S.csum[j] = cs;
+  }
+  __syncthreads();
+
+  // dk = X + dMm K + dMmᵀ K.
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::load_matrix_sync(fw[i], S.X + ti * 16 * (K + 4) + tj * 16, K + 4, wmma::mem_row_major);
+    for (int kk = 0; kk <= ti; ++kk) {
+      FAr a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
+      wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
+      wmma::mma_sync(fw[i], a, b, fw[i]);
+    }
+    for (int kk = ti; kk < 4; ++kk) {
+      FAc a;
+      FBr b;
+      wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
+      wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
+      wmma::mma_sync(fw[i], a, b, fw[i]);
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fw[i], K + 4, wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < CH * (K / 4); idx += blockDim.x) {
+    const int i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
+    if (i < len)
+      *reinterpret_cast<float4*>(dk + ((long)(start + i) * H + h) * K + c) =
+          *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
+  }
+
+  // dβ, and dg = reverse cumsum of the full dG.
+  if (tid < CH) {
+    const int i = tid;
+    S.dgp[i] += S.bg[i] * S.z[i] + S.rsum[i] - S.csum[i];
+    if (i < len) dbeta[(long)(start + i) * H + h] = S.dbv[i] + S.gam[i] * S.z[i] + S.dbm[i];
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float acc = 0.f;
+    for (int i = len - 1; i >= 0; --i) {
+      acc += S.dgp[i];
+      S.dgp[i] = acc;
+    }
+  }
+  __syncthreads();
+  if (tid < len) dg[(long)(start + tid) * H + h] = S.dgp[tid];
+}
+
+// ------------------------------------------------------------------------------------------
+// Decode: one token per sequence, per (V-slice of BV, head, sequence), 256 threads. Fuses the L2
+// norm of q and k (eps 1e-6), β = sigmoid(b), g = −exp(A_log)·softplus(a + dt_bias); the state
+// slice [K, BV] is read once into registers and written once, in place.
+
+template <int K, int BV>
+__device__ void decode_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                            const bf16* __restrict__ v, const float* __restrict__ a_in,
+                            const float* __restrict__ b_in, const float* __restrict__ a_log,
+                            const float* __restrict__ dt_bias, float* __restrict__ state,
+                            bf16* __restrict__ o, int H, int V, float scale) {
+  constexpr int TPR = BV / 4;      // threads across one row segment (4 columns each)
+  constexpr int RG = 256 / TPR;    // row groups
+  constexpr int RPT = K / RG;      // rows per thread
+  static_assert(RPT >= 1 && RG * RPT == K, "decode tiling");
+  __shared__ float qs[K], ks[K];
+  __shared__ __align__(16) float red[RG * BV];
+  __shared__ __align__(16) float uv[BV];
+  __shared__ float wsum[16];
+  __shared__ float misc[4];
+  const int v0 = blockIdx.x * BV, h = blockIdx.y, n = blockIdx.z;
+  const long nh = (long)n * H + h;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+  float xq = 0.f, xk = 0.f;
+  if (tid < K) {
+    xq = b2f(q[nh * K + tid]);
+    xk = b2f(k[nh * K + tid]);
+  }
+  const float sq = warp_sum(xq * xq), sk = warp_sum(xk * xk);
+  if (lane == 0) {
+    wsum[warp] = sq;
+    wsum[8 + warp] = sk;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float tq = 0.f, tk = 0.f;
+    for (int i = 0; i < 8; ++i) {
+      tq += wsum[i];
+      tk += wsum[8 + i];
+    }
+    misc[0] = scale * rsqrtf(tq + 1e-6f);
+    misc[1] = rsqrtf(tk + 1e-6f);
+    misc[2] = 1.f / (1.f + __expf(-b_in[nh]));
+    const float zz = a_in[nh] + dt_bias[h];
+    const float sp = zz > 20.f ? zz : log1pf(__expf(zz));
+    misc[3] = __expf(-__expf(a_log[h]) * sp);
+  }
+  __syncthreads();
+  if (tid < K) {
+    qs[tid] = xq * misc[0];
+    ks[tid] = xk * misc[1];
+  }
+  __syncthreads();
+  const float beta = misc[2], alpha = misc[3];
+  const int col = (tid % TPR) * 4, rg = tid / TPR;
+  float* base = state + nh * K * V + v0 + col;
+  float4 s[RPT];
+#pragma unroll
+  for (int i = 0; i < RPT; ++i) s[i] = *reinterpret_cast<const float4*>(base + (long)(rg + i * RG) * V);
+  float4 p = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int i = 0; i < RPT; ++i) {
+    s[i].x *= alpha;
+    s[i].y *= alpha;
+    s[i].z *= alpha;
+    s[i].w *= alpha;
+    const float kk = ks[rg + i * RG];
+    p.x += kk * s[i].x;
+    p.y += kk * s[i].y;
+    p.z += kk * s[i].z;
+    p.w += kk * s[i].w;
+  }
+  *reinterpret_cast<float4*>(red + rg * BV + col) = p;
+  __syncthreads();
+  if (tid < BV) {
+    float r = 0.f;
+    for (int g = 0; g < RG; ++g) r += red[g * BV + tid];
+    uv[tid] = beta * (b2f(v[nh * V + v0 + tid]) - r);
+  }
+  __syncthreads();
+  const float4 uu = *reinterpret_cast<const float4*>(uv + col);
+  p = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int i = 0; i < RPT; ++i) {
+    const float kk = ks[rg + i * RG], qq = qs[rg + i * RG];
+    s[i].x += kk * uu.x;
+    s[i].y += kk * uu.y;
+    s[i].z += kk * uu.z;
+    s[i].w += kk * uu.w;
+    *reinterpret_cast<float4*>(base + (long)(rg + i * RG) * V) = s[i];
+    p.x += qq * s[i].x;
+    p.y += qq * s[i].y;
+    p.z += qq * s[i].z;
+    p.w += qq * s[i].w;
+  }
+  *reinterpret_cast<float4*>(red + rg * BV + col) = p;
+  __syncthreads();
+  if (tid < BV) {
+    float r = 0.f;
+    for (int g = 0; g < RG; ++g) r += red[g * BV + tid];
+    o[nh * V + v0 + tid] = f2b(r);
+  }
+}
+
+// Shared-memory bytes of every kernel variant, in the order the host expects (see
+// src/cuda/delta_rule.rs `SMEM_SLOTS`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
+// state_fwd BV=16,32,64, state_bwd BV=16,32,64.
+template <class L>
+__device__ unsigned smem_of() {
+  Carve c(nullptr);
+  L l;
+  l.carve(c);
+  return c.off;
+}
+template <int K>
+__device__ unsigned smem_out(bool with_h) {
+  Carve c(nullptr);
+  OutSm<K> l;
+  l.carve(c, with_h);
+  return c.off;
+}
+template <int K>
+__device__ void smem_sizes_k(unsigned* out) {
+  out[0] = smem_of<PrepSm<K>>();
+  out[1] = smem_out<K>(true);
+  out[2] = smem_out<K>(false);
+  out[3] = smem_of<DqkSm<K>>();
+  out[4] = smem_of<WySm<K>>();
+  out[5] = smem_of<StateFwdSm<K, 16>>();
+  out[6] = smem_of<StateFwdSm<K, 32>>();
+  out[7] = smem_of<StateFwdSm<K, 64>>();
+  out[8] = smem_of<StateBwdSm<K, 16>>();
+  out[9] = smem_of<StateBwdSm<K, 32>>();
+  out[10] = smem_of<StateBwdSm<K, 64>>();
+}
+
+}  // namespace dr
+
+extern "C" __global__ void dr_smem_sizes(unsigned* out) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) {
+    dr::smem_sizes_k<64>(out);
+    dr::smem_sizes_k<128>(out + 11);
+    dr::smem_sizes_k<256>(out + 22);
+  }
+}
+
+#define DR_CHUNK_KERNELS(K)                                                                         \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
+                   const int* ctab, int H, int V, float* gc, bf16* w, bf16* u, float* tmat) {      \
+    dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, w, u, tmat);                                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
+                    const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o) {       \
+    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o);                                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_dvloc_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                \
+                    const int* ctab, int H, int V, float scale, float* dvl) {                      \
+    dr::dvloc_impl<K>(q, k, gc, d_o, ctab, H, V, scale, dvl);                                      \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32)                             \
+      dr_dqk_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                  \
+                  const bf16* vnew, const bf16* hs, const bf16* dh, const int* ctab, int H, int V, \
+                  float scale, float* dq, float* dk, float* dg) {                                  \
+    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, ctab, H, V, scale, dq, dk, dg);                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(dr::WySm<K>::NW * 32)                              \
+      dr_wy_k##K(const bf16* k, const bf16* v, const float* beta, const float* gc,                 \
+                 const float* tmat, const bf16* dvnew, const bf16* hs, const int* ctab, int H,     \
+                 int V, float* dk, float* dv, float* dg, float* dbeta) {                            \
+    dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
+  }
+
+#define DR_STATE_KERNELS(K, BV)                                                                     \
+  extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
+      dr_state_fwd_k##K##_bv##BV(const bf16* w, const bf16* u, const bf16* k, const float* gc,     \
+                                 const int* ctab, const int* seq_chunk, const float* h0, int H,    \
+                                 int V, bf16* hout, bf16* vnew, float* ht) {                       \
+    dr::state_fwd_impl<K, BV>(w, u, k, gc, ctab, seq_chunk, h0, H, V, hout, vnew, ht);             \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
+      dr_state_bwd_k##K##_bv##BV(const bf16* q, const bf16* k, const bf16* w, const float* gc,     \
+                                 const bf16* d_o, const float* dvl, const int* ctab,               \
+                                 const int* seq_chunk, const float* dht, int H, int V,             \
+                                 float scale, bf16* dh, bf16* dvnew, float* dh0) {                 \
+    dr::state_bwd_impl<K, BV>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,        \
+                              dvnew, dh0);                                                         \
+  }
+
+#define DR_DECODE_KERNEL(K, BV)                                                                     \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_decode_k##K##_bv##BV(const bf16* q, const bf16* k, const bf16* v, const float* a,         \
+                              const float* b, const float* a_log, const float* dt_bias,            \
+                              float* state, bf16* o, int H, int V, float scale) {                  \
+    dr::decode_impl<K, BV>(q, k, v, a, b, a_log, dt_bias, state, o, H, V, scale);                  \
+  }
+
+DR_CHUNK_KERNELS(64)
+DR_CHUNK_KERNELS(128)
+DR_CHUNK_KERNELS(256)
+DR_STATE_KERNELS(64, 16)
+DR_STATE_KERNELS(64, 32)
+DR_STATE_KERNELS(64, 64)
+DR_STATE_KERNELS(128, 16)
+DR_STATE_KERNELS(128, 32)
+DR_STATE_KERNELS(128, 64)
+DR_STATE_KERNELS(256, 16)
+DR_STATE_KERNELS(256, 32)
+DR_STATE_KERNELS(256, 64)
+DR_DECODE_KERNEL(64, 16)
+DR_DECODE_KERNEL(64, 32)
+DR_DECODE_KERNEL(64, 64)
+DR_DECODE_KERNEL(128, 16)
+DR_DECODE_KERNEL(128, 32)
+DR_DECODE_KERNEL(128, 64)
+DR_DECODE_KERNEL(256, 16)
+DR_DECODE_KERNEL(256, 32)
+DR_DECODE_KERNEL(256, 64)
