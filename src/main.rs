@@ -1,4 +1,4 @@
-//! The `gdn` command line: train, info.
+//! The `gdn` command line.
 
 mod cli;
 
@@ -21,6 +21,10 @@ enum Command {
     /// Train a model. With no arguments: a small GDN on the MQAR recall task, on the CPU,
     /// until 99% held-out query accuracy.
     Train(Box<cli::train::TrainArgs>),
+    /// Tokenise text (.txt, .jsonl, .jsonl.zst) into LITPKDS token shards.
+    Prepare(cli::prepare::PrepareArgs),
+    /// Train a byte-level BPE tokenizer.json.
+    Tokenizer(cli::tokenizer::TokenizerArgs),
     /// Print a model's configuration and parameter count.
     Info(cli::info::InfoArgs),
     /// Save the logits a checkpoint gives for token sequences (to compare implementations).
@@ -37,6 +41,8 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => cli::train::run(*a),
+        Command::Prepare(a) => cli::prepare::run(a),
+        Command::Tokenizer(a) => cli::tokenizer::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Logits(a) => cli::logits::run(a),
     }

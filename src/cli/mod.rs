@@ -2,6 +2,8 @@
 
 pub mod info;
 pub mod logits;
+pub mod prepare;
+pub mod tokenizer;
 pub mod train;
 
 use anyhow::{Context, Result};
