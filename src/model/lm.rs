@@ -302,80 +302,6 @@ pub fn uniform_cu_seqlens(batch: usize, seq_len: usize) -> Vec<usize> {
     (0..=batch).map(|i| i * seq_len).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::data::IGNORE;
-    use crate::model::nn::tests::fd;
-    use crate::tensor::max_rel_err;
-
-    fn fd_check(tie: bool, b_bias: bool) {
-        let mut cfg = ModelConfig::preset("tiny").unwrap();
-        cfg.tie_word_embeddings = tie;
-        cfg.b_proj_bias = b_bias;
-        let model = Model::new(cfg).unwrap();
-        let mut rng = Rng::new(21);
-        let mut params: Vec<f64> = model.init_params(&mut rng);
-        // Larger than the init scale so every path carries a visible gradient.
-        params.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
-        let tokens = [3u32, 1, 16, 2, 7, 7, 0, 5, 9, 11];
-        let targets = [1u32, 16, IGNORE, 7, 7, 0, 5, 9, 11, 3];
-        let cu = [0, 4, 10];
-        let loss = |p: &[f64]| {
-            let a = model.forward(p, &tokens, &cu).unwrap();
-            model.loss(&a, &targets).0
-        };
-        let acts = model.forward(&params, &tokens, &cu).unwrap();
-        let (_, count) = model.loss(&acts, &targets);
-        let mut grads = vec![0.0; params.len()];
-        model.backward(&params, acts, &targets, count, 1.0, &mut grads);
-        let numeric = fd(&params, &loss);
-        let mut worst = 0.0f64;
-        for info in &model.layout.params {
-            let e = max_rel_err(&grads[info.range()], &numeric[info.range()]);
-            assert!(e < 1e-6, "{}: rel err {e}", info.name);
-            worst = worst.max(e);
-        }
-        eprintln!("whole model (tie={tie}, b_bias={b_bias}): worst per-tensor rel err {worst:.2e}");
-        assert!(max_rel_err(&grads, &numeric) < 1e-6);
-    }
-
-    #[test]
-    fn whole_model_gradient_matches_finite_differences_untied() {
-        fd_check(false, false);
-    }
-
-    #[test]
-    fn whole_model_gradient_matches_finite_differences_tied_with_b_bias() {
-        fd_check(true, true);
-    }
-
-    #[test]
-    fn parameter_counts_match_the_spec() {
-        let count = |name: &str| {
-            Model::new(ModelConfig::preset(name).unwrap())
-                .unwrap()
-                .num_params() as f64
-                / 1e6
-        };
-        assert_eq!(format!("{:.1}", count("fla-1.3b")), "1387.3");
-        assert_eq!(format!("{:.1}", count("nvlabs-0.4b")), "516.8");
-        assert_eq!(format!("{:.1}", count("nvlabs-1.3b")), "1309.3");
-    }
-
-    #[test]
-    fn out_of_vocabulary_token_is_an_error() {
-        let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
-        let params: Vec<f32> = model.init_params(&mut Rng::new(1));
-        let err = model
-            .forward(&params, &[1, 99], &[0, 2])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("99"), "{err}");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Inference-only passes (no backward cache), used by prefill / decode (model::decode) and by
 // evaluation. The mixer is supplied by the caller, so one block loop serves the chunked prefill
@@ -447,5 +373,79 @@ impl Model {
             d,
             vocab,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::IGNORE;
+    use crate::model::nn::tests::fd;
+    use crate::tensor::max_rel_err;
+
+    fn fd_check(tie: bool, b_bias: bool) {
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
+        cfg.tie_word_embeddings = tie;
+        cfg.b_proj_bias = b_bias;
+        let model = Model::new(cfg).unwrap();
+        let mut rng = Rng::new(21);
+        let mut params: Vec<f64> = model.init_params(&mut rng);
+        // Larger than the init scale so every path carries a visible gradient.
+        params.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
+        let tokens = [3u32, 1, 16, 2, 7, 7, 0, 5, 9, 11];
+        let targets = [1u32, 16, IGNORE, 7, 7, 0, 5, 9, 11, 3];
+        let cu = [0, 4, 10];
+        let loss = |p: &[f64]| {
+            let a = model.forward(p, &tokens, &cu).unwrap();
+            model.loss(&a, &targets).0
+        };
+        let acts = model.forward(&params, &tokens, &cu).unwrap();
+        let (_, count) = model.loss(&acts, &targets);
+        let mut grads = vec![0.0; params.len()];
+        model.backward(&params, acts, &targets, count, 1.0, &mut grads);
+        let numeric = fd(&params, &loss);
+        let mut worst = 0.0f64;
+        for info in &model.layout.params {
+            let e = max_rel_err(&grads[info.range()], &numeric[info.range()]);
+            assert!(e < 1e-6, "{}: rel err {e}", info.name);
+            worst = worst.max(e);
+        }
+        eprintln!("whole model (tie={tie}, b_bias={b_bias}): worst per-tensor rel err {worst:.2e}");
+        assert!(max_rel_err(&grads, &numeric) < 1e-6);
+    }
+
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_untied() {
+        fd_check(false, false);
+    }
+
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_tied_with_b_bias() {
+        fd_check(true, true);
+    }
+
+    #[test]
+    fn parameter_counts_match_the_spec() {
+        let count = |name: &str| {
+            Model::new(ModelConfig::preset(name).unwrap())
+                .unwrap()
+                .num_params() as f64
+                / 1e6
+        };
+        assert_eq!(format!("{:.1}", count("fla-1.3b")), "1387.3");
+        assert_eq!(format!("{:.1}", count("nvlabs-0.4b")), "516.8");
+        assert_eq!(format!("{:.1}", count("nvlabs-1.3b")), "1309.3");
+    }
+
+    #[test]
+    fn out_of_vocabulary_token_is_an_error() {
+        let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
+        let params: Vec<f32> = model.init_params(&mut Rng::new(1));
+        let err = model
+            .forward(&params, &[1, 99], &[0, 2])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("99"), "{err}");
     }
 }

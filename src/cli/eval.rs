@@ -1,0 +1,99 @@
+//! `gdn eval`: validation loss and perplexity of a checkpoint at several context lengths.
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use gdn::eval::{evaluate_tokens, EvalOptions};
+use gdn::train::checkpoint;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    /// The whole file.
+    All,
+    /// The last 10% of the tokens: the split `gdn train --data` holds out.
+    Valid,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint folder (config.json + model.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A text file (read as bytes for byte-level models).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Context lengths, comma-separated; blocks of max + 1 tokens are scored once.
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+    pub lengths: Vec<usize>,
+    /// Score at most this many blocks.
+    #[arg(long)]
+    pub max_blocks: Option<usize>,
+    /// Blocks per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Which part of the file to score.
+    #[arg(long, value_enum, default_value_t = Split::All)]
+    pub split: Split,
+    /// A Hugging Face tokenizer.json (required unless the model is byte-level, vocab 256).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let (model, params) = checkpoint::load_model(&a.checkpoint)?;
+    let codec = super::generate::codec_for(&model.config, &a.checkpoint, a.tokenizer.as_deref())?;
+    let bytes = std::fs::read(&a.data)
+        .with_context(|| format!("failed to read data file {}", a.data.display()))?;
+    let mut tokens: Vec<u32> = if a.tokenizer.is_none() {
+        // Byte-level: the raw bytes, valid UTF-8 or not.
+        bytes.iter().map(|&b| u32::from(b)).collect()
+    } else {
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("data file {}: not UTF-8 text", a.data.display()))?;
+        codec
+            .encode(&text)
+            .with_context(|| format!("data file {}: tokenizing", a.data.display()))?
+    };
+    if a.split == Split::Valid {
+        tokens.drain(..tokens.len() - tokens.len() / 10);
+    }
+    let opts = EvalOptions {
+        lengths: a.lengths.clone(),
+        max_blocks: a.max_blocks,
+        batch_blocks: a.batch,
+    };
+    let total = (tokens.len() / opts.block_len().max(1)).min(a.max_blocks.unwrap_or(usize::MAX));
+    let quiet = a.quiet;
+    let report = evaluate_tokens(&model, &params, &tokens, &opts, &mut |done| {
+        if !quiet {
+            eprint!("\reval: {done}/{total} blocks");
+        }
+    })
+    .with_context(|| format!("data file {}", a.data.display()))?;
+    if !quiet {
+        eprintln!();
+    }
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        let mut j = serde_json::to_value(&report)?;
+        let o = j.as_object_mut().expect("report is an object");
+        o.insert(
+            "checkpoint".into(),
+            a.checkpoint.display().to_string().into(),
+        );
+        o.insert("data".into(), a.data.display().to_string().into());
+        o.insert(
+            "split".into(),
+            format!("{:?}", a.split).to_lowercase().into(),
+        );
+        std::fs::write(path, serde_json::to_string_pretty(&j)? + "\n")
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    Ok(())
+}

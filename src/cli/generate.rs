@@ -1,0 +1,126 @@
+//! `gdn generate`: continue a prompt with a checkpoint, streaming the text as it comes.
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use gdn::model::decode::{generate, GenerateOptions, StopReason};
+use gdn::model::sample::{ByteCodec, Sampler, StreamDecoder, TextCodec};
+use gdn::model::ModelConfig;
+use gdn::train::checkpoint;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Checkpoint folder (config.json + model.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most new tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Sample only among the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: the smallest set of most likely tokens with mass ≥ P (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A Hugging Face tokenizer.json (required unless the model is byte-level, vocab 256).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// An extra token id that ends generation (besides the tokenizer's EOS).
+    #[arg(long)]
+    pub eos: Option<u32>,
+    /// Print the prompt before the continuation.
+    #[arg(long)]
+    pub echo: bool,
+}
+
+/// The text codec for a model: byte-level for vocab 256, else the given tokenizer.
+pub fn codec_for(
+    config: &ModelConfig,
+    checkpoint: &Path,
+    tokenizer: Option<&Path>,
+) -> Result<Box<dyn TextCodec>> {
+    let codec: Box<dyn TextCodec> = match tokenizer {
+        Some(path) => bail!(
+            "--tokenizer {}: Hugging Face tokenizers are not supported by this build yet",
+            path.display()
+        ),
+        None if config.vocab_size == 256 => Box::new(ByteCodec),
+        None => bail!(
+            "{}: vocab_size is {}, not 256 (byte-level); pass --tokenizer tokenizer.json",
+            checkpoint.join(checkpoint::CONFIG_FILE).display(),
+            config.vocab_size
+        ),
+    };
+    ensure!(
+        codec.vocab_size() <= config.vocab_size,
+        "the tokenizer has {} ids, more than the model's vocab_size {} ({})",
+        codec.vocab_size(),
+        config.vocab_size,
+        checkpoint.join(checkpoint::CONFIG_FILE).display()
+    );
+    Ok(codec)
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let sampler = Sampler {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+    };
+    sampler.validate()?;
+    let (model, params) = checkpoint::load_model(&a.checkpoint)?;
+    let codec = codec_for(&model.config, &a.checkpoint, a.tokenizer.as_deref())?;
+    let prompt = codec.encode(&a.prompt)?;
+    ensure!(!prompt.is_empty(), "--prompt is empty");
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampler,
+        stop_tokens: codec.eos().into_iter().chain(a.eos).collect(),
+        seed: a.seed,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if a.echo {
+        write!(out, "{}", a.prompt)
+            .and_then(|_| out.flush())
+            .context("writing to stdout")?;
+    }
+    let mut dec = StreamDecoder::new();
+    let start = Instant::now();
+    let g = generate(&model, &params, &prompt, &opts, &mut |t| {
+        let text = dec.push(codec.as_ref(), t);
+        if !text.is_empty() {
+            write!(out, "{text}")
+                .and_then(|_| out.flush())
+                .context("writing to stdout")?;
+        }
+        Ok(())
+    })?;
+    let rest = dec.finish(codec.as_ref());
+    writeln!(out, "{rest}")
+        .and_then(|_| out.flush())
+        .context("writing to stdout")?;
+    let secs = start.elapsed().as_secs_f64();
+    let why = match g.stop {
+        StopReason::MaxTokens => "max tokens".to_string(),
+        StopReason::StopToken(t) => format!("stop token {t}"),
+    };
+    eprintln!(
+        "[{} prompt + {} new tokens in {secs:.2}s ({:.1} tokens/s); stopped at {why}]",
+        prompt.len(),
+        g.tokens.len(),
+        g.tokens.len() as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
