@@ -1,0 +1,458 @@
+//! `gdn bench kernels`: times the CUDA delta rule kernels at the shapes of the peer FLA benchmark
+//! (`bench/fla_ops.py`), eager and replayed from a CUDA graph, and reports each against its floor
+//! (FLOPs at 790 TFLOP/s bf16 dense, bytes at 4.3 TB/s; docs/perf.md gives the formulas).
+//!
+//! Eager: each repetition is bracketed by two events and waited for (launch overhead included,
+//! as `triton.testing.do_bench` includes Python's). Graph: the same calls captured once on a
+//! non-default stream and replayed; only the kernels and their gaps remain. Median of `reps`.
+
+use super::delta_rule::{
+    chunk_backward, chunk_forward, ChunkInputs, DecodeInputs, DecodeStep, DeltaRuleWorkspace,
+    GradBuffers,
+};
+use super::Gpu;
+use crate::ops::delta_rule::{Dims, CHUNK};
+use anyhow::{bail, Context, Result};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaSlice, DeviceRepr};
+use half::bf16;
+use std::path::PathBuf;
+
+/// Peak rates used for the floors: H200 dense bf16 tensor-core rate and a measured copy rate.
+pub const PEAK_FLOPS: f64 = 790e12;
+pub const PEAK_BYTES: f64 = 4.3e12;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to time: `kernels` (the delta rule kernels at FLA's benchmark shapes).
+    #[arg(default_value = "kernels")]
+    pub kind: String,
+    /// Folder for gdn_bench.json (created if missing).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Timed repetitions per measurement (median reported).
+    #[arg(long, default_value_t = 50)]
+    pub reps: usize,
+    /// `all` (the five FLA shapes and three decode shapes) or `quick` (one of each).
+    #[arg(long, default_value = "all")]
+    pub shapes: String,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+/// Matmul FLOPs of the chunked forward as implemented (full 64×64 products, no triangular
+/// savings), per (token, head): [6CK + 4CV + 6KV] with C = 64.
+pub fn fwd_flops(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
+    let (c, k, v) = (CHUNK as f64, k as f64, v as f64);
+    (tokens * h) as f64 * (6.0 * c * k + 4.0 * c * v + 6.0 * k * v)
+}
+
+/// … of the backward (recompute + dvloc + reverse state + dqk + wy), per (token, head):
+/// [22CK + 10CV + 16KV + 4C²].
+pub fn bwd_flops(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
+    let (c, k, v) = (CHUNK as f64, k as f64, v as f64);
+    (tokens * h) as f64 * (22.0 * c * k + 10.0 * c * v + 16.0 * k * v + 4.0 * c * c)
+}
+
+/// Fewest bytes of the forward: q, k, v, g, β read once, o written once.
+pub fn fwd_bytes(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
+    (tokens * h) as f64 * (2.0 * k as f64 * 2.0 + v as f64 * 2.0 * 2.0 + 8.0)
+}
+
+/// Fewest bytes of forward + backward: q, k, v, g, β, dO read once; o written (bf16); dq, dk,
+/// dv, dg, dβ written (f32, as this implementation returns them).
+pub fn fwdbwd_bytes(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
+    let (k, v) = (k as f64, v as f64);
+    (tokens * h) as f64
+        * ((2.0 * k * 2.0 + v * 2.0 + 8.0 + v * 2.0) + v * 2.0 + (2.0 * k + v) * 4.0 + 8.0)
+}
+
+fn floor_ms(flops: f64, bytes: f64) -> f64 {
+    (flops / PEAK_FLOPS).max(bytes / PEAK_BYTES) * 1e3
+}
+
+/// A fast deterministic generator for large inputs (xorshift64*), uniform in [-1, 1).
+struct Fast(u64);
+impl Fast {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((x >> 40) as f32) * (2.0 / (1u64 << 24) as f32) - 1.0
+    }
+}
+
+fn up<T: DeviceRepr>(gpu: &Gpu, x: &[T]) -> Result<CudaSlice<T>> {
+    gpu.stream
+        .clone_htod(x)
+        .with_context(|| format!("uploading {} elements", x.len()))
+}
+
+fn rows_unit_bf16(r: &mut Fast, rows: usize, d: usize) -> Vec<bf16> {
+    let mut out = Vec::with_capacity(rows * d);
+    let mut buf = vec![0f32; d];
+    for _ in 0..rows {
+        let mut s = 0f32;
+        for x in buf.iter_mut() {
+            *x = r.next();
+            s += *x * *x;
+        }
+        let inv = 1.0 / s.sqrt().max(1e-6);
+        out.extend(buf.iter().map(|&x| bf16::from_f32(x * inv)));
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median ms of `f` run eagerly, each repetition bracketed by events and waited for.
+fn time_eager(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    gpu.sync()?;
+    let a = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let b = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        a.record(&gpu.stream)?;
+        f()?;
+        b.record(&gpu.stream)?;
+        b.synchronize()?;
+        ts.push(a.elapsed_ms(&b)? as f64);
+    }
+    Ok(median(ts))
+}
+
+/// Median ms of one replay of `f` captured into a CUDA graph.
+fn time_graph(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // tables uploaded, everything warm: the captured call queues kernels only
+    gpu.sync()?;
+    gpu.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .context("begin_capture")?;
+    let r = f();
+    let g = gpu
+        .stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .context("end_capture")?;
+    r.context("the captured call failed")?;
+    let g = g.context("capture produced no graph")?;
+    g.upload()?;
+    for _ in 0..5 {
+        g.launch()?;
+    }
+    gpu.sync()?;
+    let a = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let b = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        a.record(&gpu.stream)?;
+        g.launch()?;
+        b.record(&gpu.stream)?;
+        b.synchronize()?;
+        ts.push(a.elapsed_ms(&b)? as f64);
+    }
+    Ok(median(ts))
+}
+
+fn or_nan(what: &str, r: Result<f64>) -> f64 {
+    match r {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("  {what} failed: {e:#}");
+            f64::NAN
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ChunkRow {
+    #[serde(rename = "B")]
+    b: usize,
+    #[serde(rename = "T")]
+    t: usize,
+    #[serde(rename = "H")]
+    h: usize,
+    #[serde(rename = "K")]
+    k: usize,
+    #[serde(rename = "V")]
+    v: usize,
+    fwd_ms: f64,
+    fwd_graph_ms: f64,
+    fwdbwd_ms: f64,
+    fwdbwd_graph_ms: f64,
+    fwd_flops: f64,
+    fwdbwd_flops: f64,
+    fwd_bytes: f64,
+    fwdbwd_bytes: f64,
+    fwd_floor_ms: f64,
+    fwdbwd_floor_ms: f64,
+    fwd_graph_tflops: f64,
+    fwdbwd_graph_tflops: f64,
+    fwd_graph_gbps: f64,
+    fwdbwd_graph_gbps: f64,
+    /// floor / measured (graph): 1.0 would be at the floor.
+    fwd_graph_frac_of_floor: f64,
+    fwdbwd_graph_frac_of_floor: f64,
+}
+
+#[allow(non_snake_case)]
+#[derive(serde::Serialize)]
+struct DecodeRow {
+    decode_B: usize,
+    #[serde(rename = "H")]
+    h: usize,
+    #[serde(rename = "K")]
+    k: usize,
+    #[serde(rename = "V")]
+    v: usize,
+    step_ms: f64,
+    step_graph_ms: f64,
+    state_bytes: f64,
+    state_TBps: f64,
+    state_TBps_graph: f64,
+    floor_ms: f64,
+    graph_frac_of_floor: f64,
+}
+
+fn bench_chunk(gpu: &Gpu, reps: usize, b: usize, t: usize, dims: Dims) -> Result<ChunkRow> {
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = dims;
+    let nt = b * t;
+    let mut r = Fast(0x9E37_79B9_7F4A_7C15 ^ (nt * h * k) as u64);
+    let q = up(gpu, &rows_unit_bf16(&mut r, nt * h, k))?;
+    let kk = up(gpu, &rows_unit_bf16(&mut r, nt * h, k))?;
+    let vv: Vec<bf16> = (0..nt * h * v).map(|_| bf16::from_f32(r.next())).collect();
+    let vv = up(gpu, &vv)?;
+    // g = logsigmoid(x), β = sigmoid(x), x roughly N(0,1) (sum of 3 uniforms).
+    let mut x = || r.next() + r.next() + r.next();
+    let g: Vec<f32> = (0..nt * h).map(|_| -(1.0 + (-x()).exp()).ln()).collect();
+    let beta: Vec<f32> = (0..nt * h).map(|_| 1.0 / (1.0 + (-x()).exp())).collect();
+    let (g, beta) = (up(gpu, &g)?, up(gpu, &beta)?);
+    let d_o: Vec<bf16> = (0..nt * h * v).map(|_| bf16::from_f32(r.next())).collect();
+    let d_o = up(gpu, &d_o)?;
+    let mut o = gpu.stream.alloc_zeros::<bf16>(nt * h * v)?;
+    let mut grads = GradBuffers::new(gpu, dims, nt, b)?;
+    let mut ws = DeltaRuleWorkspace::new(gpu, dims, nt, b, true)?;
+    let cu: Vec<usize> = (0..=b).map(|i| i * t).collect();
+    let scale = (k as f32).powf(-0.5);
+    let inp = ChunkInputs {
+        q: q.as_view(),
+        k: kk.as_view(),
+        v: vv.as_view(),
+        g: g.as_view(),
+        beta: beta.as_view(),
+        scale,
+        initial_state: None,
+        cu_seqlens: &cu,
+    };
+    let dov = d_o.as_view();
+    let mut fwd =
+        || -> Result<()> { chunk_forward(gpu, &mut ws, &inp, &mut o.as_view_mut(), None) };
+    let fwd_ms = or_nan("fwd eager", time_eager(gpu, reps, &mut fwd));
+    let fwd_graph_ms = or_nan("fwd graph", time_graph(gpu, reps, &mut fwd));
+    let mut fb = || -> Result<()> {
+        chunk_forward(gpu, &mut ws, &inp, &mut o.as_view_mut(), None)?;
+        let mut gv = grads.views(dims, nt, b);
+        chunk_backward(gpu, &mut ws, &inp, &dov, None, &mut gv)
+    };
+    let fwdbwd_ms = or_nan("fwd+bwd eager", time_eager(gpu, reps, &mut fb));
+    let fwdbwd_graph_ms = or_nan("fwd+bwd graph", time_graph(gpu, reps, &mut fb));
+    gpu.sync()?;
+    let ff = fwd_flops(nt, h, k, v);
+    let fbf = ff + bwd_flops(nt, h, k, v);
+    let fby = fwd_bytes(nt, h, k, v);
+    let fbby = fwdbwd_bytes(nt, h, k, v);
+    let (f1, f2) = (floor_ms(ff, fby), floor_ms(fbf, fbby));
+    Ok(ChunkRow {
+        b,
+        t,
+        h,
+        k,
+        v,
+        fwd_ms,
+        fwd_graph_ms,
+        fwdbwd_ms,
+        fwdbwd_graph_ms,
+        fwd_flops: ff,
+        fwdbwd_flops: fbf,
+        fwd_bytes: fby,
+        fwdbwd_bytes: fbby,
+        fwd_floor_ms: f1,
+        fwdbwd_floor_ms: f2,
+        fwd_graph_tflops: ff / (fwd_graph_ms * 1e-3) / 1e12,
+        fwdbwd_graph_tflops: fbf / (fwdbwd_graph_ms * 1e-3) / 1e12,
+        fwd_graph_gbps: fby / (fwd_graph_ms * 1e-3) / 1e9,
+        fwdbwd_graph_gbps: fbby / (fwdbwd_graph_ms * 1e-3) / 1e9,
+        fwd_graph_frac_of_floor: f1 / fwd_graph_ms,
+        fwdbwd_graph_frac_of_floor: f2 / fwdbwd_graph_ms,
+    })
+}
+
+fn bench_decode(gpu: &Gpu, reps: usize, n: usize, dims: Dims) -> Result<DecodeRow> {
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = dims;
+    let mut r = Fast(0xD1B5_4A32_D192_ED03 ^ (n * h * k * v) as u64);
+    let mut bf = |len: usize| -> Vec<bf16> { (0..len).map(|_| bf16::from_f32(r.next())).collect() };
+    let q = up(gpu, &bf(n * h * k))?;
+    let kk = up(gpu, &bf(n * h * k))?;
+    let vv = up(gpu, &bf(n * h * v))?;
+    let mut f = |len: usize| -> Vec<f32> { (0..len).map(|_| r.next()).collect() };
+    let a = up(gpu, &f(n * h))?;
+    let b = up(gpu, &f(n * h))?;
+    let a_log = up(gpu, &vec![1.0f32; h])?;
+    let dt_bias = up(gpu, &vec![-3.0f32; h])?;
+    let mut state = up(gpu, &f(n * h * k * v))?;
+    let mut o = gpu.stream.alloc_zeros::<bf16>(n * h * v)?;
+    let step = DecodeStep::new(gpu, dims, n)?;
+    let inp = DecodeInputs {
+        q: q.as_view(),
+        k: kk.as_view(),
+        v: vv.as_view(),
+        a: a.as_view(),
+        b: b.as_view(),
+        a_log: a_log.as_view(),
+        dt_bias: dt_bias.as_view(),
+        scale: (k as f32).powf(-0.5),
+    };
+    let mut run =
+        || -> Result<()> { step.run(gpu, &inp, &mut state.as_view_mut(), &mut o.as_view_mut()) };
+    let step_ms = or_nan("decode eager", time_eager(gpu, reps.max(100), &mut run));
+    let step_graph_ms = or_nan("decode graph", time_graph(gpu, reps.max(100), &mut run));
+    let state_bytes = (n * h * k * v * 4 * 2) as f64;
+    let fl = state_bytes / PEAK_BYTES * 1e3;
+    Ok(DecodeRow {
+        decode_B: n,
+        h,
+        k,
+        v,
+        step_ms,
+        step_graph_ms,
+        state_bytes,
+        state_TBps: state_bytes / (step_ms * 1e-3) / 1e12,
+        state_TBps_graph: state_bytes / (step_graph_ms * 1e-3) / 1e12,
+        floor_ms: fl,
+        graph_frac_of_floor: fl / step_graph_ms,
+    })
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.kind != "kernels" {
+        bail!("unknown bench kind `{}` (known: kernels)", a.kind);
+    }
+    let quick = match a.shapes.as_str() {
+        "all" => false,
+        "quick" => true,
+        s => bail!("--shapes must be `all` or `quick`, got `{s}`"),
+    };
+    let mut gpu = Gpu::open(a.device)?;
+    // Graph capture needs a non-default stream and no cudarc event bookkeeping (all work is on
+    // one stream; every buffer is allocated before capture).
+    // SAFETY: only this stream is used from here on.
+    unsafe { gpu.ctx.disable_event_tracking() };
+    gpu.stream = gpu.ctx.new_stream().context("creating a stream")?;
+    println!("device: {} ({})", gpu.name, gpu.arch);
+    let reps = a.reps.max(5);
+    let d = |heads, dk, dv| Dims { heads, dk, dv };
+    let mut chunk_shapes = vec![
+        (8, 2048, d(16, 128, 128)),
+        (4, 4096, d(16, 128, 128)),
+        (2, 8192, d(16, 128, 128)),
+        (1, 16384, d(16, 128, 128)),
+        (4, 4096, d(6, 256, 512)),
+    ];
+    let mut decode_shapes = vec![
+        (64, d(16, 128, 128)),
+        (64, d(6, 256, 512)),
+        (1, d(16, 128, 128)),
+    ];
+    if quick {
+        chunk_shapes.truncate(1);
+        decode_shapes.truncate(1);
+    }
+    let mut chunk_rows = Vec::new();
+    println!("| B | T | H | K | V | fwd ms (graph/eager) | fwd+bwd ms (graph/eager) | fwd TFLOP/s | fwd GB/s | fwd floor ms | fwd frac | fwd+bwd floor ms | fwd+bwd frac |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (b, t, dims) in chunk_shapes {
+        match bench_chunk(&gpu, reps, b, t, dims) {
+            Ok(r) => {
+                println!(
+                    "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} | {:.0} | {:.3} | {:.2} | {:.3} | {:.2} |",
+                    r.b, r.t, r.h, r.k, r.v, r.fwd_graph_ms, r.fwd_ms, r.fwdbwd_graph_ms, r.fwdbwd_ms,
+                    r.fwd_graph_tflops, r.fwd_graph_gbps, r.fwd_floor_ms, r.fwd_graph_frac_of_floor,
+                    r.fwdbwd_floor_ms, r.fwdbwd_graph_frac_of_floor
+                );
+                chunk_rows.push(r);
+            }
+            Err(e) => println!(
+                "| {b} | {t} | {} | {} | {} | failed: {e:#} |",
+                dims.heads, dims.dk, dims.dv
+            ),
+        }
+    }
+    let mut decode_rows = Vec::new();
+    println!();
+    println!("| decode B | H | K | V | step ms (graph/eager) | state TB/s (graph/eager) | floor ms | frac |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (n, dims) in decode_shapes {
+        match bench_decode(&gpu, reps, n, dims) {
+            Ok(r) => {
+                println!(
+                    "| {} | {} | {} | {} | {:.4} / {:.4} | {:.2} / {:.2} | {:.4} | {:.2} |",
+                    r.decode_B,
+                    r.h,
+                    r.k,
+                    r.v,
+                    r.step_graph_ms,
+                    r.step_ms,
+                    r.state_TBps_graph,
+                    r.state_TBps,
+                    r.floor_ms,
+                    r.graph_frac_of_floor
+                );
+                decode_rows.push(r);
+            }
+            Err(e) => println!(
+                "| {n} | {} | {} | {} | failed: {e:#} |",
+                dims.heads, dims.dk, dims.dv
+            ),
+        }
+    }
+    if let Some(dir) = a.out {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut all: Vec<serde_json::Value> = Vec::new();
+        for r in &chunk_rows {
+            all.push(serde_json::to_value(r)?);
+        }
+        for r in &decode_rows {
+            all.push(serde_json::to_value(r)?);
+        }
+        let doc = serde_json::json!({
+            "device": gpu.name,
+            "reps": reps,
+            "peak_flops": PEAK_FLOPS,
+            "peak_bytes_per_s": PEAK_BYTES,
+            "rows": all,
+        });
+        let path = dir.join("gdn_bench.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
