@@ -4,9 +4,12 @@
 //! Nothing CUDA is linked at build time (cudarc's dynamic loading): the same binary runs
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
 
-pub mod bench;
+pub mod blas;
+pub mod buffer;
 mod compile;
 pub mod delta_rule;
+pub mod ops;
+pub mod ops_selftest;
 pub mod selftest;
 
 pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
@@ -112,6 +115,7 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
 /// (`cargo test` does it where NVRTC is installed; CI installs it).
 pub fn all_sources() -> Vec<&'static KernelSource> {
     let mut v = vec![];
+    v.extend(ops::sources());
     v.extend(delta_rule::sources());
     v
 }

@@ -1,0 +1,133 @@
+// Element-wise ops, the embedding, AdamW and the global gradient norm.
+
+extern "C" __global__ void cast_f32_bf16(const float* x, bf16* y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = tobf(x[i]);
+}
+
+extern "C" __global__ void cast_bf16_f32(const bf16* x, float* y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = ldf(x, i);
+}
+
+extern "C" __global__ void silu_fwd(const bf16* x, bf16* y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = tobf(siluf_(ldf(x, i)));
+}
+
+extern "C" __global__ void silu_bwd(const bf16* x, const bf16* dy, bf16* dx, i64 n) {
+    GRID_STRIDE(i, n) dx[i] = tobf(ldf(dy, i) * silu_gradf_(ldf(x, i)));
+}
+
+// y = silu(gate) * up
+extern "C" __global__ void swiglu_fwd(const bf16* gate, const bf16* up, bf16* y, i64 n) {
+    GRID_STRIDE(i, n) y[i] = tobf(siluf_(ldf(gate, i)) * ldf(up, i));
+}
+
+extern "C" __global__ void swiglu_bwd(const bf16* gate, const bf16* up, const bf16* dy, bf16* dgate,
+                                      bf16* dup, i64 n) {
+    GRID_STRIDE(i, n) {
+        const float g = ldf(gate, i), u = ldf(up, i), d = ldf(dy, i);
+        dgate[i] = tobf(d * u * silu_gradf_(g));
+        dup[i] = tobf(d * siluf_(g));
+    }
+}
+
+// out[i, :] = table[tokens[i], :]; a token outside the vocabulary yields a NaN row, so that the
+// loss turns NaN and training stops with a message instead of reading out of bounds.
+extern "C" __global__ void embedding_fwd(const bf16* table, const unsigned* tokens, bf16* out, i64 n_tok,
+                                         int d, unsigned vocab) {
+    const i64 total = n_tok * d;
+    GRID_STRIDE(i, total) {
+        const i64 row = i / d;
+        const int c = (int)(i - row * d);
+        const unsigned t = tokens[row];
+        out[i] = t < vocab ? table[(i64)t * d + c] : tobf(GDN_NAN);
+    }
+}
+
+// dtable[tokens[i], :] += dy[i, :], deterministically: every element of dtable is owned by one
+// thread, which adds the tokens' rows in token order (the CPU's order). Block (x, y) owns columns
+// [x*blockDim, (x+1)*blockDim) of the vocabulary rows v with v % EMB_PARTS == y, so that a thread
+// walks all tokens (cheaply, from shared memory) but only does 1/EMB_PARTS of the additions.
+#define EMB_PARTS 64
+#define EMB_TILE 2048
+extern "C" __global__ void embedding_bwd(const unsigned* tokens, const bf16* dy, float* dtable, int n_tok,
+                                         int d, unsigned vocab) {
+    __shared__ unsigned tile[EMB_TILE];
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned part = blockIdx.y;
+    for (int i0 = 0; i0 < n_tok; i0 += EMB_TILE) {
+        const int m = min(EMB_TILE, n_tok - i0);
+        __syncthreads();
+        for (int j = threadIdx.x; j < m; j += blockDim.x) tile[j] = tokens[i0 + j];
+        __syncthreads();
+        if (c < d) {
+            for (int j = 0; j < m; ++j) {
+                const unsigned t = tile[j];
+                if (t < vocab && (t % EMB_PARTS) == part) {
+                    dtable[(i64)t * d + c] += ldf(dy, (i64)(i0 + j) * d + c);
+                }
+            }
+        }
+    }
+}
+
+// AdamW over the flat fp32 master weights (torch.optim.AdamW; the same arithmetic as
+// src/train/adamw.rs), writing the bf16 working copy. `sched` = [lr, step] lives on the device so
+// that a captured graph picks up each step's values. When `gnorm` is non-null and `max_norm` > 0,
+// the gradients are scaled as clip_grad_norm would (without modifying `g`).
+extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, const float* decay,
+                                 bf16* p16, i64 n, const double* sched, const double* gnorm,
+                                 double max_norm, double beta1, double beta2, double eps,
+                                 double weight_decay) {
+    const double lr = sched[0], t = sched[1];
+    const double bc1 = 1.0 - pow(beta1, t);
+    const double bc2 = 1.0 - pow(beta2, t);
+    const float b1 = (float)beta1, b2 = (float)beta2;
+    const float step_size = (float)(lr / bc1);
+    const float bc2_sqrt = (float)sqrt(bc2);
+    const float epsf = (float)eps;
+    const float shrink = (float)(lr * weight_decay);
+    float k = 1.0f;
+    bool clip = false;
+    if (gnorm != nullptr && max_norm > 0.0) {
+        const double nrm = gnorm[0];
+        if (isfinite(nrm) && nrm > max_norm) {
+            k = (float)(max_norm / (nrm + 1e-6));
+            clip = true;
+        }
+    }
+    GRID_STRIDE(i, n) {
+        const float gi = clip ? g[i] * k : g[i];
+        const float mi = b1 * m[i] + (1.0f - b1) * gi;
+        const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        float pi = p[i];
+        pi -= shrink * decay[i] * pi;
+        pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + epsf);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi;
+        p16[i] = tobf(pi);
+    }
+}
+
+// Stage 1 of the global gradient norm: partial[block] = sum of squares (fp64) of a fixed,
+// grid-strided share of the elements. The grid size is fixed by the caller, so the result does
+// not depend on the device.
+extern "C" __global__ void sumsq_partial(const float* g, i64 n, double* partial) {
+    __shared__ double sh[33];
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        const double x = (double)g[i];
+        acc += x * x;
+    }
+    acc = block_sum_d(acc, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// Stage 2 (one block): out[0] = sqrt(sum of partials).
+extern "C" __global__ void sqrt_of_sum(const double* partial, int np, double* out) {
+    __shared__ double sh[33];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < np; i += blockDim.x) acc += partial[i];
+    acc = block_sum_d(acc, sh);
+    if (threadIdx.x == 0) out[0] = sqrt(acc);
+}
