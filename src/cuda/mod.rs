@@ -4,6 +4,7 @@
 //! Nothing CUDA is linked at build time (cudarc's dynamic loading): the same binary runs
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
 
+pub mod bench;
 pub mod blas;
 pub mod buffer;
 mod compile;
