@@ -18,6 +18,7 @@
 //!   (reverse: dh_c, dṼ, dh0) → `dqk` (dq, partial dk and dG) → `wy` (WY backward, dv, dβ, dk, dg).
 
 pub mod selftest;
+pub use self::selftest::selftest;
 
 use super::{Gpu, KernelSource};
 use crate::ops::delta_rule::{Dims, CHUNK};

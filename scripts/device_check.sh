@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The one script to run on the GPU machine, from the repository root, with the release binary
+# carried at ./target/release/gdn and FLA's wheels in ./.whl (see bench/README.md). Every step
+# runs under `timeout`; the whole script stays under ~9 minutes. Logs and JSON go to $OUT.
+#
+#   OUT=/some/dir bash scripts/device_check.sh
+set -u
+OUT=${OUT:-$PWD/device_out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device_check.log") 2>&1
+T0=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - T0 ))s] $* ==="; }
+
+BIN=./target/release/gdn
+SHARED=""
+for d in ../shared ./shared /work/shared; do
+  if [ -f "$d/bench/fla_ops.py" ]; then SHARED=$d; break; fi
+done
+
+step "GPU"
+timeout 30 nvidia-smi -L || echo "nvidia-smi failed"
+timeout 30 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv || true
+
+step "CUDA toolkit for NVRTC (headers + libnvrtc)"
+if [ -z "${CUDA_HOME:-}" ]; then
+  for c in /usr/local/cuda /usr/local/cuda-13.0 /usr/local/cuda-13 "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")"; do
+    if [ -f "$c/include/cuda_bf16.h" ]; then export CUDA_HOME=$c; break; fi
+  done
+fi
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
+for l in "${CUDA_HOME:-/nonexistent}/lib64" "${CUDA_HOME:-/nonexistent}/targets/x86_64-linux/lib" /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+  [ -d "$l" ] && export LD_LIBRARY_PATH="$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+ls "${CUDA_HOME:-/nonexistent}"/lib64/libnvrtc* 2>/dev/null | head -3
+export GDN_CACHE_DIR=${GDN_CACHE_DIR:-/tmp/gdn_cache}
+
+if [ ! -x "$BIN" ]; then
+  echo "missing $BIN (build with: cargo build --release, and carry target/release/gdn)"
+else
+  step "gdn selftest --device cuda"
+  timeout 200 "$BIN" selftest --device cuda --json "$OUT/selftest.json" 2>&1 | tail -n 120
+  echo "selftest exit: ${PIPESTATUS[0]}"
+
+  step "gdn bench kernels"
+  timeout 180 "$BIN" bench kernels --out "$OUT" 2>&1 | tail -n 60
+  echo "bench exit: ${PIPESTATUS[0]}"
+fi
+
+step "FLA peer benchmark"
+if [ -n "$SHARED" ] && ls .whl/*.whl >/dev/null 2>&1; then
+  timeout 60 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+    && PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} OUT="$OUT" timeout 240 python3 "$SHARED/bench/fla_ops.py" 2>&1 | tail -n 30
+  echo "fla_ops exit: ${PIPESTATUS[0]}"
+else
+  echo "skipped: shared=${SHARED:-not found}, wheels: $(ls .whl 2>/dev/null | tr '\n' ' ')"
+fi
+
+step "comparison"
+if [ -f "$OUT/gdn_bench.json" ]; then
+  timeout 30 python3 scripts/compare_fla.py "$OUT" | tee "$OUT/compare.md"
+else
+  echo "no gdn_bench.json"
+fi
+step "done"
+ls -la "$OUT"
