@@ -198,3 +198,38 @@ fn byte_level_training_runs_on_a_text_file() {
     let (model, _) = checkpoint::load_model(&out.join(CHECKPOINT_DIR)).unwrap();
     assert_eq!(model.config.vocab_size, 256);
 }
+
+#[test]
+fn token_shard_training_resumes_bit_for_bit() {
+    use gdn::data::shards::{Dtype, ShardWriter};
+    let dir = scratch("shards");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut rng = Rng::new(9);
+    for split in ["train", "validation"] {
+        let mut w = ShardWriter::new(&data, &format!("{split}_data_0"), 512, Dtype::U16).unwrap();
+        let tokens: Vec<u32> = (0..4096).map(|_| rng.below(40) as u32).collect();
+        w.push(&tokens).unwrap();
+        w.finish();
+    }
+    let run = |name: &str, stop: Option<usize>, resume: bool| {
+        let mut c = tiny_run(6);
+        c.data = DataSpec::Shards {
+            dir: data.clone(),
+            seq_len: 31,
+        };
+        let out = dir.join(name);
+        let o = RunOptions {
+            stop_after: stop,
+            resume,
+            ..opts(&out)
+        };
+        train(if resume { None } else { Some(c) }, &o).unwrap();
+        out
+    };
+    let whole = run("whole", None, false);
+    let split = run("split", Some(3), false);
+    run("split", None, true);
+    assert_eq!(losses(&whole), losses(&split));
+    assert_eq!(losses(&whole).len(), 6);
+}

@@ -9,9 +9,13 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// A text file to train a byte-level language model on (instead of MQAR).
+    /// Training data instead of MQAR: a text file (byte-level model), or a folder of token
+    /// shards from `gdn prepare` (train*/val* LITPKDS files).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The tokenizer.json the shards were made with: sets the model's vocabulary size.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     /// Model preset (tiny, mqar, small, fla-1.3b, nvlabs-0.4b, nvlabs-1.3b).
     #[arg(long)]
     pub preset: Option<String>,
@@ -100,21 +104,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(train_config(&a)?)
     };
     let o = gdn::train::train(config, &opts)?;
-    let eval = match &o.eval {
-        Some(e) => match e.accuracy {
-            Some(acc) => format!(
-                "held-out query accuracy {:.2}%, eval loss {:.4}",
-                100.0 * acc,
-                e.loss
-            ),
-            None => format!(
-                "eval loss {:.4} ({:.3} bits/byte)",
-                e.loss,
-                e.loss / std::f64::consts::LN_2
-            ),
-        },
-        None => "no evaluation".into(),
-    };
+    let eval = o.eval.as_ref().map_or("no evaluation".into(), |e| {
+        format!("held-out {}", e.summary())
+    });
     println!(
         "done: {} steps in {:.0}s, last loss {:.4}, {eval}; checkpoint {}",
         o.steps,
@@ -129,9 +121,17 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let mut c = TrainConfig::mqar_default();
     if let Some(path) = &a.data {
         c.model = ModelConfig::preset("small")?;
-        c.data = DataSpec::Bytes {
-            path: path.clone(),
-            seq_len: a.seq_len.unwrap_or(256),
+        let seq_len = a.seq_len.unwrap_or(256);
+        c.data = if path.is_dir() {
+            DataSpec::Shards {
+                dir: path.clone(),
+                seq_len,
+            }
+        } else {
+            DataSpec::Bytes {
+                path: path.clone(),
+                seq_len,
+            }
         };
         c.batch_size = 16;
         c.target_accuracy = None;
@@ -147,6 +147,13 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         c.model = super::read_model_config(p)?;
     }
     c.model = c.model.clone().resized(a.hidden_size, a.layers, a.heads)?;
+    if let Some(t) = &a.tokenizer {
+        anyhow::ensure!(
+            matches!(c.data, DataSpec::Shards { .. }),
+            "--tokenizer goes with --data DIR (token shards)"
+        );
+        c.model.vocab_size = gdn::data::tokenizer::Tokenizer::load(t, None)?.vocab_size();
+    }
     if let DataSpec::Mqar(m) = &mut c.data {
         *m = MqarConfig {
             vocab: c.model.vocab_size,

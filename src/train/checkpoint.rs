@@ -5,6 +5,7 @@
 //! checkpoint whole.
 
 use super::config::TrainConfig;
+use crate::data::packed::PackedPosition;
 use crate::io;
 use crate::model::safetensors_io::{self, NamedTensor};
 use crate::model::{Model, ModelConfig};
@@ -27,6 +28,9 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// The training-data generator (MQAR draws and byte windows both come from it).
     pub data_rng: Rng,
+    /// Where the token-shard reader stands (shard data only).
+    #[serde(default)]
+    pub data_position: Option<PackedPosition>,
     pub config: TrainConfig,
 }
 

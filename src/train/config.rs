@@ -17,6 +17,9 @@ pub enum DataSpec {
     Mqar(MqarConfig),
     /// Byte-level language modelling on a text file (last 10% held out).
     Bytes { path: PathBuf, seq_len: usize },
+    /// Token shards written by `gdn prepare` (or the NVlabs / Samba scripts): `train*` and
+    /// `val*` LITPKDS files in one folder, read with the NVlabs sampling.
+    Shards { dir: PathBuf, seq_len: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,7 +87,7 @@ impl TrainConfig {
     pub fn seq_len(&self) -> usize {
         match &self.data {
             DataSpec::Mqar(m) => m.seq_len,
-            DataSpec::Bytes { seq_len, .. } => *seq_len,
+            DataSpec::Bytes { seq_len, .. } | DataSpec::Shards { seq_len, .. } => *seq_len,
         }
     }
 

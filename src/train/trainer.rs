@@ -7,6 +7,9 @@ use super::checkpoint::{self, TrainerState};
 use super::config::{DataSpec, TrainConfig};
 use crate::data::bytes::{ByteDataset, BYTE_VOCAB};
 use crate::data::mqar::{self, MqarConfig};
+use crate::data::packed::{
+    PackedConfig, PackedDataset, PackedPosition, TRAIN_PREFIX, VALID_PREFIX,
+};
 use crate::data::{Batch, IGNORE};
 use crate::model::{uniform_cu_seqlens, Model};
 use crate::tensor::Rng;
@@ -45,6 +48,23 @@ pub struct EvalResult {
     pub loss: f64,
     /// MQAR query accuracy (None for language-model data).
     pub accuracy: Option<f64>,
+    /// Byte-level data: the loss is per byte (reported in bits per byte).
+    pub per_byte: bool,
+}
+
+impl EvalResult {
+    /// "query accuracy 99.20% (loss 0.05)", "loss 1.23, 1.774 bits/byte" or "loss 3.21, ppl 24.8".
+    pub fn summary(&self) -> String {
+        match (self.accuracy, self.per_byte) {
+            (Some(a), _) => format!("query accuracy {:.2}% (loss {:.4})", 100.0 * a, self.loss),
+            (None, true) => format!(
+                "loss {:.4}, {:.3} bits/byte",
+                self.loss,
+                self.loss / std::f64::consts::LN_2
+            ),
+            (None, false) => format!("loss {:.4}, ppl {:.2}", self.loss, self.loss.exp()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -72,20 +92,43 @@ struct MetricsLine {
 enum Source {
     Mqar(MqarConfig),
     Bytes(ByteDataset, usize),
+    Shards(Box<PackedDataset>),
 }
 
 impl Source {
-    fn open(spec: &DataSpec) -> Result<Source> {
-        Ok(match spec {
+    fn open(c: &TrainConfig, position: Option<PackedPosition>) -> Result<Source> {
+        Ok(match &c.data {
             DataSpec::Mqar(m) => Source::Mqar(m.clone()),
             DataSpec::Bytes { path, seq_len } => Source::Bytes(ByteDataset::open(path)?, *seq_len),
+            DataSpec::Shards { dir, seq_len } => {
+                let cfg = PackedConfig {
+                    seed: c.seed,
+                    vocab: Some(c.model.vocab_size),
+                    ..PackedConfig::train(*seq_len)
+                };
+                let mut d = PackedDataset::open(dir, TRAIN_PREFIX, cfg)?;
+                if let Some(p) = position {
+                    d.set_position(p)?;
+                }
+                Source::Shards(Box::new(d))
+            }
         })
     }
 
-    fn next(&self, rng: &mut Rng, batch: usize) -> Result<Batch> {
+    fn next(&mut self, rng: &mut Rng, batch: usize) -> Result<Batch> {
         match self {
             Source::Mqar(m) => Ok(mqar::generate(m, rng, batch)),
             Source::Bytes(d, t) => d.sample_train(rng, batch, *t),
+            Source::Shards(d) => d
+                .next_batch(batch)?
+                .context("the training shards yielded no batch"),
+        }
+    }
+
+    fn position(&self) -> Option<PackedPosition> {
+        match self {
+            Source::Shards(d) => Some(d.position()),
+            _ => None,
         }
     }
 
@@ -113,17 +156,42 @@ impl Source {
                 );
                 v
             }
+            Source::Shards(_) => {
+                let DataSpec::Shards { dir, seq_len } = &c.data else {
+                    unreachable!("the source was opened from this spec")
+                };
+                let cfg = PackedConfig {
+                    vocab: Some(c.model.vocab_size),
+                    ..PackedConfig::validation(*seq_len)
+                };
+                let mut d = PackedDataset::open(dir, VALID_PREFIX, cfg)?;
+                let mut out = Vec::new();
+                while out.len() < c.eval_size {
+                    match d.next_batch(c.batch_size)? {
+                        Some(b) => out.push(b),
+                        None => break,
+                    }
+                }
+                ensure!(
+                    !out.is_empty(),
+                    "the validation shards in {} hold less than one sequence of {} tokens",
+                    dir.display(),
+                    seq_len + 1
+                );
+                out
+            }
         })
     }
 }
 
-/// Loss (and MQAR accuracy) over the held-out set.
+/// Loss (and MQAR accuracy) over the held-out set of the run's data.
 pub fn evaluate(
     model: &Model,
     params: &[f32],
     set: &[Batch],
-    with_accuracy: bool,
+    data: &DataSpec,
 ) -> Result<EvalResult> {
+    let with_accuracy = matches!(data, DataSpec::Mqar(_));
     let (mut loss_sum, mut counted, mut correct, mut total) = (0.0, 0usize, 0usize, 0usize);
     for b in set {
         let acts = model.forward(params, &b.inputs, &uniform_cu_seqlens(b.batch, b.seq_len))?;
@@ -140,6 +208,7 @@ pub fn evaluate(
     Ok(EvalResult {
         loss: loss_sum / counted.max(1) as f64,
         accuracy: with_accuracy.then(|| correct as f64 / total.max(1) as f64),
+        per_byte: matches!(data, DataSpec::Bytes { .. }),
     })
 }
 
@@ -197,14 +266,14 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             step: 0,
             tokens_seen: 0,
             data_rng: root.fork(DATA_STREAM),
+            data_position: None,
             config,
         };
         (model, params, opt, state)
     };
     let c = state.config.clone();
-    let source = Source::open(&c.data)?;
+    let mut source = Source::open(&c, state.data_position.clone())?;
     let eval_set = source.eval_set(&c)?;
-    let is_mqar = matches!(c.data, DataSpec::Mqar(_));
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -289,7 +358,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
 
         let done = state.step == end;
         let eval = if state.step % c.eval_every == 0 || done {
-            let e = evaluate(&model, &params, &eval_set, is_mqar)?;
+            let e = evaluate(&model, &params, &eval_set, &c.data)?;
             say(eval_line(state.step, &e, started.elapsed().as_secs_f64()));
             Some(e)
         } else {
@@ -326,6 +395,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                     saved_step
                 ));
             }
+            state.data_position = source.position();
             checkpoint::save(&ckpt_dir, &model, &params, Some((&state, &opt.m, &opt.v)))?;
             saved_step = state.step;
         }
@@ -362,18 +432,7 @@ fn non_finite(what: &str, value: f64, step: usize, ckpt: &Path, saved_step: usiz
 }
 
 fn eval_line(step: usize, e: &EvalResult, secs: f64) -> String {
-    match e.accuracy {
-        Some(a) => format!(
-            "step {step:>6} | eval loss {:.4} | query accuracy {:.2}% | {secs:.0}s",
-            e.loss,
-            100.0 * a
-        ),
-        None => format!(
-            "step {step:>6} | eval loss {:.4} | {:.3} bits/byte | {secs:.0}s",
-            e.loss,
-            e.loss / std::f64::consts::LN_2
-        ),
-    }
+    format!("step {step:>6} | eval {} | {secs:.0}s", e.summary())
 }
 
 fn progress_bar(quiet: bool, total: usize, pos: usize) -> ProgressBar {
