@@ -19,7 +19,7 @@ pub struct EvalArgs {
     /// Checkpoint folder (config.json + model.safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// A text file (read as bytes for byte-level models).
+    /// A text file (read as raw bytes for byte-level models, else tokenized).
     #[arg(long)]
     pub data: PathBuf,
     /// Context lengths, comma-separated; blocks of max + 1 tokens are scored once.
@@ -34,7 +34,8 @@ pub struct EvalArgs {
     /// Which part of the file to score.
     #[arg(long, value_enum, default_value_t = Split::All)]
     pub split: Split,
-    /// A Hugging Face tokenizer.json (required unless the model is byte-level, vocab 256).
+    /// A Hugging Face tokenizer.json (default: the checkpoint's own; none needed for a
+    /// byte-level model, vocab 256).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Also write the results as JSON here.
@@ -50,16 +51,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let codec = super::generate::codec_for(&model.config, &a.checkpoint, a.tokenizer.as_deref())?;
     let bytes = std::fs::read(&a.data)
         .with_context(|| format!("failed to read data file {}", a.data.display()))?;
-    let mut tokens: Vec<u32> = if a.tokenizer.is_none() {
-        // Byte-level: the raw bytes, valid UTF-8 or not.
-        bytes.iter().map(|&b| u32::from(b)).collect()
-    } else {
-        let text = String::from_utf8(bytes)
-            .with_context(|| format!("data file {}: not UTF-8 text", a.data.display()))?;
-        codec
-            .encode(&text)
-            .with_context(|| format!("data file {}: tokenizing", a.data.display()))?
-    };
+    let mut tokens = codec
+        .encode_bytes(&bytes)
+        .with_context(|| format!("data file {}", a.data.display()))?;
     if a.split == Split::Valid {
         tokens.drain(..tokens.len() - tokens.len() / 10);
     }

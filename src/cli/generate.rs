@@ -2,6 +2,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use gdn::data::tokenizer::Tokenizer;
 use gdn::model::decode::{generate, GenerateOptions, StopReason};
 use gdn::model::sample::{ByteCodec, Sampler, StreamDecoder, TextCodec};
 use gdn::model::ModelConfig;
@@ -33,7 +34,8 @@ pub struct GenerateArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// A Hugging Face tokenizer.json (required unless the model is byte-level, vocab 256).
+    /// A Hugging Face tokenizer.json (default: the checkpoint's own; none needed for a
+    /// byte-level model, vocab 256).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// An extra token id that ends generation (besides the tokenizer's EOS).
@@ -44,30 +46,33 @@ pub struct GenerateArgs {
     pub echo: bool,
 }
 
-/// The text codec for a model: byte-level for vocab 256, else the given tokenizer.
+/// The text codec for a model: the given tokenizer.json, else the checkpoint's own
+/// tokenizer.json if it has one, else byte-level when the vocabulary is 256.
 pub fn codec_for(
     config: &ModelConfig,
     checkpoint: &Path,
     tokenizer: Option<&Path>,
 ) -> Result<Box<dyn TextCodec>> {
-    let codec: Box<dyn TextCodec> = match tokenizer {
-        Some(path) => bail!(
-            "--tokenizer {}: Hugging Face tokenizers are not supported by this build yet",
-            path.display()
-        ),
+    let config_file = checkpoint.join(checkpoint::CONFIG_FILE);
+    let own = checkpoint.join("tokenizer.json");
+    let file = tokenizer
+        .map(Path::to_path_buf)
+        .or_else(|| own.is_file().then_some(own));
+    let codec: Box<dyn TextCodec> = match file {
+        Some(path) => Box::new(Tokenizer::load(&path, None)?),
         None if config.vocab_size == 256 => Box::new(ByteCodec),
         None => bail!(
-            "{}: vocab_size is {}, not 256 (byte-level); pass --tokenizer tokenizer.json",
-            checkpoint.join(checkpoint::CONFIG_FILE).display(),
+            "{}: vocab_size is {}, not 256 (byte-level), and the checkpoint has no tokenizer.json; pass --tokenizer tokenizer.json",
+            config_file.display(),
             config.vocab_size
         ),
     };
     ensure!(
         codec.vocab_size() <= config.vocab_size,
-        "the tokenizer has {} ids, more than the model's vocab_size {} ({})",
+        "the tokenizer has {} ids, more than vocab_size {} in {}",
         codec.vocab_size(),
         config.vocab_size,
-        checkpoint.join(checkpoint::CONFIG_FILE).display()
+        config_file.display()
     );
     Ok(codec)
 }

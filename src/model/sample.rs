@@ -149,6 +149,12 @@ pub trait TextCodec {
     /// Number of token ids the codec can produce.
     fn vocab_size(&self) -> usize;
     fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    /// Encodes raw file contents: UTF-8 text by default; the byte codec takes any bytes.
+    fn encode_bytes(&self, bytes: &[u8]) -> Result<Vec<u32>> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("not UTF-8 text ({e})"))?;
+        self.encode(text)
+    }
     /// Decodes ids to text; byte sequences that are not (yet) valid UTF-8 become U+FFFD.
     fn decode(&self, tokens: &[u32]) -> String;
     /// The end-of-sequence id, if the codec has one.
@@ -168,9 +174,30 @@ impl TextCodec for ByteCodec {
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(text.bytes().map(u32::from).collect())
     }
+    fn encode_bytes(&self, bytes: &[u8]) -> Result<Vec<u32>> {
+        Ok(bytes.iter().map(|&b| u32::from(b)).collect())
+    }
     fn decode(&self, tokens: &[u32]) -> String {
         let bytes: Vec<u8> = tokens.iter().map(|&t| t.min(255) as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// A Hugging Face `tokenizer.json` tokeniser: encodes without BOS/EOS, decodes without special
+/// tokens; ids it cannot decode come out as U+FFFD.
+impl TextCodec for crate::data::tokenizer::Tokenizer {
+    fn vocab_size(&self) -> usize {
+        crate::data::tokenizer::Tokenizer::vocab_size(self)
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        crate::data::tokenizer::Tokenizer::encode(self, text)
+    }
+    fn decode(&self, tokens: &[u32]) -> String {
+        crate::data::tokenizer::Tokenizer::decode(self, tokens, true)
+            .unwrap_or_else(|_| "\u{FFFD}".to_string())
+    }
+    fn eos(&self) -> Option<u32> {
+        Some(self.eos_id())
     }
 }
 
