@@ -877,3 +877,34 @@ impl Ctx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole table on a GPU machine (skipped where there is none):
+    /// `cargo test --release --lib cuda::ops_selftest -- --nocapture`; GDN_SELFTEST_FILTER picks
+    /// groups, GDN_SELFTEST_SEED replays a seed.
+    #[test]
+    fn every_op_matches_the_cpu_reference_on_the_gpu() {
+        if let Some(why) = super::super::unavailable_reason() {
+            eprintln!("no GPU ({why}): CUDA op checks skipped");
+            return;
+        }
+        let gpu = Gpu::open(0).expect("open GPU 0");
+        let seed = std::env::var("GDN_SELFTEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(clock_seed);
+        let filter = std::env::var("GDN_SELFTEST_FILTER").ok();
+        let rows = run_with(&gpu, seed, filter.as_deref()).expect("selftest");
+        println!("device: {} ({}), seed {seed}", gpu.name, gpu.arch);
+        println!("{}", super::super::selftest::format_table(&rows));
+        let failed: Vec<_> = rows
+            .iter()
+            .filter(|r| !r.pass())
+            .map(|r| format!("{} [{}]", r.op, r.shape))
+            .collect();
+        assert!(failed.is_empty(), "failed: {failed:?}");
+    }
+}
