@@ -5,8 +5,10 @@
 //! block[1..]). Each block is run once at the longest length and its per-position losses kept;
 //! since the model is causal, the loss at context length L is the mean of the first L positions.
 //! Any token source works: [`blocks_of`] cuts a token stream (a byte file, one shard) into
-//! consecutive blocks, and [`evaluate_blocks`] takes any iterator of blocks.
+//! consecutive blocks, [`evaluate_shards`] reads LITPKDS validation shards as the reference does,
+//! and [`evaluate_blocks`] takes any iterator of blocks.
 
+use crate::data::packed::{PackedConfig, PackedDataset};
 use crate::model::Model;
 use crate::tensor::Elem;
 use anyhow::{bail, ensure, Result};
@@ -244,6 +246,27 @@ pub fn evaluate_tokens<F: Elem>(
     evaluate_blocks(model, params, blocks_of(tokens, bl), opts, progress)
 }
 
+/// Evaluates on the LITPKDS shards `{dir}/{prefix}*` (e.g. prefix `val`), read as the
+/// reference's validation loader: files in the seeded shuffle order, each cut into blocks of
+/// `max(lengths) + 1` tokens (remainders dropped), in order, one pass.
+pub fn evaluate_shards<F: Elem>(
+    model: &Model,
+    params: &[F],
+    dir: &std::path::Path,
+    prefix: &str,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<EvalReport> {
+    opts.validate()?;
+    let cfg = PackedConfig {
+        vocab: Some(model.config.vocab_size),
+        ..PackedConfig::validation(opts.block_len() - 1)
+    };
+    let mut data = PackedDataset::open(dir, prefix, cfg)?;
+    let blocks = std::iter::from_fn(move || data.next_block().transpose());
+    evaluate_blocks(model, params, blocks, opts, progress)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +312,37 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(j["results"][2]["length"], 70);
         assert_eq!(r.table().lines().count(), 4);
+    }
+
+    #[test]
+    fn shards_feed_the_same_evaluation() {
+        use crate::data::shards::{encode_shard, Dtype};
+        let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
+        let params: Vec<f64> = model.init_params(&mut Rng::new(8));
+        let mut rng = Rng::new(9);
+        let vocab = model.config.vocab_size;
+        let dir = std::env::temp_dir().join(format!("gdn-eval-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // One validation shard of 3 blocks of 17 tokens plus a remainder, and a training shard
+        // that must be ignored.
+        let toks: Vec<u32> = (0..60).map(|_| rng.below(vocab) as u32).collect();
+        std::fs::write(
+            dir.join("val_x_0000000000.bin"),
+            encode_shard(&toks, Dtype::U16).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("train_x_0000000000.bin"),
+            encode_shard(&[1; 40], Dtype::U16).unwrap(),
+        )
+        .unwrap();
+        let opts = EvalOptions::new(vec![16, 4]);
+        let a = evaluate_shards(&model, &params, &dir, "val", &opts, &mut |_| {}).unwrap();
+        let b = evaluate_tokens(&model, &params, &toks, &opts, &mut |_| {}).unwrap();
+        assert_eq!(a.blocks, 3);
+        assert_eq!(a, b);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

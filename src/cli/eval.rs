@@ -1,8 +1,8 @@
 //! `gdn eval`: validation loss and perplexity of a checkpoint at several context lengths.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gdn::eval::{evaluate_tokens, EvalOptions};
+use gdn::eval::{evaluate_shards, evaluate_tokens, EvalOptions};
 use gdn::train::checkpoint;
 use std::path::PathBuf;
 
@@ -20,8 +20,15 @@ pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// A text file (read as raw bytes for byte-level models, else tokenized).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "shards")]
+    pub data: Option<PathBuf>,
+    /// A folder of LITPKDS token shards (`gdn prepare` output) instead of a text file; the
+    /// files `{shards}/{prefix}*` are read as the reference's validation loader does.
+    #[arg(long, conflicts_with_all = ["data", "split", "tokenizer"])]
+    pub shards: Option<PathBuf>,
+    /// File-name prefix of the shards to evaluate.
+    #[arg(long, default_value = "val", requires = "shards")]
+    pub prefix: String,
     /// Context lengths, comma-separated; blocks of max + 1 tokens are scored once.
     #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
     pub lengths: Vec<usize>,
@@ -31,9 +38,9 @@ pub struct EvalArgs {
     /// Blocks per forward pass.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    /// Which part of the file to score.
-    #[arg(long, value_enum, default_value_t = Split::All)]
-    pub split: Split,
+    /// Which part of the text file to score [default: all].
+    #[arg(long, value_enum)]
+    pub split: Option<Split>,
     /// A Hugging Face tokenizer.json (default: the checkpoint's own; none needed for a
     /// byte-level model, vocab 256).
     #[arg(long)]
@@ -48,28 +55,39 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let (model, params) = checkpoint::load_model(&a.checkpoint)?;
-    let codec = super::generate::codec_for(&model.config, &a.checkpoint, a.tokenizer.as_deref())?;
-    let bytes = std::fs::read(&a.data)
-        .with_context(|| format!("failed to read data file {}", a.data.display()))?;
-    let mut tokens = codec
-        .encode_bytes(&bytes)
-        .with_context(|| format!("data file {}", a.data.display()))?;
-    if a.split == Split::Valid {
-        tokens.drain(..tokens.len() - tokens.len() / 10);
-    }
     let opts = EvalOptions {
         lengths: a.lengths.clone(),
         max_blocks: a.max_blocks,
         batch_blocks: a.batch,
     };
-    let total = (tokens.len() / opts.block_len().max(1)).min(a.max_blocks.unwrap_or(usize::MAX));
     let quiet = a.quiet;
-    let report = evaluate_tokens(&model, &params, &tokens, &opts, &mut |done| {
+    let mut progress = |done: usize| {
         if !quiet {
-            eprint!("\reval: {done}/{total} blocks");
+            eprint!("\reval: {done} blocks");
         }
-    })
-    .with_context(|| format!("data file {}", a.data.display()))?;
+    };
+    let (report, source) = match (&a.shards, &a.data) {
+        (Some(dir), _) => {
+            let r = evaluate_shards(&model, &params, dir, &a.prefix, &opts, &mut progress)?;
+            (r, ("shards", format!("{}/{}*", dir.display(), a.prefix)))
+        }
+        (None, Some(data)) => {
+            let codec =
+                super::generate::codec_for(&model.config, &a.checkpoint, a.tokenizer.as_deref())?;
+            let bytes = std::fs::read(data)
+                .with_context(|| format!("failed to read data file {}", data.display()))?;
+            let mut tokens = codec
+                .encode_bytes(&bytes)
+                .with_context(|| format!("data file {}", data.display()))?;
+            if a.split == Some(Split::Valid) {
+                tokens.drain(..tokens.len() - tokens.len() / 10);
+            }
+            let r = evaluate_tokens(&model, &params, &tokens, &opts, &mut progress)
+                .with_context(|| format!("data file {}", data.display()))?;
+            (r, ("data", data.display().to_string()))
+        }
+        (None, None) => bail!("give --data FILE or --shards DIR"),
+    };
     if !quiet {
         eprintln!();
     }
@@ -81,11 +99,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "checkpoint".into(),
             a.checkpoint.display().to_string().into(),
         );
-        o.insert("data".into(), a.data.display().to_string().into());
-        o.insert(
-            "split".into(),
-            format!("{:?}", a.split).to_lowercase().into(),
-        );
+        o.insert(source.0.into(), source.1.into());
+        if let Some(split) = a.split {
+            o.insert("split".into(), format!("{split:?}").to_lowercase().into());
+        }
         std::fs::write(path, serde_json::to_string_pretty(&j)? + "\n")
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
