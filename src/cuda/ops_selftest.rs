@@ -44,6 +44,7 @@ pub const GROUPS: &[&str] = &[
     "cross_entropy",
     "adamw",
     "grad_norm",
+    "graph",
 ];
 
 /// A seed that differs from run to run.
@@ -106,6 +107,9 @@ pub fn run_with(gpu: &Gpu, seed: u64, filter: Option<&str>) -> Result<Vec<Row>> 
     }
     if wanted("grad_norm") {
         c.grad_norm()?;
+    }
+    if wanted("graph") {
+        c.graph()?;
     }
     Ok(c.rows)
 }
@@ -873,6 +877,219 @@ impl Ctx<'_> {
                 &[adamw::grad_norm(&g)],
                 TOL_RED,
             );
+        }
+        Ok(())
+    }
+}
+
+/// The buffers of [`Ctx::graph`]'s step.
+struct StepBufs {
+    x: CudaSlice<bf16>,
+    w: CudaSlice<bf16>,
+    dy: CudaSlice<bf16>,
+    y: CudaSlice<bf16>,
+    rstd: CudaSlice<f32>,
+    dx: CudaSlice<bf16>,
+    dw: CudaSlice<f32>,
+    norm_scratch: CudaSlice<f32>,
+    c: CudaSlice<f32>,
+    logits: CudaSlice<bf16>,
+    targets: CudaSlice<u32>,
+    lse: CudaSlice<f32>,
+    losses: CudaSlice<f32>,
+    stats: CudaSlice<f64>,
+    params: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    decay: CudaSlice<f32>,
+    p16: CudaSlice<bf16>,
+    sched: CudaSlice<f64>,
+    gn_scratch: CudaSlice<f64>,
+    norm: CudaSlice<f64>,
+}
+
+const STEP_ROWS: usize = 96;
+const STEP_D: usize = 160;
+const STEP_VOCAB: usize = 1000;
+
+/// A training-step-like sequence of ops: norm forward and backward, a matmul accumulating into
+/// fp32, the fused cross-entropy, the gradient norm and AdamW reading it (dw is the gradient).
+fn graph_step(gpu: &Gpu, blas: &Blas, b: &mut StepBufs) -> Result<()> {
+    let d = STEP_D;
+    ops::rmsnorm_fwd(gpu, &b.x, &b.w, &mut b.y, &mut b.rstd, d, 1e-5)?;
+    blas.matmul(
+        d, STEP_ROWS, d, &b.dy, true, &b.y, false, &mut b.c, 1.0, 1.0,
+    )?;
+    ops::rmsnorm_bwd(
+        gpu,
+        &b.x,
+        &b.w,
+        &b.rstd,
+        &b.dy,
+        &mut b.dx,
+        &mut b.dw,
+        &mut b.norm_scratch,
+        d,
+    )?;
+    ops::cross_entropy_fwd(
+        gpu,
+        &b.logits,
+        &b.targets,
+        &mut b.lse,
+        &mut b.losses,
+        &mut b.stats,
+        STEP_VOCAB,
+    )?;
+    ops::cross_entropy_bwd_inplace(
+        gpu,
+        &mut b.logits,
+        &b.targets,
+        &b.lse,
+        &b.stats,
+        STEP_VOCAB,
+        1.0,
+    )?;
+    ops::grad_norm(gpu, &b.dw, &mut b.gn_scratch, &mut b.norm)?;
+    let hyper = ops::AdamWHyper {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        max_grad_norm: 1.0,
+    };
+    ops::adamw(
+        gpu,
+        &mut b.params,
+        &b.dw,
+        &mut b.m,
+        &mut b.v,
+        &b.decay,
+        &mut b.p16,
+        &b.sched,
+        Some(&b.norm),
+        &hyper,
+    )
+}
+
+impl Ctx<'_> {
+    /// The same step run eagerly and replayed from a CUDA graph captured on a non-default stream
+    /// (event tracking off, as the trainer will do) from the same starting state: the results
+    /// must agree bit for bit, which checks both that the ops are capturable and deterministic.
+    fn graph(&mut self) -> Result<()> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let mut g = Gpu::open(self.gpu.ctx.ordinal())?;
+        // SAFETY: this Gpu's buffers are used on its one stream only.
+        unsafe { g.ctx.disable_event_tracking() };
+        g.stream = g
+            .ctx
+            .new_stream()
+            .map_err(|e| anyhow::anyhow!("creating a stream: {e:?}"))?;
+        let gpu = &g;
+        let blas = Blas::new(gpu)?;
+        let (rows, d, vocab) = (STEP_ROWS, STEP_D, STEP_VOCAB);
+        let np = d * d;
+        let x = self.randn_bf(rows * d, 1.0);
+        let w = self.randn_bf(d, 1.0);
+        let dy = self.randn_bf(rows * d, 1.0);
+        let dw0 = self.randn(d, 0.1);
+        let c0 = self.randn(np, 1.0);
+        let logits0 = self.randn_bf(rows * vocab, 2.0);
+        let targets: Vec<u32> = (0..rows)
+            .map(|i| {
+                if i % 7 == 0 {
+                    IGNORE
+                } else {
+                    self.rng.below(vocab) as u32
+                }
+            })
+            .collect();
+        let p0 = self.randn(d, 1.0);
+        let mut b = StepBufs {
+            x: upload_bf16(gpu, &x)?,
+            w: upload_bf16(gpu, &w)?,
+            dy: upload_bf16(gpu, &dy)?,
+            y: upload_bf16(gpu, &vec![f32::NAN; rows * d])?,
+            rstd: upload_f32(gpu, &vec![f32::NAN; rows])?,
+            dx: upload_bf16(gpu, &vec![f32::NAN; rows * d])?,
+            dw: upload_f32(gpu, &dw0)?,
+            norm_scratch: upload_f32(gpu, &vec![f32::NAN; ops::norm_bwd_scratch_len(d)])?,
+            c: upload_f32(gpu, &c0)?,
+            logits: upload_bf16(gpu, &logits0)?,
+            targets: upload(gpu, &targets)?,
+            lse: upload_f32(gpu, &vec![f32::NAN; rows])?,
+            losses: upload_f32(gpu, &vec![f32::NAN; rows])?,
+            stats: upload(gpu, &[f64::NAN; 2])?,
+            params: upload_f32(gpu, &p0)?,
+            m: upload_f32(gpu, &vec![0.0; d])?,
+            v: upload_f32(gpu, &vec![0.0; d])?,
+            decay: upload_f32(gpu, &vec![1.0; d])?,
+            p16: upload_bf16(gpu, &vec![f32::NAN; d])?,
+            sched: upload(gpu, &[1e-3, 1.0])?,
+            gn_scratch: upload(gpu, &vec![f64::NAN; ops::grad_norm_scratch_len()])?,
+            norm: upload(gpu, &[f64::NAN])?,
+        };
+        let reset = |b: &mut StepBufs| -> Result<()> {
+            let s = &gpu.stream;
+            let e = |e| anyhow::anyhow!("resetting the step's state: {e:?}");
+            s.memcpy_htod(&dw0, &mut b.dw).map_err(e)?;
+            s.memcpy_htod(&c0, &mut b.c).map_err(e)?;
+            s.memcpy_htod(&super::buffer::to_bf16(&logits0), &mut b.logits)
+                .map_err(e)?;
+            s.memcpy_htod(&p0, &mut b.params).map_err(e)?;
+            s.memcpy_htod(&vec![0.0f32; d], &mut b.m).map_err(e)?;
+            s.memcpy_htod(&vec![0.0f32; d], &mut b.v).map_err(e)?;
+            gpu.sync()
+        };
+        type Snapshot = Vec<(&'static str, Vec<f64>)>;
+        let snapshot = |b: &StepBufs| -> Result<Snapshot> {
+            let f = |v: Vec<f32>| f64s(&v);
+            Ok(vec![
+                ("y", f(download_bf16(gpu, &b.y)?)),
+                ("rstd", f(download_f32(gpu, &b.rstd)?)),
+                ("dx", f(download_bf16(gpu, &b.dx)?)),
+                ("dw", f(download_f32(gpu, &b.dw)?)),
+                ("matmul C", f(download_f32(gpu, &b.c)?)),
+                ("dlogits", f(download_bf16(gpu, &b.logits)?)),
+                ("loss stats", download(gpu, &b.stats)?),
+                ("grad norm", download(gpu, &b.norm)?),
+                ("params", f(download_f32(gpu, &b.params)?)),
+                ("m", f(download_f32(gpu, &b.m)?)),
+                ("v", f(download_f32(gpu, &b.v)?)),
+                ("params_bf16", f(download_bf16(gpu, &b.p16)?)),
+            ])
+        };
+        reset(&mut b)?;
+        graph_step(gpu, &blas, &mut b)?;
+        gpu.sync()?;
+        let eager = snapshot(&b)?;
+        reset(&mut b)?;
+        gpu.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| anyhow::anyhow!("begin_capture: {e:?}"))?;
+        let captured = graph_step(gpu, &blas, &mut b);
+        let graph = gpu
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(|e| anyhow::anyhow!("end_capture: {e:?}"))?;
+        captured?;
+        let graph = graph.ok_or_else(|| anyhow::anyhow!("the capture produced no graph"))?;
+        graph
+            .launch()
+            .map_err(|e| anyhow::anyhow!("graph launch: {e:?}"))?;
+        gpu.sync()?;
+        let replay = snapshot(&b)?;
+        let shape = format!("rows={rows} d={d} vocab={vocab}, eager vs graph replay");
+        for ((name, e), (_, r)) in eager.iter().zip(&replay) {
+            let bitwise = e.len() == r.len()
+                && e.iter()
+                    .zip(r)
+                    .all(|(a, b)| a.to_bits() == b.to_bits() && a.is_finite());
+            self.rows.push(Row {
+                op: format!("graph step {name} (bit-exact)"),
+                shape: shape.clone(),
+                max_rel_err: if bitwise { 0.0 } else { f64::INFINITY },
+                tolerance: 0.0,
+            });
         }
         Ok(())
     }
