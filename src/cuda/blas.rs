@@ -54,7 +54,8 @@ struct AlgoKey {
     align: [u32; 3],
 }
 
-/// A cuBLASLt handle with its workspace, bound to the GPU's stream. Create once and reuse.
+/// A cuBLASLt handle with its workspace, bound to the stream `gpu.stream` holds when it is
+/// created (create it after switching a `Gpu` to a capturable stream). Create once and reuse.
 pub struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
