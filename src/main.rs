@@ -25,6 +25,12 @@ enum Command {
     Prepare(cli::prepare::PrepareArgs),
     /// Train a byte-level BPE tokenizer.json.
     Tokenizer(cli::tokenizer::TokenizerArgs),
+    /// Validation loss and perplexity at several context lengths.
+    Eval(cli::eval::EvalArgs),
+    /// Continue a prompt with a checkpoint, streaming the text.
+    Generate(cli::generate::GenerateArgs),
+    /// Check every CUDA op and kernel against the CPU reference (or, without a GPU, the CPU kernels).
+    Selftest(cli::selftest::SelftestArgs),
     /// Print a model's configuration and parameter count.
     Info(cli::info::InfoArgs),
     /// Save the logits a checkpoint gives for token sequences (to compare implementations).
@@ -43,6 +49,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cli::train::run(*a),
         Command::Prepare(a) => cli::prepare::run(a),
         Command::Tokenizer(a) => cli::tokenizer::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Selftest(a) => cli::selftest::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Logits(a) => cli::logits::run(a),
     }

@@ -1,8 +1,11 @@
 //! The subcommands of the `gdn` binary, one module each.
 
+pub mod eval;
+pub mod generate;
 pub mod info;
 pub mod logits;
 pub mod prepare;
+pub mod selftest;
 pub mod tokenizer;
 pub mod train;
 
