@@ -59,7 +59,12 @@ impl Gpu {
             .context("cannot read the compute capability")?;
         let arch = arch_name(major, minor);
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let stream = ctx.default_stream();
+        // One non-default stream for all work: the legacy default stream cannot be captured
+        // into a CUDA graph, and with a single stream cudarc's per-buffer event tracking only
+        // adds work (and breaks capture), so it is off.
+        // SAFETY: gdn queues everything on this one stream, so ordering is the stream's order.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
         Ok(Gpu {
             ctx,
             stream,
