@@ -210,24 +210,23 @@ pub fn recover_dir(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// A fresh, empty folder under the system temp dir, unique to this process, call and `tag`:
+/// for tests and examples that need a place on disk.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gdn-{tag}-{}-{nanos}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create scratch folder {}: {e}", dir.display()));
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fresh, empty, uniquely named directory under the system temp dir.
-    fn scratch(name: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!(
-            "gdn-io-test-{}-{nanos}-{n}-{name}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&p).unwrap();
-        p
-    }
 
     fn listing(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(dir)
@@ -240,7 +239,7 @@ mod tests {
 
     #[test]
     fn write_atomic_creates_and_replaces_without_leftovers() {
-        let d = scratch("file");
+        let d = scratch_dir("file");
         let p = d.join("a.json");
         write_atomic(&p, b"first").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"first");
@@ -254,7 +253,7 @@ mod tests {
 
     #[test]
     fn write_atomic_errors_name_the_path() {
-        let d = scratch("file-err");
+        let d = scratch_dir("file-err");
         let p = d.join("no-such-dir").join("x.bin");
         let e = write_atomic(&p, b"x").unwrap_err().to_string();
         assert!(e.contains("failed to write") && e.contains("x.bin"), "{e}");
@@ -272,7 +271,7 @@ mod tests {
 
     #[test]
     fn write_dir_atomic_creates_and_replaces() {
-        let d = scratch("dir");
+        let d = scratch_dir("dir");
         let ck = d.join("ckpt");
         write_dir_atomic(
             &ck,
@@ -299,7 +298,7 @@ mod tests {
 
     #[test]
     fn leftover_tmp_dir_is_harmless() {
-        let d = scratch("leftover");
+        let d = scratch_dir("leftover");
         let ck = d.join("ckpt");
         write_dir_atomic(&ck, &[("x", b"old".to_vec())]).unwrap();
         // A crashed earlier write (ours, and another process's) left partial staging dirs.
@@ -318,7 +317,7 @@ mod tests {
 
     #[test]
     fn write_dir_atomic_rejects_bad_names_and_keeps_old_dir() {
-        let d = scratch("badnames");
+        let d = scratch_dir("badnames");
         let ck = d.join("ckpt");
         write_dir_atomic(&ck, &[("x", b"old".to_vec())]).unwrap();
         for bad in ["", ".", "..", "a/b", "a\\b"] {
@@ -346,7 +345,7 @@ mod tests {
 
     #[test]
     fn recover_dir_restores_old_after_a_crash_between_renames() {
-        let d = scratch("recover");
+        let d = scratch_dir("recover");
         let ck = d.join("ckpt");
         assert!(!recover_dir(&ck).unwrap());
         // Simulate the crash: the old version was moved aside, the new one not yet in place.

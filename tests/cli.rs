@@ -14,13 +14,6 @@ fn gdn(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("gdn-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A failure prints exactly one line, `error: …`, containing `needle`.
 fn assert_one_line_error(args: &[&str], needle: &str) {
     let (ok, _, err) = gdn(args);
@@ -57,7 +50,7 @@ fn info_prints_the_spec_parameter_counts() {
 
 #[test]
 fn bad_input_gives_one_line_errors_and_no_checkpoint() {
-    let dir = scratch("bad");
+    let dir = gdn::io::scratch_dir("bad");
     let missing = dir.join("missing.txt");
     let out = dir.join("run");
     let out_s = out.to_str().unwrap();
@@ -95,7 +88,7 @@ fn bad_input_gives_one_line_errors_and_no_checkpoint() {
 
 #[test]
 fn resume_without_a_checkpoint_names_the_folder() {
-    let dir = scratch("resume");
+    let dir = gdn::io::scratch_dir("resume");
     assert_one_line_error(
         &["train", "--resume", "--out", dir.to_str().unwrap()],
         "config.json",

@@ -10,19 +10,6 @@ use gdn::data::prepare::{is_validation, prepare, read_documents, PrepareConfig};
 use gdn::data::shards::{Dtype, Shard};
 use gdn::data::tokenizer::{train_bpe, Tokenizer, DEFAULT_SPECIAL_TOKENS};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!(
-        "gdn-pipeline-test-{}-{nanos}-{name}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn doc(i: usize) -> String {
     let words = [
         "gated",
@@ -101,7 +88,7 @@ fn shard_tokens(files: &[PathBuf], chunk: usize, vocab: usize) -> Vec<u32> {
 
 #[test]
 fn text_to_tokenizer_to_shards_to_batches() {
-    let root = temp_dir("e2e");
+    let root = gdn::io::scratch_dir("e2e");
     let corpus = root.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     let docs = write_corpus(&corpus);
@@ -244,7 +231,7 @@ fn text_to_tokenizer_to_shards_to_batches() {
 
 #[test]
 fn prepare_reports_bad_input_with_file_and_line() {
-    let root = temp_dir("bad");
+    let root = gdn::io::scratch_dir("bad");
     let tok = gdn::data::tokenizer::train_bpe_from_iter(
         (0..50).map(doc),
         300,

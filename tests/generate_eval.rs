@@ -8,16 +8,8 @@ use gdn::model::{Model, ModelConfig};
 use gdn::train::checkpoint;
 use gdn::train::trainer::{RunOptions, CHECKPOINT_DIR};
 use gdn::train::{train, DataSpec, TrainConfig};
-use std::path::PathBuf;
 
 const SEQ_LEN: usize = 32;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gdn-geneval-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn corpus() -> String {
     "the quick brown fox jumps over the lazy dog. ".repeat(60)
@@ -26,7 +18,7 @@ fn corpus() -> String {
 /// Trains the tiny model on bytes for a few steps; returns the run's final eval loss and the
 /// checkpoint's model and parameters.
 fn trained() -> (f64, Model, Vec<f32>) {
-    let dir = scratch("run");
+    let dir = gdn::io::scratch_dir("run");
     let text = dir.join("corpus.txt");
     std::fs::write(&text, corpus()).unwrap();
     let mut c = TrainConfig::mqar_default();

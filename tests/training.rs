@@ -6,13 +6,6 @@ use gdn::tensor::Rng;
 use gdn::train::checkpoint;
 use gdn::train::trainer::{RunOptions, CHECKPOINT_DIR, METRICS_FILE};
 use gdn::train::{train, DataSpec, TrainConfig};
-use std::path::PathBuf;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gdn-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 /// A run small enough for a test: the tiny model on a short MQAR.
 fn tiny_run(steps: usize) -> TrainConfig {
@@ -62,9 +55,9 @@ fn opts(out: &std::path::Path) -> RunOptions {
 
 #[test]
 fn stopped_and_resumed_run_reproduces_the_losses_bit_for_bit() {
-    let whole = scratch("whole");
+    let whole = gdn::io::scratch_dir("whole");
     train(Some(tiny_run(7)), &opts(&whole)).unwrap();
-    let split = scratch("split");
+    let split = gdn::io::scratch_dir("split");
     // Stop after 4 steps (checkpointed), then continue from the checkpoint.
     train(
         Some(tiny_run(7)),
@@ -104,7 +97,7 @@ fn checkpoint_round_trip_reproduces_the_logits_exactly() {
         cfg.b_proj_bias = tie;
         let model = Model::new(cfg).unwrap();
         let params: Vec<f32> = model.init_params(&mut Rng::new(5));
-        let dir = scratch(&format!("roundtrip-{tie}"));
+        let dir = gdn::io::scratch_dir(&format!("roundtrip-{tie}"));
         checkpoint::save(&dir, &model, &params, None).unwrap();
         let (loaded, lp) = checkpoint::load_model(&dir).unwrap();
         assert_eq!(loaded.config, model.config);
@@ -120,7 +113,7 @@ fn checkpoint_round_trip_reproduces_the_logits_exactly() {
 fn corrupted_and_mismatched_checkpoints_are_named_errors() {
     let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
     let params: Vec<f32> = model.init_params(&mut Rng::new(6));
-    let dir = scratch("corrupt");
+    let dir = gdn::io::scratch_dir("corrupt");
     checkpoint::save(&dir, &model, &params, None).unwrap();
     let file = dir.join(checkpoint::MODEL_FILE);
     let bytes = std::fs::read(&file).unwrap();
@@ -145,7 +138,7 @@ fn corrupted_and_mismatched_checkpoints_are_named_errors() {
 
 #[test]
 fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
-    let out = scratch("nan");
+    let out = gdn::io::scratch_dir("nan");
     let mut c = tiny_run(50);
     c.checkpoint_every = 1;
     c.clip = 0.0;
@@ -177,7 +170,7 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn byte_level_training_runs_on_a_text_file() {
-    let dir = scratch("bytes");
+    let dir = gdn::io::scratch_dir("bytes");
     std::fs::create_dir_all(&dir).unwrap();
     let text = dir.join("corpus.txt");
     std::fs::write(
@@ -202,7 +195,7 @@ fn byte_level_training_runs_on_a_text_file() {
 #[test]
 fn token_shard_training_resumes_bit_for_bit() {
     use gdn::data::shards::{Dtype, ShardWriter};
-    let dir = scratch("shards");
+    let dir = gdn::io::scratch_dir("shards");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let mut rng = Rng::new(9);

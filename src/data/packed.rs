@@ -392,23 +392,10 @@ mod tests {
     use crate::data::shards::{encode_shard, Dtype};
     use std::collections::HashSet;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let d = std::env::temp_dir().join(format!(
-            "gdn-packed-test-{}-{nanos}-{name}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     /// `n` shards of `chunk` tokens with globally unique ids (file f holds f*1000 + i), plus a
     /// validation shard and a stray file that must not be picked up.
     fn make_shards(name: &str, n: usize, chunk: usize) -> PathBuf {
-        let d = temp_dir(name);
+        let d = crate::io::scratch_dir(name);
         for f in 0..n {
             let toks: Vec<u32> = (0..chunk as u32).map(|i| f as u32 * 1000 + i).collect();
             let p = d.join(format!("train_test_0_{f:010}.bin"));

@@ -557,19 +557,6 @@ pub fn prepare(tok: &Tokenizer, cfg: &PrepareConfig) -> Result<PrepareSummary> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let d = std::env::temp_dir().join(format!(
-            "gdn-prepare-test-{}-{nanos}-{name}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     fn docs(path: &Path) -> Result<Vec<String>> {
         let mut out = Vec::new();
         read_documents(path, &ProgressBar::hidden(), &mut |d| {
@@ -581,7 +568,7 @@ mod tests {
 
     #[test]
     fn reads_txt_jsonl_and_multi_frame_zst() {
-        let d = temp_dir("read");
+        let d = crate::io::scratch_dir("read");
         std::fs::write(d.join("a.txt"), "one doc\nwith lines\n").unwrap();
         std::fs::write(
             d.join("b.jsonl"),
@@ -625,7 +612,7 @@ mod tests {
 
     #[test]
     fn bad_inputs_name_file_and_line() {
-        let d = temp_dir("bad");
+        let d = crate::io::scratch_dir("bad");
         let cases = [
             (
                 "missing.jsonl",

@@ -463,19 +463,6 @@ impl ShardWriter {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let d = std::env::temp_dir().join(format!(
-            "gdn-shards-test-{}-{nanos}-{name}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     /// A shard built byte by byte as numpy/struct would write it.
     fn handmade(code: u8, chunk: u64, body: &[u8]) -> Vec<u8> {
         let mut b = b"LITPKDS".to_vec();
@@ -499,7 +486,7 @@ mod tests {
             h[16] = 6;
             h
         });
-        let d = temp_dir("ref");
+        let d = crate::io::scratch_dir("ref");
         let p = d.join("train_slimpajama_0_0000000000.bin");
         std::fs::write(&p, &bytes).unwrap();
         let s = Shard::open(&p).unwrap();
@@ -543,7 +530,7 @@ mod tests {
 
     #[test]
     fn malformed_shards_are_named_errors() {
-        let d = temp_dir("bad");
+        let d = crate::io::scratch_dir("bad");
         let body: Vec<u8> = [1u16, 2, 3].iter().flat_map(|t| t.to_le_bytes()).collect();
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             (
@@ -602,7 +589,7 @@ mod tests {
 
     #[test]
     fn validate_vocab_names_file_and_position() {
-        let d = temp_dir("vocab");
+        let d = crate::io::scratch_dir("vocab");
         let p = d.join("s.bin");
         std::fs::write(&p, encode_shard(&[3, 9, 10, 2], Dtype::U16).unwrap()).unwrap();
         let s = Shard::open(&p).unwrap();
@@ -617,7 +604,7 @@ mod tests {
 
     #[test]
     fn writer_writes_full_chunks_and_drops_the_rest() {
-        let d = temp_dir("writer");
+        let d = crate::io::scratch_dir("writer");
         let mut w = ShardWriter::new(&d, "train_test_0", 5, Dtype::U16).unwrap();
         let toks: Vec<u32> = (0..23).collect();
         w.push(&toks[..3]).unwrap();

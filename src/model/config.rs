@@ -135,7 +135,7 @@ impl ModelConfig {
         );
         let key_dim = d * 3 / 4;
         ensure!(
-            d % 4 == 0 && key_dim % h == 0,
+            d.is_multiple_of(4) && key_dim.is_multiple_of(h),
             "`hidden_size` {d} does not split into `num_heads` {h}: the key width 0.75·{d} must be a multiple of the head count"
         );
         self.hidden_size = d;
