@@ -14,9 +14,12 @@
 //! - forward: `prep` (per chunk, head: G, T = (I+M)^{-1}, W, U) → `state_fwd` (per sequence, head,
 //!   V tile: every chunk's entering state h_c and Ṽ = U − W h_c, final state) → `fwd_o` (per
 //!   chunk, head, 64 columns of V: O);
-//! - backward: `prep` (also stores T) → `state_fwd` (recompute h_c, Ṽ) → `dvloc` → `state_bwd`
-//!   (reverse: dh_c, dṼ, dh0) → `dqk` (dq, partial dk and dG) → `wy` (WY backward, dv, dβ, dk, dg).
+//! - backward: `prep` (also stores T) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
+//!   `state_fwd` (recompute h_c, Ṽ, and the f32 partials of ⟨h_c, dh_c⟩) → `dqk` (dq, partial dk
+//!   and dG) → `wy` (WY backward, dv, dβ, dk, dg).
 
+#[cfg(test)]
+mod mirror;
 pub mod selftest;
 pub use self::selftest::selftest;
 
@@ -294,8 +297,10 @@ struct BwdBuffers {
     tmat: CudaSlice<f32>,
     /// dṼ_loc, f32 [T, H, V].
     dvloc: CudaSlice<f32>,
-    /// dS leaving each chunk, bf16 [NC, H, K, V].
-    dh: CudaSlice<bf16>,
+    /// dS leaving each chunk, f32 [NC, H, K, V].
+    dh: CudaSlice<f32>,
+    /// Per-warp partials of ⟨h_c, dh_c⟩, f32 [NC, H, (V/BV)·(K/16)] (BV ≥ 16).
+    sd_part: CudaSlice<f32>,
     /// dṼ, bf16 [T, H, V].
     dvnew: CudaSlice<bf16>,
 }
@@ -445,6 +450,7 @@ impl DeltaRuleWorkspace {
                 tmat: al(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?,
                 dvloc: al(gpu, t * h * v, "dvloc")?,
                 dh: al(gpu, max_chunks * h * k * v, "dh")?,
+                sd_part: al(gpu, max_chunks * h * (v / 16) * (k / 16), "sd_part")?,
                 dvnew: al(gpu, t * h * v, "dvnew")?,
             })
         } else {
@@ -564,83 +570,94 @@ fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, us
     Ok((t, n))
 }
 
-/// Queues prep + the forward state pass. `tmat` (backward) receives T; `ht` the final state.
-fn run_prep_and_states(
-    gpu: &Gpu,
-    ws: &mut DeltaRuleWorkspace,
-    inp: &ChunkInputs,
-    n: usize,
-    tmat: u64,
-    ht: u64,
-) -> Result<()> {
+/// Queues `prep`: G, W, U and, when `tmat` is non-null, T.
+fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64) -> Result<()> {
     let Dims {
         heads: h,
         dk: _,
         dv: v,
     } = ws.dims;
-    let (hi, vi) = (h as i32, v as i32);
     let nc = ws.n_chunks;
-    let (pk, pv, pg, pb) = (
-        ptr(gpu, &inp.k),
-        ptr(gpu, &inp.v),
-        ptr(gpu, &inp.g),
-        ptr(gpu, &inp.beta),
-    );
+    if nc == 0 {
+        return Ok(());
+    }
     let ctab = ptr(gpu, &ws.ctab);
-    let seq_chunk = ptr(gpu, &ws.seq_chunk);
     let gc = ptr_mut(gpu, &mut ws.gc);
     let w = ptr_mut(gpu, &mut ws.w);
     let u = ptr_mut(gpu, &mut ws.u);
+    let kp = &ws.kern.prep;
+    launch(
+        gpu,
+        &kp.f,
+        &kp.name,
+        (nc as u32, h as u32, 1),
+        256,
+        kp.smem,
+        &[
+            Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(ptr(gpu, &inp.v)),
+            Arg::P(ptr(gpu, &inp.g)),
+            Arg::P(ptr(gpu, &inp.beta)),
+            Arg::P(ctab),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::P(gc),
+            Arg::P(w),
+            Arg::P(u),
+            Arg::P(tmat),
+        ],
+    )
+}
+
+/// Queues the forward state pass (h_c, Ṽ; the final state into `ht` when non-null). In the
+/// backward, `dh32`/`sd_part` (non-null) make it also write the f32 partials of ⟨h_c, dh_c⟩.
+fn run_state_fwd(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    n: usize,
+    ht: u64,
+    dh32: u64,
+    sd_part: u64,
+) -> Result<()> {
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = ws.dims;
+    let bi = ws.state_bv_index(n)?;
+    let bv = STATE_BVS[bi];
+    let ctab = ptr(gpu, &ws.ctab);
+    let seq_chunk = ptr(gpu, &ws.seq_chunk);
+    let gc = ptr(gpu, &ws.gc);
+    let w = ptr(gpu, &ws.w);
+    let u = ptr(gpu, &ws.u);
     let hs = ptr_mut(gpu, &mut ws.h);
     let vnew = ptr_mut(gpu, &mut ws.vnew);
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
-    if nc > 0 {
-        let kp = &ws.kern.prep;
-        launch(
-            gpu,
-            &kp.f,
-            &kp.name,
-            (nc as u32, h as u32, 1),
-            256,
-            kp.smem,
-            &[
-                Arg::P(pk),
-                Arg::P(pv),
-                Arg::P(pg),
-                Arg::P(pb),
-                Arg::P(ctab),
-                Arg::I(hi),
-                Arg::I(vi),
-                Arg::P(gc),
-                Arg::P(w),
-                Arg::P(u),
-                Arg::P(tmat),
-            ],
-        )?;
-    }
-    let bi = ws.state_bv_index(n)?;
-    let bv = STATE_BVS[bi];
     let ks = ws.kern.state_fwd[bi].as_ref().unwrap();
     launch(
         gpu,
         &ks.f,
         &ks.name,
         (n as u32, h as u32, (v / bv) as u32),
-        (ws.dims.dk / 16 * 32) as u32,
+        (k / 16 * 32) as u32,
         ks.smem,
         &[
             Arg::P(w),
             Arg::P(u),
-            Arg::P(pk),
+            Arg::P(ptr(gpu, &inp.k)),
             Arg::P(gc),
             Arg::P(ctab),
             Arg::P(seq_chunk),
             Arg::P(h0),
-            Arg::I(hi),
-            Arg::I(vi),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
             Arg::P(hs),
             Arg::P(vnew),
             Arg::P(ht),
+            Arg::P(dh32),
+            Arg::P(sd_part),
         ],
     )
 }
@@ -666,7 +683,8 @@ pub fn chunk_forward(
     }
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
-    run_prep_and_states(gpu, ws, inp, n, 0, ht)?;
+    run_prep(gpu, ws, inp, 0)?;
+    run_state_fwd(gpu, ws, inp, n, ht, 0, 0)?;
     let nc = ws.n_chunks;
     if nc == 0 {
         return Ok(());
@@ -729,7 +747,9 @@ pub fn chunk_backward(
     );
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
     let tmat = ptr_mut(gpu, &mut ws.bwd.as_mut().unwrap().tmat);
-    run_prep_and_states(gpu, ws, inp, n, tmat, 0)?;
+    // Order: prep (with T) → dṼ_loc → reverse state pass (dh f32, dṼ, dh0) → forward state
+    // recompute (h, Ṽ, and ⟨h_c, dh_c⟩ partials) → dqk → wy.
+    run_prep(gpu, ws, inp, tmat)?;
     let nc = ws.n_chunks;
     let (hi, vi) = (h as i32, v as i32);
     let (pq, pk, pv, pb) = (
@@ -745,10 +765,14 @@ pub fn chunk_backward(
     let w = ptr(gpu, &ws.w);
     let hs = ptr(gpu, &ws.h);
     let vnew = ptr(gpu, &ws.vnew);
+    let bi = ws.state_bv_index(n)?;
+    let bv = STATE_BVS[bi];
+    let np = (v / bv) * (k / 16);
     let bwd = ws.bwd.as_mut().unwrap();
     let dvloc = ptr_mut(gpu, &mut bwd.dvloc);
     let dh = ptr_mut(gpu, &mut bwd.dh);
     let dvnew = ptr_mut(gpu, &mut bwd.dvnew);
+    let sd_part = ptr_mut(gpu, &mut bwd.sd_part);
     let dht = d_final.map_or(0, |d| ptr(gpu, d));
     let (dq, dk, dv, dg, dbeta, dh0) = (
         ptr_mut(gpu, &mut grads.dq),
@@ -758,59 +782,61 @@ pub fn chunk_backward(
         ptr_mut(gpu, &mut grads.dbeta),
         ptr_mut(gpu, &mut grads.dh0),
     );
-    let kern = &ws.kern;
-    if nc > 0 {
+    {
+        let kern = &ws.kern;
+        if nc > 0 {
+            launch(
+                gpu,
+                &kern.dvloc.f,
+                &kern.dvloc.name,
+                (nc as u32, h as u32, (v / 64) as u32),
+                256,
+                kern.dvloc.smem,
+                &[
+                    Arg::P(pq),
+                    Arg::P(pk),
+                    Arg::P(gc),
+                    Arg::P(pdo),
+                    Arg::P(ctab),
+                    Arg::I(hi),
+                    Arg::I(vi),
+                    Arg::F(inp.scale),
+                    Arg::P(dvloc),
+                ],
+            )?;
+        }
+        let ks = kern.state_bwd[bi].as_ref().unwrap();
         launch(
             gpu,
-            &kern.dvloc.f,
-            &kern.dvloc.name,
-            (nc as u32, h as u32, (v / 64) as u32),
-            256,
-            kern.dvloc.smem,
+            &ks.f,
+            &ks.name,
+            (n as u32, h as u32, (v / bv) as u32),
+            (k / 16 * 32) as u32,
+            ks.smem,
             &[
                 Arg::P(pq),
                 Arg::P(pk),
+                Arg::P(w),
                 Arg::P(gc),
                 Arg::P(pdo),
+                Arg::P(dvloc),
                 Arg::P(ctab),
+                Arg::P(seq_chunk),
+                Arg::P(dht),
                 Arg::I(hi),
                 Arg::I(vi),
                 Arg::F(inp.scale),
-                Arg::P(dvloc),
+                Arg::P(dh),
+                Arg::P(dvnew),
+                Arg::P(dh0),
             ],
         )?;
     }
-    let bi = ws.state_bv_index(n)?;
-    let bv = STATE_BVS[bi];
-    let ks = kern.state_bwd[bi].as_ref().unwrap();
-    launch(
-        gpu,
-        &ks.f,
-        &ks.name,
-        (n as u32, h as u32, (v / bv) as u32),
-        (k / 16 * 32) as u32,
-        ks.smem,
-        &[
-            Arg::P(pq),
-            Arg::P(pk),
-            Arg::P(w),
-            Arg::P(gc),
-            Arg::P(pdo),
-            Arg::P(dvloc),
-            Arg::P(ctab),
-            Arg::P(seq_chunk),
-            Arg::P(dht),
-            Arg::I(hi),
-            Arg::I(vi),
-            Arg::F(inp.scale),
-            Arg::P(dh),
-            Arg::P(dvnew),
-            Arg::P(dh0),
-        ],
-    )?;
+    run_state_fwd(gpu, ws, inp, n, 0, dh, sd_part)?;
     if nc == 0 {
         return Ok(());
     }
+    let kern = &ws.kern;
     launch(
         gpu,
         &kern.dqk.f,
@@ -826,6 +852,8 @@ pub fn chunk_backward(
             Arg::P(vnew),
             Arg::P(hs),
             Arg::P(dh),
+            Arg::P(sd_part),
+            Arg::I(np as i32),
             Arg::P(ctab),
             Arg::I(hi),
             Arg::I(vi),

@@ -13,21 +13,34 @@ use std::collections::HashMap;
 pub const TOL_BF16: f64 = 2e-2;
 /// … and for f32 outputs computed from bf16 inputs (states, gradients).
 pub const TOL_F32: f64 = 1e-2;
+/// … for dg and dβ: sums of many terms that cancel, so the bf16 roundings of the intra-chunk
+/// attention matrices and scaled q (as in FLA) show more. The CPU mirror of the kernels'
+/// arithmetic (`mirror.rs`) sees up to ~1.4e-2 over many seeds at K = 64 with a N(0,1) h0.
+pub const TOL_DG_DBETA: f64 = 2e-2;
+
+/// The tolerance of a named output.
+pub fn tolerance(name: &str) -> f64 {
+    match name {
+        "o" => TOL_BF16,
+        "dg" | "dbeta" => TOL_DG_DBETA,
+        _ => TOL_F32,
+    }
+}
 
 /// One random problem, every value exactly representable in the precision the GPU receives.
-struct Case {
-    dims: Dims,
-    cu: Vec<usize>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    g: Vec<f32>,
-    beta: Vec<f32>,
-    scale: f32,
-    h0: Option<Vec<f32>>,
-    d_o: Vec<f32>,
-    d_final: Option<Vec<f32>>,
-    label: String,
+pub(super) struct Case {
+    pub(super) dims: Dims,
+    pub(super) cu: Vec<usize>,
+    pub(super) q: Vec<f32>,
+    pub(super) k: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    pub(super) g: Vec<f32>,
+    pub(super) beta: Vec<f32>,
+    pub(super) scale: f32,
+    pub(super) h0: Option<Vec<f32>>,
+    pub(super) d_o: Vec<f32>,
+    pub(super) d_final: Option<Vec<f32>>,
+    pub(super) label: String,
 }
 
 fn bf16_round(x: f64) -> f32 {
@@ -57,7 +70,13 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-fn random_case(seed: u64, lens: &[usize], dims: Dims, with_h0: bool, with_dfinal: bool) -> Case {
+pub(super) fn random_case(
+    seed: u64,
+    lens: &[usize],
+    dims: Dims,
+    with_h0: bool,
+    with_dfinal: bool,
+) -> Case {
     let mut rng = Rng::new(seed);
     let mut cu = vec![0usize];
     for &l in lens {
@@ -286,7 +305,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             &format!("delta_rule.chunk_bwd {name}"),
             &c.label,
             cmp(buf, len, r)?,
-            TOL_F32,
+            tolerance(name),
         ));
     }
     Ok(rows)
@@ -427,13 +446,25 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     for (i, (lens, dims, h0, dfin, repeat)) in cases.into_iter().enumerate() {
         let c = random_case(seed.wrapping_add(i as u64), &lens, dims, h0, dfin);
         let key = (dims.heads, dims.dk, dims.dv);
-        let ws = match workspaces.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(DeltaRuleWorkspace::new(gpu, dims, 1024, 16, true)?)
-            }
-        };
-        rows.extend(chunk_rows(gpu, ws, &c, repeat)?);
+        let r = (|| -> Result<Vec<Row>> {
+            let ws = match workspaces.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(DeltaRuleWorkspace::new(gpu, dims, 1024, 16, true)?)
+                }
+            };
+            chunk_rows(gpu, ws, &c, repeat)
+        })();
+        match r {
+            Ok(r) => rows.extend(r),
+            // One failing case becomes a failing row; the others still run.
+            Err(e) => rows.push(row(
+                "delta_rule.chunk ERROR",
+                &format!("{}: {e:#}", c.label),
+                f64::INFINITY,
+                0.0,
+            )),
+        }
     }
     for (i, (n, dims)) in [
         (3, d(2, 64, 128)),
@@ -444,12 +475,16 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     .into_iter()
     .enumerate()
     {
-        rows.extend(decode_rows(
-            gpu,
-            seed.wrapping_add(100 + i as u64),
-            n,
-            dims,
-        )?);
+        let sd = seed.wrapping_add(100 + i as u64);
+        match decode_rows(gpu, sd, n, dims) {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(row(
+                "delta_rule.decode ERROR",
+                &format!("N={n} {dims:?} seed={sd}: {e:#}"),
+                f64::INFINITY,
+                0.0,
+            )),
+        }
     }
     Ok(rows)
 }

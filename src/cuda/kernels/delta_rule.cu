@@ -377,7 +377,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                const bf16* __restrict__ k, const float* __restrict__ gc,
                                const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
                                const float* __restrict__ h0, int H, int V, bf16* __restrict__ hout,
-                               bf16* __restrict__ vnew, float* __restrict__ ht) {
+                               bf16* __restrict__ vnew, float* __restrict__ ht,
+                               const float* __restrict__ dh32, float* __restrict__ sd_part) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   StateFwdSm<K, BV> S;
@@ -413,12 +414,32 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     const bool more = c + 1 < ce;
     if (more) issue(c + 1, b ^ 1);
 
-    // h_c = S (bf16) to shared and global.
+    // h_c = S (bf16) to shared and global. Backward recompute (dh32 given): also the partial
+    // ⟨S_c, dh_c⟩ of this warp's tile, from the f32 state, one value per (chunk, head, warp).
     float* stg = S.stage + warp * STG_SZ;
+    float sacc = 0.f;
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
-      frag_to_bf16_smem(st[j], stg, S.sb + warp * 16 * (BV + 8) + j * 16, BV + 8,
-                        hout + (((long)c * H + h) * K + warp * 16) * V + v0 + j * 16, V);
+    for (int j = 0; j < NT; ++j) {
+      wmma::store_matrix_sync(stg, st[j], STG, wmma::mem_row_major);
+      __syncwarp();
+      const int r = lane >> 1, c8 = (lane & 1) << 3;
+      const long go = (((long)c * H + h) * K + warp * 16 + r) * V + v0 + j * 16 + c8;
+      const uint4 p = pack8(stg + r * STG + c8);
+      *reinterpret_cast<uint4*>(S.sb + (warp * 16 + r) * (BV + 8) + j * 16 + c8) = p;
+      *reinterpret_cast<uint4*>(hout + go) = p;
+      if (dh32) {
+        const float4 d0 = *reinterpret_cast<const float4*>(dh32 + go);
+        const float4 d1 = *reinterpret_cast<const float4*>(dh32 + go + 4);
+        const float* x = stg + r * STG + c8;
+        sacc += x[0] * d0.x + x[1] * d0.y + x[2] * d0.z + x[3] * d0.w + x[4] * d1.x +
+                x[5] * d1.y + x[6] * d1.z + x[7] * d1.w;
+      }
+      __syncwarp();
+    }
+    if (dh32) {
+      sacc = warp_sum(sacc);
+      if (lane == 0) sd_part[((long)c * H + h) * (gridDim.z * NW) + blockIdx.z * NW + warp] = sacc;
+    }
     if (more)
       cp_wait<1>();
     else
@@ -481,7 +502,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     __syncthreads();
   }
-  (void)lane;
   if (ht) {
 #pragma unroll
     for (int j = 0; j < NT; ++j)
@@ -657,7 +677,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                const bf16* __restrict__ d_o, const float* __restrict__ dvl,
                                const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
                                const float* __restrict__ dht, int H, int V, float scale,
-                               bf16* __restrict__ dh, bf16* __restrict__ dvnew,
+                               float* __restrict__ dh, bf16* __restrict__ dvnew,
                                float* __restrict__ dh0) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
@@ -689,11 +709,13 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     cp_commit();
     if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
 
-    // dh_c = dS.
+    // dh_c = dS (f32, global) and its bf16 copy (shared) for the products below.
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
-      frag_to_bf16_smem(ds[j], stg, S.dsb + warp * 16 * (BV + 8) + j * 16, BV + 8,
-                        dh + (((long)c * H + h) * K + warp * 16) * V + v0 + j * 16, V);
+    for (int j = 0; j < NT; ++j) {
+      frag_to_bf16_smem(ds[j], stg, S.dsb + warp * 16 * (BV + 8) + j * 16, BV + 8, nullptr, 0);
+      wmma::store_matrix_sync(dh + (((long)c * H + h) * K + warp * 16) * V + v0 + j * 16, ds[j], V,
+                              wmma::mem_row_major);
+    }
     cp_wait<0>();
     __syncthreads();
 
@@ -765,7 +787,9 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 
 // ------------------------------------------------------------------------------------------
 // Kernel 6: per (chunk, head), looping over V in 64-column slices:
-//   dP = s dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ, ⟨h_c, dh_c⟩;
+//   dP = s dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
+//   built from dKi cancel heavily and bf16 dh alone costs ~1e-2 relative error in dg);
+// ⟨h_c, dh_c⟩ comes in f32 from kernel 2's per-warp partials (sd_part, np per chunk and head);
 // then dq = s diag(γ) dQ1 + (dP ⊙ Γ ⊙ L) K (final), dk = (dP ⊙ Γ ⊙ L)ᵀ Q + diag(δ) dKi (partial,
 // completed by kernel 7) and the partial dG (completed by kernel 7) written into dg.
 
@@ -775,27 +799,34 @@ struct DqkSm {
   bf16* q;      // [64][K+8]
   bf16* k;      // [64][K+8]
   float* P;     // [64][68]  QKᵀ ⊙ Γ ⊙ L (no scale)
-  float* dP;    // [64][68]
   bf16* pb;     // [64][72]  dPm = s dO Ṽᵀ ⊙ Γ ⊙ L
-  char* region; // loop: dos [64][72], vns [64][72], hs [K][72], dhs [K][72]; after: X [64][K+4]
-  bf16 *dos, *vns, *hs, *dhs;
-  float* X;
-  float *G, *gam, *dec, *rsum, *csum, *qdot, *kdot, *red;  // [64] each; red [NW]
+  // loop: dos [64][72], vns [64][72], hs [K][72], dhs, dhl [K][72] (dh hi, lo);
+  // after the loop: X [64][K+4], dP [64][68]
+  char* region;
+  bf16 *dos, *vns, *hs, *dhs, *dhl;
+  float *X, *dP;
+  float *G, *gam, *dec, *rsum, *csum, *qdot, *kdot;  // [64] each
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * (K + 8));
     k = c.take<bf16>(CH * (K + 8));
     P = c.take<float>(CH * LF64);
-    dP = c.take<float>(CH * LF64);
     pb = c.take<bf16>(CH * LD64);
-    const unsigned loop_bytes = (2 * CH * LD64 + 2 * K * LD64) * 2 + 4 * 128;
-    const unsigned x_bytes = CH * (K + 4) * 4;
+    const unsigned loop_bytes = (2 * CH * LD64 + 3 * K * LD64) * 2 + 5 * 128;
+    const unsigned x_bytes = CH * (K + 4) * 4 + CH * LF64 * 4 + 2 * 128;
     region = c.take<char>(loop_bytes > x_bytes ? loop_bytes : x_bytes);
-    Carve r(region);
-    dos = r.take<bf16>(CH * LD64);
-    vns = r.take<bf16>(CH * LD64);
-    hs = r.take<bf16>(K * LD64);
-    dhs = r.take<bf16>(K * LD64);
-    X = reinterpret_cast<float*>(region);
+    {
+      Carve r(region);
+      dos = r.take<bf16>(CH * LD64);
+      vns = r.take<bf16>(CH * LD64);
+      hs = r.take<bf16>(K * LD64);
+      dhs = r.take<bf16>(K * LD64);
+      dhl = r.take<bf16>(K * LD64);
+    }
+    {
+      Carve r(region);
+      X = r.take<float>(CH * (K + 4));
+      dP = r.take<float>(CH * LF64);
+    }
     G = c.take<float>(CH);
     gam = c.take<float>(CH);
     dec = c.take<float>(CH);
@@ -803,7 +834,6 @@ struct DqkSm {
     csum = c.take<float>(CH);
     qdot = c.take<float>(CH);
     kdot = c.take<float>(CH);
-    red = c.take<float>(32);
   }
 };
 
@@ -811,9 +841,9 @@ template <int K>
 __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
-                         const bf16* __restrict__ dh, const int* __restrict__ ctab, int H, int V,
-                         float scale, float* __restrict__ dq, float* __restrict__ dk,
-                         float* __restrict__ dg) {
+                         const float* __restrict__ dh, const float* __restrict__ sd_part, int np,
+                         const int* __restrict__ ctab, int H, int V, float scale,
+                         float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dg) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   DqkSm<K> S;
@@ -824,7 +854,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   constexpr int NQ = (4 * KT) / NW;      // 64xK tiles per warp
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, warp = tid >> 5;
 
   load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
@@ -854,21 +884,26 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     wmma::fill_fragment(fq[i], 0.f);
     wmma::fill_fragment(fk[i], 0.f);
   }
-  float sdot = 0.f;
   const long hoff = ((long)cg * H + h) * K * V;
   for (int v0 = 0; v0 < V; v0 += 64) {
     __syncthreads();
     load_bf16_async(S.dos, LD64, d_o + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
     load_bf16_async(S.vns, LD64, vnew + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
     load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
-    load_bf16_async(S.dhs, LD64, dh + hoff + v0, V, K, 64, K);
     cp_commit();
+    for (int idx = tid; idx < K * 16; idx += blockDim.x) {
+      const int r = idx >> 4, c = (idx & 15) * 4;
+      const float4 x = *reinterpret_cast<const float4*>(dh + hoff + (long)r * V + v0 + c);
+      const float xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bf16 hi = f2b(xs[e]);
+        S.dhs[r * LD64 + c + e] = hi;
+        S.dhl[r * LD64 + c + e] = f2b(xs[e] - b2f(hi));
+      }
+    }
     cp_wait<0>();
     __syncthreads();
-    for (int idx = tid; idx < K * 64; idx += blockDim.x) {
-      const int r = idx >> 6, c = idx & 63;
-      sdot += b2f(S.hs[r * LD64 + c]) * b2f(S.dhs[r * LD64 + c]);
-    }
 #pragma unroll
     for (int i = 0; i < NP; ++i) {
       const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
@@ -894,12 +929,12 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
         wmma::load_matrix_sync(a2, S.vns + ti * 16 * LD64 + kk * 16, LD64);
         wmma::load_matrix_sync(b2, S.dhs + tj * 16 * LD64 + kk * 16, LD64);
         wmma::mma_sync(fk[i], a2, b2, fk[i]);
+        wmma::load_matrix_sync(b2, S.dhl + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(fk[i], a2, b2, fk[i]);
       }
     }
   }
-  // ⟨h, dh⟩ over the block.
-  sdot = warp_sum(sdot);
-  if (lane == 0) S.red[warp] = sdot;
+  __syncthreads();  // the loop buffers are dead from here: dP and X live in their place
 #pragma unroll
   for (int i = 0; i < NP; ++i) {
     const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
@@ -1012,7 +1047,8 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     if (i == len - 1) {
       float ksum = 0.f, sd = 0.f;
       for (int r = 0; r < len; ++r) ksum += S.kdot[r];
-      for (int r = 0; r < NW; ++r) sd += S.red[r];
+      const float* sp = sd_part + ((long)cg * H + h) * np;
+      for (int r = 0; r < np; ++r) sd += sp[r];
       val += ksum + S.gam[len - 1] * sd;
     }
     dg[(long)(start + i) * H + h] = val;
@@ -1548,9 +1584,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32)                             \
       dr_dqk_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                  \
-                  const bf16* vnew, const bf16* hs, const bf16* dh, const int* ctab, int H, int V, \
-                  float scale, float* dq, float* dk, float* dg) {                                  \
-    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, ctab, H, V, scale, dq, dk, dg);                   \
+                  const bf16* vnew, const bf16* hs, const float* dh, const float* sd_part, int np, \
+                  const int* ctab, int H, int V, float scale, float* dq, float* dk, float* dg) {   \
+    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sd_part, np, ctab, H, V, scale, dq, dk, dg);      \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::WySm<K>::NW * 32)                              \
       dr_wy_k##K(const bf16* k, const bf16* v, const float* beta, const float* gc,                 \
@@ -1563,14 +1599,16 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
       dr_state_fwd_k##K##_bv##BV(const bf16* w, const bf16* u, const bf16* k, const float* gc,     \
                                  const int* ctab, const int* seq_chunk, const float* h0, int H,    \
-                                 int V, bf16* hout, bf16* vnew, float* ht) {                       \
-    dr::state_fwd_impl<K, BV>(w, u, k, gc, ctab, seq_chunk, h0, H, V, hout, vnew, ht);             \
+                                 int V, bf16* hout, bf16* vnew, float* ht, const float* dh32,      \
+                                 float* sd_part) {                                                 \
+    dr::state_fwd_impl<K, BV>(w, u, k, gc, ctab, seq_chunk, h0, H, V, hout, vnew, ht, dh32,        \
+                              sd_part);                                                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
       dr_state_bwd_k##K##_bv##BV(const bf16* q, const bf16* k, const bf16* w, const float* gc,     \
                                  const bf16* d_o, const float* dvl, const int* ctab,               \
                                  const int* seq_chunk, const float* dht, int H, int V,             \
-                                 float scale, bf16* dh, bf16* dvnew, float* dh0) {                 \
+                                 float scale, float* dh, bf16* dvnew, float* dh0) {                \
     dr::state_bwd_impl<K, BV>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,        \
                               dvnew, dh0);                                                         \
   }
