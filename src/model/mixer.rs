@@ -115,6 +115,8 @@ pub struct MixerCache<F> {
     gate: Vec<F>,
     o_rstd: Vec<F>,
     normed: Vec<F>,
+    /// The recurrent state leaving each sequence (what decoding continues from).
+    final_state: Vec<F>,
 }
 
 /// The per-token projections q, k, v after conv and SiLU, before the L2 norm, plus a, b, gate.
@@ -185,7 +187,7 @@ pub fn forward<F: Elem>(
         initial_state: None,
         cu_seqlens,
     };
-    let o = delta_rule::chunk::forward(&inputs, dims.rule()).o;
+    let delta_rule::Forward { o, final_state } = delta_rule::chunk::forward(&inputs, dims.rule());
     let (normed, o_rstd) = nn::gated_rmsnorm_fwd(&o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
     let out = nn::linear_fwd(&normed, &params[mp.o_proj.clone()], n, vd, dims.d);
     let cache = MixerCache {
@@ -208,6 +210,7 @@ pub fn forward<F: Elem>(
         gate: s.gate,
         o_rstd,
         normed,
+        final_state,
     };
     (out, cache)
 }
@@ -279,33 +282,22 @@ pub fn backward<F: Elem>(
     let dq_conv = nn::silu_bwd(&c.q_conv, &nn::l2norm_bwd(&c.q, &c.q_r, &rg.dq, dims.dk));
     let dk_conv = nn::silu_bwd(&c.k_conv, &nn::l2norm_bwd(&c.k, &c.k_r, &rg.dk, dims.dk));
     let dv_conv = nn::silu_bwd(&c.v_conv, &rg.dv);
-    let dq_pre = conv::backward(
-        &c.q_pre,
-        p(&mp.q_conv),
-        &dq_conv,
-        kd,
-        w,
-        cu_seqlens,
-        &mut grads[mp.q_conv.clone()],
-    );
-    let dk_pre = conv::backward(
-        &c.k_pre,
-        p(&mp.k_conv),
-        &dk_conv,
-        kd,
-        w,
-        cu_seqlens,
-        &mut grads[mp.k_conv.clone()],
-    );
-    let dv_pre = conv::backward(
-        &c.v_pre,
-        p(&mp.v_conv),
-        &dv_conv,
-        vd,
-        w,
-        cu_seqlens,
-        &mut grads[mp.v_conv.clone()],
-    );
+    let [dq_pre, dk_pre, dv_pre] = [
+        (&c.q_pre, &mp.q_conv, dq_conv, kd),
+        (&c.k_pre, &mp.k_conv, dk_conv, kd),
+        (&c.v_pre, &mp.v_conv, dv_conv, vd),
+    ]
+    .map(|(pre, r, dconv, channels)| {
+        conv::backward(
+            pre,
+            p(r),
+            &dconv,
+            channels,
+            w,
+            cu_seqlens,
+            &mut grads[r.clone()],
+        )
+    });
     let mut dx = vec![F::zero(); n * d];
     for (r, dy_, out) in [
         (&mp.q_proj, &dq_pre, kd),
@@ -355,42 +347,13 @@ pub fn prefill<F: Elem>(
     x: &[F],
     cu_seqlens: &[usize],
 ) -> (Vec<F>, LayerState<F>) {
-    let n = x.len() / dims.d;
     let (kd, vd, w) = (dims.key_dim(), dims.value_dim(), dims.width);
-    let s = project(mp, dims, params, x, n);
-    let conv_q = dec::conv_tail(&s.q_pre, kd, w, cu_seqlens);
-    let conv_k = dec::conv_tail(&s.k_pre, kd, w, cu_seqlens);
-    let conv_v = dec::conv_tail(&s.v_pre, vd, w, cu_seqlens);
-    let conv_silu = |pre: &[F], r: &Range<usize>, ch| {
-        nn::silu_fwd(&conv::forward(pre, &params[r.clone()], ch, w, cu_seqlens))
-    };
-    let (q, _) = nn::l2norm_fwd(&conv_silu(&s.q_pre, &mp.q_conv, kd), dims.dk);
-    let (k, _) = nn::l2norm_fwd(&conv_silu(&s.k_pre, &mp.k_conv, kd), dims.dk);
-    let v = conv_silu(&s.v_pre, &mp.v_conv, vd);
-    let (g, beta) = nn::gates_fwd(
-        &s.a,
-        &s.b,
-        &params[mp.a_log.clone()],
-        &params[mp.dt_bias.clone()],
-    );
-    let inputs = delta_rule::Inputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        g: &g,
-        beta: &beta,
-        scale: F::of(1.0 / (dims.dk as f64).sqrt()),
-        initial_state: None,
-        cu_seqlens,
-    };
-    let r = delta_rule::chunk::forward(&inputs, dims.rule());
-    let (normed, _) = nn::gated_rmsnorm_fwd(&r.o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
-    let out = nn::linear_fwd(&normed, &params[mp.o_proj.clone()], n, vd, dims.d);
+    let (out, c) = forward(mp, dims, params, x, cu_seqlens);
     let state = LayerState {
-        conv_q,
-        conv_k,
-        conv_v,
-        state: r.final_state,
+        conv_q: dec::conv_tail(&c.q_pre, kd, w, cu_seqlens),
+        conv_k: dec::conv_tail(&c.k_pre, kd, w, cu_seqlens),
+        conv_v: dec::conv_tail(&c.v_pre, vd, w, cu_seqlens),
+        state: c.final_state,
     };
     (out, state)
 }
