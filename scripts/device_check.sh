@@ -48,7 +48,9 @@ else
 fi
 
 step "FLA peer benchmark"
-if [ -n "$SHARED" ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ -n "${SKIP_FLA:-}" ]; then
+  echo "skipped (SKIP_FLA set)"
+elif [ -n "$SHARED" ] && ls .whl/*.whl >/dev/null 2>&1; then
   timeout 60 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
     && PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} OUT="$OUT" timeout 240 python3 "$SHARED/bench/fla_ops.py" 2>&1 | tail -n 30
   echo "fla_ops exit: ${PIPESTATUS[0]}"

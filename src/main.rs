@@ -31,6 +31,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Check every CUDA op and kernel against the CPU reference (or, without a GPU, the CPU kernels).
     Selftest(cli::selftest::SelftestArgs),
+    /// Time the CUDA kernels (delta rule) at the peer FLA benchmark's shapes.
+    Bench(cli::bench::BenchArgs),
     /// Print a model's configuration and parameter count.
     Info(cli::info::InfoArgs),
     /// Save the logits a checkpoint gives for token sequences (to compare implementations).
@@ -52,6 +54,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cli::eval::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Selftest(a) => cli::selftest::run(a),
+        Command::Bench(a) => cli::bench::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Logits(a) => cli::logits::run(a),
     }

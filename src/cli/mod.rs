@@ -1,5 +1,6 @@
 //! The subcommands of the `gdn` binary, one module each.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod info;

@@ -56,7 +56,13 @@ pub fn run(a: SelftestArgs) -> Result<()> {
         let gpu = Gpu::open(0)?;
         let device = format!("{} ({})", gpu.name, gpu.arch);
         println!("device: {device}");
-        let rows = cuda::ops_selftest::run_with(&gpu, seed, a.filter.as_deref())?;
+        let mut rows = cuda::ops_selftest::run_with(&gpu, seed, a.filter.as_deref())?;
+        if a.filter
+            .as_deref()
+            .is_none_or(|f| "delta_rule".contains(f) || f.contains("delta"))
+        {
+            rows.extend(cuda::delta_rule::selftest::selftest_seeded(&gpu, seed)?);
+        }
         (device, rows)
     } else {
         println!("device: cpu");

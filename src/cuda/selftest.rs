@@ -21,8 +21,15 @@ impl Row {
 pub fn format_table(rows: &[Row]) -> String {
     let w_op = rows.iter().map(|r| r.op.len()).max().unwrap_or(2).max(2);
     let w_sh = rows.iter().map(|r| r.shape.len()).max().unwrap_or(5).max(5);
-    let mut s = format!("| {:w_op$} | {:w_sh$} | max rel. err. | tolerance | pass |\n", "op", "shape");
-    s += &format!("|{}|{}|---------------|-----------|------|\n", "-".repeat(w_op + 2), "-".repeat(w_sh + 2));
+    let mut s = format!(
+        "| {:w_op$} | {:w_sh$} | max rel. err. | tolerance | pass |\n",
+        "op", "shape"
+    );
+    s += &format!(
+        "|{}|{}|---------------|-----------|------|\n",
+        "-".repeat(w_op + 2),
+        "-".repeat(w_sh + 2)
+    );
     for r in rows {
         s += &format!(
             "| {:w_op$} | {:w_sh$} | {:>13.3e} | {:>9.1e} | {:4} |\n",
