@@ -11,7 +11,7 @@ exec > >(tee -a "$OUT/device_check.log") 2>&1
 T0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - T0 ))s] $* ==="; }
 
-BIN=./target/release/gdn
+BIN=${GDN_BIN:-./target/release/gdn}
 SHARED=""
 for d in ../shared ./shared /work/shared; do
   if [ -f "$d/bench/fla_ops.py" ]; then SHARED=$d; break; fi

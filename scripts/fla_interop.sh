@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoints both ways between gdn and FLA (GPU machine; FLA wheels in .whl/). Prints JSON lines.
 set -u
-B=./target/release/gdn
+B=${GDN_BIN:-./target/release/gdn}
 W=/tmp/gdn-interop
 rm -rf "$W" && mkdir -p "$W"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
