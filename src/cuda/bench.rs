@@ -8,7 +8,7 @@
 
 use super::delta_rule::{
     chunk_backward, chunk_forward, ChunkInputs, DecodeInputs, DecodeStep, DeltaRuleWorkspace,
-    GradBuffers,
+    GradBuffers, StageProbe,
 };
 use super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Also time every launch of the forward and the backward separately (events around each
+    /// launch, eager, median over `reps`), printed per shape and saved in the JSON.
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 /// Matmul FLOPs of the chunked forward as implemented (full 64×64 products, no triangular
@@ -203,6 +207,77 @@ struct ChunkRow {
     /// floor / measured (graph): 1.0 would be at the floor.
     fwd_graph_frac_of_floor: f64,
     fwdbwd_graph_frac_of_floor: f64,
+    /// V-tile width of the sequential state passes (grid = N·H·V/BV blocks).
+    state_bv: usize,
+    /// Per-launch medians (`--breakdown`): forward stages then backward stages.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    breakdown: Vec<StageRow>,
+}
+
+#[derive(serde::Serialize, Clone)]
+struct StageRow {
+    stage: String,
+    ms: f64,
+    /// Share of the pass (forward or backward) this stage belongs to.
+    share: f64,
+}
+
+/// Median per-stage ms of `reps` eager forward and backward calls with a probe installed.
+fn stage_breakdown(
+    gpu: &Gpu,
+    reps: usize,
+    ws: &mut DeltaRuleWorkspace,
+    fwd: &mut dyn FnMut(&mut DeltaRuleWorkspace) -> Result<()>,
+    bwd: &mut dyn FnMut(&mut DeltaRuleWorkspace) -> Result<()>,
+) -> Result<Vec<StageRow>> {
+    ws.set_probe(Some(StageProbe::new(gpu)?));
+    let mut run = || -> Result<Vec<Vec<(&'static str, f64)>>> {
+        let mut per_rep = Vec::with_capacity(reps);
+        for i in 0..reps + 3 {
+            fwd(ws)?;
+            let mut r = ws.probe().unwrap().read()?;
+            bwd(ws)?;
+            r.extend(ws.probe().unwrap().read()?);
+            if i >= 3 {
+                per_rep.push(r);
+            }
+        }
+        Ok(per_rep)
+    };
+    let res = run();
+    ws.set_probe(None);
+    let per_rep = res?;
+    let names: Vec<&'static str> = per_rep[0].iter().map(|x| x.0).collect();
+    let mut rows: Vec<StageRow> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| StageRow {
+            stage: n.to_string(),
+            ms: median(per_rep.iter().map(|r| r[i].1).collect()),
+            share: 0.0,
+        })
+        .collect();
+    let tot = |p: &str, rows: &[StageRow]| -> f64 {
+        rows.iter()
+            .filter(|r| r.stage.starts_with(p))
+            .map(|r| r.ms)
+            .sum()
+    };
+    let (tf, tb) = (tot("fwd", &rows), tot("bwd", &rows));
+    for r in rows.iter_mut() {
+        r.share = r.ms / if r.stage.starts_with("fwd") { tf } else { tb };
+    }
+    rows.push(StageRow {
+        stage: "fwd: sum".into(),
+        ms: tf,
+        share: 1.0,
+    });
+    rows.push(StageRow {
+        stage: "bwd: sum".into(),
+        ms: tb,
+        share: 1.0,
+    });
+    Ok(rows)
 }
 
 #[allow(non_snake_case)]
@@ -224,7 +299,14 @@ struct DecodeRow {
     graph_frac_of_floor: f64,
 }
 
-fn bench_chunk(gpu: &Gpu, reps: usize, b: usize, t: usize, dims: Dims) -> Result<ChunkRow> {
+fn bench_chunk(
+    gpu: &Gpu,
+    reps: usize,
+    b: usize,
+    t: usize,
+    dims: Dims,
+    breakdown: bool,
+) -> Result<ChunkRow> {
     let Dims {
         heads: h,
         dk: k,
@@ -271,6 +353,25 @@ fn bench_chunk(gpu: &Gpu, reps: usize, b: usize, t: usize, dims: Dims) -> Result
     let fwdbwd_ms = or_nan("fwd+bwd eager", time_eager(gpu, reps, &mut fb));
     let fwdbwd_graph_ms = or_nan("fwd+bwd graph", time_graph(gpu, reps, &mut fb));
     gpu.sync()?;
+    let state_bv = ws.state_bv(b)?;
+    let breakdown = if breakdown {
+        let mut f1 = |ws: &mut DeltaRuleWorkspace| -> Result<()> {
+            chunk_forward(gpu, ws, &inp, &mut o.as_view_mut(), None)
+        };
+        let mut f2 = |ws: &mut DeltaRuleWorkspace| -> Result<()> {
+            let mut gv = grads.views(dims, nt, b);
+            chunk_backward(gpu, ws, &inp, &dov, None, &mut gv)
+        };
+        match stage_breakdown(gpu, reps, &mut ws, &mut f1, &mut f2) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("  breakdown failed: {e:#}");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let ff = fwd_flops(nt, h, k, v);
     let fbf = ff + bwd_flops(nt, h, k, v);
     let fby = fwd_bytes(nt, h, k, v);
@@ -298,6 +399,8 @@ fn bench_chunk(gpu: &Gpu, reps: usize, b: usize, t: usize, dims: Dims) -> Result
         fwdbwd_graph_gbps: fbby / (fwdbwd_graph_ms * 1e-3) / 1e9,
         fwd_graph_frac_of_floor: f1 / fwd_graph_ms,
         fwdbwd_graph_frac_of_floor: f2 / fwdbwd_graph_ms,
+        state_bv,
+        breakdown,
     })
 }
 
@@ -389,7 +492,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("| B | T | H | K | V | fwd ms (graph/eager) | fwd+bwd ms (graph/eager) | fwd TFLOP/s | fwd GB/s | fwd floor ms | fwd frac | fwd+bwd floor ms | fwd+bwd frac |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (b, t, dims) in chunk_shapes {
-        match bench_chunk(&gpu, reps, b, t, dims) {
+        match bench_chunk(&gpu, reps, b, t, dims, a.breakdown) {
             Ok(r) => {
                 println!(
                     "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} | {:.0} | {:.3} | {:.2} | {:.3} | {:.2} |",
@@ -403,6 +506,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "| {b} | {t} | {} | {} | {} | failed: {e:#} |",
                 dims.heads, dims.dk, dims.dv
             ),
+        }
+    }
+    if a.breakdown {
+        for r in &chunk_rows {
+            println!();
+            println!(
+                "breakdown B={} T={} H={} K={} V={} (state BV={}, state grid {} blocks; eager, median of {reps}; graph fwd {:.3} ms, fwd+bwd {:.3} ms)",
+                r.b, r.t, r.h, r.k, r.v, r.state_bv, r.b * r.h * r.v / r.state_bv,
+                r.fwd_graph_ms, r.fwdbwd_graph_ms
+            );
+            println!("| stage | ms | share |");
+            println!("|---|---|---|");
+            for s in &r.breakdown {
+                println!("| {} | {:.4} | {:.1} % |", s.stage, s.ms, 100.0 * s.share);
+            }
         }
     }
     let mut decode_rows = Vec::new();

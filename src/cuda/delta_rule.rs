@@ -26,10 +26,11 @@ pub use self::selftest::selftest;
 use super::{Gpu, KernelSource};
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{bail, ensure, Context, Result};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    CudaEvent, CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg,
 };
 use half::bf16;
 
@@ -291,6 +292,74 @@ fn pick_state_bv(
         .context("no state-pass kernel variant fits in shared memory")
 }
 
+/// Per-launch timing for `gdn bench kernels --breakdown`: when installed in a workspace
+/// ([`DeltaRuleWorkspace::set_probe`]), the chunked entry points record an event before their
+/// first launch and after every launch, on `gpu.stream`. Never use it while capturing a graph.
+pub struct StageProbe {
+    events: Vec<CudaEvent>,
+    names: std::cell::RefCell<Vec<&'static str>>,
+}
+
+impl StageProbe {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        let events = (0..16)
+            .map(|_| gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("creating the stage-probe events")?;
+        Ok(StageProbe {
+            events,
+            names: Default::default(),
+        })
+    }
+
+    fn start(&self, gpu: &Gpu) -> Result<()> {
+        self.names.borrow_mut().clear();
+        self.events[0].record(&gpu.stream)?;
+        Ok(())
+    }
+
+    fn mark(&self, gpu: &Gpu, name: &'static str) -> Result<()> {
+        let mut names = self.names.borrow_mut();
+        let i = names.len() + 1;
+        ensure!(i < self.events.len(), "stage probe: too many stages");
+        self.events[i].record(&gpu.stream)?;
+        names.push(name);
+        Ok(())
+    }
+
+    /// (stage, ms) of the last call, in launch order; waits for the last event.
+    pub fn read(&self) -> Result<Vec<(&'static str, f64)>> {
+        let names = self.names.borrow();
+        let n = names.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.events[n].synchronize()?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            out.push((
+                names[i],
+                self.events[i].elapsed_ms(&self.events[i + 1])? as f64,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn probe_start(gpu: &Gpu, ws: &DeltaRuleWorkspace) -> Result<()> {
+    match ws.probe.as_ref() {
+        Some(p) => p.start(gpu),
+        None => Ok(()),
+    }
+}
+
+fn probe_mark(gpu: &Gpu, ws: &DeltaRuleWorkspace, name: &'static str) -> Result<()> {
+    match ws.probe.as_ref() {
+        Some(p) => p.mark(gpu, name),
+        None => Ok(()),
+    }
+}
+
 /// Buffers of the backward pass.
 struct BwdBuffers {
     /// T per chunk and head, f32 [NC, H, 64, 64].
@@ -331,6 +400,7 @@ pub struct DeltaRuleWorkspace {
     /// Ṽ, bf16 [T, H, V].
     vnew: CudaSlice<bf16>,
     bwd: Option<BwdBuffers>,
+    probe: Option<StageProbe>,
 }
 
 /// Inputs of the chunked forward and backward.
@@ -473,11 +543,22 @@ impl DeltaRuleWorkspace {
             vnew: al(gpu, t * h * v, "vnew")?,
             bwd,
             kern,
+            probe: None,
         })
     }
 
     pub fn dims(&self) -> Dims {
         self.dims
+    }
+
+    /// Installs (or removes, with `None`) a per-launch timing probe; returns the old one.
+    pub fn set_probe(&mut self, p: Option<StageProbe>) -> Option<StageProbe> {
+        std::mem::replace(&mut self.probe, p)
+    }
+
+    /// The installed probe, if any.
+    pub fn probe(&self) -> Option<&StageProbe> {
+        self.probe.as_ref()
     }
 
     /// Builds and uploads the chunk table for `cu_seqlens` (validated against `tokens`), unless
@@ -526,6 +607,11 @@ impl DeltaRuleWorkspace {
         self.cu_cached = cu.to_vec();
         self.n_chunks = nc;
         Ok(())
+    }
+
+    /// The V-tile width the sequential state passes use for `n` sequences.
+    pub fn state_bv(&self, n: usize) -> Result<usize> {
+        Ok(STATE_BVS[self.state_bv_index(n)?])
     }
 
     fn state_bv_index(&self, n: usize) -> Result<usize> {
@@ -683,8 +769,11 @@ pub fn chunk_forward(
     }
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
+    probe_start(gpu, ws)?;
     run_prep(gpu, ws, inp, 0)?;
+    probe_mark(gpu, ws, "fwd: prep")?;
     run_state_fwd(gpu, ws, inp, n, ht, 0, 0)?;
+    probe_mark(gpu, ws, "fwd: state_fwd")?;
     let nc = ws.n_chunks;
     if nc == 0 {
         return Ok(());
@@ -710,7 +799,8 @@ pub fn chunk_forward(
             Arg::F(inp.scale),
             Arg::P(po),
         ],
-    )
+    )?;
+    probe_mark(gpu, ws, "fwd: fwd_o")
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -749,7 +839,9 @@ pub fn chunk_backward(
     let tmat = ptr_mut(gpu, &mut ws.bwd.as_mut().unwrap().tmat);
     // Order: prep (with T) → dṼ_loc → reverse state pass (dh f32, dṼ, dh0) → forward state
     // recompute (h, Ṽ, and ⟨h_c, dh_c⟩ partials) → dqk → wy.
+    probe_start(gpu, ws)?;
     run_prep(gpu, ws, inp, tmat)?;
+    probe_mark(gpu, ws, "bwd: prep (+T)")?;
     let nc = ws.n_chunks;
     let (hi, vi) = (h as i32, v as i32);
     let (pq, pk, pv, pb) = (
@@ -805,6 +897,7 @@ pub fn chunk_backward(
                 ],
             )?;
         }
+        probe_mark(gpu, ws, "bwd: dvloc")?;
         let ks = kern.state_bwd[bi].as_ref().unwrap();
         launch(
             gpu,
@@ -831,8 +924,10 @@ pub fn chunk_backward(
                 Arg::P(dh0),
             ],
         )?;
+        probe_mark(gpu, ws, "bwd: state_bwd")?;
     }
     run_state_fwd(gpu, ws, inp, n, 0, dh, sd_part)?;
+    probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     if nc == 0 {
         return Ok(());
     }
@@ -863,6 +958,7 @@ pub fn chunk_backward(
             Arg::P(dg),
         ],
     )?;
+    probe_mark(gpu, ws, "bwd: dqk")?;
     launch(
         gpu,
         &kern.wy.f,
@@ -886,7 +982,8 @@ pub fn chunk_backward(
             Arg::P(dg),
             Arg::P(dbeta),
         ],
-    )
+    )?;
+    probe_mark(gpu, ws, "bwd: wy")
 }
 
 /// Inputs of one decode step (one token per sequence), all raw: the kernel L2-normalises q and k
