@@ -197,6 +197,8 @@ struct PrepSm {
   bf16* ks;     // [64][K+8]  K rows, later diag(βγ) K
   bf16* vs;     // [64][72]   a 64-column slice of V, scaled by β
   float* A;     // [64][68]   KKᵀ, then M
+  float* Tf;    // [64][68]   T (f32; blocks above the diagonal never written)
+  float* X;     // [3][16][16] block-row partial products of the T solve
   bf16* tb;     // [64][72]   T
   float* stage; // [8][320]
   float* graw;  // [64]
@@ -207,6 +209,8 @@ struct PrepSm {
     ks = c.take<bf16>(CH * (K + 8));
     vs = c.take<bf16>(CH * LD64);
     A = c.take<float>(CH * LF64);
+    Tf = c.take<float>(CH * LF64);
+    X = c.take<float>(3 * 256);
     tb = c.take<bf16>(CH * LD64);
     stage = c.take<float>(8 * STG_SZ);
     graw = c.take<float>(CH);
@@ -259,31 +263,55 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   }
   __syncthreads();
 
-  // T = (I + M)^{-1}: thread c solves column c by forward substitution, in f32 registers.
+  // T = (I + M)^{-1} in f32, by 16x16 blocks (v2; v1's one-thread-per-column forward
+  // substitution was a 2016-long serial FMA chain in ~40 KB of straight-line code and made this
+  // kernel 10x slower than its memory traffic). Diagonal blocks: T_bb = (I + M_bb)^{-1} by
+  // forward substitution, 64 threads (block b, column c), 16-long chains. Off-diagonal, block
+  // row by block row: T_ij = −T_ii Σ_{k=j}^{i−1} M_ik T_kj (all 256 threads).
   if (tid < CH) {
-    const int c = tid;
-    float t[CH];
+    const int bb = tid >> 4, c = tid & 15;
+    const float* Ab = S.A + (16 * bb) * LF64 + 16 * bb;
+    float t[16];
 #pragma unroll
-    for (int i = 0; i < CH; ++i) {
-      float acc = (i == c) ? 1.f : 0.f;
-      const float* Ai = S.A + i * LF64;
+    for (int r = 0; r < 16; ++r) {
+      float acc = (r == c) ? 1.f : 0.f;
 #pragma unroll
-      for (int j4 = 0; j4 < i / 4; ++j4) {
-        const float4 m = *reinterpret_cast<const float4*>(Ai + 4 * j4);
-        acc -= m.x * t[4 * j4];
-        acc -= m.y * t[4 * j4 + 1];
-        acc -= m.z * t[4 * j4 + 2];
-        acc -= m.w * t[4 * j4 + 3];
-      }
-#pragma unroll
-      for (int j = (i / 4) * 4; j < i; ++j) acc -= Ai[j] * t[j];
-      t[i] = acc;
+      for (int j = 0; j < r; ++j) acc -= Ab[r * LF64 + j] * t[j];
+      t[r] = acc;
     }
-    float* tg = tmat ? tmat + ((long)cg * H + h) * (CH * CH) : nullptr;
 #pragma unroll
-    for (int i = 0; i < CH; ++i) {
-      S.tb[i * LD64 + c] = f2b(t[i]);
-      if (tg) tg[i * CH + c] = t[i];
+    for (int r = 0; r < 16; ++r) S.Tf[(16 * bb + r) * LF64 + 16 * bb + c] = t[r];
+  }
+  __syncthreads();
+  for (int bi = 1; bi < 4; ++bi) {
+    // X_j = Σ_{k=j}^{bi−1} M_{bi,k} T_{k,j} for j < bi.
+    for (int idx = tid; idx < bi * 256; idx += blockDim.x) {
+      const int bj = idx >> 8, r = (idx >> 4) & 15, cc = idx & 15;
+      const float* Mr = S.A + (16 * bi + r) * LF64;
+      float acc = 0.f;
+      for (int m = 16 * bj; m < 16 * bi; ++m) acc += Mr[m] * S.Tf[m * LF64 + 16 * bj + cc];
+      S.X[idx] = acc;
+    }
+    __syncthreads();
+    // T_{bi,j} = −T_{bi,bi} X_j.
+    for (int idx = tid; idx < bi * 256; idx += blockDim.x) {
+      const int bj = idx >> 8, r = (idx >> 4) & 15, cc = idx & 15;
+      const float* Tr = S.Tf + (16 * bi + r) * LF64 + 16 * bi;
+      const float* Xj = S.X + bj * 256;
+      float acc = 0.f;
+#pragma unroll
+      for (int m = 0; m < 16; ++m) acc += Tr[m] * Xj[m * 16 + cc];
+      S.Tf[(16 * bi + r) * LF64 + 16 * bj + cc] = -acc;
+    }
+    __syncthreads();
+  }
+  {
+    float* tg = tmat ? tmat + ((long)cg * H + h) * (CH * CH) : nullptr;
+    for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
+      const int i = idx >> 6, c = idx & 63;
+      const float x = (c >> 4) > (i >> 4) ? 0.f : S.Tf[i * LF64 + c];
+      S.tb[i * LD64 + c] = f2b(x);
+      if (tg) tg[idx] = x;
     }
   }
   // diag(βγ) K in place (rows past len are zero already).
@@ -580,33 +608,46 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   Carve cv(smem);
   OutSm<K> S;
   S.carve(cv, true);
-  const int cg = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * 64;
+  // v2: one block per (chunk, head) loops over the 64-column slices of V (v1 had one block per
+  // slice, each reloading q, k and recomputing QKᵀ).
+  const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  intra_attn<K>(S, q, k, gc, vnew + ((long)start * H + h) * V + v0, (long)H * V,
-                hstates + ((long)cg * H + h) * K * V + v0, V, start, len, h, H, scale, true);
+  const bf16* vn0 = vnew + ((long)start * H + h) * V;
+  const bf16* h0 = hstates + ((long)cg * H + h) * K * V;
+  intra_attn<K>(S, q, k, gc, vn0, (long)H * V, h0, V, start, len, h, H, scale, true);
   float* stage = S.stage + warp * STG_SZ;
-  for (int t = warp; t < 16; t += nw) {
-    const int ti = t >> 2, tj = t & 3;
-    FC acc;
-    wmma::fill_fragment(acc, 0.f);
+  for (int v0 = 0; v0 < V; v0 += 64) {
+    if (v0 > 0) {
+      __syncthreads();  // every warp is done with the previous slice of hs and x
+      load_bf16_async(S.x, LD64, vn0 + v0, (long)H * V, CH, 64, len);
+      load_bf16_async(S.hs, LD64, h0 + v0, V, K, 64, K);
+      cp_commit();
+      cp_wait<0>();
+      __syncthreads();
+    }
+    for (int t = warp; t < 16; t += nw) {
+      const int ti = t >> 2, tj = t & 3;
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
 #pragma unroll 4
-    for (int kk = 0; kk < K / 16; ++kk) {
-      FAr a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
-      wmma::load_matrix_sync(b, S.hs + kk * 16 * LD64 + tj * 16, LD64);
-      wmma::mma_sync(acc, a, b, acc);
+      for (int kk = 0; kk < K / 16; ++kk) {
+        FAr a;
+        FBr b;
+        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(b, S.hs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      for (int kk = 0; kk <= ti; ++kk) {
+        FAr a;
+        FBr b;
+        wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b, S.x + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      frag_to_bf16_global(acc, stage, o + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+                          (long)H * V, len - ti * 16);
     }
-    for (int kk = 0; kk <= ti; ++kk) {
-      FAr a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
-      wmma::load_matrix_sync(b, S.x + kk * 16 * LD64 + tj * 16, LD64);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    frag_to_bf16_global(acc, stage, o + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
-                        (long)H * V, len - ti * 16);
   }
 }
 
