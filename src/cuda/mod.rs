@@ -9,6 +9,8 @@ pub mod blas;
 pub mod buffer;
 mod compile;
 pub mod delta_rule;
+pub mod model;
+pub mod model_selftest;
 pub mod ops;
 pub mod ops_selftest;
 pub mod selftest;
@@ -123,6 +125,7 @@ pub fn all_sources() -> Vec<&'static KernelSource> {
     let mut v = vec![];
     v.extend(ops::sources());
     v.extend(delta_rule::sources());
+    v.extend(model::sources());
     v
 }
 

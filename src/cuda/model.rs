@@ -1,0 +1,1406 @@
+//! The whole Gated DeltaNet language model on the GPU: forward (caching what backward needs) and
+//! backward, mirroring `model::lm` / `model::mixer` op for op, built from `cuda::ops`,
+//! `cuda::blas` and `cuda::delta_rule`.
+//!
+//! Storage: fp32 master parameters and a bf16 working copy (one flat buffer each, the CPU
+//! layout), fp32 parameter gradients (accumulated, +=), bf16 activations, fp32 gates (g, β), norm
+//! statistics and delta-rule gradients. The residual gradient is carried in fp32 and rounded to
+//! bf16 where an op reads it. Every buffer is allocated once for up to `max_tokens` tokens in up
+//! to `max_seqs` sequences; a call uses the leading part. The only host transfers of a step are
+//! the token / target uploads, `cu_seqlens` (only when it changes) and the loss readback.
+
+use super::blas::Blas;
+use super::delta_rule::{
+    chunk_backward, chunk_forward, ChunkInputs, DeltaRuleWorkspace, GradBuffers,
+};
+use super::{ops, Gpu, KernelSource};
+use crate::model::lm::Model;
+use crate::ops::delta_rule::Dims;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use half::bf16;
+use std::ops::Range;
+
+/// The helper kernels of this module.
+pub static MODEL_EXTRA: KernelSource = KernelSource {
+    name: "model_extra",
+    code: concat!(
+        include_str!("kernels/common.cuh"),
+        include_str!("kernels/model_extra.cu")
+    ),
+};
+
+/// This module's `.cu` sources, for [`super::all_sources`].
+pub fn sources() -> Vec<&'static KernelSource> {
+    vec![&MODEL_EXTRA]
+}
+
+fn ew_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn launch_err(k: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
+    move |e| anyhow!("launching CUDA kernel `{k}` failed: {e:?}")
+}
+
+/// y = a + b (bf16).
+pub fn add_bf16(
+    gpu: &Gpu,
+    a: &impl DevicePtr<bf16>,
+    b: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
+    ensure!(
+        a.len() == b.len() && y.len() == a.len(),
+        "add_bf16: lengths differ (a {}, b {}, y {})",
+        a.len(),
+        b.len(),
+        y.len()
+    );
+    let n = a.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&MODEL_EXTRA, "mx_add_bf16")?;
+    let s = &*gpu.stream;
+    let (ap, _a) = a.device_ptr(s);
+    let (bp, _b) = b.device_ptr(s);
+    let (yp, _y) = y.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&ap).arg(&bp).arg(&yp).arg(&n);
+    // SAFETY: arguments match `mx_add_bf16(const bf16*, const bf16*, bf16*, i64)`; lengths checked.
+    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_add_bf16"))?;
+    Ok(())
+}
+
+/// acc += x (bf16 into fp32).
+pub fn acc_bf16_f32(
+    gpu: &Gpu,
+    x: &impl DevicePtr<bf16>,
+    acc: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    ensure!(
+        x.len() == acc.len(),
+        "acc_bf16_f32: `x` has {} elements, `acc` {}",
+        x.len(),
+        acc.len()
+    );
+    let n = x.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&MODEL_EXTRA, "mx_acc_bf16_f32")?;
+    let s = &*gpu.stream;
+    let (xp, _x) = x.device_ptr(s);
+    let (ap, _a) = acc.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xp).arg(&ap).arg(&n);
+    // SAFETY: arguments match `mx_acc_bf16_f32(const bf16*, float*, i64)`; lengths checked.
+    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_acc_bf16_f32"))?;
+    Ok(())
+}
+
+/// y[i, j] += bias[j] over rows of width bias.len().
+pub fn add_bias_bf16(
+    gpu: &Gpu,
+    y: &mut impl DevicePtrMut<bf16>,
+    bias: &impl DevicePtr<bf16>,
+) -> Result<()> {
+    let h = bias.len();
+    ensure!(
+        h > 0 && y.len() % h == 0,
+        "add_bias_bf16: `y` ({}) is not whole rows of the bias width {h}",
+        y.len()
+    );
+    let n = y.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    let h_ = h as i32;
+    let f = gpu.function(&MODEL_EXTRA, "mx_add_bias_bf16")?;
+    let s = &*gpu.stream;
+    let (yp, _y) = y.device_ptr_mut(s);
+    let (bp, _b) = bias.device_ptr(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&yp).arg(&bp).arg(&n).arg(&h_);
+    // SAFETY: arguments match `mx_add_bias_bf16(bf16*, const bf16*, i64, int)`; lengths checked.
+    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_add_bias_bf16"))?;
+    Ok(())
+}
+
+/// out[j] += Σ_i x[i, j] over rows of width out.len() (deterministic).
+pub fn colsum_acc(
+    gpu: &Gpu,
+    x: &impl DevicePtr<bf16>,
+    out: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    let cols = out.len();
+    ensure!(
+        cols > 0 && x.len() % cols == 0,
+        "colsum_acc: `x` ({}) is not whole rows of width {cols}",
+        x.len()
+    );
+    let rows = i32::try_from(x.len() / cols).context("colsum_acc: too many rows")?;
+    let cols_ = cols as i32;
+    let f = gpu.function(&MODEL_EXTRA, "mx_colsum_acc")?;
+    let s = &*gpu.stream;
+    let (xp, _x) = x.device_ptr(s);
+    let (op, _o) = out.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xp).arg(&op).arg(&rows).arg(&cols_);
+    let cfg = LaunchConfig {
+        grid_dim: (cols.div_ceil(128) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `mx_colsum_acc(const bf16*, float*, int, int)`; lengths checked.
+    unsafe { l.launch(cfg) }.map_err(launch_err("mx_colsum_acc"))?;
+    Ok(())
+}
+
+/// Fills a buffer with all-ones bytes: NaN as bf16 and as f32 (for poisoning in tests).
+pub fn poison<T>(gpu: &Gpu, buf: &mut CudaSlice<T>) -> Result<()> {
+    let bytes = buf.num_bytes();
+    let s = &*gpu.stream;
+    let (p, _g) = buf.device_ptr_mut(s);
+    // SAFETY: writes exactly the bytes of a live buffer, queued on its stream.
+    unsafe { cudarc::driver::result::memset_d8_async(p, 0xFF, bytes, s.cu_stream()) }
+        .map_err(|e| anyhow!("poisoning a buffer failed: {e:?}"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Where one block's parameters live in the flat buffer (looked up by name in the layout).
+#[derive(Clone, Debug)]
+struct LayerRanges {
+    attn_norm: Range<usize>,
+    q_proj: Range<usize>,
+    k_proj: Range<usize>,
+    v_proj: Range<usize>,
+    a_proj: Range<usize>,
+    b_proj: Range<usize>,
+    b_bias: Option<Range<usize>>,
+    a_log: Range<usize>,
+    dt_bias: Range<usize>,
+    q_conv: Range<usize>,
+    k_conv: Range<usize>,
+    v_conv: Range<usize>,
+    g_proj: Range<usize>,
+    o_norm: Range<usize>,
+    o_proj: Range<usize>,
+    mlp_norm: Range<usize>,
+    gate_proj: Range<usize>,
+    up_proj: Range<usize>,
+    down_proj: Range<usize>,
+}
+
+/// Sizes of the model.
+#[derive(Clone, Copy, Debug)]
+struct Sz {
+    d: usize,
+    inter: usize,
+    vocab: usize,
+    h: usize,
+    dk: usize,
+    dv: usize,
+    kd: usize,
+    vd: usize,
+    w: usize,
+    eps: f32,
+}
+
+/// What one block's forward keeps for its backward (bf16 unless noted), [max_tokens, ·].
+struct LayerActs {
+    rstd1: CudaSlice<f32>,
+    h1: CudaSlice<bf16>,
+    q_pre: CudaSlice<bf16>,
+    k_pre: CudaSlice<bf16>,
+    v_pre: CudaSlice<bf16>,
+    a: CudaSlice<bf16>,
+    b: CudaSlice<bf16>,
+    gate: CudaSlice<bf16>,
+    q_conv: CudaSlice<bf16>,
+    k_conv: CudaSlice<bf16>,
+    v_conv: CudaSlice<bf16>,
+    q: CudaSlice<bf16>,
+    k: CudaSlice<bf16>,
+    qr: CudaSlice<f32>,
+    kr: CudaSlice<f32>,
+    v: CudaSlice<bf16>,
+    g: CudaSlice<f32>,
+    beta: CudaSlice<f32>,
+    o: CudaSlice<bf16>,
+    o_rstd: CudaSlice<f32>,
+    normed: CudaSlice<bf16>,
+    x_mid: CudaSlice<bf16>,
+    rstd2: CudaSlice<f32>,
+    h2: CudaSlice<bf16>,
+    mg: CudaSlice<bf16>,
+    mu: CudaSlice<bf16>,
+    act: CudaSlice<bf16>,
+}
+
+/// Backward temporaries (shared by all layers).
+struct BwdTemps {
+    dres: CudaSlice<f32>,
+    dres_bf: CudaSlice<bf16>,
+    dtmp: CudaSlice<bf16>,
+    dacc: CudaSlice<f32>,
+    dacc_bf: CudaSlice<bf16>,
+    dact: CudaSlice<bf16>,
+    dmg: CudaSlice<bf16>,
+    dmu: CudaSlice<bf16>,
+    d_normed: CudaSlice<bf16>,
+    d_o: CudaSlice<bf16>,
+    d_gate: CudaSlice<bf16>,
+    rule: GradBuffers,
+    dq_bf: CudaSlice<bf16>,
+    dk_bf: CudaSlice<bf16>,
+    dv_bf: CudaSlice<bf16>,
+    dq_s: CudaSlice<bf16>,
+    dk_s: CudaSlice<bf16>,
+    dq_conv: CudaSlice<bf16>,
+    dk_conv: CudaSlice<bf16>,
+    dv_conv: CudaSlice<bf16>,
+    dq_pre: CudaSlice<bf16>,
+    dk_pre: CudaSlice<bf16>,
+    dv_pre: CudaSlice<bf16>,
+    da: CudaSlice<bf16>,
+    db: CudaSlice<bf16>,
+    scratch: CudaSlice<f32>,
+}
+
+/// The model on one GPU, with its parameters, gradients and every activation buffer.
+pub struct GpuModel {
+    sz: Sz,
+    max_tokens: usize,
+    max_seqs: usize,
+    embeddings: Range<usize>,
+    norm: Range<usize>,
+    head: Range<usize>,
+    layers: Vec<LayerRanges>,
+    /// fp32 master parameters (the CPU layout).
+    pub params: CudaSlice<f32>,
+    /// bf16 working copy of `params`.
+    pub params_bf16: CudaSlice<bf16>,
+    /// fp32 parameter gradients, accumulated by [`GpuModel::loss_and_backward`].
+    pub grads: CudaSlice<f32>,
+    blas: Blas,
+    ws: DeltaRuleWorkspace,
+    tokens: CudaSlice<u32>,
+    targets: CudaSlice<u32>,
+    cu_dev: CudaSlice<i32>,
+    cu_host: Vec<usize>,
+    /// Tokens of the last forward (0: none pending for a backward).
+    n: usize,
+    /// Residual stream: xs[0] the embeddings, xs[l + 1] the output of block l.
+    xs: Vec<CudaSlice<bf16>>,
+    acts: Vec<LayerActs>,
+    tmp_d: CudaSlice<bf16>,
+    tmp_silu: CudaSlice<bf16>,
+    rstd_f: CudaSlice<f32>,
+    normed_f: CudaSlice<bf16>,
+    /// [max_tokens, vocab] bf16; after the backward, the logits' gradient.
+    pub logits: CudaSlice<bf16>,
+    lse: CudaSlice<f32>,
+    losses: CudaSlice<f32>,
+    stats: CudaSlice<f64>,
+    bwd: BwdTemps,
+}
+
+fn alloc<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize, what: &str) -> Result<CudaSlice<T>> {
+    gpu.stream
+        .alloc_zeros::<T>(n.max(1))
+        .with_context(|| format!("GpuModel: allocating `{what}` ({n} elements)"))
+}
+
+fn lookup(model: &Model, name: &str) -> Result<Range<usize>> {
+    model
+        .layout
+        .get(name)
+        .map(|p| p.range())
+        .ok_or_else(|| anyhow!("GpuModel: the model has no parameter `{name}`"))
+}
+
+/// y [n, out] = x [n, in] · Wᵀ (W [out, in]).
+#[allow(clippy::too_many_arguments)]
+fn lin_fwd(
+    blas: &Blas,
+    x: &impl DevicePtr<bf16>,
+    w: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    n: usize,
+    inp: usize,
+    out: usize,
+) -> Result<()> {
+    blas.matmul::<bf16>(n, inp, out, x, false, w, true, y, 1.0, 0.0)
+}
+
+/// dx [n, in] (= or +=, by `beta`) dy [n, out] · W [out, in].
+#[allow(clippy::too_many_arguments)]
+fn lin_dx<O: super::blas::MatmulOut>(
+    blas: &Blas,
+    dy: &impl DevicePtr<bf16>,
+    w: &impl DevicePtr<bf16>,
+    dx: &mut impl DevicePtrMut<O>,
+    n: usize,
+    inp: usize,
+    out: usize,
+    beta: f32,
+) -> Result<()> {
+    blas.matmul::<O>(n, out, inp, dy, false, w, false, dx, 1.0, beta)
+}
+
+/// dW [out, in] += dyᵀ · x.
+fn lin_dw(
+    blas: &Blas,
+    dy: &impl DevicePtr<bf16>,
+    x: &impl DevicePtr<bf16>,
+    dw: &mut impl DevicePtrMut<f32>,
+    n: usize,
+    inp: usize,
+    out: usize,
+) -> Result<()> {
+    blas.matmul::<f32>(out, n, inp, dy, true, x, false, dw, 1.0, 1.0)
+}
+
+impl GpuModel {
+    /// Uploads `params` (host f32, the model's layout) and allocates everything for calls of up
+    /// to `max_tokens` tokens in up to `max_seqs` sequences.
+    pub fn new(
+        gpu: &Gpu,
+        model: &Model,
+        params: &[f32],
+        max_tokens: usize,
+        max_seqs: usize,
+    ) -> Result<Self> {
+        let c = &model.config;
+        c.validate()?;
+        ensure!(
+            params.len() == model.layout.total,
+            "GpuModel: parameter buffer has {} values, the model needs {}",
+            params.len(),
+            model.layout.total
+        );
+        ensure!(max_tokens > 0, "GpuModel: max_tokens must be > 0");
+        ensure!(max_seqs > 0, "GpuModel: max_seqs must be > 0");
+        ensure!(
+            max_tokens < (1 << 30),
+            "GpuModel: max_tokens {max_tokens} too large"
+        );
+        let md = model.mixer_dims();
+        let sz = Sz {
+            d: c.hidden_size,
+            inter: c.intermediate_size,
+            vocab: c.vocab_size,
+            h: md.heads,
+            dk: md.dk,
+            dv: md.dv,
+            kd: md.heads * md.dk,
+            vd: md.heads * md.dv,
+            w: md.width,
+            eps: md.eps as f32,
+        };
+        let rule = Dims {
+            heads: sz.h,
+            dk: sz.dk,
+            dv: sz.dv,
+        };
+        super::delta_rule::check_dims(rule)?;
+        ensure!(
+            (1..=ops::MAX_CONV_WIDTH).contains(&sz.w),
+            "GpuModel: conv width {} is outside 1..={}",
+            sz.w,
+            ops::MAX_CONV_WIDTH
+        );
+        ensure!(
+            sz.d <= ops::MAX_NORM_WIDTH && sz.dv <= ops::MAX_NORM_WIDTH,
+            "GpuModel: hidden size {} / value head dim {} exceed the norm kernels' limit {}",
+            sz.d,
+            sz.dv,
+            ops::MAX_NORM_WIDTH
+        );
+        ensure!(
+            sz.h <= 1024,
+            "GpuModel: {} heads exceed the gates kernel's limit of 1024",
+            sz.h
+        );
+        if let Some((i, v)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            bail!("GpuModel: parameter {i} is not finite ({v})");
+        }
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| -> Result<LayerRanges> {
+                let a = |s: &str| lookup(model, &format!("model.layers.{i}.attn.{s}"));
+                let m = |s: &str| lookup(model, &format!("model.layers.{i}.{s}"));
+                let r = LayerRanges {
+                    attn_norm: m("attn_norm.weight")?,
+                    q_proj: a("q_proj.weight")?,
+                    k_proj: a("k_proj.weight")?,
+                    v_proj: a("v_proj.weight")?,
+                    a_proj: a("a_proj.weight")?,
+                    b_proj: a("b_proj.weight")?,
+                    b_bias: if c.b_proj_bias {
+                        Some(a("b_proj.bias")?)
+                    } else {
+                        None
+                    },
+                    a_log: a("A_log")?,
+                    dt_bias: a("dt_bias")?,
+                    q_conv: a("q_conv1d.weight")?,
+                    k_conv: a("k_conv1d.weight")?,
+                    v_conv: a("v_conv1d.weight")?,
+                    g_proj: a("g_proj.weight")?,
+                    o_norm: a("o_norm.weight")?,
+                    o_proj: a("o_proj.weight")?,
+                    mlp_norm: m("mlp_norm.weight")?,
+                    gate_proj: m("mlp.gate_proj.weight")?,
+                    up_proj: m("mlp.up_proj.weight")?,
+                    down_proj: m("mlp.down_proj.weight")?,
+                };
+                ensure!(
+                    r.a_log.end <= r.dt_bias.start,
+                    "GpuModel: layer {i}: A_log must precede dt_bias in the layout"
+                );
+                Ok(r)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = lookup(model, "model.embeddings.weight")?;
+        let norm = lookup(model, "model.norm.weight")?;
+        let head = if c.tie_word_embeddings {
+            embeddings.clone()
+        } else {
+            lookup(model, "lm_head.weight")?
+        };
+
+        let master = super::buffer::upload_f32(gpu, params)?;
+        let mut params_bf16 = alloc::<bf16>(gpu, params.len(), "params_bf16")?;
+        ops::cast_f32_to_bf16(gpu, &master, &mut params_bf16.slice_mut(..params.len()))?;
+        let grads = alloc::<f32>(gpu, params.len(), "grads")?;
+
+        let t = max_tokens;
+        let Sz {
+            d,
+            inter,
+            vocab,
+            h,
+            kd,
+            vd,
+            w,
+            dv,
+            ..
+        } = sz;
+        let th = t * h;
+        let acts = (0..layers.len())
+            .map(|_| -> Result<LayerActs> {
+                Ok(LayerActs {
+                    rstd1: alloc(gpu, t, "rstd1")?,
+                    h1: alloc(gpu, t * d, "h1")?,
+                    q_pre: alloc(gpu, t * kd, "q_pre")?,
+                    k_pre: alloc(gpu, t * kd, "k_pre")?,
+                    v_pre: alloc(gpu, t * vd, "v_pre")?,
+                    a: alloc(gpu, th, "a")?,
+                    b: alloc(gpu, th, "b")?,
+                    gate: alloc(gpu, t * vd, "gate")?,
+                    q_conv: alloc(gpu, t * kd, "q_conv")?,
+                    k_conv: alloc(gpu, t * kd, "k_conv")?,
+                    v_conv: alloc(gpu, t * vd, "v_conv")?,
+                    q: alloc(gpu, t * kd, "q")?,
+                    k: alloc(gpu, t * kd, "k")?,
+                    qr: alloc(gpu, th, "qr")?,
+                    kr: alloc(gpu, th, "kr")?,
+                    v: alloc(gpu, t * vd, "v")?,
+                    g: alloc(gpu, th, "g")?,
+                    beta: alloc(gpu, th, "beta")?,
+                    o: alloc(gpu, t * vd, "o")?,
+                    o_rstd: alloc(gpu, th, "o_rstd")?,
+                    normed: alloc(gpu, t * vd, "normed")?,
+                    x_mid: alloc(gpu, t * d, "x_mid")?,
+                    rstd2: alloc(gpu, t, "rstd2")?,
+                    h2: alloc(gpu, t * d, "h2")?,
+                    mg: alloc(gpu, t * inter, "mlp gate")?,
+                    mu: alloc(gpu, t * inter, "mlp up")?,
+                    act: alloc(gpu, t * inter, "mlp act")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let xs = (0..=layers.len())
+            .map(|_| alloc(gpu, t * d, "residual"))
+            .collect::<Result<Vec<_>>>()?;
+        let scratch_len = [
+            ops::norm_bwd_scratch_len(d),
+            ops::norm_bwd_scratch_len(dv),
+            ops::gates_bwd_scratch_len(h),
+            ops::conv_bwd_scratch_len(kd.max(vd), w),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let bwd = BwdTemps {
+            dres: alloc(gpu, t * d, "dres")?,
+            dres_bf: alloc(gpu, t * d, "dres_bf")?,
+            dtmp: alloc(gpu, t * d, "dtmp")?,
+            dacc: alloc(gpu, t * d, "dacc")?,
+            dacc_bf: alloc(gpu, t * d, "dacc_bf")?,
+            dact: alloc(gpu, t * inter, "dact")?,
+            dmg: alloc(gpu, t * inter, "dmg")?,
+            dmu: alloc(gpu, t * inter, "dmu")?,
+            d_normed: alloc(gpu, t * vd, "d_normed")?,
+            d_o: alloc(gpu, t * vd, "d_o")?,
+            d_gate: alloc(gpu, t * vd, "d_gate")?,
+            rule: GradBuffers::new(gpu, rule, t, max_seqs)?,
+            dq_bf: alloc(gpu, t * kd, "dq_bf")?,
+            dk_bf: alloc(gpu, t * kd, "dk_bf")?,
+            dv_bf: alloc(gpu, t * vd, "dv_bf")?,
+            dq_s: alloc(gpu, t * kd, "dq_s")?,
+            dk_s: alloc(gpu, t * kd, "dk_s")?,
+            dq_conv: alloc(gpu, t * kd, "dq_conv")?,
+            dk_conv: alloc(gpu, t * kd, "dk_conv")?,
+            dv_conv: alloc(gpu, t * vd, "dv_conv")?,
+            dq_pre: alloc(gpu, t * kd, "dq_pre")?,
+            dk_pre: alloc(gpu, t * kd, "dk_pre")?,
+            dv_pre: alloc(gpu, t * vd, "dv_pre")?,
+            da: alloc(gpu, th, "da")?,
+            db: alloc(gpu, th, "db")?,
+            scratch: alloc(gpu, scratch_len, "scratch")?,
+        };
+        let ws = DeltaRuleWorkspace::new(gpu, rule, max_tokens, max_seqs, true)?;
+        let blas = Blas::new(gpu)?;
+        // Compile the helper kernels now rather than in the first step.
+        gpu.function(&MODEL_EXTRA, "mx_add_bf16")?;
+        ops::preload(gpu)?;
+        let m = GpuModel {
+            sz,
+            max_tokens,
+            max_seqs,
+            embeddings,
+            norm,
+            head,
+            layers,
+            params: master,
+            params_bf16,
+            grads,
+            blas,
+            ws,
+            tokens: alloc(gpu, t, "tokens")?,
+            targets: alloc(gpu, t, "targets")?,
+            cu_dev: alloc(gpu, max_seqs + 1, "cu_seqlens")?,
+            cu_host: Vec::new(),
+            n: 0,
+            xs,
+            acts,
+            tmp_d: alloc(gpu, t * d, "tmp_d")?,
+            tmp_silu: alloc(gpu, t * kd.max(vd), "tmp_silu")?,
+            rstd_f: alloc(gpu, t, "rstd_f")?,
+            normed_f: alloc(gpu, t * d, "normed_f")?,
+            logits: alloc(gpu, t * vocab, "logits")?,
+            lse: alloc(gpu, t, "lse")?,
+            losses: alloc(gpu, t, "losses")?,
+            stats: alloc(gpu, 2, "stats")?,
+            bwd,
+        };
+        gpu.sync()?;
+        Ok(m)
+    }
+
+    /// Tokens of the last forward.
+    pub fn tokens_in_flight(&self) -> usize {
+        self.n
+    }
+
+    /// The logits of the last forward, [tokens, vocab] bf16 (valid until the backward).
+    pub fn logits_view(&self) -> CudaView<'_, bf16> {
+        self.logits.slice(..self.n * self.sz.vocab)
+    }
+
+    /// Zeroes the gradient buffer.
+    pub fn zero_grads(&mut self, gpu: &Gpu) -> Result<()> {
+        gpu.stream
+            .memset_zeros(&mut self.grads)
+            .map_err(|e| anyhow!("zeroing the gradients failed: {e:?}"))
+    }
+
+    /// Re-derives the bf16 working copy from the fp32 master parameters (after an update made
+    /// outside `ops::adamw`, which writes both).
+    pub fn refresh_bf16(&mut self, gpu: &Gpu) -> Result<()> {
+        let n = self.params.len();
+        ops::cast_f32_to_bf16(gpu, &self.params, &mut self.params_bf16.slice_mut(..n))
+    }
+
+    /// Fills every activation and temporary buffer with NaN (tests: unwritten elements show).
+    pub fn poison_activations(&mut self, gpu: &Gpu) -> Result<()> {
+        for x in &mut self.xs {
+            poison(gpu, x)?;
+        }
+        for a in &mut self.acts {
+            for b in [
+                &mut a.h1,
+                &mut a.q_pre,
+                &mut a.k_pre,
+                &mut a.v_pre,
+                &mut a.a,
+                &mut a.b,
+                &mut a.gate,
+                &mut a.q_conv,
+                &mut a.k_conv,
+                &mut a.v_conv,
+                &mut a.q,
+                &mut a.k,
+                &mut a.v,
+                &mut a.o,
+                &mut a.normed,
+                &mut a.x_mid,
+                &mut a.h2,
+                &mut a.mg,
+                &mut a.mu,
+                &mut a.act,
+            ] {
+                poison(gpu, b)?;
+            }
+            for b in [
+                &mut a.rstd1,
+                &mut a.qr,
+                &mut a.kr,
+                &mut a.g,
+                &mut a.beta,
+                &mut a.o_rstd,
+                &mut a.rstd2,
+            ] {
+                poison(gpu, b)?;
+            }
+        }
+        poison(gpu, &mut self.tmp_d)?;
+        poison(gpu, &mut self.tmp_silu)?;
+        poison(gpu, &mut self.rstd_f)?;
+        poison(gpu, &mut self.normed_f)?;
+        poison(gpu, &mut self.logits)?;
+        poison(gpu, &mut self.lse)?;
+        poison(gpu, &mut self.losses)?;
+        let b = &mut self.bwd;
+        for x in [
+            &mut b.dres_bf,
+            &mut b.dtmp,
+            &mut b.dacc_bf,
+            &mut b.dact,
+            &mut b.dmg,
+            &mut b.dmu,
+            &mut b.d_normed,
+            &mut b.d_o,
+            &mut b.d_gate,
+            &mut b.dq_bf,
+            &mut b.dk_bf,
+            &mut b.dv_bf,
+            &mut b.dq_s,
+            &mut b.dk_s,
+            &mut b.dq_conv,
+            &mut b.dk_conv,
+            &mut b.dv_conv,
+            &mut b.dq_pre,
+            &mut b.dk_pre,
+            &mut b.dv_pre,
+            &mut b.da,
+            &mut b.db,
+        ] {
+            poison(gpu, x)?;
+        }
+        for x in [
+            &mut b.dres,
+            &mut b.dacc,
+            &mut b.rule.dq,
+            &mut b.rule.dk,
+            &mut b.rule.dv,
+            &mut b.rule.dg,
+            &mut b.rule.dbeta,
+            &mut b.rule.dh0,
+        ] {
+            poison(gpu, x)?;
+        }
+        Ok(())
+    }
+
+    /// Forward over `tokens` packed by `cu_seqlens`: computes the logits (bf16, see
+    /// [`GpuModel::logits_view`]) and keeps what [`GpuModel::loss_and_backward`] needs.
+    pub fn forward(&mut self, gpu: &Gpu, tokens: &[u32], cu_seqlens: &[usize]) -> Result<()> {
+        let n = tokens.len();
+        let sz = self.sz;
+        let Sz {
+            d,
+            inter,
+            vocab,
+            h,
+            dk,
+            kd,
+            vd,
+            w,
+            eps,
+            ..
+        } = sz;
+        ensure!(n > 0, "GpuModel::forward: no tokens");
+        ensure!(
+            n <= self.max_tokens,
+            "GpuModel::forward: {n} tokens exceed max_tokens {}",
+            self.max_tokens
+        );
+        super::delta_rule::check_cu_seqlens(cu_seqlens, n)?;
+        ensure!(
+            cu_seqlens.len() - 1 <= self.max_seqs,
+            "GpuModel::forward: {} sequences exceed max_seqs {}",
+            cu_seqlens.len() - 1,
+            self.max_seqs
+        );
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("GpuModel::forward: token id {t} is outside the vocabulary of {vocab}");
+        }
+        self.n = 0;
+        gpu.stream
+            .memcpy_htod(tokens, &mut self.tokens.slice_mut(..n))
+            .context("uploading the tokens")?;
+        if self.cu_host != cu_seqlens {
+            let cu32: Vec<i32> = cu_seqlens.iter().map(|&v| v as i32).collect();
+            gpu.stream
+                .memcpy_htod(&cu32, &mut self.cu_dev.slice_mut(..cu32.len()))
+                .context("uploading cu_seqlens")?;
+            // The host vector must outlive the asynchronous copy.
+            gpu.sync()?;
+            self.cu_host = cu_seqlens.to_vec();
+        }
+        let nseq1 = cu_seqlens.len();
+        let p16 = &self.params_bf16;
+        let p32 = &self.params;
+        let pv = |r: &Range<usize>| p16.slice(r.clone());
+        let blas = &self.blas;
+        let cu = self.cu_dev.slice(..nseq1);
+
+        ops::embedding_fwd(
+            gpu,
+            &pv(&self.embeddings),
+            &self.tokens.slice(..n),
+            &mut self.xs[0].slice_mut(..n * d),
+            d,
+        )?;
+        for (l, lr) in self.layers.iter().enumerate() {
+            let (before, after) = self.xs.split_at_mut(l + 1);
+            let x_in = before[l].slice(..n * d);
+            let mut x_out = after[0].slice_mut(..n * d);
+            let a = &mut self.acts[l];
+            ops::rmsnorm_fwd(
+                gpu,
+                &x_in,
+                &pv(&lr.attn_norm),
+                &mut a.h1.slice_mut(..n * d),
+                &mut a.rstd1.slice_mut(..n),
+                d,
+                eps,
+            )?;
+            // Mixer projections.
+            let h1 = a.h1.slice(..n * d);
+            lin_fwd(
+                blas,
+                &h1,
+                &pv(&lr.q_proj),
+                &mut a.q_pre.slice_mut(..n * kd),
+                n,
+                d,
+                kd,
+            )?;
+            lin_fwd(
+                blas,
+                &h1,
+                &pv(&lr.k_proj),
+                &mut a.k_pre.slice_mut(..n * kd),
+                n,
+                d,
+                kd,
+            )?;
+            lin_fwd(
+                blas,
+                &h1,
+                &pv(&lr.v_proj),
+                &mut a.v_pre.slice_mut(..n * vd),
+                n,
+                d,
+                vd,
+            )?;
+            lin_fwd(
+                blas,
+                &h1,
+                &pv(&lr.a_proj),
+                &mut a.a.slice_mut(..n * h),
+                n,
+                d,
+                h,
+            )?;
+            lin_fwd(
+                blas,
+                &h1,
+                &pv(&lr.b_proj),
+                &mut a.b.slice_mut(..n * h),
+                n,
+                d,
+                h,
+            )?;
+            if let Some(bias) = &lr.b_bias {
+                add_bias_bf16(gpu, &mut a.b.slice_mut(..n * h), &pv(bias))?;
+            }
+            lin_fwd(
+                blas,
+                &h1,
+                &pv(&lr.g_proj),
+                &mut a.gate.slice_mut(..n * vd),
+                n,
+                d,
+                vd,
+            )?;
+            // Convs, SiLU, L2 norm.
+            for (pre, wr, conv, ch) in [
+                (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
+                (&a.k_pre, &lr.k_conv, &mut a.k_conv, kd),
+                (&a.v_pre, &lr.v_conv, &mut a.v_conv, vd),
+            ] {
+                ops::conv_fwd(
+                    gpu,
+                    &pre.slice(..n * ch),
+                    &pv(wr),
+                    &mut conv.slice_mut(..n * ch),
+                    &cu,
+                    ch,
+                    w,
+                )?;
+            }
+            for (conv, y, r) in [
+                (&a.q_conv, &mut a.q, &mut a.qr),
+                (&a.k_conv, &mut a.k, &mut a.kr),
+            ] {
+                let mut s = self.tmp_silu.slice_mut(..n * kd);
+                ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
+                ops::l2norm_fwd(
+                    gpu,
+                    &s,
+                    &mut y.slice_mut(..n * kd),
+                    &mut r.slice_mut(..n * h),
+                    dk,
+                )?;
+            }
+            ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
+            ops::gates_fwd(
+                gpu,
+                &a.a.slice(..n * h),
+                &a.b.slice(..n * h),
+                &p32.slice(lr.a_log.clone()),
+                &p32.slice(lr.dt_bias.clone()),
+                &mut a.g.slice_mut(..n * h),
+                &mut a.beta.slice_mut(..n * h),
+            )?;
+            let inp = ChunkInputs {
+                q: a.q.slice(..n * kd),
+                k: a.k.slice(..n * kd),
+                v: a.v.slice(..n * vd),
+                g: a.g.slice(..n * h),
+                beta: a.beta.slice(..n * h),
+                scale: 1.0 / (dk as f32).sqrt(),
+                initial_state: None,
+                cu_seqlens,
+            };
+            chunk_forward(gpu, &mut self.ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
+            drop(inp);
+            ops::gated_rmsnorm_fwd(
+                gpu,
+                &a.o.slice(..n * vd),
+                &a.gate.slice(..n * vd),
+                &pv(&lr.o_norm),
+                &mut a.normed.slice_mut(..n * vd),
+                &mut a.o_rstd.slice_mut(..n * h),
+                eps,
+            )?;
+            let mut mix = self.tmp_d.slice_mut(..n * d);
+            lin_fwd(
+                blas,
+                &a.normed.slice(..n * vd),
+                &pv(&lr.o_proj),
+                &mut mix,
+                n,
+                vd,
+                d,
+            )?;
+            add_bf16(gpu, &x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
+            // MLP.
+            ops::rmsnorm_fwd(
+                gpu,
+                &a.x_mid.slice(..n * d),
+                &pv(&lr.mlp_norm),
+                &mut a.h2.slice_mut(..n * d),
+                &mut a.rstd2.slice_mut(..n),
+                d,
+                eps,
+            )?;
+            let h2 = a.h2.slice(..n * d);
+            let ni = n * inter;
+            lin_fwd(
+                blas,
+                &h2,
+                &pv(&lr.gate_proj),
+                &mut a.mg.slice_mut(..ni),
+                n,
+                d,
+                inter,
+            )?;
+            lin_fwd(
+                blas,
+                &h2,
+                &pv(&lr.up_proj),
+                &mut a.mu.slice_mut(..ni),
+                n,
+                d,
+                inter,
+            )?;
+            ops::swiglu_fwd(
+                gpu,
+                &a.mg.slice(..ni),
+                &a.mu.slice(..ni),
+                &mut a.act.slice_mut(..ni),
+            )?;
+            lin_fwd(
+                blas,
+                &a.act.slice(..ni),
+                &pv(&lr.down_proj),
+                &mut mix,
+                n,
+                inter,
+                d,
+            )?;
+            add_bf16(gpu, &a.x_mid.slice(..n * d), &mix, &mut x_out)?;
+        }
+        let x_final = self.xs[self.layers.len()].slice(..n * d);
+        ops::rmsnorm_fwd(
+            gpu,
+            &x_final,
+            &pv(&self.norm),
+            &mut self.normed_f.slice_mut(..n * d),
+            &mut self.rstd_f.slice_mut(..n),
+            d,
+            eps,
+        )?;
+        lin_fwd(
+            blas,
+            &self.normed_f.slice(..n * d),
+            &pv(&self.head),
+            &mut self.logits.slice_mut(..n * vocab),
+            n,
+            d,
+            vocab,
+        )?;
+        self.n = n;
+        Ok(())
+    }
+
+    /// Mean cross-entropy of the last forward against `targets` (IGNORE skipped), and its
+    /// backward through the whole model, accumulating (+=) into [`GpuModel::grads`]. Returns the
+    /// loss (the one readback of the step). The logits buffer is overwritten by its gradient.
+    pub fn loss_and_backward(&mut self, gpu: &Gpu, targets: &[u32]) -> Result<f64> {
+        self.loss_and_backward_scaled(gpu, targets, 1.0)
+    }
+
+    /// As [`GpuModel::loss_and_backward`], for `scale`·(mean loss) (e.g. 1/accumulation steps).
+    pub fn loss_and_backward_scaled(
+        &mut self,
+        gpu: &Gpu,
+        targets: &[u32],
+        scale: f32,
+    ) -> Result<f64> {
+        let n = self.n;
+        ensure!(
+            n > 0,
+            "GpuModel::loss_and_backward: no forward pending (run forward first; each forward \
+             allows one backward)"
+        );
+        ensure!(
+            targets.len() == n,
+            "GpuModel::loss_and_backward: {} targets for {n} tokens",
+            targets.len()
+        );
+        let sz = self.sz;
+        let Sz {
+            d,
+            inter,
+            vocab,
+            h,
+            dk,
+            kd,
+            vd,
+            w,
+            ..
+        } = sz;
+        if let Some(&t) = targets
+            .iter()
+            .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
+        {
+            bail!("GpuModel::loss_and_backward: target {t} is outside the vocabulary of {vocab}");
+        }
+        self.n = 0;
+        gpu.stream
+            .memcpy_htod(targets, &mut self.targets.slice_mut(..n))
+            .context("uploading the targets")?;
+        let tg = self.targets.slice(..n);
+        ops::cross_entropy_fwd(
+            gpu,
+            &self.logits.slice(..n * vocab),
+            &tg,
+            &mut self.lse.slice_mut(..n),
+            &mut self.losses.slice_mut(..n),
+            &mut self.stats,
+            vocab,
+        )?;
+        ops::cross_entropy_bwd_inplace(
+            gpu,
+            &mut self.logits.slice_mut(..n * vocab),
+            &tg,
+            &self.lse.slice(..n),
+            &self.stats,
+            vocab,
+            scale,
+        )?;
+        let p16 = &self.params_bf16;
+        let p32 = &self.params;
+        let pv = |r: &Range<usize>| p16.slice(r.clone());
+        let grads = &mut self.grads;
+        let blas = &self.blas;
+        let b = &mut self.bwd;
+        let nd = n * d;
+        let cu = self.cu_dev.slice(..self.cu_host.len());
+        let cu_seqlens = &self.cu_host[..];
+        let nseq = cu_seqlens.len() - 1;
+
+        // LM head and final norm.
+        let dl = self.logits.slice(..n * vocab);
+        lin_dx::<bf16>(
+            blas,
+            &dl,
+            &pv(&self.head),
+            &mut b.dtmp.slice_mut(..nd),
+            n,
+            d,
+            vocab,
+            0.0,
+        )?;
+        lin_dw(
+            blas,
+            &dl,
+            &self.normed_f.slice(..nd),
+            &mut grads.slice_mut(self.head.clone()),
+            n,
+            d,
+            vocab,
+        )?;
+        ops::rmsnorm_bwd(
+            gpu,
+            &self.xs[self.layers.len()].slice(..nd),
+            &pv(&self.norm),
+            &self.rstd_f.slice(..n),
+            &b.dtmp.slice(..nd),
+            &mut b.dacc_bf.slice_mut(..nd),
+            &mut grads.slice_mut(self.norm.clone()),
+            &mut b.scratch,
+            d,
+        )?;
+        ops::cast_bf16_to_f32(gpu, &b.dacc_bf.slice(..nd), &mut b.dres.slice_mut(..nd))?;
+        ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
+
+        for (l, lr) in self.layers.iter().enumerate().rev() {
+            let a = &self.acts[l];
+            let ni = n * inter;
+            // MLP: x_out = x_mid + down(silu(gate) ⊙ up).
+            let dy = b.dres_bf.slice(..nd);
+            lin_dx::<bf16>(
+                blas,
+                &dy,
+                &pv(&lr.down_proj),
+                &mut b.dact.slice_mut(..ni),
+                n,
+                inter,
+                d,
+                0.0,
+            )?;
+            lin_dw(
+                blas,
+                &dy,
+                &a.act.slice(..ni),
+                &mut grads.slice_mut(lr.down_proj.clone()),
+                n,
+                inter,
+                d,
+            )?;
+            drop(dy);
+            ops::swiglu_bwd(
+                gpu,
+                &a.mg.slice(..ni),
+                &a.mu.slice(..ni),
+                &b.dact.slice(..ni),
+                &mut b.dmg.slice_mut(..ni),
+                &mut b.dmu.slice_mut(..ni),
+            )?;
+            let h2 = a.h2.slice(..nd);
+            let (dmg, dmu) = (b.dmg.slice(..ni), b.dmu.slice(..ni));
+            lin_dx::<f32>(
+                blas,
+                &dmg,
+                &pv(&lr.gate_proj),
+                &mut b.dacc.slice_mut(..nd),
+                n,
+                d,
+                inter,
+                0.0,
+            )?;
+            lin_dx::<f32>(
+                blas,
+                &dmu,
+                &pv(&lr.up_proj),
+                &mut b.dacc.slice_mut(..nd),
+                n,
+                d,
+                inter,
+                1.0,
+            )?;
+            lin_dw(
+                blas,
+                &dmg,
+                &h2,
+                &mut grads.slice_mut(lr.gate_proj.clone()),
+                n,
+                d,
+                inter,
+            )?;
+            lin_dw(
+                blas,
+                &dmu,
+                &h2,
+                &mut grads.slice_mut(lr.up_proj.clone()),
+                n,
+                d,
+                inter,
+            )?;
+            ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
+            ops::rmsnorm_bwd(
+                gpu,
+                &a.x_mid.slice(..nd),
+                &pv(&lr.mlp_norm),
+                &a.rstd2.slice(..n),
+                &b.dacc_bf.slice(..nd),
+                &mut b.dtmp.slice_mut(..nd),
+                &mut grads.slice_mut(lr.mlp_norm.clone()),
+                &mut b.scratch,
+                d,
+            )?;
+            acc_bf16_f32(gpu, &b.dtmp.slice(..nd), &mut b.dres.slice_mut(..nd))?;
+            ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
+
+            // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))).
+            let dy = b.dres_bf.slice(..nd);
+            let nv = n * vd;
+            lin_dx::<bf16>(
+                blas,
+                &dy,
+                &pv(&lr.o_proj),
+                &mut b.d_normed.slice_mut(..nv),
+                n,
+                vd,
+                d,
+                0.0,
+            )?;
+            lin_dw(
+                blas,
+                &dy,
+                &a.normed.slice(..nv),
+                &mut grads.slice_mut(lr.o_proj.clone()),
+                n,
+                vd,
+                d,
+            )?;
+            drop(dy);
+            ops::gated_rmsnorm_bwd(
+                gpu,
+                &a.o.slice(..nv),
+                &a.gate.slice(..nv),
+                &pv(&lr.o_norm),
+                &a.o_rstd.slice(..n * h),
+                &b.d_normed.slice(..nv),
+                &mut b.d_o.slice_mut(..nv),
+                &mut b.d_gate.slice_mut(..nv),
+                &mut grads.slice_mut(lr.o_norm.clone()),
+                &mut b.scratch,
+            )?;
+            let inp = ChunkInputs {
+                q: a.q.slice(..n * kd),
+                k: a.k.slice(..n * kd),
+                v: a.v.slice(..nv),
+                g: a.g.slice(..n * h),
+                beta: a.beta.slice(..n * h),
+                scale: 1.0 / (dk as f32).sqrt(),
+                initial_state: None,
+                cu_seqlens,
+            };
+            let rule = Dims {
+                heads: h,
+                dk,
+                dv: sz.dv,
+            };
+            {
+                let mut rg = b.rule.views(rule, n, nseq);
+                chunk_backward(gpu, &mut self.ws, &inp, &b.d_o.slice(..nv), None, &mut rg)?;
+            }
+            drop(inp);
+            {
+                let (mut lo, mut hi) = grads.split_at_mut(lr.dt_bias.start);
+                let mut d_a_log = lo.slice_mut(lr.a_log.clone());
+                let mut d_dt = hi.slice_mut(..lr.dt_bias.len());
+                ops::gates_bwd(
+                    gpu,
+                    &a.a.slice(..n * h),
+                    &a.beta.slice(..n * h),
+                    &a.g.slice(..n * h),
+                    &p32.slice(lr.a_log.clone()),
+                    &p32.slice(lr.dt_bias.clone()),
+                    &b.rule.dg.slice(..n * h),
+                    &b.rule.dbeta.slice(..n * h),
+                    &mut b.da.slice_mut(..n * h),
+                    &mut b.db.slice_mut(..n * h),
+                    &mut d_a_log,
+                    &mut d_dt,
+                    &mut b.scratch,
+                )?;
+            }
+            if let Some(bias) = &lr.b_bias {
+                colsum_acc(
+                    gpu,
+                    &b.db.slice(..n * h),
+                    &mut grads.slice_mut(bias.clone()),
+                )?;
+            }
+            // dq, dk through L2 norm and SiLU; dv through SiLU.
+            ops::cast_f32_to_bf16(
+                gpu,
+                &b.rule.dq.slice(..n * kd),
+                &mut b.dq_bf.slice_mut(..n * kd),
+            )?;
+            ops::cast_f32_to_bf16(
+                gpu,
+                &b.rule.dk.slice(..n * kd),
+                &mut b.dk_bf.slice_mut(..n * kd),
+            )?;
+            ops::cast_f32_to_bf16(gpu, &b.rule.dv.slice(..nv), &mut b.dv_bf.slice_mut(..nv))?;
+            for (y, r, dyb, ds, conv, dconv) in [
+                (
+                    &a.q,
+                    &a.qr,
+                    &b.dq_bf,
+                    &mut b.dq_s,
+                    &a.q_conv,
+                    &mut b.dq_conv,
+                ),
+                (
+                    &a.k,
+                    &a.kr,
+                    &b.dk_bf,
+                    &mut b.dk_s,
+                    &a.k_conv,
+                    &mut b.dk_conv,
+                ),
+            ] {
+                ops::l2norm_bwd(
+                    gpu,
+                    &y.slice(..n * kd),
+                    &r.slice(..n * h),
+                    &dyb.slice(..n * kd),
+                    &mut ds.slice_mut(..n * kd),
+                    dk,
+                )?;
+                ops::silu_bwd(
+                    gpu,
+                    &conv.slice(..n * kd),
+                    &ds.slice(..n * kd),
+                    &mut dconv.slice_mut(..n * kd),
+                )?;
+            }
+            ops::silu_bwd(
+                gpu,
+                &a.v_conv.slice(..nv),
+                &b.dv_bf.slice(..nv),
+                &mut b.dv_conv.slice_mut(..nv),
+            )?;
+            for (pre, wr, dconv, dpre, ch) in [
+                (&a.q_pre, &lr.q_conv, &b.dq_conv, &mut b.dq_pre, kd),
+                (&a.k_pre, &lr.k_conv, &b.dk_conv, &mut b.dk_pre, kd),
+                (&a.v_pre, &lr.v_conv, &b.dv_conv, &mut b.dv_pre, vd),
+            ] {
+                ops::conv_bwd(
+                    gpu,
+                    &pre.slice(..n * ch),
+                    &pv(wr),
+                    &dconv.slice(..n * ch),
+                    &mut dpre.slice_mut(..n * ch),
+                    &mut grads.slice_mut(wr.clone()),
+                    &mut b.scratch,
+                    &cu,
+                    ch,
+                    w,
+                )?;
+            }
+            // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1.
+            let h1 = a.h1.slice(..nd);
+            let mut first = true;
+            for (wr, dp, out) in [
+                (&lr.q_proj, &b.dq_pre, kd),
+                (&lr.k_proj, &b.dk_pre, kd),
+                (&lr.v_proj, &b.dv_pre, vd),
+                (&lr.a_proj, &b.da, h),
+                (&lr.b_proj, &b.db, h),
+                (&lr.g_proj, &b.d_gate, vd),
+            ] {
+                let dpv = dp.slice(..n * out);
+                let beta = if first { 0.0 } else { 1.0 };
+                first = false;
+                lin_dx::<f32>(
+                    blas,
+                    &dpv,
+                    &pv(wr),
+                    &mut b.dacc.slice_mut(..nd),
+                    n,
+                    d,
+                    out,
+                    beta,
+                )?;
+                lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
+            }
+            drop(h1);
+            ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
+            ops::rmsnorm_bwd(
+                gpu,
+                &self.xs[l].slice(..nd),
+                &pv(&lr.attn_norm),
+                &a.rstd1.slice(..n),
+                &b.dacc_bf.slice(..nd),
+                &mut b.dtmp.slice_mut(..nd),
+                &mut grads.slice_mut(lr.attn_norm.clone()),
+                &mut b.scratch,
+                d,
+            )?;
+            acc_bf16_f32(gpu, &b.dtmp.slice(..nd), &mut b.dres.slice_mut(..nd))?;
+            ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
+        }
+        ops::embedding_bwd(
+            gpu,
+            &self.tokens.slice(..n),
+            &b.dres_bf.slice(..nd),
+            &mut grads.slice_mut(self.embeddings.clone()),
+            d,
+        )?;
+        let stats = super::buffer::download(gpu, &self.stats)?;
+        Ok(stats[0])
+    }
+}

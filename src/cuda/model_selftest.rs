@@ -1,0 +1,222 @@
+//! The whole GPU language model (`cuda::model::GpuModel`) against the CPU model (`model::lm`,
+//! run in f64 on the same bf16-rounded parameters): logits, loss, the gradient of every parameter
+//! tensor, and the gradients of a second step accumulated onto the first (buffer reuse). Two
+//! configurations: untied head without b_proj bias, tied head with b_proj bias. Activation
+//! buffers are poisoned with NaN before the first forward, so unwritten elements fail.
+
+use super::buffer::{download_bf16, download_f32, round_bf16};
+use super::model::GpuModel;
+use super::selftest::Row;
+use super::Gpu;
+use crate::data::IGNORE;
+use crate::model::config::ModelConfig;
+use crate::model::lm::Model;
+use crate::model::params::Kind;
+use crate::tensor::{max_rel_err, Rng};
+use anyhow::Result;
+
+/// bf16 activations through the whole model.
+const TOL_BF16: f64 = 3e-2;
+/// The loss (relative).
+const TOL_LOSS: f64 = 1e-2;
+
+/// All rows, with a fresh seed.
+pub fn run(gpu: &Gpu) -> Result<Vec<Row>> {
+    run_with(gpu, super::ops_selftest::clock_seed())
+}
+
+/// All rows from `seed`.
+pub fn run_with(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    let mut rng = Rng::new(seed);
+    for (tie, bias) in [(false, false), (true, true)] {
+        rows.extend(check(gpu, &mut rng, tie, bias)?);
+    }
+    Ok(rows)
+}
+
+/// The small test configuration: vocab 64, hidden 64, 2 layers, 2 heads of K = V = 64,
+/// intermediate 128, conv width 4.
+pub fn test_config(tie: bool, b_bias: bool) -> Result<ModelConfig> {
+    let mut c = ModelConfig::preset("tiny")?;
+    c.vocab_size = 64;
+    c.hidden_size = 64;
+    c.num_hidden_layers = 2;
+    c.num_heads = 2;
+    c.head_dim = 64;
+    c.expand_v = 1.0;
+    c.intermediate_size = 128;
+    c.conv_size = 4;
+    c.tie_word_embeddings = tie;
+    c.b_proj_bias = b_bias;
+    c.validate()?;
+    Ok(c)
+}
+
+/// Parameters with visible structure everywhere: init, then perturbed so that norm weights are
+/// not 1, biases not 0, and the linear weights are O(1/√fan_in); rounded to bf16.
+fn test_params(model: &Model, rng: &mut Rng) -> Vec<f32> {
+    let mut p: Vec<f64> = model.init_params(rng);
+    for info in &model.layout.params {
+        let fan_in = *info.shape.last().unwrap_or(&1) as f64;
+        let s = match info.kind {
+            Kind::Embedding => 1.0,
+            Kind::Linear | Kind::LinearOut => 1.0 / fan_in.sqrt(),
+            Kind::Conv => 0.3,
+            Kind::Norm | Kind::Bias | Kind::ALog | Kind::DtBias => 0.3,
+        };
+        for v in &mut p[info.range()] {
+            *v += s * rng.normal();
+        }
+    }
+    let p32: Vec<f32> = p.iter().map(|&v| v as f32).collect();
+    round_bf16(&p32)
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    if !a.is_finite() {
+        return f64::INFINITY;
+    }
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> {
+    let cfg = test_config(tie, b_bias)?;
+    let model = Model::new(cfg.clone())?;
+    let params = test_params(&model, rng);
+    let cu = vec![0usize, 70, 100];
+    let n = *cu.last().unwrap();
+    let vocab = cfg.vocab_size;
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    let targets: Vec<u32> = (0..n)
+        .map(|i| {
+            if i % 7 == 3 {
+                IGNORE
+            } else {
+                rng.below(vocab) as u32
+            }
+        })
+        .collect();
+    let tag = format!(
+        "{} {}",
+        if tie { "tied" } else { "untied" },
+        if b_bias { "b_bias" } else { "no_bias" }
+    );
+    let shape = format!("T={n} N=2 d=64 L=2 H=2 K=V=64 {tag}");
+
+    // CPU reference, f64 on the bf16-rounded parameters.
+    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let acts = model.forward(&p64, &tokens, &cu)?;
+    let ref_logits = acts.logits.clone();
+    let (ref_loss, count) = model.loss(&acts, &targets);
+    let mut ref_grads = vec![0.0f64; p64.len()];
+    model.backward(&p64, acts, &targets, count, 1.0, &mut ref_grads);
+
+    // GPU.
+    let mut gm = GpuModel::new(gpu, &model, &params, 128, 4)?;
+    gm.poison_activations(gpu)?;
+    gm.zero_grads(gpu)?;
+    gm.forward(gpu, &tokens, &cu)?;
+    let logits: Vec<f64> = download_bf16(gpu, &gm.logits_view())?
+        .into_iter()
+        .map(|v| v as f64)
+        .collect();
+    let loss = gm.loss_and_backward(gpu, &targets)?;
+    let grads: Vec<f64> = download_f32(gpu, &gm.grads)?
+        .into_iter()
+        .map(|v| v as f64)
+        .collect();
+
+    let mut rows = vec![
+        Row {
+            op: "model logits".into(),
+            shape: shape.clone(),
+            max_rel_err: max_rel_err(&logits, &ref_logits),
+            tolerance: TOL_BF16,
+        },
+        Row {
+            op: "model loss".into(),
+            shape: shape.clone(),
+            max_rel_err: rel(loss, ref_loss),
+            tolerance: TOL_LOSS,
+        },
+    ];
+    for info in &model.layout.params {
+        rows.push(Row {
+            op: format!("model grad {}", info.name),
+            shape: tag.clone(),
+            max_rel_err: max_rel_err(&grads[info.range()], &ref_grads[info.range()]),
+            tolerance: TOL_BF16,
+        });
+    }
+    rows.push(Row {
+        op: "model grads (all)".into(),
+        shape: shape.clone(),
+        max_rel_err: max_rel_err(&grads, &ref_grads),
+        tolerance: TOL_BF16,
+    });
+
+    // A second step on the same batch: the gradients accumulate to twice the reference, the loss
+    // repeats.
+    gm.forward(gpu, &tokens, &cu)?;
+    let loss2 = gm.loss_and_backward(gpu, &targets)?;
+    let grads2: Vec<f64> = download_f32(gpu, &gm.grads)?
+        .into_iter()
+        .map(|v| v as f64)
+        .collect();
+    let twice: Vec<f64> = ref_grads.iter().map(|&g| 2.0 * g).collect();
+    rows.push(Row {
+        op: "model grads, 2 steps accumulated".into(),
+        shape: shape.clone(),
+        max_rel_err: max_rel_err(&grads2, &twice).max(rel(loss2, ref_loss)),
+        tolerance: TOL_BF16,
+    });
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_is_valid_and_fits_the_kernels() {
+        for (tie, bias) in [(false, false), (true, true)] {
+            let c = test_config(tie, bias).unwrap();
+            let m = Model::new(c.clone()).unwrap();
+            let d = m.mixer_dims();
+            crate::cuda::delta_rule::check_dims(crate::ops::delta_rule::Dims {
+                heads: d.heads,
+                dk: d.dk,
+                dv: d.dv,
+            })
+            .unwrap();
+            let p = test_params(&m, &mut Rng::new(3));
+            assert_eq!(p.len(), m.layout.total);
+            assert!(p.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    /// The CPU reference of the self-test runs and gives finite, non-trivial gradients.
+    #[test]
+    fn cpu_reference_gives_nonzero_gradients_everywhere() {
+        let c = test_config(true, true).unwrap();
+        let m = Model::new(c).unwrap();
+        let mut rng = Rng::new(5);
+        let p: Vec<f64> = test_params(&m, &mut rng)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let tokens: Vec<u32> = (0..100).map(|_| rng.below(64) as u32).collect();
+        let targets: Vec<u32> = (0..100).map(|_| rng.below(64) as u32).collect();
+        let cu = [0usize, 70, 100];
+        let acts = m.forward(&p, &tokens, &cu).unwrap();
+        let (loss, count) = m.loss(&acts, &targets);
+        assert!(loss.is_finite() && count == 100);
+        let mut g = vec![0.0; p.len()];
+        m.backward(&p, acts, &targets, count, 1.0, &mut g);
+        for info in &m.layout.params {
+            let mx = g[info.range()].iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+            assert!(mx > 0.0 && mx.is_finite(), "{}: {mx}", info.name);
+        }
+    }
+}
