@@ -67,11 +67,12 @@ pub fn codec_for(
             config.vocab_size
         ),
     };
+    // Models pad the vocabulary up to a multiple of 64 (NVlabs, FLA): anything else means the
+    // tokenizer is not the one the model was trained with.
+    let (ids, vocab) = (codec.vocab_size(), config.vocab_size);
     ensure!(
-        codec.vocab_size() <= config.vocab_size,
-        "the tokenizer has {} ids, more than vocab_size {} in {}",
-        codec.vocab_size(),
-        config.vocab_size,
+        ids <= vocab && vocab <= ids.div_ceil(64) * 64,
+        "the tokenizer has {ids} ids but vocab_size is {vocab} in {} (expected {ids}, or {ids} padded to a multiple of 64): it is not this model's tokenizer",
         config_file.display()
     );
     Ok(codec)

@@ -63,6 +63,9 @@ pub fn run(a: SelftestArgs) -> Result<()> {
         {
             rows.extend(cuda::delta_rule::selftest::selftest_seeded(&gpu, seed)?);
         }
+        if a.filter.as_deref().is_none_or(|f| "model".contains(f) || f.contains("model")) {
+            rows.extend(cuda::model_selftest::run_with(&gpu, seed)?);
+        }
         (device, rows)
     } else {
         println!("device: cpu");
