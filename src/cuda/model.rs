@@ -909,7 +909,6 @@ impl GpuModel {
                 cu_seqlens,
             };
             chunk_forward(gpu, &mut self.ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
-            drop(inp);
             ops::gated_rmsnorm_fwd(
                 gpu,
                 &a.o.slice(..n * vd),
@@ -1136,7 +1135,6 @@ impl GpuModel {
                 inter,
                 d,
             )?;
-            drop(dy);
             ops::swiglu_bwd(
                 gpu,
                 &a.mg.slice(..ni),
@@ -1222,7 +1220,6 @@ impl GpuModel {
                 vd,
                 d,
             )?;
-            drop(dy);
             ops::gated_rmsnorm_bwd(
                 gpu,
                 &a.o.slice(..nv),
@@ -1254,7 +1251,6 @@ impl GpuModel {
                 let mut rg = b.rule.views(rule, n, nseq);
                 chunk_backward(gpu, &mut self.ws, &inp, &b.d_o.slice(..nv), None, &mut rg)?;
             }
-            drop(inp);
             {
                 let (mut lo, mut hi) = grads.split_at_mut(lr.dt_bias.start);
                 let mut d_a_log = lo.slice_mut(lr.a_log.clone());
@@ -1377,7 +1373,6 @@ impl GpuModel {
                 )?;
                 lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
             }
-            drop(h1);
             ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
             ops::rmsnorm_bwd(
                 gpu,
