@@ -165,6 +165,77 @@ pub fn colsum_acc(
     Ok(())
 }
 
+/// The backward of y = l2norm(silu(c)) over rows of width `d`, from the fp32 gradient `dy`:
+/// dc = silu'(c)·r(dy − y(y·dy)), with silu and the norm recomputed in fp32 from `c` (no bf16
+/// rounding of dy, silu(c) or y before the cancelling projection).
+pub fn l2norm_silu_bwd(
+    gpu: &Gpu,
+    c: &impl DevicePtr<bf16>,
+    dy: &impl DevicePtr<f32>,
+    dc: &mut impl DevicePtrMut<bf16>,
+    d: usize,
+) -> Result<()> {
+    ensure!(
+        d > 0 && c.len() % d == 0 && dy.len() == c.len() && dc.len() == c.len(),
+        "l2norm_silu_bwd: lengths (c {}, dy {}, dc {}) are not the same whole rows of width {d}",
+        c.len(),
+        dy.len(),
+        dc.len()
+    );
+    let rows = i32::try_from(c.len() / d).context("l2norm_silu_bwd: too many rows")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let d_ = i32::try_from(d).context("l2norm_silu_bwd: row too wide")?;
+    let f = gpu.function(&MODEL_EXTRA, "mx_l2norm_silu_bwd")?;
+    let s = &*gpu.stream;
+    let (cp, _c) = c.device_ptr(s);
+    let (yp, _y) = dy.device_ptr(s);
+    let (op, _o) = dc.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&cp).arg(&yp).arg(&op).arg(&rows).arg(&d_);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `mx_l2norm_silu_bwd(const bf16*, const float*, bf16*, int, int)`;
+    // lengths checked; one block of at most 256 threads per row.
+    unsafe { l.launch(cfg) }.map_err(launch_err("mx_l2norm_silu_bwd"))?;
+    Ok(())
+}
+
+/// dx = dy·silu'(x), dy fp32.
+pub fn silu_bwd_f32dy(
+    gpu: &Gpu,
+    x: &impl DevicePtr<bf16>,
+    dy: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
+    ensure!(
+        dy.len() == x.len() && dx.len() == x.len(),
+        "silu_bwd_f32dy: lengths differ (x {}, dy {}, dx {})",
+        x.len(),
+        dy.len(),
+        dx.len()
+    );
+    let n = x.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&MODEL_EXTRA, "mx_silu_bwd_f32dy")?;
+    let s = &*gpu.stream;
+    let (xp, _x) = x.device_ptr(s);
+    let (yp, _y) = dy.device_ptr(s);
+    let (op, _o) = dx.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xp).arg(&yp).arg(&op).arg(&n);
+    // SAFETY: arguments match `mx_silu_bwd_f32dy(const bf16*, const float*, bf16*, i64)`;
+    // lengths checked.
+    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_silu_bwd_f32dy"))?;
+    Ok(())
+}
+
 /// Fills a buffer with all-ones bytes: NaN as bf16 and as f32 (for poisoning in tests).
 pub fn poison<T>(gpu: &Gpu, buf: &mut CudaSlice<T>) -> Result<()> {
     let bytes = buf.num_bytes();
@@ -262,11 +333,6 @@ struct BwdTemps {
     d_o: CudaSlice<bf16>,
     d_gate: CudaSlice<bf16>,
     rule: GradBuffers,
-    dq_bf: CudaSlice<bf16>,
-    dk_bf: CudaSlice<bf16>,
-    dv_bf: CudaSlice<bf16>,
-    dq_s: CudaSlice<bf16>,
-    dk_s: CudaSlice<bf16>,
     dq_conv: CudaSlice<bf16>,
     dk_conv: CudaSlice<bf16>,
     dv_conv: CudaSlice<bf16>,
@@ -556,11 +622,6 @@ impl GpuModel {
             d_o: alloc(gpu, t * vd, "d_o")?,
             d_gate: alloc(gpu, t * vd, "d_gate")?,
             rule: GradBuffers::new(gpu, rule, t, max_seqs)?,
-            dq_bf: alloc(gpu, t * kd, "dq_bf")?,
-            dk_bf: alloc(gpu, t * kd, "dk_bf")?,
-            dv_bf: alloc(gpu, t * vd, "dv_bf")?,
-            dq_s: alloc(gpu, t * kd, "dq_s")?,
-            dk_s: alloc(gpu, t * kd, "dk_s")?,
             dq_conv: alloc(gpu, t * kd, "dq_conv")?,
             dk_conv: alloc(gpu, t * kd, "dk_conv")?,
             dv_conv: alloc(gpu, t * vd, "dv_conv")?,
@@ -694,11 +755,6 @@ impl GpuModel {
             &mut b.d_normed,
             &mut b.d_o,
             &mut b.d_gate,
-            &mut b.dq_bf,
-            &mut b.dk_bf,
-            &mut b.dv_bf,
-            &mut b.dq_s,
-            &mut b.dk_s,
             &mut b.dq_conv,
             &mut b.dk_conv,
             &mut b.dv_conv,
@@ -1278,55 +1334,26 @@ impl GpuModel {
                     &mut grads.slice_mut(bias.clone()),
                 )?;
             }
-            // dq, dk through L2 norm and SiLU; dv through SiLU.
-            ops::cast_f32_to_bf16(
+            // dq, dk through L2 norm and SiLU; dv through SiLU; all from the fp32 delta-rule
+            // gradients (one bf16 rounding, after the cancelling l2norm projection).
+            l2norm_silu_bwd(
                 gpu,
+                &a.q_conv.slice(..n * kd),
                 &b.rule.dq.slice(..n * kd),
-                &mut b.dq_bf.slice_mut(..n * kd),
+                &mut b.dq_conv.slice_mut(..n * kd),
+                dk,
             )?;
-            ops::cast_f32_to_bf16(
+            l2norm_silu_bwd(
                 gpu,
+                &a.k_conv.slice(..n * kd),
                 &b.rule.dk.slice(..n * kd),
-                &mut b.dk_bf.slice_mut(..n * kd),
+                &mut b.dk_conv.slice_mut(..n * kd),
+                dk,
             )?;
-            ops::cast_f32_to_bf16(gpu, &b.rule.dv.slice(..nv), &mut b.dv_bf.slice_mut(..nv))?;
-            for (y, r, dyb, ds, conv, dconv) in [
-                (
-                    &a.q,
-                    &a.qr,
-                    &b.dq_bf,
-                    &mut b.dq_s,
-                    &a.q_conv,
-                    &mut b.dq_conv,
-                ),
-                (
-                    &a.k,
-                    &a.kr,
-                    &b.dk_bf,
-                    &mut b.dk_s,
-                    &a.k_conv,
-                    &mut b.dk_conv,
-                ),
-            ] {
-                ops::l2norm_bwd(
-                    gpu,
-                    &y.slice(..n * kd),
-                    &r.slice(..n * h),
-                    &dyb.slice(..n * kd),
-                    &mut ds.slice_mut(..n * kd),
-                    dk,
-                )?;
-                ops::silu_bwd(
-                    gpu,
-                    &conv.slice(..n * kd),
-                    &ds.slice(..n * kd),
-                    &mut dconv.slice_mut(..n * kd),
-                )?;
-            }
-            ops::silu_bwd(
+            silu_bwd_f32dy(
                 gpu,
                 &a.v_conv.slice(..nv),
-                &b.dv_bf.slice(..nv),
+                &b.rule.dv.slice(..nv),
                 &mut b.dv_conv.slice_mut(..nv),
             )?;
             for (pre, wr, dconv, dpre, ch) in [

@@ -28,3 +28,35 @@ extern "C" __global__ void mx_colsum_acc(const bf16* x, float* out, int rows, in
     for (int i = 0; i < rows; ++i) s += ldf(x, (i64)i * cols + j);
     out[j] += s;
 }
+
+// The backward of y = l2norm(silu(c)) per row of width d, from the fp32 gradient dy (the delta
+// rule's), with s = silu(c), r = 1/sqrt(|s|² + 1e-6) and y = s·r recomputed in fp32 from c, so
+// that neither dy nor s nor y is rounded to bf16 before the projection dy − y(y·dy), which
+// cancels most of dy when dy is nearly parallel to y. ds = r(dy − y(y·dy)), dc = ds·silu'(c).
+// One block per row (as l2norm_fwd).
+extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf16* dc, int rows, int d) {
+    __shared__ float sh[33];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const i64 base = (i64)r * d;
+    float ss = 0.0f, sd = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float s = siluf_(ldf(c, base + j));
+        ss += s * s;
+        sd += s * dy[base + j];
+    }
+    ss = block_sum(ss, sh);
+    sd = block_sum(sd, sh);
+    const float rr = 1.0f / sqrtf(ss + 1e-6f);
+    const float dot = rr * sd;  // y . dy
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float x = ldf(c, base + j);
+        const float y = siluf_(x) * rr;
+        dc[base + j] = tobf(rr * (dy[base + j] - y * dot) * silu_gradf_(x));
+    }
+}
+
+// dx = dy * silu'(x), dy fp32 (no bf16 rounding of dy before the product).
+extern "C" __global__ void mx_silu_bwd_f32dy(const bf16* x, const float* dy, bf16* dx, i64 n) {
+    MX_LOOP(i, n) { dx[i] = tobf(dy[i] * silu_gradf_(ldf(x, i))); }
+}
