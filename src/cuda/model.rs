@@ -3,9 +3,11 @@
 //! `cuda::blas` and `cuda::delta_rule`.
 //!
 //! Storage: fp32 master parameters and a bf16 working copy (one flat buffer each, the CPU
-//! layout), fp32 parameter gradients (accumulated, +=), bf16 activations, fp32 gates (g, β), norm
-//! statistics and delta-rule gradients. The residual gradient is carried in fp32 and rounded to
-//! bf16 where an op reads it. Every buffer is allocated once for up to `max_tokens` tokens in up
+//! layout), fp32 parameter gradients (accumulated, +=), bf16 activations except the fp32 residual
+//! stream (read by the norms in fp32; rounded to bf16 only as the x of a norm backward), fp32
+//! gates (g, β), norm statistics and delta-rule gradients. The residual gradient is carried in
+//! fp32 and rounded to bf16 where an op reads it; the delta-rule gradients go through the L2 norm
+//! and SiLU backward in fp32. Every buffer is allocated once for up to `max_tokens` tokens in up
 //! to `max_seqs` sequences; a call uses the leading part. The only host transfers of a step are
 //! the token / target uploads, `cu_seqlens` (only when it changes) and the loss readback.
 
@@ -236,6 +238,89 @@ pub fn silu_bwd_f32dy(
     Ok(())
 }
 
+/// y = a + b (a, y the fp32 residual stream, b bf16).
+pub fn add_f32_bf16(
+    gpu: &Gpu,
+    a: &impl DevicePtr<f32>,
+    b: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    ensure!(
+        a.len() == b.len() && y.len() == a.len(),
+        "add_f32_bf16: lengths differ (a {}, b {}, y {})",
+        a.len(),
+        b.len(),
+        y.len()
+    );
+    let n = a.len() as i64;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(&MODEL_EXTRA, "mx_add_f32_bf16")?;
+    let s = &*gpu.stream;
+    let (ap, _a) = a.device_ptr(s);
+    let (bp, _b) = b.device_ptr(s);
+    let (yp, _y) = y.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&ap).arg(&bp).arg(&yp).arg(&n);
+    // SAFETY: arguments match `mx_add_f32_bf16(const float*, const bf16*, float*, i64)`; lengths
+    // checked.
+    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_add_f32_bf16"))?;
+    Ok(())
+}
+
+/// RMSNorm of the fp32 residual stream (as `ops::rmsnorm_fwd`, x fp32): y = x·rstd·w (bf16).
+pub fn rmsnorm_fwd_f32x(
+    gpu: &Gpu,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    rstd: &mut impl DevicePtrMut<f32>,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
+    ensure!(
+        d > 0
+            && w.len() == d
+            && x.len() % d == 0
+            && y.len() == x.len()
+            && rstd.len() == x.len() / d,
+        "rmsnorm_fwd_f32x: lengths (x {}, w {}, y {}, rstd {}) do not fit rows of width {d}",
+        x.len(),
+        w.len(),
+        y.len(),
+        rstd.len()
+    );
+    let rows = i32::try_from(x.len() / d).context("rmsnorm_fwd_f32x: too many rows")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let d_ = i32::try_from(d).context("rmsnorm_fwd_f32x: row too wide")?;
+    let f = gpu.function(&MODEL_EXTRA, "mx_rmsnorm_fwd_f32x")?;
+    let s = &*gpu.stream;
+    let (xp, _x) = x.device_ptr(s);
+    let (wp, _w) = w.device_ptr(s);
+    let (yp, _y) = y.device_ptr_mut(s);
+    let (rp, _r) = rstd.device_ptr_mut(s);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xp)
+        .arg(&wp)
+        .arg(&yp)
+        .arg(&rp)
+        .arg(&rows)
+        .arg(&d_)
+        .arg(&eps);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, bf16*, float*, int,
+    // int, float)`; lengths checked; one block of at most 256 threads per row.
+    unsafe { l.launch(cfg) }.map_err(launch_err("mx_rmsnorm_fwd_f32x"))?;
+    Ok(())
+}
+
 /// Fills a buffer with all-ones bytes: NaN as bf16 and as f32 (for poisoning in tests).
 pub fn poison<T>(gpu: &Gpu, buf: &mut CudaSlice<T>) -> Result<()> {
     let bytes = buf.num_bytes();
@@ -311,7 +396,8 @@ struct LayerActs {
     o: CudaSlice<bf16>,
     o_rstd: CudaSlice<f32>,
     normed: CudaSlice<bf16>,
-    x_mid: CudaSlice<bf16>,
+    /// fp32 (residual stream).
+    x_mid: CudaSlice<f32>,
     rstd2: CudaSlice<f32>,
     h2: CudaSlice<bf16>,
     mg: CudaSlice<bf16>,
@@ -368,7 +454,8 @@ pub struct GpuModel {
     /// Tokens of the last forward (0: none pending for a backward).
     n: usize,
     /// Residual stream: xs[0] the embeddings, xs[l + 1] the output of block l.
-    xs: Vec<CudaSlice<bf16>>,
+    /// fp32, so that the stream is not re-rounded to bf16 at every block.
+    xs: Vec<CudaSlice<f32>>,
     acts: Vec<LayerActs>,
     tmp_d: CudaSlice<bf16>,
     tmp_silu: CudaSlice<bf16>,
@@ -717,7 +804,6 @@ impl GpuModel {
                 &mut a.v,
                 &mut a.o,
                 &mut a.normed,
-                &mut a.x_mid,
                 &mut a.h2,
                 &mut a.mg,
                 &mut a.mu,
@@ -725,6 +811,7 @@ impl GpuModel {
             ] {
                 poison(gpu, b)?;
             }
+            poison(gpu, &mut a.x_mid)?;
             for b in [
                 &mut a.rstd1,
                 &mut a.qr,
@@ -838,15 +925,20 @@ impl GpuModel {
             gpu,
             &pv(&self.embeddings),
             &self.tokens.slice(..n),
-            &mut self.xs[0].slice_mut(..n * d),
+            &mut self.tmp_d.slice_mut(..n * d),
             d,
+        )?;
+        ops::cast_bf16_to_f32(
+            gpu,
+            &self.tmp_d.slice(..n * d),
+            &mut self.xs[0].slice_mut(..n * d),
         )?;
         for (l, lr) in self.layers.iter().enumerate() {
             let (before, after) = self.xs.split_at_mut(l + 1);
             let x_in = before[l].slice(..n * d);
             let mut x_out = after[0].slice_mut(..n * d);
             let a = &mut self.acts[l];
-            ops::rmsnorm_fwd(
+            rmsnorm_fwd_f32x(
                 gpu,
                 &x_in,
                 &pv(&lr.attn_norm),
@@ -984,9 +1076,9 @@ impl GpuModel {
                 vd,
                 d,
             )?;
-            add_bf16(gpu, &x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
+            add_f32_bf16(gpu, &x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
             // MLP.
-            ops::rmsnorm_fwd(
+            rmsnorm_fwd_f32x(
                 gpu,
                 &a.x_mid.slice(..n * d),
                 &pv(&lr.mlp_norm),
@@ -1030,10 +1122,10 @@ impl GpuModel {
                 inter,
                 d,
             )?;
-            add_bf16(gpu, &a.x_mid.slice(..n * d), &mix, &mut x_out)?;
+            add_f32_bf16(gpu, &a.x_mid.slice(..n * d), &mix, &mut x_out)?;
         }
         let x_final = self.xs[self.layers.len()].slice(..n * d);
-        ops::rmsnorm_fwd(
+        rmsnorm_fwd_f32x(
             gpu,
             &x_final,
             &pv(&self.norm),
@@ -1153,9 +1245,14 @@ impl GpuModel {
             d,
             vocab,
         )?;
-        ops::rmsnorm_bwd(
+        ops::cast_f32_to_bf16(
             gpu,
             &self.xs[self.layers.len()].slice(..nd),
+            &mut self.tmp_d.slice_mut(..nd),
+        )?;
+        ops::rmsnorm_bwd(
+            gpu,
+            &self.tmp_d.slice(..nd),
             &pv(&self.norm),
             &self.rstd_f.slice(..n),
             &b.dtmp.slice(..nd),
@@ -1240,9 +1337,10 @@ impl GpuModel {
                 inter,
             )?;
             ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
+            ops::cast_f32_to_bf16(gpu, &a.x_mid.slice(..nd), &mut self.tmp_d.slice_mut(..nd))?;
             ops::rmsnorm_bwd(
                 gpu,
-                &a.x_mid.slice(..nd),
+                &self.tmp_d.slice(..nd),
                 &pv(&lr.mlp_norm),
                 &a.rstd2.slice(..n),
                 &b.dacc_bf.slice(..nd),
@@ -1401,9 +1499,14 @@ impl GpuModel {
                 lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
             }
             ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
-            ops::rmsnorm_bwd(
+            ops::cast_f32_to_bf16(
                 gpu,
                 &self.xs[l].slice(..nd),
+                &mut self.tmp_d.slice_mut(..nd),
+            )?;
+            ops::rmsnorm_bwd(
+                gpu,
+                &self.tmp_d.slice(..nd),
                 &pv(&lr.attn_norm),
                 &a.rstd1.slice(..n),
                 &b.dacc_bf.slice(..nd),

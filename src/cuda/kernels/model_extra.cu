@@ -60,3 +60,25 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf
 extern "C" __global__ void mx_silu_bwd_f32dy(const bf16* x, const float* dy, bf16* dx, i64 n) {
     MX_LOOP(i, n) { dx[i] = tobf(dy[i] * silu_gradf_(ldf(x, i))); }
 }
+
+// y = a + b with the fp32 residual stream a, y (b a bf16 block output).
+extern "C" __global__ void mx_add_f32_bf16(const float* a, const bf16* b, float* y, i64 n) {
+    MX_LOOP(i, n) { y[i] = a[i] + ldf(b, i); }
+}
+
+// RMSNorm of the fp32 residual stream (ops::rmsnorm_fwd with fp32 x): y = x·rstd·w (bf16),
+// rstd = 1/sqrt(mean(x²) + eps). One block per row.
+extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf16* y, float* rstd, int rows,
+                                               int d, float eps) {
+    __shared__ float sh[33];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + (i64)r * d;
+    bf16* yr = y + (i64)r * d;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = block_sum(ss, sh);
+    const float rs = 1.0f / sqrtf(ss / (float)d + eps);
+    if (threadIdx.x == 0) rstd[r] = rs;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = tobf(xr[c] * rs * ldf(w, c));
+}
