@@ -3,13 +3,14 @@
 //! `cuda::blas` and `cuda::delta_rule`.
 //!
 //! Storage: fp32 master parameters and a bf16 working copy (one flat buffer each, the CPU
-//! layout), fp32 parameter gradients (accumulated, +=), bf16 activations except the fp32 residual
-//! stream (read by the norms in fp32; rounded to bf16 only as the x of a norm backward), fp32
-//! gates (g, β), norm statistics and delta-rule gradients. The residual gradient is carried in
-//! fp32 and rounded to bf16 where an op reads it; the delta-rule gradients go through the L2 norm
-//! and SiLU backward in fp32. Every buffer is allocated once for up to `max_tokens` tokens in up
-//! to `max_seqs` sequences; a call uses the leading part. The only host transfers of a step are
-//! the token / target uploads, `cu_seqlens` (only when it changes) and the loss readback.
+//! layout), fp32 parameter gradients (accumulated, +=), bf16 activations except the residual
+//! stream, which is fp32 (the RMSNorms read it in fp32, forward and backward), fp32 gates (g, β),
+//! norm statistics and delta-rule gradients. The residual gradient is carried in fp32 and rounded
+//! to bf16 where a matmul reads it; the RMSNorm backward takes its fp32 gradient, and the
+//! delta-rule gradients go through the L2 norm and SiLU backward in fp32. Every buffer is
+//! allocated once for up to `max_tokens` tokens in up to `max_seqs` sequences; a call uses the
+//! leading part. The only host transfers of a step are the token / target uploads, `cu_seqlens`
+//! (only when it changes) and the loss readback.
 
 use super::blas::Blas;
 use super::delta_rule::{
@@ -321,6 +322,93 @@ pub fn rmsnorm_fwd_f32x(
     Ok(())
 }
 
+/// RMSNorm backward on the fp32 residual stream (as `ops::rmsnorm_bwd`, with x, dy and dx fp32):
+/// dx is written (`accumulate` false) or added (true) into the fp32 residual gradient, and
+/// dw += Σ_rows dy·x·rstd (deterministic: per-block partials in `scratch`, then reduced in order).
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_bwd_f32(
+    gpu: &Gpu,
+    x: &impl DevicePtr<f32>,
+    w: &impl DevicePtr<bf16>,
+    rstd: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<f32>,
+    dx: &mut impl DevicePtrMut<f32>,
+    accumulate: bool,
+    dw: &mut impl DevicePtrMut<f32>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    d: usize,
+) -> Result<()> {
+    ensure!(
+        d > 0
+            && d <= ops::MAX_NORM_WIDTH
+            && w.len() == d
+            && dw.len() == d
+            && x.len() % d == 0
+            && rstd.len() == x.len() / d
+            && dy.len() == x.len()
+            && dx.len() == x.len(),
+        "rmsnorm_bwd_f32: lengths (x {}, w {}, rstd {}, dy {}, dx {}, dw {}) do not fit rows of \
+         width {d}",
+        x.len(),
+        w.len(),
+        rstd.len(),
+        dy.len(),
+        dx.len(),
+        dw.len()
+    );
+    let parts = ops::PARTS;
+    ensure!(
+        scratch.len() >= parts * d,
+        "rmsnorm_bwd_f32: scratch has {} elements, needs {}",
+        scratch.len(),
+        parts * d
+    );
+    let rows = i32::try_from(x.len() / d).context("rmsnorm_bwd_f32: too many rows")?;
+    let d_ = i32::try_from(d).context("rmsnorm_bwd_f32: row too wide")?;
+    let acc = i32::from(accumulate);
+    let s = &*gpu.stream;
+    let (xp, _x) = x.device_ptr(s);
+    let (wp, _w) = w.device_ptr(s);
+    let (rp, _r) = rstd.device_ptr(s);
+    let (yp, _y) = dy.device_ptr(s);
+    let (dxp, _dx) = dx.device_ptr_mut(s);
+    let (dwp, _dw) = dw.device_ptr_mut(s);
+    let (sp, _s) = scratch.device_ptr_mut(s);
+    let f = gpu.function(&MODEL_EXTRA, "mx_rmsnorm_bwd_f32")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xp)
+        .arg(&wp)
+        .arg(&rp)
+        .arg(&yp)
+        .arg(&dxp)
+        .arg(&sp)
+        .arg(&rows)
+        .arg(&d_)
+        .arg(&acc);
+    let cfg = LaunchConfig {
+        grid_dim: (parts as u32, 1, 1),
+        block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
+        shared_mem_bytes: (d * 4) as u32,
+    };
+    // SAFETY: arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
+    // const float*, float*, float*, int, int, int)`; lengths checked; d floats of dynamic shared
+    // memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch holds PARTS rows of d.
+    unsafe { l.launch(cfg) }.map_err(launch_err("mx_rmsnorm_bwd_f32"))?;
+    let g = gpu.function(&MODEL_EXTRA, "reduce_partials")?;
+    let np = parts as i32;
+    let mut l = gpu.stream.launch_builder(&g);
+    l.arg(&sp).arg(&np).arg(&d_).arg(&d_).arg(&dwp);
+    let cfg = LaunchConfig {
+        grid_dim: (d.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match `reduce_partials(const float*, int, int, int, float*)`: PARTS rows
+    // of stride d in scratch, d outputs in dw.
+    unsafe { l.launch(cfg) }.map_err(launch_err("reduce_partials"))?;
+    Ok(())
+}
+
 /// Fills a buffer with all-ones bytes: NaN as bf16 and as f32 (for poisoning in tests).
 pub fn poison<T>(gpu: &Gpu, buf: &mut CudaSlice<T>) -> Result<()> {
     let bytes = buf.num_bytes();
@@ -409,9 +497,7 @@ struct LayerActs {
 struct BwdTemps {
     dres: CudaSlice<f32>,
     dres_bf: CudaSlice<bf16>,
-    dtmp: CudaSlice<bf16>,
     dacc: CudaSlice<f32>,
-    dacc_bf: CudaSlice<bf16>,
     dact: CudaSlice<bf16>,
     dmg: CudaSlice<bf16>,
     dmu: CudaSlice<bf16>,
@@ -699,9 +785,7 @@ impl GpuModel {
         let bwd = BwdTemps {
             dres: alloc(gpu, t * d, "dres")?,
             dres_bf: alloc(gpu, t * d, "dres_bf")?,
-            dtmp: alloc(gpu, t * d, "dtmp")?,
             dacc: alloc(gpu, t * d, "dacc")?,
-            dacc_bf: alloc(gpu, t * d, "dacc_bf")?,
             dact: alloc(gpu, t * inter, "dact")?,
             dmg: alloc(gpu, t * inter, "dmg")?,
             dmu: alloc(gpu, t * inter, "dmu")?,
@@ -834,8 +918,6 @@ impl GpuModel {
         let b = &mut self.bwd;
         for x in [
             &mut b.dres_bf,
-            &mut b.dtmp,
-            &mut b.dacc_bf,
             &mut b.dact,
             &mut b.dmg,
             &mut b.dmu,
@@ -1226,11 +1308,11 @@ impl GpuModel {
 
         // LM head and final norm.
         let dl = self.logits.slice(..n * vocab);
-        lin_dx::<bf16>(
+        lin_dx::<f32>(
             blas,
             &dl,
             &pv(&self.head),
-            &mut b.dtmp.slice_mut(..nd),
+            &mut b.dacc.slice_mut(..nd),
             n,
             d,
             vocab,
@@ -1245,23 +1327,18 @@ impl GpuModel {
             d,
             vocab,
         )?;
-        ops::cast_f32_to_bf16(
+        rmsnorm_bwd_f32(
             gpu,
             &self.xs[self.layers.len()].slice(..nd),
-            &mut self.tmp_d.slice_mut(..nd),
-        )?;
-        ops::rmsnorm_bwd(
-            gpu,
-            &self.tmp_d.slice(..nd),
             &pv(&self.norm),
             &self.rstd_f.slice(..n),
-            &b.dtmp.slice(..nd),
-            &mut b.dacc_bf.slice_mut(..nd),
+            &b.dacc.slice(..nd),
+            &mut b.dres.slice_mut(..nd),
+            false,
             &mut grads.slice_mut(self.norm.clone()),
             &mut b.scratch,
             d,
         )?;
-        ops::cast_bf16_to_f32(gpu, &b.dacc_bf.slice(..nd), &mut b.dres.slice_mut(..nd))?;
         ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
 
         for (l, lr) in self.layers.iter().enumerate().rev() {
@@ -1336,20 +1413,18 @@ impl GpuModel {
                 d,
                 inter,
             )?;
-            ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
-            ops::cast_f32_to_bf16(gpu, &a.x_mid.slice(..nd), &mut self.tmp_d.slice_mut(..nd))?;
-            ops::rmsnorm_bwd(
+            rmsnorm_bwd_f32(
                 gpu,
-                &self.tmp_d.slice(..nd),
+                &a.x_mid.slice(..nd),
                 &pv(&lr.mlp_norm),
                 &a.rstd2.slice(..n),
-                &b.dacc_bf.slice(..nd),
-                &mut b.dtmp.slice_mut(..nd),
+                &b.dacc.slice(..nd),
+                &mut b.dres.slice_mut(..nd),
+                true,
                 &mut grads.slice_mut(lr.mlp_norm.clone()),
                 &mut b.scratch,
                 d,
             )?;
-            acc_bf16_f32(gpu, &b.dtmp.slice(..nd), &mut b.dres.slice_mut(..nd))?;
             ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
 
             // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))).
@@ -1498,24 +1573,18 @@ impl GpuModel {
                 )?;
                 lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
             }
-            ops::cast_f32_to_bf16(gpu, &b.dacc.slice(..nd), &mut b.dacc_bf.slice_mut(..nd))?;
-            ops::cast_f32_to_bf16(
+            rmsnorm_bwd_f32(
                 gpu,
                 &self.xs[l].slice(..nd),
-                &mut self.tmp_d.slice_mut(..nd),
-            )?;
-            ops::rmsnorm_bwd(
-                gpu,
-                &self.tmp_d.slice(..nd),
                 &pv(&lr.attn_norm),
                 &a.rstd1.slice(..n),
-                &b.dacc_bf.slice(..nd),
-                &mut b.dtmp.slice_mut(..nd),
+                &b.dacc.slice(..nd),
+                &mut b.dres.slice_mut(..nd),
+                true,
                 &mut grads.slice_mut(lr.attn_norm.clone()),
                 &mut b.scratch,
                 d,
             )?;
-            acc_bf16_f32(gpu, &b.dtmp.slice(..nd), &mut b.dres.slice_mut(..nd))?;
             ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
         }
         ops::embedding_bwd(

@@ -82,3 +82,34 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf
     if (threadIdx.x == 0) rstd[r] = rs;
     for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = tobf(xr[c] * rs * ldf(w, c));
 }
+
+// RMSNorm backward on the fp32 residual stream with an fp32 gradient (ops::rmsnorm_bwd with x,
+// dy and dx in fp32): dx = rstd·(dy·w − x·rstd·mean(dy·w·x·rstd)), written (acc = 0) or added
+// (acc = 1) into the fp32 residual gradient; partial[block, :] = Σ over the block's rows of
+// dy·x·rstd, for reduce_partials. Block b handles the contiguous rows [b·per, (b+1)·per).
+// Dynamic shared memory: d floats.
+extern "C" __global__ void mx_rmsnorm_bwd_f32(const float* x, const bf16* w, const float* rstd, const float* dy,
+                                              float* dx, float* partial, int rows, int d, int acc_dx) {
+    extern __shared__ float acc[];
+    __shared__ float sh[33];
+    for (int c = threadIdx.x; c < d; c += blockDim.x) acc[c] = 0.0f;
+    const int per = (rows + gridDim.x - 1) / gridDim.x;
+    const int r0 = blockIdx.x * per;
+    const int r1 = min(rows, r0 + per);
+    for (int r = r0; r < r1; ++r) {
+        const float* xr = x + (i64)r * d;
+        const float* dyr = dy + (i64)r * d;
+        float* dxr = dx + (i64)r * d;
+        const float rs = rstd[r];
+        float dot = 0.0f;
+        for (int c = threadIdx.x; c < d; c += blockDim.x) dot += dyr[c] * ldf(w, c) * xr[c] * rs;
+        const float mean = block_sum(dot, sh) / (float)d;
+        for (int c = threadIdx.x; c < d; c += blockDim.x) {
+            const float xv = xr[c], g = dyr[c];
+            const float v = rs * (g * ldf(w, c) - xv * rs * mean);
+            dxr[c] = acc_dx ? dxr[c] + v : v;
+            acc[c] += g * xv * rs;  // each thread owns the columns it touches: no race
+        }
+    }
+    for (int c = threadIdx.x; c < d; c += blockDim.x) partial[(i64)blockIdx.x * d + c] = acc[c];
+}
