@@ -25,7 +25,7 @@ pub use self::selftest::selftest;
 
 use super::{Gpu, KernelSource};
 use crate::ops::delta_rule::{Dims, CHUNK};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -62,32 +62,7 @@ pub fn check_dims(dims: Dims) -> Result<()> {
     Ok(())
 }
 
-/// Checks `cu_seqlens` ([N+1], from 0, non-decreasing, ending at `t`).
-pub fn check_cu_seqlens(cu: &[usize], t: usize) -> Result<()> {
-    ensure!(
-        cu.len() >= 2,
-        "cu_seqlens must hold at least 2 offsets, got {}",
-        cu.len()
-    );
-    ensure!(
-        cu[0] == 0,
-        "cu_seqlens must start at 0, starts at {}",
-        cu[0]
-    );
-    if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
-        bail!(
-            "cu_seqlens is not increasing at index {i} ({} < {})",
-            cu[i],
-            cu[i - 1]
-        );
-    }
-    ensure!(
-        *cu.last().unwrap() == t,
-        "cu_seqlens ends at {} but the inputs hold T={t} tokens",
-        cu.last().unwrap()
-    );
-    Ok(())
-}
+pub use crate::ops::delta_rule::check_cu_seqlens;
 
 fn check_len(name: &str, len: usize, want: usize, what: &str) -> Result<()> {
     ensure!(

@@ -66,6 +66,33 @@ pub struct Grads<F> {
     pub dh0: Vec<F>,
 }
 
+/// Checks `cu_seqlens` ([N+1], from 0, non-decreasing, ending at `t` tokens).
+pub fn check_cu_seqlens(cu: &[usize], t: usize) -> Result<()> {
+    ensure!(
+        cu.len() >= 2,
+        "cu_seqlens must hold at least 2 offsets, got {}",
+        cu.len()
+    );
+    ensure!(
+        cu[0] == 0,
+        "cu_seqlens must start at 0, starts at {}",
+        cu[0]
+    );
+    if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
+        bail!(
+            "cu_seqlens is not increasing at index {i} ({} < {})",
+            cu[i],
+            cu[i - 1]
+        );
+    }
+    ensure!(
+        cu[cu.len() - 1] == t,
+        "cu_seqlens ends at {} but the inputs hold T={t} tokens",
+        cu[cu.len() - 1]
+    );
+    Ok(())
+}
+
 impl<F: Elem> Inputs<'_, F> {
     /// Number of sequences N.
     pub fn num_seqs(&self) -> usize {
@@ -79,24 +106,7 @@ impl<F: Elem> Inputs<'_, F> {
 
     /// Checks every length against `dims` and `cu_seqlens`, naming the offending tensor.
     pub fn validate(&self, dims: Dims) -> Result<()> {
-        let cu = self.cu_seqlens;
-        ensure!(
-            cu.len() >= 2,
-            "cu_seqlens must hold at least 2 offsets, got {}",
-            cu.len()
-        );
-        ensure!(
-            cu[0] == 0,
-            "cu_seqlens must start at 0, starts at {}",
-            cu[0]
-        );
-        if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
-            bail!(
-                "cu_seqlens is not increasing at index {i} ({} < {})",
-                cu[i],
-                cu[i - 1]
-            );
-        }
+        check_cu_seqlens(self.cu_seqlens, self.num_tokens())?;
         ensure!(
             dims.heads > 0 && dims.dk > 0 && dims.dv > 0,
             "delta rule dims must be non-zero: {dims:?}"
