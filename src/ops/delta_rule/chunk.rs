@@ -584,22 +584,10 @@ pub fn backward<F: Elem>(
     d_o: &[F],
     d_final: Option<&[F]>,
 ) -> Grads<F> {
-    inp.validate(dims).expect("delta_rule::chunk::backward");
+    inp.check_backward(dims, d_o, d_final, "delta_rule::chunk::backward");
     let Dims { heads: nh, dk, dv } = dims;
     let (nt, ns) = (inp.num_tokens(), inp.num_seqs());
     let kv = dk * dv;
-    assert_eq!(
-        d_o.len(),
-        nt * nh * dv,
-        "delta_rule::chunk::backward: d_o length"
-    );
-    if let Some(df) = d_final {
-        assert_eq!(
-            df.len(),
-            ns * nh * kv,
-            "delta_rule::chunk::backward: d_final length"
-        );
-    }
     let sh = Shape {
         dk,
         dv,

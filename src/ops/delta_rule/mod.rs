@@ -104,6 +104,23 @@ impl<F: Elem> Inputs<'_, F> {
         self.cu_seqlens.last().copied().unwrap_or(0)
     }
 
+    /// The preconditions of a backward call (inputs valid, `d_o` [T,H,V], `d_final` [N,H,K,V]);
+    /// a violation is a caller bug, so it panics naming `who`.
+    pub fn check_backward(&self, dims: Dims, d_o: &[F], d_final: Option<&[F]>, who: &str) {
+        if let Err(e) = self.validate(dims) {
+            panic!("{who}: {e:#}");
+        }
+        let (t, n) = (self.num_tokens(), self.num_seqs());
+        assert_eq!(d_o.len(), t * dims.heads * dims.dv, "{who}: d_o length");
+        if let Some(df) = d_final {
+            assert_eq!(
+                df.len(),
+                n * dims.heads * dims.dk * dims.dv,
+                "{who}: d_final length"
+            );
+        }
+    }
+
     /// Checks every length against `dims` and `cu_seqlens`, naming the offending tensor.
     pub fn validate(&self, dims: Dims) -> Result<()> {
         check_cu_seqlens(self.cu_seqlens, self.num_tokens())?;
