@@ -53,63 +53,6 @@ fn launch_err(k: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Er
     move |e| anyhow!("launching CUDA kernel `{k}` failed: {e:?}")
 }
 
-/// y = a + b (bf16).
-pub fn add_bf16(
-    gpu: &Gpu,
-    a: &impl DevicePtr<bf16>,
-    b: &impl DevicePtr<bf16>,
-    y: &mut impl DevicePtrMut<bf16>,
-) -> Result<()> {
-    ensure!(
-        a.len() == b.len() && y.len() == a.len(),
-        "add_bf16: lengths differ (a {}, b {}, y {})",
-        a.len(),
-        b.len(),
-        y.len()
-    );
-    let n = a.len() as i64;
-    if n == 0 {
-        return Ok(());
-    }
-    let f = gpu.function(&MODEL_EXTRA, "mx_add_bf16")?;
-    let s = &*gpu.stream;
-    let (ap, _a) = a.device_ptr(s);
-    let (bp, _b) = b.device_ptr(s);
-    let (yp, _y) = y.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&ap).arg(&bp).arg(&yp).arg(&n);
-    // SAFETY: arguments match `mx_add_bf16(const bf16*, const bf16*, bf16*, i64)`; lengths checked.
-    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_add_bf16"))?;
-    Ok(())
-}
-
-/// acc += x (bf16 into fp32).
-pub fn acc_bf16_f32(
-    gpu: &Gpu,
-    x: &impl DevicePtr<bf16>,
-    acc: &mut impl DevicePtrMut<f32>,
-) -> Result<()> {
-    ensure!(
-        x.len() == acc.len(),
-        "acc_bf16_f32: `x` has {} elements, `acc` {}",
-        x.len(),
-        acc.len()
-    );
-    let n = x.len() as i64;
-    if n == 0 {
-        return Ok(());
-    }
-    let f = gpu.function(&MODEL_EXTRA, "mx_acc_bf16_f32")?;
-    let s = &*gpu.stream;
-    let (xp, _x) = x.device_ptr(s);
-    let (ap, _a) = acc.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&xp).arg(&ap).arg(&n);
-    // SAFETY: arguments match `mx_acc_bf16_f32(const bf16*, float*, i64)`; lengths checked.
-    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_acc_bf16_f32"))?;
-    Ok(())
-}
-
 /// y[i, j] += bias[j] over rows of width bias.len().
 pub fn add_bias_bf16(
     gpu: &Gpu,
@@ -806,7 +749,7 @@ impl GpuModel {
         let ws = DeltaRuleWorkspace::new(gpu, rule, max_tokens, max_seqs, true)?;
         let blas = Blas::new(gpu)?;
         // Compile the helper kernels now rather than in the first step.
-        gpu.function(&MODEL_EXTRA, "mx_add_bf16")?;
+        gpu.function(&MODEL_EXTRA, "mx_add_f32_bf16")?;
         ops::preload(gpu)?;
         let m = GpuModel {
             sz,

@@ -1,19 +1,10 @@
-// Small element-wise helpers of the GPU language model (cuda::model): residual adds, fp32
-// accumulation of bf16 gradients, the b_proj bias and its gradient. Grid-stride loops; the
-// bias-gradient column sum runs one thread per column over the rows in order (deterministic).
+// Small helpers of the GPU language model (cuda::model): the fp32 residual stream (add, RMSNorm
+// forward/backward), the fused L2-norm/SiLU backward, the b_proj bias and its gradient.
+// Grid-stride loops; the bias-gradient column sum runs one thread per column over the rows in
+// order (deterministic).
 
 #define MX_LOOP(i, n) \
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
-
-// y = a + b
-extern "C" __global__ void mx_add_bf16(const bf16* a, const bf16* b, bf16* y, i64 n) {
-    MX_LOOP(i, n) { y[i] = tobf(ldf(a, i) + ldf(b, i)); }
-}
-
-// acc += x
-extern "C" __global__ void mx_acc_bf16_f32(const bf16* x, float* acc, i64 n) {
-    MX_LOOP(i, n) { acc[i] += ldf(x, i); }
-}
 
 // y[i] += bias[i % h]
 extern "C" __global__ void mx_add_bias_bf16(bf16* y, const bf16* bias, i64 n, int h) {
