@@ -10,9 +10,42 @@ pub mod selftest;
 pub mod tokenizer;
 pub mod train;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
 use gdn::model::ModelConfig;
 use std::path::Path;
+
+/// `--device`, shared by every command that can run on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The GPU when one is usable, else the CPU (saying why).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    /// Whether to use the GPU. `--device cuda` without a usable GPU is an error giving the
+    /// reason; `auto` falls back with one line saying why and what it does instead (`fallback`).
+    pub fn use_gpu(self, fallback: &str) -> Result<bool> {
+        Ok(match self {
+            DeviceArg::Cpu => false,
+            DeviceArg::Cuda => {
+                if let Some(why) = gdn::cuda::unavailable_reason() {
+                    bail!("--device cuda: no usable GPU: {why}");
+                }
+                true
+            }
+            DeviceArg::Auto => match gdn::cuda::unavailable_reason() {
+                None => true,
+                Some(why) => {
+                    eprintln!("no usable GPU ({why}); {fallback}");
+                    false
+                }
+            },
+        })
+    }
+}
 
 /// Reads a model `config.json`, given as the file or as the checkpoint folder holding it.
 pub fn read_model_config(path: &Path) -> Result<ModelConfig> {

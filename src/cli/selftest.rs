@@ -3,20 +3,13 @@
 //! delta rule against the naive recurrence in f64), so that the command is useful everywhere.
 //! Exits with an error when any row fails.
 
+use super::DeviceArg;
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use gdn::cuda::{self, selftest::Row, Gpu};
 use gdn::ops::delta_rule::{chunk, naive, Dims, Inputs};
 use gdn::tensor::{max_rel_err, Rng};
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The GPU when one is usable, else the CPU checks.
-    Auto,
-    Cpu,
-    Cuda,
-}
 
 #[derive(Args, Debug)]
 pub struct SelftestArgs {
@@ -36,22 +29,7 @@ pub struct SelftestArgs {
 
 pub fn run(a: SelftestArgs) -> Result<()> {
     let seed = a.seed.unwrap_or_else(cuda::ops_selftest::clock_seed);
-    let use_gpu = match a.device {
-        DeviceArg::Cpu => false,
-        DeviceArg::Cuda => {
-            if let Some(why) = cuda::unavailable_reason() {
-                bail!("--device cuda: no usable GPU: {why}");
-            }
-            true
-        }
-        DeviceArg::Auto => match cuda::unavailable_reason() {
-            None => true,
-            Some(why) => {
-                println!("no usable GPU ({why}); running the CPU checks");
-                false
-            }
-        },
-    };
+    let use_gpu = a.device.use_gpu("running the CPU checks")?;
     let (device, rows) = if use_gpu {
         let gpu = Gpu::open(0)?;
         let device = format!("{} ({})", gpu.name, gpu.arch);
