@@ -152,11 +152,32 @@ pub fn position_losses<F: Elem>(
     Ok(losses)
 }
 
-/// Evaluates `model` on blocks of `opts.block_len()` tokens (a block of another length is an
-/// error). `progress` is called with the number of blocks done after each batch.
-pub fn evaluate_blocks<F: Elem, I>(
-    model: &Model,
-    params: &[F],
+/// What scores blocks: the per-position next-token losses of a batch of blocks (each `T + 1`
+/// tokens) as [blocks, T] row-major, and the vocabulary the tokens must fit.
+pub trait Scorer {
+    fn position_losses(&mut self, blocks: &[Vec<u32>]) -> Result<Vec<f64>>;
+    fn vocab_size(&self) -> usize;
+}
+
+/// The CPU model as a [`Scorer`] (in the parameters' precision).
+pub struct CpuScorer<'a, F: Elem> {
+    pub model: &'a Model,
+    pub params: &'a [F],
+}
+
+impl<F: Elem> Scorer for CpuScorer<'_, F> {
+    fn position_losses(&mut self, blocks: &[Vec<u32>]) -> Result<Vec<f64>> {
+        position_losses(self.model, self.params, blocks)
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+}
+
+/// Evaluates with `scorer` on blocks of `opts.block_len()` tokens (a block of another length is
+/// an error). `progress` is called with the number of blocks done after each batch.
+pub fn evaluate_blocks<I>(
+    scorer: &mut dyn Scorer,
     blocks: I,
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize),
@@ -190,7 +211,7 @@ where
         let end = next.is_none();
         batch.extend(next);
         if batch.len() == opts.batch_blocks || (end && !batch.is_empty()) {
-            let losses = position_losses(model, params, &batch)?;
+            let losses = scorer.position_losses(&batch)?;
             for row in losses.chunks(t) {
                 sums.iter_mut().zip(row).for_each(|(s, &l)| *s += l);
             }
@@ -229,9 +250,8 @@ where
 }
 
 /// Evaluates on a token stream cut into consecutive blocks (see [`blocks_of`]).
-pub fn evaluate_tokens<F: Elem>(
-    model: &Model,
-    params: &[F],
+pub fn evaluate_tokens(
+    scorer: &mut dyn Scorer,
     tokens: &[u32],
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize),
@@ -243,15 +263,14 @@ pub fn evaluate_tokens<F: Elem>(
         "eval: the data has {} tokens, fewer than one block of max(lengths) + 1 = {bl}",
         tokens.len()
     );
-    evaluate_blocks(model, params, blocks_of(tokens, bl), opts, progress)
+    evaluate_blocks(scorer, blocks_of(tokens, bl), opts, progress)
 }
 
 /// Evaluates on the LITPKDS shards `{dir}/{prefix}*` (e.g. prefix `val`), read as the
 /// reference's validation loader: files in the seeded shuffle order, each cut into blocks of
 /// `max(lengths) + 1` tokens (remainders dropped), in order, one pass.
-pub fn evaluate_shards<F: Elem>(
-    model: &Model,
-    params: &[F],
+pub fn evaluate_shards(
+    scorer: &mut dyn Scorer,
     dir: &std::path::Path,
     prefix: &str,
     opts: &EvalOptions,
@@ -259,12 +278,12 @@ pub fn evaluate_shards<F: Elem>(
 ) -> Result<EvalReport> {
     opts.validate()?;
     let cfg = PackedConfig {
-        vocab: Some(model.config.vocab_size),
+        vocab: Some(scorer.vocab_size()),
         ..PackedConfig::validation(opts.block_len() - 1)
     };
     let mut data = PackedDataset::open(dir, prefix, cfg)?;
     let blocks = std::iter::from_fn(move || data.next_block().transpose());
-    evaluate_blocks(model, params, blocks, opts, progress)
+    evaluate_blocks(scorer, blocks, opts, progress)
 }
 
 #[cfg(test)]
@@ -285,7 +304,16 @@ mod tests {
         opts.max_blocks = Some(5);
         opts.batch_blocks = 2;
         let mut seen = Vec::new();
-        let r = evaluate_tokens(&model, &params, &stream, &opts, &mut |n| seen.push(n)).unwrap();
+        let r = evaluate_tokens(
+            &mut CpuScorer {
+                model: &model,
+                params: &params,
+            },
+            &stream,
+            &opts,
+            &mut |n| seen.push(n),
+        )
+        .unwrap();
         assert_eq!(seen, vec![2, 4, 5]);
         assert_eq!((r.blocks, r.block_len), (5, 71));
         assert_eq!(
@@ -338,8 +366,27 @@ mod tests {
         )
         .unwrap();
         let opts = EvalOptions::new(vec![16, 4]);
-        let a = evaluate_shards(&model, &params, &dir, "val", &opts, &mut |_| {}).unwrap();
-        let b = evaluate_tokens(&model, &params, &toks, &opts, &mut |_| {}).unwrap();
+        let a = evaluate_shards(
+            &mut CpuScorer {
+                model: &model,
+                params: &params,
+            },
+            &dir,
+            "val",
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
+        let b = evaluate_tokens(
+            &mut CpuScorer {
+                model: &model,
+                params: &params,
+            },
+            &toks,
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(a.blocks, 3);
         assert_eq!(a, b);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -350,13 +397,23 @@ mod tests {
         let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
         let params: Vec<f32> = model.init_params(&mut Rng::new(1));
         let opts = EvalOptions::new(vec![16]);
-        let err = evaluate_tokens(&model, &params, &[1; 10], &opts, &mut |_| {})
-            .unwrap_err()
-            .to_string();
+        let err = evaluate_tokens(
+            &mut CpuScorer {
+                model: &model,
+                params: &params,
+            },
+            &[1; 10],
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("17"), "{err}");
         let err = evaluate_tokens(
-            &model,
-            &params,
+            &mut CpuScorer {
+                model: &model,
+                params: &params,
+            },
             &[1; 40],
             &EvalOptions::new(vec![]),
             &mut |_| {},
@@ -365,9 +422,17 @@ mod tests {
         .to_string();
         assert!(err.contains("lengths"), "{err}");
         let blocks = vec![Ok(vec![1u32; 17]), Ok(vec![1u32; 9])];
-        let err = evaluate_blocks(&model, &params, blocks, &opts, &mut |_| {})
-            .unwrap_err()
-            .to_string();
+        let err = evaluate_blocks(
+            &mut CpuScorer {
+                model: &model,
+                params: &params,
+            },
+            blocks,
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("block 1"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Generation and evaluation on a freshly trained byte-level model, through the library
 //! functions behind `gdn generate` and `gdn eval`.
 
-use gdn::eval::{evaluate_blocks, evaluate_tokens, EvalOptions};
+use gdn::eval::{evaluate_blocks, evaluate_tokens, CpuScorer, EvalOptions};
 use gdn::model::decode::{generate, GenerateOptions, StopReason};
 use gdn::model::sample::{argmax, ByteCodec, Sampler, StreamDecoder, TextCodec};
 use gdn::model::{Model, ModelConfig};
@@ -123,8 +123,10 @@ fn generate_and_eval_a_trained_byte_model() {
     let windows = ((valid.len() - 1) / SEQ_LEN).min(12);
     let blocks = (0..windows).map(|i| Ok(valid[i * SEQ_LEN..(i + 1) * SEQ_LEN + 1].to_vec()));
     let r = evaluate_blocks(
-        &model,
-        &params,
+        &mut CpuScorer {
+            model: &model,
+            params: &params,
+        },
         blocks,
         &EvalOptions::new(vec![SEQ_LEN]),
         &mut |_| {},
@@ -141,7 +143,16 @@ fn generate_and_eval_a_trained_byte_model() {
     // Several lengths in one pass over the whole file.
     let mut opts = EvalOptions::new(vec![64, 8, 16]);
     opts.max_blocks = Some(6);
-    let r = evaluate_tokens(&model, &params, &bytes, &opts, &mut |_| {}).unwrap();
+    let r = evaluate_tokens(
+        &mut CpuScorer {
+            model: &model,
+            params: &params,
+        },
+        &bytes,
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(r.blocks, 6);
     let lens: Vec<usize> = r.results.iter().map(|x| x.length).collect();
     assert_eq!(lens, vec![8, 16, 64]);

@@ -1,8 +1,10 @@
 //! `gdn eval`: validation loss and perplexity of a checkpoint at several context lengths.
 
+use super::DeviceArg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gdn::eval::{evaluate_shards, evaluate_tokens, EvalOptions};
+use gdn::cuda::{model::GpuModel, train::GpuScorer, Gpu};
+use gdn::eval::{evaluate_shards, evaluate_tokens, CpuScorer, EvalOptions, Scorer};
 use gdn::train::checkpoint;
 use std::path::PathBuf;
 
@@ -48,6 +50,9 @@ pub struct EvalArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where to run the model (the GPU in bf16 with fp32 losses; the CPU in fp32).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -60,7 +65,42 @@ pub fn run(a: EvalArgs) -> Result<()> {
         max_blocks: a.max_blocks,
         batch_blocks: a.batch,
     };
+    opts.validate()?;
     let quiet = a.quiet;
+    let gpu = if a.device.use_gpu("evaluating on the CPU")? {
+        Some(Gpu::open(0)?)
+    } else {
+        None
+    };
+    let mut gpu_model = match &gpu {
+        Some(g) => {
+            let t = opts.block_len() - 1;
+            Some(
+                GpuModel::new(g, &model, &params, a.batch * t, a.batch)
+                    .map_err(gdn::cuda::train::explain_oom)?,
+            )
+        }
+        None => None,
+    };
+    let mut cpu_scorer;
+    let mut gpu_scorer;
+    let scorer: &mut dyn Scorer = match (&gpu, &mut gpu_model) {
+        (Some(gpu), Some(m)) => {
+            gpu_scorer = GpuScorer {
+                gpu,
+                model: m,
+                vocab: model.config.vocab_size,
+            };
+            &mut gpu_scorer
+        }
+        _ => {
+            cpu_scorer = CpuScorer {
+                model: &model,
+                params: &params,
+            };
+            &mut cpu_scorer
+        }
+    };
     let mut progress = |done: usize| {
         if !quiet {
             eprint!("\reval: {done} blocks");
@@ -68,7 +108,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let (report, source) = match (&a.shards, &a.data) {
         (Some(dir), _) => {
-            let r = evaluate_shards(&model, &params, dir, &a.prefix, &opts, &mut progress)?;
+            let r = evaluate_shards(scorer, dir, &a.prefix, &opts, &mut progress)?;
             (r, ("shards", format!("{}/{}*", dir.display(), a.prefix)))
         }
         (None, Some(data)) => {
@@ -82,7 +122,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if a.split == Some(Split::Valid) {
                 tokens.drain(..tokens.len() - tokens.len() / 10);
             }
-            let r = evaluate_tokens(&model, &params, &tokens, &opts, &mut progress)
+            let r = evaluate_tokens(scorer, &tokens, &opts, &mut progress)
                 .with_context(|| format!("data file {}", data.display()))?;
             (r, ("data", data.display().to_string()))
         }

@@ -1,5 +1,6 @@
 //! `gdn train`.
 
+use super::DeviceArg;
 use anyhow::Result;
 use clap::Args;
 use gdn::data::mqar::MqarConfig;
@@ -85,6 +86,14 @@ pub struct TrainArgs {
     /// No progress bar or console lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Where to train: the GPU (bf16 weights and activations, fp32 master weights and moments)
+    /// or the CPU (fp32). `auto` takes the GPU when one is usable.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// GPU: keep one block's activations and recompute each block's forward during the
+    /// backward (much less memory, about a third more compute).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -92,11 +101,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(p) => PathBuf::from("runs").join(p.file_stem().unwrap_or_default()),
         None => PathBuf::from("runs/mqar"),
     });
+    let (gpu, no_gpu) = a.device.resolve()?;
     let opts = RunOptions {
         out,
         resume: a.resume,
         stop_after: a.stop_after,
         quiet: a.quiet,
+        gpu: gpu.then_some(0),
+        notice: no_gpu.map(|why| format!("no usable GPU ({why}); training on the CPU")),
+        recompute: a.recompute,
+        gpu_optional: a.device == DeviceArg::Auto,
     };
     let config = if a.resume {
         None

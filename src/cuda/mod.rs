@@ -14,6 +14,7 @@ pub mod model_selftest;
 pub mod ops;
 pub mod ops_selftest;
 pub mod selftest;
+pub mod train;
 
 pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
 

@@ -21,8 +21,8 @@ use crate::model::lm::Model;
 use crate::ops::delta_rule::Dims;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use half::bf16;
 use std::ops::Range;
@@ -468,6 +468,9 @@ pub struct GpuModel {
     norm: Range<usize>,
     head: Range<usize>,
     layers: Vec<LayerRanges>,
+    /// Keep one block's activations and recompute each block's forward before its backward
+    /// (memory: the residual stream per block instead of every activation).
+    recompute: bool,
     /// fp32 master parameters (the CPU layout).
     pub params: CudaSlice<f32>,
     /// bf16 working copy of `params`.
@@ -554,6 +557,241 @@ fn lin_dw(
     blas.matmul::<f32>(out, n, inp, dy, true, x, false, dw, 1.0, 1.0)
 }
 
+/// What every block's forward reads besides its own buffers.
+struct BlockCtx<'a> {
+    gpu: &'a Gpu,
+    blas: &'a Blas,
+    p16: &'a CudaSlice<bf16>,
+    p32: &'a CudaSlice<f32>,
+    sz: Sz,
+    n: usize,
+    cu: CudaView<'a, i32>,
+    cu_seqlens: &'a [usize],
+}
+
+/// One block's forward, x_out = block(x_in), keeping in `a` what its backward needs (run again
+/// before the backward of the block when activations are recomputed).
+#[allow(clippy::too_many_arguments)]
+fn block_forward(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    x_in: &CudaView<f32>,
+    x_out: &mut CudaViewMut<f32>,
+    a: &mut LayerActs,
+    ws: &mut DeltaRuleWorkspace,
+    tmp_d: &mut CudaSlice<bf16>,
+    tmp_silu: &mut CudaSlice<bf16>,
+) -> Result<()> {
+    let BlockCtx {
+        gpu,
+        blas,
+        p16,
+        p32,
+        sz,
+        n,
+        ref cu,
+        cu_seqlens,
+    } = *ctx;
+    let Sz {
+        d,
+        inter,
+        h,
+        dk,
+        kd,
+        vd,
+        w,
+        eps,
+        ..
+    } = sz;
+    let pv = |r: &Range<usize>| p16.slice(r.clone());
+    rmsnorm_fwd_f32x(
+        gpu,
+        x_in,
+        &pv(&lr.attn_norm),
+        &mut a.h1.slice_mut(..n * d),
+        &mut a.rstd1.slice_mut(..n),
+        d,
+        eps,
+    )?;
+    // Mixer projections.
+    let h1 = a.h1.slice(..n * d);
+    lin_fwd(
+        blas,
+        &h1,
+        &pv(&lr.q_proj),
+        &mut a.q_pre.slice_mut(..n * kd),
+        n,
+        d,
+        kd,
+    )?;
+    lin_fwd(
+        blas,
+        &h1,
+        &pv(&lr.k_proj),
+        &mut a.k_pre.slice_mut(..n * kd),
+        n,
+        d,
+        kd,
+    )?;
+    lin_fwd(
+        blas,
+        &h1,
+        &pv(&lr.v_proj),
+        &mut a.v_pre.slice_mut(..n * vd),
+        n,
+        d,
+        vd,
+    )?;
+    lin_fwd(
+        blas,
+        &h1,
+        &pv(&lr.a_proj),
+        &mut a.a.slice_mut(..n * h),
+        n,
+        d,
+        h,
+    )?;
+    lin_fwd(
+        blas,
+        &h1,
+        &pv(&lr.b_proj),
+        &mut a.b.slice_mut(..n * h),
+        n,
+        d,
+        h,
+    )?;
+    if let Some(bias) = &lr.b_bias {
+        add_bias_bf16(gpu, &mut a.b.slice_mut(..n * h), &pv(bias))?;
+    }
+    lin_fwd(
+        blas,
+        &h1,
+        &pv(&lr.g_proj),
+        &mut a.gate.slice_mut(..n * vd),
+        n,
+        d,
+        vd,
+    )?;
+    // Convs, SiLU, L2 norm.
+    for (pre, wr, conv, ch) in [
+        (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
+        (&a.k_pre, &lr.k_conv, &mut a.k_conv, kd),
+        (&a.v_pre, &lr.v_conv, &mut a.v_conv, vd),
+    ] {
+        ops::conv_fwd(
+            gpu,
+            &pre.slice(..n * ch),
+            &pv(wr),
+            &mut conv.slice_mut(..n * ch),
+            cu,
+            ch,
+            w,
+        )?;
+    }
+    for (conv, y, r) in [
+        (&a.q_conv, &mut a.q, &mut a.qr),
+        (&a.k_conv, &mut a.k, &mut a.kr),
+    ] {
+        let mut s = tmp_silu.slice_mut(..n * kd);
+        ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
+        ops::l2norm_fwd(
+            gpu,
+            &s,
+            &mut y.slice_mut(..n * kd),
+            &mut r.slice_mut(..n * h),
+            dk,
+        )?;
+    }
+    ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
+    ops::gates_fwd(
+        gpu,
+        &a.a.slice(..n * h),
+        &a.b.slice(..n * h),
+        &p32.slice(lr.a_log.clone()),
+        &p32.slice(lr.dt_bias.clone()),
+        &mut a.g.slice_mut(..n * h),
+        &mut a.beta.slice_mut(..n * h),
+    )?;
+    let inp = ChunkInputs {
+        q: a.q.slice(..n * kd),
+        k: a.k.slice(..n * kd),
+        v: a.v.slice(..n * vd),
+        g: a.g.slice(..n * h),
+        beta: a.beta.slice(..n * h),
+        scale: 1.0 / (dk as f32).sqrt(),
+        initial_state: None,
+        cu_seqlens,
+    };
+    chunk_forward(gpu, ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
+    ops::gated_rmsnorm_fwd(
+        gpu,
+        &a.o.slice(..n * vd),
+        &a.gate.slice(..n * vd),
+        &pv(&lr.o_norm),
+        &mut a.normed.slice_mut(..n * vd),
+        &mut a.o_rstd.slice_mut(..n * h),
+        eps,
+    )?;
+    let mut mix = tmp_d.slice_mut(..n * d);
+    lin_fwd(
+        blas,
+        &a.normed.slice(..n * vd),
+        &pv(&lr.o_proj),
+        &mut mix,
+        n,
+        vd,
+        d,
+    )?;
+    add_f32_bf16(gpu, x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
+    // MLP.
+    rmsnorm_fwd_f32x(
+        gpu,
+        &a.x_mid.slice(..n * d),
+        &pv(&lr.mlp_norm),
+        &mut a.h2.slice_mut(..n * d),
+        &mut a.rstd2.slice_mut(..n),
+        d,
+        eps,
+    )?;
+    let h2 = a.h2.slice(..n * d);
+    let ni = n * inter;
+    lin_fwd(
+        blas,
+        &h2,
+        &pv(&lr.gate_proj),
+        &mut a.mg.slice_mut(..ni),
+        n,
+        d,
+        inter,
+    )?;
+    lin_fwd(
+        blas,
+        &h2,
+        &pv(&lr.up_proj),
+        &mut a.mu.slice_mut(..ni),
+        n,
+        d,
+        inter,
+    )?;
+    ops::swiglu_fwd(
+        gpu,
+        &a.mg.slice(..ni),
+        &a.mu.slice(..ni),
+        &mut a.act.slice_mut(..ni),
+    )?;
+    lin_fwd(
+        blas,
+        &a.act.slice(..ni),
+        &pv(&lr.down_proj),
+        &mut mix,
+        n,
+        inter,
+        d,
+    )?;
+    add_f32_bf16(gpu, &a.x_mid.slice(..n * d), &mix, x_out)?;
+    Ok(())
+}
+
 impl GpuModel {
     /// Uploads `params` (host f32, the model's layout) and allocates everything for calls of up
     /// to `max_tokens` tokens in up to `max_seqs` sequences.
@@ -563,6 +801,19 @@ impl GpuModel {
         params: &[f32],
         max_tokens: usize,
         max_seqs: usize,
+    ) -> Result<Self> {
+        Self::new_with(gpu, model, params, max_tokens, max_seqs, false)
+    }
+
+    /// As [`GpuModel::new`]; with `recompute`, activations are kept for one block at a time and
+    /// each block's forward is run again before its backward.
+    pub fn new_with(
+        gpu: &Gpu,
+        model: &Model,
+        params: &[f32],
+        max_tokens: usize,
+        max_seqs: usize,
+        recompute: bool,
     ) -> Result<Self> {
         let c = &model.config;
         c.validate()?;
@@ -680,7 +931,8 @@ impl GpuModel {
             ..
         } = sz;
         let th = t * h;
-        let acts = (0..layers.len())
+        let stored = if recompute { 1 } else { layers.len() };
+        let acts = (0..stored)
             .map(|_| -> Result<LayerActs> {
                 Ok(LayerActs {
                     rstd1: alloc(gpu, t, "rstd1")?,
@@ -759,6 +1011,7 @@ impl GpuModel {
             norm,
             head,
             layers,
+            recompute,
             params: master,
             params_bf16,
             grads,
@@ -898,18 +1151,7 @@ impl GpuModel {
     pub fn forward(&mut self, gpu: &Gpu, tokens: &[u32], cu_seqlens: &[usize]) -> Result<()> {
         let n = tokens.len();
         let sz = self.sz;
-        let Sz {
-            d,
-            inter,
-            vocab,
-            h,
-            dk,
-            kd,
-            vd,
-            w,
-            eps,
-            ..
-        } = sz;
+        let Sz { d, vocab, eps, .. } = sz;
         ensure!(n > 0, "GpuModel::forward: no tokens");
         ensure!(
             n <= self.max_tokens,
@@ -939,12 +1181,19 @@ impl GpuModel {
             gpu.sync()?;
             self.cu_host = cu_seqlens.to_vec();
         }
-        let nseq1 = cu_seqlens.len();
         let p16 = &self.params_bf16;
-        let p32 = &self.params;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
         let blas = &self.blas;
-        let cu = self.cu_dev.slice(..nseq1);
+        let ctx = BlockCtx {
+            gpu,
+            blas,
+            p16,
+            p32: &self.params,
+            sz,
+            n,
+            cu: self.cu_dev.slice(..cu_seqlens.len()),
+            cu_seqlens,
+        };
 
         ops::embedding_fwd(
             gpu,
@@ -962,192 +1211,17 @@ impl GpuModel {
             let (before, after) = self.xs.split_at_mut(l + 1);
             let x_in = before[l].slice(..n * d);
             let mut x_out = after[0].slice_mut(..n * d);
-            let a = &mut self.acts[l];
-            rmsnorm_fwd_f32x(
-                gpu,
+            let a = &mut self.acts[if self.recompute { 0 } else { l }];
+            block_forward(
+                &ctx,
+                lr,
                 &x_in,
-                &pv(&lr.attn_norm),
-                &mut a.h1.slice_mut(..n * d),
-                &mut a.rstd1.slice_mut(..n),
-                d,
-                eps,
+                &mut x_out,
+                a,
+                &mut self.ws,
+                &mut self.tmp_d,
+                &mut self.tmp_silu,
             )?;
-            // Mixer projections.
-            let h1 = a.h1.slice(..n * d);
-            lin_fwd(
-                blas,
-                &h1,
-                &pv(&lr.q_proj),
-                &mut a.q_pre.slice_mut(..n * kd),
-                n,
-                d,
-                kd,
-            )?;
-            lin_fwd(
-                blas,
-                &h1,
-                &pv(&lr.k_proj),
-                &mut a.k_pre.slice_mut(..n * kd),
-                n,
-                d,
-                kd,
-            )?;
-            lin_fwd(
-                blas,
-                &h1,
-                &pv(&lr.v_proj),
-                &mut a.v_pre.slice_mut(..n * vd),
-                n,
-                d,
-                vd,
-            )?;
-            lin_fwd(
-                blas,
-                &h1,
-                &pv(&lr.a_proj),
-                &mut a.a.slice_mut(..n * h),
-                n,
-                d,
-                h,
-            )?;
-            lin_fwd(
-                blas,
-                &h1,
-                &pv(&lr.b_proj),
-                &mut a.b.slice_mut(..n * h),
-                n,
-                d,
-                h,
-            )?;
-            if let Some(bias) = &lr.b_bias {
-                add_bias_bf16(gpu, &mut a.b.slice_mut(..n * h), &pv(bias))?;
-            }
-            lin_fwd(
-                blas,
-                &h1,
-                &pv(&lr.g_proj),
-                &mut a.gate.slice_mut(..n * vd),
-                n,
-                d,
-                vd,
-            )?;
-            // Convs, SiLU, L2 norm.
-            for (pre, wr, conv, ch) in [
-                (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
-                (&a.k_pre, &lr.k_conv, &mut a.k_conv, kd),
-                (&a.v_pre, &lr.v_conv, &mut a.v_conv, vd),
-            ] {
-                ops::conv_fwd(
-                    gpu,
-                    &pre.slice(..n * ch),
-                    &pv(wr),
-                    &mut conv.slice_mut(..n * ch),
-                    &cu,
-                    ch,
-                    w,
-                )?;
-            }
-            for (conv, y, r) in [
-                (&a.q_conv, &mut a.q, &mut a.qr),
-                (&a.k_conv, &mut a.k, &mut a.kr),
-            ] {
-                let mut s = self.tmp_silu.slice_mut(..n * kd);
-                ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
-                ops::l2norm_fwd(
-                    gpu,
-                    &s,
-                    &mut y.slice_mut(..n * kd),
-                    &mut r.slice_mut(..n * h),
-                    dk,
-                )?;
-            }
-            ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
-            ops::gates_fwd(
-                gpu,
-                &a.a.slice(..n * h),
-                &a.b.slice(..n * h),
-                &p32.slice(lr.a_log.clone()),
-                &p32.slice(lr.dt_bias.clone()),
-                &mut a.g.slice_mut(..n * h),
-                &mut a.beta.slice_mut(..n * h),
-            )?;
-            let inp = ChunkInputs {
-                q: a.q.slice(..n * kd),
-                k: a.k.slice(..n * kd),
-                v: a.v.slice(..n * vd),
-                g: a.g.slice(..n * h),
-                beta: a.beta.slice(..n * h),
-                scale: 1.0 / (dk as f32).sqrt(),
-                initial_state: None,
-                cu_seqlens,
-            };
-            chunk_forward(gpu, &mut self.ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
-            ops::gated_rmsnorm_fwd(
-                gpu,
-                &a.o.slice(..n * vd),
-                &a.gate.slice(..n * vd),
-                &pv(&lr.o_norm),
-                &mut a.normed.slice_mut(..n * vd),
-                &mut a.o_rstd.slice_mut(..n * h),
-                eps,
-            )?;
-            let mut mix = self.tmp_d.slice_mut(..n * d);
-            lin_fwd(
-                blas,
-                &a.normed.slice(..n * vd),
-                &pv(&lr.o_proj),
-                &mut mix,
-                n,
-                vd,
-                d,
-            )?;
-            add_f32_bf16(gpu, &x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
-            // MLP.
-            rmsnorm_fwd_f32x(
-                gpu,
-                &a.x_mid.slice(..n * d),
-                &pv(&lr.mlp_norm),
-                &mut a.h2.slice_mut(..n * d),
-                &mut a.rstd2.slice_mut(..n),
-                d,
-                eps,
-            )?;
-            let h2 = a.h2.slice(..n * d);
-            let ni = n * inter;
-            lin_fwd(
-                blas,
-                &h2,
-                &pv(&lr.gate_proj),
-                &mut a.mg.slice_mut(..ni),
-                n,
-                d,
-                inter,
-            )?;
-            lin_fwd(
-                blas,
-                &h2,
-                &pv(&lr.up_proj),
-                &mut a.mu.slice_mut(..ni),
-                n,
-                d,
-                inter,
-            )?;
-            ops::swiglu_fwd(
-                gpu,
-                &a.mg.slice(..ni),
-                &a.mu.slice(..ni),
-                &mut a.act.slice_mut(..ni),
-            )?;
-            lin_fwd(
-                blas,
-                &a.act.slice(..ni),
-                &pv(&lr.down_proj),
-                &mut mix,
-                n,
-                inter,
-                d,
-            )?;
-            add_f32_bf16(gpu, &a.x_mid.slice(..n * d), &mix, &mut x_out)?;
         }
         let x_final = self.xs[self.layers.len()].slice(..n * d);
         rmsnorm_fwd_f32x(
@@ -1170,6 +1244,39 @@ impl GpuModel {
         )?;
         self.n = n;
         Ok(())
+    }
+
+    /// Per-token cross-entropy of the last forward against `targets` (0 where IGNORE), with no
+    /// backward (evaluation). Ends the pending forward.
+    pub fn position_losses(&mut self, gpu: &Gpu, targets: &[u32]) -> Result<Vec<f32>> {
+        let n = self.n;
+        ensure!(n > 0, "GpuModel::position_losses: no forward pending");
+        ensure!(
+            targets.len() == n,
+            "GpuModel::position_losses: {} targets for {n} tokens",
+            targets.len()
+        );
+        let vocab = self.sz.vocab;
+        if let Some(&t) = targets
+            .iter()
+            .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
+        {
+            bail!("GpuModel::position_losses: target {t} is outside the vocabulary of {vocab}");
+        }
+        self.n = 0;
+        gpu.stream
+            .memcpy_htod(targets, &mut self.targets.slice_mut(..n))
+            .context("uploading the targets")?;
+        ops::cross_entropy_fwd(
+            gpu,
+            &self.logits.slice(..n * vocab),
+            &self.targets.slice(..n),
+            &mut self.lse.slice_mut(..n),
+            &mut self.losses.slice_mut(..n),
+            &mut self.stats,
+            vocab,
+        )?;
+        super::buffer::download_f32(gpu, &self.losses.slice(..n))
     }
 
     /// Mean cross-entropy of the last forward against `targets` (IGNORE skipped), and its
@@ -1284,8 +1391,31 @@ impl GpuModel {
         )?;
         ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
 
+        let ctx = BlockCtx {
+            gpu,
+            blas,
+            p16,
+            p32,
+            sz,
+            n,
+            cu: self.cu_dev.slice(..cu_seqlens.len()),
+            cu_seqlens,
+        };
         for (l, lr) in self.layers.iter().enumerate().rev() {
-            let a = &self.acts[l];
+            if self.recompute {
+                let (before, after) = self.xs.split_at_mut(l + 1);
+                block_forward(
+                    &ctx,
+                    lr,
+                    &before[l].slice(..nd),
+                    &mut after[0].slice_mut(..nd),
+                    &mut self.acts[0],
+                    &mut self.ws,
+                    &mut self.tmp_d,
+                    &mut self.tmp_silu,
+                )?;
+            }
+            let a = &self.acts[if self.recompute { 0 } else { l }];
             let ni = n * inter;
             // MLP: x_out = x_mid + down(silu(gate) ⊙ up).
             let dy = b.dres_bf.slice(..nd);

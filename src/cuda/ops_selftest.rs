@@ -802,14 +802,6 @@ impl Ctx<'_> {
             exempt_norms_and_biases: true,
             ..Default::default()
         };
-        let mut decay = vec![1.0f32; n];
-        for p in layout
-            .params
-            .iter()
-            .filter(|p| p.kind.is_exempt_from_decay())
-        {
-            decay[p.range()].iter_mut().for_each(|d| *d = 0.0);
-        }
         let hyper = ops::AdamWHyper {
             beta1: config.beta1,
             beta2: config.beta2,
@@ -818,6 +810,7 @@ impl Ctx<'_> {
             max_grad_norm: 0.0,
         };
         let mut cpu = AdamW::new(config, &layout);
+        let decay = cpu.decay().to_vec();
         let mut p_cpu = self.randn(n, 1.0);
         let mut p = self.f32(&p_cpu)?;
         let (mut m, mut v) = (self.f32(&vec![0.0; n])?, self.f32(&vec![0.0; n])?);

@@ -61,6 +61,11 @@ impl AdamW {
         }
     }
 
+    /// The per-element weight-decay factor (1, or 0 for exempt parameters).
+    pub fn decay(&self) -> &[f32] {
+        &self.decay
+    }
+
     /// One update with learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
         self.step += 1;

@@ -5,6 +5,8 @@
 use super::adamw::{clip_grad_norm, AdamW};
 use super::checkpoint::{self, TrainerState};
 use super::config::{DataSpec, TrainConfig};
+use crate::cuda::train::{memory_in_use, GpuTrainer};
+use crate::cuda::Gpu;
 use crate::data::bytes::{ByteDataset, BYTE_VOCAB};
 use crate::data::mqar::{self, MqarConfig};
 use crate::data::packed::{
@@ -41,6 +43,16 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// No progress bar or console lines.
     pub quiet: bool,
+    /// Train on this GPU (ordinal) instead of the CPU.
+    pub gpu: Option<usize>,
+    /// With `gpu`: a model the CUDA kernels do not support (e.g. head dim 32) trains on the CPU
+    /// instead of failing (`--device auto`).
+    pub gpu_optional: bool,
+    /// A line printed with the start-up banner (e.g. why the GPU is not used).
+    pub notice: Option<String>,
+    /// On the GPU: keep one block's activations and recompute each block's forward in the
+    /// backward (less memory, about a third more compute).
+    pub recompute: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -83,6 +95,9 @@ struct MetricsLine {
     lr: f64,
     grad_norm: f64,
     tokens_per_s: f64,
+    /// GPU memory in use, bytes (GPU runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_memory: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,36 +199,23 @@ impl Source {
     }
 }
 
-/// Loss (and MQAR accuracy) over the held-out set of the run's data.
-pub fn evaluate(
+/// Loss summed over the counted targets of one held-out batch on the CPU, their count, and the
+/// greedy predictions (MQAR accuracy) when asked for.
+fn cpu_eval_batch(
     model: &Model,
     params: &[f32],
-    set: &[Batch],
-    data: &DataSpec,
-) -> Result<EvalResult> {
-    let with_accuracy = matches!(data, DataSpec::Mqar(_));
-    let (mut loss_sum, mut counted, mut correct, mut total) = (0.0, 0usize, 0usize, 0usize);
-    for b in set {
-        let acts = model.forward(params, &b.inputs, &uniform_cu_seqlens(b.batch, b.seq_len))?;
-        let (loss, count) = model.loss(&acts, &b.targets);
-        loss_sum += loss * count as f64;
-        counted += count;
-        if with_accuracy {
-            let preds = argmax_at_targets(&acts.logits, &b.targets, model.config.vocab_size);
-            let (c, t) = mqar::query_accuracy(b, &preds);
-            correct += c;
-            total += t;
-        }
-    }
-    Ok(EvalResult {
-        loss: loss_sum / counted.max(1) as f64,
-        accuracy: with_accuracy.then(|| correct as f64 / total.max(1) as f64),
-        per_byte: matches!(data, DataSpec::Bytes { .. }),
-    })
+    b: &Batch,
+    predictions: bool,
+) -> Result<(f64, usize, Option<Vec<u32>>)> {
+    let acts = model.forward(params, &b.inputs, &uniform_cu_seqlens(b.batch, b.seq_len))?;
+    let (loss, count) = model.loss(&acts, &b.targets);
+    let preds =
+        predictions.then(|| argmax_at_targets(&acts.logits, &b.targets, model.config.vocab_size));
+    Ok((loss * count as f64, count, preds))
 }
 
 /// Greedy predictions where a target is set (0 elsewhere, unused).
-fn argmax_at_targets(logits: &[f32], targets: &[u32], vocab: usize) -> Vec<u32> {
+pub(crate) fn argmax_at_targets(logits: &[f32], targets: &[u32], vocab: usize) -> Vec<u32> {
     logits
         .chunks(vocab)
         .zip(targets)
@@ -230,6 +232,112 @@ fn argmax_at_targets(logits: &[f32], targets: &[u32], vocab: usize) -> Vec<u32> 
             best as u32
         })
         .collect()
+}
+
+/// Where the step runs. The CPU engine keeps the gradients on the host; the GPU engine keeps
+/// parameters, gradients and moments on the device and refreshes the host copies (`params`,
+/// `opt`) only for checkpoints.
+enum Engine {
+    Cpu { grads: Vec<f32> },
+    Gpu(Box<GpuTrainer>),
+}
+
+impl Engine {
+    fn zero_grads(&mut self) -> Result<()> {
+        match self {
+            Engine::Cpu { grads } => grads.iter_mut().for_each(|g| *g = 0.0),
+            Engine::Gpu(t) => t.zero_grads()?,
+        }
+        Ok(())
+    }
+
+    /// Forward and backward of one micro-batch (gradients += `scale`·∇ mean loss); its loss.
+    fn accumulate(
+        &mut self,
+        model: &Model,
+        params: &[f32],
+        batch: &Batch,
+        scale: f64,
+    ) -> Result<f64> {
+        match self {
+            Engine::Cpu { grads } => {
+                let cu = uniform_cu_seqlens(batch.batch, batch.seq_len);
+                let acts = model.forward(params, &batch.inputs, &cu)?;
+                let (loss, count) = model.loss(&acts, &batch.targets);
+                if loss.is_finite() {
+                    model.backward(params, acts, &batch.targets, count, scale, grads);
+                }
+                Ok(loss)
+            }
+            Engine::Gpu(t) => t.accumulate(batch, scale),
+        }
+    }
+
+    /// The gradients' global norm; the CPU engine also clips them to `clip` here (the GPU
+    /// engine clips inside its update).
+    fn grad_norm(&mut self, clip: f64) -> Result<f64> {
+        Ok(match self {
+            Engine::Cpu { grads } => clip_grad_norm(grads, clip),
+            Engine::Gpu(t) => t.grad_norm()?,
+        })
+    }
+
+    fn update(&mut self, params: &mut [f32], opt: &mut AdamW, lr: f64) -> Result<()> {
+        match self {
+            Engine::Cpu { grads } => opt.update(params, grads, lr),
+            Engine::Gpu(t) => {
+                opt.step += 1;
+                t.update(lr, opt.step)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the host copies of the parameters and moments up to date.
+    fn sync_host(&mut self, params: &mut [f32], opt: &mut AdamW) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => Ok(()),
+            Engine::Gpu(t) => t.download_into(params, opt),
+        }
+    }
+
+    /// Loss (and MQAR accuracy) over the held-out set of the run's data.
+    fn evaluate(
+        &mut self,
+        model: &Model,
+        params: &[f32],
+        set: &[Batch],
+        data: &DataSpec,
+    ) -> Result<EvalResult> {
+        let with_accuracy = matches!(data, DataSpec::Mqar(_));
+        let (mut loss_sum, mut counted, mut correct, mut total) = (0.0, 0usize, 0usize, 0usize);
+        for b in set {
+            let (sum, count, preds) = match self {
+                Engine::Cpu { .. } => cpu_eval_batch(model, params, b, with_accuracy)?,
+                Engine::Gpu(t) => t.eval_batch(b, with_accuracy)?,
+            };
+            loss_sum += sum;
+            counted += count;
+            if let Some(p) = preds {
+                let (c, n) = mqar::query_accuracy(b, &p);
+                correct += c;
+                total += n;
+            }
+        }
+        Ok(EvalResult {
+            loss: loss_sum / counted.max(1) as f64,
+            accuracy: with_accuracy.then(|| correct as f64 / total.max(1) as f64),
+            per_byte: matches!(data, DataSpec::Bytes { .. }),
+        })
+    }
+
+    /// Device memory in use (GPU engine).
+    fn memory(&self) -> Option<usize> {
+        match self {
+            Engine::Cpu { .. } => None,
+            Engine::Gpu(t) => memory_in_use(&t.gpu).ok(),
+        }
+    }
 }
 
 /// Trains per `config` in `opts.out` (or resumes the run there), returning where it ended.
@@ -280,6 +388,54 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         .open(opts.out.join(METRICS_FILE))
         .with_context(|| format!("cannot open {}", opts.out.join(METRICS_FILE).display()))?;
 
+    let md = model.mixer_dims();
+    let unsupported = crate::cuda::delta_rule::check_dims(crate::ops::delta_rule::Dims {
+        heads: md.heads,
+        dk: md.dk,
+        dv: md.dv,
+    })
+    .err();
+    let gpu = match (opts.gpu, unsupported) {
+        (Some(_), Some(why)) if opts.gpu_optional => {
+            if !opts.quiet {
+                eprintln!("this model cannot run on the GPU ({why}); training on the CPU");
+            }
+            None
+        }
+        (Some(_), Some(why)) => bail!("cannot train this model on the GPU: {why}"),
+        (None, _) => None,
+        (g, None) => g,
+    };
+    let mut engine = match gpu {
+        None => Engine::Cpu {
+            grads: vec![0.0f32; params.len()],
+        },
+        Some(ordinal) => {
+            let gpu = Gpu::open(ordinal)?;
+            let max_seqs = eval_set
+                .iter()
+                .map(|b| b.batch)
+                .chain([c.batch_size])
+                .max()
+                .unwrap_or(1);
+            let max_tokens = eval_set
+                .iter()
+                .map(|b| b.inputs.len())
+                .chain([c.batch_size * c.seq_len()])
+                .max()
+                .unwrap_or(1);
+            Engine::Gpu(Box::new(GpuTrainer::new(
+                gpu,
+                &model,
+                &params,
+                &opt,
+                c.clip,
+                max_tokens,
+                max_seqs,
+                opts.recompute,
+            )?))
+        }
+    };
     let end = opts.stop_after.map_or(c.steps, |s| s.min(c.steps));
     let bar = progress_bar(opts.quiet, c.steps, state.step);
     let say = |line: String| {
@@ -289,6 +445,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             bar.suspend(|| eprintln!("{line}"));
         }
     };
+    if let Some(n) = &opts.notice {
+        say(n.clone());
+    }
     if !opts.quiet {
         say(format!(
             "gdn train: {} parameters, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
@@ -301,23 +460,17 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         ));
     }
     let started = Instant::now();
-    let mut grads = vec![0.0f32; params.len()];
     let mut last_loss = f64::NAN;
     let mut last_eval = None;
     let mut saved_step = state.step;
     while state.step < end {
         let t0 = Instant::now();
-        grads.iter_mut().for_each(|g| *g = 0.0);
+        engine.zero_grads()?;
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
         for _ in 0..c.grad_accum {
             let batch = source.next(&mut state.data_rng, c.batch_size)?;
-            let acts = model.forward(
-                &params,
-                &batch.inputs,
-                &uniform_cu_seqlens(batch.batch, batch.seq_len),
-            )?;
-            let (loss, count) = model.loss(&acts, &batch.targets);
+            let loss = engine.accumulate(&model, &params, &batch, 1.0 / c.grad_accum as f64)?;
             if !loss.is_finite() {
                 bail!(non_finite(
                     "loss",
@@ -329,17 +482,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             }
             loss_sum += loss;
             tokens += batch.inputs.len() as u64;
-            model.backward(
-                &params,
-                acts,
-                &batch.targets,
-                count,
-                1.0 / c.grad_accum as f64,
-                &mut grads,
-            );
         }
         let loss = loss_sum / c.grad_accum as f64;
-        let norm = clip_grad_norm(&mut grads, c.clip);
+        let norm = engine.grad_norm(c.clip)?;
         if !norm.is_finite() {
             bail!(non_finite(
                 "gradient norm",
@@ -350,15 +495,16 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             ));
         }
         let lr = c.schedule.lr_at(state.step);
-        opt.update(&mut params, &grads, lr);
+        engine.update(&mut params, &mut opt, lr)?;
         state.step += 1;
         state.tokens_seen += tokens;
         last_loss = loss;
         let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
+        let memory = engine.memory();
 
         let done = state.step == end;
         let eval = if state.step % c.eval_every == 0 || done {
-            let e = evaluate(&model, &params, &eval_set, &c.data)?;
+            let e = engine.evaluate(&model, &params, &eval_set, &c.data)?;
             say(eval_line(state.step, &e, started.elapsed().as_secs_f64()));
             Some(e)
         } else {
@@ -370,6 +516,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             lr,
             grad_norm: norm,
             tokens_per_s,
+            gpu_memory: memory,
             eval_loss: eval.as_ref().map(|e| e.loss),
             eval_accuracy: eval.as_ref().and_then(|e| e.accuracy),
         };
@@ -380,6 +527,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             last_eval = eval;
         }
         if state.step % c.checkpoint_every == 0 || done || reached {
+            engine.sync_host(&mut params, &mut opt)?;
             if let Some(i) = params.iter().position(|p| !p.is_finite()) {
                 let name = model
                     .layout
@@ -400,7 +548,13 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             saved_step = state.step;
         }
         bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {loss:.4}"));
+        bar.set_message(match memory {
+            Some(bytes) => format!(
+                "loss {loss:.4} | {tokens_per_s:.0} tokens/s | GPU memory {:.1} GB",
+                bytes as f64 / 1e9
+            ),
+            None => format!("loss {loss:.4} | {tokens_per_s:.0} tokens/s"),
+        });
         if reached {
             say(format!(
                 "reached the target accuracy at step {}",

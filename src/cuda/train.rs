@@ -1,0 +1,216 @@
+//! Training and evaluation state on one GPU: the model ([`GpuModel`]: fp32 master weights, bf16
+//! working copy, fp32 gradients), the AdamW moments (fp32) and the scratch of the clipped update,
+//! all resident on the device. The host sees a loss and a gradient norm per step, and the weights
+//! and moments only when a checkpoint is written.
+
+use super::buffer::{download_f32, upload, upload_f32};
+use super::model::GpuModel;
+use super::{ops, Gpu};
+use crate::data::Batch;
+use crate::eval::Scorer;
+use crate::model::{uniform_cu_seqlens, Model};
+use crate::train::adamw::AdamW;
+use anyhow::{anyhow, ensure, Result};
+use cudarc::driver::CudaSlice;
+
+/// Advice appended to an out-of-memory error.
+const OOM_ADVICE: &str = "the GPU ran out of memory: lower --batch-size (and raise --grad-accum \
+                          to keep the tokens per step), shorten --seq-len, or add --recompute";
+
+/// `e` with [`OOM_ADVICE`] in front when it is a CUDA out-of-memory error.
+pub fn explain_oom(e: anyhow::Error) -> anyhow::Error {
+    if format!("{e:#}").contains("OUT_OF_MEMORY") {
+        e.context(OOM_ADVICE)
+    } else {
+        e
+    }
+}
+
+/// Device memory in use (total − free), in bytes. Everything is allocated up front, so after
+/// the first step this is the run's peak (cuBLASLt workspaces included).
+pub fn memory_in_use(gpu: &Gpu) -> Result<usize> {
+    let (free, total) = gpu
+        .ctx
+        .mem_get_info()
+        .map_err(|e| anyhow!("querying GPU memory failed: {e:?}"))?;
+    Ok(total - free)
+}
+
+pub struct GpuTrainer {
+    pub gpu: Gpu,
+    pub model: GpuModel,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    decay: CudaSlice<f32>,
+    /// [lr, step] of the update in flight.
+    sched: CudaSlice<f64>,
+    norm: CudaSlice<f64>,
+    norm_scratch: CudaSlice<f64>,
+    hyper: ops::AdamWHyper,
+}
+
+impl GpuTrainer {
+    /// Uploads the parameters and the optimiser state `opt` (moments and decay mask), with room
+    /// for micro-batches of up to `max_tokens` tokens in `max_seqs` sequences.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: Gpu,
+        model: &Model,
+        params: &[f32],
+        opt: &AdamW,
+        clip: f64,
+        max_tokens: usize,
+        max_seqs: usize,
+        recompute: bool,
+    ) -> Result<Self> {
+        let build = |gpu: &Gpu| -> Result<_> {
+            let model = GpuModel::new_with(gpu, model, params, max_tokens, max_seqs, recompute)?;
+            let moments = (upload_f32(gpu, &opt.m)?, upload_f32(gpu, &opt.v)?);
+            let decay = upload_f32(gpu, opt.decay())?;
+            let norm_scratch = upload(gpu, &vec![0.0f64; ops::grad_norm_scratch_len()])?;
+            Ok((model, moments, decay, norm_scratch))
+        };
+        let (model, (m, v), decay, norm_scratch) = build(&gpu).map_err(explain_oom)?;
+        let c = opt.config;
+        Ok(GpuTrainer {
+            sched: upload(&gpu, &[0.0f64, 0.0])?,
+            norm: upload(&gpu, &[0.0f64])?,
+            gpu,
+            model,
+            m,
+            v,
+            decay,
+            norm_scratch,
+            hyper: ops::AdamWHyper {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                max_grad_norm: clip,
+            },
+        })
+    }
+
+    pub fn zero_grads(&mut self) -> Result<()> {
+        self.model.zero_grads(&self.gpu)
+    }
+
+    /// Forward and backward of one micro-batch, the gradient of `scale`·(mean loss) added to the
+    /// accumulated gradients. Returns the micro-batch's mean loss.
+    pub fn accumulate(&mut self, batch: &Batch, scale: f64) -> Result<f64> {
+        let cu = uniform_cu_seqlens(batch.batch, batch.seq_len);
+        self.model
+            .forward(&self.gpu, &batch.inputs, &cu)
+            .map_err(explain_oom)?;
+        self.model
+            .loss_and_backward_scaled(&self.gpu, &batch.targets, scale as f32)
+            .map_err(explain_oom)
+    }
+
+    /// The global norm of the accumulated gradients (read back: one synchronisation).
+    pub fn grad_norm(&mut self) -> Result<f64> {
+        ops::grad_norm(
+            &self.gpu,
+            &self.model.grads,
+            &mut self.norm_scratch,
+            &mut self.norm,
+        )?;
+        Ok(super::buffer::download(&self.gpu, &self.norm)?[0])
+    }
+
+    /// One AdamW update (update number `step`, from 1) at learning rate `lr`, the gradients
+    /// clipped to the configured norm using the norm of the last [`GpuTrainer::grad_norm`].
+    pub fn update(&mut self, lr: f64, step: u64) -> Result<()> {
+        let gpu = &self.gpu;
+        gpu.stream
+            .memcpy_htod(&[lr, step as f64], &mut self.sched)
+            .map_err(|e| anyhow!("uploading the learning rate failed: {e:?}"))?;
+        let n = self.model.params.len();
+        ops::adamw(
+            gpu,
+            &mut self.model.params,
+            &self.model.grads,
+            &mut self.m,
+            &mut self.v,
+            &self.decay,
+            &mut self.model.params_bf16.slice_mut(..n),
+            &self.sched,
+            (self.hyper.max_grad_norm > 0.0).then_some(&self.norm),
+            &self.hyper,
+        )?;
+        // The host array of the copy above lives on this frame: wait for it.
+        gpu.sync()
+    }
+
+    /// Copies the parameters and moments back into `params` and `opt` (for a checkpoint).
+    pub fn download_into(&self, params: &mut [f32], opt: &mut AdamW) -> Result<()> {
+        let gpu = &self.gpu;
+        let n = params.len();
+        params.copy_from_slice(&download_f32(gpu, &self.model.params.slice(..n))?);
+        opt.m.copy_from_slice(&download_f32(gpu, &self.m)?);
+        opt.v.copy_from_slice(&download_f32(gpu, &self.v)?);
+        Ok(())
+    }
+
+    /// Loss summed over the counted targets of `batch`, their count, and the greedy predictions
+    /// at the counted positions when `predictions` is set (0 elsewhere).
+    pub fn eval_batch(
+        &mut self,
+        batch: &Batch,
+        predictions: bool,
+    ) -> Result<(f64, usize, Option<Vec<u32>>)> {
+        let cu = uniform_cu_seqlens(batch.batch, batch.seq_len);
+        self.model.forward(&self.gpu, &batch.inputs, &cu)?;
+        let preds = if predictions {
+            let logits = super::buffer::download_bf16(&self.gpu, &self.model.logits_view())?;
+            let vocab = logits.len() / batch.targets.len();
+            Some(crate::train::trainer::argmax_at_targets(
+                &logits,
+                &batch.targets,
+                vocab,
+            ))
+        } else {
+            None
+        };
+        let losses = self.model.position_losses(&self.gpu, &batch.targets)?;
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for (l, &t) in losses.iter().zip(&batch.targets) {
+            if t != crate::data::IGNORE {
+                sum += *l as f64;
+                count += 1;
+            }
+        }
+        Ok((sum, count, preds))
+    }
+}
+
+/// The GPU model as a [`Scorer`] for `eval::evaluate_*` (bf16 activations, fp32 losses).
+pub struct GpuScorer<'a> {
+    pub gpu: &'a Gpu,
+    pub model: &'a mut GpuModel,
+    pub vocab: usize,
+}
+
+impl Scorer for GpuScorer<'_> {
+    fn position_losses(&mut self, blocks: &[Vec<u32>]) -> Result<Vec<f64>> {
+        let Some(first) = blocks.first() else {
+            return Ok(Vec::new());
+        };
+        let t = first.len().saturating_sub(1);
+        ensure!(t > 0, "eval: blocks need at least 2 tokens");
+        ensure!(
+            blocks.iter().all(|b| b.len() == t + 1),
+            "eval: blocks of different lengths"
+        );
+        let inputs: Vec<u32> = blocks.iter().flat_map(|b| b[..t].to_vec()).collect();
+        let targets: Vec<u32> = blocks.iter().flat_map(|b| b[1..].to_vec()).collect();
+        let cu = uniform_cu_seqlens(blocks.len(), t);
+        self.model.forward(self.gpu, &inputs, &cu)?;
+        let l = self.model.position_losses(self.gpu, &targets)?;
+        Ok(l.into_iter().map(f64::from).collect())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+}
