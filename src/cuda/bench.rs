@@ -24,9 +24,25 @@ pub const PEAK_BYTES: f64 = 4.3e12;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to time: `kernels` (the delta rule kernels at FLA's benchmark shapes).
+    /// What to time: `kernels` (the delta rule kernels at FLA's benchmark shapes) or `train`
+    /// (whole training steps of `--preset` on random tokens, as the peer's fla_train.py).
     #[arg(default_value = "kernels")]
     pub kind: String,
+    /// train: the model preset.
+    #[arg(long, default_value = "fla-1.3b")]
+    pub preset: String,
+    /// train: tokens per sequence.
+    #[arg(long, default_value_t = 4096)]
+    pub seq_len: usize,
+    /// train: sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// train: timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// train: recompute each block's forward in the backward (see `gdn train --recompute`).
+    #[arg(long)]
+    pub recompute: bool,
     /// Folder for gdn_bench.json (created if missing).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -455,8 +471,10 @@ fn bench_decode(gpu: &Gpu, reps: usize, n: usize, dims: Dims) -> Result<DecodeRo
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.kind != "kernels" {
-        bail!("unknown bench kind `{}` (known: kernels)", a.kind);
+    match a.kind.as_str() {
+        "kernels" => {}
+        "train" => return run_train(&a),
+        k => bail!("unknown bench kind `{k}` (known: kernels, train)"),
     }
     let quick = match a.shapes.as_str() {
         "all" => false,
@@ -571,6 +589,46 @@ pub fn run(a: BenchArgs) -> Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_train(a: &BenchArgs) -> Result<()> {
+    let gpu = Gpu::open(a.device)?;
+    println!("device: {} ({})", gpu.name, gpu.arch);
+    let b = super::bench_train::TrainBench {
+        preset: a.preset.clone(),
+        seq_len: a.seq_len,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        warmup: 2,
+        recompute: a.recompute,
+    };
+    let r = super::bench_train::bench_train(gpu, &b)?;
+    println!(
+        "{}: {:.1}M parameters, {}×{} tokens{}: {:.3} s/step, {:.0} tokens/s, {:.0} model TFLOP/s, \
+         GPU memory in use {:.1} GB",
+        r.name,
+        r.params_m,
+        r.batch,
+        r.seq_len,
+        if r.recompute { ", recompute" } else { "" },
+        r.step_s,
+        r.tokens_per_s,
+        r.model_tflops,
+        r.gpu_memory_gb
+    );
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = if r.recompute {
+            "gdn_train_recompute.json"
+        } else {
+            "gdn_train.json"
+        };
+        crate::io::write_atomic(
+            &dir.join(name),
+            serde_json::to_string_pretty(&r)?.as_bytes(),
+        )?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
 
 pub mod bench;
+pub mod bench_train;
 pub mod blas;
 pub mod buffer;
 mod compile;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU training checks on the GPU machine: GPU training runs agree with themselves across a resume
+# and with --recompute (bit for bit) and with the CPU run of the same config (loss curves); the whole
+# model's GPU gradients against the CPU (selftest --filter model); training throughput and memory of
+# FLA's 1.3B config at T 4096 × 8 beside the peer's fla_train.py in the same call.
+# Usage: GDN_BIN=path/to/gdn OUT=folder bash scripts/device_train_check.sh   (FLA wheels in .whl/,
+# the peer's fla_train.py in .peer/bench/ or ../shared/bench/)
+set -u
+B=$(realpath "${GDN_BIN:-./target/release/gdn}")
+OUT=${OUT:-/tmp/gdn-out}
+mkdir -p "$OUT"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export LD_LIBRARY_PATH=$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}
+W=/tmp/gdn-train-check
+rm -rf "$W" && mkdir -p "$W"
+cat src/*.rs src/*/*.rs > "$W/corpus.txt"
+c=(--data "$W/corpus.txt" --preset small --steps 40 --eval-every 10 --checkpoint-every 20 --quiet)
+# The CPU run of the same config, on the host cores while the GPU runs.
+(timeout 300 "$B" train "${c[@]}" --device cpu --out "$W/cpu" > "$OUT/train_cpu.log" 2>&1) &
+cpu=$!
+timeout 120 "$B" train "${c[@]}" --device cuda --out "$W/gpu" 2>&1 | tail -2
+timeout 120 "$B" train "${c[@]}" --device cuda --out "$W/split" --stop-after 20 2>&1 | tail -1
+timeout 120 "$B" train --resume --out "$W/split" --device cuda --quiet 2>&1 | tail -1
+timeout 120 "$B" train "${c[@]}" --device cuda --recompute --out "$W/recompute" 2>&1 | tail -1
+wait $cpu
+python3 scripts/compare_runs.py "$W/gpu" "$W/split" "$W/recompute" "$W/cpu" | tee "$OUT/train_check.jsonl"
+cp "$W/gpu/metrics.jsonl" "$OUT/gpu_small_metrics.jsonl"
+for r in "" --recompute; do
+  timeout 150 "$B" bench train --preset fla-1.3b --seq-len 4096 --batch-size 8 --steps 5 $r --out "$OUT" 2>&1 | tail -2
+done
+PEER=$(for d in .peer/bench ../shared/bench shared/bench; do [ -f "$d/fla_train.py" ] && echo "$d" && break; done)
+if [ -n "$PEER" ] && [ -z "${SKIP_FLA:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
+  (export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1; P=$(realpath "$PEER"); cd "$OUT" && timeout 240 python3 "$P/fla_train.py" 1.3B 2>&1 | grep -v Warning | tail -3)
+fi
+timeout 120 "$B" selftest --device cuda --filter model --json "$OUT/model_selftest.json" > "$OUT/model_selftest.log" 2>&1; echo "model selftest: exit $?, $(grep -c FAIL "$OUT/model_selftest.log") FAIL rows"

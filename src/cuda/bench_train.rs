@@ -1,0 +1,93 @@
+//! `gdn bench train`: whole training steps of a preset on one GPU (forward, backward, gradient
+//! norm, clipped AdamW with fp32 master weights), on random tokens, as the peer's
+//! `bench/fla_train.py` times FLA's model: tokens/s, step time, model TFLOP/s (6 · parameters ·
+//! tokens/s) and the GPU memory in use.
+
+use super::train::{memory_in_use, GpuTrainer};
+use super::Gpu;
+use crate::data::Batch;
+use crate::model::{Model, ModelConfig};
+use crate::tensor::Rng;
+use crate::train::adamw::{AdamW, AdamWConfig};
+use anyhow::{ensure, Result};
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct TrainBench {
+    pub preset: String,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub recompute: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBenchResult {
+    pub name: String,
+    pub params_m: f64,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub recompute: bool,
+    pub step_s: f64,
+    pub tokens_per_s: f64,
+    pub model_tflops: f64,
+    pub gpu_memory_gb: f64,
+}
+
+pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
+    ensure!(b.steps > 0, "bench train: --steps must be > 0");
+    let model = Model::new(ModelConfig::preset(&b.preset)?)?;
+    let mut rng = Rng::new(0);
+    let params: Vec<f32> = model.init_params(&mut rng);
+    let opt = AdamW::new(AdamWConfig::default(), &model.layout);
+    let n = b.batch_size * b.seq_len;
+    let mut t = GpuTrainer::new(
+        gpu,
+        &model,
+        &params,
+        &opt,
+        1.0,
+        n,
+        b.batch_size,
+        b.recompute,
+    )?;
+    let vocab = model.config.vocab_size;
+    let batch = Batch {
+        batch: b.batch_size,
+        seq_len: b.seq_len,
+        inputs: (0..n).map(|_| rng.below(vocab) as u32).collect(),
+        targets: (0..n).map(|_| rng.below(vocab) as u32).collect(),
+    };
+    let mut step = 0u64;
+    let mut run = |t: &mut GpuTrainer| -> Result<()> {
+        t.zero_grads()?;
+        t.accumulate(&batch, 1.0)?;
+        t.grad_norm()?;
+        step += 1;
+        t.update(4e-4, step)
+    };
+    for _ in 0..b.warmup {
+        run(&mut t)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..b.steps {
+        run(&mut t)?;
+    }
+    let step_s = t0.elapsed().as_secs_f64() / b.steps as f64;
+    let tokens_per_s = n as f64 / step_s;
+    let num = model.num_params() as f64;
+    Ok(TrainBenchResult {
+        name: format!("gdn_{}", b.preset),
+        params_m: num / 1e6,
+        batch: b.batch_size,
+        seq_len: b.seq_len,
+        recompute: b.recompute,
+        step_s,
+        tokens_per_s,
+        model_tflops: 6.0 * num * tokens_per_s / 1e12,
+        gpu_memory_gb: memory_in_use(&t.gpu)? as f64 / 1e9,
+    })
+}
