@@ -450,8 +450,12 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     }
     if !opts.quiet {
         say(format!(
-            "gdn train: {} parameters, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
+            "gdn train: {} parameters on {}, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
             model.num_params(),
+            match &engine {
+                Engine::Cpu { .. } => "the CPU".to_string(),
+                Engine::Gpu(t) => format!("{}{}", t.gpu.name, if opts.recompute { " (recompute)" } else { "" }),
+            },
             c.batch_size,
             c.seq_len(),
             c.grad_accum,
