@@ -9,5 +9,6 @@ pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod tensor;
 pub mod train;

@@ -37,6 +37,8 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Save the logits a checkpoint gives for token sequences (to compare implementations).
     Logits(cli::logits::LogitsArgs),
+    /// Draw a run's loss curve (training and held-out loss against the step) as a PNG.
+    Plot(cli::plot::PlotArgs),
 }
 
 fn main() {
@@ -57,5 +59,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => cli::bench::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Logits(a) => cli::logits::run(a),
+        Command::Plot(a) => cli::plot::run(a),
     }
 }

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod logits;
+pub mod plot;
 pub mod prepare;
 pub mod selftest;
 pub mod tokenizer;
