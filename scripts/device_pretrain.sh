@@ -18,16 +18,16 @@ rm -rf "$R"
 start=$(date +%s)
 timeout "${TRAIN_TIMEOUT:-420}" "$B" train --data "$DATA" --tokenizer "$TOK" --preset nvlabs-0.4b \
   --seq-len "$T" --batch-size 8 --steps "$STEPS" --lr 1e-3 --min-lr 1e-4 --warmup 100 \
-  --eval-every 100 --checkpoint-every 500 --device cuda --out "$R" > "$OUT/train.log" 2>&1
+  --eval-every "${EVAL_EVERY:-250}" --checkpoint-every "${CKPT_EVERY:-1000}" --device cuda --out "$R" > "$OUT/train.log" 2>&1
 echo "train: exit $? after $(( $(date +%s) - start )) s"
 tr '\r' '\n' < "$OUT/train.log" | grep -v "^\s*$" | grep -E "eval|done|error|gdn train" | tail -14
 cp "$R/metrics.jsonl" "$R/train_config.json" "$OUT/" 2>/dev/null
 timeout 90 "$B" eval --checkpoint "$R/checkpoint" --shards "$DATA" --lengths "$T,$((2 * T)),$((4 * T))" \
   --batch 4 --device cuda --json "$OUT/eval.json" --quiet 2>&1 | tail -5
-for p in "import os" "def main(argv):" "class Parser:"; do
+for p in "def main(argv):" "class Parser:"; do
   echo "=== prompt: $p"
   timeout 60 "$B" generate --checkpoint "$R/checkpoint" --tokenizer "$TOK" --prompt "$p" --echo \
-    --max-tokens 120 --temperature 0.7 --top-p 0.9 --seed 1 2>&1
+    --max-tokens "${SAMPLE_TOKENS:-120}" --temperature 0.7 --top-p 0.9 --seed 1 2>&1
   echo
 done > "$OUT/samples.txt"
 tail -c 2500 "$OUT/samples.txt"

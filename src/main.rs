@@ -31,7 +31,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Check every CUDA op and kernel against the CPU reference (or, without a GPU, the CPU kernels).
     Selftest(cli::selftest::SelftestArgs),
-    /// Time the CUDA kernels (delta rule) at the peer FLA benchmark's shapes.
+    /// Time the CUDA kernels (delta rule) at the peer FLA benchmark's shapes, or whole GPU
+    /// training steps (`gdn bench train`).
     Bench(cli::bench::BenchArgs),
     /// Print a model's configuration and parameter count.
     Info(cli::info::InfoArgs),

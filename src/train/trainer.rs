@@ -30,6 +30,7 @@ const EVAL_STREAM: u64 = 3;
 pub const RUN_CONFIG_FILE: &str = "train_config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const LOSS_PNG: &str = "loss.png";
 
 /// How to run (not part of what is trained).
 #[derive(Clone, Debug, Default)]
@@ -550,6 +551,14 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             state.data_position = source.position();
             checkpoint::save(&ckpt_dir, &model, &params, Some((&state, &opt.m, &opt.v)))?;
             saved_step = state.step;
+            // The loss curve goes with each checkpoint; a failure to draw it costs the run nothing.
+            metrics.flush().context("cannot flush metrics.jsonl")?;
+            if let Err(e) = crate::plot::write_loss_curve(
+                &opts.out.join(METRICS_FILE),
+                &opts.out.join(LOSS_PNG),
+            ) {
+                say(format!("could not draw {LOSS_PNG}: {e:#}"));
+            }
         }
         bar.set_position(state.step as u64);
         bar.set_message(match memory {
