@@ -110,6 +110,34 @@ pub fn blocks_of(tokens: &[u32], block_len: usize) -> impl Iterator<Item = Resul
         .map(|c| Ok(c.to_vec()))
 }
 
+/// Blocks of `T + 1` tokens as one packed batch: inputs block[..T] and targets block[1..], each
+/// [blocks, T] row-major.
+pub struct Packed {
+    pub t: usize,
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+impl Packed {
+    /// `None` for no blocks; an error for blocks shorter than 2 tokens or of unequal lengths.
+    pub fn of(blocks: &[Vec<u32>]) -> Result<Option<Packed>> {
+        let Some(first) = blocks.first() else {
+            return Ok(None);
+        };
+        let t = first.len().saturating_sub(1);
+        ensure!(t > 0, "eval: blocks need at least 2 tokens");
+        ensure!(
+            blocks.iter().all(|b| b.len() == t + 1),
+            "eval: blocks of different lengths"
+        );
+        Ok(Some(Packed {
+            t,
+            inputs: blocks.iter().flat_map(|b| b[..t].to_vec()).collect(),
+            targets: blocks.iter().flat_map(|b| b[1..].to_vec()).collect(),
+        }))
+    }
+}
+
 /// Per-position next-token losses of `blocks` (each `T + 1` tokens), run together as one packed
 /// batch: [blocks, T], row-major.
 pub fn position_losses<F: Elem>(
@@ -117,17 +145,9 @@ pub fn position_losses<F: Elem>(
     params: &[F],
     blocks: &[Vec<u32>],
 ) -> Result<Vec<f64>> {
-    let Some(first) = blocks.first() else {
+    let Some(Packed { t, inputs, targets }) = Packed::of(blocks)? else {
         return Ok(Vec::new());
     };
-    let t = first.len().saturating_sub(1);
-    ensure!(t > 0, "eval: blocks need at least 2 tokens");
-    ensure!(
-        blocks.iter().all(|b| b.len() == t + 1),
-        "eval: blocks of different lengths"
-    );
-    let inputs: Vec<u32> = blocks.iter().flat_map(|b| b[..t].to_vec()).collect();
-    let targets: Vec<u32> = blocks.iter().flat_map(|b| b[1..].to_vec()).collect();
     model.check_inputs(params, &targets)?;
     let cu: Vec<usize> = (0..=blocks.len()).map(|i| i * t).collect();
     let hidden = model.infer_hidden(params, &inputs, &cu)?;

@@ -4,6 +4,19 @@
 //! Nothing CUDA is linked at build time (cudarc's dynamic loading): the same binary runs
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
 
+/// Launches `$kernel` of `$src` on the GPU's stream with `$cfg` and the arguments in order.
+macro_rules! launch {
+    ($gpu:expr, $src:expr, $kernel:literal, $cfg:expr; $($arg:ident),+ $(,)?) => {{
+        let func = $gpu.function(&$src, $kernel)?;
+        let mut builder = $gpu.stream.launch_builder(&func);
+        $( builder.arg(&$arg); )+
+        // SAFETY: the arguments match the kernel's parameter list in order and type, and every
+        // buffer was checked against the sizes the kernel is given.
+        unsafe { builder.launch($cfg) }
+            .map_err(|e| anyhow::anyhow!("launching CUDA kernel `{}` failed: {e:?}", $kernel))?;
+    }};
+}
+
 pub mod bench;
 pub mod bench_train;
 pub mod blas;
@@ -129,6 +142,15 @@ pub fn all_sources() -> Vec<&'static KernelSource> {
     v.extend(delta_rule::sources());
     v.extend(model::sources());
     v
+}
+
+/// `got == want` elements for buffer `name` of `op`, or an error saying what the size should be.
+pub(crate) fn expect_len(op: &str, name: &str, got: usize, want: usize, how: &str) -> Result<()> {
+    anyhow::ensure!(
+        got == want,
+        "{op}: `{name}` has {got} elements, expected {want} ({how})"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -49,10 +49,6 @@ fn ew_cfg(n: usize) -> LaunchConfig {
     }
 }
 
-fn launch_err(k: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
-    move |e| anyhow!("launching CUDA kernel `{k}` failed: {e:?}")
-}
-
 /// y[i, j] += bias[j] over rows of width bias.len().
 pub fn add_bias_bf16(
     gpu: &Gpu,
@@ -70,14 +66,11 @@ pub fn add_bias_bf16(
         return Ok(());
     }
     let h_ = h as i32;
-    let f = gpu.function(&MODEL_EXTRA, "mx_add_bias_bf16")?;
     let s = &*gpu.stream;
     let (yp, _y) = y.device_ptr_mut(s);
     let (bp, _b) = bias.device_ptr(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&yp).arg(&bp).arg(&n).arg(&h_);
-    // SAFETY: arguments match `mx_add_bias_bf16(bf16*, const bf16*, i64, int)`; lengths checked.
-    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_add_bias_bf16"))?;
+    // arguments match `mx_add_bias_bf16(bf16*, const bf16*, i64, int)`; lengths checked.
+    launch!(gpu, MODEL_EXTRA, "mx_add_bias_bf16", ew_cfg(n as usize); yp, bp, n, h_);
     Ok(())
 }
 
@@ -95,19 +88,16 @@ pub fn colsum_acc(
     );
     let rows = i32::try_from(x.len() / cols).context("colsum_acc: too many rows")?;
     let cols_ = cols as i32;
-    let f = gpu.function(&MODEL_EXTRA, "mx_colsum_acc")?;
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (op, _o) = out.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&xp).arg(&op).arg(&rows).arg(&cols_);
     let cfg = LaunchConfig {
         grid_dim: (cols.div_ceil(128) as u32, 1, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match `mx_colsum_acc(const bf16*, float*, int, int)`; lengths checked.
-    unsafe { l.launch(cfg) }.map_err(launch_err("mx_colsum_acc"))?;
+    // arguments match `mx_colsum_acc(const bf16*, float*, int, int)`; lengths checked.
+    launch!(gpu, MODEL_EXTRA, "mx_colsum_acc", cfg; xp, op, rows, cols_);
     Ok(())
 }
 
@@ -133,21 +123,18 @@ pub fn l2norm_silu_bwd(
         return Ok(());
     }
     let d_ = i32::try_from(d).context("l2norm_silu_bwd: row too wide")?;
-    let f = gpu.function(&MODEL_EXTRA, "mx_l2norm_silu_bwd")?;
     let s = &*gpu.stream;
     let (cp, _c) = c.device_ptr(s);
     let (yp, _y) = dy.device_ptr(s);
     let (op, _o) = dc.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&cp).arg(&yp).arg(&op).arg(&rows).arg(&d_);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match `mx_l2norm_silu_bwd(const bf16*, const float*, bf16*, int, int)`;
+    // arguments match `mx_l2norm_silu_bwd(const bf16*, const float*, bf16*, int, int)`;
     // lengths checked; one block of at most 256 threads per row.
-    unsafe { l.launch(cfg) }.map_err(launch_err("mx_l2norm_silu_bwd"))?;
+    launch!(gpu, MODEL_EXTRA, "mx_l2norm_silu_bwd", cfg; cp, yp, op, rows, d_);
     Ok(())
 }
 
@@ -169,16 +156,13 @@ pub fn silu_bwd_f32dy(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&MODEL_EXTRA, "mx_silu_bwd_f32dy")?;
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (yp, _y) = dy.device_ptr(s);
     let (op, _o) = dx.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&xp).arg(&yp).arg(&op).arg(&n);
-    // SAFETY: arguments match `mx_silu_bwd_f32dy(const bf16*, const float*, bf16*, i64)`;
+    // arguments match `mx_silu_bwd_f32dy(const bf16*, const float*, bf16*, i64)`;
     // lengths checked.
-    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_silu_bwd_f32dy"))?;
+    launch!(gpu, MODEL_EXTRA, "mx_silu_bwd_f32dy", ew_cfg(n as usize); xp, yp, op, n);
     Ok(())
 }
 
@@ -200,16 +184,13 @@ pub fn add_f32_bf16(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(&MODEL_EXTRA, "mx_add_f32_bf16")?;
     let s = &*gpu.stream;
     let (ap, _a) = a.device_ptr(s);
     let (bp, _b) = b.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&ap).arg(&bp).arg(&yp).arg(&n);
-    // SAFETY: arguments match `mx_add_f32_bf16(const float*, const bf16*, float*, i64)`; lengths
+    // arguments match `mx_add_f32_bf16(const float*, const bf16*, float*, i64)`; lengths
     // checked.
-    unsafe { l.launch(ew_cfg(n as usize)) }.map_err(launch_err("mx_add_f32_bf16"))?;
+    launch!(gpu, MODEL_EXTRA, "mx_add_f32_bf16", ew_cfg(n as usize); ap, bp, yp, n);
     Ok(())
 }
 
@@ -240,28 +221,19 @@ pub fn rmsnorm_fwd_f32x(
         return Ok(());
     }
     let d_ = i32::try_from(d).context("rmsnorm_fwd_f32x: row too wide")?;
-    let f = gpu.function(&MODEL_EXTRA, "mx_rmsnorm_fwd_f32x")?;
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (wp, _w) = w.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = rstd.device_ptr_mut(s);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&xp)
-        .arg(&wp)
-        .arg(&yp)
-        .arg(&rp)
-        .arg(&rows)
-        .arg(&d_)
-        .arg(&eps);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, bf16*, float*, int,
+    // arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, bf16*, float*, int,
     // int, float)`; lengths checked; one block of at most 256 threads per row.
-    unsafe { l.launch(cfg) }.map_err(launch_err("mx_rmsnorm_fwd_f32x"))?;
+    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_fwd_f32x", cfg; xp, wp, yp, rp, rows, d_, eps);
     Ok(())
 }
 
@@ -317,38 +289,24 @@ pub fn rmsnorm_bwd_f32(
     let (dxp, _dx) = dx.device_ptr_mut(s);
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
-    let f = gpu.function(&MODEL_EXTRA, "mx_rmsnorm_bwd_f32")?;
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&xp)
-        .arg(&wp)
-        .arg(&rp)
-        .arg(&yp)
-        .arg(&dxp)
-        .arg(&sp)
-        .arg(&rows)
-        .arg(&d_)
-        .arg(&acc);
     let cfg = LaunchConfig {
         grid_dim: (parts as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: (d * 4) as u32,
     };
-    // SAFETY: arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
+    // arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
     // const float*, float*, float*, int, int, int)`; lengths checked; d floats of dynamic shared
     // memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch holds PARTS rows of d.
-    unsafe { l.launch(cfg) }.map_err(launch_err("mx_rmsnorm_bwd_f32"))?;
-    let g = gpu.function(&MODEL_EXTRA, "reduce_partials")?;
+    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg; xp, wp, rp, yp, dxp, sp, rows, d_, acc);
     let np = parts as i32;
-    let mut l = gpu.stream.launch_builder(&g);
-    l.arg(&sp).arg(&np).arg(&d_).arg(&d_).arg(&dwp);
     let cfg = LaunchConfig {
         grid_dim: (d.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: arguments match `reduce_partials(const float*, int, int, int, float*)`: PARTS rows
+    // arguments match `reduce_partials(const float*, int, int, int, float*)`: PARTS rows
     // of stride d in scratch, d outputs in dw.
-    unsafe { l.launch(cfg) }.map_err(launch_err("reduce_partials"))?;
+    launch!(gpu, MODEL_EXTRA, "reduce_partials", cfg; sp, np, d_, d_, dwp);
     Ok(())
 }
 

@@ -79,25 +79,7 @@ pub fn grad_norm_scratch_len() -> usize {
     GRAD_NORM_PARTS
 }
 
-macro_rules! launch {
-    ($gpu:expr, $src:expr, $kernel:literal, $cfg:expr; $($arg:ident),+ $(,)?) => {{
-        let func = $gpu.function(&$src, $kernel)?;
-        let mut builder = $gpu.stream.launch_builder(&func);
-        $( builder.arg(&$arg); )+
-        // SAFETY: the arguments match the kernel's parameter list in order and type, and every
-        // buffer was checked against the sizes the kernel is given.
-        unsafe { builder.launch($cfg) }
-            .map_err(|e| anyhow!("launching CUDA kernel `{}` failed: {e:?}", $kernel))?;
-    }};
-}
-
-fn expect_len(op: &str, name: &str, got: usize, want: usize, how: &str) -> Result<()> {
-    ensure!(
-        got == want,
-        "{op}: `{name}` has {got} elements, expected {want} ({how})"
-    );
-    Ok(())
-}
+use super::expect_len;
 
 fn expect_at_least(op: &str, name: &str, got: usize, want: usize, how: &str) -> Result<()> {
     ensure!(

@@ -7,10 +7,10 @@ use super::buffer::{download_f32, upload, upload_f32};
 use super::model::GpuModel;
 use super::{ops, Gpu};
 use crate::data::Batch;
-use crate::eval::Scorer;
+use crate::eval::{Packed, Scorer};
 use crate::model::{uniform_cu_seqlens, Model};
 use crate::train::adamw::AdamW;
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, Result};
 use cudarc::driver::CudaSlice;
 
 /// Advice appended to an out-of-memory error.
@@ -193,17 +193,9 @@ pub struct GpuScorer<'a> {
 
 impl Scorer for GpuScorer<'_> {
     fn position_losses(&mut self, blocks: &[Vec<u32>]) -> Result<Vec<f64>> {
-        let Some(first) = blocks.first() else {
+        let Some(Packed { t, inputs, targets }) = Packed::of(blocks)? else {
             return Ok(Vec::new());
         };
-        let t = first.len().saturating_sub(1);
-        ensure!(t > 0, "eval: blocks need at least 2 tokens");
-        ensure!(
-            blocks.iter().all(|b| b.len() == t + 1),
-            "eval: blocks of different lengths"
-        );
-        let inputs: Vec<u32> = blocks.iter().flat_map(|b| b[..t].to_vec()).collect();
-        let targets: Vec<u32> = blocks.iter().flat_map(|b| b[1..].to_vec()).collect();
         let cu = uniform_cu_seqlens(blocks.len(), t);
         self.model.forward(self.gpu, &inputs, &cu)?;
         let l = self.model.position_losses(self.gpu, &targets)?;
