@@ -95,7 +95,9 @@ fn text_to_tokenizer_to_shards_to_batches() {
 
     // The reader sees the documents in path order.
     let mut read = Vec::new();
-    for f in gdn::data::prepare::find_inputs(std::slice::from_ref(&corpus)).unwrap() {
+    for f in
+        gdn::data::prepare::find_inputs(std::slice::from_ref(&corpus), &["txt".into()]).unwrap()
+    {
         read_documents(&f, &indicatif::ProgressBar::hidden(), &mut |d| {
             read.push(d);
             Ok(())
@@ -109,7 +111,14 @@ fn text_to_tokenizer_to_shards_to_batches() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let trained = train_bpe(std::slice::from_ref(&corpus), 420, &specials, true).unwrap();
+    let trained = train_bpe(
+        std::slice::from_ref(&corpus),
+        &["txt".into()],
+        420,
+        &specials,
+        true,
+    )
+    .unwrap();
     let tok_path = root.join("tokenizer.json");
     trained.save(&tok_path).unwrap();
     let tok = Tokenizer::load(&tok_path, None).unwrap();

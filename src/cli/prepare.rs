@@ -3,7 +3,8 @@
 use anyhow::Result;
 use clap::Args;
 use gdn::data::prepare::{
-    prepare, PrepareConfig, DEFAULT_NAME, DEFAULT_SEED, DEFAULT_VAL_FRACTION,
+    prepare, PrepareConfig, DEFAULT_NAME, DEFAULT_SEED, DEFAULT_TEXT_EXTENSIONS,
+    DEFAULT_VAL_FRACTION,
 };
 use gdn::data::shards::DEFAULT_CHUNK_SIZE;
 use gdn::data::tokenizer::Tokenizer;
@@ -22,6 +23,10 @@ pub struct PrepareArgs {
     /// and .jsonl.zst (one JSON object per line, the document in "text").
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
+    /// Extensions of files read as one text document each, comma-separated (e.g. `txt,py,md`
+    /// for a source-code corpus).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TEXT_EXTENSIONS.map(String::from))]
+    pub text_ext: Vec<String>,
     /// Output folder for {train,validation}_{name}_0_{counter:010}.bin and prepare.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -46,6 +51,7 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     let tok = Tokenizer::load(&a.tokenizer, a.eos.as_deref())?;
     let cfg = PrepareConfig {
         inputs: a.input,
+        text_extensions: a.text_ext,
         out: a.out,
         val_fraction: a.val_fraction,
         chunk_size: a.chunk_size,

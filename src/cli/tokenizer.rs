@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use gdn::data::prepare::DEFAULT_TEXT_EXTENSIONS;
 use gdn::data::tokenizer::{train_bpe, DEFAULT_SPECIAL_TOKENS};
 use std::path::PathBuf;
 
@@ -24,6 +25,10 @@ pub struct TrainTokenizerArgs {
     /// `gdn prepare` reads them.
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
+    /// Extensions of files read as one text document each, comma-separated (e.g. `txt,py,md`
+    /// for a source-code corpus).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TEXT_EXTENSIONS.map(String::from))]
+    pub text_ext: Vec<String>,
     /// Vocabulary size, special tokens and the 256 byte symbols included.
     #[arg(long)]
     pub vocab_size: usize,
@@ -48,7 +53,13 @@ pub fn run(a: TokenizerArgs) -> Result<()> {
 
 fn train(a: TrainTokenizerArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let tok = train_bpe(&a.input, a.vocab_size, &a.special_tokens, a.quiet)?;
+    let tok = train_bpe(
+        &a.input,
+        &a.text_ext,
+        a.vocab_size,
+        &a.special_tokens,
+        a.quiet,
+    )?;
     tok.save(&a.out)?;
     let eos = tok.eos_id();
     println!(

@@ -2,7 +2,8 @@
 //! `prepare_slimpajama.py` does it.
 //!
 //! Inputs are files or folders (walked recursively, in name order) of
-//! - `.txt`: the whole file is one document (UTF-8);
+//! - `.txt` (and any other extension given as a text extension, e.g. `py` for source code): the
+//!   whole file is one document (UTF-8);
 //! - `.jsonl` and `.jsonl.zst`: one JSON object a line, the document in its string field
 //!   `"text"` (blank lines are skipped). Zstandard files may hold several frames.
 //!
@@ -44,21 +45,44 @@ pub enum InputKind {
     JsonlZst,
 }
 
-/// The kind of `path` by its name, or `None` for other files.
-pub fn input_kind(path: &Path) -> Option<InputKind> {
+/// The text-file extensions read when none are given.
+pub const DEFAULT_TEXT_EXTENSIONS: [&str; 1] = ["txt"];
+
+/// An input file and how to read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub kind: InputKind,
+}
+
+/// The kind of `path` by its name (`text_exts`: extensions, without the dot, read as one text
+/// document per file), or `None` for other files.
+pub fn input_kind(path: &Path, text_exts: &[String]) -> Option<InputKind> {
     let name = path.file_name()?.to_str()?;
     if name.ends_with(".jsonl.zst") {
         Some(InputKind::JsonlZst)
     } else if name.ends_with(".jsonl") {
         Some(InputKind::Jsonl)
-    } else if name.ends_with(".txt") {
+    } else if text_exts
+        .iter()
+        .any(|e| name.len() > e.len() + 1 && name.ends_with(&format!(".{e}")))
+    {
         Some(InputKind::Text)
     } else {
         None
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn unsupported(path: &Path, text_exts: &[String]) -> anyhow::Error {
+    anyhow!(
+        "input {}: unsupported file type (expected .jsonl, .jsonl.zst or a text file: .{}; \
+         name more text extensions with --text-ext)",
+        path.display(),
+        text_exts.join(", .")
+    )
+}
+
+fn walk(dir: &Path, text_exts: &[String], out: &mut Vec<InputFile>) -> Result<()> {
     let rd = std::fs::read_dir(dir)
         .map_err(|e| anyhow!("failed to read input folder {}: {e}", dir.display()))?;
     let mut entries = Vec::new();
@@ -76,44 +100,46 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             continue;
         }
         if p.is_dir() {
-            walk(&p, out)?;
-        } else if input_kind(&p).is_some() {
-            out.push(p);
+            walk(&p, text_exts, out)?;
+        } else if let Some(kind) = input_kind(&p, text_exts) {
+            out.push(InputFile { path: p, kind });
         }
     }
     Ok(())
 }
 
-/// The input files of `paths`: files as given (they must be `.txt`, `.jsonl` or `.jsonl.zst`),
-/// folders walked recursively in name order keeping only those kinds (hidden entries skipped).
-/// Errors when a path is missing or nothing is found.
-pub fn find_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// The input files of `paths`: files as given (they must be `.jsonl`, `.jsonl.zst` or have one
+/// of `text_exts`), folders walked recursively in name order keeping only those kinds (hidden
+/// entries skipped). Errors when a path is missing or nothing is found.
+pub fn find_inputs(paths: &[PathBuf], text_exts: &[String]) -> Result<Vec<InputFile>> {
     let mut out = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| anyhow!("input {}: {e}", p.display()))?;
         if meta.is_dir() {
-            walk(p, &mut out)?;
-        } else if input_kind(p).is_some() {
-            out.push(p.clone());
+            walk(p, text_exts, &mut out)?;
         } else {
-            bail!(
-                "input {}: unsupported file type (expected .txt, .jsonl or .jsonl.zst)",
-                p.display()
-            );
+            let kind = input_kind(p, text_exts).ok_or_else(|| unsupported(p, text_exts))?;
+            out.push(InputFile {
+                path: p.clone(),
+                kind,
+            });
         }
     }
     if out.is_empty() {
-        bail!("no .txt, .jsonl or .jsonl.zst files in the inputs");
+        bail!(
+            "no .jsonl, .jsonl.zst or .{} files in the inputs",
+            text_exts.join(", .")
+        );
     }
     Ok(out)
 }
 
 /// The summed size of `files` in bytes (compressed size for `.zst`).
-pub fn total_bytes(files: &[PathBuf]) -> Result<u64> {
+pub fn total_bytes(files: &[InputFile]) -> Result<u64> {
     let mut n = 0;
     for f in files {
-        n += std::fs::metadata(f)
-            .map_err(|e| anyhow!("input {}: {e}", f.display()))?
+        n += std::fs::metadata(&f.path)
+            .map_err(|e| anyhow!("input {}: {e}", f.path.display()))?
             .len();
     }
     Ok(n)
@@ -252,16 +278,11 @@ fn read_jsonl<R: BufRead>(
 /// formats), counting the bytes read on `bar`. Errors name the file and, for JSON lines, the
 /// line.
 pub fn read_documents(
-    path: &Path,
+    input: &InputFile,
     bar: &ProgressBar,
     f: &mut dyn FnMut(String) -> Result<()>,
 ) -> Result<()> {
-    let kind = input_kind(path).ok_or_else(|| {
-        anyhow!(
-            "input {}: unsupported file type (expected .txt, .jsonl or .jsonl.zst)",
-            path.display()
-        )
-    })?;
+    let (path, kind) = (input.path.as_path(), input.kind);
     let file = std::fs::File::open(path)
         .map_err(|e| anyhow!("failed to open input {}: {e}", path.display()))?;
     let counted = Counting {
@@ -315,8 +336,10 @@ pub fn is_validation(seed: u64, index: u64, fraction: f64) -> bool {
 /// Settings of a `gdn prepare` run.
 #[derive(Clone, Debug)]
 pub struct PrepareConfig {
-    /// Files or folders of `.txt`, `.jsonl`, `.jsonl.zst`.
+    /// Files or folders of `.jsonl`, `.jsonl.zst` and text files.
     pub inputs: Vec<PathBuf>,
+    /// Extensions (without the dot) of files read as one text document each.
+    pub text_extensions: Vec<String>,
     /// Output folder (created; must not already hold shards of this name).
     pub out: PathBuf,
     /// Share of documents for validation, in [0, 1).
@@ -337,6 +360,7 @@ impl PrepareConfig {
         PrepareConfig {
             inputs,
             out,
+            text_extensions: DEFAULT_TEXT_EXTENSIONS.map(String::from).to_vec(),
             val_fraction: DEFAULT_VAL_FRACTION,
             chunk_size: crate::data::shards::DEFAULT_CHUNK_SIZE,
             name: DEFAULT_NAME.to_string(),
@@ -442,7 +466,7 @@ pub fn split_prefixes(name: &str) -> [String; 2] {
 /// Tokenises the inputs and writes the shards (see the module docs).
 pub fn prepare(tok: &Tokenizer, cfg: &PrepareConfig) -> Result<PrepareSummary> {
     check_config(cfg)?;
-    let files = find_inputs(&cfg.inputs)?;
+    let files = find_inputs(&cfg.inputs, &cfg.text_extensions)?;
     let input_bytes = total_bytes(&files)?;
     std::fs::create_dir_all(&cfg.out)
         .map_err(|e| anyhow!("failed to create output folder {}: {e}", cfg.out.display()))?;
@@ -557,9 +581,22 @@ pub fn prepare(tok: &Tokenizer, cfg: &PrepareConfig) -> Result<PrepareSummary> {
 mod tests {
     use super::*;
 
+    fn txt() -> Vec<String> {
+        DEFAULT_TEXT_EXTENSIONS.map(String::from).to_vec()
+    }
+
     fn docs(path: &Path) -> Result<Vec<String>> {
+        docs_in(path, &txt())
+    }
+
+    /// The documents of `path`, read as `gdn prepare` does with text extensions `exts`.
+    fn docs_in(path: &Path, exts: &[String]) -> Result<Vec<String>> {
+        let input = InputFile {
+            path: path.to_path_buf(),
+            kind: input_kind(path, exts).expect("a known kind"),
+        };
         let mut out = Vec::new();
-        read_documents(path, &ProgressBar::hidden(), &mut |d| {
+        read_documents(&input, &ProgressBar::hidden(), &mut |d| {
             out.push(d);
             Ok(())
         })?;
@@ -595,17 +632,45 @@ mod tests {
         std::fs::write(d.join("sub/x.txt"), "x").unwrap();
         std::fs::write(d.join("sub/.hidden/y.txt"), "y").unwrap();
         std::fs::write(d.join("sub/notes.md"), "skip").unwrap();
-        let found = find_inputs(std::slice::from_ref(&d)).unwrap();
-        let names: Vec<_> = found
-            .iter()
-            .map(|p| p.strip_prefix(&d).unwrap().to_str().unwrap().to_string())
-            .collect();
-        assert_eq!(names, ["a.txt", "b.jsonl", "c.jsonl.zst", "sub/x.txt"]);
-        let e = find_inputs(&[d.join("sub/notes.md")])
+        std::fs::write(d.join("sub/mod.py"), "import os\n").unwrap();
+        let names = |exts: &[String]| -> Vec<String> {
+            find_inputs(std::slice::from_ref(&d), exts)
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    f.path
+                        .strip_prefix(&d)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(&txt()),
+            ["a.txt", "b.jsonl", "c.jsonl.zst", "sub/x.txt"]
+        );
+        // Source files read as text documents when their extension is named.
+        let with_py = ["txt".to_string(), "py".to_string()];
+        assert_eq!(
+            names(&with_py),
+            ["a.txt", "b.jsonl", "c.jsonl.zst", "sub/mod.py", "sub/x.txt"]
+        );
+        assert_eq!(
+            docs_in(&d.join("sub/mod.py"), &with_py).unwrap(),
+            ["import os\n"]
+        );
+        let e = find_inputs(&[d.join("sub/notes.md")], &txt())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("notes.md") && e.contains("unsupported"), "{e}");
-        let e = find_inputs(&[d.join("nope")]).unwrap_err().to_string();
+        assert!(
+            e.contains("notes.md") && e.contains("unsupported") && e.contains("--text-ext"),
+            "{e}"
+        );
+        let e = find_inputs(&[d.join("nope")], &txt())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }

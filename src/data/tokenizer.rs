@@ -238,13 +238,14 @@ const STOPPED: &str = "tokenizer training stopped";
 /// progress bar over the input bytes unless `quiet`.
 pub fn train_bpe(
     inputs: &[PathBuf],
+    text_exts: &[String],
     vocab_size: usize,
     special_tokens: &[String],
     quiet: bool,
 ) -> Result<Tokenizer> {
     use crate::data::prepare::{find_inputs, read_documents, total_bytes};
     check_train_args(vocab_size, special_tokens)?;
-    let files = find_inputs(inputs)?;
+    let files = find_inputs(inputs, text_exts)?;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
