@@ -206,3 +206,27 @@ impl Scorer for GpuScorer<'_> {
         self.vocab
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_errors_carry_advice_and_others_do_not() {
+        let oom = anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")")
+            .context("GpuModel: allocating `mlp up` (184549376 elements)");
+        let msg = format!("{:#}", explain_oom(oom));
+        assert!(
+            msg.starts_with("the GPU ran out of memory")
+                && msg.contains("--batch-size")
+                && msg.contains("--recompute")
+                && msg.contains("mlp up"),
+            "{msg}"
+        );
+        let other = format!(
+            "{:#}",
+            explain_oom(anyhow!("launching CUDA kernel `x` failed"))
+        );
+        assert_eq!(other, "launching CUDA kernel `x` failed");
+    }
+}
