@@ -26,7 +26,7 @@ wait $cpu
 python3 scripts/compare_runs.py "$W/gpu" "$W/split" "$W/recompute" "$W/cpu" | tee "$OUT/train_check.jsonl"
 cp "$W/gpu/metrics.jsonl" "$OUT/gpu_small_metrics.jsonl"
 for r in "" --recompute; do
-  timeout 150 "$B" bench train --preset fla-1.3b --seq-len 4096 --batch-size 8 --steps 5 $r --out "$OUT" 2>&1 | tail -2
+  timeout 150 "$B" bench train --preset fla-1.3b --seq-len 4096 --batch-size 8 --steps 5 --breakdown $r --out "$OUT" 2>&1 | tail -60
 done
 PEER=$(for d in .peer/bench ../shared/bench shared/bench; do [ -f "$d/fla_train.py" ] && echo "$d" && break; done)
 if [ -n "$PEER" ] && [ -z "${SKIP_FLA:-}" ]; then

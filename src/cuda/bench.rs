@@ -56,7 +56,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub device: usize,
     /// Also time every launch of the forward and the backward separately (events around each
-    /// launch, eager, median over `reps`), printed per shape and saved in the JSON.
+    /// launch, eager, median over `reps`), printed per shape and saved in the JSON; `train`: one
+    /// more step timed op group by op group.
     #[arg(long)]
     pub breakdown: bool,
 }
@@ -603,6 +604,7 @@ fn run_train(a: &BenchArgs) -> Result<()> {
         steps: a.steps,
         warmup: 2,
         recompute: a.recompute,
+        breakdown: a.breakdown,
     };
     let r = super::bench_train::bench_train(gpu, &b)?;
     println!(

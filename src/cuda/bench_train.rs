@@ -22,6 +22,8 @@ pub struct TrainBench {
     pub steps: usize,
     pub warmup: usize,
     pub recompute: bool,
+    /// Also time one more step op group by op group (events between groups).
+    pub breakdown: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +37,8 @@ pub struct TrainBenchResult {
     pub tokens_per_s: f64,
     pub model_tflops: f64,
     pub gpu_memory_gb: f64,
+    /// (op group, ms summed over the step), in order of first launch; empty without breakdown.
+    pub breakdown: Vec<(String, f64)>,
 }
 
 pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
@@ -77,6 +81,32 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         run(&mut t)?;
     }
     let step_s = t0.elapsed().as_secs_f64() / b.steps as f64;
+    let mut breakdown = Vec::new();
+    if b.breakdown {
+        t.model.enable_profile();
+        let mark = |t: &GpuTrainer, name| match t.model.profile() {
+            Some(p) => p.mark(&t.gpu, name),
+            None => Ok(()),
+        };
+        if let Some(p) = t.model.profile() {
+            p.start(&t.gpu)?;
+        }
+        t.zero_grads()?;
+        mark(&t, "zero grads")?;
+        t.accumulate(&batch, 1.0)?;
+        t.grad_norm()?;
+        mark(&t, "grad norm")?;
+        step += 1;
+        t.update(4e-4, step)?;
+        mark(&t, "adamw")?;
+        if let Some(p) = t.model.profile() {
+            breakdown = p
+                .totals()?
+                .into_iter()
+                .map(|(n, ms)| (n.to_string(), ms))
+                .collect();
+        }
+    }
     let tokens_per_s = n as f64 / step_s;
     let num = model.num_params() as f64;
     Ok(TrainBenchResult {
@@ -89,5 +119,6 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         tokens_per_s,
         model_tflops: 6.0 * num * tokens_per_s / 1e12,
         gpu_memory_gb: memory_in_use(&t.gpu)? as f64 / 1e9,
+        breakdown,
     })
 }

@@ -27,6 +27,7 @@ pub mod model;
 pub mod model_selftest;
 pub mod ops;
 pub mod ops_selftest;
+pub mod profile;
 pub mod selftest;
 pub mod train;
 

@@ -16,6 +16,7 @@ use super::blas::Blas;
 use super::delta_rule::{
     chunk_backward, chunk_forward, ChunkInputs, DeltaRuleWorkspace, GradBuffers,
 };
+use super::profile::{mark, OpProfile};
 use super::{ops, Gpu, KernelSource};
 use crate::model::lm::Model;
 use crate::ops::delta_rule::Dims;
@@ -429,6 +430,8 @@ pub struct GpuModel {
     /// Keep one block's activations and recompute each block's forward before its backward
     /// (memory: the residual stream per block instead of every activation).
     recompute: bool,
+    /// Named timings of the launches of a step (`enable_profile`).
+    profile: Option<OpProfile>,
     /// fp32 master parameters (the CPU layout).
     pub params: CudaSlice<f32>,
     /// bf16 working copy of `params`.
@@ -518,6 +521,7 @@ fn lin_dw(
 /// What every block's forward reads besides its own buffers.
 struct BlockCtx<'a> {
     gpu: &'a Gpu,
+    prof: Option<&'a OpProfile>,
     blas: &'a Blas,
     p16: &'a CudaSlice<bf16>,
     p32: &'a CudaSlice<f32>,
@@ -542,6 +546,7 @@ fn block_forward(
 ) -> Result<()> {
     let BlockCtx {
         gpu,
+        prof: _,
         blas,
         p16,
         p32,
@@ -571,6 +576,7 @@ fn block_forward(
         d,
         eps,
     )?;
+    mark(ctx.prof, gpu, "fwd rmsnorm")?;
     // Mixer projections.
     let h1 = a.h1.slice(..n * d);
     lin_fwd(
@@ -630,6 +636,7 @@ fn block_forward(
         d,
         vd,
     )?;
+    mark(ctx.prof, gpu, "fwd mixer projections")?;
     // Convs, SiLU, L2 norm.
     for (pre, wr, conv, ch) in [
         (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
@@ -646,6 +653,7 @@ fn block_forward(
             w,
         )?;
     }
+    mark(ctx.prof, gpu, "fwd short conv")?;
     for (conv, y, r) in [
         (&a.q_conv, &mut a.q, &mut a.qr),
         (&a.k_conv, &mut a.k, &mut a.kr),
@@ -661,6 +669,7 @@ fn block_forward(
         )?;
     }
     ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
+    mark(ctx.prof, gpu, "fwd silu, l2norm")?;
     ops::gates_fwd(
         gpu,
         &a.a.slice(..n * h),
@@ -670,6 +679,7 @@ fn block_forward(
         &mut a.g.slice_mut(..n * h),
         &mut a.beta.slice_mut(..n * h),
     )?;
+    mark(ctx.prof, gpu, "fwd gates")?;
     let inp = ChunkInputs {
         q: a.q.slice(..n * kd),
         k: a.k.slice(..n * kd),
@@ -681,6 +691,7 @@ fn block_forward(
         cu_seqlens,
     };
     chunk_forward(gpu, ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
+    mark(ctx.prof, gpu, "fwd delta rule")?;
     ops::gated_rmsnorm_fwd(
         gpu,
         &a.o.slice(..n * vd),
@@ -690,6 +701,7 @@ fn block_forward(
         &mut a.o_rstd.slice_mut(..n * h),
         eps,
     )?;
+    mark(ctx.prof, gpu, "fwd gated rmsnorm")?;
     let mut mix = tmp_d.slice_mut(..n * d);
     lin_fwd(
         blas,
@@ -701,6 +713,7 @@ fn block_forward(
         d,
     )?;
     add_f32_bf16(gpu, x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
+    mark(ctx.prof, gpu, "fwd o_proj, residual")?;
     // MLP.
     rmsnorm_fwd_f32x(
         gpu,
@@ -711,6 +724,7 @@ fn block_forward(
         d,
         eps,
     )?;
+    mark(ctx.prof, gpu, "fwd rmsnorm")?;
     let h2 = a.h2.slice(..n * d);
     let ni = n * inter;
     lin_fwd(
@@ -731,12 +745,14 @@ fn block_forward(
         d,
         inter,
     )?;
+    mark(ctx.prof, gpu, "fwd mlp gate/up")?;
     ops::swiglu_fwd(
         gpu,
         &a.mg.slice(..ni),
         &a.mu.slice(..ni),
         &mut a.act.slice_mut(..ni),
     )?;
+    mark(ctx.prof, gpu, "fwd swiglu")?;
     lin_fwd(
         blas,
         &a.act.slice(..ni),
@@ -747,6 +763,7 @@ fn block_forward(
         d,
     )?;
     add_f32_bf16(gpu, &a.x_mid.slice(..n * d), &mix, x_out)?;
+    mark(ctx.prof, gpu, "fwd mlp down, residual")?;
     Ok(())
 }
 
@@ -970,6 +987,7 @@ impl GpuModel {
             head,
             layers,
             recompute,
+            profile: None,
             params: master,
             params_bf16,
             grads,
@@ -994,6 +1012,16 @@ impl GpuModel {
         };
         gpu.sync()?;
         Ok(m)
+    }
+
+    /// Records named timings of the forward's and backward's launches from now on (see
+    /// [`OpProfile`]; start each step with `profile().start`).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(OpProfile::default());
+    }
+
+    pub fn profile(&self) -> Option<&OpProfile> {
+        self.profile.as_ref()
     }
 
     /// Tokens of the last forward.
@@ -1144,6 +1172,7 @@ impl GpuModel {
         let blas = &self.blas;
         let ctx = BlockCtx {
             gpu,
+            prof: self.profile.as_ref(),
             blas,
             p16,
             p32: &self.params,
@@ -1165,6 +1194,7 @@ impl GpuModel {
             &self.tmp_d.slice(..n * d),
             &mut self.xs[0].slice_mut(..n * d),
         )?;
+        mark(ctx.prof, gpu, "fwd embedding")?;
         for (l, lr) in self.layers.iter().enumerate() {
             let (before, after) = self.xs.split_at_mut(l + 1);
             let x_in = before[l].slice(..n * d);
@@ -1200,6 +1230,7 @@ impl GpuModel {
             d,
             vocab,
         )?;
+        mark(ctx.prof, gpu, "fwd final norm, lm head")?;
         self.n = n;
         Ok(())
     }
@@ -1303,6 +1334,7 @@ impl GpuModel {
             vocab,
             scale,
         )?;
+        mark(self.profile.as_ref(), gpu, "cross-entropy")?;
         let p16 = &self.params_bf16;
         let p32 = &self.params;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
@@ -1348,9 +1380,11 @@ impl GpuModel {
             d,
         )?;
         ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
+        mark(self.profile.as_ref(), gpu, "bwd lm head, final norm")?;
 
         let ctx = BlockCtx {
             gpu,
+            prof: self.profile.as_ref(),
             blas,
             p16,
             p32,
@@ -1396,6 +1430,7 @@ impl GpuModel {
                 inter,
                 d,
             )?;
+            mark(ctx.prof, gpu, "bwd mlp down")?;
             ops::swiglu_bwd(
                 gpu,
                 &a.mg.slice(..ni),
@@ -1404,6 +1439,7 @@ impl GpuModel {
                 &mut b.dmg.slice_mut(..ni),
                 &mut b.dmu.slice_mut(..ni),
             )?;
+            mark(ctx.prof, gpu, "bwd swiglu")?;
             let h2 = a.h2.slice(..nd);
             let (dmg, dmu) = (b.dmg.slice(..ni), b.dmu.slice(..ni));
             lin_dx::<f32>(
@@ -1444,6 +1480,7 @@ impl GpuModel {
                 d,
                 inter,
             )?;
+            mark(ctx.prof, gpu, "bwd mlp gate/up")?;
             rmsnorm_bwd_f32(
                 gpu,
                 &a.x_mid.slice(..nd),
@@ -1457,6 +1494,7 @@ impl GpuModel {
                 d,
             )?;
             ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
+            mark(ctx.prof, gpu, "bwd rmsnorm")?;
 
             // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))).
             let dy = b.dres_bf.slice(..nd);
@@ -1480,6 +1518,7 @@ impl GpuModel {
                 vd,
                 d,
             )?;
+            mark(ctx.prof, gpu, "bwd o_proj")?;
             ops::gated_rmsnorm_bwd(
                 gpu,
                 &a.o.slice(..nv),
@@ -1492,6 +1531,7 @@ impl GpuModel {
                 &mut grads.slice_mut(lr.o_norm.clone()),
                 &mut b.scratch,
             )?;
+            mark(ctx.prof, gpu, "bwd gated rmsnorm")?;
             let inp = ChunkInputs {
                 q: a.q.slice(..n * kd),
                 k: a.k.slice(..n * kd),
@@ -1511,6 +1551,7 @@ impl GpuModel {
                 let mut rg = b.rule.views(rule, n, nseq);
                 chunk_backward(gpu, &mut self.ws, &inp, &b.d_o.slice(..nv), None, &mut rg)?;
             }
+            mark(ctx.prof, gpu, "bwd delta rule")?;
             {
                 let (mut lo, mut hi) = grads.split_at_mut(lr.dt_bias.start);
                 let mut d_a_log = lo.slice_mut(lr.a_log.clone());
@@ -1538,6 +1579,7 @@ impl GpuModel {
                     &mut grads.slice_mut(bias.clone()),
                 )?;
             }
+            mark(ctx.prof, gpu, "bwd gates")?;
             // dq, dk through L2 norm and SiLU; dv through SiLU; all from the fp32 delta-rule
             // gradients (one bf16 rounding, after the cancelling l2norm projection).
             l2norm_silu_bwd(
@@ -1560,6 +1602,7 @@ impl GpuModel {
                 &b.rule.dv.slice(..nv),
                 &mut b.dv_conv.slice_mut(..nv),
             )?;
+            mark(ctx.prof, gpu, "bwd silu, l2norm")?;
             for (pre, wr, dconv, dpre, ch) in [
                 (&a.q_pre, &lr.q_conv, &b.dq_conv, &mut b.dq_pre, kd),
                 (&a.k_pre, &lr.k_conv, &b.dk_conv, &mut b.dk_pre, kd),
@@ -1578,6 +1621,7 @@ impl GpuModel {
                     w,
                 )?;
             }
+            mark(ctx.prof, gpu, "bwd short conv")?;
             // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1.
             let h1 = a.h1.slice(..nd);
             let mut first = true;
@@ -1604,6 +1648,7 @@ impl GpuModel {
                 )?;
                 lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
             }
+            mark(ctx.prof, gpu, "bwd mixer projections")?;
             rmsnorm_bwd_f32(
                 gpu,
                 &self.xs[l].slice(..nd),
@@ -1617,6 +1662,7 @@ impl GpuModel {
                 d,
             )?;
             ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
+            mark(ctx.prof, gpu, "bwd rmsnorm")?;
         }
         ops::embedding_bwd(
             gpu,
@@ -1625,6 +1671,7 @@ impl GpuModel {
             &mut grads.slice_mut(self.embeddings.clone()),
             d,
         )?;
+        mark(ctx.prof, gpu, "bwd embedding")?;
         let stats = super::buffer::download(gpu, &self.stats)?;
         Ok(stats[0])
     }
