@@ -449,6 +449,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     if let Some(n) = &opts.notice {
         say(n.clone());
     }
+    if opts.recompute && matches!(engine, Engine::Cpu { .. }) {
+        say("--recompute applies to GPU training; the CPU keeps every activation".into());
+    }
     if !opts.quiet {
         say(format!(
             "gdn train: {} parameters on {}, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
