@@ -5,11 +5,7 @@
 # shared memory, warp stall reasons) and $OUT/memcheck.log.
 # Usage: GDN_BIN=path/to/gdn OUT=folder bash scripts/device_ncu.sh
 set -u
-B=$(realpath "${GDN_BIN:-./target/release/gdn}")
-OUT=${OUT:-/tmp/gdn-out}
-mkdir -p "$OUT"
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-export LD_LIBRARY_PATH=$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/device_env.sh"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 # Warm the NVRTC cache outside the profiler.
 timeout 120 "$B" bench kernels --shapes quick --reps 5 > /dev/null 2>&1

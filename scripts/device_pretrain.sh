@@ -5,14 +5,11 @@
 # samples are copied to $OUT.
 # Usage: GDN_BIN=gdn DATA=shards-folder TOK=tokenizer.json OUT=folder bash scripts/device_pretrain.sh
 set -u
-B=$(realpath "${GDN_BIN:-./target/release/gdn}")
-OUT=${OUT:-/tmp/gdn-out}
+. "$(dirname "$0")/device_env.sh"
 DATA=${DATA:?shards folder}
 TOK=${TOK:?tokenizer.json}
 STEPS=${STEPS:-1000}
 T=${SEQ_LEN:-2048}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-export LD_LIBRARY_PATH=$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}
 R=/tmp/gdn-pretrain
 rm -rf "$R"
 start=$(date +%s)

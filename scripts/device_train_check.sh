@@ -6,11 +6,7 @@
 # Usage: GDN_BIN=path/to/gdn OUT=folder bash scripts/device_train_check.sh   (FLA wheels in .whl/,
 # the peer's fla_train.py in .peer/bench/ or ../shared/bench/)
 set -u
-B=$(realpath "${GDN_BIN:-./target/release/gdn}")
-OUT=${OUT:-/tmp/gdn-out}
-mkdir -p "$OUT"
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-export LD_LIBRARY_PATH=$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}
+. "$(dirname "$0")/device_env.sh"
 W=/tmp/gdn-train-check
 rm -rf "$W" && mkdir -p "$W"
 cat src/*.rs src/*/*.rs > "$W/corpus.txt"
