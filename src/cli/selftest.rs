@@ -40,6 +40,11 @@ pub fn run(a: SelftestArgs) -> Result<()> {
             .is_none_or(|f| "delta_rule".contains(f) || f.contains("delta"))
         {
             rows.extend(cuda::delta_rule::selftest::selftest_seeded(&gpu, seed)?);
+        } else if a.filter.as_deref().is_some_and(|f| f.contains("decode")) {
+            // The delta rule's decode step alone (every kernel variant).
+            rows.extend(cuda::delta_rule::selftest::selftest_decode_seeded(
+                &gpu, seed,
+            )?);
         }
         // The whole-model GPU check is work in progress: with fp32 residuals and the fused
         // l2norm/SiLU backward, 4 of its 87 rows (the dg/dβ path: A_log, dt_bias, a_proj, b bias)

@@ -7,8 +7,8 @@
 //! non-default stream and replayed; only the kernels and their gaps remain. Median of `reps`.
 
 use super::delta_rule::{
-    chunk_backward, chunk_forward, ChunkInputs, DecodeInputs, DecodeStep, DeltaRuleWorkspace,
-    GradBuffers, StageProbe,
+    chunk_backward, chunk_forward, decode_configs, ChunkInputs, DecodeInputs, DecodeStep,
+    DeltaRuleWorkspace, GradBuffers, StageProbe,
 };
 use super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
@@ -49,7 +49,8 @@ pub struct BenchArgs {
     /// Timed repetitions per measurement (median reported).
     #[arg(long, default_value_t = 50)]
     pub reps: usize,
-    /// `all` (the five FLA shapes and three decode shapes) or `quick` (one of each).
+    /// `all` (the five FLA shapes and three decode shapes), `quick` (one of each) or `decode`
+    /// (the three decode shapes only).
     #[arg(long, default_value = "all")]
     pub shapes: String,
     /// CUDA device ordinal.
@@ -60,6 +61,9 @@ pub struct BenchArgs {
     /// more step timed op group by op group.
     #[arg(long)]
     pub breakdown: bool,
+    /// Time every decode kernel variant built for each decode shape, not only the default pick.
+    #[arg(long)]
+    pub decode_sweep: bool,
 }
 
 /// Matmul FLOPs of the chunked forward as implemented (full 64×64 products, no triangular
@@ -301,6 +305,7 @@ fn stage_breakdown(
 #[derive(serde::Serialize)]
 struct DecodeRow {
     decode_B: usize,
+    kernel: String,
     #[serde(rename = "H")]
     h: usize,
     #[serde(rename = "K")]
@@ -421,7 +426,13 @@ fn bench_chunk(
     })
 }
 
-fn bench_decode(gpu: &Gpu, reps: usize, n: usize, dims: Dims) -> Result<DecodeRow> {
+fn bench_decode(
+    gpu: &Gpu,
+    reps: usize,
+    n: usize,
+    dims: Dims,
+    cfg: Option<(usize, usize)>,
+) -> Result<DecodeRow> {
     let Dims {
         heads: h,
         dk: k,
@@ -439,7 +450,10 @@ fn bench_decode(gpu: &Gpu, reps: usize, n: usize, dims: Dims) -> Result<DecodeRo
     let dt_bias = up(gpu, &vec![-3.0f32; h])?;
     let mut state = up(gpu, &f(n * h * k * v))?;
     let mut o = gpu.stream.alloc_zeros::<bf16>(n * h * v)?;
-    let step = DecodeStep::new(gpu, dims, n)?;
+    let step = match cfg {
+        Some((bv, threads)) => DecodeStep::with_config(gpu, dims, n, bv, threads)?,
+        None => DecodeStep::new(gpu, dims, n)?,
+    };
     let inp = DecodeInputs {
         q: q.as_view(),
         k: kk.as_view(),
@@ -458,6 +472,7 @@ fn bench_decode(gpu: &Gpu, reps: usize, n: usize, dims: Dims) -> Result<DecodeRo
     let fl = state_bytes / PEAK_BYTES * 1e3;
     Ok(DecodeRow {
         decode_B: n,
+        kernel: step.kernel_name().to_string(),
         h,
         k,
         v,
@@ -477,10 +492,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "train" => return run_train(&a),
         k => bail!("unknown bench kind `{k}` (known: kernels, train)"),
     }
-    let quick = match a.shapes.as_str() {
-        "all" => false,
-        "quick" => true,
-        s => bail!("--shapes must be `all` or `quick`, got `{s}`"),
+    let (quick, decode_only) = match a.shapes.as_str() {
+        "all" => (false, false),
+        "quick" => (true, false),
+        "decode" => (false, true),
+        s => bail!("--shapes must be `all`, `quick` or `decode`, got `{s}`"),
     };
     let mut gpu = Gpu::open(a.device)?;
     // Graph capture needs a non-default stream and no cudarc event bookkeeping (all work is on
@@ -507,9 +523,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         chunk_shapes.truncate(1);
         decode_shapes.truncate(1);
     }
+    if decode_only {
+        chunk_shapes.clear();
+    }
     let mut chunk_rows = Vec::new();
-    println!("| B | T | H | K | V | fwd ms (graph/eager) | fwd+bwd ms (graph/eager) | fwd TFLOP/s | fwd GB/s | fwd floor ms | fwd frac | fwd+bwd floor ms | fwd+bwd frac |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    if !chunk_shapes.is_empty() {
+        println!("| B | T | H | K | V | fwd ms (graph/eager) | fwd+bwd ms (graph/eager) | fwd TFLOP/s | fwd GB/s | fwd floor ms | fwd frac | fwd+bwd floor ms | fwd+bwd frac |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
     for (b, t, dims) in chunk_shapes {
         match bench_chunk(&gpu, reps, b, t, dims, a.breakdown) {
             Ok(r) => {
@@ -544,13 +565,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let mut decode_rows = Vec::new();
     println!();
-    println!("| decode B | H | K | V | step ms (graph/eager) | state TB/s (graph/eager) | floor ms | frac |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| decode B | H | K | V | step ms (graph/eager) | state TB/s (graph/eager) | floor ms | frac | kernel |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut decode_runs = Vec::new();
     for (n, dims) in decode_shapes {
-        match bench_decode(&gpu, reps, n, dims) {
+        decode_runs.push((n, dims, None));
+        if a.decode_sweep {
+            for c in decode_configs(dims.dk, dims.dv) {
+                decode_runs.push((n, dims, Some(c)));
+            }
+        }
+    }
+    for (n, dims, cfg) in decode_runs {
+        match bench_decode(&gpu, reps, n, dims, cfg) {
             Ok(r) => {
                 println!(
-                    "| {} | {} | {} | {} | {:.4} / {:.4} | {:.2} / {:.2} | {:.4} | {:.2} |",
+                    "| {} | {} | {} | {} | {:.4} / {:.4} | {:.2} / {:.2} | {:.4} | {:.2} | {} |",
                     r.decode_B,
                     r.h,
                     r.k,
@@ -560,7 +590,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     r.state_TBps_graph,
                     r.state_TBps,
                     r.floor_ms,
-                    r.graph_frac_of_floor
+                    r.graph_frac_of_floor,
+                    r.kernel
                 );
                 decode_rows.push(r);
             }

@@ -984,12 +984,50 @@ pub struct DecodeInputs<'a> {
     pub scale: f32,
 }
 
-/// The decode kernel for one (dims, batch): the V-slice width is chosen so that the grid fills
-/// the GPU.
+/// The decode kernels built in `delta_rule.cu`: (K, V, BV, threads), each `dr_decode_k{K}_v{V}_bv{BV}_t{threads}`.
+/// Per (K, V) they are listed in the default order of preference (see [`DecodeStep::new`]).
+pub const DECODE_CFGS: &[(usize, usize, usize, usize)] = &[
+    (64, 64, 64, 128),
+    (64, 64, 16, 64),
+    (64, 128, 64, 128),
+    (64, 128, 128, 256),
+    (64, 128, 16, 64),
+    (128, 128, 64, 256),
+    (128, 128, 128, 512),
+    (128, 128, 128, 256),
+    (128, 128, 64, 128),
+    (128, 128, 32, 128),
+    (128, 128, 16, 128),
+    (128, 256, 64, 256),
+    (128, 256, 16, 128),
+    (256, 256, 64, 512),
+    (256, 256, 64, 256),
+    (256, 256, 16, 128),
+    (256, 512, 64, 512),
+    (256, 512, 64, 256),
+    (256, 512, 128, 512),
+    (256, 512, 32, 256),
+    (256, 512, 16, 128),
+];
+
+/// The decode kernel variants built for (K, V), as (BV, threads), in order of preference.
+pub fn decode_configs(dk: usize, dv: usize) -> Vec<(usize, usize)> {
+    DECODE_CFGS
+        .iter()
+        .filter(|c| c.0 == dk && c.1 == dv)
+        .map(|c| (c.2, c.3))
+        .collect()
+}
+
+/// The decode kernel for one (dims, batch): one block per (V-slice of BV columns, head,
+/// sequence). By default the first variant of [`DECODE_CFGS`] (for this K, V) whose grid has at
+/// least two blocks per SM, else the last (narrowest) one; `GDN_DECODE_CFG=BVxTHREADS` (e.g.
+/// `64x256`) picks one explicitly, for experiments.
 pub struct DecodeStep {
     dims: Dims,
     n_seqs: usize,
     bv: usize,
+    threads: usize,
     f: CudaFunction,
     name: String,
 }
@@ -998,27 +1036,82 @@ impl DecodeStep {
     pub fn new(gpu: &Gpu, dims: Dims, n_seqs: usize) -> Result<Self> {
         check_dims(dims)?;
         ensure!(n_seqs > 0, "delta rule decode: n_seqs must be > 0");
+        let cfgs = decode_configs(dims.dk, dims.dv);
+        ensure!(
+            !cfgs.is_empty(),
+            "delta rule decode: no kernel built for K={}, V={}",
+            dims.dk,
+            dims.dv
+        );
+        if let Ok(want) = std::env::var("GDN_DECODE_CFG") {
+            let parsed = want
+                .split_once('x')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+            let (bv, threads) = parsed.with_context(|| {
+                format!("GDN_DECODE_CFG={want:?}: expected BVxTHREADS, e.g. 64x256")
+            })?;
+            return Self::with_config(gpu, dims, n_seqs, bv, threads);
+        }
         let sms = device_attr(
             gpu,
             CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
-        let cols = n_seqs * dims.heads * dims.dv;
-        let bv = [64usize, 32]
-            .into_iter()
-            .find(|&bv| cols / bv >= 2 * sms)
-            .unwrap_or(16);
-        let name = format!("dr_decode_k{}_bv{bv}", dims.dk);
+        let blocks = |bv: usize| n_seqs * dims.heads * dims.dv / bv;
+        let (bv, threads) = cfgs
+            .iter()
+            .copied()
+            .find(|&(bv, _)| blocks(bv) >= 2 * sms)
+            .unwrap_or(cfgs[cfgs.len() - 1]);
+        Self::with_config(gpu, dims, n_seqs, bv, threads)
+    }
+
+    /// A given variant (BV columns of V per block, threads per block): one of
+    /// [`decode_configs`]`(K, V)`, else an error that lists them.
+    pub fn with_config(
+        gpu: &Gpu,
+        dims: Dims,
+        n_seqs: usize,
+        bv: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        check_dims(dims)?;
+        ensure!(n_seqs > 0, "delta rule decode: n_seqs must be > 0");
+        ensure!(
+            n_seqs <= 65535 && dims.heads <= 65535,
+            "delta rule decode: at most 65535 sequences and 65535 heads per call (got {n_seqs}, {})",
+            dims.heads
+        );
+        let cfgs = decode_configs(dims.dk, dims.dv);
+        ensure!(
+            cfgs.contains(&(bv, threads)),
+            "delta rule decode: no kernel with BV={bv}, {threads} threads for K={}, V={} (built: {})",
+            dims.dk,
+            dims.dv,
+            cfgs.iter()
+                .map(|(b, t)| format!("{b}x{t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let name = format!("dr_decode_k{}_v{}_bv{bv}_t{threads}", dims.dk, dims.dv);
         let f = gpu.function(&SOURCE, &name)?;
         Ok(DecodeStep {
             dims,
             n_seqs,
             bv,
+            threads,
             f,
             name,
         })
     }
 
+    /// The kernel's name (it encodes K, V, BV and the block size).
+    pub fn kernel_name(&self) -> &str {
+        &self.name
+    }
+
     /// Advances `state` ([N,H,K,V] f32, in place) by one token and writes `o` ([N,H,V] bf16).
+    /// The kernel reads q, k and the state with 16-byte accesses and v, o with 8-byte ones:
+    /// their device addresses must be aligned to that (views at odd offsets are refused).
     pub fn run(
         &self,
         gpu: &Gpu,
@@ -1042,23 +1135,33 @@ impl DecodeStep {
         check_len("dt_bias", inp.dt_bias.len(), h, &what)?;
         check_len("state", state.len(), n * h * k * v, &what)?;
         check_len("o", o.len(), n * h * v, &what)?;
-        ensure!(
-            n <= 65535,
-            "delta rule decode: at most 65535 sequences per call"
-        );
+        let (pq, pk, pv) = (ptr(gpu, &inp.q), ptr(gpu, &inp.k), ptr(gpu, &inp.v));
         let ps = ptr_mut(gpu, state);
         let po = ptr_mut(gpu, o);
+        for (name, p, align) in [
+            ("q", pq, 16),
+            ("k", pk, 16),
+            ("state", ps, 16),
+            ("v", pv, 8),
+            ("o", po, 8),
+        ] {
+            ensure!(
+                p % align == 0,
+                "delta rule decode: `{name}` must start at a {align}-byte aligned device address \
+                 (got {p:#x}; {what})"
+            );
+        }
         launch(
             gpu,
             &self.f,
             &self.name,
             ((v / self.bv) as u32, h as u32, n as u32),
-            256,
+            self.threads as u32,
             0,
             &[
-                Arg::P(ptr(gpu, &inp.q)),
-                Arg::P(ptr(gpu, &inp.k)),
-                Arg::P(ptr(gpu, &inp.v)),
+                Arg::P(pq),
+                Arg::P(pk),
+                Arg::P(pv),
                 Arg::P(ptr(gpu, &inp.a)),
                 Arg::P(ptr(gpu, &inp.b)),
                 Arg::P(ptr(gpu, &inp.a_log)),
@@ -1066,7 +1169,6 @@ impl DecodeStep {
                 Arg::P(ps),
                 Arg::P(po),
                 Arg::I(h as i32),
-                Arg::I(v as i32),
                 Arg::F(inp.scale),
             ],
         )
@@ -1083,4 +1185,41 @@ pub fn decode_step(
     o: &mut CudaViewMut<bf16>,
 ) -> Result<()> {
     DecodeStep::new(gpu, dims, n_seqs)?.run(gpu, inp, state, o)
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    /// The host's table of decode variants and the kernels `delta_rule.cu` instantiates agree,
+    /// and every supported (K, V) has at least one.
+    #[test]
+    fn decode_table_matches_the_source() {
+        let built = SOURCE
+            .code
+            .lines()
+            .filter(|l| l.starts_with("DR_DECODE_KERNEL("))
+            .count();
+        assert_eq!(built, DECODE_CFGS.len());
+        for &(k, v, bv, t) in DECODE_CFGS {
+            let line = format!("DR_DECODE_KERNEL({k}, {v}, {bv}, {t},");
+            assert!(
+                SOURCE.code.contains(&line),
+                "{line} missing from delta_rule.cu"
+            );
+            assert!(v % bv == 0 && (16..=128).contains(&bv), "{line}");
+            // RPT = K·BV / (4·threads) rows per thread: even and at least 2 (the kernel's
+            // static_assert), so a bad entry fails here before NVRTC.
+            let rpt = k * bv / (4 * t);
+            assert!(rpt >= 2 && rpt % 2 == 0 && rpt * 4 * t == k * bv, "{line}");
+        }
+        for k in [64, 128, 256] {
+            for v in [k, 2 * k] {
+                assert!(
+                    !decode_configs(k, v).is_empty(),
+                    "no decode kernel for K={k} V={v}"
+                );
+            }
+        }
+    }
 }

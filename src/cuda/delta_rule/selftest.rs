@@ -379,41 +379,128 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims) -> Result<Vec<Row>> {
     let db = upload(gpu, &b)?;
     let dal = upload(gpu, &a_log)?;
     let ddt = upload(gpu, &dt_bias)?;
-    let mut ds = upload(gpu, &state)?;
-    let mut o = nan_bf16(gpu, n * h * dv)?;
+    let inp = DecodeInputs {
+        q: dq.as_view(),
+        k: dk_.as_view(),
+        v: dvv.as_view(),
+        a: da.as_view(),
+        b: db.as_view(),
+        a_log: dal.as_view(),
+        dt_bias: ddt.as_view(),
+        scale,
+    };
+    // Every kernel variant built for (K, V), each on a fresh copy of the state.
+    let mut rows = Vec::new();
+    for (bv, threads) in decode_configs(dk, dv) {
+        let label = format!("{label} bv{bv}x{threads}");
+        let r = (|| -> Result<Vec<Row>> {
+            let mut ds = upload(gpu, &state)?;
+            let mut o = nan_bf16(gpu, n * h * dv)?;
+            let step = DecodeStep::with_config(gpu, dims, n, bv, threads)?;
+            step.run(gpu, &inp, &mut ds.as_view_mut(), &mut o.as_view_mut())?;
+            gpu.sync().context("after the decode step")?;
+            let o = up_bf16(&download(gpu, &o)?);
+            let s1 = up(&download(gpu, &ds)?);
+            Ok(vec![
+                row(
+                    "delta_rule.decode o",
+                    &label,
+                    max_rel_err(&o, &fref.o),
+                    TOL_BF16,
+                ),
+                row(
+                    "delta_rule.decode state",
+                    &label,
+                    max_rel_err(&s1, &fref.final_state),
+                    TOL_F32,
+                ),
+            ])
+        })();
+        match r {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(row(
+                "delta_rule.decode ERROR",
+                &format!("{label}: {e:#}"),
+                f64::INFINITY,
+                0.0,
+            )),
+        }
+    }
+    Ok(rows)
+}
+
+/// The decode checks alone (`gdn selftest --filter decode`): every (K, V) the kernels support,
+/// every kernel variant, against the naive recurrence.
+pub fn selftest_decode_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
+    let d = |heads, dk, dv| Dims { heads, dk, dv };
+    let mut rows = Vec::new();
+    for (i, (n, dims)) in [
+        (3, d(2, 64, 128)),
+        (5, d(2, 128, 128)),
+        (2, d(2, 256, 512)),
+        (64, d(4, 128, 128)),
+        (3, d(2, 64, 64)),
+        (2, d(3, 128, 256)),
+        (2, d(2, 256, 256)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sd = seed.wrapping_add(100 + i as u64);
+        match decode_rows(gpu, sd, n, dims) {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(row(
+                "delta_rule.decode ERROR",
+                &format!("N={n} {dims:?} seed={sd}: {e:#}"),
+                f64::INFINITY,
+                0.0,
+            )),
+        }
+    }
+    rows.push(decode_refuses_misaligned(gpu)?);
+    Ok(rows)
+}
+
+/// A state view that starts 4 bytes past an allocation's start (the kernel reads it with
+/// 16-byte accesses) must be refused with an error, not launched.
+fn decode_refuses_misaligned(gpu: &Gpu) -> Result<Row> {
+    let dims = Dims {
+        heads: 1,
+        dk: 64,
+        dv: 64,
+    };
+    let (n, len) = (1, 64 * 64);
+    let q = upload(gpu, &[bf16::ONE; 64])?;
+    let v = upload(gpu, &[bf16::ONE; 64])?;
+    let x = upload(gpu, &[0f32])?;
+    let mut st = upload(gpu, &vec![0f32; len + 1])?;
+    let mut o = nan_bf16(gpu, 64)?;
     let step = DecodeStep::new(gpu, dims, n)?;
-    step.run(
+    let r = step.run(
         gpu,
         &DecodeInputs {
-            q: dq.as_view(),
-            k: dk_.as_view(),
-            v: dvv.as_view(),
-            a: da.as_view(),
-            b: db.as_view(),
-            a_log: dal.as_view(),
-            dt_bias: ddt.as_view(),
-            scale,
+            q: q.as_view(),
+            k: q.as_view(),
+            v: v.as_view(),
+            a: x.as_view(),
+            b: x.as_view(),
+            a_log: x.as_view(),
+            dt_bias: x.as_view(),
+            scale: 1.0,
         },
-        &mut ds.as_view_mut(),
+        &mut st.slice_mut(1..len + 1),
         &mut o.as_view_mut(),
-    )?;
-    gpu.sync().context("after the decode step")?;
-    let o = up_bf16(&download(gpu, &o)?);
-    let s1 = up(&download(gpu, &ds)?);
-    Ok(vec![
-        row(
-            "delta_rule.decode o",
-            &label,
-            max_rel_err(&o, &fref.o),
-            TOL_BF16,
-        ),
-        row(
-            "delta_rule.decode state",
-            &label,
-            max_rel_err(&s1, &fref.final_state),
-            TOL_F32,
-        ),
-    ])
+    );
+    gpu.sync()?;
+    let refused = r
+        .as_ref()
+        .is_err_and(|e| format!("{e:#}").contains("aligned"));
+    Ok(row(
+        "delta_rule.decode misaligned state refused",
+        "N=1 H=1 K=64 V=64, state at +4 bytes",
+        if refused { 0.0 } else { f64::INFINITY },
+        0.0,
+    ))
 }
 
 /// Runs every check with inputs drawn from `seed`.
@@ -466,26 +553,7 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
             )),
         }
     }
-    for (i, (n, dims)) in [
-        (3, d(2, 64, 128)),
-        (5, d(2, 128, 128)),
-        (2, d(2, 256, 512)),
-        (64, d(4, 128, 128)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let sd = seed.wrapping_add(100 + i as u64);
-        match decode_rows(gpu, sd, n, dims) {
-            Ok(r) => rows.extend(r),
-            Err(e) => rows.push(row(
-                "delta_rule.decode ERROR",
-                &format!("N={n} {dims:?} seed={sd}: {e:#}"),
-                f64::INFINITY,
-                0.0,
-            )),
-        }
-    }
+    rows.extend(selftest_decode_seeded(gpu, seed)?);
     Ok(rows)
 }
 

@@ -1461,107 +1461,186 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
 }
 
 // ------------------------------------------------------------------------------------------
-// Decode: one token per sequence, per (V-slice of BV, head, sequence), 256 threads. Fuses the L2
-// norm of q and k (eps 1e-6), β = sigmoid(b), g = −exp(A_log)·softplus(a + dt_bias); the state
-// slice [K, BV] is read once into registers and written once, in place.
+// Decode: one token per sequence, one block of NT threads per (V-slice of BV columns, head,
+// sequence). Fuses the L2 norm of q and k (eps 1e-6), β = sigmoid(b) and
+// α = exp(−exp(A_log)·softplus(a + dt_bias)). The [K, BV] state slice is read once into
+// registers (RPT float4 rows per thread, all loads issued before anything else) and written once,
+// in place. With q̂, k̂ the normalised vectors and s the read-out scale:
+//   u = β (v − α k̂ᵀS),  S' = α S + k̂ uᵀ,  o = s q̂ᵀS' = s (α q̂ᵀS + (q̂·k̂) u),
+// so both dot products over K are taken on the state as loaded, and reduced together: within a
+// thread (RPT rows), across the warp's row groups (shuffles), then across warps through one
+// shared array and one barrier (each thread sums the NW warp partials of its 4 columns itself).
+// Each warp computes the norms, q̂·k̂ and the gates redundantly, with shuffles only. The
+// normalisation is applied to the sums (k̂ᵀS = |k|⁻¹ kᵀS), so the per-row q and k stay raw bf16.
+//
+// Thread t: columns c = 4 (t mod TPR) … +3 of the slice, rows r0 = RPT ⌊t / TPR⌋ … +RPT−1.
 
-template <int K, int BV>
-__device__ void decode_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                            const bf16* __restrict__ v, const float* __restrict__ a_in,
-                            const float* __restrict__ b_in, const float* __restrict__ a_log,
-                            const float* __restrict__ dt_bias, float* __restrict__ state,
-                            bf16* __restrict__ o, int H, int V, float scale) {
-  constexpr int TPR = BV / 4;      // threads across one row segment (4 columns each)
-  constexpr int RG = 256 / TPR;    // row groups
-  constexpr int RPT = K / RG;      // rows per thread
-  static_assert(RPT >= 1 && RG * RPT == K, "decode tiling");
-  __shared__ float qs[K], ks[K];
-  __shared__ __align__(16) float red[RG * BV];
-  __shared__ __align__(16) float uv[BV];
-  __shared__ float wsum[16];
-  __shared__ float misc[4];
+// `N` consecutive bf16 (N even, 2N-byte aligned) as N/2 packed pairs.
+template <int N>
+__device__ __forceinline__ void ld_bf16x(const bf16* p, unsigned* out) {
+  static_assert(N == 2 || N == 4 || N % 8 == 0, "ld_bf16x");
+  if constexpr (N == 2) {
+    out[0] = *reinterpret_cast<const unsigned*>(p);
+  } else if constexpr (N == 4) {
+    const uint2 x = *reinterpret_cast<const uint2*>(p);
+    out[0] = x.x;
+    out[1] = x.y;
+  } else {
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      const uint4 x = reinterpret_cast<const uint4*>(p)[j];
+      out[4 * j] = x.x;
+      out[4 * j + 1] = x.y;
+      out[4 * j + 2] = x.z;
+      out[4 * j + 3] = x.w;
+    }
+  }
+}
+// Element i of a packed bf16 array (i a compile-time constant after unrolling).
+__device__ __forceinline__ float bf16_at(const unsigned* w, int i) {
+  const unsigned x = w[i >> 1];
+  return __uint_as_float((i & 1) ? (x & 0xffff0000u) : (x << 16));
+}
+
+template <int K, int V, int BV, int NT>
+__device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                            const bf16* __restrict__ v,
+                                            const float* __restrict__ a_in,
+                                            const float* __restrict__ b_in,
+                                            const float* __restrict__ a_log,
+                                            const float* __restrict__ dt_bias,
+                                            float* __restrict__ state, bf16* __restrict__ o, int H,
+                                            float scale) {
+  constexpr int TPR = BV / 4;    // threads across one row of the slice (4 columns each)
+  constexpr int RG = NT / TPR;   // row groups
+  constexpr int RPT = K / RG;    // rows per thread
+  constexpr int NW = NT / 32;    // warps
+  constexpr int KL = K / 32;     // q, k elements per lane for the norms
+  static_assert(TPR >= 4 && TPR <= 32 && 32 % TPR == 0, "decode: BV in 16..128");
+  static_assert(NT % 32 == 0 && RG * RPT == K && RPT >= 2 && RPT % 2 == 0, "decode tiling");
+  static_assert(V % BV == 0, "decode: BV must divide V");
+  __shared__ __align__(16) float red[2][NW][BV];  // per-warp partials of kᵀS, qᵀS
+
   const int v0 = blockIdx.x * BV, h = blockIdx.y, n = blockIdx.z;
   const long nh = (long)n * H + h;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int c = (tid % TPR) * 4, r0 = (tid / TPR) * RPT;
 
-  float xq = 0.f, xk = 0.f;
-  if (tid < K) {
-    xq = b2f(q[nh * K + tid]);
-    xk = b2f(k[nh * K + tid]);
-  }
-  const float sq = warp_sum(xq * xq), sk = warp_sum(xk * xk);
-  if (lane == 0) {
-    wsum[warp] = sq;
-    wsum[8 + warp] = sk;
-  }
-  __syncthreads();
-  if (tid == 0) {
-    float tq = 0.f, tk = 0.f;
-    for (int i = 0; i < 8; ++i) {
-      tq += wsum[i];
-      tk += wsum[8 + i];
-    }
-    misc[0] = scale * rsqrtf(tq + 1e-6f);
-    misc[1] = rsqrtf(tk + 1e-6f);
-    misc[2] = 1.f / (1.f + __expf(-b_in[nh]));
-    const float zz = a_in[nh] + dt_bias[h];
-    const float sp = zz > 20.f ? zz : log1pf(__expf(zz));
-    misc[3] = __expf(-__expf(a_log[h]) * sp);
-  }
-  __syncthreads();
-  if (tid < K) {
-    qs[tid] = xq * misc[0];
-    ks[tid] = xk * misc[1];
-  }
-  __syncthreads();
-  const float beta = misc[2], alpha = misc[3];
-  const int col = (tid % TPR) * 4, rg = tid / TPR;
-  float* base = state + nh * K * V + v0 + col;
+  // 1. Every load up front: the state rows first, then the small inputs.
+  float* sp = state + (nh * K + r0) * V + v0 + c;
   float4 s[RPT];
 #pragma unroll
-  for (int i = 0; i < RPT; ++i) s[i] = *reinterpret_cast<const float4*>(base + (long)(rg + i * RG) * V);
-  float4 p = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i = 0; i < RPT; ++i) s[i] = *reinterpret_cast<const float4*>(sp + i * V);
+  unsigned kr[RPT / 2], qr[RPT / 2], kw[KL / 2], qw[KL / 2];
+  ld_bf16x<RPT>(k + nh * K + r0, kr);
+  ld_bf16x<RPT>(q + nh * K + r0, qr);
+  ld_bf16x<KL>(k + nh * K + lane * KL, kw);
+  ld_bf16x<KL>(q + nh * K + lane * KL, qw);
+  const uint2 vraw = *reinterpret_cast<const uint2*>(v + nh * V + v0 + c);
+  const float za = a_in[nh], zb = b_in[nh], al = a_log[h], db = dt_bias[h];
+
+  // 2. Norms, q·k and gates, per warp.
+  float sq = 0.f, sk = 0.f, sqk = 0.f;
+#pragma unroll
+  for (int j = 0; j < KL; ++j) {
+    const float xq = bf16_at(qw, j), xk = bf16_at(kw, j);
+    sq = fmaf(xq, xq, sq);
+    sk = fmaf(xk, xk, sk);
+    sqk = fmaf(xq, xk, sqk);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    sq += __shfl_xor_sync(0xffffffffu, sq, off);
+    sk += __shfl_xor_sync(0xffffffffu, sk, off);
+    sqk += __shfl_xor_sync(0xffffffffu, sqk, off);
+  }
+  const float iq = scale * rsqrtf(sq + 1e-6f);  // s / |q|
+  const float ik = rsqrtf(sk + 1e-6f);          // 1 / |k|
+  const float beta = __frcp_rn(1.f + __expf(-zb));
+  const float z = za + db;
+  const float spl = z > 20.f ? z : log1pf(__expf(z));
+  const float alpha = __expf(-__expf(al) * spl);
+
+  // 3. Raw partials kᵀS and qᵀS over this thread's rows, then over the warp's row groups.
+  float4 pk = make_float4(0.f, 0.f, 0.f, 0.f), pq = pk;
 #pragma unroll
   for (int i = 0; i < RPT; ++i) {
-    s[i].x *= alpha;
-    s[i].y *= alpha;
-    s[i].z *= alpha;
-    s[i].w *= alpha;
-    const float kk = ks[rg + i * RG];
-    p.x += kk * s[i].x;
-    p.y += kk * s[i].y;
-    p.z += kk * s[i].z;
-    p.w += kk * s[i].w;
+    const float kk = bf16_at(kr, i), qq = bf16_at(qr, i);
+    pk.x = fmaf(kk, s[i].x, pk.x);
+    pk.y = fmaf(kk, s[i].y, pk.y);
+    pk.z = fmaf(kk, s[i].z, pk.z);
+    pk.w = fmaf(kk, s[i].w, pk.w);
+    pq.x = fmaf(qq, s[i].x, pq.x);
+    pq.y = fmaf(qq, s[i].y, pq.y);
+    pq.z = fmaf(qq, s[i].z, pq.z);
+    pq.w = fmaf(qq, s[i].w, pq.w);
   }
-  *reinterpret_cast<float4*>(red + rg * BV + col) = p;
-  __syncthreads();
-  if (tid < BV) {
-    float r = 0.f;
-    for (int g = 0; g < RG; ++g) r += red[g * BV + tid];
-    uv[tid] = beta * (b2f(v[nh * V + v0 + tid]) - r);
+#pragma unroll
+  for (int off = TPR; off < 32; off <<= 1) {
+    pk.x += __shfl_xor_sync(0xffffffffu, pk.x, off);
+    pk.y += __shfl_xor_sync(0xffffffffu, pk.y, off);
+    pk.z += __shfl_xor_sync(0xffffffffu, pk.z, off);
+    pk.w += __shfl_xor_sync(0xffffffffu, pk.w, off);
+    pq.x += __shfl_xor_sync(0xffffffffu, pq.x, off);
+    pq.y += __shfl_xor_sync(0xffffffffu, pq.y, off);
+    pq.z += __shfl_xor_sync(0xffffffffu, pq.z, off);
+    pq.w += __shfl_xor_sync(0xffffffffu, pq.w, off);
+  }
+  if (lane < TPR) {
+    *reinterpret_cast<float4*>(&red[0][warp][c]) = pk;
+    *reinterpret_cast<float4*>(&red[1][warp][c]) = pq;
   }
   __syncthreads();
-  const float4 uu = *reinterpret_cast<const float4*>(uv + col);
-  p = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  // 4. u = β (v − α |k|⁻¹ kᵀS) for this thread's 4 columns; one thread per column quad writes o.
+  float4 tk = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int w = 0; w < NW; ++w) {
+    const float4 x = *reinterpret_cast<const float4*>(&red[0][w][c]);
+    tk.x += x.x;
+    tk.y += x.y;
+    tk.z += x.z;
+    tk.w += x.w;
+  }
+  const float ak = alpha * ik;
+  float4 u;
+  u.x = beta * (__uint_as_float(vraw.x << 16) - ak * tk.x);
+  u.y = beta * (__uint_as_float(vraw.x & 0xffff0000u) - ak * tk.y);
+  u.z = beta * (__uint_as_float(vraw.y << 16) - ak * tk.z);
+  u.w = beta * (__uint_as_float(vraw.y & 0xffff0000u) - ak * tk.w);
+  if (tid < TPR) {
+    float4 tq = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float4 x = *reinterpret_cast<const float4*>(&red[1][w][c]);
+      tq.x += x.x;
+      tq.y += x.y;
+      tq.z += x.z;
+      tq.w += x.w;
+    }
+    // o = s|q|⁻¹ (α qᵀS + |k|⁻¹ (q·k) u)
+    const float qk = ik * sqk;
+    __nv_bfloat162 o01 = __floats2bfloat162_rn(iq * fmaf(alpha, tq.x, qk * u.x),
+                                               iq * fmaf(alpha, tq.y, qk * u.y));
+    __nv_bfloat162 o23 = __floats2bfloat162_rn(iq * fmaf(alpha, tq.z, qk * u.z),
+                                               iq * fmaf(alpha, tq.w, qk * u.w));
+    uint2 ov;
+    ov.x = *reinterpret_cast<unsigned*>(&o01);
+    ov.y = *reinterpret_cast<unsigned*>(&o23);
+    *reinterpret_cast<uint2*>(o + nh * V + v0 + c) = ov;
+  }
+
+  // 5. S' = α S + k uᵀ / |k|, written in place.
+  const float4 wu = make_float4(ik * u.x, ik * u.y, ik * u.z, ik * u.w);
 #pragma unroll
   for (int i = 0; i < RPT; ++i) {
-    const float kk = ks[rg + i * RG], qq = qs[rg + i * RG];
-    s[i].x += kk * uu.x;
-    s[i].y += kk * uu.y;
-    s[i].z += kk * uu.z;
-    s[i].w += kk * uu.w;
-    *reinterpret_cast<float4*>(base + (long)(rg + i * RG) * V) = s[i];
-    p.x += qq * s[i].x;
-    p.y += qq * s[i].y;
-    p.z += qq * s[i].z;
-    p.w += qq * s[i].w;
-  }
-  *reinterpret_cast<float4*>(red + rg * BV + col) = p;
-  __syncthreads();
-  if (tid < BV) {
-    float r = 0.f;
-    for (int g = 0; g < RG; ++g) r += red[g * BV + tid];
-    o[nh * V + v0 + tid] = f2b(r);
+    const float kk = bf16_at(kr, i);
+    float4 x;
+    x.x = fmaf(alpha, s[i].x, kk * wu.x);
+    x.y = fmaf(alpha, s[i].y, kk * wu.y);
+    x.z = fmaf(alpha, s[i].z, kk * wu.z);
+    x.w = fmaf(alpha, s[i].w, kk * wu.w);
+    *reinterpret_cast<float4*>(sp + i * V) = x;
   }
 }
 
@@ -1654,12 +1733,16 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                               dvnew, dh0);                                                         \
   }
 
-#define DR_DECODE_KERNEL(K, BV)                                                                     \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
-      dr_decode_k##K##_bv##BV(const bf16* q, const bf16* k, const bf16* v, const float* a,         \
-                              const float* b, const float* a_log, const float* dt_bias,            \
-                              float* state, bf16* o, int H, int V, float scale) {                  \
-    dr::decode_impl<K, BV>(q, k, v, a, b, a_log, dt_bias, state, o, H, V, scale);                  \
+// Decode variants (K, BV, NT, min blocks per SM); the host's table `DECODE_CFGS` in
+// src/cuda/delta_rule.rs lists the same ones. The minimum-blocks bound caps the registers so that
+// about half the register file holds state: 64 registers a thread for RPT <= 8, 128 for RPT = 16.
+#define DR_DECODE_KERNEL(K, V, BV, NT, MINB)                                                       \
+  extern "C" __global__ void __launch_bounds__(NT, MINB)                                          \
+      dr_decode_k##K##_v##V##_bv##BV##_t##NT(const bf16* q, const bf16* k, const bf16* v,          \
+                                             const float* a, const float* b, const float* a_log,   \
+                                             const float* dt_bias, float* state, bf16* o, int H,   \
+                                             float scale) {                                        \
+    dr::decode_impl<K, V, BV, NT>(q, k, v, a, b, a_log, dt_bias, state, o, H, scale);              \
   }
 
 DR_CHUNK_KERNELS(64)
@@ -1674,12 +1757,24 @@ DR_STATE_KERNELS(128, 64)
 DR_STATE_KERNELS(256, 16)
 DR_STATE_KERNELS(256, 32)
 DR_STATE_KERNELS(256, 64)
-DR_DECODE_KERNEL(64, 16)
-DR_DECODE_KERNEL(64, 32)
-DR_DECODE_KERNEL(64, 64)
-DR_DECODE_KERNEL(128, 16)
-DR_DECODE_KERNEL(128, 32)
-DR_DECODE_KERNEL(128, 64)
-DR_DECODE_KERNEL(256, 16)
-DR_DECODE_KERNEL(256, 32)
-DR_DECODE_KERNEL(256, 64)
+DR_DECODE_KERNEL(64, 64, 16, 64, 16)
+DR_DECODE_KERNEL(64, 64, 64, 128, 8)
+DR_DECODE_KERNEL(64, 128, 16, 64, 16)
+DR_DECODE_KERNEL(64, 128, 64, 128, 8)
+DR_DECODE_KERNEL(64, 128, 128, 256, 4)
+DR_DECODE_KERNEL(128, 128, 16, 128, 8)
+DR_DECODE_KERNEL(128, 128, 32, 128, 8)
+DR_DECODE_KERNEL(128, 128, 64, 128, 4)
+DR_DECODE_KERNEL(128, 128, 64, 256, 4)
+DR_DECODE_KERNEL(128, 128, 128, 256, 2)
+DR_DECODE_KERNEL(128, 128, 128, 512, 2)
+DR_DECODE_KERNEL(128, 256, 16, 128, 8)
+DR_DECODE_KERNEL(128, 256, 64, 256, 4)
+DR_DECODE_KERNEL(256, 256, 16, 128, 8)
+DR_DECODE_KERNEL(256, 256, 64, 256, 2)
+DR_DECODE_KERNEL(256, 256, 64, 512, 2)
+DR_DECODE_KERNEL(256, 512, 16, 128, 8)
+DR_DECODE_KERNEL(256, 512, 32, 256, 4)
+DR_DECODE_KERNEL(256, 512, 64, 256, 2)
+DR_DECODE_KERNEL(256, 512, 64, 512, 2)
+DR_DECODE_KERNEL(256, 512, 128, 512, 1)
