@@ -165,6 +165,43 @@ __device__ __forceinline__ void row_dots(const float* X, int ldx, const bf16* B,
   }
 }
 
+// Row sums (rs[i] = Σ_j E_ij, and rs2[i] = Σ_j E2_ij when E2 is non-null) and column sums
+// (cs[j] = Σ_i E_ij) of 64x64 f32 matrices (row stride LF64), by all NTH threads (v3; v2 gave each
+// row or column to one thread: 64-long serial loops on two warps, the row walks 8-way
+// bank-conflicted, while the other warps waited). Rows: one warp per row, lanes over columns.
+// Columns: NTH/64 groups of 64 threads each sum 64/(NTH/64) rows into part (NTH floats), then
+// the groups are added in order (fixed order: deterministic). Starts and ends with a barrier.
+template <int NTH>
+__device__ __forceinline__ void rowcol_sums(const float* E, const float* E2, float* rs, float* rs2,
+                                            float* cs, float* part) {
+  constexpr int NG = NTH / CH, RPG = CH / NG;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  __syncthreads();
+  for (int i = warp; i < CH; i += NTH / 32) {
+    const float a = warp_sum(E[i * LF64 + lane] + E[i * LF64 + lane + 32]);
+    if (lane == 0) rs[i] = a;
+    if (E2) {
+      const float b = warp_sum(E2[i * LF64 + lane] + E2[i * LF64 + lane + 32]);
+      if (lane == 0) rs2[i] = b;
+    }
+  }
+  {
+    const int g = tid / CH, j = tid - g * CH;
+    float a = 0.f;
+#pragma unroll 4
+    for (int r = g * RPG; r < (g + 1) * RPG; ++r) a += E[r * LF64 + j];
+    part[tid] = a;
+  }
+  __syncthreads();
+  if (tid < CH) {
+    float a = 0.f;
+#pragma unroll
+    for (int g = 0; g < NG; ++g) a += part[g * CH + tid];
+    cs[tid] = a;
+  }
+  __syncthreads();
+}
+
 // P = QKᵀ on the lower 16x16 tiles (i-block >= j-block) into f32 P (row stride LF64). The upper
 // tiles are left unwritten; callers mask them. One tile per warp at a time.
 template <int K>
@@ -697,7 +734,7 @@ struct StateBwdSm {
   float* dvl;   // [64][BV+4] dṼ_loc, then dṼ
   bf16* dsb;    // [K][BV+8]
   bf16* dvb;    // [64][BV+8]
-  float* stage; // [K/16][320]
+  float* stage; // [K/16][320]  aliases dvb
   float* G;     // [64]
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * (K + 8));
@@ -706,8 +743,14 @@ struct StateBwdSm {
     dos = c.take<bf16>(CH * (BV + 8));
     dvl = c.take<float>(CH * (BV + 4));
     dsb = c.take<bf16>(K * (BV + 8));
-    dvb = c.take<bf16>(CH * (BV + 8));
-    stage = c.take<float>((K / 16) * STG_SZ);
+    // v3: stage (only used to build dsb at the start of a chunk) and dvb (written after the dṼ
+    // product, read by the dS update, dead at the barrier that ends the chunk) share one region.
+    // For K = 128, BV = 64 this brings the block from 114.3 KB to 105.3 KB: 2 CTAs per SM, so
+    // the 256 CTAs of B8·T2048·H16 run in one wave instead of two.
+    const unsigned a = CH * (BV + 8) * 2, b = (K / 16) * STG_SZ * 4;
+    char* r = c.take<char>(a > b ? a : b);
+    dvb = reinterpret_cast<bf16*>(r);
+    stage = reinterpret_cast<float*>(r);
     G = c.take<float>(CH);
   }
 };
@@ -895,7 +938,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   constexpr int NQ = (4 * KT) / NW;      // 64xK tiles per warp
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
   load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
@@ -932,15 +975,37 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     load_bf16_async(S.vns, LD64, vnew + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
     load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
     cp_commit();
-    for (int idx = tid; idx < K * 16; idx += blockDim.x) {
-      const int r = idx >> 4, c = (idx & 15) * 4;
-      const float4 x = *reinterpret_cast<const float4*>(dh + hoff + (long)r * V + v0 + c);
-      const float xs[4] = {x.x, x.y, x.z, x.w};
+    // dh (f32) → bf16 hi + lo. A thread's float4 loads are issued together (DB per batch) before
+    // the first use (v3; v2's loop issued one load per iteration: 8 dependent global round trips
+    // per slice and thread, with the block's 8 warps all waiting on them).
+    {
+      constexpr int NDH = K * 16 / (NW * 32);       // float4 per thread: 4 (K=64), 8, 8 (K=256)
+      constexpr int DB = (K >= 256) ? NDH / 2 : NDH;  // K=256 runs at the 128-register cap
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bf16 hi = f2b(xs[e]);
-        S.dhs[r * LD64 + c + e] = hi;
-        S.dhl[r * LD64 + c + e] = f2b(xs[e] - b2f(hi));
+      for (int b0 = 0; b0 < NDH; b0 += DB) {
+        float4 x[DB];
+#pragma unroll
+        for (int e = 0; e < DB; ++e) {
+          const int idx = tid + (b0 + e) * NW * 32, r = idx >> 4, c = (idx & 15) * 4;
+          x[e] = *reinterpret_cast<const float4*>(dh + hoff + (long)r * V + v0 + c);
+        }
+#pragma unroll
+        for (int e = 0; e < DB; ++e) {
+          const int idx = tid + (b0 + e) * NW * 32, r = idx >> 4, c = (idx & 15) * 4;
+          const __nv_bfloat162 h01 = __floats2bfloat162_rn(x[e].x, x[e].y);
+          const __nv_bfloat162 h23 = __floats2bfloat162_rn(x[e].z, x[e].w);
+          const __nv_bfloat162 l01 = __floats2bfloat162_rn(x[e].x - __low2float(h01),
+                                                           x[e].y - __high2float(h01));
+          const __nv_bfloat162 l23 = __floats2bfloat162_rn(x[e].z - __low2float(h23),
+                                                           x[e].w - __high2float(h23));
+          uint2 hv, lv;
+          hv.x = *reinterpret_cast<const unsigned*>(&h01);
+          hv.y = *reinterpret_cast<const unsigned*>(&h23);
+          lv.x = *reinterpret_cast<const unsigned*>(&l01);
+          lv.y = *reinterpret_cast<const unsigned*>(&l23);
+          *reinterpret_cast<uint2*>(S.dhs + r * LD64 + c) = hv;
+          *reinterpret_cast<uint2*>(S.dhl + r * LD64 + c) = lv;
+        }
       }
     }
     cp_wait<0>();
@@ -983,24 +1048,20 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   }
   __syncthreads();
 
-  // dG from dP ⊙ P (row sums minus column sums), and pb = dP ⊙ Γ on j <= i.
+  // dG from E = s dP ⊙ P (row sums minus column sums; E overwrites P, each element by the
+  // thread that reads it), and pb = dP ⊙ Γ on j <= i. The sums use all warps (v3; v2 gave one
+  // thread per row or column: 64-long serial loops, the row walks 8-way bank-conflicted).
   for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
     const int i = idx >> 6, j = idx & 63;
+    const float d = S.dP[i * LF64 + j];
     float x = 0.f;
-    if (j <= i && i < len) x = scale * S.dP[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
+    if (j <= i && i < len) x = scale * d * __expf(S.G[i] - S.G[j]);
     S.pb[i * LD64 + j] = f2b(x);
+    S.P[i * LF64 + j] = scale * d * S.P[i * LF64 + j];
   }
-  if (tid < CH) {
-    float a = 0.f;
-    for (int j = 0; j < CH; ++j) a += scale * S.dP[tid * LF64 + j] * S.P[tid * LF64 + j];
-    S.rsum[tid] = a;
-  } else if (tid < 2 * CH) {
-    const int j = tid - CH;
-    float a = 0.f;
-    for (int i = 0; i < CH; ++i) a += scale * S.dP[i * LF64 + j] * S.P[i * LF64 + j];
-    S.csum[j] = a;
-  }
-  // (P is zero outside j <= i < len, so these sums are already masked.)
+  // (P is zero outside j <= i < len, so these sums are already masked.) X is free until fq is
+  // stored into it below: it holds the column-sum partials.
+  rowcol_sums<NW * 32>(S.P, nullptr, S.rsum, nullptr, S.csum, S.X);
 
   // dq: X = s γ_i dQ1; qdot_i = q_i · X_i; dq = X + pb K.
 #pragma unroll
@@ -1081,18 +1142,20 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
           *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
   }
 
-  // Partial dG.
-  if (tid < CH && tid < len) {
-    const int i = tid;
-    float val = S.rsum[i] - S.csum[i] + S.qdot[i] - S.kdot[i];
-    if (i == len - 1) {
-      float ksum = 0.f, sd = 0.f;
-      for (int r = 0; r < len; ++r) ksum += S.kdot[r];
-      const float* sp = sd_part + ((long)cg * H + h) * np;
-      for (int r = 0; r < np; ++r) sd += sp[r];
-      val += ksum + S.gam[len - 1] * sd;
+  // Partial dG, by warp 0: Σ kdot and Σ sd_part as warp sums (v3; v2: one thread, 64 + np
+  // dependent steps, np of them global loads, at the very end of the block).
+  if (warp == 0) {
+    float ksum = 0.f, sd = 0.f;
+    for (int r = lane; r < len; r += 32) ksum += S.kdot[r];
+    const float* sp = sd_part + ((long)cg * H + h) * np;
+    for (int r = lane; r < np; r += 32) sd += sp[r];
+    ksum = warp_sum(ksum);
+    sd = warp_sum(sd);
+    for (int i = lane; i < len; i += 32) {
+      float val = S.rsum[i] - S.csum[i] + S.qdot[i] - S.kdot[i];
+      if (i == len - 1) val += ksum + S.gam[len - 1] * sd;
+      dg[(long)(start + i) * H + h] = val;
     }
-    dg[(long)(start + i) * H + h] = val;
   }
 }
 
@@ -1167,7 +1230,7 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   constexpr int NQ = (4 * KT) / NW;
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
   load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   load_f32_async(S.tf, LF64, tmat + ((long)cg * H + h) * (CH * CH), CH, CH, CH, CH);
@@ -1250,10 +1313,12 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
             make_float4(b * s[0], b * s[1], b * s[2], b * s[3]);
       }
     }
-    if (tid < CH) {
-      float a = 0.f;
-      for (int c = 0; c < 64; ++c) a += S.st[tid * LF64 + c] * b2f(S.vs[tid * LD64 + c]);
-      S.dbv[tid] += a;
+    // dβ_V: one warp per row, lanes over columns (v3; v2: 64 threads, one row each, 8-way
+    // bank conflicts, while the other warps waited at the barrier).
+    for (int i = warp; i < CH; i += NW) {
+      const float a = warp_sum(S.st[i * LF64 + lane] * b2f(S.vs[i * LD64 + lane]) +
+                               S.st[i * LF64 + lane + 32] * b2f(S.vs[i * LD64 + lane + 32]));
+      if (lane == 0) S.dbv[i] += a;
     }
   }
   __syncthreads();
@@ -1321,13 +1386,33 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   }
   __syncthreads();
 
-  // z_i = k_i · dKβγ_i; then X = dk_partial + βγ_i dKβγ.
-  row_dots<K>(S.X, K + 4, S.k, K + 8, S.z);
-  __syncthreads();
-  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-    const int i = idx / K, c = idx - i * K;
-    const float prev = i < len ? dk[((long)(start + i) * H + h) * K + c] : 0.f;
-    S.X[i * (K + 4) + c] = prev + S.bg[i] * S.X[i * (K + 4) + c];
+  // z_i = k_i · dKβγ_i; then X = dk_partial + βγ_i dKβγ. The partial dk of kernel 6 is read with
+  // all of a thread's float4 loads issued before the first use, and before row_dots, so their
+  // latency is paid once and overlaps it (v3; v2 read it one scalar per loop iteration: 32
+  // dependent global round trips per thread on the block's critical path).
+  {
+    constexpr int NT4 = CH * K / 4 / (NW * 32);
+    float4 pv[NT4];
+#pragma unroll
+    for (int e = 0; e < NT4; ++e) {
+      const int idx = tid + e * NW * 32, i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
+      pv[e] = i < len ? *reinterpret_cast<const float4*>(dk + ((long)(start + i) * H + h) * K + c)
+                      : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    row_dots<K>(S.X, K + 4, S.k, K + 8, S.z);
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < NT4; ++e) {
+      const int idx = tid + e * NW * 32, i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
+      float4* x = reinterpret_cast<float4*>(S.X + i * (K + 4) + c);
+      const float b = S.bg[i];
+      float4 y = *x;
+      y.x = pv[e].x + b * y.x;
+      y.y = pv[e].y + b * y.y;
+      y.z = pv[e].z + b * y.z;
+      y.w = pv[e].w + b * y.w;
+      *x = y;
+    }
   }
 
   // TMP = strictLower(dT) Tᵀ (tf32).
@@ -1377,36 +1462,27 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   qk_lower<K>(S.k, S.k, S.TMP);
   __syncthreads();
 
-  // M backward: for j < i < len, dm = −DT_ij, ag = (KKᵀ)_ij Γ_ij, x = dm β_i ag.
+  // M backward: for j < i < len, dm = −DT_ij, ag = (KKᵀ)_ij Γ_ij; pb = dm β_i Γ_ij (bf16, the
+  // dk term), y = dm ag (into TMP), x = dm β_i ag (into DT). Each element is read and rewritten
+  // by one thread. Then rsum = row sums of x, dbm = row sums of y, csum = column sums of x, by
+  // all warps (v3; v2 had one thread per row or column).
   for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
     const int i = idx >> 6, j = idx & 63;
-    float x = 0.f;
-    if (j < i && i < len) x = -S.DT[i * LF64 + j] * S.bs[i] * __expf(S.G[i] - S.G[j]);
-    S.pb[i * LD64 + j] = f2b(x);
-  }
-  if (tid < CH) {
-    const int i = tid;
-    float rs = 0.f, db = 0.f;
-    if (i < len) {
-      for (int j = 0; j < i; ++j) {
-        const float ag = S.TMP[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
-        const float dm = -S.DT[i * LF64 + j];
-        rs += dm * S.bs[i] * ag;
-        db += dm * ag;
-      }
+    float p = 0.f, x = 0.f, y = 0.f;
+    if (j < i && i < len) {
+      const float ge = __expf(S.G[i] - S.G[j]);
+      const float dm = -S.DT[i * LF64 + j];
+      const float ag = S.TMP[i * LF64 + j] * ge;
+      p = dm * S.bs[i] * ge;
+      x = dm * S.bs[i] * ag;
+      y = dm * ag;
     }
-    S.rsum[i] = rs;
-    S.dbm[i] = db;
-  } else if (tid < 2 * CH) {
-    const int j = tid - CH;
-    float cs = 0.f;
-    for (int i = j + 1; i < len; ++i) {
-      const float ag = S.TMP[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
-      cs += -S.DT[i * LF64 + j] * S.bs[i] * ag;
-    }
-    S.csum[j] = cs;
+    S.TMP[i * LF64 + j] = y;
+    S.DT[i * LF64 + j] = x;
+    S.pb[i * LD64 + j] = f2b(p);
   }
-  __syncthreads();
+  // T (f32) is dead here: its space holds the column-sum partials.
+  rowcol_sums<NW * 32>(S.DT, S.TMP, S.rsum, S.dbm, S.csum, S.tf);
 
   // dk = X + dMm K + dMmᵀ K.
 #pragma unroll
@@ -1449,12 +1525,21 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
     if (i < len) dbeta[(long)(start + i) * H + h] = S.dbv[i] + S.gam[i] * S.z[i] + S.dbm[i];
   }
   __syncthreads();
-  if (tid == 0) {
-    float acc = 0.f;
-    for (int i = len - 1; i >= 0; --i) {
-      acc += S.dgp[i];
-      S.dgp[i] = acc;
+  // Reverse cumsum over the 64 rows (rows >= len hold 0) by warp 0: lane l owns rows 2l, 2l+1;
+  // suffix sums of the pair sums by shuffles (v3; v2: one thread, 64 dependent steps).
+  if (warp == 0) {
+    const float a = S.dgp[2 * lane], b = S.dgp[2 * lane + 1];
+    float s = a + b;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float t = __shfl_down_sync(0xffffffffu, s, o);
+      if (lane + o < 32) s += t;
     }
+    float e = __shfl_down_sync(0xffffffffu, s, 1);
+    if (lane == 31) e = 0.f;
+    const float ob = b + e;
+    S.dgp[2 * lane + 1] = ob;
+    S.dgp[2 * lane] = a + ob;
   }
   __syncthreads();
   if (tid < len) dg[(long)(start + tid) * H + h] = S.dgp[tid];
