@@ -94,3 +94,51 @@ fn resume_without_a_checkpoint_names_the_folder() {
         "config.json",
     );
 }
+
+/// `gdn generate --device`: a byte-level model whose head dim (4) the CUDA kernels are not built
+/// for decodes on the CPU under `auto` (with one line saying why) exactly as under `cpu`, and
+/// `--device cuda` is a one-line error, whether or not this machine has a GPU.
+#[test]
+fn generate_falls_back_to_the_cpu_for_models_the_kernels_do_not_support() {
+    use gdn::model::{Model, ModelConfig};
+    use gdn::tensor::Rng;
+    let mut cfg = ModelConfig::preset("tiny").unwrap();
+    cfg.vocab_size = 256;
+    let model = Model::new(cfg).unwrap();
+    let mut rng = Rng::new(3);
+    let mut params: Vec<f32> = model.init_params(&mut rng);
+    params
+        .iter_mut()
+        .for_each(|p| *p += (0.3 * rng.normal()) as f32);
+    let dir = gdn::io::scratch_dir("cli-generate-device").join("ckpt");
+    gdn::train::checkpoint::save(&dir, &model, &params, None).unwrap();
+    let ckpt = dir.to_str().unwrap();
+    let args = |device: &'static str| {
+        vec![
+            "generate",
+            "--checkpoint",
+            ckpt,
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--device",
+            device,
+        ]
+    };
+    let (ok, cpu_out, _) = gdn(&args("cpu"));
+    assert!(ok);
+    let (ok, auto_out, auto_err) = gdn(&args("auto"));
+    assert!(ok, "{auto_err}");
+    assert_eq!(auto_out, cpu_out);
+    assert!(auto_err.contains("decoding on the CPU"), "{auto_err}");
+    let (ok, _, err) = gdn(&args("cuda"));
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no usable GPU") || err.contains("do not support this model"),
+        "{err}"
+    );
+}

@@ -1,9 +1,11 @@
 //! `gdn generate`: continue a prompt with a checkpoint, streaming the text as it comes.
 
+use super::DeviceArg;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use gdn::cuda::{self, decode::GpuDecoder, Gpu};
 use gdn::data::tokenizer::Tokenizer;
-use gdn::model::decode::{generate, GenerateOptions, StopReason};
+use gdn::model::decode::{generate_with, CpuStepper, GenerateOptions, Stepper, StopReason};
 use gdn::model::sample::{ByteCodec, Sampler, StreamDecoder, TextCodec};
 use gdn::model::ModelConfig;
 use gdn::train::checkpoint;
@@ -44,6 +46,9 @@ pub struct GenerateArgs {
     /// Print the prompt before the continuation.
     #[arg(long)]
     pub echo: bool,
+    /// Where to decode: the GPU (bf16 weights, fp32 state) when usable, else the CPU (f32).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
 }
 
 /// The text codec for a model: the given tokenizer.json, else the checkpoint's own
@@ -89,6 +94,25 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let codec = codec_for(&model.config, &a.checkpoint, a.tokenizer.as_deref())?;
     let prompt = codec.encode(&a.prompt)?;
     ensure!(!prompt.is_empty(), "--prompt is empty");
+    // The GPU when asked for (or usable, under auto) and its kernels support the model's sizes.
+    let mut use_gpu = a.device.use_gpu("decoding on the CPU")?;
+    if use_gpu {
+        if let Err(e) = cuda::model::check_model(&model) {
+            if a.device == DeviceArg::Cuda {
+                bail!("--device cuda: the CUDA kernels do not support this model: {e:#}");
+            }
+            eprintln!("the CUDA kernels do not support this model ({e:#}); decoding on the CPU");
+            use_gpu = false;
+        }
+    }
+    let gpu = if use_gpu { Some(Gpu::open(0)?) } else { None };
+    let mut stepper: Box<dyn Stepper<f32> + '_> = match &gpu {
+        Some(g) => {
+            eprintln!("[decoding on {} ({})]", g.name, g.arch);
+            Box::new(GpuDecoder::new(g, &model, &params, 1)?)
+        }
+        None => Box::new(CpuStepper::new(&model, &params)),
+    };
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampler,
@@ -104,7 +128,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let mut dec = StreamDecoder::new();
     let start = Instant::now();
-    let g = generate(&model, &params, &prompt, &opts, &mut |t| {
+    let g = generate_with(stepper.as_mut(), &prompt, &opts, &mut |t| {
         let text = dec.push(codec.as_ref(), t);
         if !text.is_empty() {
             write!(out, "{text}")

@@ -22,6 +22,8 @@ pub mod bench_train;
 pub mod blas;
 pub mod buffer;
 mod compile;
+pub mod decode;
+pub mod decode_selftest;
 pub mod delta_rule;
 pub mod model;
 pub mod model_selftest;

@@ -1,6 +1,8 @@
 //! The whole Gated DeltaNet language model on the GPU: forward (caching what backward needs) and
 //! backward, mirroring `model::lm` / `model::mixer` op for op, built from `cuda::ops`,
-//! `cuda::blas` and `cuda::delta_rule`.
+//! `cuda::blas` and `cuda::delta_rule`. The same forward serves recurrent decoding
+//! (`cuda::decode`), one token per sequence, with each block's conv and delta rule replaced by
+//! `ops::conv_step` on cached inputs and the fused decode kernel.
 //!
 //! Storage: fp32 master parameters and a bf16 working copy (one flat buffer each, the CPU
 //! layout), fp32 parameter gradients (accumulated, +=), bf16 activations except the residual
@@ -13,8 +15,10 @@
 //! (only when it changes) and the loss readback.
 
 use super::blas::Blas;
+use super::decode::LayerCache;
 use super::delta_rule::{
-    chunk_backward, chunk_forward, ChunkInputs, DeltaRuleWorkspace, GradBuffers,
+    chunk_backward, chunk_forward, ChunkInputs, DecodeInputs, DecodeStep, DeltaRuleWorkspace,
+    GradBuffers,
 };
 use super::profile::{mark, OpProfile};
 use super::{ops, Gpu, KernelSource};
@@ -527,8 +531,19 @@ struct BlockCtx<'a> {
     p32: &'a CudaSlice<f32>,
     sz: Sz,
     n: usize,
+    /// The packing of the n tokens (unused, empty, by [`Core::Decode`]).
     cu: CudaView<'a, i32>,
     cu_seqlens: &'a [usize],
+}
+
+/// How a block's mixer runs its short convs and the delta rule.
+enum Core<'a> {
+    /// Sequences packed by the context's `cu_seqlens`: the causal conv over each sequence and
+    /// the chunked delta rule from a zero state (training, evaluation).
+    Chunk(&'a mut DeltaRuleWorkspace),
+    /// One token per sequence (n = N): `conv_step` on the layer's conv caches, then the fused
+    /// decode kernel, which L2-normalises q and k and computes β and g itself (spec §A.4).
+    Decode(&'a DecodeStep, &'a mut LayerCache),
 }
 
 /// One block's forward, x_out = block(x_in), keeping in `a` what its backward needs (run again
@@ -540,29 +555,24 @@ fn block_forward(
     x_in: &CudaView<f32>,
     x_out: &mut CudaViewMut<f32>,
     a: &mut LayerActs,
-    ws: &mut DeltaRuleWorkspace,
+    core: Core,
     tmp_d: &mut CudaSlice<bf16>,
     tmp_silu: &mut CudaSlice<bf16>,
 ) -> Result<()> {
     let BlockCtx {
         gpu,
-        prof: _,
         blas,
         p16,
-        p32,
         sz,
         n,
-        ref cu,
-        cu_seqlens,
+        ..
     } = *ctx;
     let Sz {
         d,
         inter,
         h,
-        dk,
         kd,
         vd,
-        w,
         eps,
         ..
     } = sz;
@@ -637,61 +647,10 @@ fn block_forward(
         vd,
     )?;
     mark(ctx.prof, gpu, "fwd mixer projections")?;
-    // Convs, SiLU, L2 norm.
-    for (pre, wr, conv, ch) in [
-        (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
-        (&a.k_pre, &lr.k_conv, &mut a.k_conv, kd),
-        (&a.v_pre, &lr.v_conv, &mut a.v_conv, vd),
-    ] {
-        ops::conv_fwd(
-            gpu,
-            &pre.slice(..n * ch),
-            &pv(wr),
-            &mut conv.slice_mut(..n * ch),
-            cu,
-            ch,
-            w,
-        )?;
+    match core {
+        Core::Chunk(ws) => chunk_mixer(ctx, lr, a, ws, tmp_silu)?,
+        Core::Decode(step, cache) => decode_mixer(ctx, lr, a, step, cache)?,
     }
-    mark(ctx.prof, gpu, "fwd short conv")?;
-    for (conv, y, r) in [
-        (&a.q_conv, &mut a.q, &mut a.qr),
-        (&a.k_conv, &mut a.k, &mut a.kr),
-    ] {
-        let mut s = tmp_silu.slice_mut(..n * kd);
-        ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
-        ops::l2norm_fwd(
-            gpu,
-            &s,
-            &mut y.slice_mut(..n * kd),
-            &mut r.slice_mut(..n * h),
-            dk,
-        )?;
-    }
-    ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
-    mark(ctx.prof, gpu, "fwd silu, l2norm")?;
-    ops::gates_fwd(
-        gpu,
-        &a.a.slice(..n * h),
-        &a.b.slice(..n * h),
-        &p32.slice(lr.a_log.clone()),
-        &p32.slice(lr.dt_bias.clone()),
-        &mut a.g.slice_mut(..n * h),
-        &mut a.beta.slice_mut(..n * h),
-    )?;
-    mark(ctx.prof, gpu, "fwd gates")?;
-    let inp = ChunkInputs {
-        q: a.q.slice(..n * kd),
-        k: a.k.slice(..n * kd),
-        v: a.v.slice(..n * vd),
-        g: a.g.slice(..n * h),
-        beta: a.beta.slice(..n * h),
-        scale: 1.0 / (dk as f32).sqrt(),
-        initial_state: None,
-        cu_seqlens,
-    };
-    chunk_forward(gpu, ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
-    mark(ctx.prof, gpu, "fwd delta rule")?;
     ops::gated_rmsnorm_fwd(
         gpu,
         &a.o.slice(..n * vd),
@@ -767,6 +726,190 @@ fn block_forward(
     Ok(())
 }
 
+/// The packed-sequence mixer core of [`block_forward`]: q/k/v convs, SiLU, L2 norm, gates, and
+/// the chunked delta rule into `a.o`.
+fn chunk_mixer(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    a: &mut LayerActs,
+    ws: &mut DeltaRuleWorkspace,
+    tmp_silu: &mut CudaSlice<bf16>,
+) -> Result<()> {
+    let BlockCtx {
+        gpu,
+        p16,
+        p32,
+        sz,
+        n,
+        ref cu,
+        cu_seqlens,
+        ..
+    } = *ctx;
+    let Sz {
+        h, dk, kd, vd, w, ..
+    } = sz;
+    let pv = |r: &Range<usize>| p16.slice(r.clone());
+    // Convs, SiLU, L2 norm.
+    for (pre, wr, conv, ch) in [
+        (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
+        (&a.k_pre, &lr.k_conv, &mut a.k_conv, kd),
+        (&a.v_pre, &lr.v_conv, &mut a.v_conv, vd),
+    ] {
+        ops::conv_fwd(
+            gpu,
+            &pre.slice(..n * ch),
+            &pv(wr),
+            &mut conv.slice_mut(..n * ch),
+            cu,
+            ch,
+            w,
+        )?;
+    }
+    mark(ctx.prof, gpu, "fwd short conv")?;
+    for (conv, y, r) in [
+        (&a.q_conv, &mut a.q, &mut a.qr),
+        (&a.k_conv, &mut a.k, &mut a.kr),
+    ] {
+        let mut s = tmp_silu.slice_mut(..n * kd);
+        ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
+        ops::l2norm_fwd(
+            gpu,
+            &s,
+            &mut y.slice_mut(..n * kd),
+            &mut r.slice_mut(..n * h),
+            dk,
+        )?;
+    }
+    ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
+    mark(ctx.prof, gpu, "fwd silu, l2norm")?;
+    ops::gates_fwd(
+        gpu,
+        &a.a.slice(..n * h),
+        &a.b.slice(..n * h),
+        &p32.slice(lr.a_log.clone()),
+        &p32.slice(lr.dt_bias.clone()),
+        &mut a.g.slice_mut(..n * h),
+        &mut a.beta.slice_mut(..n * h),
+    )?;
+    mark(ctx.prof, gpu, "fwd gates")?;
+    let inp = ChunkInputs {
+        q: a.q.slice(..n * kd),
+        k: a.k.slice(..n * kd),
+        v: a.v.slice(..n * vd),
+        g: a.g.slice(..n * h),
+        beta: a.beta.slice(..n * h),
+        scale: 1.0 / (dk as f32).sqrt(),
+        initial_state: None,
+        cu_seqlens,
+    };
+    chunk_forward(gpu, ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
+    mark(ctx.prof, gpu, "fwd delta rule")?;
+    Ok(())
+}
+
+/// The decode mixer core of [`block_forward`] (one token per sequence, n = N): each conv steps
+/// on its cache of raw inputs ([N, channels, W], oldest first) and is followed by SiLU; a and b
+/// are widened to f32 (into the `g` / `beta` buffers, which the decode path does not otherwise
+/// use); the fused kernel then L2-normalises q and k (eps 1e-6), takes β = σ(b),
+/// g = −exp(A_log)·softplus(a + dt_bias), advances the state and writes `a.o` — the same math
+/// as `model::mixer::decode_step`, with the read-out scale K^{-1/2}.
+fn decode_mixer(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    a: &mut LayerActs,
+    step: &DecodeStep,
+    cache: &mut LayerCache,
+) -> Result<()> {
+    let BlockCtx {
+        gpu,
+        p16,
+        p32,
+        sz,
+        n,
+        ..
+    } = *ctx;
+    let Sz {
+        h, dk, kd, vd, w, ..
+    } = sz;
+    let pv = |r: &Range<usize>| p16.slice(r.clone());
+    for (pre, wr, conv, c, ch) in [
+        (&a.q_pre, &lr.q_conv, &mut a.q_conv, &mut cache.conv_q, kd),
+        (&a.k_pre, &lr.k_conv, &mut a.k_conv, &mut cache.conv_k, kd),
+        (&a.v_pre, &lr.v_conv, &mut a.v_conv, &mut cache.conv_v, vd),
+    ] {
+        ops::conv_step(
+            gpu,
+            &pre.slice(..n * ch),
+            &pv(wr),
+            &mut c.slice_mut(..n * ch * w),
+            &mut conv.slice_mut(..n * ch),
+            ch,
+            w,
+        )?;
+    }
+    mark(ctx.prof, gpu, "decode short conv")?;
+    // SiLU only: the decode kernel normalises q and k itself.
+    for (conv, y, ch) in [
+        (&a.q_conv, &mut a.q, kd),
+        (&a.k_conv, &mut a.k, kd),
+        (&a.v_conv, &mut a.v, vd),
+    ] {
+        ops::silu_fwd(gpu, &conv.slice(..n * ch), &mut y.slice_mut(..n * ch))?;
+    }
+    ops::cast_bf16_to_f32(gpu, &a.a.slice(..n * h), &mut a.g.slice_mut(..n * h))?;
+    ops::cast_bf16_to_f32(gpu, &a.b.slice(..n * h), &mut a.beta.slice_mut(..n * h))?;
+    mark(ctx.prof, gpu, "decode silu, casts")?;
+    let inp = DecodeInputs {
+        q: a.q.slice(..n * kd),
+        k: a.k.slice(..n * kd),
+        v: a.v.slice(..n * vd),
+        a: a.g.slice(..n * h),
+        b: a.beta.slice(..n * h),
+        a_log: p32.slice(lr.a_log.clone()),
+        dt_bias: p32.slice(lr.dt_bias.clone()),
+        scale: 1.0 / (dk as f32).sqrt(),
+    };
+    let nn = cache.state.len();
+    step.run(
+        gpu,
+        &inp,
+        &mut cache.state.slice_mut(..nn),
+        &mut a.o.slice_mut(..n * vd),
+    )?;
+    mark(ctx.prof, gpu, "decode delta rule")?;
+    Ok(())
+}
+
+/// Whether the CUDA kernels support the model's sizes (head dims, conv width, norm widths,
+/// heads); the error says which does not fit.
+pub fn check_model(model: &Model) -> Result<()> {
+    let md = model.mixer_dims();
+    super::delta_rule::check_dims(Dims {
+        heads: md.heads,
+        dk: md.dk,
+        dv: md.dv,
+    })?;
+    ensure!(
+        (1..=ops::MAX_CONV_WIDTH).contains(&md.width),
+        "GpuModel: conv width {} is outside 1..={}",
+        md.width,
+        ops::MAX_CONV_WIDTH
+    );
+    ensure!(
+        md.d <= ops::MAX_NORM_WIDTH && md.dv <= ops::MAX_NORM_WIDTH,
+        "GpuModel: hidden size {} / value head dim {} exceed the norm kernels' limit {}",
+        md.d,
+        md.dv,
+        ops::MAX_NORM_WIDTH
+    );
+    ensure!(
+        md.heads <= 1024,
+        "GpuModel: {} heads exceed the gates kernel's limit of 1024",
+        md.heads
+    );
+    Ok(())
+}
+
 impl GpuModel {
     /// Uploads `params` (host f32, the model's layout) and allocates everything for calls of up
     /// to `max_tokens` tokens in up to `max_seqs` sequences.
@@ -822,25 +965,7 @@ impl GpuModel {
             dk: sz.dk,
             dv: sz.dv,
         };
-        super::delta_rule::check_dims(rule)?;
-        ensure!(
-            (1..=ops::MAX_CONV_WIDTH).contains(&sz.w),
-            "GpuModel: conv width {} is outside 1..={}",
-            sz.w,
-            ops::MAX_CONV_WIDTH
-        );
-        ensure!(
-            sz.d <= ops::MAX_NORM_WIDTH && sz.dv <= ops::MAX_NORM_WIDTH,
-            "GpuModel: hidden size {} / value head dim {} exceed the norm kernels' limit {}",
-            sz.d,
-            sz.dv,
-            ops::MAX_NORM_WIDTH
-        );
-        ensure!(
-            sz.h <= 1024,
-            "GpuModel: {} heads exceed the gates kernel's limit of 1024",
-            sz.h
-        );
+        check_model(model)?;
         if let Some((i, v)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             bail!("GpuModel: parameter {i} is not finite ({v})");
         }
@@ -1136,14 +1261,7 @@ impl GpuModel {
     /// [`GpuModel::logits_view`]) and keeps what [`GpuModel::loss_and_backward`] needs.
     pub fn forward(&mut self, gpu: &Gpu, tokens: &[u32], cu_seqlens: &[usize]) -> Result<()> {
         let n = tokens.len();
-        let sz = self.sz;
-        let Sz { d, vocab, eps, .. } = sz;
-        ensure!(n > 0, "GpuModel::forward: no tokens");
-        ensure!(
-            n <= self.max_tokens,
-            "GpuModel::forward: {n} tokens exceed max_tokens {}",
-            self.max_tokens
-        );
+        self.check_tokens("forward", tokens)?;
         super::delta_rule::check_cu_seqlens(cu_seqlens, n)?;
         ensure!(
             cu_seqlens.len() - 1 <= self.max_seqs,
@@ -1151,13 +1269,7 @@ impl GpuModel {
             cu_seqlens.len() - 1,
             self.max_seqs
         );
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            bail!("GpuModel::forward: token id {t} is outside the vocabulary of {vocab}");
-        }
         self.n = 0;
-        gpu.stream
-            .memcpy_htod(tokens, &mut self.tokens.slice_mut(..n))
-            .context("uploading the tokens")?;
         if self.cu_host != cu_seqlens {
             let cu32: Vec<i32> = cu_seqlens.iter().map(|&v| v as i32).collect();
             gpu.stream
@@ -1167,6 +1279,60 @@ impl GpuModel {
             gpu.sync()?;
             self.cu_host = cu_seqlens.to_vec();
         }
+        self.forward_tokens(gpu, tokens, None)
+    }
+
+    /// One decode step for N = `tokens.len()` sequences, one token each: the forward with each
+    /// block's mixer core replaced by `conv_step` on `caches[layer]` and the fused decode kernel
+    /// (advancing the caches). The logits [N, vocab] are then in [`GpuModel::logits_view`]. No
+    /// backward may follow (crate-internal: `cuda::decode::GpuDecoder` owns its model).
+    pub(crate) fn decode_forward(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        step: &DecodeStep,
+        caches: &mut [LayerCache],
+    ) -> Result<()> {
+        self.check_tokens("decode_forward", tokens)?;
+        ensure!(
+            caches.len() == self.layers.len(),
+            "GpuModel::decode_forward: {} layer caches for {} layers",
+            caches.len(),
+            self.layers.len()
+        );
+        self.n = 0;
+        self.forward_tokens(gpu, tokens, Some((step, caches)))
+    }
+
+    fn check_tokens(&self, op: &str, tokens: &[u32]) -> Result<()> {
+        let (n, vocab) = (tokens.len(), self.sz.vocab);
+        ensure!(n > 0, "GpuModel::{op}: no tokens");
+        ensure!(
+            n <= self.max_tokens,
+            "GpuModel::{op}: {n} tokens exceed max_tokens {}",
+            self.max_tokens
+        );
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("GpuModel::{op}: token id {t} is outside the vocabulary of {vocab}");
+        }
+        Ok(())
+    }
+
+    /// The forward shared by [`GpuModel::forward`] (chunked, over the packing in `cu_host`) and
+    /// [`GpuModel::decode_forward`] (`decode`: the step kernel and the per-layer caches).
+    fn forward_tokens(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        mut decode: Option<(&DecodeStep, &mut [LayerCache])>,
+    ) -> Result<()> {
+        let n = tokens.len();
+        let sz = self.sz;
+        let Sz { d, vocab, eps, .. } = sz;
+        gpu.stream
+            .memcpy_htod(tokens, &mut self.tokens.slice_mut(..n))
+            .context("uploading the tokens")?;
+        let cu_seqlens: &[usize] = if decode.is_some() { &[] } else { &self.cu_host };
         let p16 = &self.params_bf16;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
         let blas = &self.blas;
@@ -1200,13 +1366,17 @@ impl GpuModel {
             let x_in = before[l].slice(..n * d);
             let mut x_out = after[0].slice_mut(..n * d);
             let a = &mut self.acts[if self.recompute { 0 } else { l }];
+            let core = match &mut decode {
+                Some((step, caches)) => Core::Decode(step, &mut caches[l]),
+                None => Core::Chunk(&mut self.ws),
+            };
             block_forward(
                 &ctx,
                 lr,
                 &x_in,
                 &mut x_out,
                 a,
-                &mut self.ws,
+                core,
                 &mut self.tmp_d,
                 &mut self.tmp_silu,
             )?;
@@ -1402,7 +1572,7 @@ impl GpuModel {
                     &before[l].slice(..nd),
                     &mut after[0].slice_mut(..nd),
                     &mut self.acts[0],
-                    &mut self.ws,
+                    Core::Chunk(&mut self.ws),
                     &mut self.tmp_d,
                     &mut self.tmp_silu,
                 )?;

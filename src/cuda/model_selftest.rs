@@ -55,7 +55,7 @@ pub fn test_config(tie: bool, b_bias: bool) -> Result<ModelConfig> {
 
 /// Parameters with visible structure everywhere: init, then perturbed so that norm weights are
 /// not 1, biases not 0, and the linear weights are O(1/√fan_in); rounded to bf16.
-fn test_params(model: &Model, rng: &mut Rng) -> Vec<f32> {
+pub(crate) fn test_params(model: &Model, rng: &mut Rng) -> Vec<f32> {
     let mut p: Vec<f64> = model.init_params(rng);
     for info in &model.layout.params {
         let fan_in = *info.shape.last().unwrap_or(&1) as f64;

@@ -11,7 +11,7 @@ use super::lm::Model;
 use super::mixer;
 use super::sample::Sampler;
 use crate::tensor::{Elem, Rng};
-use anyhow::{bail, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 
 /// One layer's decode state for N sequences.
 #[derive(Clone, Debug, PartialEq)]
@@ -215,8 +215,58 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
-/// Generates a continuation of `prompt` (non-empty): prefill, then sample and decode one token
-/// at a time. `on_token` sees each new token as soon as it is sampled (for streaming).
+/// What generation steps: one sequence's recurrent decoder on some device. Sampling, stop
+/// tokens and streaming stay in [`generate_with`].
+pub trait Stepper<F> {
+    /// Starts from the empty state, consumes `prompt` (non-empty) and returns the next-token
+    /// logits [vocab].
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<F>>;
+    /// Consumes one token and returns the next-token logits [vocab].
+    fn step(&mut self, token: u32) -> Result<Vec<F>>;
+}
+
+/// The CPU model as a [`Stepper`]: the chunked [`Model::prefill`], then [`Model::decode_step`].
+pub struct CpuStepper<'a, F> {
+    model: &'a Model,
+    params: &'a [F],
+    state: Option<DecodeState<F>>,
+}
+
+impl<'a, F> CpuStepper<'a, F> {
+    pub fn new(model: &'a Model, params: &'a [F]) -> Self {
+        CpuStepper {
+            model,
+            params,
+            state: None,
+        }
+    }
+
+    /// The decode state after the last call (None before the prefill).
+    pub fn state(&self) -> Option<&DecodeState<F>> {
+        self.state.as_ref()
+    }
+}
+
+impl<F: Elem> Stepper<F> for CpuStepper<'_, F> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<F>> {
+        ensure!(!prompt.is_empty(), "the prompt is empty");
+        let (logits, state) = self
+            .model
+            .prefill(self.params, prompt, &[0, prompt.len()])?;
+        self.state = Some(state);
+        Ok(logits)
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<F>> {
+        let state = self
+            .state
+            .as_mut()
+            .ok_or_else(|| anyhow!("CpuStepper::step before prefill"))?;
+        self.model.decode_step(self.params, state, &[token])
+    }
+}
+
+/// Generates a continuation of `prompt` (non-empty) with the CPU model; see [`generate_with`].
 pub fn generate<F: Elem>(
     model: &Model,
     params: &[F],
@@ -224,10 +274,21 @@ pub fn generate<F: Elem>(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
+    generate_with(&mut CpuStepper::new(model, params), prompt, opts, on_token)
+}
+
+/// Generates a continuation of `prompt` (non-empty): prefill, then sample and decode one token
+/// at a time. `on_token` sees each new token as soon as it is sampled (for streaming).
+pub fn generate_with<F: Elem>(
+    stepper: &mut dyn Stepper<F>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
     opts.sampler.validate()?;
     ensure!(!prompt.is_empty(), "the prompt is empty");
     let mut rng = Rng::new(opts.seed);
-    let (mut logits, mut state) = model.prefill(params, prompt, &[0, prompt.len()])?;
+    let mut logits = stepper.prefill(prompt)?;
     let mut tokens = Vec::new();
     loop {
         if tokens.len() == opts.max_tokens {
@@ -246,7 +307,7 @@ pub fn generate<F: Elem>(
         on_token(t)?;
         tokens.push(t);
         if tokens.len() < opts.max_tokens {
-            logits = model.decode_step(params, &mut state, &[t])?;
+            logits = stepper.step(t)?;
         }
     }
 }
@@ -363,6 +424,32 @@ mod tests {
                 assert!(max_rel_err(x, y) < 1e-10);
             }
         }
+    }
+
+    /// The CPU stepper: prefill, then steps, give the full forward's logits at each position.
+    #[test]
+    fn cpu_stepper_matches_the_forward() {
+        let (model, params) = tiny_model(4);
+        let vocab = model.config.vocab_size;
+        let seq = random_tokens(&mut Rng::new(21), 30, vocab);
+        let full = model
+            .forward(&params, &seq, &[0, seq.len()])
+            .unwrap()
+            .logits;
+        let at = |t: usize| &full[t * vocab..(t + 1) * vocab];
+        let mut st = CpuStepper::new(&model, &params);
+        assert!(st.step(1).is_err(), "a step before the prefill is an error");
+        let p = 17;
+        let l = st.prefill(&seq[..p]).unwrap();
+        assert!(max_rel_err(&l, at(p - 1)) < 1e-10);
+        for (t, &tok) in seq.iter().enumerate().skip(p) {
+            let l = st.step(tok).unwrap();
+            assert!(max_rel_err(&l, at(t)) < 1e-10, "position {t}");
+        }
+        assert_eq!(st.state().unwrap().positions, vec![seq.len()]);
+        // A second prefill starts over.
+        let l = st.prefill(&seq[..3]).unwrap();
+        assert!(max_rel_err(&l, at(2)) < 1e-10);
     }
 
     #[test]
