@@ -23,6 +23,7 @@ pub mod blas;
 pub mod buffer;
 mod compile;
 pub mod delta_rule;
+pub mod graph;
 pub mod model;
 pub mod model_selftest;
 pub mod ops;
