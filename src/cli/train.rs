@@ -94,6 +94,12 @@ pub struct TrainArgs {
     /// backward (much less memory, about a third more compute).
     #[arg(long)]
     pub recompute: bool,
+    /// GPU: capture each micro-batch's forward and backward in a CUDA graph (once per shape,
+    /// after one eager micro-batch) and replay it instead of launching every kernel. The
+    /// results are bit for bit those of the eager run. Not saved with the run: pass it again
+    /// with --resume.
+    #[arg(long)]
+    pub graph: bool,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -110,6 +116,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         gpu: gpu.then_some(0),
         notice: no_gpu.map(|why| format!("no usable GPU ({why}); training on the CPU")),
         recompute: a.recompute,
+        graph: a.graph,
         gpu_optional: a.device == DeviceArg::Auto,
     };
     let config = if a.resume {

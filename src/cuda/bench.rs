@@ -13,7 +13,7 @@ use super::delta_rule::{
 use super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{bail, Context, Result};
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::bf16;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// train: recompute each block's forward in the backward (see `gdn train --recompute`).
     #[arg(long)]
     pub recompute: bool,
+    /// train: replay each step's forward and backward from a CUDA graph (see `gdn train
+    /// --graph`); the JSON goes to gdn_train[_recompute]_graph.json.
+    #[arg(long)]
+    pub graph: bool,
     /// Folder for gdn_bench.json (created if missing).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -161,19 +165,9 @@ fn time_eager(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Resu
 fn time_graph(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     f()?; // tables uploaded, everything warm: the captured call queues kernels only
     gpu.sync()?;
-    gpu.stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .context("begin_capture")?;
-    let r = f();
-    let g = gpu
-        .stream
-        .end_capture(CUgraphInstantiate_flags(0))
-        .context("end_capture")?;
-    r.context("the captured call failed")?;
-    let g = g.context("capture produced no graph")?;
-    g.upload()?;
+    let (g, ()) = super::graph::capture_uploaded(gpu, &mut *f)?;
     for _ in 0..5 {
-        g.launch()?;
+        super::graph::launch(&g)?;
     }
     gpu.sync()?;
     let a = gpu.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
@@ -181,7 +175,7 @@ fn time_graph(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Resu
     let mut ts = Vec::with_capacity(reps);
     for _ in 0..reps {
         a.record(&gpu.stream)?;
-        g.launch()?;
+        super::graph::launch(&g)?;
         b.record(&gpu.stream)?;
         b.synchronize()?;
         ts.push(a.elapsed_ms(&b)? as f64);
@@ -635,6 +629,7 @@ fn run_train(a: &BenchArgs) -> Result<()> {
         steps: a.steps,
         warmup: 2,
         recompute: a.recompute,
+        graph: a.graph,
         breakdown: a.breakdown,
     };
     let r = super::bench_train::bench_train(gpu, &b)?;
@@ -645,7 +640,12 @@ fn run_train(a: &BenchArgs) -> Result<()> {
         r.params_m,
         r.batch,
         r.seq_len,
-        if r.recompute { ", recompute" } else { "" },
+        match (r.recompute, r.graph) {
+            (false, false) => "",
+            (true, false) => ", recompute",
+            (false, true) => ", CUDA graph",
+            (true, true) => ", recompute, CUDA graph",
+        },
         r.step_s,
         r.tokens_per_s,
         r.model_tflops,
@@ -653,11 +653,11 @@ fn run_train(a: &BenchArgs) -> Result<()> {
     );
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = if r.recompute {
-            "gdn_train_recompute.json"
-        } else {
-            "gdn_train.json"
-        };
+        let name = format!(
+            "gdn_train{}{}.json",
+            if r.recompute { "_recompute" } else { "" },
+            if r.graph { "_graph" } else { "" }
+        );
         crate::io::write_atomic(
             &dir.join(name),
             serde_json::to_string_pretty(&r)?.as_bytes(),

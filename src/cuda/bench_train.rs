@@ -22,6 +22,8 @@ pub struct TrainBench {
     pub steps: usize,
     pub warmup: usize,
     pub recompute: bool,
+    /// Replay each step's forward and backward from a CUDA graph (`gdn train --graph`).
+    pub graph: bool,
     /// Also time one more step op group by op group (events between groups).
     pub breakdown: bool,
 }
@@ -33,6 +35,10 @@ pub struct TrainBenchResult {
     pub batch: usize,
     pub seq_len: usize,
     pub recompute: bool,
+    /// Forward and backward replayed from a CUDA graph.
+    pub graph: bool,
+    /// Micro-batches replayed from the graph (timed steps, warm-up and breakdown).
+    pub graph_replays: u64,
     pub step_s: f64,
     pub tokens_per_s: f64,
     pub model_tflops: f64,
@@ -58,6 +64,14 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         b.batch_size,
         b.recompute,
     )?;
+    if b.graph {
+        // A graph needs one eager micro-batch first; the second is captured: warm up both.
+        ensure!(
+            b.warmup >= 2,
+            "bench train --graph: needs at least 2 warm-up steps"
+        );
+        t.enable_graphs()?;
+    }
     let vocab = model.config.vocab_size;
     let batch = Batch {
         batch: b.batch_size,
@@ -94,6 +108,10 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         t.zero_grads()?;
         mark(&t, "zero grads")?;
         t.accumulate(&batch, 1.0)?;
+        if b.graph {
+            // The replay records no marks of its own: the whole forward and backward.
+            mark(&t, "forward + backward (graph replay)")?;
+        }
         t.grad_norm()?;
         mark(&t, "grad norm")?;
         step += 1;
@@ -115,6 +133,8 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         batch: b.batch_size,
         seq_len: b.seq_len,
         recompute: b.recompute,
+        graph: b.graph,
+        graph_replays: t.graph_replays(),
         step_s,
         tokens_per_s,
         model_tflops: 6.0 * num * tokens_per_s / 1e12,

@@ -25,6 +25,7 @@ mod compile;
 pub mod decode;
 pub mod decode_selftest;
 pub mod delta_rule;
+pub mod graph;
 pub mod model;
 pub mod model_selftest;
 pub mod ops;

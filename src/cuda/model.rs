@@ -1259,7 +1259,22 @@ impl GpuModel {
 
     /// Forward over `tokens` packed by `cu_seqlens`: computes the logits (bf16, see
     /// [`GpuModel::logits_view`]) and keeps what [`GpuModel::loss_and_backward`] needs.
+    /// [`GpuModel::upload_inputs`] then [`GpuModel::forward_device`].
     pub fn forward(&mut self, gpu: &Gpu, tokens: &[u32], cu_seqlens: &[usize]) -> Result<()> {
+        let n = self.upload_inputs(gpu, tokens, cu_seqlens)?;
+        self.forward_device(gpu, n)
+    }
+
+    /// The host half of [`GpuModel::forward`]: validates `tokens` and `cu_seqlens`, uploads the
+    /// tokens, and `cu_seqlens` with the delta rule's chunk tables when they differ from the
+    /// last call's (then it synchronises). Ends any pending forward; returns the token count for
+    /// [`GpuModel::forward_device`].
+    pub fn upload_inputs(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        cu_seqlens: &[usize],
+    ) -> Result<usize> {
         let n = tokens.len();
         self.check_tokens("forward", tokens)?;
         super::delta_rule::check_cu_seqlens(cu_seqlens, n)?;
@@ -1279,7 +1294,26 @@ impl GpuModel {
             gpu.sync()?;
             self.cu_host = cu_seqlens.to_vec();
         }
-        self.forward_tokens(gpu, tokens, None)
+        gpu.stream
+            .memcpy_htod(tokens, &mut self.tokens.slice_mut(..n))
+            .context("uploading the tokens")?;
+        // The chunk tables too (the delta rule calls of the forward then find them in place
+        // and neither copy nor synchronise: the device half can be captured).
+        self.ws.set_seqlens(gpu, cu_seqlens, n)?;
+        Ok(n)
+    }
+
+    /// The device half of [`GpuModel::forward`] over the `n` tokens and the `cu_seqlens` that
+    /// [`GpuModel::upload_inputs`] left in the device buffers: kernels and matmuls only (no copy,
+    /// no synchronisation, no allocation once warm), so it can be captured in a CUDA graph.
+    pub fn forward_device(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+        ensure!(
+            n > 0 && n <= self.max_tokens && self.cu_host.last() == Some(&n),
+            "GpuModel::forward_device: {n} tokens do not match the uploaded cu_seqlens {:?}",
+            self.cu_host.last()
+        );
+        self.n = 0;
+        self.forward_tokens(gpu, n, None)
     }
 
     /// One decode step for N = `tokens.len()` sequences, one token each: the forward with each
@@ -1301,7 +1335,11 @@ impl GpuModel {
             self.layers.len()
         );
         self.n = 0;
-        self.forward_tokens(gpu, tokens, Some((step, caches)))
+        let n = tokens.len();
+        gpu.stream
+            .memcpy_htod(tokens, &mut self.tokens.slice_mut(..n))
+            .context("uploading the tokens")?;
+        self.forward_tokens(gpu, n, Some((step, caches)))
     }
 
     fn check_tokens(&self, op: &str, tokens: &[u32]) -> Result<()> {
@@ -1318,20 +1356,17 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The forward shared by [`GpuModel::forward`] (chunked, over the packing in `cu_host`) and
-    /// [`GpuModel::decode_forward`] (`decode`: the step kernel and the per-layer caches).
+    /// The device work shared by [`GpuModel::forward_device`] (chunked, over the packing in
+    /// `cu_host`) and [`GpuModel::decode_forward`] (`decode`: the step kernel and the per-layer
+    /// caches), over the `n` tokens already uploaded.
     fn forward_tokens(
         &mut self,
         gpu: &Gpu,
-        tokens: &[u32],
+        n: usize,
         mut decode: Option<(&DecodeStep, &mut [LayerCache])>,
     ) -> Result<()> {
-        let n = tokens.len();
         let sz = self.sz;
         let Sz { d, vocab, eps, .. } = sz;
-        gpu.stream
-            .memcpy_htod(tokens, &mut self.tokens.slice_mut(..n))
-            .context("uploading the tokens")?;
         let cu_seqlens: &[usize] = if decode.is_some() { &[] } else { &self.cu_host };
         let p16 = &self.params_bf16;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
@@ -1446,6 +1481,8 @@ impl GpuModel {
     }
 
     /// As [`GpuModel::loss_and_backward`], for `scale`·(mean loss) (e.g. 1/accumulation steps).
+    /// [`GpuModel::upload_targets`], [`GpuModel::loss_and_backward_device`], then
+    /// [`GpuModel::read_loss`].
     pub fn loss_and_backward_scaled(
         &mut self,
         gpu: &Gpu,
@@ -1458,10 +1495,46 @@ impl GpuModel {
             "GpuModel::loss_and_backward: no forward pending (run forward first; each forward \
              allows one backward)"
         );
+        self.upload_targets(gpu, targets, n)?;
+        self.loss_and_backward_device(gpu, scale)?;
+        self.read_loss(gpu)
+    }
+
+    /// Validates `targets` (one per token of a forward of `n` tokens) and uploads them.
+    pub fn upload_targets(&mut self, gpu: &Gpu, targets: &[u32], n: usize) -> Result<()> {
         ensure!(
             targets.len() == n,
             "GpuModel::loss_and_backward: {} targets for {n} tokens",
             targets.len()
+        );
+        let vocab = self.sz.vocab;
+        if let Some(&t) = targets
+            .iter()
+            .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
+        {
+            bail!("GpuModel::loss_and_backward: target {t} is outside the vocabulary of {vocab}");
+        }
+        gpu.stream
+            .memcpy_htod(targets, &mut self.targets.slice_mut(..n))
+            .context("uploading the targets")
+    }
+
+    /// The mean loss of the last [`GpuModel::loss_and_backward_device`] (or replay of it), read
+    /// back from the device (one synchronisation).
+    pub fn read_loss(&self, gpu: &Gpu) -> Result<f64> {
+        Ok(super::buffer::download(gpu, &self.stats)?[0])
+    }
+
+    /// The device half of [`GpuModel::loss_and_backward_scaled`] for the pending forward,
+    /// against the targets [`GpuModel::upload_targets`] left on the device: the loss stays in the
+    /// device's statistics ([`GpuModel::read_loss`]); kernels and matmuls only, so a forward and
+    /// this can be captured in one CUDA graph.
+    pub fn loss_and_backward_device(&mut self, gpu: &Gpu, scale: f32) -> Result<()> {
+        let n = self.n;
+        ensure!(
+            n > 0,
+            "GpuModel::loss_and_backward: no forward pending (run forward first; each forward \
+             allows one backward)"
         );
         let sz = self.sz;
         let Sz {
@@ -1475,16 +1548,7 @@ impl GpuModel {
             w,
             ..
         } = sz;
-        if let Some(&t) = targets
-            .iter()
-            .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
-        {
-            bail!("GpuModel::loss_and_backward: target {t} is outside the vocabulary of {vocab}");
-        }
         self.n = 0;
-        gpu.stream
-            .memcpy_htod(targets, &mut self.targets.slice_mut(..n))
-            .context("uploading the targets")?;
         let tg = self.targets.slice(..n);
         ops::cross_entropy_fwd(
             gpu,
@@ -1842,7 +1906,6 @@ impl GpuModel {
             d,
         )?;
         mark(ctx.prof, gpu, "bwd embedding")?;
-        let stats = super::buffer::download(gpu, &self.stats)?;
-        Ok(stats[0])
+        Ok(())
     }
 }

@@ -969,7 +969,6 @@ impl Ctx<'_> {
     /// (event tracking off, as the trainer will do) from the same starting state: the results
     /// must agree bit for bit, which checks both that the ops are capturable and deterministic.
     fn graph(&mut self) -> Result<()> {
-        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         let mut g = Gpu::open(self.gpu.ctx.ordinal())?;
         // SAFETY: this Gpu's buffers are used on its one stream only.
         unsafe { g.ctx.disable_event_tracking() };
@@ -1056,19 +1055,8 @@ impl Ctx<'_> {
         gpu.sync()?;
         let eager = snapshot(&b)?;
         reset(&mut b)?;
-        gpu.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| anyhow::anyhow!("begin_capture: {e:?}"))?;
-        let captured = graph_step(gpu, &blas, &mut b);
-        let graph = gpu
-            .stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(|e| anyhow::anyhow!("end_capture: {e:?}"))?;
-        captured?;
-        let graph = graph.ok_or_else(|| anyhow::anyhow!("the capture produced no graph"))?;
-        graph
-            .launch()
-            .map_err(|e| anyhow::anyhow!("graph launch: {e:?}"))?;
+        let (graph, ()) = super::graph::capture(gpu, || graph_step(gpu, &blas, &mut b))?;
+        super::graph::launch(&graph)?;
         gpu.sync()?;
         let replay = snapshot(&b)?;
         let shape = format!("rows={rows} d={d} vocab={vocab}, eager vs graph replay");

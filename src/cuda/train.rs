@@ -10,8 +10,9 @@ use crate::data::Batch;
 use crate::eval::{Packed, Scorer};
 use crate::model::{uniform_cu_seqlens, Model};
 use crate::train::adamw::AdamW;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::CudaSlice;
+use std::collections::HashMap;
 
 /// Advice appended to an out-of-memory error.
 const OOM_ADVICE: &str = "the GPU ran out of memory: lower --batch-size (and raise --grad-accum \
@@ -26,6 +27,27 @@ pub fn explain_oom(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// What a captured micro-batch step depends on besides the device buffers' contents: the
+/// sequences (cu_seqlens, uniform here) and the loss scale (a kernel argument).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct StepShape {
+    seqs: usize,
+    seq_len: usize,
+    scale_bits: u32,
+}
+
+/// `--graph`: one CUDA graph per micro-batch shape holding the device half of forward + loss +
+/// backward (gradients accumulated), replayed after the step's tokens and targets are uploaded.
+/// A shape's first micro-batch runs eagerly (kernels compiled, cuBLASLt algorithms picked, chunk
+/// tables uploaded); its second is captured and replayed; later ones are replayed.
+#[derive(Default)]
+struct StepGraphs {
+    warm: std::collections::HashSet<StepShape>,
+    graphs: HashMap<StepShape, super::graph::CudaGraph>,
+    /// Replays so far (tests and the bench: that the graphs are in use).
+    replays: u64,
+}
+
 /// Device memory in use (total − free), in bytes. Everything is allocated up front, so after
 /// the first step this is the run's peak (cuBLASLt workspaces included).
 pub fn memory_in_use(gpu: &Gpu) -> Result<usize> {
@@ -37,6 +59,9 @@ pub fn memory_in_use(gpu: &Gpu) -> Result<usize> {
 }
 
 pub struct GpuTrainer {
+    /// `--graph`: the captured micro-batch steps (first field: dropped before the buffers their
+    /// kernels address).
+    graphs: Option<StepGraphs>,
     pub gpu: Gpu,
     pub model: GpuModel,
     m: CudaSlice<f32>,
@@ -73,6 +98,7 @@ impl GpuTrainer {
         let (model, (m, v), decay, norm_scratch) = build(&gpu).map_err(explain_oom)?;
         let c = opt.config;
         Ok(GpuTrainer {
+            graphs: None,
             sched: upload(&gpu, &[0.0f64, 0.0])?,
             norm: upload(&gpu, &[0.0f64])?,
             gpu,
@@ -96,8 +122,12 @@ impl GpuTrainer {
     }
 
     /// Forward and backward of one micro-batch, the gradient of `scale`·(mean loss) added to the
-    /// accumulated gradients. Returns the micro-batch's mean loss.
+    /// accumulated gradients. Returns the micro-batch's mean loss. With graphs enabled
+    /// ([`GpuTrainer::enable_graphs`]) the device work is replayed from a CUDA graph.
     pub fn accumulate(&mut self, batch: &Batch, scale: f64) -> Result<f64> {
+        if self.graphs.is_some() {
+            return self.accumulate_graph(batch, scale).map_err(explain_oom);
+        }
         let cu = uniform_cu_seqlens(batch.batch, batch.seq_len);
         self.model
             .forward(&self.gpu, &batch.inputs, &cu)
@@ -105,6 +135,67 @@ impl GpuTrainer {
         self.model
             .loss_and_backward_scaled(&self.gpu, &batch.targets, scale as f32)
             .map_err(explain_oom)
+    }
+
+    /// Replays [`GpuTrainer::accumulate`]'s device work from one CUDA graph per micro-batch
+    /// shape from the shape's second micro-batch on (`gdn train --graph`). Evaluation, the
+    /// gradient norm and the update stay eager. Results are bit for bit those of the eager path:
+    /// the same kernels with the same arguments on the same buffers.
+    pub fn enable_graphs(&mut self) -> Result<()> {
+        ensure!(
+            self.model.profile().is_none(),
+            "CUDA graphs and the per-op profile exclude each other (the profile synchronises)"
+        );
+        self.graphs.get_or_insert_with(StepGraphs::default);
+        Ok(())
+    }
+
+    /// Micro-batches replayed from a CUDA graph so far (0 without graphs).
+    pub fn graph_replays(&self) -> u64 {
+        self.graphs.as_ref().map_or(0, |g| g.replays)
+    }
+
+    fn accumulate_graph(&mut self, batch: &Batch, scale: f64) -> Result<f64> {
+        let cu = uniform_cu_seqlens(batch.batch, batch.seq_len);
+        let scale = scale as f32;
+        let shape = StepShape {
+            seqs: batch.batch,
+            seq_len: batch.seq_len,
+            scale_bits: scale.to_bits(),
+        };
+        let gpu = &self.gpu;
+        let model = &mut self.model;
+        let graphs = self.graphs.as_mut().expect("graphs enabled");
+        // Host half: validation and the uploads (tokens, targets; cu_seqlens and the chunk
+        // tables only when they changed, e.g. after an evaluation, and always to the values the
+        // graph of this shape was captured with). Stream-ordered before the replay.
+        let n = model.upload_inputs(gpu, &batch.inputs, &cu)?;
+        model.upload_targets(gpu, &batch.targets, n)?;
+        if let Some(g) = graphs.graphs.get(&shape) {
+            super::graph::launch(g)?;
+            graphs.replays += 1;
+        } else if graphs.warm.insert(shape) {
+            // First micro-batch of this shape: eager, so that nothing is compiled, chosen or
+            // uploaded inside the capture.
+            model.forward_device(gpu, n)?;
+            model.loss_and_backward_device(gpu, scale)?;
+        } else {
+            // The capture queues nothing: the step runs in the first replay.
+            ensure!(
+                model.profile().is_none(),
+                "a CUDA graph cannot be captured with the per-op profile on"
+            );
+            gpu.sync()?;
+            let (g, ()) = super::graph::capture_uploaded(gpu, || {
+                model.forward_device(gpu, n)?;
+                model.loss_and_backward_device(gpu, scale)
+            })?;
+            super::graph::launch(&g)?;
+            graphs.graphs.insert(shape, g);
+            graphs.replays += 1;
+        }
+        // The loss the graph left on the device (one synchronisation, as the eager path).
+        model.read_loss(gpu)
     }
 
     /// The global norm of the accumulated gradients (read back: one synchronisation).
@@ -228,5 +319,71 @@ mod tests {
             explain_oom(anyhow!("launching CUDA kernel `x` failed"))
         );
         assert_eq!(other, "launching CUDA kernel `x` failed");
+    }
+}
+
+/// On a GPU machine (skipped elsewhere): `cargo test --release --lib cuda::train::gpu`.
+#[cfg(test)]
+mod gpu_tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::tensor::Rng;
+    use crate::train::adamw::AdamWConfig;
+
+    fn batch(rng: &mut Rng, seqs: usize, len: usize, vocab: usize) -> Batch {
+        let n = seqs * len;
+        Batch {
+            batch: seqs,
+            seq_len: len,
+            inputs: (0..n).map(|_| rng.below(vocab) as u32).collect(),
+            targets: (0..n).map(|_| rng.below(vocab) as u32).collect(),
+        }
+    }
+
+    /// Losses, norms and final parameters and moments (as bits) of 4 steps of 2 micro-batches
+    /// with an evaluation of another shape between steps 2 and 3.
+    fn run(graph: bool) -> Result<(Vec<u64>, Vec<u32>, u64)> {
+        let model = Model::new(ModelConfig::preset("small")?)?;
+        let mut rng = Rng::new(5);
+        let mut params = model.init_params(&mut rng);
+        let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
+        let vocab = model.config.vocab_size;
+        let mut t = GpuTrainer::new(Gpu::open(0)?, &model, &params, &opt, 1.0, 4 * 96, 4, false)?;
+        if graph {
+            t.enable_graphs()?;
+        }
+        let mut data = Rng::new(9);
+        let mut out = Vec::new();
+        for step in 1..=4u64 {
+            t.zero_grads()?;
+            for _ in 0..2 {
+                let b = batch(&mut data, 2, 96, vocab);
+                out.push(t.accumulate(&b, 0.5)?.to_bits());
+            }
+            out.push(t.grad_norm()?.to_bits());
+            t.update(1e-3, step)?;
+            if step == 2 {
+                let e = batch(&mut data, 4, 64, vocab);
+                out.push(t.eval_batch(&e, false)?.0.to_bits());
+            }
+        }
+        t.download_into(&mut params, &mut opt)?;
+        let bits = params.iter().chain(&opt.m).chain(&opt.v);
+        Ok((out, bits.map(|x| x.to_bits()).collect(), t.graph_replays()))
+    }
+
+    #[test]
+    fn gpu_graph_replayed_steps_equal_eager_steps_bit_for_bit() {
+        if let Some(why) = super::super::unavailable_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let (l0, p0, r0) = run(false).unwrap();
+        let (l1, p1, r1) = run(true).unwrap();
+        assert_eq!(r0, 0);
+        // 8 micro-batches of one shape: one eager, one captured (and replayed), 6 replayed.
+        assert_eq!(r1, 7);
+        assert_eq!(l0, l1, "losses / norms / eval loss differ");
+        assert!(p0 == p1, "parameters or moments differ");
     }
 }
