@@ -1238,11 +1238,22 @@ impl GpuModel {
     /// Per-token cross-entropy of the last forward against `targets` (0 where IGNORE), with no
     /// backward (evaluation). Ends the pending forward.
     pub fn position_losses(&mut self, gpu: &Gpu, targets: &[u32]) -> Result<Vec<f32>> {
+        let n = self.cross_entropy(gpu, targets, "position_losses")?;
+        super::buffer::download_f32(gpu, &self.losses.slice(..n))
+    }
+
+    /// Checks `targets` against the pending forward, ends it, uploads them and computes the
+    /// per-token losses, their lse and the mean in `stats`. Returns the token count.
+    fn cross_entropy(&mut self, gpu: &Gpu, targets: &[u32], op: &str) -> Result<usize> {
         let n = self.n;
-        ensure!(n > 0, "GpuModel::position_losses: no forward pending");
+        ensure!(
+            n > 0,
+            "GpuModel::{op}: no forward pending (run forward first; each forward allows one \
+             backward)"
+        );
         ensure!(
             targets.len() == n,
-            "GpuModel::position_losses: {} targets for {n} tokens",
+            "GpuModel::{op}: {} targets for {n} tokens",
             targets.len()
         );
         let vocab = self.sz.vocab;
@@ -1250,7 +1261,7 @@ impl GpuModel {
             .iter()
             .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
         {
-            bail!("GpuModel::position_losses: target {t} is outside the vocabulary of {vocab}");
+            bail!("GpuModel::{op}: target {t} is outside the vocabulary of {vocab}");
         }
         self.n = 0;
         gpu.stream
@@ -1265,7 +1276,7 @@ impl GpuModel {
             &mut self.stats,
             vocab,
         )?;
-        super::buffer::download_f32(gpu, &self.losses.slice(..n))
+        Ok(n)
     }
 
     /// Mean cross-entropy of the last forward against `targets` (IGNORE skipped), and its
@@ -1282,17 +1293,7 @@ impl GpuModel {
         targets: &[u32],
         scale: f32,
     ) -> Result<f64> {
-        let n = self.n;
-        ensure!(
-            n > 0,
-            "GpuModel::loss_and_backward: no forward pending (run forward first; each forward \
-             allows one backward)"
-        );
-        ensure!(
-            targets.len() == n,
-            "GpuModel::loss_and_backward: {} targets for {n} tokens",
-            targets.len()
-        );
+        let n = self.cross_entropy(gpu, targets, "loss_and_backward")?;
         let sz = self.sz;
         let Sz {
             d,
@@ -1305,26 +1306,7 @@ impl GpuModel {
             w,
             ..
         } = sz;
-        if let Some(&t) = targets
-            .iter()
-            .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
-        {
-            bail!("GpuModel::loss_and_backward: target {t} is outside the vocabulary of {vocab}");
-        }
-        self.n = 0;
-        gpu.stream
-            .memcpy_htod(targets, &mut self.targets.slice_mut(..n))
-            .context("uploading the targets")?;
         let tg = self.targets.slice(..n);
-        ops::cross_entropy_fwd(
-            gpu,
-            &self.logits.slice(..n * vocab),
-            &tg,
-            &mut self.lse.slice_mut(..n),
-            &mut self.losses.slice_mut(..n),
-            &mut self.stats,
-            vocab,
-        )?;
         ops::cross_entropy_bwd_inplace(
             gpu,
             &mut self.logits.slice_mut(..n * vocab),
