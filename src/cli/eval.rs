@@ -3,7 +3,7 @@
 use super::DeviceArg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gdn::cuda::{model::GpuModel, train::GpuScorer, Gpu};
+use gdn::cuda::{train::GpuScorer, Gpu};
 use gdn::eval::{evaluate_shards, evaluate_tokens, CpuScorer, EvalOptions, Scorer};
 use gdn::train::checkpoint;
 use std::path::PathBuf;
@@ -67,39 +67,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     opts.validate()?;
     let quiet = a.quiet;
-    let gpu = if a.device.use_gpu("evaluating on the CPU")? {
-        Some(Gpu::open(0)?)
+    let mut scorer: Box<dyn Scorer + '_> = if a.device.use_gpu("evaluating on the CPU")? {
+        let t = opts.block_len() - 1;
+        Box::new(GpuScorer::new(Gpu::open(0)?, &model, &params, t, a.batch)?)
     } else {
-        None
-    };
-    let mut gpu_model = match &gpu {
-        Some(g) => {
-            let t = opts.block_len() - 1;
-            Some(
-                GpuModel::new(g, &model, &params, a.batch * t, a.batch)
-                    .map_err(gdn::cuda::train::explain_oom)?,
-            )
-        }
-        None => None,
-    };
-    let mut cpu_scorer;
-    let mut gpu_scorer;
-    let scorer: &mut dyn Scorer = match (&gpu, &mut gpu_model) {
-        (Some(gpu), Some(m)) => {
-            gpu_scorer = GpuScorer {
-                gpu,
-                model: m,
-                vocab: model.config.vocab_size,
-            };
-            &mut gpu_scorer
-        }
-        _ => {
-            cpu_scorer = CpuScorer {
-                model: &model,
-                params: &params,
-            };
-            &mut cpu_scorer
-        }
+        Box::new(CpuScorer {
+            model: &model,
+            params: &params,
+        })
     };
     let mut progress = |done: usize| {
         if !quiet {
@@ -108,7 +83,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let (report, source) = match (&a.shards, &a.data) {
         (Some(dir), _) => {
-            let r = evaluate_shards(scorer, dir, &a.prefix, &opts, &mut progress)?;
+            let r = evaluate_shards(scorer.as_mut(), dir, &a.prefix, &opts, &mut progress)?;
             (r, ("shards", format!("{}/{}*", dir.display(), a.prefix)))
         }
         (None, Some(data)) => {
@@ -122,7 +97,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if a.split == Some(Split::Valid) {
                 tokens.drain(..tokens.len() - tokens.len() / 10);
             }
-            let r = evaluate_tokens(scorer, &tokens, &opts, &mut progress)
+            let r = evaluate_tokens(scorer.as_mut(), &tokens, &opts, &mut progress)
                 .with_context(|| format!("data file {}", data.display()))?;
             (r, ("data", data.display().to_string()))
         }

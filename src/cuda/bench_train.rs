@@ -80,50 +80,28 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         targets: (0..n).map(|_| rng.below(vocab) as u32).collect(),
     };
     let mut step = 0u64;
-    let mut run = |t: &mut GpuTrainer| -> Result<()> {
-        t.zero_grads()?;
-        t.accumulate(&batch, 1.0)?;
-        t.grad_norm()?;
-        step += 1;
-        t.update(4e-4, step)
-    };
     for _ in 0..b.warmup {
-        run(&mut t)?;
+        step += 1;
+        train_step(&mut t, &batch, step, b.graph)?;
     }
     let t0 = Instant::now();
     for _ in 0..b.steps {
-        run(&mut t)?;
+        step += 1;
+        train_step(&mut t, &batch, step, b.graph)?;
     }
     let step_s = t0.elapsed().as_secs_f64() / b.steps as f64;
     let mut breakdown = Vec::new();
     if b.breakdown {
         t.model.enable_profile();
-        let mark = |t: &GpuTrainer, name| match t.model.profile() {
-            Some(p) => p.mark(&t.gpu, name),
-            None => Ok(()),
-        };
-        if let Some(p) = t.model.profile() {
-            p.start(&t.gpu)?;
-        }
-        t.zero_grads()?;
-        mark(&t, "zero grads")?;
-        t.accumulate(&batch, 1.0)?;
-        if b.graph {
-            // The replay records no marks of its own: the whole forward and backward.
-            mark(&t, "forward + backward (graph replay)")?;
-        }
-        t.grad_norm()?;
-        mark(&t, "grad norm")?;
-        step += 1;
-        t.update(4e-4, step)?;
-        mark(&t, "adamw")?;
-        if let Some(p) = t.model.profile() {
-            breakdown = p
-                .totals()?
-                .into_iter()
-                .map(|(n, ms)| (n.to_string(), ms))
-                .collect();
-        }
+        let p = t.model.profile().expect("profiling was just enabled");
+        p.start(&t.gpu)?;
+        train_step(&mut t, &batch, step + 1, b.graph)?;
+        let p = t.model.profile().expect("profiling was just enabled");
+        breakdown = p
+            .totals()?
+            .into_iter()
+            .map(|(n, ms)| (n.to_string(), ms))
+            .collect();
     }
     let tokens_per_s = n as f64 / step_s;
     let num = model.num_params() as f64;
@@ -141,4 +119,21 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         gpu_memory_gb: memory_in_use(&t.gpu)? as f64 / 1e9,
         breakdown,
     })
+}
+
+/// One training step (update number `step`), with the optimiser's stages marked when the model
+/// is profiling (`graph`: the forward and backward are a replay, which records no marks of its
+/// own, so they are marked as one).
+fn train_step(t: &mut GpuTrainer, batch: &Batch, step: u64, graph: bool) -> Result<()> {
+    let mark = |t: &GpuTrainer, name| super::profile::mark(t.model.profile(), &t.gpu, name);
+    t.zero_grads()?;
+    mark(t, "zero grads")?;
+    t.accumulate(batch, 1.0)?;
+    if graph {
+        mark(t, "forward + backward (graph replay)")?;
+    }
+    t.grad_norm()?;
+    mark(t, "grad norm")?;
+    t.update(4e-4, step)?;
+    mark(t, "adamw")
 }

@@ -1443,24 +1443,28 @@ impl GpuModel {
     /// Per-token cross-entropy of the last forward against `targets` (0 where IGNORE), with no
     /// backward (evaluation). Ends the pending forward.
     pub fn position_losses(&mut self, gpu: &Gpu, targets: &[u32]) -> Result<Vec<f32>> {
+        let n = self.cross_entropy(gpu, targets, "position_losses")?;
+        super::buffer::download_f32(gpu, &self.losses.slice(..n))
+    }
+
+    /// Checks `targets` against the pending forward, ends it, uploads them and computes the
+    /// per-token losses, their lse and the mean in `stats`. Returns the token count.
+    fn cross_entropy(&mut self, gpu: &Gpu, targets: &[u32], op: &str) -> Result<usize> {
         let n = self.n;
-        ensure!(n > 0, "GpuModel::position_losses: no forward pending");
         ensure!(
-            targets.len() == n,
-            "GpuModel::position_losses: {} targets for {n} tokens",
-            targets.len()
+            n > 0,
+            "GpuModel::{op}: no forward pending (run forward first; each forward allows one \
+             backward)"
         );
-        let vocab = self.sz.vocab;
-        if let Some(&t) = targets
-            .iter()
-            .find(|&&t| t != crate::data::IGNORE && t as usize >= vocab)
-        {
-            bail!("GpuModel::position_losses: target {t} is outside the vocabulary of {vocab}");
-        }
+        self.upload_targets(gpu, targets, n)?;
         self.n = 0;
-        gpu.stream
-            .memcpy_htod(targets, &mut self.targets.slice_mut(..n))
-            .context("uploading the targets")?;
+        self.ce_forward(gpu, n)?;
+        Ok(n)
+    }
+
+    /// Per-token losses, lse and `stats` of the pending forward against the uploaded targets.
+    fn ce_forward(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+        let vocab = self.sz.vocab;
         ops::cross_entropy_fwd(
             gpu,
             &self.logits.slice(..n * vocab),
@@ -1469,8 +1473,7 @@ impl GpuModel {
             &mut self.losses.slice_mut(..n),
             &mut self.stats,
             vocab,
-        )?;
-        super::buffer::download_f32(gpu, &self.losses.slice(..n))
+        )
     }
 
     /// Mean cross-entropy of the last forward against `targets` (IGNORE skipped), and its
@@ -1549,16 +1552,8 @@ impl GpuModel {
             ..
         } = sz;
         self.n = 0;
+        self.ce_forward(gpu, n)?;
         let tg = self.targets.slice(..n);
-        ops::cross_entropy_fwd(
-            gpu,
-            &self.logits.slice(..n * vocab),
-            &tg,
-            &mut self.lse.slice_mut(..n),
-            &mut self.losses.slice_mut(..n),
-            &mut self.stats,
-            vocab,
-        )?;
         ops::cross_entropy_bwd_inplace(
             gpu,
             &mut self.logits.slice_mut(..n * vocab),

@@ -276,20 +276,39 @@ impl GpuTrainer {
 }
 
 /// The GPU model as a [`Scorer`] for `eval::evaluate_*` (bf16 activations, fp32 losses).
-pub struct GpuScorer<'a> {
-    pub gpu: &'a Gpu,
-    pub model: &'a mut GpuModel,
-    pub vocab: usize,
+pub struct GpuScorer {
+    gpu: Gpu,
+    model: GpuModel,
+    vocab: usize,
 }
 
-impl Scorer for GpuScorer<'_> {
+impl GpuScorer {
+    /// Uploads `params` with room for `max_blocks` blocks of `t` scored positions per pass.
+    pub fn new(
+        gpu: Gpu,
+        model: &Model,
+        params: &[f32],
+        t: usize,
+        max_blocks: usize,
+    ) -> Result<Self> {
+        let gm =
+            GpuModel::new(&gpu, model, params, max_blocks * t, max_blocks).map_err(explain_oom)?;
+        Ok(GpuScorer {
+            gpu,
+            model: gm,
+            vocab: model.config.vocab_size,
+        })
+    }
+}
+
+impl Scorer for GpuScorer {
     fn position_losses(&mut self, blocks: &[Vec<u32>]) -> Result<Vec<f64>> {
         let Some(Packed { t, inputs, targets }) = Packed::of(blocks)? else {
             return Ok(Vec::new());
         };
         let cu = uniform_cu_seqlens(blocks.len(), t);
-        self.model.forward(self.gpu, &inputs, &cu)?;
-        let l = self.model.position_losses(self.gpu, &targets)?;
+        self.model.forward(&self.gpu, &inputs, &cu)?;
+        let l = self.model.position_losses(&self.gpu, &targets)?;
         Ok(l.into_iter().map(f64::from).collect())
     }
 
