@@ -103,7 +103,7 @@ impl Model {
     }
 
     pub fn num_params(&self) -> usize {
-        self.layout.total
+        self.layout.num_params()
     }
 
     pub fn init_params<F: Elem>(&self, rng: &mut Rng) -> Vec<F> {

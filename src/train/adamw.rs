@@ -128,22 +128,28 @@ mod tests {
     #[test]
     fn matches_a_hand_computed_adamw_step_and_exempts_norms() {
         let mut layout = ParamLayout::default();
-        layout.push("w".into(), vec![2], Kind::Linear);
-        layout.push("n".into(), vec![1], Kind::Norm);
+        let w = layout.push("w".into(), vec![2], Kind::Linear);
+        let n = layout.push("n".into(), vec![1], Kind::Norm);
         let cfg = AdamWConfig {
             exempt_norms_and_biases: true,
             ..Default::default()
         };
         let mut opt = AdamW::new(cfg, &layout);
-        let mut p = vec![1.0f32, -2.0, 3.0];
-        let g = vec![0.5f32, -0.25, 1.0];
+        // The gap between the two parameters (alignment) holds zeros and must stay zero.
+        let mut p = vec![0.0f32; layout.total];
+        let mut g = vec![0.0f32; layout.total];
+        p[w.clone()].copy_from_slice(&[1.0, -2.0]);
+        g[w.clone()].copy_from_slice(&[0.5, -0.25]);
+        p[n.start] = 3.0;
+        g[n.start] = 1.0;
         opt.update(&mut p, &g, 0.1);
         // Step 1: m̂ = g, v̂ = g², so the Adam step is lr·sign(g) (up to eps).
         let want = |p0: f32, g0: f32, decay: f32| p0 - 0.1 * 0.1 * decay * p0 - 0.1 * g0.signum();
-        assert!((p[0] - want(1.0, 0.5, 1.0)).abs() < 1e-6);
-        assert!((p[1] - want(-2.0, -0.25, 1.0)).abs() < 1e-6);
+        assert!((p[w.start] - want(1.0, 0.5, 1.0)).abs() < 1e-6);
+        assert!((p[w.start + 1] - want(-2.0, -0.25, 1.0)).abs() < 1e-6);
+        assert!(p[w.end..n.start].iter().all(|&x| x == 0.0), "gap moved");
         assert!(
-            (p[2] - want(3.0, 1.0, 0.0)).abs() < 1e-6,
+            (p[n.start] - want(3.0, 1.0, 0.0)).abs() < 1e-6,
             "norm weight must not decay"
         );
     }
