@@ -170,7 +170,7 @@ fn reduce_partials(
     let stride = stride as i32;
     let c_ = c as i32;
     let cfg = LaunchConfig {
-        grid_dim: (c.div_ceil(32) as u32, 1, 1),
+        grid_dim: (c.div_ceil(32).max(1) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
