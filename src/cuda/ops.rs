@@ -32,6 +32,20 @@ macro_rules! kernel_source {
     };
 }
 
+/// [`launch!`] with a kernel name computed at run time (the per-geometry kernels).
+macro_rules! launch_named {
+    ($gpu:expr, $src:expr, $kernel:expr, $cfg:expr; $($arg:ident),+ $(,)?) => {{
+        let name: &str = &$kernel;
+        let func = $gpu.function(&$src, name)?;
+        let mut builder = $gpu.stream.launch_builder(&func);
+        $( builder.arg(&$arg); )+
+        // SAFETY: the arguments match the kernel's parameter list in order and type, and every
+        // buffer was checked against the sizes the kernel is given.
+        unsafe { builder.launch($cfg) }
+            .map_err(|e| anyhow::anyhow!("launching CUDA kernel `{name}` failed: {e:?}"))?;
+    }};
+}
+
 pub static ELEMENTWISE: KernelSource = kernel_source!("ops_elementwise", "elementwise.cu");
 pub static NORMS: KernelSource = kernel_source!("ops_norms", "norms.cu");
 pub static GATES: KernelSource = kernel_source!("ops_gates", "gates.cu");
@@ -51,9 +65,15 @@ pub fn preload(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
-/// Blocks of per-block partial sums in the parameter-gradient reductions (norm weights, gates,
-/// conv weights). Fixed, so that the summation order never depends on the device.
+/// Blocks of per-block partial sums in the parameter-gradient reductions (norm weights in the
+/// general path and in `model::rmsnorm_bwd_f32`, gates). Fixed, so that the summation order never
+/// depends on the device.
 pub const PARTS: usize = 256;
+/// Parts of the rows in the fast norm backward kernels: enough blocks of 8 warps to fill an H200
+/// several times over.
+pub const NORM_PARTS: usize = 1024;
+/// Parts of the tokens in the convolution backward (one thread per 4 channels and part).
+pub const CONV_PARTS: usize = 512;
 /// Partial sums of the global gradient norm.
 pub const GRAD_NORM_PARTS: usize = 1024;
 /// Widest row the norm backward kernels take (their per-block accumulator lives in 48 KiB of
@@ -64,7 +84,7 @@ pub const MAX_CONV_WIDTH: usize = 4;
 
 /// Scratch (f32 elements) for [`rmsnorm_bwd`] and [`gated_rmsnorm_bwd`] over rows of width `d`.
 pub fn norm_bwd_scratch_len(d: usize) -> usize {
-    PARTS * d
+    NORM_PARTS.max(PARTS) * d
 }
 /// Scratch (f32 elements) for [`gates_bwd`] with `heads` heads.
 pub fn gates_bwd_scratch_len(heads: usize) -> usize {
@@ -72,7 +92,7 @@ pub fn gates_bwd_scratch_len(heads: usize) -> usize {
 }
 /// Scratch (f32 elements) for [`conv_bwd`].
 pub fn conv_bwd_scratch_len(channels: usize, width: usize) -> usize {
-    PARTS * channels * width
+    CONV_PARTS.max(PARTS) * channels * width
 }
 /// Scratch (f64 elements) for [`grad_norm`].
 pub fn grad_norm_scratch_len() -> usize {
@@ -116,6 +136,12 @@ fn elementwise_cfg(n: usize) -> LaunchConfig {
     grid_1d(n, 256, 1 << 16)
 }
 
+/// The 8-wide element-wise kernels (one thread per 8 elements on their vector path; the scalar
+/// fallback grid-strides over the same grid).
+fn vec8_cfg(n: usize) -> LaunchConfig {
+    grid_1d(n.div_ceil(8), 256, 1 << 16)
+}
+
 /// Threads per block for a row of width `d`: a multiple of 32, at most 256.
 fn row_threads(d: usize) -> u32 {
     (d.clamp(1, 256).div_ceil(32) * 32) as u32
@@ -129,20 +155,67 @@ fn row_cfg(rows: usize, d: usize, smem: u32) -> LaunchConfig {
     }
 }
 
-/// out[j] += Σ_p partial[p·stride + j], j < c (pointers already offset).
+/// out[j] += Σ_p partial[p·stride + j] over the `parts` parts in order, j < c (pointers already
+/// offset).
 fn reduce_partials(
     gpu: &Gpu,
     src: &'static KernelSource,
+    parts: usize,
     partial: u64,
     stride: usize,
     c: usize,
     out: u64,
 ) -> Result<()> {
-    let np = PARTS as i32;
+    let np = parts as i32;
     let stride = stride as i32;
     let c_ = c as i32;
-    launch!(gpu, *src, "reduce_partials", grid_1d(c, 256, usize::MAX); partial, np, stride, c_, out);
+    let cfg = LaunchConfig {
+        grid_dim: (c.div_ceil(32).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(gpu, *src, "reduce_partials_wide", cfg; partial, np, stride, c_, out);
     Ok(())
+}
+
+/// 16-byte chunks per lane the fast norm kernels go up to (norms.cu instantiates these).
+const NORM_FWD_MAX_CHUNKS: usize = 8;
+const RMSNORM_BWD_MAX_CHUNKS: usize = 4;
+const GATED_BWD_MAX_CHUNKS: usize = 2;
+
+/// Lanes per row and 16-byte chunks per lane of the fast norm kernels (`<name>_<lanes>_<chunks>`
+/// in norms.cu) for rows of width `d`, or `None` where only the general kernels apply.
+fn norm_geometry(d: usize, max_chunks: usize) -> Option<(usize, usize)> {
+    match d {
+        64 => Some((8, 1)),
+        128 => Some((16, 1)),
+        _ if d.is_multiple_of(256) && (1..=max_chunks).contains(&(d / 256)) => Some((32, d / 256)),
+        _ => None,
+    }
+}
+
+/// Whether every device address is 16-byte aligned (the vector kernels' requirement; a view
+/// into an arena can start anywhere).
+fn aligned16(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p % 16 == 0)
+}
+
+/// One row per group of `lanes` lanes, 256 threads per block.
+fn norm_fast_cfg(rows: usize, lanes: usize) -> LaunchConfig {
+    let rows_per_block = 8 * (32 / lanes);
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(rows_per_block) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn norm_parts_cfg() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (NORM_PARTS as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,7 +236,7 @@ pub fn cast_f32_to_bf16(
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "cast_f32_bf16", elementwise_cfg(n as usize); xp, yp, n);
+    launch!(gpu, ELEMENTWISE, "cast_f32_bf16", vec8_cfg(n as usize); xp, yp, n);
     Ok(())
 }
 
@@ -182,7 +255,7 @@ pub fn cast_bf16_to_f32(
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "cast_bf16_f32", elementwise_cfg(n as usize); xp, yp, n);
+    launch!(gpu, ELEMENTWISE, "cast_bf16_f32", vec8_cfg(n as usize); xp, yp, n);
     Ok(())
 }
 
@@ -200,7 +273,7 @@ pub fn silu_fwd(
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "silu_fwd", elementwise_cfg(n as usize); xp, yp, n);
+    launch!(gpu, ELEMENTWISE, "silu_fwd", vec8_cfg(n as usize); xp, yp, n);
     Ok(())
 }
 
@@ -222,7 +295,7 @@ pub fn silu_bwd(
     let (xp, _x) = x.device_ptr(s);
     let (dyp, _dy) = dy.device_ptr(s);
     let (dxp, _dx) = dx.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "silu_bwd", elementwise_cfg(n as usize); xp, dyp, dxp, n);
+    launch!(gpu, ELEMENTWISE, "silu_bwd", vec8_cfg(n as usize); xp, dyp, dxp, n);
     Ok(())
 }
 
@@ -244,7 +317,7 @@ pub fn swiglu_fwd(
     let (gp, _g) = gate.device_ptr(s);
     let (up_, _u) = up.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "swiglu_fwd", elementwise_cfg(n as usize); gp, up_, yp, n);
+    launch!(gpu, ELEMENTWISE, "swiglu_fwd", vec8_cfg(n as usize); gp, up_, yp, n);
     Ok(())
 }
 
@@ -273,7 +346,7 @@ pub fn swiglu_bwd(
     let (dyp, _dy) = dy.device_ptr(s);
     let (dgp, _dg) = dgate.device_ptr_mut(s);
     let (dup_, _du) = dup.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "swiglu_bwd", elementwise_cfg(n); gp, up_, dyp, dgp, dup_, n_);
+    launch!(gpu, ELEMENTWISE, "swiglu_bwd", vec8_cfg(n); gp, up_, dyp, dgp, dup_, n_);
     Ok(())
 }
 
@@ -367,7 +440,15 @@ pub fn rmsnorm_fwd(
     let (wp, _w) = w.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = rstd.device_ptr_mut(s);
-    launch!(gpu, NORMS, "rmsnorm_fwd", row_cfg(rows, d, 0); xp, wp, yp, rp, rows_, d_, eps);
+    match norm_geometry(d, NORM_FWD_MAX_CHUNKS).filter(|_| aligned16(&[xp, wp, yp])) {
+        Some((l, n)) => {
+            launch_named!(gpu, NORMS, format!("rmsnorm_fwd_{l}_{n}"), norm_fast_cfg(rows, l);
+            xp, wp, yp, rp, rows_, eps)
+        }
+        None => {
+            launch!(gpu, NORMS, "rmsnorm_fwd", row_cfg(rows, d, 0); xp, wp, yp, rp, rows_, d_, eps)
+        }
+    }
     Ok(())
 }
 
@@ -417,8 +498,20 @@ pub fn rmsnorm_bwd(
     let (dxp, _dx) = dx.device_ptr_mut(s);
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
-    launch!(gpu, NORMS, "rmsnorm_bwd", row_cfg(PARTS, d, smem); xp, wp, rp, dyp, dxp, sp, rows_, d_);
-    reduce_partials(gpu, &NORMS, sp, d, d, dwp)
+    let parts =
+        match norm_geometry(d, RMSNORM_BWD_MAX_CHUNKS).filter(|_| aligned16(&[xp, wp, dyp, dxp])) {
+            Some((l, n)) => {
+                launch_named!(gpu, NORMS, format!("rmsnorm_bwd_{l}_{n}"), norm_parts_cfg();
+                xp, wp, rp, dyp, dxp, sp, rows_);
+                NORM_PARTS
+            }
+            None => {
+                launch!(gpu, NORMS, "rmsnorm_bwd", row_cfg(PARTS, d, smem);
+                xp, wp, rp, dyp, dxp, sp, rows_, d_);
+                PARTS
+            }
+        };
+    reduce_partials(gpu, &NORMS, parts, sp, d, d, dwp)
 }
 
 /// Gated RMSNorm per head (`nn::gated_rmsnorm_fwd`): rows of width V = w.len(), one weight shared
@@ -449,7 +542,12 @@ pub fn gated_rmsnorm_fwd(
     let (wp, _w) = w.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = rstd.device_ptr_mut(s);
-    launch!(gpu, NORMS, "gated_rmsnorm_fwd", row_cfg(rows, d, 0); op_, gp, wp, yp, rp, rows_, d_, eps);
+    match norm_geometry(d, NORM_FWD_MAX_CHUNKS).filter(|_| aligned16(&[op_, gp, wp, yp])) {
+        Some((l, n)) => launch_named!(gpu, NORMS, format!("gated_rmsnorm_fwd_{l}_{n}"),
+            norm_fast_cfg(rows, l); op_, gp, wp, yp, rp, rows_, eps),
+        None => launch!(gpu, NORMS, "gated_rmsnorm_fwd", row_cfg(rows, d, 0);
+            op_, gp, wp, yp, rp, rows_, d_, eps),
+    }
     Ok(())
 }
 
@@ -489,9 +587,21 @@ pub fn gated_rmsnorm_bwd(
     let (dgp, _dg) = dgate.device_ptr_mut(s);
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
-    launch!(gpu, NORMS, "gated_rmsnorm_bwd", row_cfg(PARTS, d, smem);
-        op_, gp, wp, rp, dyp, dop, dgp, sp, rows_, d_);
-    reduce_partials(gpu, &NORMS, sp, d, d, dwp)
+    let fast =
+        norm_geometry(d, GATED_BWD_MAX_CHUNKS).filter(|_| aligned16(&[op_, gp, wp, dyp, dop, dgp]));
+    let parts = match fast {
+        Some((l, n)) => {
+            launch_named!(gpu, NORMS, format!("gated_rmsnorm_bwd_{l}_{n}"), norm_parts_cfg();
+                op_, gp, wp, rp, dyp, dop, dgp, sp, rows_);
+            NORM_PARTS
+        }
+        None => {
+            launch!(gpu, NORMS, "gated_rmsnorm_bwd", row_cfg(PARTS, d, smem);
+                op_, gp, wp, rp, dyp, dop, dgp, sp, rows_, d_);
+            PARTS
+        }
+    };
+    reduce_partials(gpu, &NORMS, parts, sp, d, d, dwp)
 }
 
 /// L2 norm of rows of width `d` (`nn::l2norm_fwd`): y = x·r, r = 1/√(Σx² + 1e-6) saved in fp32.
@@ -515,7 +625,13 @@ pub fn l2norm_fwd(
     let (xp, _x) = x.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = r.device_ptr_mut(s);
-    launch!(gpu, NORMS, "l2norm_fwd", row_cfg(rows, d, 0); xp, yp, rp, rows_, d_);
+    match norm_geometry(d, NORM_FWD_MAX_CHUNKS).filter(|_| aligned16(&[xp, yp])) {
+        Some((l, n)) => {
+            launch_named!(gpu, NORMS, format!("l2norm_fwd_{l}_{n}"), norm_fast_cfg(rows, l);
+            xp, yp, rp, rows_)
+        }
+        None => launch!(gpu, NORMS, "l2norm_fwd", row_cfg(rows, d, 0); xp, yp, rp, rows_, d_),
+    }
     Ok(())
 }
 
@@ -543,7 +659,13 @@ pub fn l2norm_bwd(
     let (rp, _r) = r.device_ptr(s);
     let (dyp, _dy) = dy.device_ptr(s);
     let (dxp, _dx) = dx.device_ptr_mut(s);
-    launch!(gpu, NORMS, "l2norm_bwd", row_cfg(rows, d, 0); yp, rp, dyp, dxp, rows_, d_);
+    match norm_geometry(d, NORM_FWD_MAX_CHUNKS).filter(|_| aligned16(&[yp, dyp, dxp])) {
+        Some((l, n)) => {
+            launch_named!(gpu, NORMS, format!("l2norm_bwd_{l}_{n}"), norm_fast_cfg(rows, l);
+            yp, rp, dyp, dxp, rows_)
+        }
+        None => launch!(gpu, NORMS, "l2norm_bwd", row_cfg(rows, d, 0); yp, rp, dyp, dxp, rows_, d_),
+    }
     Ok(())
 }
 
@@ -653,8 +775,8 @@ pub fn gates_bwd(
     let (ddtp, _ddt) = d_dt_bias.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
     launch!(gpu, GATES, "gates_bwd", cfg; ap, bep, gp, alp, dtp, dgp, dbep, dap, dbp, sp, rows_, h_);
-    reduce_partials(gpu, &GATES, sp, 2 * h, h, dalp)?;
-    reduce_partials(gpu, &GATES, sp + (h * 4) as u64, 2 * h, h, ddtp)
+    reduce_partials(gpu, &GATES, PARTS, sp, 2 * h, h, dalp)?;
+    reduce_partials(gpu, &GATES, PARTS, sp + (h * 4) as u64, 2 * h, h, ddtp)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,17 +819,23 @@ pub fn conv_fwd(
     let t_ = to_i32(op, "tokens", t)?;
     let d_ = to_i32(op, "channels", channels)?;
     let w_ = width as i32;
-    let cfg = LaunchConfig {
-        grid_dim: (t as u32, channels.div_ceil(128) as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (wp, _w) = w.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (cp, _c) = cu_seqlens.device_ptr(s);
-    launch!(gpu, CONV, "conv_fwd", cfg; xp, wp, yp, cp, nseq, t_, d_, w_);
+    if channels.is_multiple_of(8) && aligned16(&[xp, yp]) {
+        // One thread per 8 channels and CONV_TILE (8) tokens.
+        let threads = channels / 8 * t.div_ceil(8);
+        launch!(gpu, CONV, "conv_fwd_v8", grid_1d(threads, 256, usize::MAX); xp, wp, yp, cp, nseq, t_, d_, w_);
+    } else {
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, channels.div_ceil(128) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(gpu, CONV, "conv_fwd", cfg; xp, wp, yp, cp, nseq, t_, d_, w_);
+    }
     Ok(())
 }
 
@@ -747,11 +875,6 @@ pub fn conv_bwd(
     let t_ = to_i32(op, "tokens", t)?;
     let d_ = to_i32(op, "channels", channels)?;
     let w_ = width as i32;
-    let cfg = LaunchConfig {
-        grid_dim: (channels.div_ceil(128) as u32, PARTS as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
     let (wp, _w) = w.device_ptr(s);
@@ -760,8 +883,32 @@ pub fn conv_bwd(
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
     let (cp, _c) = cu_seqlens.device_ptr(s);
-    launch!(gpu, CONV, "conv_bwd", cfg; xp, wp, dyp, dxp, sp, cp, nseq, t_, d_, w_);
-    reduce_partials(gpu, &CONV, sp, channels * width, channels * width, dwp)
+    let aligned8 = [xp, dyp, dxp].iter().all(|p| p % 8 == 0);
+    let parts = if channels.is_multiple_of(4) && aligned8 {
+        // One thread per 4 channels and part.
+        let np = CONV_PARTS as i32;
+        let threads = channels / 4 * CONV_PARTS;
+        launch!(gpu, CONV, "conv_bwd_v4", grid_1d(threads, 256, usize::MAX);
+            xp, wp, dyp, dxp, sp, cp, nseq, t_, d_, w_, np);
+        CONV_PARTS
+    } else {
+        let cfg = LaunchConfig {
+            grid_dim: (channels.div_ceil(128) as u32, PARTS as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(gpu, CONV, "conv_bwd", cfg; xp, wp, dyp, dxp, sp, cp, nseq, t_, d_, w_);
+        PARTS
+    };
+    reduce_partials(
+        gpu,
+        &CONV,
+        parts,
+        sp,
+        channels * width,
+        channels * width,
+        dwp,
+    )
 }
 
 /// One decode step for N sequences (`ops::conv::step`, FLA's `conv_state` layout): x, y [N, D],
@@ -1010,4 +1157,35 @@ pub fn grad_norm(
     };
     launch!(gpu, ELEMENTWISE, "sqrt_of_sum", one; sp, np, op_);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every geometry `norm_geometry` can pick names kernels that norms.cu instantiates (a
+    /// mismatch would only show at launch time, on a GPU).
+    #[test]
+    fn norm_geometries_have_kernels() {
+        let src = NORMS.code;
+        let macros = [
+            ("\nNORM_FWD_KERNELS", NORM_FWD_MAX_CHUNKS),
+            ("\nRMSNORM_BWD_KERNEL", RMSNORM_BWD_MAX_CHUNKS),
+            ("\nGATED_RMSNORM_BWD_KERNEL", GATED_BWD_MAX_CHUNKS),
+        ];
+        for d in (8..=4096).step_by(8) {
+            for (mac, max) in macros {
+                if let Some((l, n)) = norm_geometry(d, max) {
+                    assert_eq!(8 * l * n, d);
+                    let want = format!("{mac}({l}, {n}");
+                    assert!(src.contains(&want), "d = {d}: `{want}` not in norms.cu");
+                }
+            }
+        }
+        for d in [64, 128, 256, 512, 1024, 2048] {
+            assert!(norm_geometry(d, NORM_FWD_MAX_CHUNKS).is_some(), "d = {d}");
+        }
+        assert!(norm_geometry(512, GATED_BWD_MAX_CHUNKS).is_some());
+        assert!(norm_geometry(200, NORM_FWD_MAX_CHUNKS).is_none());
+    }
 }

@@ -343,6 +343,7 @@ impl Ctx<'_> {
 
     fn silu(&mut self) -> Result<()> {
         let gpu = self.gpu;
+        // 4097: a scalar tail after the 8-wide chunks.
         for n in [1000usize, 4097] {
             let shape = format!("n={n}");
             let x = self.randn_bf(n, 2.0);
@@ -363,12 +364,28 @@ impl Ctx<'_> {
                 TOL_BF16,
             );
         }
+        // Views starting one element in: not 16-byte aligned, so the kernels' scalar fallback.
+        let n = 1001;
+        let x = self.randn_bf(n, 2.0);
+        let xd = self.bf(&x)?;
+        let mut y = self.nan_bf16(n)?;
+        ops::silu_fwd(gpu, &xd.slice(1..), &mut y.slice_mut(1..))?;
+        let got = download_bf16(gpu, &y)?;
+        let want = nn::silu_fwd(&f64s(&x[1..]));
+        self.check(
+            "silu_fwd",
+            "n=1000, unaligned views",
+            &got[1..],
+            &want,
+            TOL_BF16,
+        );
         Ok(())
     }
 
     fn swiglu(&mut self) -> Result<()> {
         let gpu = self.gpu;
-        for n in [1000usize, 3333] {
+        // The MLP width 5632 over 37 rows; 3333: a scalar tail.
+        for n in [1000usize, 3333, 5632 * 37] {
             let shape = format!("n={n}");
             let g = self.randn_bf(n, 2.0);
             let u = self.randn_bf(n, 1.0);
@@ -397,7 +414,17 @@ impl Ctx<'_> {
     fn rmsnorm(&mut self) -> Result<()> {
         let gpu = self.gpu;
         let eps = 1e-5f32;
-        for (rows, d) in [(7usize, 96usize), (300, 1000), (600, 64)] {
+        // General kernels: d = 96, 1000, 200 (and the backward of 2048); fast ones: 64, 256 (several
+        // rows per warp of a backward part), 1024, 2048 (forward).
+        for (rows, d) in [
+            (7usize, 96usize),
+            (300, 1000),
+            (600, 64),
+            (77, 200),
+            (9000, 256),
+            (1000, 1024),
+            (333, 2048),
+        ] {
             let shape = format!("rows={rows} d={d}");
             let x = self.randn_bf(rows * d, 1.5);
             let w = self.randn_bf(d, 1.0);
@@ -447,7 +474,17 @@ impl Ctx<'_> {
     fn gated_rmsnorm(&mut self) -> Result<()> {
         let gpu = self.gpu;
         let eps = 1e-6f32;
-        for (rows, v) in [(12usize, 96usize), (520, 128), (33, 1000)] {
+        // General: V = 96, 1000; fast: 64 (4 rows per warp), 128, 256, 512 (20 rows per part of
+        // the backward), 1024 (forward fast, backward general).
+        for (rows, v) in [
+            (12usize, 96usize),
+            (520, 128),
+            (33, 1000),
+            (3001, 64),
+            (4100, 256),
+            (20000, 512),
+            (50, 1024),
+        ] {
             let shape = format!("rows={rows} V={v}");
             let o = self.randn_bf(rows * v, 1.0);
             let gate = self.randn_bf(rows * v, 2.0);
@@ -501,7 +538,14 @@ impl Ctx<'_> {
 
     fn l2norm(&mut self) -> Result<()> {
         let gpu = self.gpu;
-        for (rows, d) in [(10usize, 96usize), (300, 128), (7, 1000)] {
+        for (rows, d) in [
+            (10usize, 96usize),
+            (300, 128),
+            (7, 1000),
+            (1001, 64),
+            (5000, 256),
+            (10, 2048),
+        ] {
             let shape = format!("rows={rows} d={d}");
             let x = self.randn_bf(rows * d, 1.0);
             let xd = self.bf(&x)?;
@@ -604,6 +648,10 @@ impl Ctx<'_> {
             (96, 4, vec![0, 5, 6, 6, 20, 57]), // an empty and a one-token sequence
             (1000, 3, vec![0, 3, 130, 300]),
             (64, 4, vec![0, 1, 350, 700]), // several tokens per backward partition
+            // A model's width, T = 2333 (not a multiple of the forward tile), sequence starts
+            // inside a tile and a backward part.
+            (6144, 4, vec![0, 1000, 1001, 2333]),
+            (12, 2, vec![0, 7, 50]), // D % 8 = 4: general forward, 4-wide backward
         ];
         for (d, width, cu) in cases {
             let t = *cu.last().unwrap_or(&0);

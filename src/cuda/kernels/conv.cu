@@ -12,6 +12,180 @@ __device__ __forceinline__ int seq_of(const int* cu, int nseq, int t) {
     return lo;
 }
 
+// Fast paths (16-byte aligned tensors with D a multiple of 8 forward; 8-byte aligned with D a
+// multiple of 4 backward): a thread owns adjacent channels (one vector per token) over a run of
+// consecutive tokens, issues the loads of a whole run of tokens before using any (so that many
+// are in flight per thread), and slides windows of inputs / output gradients through registers,
+// so that each vector is loaded once per thread rather than once per tap. Adjacent threads own
+// adjacent channels of the same token: coalesced. The arithmetic (taps in order j = 0..W-1, fp32)
+// is that of the general kernels below.
+
+// Tokens per thread in conv_fwd_v8.
+#define CONV_TILE 8
+
+template <int W>
+__device__ __forceinline__ void conv_fwd_v8_impl(const bf16* x, const bf16* w, bf16* y, const int* cu, int nseq,
+                                                 int T, int D) {
+    const int groups = D >> 3;
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const int c = (int)(idx % groups) * 8;
+    const i64 t0l = idx / groups * CONV_TILE;
+    if (t0l >= T) return;
+    const int t0 = (int)t0l;
+    // raw[i] = x[t0 - (W-1) + i] (zero outside [0, T)), all loads issued up front.
+    uint4 raw[CONV_TILE + W - 1];
+#pragma unroll
+    for (int i = 0; i < CONV_TILE + W - 1; ++i) {
+        const int tt = t0 - (W - 1) + i;
+        raw[i] = tt >= 0 && tt < T ? *reinterpret_cast<const uint4*>(x + (i64)tt * D + c) : make_uint4(0, 0, 0, 0);
+    }
+    float wv[8][W];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+#pragma unroll
+        for (int j = 0; j < W; ++j) wv[i][j] = ldf(w, (i64)(c + i) * W + j);
+    }
+    int s = seq_of(cu, nseq, t0);
+    int nxt = cu[s + 1];
+#pragma unroll
+    for (int k = 0; k < CONV_TILE; ++k) {
+        const int t = t0 + k;
+        if (t >= T) break;
+        while (s < nseq - 1 && t >= nxt) nxt = cu[++s + 1];
+        const int start = max(cu[s], 0);
+        float acc[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+            if (t - (W - 1 - j) < start) continue;
+            float xv[8];
+            unpack8(raw[k + j], xv);  // x[t - (W-1-j)]
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] += wv[i][j] * xv[i];
+        }
+        st8(y + (i64)t * D + c, acc);
+    }
+}
+
+// Grid: ceil(D/8 · ceil(T / CONV_TILE) / blockDim) blocks.
+extern "C" __global__ void __launch_bounds__(256) conv_fwd_v8(const bf16* x, const bf16* w, bf16* y,
+                                                              const int* cu, int nseq, int T, int D, int W) {
+    switch (W) {
+        case 1: conv_fwd_v8_impl<1>(x, w, y, cu, nseq, T, D); break;
+        case 2: conv_fwd_v8_impl<2>(x, w, y, cu, nseq, T, D); break;
+        case 3: conv_fwd_v8_impl<3>(x, w, y, cu, nseq, T, D); break;
+        default: conv_fwd_v8_impl<4>(x, w, y, cu, nseq, T, D); break;
+    }
+}
+
+// Tokens whose loads conv_bwd_v4 issues together.
+#define CONV_BWD_RUN 4
+
+// Thread (channel group g of 4 channels, part p): tokens [p·per, (p+1)·per) with
+// per = ceil(T / parts); writes their dx and partial[p, c·W + j] = the part's share of dw[c, j],
+// tokens in order.
+template <int W>
+__device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, const bf16* dy, bf16* dx,
+                                                 float* partial, const int* cu, int nseq, int T, int D,
+                                                 int parts) {
+    const int groups = D >> 2;
+    const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)groups * parts) return;
+    const int c = (int)(idx % groups) * 4;
+    const int p = (int)(idx / groups);
+    const int per = (T + parts - 1) / parts;
+    const int t0 = min(T, p * per), t1 = min(T, t0 + per);
+    float wv[4][W], acc[4][W];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < W; ++j) {
+            wv[i][j] = ldf(w, (i64)(c + i) * W + j);
+            acc[i][j] = 0.0f;
+        }
+    }
+    const uint2 zero = make_uint2(0, 0);
+    if (t0 < t1) {
+        // xw[j] = x[t - (W-1-j)], gw[b] = dy[t + b] as floats; entering token t, both shift by one
+        // and take x[t], dy[t + W - 1].
+        float xw[W][4], gw[W][4];
+#pragma unroll
+        for (int j = 1; j < W; ++j) {
+            const int tt = t0 - W + j, tf = t0 + j - 1;
+            const float4 a = unpack4(tt >= 0 ? *reinterpret_cast<const uint2*>(x + (i64)tt * D + c) : zero);
+            const float4 g = unpack4(tf < T ? *reinterpret_cast<const uint2*>(dy + (i64)tf * D + c) : zero);
+            xw[j][0] = a.x, xw[j][1] = a.y, xw[j][2] = a.z, xw[j][3] = a.w;
+            gw[j][0] = g.x, gw[j][1] = g.y, gw[j][2] = g.z, gw[j][3] = g.w;
+        }
+        int s = seq_of(cu, nseq, t0);
+        int nxt = cu[s + 1];
+        for (int tr = t0; tr < t1; tr += CONV_BWD_RUN) {
+            uint2 rx[CONV_BWD_RUN], rg[CONV_BWD_RUN];
+#pragma unroll
+            for (int k = 0; k < CONV_BWD_RUN; ++k) {
+                const int t = tr + k, tf = t + W - 1;
+                rx[k] = t < t1 ? *reinterpret_cast<const uint2*>(x + (i64)t * D + c) : zero;
+                rg[k] = t < t1 && tf < T ? *reinterpret_cast<const uint2*>(dy + (i64)tf * D + c) : zero;
+            }
+#pragma unroll
+            for (int k = 0; k < CONV_BWD_RUN; ++k) {
+                const int t = tr + k;
+                if (t >= t1) break;
+                while (s < nseq - 1 && t >= nxt) nxt = cu[++s + 1];
+                // Clamped so that a malformed cu_seqlens cannot make a tap use a token of another
+                // sequence (the windows only ever hold in-bounds tokens).
+                const int start = max(cu[s], 0), end = min(nxt, T);
+#pragma unroll
+                for (int j = 0; j + 1 < W; ++j) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        xw[j][i] = xw[j + 1][i];
+                        gw[j][i] = gw[j + 1][i];
+                    }
+                }
+                const float4 a = unpack4(rx[k]), g = unpack4(rg[k]);
+                xw[W - 1][0] = a.x, xw[W - 1][1] = a.y, xw[W - 1][2] = a.z, xw[W - 1][3] = a.w;
+                gw[W - 1][0] = g.x, gw[W - 1][1] = g.y, gw[W - 1][2] = g.z, gw[W - 1][3] = g.w;
+                float dxv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const int back = W - 1 - j;
+                    if (t + back < end) {
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) dxv[i] += wv[i][j] * gw[back][i];
+                    }
+                    if (t - back >= start) {
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) acc[i][j] += gw[0][i] * xw[j][i];
+                    }
+                }
+                st4bf(dx + (i64)t * D + c, make_float4(dxv[0], dxv[1], dxv[2], dxv[3]));
+            }
+        }
+    }
+    float* out = partial + ((i64)p * D + c) * W;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < W; ++j) out[i * W + j] = acc[i][j];
+    }
+}
+
+// Grid: ceil(D/4 · parts / blockDim) blocks.
+extern "C" __global__ void __launch_bounds__(256) conv_bwd_v4(const bf16* x, const bf16* w, const bf16* dy,
+                                                              bf16* dx, float* partial, const int* cu, int nseq,
+                                                              int T, int D, int W, int parts) {
+    switch (W) {
+        case 1: conv_bwd_v4_impl<1>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
+        case 2: conv_bwd_v4_impl<2>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
+        case 3: conv_bwd_v4_impl<3>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
+        default: conv_bwd_v4_impl<4>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
+    }
+}
+
+// General path (any D, any alignment).
+
 // Grid (T, ceil(D / blockDim)).
 extern "C" __global__ void conv_fwd(const bf16* x, const bf16* w, bf16* y, const int* cu, int nseq, int T,
                                     int D, int W) {

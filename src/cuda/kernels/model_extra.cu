@@ -2,6 +2,13 @@
 // forward/backward), the fused L2-norm/SiLU backward, the b_proj bias and its gradient.
 // Grid-stride loops; the bias-gradient column sum runs one thread per column over the rows in
 // order (deterministic).
+//
+// model.rs fixes the launch configurations (one block of min(256, d rounded up to 32) threads per
+// row for the row kernels, ops::PARTS blocks for the RMSNorm backward, n/256 blocks for the
+// element-wise ones), so the speed-ups here live inside those shapes: 16-byte accesses where the
+// pointers allow it (checked on the device, uniform over the launch), rows held in registers,
+// several rows per block-wide reduction. The general loops remain for widths the vector paths do
+// not cover.
 
 #define MX_LOOP(i, n) \
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
@@ -24,41 +31,80 @@ extern "C" __global__ void mx_colsum_acc(const bf16* x, float* out, int rows, in
 // rule's), with s = silu(c), r = 1/sqrt(|s|² + 1e-6) and y = s·r recomputed in fp32 from c, so
 // that neither dy nor s nor y is rounded to bf16 before the projection dy − y(y·dy), which
 // cancels most of dy when dy is nearly parallel to y. ds = r(dy − y(y·dy)), dc = ds·silu'(c).
-// One block per row (as l2norm_fwd).
+// One block per row; both sums share one block reduction, the row stays in registers when it
+// has at most 4 elements per thread.
 extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf16* dc, int rows, int d) {
-    __shared__ float sh[33];
+    __shared__ float sh[64];
     const int r = blockIdx.x;
     if (r >= rows) return;
     const i64 base = (i64)r * d;
-    float ss = 0.0f, sd = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        const float s = siluf_(ldf(c, base + j));
-        ss += s * s;
-        sd += s * dy[base + j];
+    const int nt = blockDim.x;
+    if (d <= 4 * nt) {
+        float cv[4], gv[4], sums[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int j = threadIdx.x + k * nt;
+            cv[k] = j < d ? ldf(c, base + j) : 0.0f;
+            gv[k] = j < d ? dy[base + j] : 0.0f;
+            const float s = siluf_(cv[k]);
+            sums[0] += s * s;
+            sums[1] += s * gv[k];
+        }
+        block_sum_n<2>(sums, sh);
+        const float rr = 1.0f / sqrtf(sums[0] + 1e-6f);
+        const float dot = rr * sums[1];  // y . dy
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int j = threadIdx.x + k * nt;
+            if (j >= d) break;
+            float sl, sg;
+            silu_and_grad(cv[k], sl, sg);
+            const float y = sl * rr;
+            dc[base + j] = tobf(rr * (gv[k] - y * dot) * sg);
+        }
+        return;
     }
-    ss = block_sum(ss, sh);
-    sd = block_sum(sd, sh);
-    const float rr = 1.0f / sqrtf(ss + 1e-6f);
-    const float dot = rr * sd;  // y . dy
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float sums[2] = {0.0f, 0.0f};
+    for (int j = threadIdx.x; j < d; j += nt) {
+        const float s = siluf_(ldf(c, base + j));
+        sums[0] += s * s;
+        sums[1] += s * dy[base + j];
+    }
+    block_sum_n<2>(sums, sh);
+    const float rr = 1.0f / sqrtf(sums[0] + 1e-6f);
+    const float dot = rr * sums[1];
+    for (int j = threadIdx.x; j < d; j += nt) {
         const float x = ldf(c, base + j);
         const float y = siluf_(x) * rr;
         dc[base + j] = tobf(rr * (dy[base + j] - y * dot) * silu_gradf_(x));
     }
 }
 
-// dx = dy * silu'(x), dy fp32 (no bf16 rounding of dy before the product).
+// dx = dy * silu'(x), dy fp32 (the body is ops' silu_bwd's).
 extern "C" __global__ void mx_silu_bwd_f32dy(const bf16* x, const float* dy, bf16* dx, i64 n) {
-    MX_LOOP(i, n) { dx[i] = tobf(dy[i] * silu_gradf_(ldf(x, i))); }
+    silu_bwd_body(x, dy, dx, n);
 }
 
 // y = a + b with the fp32 residual stream a, y (b a bf16 block output).
 extern "C" __global__ void mx_add_f32_bf16(const float* a, const bf16* b, float* y, i64 n) {
-    MX_LOOP(i, n) { y[i] = a[i] + ldf(b, i); }
+    if (aligned_to(a, 16) && aligned_to(b, 16) && aligned_to(y, 16)) {
+        GRID_STRIDE(v, n >> 3) {
+            float fa[8], fb[8];
+            ld8f(a + 8 * v, fa);
+            ld8(b + 8 * v, fb);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) fa[k] += fb[k];
+            st8f(y + 8 * v, fa);
+        }
+        TAIL8(i, n) y[i] = a[i] + ldf(b, i);
+    } else {
+        MX_LOOP(i, n) { y[i] = a[i] + ldf(b, i); }
+    }
 }
 
 // RMSNorm of the fp32 residual stream (ops::rmsnorm_fwd with fp32 x): y = x·rstd·w (bf16),
-// rstd = 1/sqrt(mean(x²) + eps). One block per row.
+// rstd = 1/sqrt(mean(x²) + eps). One block per row; with d a multiple of 4, at most 4 float4 per
+// thread and aligned rows, the row is read once into registers.
 extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf16* y, float* rstd, int rows,
                                                int d, float eps) {
     __shared__ float sh[33];
@@ -66,41 +112,139 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf
     if (r >= rows) return;
     const float* xr = x + (i64)r * d;
     bf16* yr = y + (i64)r * d;
+    const int nv = d >> 2, nt = blockDim.x;
+    if ((d & 3) == 0 && nv <= 4 * nt && aligned_to(xr, 16) && aligned_to(yr, 8) && aligned_to(w, 8)) {
+        float4 v[4];
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int q = threadIdx.x + k * nt;
+            v[k] = q < nv ? reinterpret_cast<const float4*>(xr)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+        }
+        ss = block_sum(ss, sh);
+        const float rs = 1.0f / sqrtf(ss / (float)d + eps);
+        if (threadIdx.x == 0) rstd[r] = rs;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int q = threadIdx.x + k * nt;
+            if (q >= nv) break;
+            const float4 wv = ld4bf(w + 4 * q);
+            st4bf(yr + 4 * q, make_float4(v[k].x * rs * wv.x, v[k].y * rs * wv.y, v[k].z * rs * wv.z,
+                                          v[k].w * rs * wv.w));
+        }
+        return;
+    }
     float ss = 0.0f;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) ss += xr[c] * xr[c];
+    for (int c = threadIdx.x; c < d; c += nt) ss += xr[c] * xr[c];
     ss = block_sum(ss, sh);
     const float rs = 1.0f / sqrtf(ss / (float)d + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = tobf(xr[c] * rs * ldf(w, c));
+    for (int c = threadIdx.x; c < d; c += nt) yr[c] = tobf(xr[c] * rs * ldf(w, c));
 }
+
+// Rows per block-wide reduction in mx_rmsnorm_bwd_f32's vector path: their loads are in flight
+// together, and one pair of barriers serves them all.
+#define MX_BWD_ROWS 4
 
 // RMSNorm backward on the fp32 residual stream with an fp32 gradient (ops::rmsnorm_bwd with x,
 // dy and dx in fp32): dx = rstd·(dy·w − x·rstd·mean(dy·w·x·rstd)), written (acc = 0) or added
 // (acc = 1) into the fp32 residual gradient; partial[block, :] = Σ over the block's rows of
-// dy·x·rstd, for reduce_partials. Block b handles the contiguous rows [b·per, (b+1)·per).
-// Dynamic shared memory: d floats.
-extern "C" __global__ void mx_rmsnorm_bwd_f32(const float* x, const bf16* w, const float* rstd, const float* dy,
+// dy·x·rstd, for reduce_partials. Block b handles the contiguous rows [b·per, (b+1)·per), each
+// column summed by one thread over the rows in order (deterministic). Vector path (d a multiple
+// of 4, at most 2 float4 per thread, aligned): MX_BWD_ROWS rows at a time in registers.
+// General path: one row at a time, the column sums in d floats of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const float* x, const bf16* w, const float* rstd, const float* dy,
                                               float* dx, float* partial, int rows, int d, int acc_dx) {
     extern __shared__ float acc[];
-    __shared__ float sh[33];
-    for (int c = threadIdx.x; c < d; c += blockDim.x) acc[c] = 0.0f;
+    __shared__ float sh[32 * MX_BWD_ROWS];
     const int per = (rows + gridDim.x - 1) / gridDim.x;
-    const int r0 = blockIdx.x * per;
+    const int r0 = min(rows, (int)blockIdx.x * per);
     const int r1 = min(rows, r0 + per);
+    const int nv = d >> 2, nt = blockDim.x;
+    if ((d & 3) == 0 && nv <= 2 * nt && aligned_to(x, 16) && aligned_to(dy, 16) && aligned_to(dx, 16) &&
+        aligned_to(w, 8)) {
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        const float4* g4 = reinterpret_cast<const float4*>(dy);
+        float4* d4 = reinterpret_cast<float4*>(dx);
+        float4 wv[2], cs[2];
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            const int q = threadIdx.x + k * nt;
+            wv[k] = q < nv ? ld4bf(w + 4 * q) : zero;
+            cs[k] = zero;
+        }
+        for (int r = r0; r < r1; r += MX_BWD_ROWS) {
+            float4 xv[MX_BWD_ROWS][2], gv[MX_BWD_ROWS][2], ov[MX_BWD_ROWS][2];
+            float rs[MX_BWD_ROWS], dot[MX_BWD_ROWS];
+#pragma unroll
+            for (int j = 0; j < MX_BWD_ROWS; ++j) {
+                const bool ok = r + j < r1;
+                rs[j] = ok ? rstd[r + j] : 0.0f;
+                dot[j] = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 2; ++k) {
+                    const int q = threadIdx.x + k * nt;
+                    const i64 e = (i64)(r + j) * nv + q;
+                    const bool in = ok && q < nv;
+                    xv[j][k] = in ? x4[e] : zero;
+                    gv[j][k] = in ? g4[e] : zero;
+                    ov[j][k] = in && acc_dx ? d4[e] : zero;
+                    const float4 a = xv[j][k], g = gv[j][k], ww = wv[k];
+                    dot[j] += g.x * ww.x * a.x * rs[j] + g.y * ww.y * a.y * rs[j] + g.z * ww.z * a.z * rs[j] +
+                              g.w * ww.w * a.w * rs[j];
+                }
+            }
+            block_sum_n<MX_BWD_ROWS>(dot, sh);
+#pragma unroll
+            for (int j = 0; j < MX_BWD_ROWS; ++j) {
+                if (r + j >= r1) break;
+                const float mean = dot[j] / (float)d, s = rs[j];
+#pragma unroll
+                for (int k = 0; k < 2; ++k) {
+                    const int q = threadIdx.x + k * nt;
+                    if (q >= nv) break;
+                    const float4 a = xv[j][k], g = gv[j][k], ww = wv[k], o = ov[j][k];
+                    float4 v = make_float4(s * (g.x * ww.x - a.x * s * mean), s * (g.y * ww.y - a.y * s * mean),
+                                           s * (g.z * ww.z - a.z * s * mean), s * (g.w * ww.w - a.w * s * mean));
+                    if (acc_dx) v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
+                    d4[(i64)(r + j) * nv + q] = v;
+                    cs[k].x += g.x * a.x * s;
+                    cs[k].y += g.y * a.y * s;
+                    cs[k].z += g.z * a.z * s;
+                    cs[k].w += g.w * a.w * s;
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            const int q = threadIdx.x + k * nt;
+            if (q >= nv) break;
+            float* p = partial + (i64)blockIdx.x * d + 4 * q;
+            p[0] = cs[k].x;
+            p[1] = cs[k].y;
+            p[2] = cs[k].z;
+            p[3] = cs[k].w;
+        }
+        return;
+    }
+    for (int c = threadIdx.x; c < d; c += nt) acc[c] = 0.0f;
     for (int r = r0; r < r1; ++r) {
         const float* xr = x + (i64)r * d;
         const float* dyr = dy + (i64)r * d;
         float* dxr = dx + (i64)r * d;
         const float rs = rstd[r];
-        float dot = 0.0f;
-        for (int c = threadIdx.x; c < d; c += blockDim.x) dot += dyr[c] * ldf(w, c) * xr[c] * rs;
-        const float mean = block_sum(dot, sh) / (float)d;
-        for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float dot[1] = {0.0f};
+        for (int c = threadIdx.x; c < d; c += nt) dot[0] += dyr[c] * ldf(w, c) * xr[c] * rs;
+        block_sum_n<1>(dot, sh);
+        const float mean = dot[0] / (float)d;
+        for (int c = threadIdx.x; c < d; c += nt) {
             const float xv = xr[c], g = dyr[c];
             const float v = rs * (g * ldf(w, c) - xv * rs * mean);
             dxr[c] = acc_dx ? dxr[c] + v : v;
             acc[c] += g * xv * rs;  // each thread owns the columns it touches: no race
         }
     }
-    for (int c = threadIdx.x; c < d; c += blockDim.x) partial[(i64)blockIdx.x * d + c] = acc[c];
+    for (int c = threadIdx.x; c < d; c += nt) partial[(i64)blockIdx.x * d + c] = acc[c];
 }
