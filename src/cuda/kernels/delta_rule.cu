@@ -228,29 +228,29 @@ __device__ __forceinline__ void qk_lower(const bf16* q, const bf16* k, float* P)
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
 // 256 threads.
+//
+// v4 (4 CTAs/SM at K = 64, 128: 53.8 KB at K = 128, was 83 KB and 2/SM): M and T share one f32
+// array (T is solved in place: a block row of M is dead once its partial products X are formed;
+// diagonal blocks are solved in registers and written after a __syncwarp); X lives in the W/U
+// staging area; the V slices go to the dead T array and, after the W product, the dead K array,
+// so slice s + 1 is loaded while slice s is multiplied (the first is loaded during the W
+// product). G by a shuffle scan on warp 0; the βγ and β rescales and the T → bf16 pass are
+// vectorised (8 elements per thread and step).
 
 template <int K>
 struct PrepSm {
-  bf16* ks;     // [64][K+8]  K rows, later diag(βγ) K
-  bf16* vs;     // [64][72]   a 64-column slice of V, scaled by β
-  float* A;     // [64][68]   KKᵀ, then M
-  float* Tf;    // [64][68]   T (f32; blocks above the diagonal never written)
-  float* X;     // [3][16][16] block-row partial products of the T solve
+  bf16* ks;     // [64][K+8]  K rows, later diag(βγ) K; after the W product: V slice buffer 1
+  float* A;     // [64][68]   KKᵀ, then M, then T in place (f32); after tb: V slice buffer 0
   bf16* tb;     // [64][72]   T
-  float* stage; // [8][320]
-  float* graw;  // [64]
+  float* stage; // [8][320]   W/U staging; during the T solve: X [3][16][16]
   float* G;     // [64]
   float* bs;    // [64]
   float* gam;   // [64]
   __device__ void carve(Carve& c) {
     ks = c.take<bf16>(CH * (K + 8));
-    vs = c.take<bf16>(CH * LD64);
     A = c.take<float>(CH * LF64);
-    Tf = c.take<float>(CH * LF64);
-    X = c.take<float>(3 * 256);
     tb = c.take<bf16>(CH * LD64);
     stage = c.take<float>(8 * STG_SZ);
-    graw = c.take<float>(CH);
     G = c.take<float>(CH);
     bs = c.take<float>(CH);
     gam = c.take<float>(CH);
@@ -267,25 +267,40 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   PrepSm<K> S;
   S.carve(cv);
   constexpr int NW = 8;
+  static_assert(8 * STG_SZ >= 3 * 256, "X must fit in the staging area");
+  static_assert(K + 8 >= LD64 && CH * LF64 * 4 >= CH * LD64 * 2, "V slices must fit");
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   float* stage = S.stage + warp * STG_SZ;
+  float* X = S.stage;
+  const int nslice = V / 64;
 
   load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   cp_commit();
-  if (tid < CH) {
-    S.graw[tid] = tid < len ? g[(long)(start + tid) * H + h] : 0.f;
-    S.bs[tid] = tid < len ? beta[(long)(start + tid) * H + h] : 0.f;
-  }
-  __syncthreads();
-  if (tid < CH) {
-    float acc = 0.f;
-    for (int j = 0; j <= tid; ++j) acc += S.graw[j];
-    const bool ok = tid < len;
-    S.G[tid] = ok ? acc : 0.f;
-    S.gam[tid] = ok ? __expf(acc) : 0.f;
-    if (ok) gc[(long)(start + tid) * H + h] = acc;
+  if (warp == 0) {
+    // Inclusive scan of g over the chunk: lane l holds rows 2l, 2l+1.
+    const int r0 = 2 * lane, r1 = r0 + 1;
+    const float g0 = r0 < len ? g[(long)(start + r0) * H + h] : 0.f;
+    const float g1 = r1 < len ? g[(long)(start + r1) * H + h] : 0.f;
+    float s = g0 + g1;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float t = __shfl_up_sync(0xffffffffu, s, o);
+      if (lane >= o) s += t;
+    }
+    float ex = __shfl_up_sync(0xffffffffu, s, 1);
+    if (lane == 0) ex = 0.f;
+    const float e0 = ex + g0, e1 = e0 + g1;
+    S.G[r0] = r0 < len ? e0 : 0.f;
+    S.G[r1] = r1 < len ? e1 : 0.f;
+    S.gam[r0] = r0 < len ? __expf(e0) : 0.f;
+    S.gam[r1] = r1 < len ? __expf(e1) : 0.f;
+    if (r0 < len) gc[(long)(start + r0) * H + h] = e0;
+    if (r1 < len) gc[(long)(start + r1) * H + h] = e1;
+  } else if (warp <= 2) {
+    const int r = tid - 32;
+    S.bs[r] = r < len ? beta[(long)(start + r) * H + h] : 0.f;
   }
   cp_wait<0>();
   __syncthreads();
@@ -300,14 +315,14 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   }
   __syncthreads();
 
-  // T = (I + M)^{-1} in f32, by 16x16 blocks (v2; v1's one-thread-per-column forward
-  // substitution was a 2016-long serial FMA chain in ~40 KB of straight-line code and made this
-  // kernel 10x slower than its memory traffic). Diagonal blocks: T_bb = (I + M_bb)^{-1} by
-  // forward substitution, 64 threads (block b, column c), 16-long chains. Off-diagonal, block
-  // row by block row: T_ij = −T_ii Σ_{k=j}^{i−1} M_ik T_kj (all 256 threads).
+  // T = (I + M)^{-1} in f32, by 16x16 blocks, in place over M. Diagonal blocks: T_bb =
+  // (I + M_bb)^{-1} by forward substitution, 64 threads (block b, column c; a block's 16 threads
+  // are in one warp), 16-long chains in registers, written over M_bb after a __syncwarp.
+  // Off-diagonal, block row by block row: X_j = Σ_{k=j}^{i−1} M_ik T_kj (all 256 threads), then
+  // T_ij = −T_ii X_j over M_ij.
   if (tid < CH) {
     const int bb = tid >> 4, c = tid & 15;
-    const float* Ab = S.A + (16 * bb) * LF64 + 16 * bb;
+    float* Ab = S.A + (16 * bb) * LF64 + 16 * bb;
     float t[16];
 #pragma unroll
     for (int r = 0; r < 16; ++r) {
@@ -316,47 +331,62 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
       for (int j = 0; j < r; ++j) acc -= Ab[r * LF64 + j] * t[j];
       t[r] = acc;
     }
+    __syncwarp();
 #pragma unroll
-    for (int r = 0; r < 16; ++r) S.Tf[(16 * bb + r) * LF64 + 16 * bb + c] = t[r];
+    for (int r = 0; r < 16; ++r) Ab[r * LF64 + c] = t[r];
   }
   __syncthreads();
   for (int bi = 1; bi < 4; ++bi) {
-    // X_j = Σ_{k=j}^{bi−1} M_{bi,k} T_{k,j} for j < bi.
     for (int idx = tid; idx < bi * 256; idx += blockDim.x) {
       const int bj = idx >> 8, r = (idx >> 4) & 15, cc = idx & 15;
       const float* Mr = S.A + (16 * bi + r) * LF64;
       float acc = 0.f;
-      for (int m = 16 * bj; m < 16 * bi; ++m) acc += Mr[m] * S.Tf[m * LF64 + 16 * bj + cc];
-      S.X[idx] = acc;
+      for (int m = 16 * bj; m < 16 * bi; ++m) acc += Mr[m] * S.A[m * LF64 + 16 * bj + cc];
+      X[idx] = acc;
     }
     __syncthreads();
-    // T_{bi,j} = −T_{bi,bi} X_j.
     for (int idx = tid; idx < bi * 256; idx += blockDim.x) {
       const int bj = idx >> 8, r = (idx >> 4) & 15, cc = idx & 15;
-      const float* Tr = S.Tf + (16 * bi + r) * LF64 + 16 * bi;
-      const float* Xj = S.X + bj * 256;
+      const float* Tr = S.A + (16 * bi + r) * LF64 + 16 * bi;
+      const float* Xj = X + bj * 256;
       float acc = 0.f;
 #pragma unroll
       for (int m = 0; m < 16; ++m) acc += Tr[m] * Xj[m * 16 + cc];
-      S.Tf[(16 * bi + r) * LF64 + 16 * bj + cc] = -acc;
+      S.A[(16 * bi + r) * LF64 + 16 * bj + cc] = -acc;
     }
     __syncthreads();
   }
   {
+    // T → bf16 (and f32 to tmat), 8 columns per thread and step; blocks above the diagonal are 0.
     float* tg = tmat ? tmat + ((long)cg * H + h) * (CH * CH) : nullptr;
-    for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-      const int i = idx >> 6, c = idx & 63;
-      const float x = (c >> 4) > (i >> 4) ? 0.f : S.Tf[i * LF64 + c];
-      S.tb[i * LD64 + c] = f2b(x);
-      if (tg) tg[idx] = x;
+    for (int idx = tid; idx < CH * CH / 8; idx += blockDim.x) {
+      const int i = idx >> 3, c = (idx & 7) << 3;
+      float x[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : S.A[i * LF64 + c + e];
+      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = pack8(x);
+      if (tg) {
+        *reinterpret_cast<float4*>(tg + i * CH + c) = make_float4(x[0], x[1], x[2], x[3]);
+        *reinterpret_cast<float4*>(tg + i * CH + c + 4) = make_float4(x[4], x[5], x[6], x[7]);
+      }
     }
   }
-  // diag(βγ) K in place (rows past len are zero already).
   __syncthreads();
-  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-    const int i = idx / K, c = idx - i * K;
-    bf16* p = S.ks + i * (K + 8) + c;
-    *p = f2b(b2f(*p) * S.bs[i] * S.gam[i]);
+  // The T array is dead: the first V slice goes there while W is formed.
+  const bf16* vsrc = v + ((long)start * H + h) * V;
+  load_bf16_async(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, CH, 64, len);
+  cp_commit();
+  // diag(βγ) K in place (rows past len are zero already), 8 elements per thread and step.
+  for (int idx = tid; idx < CH * K / 8; idx += blockDim.x) {
+    const int i = idx / (K / 8), c = (idx - i * (K / 8)) << 3;
+    uint4* p = reinterpret_cast<uint4*>(S.ks + i * (K + 8) + c);
+    const uint4 q = *p;
+    const bf16* qb = reinterpret_cast<const bf16*>(&q);
+    const float f1 = S.bs[i], f2 = S.gam[i];
+    float x[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f1 * f2;
+    *p = pack8(x);
   }
   __syncthreads();
 
@@ -375,33 +405,52 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     frag_to_bf16_global(acc, stage, w + ((long)(start + ti * 16) * H + h) * K + tj * 16, (long)H * K,
                         len - ti * 16);
   }
-
-  // U = T · diag(β) V, 64 columns at a time.
-  for (int v0 = 0; v0 < V; v0 += 64) {
-    __syncthreads();
-    load_bf16_async(S.vs, LD64, v + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
+  __syncthreads();  // K is dead: it becomes V slice buffer 1
+  if (nslice > 1) {
+    load_bf16_async(S.ks, LD64, vsrc + 64, (long)H * V, CH, 64, len);
     cp_commit();
-    cp_wait<0>();
+  }
+
+  // U = T · diag(β) V, 64 columns at a time; slice s + 1 is in flight while s is multiplied.
+  // Groups pending at slice s: V_s and, when it exists, V_{s+1}.
+  for (int s = 0; s < nslice; ++s) {
+    bf16* vs = (s & 1) ? S.ks : reinterpret_cast<bf16*>(S.A);
+    if (s + 1 < nslice)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
     __syncthreads();
-    for (int idx = tid; idx < CH * 64; idx += blockDim.x) {
-      const int i = idx >> 6, c = idx & 63;
-      bf16* p = S.vs + i * LD64 + c;
-      *p = f2b(b2f(*p) * S.bs[i]);
+    for (int idx = tid; idx < CH * 8; idx += blockDim.x) {
+      const int i = idx >> 3, c = (idx & 7) << 3;
+      uint4* p = reinterpret_cast<uint4*>(vs + i * LD64 + c);
+      const uint4 q = *p;
+      const bf16* qb = reinterpret_cast<const bf16*>(&q);
+      const float f = S.bs[i];
+      float x[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f;
+      *p = pack8(x);
     }
     __syncthreads();
-    for (int t = warp; t < 16; t += NW) {
-      const int ti = t >> 2, tj = t & 3;
+    // Warp w: tiles (w >> 2, w & 3) and (3 − (w >> 2), w & 3): 5 products per warp.
+    for (int half = 0; half < 2; ++half) {
+      const int ti = half ? 3 - (warp >> 2) : (warp >> 2), tj = warp & 3;
       FC acc;
       wmma::fill_fragment(acc, 0.f);
       for (int kk = 0; kk <= ti; ++kk) {
         FAr a;
         FBr b;
         wmma::load_matrix_sync(a, S.tb + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, S.vs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::load_matrix_sync(b, vs + kk * 16 * LD64 + tj * 16, LD64);
         wmma::mma_sync(acc, a, b, acc);
       }
-      frag_to_bf16_global(acc, stage, u + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+      frag_to_bf16_global(acc, stage, u + ((long)(start + ti * 16) * H + h) * V + s * 64 + tj * 16,
                           (long)H * V, len - ti * 16);
+    }
+    if (s + 2 < nslice) {
+      __syncthreads();  // every warp is done with this buffer
+      load_bf16_async(vs, LD64, vsrc + (s + 2) * 64, (long)H * V, CH, 64, len);
+      cp_commit();
     }
   }
 }
@@ -409,30 +458,43 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 // ------------------------------------------------------------------------------------------
 // Kernel 2: forward state pass per (sequence, head, BV-column tile of V). K/16 warps; warp w owns
 // state rows [16w, 16w+16) as BV/16 f32 accumulator fragments. For every chunk: store h_c = S
-// (bf16), Ṽ = U − W S (bf16, global), S ← γ_last S + Kᵀ diag(δ) Ṽ. Next chunk's W, K, U are
-// prefetched with cp.async while the current one is processed.
+// (bf16), Ṽ = U − W S (bf16, global), S ← γ_last S + Kᵀ diag(δ) Ṽ.
+//
+// v4 (2 CTAs/SM at K = 128, BV = 64: 106.6 KB, ≤ 128 registers): W, U and G are double-buffered
+// (the next chunk's are issued at the top of a chunk); K, needed only for the state update at the
+// end of a chunk, has one buffer, refilled right after that update (so it has a whole chunk step
+// to arrive). W S no longer goes through a 64×BV f32 array: each warp multiplies its tiles and
+// forms Ṽ from its own 16×16 staging tile. G comes by cp.async (v3 loaded it with plain loads on
+// two warps, which then held up the chunk's first barrier for a global round trip). In the
+// backward recompute, the f32 dh_c tiles are loaded as accumulator fragments one chunk ahead.
+// cp.async groups, in commit order: WU(cs), K(cs), then per chunk c: WU(c+1) at the top, K(c+1)
+// at the end.
+
+// 4-byte async copy (cp.async.ca); ok == false zero-fills without reading.
+__device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  int n = ok ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
 
 template <int K, int BV>
 struct StateFwdSm {
-  // Double-buffered chunk inputs; buffer b of X starts at X + b * X_SZ.
+  // W, U, G double-buffered; buffer b of X starts at X + b * X_SZ.
   static constexpr int W_SZ = CH * (K + 8), U_SZ = CH * (BV + 8);
   bf16* w;      // 2 x [64][K+8]
-  bf16* k;      // 2 x [64][K+8]
+  bf16* k;      // [64][K+8]
   bf16* u;      // 2 x [64][BV+8]
   float* G;     // 2 x [64]
   bf16* sb;     // [K][BV+8]  S in bf16
-  float* vn;    // [64][BV+4] W S   (aliases stage)
   float* stage; // [K/16][320]
   bf16* vnb;    // [64][BV+8] diag(δ) Ṽ
   __device__ void carve(Carve& c) {
     w = c.take<bf16>(2 * W_SZ);
-    k = c.take<bf16>(2 * W_SZ);
+    k = c.take<bf16>(W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     G = c.take<float>(2 * CH);
     sb = c.take<bf16>(K * (BV + 8));
-    const unsigned a = CH * (BV + 4), s = (K / 16) * STG_SZ;
-    vn = c.take<float>(a > s ? a : s);
-    stage = vn;
+    stage = c.take<float>((K / 16) * STG_SZ);
     vnb = c.take<bf16>(CH * (BV + 8));
   }
 };
@@ -453,6 +515,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   const long sbase = ((long)(n * H + h) * K + warp * 16) * V + v0;
+  float* stg = S.stage + warp * STG_SZ;
 
   FC st[NT];
 #pragma unroll
@@ -463,26 +526,57 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       wmma::fill_fragment(st[j], 0.f);
   }
 
-  auto issue = [&](int c, int b) {
-    const int s0 = ctab[2 * c], l = ctab[2 * c + 1];
+  auto issue_wu = [&](int s0, int l, int b) {
     load_bf16_async(S.w + b * S.W_SZ, K + 8, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.k + b * S.W_SZ, K + 8, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.u + b * S.U_SZ, BV + 8, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH, BV, l);
-    if (tid < CH) S.G[b * CH + tid] = tid < l ? gc[(long)(s0 + tid) * H + h] : 0.f;
+    load_bf16_async(S.u + b * S.U_SZ, BV + 8, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH, BV,
+                    l);
+    if (tid < CH) {
+      const bool ok = tid < l;
+      cp4(S.G + b * CH + tid, ok ? (const void*)(gc + (long)(s0 + tid) * H + h) : (const void*)gc,
+          ok);
+    }
     cp_commit();
   };
+  auto issue_k = [&](int s0, int l) {
+    load_bf16_async(S.k, K + 8, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    cp_commit();
+  };
+  // Backward recompute: this warp's f32 dh_c tiles, as accumulator fragments (same element
+  // mapping as st, so ⟨S_c, dh_c⟩ is an elementwise product).
+  FC dfr[NT];
+  auto load_dh = [&](int c) {
+    const long go = (((long)c * H + h) * K + warp * 16) * V + v0;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+      wmma::load_matrix_sync(dfr[j], dh32 + go + j * 16, V, wmma::mem_row_major);
+  };
 
-  if (cs < ce) issue(cs, 0);
+  // (start, len) of chunks c and c+1 in registers; ctab of c+2 is read one chunk ahead.
+  int start = 0, len = 0, nstart = 0, nlen = 0;
+  if (cs < ce) {
+    start = ctab[2 * cs];
+    len = ctab[2 * cs + 1];
+    if (cs + 1 < ce) {
+      nstart = ctab[2 * cs + 2];
+      nlen = ctab[2 * cs + 3];
+    }
+    issue_wu(start, len, 0);
+    issue_k(start, len);
+    if (dh32) load_dh(cs);
+  }
   for (int c = cs; c < ce; ++c) {
     const int b = (c - cs) & 1;
-    const int start = ctab[2 * c], len = ctab[2 * c + 1];
     const bool more = c + 1 < ce;
-    if (more) issue(c + 1, b ^ 1);
+    int nnstart = 0, nnlen = 0;
+    if (more) {
+      issue_wu(nstart, nlen, b ^ 1);  // buffer b^1 was last read before the previous chunk's end
+      if (c + 2 < ce) {
+        nnstart = ctab[2 * c + 4];
+        nnlen = ctab[2 * c + 5];
+      }
+    }
 
-    // h_c = S (bf16) to shared and global. Backward recompute (dh32 given): also the partial
-    // ⟨S_c, dh_c⟩ of this warp's tile, from the f32 state, one value per (chunk, head, warp).
-    float* stg = S.stage + warp * STG_SZ;
-    float sacc = 0.f;
+    // h_c = S (bf16) to shared and global.
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       wmma::store_matrix_sync(stg, st[j], STG, wmma::mem_row_major);
@@ -492,26 +586,33 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const uint4 p = pack8(stg + r * STG + c8);
       *reinterpret_cast<uint4*>(S.sb + (warp * 16 + r) * (BV + 8) + j * 16 + c8) = p;
       *reinterpret_cast<uint4*>(hout + go) = p;
-      if (dh32) {
-        const float4 d0 = *reinterpret_cast<const float4*>(dh32 + go);
-        const float4 d1 = *reinterpret_cast<const float4*>(dh32 + go + 4);
-        const float* x = stg + r * STG + c8;
-        sacc += x[0] * d0.x + x[1] * d0.y + x[2] * d0.z + x[3] * d0.w + x[4] * d1.x +
-                x[5] * d1.y + x[6] * d1.z + x[7] * d1.w;
-      }
       __syncwarp();
     }
+    // Backward recompute: partial ⟨S_c, dh_c⟩ of this warp's tiles from the f32 state, one value
+    // per (chunk, head, V tile, warp).
     if (dh32) {
+      float sacc = 0.f;
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < st[j].num_elements; ++e) sacc += st[j].x[e] * dfr[j].x[e];
       sacc = warp_sum(sacc);
       if (lane == 0) sd_part[((long)c * H + h) * (gridDim.z * NW) + blockIdx.z * NW + warp] = sacc;
     }
+    // Pending groups (commit order): WU(c), K(c), WU(c+1) when more. Wait for WU(c).
     if (more)
-      cp_wait<1>();
+      cp_wait<2>();
     else
-      cp_wait<0>();
+      cp_wait<1>();
     __syncthreads();
 
-    // W S -> vn.
+    // Per warp and tile: W S (f32 fragment) -> staging -> Ṽ = U − W S (bf16, global) and
+    // vnb = diag(δ) Ṽ (bf16, shared).
+    const float* G = S.G + b * CH;
+    const bf16* ub = S.u + b * S.U_SZ;
+    const bf16* wb = S.w + b * S.W_SZ;
+    const float glast = G[len - 1];
+#pragma unroll 1
     for (int t = warp; t < 4 * NT; t += NW) {
       const int ti = t / NT, tj = t - ti * NT;
       FC acc;
@@ -520,32 +621,32 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int kk = 0; kk < K / 16; ++kk) {
         FAr a;
         FBr bb;
-        wmma::load_matrix_sync(a, S.w + b * S.W_SZ + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(a, wb + ti * 16 * (K + 8) + kk * 16, K + 8);
         wmma::load_matrix_sync(bb, S.sb + kk * 16 * (BV + 8) + tj * 16, BV + 8);
         wmma::mma_sync(acc, a, bb, acc);
       }
-      wmma::store_matrix_sync(S.vn + ti * 16 * (BV + 4) + tj * 16, acc, BV + 4,
-                              wmma::mem_row_major);
-    }
-    __syncthreads();
-
-    // Ṽ = U − W S (global, bf16); vnb = diag(δ) Ṽ.
-    const float* G = S.G + b * CH;
-    const bf16* ub = S.u + b * S.U_SZ;
-    const float glast = G[len - 1];
-    for (int idx = tid; idx < CH * (BV / 8); idx += blockDim.x) {
-      const int r = idx / (BV / 8), c8 = (idx - r * (BV / 8)) * 8;
-      const bool ok = r < len;
-      const float d = ok ? __expf(glast - G[r]) : 0.f;
+      wmma::store_matrix_sync(stg, acc, STG, wmma::mem_row_major);
+      __syncwarp();
+      const int r = lane >> 1, c8 = (lane & 1) << 3, row = ti * 16 + r;
+      const bool ok = row < len;
+      const float d = ok ? __expf(glast - G[row]) : 0.f;
       float x[8], y[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        x[e] = ok ? b2f(ub[r * (BV + 8) + c8 + e]) - S.vn[r * (BV + 4) + c8 + e] : 0.f;
+        x[e] = ok ? b2f(ub[row * (BV + 8) + tj * 16 + c8 + e]) - stg[r * STG + c8 + e] : 0.f;
         y[e] = d * x[e];
       }
-      if (ok) *reinterpret_cast<uint4*>(vnew + ((long)(start + r) * H + h) * V + v0 + c8) = pack8(x);
-      *reinterpret_cast<uint4*>(S.vnb + r * (BV + 8) + c8) = pack8(y);
+      if (ok)
+        *reinterpret_cast<uint4*>(vnew + ((long)(start + row) * H + h) * V + v0 + tj * 16 + c8) =
+            pack8(x);
+      *reinterpret_cast<uint4*>(S.vnb + row * (BV + 8) + tj * 16 + c8) = pack8(y);
+      __syncwarp();
     }
+    // Pending: K(c), WU(c+1) when more. Wait for K(c).
+    if (more)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
     __syncthreads();
 
     // S ← γ_last S + Kᵀ (diag(δ) Ṽ).
@@ -554,10 +655,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int e = 0; e < st[j].num_elements; ++e) st[j].x[e] *= gl;
-#pragma unroll
+#pragma unroll 2
     for (int kk = 0; kk < 4; ++kk) {
       FAc a;
-      wmma::load_matrix_sync(a, S.k + b * S.W_SZ + kk * 16 * (K + 8) + warp * 16, K + 8);
+      wmma::load_matrix_sync(a, S.k + kk * 16 * (K + 8) + warp * 16, K + 8);
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         FBr bb;
@@ -565,7 +666,16 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         wmma::mma_sync(st[j], a, bb, st[j]);
       }
     }
+    // The next chunk's dh tiles are requested here, so that they are in flight over the barrier,
+    // the next loads' issue and the h_c store.
+    if (dh32 && more) load_dh(c + 1);
+    // Every warp is done with K(c), vnb, sb and buffer b: refill K for the next chunk.
     __syncthreads();
+    if (more) issue_k(nstart, nlen);
+    start = nstart;
+    len = nlen;
+    nstart = nnstart;
+    nlen = nnlen;
   }
   if (ht) {
 #pragma unroll
@@ -636,6 +746,33 @@ __device__ __forceinline__ void intra_attn(OutSm<K>& S, const bf16* q, const bf1
   __syncthreads();
 }
 
+// Kernel 3, v4: its own layout (OutSm/intra_attn stay as they were for dvloc). 3 CTAs/SM at
+// K = 128 (68.3 KB, was 97.3 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
+// straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
+// double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
+// slice s + 2 into slice s's buffer, so every slice but the first is in flight while the previous
+// one is multiplied. One 16×32 output tile per warp per slice.
+template <int K>
+struct FwdOSm {
+  static constexpr int BVO = 32, LDO = BVO + 8;
+  static constexpr int HS_SZ = K * LDO, BUF_SZ = K * LDO + CH * LDO;  // bf16 elements
+  static constexpr int KR_SZ = CH * (K + 8) > BUF_SZ ? CH * (K + 8) : BUF_SZ;
+  bf16* q;      // [64][K+8]  Q, then diag(s γ) Q
+  bf16* kr;     // [64][K+8]  K; after QKᵀ: slice buffer 1
+  bf16* buf0;   // slice buffer 0: h_c [K][40] then Ṽ [64][40]
+  bf16* pb;     // [64][72]   s (QKᵀ ⊙ Γ ⊙ L), bf16
+  float* stage; // [8][320]
+  float* G;     // [64]
+  __device__ void carve(Carve& c) {
+    q = c.take<bf16>(CH * (K + 8));
+    kr = c.take<bf16>(KR_SZ);
+    buf0 = c.take<bf16>(BUF_SZ);
+    pb = c.take<bf16>(CH * LD64);
+    stage = c.take<float>(8 * STG_SZ);
+    G = c.take<float>(CH);
+  }
+};
+
 template <int K>
 __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                            const float* __restrict__ gc, const bf16* __restrict__ hstates,
@@ -643,28 +780,89 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
                            int V, float scale, bf16* __restrict__ o) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  OutSm<K> S;
-  S.carve(cv, true);
-  // v2: one block per (chunk, head) loops over the 64-column slices of V (v1 had one block per
-  // slice, each reloading q, k and recomputing QKᵀ).
+  FwdOSm<K> S;
+  S.carve(cv);
+  constexpr int BVO = FwdOSm<K>::BVO, LDO = FwdOSm<K>::LDO, HS_SZ = FwdOSm<K>::HS_SZ;
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nw = blockDim.x >> 5;
+  float* stage = S.stage + warp * STG_SZ;
   const bf16* vn0 = vnew + ((long)start * H + h) * V;
   const bf16* h0 = hstates + ((long)cg * H + h) * K * V;
-  intra_attn<K>(S, q, k, gc, vn0, (long)H * V, h0, V, start, len, h, H, scale, true);
-  float* stage = S.stage + warp * STG_SZ;
-  for (int v0 = 0; v0 < V; v0 += 64) {
-    if (v0 > 0) {
-      __syncthreads();  // every warp is done with the previous slice of hs and x
-      load_bf16_async(S.x, LD64, vn0 + v0, (long)H * V, CH, 64, len);
-      load_bf16_async(S.hs, LD64, h0 + v0, V, K, 64, K);
-      cp_commit();
-      cp_wait<0>();
-      __syncthreads();
+  const int nslice = V / BVO;
+  auto issue = [&](bf16* buf, int s) {
+    load_bf16_async(buf, LDO, h0 + s * BVO, V, K, BVO, K);
+    load_bf16_async(buf + HS_SZ, LDO, vn0 + s * BVO, (long)H * V, CH, BVO, len);
+    cp_commit();
+  };
+
+  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.kr, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  cp_commit();
+  issue(S.buf0, 0);
+  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+  cp_wait<1>();  // q, k (slice 0 may still be in flight)
+  __syncthreads();
+
+  // pb = s (QKᵀ ⊙ Γ ⊙ L): lower tiles by wmma, each through the warp's staging tile; tiles above
+  // the diagonal are zero.
+  for (int t = warp; t < 16; t += nw) {
+    const int ti = t >> 2, tj = t & 3;
+    const int r = lane >> 1, c8 = (lane & 1) << 3, i = ti * 16 + r;
+    float p[8];
+    if (tj > ti) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) p[e] = 0.f;
+    } else {
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+      for (int kk = 0; kk < K / 16; ++kk) {
+        FAr a;
+        FBc b;
+        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(b, S.kr + tj * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(stage, acc, STG, wmma::mem_row_major);
+      __syncwarp();
+      const float gi = S.G[i];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int j = tj * 16 + c8 + e;
+        p[e] = (j <= i && i < len) ? scale * stage[r * STG + c8 + e] * __expf(gi - S.G[j]) : 0.f;
+      }
+      __syncwarp();
     }
-    for (int t = warp; t < 16; t += nw) {
-      const int ti = t >> 2, tj = t & 3;
+    *reinterpret_cast<uint4*>(S.pb + i * LD64 + tj * 16 + c8) = pack8(p);
+  }
+  __syncthreads();  // k is dead: it becomes slice buffer 1
+  if (nslice > 1) issue(S.kr, 1);
+  // q rows scaled by s γ_i (rows past len are zero), 8 elements per thread and step.
+  for (int idx = tid; idx < CH * K / 8; idx += blockDim.x) {
+    const int i = idx / (K / 8), c = (idx - i * (K / 8)) << 3;
+    uint4* p = reinterpret_cast<uint4*>(S.q + i * (K + 8) + c);
+    const uint4 qv = *p;
+    const bf16* qb = reinterpret_cast<const bf16*>(&qv);
+    const float f = i < len ? scale * __expf(S.G[i]) : 0.f;
+    float x[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f;
+    *p = pack8(x);
+  }
+
+  // O[:, slice] = (s γ ⊙ Q) h_c[:, slice] + pb Ṽ[:, slice]; warp w: rows 16 (w >> 1), columns
+  // 16 (w & 1) of the slice. Groups pending at slice s: slice s and, when it exists, s + 1.
+  for (int s = 0; s < nslice; ++s) {
+    const bf16* hs = (s & 1) ? S.kr : S.buf0;
+    const bf16* xs = hs + HS_SZ;
+    if (s + 1 < nslice)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
+    __syncthreads();
+    for (int t = warp; t < 4 * (BVO / 16); t += nw) {
+      const int ti = t / (BVO / 16), tj = t - ti * (BVO / 16);
       FC acc;
       wmma::fill_fragment(acc, 0.f);
 #pragma unroll 4
@@ -672,18 +870,23 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
         FAr a;
         FBr b;
         wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(b, S.hs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::load_matrix_sync(b, hs + kk * 16 * LDO + tj * 16, LDO);
         wmma::mma_sync(acc, a, b, acc);
       }
       for (int kk = 0; kk <= ti; ++kk) {
         FAr a;
         FBr b;
         wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, S.x + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::load_matrix_sync(b, xs + kk * 16 * LDO + tj * 16, LDO);
         wmma::mma_sync(acc, a, b, acc);
       }
-      frag_to_bf16_global(acc, stage, o + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+      frag_to_bf16_global(acc, stage,
+                          o + ((long)(start + ti * 16) * H + h) * V + s * BVO + tj * 16,
                           (long)H * V, len - ti * 16);
+    }
+    if (s + 2 < nslice) {
+      __syncthreads();  // every warp is done with this slice's buffer
+      issue((s & 1) ? S.kr : S.buf0, s + 2);
     }
   }
 }
@@ -1749,7 +1952,7 @@ __device__ unsigned smem_out(bool with_h) {
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
   out[0] = smem_of<PrepSm<K>>();
-  out[1] = smem_out<K>(true);
+  out[1] = smem_of<FwdOSm<K>>();
   out[2] = smem_out<K>(false);
   out[3] = smem_of<DqkSm<K>>();
   out[4] = smem_of<WySm<K>>();
@@ -1801,7 +2004,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   }
 
 #define DR_STATE_KERNELS(K, BV)                                                                     \
-  extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
+  extern "C" __global__ void __launch_bounds__(K / 16 * 32, K <= 128 ? 2 : 1)                    \
       dr_state_fwd_k##K##_bv##BV(const bf16* w, const bf16* u, const bf16* k, const float* gc,     \
                                  const int* ctab, const int* seq_chunk, const float* h0, int H,    \
                                  int V, bf16* hout, bf16* vnew, float* ht, const float* dh32,      \
