@@ -858,7 +858,7 @@ pub fn chunk_backward(
                 gpu,
                 &kern.dvloc.f,
                 &kern.dvloc.name,
-                (nc as u32, h as u32, (v / 64) as u32),
+                (nc as u32, h as u32, 1),
                 256,
                 kern.dvloc.smem,
                 &[

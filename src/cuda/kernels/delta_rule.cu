@@ -891,6 +891,18 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   }
 }
 
+// Kernel 4 (v4): one block per (chunk, head) loops over the 64-column slices of dO (v3 had one
+// block per slice, each reloading q and k and recomputing QKᵀ). For K <= 128 a second slice
+// buffer (DvlocX) is carved after OutSm: slice 1 loads with q and k, and slice s+2 loads while
+// slice s+1 is multiplied. For K = 256 (where the extra 9 KB would cost the second CTA per SM)
+// the slices are single-buffered.
+template <int K>
+struct DvlocX {
+  static constexpr bool DB = K < 256;
+  bf16* x2;  // [64][72] second dO slice (DB only)
+  __device__ void carve(Carve& c) { x2 = DB ? c.take<bf16>(CH * LD64) : nullptr; }
+};
+
 template <int K>
 __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                            const float* __restrict__ gc, const bf16* __restrict__ d_o,
@@ -900,25 +912,60 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   Carve cv(smem);
   OutSm<K> S;
   S.carve(cv, false);
-  const int cg = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * 64;
+  DvlocX<K> X2;
+  X2.carve(cv);
+  constexpr bool DB = DvlocX<K>::DB;
+  const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  intra_attn<K>(S, q, k, gc, d_o + ((long)start * H + h) * V + v0, (long)H * V, nullptr, 0, start,
-                len, h, H, scale, false);
+  const bf16* do0 = d_o + ((long)start * H + h) * V;
+  const long ld = (long)H * V;
+  const int ns = V / 64;
+  // Slice 1 joins intra_attn's cp.async group (committed and waited for there).
+  if (DB && ns > 1) load_bf16_async(X2.x2, LD64, do0 + 64, ld, CH, 64, len);
+  intra_attn<K>(S, q, k, gc, do0, ld, nullptr, 0, start, len, h, H, scale, false);
   float* stage = S.stage + warp * STG_SZ;
-  for (int t = warp; t < 16; t += nw) {
-    const int ti = t >> 2, tj = t & 3;  // output rows are the key index j
-    FC acc;
-    wmma::fill_fragment(acc, 0.f);
-    for (int kk = ti; kk < 4; ++kk) {
-      FAc a;  // (pb)ᵀ: element (j, i) = pb[i][j]
-      FBr b;
-      wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
-      wmma::load_matrix_sync(b, S.x + kk * 16 * LD64 + tj * 16, LD64);
-      wmma::mma_sync(acc, a, b, acc);
+  for (int s = 0; s < ns; ++s) {
+    const int v0 = s * 64;
+    const bf16* xs = S.x;
+    if constexpr (DB) {
+      xs = (s & 1) ? X2.x2 : S.x;
+      if (s >= 2) {
+        // Slice s was issued during slice s−2; slice s+1 (if any) during slice s−1.
+        if (s + 1 < ns)
+          cp_wait<1>();
+        else
+          cp_wait<0>();
+        __syncthreads();
+      }
+    } else if (s > 0) {
+      __syncthreads();  // every warp is done with the previous slice
+      load_bf16_async(S.x, LD64, do0 + v0, ld, CH, 64, len);
+      cp_commit();
+      cp_wait<0>();
+      __syncthreads();
     }
-    frag_to_f32_global(acc, stage, dvl + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
-                       (long)H * V, len - ti * 16);
+    for (int t = warp; t < 16; t += nw) {
+      const int ti = t >> 2, tj = t & 3;  // output rows are the key index j
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+      for (int kk = ti; kk < 4; ++kk) {
+        FAc a;  // (pb)ᵀ: element (j, i) = pb[i][j]
+        FBr b;
+        wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
+        wmma::load_matrix_sync(b, xs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      frag_to_f32_global(acc, stage, dvl + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
+                         ld, len - ti * 16);
+    }
+    if constexpr (DB) {
+      if (s + 2 < ns) {
+        __syncthreads();  // every warp is done with this slice's buffer
+        load_bf16_async(const_cast<bf16*>(xs), LD64, do0 + v0 + 128, ld, CH, 64, len);
+        cp_commit();
+      }
+    }
   }
 }
 
@@ -986,13 +1033,18 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   }
   float* stg = S.stage + warp * STG_SZ;
 
+  // v4: K and dṼ_loc of a chunk are loaded while the previous (later) chunk runs its dS update
+  // (kd and dvl are dead once dṼ is packed); q, W and dO load at the top of their chunk.
+  if (ce > cs) {
+    const int start = ctab[2 * (ce - 1)], len = ctab[2 * (ce - 1) + 1];
+    load_bf16_async(S.kd, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+    load_f32_async(S.dvl, BV + 4, dvl + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
+  }
   for (int c = ce - 1; c >= cs; --c) {
     const int start = ctab[2 * c], len = ctab[2 * c + 1];
     load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
     load_bf16_async(S.w, K + 8, w + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-    load_bf16_async(S.kd, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
     load_bf16_async(S.dos, BV + 8, d_o + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
-    load_f32_async(S.dvl, BV + 4, dvl + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
     cp_commit();
     if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
 
@@ -1044,6 +1096,15 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       if (r < len) *reinterpret_cast<uint4*>(dvnew + ((long)(start + r) * H + h) * V + v0 + c8) = p;
     }
     __syncthreads();
+    // kd and dvl are dead: the next chunk's K and dṼ_loc load during the dS update (waited for,
+    // with the rest of that chunk's loads, by the cp_wait<0> at its top).
+    if (c > cs) {
+      const int pstart = ctab[2 * (c - 1)], plen = ctab[2 * (c - 1) + 1];
+      load_bf16_async(S.kd, K + 8, k + ((long)pstart * H + h) * K, (long)H * K, CH, K, plen);
+      load_f32_async(S.dvl, BV + 4, dvl + ((long)pstart * H + h) * V + v0, (long)H * V, CH, BV,
+                     plen);
+      cp_commit();
+    }
 
     // dS ← γ_last dS + (sγQ)ᵀ dO + (−W)ᵀ dṼ.
     const float gl = __expf(glast);
@@ -1079,28 +1140,34 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 // ⟨h_c, dh_c⟩ comes in f32 from kernel 2's per-warp partials (sd_part, np per chunk and head);
 // then dq = s diag(γ) dQ1 + (dP ⊙ Γ ⊙ L) K (final), dk = (dP ⊙ Γ ⊙ L)ᵀ Q + diag(δ) dKi (partial,
 // completed by kernel 7) and the partial dG (completed by kernel 7) written into dg.
+//
+// v4: 2 CTAs per SM for K <= 128 (113.9 KB of shared memory, <= 128 registers; v3 had 134.4 KB
+// and 172 registers, 1 CTA per SM). q and k are needed only after the V loop, so they load while
+// the loop runs, and QKᵀ is formed after it (in the space the loop buffers had). The 64 x K f32
+// staging X and the f32 dP array are gone: each warp takes its own tiles through a 16 x 16
+// staging tile (row scales, row-dot partials per 16 columns, then back into the fragment for the
+// pb products, then to global). qdot/kdot are sums of per-tile partials (fixed order).
 
 template <int K>
 struct DqkSm {
   static constexpr int NW = (K >= 256) ? 16 : 8;
+  static constexpr int MINB = (K >= 256) ? 1 : 2;  // CTAs per SM the registers are capped for
   bf16* q;      // [64][K+8]
   bf16* k;      // [64][K+8]
-  float* P;     // [64][68]  QKᵀ ⊙ Γ ⊙ L (no scale)
-  bf16* pb;     // [64][72]  dPm = s dO Ṽᵀ ⊙ Γ ⊙ L
   // loop: dos [64][72], vns [64][72], hs [K][72], dhs, dhl [K][72] (dh hi, lo);
-  // after the loop: X [64][K+4], dP [64][68]
+  // after the loop: P [64][68] (QKᵀ, then E = s dP ⊙ P), pb [64][72], stage [NW][16][20]
   char* region;
   bf16 *dos, *vns, *hs, *dhs, *dhl;
-  float *X, *dP;
-  float *G, *gam, *dec, *rsum, *csum, *qdot, *kdot;  // [64] each
+  float *P, *stage;
+  bf16* pb;
+  float *G, *gam, *dec, *rsum, *csum;  // [64] each
+  float *qp, *kp;                      // [K/16][64] row-dot partials per 16 columns
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * (K + 8));
     k = c.take<bf16>(CH * (K + 8));
-    P = c.take<float>(CH * LF64);
-    pb = c.take<bf16>(CH * LD64);
-    const unsigned loop_bytes = (2 * CH * LD64 + 3 * K * LD64) * 2 + 5 * 128;
-    const unsigned x_bytes = CH * (K + 4) * 4 + CH * LF64 * 4 + 2 * 128;
-    region = c.take<char>(loop_bytes > x_bytes ? loop_bytes : x_bytes);
+    const unsigned loop_bytes = (2 * CH * LD64 + 3 * K * LD64) * 2;
+    const unsigned post_bytes = CH * LF64 * 4 + CH * LD64 * 2 + NW * STG_SZ * 4;
+    region = c.take<char>(loop_bytes > post_bytes ? loop_bytes : post_bytes);
     {
       Carve r(region);
       dos = r.take<bf16>(CH * LD64);
@@ -1111,16 +1178,17 @@ struct DqkSm {
     }
     {
       Carve r(region);
-      X = r.take<float>(CH * (K + 4));
-      dP = r.take<float>(CH * LF64);
+      P = r.take<float>(CH * LF64);
+      pb = r.take<bf16>(CH * LD64);
+      stage = r.take<float>(NW * STG_SZ);
     }
     G = c.take<float>(CH);
     gam = c.take<float>(CH);
     dec = c.take<float>(CH);
     rsum = c.take<float>(CH);
     csum = c.take<float>(CH);
-    qdot = c.take<float>(CH);
-    kdot = c.take<float>(CH);
+    qp = c.take<float>((K / 16) * CH);
+    kp = c.take<float>((K / 16) * CH);
   }
 };
 
@@ -1142,26 +1210,20 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const bf16* do0 = d_o + ((long)start * H + h) * V;
+  const bf16* vn0 = vnew + ((long)start * H + h) * V;
+  const long hoff = ((long)cg * H + h) * K * V;
 
+  // cp.async groups: slice 0 first, then q and k (used only after the loop), so the first slice
+  // waits for its own loads only.
+  load_bf16_async(S.dos, LD64, do0, (long)H * V, CH, 64, len);
+  load_bf16_async(S.vns, LD64, vn0, (long)H * V, CH, 64, len);
+  load_bf16_async(S.hs, LD64, hst + hoff, V, K, 64, K);
+  cp_commit();
   load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   cp_commit();
   if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
-  cp_wait<0>();
-  __syncthreads();
-  if (tid < CH) {
-    const bool ok = tid < len;
-    S.gam[tid] = ok ? __expf(S.G[tid]) : 0.f;
-    S.dec[tid] = ok ? __expf(S.G[len - 1] - S.G[tid]) : 0.f;
-  }
-  qk_lower<K>(S.q, S.k, S.P);
-  __syncthreads();
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    float p = 0.f;
-    if (j <= i && i < len) p = S.P[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
-    S.P[i * LF64 + j] = p;
-  }
 
   FC fdp[NP], fq[NQ], fk[NQ];
 #pragma unroll
@@ -1171,16 +1233,16 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     wmma::fill_fragment(fq[i], 0.f);
     wmma::fill_fragment(fk[i], 0.f);
   }
-  const long hoff = ((long)cg * H + h) * K * V;
   for (int v0 = 0; v0 < V; v0 += 64) {
-    __syncthreads();
-    load_bf16_async(S.dos, LD64, d_o + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
-    load_bf16_async(S.vns, LD64, vnew + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
-    load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
-    cp_commit();
+    if (v0 > 0) {
+      __syncthreads();  // every warp is done with the previous slice
+      load_bf16_async(S.dos, LD64, do0 + v0, (long)H * V, CH, 64, len);
+      load_bf16_async(S.vns, LD64, vn0 + v0, (long)H * V, CH, 64, len);
+      load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
+      cp_commit();
+    }
     // dh (f32) → bf16 hi + lo. A thread's float4 loads are issued together (DB per batch) before
-    // the first use (v3; v2's loop issued one load per iteration: 8 dependent global round trips
-    // per slice and thread, with the block's 8 warps all waiting on them).
+    // the first use.
     {
       constexpr int NDH = K * 16 / (NW * 32);       // float4 per thread: 4 (K=64), 8, 8 (K=256)
       constexpr int DB = (K >= 256) ? NDH / 2 : NDH;  // K=256 runs at the 128-register cap
@@ -1211,7 +1273,10 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
         }
       }
     }
-    cp_wait<0>();
+    if (v0 == 0)
+      cp_wait<1>();  // slice 0 landed; q and k may still be in flight
+    else
+      cp_wait<0>();
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < NP; ++i) {
@@ -1243,46 +1308,69 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
       }
     }
   }
-  __syncthreads();  // the loop buffers are dead from here: dP and X live in their place
+  cp_wait<0>();     // q, k (a no-op when V > 64: waited for in the loop)
+  __syncthreads();  // the loop buffers are dead from here: P, pb and the stages live in their place
+  if (tid < CH) {
+    const bool ok = tid < len;
+    S.gam[tid] = ok ? __expf(S.G[tid]) : 0.f;
+    S.dec[tid] = ok ? __expf(S.G[len - 1] - S.G[tid]) : 0.f;
+  }
+  qk_lower<K>(S.q, S.k, S.P);
+  __syncthreads();
+
+  // dG from E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L) (row sums minus column sums; E overwrites P, each element
+  // by the lane that reads it), and pb = s dP ⊙ Γ on j <= i < len, per dP tile of this warp.
+  float* stg = S.stage + warp * STG_SZ;
+  const int sr = lane >> 1, sc = (lane & 1) * 8;  // this lane's row and 8 columns of a tile
 #pragma unroll
   for (int i = 0; i < NP; ++i) {
     const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    wmma::store_matrix_sync(S.dP + ti * 16 * LF64 + tj * 16, fdp[i], LF64, wmma::mem_row_major);
+    wmma::store_matrix_sync(stg, fdp[i], STG, wmma::mem_row_major);
+    __syncwarp();
+    const int row = ti * 16 + sr;
+    const float gi = S.G[row];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int col = tj * 16 + sc + e;
+      const float d = stg[sr * STG + sc + e];
+      float x = 0.f, p = 0.f;
+      if (col <= row && row < len) {
+        const float ge = __expf(gi - S.G[col]);
+        p = S.P[row * LF64 + col] * ge;
+        x = scale * d * ge;
+      }
+      S.P[row * LF64 + col] = scale * d * p;
+      S.pb[row * LD64 + col] = f2b(x);
+    }
+    __syncwarp();
   }
-  __syncthreads();
+  // (E is zero outside j <= i < len, so these sums are already masked.) The stages hold the
+  // column-sum partials; rowcol_sums ends with a barrier, after which they are free again.
+  rowcol_sums<NW * 32>(S.P, nullptr, S.rsum, nullptr, S.csum, S.stage);
 
-  // dG from E = s dP ⊙ P (row sums minus column sums; E overwrites P, each element by the
-  // thread that reads it), and pb = dP ⊙ Γ on j <= i. The sums use all warps (v3; v2 gave one
-  // thread per row or column: 64-long serial loops, the row walks 8-way bank-conflicted).
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    const float d = S.dP[i * LF64 + j];
-    float x = 0.f;
-    if (j <= i && i < len) x = scale * d * __expf(S.G[i] - S.G[j]);
-    S.pb[i * LD64 + j] = f2b(x);
-    S.P[i * LF64 + j] = scale * d * S.P[i * LF64 + j];
-  }
-  // (P is zero outside j <= i < len, so these sums are already masked.) X is free until fq is
-  // stored into it below: it holds the column-sum partials.
-  rowcol_sums<NW * 32>(S.P, nullptr, S.rsum, nullptr, S.csum, S.X);
-
-  // dq: X = s γ_i dQ1; qdot_i = q_i · X_i; dq = X + pb K.
+  // dq = s γ_i dQ1 + pb K; qdot_i = q_i · (s γ_i dQ1)_i, per 16-column tile.
 #pragma unroll
   for (int i = 0; i < NQ; ++i) {
     const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fq[i], K + 4, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-    const int i = idx / K, c = idx - i * K;
-    S.X[i * (K + 4) + c] *= scale * S.gam[i];
-  }
-  __syncthreads();
-  row_dots<K>(S.X, K + 4, S.q, K + 8, S.qdot);
+    wmma::store_matrix_sync(stg, fq[i], STG, wmma::mem_row_major);
+    __syncwarp();
+    {
+      const int row = ti * 16 + sr;
+      const float f = scale * S.gam[row];
+      float* sp = stg + sr * STG + sc;
+      const bf16* qr = S.q + row * (K + 8) + tj * 16 + sc;
+      float a = 0.f;
 #pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::load_matrix_sync(fq[i], S.X + ti * 16 * (K + 4) + tj * 16, K + 4, wmma::mem_row_major);
+      for (int e = 0; e < 8; ++e) {
+        const float x = sp[e] * f;
+        sp[e] = x;
+        a += x * b2f(qr[e]);
+      }
+      a += __shfl_xor_sync(0xffffffffu, a, 1);
+      if ((lane & 1) == 0) S.qp[tj * CH + row] = a;
+    }
+    __syncwarp();
+    wmma::load_matrix_sync(fq[i], stg, STG, wmma::mem_row_major);
     for (int kk = 0; kk <= ti; ++kk) {
       FAr a;
       FBr b;
@@ -1290,39 +1378,33 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
       wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
       wmma::mma_sync(fq[i], a, b, fq[i]);
     }
+    frag_to_f32_global(fq[i], stg, dq + ((long)(start + ti * 16) * H + h) * K + tj * 16,
+                       (long)H * K, len - ti * 16);
   }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fq[i], K + 4, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = tid; idx < CH * (K / 4); idx += blockDim.x) {
-    const int i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
-    if (i < len)
-      *reinterpret_cast<float4*>(dq + ((long)(start + i) * H + h) * K + c) =
-          *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
-  }
-  __syncthreads();
 
-  // dk (partial): X = δ_i dKi; kdot_i = k_i · X_i; dk = X + pbᵀ Q.
+  // dk (partial) = δ_i dKi + pbᵀ Q; kdot_i = k_i · (δ_i dKi)_i, per 16-column tile.
 #pragma unroll
   for (int i = 0; i < NQ; ++i) {
     const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fk[i], K + 4, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-    const int i = idx / K, c = idx - i * K;
-    S.X[i * (K + 4) + c] *= S.dec[i];
-  }
-  __syncthreads();
-  row_dots<K>(S.X, K + 4, S.k, K + 8, S.kdot);
+    wmma::store_matrix_sync(stg, fk[i], STG, wmma::mem_row_major);
+    __syncwarp();
+    {
+      const int row = ti * 16 + sr;
+      const float f = S.dec[row];
+      float* sp = stg + sr * STG + sc;
+      const bf16* kr = S.k + row * (K + 8) + tj * 16 + sc;
+      float a = 0.f;
 #pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::load_matrix_sync(fk[i], S.X + ti * 16 * (K + 4) + tj * 16, K + 4, wmma::mem_row_major);
+      for (int e = 0; e < 8; ++e) {
+        const float x = sp[e] * f;
+        sp[e] = x;
+        a += x * b2f(kr[e]);
+      }
+      a += __shfl_xor_sync(0xffffffffu, a, 1);
+      if ((lane & 1) == 0) S.kp[tj * CH + row] = a;
+    }
+    __syncwarp();
+    wmma::load_matrix_sync(fk[i], stg, STG, wmma::mem_row_major);
     for (int kk = ti; kk < 4; ++kk) {
       FAc a;
       FBr b;
@@ -1330,32 +1412,33 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
       wmma::load_matrix_sync(b, S.q + kk * 16 * (K + 8) + tj * 16, K + 8);
       wmma::mma_sync(fk[i], a, b, fk[i]);
     }
+    frag_to_f32_global(fk[i], stg, dk + ((long)(start + ti * 16) * H + h) * K + tj * 16,
+                       (long)H * K, len - ti * 16);
   }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fk[i], K + 4, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = tid; idx < CH * (K / 4); idx += blockDim.x) {
-    const int i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
-    if (i < len)
-      *reinterpret_cast<float4*>(dk + ((long)(start + i) * H + h) * K + c) =
-          *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
-  }
+  __syncthreads();  // qp, kp complete
 
-  // Partial dG, by warp 0: Σ kdot and Σ sd_part as warp sums (v3; v2: one thread, 64 + np
-  // dependent steps, np of them global loads, at the very end of the block).
+  // Partial dG, by warp 0: qdot, kdot as sums of the tile partials (fixed order), Σ kdot and
+  // Σ sd_part as warp sums.
   if (warp == 0) {
     float ksum = 0.f, sd = 0.f;
-    for (int r = lane; r < len; r += 32) ksum += S.kdot[r];
+    for (int r = lane; r < len; r += 32) {
+      float kd = 0.f;
+#pragma unroll
+      for (int tj = 0; tj < KT; ++tj) kd += S.kp[tj * CH + r];
+      ksum += kd;
+    }
     const float* sp = sd_part + ((long)cg * H + h) * np;
     for (int r = lane; r < np; r += 32) sd += sp[r];
     ksum = warp_sum(ksum);
     sd = warp_sum(sd);
     for (int i = lane; i < len; i += 32) {
-      float val = S.rsum[i] - S.csum[i] + S.qdot[i] - S.kdot[i];
+      float qd = 0.f, kd = 0.f;
+#pragma unroll
+      for (int tj = 0; tj < KT; ++tj) {
+        qd += S.qp[tj * CH + i];
+        kd += S.kp[tj * CH + i];
+      }
+      float val = S.rsum[i] - S.csum[i] + qd - kd;
       if (i == len - 1) val += ksum + S.gam[len - 1] * sd;
       dg[(long)(start + i) * H + h] = val;
     }
@@ -1367,54 +1450,77 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
 // dTv = dṼ Vᵀ, dVβ = Tᵀ dṼ (→ dv = β dVβ, dβ += Σ dVβ ⊙ V). Then dT = dTv diag(β) +
 // dW Kᵀ diag(βγ), dKβγ = Tᵀ dW, dM = −Tᵀ strictLower(dT) Tᵀ (tf32), and the M backward. Adds to
 // the partial dk and dG of kernel 6, reverse-cumsums dG into dg, writes dbeta.
+//
+// v4: 2 CTAs per SM for K <= 128 (113.0 KB, <= 128 registers; v3 had 142 KB, 1 CTA per SM).
+// The V slices are double-buffered (slice s+1 loads while slice s is multiplied; slice 0 loads
+// with k and T). The two slice buffers share one region with the post-loop arrays DT, TMP, dW
+// (bf16, later pb) and T (f32): T is read at the start (to build its bf16 copy), overwritten by
+// the second slice buffer, and loaded again from tmat after the loop. The per-slice f32 dVβ
+// staging and the 64 x K f32 X are gone: each warp takes its own tiles through a 16 x 16 staging
+// tile; dβ_V and z = rowdot(dKβγ, K) are sums of per-16-column partials (fixed order).
 
 template <int K>
 struct WySm {
   static constexpr int NW = (K >= 256) ? 16 : 8;
+  static constexpr int MINB = (K >= 256) ? 1 : 2;  // CTAs per SM the registers are capped for
   bf16* k;      // [64][K+8]
-  float* tf;    // [64][68]  T (f32)
   bf16* tb;     // [64][72]  T (bf16)
-  float* DT;    // [64][68]
-  float* TMP;   // [64][68]
-  bf16* pb;     // [64][72]  dMm
-  char* region; // loop: dvs, vs [64][72], hs [K][72], st [64][68] f32; after: X [64][K+4] f32, dwb [64][K+8]
-  bf16 *dvs, *vs, *hs, *dwb;
-  float *st, *X;
-  float *G, *gam, *bs, *bg, *dbv, *z, *rsum, *csum, *dbm, *dgp;  // [64]
+  // region, loop: two slice buffers, each dvs [64][72], vs [64][72], hs [K][72];
+  // after the loop: DT, TMP [64][68] f32, dwb [64][K+8] bf16 (pb [64][72] in its place once
+  // dwb is dead), tf [64][68] f32 (T; placed after buffer 0, see carve)
+  // Slice buffer b starts at buf + b·SETE: dvs at +0, vs at +64·72, hs at +2·64·72 (offsets, not
+  // pointer arrays: a runtime-indexed array of pointers would live in local memory).
+  static constexpr int SETE = 2 * CH * LD64 + K * LD64;
+  char* region;
+  bf16* buf;
+  float *DT, *TMP, *tf;
+  bf16 *dwb, *pb;
+  float* stage;  // [NW][16][20]
+  float *G, *gam, *bs, *bg, *rsum, *csum, *dbm, *dgp;  // [64]
+  float* dbp;    // [4][64]   dβ_V partials per 16-column tile (summed over slices)
+  float* zp;     // [K/16][64] z partials per 16-column tile
   __device__ void carve(Carve& c) {
     k = c.take<bf16>(CH * (K + 8));
-    tf = c.take<float>(CH * LF64);
     tb = c.take<bf16>(CH * LD64);
-    DT = c.take<float>(CH * LF64);
-    TMP = c.take<float>(CH * LF64);
-    pb = c.take<bf16>(CH * LD64);
-    const unsigned loop_bytes = (2 * CH * LD64 + K * LD64) * 2 + CH * LF64 * 4 + 4 * 128;
-    const unsigned x_bytes = CH * (K + 4) * 4 + CH * (K + 8) * 2 + 2 * 128;
-    region = c.take<char>(loop_bytes > x_bytes ? loop_bytes : x_bytes);
+    const unsigned set_bytes = SETE * 2;  // a multiple of 128
+    const unsigned dw_bytes = CH * (K + 8) * 2;
+    const unsigned post_bytes = 3 * CH * LF64 * 4 + dw_bytes;
+    region = c.take<char>(2 * set_bytes > post_bytes ? 2 * set_bytes : post_bytes);
+    buf = reinterpret_cast<bf16*>(region);
     {
+      // tf starts at 2·17408 + dw_bytes >= set_bytes for every K (34816 + 9216 vs 27648 at
+      // K = 64, 52224 vs 36864 at 128, 68608 vs 55296 at 256): buffer 0 (slice 0, loaded
+      // together with T at the start) never overlaps it.
       Carve r(region);
-      dvs = r.take<bf16>(CH * LD64);
-      vs = r.take<bf16>(CH * LD64);
-      hs = r.take<bf16>(K * LD64);
-      st = r.take<float>(CH * LF64);
-    }
-    {
-      Carve r(region);
-      X = r.take<float>(CH * (K + 4));
+      DT = r.take<float>(CH * LF64);
+      TMP = r.take<float>(CH * LF64);
       dwb = r.take<bf16>(CH * (K + 8));
+      tf = r.take<float>(CH * LF64);
+      pb = dwb;
     }
+    stage = c.take<float>(NW * STG_SZ);
     G = c.take<float>(CH);
     gam = c.take<float>(CH);
     bs = c.take<float>(CH);
     bg = c.take<float>(CH);
-    dbv = c.take<float>(CH);
-    z = c.take<float>(CH);
     rsum = c.take<float>(CH);
     csum = c.take<float>(CH);
     dbm = c.take<float>(CH);
     dgp = c.take<float>(CH);
+    dbp = c.take<float>(4 * CH);
+    zp = c.take<float>((K / 16) * CH);
   }
 };
+
+// One V slice of kernel 7 into slice buffer b (one cp.async batch, not committed).
+template <int K>
+__device__ __forceinline__ void wy_load_slice(WySm<K>& S, int b, const bf16* dv0, const bf16* vv0,
+                                              const bf16* h0, long ld, int V, int len) {
+  bf16* p = S.buf + b * WySm<K>::SETE;
+  load_bf16_async(p, LD64, dv0, ld, CH, 64, len);
+  load_bf16_async(p + CH * LD64, LD64, vv0, ld, CH, 64, len);
+  load_bf16_async(p + 2 * CH * LD64, LD64, h0, V, K, 64, K);
+}
 
 template <int K>
 __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -1434,18 +1540,27 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const long hoff = ((long)cg * H + h) * K * V;
+  const long vld = (long)H * V;
+  const bf16* dv0 = dvnew + ((long)start * H + h) * V;
+  const bf16* vv0 = v + ((long)start * H + h) * V;
+  const float* tsrc = tmat + ((long)cg * H + h) * (CH * CH);
+  const int ns = V / 64;
 
+  // cp.async groups: (k, T), then slice 0.
   load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_f32_async(S.tf, LF64, tmat + ((long)cg * H + h) * (CH * CH), CH, CH, CH, CH);
+  load_f32_async(S.tf, LF64, tsrc, CH, CH, CH, CH);
+  cp_commit();
+  wy_load_slice<K>(S, 0, dv0, vv0, hst + hoff, vld, V, len);
   cp_commit();
   if (tid < CH) {
     const bool ok = tid < len;
     S.G[tid] = ok ? gc[(long)(start + tid) * H + h] : 0.f;
     S.bs[tid] = ok ? beta[(long)(start + tid) * H + h] : 0.f;
     S.dgp[tid] = ok ? dg[(long)(start + tid) * H + h] : 0.f;  // partial dG of kernel 6
-    S.dbv[tid] = 0.f;
   }
-  cp_wait<0>();
+  for (int i = tid; i < 4 * CH; i += NW * 32) S.dbp[i] = 0.f;
+  cp_wait<1>();  // k and T landed (slice 0 may still be in flight)
   __syncthreads();
   if (tid < CH) {
     const bool ok = tid < len;
@@ -1457,30 +1572,39 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
     S.tb[i * LD64 + j] = f2b(S.tf[i * LF64 + j]);
   }
 
+  float* stg = S.stage + warp * STG_SZ;
+  const int sr = lane >> 1, sc = (lane & 1) * 8;  // this lane's row and 8 columns of a tile
   FC fw[NQ], ft[NP];
 #pragma unroll
   for (int i = 0; i < NQ; ++i) wmma::fill_fragment(fw[i], 0.f);
 #pragma unroll
   for (int i = 0; i < NP; ++i) wmma::fill_fragment(ft[i], 0.f);
-  const long hoff = ((long)cg * H + h) * K * V;
-  for (int v0 = 0; v0 < V; v0 += 64) {
+  for (int s = 0; s < ns; ++s) {
+    const int b = s & 1, v0 = s * 64;
+    // Buffer b^1 is free: every warp is done with slice s−1 (s = 0: with T, which buffer 1
+    // overlaps, read above to build tb).
     __syncthreads();
-    load_bf16_async(S.dvs, LD64, dvnew + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
-    load_bf16_async(S.vs, LD64, v + ((long)start * H + h) * V + v0, (long)H * V, CH, 64, len);
-    load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
-    cp_commit();
-    cp_wait<0>();
+    if (s + 1 < ns) {
+      wy_load_slice<K>(S, b ^ 1, dv0 + v0 + 64, vv0 + v0 + 64, hst + hoff + v0 + 64, vld, V, len);
+      cp_commit();
+      cp_wait<1>();  // slice s landed; slice s+1 in flight
+    } else {
+      cp_wait<0>();
+    }
     __syncthreads();
+    const bf16* dvs = S.buf + b * WySm<K>::SETE;
+    const bf16* vs = dvs + CH * LD64;
+    const bf16* hs = dvs + 2 * CH * LD64;
 #pragma unroll
     for (int i = 0; i < NQ; ++i) {
       const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         FAr a;
-        FBc b;
-        wmma::load_matrix_sync(a, S.dvs + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, S.hs + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(fw[i], a, b, fw[i]);
+        FBc bb;
+        wmma::load_matrix_sync(a, dvs + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(bb, hs + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(fw[i], a, bb, fw[i]);
       }
     }
 #pragma unroll
@@ -1489,62 +1613,73 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         FAr a;
-        FBc b;
-        wmma::load_matrix_sync(a, S.dvs + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, S.vs + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(ft[i], a, b, ft[i]);
+        FBc bb;
+        wmma::load_matrix_sync(a, dvs + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(bb, vs + tj * 16 * LD64 + kk * 16, LD64);
+        wmma::mma_sync(ft[i], a, bb, ft[i]);
       }
       // dVβ tile = Tᵀ dṼ: (Tᵀ)_{ij} = T_ji, nonzero for j >= i.
       FC acc;
       wmma::fill_fragment(acc, 0.f);
       for (int kk = ti; kk < 4; ++kk) {
         FAc a;
-        FBr b;
+        FBr bb;
         wmma::load_matrix_sync(a, S.tb + kk * 16 * LD64 + ti * 16, LD64);
-        wmma::load_matrix_sync(b, S.dvs + kk * 16 * LD64 + tj * 16, LD64);
-        wmma::mma_sync(acc, a, b, acc);
+        wmma::load_matrix_sync(bb, dvs + kk * 16 * LD64 + tj * 16, LD64);
+        wmma::mma_sync(acc, a, bb, acc);
       }
-      wmma::store_matrix_sync(S.st + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
-    }
-    __syncthreads();
-    for (int idx = tid; idx < CH * 16; idx += blockDim.x) {
-      const int i = idx >> 4, c = (idx & 15) * 4;
-      if (i < len) {
-        const float* s = S.st + i * LF64 + c;
-        const float b = S.bs[i];
-        *reinterpret_cast<float4*>(dv + ((long)(start + i) * H + h) * V + v0 + c) =
-            make_float4(b * s[0], b * s[1], b * s[2], b * s[3]);
-      }
-    }
-    // dβ_V: one warp per row, lanes over columns (v3; v2: 64 threads, one row each, 8-way
-    // bank conflicts, while the other warps waited at the barrier).
-    for (int i = warp; i < CH; i += NW) {
-      const float a = warp_sum(S.st[i * LF64 + lane] * b2f(S.vs[i * LD64 + lane]) +
-                               S.st[i * LF64 + lane + 32] * b2f(S.vs[i * LD64 + lane + 32]));
-      if (lane == 0) S.dbv[i] += a;
-    }
-  }
-  __syncthreads();
-
-  // dW = −dW' into X (f32) and dwb (bf16); dTv into DT with column scale β_j.
+      // dv = β dVβ (f32, global) and the dβ_V partial Σ_c dVβ ⊙ V over this tile's 16 columns
+      // (each (tile column, row) entry of dbp belongs to one warp in every slice).
+      wmma::store_matrix_sync(stg, acc, STG, wmma::mem_row_major);
+      __syncwarp();
+      {
+        const int row = ti * 16 + sr;
+        const float* sp = stg + sr * STG + sc;
+        const bf16* vr = vs + row * LD64 + tj * 16 + sc;
+        float a = 0.f;
 #pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fw[i], K + 4, wmma::mem_row_major);
+        for (int e = 0; e < 8; ++e) a += sp[e] * b2f(vr[e]);
+        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        if ((lane & 1) == 0) S.dbp[tj * CH + row] += a;
+        if (row < len) {
+          const float bb = S.bs[row];
+          float* dst = dv + ((long)(start + row) * H + h) * V + v0 + tj * 16 + sc;
+          *reinterpret_cast<float4*>(dst) =
+              make_float4(bb * sp[0], bb * sp[1], bb * sp[2], bb * sp[3]);
+          *reinterpret_cast<float4*>(dst + 4) =
+              make_float4(bb * sp[4], bb * sp[5], bb * sp[6], bb * sp[7]);
+        }
+      }
+      __syncwarp();
+    }
   }
+  __syncthreads();  // the slice buffers are dead: DT, TMP, dwb and tf live in their place
+  load_f32_async(S.tf, LF64, tsrc, CH, CH, CH, CH);  // T again (waited for before the T-chain)
+  cp_commit();
+
+  // dTv diag(β) into DT; dW = −dW' into dwb (bf16); per warp tile through the stage.
 #pragma unroll
   for (int i = 0; i < NP; ++i) {
     const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    wmma::store_matrix_sync(S.DT + ti * 16 * LF64 + tj * 16, ft[i], LF64, wmma::mem_row_major);
+    wmma::store_matrix_sync(stg, ft[i], STG, wmma::mem_row_major);
+    __syncwarp();
+    const float* sp = stg + sr * STG + sc;
+    float* d = S.DT + (ti * 16 + sr) * LF64 + tj * 16 + sc;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) d[e] = sp[e] * S.bs[tj * 16 + sc + e];
+    __syncwarp();
   }
-  __syncthreads();
-  for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-    const int i = idx / K, c = idx - i * K;
-    S.dwb[i * (K + 8) + c] = f2b(-S.X[i * (K + 4) + c]);
-  }
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    S.DT[i * LF64 + j] *= S.bs[j];
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    wmma::store_matrix_sync(stg, fw[i], STG, wmma::mem_row_major);
+    __syncwarp();
+    const float* sp = stg + sr * STG + sc;
+    float nx[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) nx[e] = -sp[e];
+    *reinterpret_cast<uint4*>(S.dwb + (ti * 16 + sr) * (K + 8) + tj * 16 + sc) = pack8(nx);
+    __syncwarp();
   }
   __syncthreads();
 
@@ -1576,47 +1711,51 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
       wmma::mma_sync(fw[i], a, b, fw[i]);
     }
   }
-  __syncthreads();  // all reads of X (dW f32) finished long ago; TMP complete
+  // The partial dk of kernel 6 for this lane's elements of its tiles: all float4 loads issued
+  // here, used after the barrier and the dT pass below.
+  float4 pv[NQ][2];
 #pragma unroll
   for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fw[i], K + 4, wmma::mem_row_major);
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT, row = ti * 16 + sr;
+    const float* src = dk + ((long)(start + row) * H + h) * K + tj * 16 + sc;
+    const bool ok = row < len;
+    pv[i][0] = ok ? *reinterpret_cast<const float4*>(src) : make_float4(0.f, 0.f, 0.f, 0.f);
+    pv[i][1] = ok ? *reinterpret_cast<const float4*>(src + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
+  __syncthreads();  // TMP complete; every read of dwb done (pb may take its place)
   for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
     const int i = idx >> 6, j = idx & 63;
     const float x = S.DT[i * LF64 + j] + S.TMP[i * LF64 + j] * S.bg[j];
     S.DT[i * LF64 + j] = (j < i) ? x : 0.f;  // strictly lower part of dT
   }
-  __syncthreads();
-
-  // z_i = k_i · dKβγ_i; then X = dk_partial + βγ_i dKβγ. The partial dk of kernel 6 is read with
-  // all of a thread's float4 loads issued before the first use, and before row_dots, so their
-  // latency is paid once and overlaps it (v3; v2 read it one scalar per loop iteration: 32
-  // dependent global round trips per thread on the block's critical path).
-  {
-    constexpr int NT4 = CH * K / 4 / (NW * 32);
-    float4 pv[NT4];
+  // z partials (k_i · dKβγ_i over each 16-column tile), then fw = dk_partial + βγ_i dKβγ.
 #pragma unroll
-    for (int e = 0; e < NT4; ++e) {
-      const int idx = tid + e * NW * 32, i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
-      pv[e] = i < len ? *reinterpret_cast<const float4*>(dk + ((long)(start + i) * H + h) * K + c)
-                      : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    row_dots<K>(S.X, K + 4, S.k, K + 8, S.z);
-    __syncthreads();
+  for (int i = 0; i < NQ; ++i) {
+    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT, row = ti * 16 + sr;
+    wmma::store_matrix_sync(stg, fw[i], STG, wmma::mem_row_major);
+    __syncwarp();
+    float* sp = stg + sr * STG + sc;
+    const bf16* kr = S.k + row * (K + 8) + tj * 16 + sc;
+    float a = 0.f;
 #pragma unroll
-    for (int e = 0; e < NT4; ++e) {
-      const int idx = tid + e * NW * 32, i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
-      float4* x = reinterpret_cast<float4*>(S.X + i * (K + 4) + c);
-      const float b = S.bg[i];
-      float4 y = *x;
-      y.x = pv[e].x + b * y.x;
-      y.y = pv[e].y + b * y.y;
-      y.z = pv[e].z + b * y.z;
-      y.w = pv[e].w + b * y.w;
-      *x = y;
-    }
+    for (int e = 0; e < 8; ++e) a += sp[e] * b2f(kr[e]);
+    a += __shfl_xor_sync(0xffffffffu, a, 1);
+    if ((lane & 1) == 0) S.zp[tj * CH + row] = a;
+    const float bgr = S.bg[row];
+    sp[0] = pv[i][0].x + bgr * sp[0];
+    sp[1] = pv[i][0].y + bgr * sp[1];
+    sp[2] = pv[i][0].z + bgr * sp[2];
+    sp[3] = pv[i][0].w + bgr * sp[3];
+    sp[4] = pv[i][1].x + bgr * sp[4];
+    sp[5] = pv[i][1].y + bgr * sp[5];
+    sp[6] = pv[i][1].z + bgr * sp[6];
+    sp[7] = pv[i][1].w + bgr * sp[7];
+    __syncwarp();
+    wmma::load_matrix_sync(fw[i], stg, STG, wmma::mem_row_major);
+    __syncwarp();
   }
+  cp_wait<0>();  // T (f32) reloaded
+  __syncthreads();
 
   // TMP = strictLower(dT) Tᵀ (tf32).
 #pragma unroll
@@ -1668,7 +1807,7 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   // M backward: for j < i < len, dm = −DT_ij, ag = (KKᵀ)_ij Γ_ij; pb = dm β_i Γ_ij (bf16, the
   // dk term), y = dm ag (into TMP), x = dm β_i ag (into DT). Each element is read and rewritten
   // by one thread. Then rsum = row sums of x, dbm = row sums of y, csum = column sums of x, by
-  // all warps (v3; v2 had one thread per row or column).
+  // all warps.
   for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
     const int i = idx >> 6, j = idx & 63;
     float p = 0.f, x = 0.f, y = 0.f;
@@ -1687,11 +1826,10 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   // T (f32) is dead here: its space holds the column-sum partials.
   rowcol_sums<NW * 32>(S.DT, S.TMP, S.rsum, S.dbm, S.csum, S.tf);
 
-  // dk = X + dMm K + dMmᵀ K.
+  // dk = fw + dMm K + dMmᵀ K, to global per warp tile.
 #pragma unroll
   for (int i = 0; i < NQ; ++i) {
     const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::load_matrix_sync(fw[i], S.X + ti * 16 * (K + 4) + tj * 16, K + 4, wmma::mem_row_major);
     for (int kk = 0; kk <= ti; ++kk) {
       FAr a;
       FBr b;
@@ -1706,30 +1844,24 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
       wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
       wmma::mma_sync(fw[i], a, b, fw[i]);
     }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(S.X + ti * 16 * (K + 4) + tj * 16, fw[i], K + 4, wmma::mem_row_major);
-  }
-  __syncthreads();
-  for (int idx = tid; idx < CH * (K / 4); idx += blockDim.x) {
-    const int i = idx / (K / 4), c = (idx - i * (K / 4)) * 4;
-    if (i < len)
-      *reinterpret_cast<float4*>(dk + ((long)(start + i) * H + h) * K + c) =
-          *reinterpret_cast<const float4*>(S.X + i * (K + 4) + c);
+    frag_to_f32_global(fw[i], stg, dk + ((long)(start + ti * 16) * H + h) * K + tj * 16,
+                       (long)H * K, len - ti * 16);
   }
 
-  // dβ, and dg = reverse cumsum of the full dG.
+  // dβ, and dg = reverse cumsum of the full dG. z and dβ_V: tile partials summed in order.
   if (tid < CH) {
     const int i = tid;
-    S.dgp[i] += S.bg[i] * S.z[i] + S.rsum[i] - S.csum[i];
-    if (i < len) dbeta[(long)(start + i) * H + h] = S.dbv[i] + S.gam[i] * S.z[i] + S.dbm[i];
+    float z = 0.f, dbv = 0.f;
+#pragma unroll
+    for (int tj = 0; tj < KT; ++tj) z += S.zp[tj * CH + i];
+#pragma unroll
+    for (int tj = 0; tj < 4; ++tj) dbv += S.dbp[tj * CH + i];
+    S.dgp[i] += S.bg[i] * z + S.rsum[i] - S.csum[i];
+    if (i < len) dbeta[(long)(start + i) * H + h] = dbv + S.gam[i] * z + S.dbm[i];
   }
   __syncthreads();
   // Reverse cumsum over the 64 rows (rows >= len hold 0) by warp 0: lane l owns rows 2l, 2l+1;
-  // suffix sums of the pair sums by shuffles (v3; v2: one thread, 64 dependent steps).
+  // suffix sums of the pair sums by shuffles.
   if (warp == 0) {
     const float a = S.dgp[2 * lane], b = S.dgp[2 * lane + 1];
     float s = a + b;
@@ -1943,17 +2075,19 @@ __device__ unsigned smem_of() {
   return c.off;
 }
 template <int K>
-__device__ unsigned smem_out(bool with_h) {
+__device__ unsigned smem_dvloc() {
   Carve c(nullptr);
   OutSm<K> l;
-  l.carve(c, with_h);
+  l.carve(c, false);
+  DvlocX<K> x;
+  x.carve(c);
   return c.off;
 }
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
   out[0] = smem_of<PrepSm<K>>();
   out[1] = smem_of<FwdOSm<K>>();
-  out[2] = smem_out<K>(false);
+  out[2] = smem_dvloc<K>();
   out[3] = smem_of<DqkSm<K>>();
   out[4] = smem_of<WySm<K>>();
   out[5] = smem_of<StateFwdSm<K, 16>>();
@@ -1990,13 +2124,13 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                     const int* ctab, int H, int V, float scale, float* dvl) {                      \
     dr::dvloc_impl<K>(q, k, gc, d_o, ctab, H, V, scale, dvl);                                      \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32)                             \
+  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
       dr_dqk_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                  \
                   const bf16* vnew, const bf16* hs, const float* dh, const float* sd_part, int np, \
                   const int* ctab, int H, int V, float scale, float* dq, float* dk, float* dg) {   \
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sd_part, np, ctab, H, V, scale, dq, dk, dg);      \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(dr::WySm<K>::NW * 32)                              \
+  extern "C" __global__ void __launch_bounds__(dr::WySm<K>::NW * 32, dr::WySm<K>::MINB)         \
       dr_wy_k##K(const bf16* k, const bf16* v, const float* beta, const float* gc,                 \
                  const float* tmat, const bf16* dvnew, const bf16* hs, const int* ctab, int H,     \
                  int V, float* dk, float* dv, float* dg, float* dbeta) {                            \
