@@ -460,7 +460,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 // state rows [16w, 16w+16) as BV/16 f32 accumulator fragments. For every chunk: store h_c = S
 // (bf16), Ṽ = U − W S (bf16, global), S ← γ_last S + Kᵀ diag(δ) Ṽ.
 //
-// v4 (2 CTAs/SM at K = 128, BV = 64: 106.6 KB, ≤ 128 registers): W, U and G are double-buffered
+// v4 (2 CTAs/SM at K = 128, BV = 64: 106.5 KB, ≤ 128 registers): W, U and G are double-buffered
 // (the next chunk's are issued at the top of a chunk); K, needed only for the state update at the
 // end of a chunk, has one buffer, refilled right after that update (so it has a whole chunk step
 // to arrive). W S no longer goes through a 64×BV f32 array: each warp multiplies its tiles and
@@ -747,7 +747,7 @@ __device__ __forceinline__ void intra_attn(OutSm<K>& S, const bf16* q, const bf1
 }
 
 // Kernel 3, v4: its own layout (OutSm/intra_attn stay as they were for dvloc). 3 CTAs/SM at
-// K = 128 (68.3 KB, was 97.3 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
+// K = 128 (68.2 KB, was 97.2 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
 // straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
 // double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
 // slice s + 2 into slice s's buffer, so every slice but the first is in flight while the previous
