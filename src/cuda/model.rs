@@ -2226,9 +2226,13 @@ mod tests {
         );
         let acc = crate::cuda::train::GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, false)
             .unwrap();
+        let rc = crate::cuda::train::GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, true)
+            .unwrap();
         if std::env::var_os("GDN_PRINT_ACCOUNT").is_some() {
             println!("{}", acc.table());
+            println!("with --recompute: {:.2} GB", rc.total() as f64 / 1e9);
         }
+        assert!(rc.total() < acc.total());
         let gb = acc.total() as f64 / 1e9;
         assert!(gb < 64.0, "{gb:.2} GB");
     }
