@@ -3,6 +3,7 @@
 //! `bench/fla_train.py` times FLA's model: tokens/s, step time, model TFLOP/s (6 · parameters ·
 //! tokens/s) and the GPU memory in use.
 
+use super::model::MemoryAccount;
 use super::train::{memory_in_use, GpuTrainer};
 use super::Gpu;
 use crate::data::Batch;
@@ -43,6 +44,13 @@ pub struct TrainBenchResult {
     pub tokens_per_s: f64,
     pub model_tflops: f64,
     pub gpu_memory_gb: f64,
+    /// Device memory in use before the trainer allocated anything (context, modules).
+    pub gpu_memory_before_gb: f64,
+    /// The memory account's total ([`GpuTrainer::memory_account`]): what the trainer
+    /// allocates, computed from the sizes (`gpu_memory_gb` − `gpu_memory_before_gb` should be
+    /// close to it).
+    pub memory_account_gb: f64,
+    pub memory_account: MemoryAccount,
     /// (op group, ms summed over the step), in order of first launch; empty without breakdown.
     pub breakdown: Vec<(String, f64)>,
 }
@@ -54,6 +62,15 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
     let params: Vec<f32> = model.init_params(&mut rng);
     let opt = AdamW::new(AdamWConfig::default(), &model.layout);
     let n = b.batch_size * b.seq_len;
+    let account = GpuTrainer::memory_account(&model, &opt, n, b.batch_size, b.recompute)?;
+    println!(
+        "memory account ({} × {} tokens{}):\n{}",
+        b.batch_size,
+        b.seq_len,
+        if b.recompute { ", recompute" } else { "" },
+        account.table()
+    );
+    let before = memory_in_use(&gpu)?;
     let mut t = GpuTrainer::new(
         gpu,
         &model,
@@ -117,6 +134,9 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         tokens_per_s,
         model_tflops: 6.0 * num * tokens_per_s / 1e12,
         gpu_memory_gb: memory_in_use(&t.gpu)? as f64 / 1e9,
+        gpu_memory_before_gb: before as f64 / 1e9,
+        memory_account_gb: account.total() as f64 / 1e9,
+        memory_account: account,
         breakdown,
     })
 }

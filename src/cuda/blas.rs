@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 /// cuBLASLt's workspace: 32 MiB, NVIDIA's recommendation for Hopper.
-const WORKSPACE_BYTES: usize = 32 << 20;
+pub(crate) const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// An output element type of the matmuls.
 pub trait MatmulOut: DeviceRepr {

@@ -17,8 +17,8 @@
 use super::blas::Blas;
 use super::decode::LayerCache;
 use super::delta_rule::{
-    chunk_backward, chunk_forward, ChunkInputs, DecodeInputs, DecodeStep, DeltaRuleWorkspace,
-    GradBuffers,
+    chunk_backward, chunk_forward, ChunkGrads, ChunkInputs, DecodeInputs, DecodeStep,
+    DeltaRuleWorkspace,
 };
 use super::profile::{mark, OpProfile};
 use super::{ops, Gpu, KernelSource};
@@ -26,11 +26,14 @@ use crate::model::lm::Model;
 use crate::ops::delta_rule::Dims;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use half::bf16;
 use std::ops::Range;
+
+pub mod memory;
+use memory::{Alloc, BufKind, CountAlloc, GpuAlloc, MemCategory, OnGpu};
+pub use memory::{MemEntry, MemoryAccount};
 
 /// The helper kernels of this module.
 pub static MODEL_EXTRA: KernelSource = KernelSource {
@@ -367,59 +370,258 @@ struct Sz {
     eps: f32,
 }
 
-/// What one block's forward keeps for its backward (bf16 unless noted), [max_tokens, ·].
-struct LayerActs {
-    rstd1: CudaSlice<f32>,
-    h1: CudaSlice<bf16>,
-    q_pre: CudaSlice<bf16>,
-    k_pre: CudaSlice<bf16>,
-    v_pre: CudaSlice<bf16>,
-    a: CudaSlice<bf16>,
-    b: CudaSlice<bf16>,
-    gate: CudaSlice<bf16>,
-    q_conv: CudaSlice<bf16>,
-    k_conv: CudaSlice<bf16>,
-    v_conv: CudaSlice<bf16>,
-    q: CudaSlice<bf16>,
-    k: CudaSlice<bf16>,
-    qr: CudaSlice<f32>,
-    kr: CudaSlice<f32>,
-    v: CudaSlice<bf16>,
-    g: CudaSlice<f32>,
-    beta: CudaSlice<f32>,
-    o: CudaSlice<bf16>,
-    o_rstd: CudaSlice<f32>,
-    normed: CudaSlice<bf16>,
-    /// fp32 (residual stream).
-    x_mid: CudaSlice<f32>,
-    rstd2: CudaSlice<f32>,
-    h2: CudaSlice<bf16>,
-    mg: CudaSlice<bf16>,
-    mu: CudaSlice<bf16>,
-    act: CudaSlice<bf16>,
+impl Sz {
+    fn of(model: &Model) -> Sz {
+        let c = &model.config;
+        let md = model.mixer_dims();
+        Sz {
+            d: c.hidden_size,
+            inter: c.intermediate_size,
+            vocab: c.vocab_size,
+            h: md.heads,
+            dk: md.dk,
+            dv: md.dv,
+            kd: md.heads * md.dk,
+            vd: md.heads * md.dv,
+            w: md.width,
+            eps: md.eps as f32,
+        }
+    }
+
+    fn rule(&self) -> Dims {
+        Dims {
+            heads: self.h,
+            dk: self.dk,
+            dv: self.dv,
+        }
+    }
+
+    /// Width of the MLP buffers, which the mixer's backward reuses (see [`Work`]):
+    /// max(intermediate, value dim, 2 × key dim).
+    fn slot(&self) -> usize {
+        self.inter.max(self.vd).max(2 * self.kd)
+    }
 }
 
-/// Backward temporaries (shared by all layers).
-struct BwdTemps {
-    dres: CudaSlice<f32>,
-    dres_bf: CudaSlice<bf16>,
-    dacc: CudaSlice<f32>,
-    dact: CudaSlice<bf16>,
-    dmg: CudaSlice<bf16>,
-    dmu: CudaSlice<bf16>,
-    d_normed: CudaSlice<bf16>,
-    d_o: CudaSlice<bf16>,
-    d_gate: CudaSlice<bf16>,
-    rule: GradBuffers,
-    dq_conv: CudaSlice<bf16>,
-    dk_conv: CudaSlice<bf16>,
-    dv_conv: CudaSlice<bf16>,
-    dq_pre: CudaSlice<bf16>,
-    dk_pre: CudaSlice<bf16>,
-    dv_pre: CudaSlice<bf16>,
-    da: CudaSlice<bf16>,
-    db: CudaSlice<bf16>,
-    scratch: CudaSlice<f32>,
+/// What one block's forward keeps for its backward, [max_tokens, ·] (bf16 unless noted): one set
+/// per block (one in all with `recompute`). Everything else the backward reads is recomputed
+/// into [`Work`] from these and the residual stream, by the same kernels on the same inputs
+/// (bit for bit the values the forward computed).
+struct Saved<K: BufKind = OnGpu> {
+    /// q/k/v projections: the short convs' inputs (conv backward; conv, SiLU, L2 norm redone).
+    q_pre: K::Buf<bf16>,
+    k_pre: K::Buf<bf16>,
+    v_pre: K::Buf<bf16>,
+    /// a_proj output [T, H] (gates backward).
+    a: K::Buf<bf16>,
+    /// Output gate g_proj (gated-norm backward; `normed` redone).
+    gate: K::Buf<bf16>,
+    /// Log decay and β, f32 [T, H].
+    g: K::Buf<f32>,
+    beta: K::Buf<f32>,
+    /// Delta-rule output (gated-norm backward; `normed` redone).
+    o: K::Buf<bf16>,
+    /// o_proj output [T, D]: x_mid = x_in + mix redone (then h2, the MLP's gate/up, SwiGLU).
+    mix: K::Buf<bf16>,
+}
+
+impl<K: BufKind> Saved<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, sz: Sz, t: usize) -> Result<Self> {
+        let c = MemCategory::SavedPerBlock;
+        let (th, tk, tv) = (t * sz.h, t * sz.kd, t * sz.vd);
+        Ok(Saved {
+            q_pre: al.buf(c, "q_pre", tk)?,
+            k_pre: al.buf(c, "k_pre", tk)?,
+            v_pre: al.buf(c, "v_pre", tv)?,
+            a: al.buf(c, "a (a_proj)", th)?,
+            gate: al.buf(c, "gate (g_proj)", tv)?,
+            g: al.buf(c, "g (f32)", th)?,
+            beta: al.buf(c, "beta (f32)", th)?,
+            o: al.buf(c, "o (delta rule)", tv)?,
+            mix: al.buf(c, "mix (o_proj)", t * sz.d)?,
+        })
+    }
+}
+
+/// One block's activations (bf16 unless noted), shared by all blocks: each block's forward
+/// writes them, and its backward rewrites them from [`Saved`] and the residual stream (the last
+/// block's, and with `recompute` every block's, are still in place). The mixer's backward reuses
+/// the MLP's dead buffers: `mg` holds d_gate, `mu` dq_pre‖dk_pre, `act` (after dmg) dv_pre, and
+/// `x_mid` the delta rule's fp32 dq.
+struct Work<K: BufKind = OnGpu> {
+    rstd1: K::Buf<f32>,
+    h1: K::Buf<bf16>,
+    /// b_proj output [T, H] (gates forward only).
+    b: K::Buf<bf16>,
+    q_conv: K::Buf<bf16>,
+    k_conv: K::Buf<bf16>,
+    v_conv: K::Buf<bf16>,
+    q: K::Buf<bf16>,
+    k: K::Buf<bf16>,
+    qr: K::Buf<f32>,
+    kr: K::Buf<f32>,
+    v: K::Buf<bf16>,
+    o_rstd: K::Buf<f32>,
+    /// [T, max(kd, vd)]: also the SiLU scratch of q and k before their L2 norm.
+    normed: K::Buf<bf16>,
+    /// fp32 [T, max(d, kd)] (residual stream).
+    x_mid: K::Buf<f32>,
+    rstd2: K::Buf<f32>,
+    h2: K::Buf<bf16>,
+    /// [T, slot] each (see [`Sz::slot`]).
+    mg: K::Buf<bf16>,
+    mu: K::Buf<bf16>,
+    act: K::Buf<bf16>,
+}
+
+impl<K: BufKind> Work<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, sz: Sz, t: usize) -> Result<Self> {
+        let c = MemCategory::BlockWork;
+        let (th, tk, tv, td) = (t * sz.h, t * sz.kd, t * sz.vd, t * sz.d);
+        let ts = t * sz.slot();
+        Ok(Work {
+            rstd1: al.buf(c, "rstd1 (f32)", t)?,
+            h1: al.buf(c, "h1", td)?,
+            b: al.buf(c, "b (b_proj)", th)?,
+            q_conv: al.buf(c, "q_conv", tk)?,
+            k_conv: al.buf(c, "k_conv", tk)?,
+            v_conv: al.buf(c, "v_conv", tv)?,
+            q: al.buf(c, "q", tk)?,
+            k: al.buf(c, "k", tk)?,
+            qr: al.buf(c, "qr (f32)", th)?,
+            kr: al.buf(c, "kr (f32)", th)?,
+            v: al.buf(c, "v", tv)?,
+            o_rstd: al.buf(c, "o_rstd (f32)", th)?,
+            normed: al.buf(c, "normed / silu scratch", t * sz.kd.max(sz.vd))?,
+            x_mid: al.buf(c, "x_mid (f32) / rule dq", t * sz.d.max(sz.kd))?,
+            rstd2: al.buf(c, "rstd2 (f32)", t)?,
+            h2: al.buf(c, "h2", td)?,
+            mg: al.buf(c, "mlp gate / d_gate", ts)?,
+            mu: al.buf(c, "mlp up / dq_pre, dk_pre", ts)?,
+            act: al.buf(c, "mlp act / dmg, dv_pre", ts)?,
+        })
+    }
+}
+
+/// Backward temporaries (shared by all layers; see [`Work`] for the buffers the mixer's backward
+/// borrows from the MLP's).
+struct BwdTemps<K: BufKind = OnGpu> {
+    dres: K::Buf<f32>,
+    dres_bf: K::Buf<bf16>,
+    /// fp32 [T, max(d, kd)]: also the delta rule's dk.
+    dacc: K::Buf<f32>,
+    /// [T, slot]: the MLP's dact; in the mixer d_normed, then dq_conv‖dk_conv.
+    dact: K::Buf<bf16>,
+    /// [T, slot]: the MLP's dmu; in the mixer d_o, then dv_conv.
+    dmu: K::Buf<bf16>,
+    /// The delta rule's other gradients (f32).
+    rule_dv: K::Buf<f32>,
+    rule_dg: K::Buf<f32>,
+    rule_dbeta: K::Buf<f32>,
+    rule_dh0: K::Buf<f32>,
+    da: K::Buf<bf16>,
+    db: K::Buf<bf16>,
+    scratch: K::Buf<f32>,
+}
+
+impl<K: BufKind> BwdTemps<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, sz: Sz, t: usize, seqs: usize) -> Result<Self> {
+        let c = MemCategory::Backward;
+        let Sz {
+            d,
+            h,
+            dk,
+            dv,
+            kd,
+            vd,
+            w,
+            ..
+        } = sz;
+        let scratch_len = [
+            ops::norm_bwd_scratch_len(d),
+            ops::norm_bwd_scratch_len(dv),
+            ops::gates_bwd_scratch_len(h),
+            ops::conv_bwd_scratch_len(kd.max(vd), w),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let ts = t * sz.slot();
+        Ok(BwdTemps {
+            dres: al.buf(c, "dres (f32)", t * d)?,
+            dres_bf: al.buf(c, "dres_bf", t * d)?,
+            dacc: al.buf(c, "dacc (f32) / rule dk", t * d.max(kd))?,
+            dact: al.buf(c, "dact / d_normed, dq_conv, dk_conv", ts)?,
+            dmu: al.buf(c, "dmu / d_o, dv_conv", ts)?,
+            rule_dv: al.buf(c, "rule dv (f32)", t * vd)?,
+            rule_dg: al.buf(c, "rule dg (f32)", t * h)?,
+            rule_dbeta: al.buf(c, "rule dbeta (f32)", t * h)?,
+            rule_dh0: al.buf(c, "rule dh0 (f32)", seqs * h * dk * dv)?,
+            da: al.buf(c, "da", t * h)?,
+            db: al.buf(c, "db", t * h)?,
+            scratch: al.buf(c, "reduction scratch (f32)", scratch_len)?,
+        })
+    }
+}
+
+/// Every buffer of [`GpuModel`] except the delta-rule and cuBLASLt workspaces, built by one
+/// function for the GPU and for the memory account.
+struct Buffers<K: BufKind = OnGpu> {
+    params: K::Buf<f32>,
+    params_bf16: K::Buf<bf16>,
+    grads: K::Buf<f32>,
+    tokens: K::Buf<u32>,
+    targets: K::Buf<u32>,
+    cu_dev: K::Buf<i32>,
+    xs: Vec<K::Buf<f32>>,
+    saved: Vec<Saved<K>>,
+    work: Work<K>,
+    tmp_d: K::Buf<bf16>,
+    rstd_f: K::Buf<f32>,
+    normed_f: K::Buf<bf16>,
+    logits: K::Buf<bf16>,
+    lse: K::Buf<f32>,
+    losses: K::Buf<f32>,
+    stats: K::Buf<f64>,
+    bwd: BwdTemps<K>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn buffers<A: Alloc>(
+    al: &mut A,
+    sz: Sz,
+    n_params: usize,
+    n_layers: usize,
+    t: usize,
+    seqs: usize,
+    recompute: bool,
+) -> Result<Buffers<A::K>> {
+    use MemCategory as C;
+    let d = sz.d;
+    let stored = if recompute { 1 } else { n_layers };
+    Ok(Buffers {
+        params: al.buf(C::Parameters, "master weights (f32)", n_params)?,
+        params_bf16: al.buf(C::Parameters, "working weights (bf16)", n_params)?,
+        grads: al.buf(C::Gradients, "gradients (f32)", n_params)?,
+        tokens: al.buf(C::Misc, "tokens (u32)", t)?,
+        targets: al.buf(C::Misc, "targets (u32)", t)?,
+        cu_dev: al.buf(C::Misc, "cu_seqlens (i32)", seqs + 1)?,
+        xs: (0..=n_layers)
+            .map(|_| al.buf(C::Residual, "residual (f32)", t * d))
+            .collect::<Result<Vec<_>>>()?,
+        saved: (0..stored)
+            .map(|_| Saved::new_in(al, sz, t))
+            .collect::<Result<Vec<_>>>()?,
+        work: Work::new_in(al, sz, t)?,
+        tmp_d: al.buf(C::BlockWork, "embedding / mlp down output", t * d)?,
+        rstd_f: al.buf(C::Logits, "final rstd (f32)", t)?,
+        normed_f: al.buf(C::Logits, "final normed", t * d)?,
+        logits: al.buf(C::Logits, "logits / dlogits", t * sz.vocab)?,
+        lse: al.buf(C::Logits, "lse (f32)", t)?,
+        losses: al.buf(C::Logits, "losses (f32)", t)?,
+        stats: al.buf(C::Logits, "loss stats (f64)", 2)?,
+        bwd: BwdTemps::new_in(al, sz, t, seqs)?,
+    })
 }
 
 /// The model on one GPU, with its parameters, gradients and every activation buffer.
@@ -453,9 +655,9 @@ pub struct GpuModel {
     /// Residual stream: xs[0] the embeddings, xs[l + 1] the output of block l.
     /// fp32, so that the stream is not re-rounded to bf16 at every block.
     xs: Vec<CudaSlice<f32>>,
-    acts: Vec<LayerActs>,
+    saved: Vec<Saved>,
+    work: Work,
     tmp_d: CudaSlice<bf16>,
-    tmp_silu: CudaSlice<bf16>,
     rstd_f: CudaSlice<f32>,
     normed_f: CudaSlice<bf16>,
     /// [max_tokens, vocab] bf16; after the backward, the logits' gradient.
@@ -464,12 +666,6 @@ pub struct GpuModel {
     losses: CudaSlice<f32>,
     stats: CudaSlice<f64>,
     bwd: BwdTemps,
-}
-
-fn alloc<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize, what: &str) -> Result<CudaSlice<T>> {
-    gpu.stream
-        .alloc_zeros::<T>(n.max(1))
-        .with_context(|| format!("GpuModel: allocating `{what}` ({n} elements)"))
 }
 
 fn lookup(model: &Model, name: &str) -> Result<Range<usize>> {
@@ -536,6 +732,23 @@ struct BlockCtx<'a> {
     cu_seqlens: &'a [usize],
 }
 
+impl<'a> BlockCtx<'a> {
+    /// The bf16 parameters in `r`.
+    fn pv(&self, r: &Range<usize>) -> CudaView<'a, bf16> {
+        self.p16.slice(r.clone())
+    }
+
+    /// A profile mark when `fwd` (the forward's own launches; the backward's recomputation is
+    /// marked as a whole by its caller).
+    fn mark(&self, fwd: bool, name: &'static str) -> Result<()> {
+        if fwd {
+            mark(self.prof, self.gpu, name)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// How a block's mixer runs its short convs and the delta rule.
 enum Core<'a> {
     /// Sequences packed by the context's `cu_seqlens`: the causal conv over each sequence and
@@ -546,263 +759,285 @@ enum Core<'a> {
     Decode(&'a DecodeStep, &'a mut LayerCache),
 }
 
-/// One block's forward, x_out = block(x_in), keeping in `a` what its backward needs (run again
-/// before the backward of the block when activations are recomputed).
-#[allow(clippy::too_many_arguments)]
-fn block_forward(
-    ctx: &BlockCtx,
-    lr: &LayerRanges,
-    x_in: &CudaView<f32>,
-    x_out: &mut CudaViewMut<f32>,
-    a: &mut LayerActs,
-    core: Core,
-    tmp_d: &mut CudaSlice<bf16>,
-    tmp_silu: &mut CudaSlice<bf16>,
-) -> Result<()> {
-    let BlockCtx {
-        gpu,
-        blas,
-        p16,
-        sz,
-        n,
-        ..
-    } = *ctx;
-    let Sz {
-        d,
-        inter,
-        h,
-        kd,
-        vd,
-        eps,
-        ..
-    } = sz;
-    let pv = |r: &Range<usize>| p16.slice(r.clone());
+// The pieces of a block's forward that its backward runs again (same kernels, same inputs, so
+// the same values): each writes [`Work`] only.
+
+/// h1, rstd1 = RMSNorm(x_in).
+fn attn_norm(ctx: &BlockCtx, lr: &LayerRanges, x_in: &CudaView<f32>, wk: &mut Work) -> Result<()> {
+    let (n, d) = (ctx.n, ctx.sz.d);
     rmsnorm_fwd_f32x(
-        gpu,
+        ctx.gpu,
         x_in,
-        &pv(&lr.attn_norm),
-        &mut a.h1.slice_mut(..n * d),
-        &mut a.rstd1.slice_mut(..n),
+        &ctx.pv(&lr.attn_norm),
+        &mut wk.h1.slice_mut(..n * d),
+        &mut wk.rstd1.slice_mut(..n),
         d,
-        eps,
-    )?;
-    mark(ctx.prof, gpu, "fwd rmsnorm")?;
-    // Mixer projections.
-    let h1 = a.h1.slice(..n * d);
-    lin_fwd(
-        blas,
-        &h1,
-        &pv(&lr.q_proj),
-        &mut a.q_pre.slice_mut(..n * kd),
-        n,
-        d,
-        kd,
-    )?;
-    lin_fwd(
-        blas,
-        &h1,
-        &pv(&lr.k_proj),
-        &mut a.k_pre.slice_mut(..n * kd),
-        n,
-        d,
-        kd,
-    )?;
-    lin_fwd(
-        blas,
-        &h1,
-        &pv(&lr.v_proj),
-        &mut a.v_pre.slice_mut(..n * vd),
-        n,
-        d,
-        vd,
-    )?;
-    lin_fwd(
-        blas,
-        &h1,
-        &pv(&lr.a_proj),
-        &mut a.a.slice_mut(..n * h),
-        n,
-        d,
-        h,
-    )?;
-    lin_fwd(
-        blas,
-        &h1,
-        &pv(&lr.b_proj),
-        &mut a.b.slice_mut(..n * h),
-        n,
-        d,
-        h,
-    )?;
-    if let Some(bias) = &lr.b_bias {
-        add_bias_bf16(gpu, &mut a.b.slice_mut(..n * h), &pv(bias))?;
-    }
-    lin_fwd(
-        blas,
-        &h1,
-        &pv(&lr.g_proj),
-        &mut a.gate.slice_mut(..n * vd),
-        n,
-        d,
-        vd,
-    )?;
-    mark(ctx.prof, gpu, "fwd mixer projections")?;
-    match core {
-        Core::Chunk(ws) => chunk_mixer(ctx, lr, a, ws, tmp_silu)?,
-        Core::Decode(step, cache) => decode_mixer(ctx, lr, a, step, cache)?,
-    }
-    ops::gated_rmsnorm_fwd(
-        gpu,
-        &a.o.slice(..n * vd),
-        &a.gate.slice(..n * vd),
-        &pv(&lr.o_norm),
-        &mut a.normed.slice_mut(..n * vd),
-        &mut a.o_rstd.slice_mut(..n * h),
-        eps,
-    )?;
-    mark(ctx.prof, gpu, "fwd gated rmsnorm")?;
-    let mut mix = tmp_d.slice_mut(..n * d);
-    lin_fwd(
-        blas,
-        &a.normed.slice(..n * vd),
-        &pv(&lr.o_proj),
-        &mut mix,
-        n,
-        vd,
-        d,
-    )?;
-    add_f32_bf16(gpu, x_in, &mix, &mut a.x_mid.slice_mut(..n * d))?;
-    mark(ctx.prof, gpu, "fwd o_proj, residual")?;
-    // MLP.
-    rmsnorm_fwd_f32x(
-        gpu,
-        &a.x_mid.slice(..n * d),
-        &pv(&lr.mlp_norm),
-        &mut a.h2.slice_mut(..n * d),
-        &mut a.rstd2.slice_mut(..n),
-        d,
-        eps,
-    )?;
-    mark(ctx.prof, gpu, "fwd rmsnorm")?;
-    let h2 = a.h2.slice(..n * d);
-    let ni = n * inter;
-    lin_fwd(
-        blas,
-        &h2,
-        &pv(&lr.gate_proj),
-        &mut a.mg.slice_mut(..ni),
-        n,
-        d,
-        inter,
-    )?;
-    lin_fwd(
-        blas,
-        &h2,
-        &pv(&lr.up_proj),
-        &mut a.mu.slice_mut(..ni),
-        n,
-        d,
-        inter,
-    )?;
-    mark(ctx.prof, gpu, "fwd mlp gate/up")?;
-    ops::swiglu_fwd(
-        gpu,
-        &a.mg.slice(..ni),
-        &a.mu.slice(..ni),
-        &mut a.act.slice_mut(..ni),
-    )?;
-    mark(ctx.prof, gpu, "fwd swiglu")?;
-    lin_fwd(
-        blas,
-        &a.act.slice(..ni),
-        &pv(&lr.down_proj),
-        &mut mix,
-        n,
-        inter,
-        d,
-    )?;
-    add_f32_bf16(gpu, &a.x_mid.slice(..n * d), &mix, x_out)?;
-    mark(ctx.prof, gpu, "fwd mlp down, residual")?;
-    Ok(())
+        ctx.sz.eps,
+    )
 }
 
-/// The packed-sequence mixer core of [`block_forward`]: q/k/v convs, SiLU, L2 norm, gates, and
-/// the chunked delta rule into `a.o`.
-fn chunk_mixer(
+/// The causal short convs of the packed q/k/v projections.
+fn mixer_convs(
     ctx: &BlockCtx,
     lr: &LayerRanges,
-    a: &mut LayerActs,
-    ws: &mut DeltaRuleWorkspace,
-    tmp_silu: &mut CudaSlice<bf16>,
+    s: &Saved,
+    wk: &mut Work,
+    fwd: bool,
 ) -> Result<()> {
     let BlockCtx {
-        gpu,
-        p16,
-        p32,
-        sz,
-        n,
-        ref cu,
-        cu_seqlens,
-        ..
+        gpu, sz, n, ref cu, ..
     } = *ctx;
-    let Sz {
-        h, dk, kd, vd, w, ..
-    } = sz;
-    let pv = |r: &Range<usize>| p16.slice(r.clone());
-    // Convs, SiLU, L2 norm.
+    let Sz { kd, vd, w, .. } = sz;
     for (pre, wr, conv, ch) in [
-        (&a.q_pre, &lr.q_conv, &mut a.q_conv, kd),
-        (&a.k_pre, &lr.k_conv, &mut a.k_conv, kd),
-        (&a.v_pre, &lr.v_conv, &mut a.v_conv, vd),
+        (&s.q_pre, &lr.q_conv, &mut wk.q_conv, kd),
+        (&s.k_pre, &lr.k_conv, &mut wk.k_conv, kd),
+        (&s.v_pre, &lr.v_conv, &mut wk.v_conv, vd),
     ] {
         ops::conv_fwd(
             gpu,
             &pre.slice(..n * ch),
-            &pv(wr),
+            &ctx.pv(wr),
             &mut conv.slice_mut(..n * ch),
             cu,
             ch,
             w,
         )?;
     }
-    mark(ctx.prof, gpu, "fwd short conv")?;
+    ctx.mark(fwd, "fwd short conv")
+}
+
+/// q, k = L2norm(SiLU(conv)) (through the `normed` buffer as scratch), v = SiLU(conv).
+fn mixer_silu_norm(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
+    let BlockCtx { gpu, sz, n, .. } = *ctx;
+    let Sz { dk, kd, vd, .. } = sz;
     for (conv, y, r) in [
-        (&a.q_conv, &mut a.q, &mut a.qr),
-        (&a.k_conv, &mut a.k, &mut a.kr),
+        (&wk.q_conv, &mut wk.q, &mut wk.qr),
+        (&wk.k_conv, &mut wk.k, &mut wk.kr),
     ] {
-        let mut s = tmp_silu.slice_mut(..n * kd);
+        let mut s = wk.normed.slice_mut(..n * kd);
         ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
         ops::l2norm_fwd(
             gpu,
             &s,
             &mut y.slice_mut(..n * kd),
-            &mut r.slice_mut(..n * h),
+            &mut r.slice_mut(..n * sz.h),
             dk,
         )?;
     }
-    ops::silu_fwd(gpu, &a.v_conv.slice(..n * vd), &mut a.v.slice_mut(..n * vd))?;
-    mark(ctx.prof, gpu, "fwd silu, l2norm")?;
+    ops::silu_fwd(
+        gpu,
+        &wk.v_conv.slice(..n * vd),
+        &mut wk.v.slice_mut(..n * vd),
+    )?;
+    ctx.mark(fwd, "fwd silu, l2norm")
+}
+
+/// normed, o_rstd = gated RMSNorm(o, gate).
+fn out_norm(ctx: &BlockCtx, lr: &LayerRanges, s: &Saved, wk: &mut Work, fwd: bool) -> Result<()> {
+    let BlockCtx { gpu, sz, n, .. } = *ctx;
+    let nv = n * sz.vd;
+    ops::gated_rmsnorm_fwd(
+        gpu,
+        &s.o.slice(..nv),
+        &s.gate.slice(..nv),
+        &ctx.pv(&lr.o_norm),
+        &mut wk.normed.slice_mut(..nv),
+        &mut wk.o_rstd.slice_mut(..n * sz.h),
+        sz.eps,
+    )?;
+    ctx.mark(fwd, "fwd gated rmsnorm")
+}
+
+/// x_mid = x_in + mix (fp32 + bf16).
+fn mid_residual(ctx: &BlockCtx, x_in: &CudaView<f32>, s: &Saved, wk: &mut Work) -> Result<()> {
+    let nd = ctx.n * ctx.sz.d;
+    add_f32_bf16(
+        ctx.gpu,
+        x_in,
+        &s.mix.slice(..nd),
+        &mut wk.x_mid.slice_mut(..nd),
+    )
+}
+
+/// h2, rstd2 = RMSNorm(x_mid); mg, mu = gate/up(h2); act = SiLU(mg)·mu.
+fn mlp_in(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
+    let BlockCtx {
+        gpu, blas, sz, n, ..
+    } = *ctx;
+    let Sz { d, inter, eps, .. } = sz;
+    rmsnorm_fwd_f32x(
+        gpu,
+        &wk.x_mid.slice(..n * d),
+        &ctx.pv(&lr.mlp_norm),
+        &mut wk.h2.slice_mut(..n * d),
+        &mut wk.rstd2.slice_mut(..n),
+        d,
+        eps,
+    )?;
+    ctx.mark(fwd, "fwd rmsnorm")?;
+    let h2 = wk.h2.slice(..n * d);
+    let ni = n * inter;
+    lin_fwd(
+        blas,
+        &h2,
+        &ctx.pv(&lr.gate_proj),
+        &mut wk.mg.slice_mut(..ni),
+        n,
+        d,
+        inter,
+    )?;
+    lin_fwd(
+        blas,
+        &h2,
+        &ctx.pv(&lr.up_proj),
+        &mut wk.mu.slice_mut(..ni),
+        n,
+        d,
+        inter,
+    )?;
+    ctx.mark(fwd, "fwd mlp gate/up")?;
+    ops::swiglu_fwd(
+        gpu,
+        &wk.mg.slice(..ni),
+        &wk.mu.slice(..ni),
+        &mut wk.act.slice_mut(..ni),
+    )?;
+    ctx.mark(fwd, "fwd swiglu")
+}
+
+/// One block's forward, x_out = block(x_in), keeping in `s` what its backward needs and leaving
+/// the block's other activations in `wk` (run again before the backward of the block when
+/// activations are recomputed).
+#[allow(clippy::too_many_arguments)]
+fn block_forward(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    x_in: &CudaView<f32>,
+    x_out: &mut CudaViewMut<f32>,
+    s: &mut Saved,
+    wk: &mut Work,
+    core: Core,
+    tmp_d: &mut CudaSlice<bf16>,
+) -> Result<()> {
+    let BlockCtx {
+        gpu, blas, sz, n, ..
+    } = *ctx;
+    let Sz {
+        d,
+        inter,
+        h,
+        kd,
+        vd,
+        ..
+    } = sz;
+    attn_norm(ctx, lr, x_in, wk)?;
+    mark(ctx.prof, gpu, "fwd rmsnorm")?;
+    // Mixer projections.
+    let h1 = wk.h1.slice(..n * d);
+    for (wr, y, out) in [
+        (&lr.q_proj, &mut s.q_pre, kd),
+        (&lr.k_proj, &mut s.k_pre, kd),
+        (&lr.v_proj, &mut s.v_pre, vd),
+        (&lr.a_proj, &mut s.a, h),
+        (&lr.b_proj, &mut wk.b, h),
+    ] {
+        lin_fwd(
+            blas,
+            &h1,
+            &ctx.pv(wr),
+            &mut y.slice_mut(..n * out),
+            n,
+            d,
+            out,
+        )?;
+    }
+    if let Some(bias) = &lr.b_bias {
+        add_bias_bf16(gpu, &mut wk.b.slice_mut(..n * h), &ctx.pv(bias))?;
+    }
+    lin_fwd(
+        blas,
+        &h1,
+        &ctx.pv(&lr.g_proj),
+        &mut s.gate.slice_mut(..n * vd),
+        n,
+        d,
+        vd,
+    )?;
+    mark(ctx.prof, gpu, "fwd mixer projections")?;
+    match core {
+        Core::Chunk(ws) => chunk_mixer(ctx, lr, s, wk, ws)?,
+        Core::Decode(step, cache) => decode_mixer(ctx, lr, s, wk, step, cache)?,
+    }
+    out_norm(ctx, lr, s, wk, true)?;
+    lin_fwd(
+        blas,
+        &wk.normed.slice(..n * vd),
+        &ctx.pv(&lr.o_proj),
+        &mut s.mix.slice_mut(..n * d),
+        n,
+        vd,
+        d,
+    )?;
+    mid_residual(ctx, x_in, s, wk)?;
+    mark(ctx.prof, gpu, "fwd o_proj, residual")?;
+    // MLP.
+    mlp_in(ctx, lr, wk, true)?;
+    let mut down = tmp_d.slice_mut(..n * d);
+    lin_fwd(
+        blas,
+        &wk.act.slice(..n * inter),
+        &ctx.pv(&lr.down_proj),
+        &mut down,
+        n,
+        inter,
+        d,
+    )?;
+    add_f32_bf16(gpu, &wk.x_mid.slice(..n * d), &down, x_out)?;
+    mark(ctx.prof, gpu, "fwd mlp down, residual")?;
+    Ok(())
+}
+
+/// The packed-sequence mixer core of [`block_forward`]: q/k/v convs, SiLU, L2 norm, gates, and
+/// the chunked delta rule into `s.o`.
+fn chunk_mixer(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    s: &mut Saved,
+    wk: &mut Work,
+    ws: &mut DeltaRuleWorkspace,
+) -> Result<()> {
+    let BlockCtx {
+        gpu,
+        p32,
+        sz,
+        n,
+        cu_seqlens,
+        ..
+    } = *ctx;
+    let Sz { h, dk, kd, vd, .. } = sz;
+    mixer_convs(ctx, lr, s, wk, true)?;
+    mixer_silu_norm(ctx, wk, true)?;
     ops::gates_fwd(
         gpu,
-        &a.a.slice(..n * h),
-        &a.b.slice(..n * h),
+        &s.a.slice(..n * h),
+        &wk.b.slice(..n * h),
         &p32.slice(lr.a_log.clone()),
         &p32.slice(lr.dt_bias.clone()),
-        &mut a.g.slice_mut(..n * h),
-        &mut a.beta.slice_mut(..n * h),
+        &mut s.g.slice_mut(..n * h),
+        &mut s.beta.slice_mut(..n * h),
     )?;
     mark(ctx.prof, gpu, "fwd gates")?;
     let inp = ChunkInputs {
-        q: a.q.slice(..n * kd),
-        k: a.k.slice(..n * kd),
-        v: a.v.slice(..n * vd),
-        g: a.g.slice(..n * h),
-        beta: a.beta.slice(..n * h),
+        q: wk.q.slice(..n * kd),
+        k: wk.k.slice(..n * kd),
+        v: wk.v.slice(..n * vd),
+        g: s.g.slice(..n * h),
+        beta: s.beta.slice(..n * h),
         scale: 1.0 / (dk as f32).sqrt(),
         initial_state: None,
         cu_seqlens,
     };
-    chunk_forward(gpu, ws, &inp, &mut a.o.slice_mut(..n * vd), None)?;
+    chunk_forward(gpu, ws, &inp, &mut s.o.slice_mut(..n * vd), None)?;
     mark(ctx.prof, gpu, "fwd delta rule")?;
     Ok(())
 }
@@ -811,36 +1046,31 @@ fn chunk_mixer(
 /// on its cache of raw inputs ([N, channels, W], oldest first) and is followed by SiLU; a and b
 /// are widened to f32 (into the `g` / `beta` buffers, which the decode path does not otherwise
 /// use); the fused kernel then L2-normalises q and k (eps 1e-6), takes β = σ(b),
-/// g = −exp(A_log)·softplus(a + dt_bias), advances the state and writes `a.o` — the same math
+/// g = −exp(A_log)·softplus(a + dt_bias), advances the state and writes `s.o` — the same math
 /// as `model::mixer::decode_step`, with the read-out scale K^{-1/2}.
 fn decode_mixer(
     ctx: &BlockCtx,
     lr: &LayerRanges,
-    a: &mut LayerActs,
+    s: &mut Saved,
+    wk: &mut Work,
     step: &DecodeStep,
     cache: &mut LayerCache,
 ) -> Result<()> {
     let BlockCtx {
-        gpu,
-        p16,
-        p32,
-        sz,
-        n,
-        ..
+        gpu, p32, sz, n, ..
     } = *ctx;
     let Sz {
         h, dk, kd, vd, w, ..
     } = sz;
-    let pv = |r: &Range<usize>| p16.slice(r.clone());
     for (pre, wr, conv, c, ch) in [
-        (&a.q_pre, &lr.q_conv, &mut a.q_conv, &mut cache.conv_q, kd),
-        (&a.k_pre, &lr.k_conv, &mut a.k_conv, &mut cache.conv_k, kd),
-        (&a.v_pre, &lr.v_conv, &mut a.v_conv, &mut cache.conv_v, vd),
+        (&s.q_pre, &lr.q_conv, &mut wk.q_conv, &mut cache.conv_q, kd),
+        (&s.k_pre, &lr.k_conv, &mut wk.k_conv, &mut cache.conv_k, kd),
+        (&s.v_pre, &lr.v_conv, &mut wk.v_conv, &mut cache.conv_v, vd),
     ] {
         ops::conv_step(
             gpu,
             &pre.slice(..n * ch),
-            &pv(wr),
+            &ctx.pv(wr),
             &mut c.slice_mut(..n * ch * w),
             &mut conv.slice_mut(..n * ch),
             ch,
@@ -850,21 +1080,21 @@ fn decode_mixer(
     mark(ctx.prof, gpu, "decode short conv")?;
     // SiLU only: the decode kernel normalises q and k itself.
     for (conv, y, ch) in [
-        (&a.q_conv, &mut a.q, kd),
-        (&a.k_conv, &mut a.k, kd),
-        (&a.v_conv, &mut a.v, vd),
+        (&wk.q_conv, &mut wk.q, kd),
+        (&wk.k_conv, &mut wk.k, kd),
+        (&wk.v_conv, &mut wk.v, vd),
     ] {
         ops::silu_fwd(gpu, &conv.slice(..n * ch), &mut y.slice_mut(..n * ch))?;
     }
-    ops::cast_bf16_to_f32(gpu, &a.a.slice(..n * h), &mut a.g.slice_mut(..n * h))?;
-    ops::cast_bf16_to_f32(gpu, &a.b.slice(..n * h), &mut a.beta.slice_mut(..n * h))?;
+    ops::cast_bf16_to_f32(gpu, &s.a.slice(..n * h), &mut s.g.slice_mut(..n * h))?;
+    ops::cast_bf16_to_f32(gpu, &wk.b.slice(..n * h), &mut s.beta.slice_mut(..n * h))?;
     mark(ctx.prof, gpu, "decode silu, casts")?;
     let inp = DecodeInputs {
-        q: a.q.slice(..n * kd),
-        k: a.k.slice(..n * kd),
-        v: a.v.slice(..n * vd),
-        a: a.g.slice(..n * h),
-        b: a.beta.slice(..n * h),
+        q: wk.q.slice(..n * kd),
+        k: wk.k.slice(..n * kd),
+        v: wk.v.slice(..n * vd),
+        a: s.g.slice(..n * h),
+        b: s.beta.slice(..n * h),
         a_log: p32.slice(lr.a_log.clone()),
         dt_bias: p32.slice(lr.dt_bias.clone()),
         scale: 1.0 / (dk as f32).sqrt(),
@@ -874,7 +1104,7 @@ fn decode_mixer(
         gpu,
         &inp,
         &mut cache.state.slice_mut(..nn),
-        &mut a.o.slice_mut(..n * vd),
+        &mut s.o.slice_mut(..n * vd),
     )?;
     mark(ctx.prof, gpu, "decode delta rule")?;
     Ok(())
@@ -923,6 +1153,38 @@ impl GpuModel {
         Self::new_with(gpu, model, params, max_tokens, max_seqs, false)
     }
 
+    /// The device memory [`GpuModel::new_with`] allocates for these arguments, buffer by buffer
+    /// (computed by the same code that sizes the allocations; no GPU needed).
+    pub fn memory_account(
+        model: &Model,
+        max_tokens: usize,
+        max_seqs: usize,
+        recompute: bool,
+    ) -> Result<MemoryAccount> {
+        model.config.validate()?;
+        let sz = Sz::of(model);
+        let mut al = CountAlloc::default();
+        buffers(
+            &mut al,
+            sz,
+            model.layout.total,
+            model.config.num_hidden_layers,
+            max_tokens,
+            max_seqs,
+            recompute,
+        )?;
+        let mut acc = al.account;
+        memory::delta_rule_workspace(&mut acc, sz.rule(), max_tokens, max_seqs, true);
+        acc.add(
+            MemCategory::Misc,
+            "cuBLASLt workspace",
+            1,
+            super::blas::WORKSPACE_BYTES,
+            1,
+        );
+        Ok(acc)
+    }
+
     /// As [`GpuModel::new`]; with `recompute`, activations are kept for one block at a time and
     /// each block's forward is run again before its backward.
     pub fn new_with(
@@ -947,24 +1209,7 @@ impl GpuModel {
             max_tokens < (1 << 30),
             "GpuModel: max_tokens {max_tokens} too large"
         );
-        let md = model.mixer_dims();
-        let sz = Sz {
-            d: c.hidden_size,
-            inter: c.intermediate_size,
-            vocab: c.vocab_size,
-            h: md.heads,
-            dk: md.dk,
-            dv: md.dv,
-            kd: md.heads * md.dk,
-            vd: md.heads * md.dv,
-            w: md.width,
-            eps: md.eps as f32,
-        };
-        let rule = Dims {
-            heads: sz.h,
-            dk: sz.dk,
-            dv: sz.dv,
-        };
+        let sz = Sz::of(model);
         check_model(model)?;
         if let Some((i, v)) = params.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             bail!("GpuModel: parameter {i} is not finite ({v})");
@@ -1013,92 +1258,38 @@ impl GpuModel {
             lookup(model, "lm_head.weight")?
         };
 
-        let master = super::buffer::upload_f32(gpu, params)?;
-        let mut params_bf16 = alloc::<bf16>(gpu, params.len(), "params_bf16")?;
+        let Buffers {
+            params: mut master,
+            mut params_bf16,
+            grads,
+            tokens,
+            targets,
+            cu_dev,
+            xs,
+            saved,
+            work,
+            tmp_d,
+            rstd_f,
+            normed_f,
+            logits,
+            lse,
+            losses,
+            stats,
+            bwd,
+        } = buffers(
+            &mut GpuAlloc { gpu },
+            sz,
+            params.len(),
+            layers.len(),
+            max_tokens,
+            max_seqs,
+            recompute,
+        )?;
+        gpu.stream
+            .memcpy_htod(params, &mut master)
+            .context("uploading the parameters")?;
         ops::cast_f32_to_bf16(gpu, &master, &mut params_bf16.slice_mut(..params.len()))?;
-        let grads = alloc::<f32>(gpu, params.len(), "grads")?;
-
-        let t = max_tokens;
-        let Sz {
-            d,
-            inter,
-            vocab,
-            h,
-            kd,
-            vd,
-            w,
-            dv,
-            ..
-        } = sz;
-        let th = t * h;
-        let stored = if recompute { 1 } else { layers.len() };
-        let acts = (0..stored)
-            .map(|_| -> Result<LayerActs> {
-                Ok(LayerActs {
-                    rstd1: alloc(gpu, t, "rstd1")?,
-                    h1: alloc(gpu, t * d, "h1")?,
-                    q_pre: alloc(gpu, t * kd, "q_pre")?,
-                    k_pre: alloc(gpu, t * kd, "k_pre")?,
-                    v_pre: alloc(gpu, t * vd, "v_pre")?,
-                    a: alloc(gpu, th, "a")?,
-                    b: alloc(gpu, th, "b")?,
-                    gate: alloc(gpu, t * vd, "gate")?,
-                    q_conv: alloc(gpu, t * kd, "q_conv")?,
-                    k_conv: alloc(gpu, t * kd, "k_conv")?,
-                    v_conv: alloc(gpu, t * vd, "v_conv")?,
-                    q: alloc(gpu, t * kd, "q")?,
-                    k: alloc(gpu, t * kd, "k")?,
-                    qr: alloc(gpu, th, "qr")?,
-                    kr: alloc(gpu, th, "kr")?,
-                    v: alloc(gpu, t * vd, "v")?,
-                    g: alloc(gpu, th, "g")?,
-                    beta: alloc(gpu, th, "beta")?,
-                    o: alloc(gpu, t * vd, "o")?,
-                    o_rstd: alloc(gpu, th, "o_rstd")?,
-                    normed: alloc(gpu, t * vd, "normed")?,
-                    x_mid: alloc(gpu, t * d, "x_mid")?,
-                    rstd2: alloc(gpu, t, "rstd2")?,
-                    h2: alloc(gpu, t * d, "h2")?,
-                    mg: alloc(gpu, t * inter, "mlp gate")?,
-                    mu: alloc(gpu, t * inter, "mlp up")?,
-                    act: alloc(gpu, t * inter, "mlp act")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let xs = (0..=layers.len())
-            .map(|_| alloc(gpu, t * d, "residual"))
-            .collect::<Result<Vec<_>>>()?;
-        let scratch_len = [
-            ops::norm_bwd_scratch_len(d),
-            ops::norm_bwd_scratch_len(dv),
-            ops::gates_bwd_scratch_len(h),
-            ops::conv_bwd_scratch_len(kd.max(vd), w),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(1);
-        let bwd = BwdTemps {
-            dres: alloc(gpu, t * d, "dres")?,
-            dres_bf: alloc(gpu, t * d, "dres_bf")?,
-            dacc: alloc(gpu, t * d, "dacc")?,
-            dact: alloc(gpu, t * inter, "dact")?,
-            dmg: alloc(gpu, t * inter, "dmg")?,
-            dmu: alloc(gpu, t * inter, "dmu")?,
-            d_normed: alloc(gpu, t * vd, "d_normed")?,
-            d_o: alloc(gpu, t * vd, "d_o")?,
-            d_gate: alloc(gpu, t * vd, "d_gate")?,
-            rule: GradBuffers::new(gpu, rule, t, max_seqs)?,
-            dq_conv: alloc(gpu, t * kd, "dq_conv")?,
-            dk_conv: alloc(gpu, t * kd, "dk_conv")?,
-            dv_conv: alloc(gpu, t * vd, "dv_conv")?,
-            dq_pre: alloc(gpu, t * kd, "dq_pre")?,
-            dk_pre: alloc(gpu, t * kd, "dk_pre")?,
-            dv_pre: alloc(gpu, t * vd, "dv_pre")?,
-            da: alloc(gpu, th, "da")?,
-            db: alloc(gpu, th, "db")?,
-            scratch: alloc(gpu, scratch_len, "scratch")?,
-        };
-        let ws = DeltaRuleWorkspace::new(gpu, rule, max_tokens, max_seqs, true)?;
+        let ws = DeltaRuleWorkspace::new(gpu, sz.rule(), max_tokens, max_seqs, true)?;
         let blas = Blas::new(gpu)?;
         // Compile the helper kernels now rather than in the first step.
         gpu.function(&MODEL_EXTRA, "mx_add_f32_bf16")?;
@@ -1118,27 +1309,27 @@ impl GpuModel {
             grads,
             blas,
             ws,
-            tokens: alloc(gpu, t, "tokens")?,
-            targets: alloc(gpu, t, "targets")?,
-            cu_dev: alloc(gpu, max_seqs + 1, "cu_seqlens")?,
+            tokens,
+            targets,
+            cu_dev,
             cu_host: Vec::new(),
             n: 0,
             xs,
-            acts,
-            tmp_d: alloc(gpu, t * d, "tmp_d")?,
-            tmp_silu: alloc(gpu, t * kd.max(vd), "tmp_silu")?,
-            rstd_f: alloc(gpu, t, "rstd_f")?,
-            normed_f: alloc(gpu, t * d, "normed_f")?,
-            logits: alloc(gpu, t * vocab, "logits")?,
-            lse: alloc(gpu, t, "lse")?,
-            losses: alloc(gpu, t, "losses")?,
-            stats: alloc(gpu, 2, "stats")?,
+            saved,
+            work,
+            tmp_d,
+            rstd_f,
+            normed_f,
+            logits,
+            lse,
+            losses,
+            stats,
             bwd,
         };
+        // Also keeps `params` alive until the copy above has run.
         gpu.sync()?;
         Ok(m)
     }
-
     /// Records named timings of the forward's and backward's launches from now on (see
     /// [`OpProfile`]; start each step with `profile().start`).
     pub fn enable_profile(&mut self) {
@@ -1178,65 +1369,60 @@ impl GpuModel {
         for x in &mut self.xs {
             poison(gpu, x)?;
         }
-        for a in &mut self.acts {
+        for s in &mut self.saved {
             for b in [
-                &mut a.h1,
-                &mut a.q_pre,
-                &mut a.k_pre,
-                &mut a.v_pre,
-                &mut a.a,
-                &mut a.b,
-                &mut a.gate,
-                &mut a.q_conv,
-                &mut a.k_conv,
-                &mut a.v_conv,
-                &mut a.q,
-                &mut a.k,
-                &mut a.v,
-                &mut a.o,
-                &mut a.normed,
-                &mut a.h2,
-                &mut a.mg,
-                &mut a.mu,
-                &mut a.act,
+                &mut s.q_pre,
+                &mut s.k_pre,
+                &mut s.v_pre,
+                &mut s.a,
+                &mut s.gate,
+                &mut s.o,
+                &mut s.mix,
             ] {
                 poison(gpu, b)?;
             }
-            poison(gpu, &mut a.x_mid)?;
-            for b in [
-                &mut a.rstd1,
-                &mut a.qr,
-                &mut a.kr,
-                &mut a.g,
-                &mut a.beta,
-                &mut a.o_rstd,
-                &mut a.rstd2,
-            ] {
-                poison(gpu, b)?;
-            }
+            poison(gpu, &mut s.g)?;
+            poison(gpu, &mut s.beta)?;
         }
-        poison(gpu, &mut self.tmp_d)?;
-        poison(gpu, &mut self.tmp_silu)?;
-        poison(gpu, &mut self.rstd_f)?;
-        poison(gpu, &mut self.normed_f)?;
-        poison(gpu, &mut self.logits)?;
-        poison(gpu, &mut self.lse)?;
-        poison(gpu, &mut self.losses)?;
+        let w = &mut self.work;
+        for b in [
+            &mut w.h1,
+            &mut w.b,
+            &mut w.q_conv,
+            &mut w.k_conv,
+            &mut w.v_conv,
+            &mut w.q,
+            &mut w.k,
+            &mut w.v,
+            &mut w.normed,
+            &mut w.h2,
+            &mut w.mg,
+            &mut w.mu,
+            &mut w.act,
+            &mut self.tmp_d,
+            &mut self.normed_f,
+            &mut self.logits,
+        ] {
+            poison(gpu, b)?;
+        }
+        for b in [
+            &mut w.rstd1,
+            &mut w.qr,
+            &mut w.kr,
+            &mut w.o_rstd,
+            &mut w.x_mid,
+            &mut w.rstd2,
+            &mut self.rstd_f,
+            &mut self.lse,
+            &mut self.losses,
+        ] {
+            poison(gpu, b)?;
+        }
         let b = &mut self.bwd;
         for x in [
             &mut b.dres_bf,
             &mut b.dact,
-            &mut b.dmg,
             &mut b.dmu,
-            &mut b.d_normed,
-            &mut b.d_o,
-            &mut b.d_gate,
-            &mut b.dq_conv,
-            &mut b.dk_conv,
-            &mut b.dv_conv,
-            &mut b.dq_pre,
-            &mut b.dk_pre,
-            &mut b.dv_pre,
             &mut b.da,
             &mut b.db,
         ] {
@@ -1245,12 +1431,10 @@ impl GpuModel {
         for x in [
             &mut b.dres,
             &mut b.dacc,
-            &mut b.rule.dq,
-            &mut b.rule.dk,
-            &mut b.rule.dv,
-            &mut b.rule.dg,
-            &mut b.rule.dbeta,
-            &mut b.rule.dh0,
+            &mut b.rule_dv,
+            &mut b.rule_dg,
+            &mut b.rule_dbeta,
+            &mut b.rule_dh0,
         ] {
             poison(gpu, x)?;
         }
@@ -1400,7 +1584,7 @@ impl GpuModel {
             let (before, after) = self.xs.split_at_mut(l + 1);
             let x_in = before[l].slice(..n * d);
             let mut x_out = after[0].slice_mut(..n * d);
-            let a = &mut self.acts[if self.recompute { 0 } else { l }];
+            let s = &mut self.saved[if self.recompute { 0 } else { l }];
             let core = match &mut decode {
                 Some((step, caches)) => Core::Decode(step, &mut caches[l]),
                 None => Core::Chunk(&mut self.ws),
@@ -1410,10 +1594,10 @@ impl GpuModel {
                 lr,
                 &x_in,
                 &mut x_out,
-                a,
+                s,
+                &mut self.work,
                 core,
                 &mut self.tmp_d,
-                &mut self.tmp_silu,
             )?;
         }
         let x_final = self.xs[self.layers.len()].slice(..n * d);
@@ -1546,6 +1730,7 @@ impl GpuModel {
             vocab,
             h,
             dk,
+            dv,
             kd,
             vd,
             w,
@@ -1622,6 +1807,7 @@ impl GpuModel {
             cu: self.cu_dev.slice(..cu_seqlens.len()),
             cu_seqlens,
         };
+        let n_layers = self.layers.len();
         for (l, lr) in self.layers.iter().enumerate().rev() {
             if self.recompute {
                 let (before, after) = self.xs.split_at_mut(l + 1);
@@ -1630,14 +1816,25 @@ impl GpuModel {
                     lr,
                     &before[l].slice(..nd),
                     &mut after[0].slice_mut(..nd),
-                    &mut self.acts[0],
+                    &mut self.saved[0],
+                    &mut self.work,
                     Core::Chunk(&mut self.ws),
                     &mut self.tmp_d,
-                    &mut self.tmp_silu,
                 )?;
             }
-            let a = &self.acts[if self.recompute { 0 } else { l }];
+            // `work` holds this block's activations when its forward ran last (the last block,
+            // or any block with `recompute`); otherwise its backward rewrites them from `saved`
+            // and the residual stream, phase by phase, with the forward's kernels.
+            let fresh = self.recompute || l + 1 == n_layers;
+            let s = &self.saved[if self.recompute { 0 } else { l }];
+            let wk = &mut self.work;
+            let x_in = self.xs[l].slice(..nd);
             let ni = n * inter;
+            if !fresh {
+                mid_residual(&ctx, &x_in, s, wk)?;
+                mlp_in(&ctx, lr, wk, false)?;
+                mark(ctx.prof, gpu, "bwd recompute mlp")?;
+            }
             // MLP: x_out = x_mid + down(silu(gate) ⊙ up).
             let dy = b.dres_bf.slice(..nd);
             lin_dx::<bf16>(
@@ -1653,24 +1850,25 @@ impl GpuModel {
             lin_dw(
                 blas,
                 &dy,
-                &a.act.slice(..ni),
+                &wk.act.slice(..ni),
                 &mut grads.slice_mut(lr.down_proj.clone()),
                 n,
                 inter,
                 d,
             )?;
             mark(ctx.prof, gpu, "bwd mlp down")?;
+            // dmg into `act` (read for the last time just above).
             ops::swiglu_bwd(
                 gpu,
-                &a.mg.slice(..ni),
-                &a.mu.slice(..ni),
+                &wk.mg.slice(..ni),
+                &wk.mu.slice(..ni),
                 &b.dact.slice(..ni),
-                &mut b.dmg.slice_mut(..ni),
+                &mut wk.act.slice_mut(..ni),
                 &mut b.dmu.slice_mut(..ni),
             )?;
             mark(ctx.prof, gpu, "bwd swiglu")?;
-            let h2 = a.h2.slice(..nd);
-            let (dmg, dmu) = (b.dmg.slice(..ni), b.dmu.slice(..ni));
+            let h2 = wk.h2.slice(..nd);
+            let (dmg, dmu) = (wk.act.slice(..ni), b.dmu.slice(..ni));
             lin_dx::<f32>(
                 blas,
                 &dmg,
@@ -1712,9 +1910,9 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd mlp gate/up")?;
             rmsnorm_bwd_f32(
                 gpu,
-                &a.x_mid.slice(..nd),
+                &wk.x_mid.slice(..nd),
                 &pv(&lr.mlp_norm),
-                &a.rstd2.slice(..n),
+                &wk.rstd2.slice(..n),
                 &b.dacc.slice(..nd),
                 &mut b.dres.slice_mut(..nd),
                 true,
@@ -1725,14 +1923,25 @@ impl GpuModel {
             ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
             mark(ctx.prof, gpu, "bwd rmsnorm")?;
 
-            // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))).
+            // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))). From here on the MLP's
+            // buffers are free: mg, mu, act, x_mid (work) and dact, dmu (temporaries) hold the
+            // mixer's gradients (see `Work`).
+            if !fresh {
+                mixer_convs(&ctx, lr, s, wk, false)?;
+                mixer_silu_norm(&ctx, wk, false)?;
+                out_norm(&ctx, lr, s, wk, false)?;
+                attn_norm(&ctx, lr, &x_in, wk)?;
+                mark(ctx.prof, gpu, "bwd recompute mixer")?;
+            }
             let dy = b.dres_bf.slice(..nd);
             let nv = n * vd;
+            let nk = n * kd;
+            // d_normed in dact.
             lin_dx::<bf16>(
                 blas,
                 &dy,
                 &pv(&lr.o_proj),
-                &mut b.d_normed.slice_mut(..nv),
+                &mut b.dact.slice_mut(..nv),
                 n,
                 vd,
                 d,
@@ -1741,44 +1950,48 @@ impl GpuModel {
             lin_dw(
                 blas,
                 &dy,
-                &a.normed.slice(..nv),
+                &wk.normed.slice(..nv),
                 &mut grads.slice_mut(lr.o_proj.clone()),
                 n,
                 vd,
                 d,
             )?;
             mark(ctx.prof, gpu, "bwd o_proj")?;
+            // d_o in dmu, d_gate in mg.
             ops::gated_rmsnorm_bwd(
                 gpu,
-                &a.o.slice(..nv),
-                &a.gate.slice(..nv),
+                &s.o.slice(..nv),
+                &s.gate.slice(..nv),
                 &pv(&lr.o_norm),
-                &a.o_rstd.slice(..n * h),
-                &b.d_normed.slice(..nv),
-                &mut b.d_o.slice_mut(..nv),
-                &mut b.d_gate.slice_mut(..nv),
+                &wk.o_rstd.slice(..n * h),
+                &b.dact.slice(..nv),
+                &mut b.dmu.slice_mut(..nv),
+                &mut wk.mg.slice_mut(..nv),
                 &mut grads.slice_mut(lr.o_norm.clone()),
                 &mut b.scratch,
             )?;
             mark(ctx.prof, gpu, "bwd gated rmsnorm")?;
             let inp = ChunkInputs {
-                q: a.q.slice(..n * kd),
-                k: a.k.slice(..n * kd),
-                v: a.v.slice(..nv),
-                g: a.g.slice(..n * h),
-                beta: a.beta.slice(..n * h),
+                q: wk.q.slice(..nk),
+                k: wk.k.slice(..nk),
+                v: wk.v.slice(..nv),
+                g: s.g.slice(..n * h),
+                beta: s.beta.slice(..n * h),
                 scale: 1.0 / (dk as f32).sqrt(),
                 initial_state: None,
                 cu_seqlens,
             };
-            let rule = Dims {
-                heads: h,
-                dk,
-                dv: sz.dv,
-            };
             {
-                let mut rg = b.rule.views(rule, n, nseq);
-                chunk_backward(gpu, &mut self.ws, &inp, &b.d_o.slice(..nv), None, &mut rg)?;
+                // dq in x_mid, dk in dacc.
+                let mut rg = ChunkGrads {
+                    dq: wk.x_mid.slice_mut(..nk),
+                    dk: b.dacc.slice_mut(..nk),
+                    dv: b.rule_dv.slice_mut(..nv),
+                    dg: b.rule_dg.slice_mut(..n * h),
+                    dbeta: b.rule_dbeta.slice_mut(..n * h),
+                    dh0: b.rule_dh0.slice_mut(..nseq * h * dk * dv),
+                };
+                chunk_backward(gpu, &mut self.ws, &inp, &b.dmu.slice(..nv), None, &mut rg)?;
             }
             mark(ctx.prof, gpu, "bwd delta rule")?;
             {
@@ -1787,13 +2000,13 @@ impl GpuModel {
                 let mut d_dt = hi.slice_mut(..lr.dt_bias.len());
                 ops::gates_bwd(
                     gpu,
-                    &a.a.slice(..n * h),
-                    &a.beta.slice(..n * h),
-                    &a.g.slice(..n * h),
+                    &s.a.slice(..n * h),
+                    &s.beta.slice(..n * h),
+                    &s.g.slice(..n * h),
                     &p32.slice(lr.a_log.clone()),
                     &p32.slice(lr.dt_bias.clone()),
-                    &b.rule.dg.slice(..n * h),
-                    &b.rule.dbeta.slice(..n * h),
+                    &b.rule_dg.slice(..n * h),
+                    &b.rule_dbeta.slice(..n * h),
                     &mut b.da.slice_mut(..n * h),
                     &mut b.db.slice_mut(..n * h),
                     &mut d_a_log,
@@ -1811,58 +2024,73 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd gates")?;
             // dq, dk through L2 norm and SiLU; dv through SiLU; all from the fp32 delta-rule
             // gradients (one bf16 rounding, after the cancelling l2norm projection).
-            l2norm_silu_bwd(
-                gpu,
-                &a.q_conv.slice(..n * kd),
-                &b.rule.dq.slice(..n * kd),
-                &mut b.dq_conv.slice_mut(..n * kd),
-                dk,
-            )?;
-            l2norm_silu_bwd(
-                gpu,
-                &a.k_conv.slice(..n * kd),
-                &b.rule.dk.slice(..n * kd),
-                &mut b.dk_conv.slice_mut(..n * kd),
-                dk,
-            )?;
+            // dq_conv‖dk_conv in dact (d_normed is dead), dv_conv in dmu (d_o is dead).
+            {
+                let (mut dq_conv, mut rest) = b.dact.split_at_mut(nk);
+                let mut dk_conv = rest.slice_mut(..nk);
+                l2norm_silu_bwd(
+                    gpu,
+                    &wk.q_conv.slice(..nk),
+                    &wk.x_mid.slice(..nk),
+                    &mut dq_conv,
+                    dk,
+                )?;
+                l2norm_silu_bwd(
+                    gpu,
+                    &wk.k_conv.slice(..nk),
+                    &b.dacc.slice(..nk),
+                    &mut dk_conv,
+                    dk,
+                )?;
+            }
             silu_bwd_f32dy(
                 gpu,
-                &a.v_conv.slice(..nv),
-                &b.rule.dv.slice(..nv),
-                &mut b.dv_conv.slice_mut(..nv),
+                &wk.v_conv.slice(..nv),
+                &b.rule_dv.slice(..nv),
+                &mut b.dmu.slice_mut(..nv),
             )?;
             mark(ctx.prof, gpu, "bwd silu, l2norm")?;
-            for (pre, wr, dconv, dpre, ch) in [
-                (&a.q_pre, &lr.q_conv, &b.dq_conv, &mut b.dq_pre, kd),
-                (&a.k_pre, &lr.k_conv, &b.dk_conv, &mut b.dk_pre, kd),
-                (&a.v_pre, &lr.v_conv, &b.dv_conv, &mut b.dv_pre, vd),
-            ] {
-                ops::conv_bwd(
-                    gpu,
-                    &pre.slice(..n * ch),
-                    &pv(wr),
-                    &dconv.slice(..n * ch),
-                    &mut dpre.slice_mut(..n * ch),
-                    &mut grads.slice_mut(wr.clone()),
-                    &mut b.scratch,
-                    &cu,
-                    ch,
-                    w,
-                )?;
+            // dq_pre‖dk_pre in mu, dv_pre in act.
+            {
+                let (dq_conv, rest) = b.dact.split_at(nk);
+                let dk_conv = rest.slice(..nk);
+                let dv_conv = b.dmu.slice(..nv);
+                let (mut dq_pre, mut rest) = wk.mu.split_at_mut(nk);
+                let mut dk_pre = rest.slice_mut(..nk);
+                let mut dv_pre = wk.act.slice_mut(..nv);
+                for (pre, wr, dconv, dpre, ch) in [
+                    (&s.q_pre, &lr.q_conv, &dq_conv, &mut dq_pre, kd),
+                    (&s.k_pre, &lr.k_conv, &dk_conv, &mut dk_pre, kd),
+                    (&s.v_pre, &lr.v_conv, &dv_conv, &mut dv_pre, vd),
+                ] {
+                    ops::conv_bwd(
+                        gpu,
+                        &pre.slice(..n * ch),
+                        &pv(wr),
+                        &dconv.slice(..n * ch),
+                        &mut dpre.slice_mut(..n * ch),
+                        &mut grads.slice_mut(wr.clone()),
+                        &mut b.scratch,
+                        &cu,
+                        ch,
+                        w,
+                    )?;
+                }
             }
             mark(ctx.prof, gpu, "bwd short conv")?;
             // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1.
-            let h1 = a.h1.slice(..nd);
+            let h1 = wk.h1.slice(..nd);
+            let (dq_pre, rest) = wk.mu.split_at(nk);
+            let dk_pre = rest.slice(..nk);
             let mut first = true;
-            for (wr, dp, out) in [
-                (&lr.q_proj, &b.dq_pre, kd),
-                (&lr.k_proj, &b.dk_pre, kd),
-                (&lr.v_proj, &b.dv_pre, vd),
-                (&lr.a_proj, &b.da, h),
-                (&lr.b_proj, &b.db, h),
-                (&lr.g_proj, &b.d_gate, vd),
+            for (wr, dpv, out) in [
+                (&lr.q_proj, dq_pre.slice(..nk), kd),
+                (&lr.k_proj, dk_pre, kd),
+                (&lr.v_proj, wk.act.slice(..nv), vd),
+                (&lr.a_proj, b.da.slice(..n * h), h),
+                (&lr.b_proj, b.db.slice(..n * h), h),
+                (&lr.g_proj, wk.mg.slice(..nv), vd),
             ] {
-                let dpv = dp.slice(..n * out);
                 let beta = if first { 0.0 } else { 1.0 };
                 first = false;
                 lin_dx::<f32>(
@@ -1880,9 +2108,9 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd mixer projections")?;
             rmsnorm_bwd_f32(
                 gpu,
-                &self.xs[l].slice(..nd),
+                &x_in,
                 &pv(&lr.attn_norm),
-                &a.rstd1.slice(..n),
+                &wk.rstd1.slice(..n),
                 &b.dacc.slice(..nd),
                 &mut b.dres.slice_mut(..nd),
                 true,
@@ -1902,5 +2130,110 @@ impl GpuModel {
         )?;
         mark(ctx.prof, gpu, "bwd embedding")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory::MemCategory as C;
+    use super::*;
+
+    /// The account of the small test configuration (d 64, 2 layers, 2 heads, K = V = 64,
+    /// intermediate 128, vocab 64, conv 4, untied head) for 100 tokens in 3 sequences, against
+    /// sizes worked out by hand from the buffers' shapes.
+    #[test]
+    fn memory_account_matches_hand_computed_sizes() {
+        let model =
+            Model::new(super::super::model_selftest::test_config(false, false).unwrap()).unwrap();
+        // Embeddings 64·64 + head 64·64 + final norm 64 + 2 blocks of: norms 3·64, q/k/v/g/o
+        // projections 5·128·64, a/b 2·2·64, A_log and dt_bias 2·2, convs 3·128·4, MLP 3·128·64.
+        let per_block = 3 * 64 + 5 * 128 * 64 + 2 * 2 * 64 + 2 * 2 + 3 * 128 * 4 + 3 * 128 * 64;
+        let p = 2 * 64 * 64 + 64 + 2 * per_block;
+        assert_eq!(model.layout.total, p);
+        let (t, seqs) = (100, 3);
+        let acc = GpuModel::memory_account(&model, t, seqs, false).unwrap();
+        assert_eq!(acc.category(C::Parameters), 6 * p);
+        assert_eq!(acc.category(C::Gradients), 4 * p);
+        // fp32 residual at the 3 block boundaries.
+        assert_eq!(acc.category(C::Residual), 3 * t * 64 * 4);
+        // q_pre, k_pre, v_pre, gate, o (bf16 [t, 128]), a (bf16 [t, 2]), g, β (f32 [t, 2]),
+        // mix (bf16 [t, 64]), per block.
+        let saved = 5 * t * 128 * 2 + t * 2 * 2 + 2 * t * 2 * 4 + t * 64 * 2;
+        assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
+        // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
+        // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =
+        // max(d, kd)); mg, mu, act (bf16 [t, 256] = max(inter, vd, 2 kd)).
+        let work = 2 * t * 4
+            + 3 * t * 64 * 2
+            + t * 2 * 2
+            + 7 * t * 128 * 2
+            + 3 * t * 2 * 4
+            + t * 128 * 4
+            + 3 * t * 256 * 2;
+        assert_eq!(acc.category(C::BlockWork), work);
+        // dres (f32 [t, 64]), dres_bf (bf16 [t, 64]), dacc (f32 [t, 128]), dact, dmu (bf16
+        // [t, 256]), rule dv (f32 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64, 64]),
+        // da, db (bf16 [t, 2]), scratch (f32: the conv backward's 256 parts · 128 · 4).
+        let bwd = t * 64 * 4
+            + t * 64 * 2
+            + t * 128 * 4
+            + 2 * t * 256 * 2
+            + t * 128 * 4
+            + 2 * t * 2 * 4
+            + seqs * 2 * 64 * 64 * 4
+            + 2 * t * 2 * 2
+            + 256 * 128 * 4 * 4;
+        assert_eq!(acc.category(C::Backward), bwd);
+        // Final rstd, lse, losses (f32 [t]), normed (bf16 [t, 64]), logits (bf16 [t, 64]),
+        // stats (2 f64).
+        assert_eq!(
+            acc.category(C::Logits),
+            3 * t * 4 + t * 64 * 2 + t * 64 * 2 + 16
+        );
+        // Chunks: ⌈100/64⌉ + 3 = 5. Backward: tmat f32 [5, 2, 64, 64], dvloc f32 [t, 2, 64],
+        // dh f32 [5, 2, 64, 64], sd_part f32 [5, 2, 4·4], dvnew bf16 [t, 2, 64]; forward: ctab
+        // i32 [10], seq_chunk i32 [4], gc f32 [t, 2], w, u, vnew bf16 [t, 2, 64], h bf16
+        // [5, 2, 64, 64].
+        let rule = 5 * 2 * 4096 * 4 * 2
+            + t * 128 * 4
+            + 5 * 2 * 16 * 4
+            + t * 128 * 2
+            + 10 * 4
+            + 4 * 4
+            + t * 2 * 4
+            + 3 * t * 128 * 2
+            + 5 * 2 * 4096 * 2;
+        assert_eq!(acc.category(C::DeltaRule), rule);
+        // tokens, targets (u32 [t]), cu_seqlens (i32 [4]), cuBLASLt's 32 MiB.
+        assert_eq!(acc.category(C::Misc), 2 * t * 4 + 4 * 4 + (32 << 20));
+        let total: usize = acc.by_category().iter().map(|(_, b)| b).sum();
+        assert_eq!(acc.total(), total);
+        assert!(acc.table().contains("| **total** |"));
+
+        // With `recompute`, one block's saved set.
+        let rc = GpuModel::memory_account(&model, t, seqs, true).unwrap();
+        assert_eq!(rc.category(C::SavedPerBlock), saved);
+        assert_eq!(rc.total(), acc.total() - saved);
+    }
+
+    /// The 1.3B account at batch 8 × 4096 (the figures quoted in docs/perf.md).
+    #[test]
+    fn fla_1_3b_account_fits_the_target() {
+        let model = Model::new(crate::model::ModelConfig::preset("fla-1.3b").unwrap()).unwrap();
+        let opt = crate::train::adamw::AdamW::new(
+            crate::train::adamw::AdamWConfig::default(),
+            &model.layout,
+        );
+        let acc = crate::cuda::train::GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, false)
+            .unwrap();
+        let rc = crate::cuda::train::GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, true)
+            .unwrap();
+        if std::env::var_os("GDN_PRINT_ACCOUNT").is_some() {
+            println!("{}", acc.table());
+            println!("with --recompute: {:.2} GB", rc.total() as f64 / 1e9);
+        }
+        assert!(rc.total() < acc.total());
+        let gb = acc.total() as f64 / 1e9;
+        assert!(gb < 64.0, "{gb:.2} GB");
     }
 }

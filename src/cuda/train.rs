@@ -3,8 +3,9 @@
 //! all resident on the device. The host sees a loss and a gradient norm per step, and the weights
 //! and moments only when a checkpoint is written.
 
-use super::buffer::{download_f32, upload, upload_f32};
-use super::model::GpuModel;
+use super::buffer::download_f32;
+use super::model::memory::{Alloc, BufKind, CountAlloc, GpuAlloc, MemCategory, OnGpu};
+use super::model::{GpuModel, MemoryAccount};
 use super::{ops, Gpu};
 use crate::data::Batch;
 use crate::eval::{Packed, Scorer};
@@ -13,6 +14,7 @@ use crate::train::adamw::AdamW;
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::CudaSlice;
 use std::collections::HashMap;
+use std::ops::Range;
 
 /// Advice appended to an out-of-memory error.
 const OOM_ADVICE: &str = "the GPU ran out of memory: lower --batch-size (and raise --grad-accum \
@@ -58,6 +60,94 @@ pub fn memory_in_use(gpu: &Gpu) -> Result<usize> {
     Ok(total - free)
 }
 
+/// The weight-decay factors as runs of equal values: AdamW runs once per run and reads a
+/// constant buffer of the run's factor (as long as the value's longest run), instead of a
+/// per-parameter fp32 array as large as the parameters.
+struct DecayRuns {
+    /// (parameter range, index into `values`), covering the parameters in order.
+    runs: Vec<(Range<usize>, usize)>,
+    /// One buffer per distinct factor.
+    values: Vec<CudaSlice<f32>>,
+}
+
+/// The runs of `decay` and, per distinct factor (by bits, in order of appearance), the factor
+/// and its longest run.
+struct Runs {
+    runs: Vec<(Range<usize>, usize)>,
+    values: Vec<(f32, usize)>,
+}
+
+/// Longest run (elements): one launch per 16 Mi parameters at most, and at most 64 MiB of
+/// factors per distinct value.
+const MAX_DECAY_RUN: usize = 1 << 24;
+
+fn decay_runs(decay: &[f32]) -> Runs {
+    decay_runs_max(decay, MAX_DECAY_RUN)
+}
+
+fn decay_runs_max(decay: &[f32], max_run: usize) -> Runs {
+    let mut out = Runs {
+        runs: Vec::new(),
+        values: Vec::new(),
+    };
+    let mut start = 0;
+    while start < decay.len() {
+        let x = decay[start];
+        let len = decay[start..]
+            .iter()
+            .take(max_run)
+            .take_while(|y| y.to_bits() == x.to_bits())
+            .count();
+        let vi = match out
+            .values
+            .iter()
+            .position(|(v, _)| v.to_bits() == x.to_bits())
+        {
+            Some(i) => i,
+            None => {
+                out.values.push((x, 0));
+                out.values.len() - 1
+            }
+        };
+        out.values[vi].1 = out.values[vi].1.max(len);
+        out.runs.push((start..start + len, vi));
+        start += len;
+    }
+    out
+}
+
+/// The optimiser's device buffers (zeroed; the moments and factors are uploaded after).
+struct OptBuffers<K: BufKind = OnGpu> {
+    m: K::Buf<f32>,
+    v: K::Buf<f32>,
+    decay_values: Vec<K::Buf<f32>>,
+    norm_scratch: K::Buf<f64>,
+    /// [lr, step] of the update in flight.
+    sched: K::Buf<f64>,
+    norm: K::Buf<f64>,
+}
+
+fn opt_buffers<A: Alloc>(al: &mut A, opt: &AdamW) -> Result<OptBuffers<A::K>> {
+    use MemCategory::Optimizer as C;
+    let n = opt.m.len();
+    Ok(OptBuffers {
+        m: al.buf(C, "AdamW m (f32)", n)?,
+        v: al.buf(C, "AdamW v (f32)", n)?,
+        decay_values: decay_runs(opt.decay())
+            .values
+            .iter()
+            .map(|&(_, len)| al.buf(C, "decay factor (one run's worth)", len))
+            .collect::<Result<Vec<_>>>()?,
+        norm_scratch: al.buf(
+            MemCategory::Misc,
+            "grad-norm scratch (f64)",
+            ops::grad_norm_scratch_len(),
+        )?,
+        sched: al.buf(MemCategory::Misc, "lr, step (f64)", 2)?,
+        norm: al.buf(MemCategory::Misc, "grad norm (f64)", 1)?,
+    })
+}
+
 pub struct GpuTrainer {
     /// `--graph`: the captured micro-batch steps (first field: dropped before the buffers their
     /// kernels address).
@@ -66,7 +156,7 @@ pub struct GpuTrainer {
     pub model: GpuModel,
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
-    decay: CudaSlice<f32>,
+    decay: DecayRuns,
     /// [lr, step] of the update in flight.
     sched: CudaSlice<f64>,
     norm: CudaSlice<f64>,
@@ -75,6 +165,22 @@ pub struct GpuTrainer {
 }
 
 impl GpuTrainer {
+    /// The device memory [`GpuTrainer::new`] allocates for these arguments, buffer by buffer
+    /// (the model's account plus the optimiser's; no GPU needed).
+    pub fn memory_account(
+        model: &Model,
+        opt: &AdamW,
+        max_tokens: usize,
+        max_seqs: usize,
+        recompute: bool,
+    ) -> Result<MemoryAccount> {
+        let mut acc = GpuModel::memory_account(model, max_tokens, max_seqs, recompute)?;
+        let mut al = CountAlloc::default();
+        opt_buffers(&mut al, opt)?;
+        acc.entries.extend(al.account.entries);
+        Ok(acc)
+    }
+
     /// Uploads the parameters and the optimiser state `opt` (moments and decay mask), with room
     /// for micro-batches of up to `max_tokens` tokens in `max_seqs` sequences.
     #[allow(clippy::too_many_arguments)]
@@ -90,17 +196,43 @@ impl GpuTrainer {
     ) -> Result<Self> {
         let build = |gpu: &Gpu| -> Result<_> {
             let model = GpuModel::new_with(gpu, model, params, max_tokens, max_seqs, recompute)?;
-            let moments = (upload_f32(gpu, &opt.m)?, upload_f32(gpu, &opt.v)?);
-            let decay = upload_f32(gpu, opt.decay())?;
-            let norm_scratch = upload(gpu, &vec![0.0f64; ops::grad_norm_scratch_len()])?;
-            Ok((model, moments, decay, norm_scratch))
+            let OptBuffers {
+                mut m,
+                mut v,
+                mut decay_values,
+                norm_scratch,
+                sched,
+                norm,
+            } = opt_buffers(&mut GpuAlloc { gpu }, opt)?;
+            gpu.stream
+                .memcpy_htod(&opt.m, &mut m)
+                .map_err(|e| anyhow!("uploading the first moments failed: {e:?}"))?;
+            gpu.stream
+                .memcpy_htod(&opt.v, &mut v)
+                .map_err(|e| anyhow!("uploading the second moments failed: {e:?}"))?;
+            let runs = decay_runs(opt.decay());
+            for (buf, &(value, len)) in decay_values.iter_mut().zip(&runs.values) {
+                let host = vec![value; len];
+                gpu.stream
+                    .memcpy_htod(&host, &mut buf.slice_mut(..len))
+                    .map_err(|e| anyhow!("uploading the decay factors failed: {e:?}"))?;
+                // `host` must outlive the copy.
+                gpu.sync()?;
+            }
+            // The moments' host arrays (`opt`) outlive this; wait for their copies anyway.
+            gpu.sync()?;
+            let decay = DecayRuns {
+                runs: runs.runs,
+                values: decay_values,
+            };
+            Ok((model, (m, v), decay, norm_scratch, sched, norm))
         };
-        let (model, (m, v), decay, norm_scratch) = build(&gpu).map_err(explain_oom)?;
+        let (model, (m, v), decay, norm_scratch, sched, norm) = build(&gpu).map_err(explain_oom)?;
         let c = opt.config;
         Ok(GpuTrainer {
             graphs: None,
-            sched: upload(&gpu, &[0.0f64, 0.0])?,
-            norm: upload(&gpu, &[0.0f64])?,
+            sched,
+            norm,
             gpu,
             model,
             m,
@@ -216,19 +348,23 @@ impl GpuTrainer {
         gpu.stream
             .memcpy_htod(&[lr, step as f64], &mut self.sched)
             .map_err(|e| anyhow!("uploading the learning rate failed: {e:?}"))?;
-        let n = self.model.params.len();
-        ops::adamw(
-            gpu,
-            &mut self.model.params,
-            &self.model.grads,
-            &mut self.m,
-            &mut self.v,
-            &self.decay,
-            &mut self.model.params_bf16.slice_mut(..n),
-            &self.sched,
-            (self.hyper.max_grad_norm > 0.0).then_some(&self.norm),
-            &self.hyper,
-        )?;
+        // One launch per run of parameters with the same decay factor (elementwise: the same
+        // values as one launch over a per-parameter factor array).
+        let model = &mut self.model;
+        for (r, vi) in &self.decay.runs {
+            ops::adamw(
+                gpu,
+                &mut model.params.slice_mut(r.clone()),
+                &model.grads.slice(r.clone()),
+                &mut self.m.slice_mut(r.clone()),
+                &mut self.v.slice_mut(r.clone()),
+                &self.decay.values[*vi].slice(..r.len()),
+                &mut model.params_bf16.slice_mut(r.clone()),
+                &self.sched,
+                (self.hyper.max_grad_norm > 0.0).then_some(&self.norm),
+                &self.hyper,
+            )?;
+        }
         // The host array of the copy above lives on this frame: wait for it.
         gpu.sync()
     }
@@ -338,6 +474,42 @@ mod tests {
             explain_oom(anyhow!("launching CUDA kernel `x` failed"))
         );
         assert_eq!(other, "launching CUDA kernel `x` failed");
+    }
+
+    #[test]
+    fn decay_runs_cover_the_factors_in_order() {
+        let r = decay_runs(&[0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(
+            r.runs,
+            vec![(0..1, 0), (1..4, 1), (4..6, 0), (6..7, 1)],
+            "runs"
+        );
+        assert_eq!(r.values, vec![(0.0, 2), (1.0, 3)]);
+        assert!(decay_runs(&[]).runs.is_empty());
+        let r = decay_runs_max(&[1.0; 7], 3);
+        assert_eq!(r.runs, vec![(0..3, 0), (3..6, 0), (6..7, 0)]);
+        assert_eq!(r.values, vec![(1.0, 3)]);
+    }
+
+    /// The trainer's account (no GPU): the model's plus m, v, one run's worth of each decay
+    /// factor and the small scalars; the per-parameter factor array is gone.
+    #[test]
+    fn trainer_memory_account_adds_the_optimizer() {
+        let model =
+            Model::new(crate::cuda::model_selftest::test_config(false, false).unwrap()).unwrap();
+        let opt = AdamW::new(crate::train::adamw::AdamWConfig::default(), &model.layout);
+        let acc = GpuTrainer::memory_account(&model, &opt, 100, 3, false).unwrap();
+        let base = GpuModel::memory_account(&model, 100, 3, false).unwrap();
+        let p = model.layout.total;
+        // Every parameter decays by default: one run, one factor buffer as long as it.
+        let runs = decay_runs(opt.decay());
+        let longest: usize = runs.values.iter().map(|v| v.1).sum();
+        assert_eq!((runs.runs.len(), longest), (1, p));
+        assert_eq!(acc.category(MemCategory::Optimizer), 8 * p + 4 * longest);
+        assert_eq!(
+            acc.total(),
+            base.total() + 8 * p + 4 * longest + 8 * (ops::grad_norm_scratch_len() + 3)
+        );
     }
 }
 

@@ -410,6 +410,8 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         (None, _) => None,
         (g, None) => g,
     };
+    // The GPU trainer's memory account (reported at the start).
+    let mut gpu_memory = None;
     let mut engine = match gpu {
         None => Engine::Cpu {
             grads: vec![0.0f32; params.len()],
@@ -428,6 +430,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                 .chain([c.batch_size * c.seq_len()])
                 .max()
                 .unwrap_or(1);
+            let account =
+                GpuTrainer::memory_account(&model, &opt, max_tokens, max_seqs, opts.recompute)?;
+            gpu_memory = Some(account);
             let mut t = GpuTrainer::new(
                 gpu,
                 &model,
@@ -481,6 +486,18 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             c.steps,
             opts.out.display()
         ));
+        if let Some(acc) = &gpu_memory {
+            let parts: Vec<String> = acc
+                .by_category()
+                .into_iter()
+                .map(|(cat, b)| format!("{} {:.2}", cat.label(), b as f64 / 1e9))
+                .collect();
+            say(format!(
+                "GPU memory account: {:.2} GB ({}; GB)",
+                acc.total() as f64 / 1e9,
+                parts.join(", ")
+            ));
+        }
     }
     let started = Instant::now();
     let mut last_loss = f64::NAN;
