@@ -135,6 +135,19 @@ pub fn l2norm_silu_bwd(
     let (cp, _c) = c.device_ptr(s);
     let (yp, _y) = dy.device_ptr(s);
     let (op, _o) = dc.device_ptr_mut(s);
+    if d % 32 == 0 && d <= 256 {
+        // One warp per row, eight rows per block.
+        let e = d_ / 32;
+        let cfg = LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // arguments match `mx_l2norm_silu_bwd_warp(const bf16*, const float*, bf16*, int, int)`;
+        // lengths checked; rows of 32·e elements, e ≤ 8.
+        launch!(gpu, MODEL_EXTRA, "mx_l2norm_silu_bwd_warp", cfg; cp, yp, op, rows, e);
+        return Ok(());
+    }
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),

@@ -80,6 +80,41 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf
     }
 }
 
+// The same backward with one warp per row, for rows of d = 32·E (E ≤ 8: K = 64, 128, 256): no
+// block barrier and eight rows per 256-thread block, where the block-per-row form above spent
+// most of its time waiting on one barrier per 256-element row (measured: 28 ms of the 1.3B step
+// for ≈ 8 GB of traffic). Lane l holds elements l, l + 32, … (each load coalesced across the warp).
+extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const float* dy, bf16* dc, int rows,
+                                                   int e) {
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31;
+    const i64 base = (i64)r * (32 * e) + lane;
+    float cv[8], gv[8], ss = 0.0f, sg = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        if (k < e) {
+            cv[k] = ldf(c, base + 32 * k);
+            gv[k] = dy[base + 32 * k];
+            const float s = siluf_(cv[k]);
+            ss += s * s;
+            sg += s * gv[k];
+        }
+    }
+    ss = warp_sum(ss);
+    sg = warp_sum(sg);
+    const float rr = 1.0f / sqrtf(ss + 1e-6f);
+    const float dot = rr * sg;  // y . dy
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        if (k < e) {
+            float sl, sgr;
+            silu_and_grad(cv[k], sl, sgr);
+            dc[base + 32 * k] = tobf(rr * (gv[k] - sl * rr * dot) * sgr);
+        }
+    }
+}
+
 // dx = dy * silu'(x), dy fp32 (the body is ops' silu_bwd's).
 extern "C" __global__ void mx_silu_bwd_f32dy(const bf16* x, const float* dy, bf16* dx, i64 n) {
     silu_bwd_body(x, dy, dx, n);
