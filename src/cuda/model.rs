@@ -135,7 +135,7 @@ pub fn l2norm_silu_bwd(
     let (cp, _c) = c.device_ptr(s);
     let (yp, _y) = dy.device_ptr(s);
     let (op, _o) = dc.device_ptr_mut(s);
-    if d % 32 == 0 && d <= 256 {
+    if d.is_multiple_of(32) && d <= 256 {
         // One warp per row, eight rows per block.
         let e = d_ / 32;
         let cfg = LaunchConfig {
