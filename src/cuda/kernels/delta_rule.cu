@@ -685,24 +685,22 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 }
 
 // ------------------------------------------------------------------------------------------
-// Kernels 3 and 4 share the intra-chunk attention matrix: per (chunk, head, 64 columns of V),
-// 256 threads. Kernel 3 (output): O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ]. Kernel 4 (backward,
-// local dṼ): dṼ_loc = s (QKᵀ ⊙ Γ ⊙ L)ᵀ dO, f32.
+// The intra-chunk attention matrix of kernel 4 (backward, local dṼ): dṼ_loc = s (QKᵀ ⊙ Γ ⊙ L)ᵀ dO,
+// f32, per (chunk, head), 256 threads. Kernel 3 (output, O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ])
+// builds the same matrix in its own layout (below).
 
 template <int K>
-struct OutSm {
+struct DvlocSm {
   bf16* q;      // [64][K+8]
   bf16* k;      // [64][K+8]
-  bf16* hs;     // [K][72]   h_c columns v0..v0+64 (output kernel only)
-  bf16* x;      // [64][72]  Ṽ (output) or dO (dv_local) columns
+  bf16* x;      // [64][72]  dO columns
   float* P;     // [64][68]
   bf16* pb;     // [64][72]
   float* stage; // [8][320]
   float* G;     // [64]
-  __device__ void carve(Carve& c, bool with_h) {
+  __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * (K + 8));
     k = c.take<bf16>(CH * (K + 8));
-    hs = with_h ? c.take<bf16>(K * LD64) : nullptr;
     x = c.take<bf16>(CH * LD64);
     P = c.take<float>(CH * LF64);
     pb = c.take<bf16>(CH * LD64);
@@ -711,18 +709,16 @@ struct OutSm {
   }
 };
 
-// Loads q, k, G and builds pb = s·(QKᵀ ⊙ Γ ⊙ L) (bf16). Also scales q rows by s·γ when asked.
-// `x_src`/`xld` is the 64-column slice loaded into S.x. Ends with a barrier.
+// Loads q, k, G and builds pb = s·(QKᵀ ⊙ Γ ⊙ L) (bf16). `x_src`/`xld` is the 64-column slice
+// loaded into S.x. Ends with a barrier.
 template <int K>
-__device__ __forceinline__ void intra_attn(OutSm<K>& S, const bf16* q, const bf16* k,
-                                           const float* gc, const bf16* x_src, long xld,
-                                           const bf16* h_src, long hld, int start, int len, int h,
-                                           int H, float scale, bool scale_q) {
+__device__ __forceinline__ void intra_attn(DvlocSm<K>& S, const bf16* q, const bf16* k,
+                                           const float* gc, const bf16* x_src, long xld, int start,
+                                           int len, int h, int H, float scale) {
   const int tid = threadIdx.x;
   load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   load_bf16_async(S.x, LD64, x_src, xld, CH, 64, len);
-  if (h_src) load_bf16_async(S.hs, LD64, h_src, hld, K, 64, K);
   cp_commit();
   if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
   cp_wait<0>();
@@ -735,18 +731,10 @@ __device__ __forceinline__ void intra_attn(OutSm<K>& S, const bf16* q, const bf1
     if (j <= i && i < len) p = scale * S.P[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
     S.pb[i * LD64 + j] = f2b(p);
   }
-  if (scale_q) {
-    for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-      const int i = idx / K, c = idx - i * K;
-      bf16* p = S.q + i * (K + 8) + c;
-      const float f = i < len ? scale * __expf(S.G[i]) : 0.f;
-      *p = f2b(b2f(*p) * f);
-    }
-  }
   __syncthreads();
 }
 
-// Kernel 3, v4: its own layout (OutSm/intra_attn stay as they were for dvloc). 3 CTAs/SM at
+// Kernel 3, v4: its own layout (dvloc keeps DvlocSm/intra_attn). 3 CTAs/SM at
 // K = 128 (68.2 KB, was 97.2 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
 // straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
 // double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
@@ -893,7 +881,7 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 
 // Kernel 4 (v4): one block per (chunk, head) loops over the 64-column slices of dO (v3 had one
 // block per slice, each reloading q and k and recomputing QKᵀ). For K <= 128 a second slice
-// buffer (DvlocX) is carved after OutSm: slice 1 loads with q and k, and slice s+2 loads while
+// buffer (DvlocX) is carved after DvlocSm: slice 1 loads with q and k, and slice s+2 loads while
 // slice s+1 is multiplied. For K = 256 (where the extra 9 KB would cost the second CTA per SM)
 // the slices are single-buffered.
 template <int K>
@@ -910,8 +898,8 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
                            float* __restrict__ dvl) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  OutSm<K> S;
-  S.carve(cv, false);
+  DvlocSm<K> S;
+  S.carve(cv);
   DvlocX<K> X2;
   X2.carve(cv);
   constexpr bool DB = DvlocX<K>::DB;
@@ -923,7 +911,7 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   const int ns = V / 64;
   // Slice 1 joins intra_attn's cp.async group (committed and waited for there).
   if (DB && ns > 1) load_bf16_async(X2.x2, LD64, do0 + 64, ld, CH, 64, len);
-  intra_attn<K>(S, q, k, gc, do0, ld, nullptr, 0, start, len, h, H, scale, false);
+  intra_attn<K>(S, q, k, gc, do0, ld, start, len, h, H, scale);
   float* stage = S.stage + warp * STG_SZ;
   for (int s = 0; s < ns; ++s) {
     const int v0 = s * 64;
@@ -2077,8 +2065,8 @@ __device__ unsigned smem_of() {
 template <int K>
 __device__ unsigned smem_dvloc() {
   Carve c(nullptr);
-  OutSm<K> l;
-  l.carve(c, false);
+  DvlocSm<K> l;
+  l.carve(c);
   DvlocX<K> x;
   x.carve(c);
   return c.off;
