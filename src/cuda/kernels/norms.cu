@@ -22,13 +22,11 @@ __device__ __forceinline__ int fast_row() {
     return (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / L) + (threadIdx.x & 31) / L;
 }
 
+// Loads row r (D = 8·L·N values, this thread's N chunks of 8) into v, zeros when !ok, and returns
+// the row's Σx² summed over the L threads of the row (the same order for every norm).
 template <int L, int N>
-__device__ __forceinline__ void rmsnorm_fwd_fast(const bf16* x, const bf16* w, bf16* y, float* rstd, int rows,
-                                                 float eps) {
+__device__ __forceinline__ float load_row_sumsq(const bf16* x, int r, int sub, bool ok, float (&v)[N][8]) {
     constexpr int D = 8 * L * N;
-    const int sub = threadIdx.x % L, r = fast_row<L>();
-    const bool ok = r < rows;
-    float v[N][8];
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < N; ++k) {
@@ -39,7 +37,17 @@ __device__ __forceinline__ void rmsnorm_fwd_fast(const bf16* x, const bf16* w, b
             ss += v[k][i] * v[k][i];
         }
     }
-    ss = group_sum<L>(ss);
+    return group_sum<L>(ss);
+}
+
+template <int L, int N>
+__device__ __forceinline__ void rmsnorm_fwd_fast(const bf16* x, const bf16* w, bf16* y, float* rstd, int rows,
+                                                 float eps) {
+    constexpr int D = 8 * L * N;
+    const int sub = threadIdx.x % L, r = fast_row<L>();
+    const bool ok = r < rows;
+    float v[N][8];
+    const float ss = load_row_sumsq<L, N>(x, r, sub, ok, v);
     if (!ok) return;
     const float rs = 1.0f / sqrtf(ss / (float)D + eps);
     if (sub == 0) rstd[r] = rs;
@@ -60,17 +68,7 @@ __device__ __forceinline__ void gated_rmsnorm_fwd_fast(const bf16* o, const bf16
     const int sub = threadIdx.x % L, r = fast_row<L>();
     const bool ok = r < rows;
     float v[N][8];
-    float ss = 0.0f;
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-        if (ok) ld8(o + (i64)r * D + NORM_COL(k, sub, L), v[k]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            if (!ok) v[k][i] = 0.0f;
-            ss += v[k][i] * v[k][i];
-        }
-    }
-    ss = group_sum<L>(ss);
+    const float ss = load_row_sumsq<L, N>(o, r, sub, ok, v);
     if (!ok) return;
     const float rs = 1.0f / sqrtf(ss / (float)D + eps);
     if (sub == 0) rstd[r] = rs;
@@ -91,17 +89,7 @@ __device__ __forceinline__ void l2norm_fwd_fast(const bf16* x, bf16* y, float* r
     const int sub = threadIdx.x % L, r = fast_row<L>();
     const bool ok = r < rows;
     float v[N][8];
-    float ss = 0.0f;
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-        if (ok) ld8(x + (i64)r * D + NORM_COL(k, sub, L), v[k]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            if (!ok) v[k][i] = 0.0f;
-            ss += v[k][i] * v[k][i];
-        }
-    }
-    ss = group_sum<L>(ss);
+    const float ss = load_row_sumsq<L, N>(x, r, sub, ok, v);
     if (!ok) return;
     const float rr = 1.0f / sqrtf(ss + 1e-6f);
     if (sub == 0) rinv[r] = rr;
