@@ -85,7 +85,12 @@ __device__ __forceinline__ void gated_rmsnorm_fwd_fast(const bf16* o, const bf16
     }
 }
 
-template <int L, int N>
+// silu(x) rounded to bf16 and back: the value silu_fwd stores and l2norm_fwd then reads, so that
+// the fused SiLU + L2 norm below computes bit for bit what the two kernels compute.
+__device__ __forceinline__ float silu_bf(float x) { return __bfloat162float(tobf(siluf_(x))); }
+
+// SILU: y = l2norm(bf16(silu(x))) in one pass (the model's q and k), else y = l2norm(x).
+template <int L, int N, bool SILU = false>
 __device__ __forceinline__ void l2norm_fwd_fast(const bf16* x, bf16* y, float* rinv, int rows) {
     constexpr int D = 8 * L * N;
     const int sub = threadIdx.x % L, r = fast_row<L>();
@@ -98,6 +103,7 @@ __device__ __forceinline__ void l2norm_fwd_fast(const bf16* x, bf16* y, float* r
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             if (!ok) v[k][i] = 0.0f;
+            if (SILU) v[k][i] = silu_bf(v[k][i]);
             ss += v[k][i] * v[k][i];
         }
     }
@@ -303,6 +309,10 @@ __device__ __forceinline__ void gated_rmsnorm_bwd_fast(const bf16* o, const bf16
                                                                            int rows) {                          \
         l2norm_fwd_fast<L, N>(x, y, rinv, rows);                                                                \
     }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) l2norm_silu_fwd_##L##_##N(const bf16* x, bf16* y,         \
+                                                                                float* rinv, int rows) {        \
+        l2norm_fwd_fast<L, N, true>(x, y, rinv, rows);                                                          \
+    }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                           \
         l2norm_bwd_##L##_##N(const bf16* y, const float* rinv, const bf16* dy, bf16* dx, int rows) {            \
         l2norm_bwd_fast<L, N>(y, rinv, dy, dx, rows);                                                           \
@@ -462,6 +472,24 @@ extern "C" __global__ void l2norm_fwd(const bf16* x, bf16* y, float* rinv, int r
     const float rr = 1.0f / sqrtf(ss + 1e-6f);
     if (threadIdx.x == 0) rinv[r] = rr;
     for (int c = threadIdx.x; c < d; c += blockDim.x) y[(i64)r * d + c] = tobf(ldf(xr, c) * rr);
+}
+
+// y = l2norm(bf16(silu(x))): silu_fwd then l2norm_fwd in one kernel, bit for bit (the SiLU output
+// is rounded to bf16 as silu_fwd stores it; the sums run in l2norm_fwd's order).
+extern "C" __global__ void l2norm_silu_fwd(const bf16* x, bf16* y, float* rinv, int rows, int d) {
+    __shared__ float sh[33];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const bf16* xr = x + (i64)r * d;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        const float v = silu_bf(ldf(xr, c));
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    const float rr = 1.0f / sqrtf(ss + 1e-6f);
+    if (threadIdx.x == 0) rinv[r] = rr;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) y[(i64)r * d + c] = tobf(silu_bf(ldf(xr, c)) * rr);
 }
 
 // dx = r * (dy - y * (y . dy))
