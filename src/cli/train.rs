@@ -1,8 +1,9 @@
 //! `gdn train`.
 
 use super::DeviceArg;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
+use gdn::cuda::model::SaveMode;
 use gdn::data::mqar::MqarConfig;
 use gdn::model::ModelConfig;
 use gdn::train::{trainer::RunOptions, DataSpec, TrainConfig};
@@ -91,15 +92,40 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// GPU: keep one block's activations and recompute each block's forward during the
-    /// backward (much less memory, about a third more compute).
+    /// backward (much less memory, about a fifth more time). The same as `--save recompute`.
     #[arg(long)]
     pub recompute: bool,
+    /// GPU: what each block keeps for its backward. `lean` (default): projections, gates and
+    /// outputs, the rest recomputed (about 8 % of the step at FLA's 1.3B); `auto`: also the
+    /// MLP's gate/up outputs of as many blocks as fit --memory-limit (default: the free GPU
+    /// memory less 3 GB); `all`: everything, nothing recomputed (the most memory);
+    /// `recompute`: as --recompute. The losses are bit for bit the same in every mode. Not
+    /// saved with the run: pass it again with --resume.
+    #[arg(long, value_enum, default_value_t = SaveMode::Lean)]
+    pub save: SaveMode,
+    /// GPU: memory budget in GB (1e9 bytes) of what the trainer allocates (the memory account;
+    /// the CUDA context adds about 0.6 GB): bounds --save auto, and is checked at start for
+    /// the other modes.
+    #[arg(long)]
+    pub memory_limit: Option<f64>,
     /// GPU: capture each micro-batch's forward and backward in a CUDA graph (once per shape,
     /// after one eager micro-batch) and replay it instead of launching every kernel. The
     /// results are bit for bit those of the eager run. Not saved with the run: pass it again
     /// with --resume.
     #[arg(long)]
     pub graph: bool,
+}
+
+/// `--recompute` and `--save` together (`--recompute` is `--save recompute`).
+pub fn save_mode(recompute: bool, save: SaveMode) -> Result<SaveMode> {
+    match (recompute, save) {
+        (false, s) => Ok(s),
+        (true, SaveMode::Lean | SaveMode::Recompute) => Ok(SaveMode::Recompute),
+        (true, s) => bail!(
+            "--recompute is --save recompute: it cannot go with --save {}",
+            s.name()
+        ),
+    }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -115,7 +141,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         quiet: a.quiet,
         gpu: gpu.then_some(0),
         notice: no_gpu.map(|why| format!("no usable GPU ({why}); training on the CPU")),
-        recompute: a.recompute,
+        save: save_mode(a.recompute, a.save)?,
+        memory_limit_gb: a.memory_limit,
         graph: a.graph,
         gpu_optional: a.device == DeviceArg::Auto,
     };

@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// train: recompute each block's forward in the backward (see `gdn train --recompute`).
     #[arg(long)]
     pub recompute: bool,
+    /// train: what each block keeps for its backward (see `gdn train --save`); the JSON goes to
+    /// gdn_train_<mode>[_graph].json for modes other than lean.
+    #[arg(long, value_enum, default_value_t = super::model::SaveMode::Lean)]
+    pub save: super::model::SaveMode,
+    /// train: memory budget in GB of the account (see `gdn train --memory-limit`).
+    #[arg(long)]
+    pub memory_limit: Option<f64>,
     /// train: replay each step's forward and backward from a CUDA graph (see `gdn train
     /// --graph`); the JSON goes to gdn_train[_recompute]_graph.json.
     #[arg(long)]
@@ -620,6 +627,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 fn run_train(a: &BenchArgs) -> Result<()> {
+    use super::model::SaveMode;
     let gpu = Gpu::open(a.device)?;
     println!("device: {} ({})", gpu.name, gpu.arch);
     let b = super::bench_train::TrainBench {
@@ -628,24 +636,31 @@ fn run_train(a: &BenchArgs) -> Result<()> {
         batch_size: a.batch_size,
         steps: a.steps,
         warmup: 2,
-        recompute: a.recompute,
+        save: match (a.recompute, a.save) {
+            (false, s) => s,
+            (true, SaveMode::Lean | SaveMode::Recompute) => SaveMode::Recompute,
+            (true, s) => anyhow::bail!("--recompute cannot go with --save {}", s.name()),
+        },
+        memory_limit_gb: a.memory_limit,
         graph: a.graph,
         breakdown: a.breakdown,
     };
     let r = super::bench_train::bench_train(gpu, &b)?;
+    let mode = format!(
+        "{}{}",
+        match r.save {
+            SaveMode::Lean => String::new(),
+            s => format!(", save {}", s.name()),
+        },
+        if r.graph { ", CUDA graph" } else { "" }
+    );
     println!(
-        "{}: {:.1}M parameters, {}×{} tokens{}: {:.3} s/step, {:.0} tokens/s, {:.0} model TFLOP/s, \
-         GPU memory in use {:.1} GB",
+        "{}: {:.1}M parameters, {}×{} tokens{mode}: {:.3} s/step, {:.0} tokens/s, {:.0} model \
+         TFLOP/s, GPU memory in use {:.1} GB",
         r.name,
         r.params_m,
         r.batch,
         r.seq_len,
-        match (r.recompute, r.graph) {
-            (false, false) => "",
-            (true, false) => ", recompute",
-            (false, true) => ", CUDA graph",
-            (true, true) => ", recompute, CUDA graph",
-        },
         r.step_s,
         r.tokens_per_s,
         r.model_tflops,
@@ -655,7 +670,10 @@ fn run_train(a: &BenchArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = format!(
             "gdn_train{}{}.json",
-            if r.recompute { "_recompute" } else { "" },
+            match r.save {
+                SaveMode::Lean => String::new(),
+                s => format!("_{}", s.name()),
+            },
             if r.graph { "_graph" } else { "" }
         );
         crate::io::write_atomic(

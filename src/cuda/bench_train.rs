@@ -3,7 +3,7 @@
 //! `bench/fla_train.py` times FLA's model: tokens/s, step time, model TFLOP/s (6 · parameters ·
 //! tokens/s) and the GPU memory in use.
 
-use super::model::MemoryAccount;
+use super::model::{MemoryAccount, SaveMode, SavePlan};
 use super::train::{memory_in_use, GpuTrainer};
 use super::Gpu;
 use crate::data::Batch;
@@ -22,7 +22,10 @@ pub struct TrainBench {
     pub batch_size: usize,
     pub steps: usize,
     pub warmup: usize,
-    pub recompute: bool,
+    /// What each block keeps for its backward (`gdn train --save`, `--recompute`).
+    pub save: SaveMode,
+    /// Memory budget in GB of the account (`gdn train --memory-limit`).
+    pub memory_limit_gb: Option<f64>,
     /// Replay each step's forward and backward from a CUDA graph (`gdn train --graph`).
     pub graph: bool,
     /// Also time one more step op group by op group (events between groups).
@@ -35,7 +38,11 @@ pub struct TrainBenchResult {
     pub params_m: f64,
     pub batch: usize,
     pub seq_len: usize,
+    /// `save` is `recompute`.
     pub recompute: bool,
+    /// The save mode (`lean`, `auto`, `all`, `recompute`) and what it resolved to.
+    pub save: SaveMode,
+    pub save_plan: SavePlan,
     /// Forward and backward replayed from a CUDA graph.
     pub graph: bool,
     /// Micro-batches replayed from the graph (timed steps, warm-up and breakdown).
@@ -62,25 +69,26 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
     let params: Vec<f32> = model.init_params(&mut rng);
     let opt = AdamW::new(AdamWConfig::default(), &model.layout);
     let n = b.batch_size * b.seq_len;
-    let account = GpuTrainer::memory_account(&model, &opt, n, b.batch_size, b.recompute)?;
+    let budget = match b.memory_limit_gb {
+        Some(gb) => Some((gb * 1e9) as usize),
+        None if b.save == SaveMode::Auto => Some(GpuTrainer::free_budget(&gpu)?),
+        None => None,
+    };
+    let (plan, account) = GpuTrainer::save_plan(&model, &opt, n, b.batch_size, b.save, budget)?;
     println!(
-        "memory account ({} × {} tokens{}):\n{}",
+        "memory account ({} × {} tokens, --save {}: {}{}):\n{}",
         b.batch_size,
         b.seq_len,
-        if b.recompute { ", recompute" } else { "" },
+        b.save.name(),
+        plan.describe(model.config.num_hidden_layers),
+        match budget {
+            Some(x) => format!("; budget {:.2} GB", x as f64 / 1e9),
+            None => String::new(),
+        },
         account.table()
     );
     let before = memory_in_use(&gpu)?;
-    let mut t = GpuTrainer::new(
-        gpu,
-        &model,
-        &params,
-        &opt,
-        1.0,
-        n,
-        b.batch_size,
-        b.recompute,
-    )?;
+    let mut t = GpuTrainer::new(gpu, &model, &params, &opt, 1.0, n, b.batch_size, plan)?;
     if b.graph {
         // A graph needs one eager micro-batch first; the second is captured: warm up both.
         ensure!(
@@ -127,7 +135,9 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         params_m: num / 1e6,
         batch: b.batch_size,
         seq_len: b.seq_len,
-        recompute: b.recompute,
+        recompute: plan.recompute,
+        save: b.save,
+        save_plan: plan,
         graph: b.graph,
         graph_replays: t.graph_replays(),
         step_s,

@@ -32,8 +32,10 @@ use half::bf16;
 use std::ops::Range;
 
 pub mod memory;
+pub mod save;
 use memory::{Alloc, BufKind, CountAlloc, GpuAlloc, MemCategory, OnGpu};
 pub use memory::{MemEntry, MemoryAccount};
+pub use save::{SaveMode, SavePlan};
 
 /// The helper kernels of this module.
 pub static MODEL_EXTRA: KernelSource = KernelSource {
@@ -261,6 +263,8 @@ pub fn rmsnorm_fwd_f32x(
 /// RMSNorm backward on the fp32 residual stream (as `ops::rmsnorm_bwd`, with x, dy and dx fp32):
 /// dx is written (`accumulate` false) or added (true) into the fp32 residual gradient, and
 /// dw += Σ_rows dy·x·rstd (deterministic: per-block partials in `scratch`, then reduced in order).
+/// With `dx_bf`, the kernel also writes bf16(dx) there (the value `ops::cast_f32_to_bf16` of the
+/// finished dx gives, without the second pass over dx).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd_f32(
     gpu: &Gpu,
@@ -269,6 +273,7 @@ pub fn rmsnorm_bwd_f32(
     rstd: &impl DevicePtr<f32>,
     dy: &impl DevicePtr<f32>,
     dx: &mut impl DevicePtrMut<f32>,
+    dx_bf: Option<&mut CudaViewMut<bf16>>,
     accumulate: bool,
     dw: &mut impl DevicePtrMut<f32>,
     scratch: &mut impl DevicePtrMut<f32>,
@@ -282,14 +287,16 @@ pub fn rmsnorm_bwd_f32(
             && x.len() % d == 0
             && rstd.len() == x.len() / d
             && dy.len() == x.len()
-            && dx.len() == x.len(),
-        "rmsnorm_bwd_f32: lengths (x {}, w {}, rstd {}, dy {}, dx {}, dw {}) do not fit rows of \
-         width {d}",
+            && dx.len() == x.len()
+            && dx_bf.as_ref().is_none_or(|b| b.len() == x.len()),
+        "rmsnorm_bwd_f32: lengths (x {}, w {}, rstd {}, dy {}, dx {}, dx_bf {:?}, dw {}) do not fit \
+         rows of width {d}",
         x.len(),
         w.len(),
         rstd.len(),
         dy.len(),
         dx.len(),
+        dx_bf.as_ref().map(|b| b.len()),
         dw.len()
     );
     let parts = ops::PARTS;
@@ -308,6 +315,14 @@ pub fn rmsnorm_bwd_f32(
     let (rp, _r) = rstd.device_ptr(s);
     let (yp, _y) = dy.device_ptr(s);
     let (dxp, _dx) = dx.device_ptr_mut(s);
+    // A null pointer: no bf16 copy.
+    let (dbp, _db) = match dx_bf {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
     let cfg = LaunchConfig {
@@ -316,9 +331,10 @@ pub fn rmsnorm_bwd_f32(
         shared_mem_bytes: (d * 4) as u32,
     };
     // arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
-    // const float*, float*, float*, int, int, int)`; lengths checked; d floats of dynamic shared
-    // memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch holds PARTS rows of d.
-    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg; xp, wp, rp, yp, dxp, sp, rows, d_, acc);
+    // const float*, float*, bf16*, float*, int, int, int)`; lengths checked (dx_bf null or as
+    // long as dx); d floats of dynamic shared memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch
+    // holds PARTS rows of d.
+    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg; xp, wp, rp, yp, dxp, dbp, sp, rows, d_, acc);
     let np = parts as i32;
     let cfg = LaunchConfig {
         grid_dim: (d.div_ceil(256) as u32, 1, 1),
@@ -456,16 +472,22 @@ impl<K: BufKind> Saved<K> {
     }
 }
 
-/// One block's activations (bf16 unless noted), shared by all blocks: each block's forward
-/// writes them, and its backward rewrites them from [`Saved`] and the residual stream (the last
-/// block's, and with `recompute` every block's, are still in place). The mixer's backward reuses
-/// the MLP's dead buffers: `mg` holds d_gate, `mu` dq_pre‖dk_pre, `act` (after dmg) dv_pre, and
-/// `x_mid` the delta rule's fp32 dq.
-struct Work<K: BufKind = OnGpu> {
+/// One block's activations that its backward reads besides [`Saved`] (bf16 unless noted), in
+/// three groups, each held in `sets` copies chosen by the [`SavePlan`]: blocks `0..sets − 1` own
+/// one copy each (kept from their forward to their backward: nothing to recompute), the other
+/// blocks share the last copy. A block that shares a copy rewrites it in its backward from
+/// [`Saved`] and the residual stream, by the forward's kernels on the forward's inputs (bit for
+/// bit the values its forward computed), except the last block, whose forward wrote the shared
+/// copy last (and, with `recompute`, every block, whose forward was just re-run).
+///
+/// The mixer's backward reuses the block's MLP buffers once the MLP backward is done: `mg`
+/// holds d_gate, `mu` dq_pre‖dk_pre, `act` (after dmg) dv_pre, and `x_mid` the delta rule's fp32
+/// dq (a block's own copies are dead by then too).
+///
+/// The mixer group: the convs, SiLU / L2 norm, gated norm and attention norm outputs.
+struct MixWork<K: BufKind = OnGpu> {
     rstd1: K::Buf<f32>,
     h1: K::Buf<bf16>,
-    /// b_proj output [T, H] (gates forward only).
-    b: K::Buf<bf16>,
     q_conv: K::Buf<bf16>,
     k_conv: K::Buf<bf16>,
     v_conv: K::Buf<bf16>,
@@ -475,27 +497,42 @@ struct Work<K: BufKind = OnGpu> {
     kr: K::Buf<f32>,
     v: K::Buf<bf16>,
     o_rstd: K::Buf<f32>,
-    /// [T, max(kd, vd)]: also the SiLU scratch of q and k before their L2 norm.
+    /// The gated norm's output [T, vd].
     normed: K::Buf<bf16>,
+}
+
+/// The MLP group without its gate/up outputs: x_mid, the MLP norm and the SwiGLU product.
+struct MlpWork<K: BufKind = OnGpu> {
     /// fp32 [T, max(d, kd)] (residual stream).
     x_mid: K::Buf<f32>,
     rstd2: K::Buf<f32>,
     h2: K::Buf<bf16>,
-    /// [T, slot] each (see [`Sz::slot`]).
-    mg: K::Buf<bf16>,
-    mu: K::Buf<bf16>,
+    /// [T, slot] (see [`Sz::slot`]).
     act: K::Buf<bf16>,
 }
 
-impl<K: BufKind> Work<K> {
-    fn new_in<A: Alloc<K = K>>(al: &mut A, sz: Sz, t: usize) -> Result<Self> {
-        let c = MemCategory::BlockWork;
+/// The MLP's gate and up projections ([T, slot] each): the one recomputation with matmuls.
+struct GateUp<K: BufKind = OnGpu> {
+    mg: K::Buf<bf16>,
+    mu: K::Buf<bf16>,
+}
+
+/// The category of copy `i` of `sets`: the last is the shared work copy, the others are kept
+/// per block by the save plan.
+fn set_category(i: usize, sets: usize) -> MemCategory {
+    if i + 1 == sets {
+        MemCategory::BlockWork
+    } else {
+        MemCategory::KeptPerBlock
+    }
+}
+
+impl<K: BufKind> MixWork<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, c: MemCategory, sz: Sz, t: usize) -> Result<Self> {
         let (th, tk, tv, td) = (t * sz.h, t * sz.kd, t * sz.vd, t * sz.d);
-        let ts = t * sz.slot();
-        Ok(Work {
+        Ok(MixWork {
             rstd1: al.buf(c, "rstd1 (f32)", t)?,
             h1: al.buf(c, "h1", td)?,
-            b: al.buf(c, "b (b_proj)", th)?,
             q_conv: al.buf(c, "q_conv", tk)?,
             k_conv: al.buf(c, "k_conv", tk)?,
             v_conv: al.buf(c, "v_conv", tv)?,
@@ -505,15 +542,83 @@ impl<K: BufKind> Work<K> {
             kr: al.buf(c, "kr (f32)", th)?,
             v: al.buf(c, "v", tv)?,
             o_rstd: al.buf(c, "o_rstd (f32)", th)?,
-            normed: al.buf(c, "normed / silu scratch", t * sz.kd.max(sz.vd))?,
-            x_mid: al.buf(c, "x_mid (f32) / rule dq", t * sz.d.max(sz.kd))?,
-            rstd2: al.buf(c, "rstd2 (f32)", t)?,
-            h2: al.buf(c, "h2", td)?,
-            mg: al.buf(c, "mlp gate / d_gate", ts)?,
-            mu: al.buf(c, "mlp up / dq_pre, dk_pre", ts)?,
-            act: al.buf(c, "mlp act / dmg, dv_pre", ts)?,
+            normed: al.buf(c, "normed", t * sz.vd)?,
         })
     }
+}
+
+impl<K: BufKind> MlpWork<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, c: MemCategory, sz: Sz, t: usize) -> Result<Self> {
+        Ok(MlpWork {
+            x_mid: al.buf(c, "x_mid (f32) / rule dq", t * sz.d.max(sz.kd))?,
+            rstd2: al.buf(c, "rstd2 (f32)", t)?,
+            h2: al.buf(c, "h2", t * sz.d)?,
+            act: al.buf(c, "mlp act / dmg, dv_pre", t * sz.slot())?,
+        })
+    }
+}
+
+impl<K: BufKind> GateUp<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, c: MemCategory, sz: Sz, t: usize) -> Result<Self> {
+        let ts = t * sz.slot();
+        Ok(GateUp {
+            mg: al.buf(c, "mlp gate / d_gate", ts)?,
+            mu: al.buf(c, "mlp up / dq_pre, dk_pre", ts)?,
+        })
+    }
+}
+
+/// Every copy of the three groups (see [`MixWork`]), and the b_proj output (read by the
+/// forward's gates only: one buffer for all blocks).
+struct Acts<K: BufKind = OnGpu> {
+    plan: SavePlan,
+    mix: Vec<MixWork<K>>,
+    mlp: Vec<MlpWork<K>>,
+    gu: Vec<GateUp<K>>,
+    /// b_proj output [T, H] (gates forward only).
+    b: K::Buf<bf16>,
+}
+
+impl<K: BufKind> Acts<K> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, plan: SavePlan, sz: Sz, t: usize) -> Result<Self> {
+        let mix = (0..plan.mixer)
+            .map(|i| MixWork::new_in(al, set_category(i, plan.mixer), sz, t))
+            .collect::<Result<Vec<_>>>()?;
+        let mlp = (0..plan.mlp)
+            .map(|i| MlpWork::new_in(al, set_category(i, plan.mlp), sz, t))
+            .collect::<Result<Vec<_>>>()?;
+        let gu = (0..plan.gate_up)
+            .map(|i| GateUp::new_in(al, set_category(i, plan.gate_up), sz, t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Acts {
+            plan,
+            mix,
+            mlp,
+            gu,
+            b: al.buf(MemCategory::BlockWork, "b (b_proj)", t * sz.h)?,
+        })
+    }
+}
+
+impl Acts {
+    /// Block `l`'s copies of the three groups.
+    fn block(&mut self, l: usize) -> Work<'_> {
+        let p = self.plan;
+        Work {
+            mix: &mut self.mix[SavePlan::set_of(p.mixer, l)],
+            mlp: &mut self.mlp[SavePlan::set_of(p.mlp, l)],
+            gu: &mut self.gu[SavePlan::set_of(p.gate_up, l)],
+            b: &mut self.b,
+        }
+    }
+}
+
+/// One block's view of [`Acts`].
+struct Work<'a> {
+    mix: &'a mut MixWork,
+    mlp: &'a mut MlpWork,
+    gu: &'a mut GateUp,
+    b: &'a mut CudaSlice<bf16>,
 }
 
 /// Backward temporaries (shared by all layers; see [`Work`] for the buffers the mixer's backward
@@ -588,7 +693,7 @@ struct Buffers<K: BufKind = OnGpu> {
     cu_dev: K::Buf<i32>,
     xs: Vec<K::Buf<f32>>,
     saved: Vec<Saved<K>>,
-    work: Work<K>,
+    acts: Acts<K>,
     tmp_d: K::Buf<bf16>,
     rstd_f: K::Buf<f32>,
     normed_f: K::Buf<bf16>,
@@ -607,11 +712,12 @@ fn buffers<A: Alloc>(
     n_layers: usize,
     t: usize,
     seqs: usize,
-    recompute: bool,
+    plan: SavePlan,
 ) -> Result<Buffers<A::K>> {
     use MemCategory as C;
+    plan.check(n_layers)?;
     let d = sz.d;
-    let stored = if recompute { 1 } else { n_layers };
+    let stored = if plan.recompute { 1 } else { n_layers };
     Ok(Buffers {
         params: al.buf(C::Parameters, "master weights (f32)", n_params)?,
         params_bf16: al.buf(C::Parameters, "working weights (bf16)", n_params)?,
@@ -625,7 +731,7 @@ fn buffers<A: Alloc>(
         saved: (0..stored)
             .map(|_| Saved::new_in(al, sz, t))
             .collect::<Result<Vec<_>>>()?,
-        work: Work::new_in(al, sz, t)?,
+        acts: Acts::new_in(al, plan, sz, t)?,
         tmp_d: al.buf(C::BlockWork, "embedding / mlp down output", t * d)?,
         rstd_f: al.buf(C::Logits, "final rstd (f32)", t)?,
         normed_f: al.buf(C::Logits, "final normed", t * d)?,
@@ -646,9 +752,9 @@ pub struct GpuModel {
     norm: Range<usize>,
     head: Range<usize>,
     layers: Vec<LayerRanges>,
-    /// Keep one block's activations and recompute each block's forward before its backward
-    /// (memory: the residual stream per block instead of every activation).
-    recompute: bool,
+    /// What each block keeps for its backward (see [`SavePlan`]); with `recompute`, one
+    /// block's activations and each block's forward re-run before its backward.
+    plan: SavePlan,
     /// Named timings of the launches of a step (`enable_profile`).
     profile: Option<OpProfile>,
     /// fp32 master parameters (the CPU layout).
@@ -669,7 +775,7 @@ pub struct GpuModel {
     /// fp32, so that the stream is not re-rounded to bf16 at every block.
     xs: Vec<CudaSlice<f32>>,
     saved: Vec<Saved>,
-    work: Work,
+    acts: Acts,
     tmp_d: CudaSlice<bf16>,
     rstd_f: CudaSlice<f32>,
     normed_f: CudaSlice<bf16>,
@@ -782,8 +888,8 @@ fn attn_norm(ctx: &BlockCtx, lr: &LayerRanges, x_in: &CudaView<f32>, wk: &mut Wo
         ctx.gpu,
         x_in,
         &ctx.pv(&lr.attn_norm),
-        &mut wk.h1.slice_mut(..n * d),
-        &mut wk.rstd1.slice_mut(..n),
+        &mut wk.mix.h1.slice_mut(..n * d),
+        &mut wk.mix.rstd1.slice_mut(..n),
         d,
         ctx.sz.eps,
     )
@@ -802,9 +908,9 @@ fn mixer_convs(
     } = *ctx;
     let Sz { kd, vd, w, .. } = sz;
     for (pre, wr, conv, ch) in [
-        (&s.q_pre, &lr.q_conv, &mut wk.q_conv, kd),
-        (&s.k_pre, &lr.k_conv, &mut wk.k_conv, kd),
-        (&s.v_pre, &lr.v_conv, &mut wk.v_conv, vd),
+        (&s.q_pre, &lr.q_conv, &mut wk.mix.q_conv, kd),
+        (&s.k_pre, &lr.k_conv, &mut wk.mix.k_conv, kd),
+        (&s.v_pre, &lr.v_conv, &mut wk.mix.v_conv, vd),
     ] {
         ops::conv_fwd(
             gpu,
@@ -819,19 +925,17 @@ fn mixer_convs(
     ctx.mark(fwd, "fwd short conv")
 }
 
-/// q, k = L2norm(SiLU(conv)) (through the `normed` buffer as scratch), v = SiLU(conv).
+/// q, k = L2norm(SiLU(conv)) (one fused kernel each), v = SiLU(conv).
 fn mixer_silu_norm(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
     let BlockCtx { gpu, sz, n, .. } = *ctx;
     let Sz { dk, kd, vd, .. } = sz;
     for (conv, y, r) in [
-        (&wk.q_conv, &mut wk.q, &mut wk.qr),
-        (&wk.k_conv, &mut wk.k, &mut wk.kr),
+        (&wk.mix.q_conv, &mut wk.mix.q, &mut wk.mix.qr),
+        (&wk.mix.k_conv, &mut wk.mix.k, &mut wk.mix.kr),
     ] {
-        let mut s = wk.normed.slice_mut(..n * kd);
-        ops::silu_fwd(gpu, &conv.slice(..n * kd), &mut s)?;
-        ops::l2norm_fwd(
+        ops::l2norm_silu_fwd(
             gpu,
-            &s,
+            &conv.slice(..n * kd),
             &mut y.slice_mut(..n * kd),
             &mut r.slice_mut(..n * sz.h),
             dk,
@@ -839,8 +943,8 @@ fn mixer_silu_norm(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
     }
     ops::silu_fwd(
         gpu,
-        &wk.v_conv.slice(..n * vd),
-        &mut wk.v.slice_mut(..n * vd),
+        &wk.mix.v_conv.slice(..n * vd),
+        &mut wk.mix.v.slice_mut(..n * vd),
     )?;
     ctx.mark(fwd, "fwd silu, l2norm")
 }
@@ -854,8 +958,8 @@ fn out_norm(ctx: &BlockCtx, lr: &LayerRanges, s: &Saved, wk: &mut Work, fwd: boo
         &s.o.slice(..nv),
         &s.gate.slice(..nv),
         &ctx.pv(&lr.o_norm),
-        &mut wk.normed.slice_mut(..nv),
-        &mut wk.o_rstd.slice_mut(..n * sz.h),
+        &mut wk.mix.normed.slice_mut(..nv),
+        &mut wk.mix.o_rstd.slice_mut(..n * sz.h),
         sz.eps,
     )?;
     ctx.mark(fwd, "fwd gated rmsnorm")
@@ -868,33 +972,37 @@ fn mid_residual(ctx: &BlockCtx, x_in: &CudaView<f32>, s: &Saved, wk: &mut Work) 
         ctx.gpu,
         x_in,
         &s.mix.slice(..nd),
-        &mut wk.x_mid.slice_mut(..nd),
+        &mut wk.mlp.x_mid.slice_mut(..nd),
     )
 }
 
-/// h2, rstd2 = RMSNorm(x_mid); mg, mu = gate/up(h2); act = SiLU(mg)·mu.
-fn mlp_in(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
-    let BlockCtx {
-        gpu, blas, sz, n, ..
-    } = *ctx;
-    let Sz { d, inter, eps, .. } = sz;
+/// h2, rstd2 = RMSNorm(x_mid).
+fn mlp_norm(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
+    let Sz { d, eps, .. } = ctx.sz;
+    let n = ctx.n;
     rmsnorm_fwd_f32x(
-        gpu,
-        &wk.x_mid.slice(..n * d),
+        ctx.gpu,
+        &wk.mlp.x_mid.slice(..n * d),
         &ctx.pv(&lr.mlp_norm),
-        &mut wk.h2.slice_mut(..n * d),
-        &mut wk.rstd2.slice_mut(..n),
+        &mut wk.mlp.h2.slice_mut(..n * d),
+        &mut wk.mlp.rstd2.slice_mut(..n),
         d,
         eps,
     )?;
-    ctx.mark(fwd, "fwd rmsnorm")?;
-    let h2 = wk.h2.slice(..n * d);
+    ctx.mark(fwd, "fwd rmsnorm")
+}
+
+/// mg, mu = gate/up(h2).
+fn mlp_gate_up(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
+    let BlockCtx { blas, sz, n, .. } = *ctx;
+    let Sz { d, inter, .. } = sz;
+    let h2 = wk.mlp.h2.slice(..n * d);
     let ni = n * inter;
     lin_fwd(
         blas,
         &h2,
         &ctx.pv(&lr.gate_proj),
-        &mut wk.mg.slice_mut(..ni),
+        &mut wk.gu.mg.slice_mut(..ni),
         n,
         d,
         inter,
@@ -903,17 +1011,22 @@ fn mlp_in(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<
         blas,
         &h2,
         &ctx.pv(&lr.up_proj),
-        &mut wk.mu.slice_mut(..ni),
+        &mut wk.gu.mu.slice_mut(..ni),
         n,
         d,
         inter,
     )?;
-    ctx.mark(fwd, "fwd mlp gate/up")?;
+    ctx.mark(fwd, "fwd mlp gate/up")
+}
+
+/// act = SiLU(mg)·mu.
+fn mlp_swiglu(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
+    let ni = ctx.n * ctx.sz.inter;
     ops::swiglu_fwd(
-        gpu,
-        &wk.mg.slice(..ni),
-        &wk.mu.slice(..ni),
-        &mut wk.act.slice_mut(..ni),
+        ctx.gpu,
+        &wk.gu.mg.slice(..ni),
+        &wk.gu.mu.slice(..ni),
+        &mut wk.mlp.act.slice_mut(..ni),
     )?;
     ctx.mark(fwd, "fwd swiglu")
 }
@@ -946,13 +1059,13 @@ fn block_forward(
     attn_norm(ctx, lr, x_in, wk)?;
     mark(ctx.prof, gpu, "fwd rmsnorm")?;
     // Mixer projections.
-    let h1 = wk.h1.slice(..n * d);
+    let h1 = wk.mix.h1.slice(..n * d);
     for (wr, y, out) in [
         (&lr.q_proj, &mut s.q_pre, kd),
         (&lr.k_proj, &mut s.k_pre, kd),
         (&lr.v_proj, &mut s.v_pre, vd),
         (&lr.a_proj, &mut s.a, h),
-        (&lr.b_proj, &mut wk.b, h),
+        (&lr.b_proj, &mut *wk.b, h),
     ] {
         lin_fwd(
             blas,
@@ -984,7 +1097,7 @@ fn block_forward(
     out_norm(ctx, lr, s, wk, true)?;
     lin_fwd(
         blas,
-        &wk.normed.slice(..n * vd),
+        &wk.mix.normed.slice(..n * vd),
         &ctx.pv(&lr.o_proj),
         &mut s.mix.slice_mut(..n * d),
         n,
@@ -994,18 +1107,20 @@ fn block_forward(
     mid_residual(ctx, x_in, s, wk)?;
     mark(ctx.prof, gpu, "fwd o_proj, residual")?;
     // MLP.
-    mlp_in(ctx, lr, wk, true)?;
+    mlp_norm(ctx, lr, wk, true)?;
+    mlp_gate_up(ctx, lr, wk, true)?;
+    mlp_swiglu(ctx, wk, true)?;
     let mut down = tmp_d.slice_mut(..n * d);
     lin_fwd(
         blas,
-        &wk.act.slice(..n * inter),
+        &wk.mlp.act.slice(..n * inter),
         &ctx.pv(&lr.down_proj),
         &mut down,
         n,
         inter,
         d,
     )?;
-    add_f32_bf16(gpu, &wk.x_mid.slice(..n * d), &down, x_out)?;
+    add_f32_bf16(gpu, &wk.mlp.x_mid.slice(..n * d), &down, x_out)?;
     mark(ctx.prof, gpu, "fwd mlp down, residual")?;
     Ok(())
 }
@@ -1041,9 +1156,9 @@ fn chunk_mixer(
     )?;
     mark(ctx.prof, gpu, "fwd gates")?;
     let inp = ChunkInputs {
-        q: wk.q.slice(..n * kd),
-        k: wk.k.slice(..n * kd),
-        v: wk.v.slice(..n * vd),
+        q: wk.mix.q.slice(..n * kd),
+        k: wk.mix.k.slice(..n * kd),
+        v: wk.mix.v.slice(..n * vd),
         g: s.g.slice(..n * h),
         beta: s.beta.slice(..n * h),
         scale: 1.0 / (dk as f32).sqrt(),
@@ -1076,9 +1191,27 @@ fn decode_mixer(
         h, dk, kd, vd, w, ..
     } = sz;
     for (pre, wr, conv, c, ch) in [
-        (&s.q_pre, &lr.q_conv, &mut wk.q_conv, &mut cache.conv_q, kd),
-        (&s.k_pre, &lr.k_conv, &mut wk.k_conv, &mut cache.conv_k, kd),
-        (&s.v_pre, &lr.v_conv, &mut wk.v_conv, &mut cache.conv_v, vd),
+        (
+            &s.q_pre,
+            &lr.q_conv,
+            &mut wk.mix.q_conv,
+            &mut cache.conv_q,
+            kd,
+        ),
+        (
+            &s.k_pre,
+            &lr.k_conv,
+            &mut wk.mix.k_conv,
+            &mut cache.conv_k,
+            kd,
+        ),
+        (
+            &s.v_pre,
+            &lr.v_conv,
+            &mut wk.mix.v_conv,
+            &mut cache.conv_v,
+            vd,
+        ),
     ] {
         ops::conv_step(
             gpu,
@@ -1093,9 +1226,9 @@ fn decode_mixer(
     mark(ctx.prof, gpu, "decode short conv")?;
     // SiLU only: the decode kernel normalises q and k itself.
     for (conv, y, ch) in [
-        (&wk.q_conv, &mut wk.q, kd),
-        (&wk.k_conv, &mut wk.k, kd),
-        (&wk.v_conv, &mut wk.v, vd),
+        (&wk.mix.q_conv, &mut wk.mix.q, kd),
+        (&wk.mix.k_conv, &mut wk.mix.k, kd),
+        (&wk.mix.v_conv, &mut wk.mix.v, vd),
     ] {
         ops::silu_fwd(gpu, &conv.slice(..n * ch), &mut y.slice_mut(..n * ch))?;
     }
@@ -1103,9 +1236,9 @@ fn decode_mixer(
     ops::cast_bf16_to_f32(gpu, &wk.b.slice(..n * h), &mut s.beta.slice_mut(..n * h))?;
     mark(ctx.prof, gpu, "decode silu, casts")?;
     let inp = DecodeInputs {
-        q: wk.q.slice(..n * kd),
-        k: wk.k.slice(..n * kd),
-        v: wk.v.slice(..n * vd),
+        q: wk.mix.q.slice(..n * kd),
+        k: wk.mix.k.slice(..n * kd),
+        v: wk.mix.v.slice(..n * vd),
         a: s.g.slice(..n * h),
         b: s.beta.slice(..n * h),
         a_log: p32.slice(lr.a_log.clone()),
@@ -1163,7 +1296,7 @@ impl GpuModel {
         max_tokens: usize,
         max_seqs: usize,
     ) -> Result<Self> {
-        Self::new_with(gpu, model, params, max_tokens, max_seqs, false)
+        Self::new_with(gpu, model, params, max_tokens, max_seqs, SavePlan::lean())
     }
 
     /// The device memory [`GpuModel::new_with`] allocates for these arguments, buffer by buffer
@@ -1172,7 +1305,7 @@ impl GpuModel {
         model: &Model,
         max_tokens: usize,
         max_seqs: usize,
-        recompute: bool,
+        plan: SavePlan,
     ) -> Result<MemoryAccount> {
         model.config.validate()?;
         let sz = Sz::of(model);
@@ -1184,7 +1317,7 @@ impl GpuModel {
             model.config.num_hidden_layers,
             max_tokens,
             max_seqs,
-            recompute,
+            plan,
         )?;
         let mut acc = al.account;
         memory::delta_rule_workspace(&mut acc, sz.rule(), max_tokens, max_seqs, true);
@@ -1198,15 +1331,16 @@ impl GpuModel {
         Ok(acc)
     }
 
-    /// As [`GpuModel::new`]; with `recompute`, activations are kept for one block at a time and
-    /// each block's forward is run again before its backward.
+    /// As [`GpuModel::new`], keeping for the backward what `plan` says (with `plan.recompute`,
+    /// activations are kept for one block at a time and each block's forward is run again
+    /// before its backward).
     pub fn new_with(
         gpu: &Gpu,
         model: &Model,
         params: &[f32],
         max_tokens: usize,
         max_seqs: usize,
-        recompute: bool,
+        plan: SavePlan,
     ) -> Result<Self> {
         let c = &model.config;
         c.validate()?;
@@ -1280,7 +1414,7 @@ impl GpuModel {
             cu_dev,
             xs,
             saved,
-            work,
+            acts,
             tmp_d,
             rstd_f,
             normed_f,
@@ -1296,7 +1430,7 @@ impl GpuModel {
             layers.len(),
             max_tokens,
             max_seqs,
-            recompute,
+            plan,
         )?;
         gpu.stream
             .memcpy_htod(params, &mut master)
@@ -1315,7 +1449,7 @@ impl GpuModel {
             norm,
             head,
             layers,
-            recompute,
+            plan,
             profile: None,
             params: master,
             params_bf16,
@@ -1329,7 +1463,7 @@ impl GpuModel {
             n: 0,
             xs,
             saved,
-            work,
+            acts,
             tmp_d,
             rstd_f,
             normed_f,
@@ -1397,38 +1531,39 @@ impl GpuModel {
             poison(gpu, &mut s.g)?;
             poison(gpu, &mut s.beta)?;
         }
-        let w = &mut self.work;
-        for b in [
-            &mut w.h1,
-            &mut w.b,
-            &mut w.q_conv,
-            &mut w.k_conv,
-            &mut w.v_conv,
-            &mut w.q,
-            &mut w.k,
-            &mut w.v,
-            &mut w.normed,
-            &mut w.h2,
-            &mut w.mg,
-            &mut w.mu,
-            &mut w.act,
-            &mut self.tmp_d,
-            &mut self.normed_f,
-            &mut self.logits,
-        ] {
+        let a = &mut self.acts;
+        poison(gpu, &mut a.b)?;
+        for m in &mut a.mix {
+            for x in [
+                &mut m.h1,
+                &mut m.q_conv,
+                &mut m.k_conv,
+                &mut m.v_conv,
+                &mut m.q,
+                &mut m.k,
+                &mut m.v,
+                &mut m.normed,
+            ] {
+                poison(gpu, x)?;
+            }
+            for x in [&mut m.rstd1, &mut m.qr, &mut m.kr, &mut m.o_rstd] {
+                poison(gpu, x)?;
+            }
+        }
+        for m in &mut a.mlp {
+            poison(gpu, &mut m.h2)?;
+            poison(gpu, &mut m.act)?;
+            poison(gpu, &mut m.x_mid)?;
+            poison(gpu, &mut m.rstd2)?;
+        }
+        for g in &mut a.gu {
+            poison(gpu, &mut g.mg)?;
+            poison(gpu, &mut g.mu)?;
+        }
+        for b in [&mut self.tmp_d, &mut self.normed_f, &mut self.logits] {
             poison(gpu, b)?;
         }
-        for b in [
-            &mut w.rstd1,
-            &mut w.qr,
-            &mut w.kr,
-            &mut w.o_rstd,
-            &mut w.x_mid,
-            &mut w.rstd2,
-            &mut self.rstd_f,
-            &mut self.lse,
-            &mut self.losses,
-        ] {
+        for b in [&mut self.rstd_f, &mut self.lse, &mut self.losses] {
             poison(gpu, b)?;
         }
         let b = &mut self.bwd;
@@ -1597,7 +1732,7 @@ impl GpuModel {
             let (before, after) = self.xs.split_at_mut(l + 1);
             let x_in = before[l].slice(..n * d);
             let mut x_out = after[0].slice_mut(..n * d);
-            let s = &mut self.saved[if self.recompute { 0 } else { l }];
+            let s = &mut self.saved[if self.plan.recompute { 0 } else { l }];
             let core = match &mut decode {
                 Some((step, caches)) => Core::Decode(step, &mut caches[l]),
                 None => Core::Chunk(&mut self.ws),
@@ -1608,7 +1743,7 @@ impl GpuModel {
                 &x_in,
                 &mut x_out,
                 s,
-                &mut self.work,
+                &mut self.acts.block(l),
                 core,
                 &mut self.tmp_d,
             )?;
@@ -1801,12 +1936,12 @@ impl GpuModel {
             &self.rstd_f.slice(..n),
             &b.dacc.slice(..nd),
             &mut b.dres.slice_mut(..nd),
+            Some(&mut b.dres_bf.slice_mut(..nd)),
             false,
             &mut grads.slice_mut(self.norm.clone()),
             &mut b.scratch,
             d,
         )?;
-        ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
         mark(self.profile.as_ref(), gpu, "bwd lm head, final norm")?;
 
         let ctx = BlockCtx {
@@ -1822,7 +1957,8 @@ impl GpuModel {
         };
         let n_layers = self.layers.len();
         for (l, lr) in self.layers.iter().enumerate().rev() {
-            if self.recompute {
+            let plan = self.plan;
+            if plan.recompute {
                 let (before, after) = self.xs.split_at_mut(l + 1);
                 block_forward(
                     &ctx,
@@ -1830,22 +1966,33 @@ impl GpuModel {
                     &before[l].slice(..nd),
                     &mut after[0].slice_mut(..nd),
                     &mut self.saved[0],
-                    &mut self.work,
+                    &mut self.acts.block(l),
                     Core::Chunk(&mut self.ws),
                     &mut self.tmp_d,
                 )?;
             }
-            // `work` holds this block's activations when its forward ran last (the last block,
-            // or any block with `recompute`); otherwise its backward rewrites them from `saved`
-            // and the residual stream, phase by phase, with the forward's kernels.
-            let fresh = self.recompute || l + 1 == n_layers;
-            let s = &self.saved[if self.recompute { 0 } else { l }];
-            let wk = &mut self.work;
+            // The block's copies of its activations (see `MixWork`) hold its forward's values
+            // when the block owns them, when its forward ran last (the last block) or was just
+            // re-run (`recompute`); otherwise its backward rewrites them from `saved` and the
+            // residual stream, phase by phase, with the forward's kernels.
+            let redo_gu = plan.recomputes(plan.gate_up, l, n_layers);
+            let redo_mlp = plan.recomputes(plan.mlp, l, n_layers);
+            let redo_mix = plan.recomputes(plan.mixer, l, n_layers);
+            let s = &self.saved[if plan.recompute { 0 } else { l }];
+            let wk = &mut self.acts.block(l);
             let x_in = self.xs[l].slice(..nd);
             let ni = n * inter;
-            if !fresh {
+            if redo_mlp {
                 mid_residual(&ctx, &x_in, s, wk)?;
-                mlp_in(&ctx, lr, wk, false)?;
+                mlp_norm(&ctx, lr, wk, false)?;
+            }
+            if redo_gu {
+                mlp_gate_up(&ctx, lr, wk, false)?;
+            }
+            if redo_mlp {
+                mlp_swiglu(&ctx, wk, false)?;
+            }
+            if redo_mlp || redo_gu {
                 mark(ctx.prof, gpu, "bwd recompute mlp")?;
             }
             // MLP: x_out = x_mid + down(silu(gate) ⊙ up).
@@ -1863,7 +2010,7 @@ impl GpuModel {
             lin_dw(
                 blas,
                 &dy,
-                &wk.act.slice(..ni),
+                &wk.mlp.act.slice(..ni),
                 &mut grads.slice_mut(lr.down_proj.clone()),
                 n,
                 inter,
@@ -1873,15 +2020,15 @@ impl GpuModel {
             // dmg into `act` (read for the last time just above).
             ops::swiglu_bwd(
                 gpu,
-                &wk.mg.slice(..ni),
-                &wk.mu.slice(..ni),
+                &wk.gu.mg.slice(..ni),
+                &wk.gu.mu.slice(..ni),
                 &b.dact.slice(..ni),
-                &mut wk.act.slice_mut(..ni),
+                &mut wk.mlp.act.slice_mut(..ni),
                 &mut b.dmu.slice_mut(..ni),
             )?;
             mark(ctx.prof, gpu, "bwd swiglu")?;
-            let h2 = wk.h2.slice(..nd);
-            let (dmg, dmu) = (wk.act.slice(..ni), b.dmu.slice(..ni));
+            let h2 = wk.mlp.h2.slice(..nd);
+            let (dmg, dmu) = (wk.mlp.act.slice(..ni), b.dmu.slice(..ni));
             lin_dx::<f32>(
                 blas,
                 &dmg,
@@ -1923,23 +2070,23 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd mlp gate/up")?;
             rmsnorm_bwd_f32(
                 gpu,
-                &wk.x_mid.slice(..nd),
+                &wk.mlp.x_mid.slice(..nd),
                 &pv(&lr.mlp_norm),
-                &wk.rstd2.slice(..n),
+                &wk.mlp.rstd2.slice(..n),
                 &b.dacc.slice(..nd),
                 &mut b.dres.slice_mut(..nd),
+                Some(&mut b.dres_bf.slice_mut(..nd)),
                 true,
                 &mut grads.slice_mut(lr.mlp_norm.clone()),
                 &mut b.scratch,
                 d,
             )?;
-            ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
             mark(ctx.prof, gpu, "bwd rmsnorm")?;
 
             // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))). From here on the MLP's
             // buffers are free: mg, mu, act, x_mid (work) and dact, dmu (temporaries) hold the
             // mixer's gradients (see `Work`).
-            if !fresh {
+            if redo_mix {
                 mixer_convs(&ctx, lr, s, wk, false)?;
                 mixer_silu_norm(&ctx, wk, false)?;
                 out_norm(&ctx, lr, s, wk, false)?;
@@ -1963,7 +2110,7 @@ impl GpuModel {
             lin_dw(
                 blas,
                 &dy,
-                &wk.normed.slice(..nv),
+                &wk.mix.normed.slice(..nv),
                 &mut grads.slice_mut(lr.o_proj.clone()),
                 n,
                 vd,
@@ -1976,18 +2123,18 @@ impl GpuModel {
                 &s.o.slice(..nv),
                 &s.gate.slice(..nv),
                 &pv(&lr.o_norm),
-                &wk.o_rstd.slice(..n * h),
+                &wk.mix.o_rstd.slice(..n * h),
                 &b.dact.slice(..nv),
                 &mut b.dmu.slice_mut(..nv),
-                &mut wk.mg.slice_mut(..nv),
+                &mut wk.gu.mg.slice_mut(..nv),
                 &mut grads.slice_mut(lr.o_norm.clone()),
                 &mut b.scratch,
             )?;
             mark(ctx.prof, gpu, "bwd gated rmsnorm")?;
             let inp = ChunkInputs {
-                q: wk.q.slice(..nk),
-                k: wk.k.slice(..nk),
-                v: wk.v.slice(..nv),
+                q: wk.mix.q.slice(..nk),
+                k: wk.mix.k.slice(..nk),
+                v: wk.mix.v.slice(..nv),
                 g: s.g.slice(..n * h),
                 beta: s.beta.slice(..n * h),
                 scale: 1.0 / (dk as f32).sqrt(),
@@ -1997,7 +2144,7 @@ impl GpuModel {
             {
                 // dq in x_mid, dk in dacc.
                 let mut rg = ChunkGrads {
-                    dq: wk.x_mid.slice_mut(..nk),
+                    dq: wk.mlp.x_mid.slice_mut(..nk),
                     dk: b.dacc.slice_mut(..nk),
                     dv: b.rule_dv.slice_mut(..nv),
                     dg: b.rule_dg.slice_mut(..n * h),
@@ -2043,14 +2190,14 @@ impl GpuModel {
                 let mut dk_conv = rest.slice_mut(..nk);
                 l2norm_silu_bwd(
                     gpu,
-                    &wk.q_conv.slice(..nk),
-                    &wk.x_mid.slice(..nk),
+                    &wk.mix.q_conv.slice(..nk),
+                    &wk.mlp.x_mid.slice(..nk),
                     &mut dq_conv,
                     dk,
                 )?;
                 l2norm_silu_bwd(
                     gpu,
-                    &wk.k_conv.slice(..nk),
+                    &wk.mix.k_conv.slice(..nk),
                     &b.dacc.slice(..nk),
                     &mut dk_conv,
                     dk,
@@ -2058,7 +2205,7 @@ impl GpuModel {
             }
             silu_bwd_f32dy(
                 gpu,
-                &wk.v_conv.slice(..nv),
+                &wk.mix.v_conv.slice(..nv),
                 &b.rule_dv.slice(..nv),
                 &mut b.dmu.slice_mut(..nv),
             )?;
@@ -2068,9 +2215,9 @@ impl GpuModel {
                 let (dq_conv, rest) = b.dact.split_at(nk);
                 let dk_conv = rest.slice(..nk);
                 let dv_conv = b.dmu.slice(..nv);
-                let (mut dq_pre, mut rest) = wk.mu.split_at_mut(nk);
+                let (mut dq_pre, mut rest) = wk.gu.mu.split_at_mut(nk);
                 let mut dk_pre = rest.slice_mut(..nk);
-                let mut dv_pre = wk.act.slice_mut(..nv);
+                let mut dv_pre = wk.mlp.act.slice_mut(..nv);
                 for (pre, wr, dconv, dpre, ch) in [
                     (&s.q_pre, &lr.q_conv, &dq_conv, &mut dq_pre, kd),
                     (&s.k_pre, &lr.k_conv, &dk_conv, &mut dk_pre, kd),
@@ -2092,17 +2239,17 @@ impl GpuModel {
             }
             mark(ctx.prof, gpu, "bwd short conv")?;
             // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1.
-            let h1 = wk.h1.slice(..nd);
-            let (dq_pre, rest) = wk.mu.split_at(nk);
+            let h1 = wk.mix.h1.slice(..nd);
+            let (dq_pre, rest) = wk.gu.mu.split_at(nk);
             let dk_pre = rest.slice(..nk);
             let mut first = true;
             for (wr, dpv, out) in [
                 (&lr.q_proj, dq_pre.slice(..nk), kd),
                 (&lr.k_proj, dk_pre, kd),
-                (&lr.v_proj, wk.act.slice(..nv), vd),
+                (&lr.v_proj, wk.mlp.act.slice(..nv), vd),
                 (&lr.a_proj, b.da.slice(..n * h), h),
                 (&lr.b_proj, b.db.slice(..n * h), h),
-                (&lr.g_proj, wk.mg.slice(..nv), vd),
+                (&lr.g_proj, wk.gu.mg.slice(..nv), vd),
             ] {
                 let beta = if first { 0.0 } else { 1.0 };
                 first = false;
@@ -2123,15 +2270,15 @@ impl GpuModel {
                 gpu,
                 &x_in,
                 &pv(&lr.attn_norm),
-                &wk.rstd1.slice(..n),
+                &wk.mix.rstd1.slice(..n),
                 &b.dacc.slice(..nd),
                 &mut b.dres.slice_mut(..nd),
+                Some(&mut b.dres_bf.slice_mut(..nd)),
                 true,
                 &mut grads.slice_mut(lr.attn_norm.clone()),
                 &mut b.scratch,
                 d,
             )?;
-            ops::cast_f32_to_bf16(gpu, &b.dres.slice(..nd), &mut b.dres_bf.slice_mut(..nd))?;
             mark(ctx.prof, gpu, "bwd rmsnorm")?;
         }
         ops::embedding_bwd(
@@ -2165,7 +2312,7 @@ mod tests {
         // The flat buffers also hold the alignment gaps between parameters.
         let p = model.layout.total;
         let (t, seqs) = (100, 3);
-        let acc = GpuModel::memory_account(&model, t, seqs, false).unwrap();
+        let acc = GpuModel::memory_account(&model, t, seqs, SavePlan::lean()).unwrap();
         assert_eq!(acc.category(C::Parameters), 6 * p);
         assert_eq!(acc.category(C::Gradients), 4 * p);
         // fp32 residual at the 3 block boundaries.
@@ -2225,29 +2372,167 @@ mod tests {
         assert!(acc.table().contains("| **total** |"));
 
         // With `recompute`, one block's saved set.
-        let rc = GpuModel::memory_account(&model, t, seqs, true).unwrap();
+        let rc = GpuModel::memory_account(&model, t, seqs, SavePlan::recompute()).unwrap();
         assert_eq!(rc.category(C::SavedPerBlock), saved);
         assert_eq!(rc.total(), acc.total() - saved);
+        assert_eq!(acc.category(C::KeptPerBlock), 0);
+        assert_eq!(rc.category(C::KeptPerBlock), 0);
+
+        // The three groups of `Work`, one copy each: the mixer's rstd1 (f32 [t]), h1 (bf16
+        // [t, 64]), q/k/v conv, q, k, v, normed (bf16 [t, 128]), qr, kr, o_rstd (f32 [t, 2]);
+        // the MLP's x_mid (f32 [t, 128]), rstd2 (f32 [t]), h2 (bf16 [t, 64]), act (bf16
+        // [t, 256]); gate/up mg, mu (bf16 [t, 256]). With b (bf16 [t, 2]) and tmp_d (bf16
+        // [t, 64]) they are the block work above.
+        let mix = t * 4 + t * 64 * 2 + 7 * t * 128 * 2 + 3 * t * 2 * 4;
+        let mlp = t * 128 * 4 + t * 4 + t * 64 * 2 + t * 256 * 2;
+        let gu = 2 * t * 256 * 2;
+        assert_eq!(mix + mlp + gu + t * 2 * 2 + t * 64 * 2, work);
+
+        // `auto` with both blocks' gate/up kept: one more gate/up copy (block 0's), the rest as
+        // lean.
+        let au = GpuModel::memory_account(&model, t, seqs, SavePlan::gate_up(2)).unwrap();
+        assert_eq!(au.category(C::KeptPerBlock), gu);
+        assert_eq!(au.category(C::BlockWork), work);
+        assert_eq!(au.total(), acc.total() + gu);
+        assert!(au
+            .table()
+            .contains("| KeptPerBlock | mlp gate / d_gate | 1 |"));
+
+        // `all`: block 0 owns a copy of every group, block 1 the shared one.
+        let all = GpuModel::memory_account(&model, t, seqs, SavePlan::all(2)).unwrap();
+        assert_eq!(all.category(C::KeptPerBlock), mix + mlp + gu);
+        assert_eq!(all.category(C::BlockWork), work);
+        assert_eq!(all.category(C::SavedPerBlock), 2 * saved);
+        assert_eq!(all.total(), acc.total() + mix + mlp + gu);
+
+        // Plans the two blocks cannot hold.
+        for bad in [
+            SavePlan::gate_up(3),
+            SavePlan {
+                mlp: 2,
+                ..SavePlan::lean()
+            },
+            SavePlan {
+                gate_up: 2,
+                ..SavePlan::recompute()
+            },
+        ] {
+            assert!(
+                GpuModel::memory_account(&model, t, seqs, bad).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
-    /// The 1.3B account at batch 8 × 4096 (the figures quoted in docs/perf.md).
+    /// Which blocks recompute which group: with `sets` copies, blocks `sets − 1 ..` share the
+    /// last one and recompute it, except the last block.
+    #[test]
+    fn save_plans_recompute_the_blocks_that_share_a_copy() {
+        let n = 21;
+        let redo = |p: SavePlan, sets: usize| -> Vec<usize> {
+            (0..n).filter(|&l| p.recomputes(sets, l, n)).collect()
+        };
+        let lean = SavePlan::lean();
+        assert_eq!(redo(lean, lean.gate_up), (0..20).collect::<Vec<_>>());
+        let au = SavePlan::gate_up(5);
+        assert_eq!(redo(au, au.gate_up), (4..20).collect::<Vec<_>>());
+        assert_eq!(redo(au, au.mlp), (0..20).collect::<Vec<_>>());
+        assert_eq!(SavePlan::set_of(au.gate_up, 3), 3);
+        assert_eq!(SavePlan::set_of(au.gate_up, 4), 4);
+        assert_eq!(SavePlan::set_of(au.gate_up, 20), 4);
+        let all = SavePlan::all(n);
+        for sets in [all.gate_up, all.mlp, all.mixer] {
+            assert!(redo(all, sets).is_empty());
+        }
+        let rc = SavePlan::recompute();
+        assert!(redo(rc, 1).is_empty());
+        // `sets` copies spare `sets` blocks.
+        for sets in 1..=n {
+            let p = SavePlan::gate_up(sets);
+            assert_eq!(redo(p, p.gate_up).len(), n - sets);
+        }
+    }
+
+    /// `--save auto` takes the most gate/up copies that fit the budget; the fixed modes check it.
+    #[test]
+    fn auto_save_plan_fits_the_budget() {
+        use crate::cuda::train::GpuTrainer;
+        let model =
+            Model::new(super::super::model_selftest::test_config(false, false).unwrap()).unwrap();
+        let opt = crate::train::adamw::AdamW::new(
+            crate::train::adamw::AdamWConfig::default(),
+            &model.layout,
+        );
+        let (t, seqs) = (100, 3);
+        let plan = |mode, budget| GpuTrainer::save_plan(&model, &opt, t, seqs, mode, budget);
+        let lean = GpuTrainer::memory_account(&model, &opt, t, seqs, SavePlan::lean())
+            .unwrap()
+            .total();
+        let gu = 2 * t * 256 * 2;
+        let (p, acc) = plan(SaveMode::Auto, Some(lean + gu)).unwrap();
+        assert_eq!(p, SavePlan::gate_up(2));
+        assert_eq!(acc.total(), lean + gu);
+        let (p, acc) = plan(SaveMode::Auto, Some(lean + gu - 1)).unwrap();
+        assert_eq!(p, SavePlan::lean());
+        assert_eq!(acc.total(), lean);
+        assert!(plan(SaveMode::Auto, Some(lean - 1)).is_err());
+        // Without a budget (on the GPU, the free memory stands in): lean.
+        assert_eq!(plan(SaveMode::Auto, None).unwrap().0, SavePlan::lean());
+        let (p, all) = plan(SaveMode::All, None).unwrap();
+        assert_eq!(p, SavePlan::all(2));
+        assert!(plan(SaveMode::All, Some(all.total() - 1)).is_err());
+        assert!(plan(SaveMode::All, Some(all.total())).is_ok());
+        let (p, rc) = plan(SaveMode::Recompute, Some(lean)).unwrap();
+        assert_eq!(p, SavePlan::recompute());
+        assert!(rc.total() < lean);
+    }
+
+    /// The 1.3B account at batch 8 × 4096 in every mode (the figures quoted in docs/perf.md).
     #[test]
     fn fla_1_3b_account_fits_the_target() {
+        use crate::cuda::train::GpuTrainer;
         let model = Model::new(crate::model::ModelConfig::preset("fla-1.3b").unwrap()).unwrap();
         let opt = crate::train::adamw::AdamW::new(
             crate::train::adamw::AdamWConfig::default(),
             &model.layout,
         );
-        let acc = crate::cuda::train::GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, false)
-            .unwrap();
-        let rc = crate::cuda::train::GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, true)
-            .unwrap();
+        let n = model.config.num_hidden_layers;
+        let acc = |p| GpuTrainer::memory_account(&model, &opt, 8 * 4096, 8, p).unwrap();
+        let lean = acc(SavePlan::lean());
+        let rc = acc(SavePlan::recompute());
+        let all = acc(SavePlan::all(n));
+        let gb = |a: &MemoryAccount| a.total() as f64 / 1e9;
         if std::env::var_os("GDN_PRINT_ACCOUNT").is_some() {
-            println!("{}", acc.table());
-            println!("with --recompute: {:.2} GB", rc.total() as f64 / 1e9);
+            println!("{}", lean.table());
+            println!("{}", all.table());
+            println!("recompute: {:.2} GB", gb(&rc));
+            println!("lean: {:.2} GB", gb(&lean));
+            for sets in [2, 3, 5, 8, 9, 10, 11, 12, 16, n] {
+                println!(
+                    "auto, {sets} gate/up copies: {:.2} GB",
+                    gb(&acc(SavePlan::gate_up(sets)))
+                );
+            }
+            println!("all: {:.2} GB", gb(&all));
+            for limit in [65.0, 69.5, 80.0, 100.0, 135.0] {
+                let (p, a) = GpuTrainer::save_plan(
+                    &model,
+                    &opt,
+                    8 * 4096,
+                    8,
+                    SaveMode::Auto,
+                    Some((limit * 1e9) as usize),
+                )
+                .unwrap();
+                println!("auto at {limit} GB: {} copies, {:.2} GB", p.gate_up, gb(&a));
+            }
         }
-        assert!(rc.total() < acc.total());
-        let gb = acc.total() as f64 / 1e9;
-        assert!(gb < 64.0, "{gb:.2} GB");
+        assert!(gb(&rc) < gb(&lean) && gb(&lean) < gb(&all));
+        assert!(gb(&lean) < 64.0, "{:.2} GB", gb(&lean));
+        // One gate/up copy: 2 × 32768 × 5632 bf16.
+        let step = acc(SavePlan::gate_up(2)).total() - lean.total();
+        assert_eq!(step, 2 * 32768 * 5632 * 2);
+        // `all` fits the H200's 139 GiB.
+        assert!(gb(&all) < 140.0, "{:.2} GB", gb(&all));
     }
 }

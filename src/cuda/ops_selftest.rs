@@ -468,6 +468,82 @@ impl Ctx<'_> {
             let got = download_f32(gpu, &dw)?;
             self.check("rmsnorm_bwd dw", &shape, &got, &want_dw, TOL_RED);
         }
+        // The model's RMSNorm backward on the fp32 residual stream (written, then accumulated),
+        // with its bf16 copy of dx: against the f64 composition, and bit for bit against
+        // cast_f32_to_bf16 of the fp32 dx it replaces.
+        for (rows, d) in [
+            (7usize, 96usize),
+            (300, 1000),
+            (9000, 256),
+            (333, 2048),
+            (1001, 64),
+        ] {
+            for acc in [false, true] {
+                let shape = format!("rows={rows} d={d} acc={acc}");
+                let x = self.randn(rows * d, 1.5);
+                let w = self.randn_bf(d, 1.0);
+                let (_, r64) = nn::rmsnorm_fwd(&f64s(&x), &f64s(&w), d, eps as f64);
+                let rstd: Vec<f32> = r64.iter().map(|&v| v as f32).collect();
+                let dy = self.randn(rows * d, 1.0);
+                let dx0 = self.randn(rows * d, 1.0);
+                let dw0 = self.randn(d, 1.0);
+                let mut want_dw = f64s(&dw0);
+                let mut want_dx = nn::rmsnorm_bwd(
+                    &f64s(&x),
+                    &f64s(&w),
+                    &f64s(&rstd),
+                    &f64s(&dy),
+                    d,
+                    &mut want_dw,
+                );
+                if acc {
+                    for (o, &a) in want_dx.iter_mut().zip(&dx0) {
+                        *o += a as f64;
+                    }
+                }
+                let (xd, wd, rd, dyd) = (
+                    self.f32(&x)?,
+                    self.bf(&w)?,
+                    self.f32(&rstd)?,
+                    self.f32(&dy)?,
+                );
+                let mut dx = if acc {
+                    self.f32(&dx0)?
+                } else {
+                    self.nan_f32(rows * d)?
+                };
+                let mut dxb = self.nan_bf16(rows * d)?;
+                let mut dw = self.f32(&dw0)?;
+                let mut scratch = self.nan_f32(ops::PARTS * d)?;
+                super::model::rmsnorm_bwd_f32(
+                    gpu,
+                    &xd,
+                    &wd,
+                    &rd,
+                    &dyd,
+                    &mut dx,
+                    Some(&mut dxb.slice_mut(..)),
+                    acc,
+                    &mut dw,
+                    &mut scratch,
+                    d,
+                )?;
+                let got = download_f32(gpu, &dx)?;
+                self.check("rmsnorm_bwd_f32 dx", &shape, &got, &want_dx, TOL_RED);
+                let got_b = download_bf16(gpu, &dxb)?;
+                self.check("rmsnorm_bwd_f32 dx_bf", &shape, &got_b, &want_dx, TOL_BF16);
+                let cast = f64s(&round_bf16(&got));
+                self.check(
+                    "rmsnorm_bwd_f32 dx_bf = cast (bits)",
+                    &shape,
+                    &got_b,
+                    &cast,
+                    0.0,
+                );
+                let got = download_f32(gpu, &dw)?;
+                self.check("rmsnorm_bwd_f32 dw", &shape, &got, &want_dw, TOL_RED);
+            }
+        }
         Ok(())
     }
 
@@ -577,6 +653,36 @@ impl Ctx<'_> {
             super::model::l2norm_silu_bwd(gpu, &xd, &self.f32(&dy32)?, &mut dc, d)?;
             let got = download_bf16(gpu, &dc)?;
             self.check("l2norm_silu_bwd dc", &shape, &got, &want, TOL_BF16);
+
+            // The fused forward y = l2norm(silu(c)) against the f64 composition, and bit for bit
+            // against the two kernels it replaces (silu_fwd into a bf16 buffer, l2norm_fwd).
+            let (want_y, want_r) = nn::l2norm_fwd(&s, d);
+            let (mut fy, mut fr) = (self.nan_bf16(rows * d)?, self.nan_f32(rows)?);
+            ops::l2norm_silu_fwd(gpu, &xd, &mut fy, &mut fr, d)?;
+            let got_fy = download_bf16(gpu, &fy)?;
+            self.check("l2norm_silu_fwd y", &shape, &got_fy, &want_y, TOL_BF16);
+            let got_fr = download_f32(gpu, &fr)?;
+            self.check("l2norm_silu_fwd r", &shape, &got_fr, &want_r, TOL_F32);
+            let mut tmp = self.nan_bf16(rows * d)?;
+            ops::silu_fwd(gpu, &xd, &mut tmp)?;
+            let (mut ty, mut tr) = (self.nan_bf16(rows * d)?, self.nan_f32(rows)?);
+            ops::l2norm_fwd(gpu, &tmp, &mut ty, &mut tr, d)?;
+            let two_y = f64s(&download_bf16(gpu, &ty)?);
+            let two_r = f64s(&download_f32(gpu, &tr)?);
+            self.check(
+                "l2norm_silu_fwd y = two-step (bits)",
+                &shape,
+                &got_fy,
+                &two_y,
+                0.0,
+            );
+            self.check(
+                "l2norm_silu_fwd r = two-step (bits)",
+                &shape,
+                &got_fr,
+                &two_r,
+                0.0,
+            );
         }
         Ok(())
     }

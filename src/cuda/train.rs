@@ -5,7 +5,7 @@
 
 use super::buffer::download_f32;
 use super::model::memory::{Alloc, BufKind, CountAlloc, GpuAlloc, MemCategory, OnGpu};
-use super::model::{GpuModel, MemoryAccount};
+use super::model::{GpuModel, MemoryAccount, SaveMode, SavePlan};
 use super::{ops, Gpu};
 use crate::data::Batch;
 use crate::eval::{Packed, Scorer};
@@ -18,7 +18,11 @@ use std::ops::Range;
 
 /// Advice appended to an out-of-memory error.
 const OOM_ADVICE: &str = "the GPU ran out of memory: lower --batch-size (and raise --grad-accum \
-                          to keep the tokens per step), shorten --seq-len, or add --recompute";
+                          to keep the tokens per step), shorten --seq-len, or add --recompute \
+                          (or, with --save auto / all, save less)";
+
+/// What `--save auto` leaves free of the device's memory when no `--memory-limit` is given.
+pub const AUTO_RESERVE_BYTES: usize = 3_000_000_000;
 
 /// `e` with [`OOM_ADVICE`] in front when it is a CUDA out-of-memory error.
 pub fn explain_oom(e: anyhow::Error) -> anyhow::Error {
@@ -172,13 +176,71 @@ impl GpuTrainer {
         opt: &AdamW,
         max_tokens: usize,
         max_seqs: usize,
-        recompute: bool,
+        plan: SavePlan,
     ) -> Result<MemoryAccount> {
-        let mut acc = GpuModel::memory_account(model, max_tokens, max_seqs, recompute)?;
+        let mut acc = GpuModel::memory_account(model, max_tokens, max_seqs, plan)?;
         let mut al = CountAlloc::default();
         opt_buffers(&mut al, opt)?;
         acc.entries.extend(al.account.entries);
         Ok(acc)
+    }
+
+    /// The plan of `mode` for these arguments, and its account. `budget` (bytes of the account,
+    /// i.e. what the trainer allocates; the CUDA context and modules come on top) bounds `auto`,
+    /// which keeps the MLP's gate/up outputs for as many blocks as fit it (at least lean), and
+    /// is checked for the other modes; an account over the budget is an error that names the
+    /// sizes.
+    pub fn save_plan(
+        model: &Model,
+        opt: &AdamW,
+        max_tokens: usize,
+        max_seqs: usize,
+        mode: SaveMode,
+        budget: Option<usize>,
+    ) -> Result<(SavePlan, MemoryAccount)> {
+        let n_layers = model.config.num_hidden_layers;
+        let account = |p: SavePlan| Self::memory_account(model, opt, max_tokens, max_seqs, p);
+        let gb = |b: usize| b as f64 / 1e9;
+        if mode == SaveMode::Auto {
+            if let Some(budget) = budget {
+                // The account grows with each copy by the same bytes: take the most that fit.
+                for copies in (2..=n_layers).rev() {
+                    let p = SavePlan::gate_up(copies);
+                    let acc = account(p)?;
+                    if acc.total() <= budget {
+                        return Ok((p, acc));
+                    }
+                }
+            }
+        }
+        let p = SavePlan::fixed(mode, n_layers);
+        let acc = account(p)?;
+        if let Some(budget) = budget {
+            ensure!(
+                acc.total() <= budget,
+                "--save {}: the step needs {:.2} GB, over the memory budget of {:.2} GB; {}",
+                mode.name(),
+                gb(acc.total()),
+                gb(budget),
+                match mode {
+                    SaveMode::Recompute => "lower --batch-size or --seq-len",
+                    SaveMode::Lean | SaveMode::Auto => "add --recompute or lower --batch-size",
+                    SaveMode::All => "use --save auto or lean",
+                }
+            );
+        }
+        Ok((p, acc))
+    }
+
+    /// The budget of `--save auto` without `--memory-limit`: the device's free memory now, less
+    /// [`AUTO_RESERVE_BYTES`] (modules loaded later, cuBLASLt's and NVRTC's own allocations, CUDA
+    /// graphs).
+    pub fn free_budget(gpu: &Gpu) -> Result<usize> {
+        let (free, _) = gpu
+            .ctx
+            .mem_get_info()
+            .map_err(|e| anyhow!("querying GPU memory failed: {e:?}"))?;
+        Ok(free.saturating_sub(AUTO_RESERVE_BYTES))
     }
 
     /// Uploads the parameters and the optimiser state `opt` (moments and decay mask), with room
@@ -192,10 +254,10 @@ impl GpuTrainer {
         clip: f64,
         max_tokens: usize,
         max_seqs: usize,
-        recompute: bool,
+        plan: SavePlan,
     ) -> Result<Self> {
         let build = |gpu: &Gpu| -> Result<_> {
-            let model = GpuModel::new_with(gpu, model, params, max_tokens, max_seqs, recompute)?;
+            let model = GpuModel::new_with(gpu, model, params, max_tokens, max_seqs, plan)?;
             let OptBuffers {
                 mut m,
                 mut v,
@@ -498,8 +560,8 @@ mod tests {
         let model =
             Model::new(crate::cuda::model_selftest::test_config(false, false).unwrap()).unwrap();
         let opt = AdamW::new(crate::train::adamw::AdamWConfig::default(), &model.layout);
-        let acc = GpuTrainer::memory_account(&model, &opt, 100, 3, false).unwrap();
-        let base = GpuModel::memory_account(&model, 100, 3, false).unwrap();
+        let acc = GpuTrainer::memory_account(&model, &opt, 100, 3, SavePlan::lean()).unwrap();
+        let base = GpuModel::memory_account(&model, 100, 3, SavePlan::lean()).unwrap();
         let p = model.layout.total;
         // Every parameter decays by default: one run, one factor buffer as long as it.
         let runs = decay_runs(opt.decay());
@@ -539,7 +601,16 @@ mod gpu_tests {
         let mut params = model.init_params(&mut rng);
         let mut opt = AdamW::new(AdamWConfig::default(), &model.layout);
         let vocab = model.config.vocab_size;
-        let mut t = GpuTrainer::new(Gpu::open(0)?, &model, &params, &opt, 1.0, 4 * 96, 4, false)?;
+        let mut t = GpuTrainer::new(
+            Gpu::open(0)?,
+            &model,
+            &params,
+            &opt,
+            1.0,
+            4 * 96,
+            4,
+            SavePlan::lean(),
+        )?;
         if graph {
             t.enable_graphs()?;
         }

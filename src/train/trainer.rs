@@ -5,6 +5,7 @@
 use super::adamw::{clip_grad_norm, AdamW};
 use super::checkpoint::{self, TrainerState};
 use super::config::{DataSpec, TrainConfig};
+use crate::cuda::model::SaveMode;
 use crate::cuda::train::{memory_in_use, GpuTrainer};
 use crate::cuda::Gpu;
 use crate::data::bytes::{ByteDataset, BYTE_VOCAB};
@@ -51,9 +52,13 @@ pub struct RunOptions {
     pub gpu_optional: bool,
     /// A line printed with the start-up banner (e.g. why the GPU is not used).
     pub notice: Option<String>,
-    /// On the GPU: keep one block's activations and recompute each block's forward in the
-    /// backward (less memory, about a third more compute).
-    pub recompute: bool,
+    /// On the GPU: what each block keeps for its backward (`--save`, `--recompute`; see
+    /// [`SaveMode`]). The losses are the same bit for bit whatever the mode.
+    pub save: SaveMode,
+    /// On the GPU: the memory budget in GB (1e9 bytes) of what the trainer allocates: bounds
+    /// `--save auto` (default there: the free memory less a reserve) and is checked for the
+    /// other modes.
+    pub memory_limit_gb: Option<f64>,
     /// On the GPU: replay each micro-batch's forward and backward from a CUDA graph captured
     /// once per shape (bit for bit the eager results, fewer launches).
     pub graph: bool,
@@ -412,6 +417,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     };
     // The GPU trainer's memory account (reported at the start).
     let mut gpu_memory = None;
+    let mut save_plan = None;
     let mut engine = match gpu {
         None => Engine::Cpu {
             grads: vec![0.0f32; params.len()],
@@ -430,18 +436,17 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                 .chain([c.batch_size * c.seq_len()])
                 .max()
                 .unwrap_or(1);
-            let account =
-                GpuTrainer::memory_account(&model, &opt, max_tokens, max_seqs, opts.recompute)?;
+            let budget = match opts.memory_limit_gb {
+                Some(gb) => Some((gb * 1e9) as usize),
+                None if opts.save == SaveMode::Auto => Some(GpuTrainer::free_budget(&gpu)?),
+                None => None,
+            };
+            let (plan, account) =
+                GpuTrainer::save_plan(&model, &opt, max_tokens, max_seqs, opts.save, budget)?;
+            save_plan = Some(plan.describe(model.config.num_hidden_layers));
             gpu_memory = Some(account);
             let mut t = GpuTrainer::new(
-                gpu,
-                &model,
-                &params,
-                &opt,
-                c.clip,
-                max_tokens,
-                max_seqs,
-                opts.recompute,
+                gpu, &model, &params, &opt, c.clip, max_tokens, max_seqs, plan,
             )?;
             if opts.graph {
                 t.enable_graphs()?;
@@ -461,8 +466,11 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     if let Some(n) = &opts.notice {
         say(n.clone());
     }
-    if opts.recompute && matches!(engine, Engine::Cpu { .. }) {
-        say("--recompute applies to GPU training; the CPU keeps every activation".into());
+    if opts.save != SaveMode::Lean && matches!(engine, Engine::Cpu { .. }) {
+        say(format!(
+            "--save {} applies to GPU training; the CPU keeps every activation",
+            opts.save.name()
+        ));
     }
     if opts.graph && matches!(engine, Engine::Cpu { .. }) {
         say("--graph applies to GPU training; the CPU runs eagerly".into());
@@ -476,7 +484,11 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                 Engine::Gpu(t) => format!(
                     "{}{}{}",
                     t.gpu.name,
-                    if opts.recompute { " (recompute)" } else { "" },
+                    if opts.save == SaveMode::Recompute {
+                        " (recompute)"
+                    } else {
+                        ""
+                    },
                     if opts.graph { " (CUDA graph)" } else { "" }
                 ),
             },
@@ -486,6 +498,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             c.steps,
             opts.out.display()
         ));
+        if let Some(p) = &save_plan {
+            say(format!("GPU save plan ({}): {p}", opts.save.name()));
+        }
         if let Some(acc) = &gpu_memory {
             let parts: Vec<String> = acc
                 .by_category()

@@ -184,13 +184,14 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf
 
 // RMSNorm backward on the fp32 residual stream with an fp32 gradient (ops::rmsnorm_bwd with x,
 // dy and dx in fp32): dx = rstd·(dy·w − x·rstd·mean(dy·w·x·rstd)), written (acc = 0) or added
-// (acc = 1) into the fp32 residual gradient; partial[block, :] = Σ over the block's rows of
+// (acc = 1) into the fp32 residual gradient, and, when dx_bf is not null, also rounded to bf16
+// into dx_bf (the stored fp32 value, rounded as tobf: what cast_f32_bf16 of dx gives); partial[block, :] = Σ over the block's rows of
 // dy·x·rstd, for reduce_partials. Block b handles the contiguous rows [b·per, (b+1)·per), each
 // column summed by one thread over the rows in order (deterministic). Vector path (d a multiple
 // of 4, at most 2 float4 per thread, aligned): MX_BWD_ROWS rows at a time in registers.
 // General path: one row at a time, the column sums in d floats of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const float* x, const bf16* w, const float* rstd, const float* dy,
-                                              float* dx, float* partial, int rows, int d, int acc_dx) {
+                                              float* dx, bf16* dx_bf, float* partial, int rows, int d, int acc_dx) {
     extern __shared__ float acc[];
     __shared__ float sh[32 * MX_BWD_ROWS];
     const int per = (rows + gridDim.x - 1) / gridDim.x;
@@ -198,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
     const int r1 = min(rows, r0 + per);
     const int nv = d >> 2, nt = blockDim.x;
     if ((d & 3) == 0 && nv <= 2 * nt && aligned_to(x, 16) && aligned_to(dy, 16) && aligned_to(dx, 16) &&
-        aligned_to(w, 8)) {
+        aligned_to(w, 8) && aligned_to(dx_bf, 8)) {
         const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         const float4* x4 = reinterpret_cast<const float4*>(x);
         const float4* g4 = reinterpret_cast<const float4*>(dy);
@@ -245,6 +246,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
                                            s * (g.z * ww.z - a.z * s * mean), s * (g.w * ww.w - a.w * s * mean));
                     if (acc_dx) v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
                     d4[(i64)(r + j) * nv + q] = v;
+                    if (dx_bf) st4bf(dx_bf + 4 * ((i64)(r + j) * nv + q), v);
                     cs[k].x += g.x * a.x * s;
                     cs[k].y += g.y * a.y * s;
                     cs[k].z += g.z * a.z * s;
@@ -277,7 +279,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
         for (int c = threadIdx.x; c < d; c += nt) {
             const float xv = xr[c], g = dyr[c];
             const float v = rs * (g * ldf(w, c) - xv * rs * mean);
-            dxr[c] = acc_dx ? dxr[c] + v : v;
+            const float o = acc_dx ? dxr[c] + v : v;
+            dxr[c] = o;
+            if (dx_bf) dx_bf[(i64)r * d + c] = tobf(o);
             acc[c] += g * xv * rs;  // each thread owns the columns it touches: no race
         }
     }

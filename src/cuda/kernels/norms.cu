@@ -22,9 +22,14 @@ __device__ __forceinline__ int fast_row() {
     return (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * (32 / L) + (threadIdx.x & 31) / L;
 }
 
-// Loads row r (D = 8·L·N values, this thread's N chunks of 8) into v, zeros when !ok, and returns
-// the row's Σx² summed over the L threads of the row (the same order for every norm).
-template <int L, int N>
+// silu(x) rounded to bf16 and back: the value silu_fwd stores and l2norm_fwd then reads, so that
+// the fused SiLU + L2 norm below computes bit for bit what the two kernels compute.
+__device__ __forceinline__ float silu_bf(float x) { return __bfloat162float(tobf(siluf_(x))); }
+
+// Loads row r (D = 8·L·N values, this thread's N chunks of 8) into v, zeros when !ok, with SILU
+// replaced by silu_bf of itself, and returns the row's Σv² summed over the L threads of the row
+// (the same order for every norm).
+template <int L, int N, bool SILU = false>
 __device__ __forceinline__ float load_row_sumsq(const bf16* x, int r, int sub, bool ok, float (&v)[N][8]) {
     constexpr int D = 8 * L * N;
     float ss = 0.0f;
@@ -34,6 +39,7 @@ __device__ __forceinline__ float load_row_sumsq(const bf16* x, int r, int sub, b
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             if (!ok) v[k][i] = 0.0f;
+            if (SILU) v[k][i] = silu_bf(v[k][i]);
             ss += v[k][i] * v[k][i];
         }
     }
@@ -83,13 +89,14 @@ __device__ __forceinline__ void gated_rmsnorm_fwd_fast(const bf16* o, const bf16
     }
 }
 
-template <int L, int N>
+// SILU: y = l2norm(bf16(silu(x))) in one pass (the model's q and k), else y = l2norm(x).
+template <int L, int N, bool SILU = false>
 __device__ __forceinline__ void l2norm_fwd_fast(const bf16* x, bf16* y, float* rinv, int rows) {
     constexpr int D = 8 * L * N;
     const int sub = threadIdx.x % L, r = fast_row<L>();
     const bool ok = r < rows;
     float v[N][8];
-    const float ss = load_row_sumsq<L, N>(x, r, sub, ok, v);
+    const float ss = load_row_sumsq<L, N, SILU>(x, r, sub, ok, v);
     if (!ok) return;
     const float rr = 1.0f / sqrtf(ss + 1e-6f);
     if (sub == 0) rinv[r] = rr;
@@ -291,6 +298,10 @@ __device__ __forceinline__ void gated_rmsnorm_bwd_fast(const bf16* o, const bf16
                                                                            int rows) {                          \
         l2norm_fwd_fast<L, N>(x, y, rinv, rows);                                                                \
     }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) l2norm_silu_fwd_##L##_##N(const bf16* x, bf16* y,         \
+                                                                                float* rinv, int rows) {        \
+        l2norm_fwd_fast<L, N, true>(x, y, rinv, rows);                                                          \
+    }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256)                                                           \
         l2norm_bwd_##L##_##N(const bf16* y, const float* rinv, const bf16* dy, bf16* dx, int rows) {            \
         l2norm_bwd_fast<L, N>(y, rinv, dy, dx, rows);                                                           \
@@ -450,6 +461,24 @@ extern "C" __global__ void l2norm_fwd(const bf16* x, bf16* y, float* rinv, int r
     const float rr = 1.0f / sqrtf(ss + 1e-6f);
     if (threadIdx.x == 0) rinv[r] = rr;
     for (int c = threadIdx.x; c < d; c += blockDim.x) y[(i64)r * d + c] = tobf(ldf(xr, c) * rr);
+}
+
+// y = l2norm(bf16(silu(x))): silu_fwd then l2norm_fwd in one kernel, bit for bit (the SiLU output
+// is rounded to bf16 as silu_fwd stores it; the sums run in l2norm_fwd's order).
+extern "C" __global__ void l2norm_silu_fwd(const bf16* x, bf16* y, float* rinv, int rows, int d) {
+    __shared__ float sh[33];
+    const int r = blockIdx.x;
+    if (r >= rows) return;
+    const bf16* xr = x + (i64)r * d;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        const float v = silu_bf(ldf(xr, c));
+        ss += v * v;
+    }
+    ss = block_sum(ss, sh);
+    const float rr = 1.0f / sqrtf(ss + 1e-6f);
+    if (threadIdx.x == 0) rinv[r] = rr;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) y[(i64)r * d + c] = tobf(silu_bf(ldf(xr, c)) * rr);
 }
 
 // dx = r * (dy - y * (y . dy))

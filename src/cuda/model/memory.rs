@@ -28,6 +28,10 @@ pub enum MemCategory {
     /// What each block's forward keeps for its backward (one set per block; one in all with
     /// `--recompute`).
     SavedPerBlock,
+    /// Activations the save plan keeps per block instead of recomputing them in the backward
+    /// (`--save auto`: the MLP's gate/up of some blocks; `--save all`: every group of every
+    /// block but the last, whose copy is the shared one under `BlockWork`).
+    KeptPerBlock,
     /// Activations of one block at a time: written by each block's forward, recomputed by its
     /// backward from the saved tensors (shared by all blocks).
     BlockWork,
@@ -49,6 +53,7 @@ impl MemCategory {
             MemCategory::Optimizer => "optimizer (AdamW m, v; decay factors)",
             MemCategory::Residual => "residual stream (fp32, every block boundary)",
             MemCategory::SavedPerBlock => "saved for the backward (per block)",
+            MemCategory::KeptPerBlock => "kept instead of recomputed (per block, --save)",
             MemCategory::BlockWork => "block work (one block, recomputed in the backward)",
             MemCategory::Backward => "backward temporaries",
             MemCategory::DeltaRule => "delta-rule workspace",
