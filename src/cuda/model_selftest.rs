@@ -80,7 +80,17 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
 
-fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> {
+/// One configuration's problem: the model, its bf16 parameters, tokens, targets (every 7th
+/// ignored) and `cu_seqlens` (two sequences, 70 + 30 tokens), drawn from `rng`.
+pub(crate) struct TestBatch {
+    pub(crate) model: Model,
+    pub(crate) params: Vec<f32>,
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) targets: Vec<u32>,
+    pub(crate) cu: Vec<usize>,
+}
+
+pub(crate) fn test_batch(rng: &mut Rng, tie: bool, b_bias: bool) -> Result<TestBatch> {
     let cfg = test_config(tie, b_bias)?;
     let model = Model::new(cfg.clone())?;
     let params = test_params(&model, rng);
@@ -97,6 +107,24 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
             }
         })
         .collect();
+    Ok(TestBatch {
+        model,
+        params,
+        tokens,
+        targets,
+        cu,
+    })
+}
+
+fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> {
+    let TestBatch {
+        model,
+        params,
+        tokens,
+        targets,
+        cu,
+    } = test_batch(rng, tie, b_bias)?;
+    let n = *cu.last().unwrap();
     let tag = format!(
         "{} {}",
         if tie { "tied" } else { "untied" },
