@@ -261,6 +261,8 @@ pub fn backward<F: Elem>(
         initial_state: None,
         cu_seqlens,
     };
+    #[cfg(test)]
+    capture::record(&inputs, &d_o, &c.a, p(&mp.a_log), p(&mp.dt_bias));
     let rg = delta_rule::chunk::backward(&inputs, dims.rule(), &d_o, None);
     let (d_a_log, rest) = split_two(grads, &mp.a_log, &mp.dt_bias);
     let (da, db) = nn::gates_bwd(
@@ -412,4 +414,71 @@ pub fn decode_step<F: Elem>(
     debug_assert_eq!(st.state.len(), nseq * h * dk * dv);
     let (normed, _) = nn::gated_rmsnorm_fwd(&o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
     nn::linear_fwd(&normed, &params[mp.o_proj.clone()], nseq, vd, dims.d)
+}
+
+/// Test-only capture of what each mixer backward hands the delta rule (f64 copies): the model
+/// level gradient-precision diagnostic (`cuda::delta_rule::mirror`) replays these calls with the
+/// GPU kernels' rounding. Per thread, off unless [`capture::start`] was called.
+#[cfg(test)]
+pub(crate) mod capture {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// One delta-rule call of a mixer backward.
+    pub(crate) struct RuleIo {
+        pub(crate) q: Vec<f64>,
+        pub(crate) k: Vec<f64>,
+        pub(crate) v: Vec<f64>,
+        pub(crate) g: Vec<f64>,
+        pub(crate) beta: Vec<f64>,
+        /// ∂L/∂o, [T, H, V].
+        pub(crate) d_o: Vec<f64>,
+        /// The gate input a (a_proj output), [T, H].
+        pub(crate) a: Vec<f64>,
+        pub(crate) a_log: Vec<f64>,
+        pub(crate) dt_bias: Vec<f64>,
+        pub(crate) scale: f64,
+        pub(crate) cu_seqlens: Vec<usize>,
+    }
+
+    thread_local! {
+        static CALLS: RefCell<Option<Vec<RuleIo>>> = const { RefCell::new(None) };
+    }
+
+    /// Starts recording on this thread (dropping anything recorded before).
+    pub(crate) fn start() {
+        CALLS.with(|c| *c.borrow_mut() = Some(vec![]));
+    }
+
+    /// Stops recording; the calls in backward order (last layer first).
+    pub(crate) fn take() -> Vec<RuleIo> {
+        CALLS.with(|c| c.borrow_mut().take().unwrap_or_default())
+    }
+
+    pub(super) fn record<F: Elem>(
+        inp: &delta_rule::Inputs<F>,
+        d_o: &[F],
+        a: &[F],
+        a_log: &[F],
+        dt_bias: &[F],
+    ) {
+        let up = |x: &[F]| x.iter().map(|v| v.f64()).collect::<Vec<f64>>();
+        CALLS.with(|c| {
+            if let Some(calls) = c.borrow_mut().as_mut() {
+                calls.push(RuleIo {
+                    q: up(inp.q),
+                    k: up(inp.k),
+                    v: up(inp.v),
+                    g: up(inp.g),
+                    beta: up(inp.beta),
+                    d_o: up(d_o),
+                    a: up(a),
+                    a_log: up(a_log),
+                    dt_bias: up(dt_bias),
+                    scale: inp.scale.f64(),
+                    cu_seqlens: inp.cu_seqlens.to_vec(),
+                });
+            }
+        });
+    }
 }
