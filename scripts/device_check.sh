@@ -23,15 +23,8 @@ timeout 30 nvidia-smi -L || echo "nvidia-smi failed"
 timeout 30 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv || true
 
 step "CUDA toolkit for NVRTC (headers + libnvrtc)"
-if [ -z "${CUDA_HOME:-}" ]; then
-  for c in /usr/local/cuda /usr/local/cuda-13.0 /usr/local/cuda-13 "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")"; do
-    if [ -f "$c/include/cuda_bf16.h" ]; then export CUDA_HOME=$c; break; fi
-  done
-fi
-echo "CUDA_HOME=${CUDA_HOME:-unset}"
-for l in "${CUDA_HOME:-/nonexistent}/lib64" "${CUDA_HOME:-/nonexistent}/targets/x86_64-linux/lib" /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
-  [ -d "$l" ] && export LD_LIBRARY_PATH="$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+. "$(dirname "$0")/device_env.sh"
+echo "CUDA_HOME=$CUDA_HOME"
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 ls "${CUDA_HOME:-/nonexistent}"/lib64/libnvrtc* 2>/dev/null | head -3
 export GDN_CACHE_DIR=${GDN_CACHE_DIR:-/tmp/gdn_cache}

@@ -152,6 +152,23 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Σ_e sp[e]·xr[e] over a lane's 8 staged values of a 16×16 tile row (the row is split over lanes
+// 2r and 2r+1, whose sums are added), with SCALE first scaling the staged values by f in place.
+template <bool SCALE>
+__device__ __forceinline__ float staged_row_dot(float* sp, const bf16* xr, float f) {
+  float a = 0.f;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    float x = sp[e];
+    if (SCALE) {
+      x *= f;
+      sp[e] = x;
+    }
+    a += x * b2f(xr[e]);
+  }
+  return a + __shfl_xor_sync(0xffffffffu, a, 1);
+}
+
 // out[i] = Σ_c X[i*ldx + c] · float(B[i*ldb + c]) for the 64 rows, one warp per row.
 template <int NCOL>
 __device__ __forceinline__ void row_dots(const float* X, int ldx, const bf16* B, int ldb,
@@ -1345,16 +1362,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     {
       const int row = ti * 16 + sr;
       const float f = scale * S.gam[row];
-      float* sp = stg + sr * STG + sc;
-      const bf16* qr = S.q + row * (K + 8) + tj * 16 + sc;
-      float a = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float x = sp[e] * f;
-        sp[e] = x;
-        a += x * b2f(qr[e]);
-      }
-      a += __shfl_xor_sync(0xffffffffu, a, 1);
+      const float a = staged_row_dot<true>(stg + sr * STG + sc, S.q + row * (K + 8) + tj * 16 + sc, f);
       if ((lane & 1) == 0) S.qp[tj * CH + row] = a;
     }
     __syncwarp();
@@ -1379,16 +1387,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     {
       const int row = ti * 16 + sr;
       const float f = S.dec[row];
-      float* sp = stg + sr * STG + sc;
-      const bf16* kr = S.k + row * (K + 8) + tj * 16 + sc;
-      float a = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float x = sp[e] * f;
-        sp[e] = x;
-        a += x * b2f(kr[e]);
-      }
-      a += __shfl_xor_sync(0xffffffffu, a, 1);
+      const float a = staged_row_dot<true>(stg + sr * STG + sc, S.k + row * (K + 8) + tj * 16 + sc, f);
       if ((lane & 1) == 0) S.kp[tj * CH + row] = a;
     }
     __syncwarp();
@@ -1622,12 +1621,8 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
       __syncwarp();
       {
         const int row = ti * 16 + sr;
-        const float* sp = stg + sr * STG + sc;
-        const bf16* vr = vs + row * LD64 + tj * 16 + sc;
-        float a = 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) a += sp[e] * b2f(vr[e]);
-        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        float* sp = stg + sr * STG + sc;
+        const float a = staged_row_dot<false>(sp, vs + row * LD64 + tj * 16 + sc, 0.f);
         if ((lane & 1) == 0) S.dbp[tj * CH + row] += a;
         if (row < len) {
           const float bb = S.bs[row];
@@ -1723,11 +1718,7 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
     wmma::store_matrix_sync(stg, fw[i], STG, wmma::mem_row_major);
     __syncwarp();
     float* sp = stg + sr * STG + sc;
-    const bf16* kr = S.k + row * (K + 8) + tj * 16 + sc;
-    float a = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) a += sp[e] * b2f(kr[e]);
-    a += __shfl_xor_sync(0xffffffffu, a, 1);
+    const float a = staged_row_dot<false>(sp, S.k + row * (K + 8) + tj * 16 + sc, 0.f);
     if ((lane & 1) == 0) S.zp[tj * CH + row] = a;
     const float bgr = S.bg[row];
     sp[0] = pv[i][0].x + bgr * sp[0];
