@@ -123,15 +123,19 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (11 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (16 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
 const SLOT_DQK: usize = 3;
 const SLOT_WY: usize = 4;
-const SLOT_STATE_FWD: usize = 5; // + 0,1,2 for BV 16, 32, 64
-const SLOT_STATE_BWD: usize = 8; // + 0,1,2 for BV 16, 32, 64
-const SLOTS_PER_K: usize = 11;
+const SLOT_STATE_FWD: usize = 5; // + index into STATE_NWS
+const SLOT_STATE_REC: usize = 9; // + index into STATE_NWS
+const SLOT_STATE_BWD: usize = 13; // + index into STATE_BVS
+const SLOTS_PER_K: usize = 16;
+/// Warps per CTA of the forward state pass and its recompute (16 columns of V each).
+const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
+/// V-tile widths of the backward state pass.
 const STATE_BVS: [usize; 3] = [16, 32, 64];
 
 /// Shared-memory bytes of every chunk kernel, as the kernels compute them (one tiny launch).
@@ -179,6 +183,30 @@ fn load_kern(gpu: &Gpu, name: String, smem: u32, limit: usize) -> Result<Option<
     Ok(Some(Kern { f, name, smem }))
 }
 
+/// A forward state-pass variant: the kernel, its warps per CTA and how many CTAs of it fit on
+/// one SM (registers, shared memory and threads, as the driver computes it).
+struct StateKern {
+    k: Kern,
+    nw: usize,
+    per_sm: usize,
+}
+
+fn load_state_kern(
+    gpu: &Gpu,
+    name: String,
+    smem: u32,
+    limit: usize,
+    nw: usize,
+) -> Result<Option<StateKern>> {
+    let Some(k) = load_kern(gpu, name, smem, limit)? else {
+        return Ok(None);
+    };
+    let per_sm =
+        k.f.occupancy_max_active_blocks_per_multiprocessor((nw * 32) as u32, smem as usize, None)
+            .with_context(|| format!("occupancy of {}", k.name))? as usize;
+    Ok((per_sm > 0).then_some(StateKern { k, nw, per_sm }))
+}
+
 fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
     k.with_context(|| {
         format!("delta rule kernel {what} needs more shared memory than this GPU allows per block ({limit} bytes)")
@@ -192,8 +220,10 @@ struct ChunkKernels {
     dvloc: Kern,
     dqk: Kern,
     wy: Kern,
+    /// The forward state pass and its recompute, for each of [`STATE_NWS`] that fits.
+    state_fwd: Vec<StateKern>,
+    state_rec: Vec<StateKern>,
     /// Indexed like [`STATE_BVS`]; `None` where the variant does not fit in shared memory.
-    state_fwd: [Option<Kern>; 3],
     state_bwd: [Option<Kern>; 3],
     /// Threads of the dqk and wy kernels.
     bwd_threads: u32,
@@ -208,6 +238,18 @@ impl ChunkKernels {
         )?;
         let s = |slot: usize| table[k_index(dk) * SLOTS_PER_K + slot];
         let ld = |n: &str, slot: usize| load_kern(gpu, format!("dr_{n}_k{dk}"), s(slot), limit);
+        let sf = |n: &str, base: usize| -> Result<Vec<StateKern>> {
+            let mut v = vec![];
+            for (i, &nw) in STATE_NWS.iter().enumerate() {
+                let name = format!("dr_{n}_k{dk}_nw{nw}");
+                v.extend(load_state_kern(gpu, name, s(base + i), limit, nw)?);
+            }
+            ensure!(
+                v.iter().any(|s| s.nw == 1),
+                "delta rule: the one-warp {n} kernel for K={dk} does not fit this GPU ({limit} bytes of shared memory per block)"
+            );
+            Ok(v)
+        };
         let st = |n: &str, base: usize, i: usize| {
             load_kern(
                 gpu,
@@ -222,11 +264,8 @@ impl ChunkKernels {
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
             dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
             wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
-            state_fwd: [
-                st("state_fwd", SLOT_STATE_FWD, 0)?,
-                st("state_fwd", SLOT_STATE_FWD, 1)?,
-                st("state_fwd", SLOT_STATE_FWD, 2)?,
-            ],
+            state_fwd: sf("state_fwd", SLOT_STATE_FWD)?,
+            state_rec: sf("state_rec", SLOT_STATE_REC)?,
             state_bwd: [
                 st("state_bwd", SLOT_STATE_BWD, 0)?,
                 st("state_bwd", SLOT_STATE_BWD, 1)?,
@@ -237,18 +276,13 @@ impl ChunkKernels {
     }
 }
 
-/// Picks the V-tile width of the sequential state passes: the widest that still gives at least
+/// Picks the V-tile width of the backward state pass: the widest that still gives at least
 /// one block per two SMs (fewer, wider tiles re-read W and K less and do fewer, larger products
 /// per chunk; measured on H200, 2×8192 H16: BV 32 with 128 blocks beats BV 16 with 256), else
 /// the narrowest that fits.
 /// `GDN_DR_BV` (16, 32 or 64) overrides it, for experiments.
-fn pick_state_bv(
-    fwd: &[Option<Kern>; 3],
-    bwd: &[Option<Kern>; 3],
-    blocks_per_bv1: usize,
-    num_sms: usize,
-) -> Result<usize> {
-    let ok = |i: usize| fwd[i].is_some() && bwd[i].is_some();
+fn pick_state_bv(bwd: &[Option<Kern>; 3], blocks_per_bv1: usize, num_sms: usize) -> Result<usize> {
+    let ok = |i: usize| bwd[i].is_some();
     if let Some(v) = std::env::var("GDN_DR_BV")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
@@ -267,6 +301,68 @@ fn pick_state_bv(
     (0..3)
         .find(|&i| ok(i))
         .context("no state-pass kernel variant fits in shared memory")
+}
+
+/// Achieved HBM bandwidth (bytes/s) and the bandwidth one SM can draw alone, as the state-pass
+/// cost model assumes them (H200; the per-SM figure from session 3's state_bwd timings, two CTAs
+/// on one SM against one).
+const HBM_BYTES_PER_S: f64 = 3.3e12;
+const SM_BYTES_PER_S: f64 = 50e9;
+/// Seconds of dependent latency in one chunk step of one CTA, per unit of K (products, the
+/// barriers, the h_c and Ṽ stores): about 0.8 µs at K = 128.
+const STEP_LATENCY_PER_K: f64 = 6e-9;
+/// mma.sync m16n8k16 issue rate of one SM (per second) and the mma per warp and chunk per unit
+/// of K (K/2 for Ṽ, K/2 for the update).
+const SM_MMA_PER_S: f64 = 0.65 * 1.75e9;
+
+/// Estimated seconds per chunk step of a forward state pass with `nw` warps per CTA (16 columns
+/// of V each), `per_sm` CTAs per SM, for `cols` = N·H·V columns in all. Per chunk each CTA reads
+/// W and K (64 × K bf16 each, whatever its width), U (64 × 16·nw bf16) and, in the recompute,
+/// dh_c (K × 16·nw f32), and writes Ṽ and h_c (bf16). A wave of CTAs takes the longest of: HBM
+/// bandwidth over all its bytes, one SM's bandwidth over its CTAs' bytes, the tensor-core time of
+/// its warps, and the dependent latency of a step.
+fn state_step_cost(nw: usize, per_sm: usize, cols: usize, k: usize, dot: bool, sms: usize) -> f64 {
+    let width = 16 * nw;
+    let ctas = cols.div_ceil(width);
+    let bytes =
+        (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 })) as f64;
+    let slots = per_sm * sms;
+    let (mut left, mut cost) = (ctas, 0.0);
+    while left > 0 {
+        let now = left.min(slots);
+        let on_sm = now.div_ceil(sms);
+        let hbm = now as f64 * bytes / HBM_BYTES_PER_S;
+        let sm = on_sm as f64 * bytes / SM_BYTES_PER_S;
+        let mma = (on_sm * nw * k) as f64 / SM_MMA_PER_S;
+        let lat = k as f64 * STEP_LATENCY_PER_K;
+        cost += hbm.max(sm).max(mma).max(lat);
+        left -= now;
+    }
+    cost
+}
+
+/// The variant of a forward state pass (`dot`: the recompute) whose tile width divides V with
+/// the lowest [`state_step_cost`] for `seq_heads` = N·H; `GDN_DR_SF_NW` (1, 2, 4 or 8 warps)
+/// overrides it where that variant fits, for experiments.
+fn pick_state_nw(
+    vars: &[StateKern],
+    seq_heads: usize,
+    (k, v): (usize, usize),
+    dot: bool,
+    sms: usize,
+) -> &StateKern {
+    let fits = |s: &&StateKern| v % (16 * s.nw) == 0;
+    let forced = std::env::var("GDN_DR_SF_NW")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|nw| vars.iter().filter(fits).find(|s| s.nw == nw));
+    let cost = |s: &StateKern| state_step_cost(s.nw, s.per_sm, seq_heads * v, k, dot, sms);
+    forced.unwrap_or_else(|| {
+        vars.iter()
+            .filter(fits)
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+            .expect("ChunkKernels::load keeps the one-warp variant, whose width divides every V")
+    })
 }
 
 /// Per-launch timing for `gdn bench kernels --breakdown`: when installed in a workspace
@@ -345,7 +441,7 @@ struct BwdBuffers {
     dvloc: CudaSlice<f32>,
     /// dS leaving each chunk, f32 [NC, H, K, V].
     dh: CudaSlice<f32>,
-    /// Per-warp partials of ⟨h_c, dh_c⟩, f32 [NC, H, (V/BV)·(K/16)] (BV ≥ 16).
+    /// Per-warp partials of ⟨h_c, dh_c⟩, f32 [NC, H, V/16].
     sd_part: CudaSlice<f32>,
     /// dṼ, bf16 [T, H, V].
     dvnew: CudaSlice<bf16>,
@@ -497,7 +593,7 @@ impl DeltaRuleWorkspace {
                 tmat: al(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?,
                 dvloc: al(gpu, t * h * v, "dvloc")?,
                 dh: al(gpu, max_chunks * h * k * v, "dh")?,
-                sd_part: al(gpu, max_chunks * h * (v / 16) * (k / 16), "sd_part")?,
+                sd_part: al(gpu, max_chunks * h * (v / 16), "sd_part")?,
                 dvnew: al(gpu, t * h * v, "dvnew")?,
             })
         } else {
@@ -587,18 +683,30 @@ impl DeltaRuleWorkspace {
     }
 
     /// The V-tile width the sequential state passes use for `n` sequences.
+    /// The V-tile width of the backward state pass for `n` sequences.
     pub fn state_bv(&self, n: usize) -> Result<usize> {
         Ok(STATE_BVS[self.state_bv_index(n)?])
     }
 
     fn state_bv_index(&self, n: usize) -> Result<usize> {
         let d = self.dims;
-        pick_state_bv(
-            &self.kern.state_fwd,
-            &self.kern.state_bwd,
-            n * d.heads * d.dv,
-            self.num_sms,
-        )
+        pick_state_bv(&self.kern.state_bwd, n * d.heads * d.dv, self.num_sms)
+    }
+
+    /// Warps per CTA of the forward state pass (`recompute`: of the backward's recompute) for `n`
+    /// sequences.
+    pub fn state_nw(&self, n: usize, recompute: bool) -> usize {
+        self.state_kern(n, recompute).nw
+    }
+
+    fn state_kern(&self, n: usize, recompute: bool) -> &StateKern {
+        let d = self.dims;
+        let vars = if recompute {
+            &self.kern.state_rec
+        } else {
+            &self.kern.state_fwd
+        };
+        pick_state_nw(vars, n * d.heads, (d.dk, d.dv), recompute, self.num_sms)
     }
 }
 
@@ -685,11 +793,9 @@ fn run_state_fwd(
 ) -> Result<()> {
     let Dims {
         heads: h,
-        dk: k,
+        dk: _,
         dv: v,
     } = ws.dims;
-    let bi = ws.state_bv_index(n)?;
-    let bv = STATE_BVS[bi];
     let ctab = ptr(gpu, &ws.ctab);
     let seq_chunk = ptr(gpu, &ws.seq_chunk);
     let gc = ptr(gpu, &ws.gc);
@@ -698,13 +804,14 @@ fn run_state_fwd(
     let hs = ptr_mut(gpu, &mut ws.h);
     let vnew = ptr_mut(gpu, &mut ws.vnew);
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
-    let ks = ws.kern.state_fwd[bi].as_ref().unwrap();
+    let sk = ws.state_kern(n, dh32 != 0);
+    let ks = &sk.k;
     launch(
         gpu,
         &ks.f,
         &ks.name,
-        (n as u32, h as u32, (v / bv) as u32),
-        (k / 16 * 32) as u32,
+        (n as u32, h as u32, (v / (16 * sk.nw)) as u32),
+        (sk.nw * 32) as u32,
         ks.smem,
         &[
             Arg::P(w),
@@ -836,7 +943,8 @@ pub fn chunk_backward(
     let vnew = ptr(gpu, &ws.vnew);
     let bi = ws.state_bv_index(n)?;
     let bv = STATE_BVS[bi];
-    let np = (v / bv) * (k / 16);
+    // One ⟨h_c, dh_c⟩ partial per 16 columns of V (one per warp of the recompute).
+    let np = v / 16;
     let bwd = ws.bwd.as_mut().unwrap();
     let dvloc = ptr_mut(gpu, &mut bwd.dvloc);
     let dh = ptr_mut(gpu, &mut bwd.dh);

@@ -473,19 +473,78 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 }
 
 // ------------------------------------------------------------------------------------------
-// Kernel 2: forward state pass per (sequence, head, BV-column tile of V). K/16 warps; warp w owns
-// state rows [16w, 16w+16) as BV/16 f32 accumulator fragments. For every chunk: store h_c = S
-// (bf16), Ṽ = U − W S (bf16, global), S ← γ_last S + Kᵀ diag(δ) Ṽ.
-//
-// v4 (2 CTAs/SM at K = 128, BV = 64: 106.5 KB, ≤ 128 registers): W, U and G are double-buffered
-// (the next chunk's are issued at the top of a chunk); K, needed only for the state update at the
-// end of a chunk, has one buffer, refilled right after that update (so it has a whole chunk step
-// to arrive). W S no longer goes through a 64×BV f32 array: each warp multiplies its tiles and
-// forms Ṽ from its own 16×16 staging tile. G comes by cp.async (v3 loaded it with plain loads on
-// two warps, which then held up the chunk's first barrier for a global round trip). In the
-// backward recompute, the f32 dh_c tiles are loaded as accumulator fragments one chunk ahead.
-// cp.async groups, in commit order: WU(cs), K(cs), then per chunk c: WU(c+1) at the top, K(c+1)
-// at the end.
+// Raw tensor-core helpers (sm_80+ mma.sync and ldmatrix) for kernels that keep their operands in
+// registers: lane (g, q) = (lane / 4, lane % 4) holds, of a 16x8 f32 accumulator tile,
+// X[g][2q], X[g][2q+1], X[g+8][2q], X[g+8][2q+1]; of a 16x16 bf16 A tile the same positions of
+// columns 0-7 (regs 0, 1) and 8-15 (regs 2, 3) -- so two adjacent accumulator tiles, rounded to
+// bf16, are an A operand without any data movement; of a 16x8 B tile (k x n), B[2q][g],
+// B[2q+1][g] (reg 0) and B[2q+8][g], B[2q+9][g] (reg 1). Lower column (or k) in the low half.
+
+__device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&v);
+}
+__device__ __forceinline__ float bf_lo(unsigned r) { return __uint_as_float(r << 16); }
+__device__ __forceinline__ float bf_hi(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
+
+// D = A B + D, m16n8k16, bf16 inputs, f32 accumulators.
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the 16-byte rows of matrix i.
+// Without .trans lane (g, q) gets row g, columns 2q, 2q+1 of each; with .trans, rows 2q, 2q+1 of
+// column g.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16* p) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16* p) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+
+// One warp's 16x8 accumulator tile x stored transposed as bf16, Y[c][r] = X[r][c] with Y
+// row-major (row stride ld): lanes g and g^1 swap one value of each row pair so that every lane
+// stores two adjacent r of one column (4-byte stores). Column c is written only where ok(c);
+// every lane of the warp must call this.
+template <class Ok>
+__device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, Ok ok) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3, odd = g & 1;
+  const float s0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[1], 4);
+  const float s1 = __shfl_xor_sync(0xffffffffu, odd ? x[2] : x[3], 4);
+  const int c = 2 * q + odd, r = g - odd;
+  if (ok(c)) {
+    *reinterpret_cast<unsigned*>(y + c * ld + r) = pack_bf2(odd ? s0 : x[0], odd ? x[1] : s0);
+    *reinterpret_cast<unsigned*>(y + c * ld + r + 8) = pack_bf2(odd ? s1 : x[2], odd ? x[3] : s1);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Kernel 2: forward state pass per (sequence, head, tile of 16·NWC columns of V), NWC warps.
+// v5: each warp keeps the transposed state rows of its 16 value columns, Sᵀ [16 × K] f32, in
+// registers as K/8 accumulator tiles, and does all of a chunk's products itself:
+//   Ṽᵀ = Uᵀ − Sᵀ Wᵀ  (A = Sᵀ rounded to bf16 straight from the accumulators, B = W by ldmatrix),
+//   Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K  (A = the Ṽᵀ accumulators scaled and rounded, B = K by
+//   ldmatrix.trans).
+// No cross-warp reduction and no staging through shared memory: the CTA shares only the W, K, U
+// and G tiles (cp.async; W, U, G double-buffered, K single-buffered and refilled after the
+// update, so each arrives a whole chunk step ahead). h_c and Ṽ go to global with
+// store_tile_t (their global layouts are the transposes of what the warp holds).
+// DOT (backward recompute): also the f32 partials of ⟨h_c, dh_c⟩, one per (chunk, head, warp's
+// 16 columns): each warp copies its own dh_c columns [K × 16] (f32, row stride DLD, which makes
+// the accumulator-order reads conflict-free) into shared memory with the chunk's W/U group.
+// cp.async groups, in commit order: WU(cs), K(cs), then per chunk c: WU(c+1) after the first
+// barrier, K(c+1) at the end.
 
 // 4-byte async copy (cp.async.ca); ok == false zero-fills without reading.
 __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
@@ -494,29 +553,25 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 
-template <int K, int BV>
+template <int K, int NWC, bool DOT>
 struct StateFwdSm {
-  // W, U, G double-buffered; buffer b of X starts at X + b * X_SZ.
-  static constexpr int W_SZ = CH * (K + 8), U_SZ = CH * (BV + 8);
-  bf16* w;      // 2 x [64][K+8]
-  bf16* k;      // [64][K+8]
-  bf16* u;      // 2 x [64][BV+8]
-  float* G;     // 2 x [64]
-  bf16* sb;     // [K][BV+8]  S in bf16
-  float* stage; // [K/16][320]
-  bf16* vnb;    // [64][BV+8] diag(δ) Ṽ
+  static constexpr int BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8, DLD = 20;
+  static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
+  bf16* w;    // 2 x [64][WLD]
+  bf16* k;    // [64][WLD]
+  bf16* u;    // 2 x [64][ULD]
+  float* G;   // 2 x [64]
+  float* dh;  // DOT: NWC x [K][DLD]
   __device__ void carve(Carve& c) {
     w = c.take<bf16>(2 * W_SZ);
     k = c.take<bf16>(W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     G = c.take<float>(2 * CH);
-    sb = c.take<bf16>(K * (BV + 8));
-    stage = c.take<float>((K / 16) * STG_SZ);
-    vnb = c.take<bf16>(CH * (BV + 8));
+    dh = DOT ? c.take<float>(NWC * K * DLD) : nullptr;
   }
 };
 
-template <int K, int BV>
+template <int K, int NWC, bool DOT>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const float* __restrict__ gc,
                                const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
@@ -525,47 +580,48 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                const float* __restrict__ dh32, float* __restrict__ sd_part) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  StateFwdSm<K, BV> S;
+  typedef StateFwdSm<K, NWC, DOT> L;
+  L S;
   S.carve(cv);
-  constexpr int NW = K / 16, NT = BV / 16;
-  const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * BV;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  constexpr int NJ = K / 8;  // accumulator tiles of a warp's state rows
+  const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * L::BVC;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int vl = 16 * warp, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
-  const long sbase = ((long)(n * H + h) * K + warp * 16) * V + v0;
-  float* stg = S.stage + warp * STG_SZ;
+  // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  float* dhs = DOT ? S.dh + warp * K * L::DLD : nullptr;
 
-  FC st[NT];
+  // Sᵀ: st[j][e] = S[k][v] with k = 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
+  float st[NJ][4];
+  const long sbase = (long)(n * H + h) * K * V + vw;
 #pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    if (h0)
-      wmma::load_matrix_sync(st[j], h0 + sbase + j * 16, V, wmma::mem_row_major);
-    else
-      wmma::fill_fragment(st[j], 0.f);
-  }
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  auto issue_wu = [&](int s0, int l, int b) {
-    load_bf16_async(S.w + b * S.W_SZ, K + 8, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.u + b * S.U_SZ, BV + 8, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH, BV,
-                    l);
-    if (tid < CH) {
-      const bool ok = tid < l;
-      cp4(S.G + b * CH + tid, ok ? (const void*)(gc + (long)(s0 + tid) * H + h) : (const void*)gc,
-          ok);
+  auto issue_wu = [&](int c, int s0, int l, int b) {
+    load_bf16_async(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH,
+                    L::BVC, l);
+    for (int i = tid; i < CH; i += NWC * 32) {
+      const bool ok = i < l;
+      cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
+    }
+    if (DOT) {
+      // This warp's dh_c columns: K rows of 16 f32 (four 16-byte pieces each).
+      const float* src = dh32 + ((long)c * H + h) * K * V + vw;
+      for (int i = lane; i < K * 4; i += 32) {
+        const int r = i >> 2, c4 = (i & 3) * 4;
+        cp16(dhs + r * L::DLD + c4, src + (long)r * V + c4, true);
+      }
     }
     cp_commit();
   };
   auto issue_k = [&](int s0, int l) {
-    load_bf16_async(S.k, K + 8, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     cp_commit();
-  };
-  // Backward recompute: this warp's f32 dh_c tiles, as accumulator fragments (same element
-  // mapping as st, so ⟨S_c, dh_c⟩ is an elementwise product).
-  FC dfr[NT];
-  auto load_dh = [&](int c) {
-    const long go = (((long)c * H + h) * K + warp * 16) * V + v0;
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-      wmma::load_matrix_sync(dfr[j], dh32 + go + j * 16, V, wmma::mem_row_major);
   };
 
   // (start, len) of chunks c and c+1 in registers; ctab of c+2 is read one chunk ahead.
@@ -577,116 +633,115 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nstart = ctab[2 * cs + 2];
       nlen = ctab[2 * cs + 3];
     }
-    issue_wu(start, len, 0);
+    issue_wu(cs, start, len, 0);
     issue_k(start, len);
-    if (dh32) load_dh(cs);
   }
   for (int c = cs; c < ce; ++c) {
     const int b = (c - cs) & 1;
     const bool more = c + 1 < ce;
     int nnstart = 0, nnlen = 0;
-    if (more) {
-      issue_wu(nstart, nlen, b ^ 1);  // buffer b^1 was last read before the previous chunk's end
-      if (c + 2 < ce) {
-        nnstart = ctab[2 * c + 4];
-        nnlen = ctab[2 * c + 5];
-      }
+    if (more && c + 2 < ce) {
+      nnstart = ctab[2 * c + 4];
+      nnlen = ctab[2 * c + 5];
     }
 
-    // h_c = S (bf16) to shared and global.
+    // h_c = S (bf16) to global: tile j is rows k = 8j.., columns vw.. of h_c [K][V].
+    {
+      bf16* hc = hout + ((long)c * H + h) * K * V + vw;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      wmma::store_matrix_sync(stg, st[j], STG, wmma::mem_row_major);
-      __syncwarp();
-      const int r = lane >> 1, c8 = (lane & 1) << 3;
-      const long go = (((long)c * H + h) * K + warp * 16 + r) * V + v0 + j * 16 + c8;
-      const uint4 p = pack8(stg + r * STG + c8);
-      *reinterpret_cast<uint4*>(S.sb + (warp * 16 + r) * (BV + 8) + j * 16 + c8) = p;
-      *reinterpret_cast<uint4*>(hout + go) = p;
-      __syncwarp();
+      for (int j = 0; j < NJ; ++j)
+        store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
     }
-    // Backward recompute: partial ⟨S_c, dh_c⟩ of this warp's tiles from the f32 state, one value
-    // per (chunk, head, V tile, warp).
-    if (dh32) {
+    // Pending groups: WU(c), K(c). Wait for WU(c).
+    cp_wait<1>();
+    __syncthreads();
+    if (DOT) {
       float sacc = 0.f;
 #pragma unroll
-      for (int j = 0; j < NT; ++j)
+      for (int j = 0; j < NJ; ++j)
 #pragma unroll
-        for (int e = 0; e < st[j].num_elements; ++e) sacc += st[j].x[e] * dfr[j].x[e];
+        for (int e = 0; e < 4; ++e)
+          sacc += st[j][e] * dhs[(8 * j + 2 * q + (e & 1)) * L::DLD + g + 8 * (e >> 1)];
       sacc = warp_sum(sacc);
-      if (lane == 0) sd_part[((long)c * H + h) * (gridDim.z * NW) + blockIdx.z * NW + warp] = sacc;
+      if (lane == 0) sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + warp] = sacc;
+      __syncwarp();  // this warp's dh buffer is refilled below
     }
-    // Pending groups (commit order): WU(c), K(c), WU(c+1) when more. Wait for WU(c).
-    if (more)
-      cp_wait<2>();
-    else
-      cp_wait<1>();
-    __syncthreads();
+    // Buffer b^1 was last read in chunk c-1, before the barrier above.
+    if (more) issue_wu(c + 1, nstart, nlen, b ^ 1);
 
-    // Per warp and tile: W S (f32 fragment) -> staging -> Ṽ = U − W S (bf16, global) and
-    // vnb = diag(δ) Ṽ (bf16, shared).
+    const bf16* wb = S.w + b * L::W_SZ;
+    const bf16* ub = S.u + b * L::U_SZ;
     const float* G = S.G + b * CH;
-    const bf16* ub = S.u + b * S.U_SZ;
-    const bf16* wb = S.w + b * S.W_SZ;
     const float glast = G[len - 1];
-#pragma unroll 1
-    for (int t = warp; t < 4 * NT; t += NW) {
-      const int ti = t / NT, tj = t - ti * NT;
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-      for (int kk = 0; kk < K / 16; ++kk) {
-        FAr a;
-        FBr bb;
-        wmma::load_matrix_sync(a, wb + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(bb, S.sb + kk * 16 * (BV + 8) + tj * 16, BV + 8);
-        wmma::mma_sync(acc, a, bb, acc);
-      }
-      wmma::store_matrix_sync(stg, acc, STG, wmma::mem_row_major);
-      __syncwarp();
-      const int r = lane >> 1, c8 = (lane & 1) << 3, row = ti * 16 + r;
-      const bool ok = row < len;
-      const float d = ok ? __expf(glast - G[row]) : 0.f;
-      float x[8], y[8];
+
+    // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk.
+    float p[8][4];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        x[e] = ok ? b2f(ub[row * (BV + 8) + tj * 16 + c8 + e]) - stg[r * STG + c8 + e] : 0.f;
-        y[e] = d * x[e];
-      }
-      if (ok)
-        *reinterpret_cast<uint4*>(vnew + ((long)(start + row) * H + h) * V + v0 + tj * 16 + c8) =
-            pack8(x);
-      *reinterpret_cast<uint4*>(S.vnb + row * (BV + 8) + tj * 16 + c8) = pack8(y);
-      __syncwarp();
+    for (int np = 0; np < 4; ++np) {
+      unsigned r[4];
+      ldsm_x4_t(r, ub + (8 * (2 * np + lm_hi) + lr) * L::ULD + vl + 8 * lm_lo);
+      p[2 * np][0] = bf_lo(r[0]);
+      p[2 * np][1] = bf_hi(r[0]);
+      p[2 * np][2] = bf_lo(r[1]);
+      p[2 * np][3] = bf_hi(r[1]);
+      p[2 * np + 1][0] = bf_lo(r[2]);
+      p[2 * np + 1][1] = bf_hi(r[2]);
+      p[2 * np + 1][2] = bf_lo(r[3]);
+      p[2 * np + 1][3] = bf_hi(r[3]);
     }
-    // Pending: K(c), WU(c+1) when more. Wait for K(c).
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+      const unsigned a[4] = {pack_bf2(-st[2 * kk][0], -st[2 * kk][1]),
+                             pack_bf2(-st[2 * kk][2], -st[2 * kk][3]),
+                             pack_bf2(-st[2 * kk + 1][0], -st[2 * kk + 1][1]),
+                             pack_bf2(-st[2 * kk + 1][2], -st[2 * kk + 1][3])};
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        unsigned r[4];
+        ldsm_x4(r, wb + (8 * (2 * np + lm_hi) + lr) * L::WLD + 16 * kk + 8 * lm_lo);
+        mma_bf16(p[2 * np], a, r[0], r[1]);
+        mma_bf16(p[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+
+    // Ṽ (bf16) to global, rows t < len; the A operands of (diag(δ) Ṽ)ᵀ.
+    unsigned av[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int t0 = 8 * nt + 2 * q;
+      const float d0 = t0 < len ? __expf(glast - G[t0]) : 0.f;
+      const float d1 = t0 + 1 < len ? __expf(glast - G[t0 + 1]) : 0.f;
+      const int lim = len - 8 * nt;
+      store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                   [lim](int col) { return col < lim; });
+      av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
+      av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
+    }
+
+    // Pending: K(c), then WU(c+1) when more. Wait for K(c).
     if (more)
       cp_wait<1>();
     else
       cp_wait<0>();
     __syncthreads();
 
-    // S ← γ_last S + Kᵀ (diag(δ) Ṽ).
+    // Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K.
     const float gl = __expf(glast);
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
-      for (int e = 0; e < st[j].num_elements; ++e) st[j].x[e] *= gl;
-#pragma unroll 2
-    for (int kk = 0; kk < 4; ++kk) {
-      FAc a;
-      wmma::load_matrix_sync(a, S.k + kk * 16 * (K + 8) + warp * 16, K + 8);
+      for (int e = 0; e < 4; ++e) st[j][e] *= gl;
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        FBr bb;
-        wmma::load_matrix_sync(bb, S.vnb + kk * 16 * (BV + 8) + j * 16, BV + 8);
-        wmma::mma_sync(st[j], a, bb, st[j]);
+    for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+      for (int jp = 0; jp < NJ / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, S.k + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
+        mma_bf16(st[2 * jp], av[ks], r[0], r[1]);
+        mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
       }
     }
-    // The next chunk's dh tiles are requested here, so that they are in flight over the barrier,
-    // the next loads' issue and the h_c store.
-    if (dh32 && more) load_dh(c + 1);
-    // Every warp is done with K(c), vnb, sb and buffer b: refill K for the next chunk.
+    // Every warp is done with K(c) and buffer b: refill K for the next chunk.
     __syncthreads();
     if (more) issue_k(nstart, nlen);
     start = nstart;
@@ -696,11 +751,12 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   }
   if (ht) {
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
-      wmma::store_matrix_sync(ht + sbase + j * 16, st[j], V, wmma::mem_row_major);
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        ht[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] = st[j][e];
   }
 }
-
 // ------------------------------------------------------------------------------------------
 // The intra-chunk attention matrix of kernel 4 (backward, local dṼ): dṼ_loc = s (QKᵀ ⊙ Γ ⊙ L)ᵀ dO,
 // f32, per (chunk, head), 256 threads. Kernel 3 (output, O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ])
@@ -2044,8 +2100,8 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 }
 
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
-// src/cuda/delta_rule.rs `SMEM_SLOTS`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
-// state_fwd BV=16,32,64, state_bwd BV=16,32,64.
+// src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
+// state_fwd NWC=1,2,4,8, state_rec (the recompute) NWC=1,2,4,8, state_bwd BV=16,32,64.
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -2069,12 +2125,17 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[2] = smem_dvloc<K>();
   out[3] = smem_of<DqkSm<K>>();
   out[4] = smem_of<WySm<K>>();
-  out[5] = smem_of<StateFwdSm<K, 16>>();
-  out[6] = smem_of<StateFwdSm<K, 32>>();
-  out[7] = smem_of<StateFwdSm<K, 64>>();
-  out[8] = smem_of<StateBwdSm<K, 16>>();
-  out[9] = smem_of<StateBwdSm<K, 32>>();
-  out[10] = smem_of<StateBwdSm<K, 64>>();
+  out[5] = smem_of<StateFwdSm<K, 1, false>>();
+  out[6] = smem_of<StateFwdSm<K, 2, false>>();
+  out[7] = smem_of<StateFwdSm<K, 4, false>>();
+  out[8] = smem_of<StateFwdSm<K, 8, false>>();
+  out[9] = smem_of<StateFwdSm<K, 1, true>>();
+  out[10] = smem_of<StateFwdSm<K, 2, true>>();
+  out[11] = smem_of<StateFwdSm<K, 4, true>>();
+  out[12] = smem_of<StateFwdSm<K, 8, true>>();
+  out[13] = smem_of<StateBwdSm<K, 16>>();
+  out[14] = smem_of<StateBwdSm<K, 32>>();
+  out[15] = smem_of<StateBwdSm<K, 64>>();
 }
 
 }  // namespace dr
@@ -2082,8 +2143,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 11);
-    dr::smem_sizes_k<256>(out + 22);
+    dr::smem_sizes_k<128>(out + 16);
+    dr::smem_sizes_k<256>(out + 32);
   }
 }
 
@@ -2116,15 +2177,27 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
   }
 
-#define DR_STATE_KERNELS(K, BV)                                                                     \
-  extern "C" __global__ void __launch_bounds__(K / 16 * 32, K <= 128 ? 2 : 1)                    \
-      dr_state_fwd_k##K##_bv##BV(const bf16* w, const bf16* u, const bf16* k, const float* gc,     \
+// The forward state pass (NAME state_fwd, DOT false) and its backward recompute (state_rec).
+#define DR_STATE_FWD_KERNEL(K, NWC, NAME, DOT)                                                      \
+  extern "C" __global__ void __launch_bounds__(NWC * 32)                                          \
+      dr_##NAME##_k##K##_nw##NWC(const bf16* w, const bf16* u, const bf16* k, const float* gc,     \
                                  const int* ctab, const int* seq_chunk, const float* h0, int H,    \
                                  int V, bf16* hout, bf16* vnew, float* ht, const float* dh32,      \
                                  float* sd_part) {                                                 \
-    dr::state_fwd_impl<K, BV>(w, u, k, gc, ctab, seq_chunk, h0, H, V, hout, vnew, ht, dh32,        \
-                              sd_part);                                                            \
-  }                                                                                                \
+    dr::state_fwd_impl<K, NWC, DOT>(w, u, k, gc, ctab, seq_chunk, h0, H, V, hout, vnew, ht, dh32,  \
+                                    sd_part);                                                      \
+  }
+#define DR_STATE_FWD_KERNELS(K)                                                                     \
+  DR_STATE_FWD_KERNEL(K, 1, state_fwd, false)                                                       \
+  DR_STATE_FWD_KERNEL(K, 2, state_fwd, false)                                                       \
+  DR_STATE_FWD_KERNEL(K, 4, state_fwd, false)                                                       \
+  DR_STATE_FWD_KERNEL(K, 8, state_fwd, false)                                                       \
+  DR_STATE_FWD_KERNEL(K, 1, state_rec, true)                                                        \
+  DR_STATE_FWD_KERNEL(K, 2, state_rec, true)                                                        \
+  DR_STATE_FWD_KERNEL(K, 4, state_rec, true)                                                        \
+  DR_STATE_FWD_KERNEL(K, 8, state_rec, true)
+
+#define DR_STATE_BWD_KERNEL(K, BV)                                                                     \
   extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
       dr_state_bwd_k##K##_bv##BV(const bf16* q, const bf16* k, const bf16* w, const float* gc,     \
                                  const bf16* d_o, const float* dvl, const int* ctab,               \
@@ -2149,15 +2222,18 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 DR_CHUNK_KERNELS(64)
 DR_CHUNK_KERNELS(128)
 DR_CHUNK_KERNELS(256)
-DR_STATE_KERNELS(64, 16)
-DR_STATE_KERNELS(64, 32)
-DR_STATE_KERNELS(64, 64)
-DR_STATE_KERNELS(128, 16)
-DR_STATE_KERNELS(128, 32)
-DR_STATE_KERNELS(128, 64)
-DR_STATE_KERNELS(256, 16)
-DR_STATE_KERNELS(256, 32)
-DR_STATE_KERNELS(256, 64)
+DR_STATE_FWD_KERNELS(64)
+DR_STATE_FWD_KERNELS(128)
+DR_STATE_FWD_KERNELS(256)
+DR_STATE_BWD_KERNEL(64, 16)
+DR_STATE_BWD_KERNEL(64, 32)
+DR_STATE_BWD_KERNEL(64, 64)
+DR_STATE_BWD_KERNEL(128, 16)
+DR_STATE_BWD_KERNEL(128, 32)
+DR_STATE_BWD_KERNEL(128, 64)
+DR_STATE_BWD_KERNEL(256, 16)
+DR_STATE_BWD_KERNEL(256, 32)
+DR_STATE_BWD_KERNEL(256, 64)
 DR_DECODE_KERNEL(64, 64, 16, 64, 16)
 DR_DECODE_KERNEL(64, 64, 64, 128, 8)
 DR_DECODE_KERNEL(64, 128, 16, 64, 16)
