@@ -537,14 +537,14 @@ __device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, O
 //   Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K  (A = the Ṽᵀ accumulators scaled and rounded, B = K by
 //   ldmatrix.trans).
 // No cross-warp reduction and no staging through shared memory: the CTA shares only the W, K, U
-// and G tiles (cp.async; W, U, G double-buffered, K single-buffered and refilled after the
-// update, so each arrives a whole chunk step ahead). h_c and Ṽ go to global with
-// store_tile_t (their global layouts are the transposes of what the warp holds).
+// and G tiles, double-buffered (cp.async, one group per chunk, issued for chunk c+1 right after
+// chunk c's only barrier, so it has a whole chunk step to arrive; measured with K alone
+// single-buffered and issued at the end of the step, a CTA's step took 3.6 µs at K = 128 however
+// few CTAs ran — the load latency). h_c and Ṽ go to global with store_tile_t (their global
+// layouts are the transposes of what the warp holds).
 // DOT (backward recompute): also the f32 partials of ⟨h_c, dh_c⟩, one per (chunk, head, warp's
-// 16 columns): each warp copies its own dh_c columns [K × 16] (f32, row stride DLD, which makes
-// the accumulator-order reads conflict-free) into shared memory with the chunk's W/U group.
-// cp.async groups, in commit order: WU(cs), K(cs), then per chunk c: WU(c+1) after the first
-// barrier, K(c+1) at the end.
+// 16 columns): each warp copies its own dh_c columns [K × 16] f32 into shared memory (one buffer,
+// refilled for chunk c+1 right after chunk c's dot, in chunk c+1's group), swizzled by dh_off.
 
 // 4-byte async copy (cp.async.ca); ok == false zero-fills without reading.
 __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
@@ -555,21 +555,30 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
 
 template <int K, int NWC, bool DOT>
 struct StateFwdSm {
-  static constexpr int BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8, DLD = 20;
+  static constexpr int BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
   bf16* w;    // 2 x [64][WLD]
-  bf16* k;    // [64][WLD]
+  bf16* k;    // 2 x [64][WLD]
   bf16* u;    // 2 x [64][ULD]
   float* G;   // 2 x [64]
-  float* dh;  // DOT: NWC x [K][DLD]
+  float* dh;  // DOT: NWC x [K × 16], see dh_off
   __device__ void carve(Carve& c) {
     w = c.take<bf16>(2 * W_SZ);
-    k = c.take<bf16>(W_SZ);
+    k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     G = c.take<float>(2 * CH);
-    dh = DOT ? c.take<float>(NWC * K * DLD) : nullptr;
+    dh = DOT ? c.take<float>(NWC * K * 16) : nullptr;
   }
 };
+
+// Word offset of element (k, v), v < 16, in a warp's f32 copy of its dh_c columns. Rows k and
+// k+1 form one 32-word unit of eight 16-byte pieces; piece (k & 1, v / 4) is XOR-swizzled by
+// (k / 2) mod 4, so that the accumulator-order reads (lane (g, q) at k = 8j + 2q + e1,
+// v = g + 8 e2) hit 32 distinct banks, and cp.async can still copy whole 16-byte pieces.
+__device__ __forceinline__ int dh_off(int k, int v) {
+  const int piece = (((k & 1) << 2) | (v >> 2)) ^ (((k >> 1) & 3) << 1);
+  return (k >> 1) * 32 + piece * 4 + (v & 3);
+}
 
 template <int K, int NWC, bool DOT>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
@@ -590,7 +599,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float* dhs = DOT ? S.dh + warp * K * L::DLD : nullptr;
+  float* dhs = DOT ? S.dh + warp * K * 16 : nullptr;
 
   // Sᵀ: st[j][e] = S[k][v] with k = 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
   float st[NJ][4];
@@ -601,8 +610,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  auto issue_wu = [&](int c, int s0, int l, int b) {
+  // Chunk c's group: W, K, U, G into buffer b, and (DOT) this warp's dh_c columns.
+  auto issue = [&](int c, int s0, int l, int b) {
     load_bf16_async(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     load_bf16_async(S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH,
                     L::BVC, l);
     for (int i = tid; i < CH; i += NWC * 32) {
@@ -614,13 +625,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const float* src = dh32 + ((long)c * H + h) * K * V + vw;
       for (int i = lane; i < K * 4; i += 32) {
         const int r = i >> 2, c4 = (i & 3) * 4;
-        cp16(dhs + r * L::DLD + c4, src + (long)r * V + c4, true);
+        cp16(dhs + dh_off(r, c4), src + (long)r * V + c4, true);
       }
     }
-    cp_commit();
-  };
-  auto issue_k = [&](int s0, int l) {
-    load_bf16_async(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     cp_commit();
   };
 
@@ -633,8 +640,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nstart = ctab[2 * cs + 2];
       nlen = ctab[2 * cs + 3];
     }
-    issue_wu(cs, start, len, 0);
-    issue_k(start, len);
+    issue(cs, start, len, 0);
   }
   for (int c = cs; c < ce; ++c) {
     const int b = (c - cs) & 1;
@@ -652,8 +658,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int j = 0; j < NJ; ++j)
         store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
     }
-    // Pending groups: WU(c), K(c). Wait for WU(c).
-    cp_wait<1>();
+    // The only pending group is chunk c's.
+    cp_wait<0>();
     __syncthreads();
     if (DOT) {
       float sacc = 0.f;
@@ -661,15 +667,16 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          sacc += st[j][e] * dhs[(8 * j + 2 * q + (e & 1)) * L::DLD + g + 8 * (e >> 1)];
+          sacc += st[j][e] * dhs[dh_off(8 * j + 2 * q + (e & 1), g + 8 * (e >> 1))];
       sacc = warp_sum(sacc);
       if (lane == 0) sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + warp] = sacc;
       __syncwarp();  // this warp's dh buffer is refilled below
     }
     // Buffer b^1 was last read in chunk c-1, before the barrier above.
-    if (more) issue_wu(c + 1, nstart, nlen, b ^ 1);
+    if (more) issue(c + 1, nstart, nlen, b ^ 1);
 
     const bf16* wb = S.w + b * L::W_SZ;
+    const bf16* kb = S.k + b * L::W_SZ;
     const bf16* ub = S.u + b * L::U_SZ;
     const float* G = S.G + b * CH;
     const float glast = G[len - 1];
@@ -718,13 +725,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
 
-    // Pending: K(c), then WU(c+1) when more. Wait for K(c).
-    if (more)
-      cp_wait<1>();
-    else
-      cp_wait<0>();
-    __syncthreads();
-
     // Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K.
     const float gl = __expf(glast);
 #pragma unroll
@@ -736,14 +736,12 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
       for (int jp = 0; jp < NJ / 2; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, S.k + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(r, kb + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
         mma_bf16(st[2 * jp], av[ks], r[0], r[1]);
         mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
       }
     }
-    // Every warp is done with K(c) and buffer b: refill K for the next chunk.
-    __syncthreads();
-    if (more) issue_k(nstart, nlen);
+    // Buffer b is refilled (chunk c+2) only after the next chunk's barrier.
     start = nstart;
     len = nlen;
     nstart = nnstart;
