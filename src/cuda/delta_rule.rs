@@ -303,39 +303,40 @@ fn pick_state_bv(bwd: &[Option<Kern>; 3], blocks_per_bv1: usize, num_sms: usize)
         .context("no state-pass kernel variant fits in shared memory")
 }
 
-/// Achieved HBM bandwidth (bytes/s) and the bandwidth one SM can draw alone, as the state-pass
-/// cost model assumes them (H200; the per-SM figure from session 3's state_bwd timings, two CTAs
-/// on one SM against one).
+/// Achieved HBM bandwidth (bytes/s), the state-pass cost model's memory bound.
 const HBM_BYTES_PER_S: f64 = 3.3e12;
-const SM_BYTES_PER_S: f64 = 50e9;
-/// Seconds of dependent latency in one chunk step of one CTA, per unit of K (products, the
-/// barriers, the h_c and Ṽ stores): about 0.8 µs at K = 128.
-const STEP_LATENCY_PER_K: f64 = 6e-9;
-/// mma.sync m16n8k16 issue rate of one SM (per second) and the mma per warp and chunk per unit
-/// of K (K/2 for Ṽ, K/2 for the update).
-const SM_MMA_PER_S: f64 = 0.65 * 1.75e9;
 
-/// Estimated seconds per chunk step of a forward state pass with `nw` warps per CTA (16 columns
-/// of V each), `per_sm` CTAs per SM, for `cols` = N·H·V columns in all. Per chunk each CTA reads
-/// W and K (64 × K bf16 each, whatever its width), U (64 × 16·nw bf16) and, in the recompute,
-/// dh_c (K × 16·nw f32), and writes Ṽ and h_c (bf16). A wave of CTAs takes the longest of: HBM
-/// bandwidth over all its bytes, one SM's bandwidth over its CTAs' bytes, the tensor-core time of
-/// its warps, and the dependent latency of a step.
+/// Estimated seconds of a forward state pass (`dot`: the backward's recompute) per chunk of a
+/// sequence, with `nw` warps per CTA (16 columns of V each) and `per_sm` CTAs per SM, for
+/// `cols` = N·H·V columns in all, on `sms` SMs. Calibrated on H200 (session 4, `bench kernels
+/// --breakdown` with GDN_DR_SF_NW = 1, 2, 4, 8 on the five bench shapes): a CTA's chunk step
+/// takes a latency L when its warps have an SM sub-partition each (3.4 µs at K = 128, 5.6 µs at
+/// K = 256, plus about 20 ns per cp.async piece a lane issues beyond the 4-warp CTA's, plus the
+/// dh copy of the recompute), and w × T when w warps share a sub-partition (T = 2.5 µs at K = 128,
+/// 4.3 µs at K = 256); CTAs beyond one wave run in further waves. A wave is also bound by HBM:
+/// per chunk each CTA reads W and K (64 × K bf16 each, whatever its width), U (64 × 16·nw bf16)
+/// and in the recompute dh_c (K × 16·nw f32), and writes Ṽ and h_c (bf16).
 fn state_step_cost(nw: usize, per_sm: usize, cols: usize, k: usize, dot: bool, sms: usize) -> f64 {
     let width = 16 * nw;
     let ctas = cols.div_ceil(width);
-    let bytes =
-        (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 })) as f64;
+    let kf = k as f64;
+    // 16-byte cp.async pieces one lane issues per chunk (the W, K, U tiles, the dh copy).
+    let pieces = |nw: usize| {
+        ((2 * 64 * k * 2 + 64 * 16 * nw * 2) / 16) as f64 / (32 * nw) as f64
+            + if dot { (k / 8) as f64 } else { 0.0 }
+    };
+    let dot_us = if dot { 0.5 + kf / 256.0 } else { 0.0 };
+    let lat = (1.2 + 0.0172 * kf + 0.02 * (pieces(nw) - pieces(4)) + dot_us) * 1e-6;
+    let per_warp = (0.7 + 0.0141 * kf + 0.75 * dot_us) * 1e-6;
+    let bytes = (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 }))
+        as f64;
     let slots = per_sm * sms;
     let (mut left, mut cost) = (ctas, 0.0);
     while left > 0 {
         let now = left.min(slots);
-        let on_sm = now.div_ceil(sms);
+        let warps_per_subpartition = (now.div_ceil(sms) * nw).div_ceil(4);
         let hbm = now as f64 * bytes / HBM_BYTES_PER_S;
-        let sm = on_sm as f64 * bytes / SM_BYTES_PER_S;
-        let mma = (on_sm * nw * k) as f64 / SM_MMA_PER_S;
-        let lat = k as f64 * STEP_LATENCY_PER_K;
-        cost += hbm.max(sm).max(mma).max(lat);
+        cost += hbm.max(lat).max(warps_per_subpartition as f64 * per_warp);
         left -= now;
     }
     cost
@@ -1329,5 +1330,43 @@ mod decode_tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod state_cost_tests {
+    use super::state_step_cost;
+
+    /// The warps per CTA the cost model picks among (warps, CTAs per SM).
+    fn pick(vars: &[(usize, usize)], seq_heads: usize, (k, v): (usize, usize), dot: bool) -> usize {
+        vars.iter()
+            .min_by(|a, b| {
+                let c = |&(nw, per_sm): &(usize, usize)| {
+                    state_step_cost(nw, per_sm, seq_heads * v, k, dot, 132)
+                };
+                c(a).total_cmp(&c(b))
+            })
+            .unwrap()
+            .0
+    }
+
+    /// The model picks the variant that measured fastest on H200 (session 4, call 4: every
+    /// variant forced with GDN_DR_SF_NW on the bench shapes; CTAs per SM as the driver reports
+    /// them for the shared memory and registers of each).
+    #[test]
+    fn state_pass_cost_model_picks_the_measured_best() {
+        let k128 = [(1, 2), (2, 2), (4, 2), (8, 1)];
+        // B8·T2048·H16: nw 8 0.161 ms, 4 0.169, 2 0.264, 1 0.515.
+        assert_eq!(pick(&k128, 128, (128, 128), false), 8);
+        // B4·T4096: 4 0.223, 2 0.262, 8 0.313. B2·T8192: 4 0.442, 2 0.495, 8 0.635.
+        // B1·T16384: 4 0.880, 2 0.988, 1 1.285, 8 1.297.
+        for nh in [64, 32, 16] {
+            assert_eq!(pick(&k128, nh, (128, 128), false), 4, "N·H = {nh}");
+        }
+        // B4·T4096·H6·K256·V512: 8 0.552, 4 0.713, 2 1.285.
+        assert_eq!(pick(&[(1, 1), (2, 1), (4, 1), (8, 1)], 24, (256, 512), false), 8);
+        // Recompute, K256: 4 0.914, 2 1.63 (8 does not fit); K128 B8·T2048: 8 0.208, 4 0.282.
+        assert_eq!(pick(&[(1, 1), (2, 1), (4, 1)], 24, (256, 512), true), 4);
+        assert_eq!(pick(&[(1, 2), (2, 2), (4, 1), (8, 1)], 128, (128, 128), true), 8);
     }
 }
