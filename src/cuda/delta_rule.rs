@@ -12,11 +12,11 @@
 //!
 //! Pipeline (spec §B), per call:
 //! - forward: `prep` (per chunk, head: G, T = (I+M)^{-1}, W, U) → `state_fwd` (per sequence, head,
-//!   V tile: every chunk's entering state h_c and Ṽ = U − W h_c, final state) → `fwd_o` (per
-//!   chunk, head, 64 columns of V: O);
+//!   V tile: each chunk's entering state h_c, Ṽ = U − W h_c and the output O, kept on the SM; the
+//!   final state);
 //! - backward: `prep` (also stores T) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
-//!   `state_fwd` (recompute h_c, Ṽ, and the f32 partials of ⟨h_c, dh_c⟩) → `dqk` (dq, partial dk
-//!   and dG) → `wy` (WY backward, dv, dβ, dk, dg).
+//!   `state_rec` (recompute h_c, Ṽ into the workspace, and the f32 partials of ⟨h_c, dh_c⟩) →
+//!   `dqk` (dq, partial dk and dG) → `wy` (WY backward, dv, dβ, dk, dg).
 
 #[cfg(test)]
 mod mirror;
@@ -123,16 +123,15 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (16 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (15 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
-const SLOT_FWD_O: usize = 1;
-const SLOT_DVLOC: usize = 2;
-const SLOT_DQK: usize = 3;
-const SLOT_WY: usize = 4;
-const SLOT_STATE_FWD: usize = 5; // + index into STATE_NWS
-const SLOT_STATE_REC: usize = 9; // + index into STATE_NWS
-const SLOT_STATE_BWD: usize = 13; // + index into STATE_BVS
-const SLOTS_PER_K: usize = 16;
+const SLOT_DVLOC: usize = 1;
+const SLOT_DQK: usize = 2;
+const SLOT_WY: usize = 3;
+const SLOT_STATE_FWD: usize = 4; // + index into STATE_NWS
+const SLOT_STATE_REC: usize = 8; // + index into STATE_NWS
+const SLOT_STATE_BWD: usize = 12; // + index into STATE_BVS
+const SLOTS_PER_K: usize = 15;
 /// Warps per CTA of the forward state pass and its recompute (16 columns of V each).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// V-tile widths of the backward state pass.
@@ -216,7 +215,6 @@ fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
 /// The chunk kernels for one key head size.
 struct ChunkKernels {
     prep: Kern,
-    fwd_o: Kern,
     dvloc: Kern,
     dqk: Kern,
     wy: Kern,
@@ -260,7 +258,6 @@ impl ChunkKernels {
         };
         Ok(ChunkKernels {
             prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
-            fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
             dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
             wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
@@ -328,8 +325,8 @@ fn state_step_cost(nw: usize, per_sm: usize, cols: usize, k: usize, dot: bool, s
     let dot_us = if dot { 0.5 + kf / 256.0 } else { 0.0 };
     let lat = (1.2 + 0.0172 * kf + 0.02 * (pieces(nw) - pieces(4)) + dot_us) * 1e-6;
     let per_warp = (0.7 + 0.0141 * kf + 0.75 * dot_us) * 1e-6;
-    let bytes = (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 }))
-        as f64;
+    let bytes =
+        (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 })) as f64;
     let slots = per_sm * sms;
     let (mut left, mut cost) = (ctas, 0.0);
     while left > 0 {
@@ -781,16 +778,22 @@ fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64
     )
 }
 
-/// Queues the forward state pass (h_c, Ṽ; the final state into `ht` when non-null). In the
-/// backward, `dh32`/`sd_part` (non-null) make it also write the f32 partials of ⟨h_c, dh_c⟩.
-fn run_state_fwd(
+/// What a state pass writes besides advancing the state (device pointers; 0 = none).
+enum StatePass {
+    /// The forward: the output `o` and, when `ht` is non-null, the final state.
+    Forward { o: u64, ht: u64 },
+    /// The backward's recompute: h_c and Ṽ into the workspace, and the f32 partials of
+    /// ⟨h_c, dh_c⟩ into `sd_part`.
+    Recompute { dh32: u64, sd_part: u64 },
+}
+
+/// Queues a state pass (kernel 2, `state_fwd` or `state_rec`).
+fn run_state_pass(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     inp: &ChunkInputs,
     n: usize,
-    ht: u64,
-    dh32: u64,
-    sd_part: u64,
+    pass: StatePass,
 ) -> Result<()> {
     let Dims {
         heads: h,
@@ -802,9 +805,19 @@ fn run_state_fwd(
     let gc = ptr(gpu, &ws.gc);
     let w = ptr(gpu, &ws.w);
     let u = ptr(gpu, &ws.u);
-    let hs = ptr_mut(gpu, &mut ws.h);
-    let vnew = ptr_mut(gpu, &mut ws.vnew);
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
+    let (q, hs, vnew, o, ht, dh32, sd_part) = match pass {
+        StatePass::Forward { o, ht } => (ptr(gpu, &inp.q), 0, 0, o, ht, 0, 0),
+        StatePass::Recompute { dh32, sd_part } => (
+            0,
+            ptr_mut(gpu, &mut ws.h),
+            ptr_mut(gpu, &mut ws.vnew),
+            0,
+            0,
+            dh32,
+            sd_part,
+        ),
+    };
     let sk = ws.state_kern(n, dh32 != 0);
     let ks = &sk.k;
     launch(
@@ -818,14 +831,17 @@ fn run_state_fwd(
             Arg::P(w),
             Arg::P(u),
             Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(q),
             Arg::P(gc),
             Arg::P(ctab),
             Arg::P(seq_chunk),
             Arg::P(h0),
             Arg::I(h as i32),
             Arg::I(v as i32),
+            Arg::F(inp.scale),
             Arg::P(hs),
             Arg::P(vnew),
+            Arg::P(o),
             Arg::P(ht),
             Arg::P(dh32),
             Arg::P(sd_part),
@@ -854,38 +870,12 @@ pub fn chunk_forward(
     }
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
+    let o = ptr_mut(gpu, o);
     probe_start(gpu, ws)?;
     run_prep(gpu, ws, inp, 0)?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    run_state_fwd(gpu, ws, inp, n, ht, 0, 0)?;
-    probe_mark(gpu, ws, "fwd: state_fwd")?;
-    let nc = ws.n_chunks;
-    if nc == 0 {
-        return Ok(());
-    }
-    let po = ptr_mut(gpu, o);
-    let ko = &ws.kern.fwd_o;
-    launch(
-        gpu,
-        &ko.f,
-        &ko.name,
-        (nc as u32, h as u32, 1),
-        256,
-        ko.smem,
-        &[
-            Arg::P(ptr(gpu, &inp.q)),
-            Arg::P(ptr(gpu, &inp.k)),
-            Arg::P(ptr(gpu, &ws.gc)),
-            Arg::P(ptr(gpu, &ws.h)),
-            Arg::P(ptr(gpu, &ws.vnew)),
-            Arg::P(ptr(gpu, &ws.ctab)),
-            Arg::I(h as i32),
-            Arg::I(v as i32),
-            Arg::F(inp.scale),
-            Arg::P(po),
-        ],
-    )?;
-    probe_mark(gpu, ws, "fwd: fwd_o")
+    run_state_pass(gpu, ws, inp, n, StatePass::Forward { o, ht })?;
+    probe_mark(gpu, ws, "fwd: state_fwd (+ output)")
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -1012,7 +1002,7 @@ pub fn chunk_backward(
         )?;
         probe_mark(gpu, ws, "bwd: state_bwd")?;
     }
-    run_state_fwd(gpu, ws, inp, n, 0, dh, sd_part)?;
+    run_state_pass(gpu, ws, inp, n, StatePass::Recompute { dh32: dh, sd_part })?;
     probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     if nc == 0 {
         return Ok(());
@@ -1364,9 +1354,15 @@ mod state_cost_tests {
             assert_eq!(pick(&k128, nh, (128, 128), false), 4, "N·H = {nh}");
         }
         // B4·T4096·H6·K256·V512: 8 0.552, 4 0.713, 2 1.285.
-        assert_eq!(pick(&[(1, 1), (2, 1), (4, 1), (8, 1)], 24, (256, 512), false), 8);
+        assert_eq!(
+            pick(&[(1, 1), (2, 1), (4, 1), (8, 1)], 24, (256, 512), false),
+            8
+        );
         // Recompute, K256: 4 0.914, 2 1.63 (8 does not fit); K128 B8·T2048: 8 0.208, 4 0.282.
         assert_eq!(pick(&[(1, 1), (2, 1), (4, 1)], 24, (256, 512), true), 4);
-        assert_eq!(pick(&[(1, 2), (2, 2), (4, 1), (8, 1)], 128, (128, 128), true), 8);
+        assert_eq!(
+            pick(&[(1, 2), (2, 2), (4, 1), (8, 1)], 128, (128, 128), true),
+            8
+        );
     }
 }

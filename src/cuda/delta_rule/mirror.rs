@@ -236,15 +236,14 @@ fn forward_pair(
         for (x, y) in s.iter_mut().zip(&upd) {
             *x = gl * *x + y;
         }
-        // fwd_o
+        // The output (state_fwd v5): Q h_c with bf16 Q and h_c, each row then scaled by s γ_i
+        // in f32, plus P Ṽ.
         let pb = attn(qc, kc, &gc, scale, dk);
-        let qs: Vec<f32> = (0..l * dk)
-            .map(|e| bf(Stage::QScaled, qc[e] * (scale * gc[e / dk].exp())))
-            .collect();
-        let o1 = mm(&qs, false, &hb, false, l, dk, dv);
+        let o1 = mm(qc, false, &hb, false, l, dk, dv);
         let o2 = mm(&pb, false, &vnew, false, l, l, dv);
         for e in 0..l * dv {
-            o[r0 * dv + e] = bf(Stage::O, o1[e] + o2[e]);
+            let f = scale * gc[e / dv].exp();
+            o[r0 * dv + e] = bf(Stage::O, o1[e] * f + o2[e]);
         }
         out.push(ChunkFwd {
             g: gc,

@@ -530,21 +530,26 @@ __device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, O
 }
 
 // ------------------------------------------------------------------------------------------
-// Kernel 2: forward state pass per (sequence, head, tile of 16·NWC columns of V), NWC warps.
+// Kernel 2: the state pass per (sequence, head, tile of 16·NWC columns of V), NWC warps.
 // v5: each warp keeps the transposed state rows of its 16 value columns, Sᵀ [16 × K] f32, in
 // registers as K/8 accumulator tiles, and does all of a chunk's products itself:
 //   Ṽᵀ = Uᵀ − Sᵀ Wᵀ  (A = Sᵀ rounded to bf16 straight from the accumulators, B = W by ldmatrix),
 //   Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K  (A = the Ṽᵀ accumulators scaled and rounded, B = K by
 //   ldmatrix.trans).
-// No cross-warp reduction and no staging through shared memory: the CTA shares only the W, K, U
-// and G tiles, double-buffered (cp.async, one group per chunk, issued for chunk c+1 right after
-// chunk c's only barrier, so it has a whole chunk step to arrive; measured with K alone
-// single-buffered and issued at the end of the step, a CTA's step took 3.6 µs at K = 128 however
-// few CTAs ran — the load latency). h_c and Ṽ go to global with store_tile_t (their global
-// layouts are the transposes of what the warp holds).
-// DOT (backward recompute): also the f32 partials of ⟨h_c, dh_c⟩, one per (chunk, head, warp's
-// 16 columns): each warp copies its own dh_c columns [K × 16] f32 into shared memory (one buffer,
-// refilled for chunk c+1 right after chunk c's dot, in chunk c+1's group), swizzled by dh_off.
+// No cross-warp reduction: the CTA shares only the W, K, U and G tiles, double-buffered
+// (cp.async, one group per chunk). Measured with K single-buffered and issued at the end of the
+// step, a CTA's step took 3.6 µs at K = 128 however few CTAs ran.
+// Forward (REC false), fused with the output (v5 replaces kernel 3, fwd_o): per chunk also
+//   Oᵀ = diag-scaled Sᵀ Qᵀ (column t times s γ_t)  +  Ṽᵀ Pᵀ,  P = s (QKᵀ ⊙ Γ ⊙ L) (bf16),
+// with A = Sᵀ and the bf16 Ṽᵀ from registers; P is formed once per CTA (warps 0–3, a 16-row
+// block each) into shared memory. h_c and Ṽ never leave the SM: the backward recomputes them.
+// Q has one buffer: it is dead after P and Sᵀ Qᵀ, so the next chunk's group (with Q) is issued
+// after the second barrier, ahead of the Ṽ, output and update products.
+// Backward recompute (REC true): h_c and Ṽ to global with store_tile_t (their global layouts are
+// the transposes of what a warp holds), and the f32 partials of ⟨h_c, dh_c⟩, one per (chunk,
+// head, warp's 16 columns): each warp copies its own dh_c columns [K × 16] f32 into shared memory
+// (one buffer, refilled for chunk c+1 right after chunk c's dot), swizzled by dh_off; its group
+// is issued after the first (only) barrier.
 
 // 4-byte async copy (cp.async.ca); ok == false zero-fills without reading.
 __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
@@ -553,7 +558,7 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 
-template <int K, int NWC, bool DOT>
+template <int K, int NWC, bool REC>
 struct StateFwdSm {
   static constexpr int BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
@@ -561,13 +566,17 @@ struct StateFwdSm {
   bf16* k;    // 2 x [64][WLD]
   bf16* u;    // 2 x [64][ULD]
   float* G;   // 2 x [64]
-  float* dh;  // DOT: NWC x [K × 16], see dh_off
+  bf16* q;    // forward: [64][WLD]
+  bf16* pb;   // forward: [64][LD64]  P, bf16
+  float* dh;  // recompute: NWC x [K × 16], see dh_off
   __device__ void carve(Carve& c) {
     w = c.take<bf16>(2 * W_SZ);
     k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     G = c.take<float>(2 * CH);
-    dh = DOT ? c.take<float>(NWC * K * 16) : nullptr;
+    q = REC ? nullptr : c.take<bf16>(W_SZ);
+    pb = REC ? nullptr : c.take<bf16>(CH * LD64);
+    dh = REC ? c.take<float>(NWC * K * 16) : nullptr;
   }
 };
 
@@ -580,16 +589,60 @@ __device__ __forceinline__ int dh_off(int k, int v) {
   return (k >> 1) * 32 + piece * 4 + (v & 3);
 }
 
-template <int K, int NWC, bool DOT>
+// One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
+// pb, the column tiles up to the diagonal block (the output products read no others).
+template <int K>
+__device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const float* G, int len,
+                                       float scale, int rb, bf16* pb) {
+  constexpr int WLD = K + 8;
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  float acc[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    unsigned a[4];
+    // A = Q rows 16 rb..: matrices (rows +0, k +0), (rows +8, k +0), (rows +0, k +8), (+8, +8).
+    ldsm_x4(a, qs + (16 * rb + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      if (np > rb) break;
+      unsigned r[4];
+      ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
+      mma_bf16(acc[2 * np], a, r[0], r[1]);
+      mma_bf16(acc[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    if (nt > 2 * rb + 1) break;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = 16 * rb + g + 8 * hf, j = 8 * nt + 2 * q;
+      const float gi = G[i];
+      const float x0 = (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi - G[j]) : 0.f;
+      const float x1 =
+          (j + 1 <= i && i < len) ? scale * acc[nt][2 * hf + 1] * __expf(gi - G[j + 1]) : 0.f;
+      *reinterpret_cast<unsigned*>(pb + i * LD64 + j) = pack_bf2(x0, x1);
+    }
+  }
+}
+
+template <int K, int NWC, bool REC>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
-                               const bf16* __restrict__ k, const float* __restrict__ gc,
-                               const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
-                               const float* __restrict__ h0, int H, int V, bf16* __restrict__ hout,
-                               bf16* __restrict__ vnew, float* __restrict__ ht,
-                               const float* __restrict__ dh32, float* __restrict__ sd_part) {
+                               const bf16* __restrict__ k, const bf16* __restrict__ qg,
+                               const float* __restrict__ gc, const int* __restrict__ ctab,
+                               const int* __restrict__ seq_chunk, const float* __restrict__ h0,
+                               int H, int V, float scale, bf16* __restrict__ hout,
+                               bf16* __restrict__ vnew, bf16* __restrict__ o,
+                               float* __restrict__ ht, const float* __restrict__ dh32,
+                               float* __restrict__ sd_part) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  typedef StateFwdSm<K, NWC, DOT> L;
+  typedef StateFwdSm<K, NWC, REC> L;
   L S;
   S.carve(cv);
   constexpr int NJ = K / 8;  // accumulator tiles of a warp's state rows
@@ -599,7 +652,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float* dhs = DOT ? S.dh + warp * K * 16 : nullptr;
+  float* dhs = REC ? S.dh + warp * K * 16 : nullptr;
 
   // Sᵀ: st[j][e] = S[k][v] with k = 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
   float st[NJ][4];
@@ -610,7 +663,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // Chunk c's group: W, K, U, G into buffer b, and (DOT) this warp's dh_c columns.
+  // Chunk c's group: W, K, U, G into buffer b, and Q (forward) or this warp's dh_c columns
+  // (recompute).
   auto issue = [&](int c, int s0, int l, int b) {
     load_bf16_async(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     load_bf16_async(S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
@@ -620,13 +674,14 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const bool ok = i < l;
       cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
     }
-    if (DOT) {
-      // This warp's dh_c columns: K rows of 16 f32 (four 16-byte pieces each).
+    if (REC) {
       const float* src = dh32 + ((long)c * H + h) * K * V + vw;
       for (int i = lane; i < K * 4; i += 32) {
         const int r = i >> 2, c4 = (i & 3) * 4;
         cp16(dhs + dh_off(r, c4), src + (long)r * V + c4, true);
       }
+    } else {
+      load_bf16_async(S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     }
     cp_commit();
   };
@@ -651,8 +706,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nnlen = ctab[2 * c + 5];
     }
 
-    // h_c = S (bf16) to global: tile j is rows k = 8j.., columns vw.. of h_c [K][V].
-    {
+    if (REC) {
+      // h_c = S (bf16) to global: tile j is rows k = 8j.., columns vw.. of h_c [K][V].
       bf16* hc = hout + ((long)c * H + h) * K * V + vw;
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
@@ -661,7 +716,47 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // The only pending group is chunk c's.
     cp_wait<0>();
     __syncthreads();
-    if (DOT) {
+
+    const bf16* wb = S.w + b * L::W_SZ;
+    const bf16* kb = S.k + b * L::W_SZ;
+    const bf16* ub = S.u + b * L::U_SZ;
+    const float* G = S.G + b * CH;
+    const float glast = G[len - 1];
+
+    // Forward: Oᵀ's first term (Sᵀ Qᵀ, column t scaled by s γ_t) and P; then Q is dead.
+    float ot[8][4];
+    if (!REC) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ot[nt][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < K / 16; ++kk) {
+        const unsigned a[4] = {pack_bf2(st[2 * kk][0], st[2 * kk][1]),
+                               pack_bf2(st[2 * kk][2], st[2 * kk][3]),
+                               pack_bf2(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                               pack_bf2(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          unsigned r[4];
+          ldsm_x4(r, S.q + (8 * (2 * np + lm_hi) + lr) * L::WLD + 16 * kk + 8 * lm_lo);
+          mma_bf16(ot[2 * np], a, r[0], r[1]);
+          mma_bf16(ot[2 * np + 1], a, r[2], r[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int t0 = 8 * nt + 2 * q;
+        const float f0 = t0 < len ? scale * __expf(G[t0]) : 0.f;
+        const float f1 = t0 + 1 < len ? scale * __expf(G[t0 + 1]) : 0.f;
+        ot[nt][0] *= f0;
+        ot[nt][1] *= f1;
+        ot[nt][2] *= f0;
+        ot[nt][3] *= f1;
+      }
+      for (int rb = warp; rb < 4; rb += NWC) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
+      __syncthreads();  // P complete; every warp is done with Q
+    } else {
       float sacc = 0.f;
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
@@ -672,14 +767,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       if (lane == 0) sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + warp] = sacc;
       __syncwarp();  // this warp's dh buffer is refilled below
     }
-    // Buffer b^1 was last read in chunk c-1, before the barrier above.
+    // Buffer b^1 was last read in chunk c-1, before the first barrier above.
     if (more) issue(c + 1, nstart, nlen, b ^ 1);
-
-    const bf16* wb = S.w + b * L::W_SZ;
-    const bf16* kb = S.k + b * L::W_SZ;
-    const bf16* ub = S.u + b * L::U_SZ;
-    const float* G = S.G + b * CH;
-    const float glast = G[len - 1];
 
     // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk.
     float p[8][4];
@@ -711,18 +800,45 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       }
     }
 
-    // Ṽ (bf16) to global, rows t < len; the A operands of (diag(δ) Ṽ)ᵀ.
-    unsigned av[4][4];
+    // The A operands of Ṽᵀ (bf16, for the output) and of (diag(δ) Ṽ)ᵀ (for the update); the
+    // recompute stores Ṽ (bf16) to global, rows t < len.
+    unsigned av[4][4], an[4][4];
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
       const int t0 = 8 * nt + 2 * q;
       const float d0 = t0 < len ? __expf(glast - G[t0]) : 0.f;
       const float d1 = t0 + 1 < len ? __expf(glast - G[t0 + 1]) : 0.f;
-      const int lim = len - 8 * nt;
-      store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
-                   [lim](int col) { return col < lim; });
+      if (REC) {
+        const int lim = len - 8 * nt;
+        store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                     [lim](int col) { return col < lim; });
+      } else {
+        an[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0], p[nt][1]);
+        an[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2], p[nt][3]);
+      }
       av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
+    }
+
+    if (!REC) {
+      // Oᵀ += Ṽᵀ Pᵀ (B = P rows by ldmatrix; P is zero above the diagonal, so output tile nt
+      // needs the k-steps ks ≤ nt / 2 only), then O (bf16) to global, rows t < len.
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+        for (int np = ks; np < 4; ++np) {
+          unsigned r[4];
+          ldsm_x4(r, S.pb + (8 * (2 * np + lm_hi) + lr) * LD64 + 16 * ks + 8 * lm_lo);
+          mma_bf16(ot[2 * np], an[ks], r[0], r[1]);
+          mma_bf16(ot[2 * np + 1], an[ks], r[2], r[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int lim = len - 8 * nt;
+        store_tile_t(ot[nt], o + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                     [lim](int col) { return col < lim; });
+      }
     }
 
     // Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K.
@@ -741,7 +857,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
       }
     }
-    // Buffer b is refilled (chunk c+2) only after the next chunk's barrier.
+    // Buffer b (and P) are rewritten only after the next chunk's first barrier.
     start = nstart;
     len = nlen;
     nstart = nnstart;
@@ -755,10 +871,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         ht[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] = st[j][e];
   }
 }
+
 // ------------------------------------------------------------------------------------------
 // The intra-chunk attention matrix of kernel 4 (backward, local dṼ): dṼ_loc = s (QKᵀ ⊙ Γ ⊙ L)ᵀ dO,
-// f32, per (chunk, head), 256 threads. Kernel 3 (output, O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ])
-// builds the same matrix in its own layout (below).
+// f32, per (chunk, head), 256 threads. The forward state pass (kernel 2) forms the same matrix
+// for the output in its own layout (p_rows).
 
 template <int K>
 struct DvlocSm {
@@ -803,151 +920,6 @@ __device__ __forceinline__ void intra_attn(DvlocSm<K>& S, const bf16* q, const b
     S.pb[i * LD64 + j] = f2b(p);
   }
   __syncthreads();
-}
-
-// Kernel 3, v4: its own layout (dvloc keeps DvlocSm/intra_attn). 3 CTAs/SM at
-// K = 128 (68.2 KB, was 97.2 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
-// straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
-// double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
-// slice s + 2 into slice s's buffer, so every slice but the first is in flight while the previous
-// one is multiplied. One 16×32 output tile per warp per slice.
-template <int K>
-struct FwdOSm {
-  static constexpr int BVO = 32, LDO = BVO + 8;
-  static constexpr int HS_SZ = K * LDO, BUF_SZ = K * LDO + CH * LDO;  // bf16 elements
-  static constexpr int KR_SZ = CH * (K + 8) > BUF_SZ ? CH * (K + 8) : BUF_SZ;
-  bf16* q;      // [64][K+8]  Q, then diag(s γ) Q
-  bf16* kr;     // [64][K+8]  K; after QKᵀ: slice buffer 1
-  bf16* buf0;   // slice buffer 0: h_c [K][40] then Ṽ [64][40]
-  bf16* pb;     // [64][72]   s (QKᵀ ⊙ Γ ⊙ L), bf16
-  float* stage; // [8][320]
-  float* G;     // [64]
-  __device__ void carve(Carve& c) {
-    q = c.take<bf16>(CH * (K + 8));
-    kr = c.take<bf16>(KR_SZ);
-    buf0 = c.take<bf16>(BUF_SZ);
-    pb = c.take<bf16>(CH * LD64);
-    stage = c.take<float>(8 * STG_SZ);
-    G = c.take<float>(CH);
-  }
-};
-
-template <int K>
-__device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                           const float* __restrict__ gc, const bf16* __restrict__ hstates,
-                           const bf16* __restrict__ vnew, const int* __restrict__ ctab, int H,
-                           int V, float scale, bf16* __restrict__ o) {
-  extern __shared__ __align__(128) char smem[];
-  Carve cv(smem);
-  FwdOSm<K> S;
-  S.carve(cv);
-  constexpr int BVO = FwdOSm<K>::BVO, LDO = FwdOSm<K>::LDO, HS_SZ = FwdOSm<K>::HS_SZ;
-  const int cg = blockIdx.x, h = blockIdx.y;
-  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nw = blockDim.x >> 5;
-  float* stage = S.stage + warp * STG_SZ;
-  const bf16* vn0 = vnew + ((long)start * H + h) * V;
-  const bf16* h0 = hstates + ((long)cg * H + h) * K * V;
-  const int nslice = V / BVO;
-  auto issue = [&](bf16* buf, int s) {
-    load_bf16_async(buf, LDO, h0 + s * BVO, V, K, BVO, K);
-    load_bf16_async(buf + HS_SZ, LDO, vn0 + s * BVO, (long)H * V, CH, BVO, len);
-    cp_commit();
-  };
-
-  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.kr, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  cp_commit();
-  issue(S.buf0, 0);
-  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
-  cp_wait<1>();  // q, k (slice 0 may still be in flight)
-  __syncthreads();
-
-  // pb = s (QKᵀ ⊙ Γ ⊙ L): lower tiles by wmma, each through the warp's staging tile; tiles above
-  // the diagonal are zero.
-  for (int t = warp; t < 16; t += nw) {
-    const int ti = t >> 2, tj = t & 3;
-    const int r = lane >> 1, c8 = (lane & 1) << 3, i = ti * 16 + r;
-    float p[8];
-    if (tj > ti) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) p[e] = 0.f;
-    } else {
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-      for (int kk = 0; kk < K / 16; ++kk) {
-        FAr a;
-        FBc b;
-        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(b, S.kr + tj * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(stage, acc, STG, wmma::mem_row_major);
-      __syncwarp();
-      const float gi = S.G[i];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int j = tj * 16 + c8 + e;
-        p[e] = (j <= i && i < len) ? scale * stage[r * STG + c8 + e] * __expf(gi - S.G[j]) : 0.f;
-      }
-      __syncwarp();
-    }
-    *reinterpret_cast<uint4*>(S.pb + i * LD64 + tj * 16 + c8) = pack8(p);
-  }
-  __syncthreads();  // k is dead: it becomes slice buffer 1
-  if (nslice > 1) issue(S.kr, 1);
-  // q rows scaled by s γ_i (rows past len are zero), 8 elements per thread and step.
-  for (int idx = tid; idx < CH * K / 8; idx += blockDim.x) {
-    const int i = idx / (K / 8), c = (idx - i * (K / 8)) << 3;
-    uint4* p = reinterpret_cast<uint4*>(S.q + i * (K + 8) + c);
-    const uint4 qv = *p;
-    const bf16* qb = reinterpret_cast<const bf16*>(&qv);
-    const float f = i < len ? scale * __expf(S.G[i]) : 0.f;
-    float x[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f;
-    *p = pack8(x);
-  }
-
-  // O[:, slice] = (s γ ⊙ Q) h_c[:, slice] + pb Ṽ[:, slice]; warp w: rows 16 (w >> 1), columns
-  // 16 (w & 1) of the slice. Groups pending at slice s: slice s and, when it exists, s + 1.
-  for (int s = 0; s < nslice; ++s) {
-    const bf16* hs = (s & 1) ? S.kr : S.buf0;
-    const bf16* xs = hs + HS_SZ;
-    if (s + 1 < nslice)
-      cp_wait<1>();
-    else
-      cp_wait<0>();
-    __syncthreads();
-    for (int t = warp; t < 4 * (BVO / 16); t += nw) {
-      const int ti = t / (BVO / 16), tj = t - ti * (BVO / 16);
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-      for (int kk = 0; kk < K / 16; ++kk) {
-        FAr a;
-        FBr b;
-        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(b, hs + kk * 16 * LDO + tj * 16, LDO);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      for (int kk = 0; kk <= ti; ++kk) {
-        FAr a;
-        FBr b;
-        wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, xs + kk * 16 * LDO + tj * 16, LDO);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      frag_to_bf16_global(acc, stage,
-                          o + ((long)(start + ti * 16) * H + h) * V + s * BVO + tj * 16,
-                          (long)H * V, len - ti * 16);
-    }
-    if (s + 2 < nslice) {
-      __syncthreads();  // every warp is done with this slice's buffer
-      issue((s & 1) ? S.kr : S.buf0, s + 2);
-    }
-  }
 }
 
 // Kernel 4 (v4): one block per (chunk, head) loops over the 64-column slices of dO (v3 had one
@@ -2098,7 +2070,7 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 }
 
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
-// src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
+// src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, dvloc, dqk, wy,
 // state_fwd NWC=1,2,4,8, state_rec (the recompute) NWC=1,2,4,8, state_bwd BV=16,32,64.
 template <class L>
 __device__ unsigned smem_of() {
@@ -2119,21 +2091,20 @@ __device__ unsigned smem_dvloc() {
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
   out[0] = smem_of<PrepSm<K>>();
-  out[1] = smem_of<FwdOSm<K>>();
-  out[2] = smem_dvloc<K>();
-  out[3] = smem_of<DqkSm<K>>();
-  out[4] = smem_of<WySm<K>>();
-  out[5] = smem_of<StateFwdSm<K, 1, false>>();
-  out[6] = smem_of<StateFwdSm<K, 2, false>>();
-  out[7] = smem_of<StateFwdSm<K, 4, false>>();
-  out[8] = smem_of<StateFwdSm<K, 8, false>>();
-  out[9] = smem_of<StateFwdSm<K, 1, true>>();
-  out[10] = smem_of<StateFwdSm<K, 2, true>>();
-  out[11] = smem_of<StateFwdSm<K, 4, true>>();
-  out[12] = smem_of<StateFwdSm<K, 8, true>>();
-  out[13] = smem_of<StateBwdSm<K, 16>>();
-  out[14] = smem_of<StateBwdSm<K, 32>>();
-  out[15] = smem_of<StateBwdSm<K, 64>>();
+  out[1] = smem_dvloc<K>();
+  out[2] = smem_of<DqkSm<K>>();
+  out[3] = smem_of<WySm<K>>();
+  out[4] = smem_of<StateFwdSm<K, 1, false>>();
+  out[5] = smem_of<StateFwdSm<K, 2, false>>();
+  out[6] = smem_of<StateFwdSm<K, 4, false>>();
+  out[7] = smem_of<StateFwdSm<K, 8, false>>();
+  out[8] = smem_of<StateFwdSm<K, 1, true>>();
+  out[9] = smem_of<StateFwdSm<K, 2, true>>();
+  out[10] = smem_of<StateFwdSm<K, 4, true>>();
+  out[11] = smem_of<StateFwdSm<K, 8, true>>();
+  out[12] = smem_of<StateBwdSm<K, 16>>();
+  out[13] = smem_of<StateBwdSm<K, 32>>();
+  out[14] = smem_of<StateBwdSm<K, 64>>();
 }
 
 }  // namespace dr
@@ -2141,8 +2112,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 16);
-    dr::smem_sizes_k<256>(out + 32);
+    dr::smem_sizes_k<128>(out + 15);
+    dr::smem_sizes_k<256>(out + 30);
   }
 }
 
@@ -2151,11 +2122,6 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
                    const int* ctab, int H, int V, float* gc, bf16* w, bf16* u, float* tmat) {      \
     dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, w, u, tmat);                                   \
-  }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
-      dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
-                    const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o) {       \
-    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o);                                   \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_dvloc_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                \
@@ -2175,15 +2141,17 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
   }
 
-// The forward state pass (NAME state_fwd, DOT false) and its backward recompute (state_rec).
-#define DR_STATE_FWD_KERNEL(K, NWC, NAME, DOT)                                                      \
+// The forward state pass with the output (NAME state_fwd, REC false) and the backward's
+// recompute (state_rec); each uses only its own pointers (the others are null).
+#define DR_STATE_FWD_KERNEL(K, NWC, NAME, REC)                                                      \
   extern "C" __global__ void __launch_bounds__(NWC * 32)                                          \
-      dr_##NAME##_k##K##_nw##NWC(const bf16* w, const bf16* u, const bf16* k, const float* gc,     \
-                                 const int* ctab, const int* seq_chunk, const float* h0, int H,    \
-                                 int V, bf16* hout, bf16* vnew, float* ht, const float* dh32,      \
+      dr_##NAME##_k##K##_nw##NWC(const bf16* w, const bf16* u, const bf16* k, const bf16* q,       \
+                                 const float* gc, const int* ctab, const int* seq_chunk,           \
+                                 const float* h0, int H, int V, float scale, bf16* hout,           \
+                                 bf16* vnew, bf16* o, float* ht, const float* dh32,                \
                                  float* sd_part) {                                                 \
-    dr::state_fwd_impl<K, NWC, DOT>(w, u, k, gc, ctab, seq_chunk, h0, H, V, hout, vnew, ht, dh32,  \
-                                    sd_part);                                                      \
+    dr::state_fwd_impl<K, NWC, REC>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout, vnew,  \
+                                    o, ht, dh32, sd_part);                                         \
   }
 #define DR_STATE_FWD_KERNELS(K)                                                                     \
   DR_STATE_FWD_KERNEL(K, 1, state_fwd, false)                                                       \
