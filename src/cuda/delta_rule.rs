@@ -123,7 +123,7 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (16 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (17 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
@@ -131,12 +131,10 @@ const SLOT_DQK: usize = 3;
 const SLOT_WY: usize = 4;
 const SLOT_STATE_FWD: usize = 5; // + index into STATE_NWS
 const SLOT_STATE_REC: usize = 9; // + index into STATE_NWS
-const SLOT_STATE_BWD: usize = 13; // + index into STATE_BVS
-const SLOTS_PER_K: usize = 16;
-/// Warps per CTA of the forward state pass and its recompute (16 columns of V each).
+const SLOT_STATE_BWD: usize = 13; // + index into STATE_NWS
+const SLOTS_PER_K: usize = 17;
+/// Warps per CTA of the state passes (16 columns of V each).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
-/// V-tile widths of the backward state pass.
-const STATE_BVS: [usize; 3] = [16, 32, 64];
 
 /// Shared-memory bytes of every chunk kernel, as the kernels compute them (one tiny launch).
 fn smem_table(gpu: &Gpu) -> Result<Vec<u32>> {
@@ -183,8 +181,8 @@ fn load_kern(gpu: &Gpu, name: String, smem: u32, limit: usize) -> Result<Option<
     Ok(Some(Kern { f, name, smem }))
 }
 
-/// A forward state-pass variant: the kernel, its warps per CTA and how many CTAs of it fit on
-/// one SM (registers, shared memory and threads, as the driver computes it).
+/// A state-pass variant: the kernel, its warps per CTA and how many CTAs of it fit on one SM
+/// (registers, shared memory and threads, as the driver computes it).
 struct StateKern {
     k: Kern,
     nw: usize,
@@ -220,11 +218,11 @@ struct ChunkKernels {
     dvloc: Kern,
     dqk: Kern,
     wy: Kern,
-    /// The forward state pass and its recompute, for each of [`STATE_NWS`] that fits.
+    /// The forward state pass, its recompute and the backward state pass, for each of
+    /// [`STATE_NWS`] that fits.
     state_fwd: Vec<StateKern>,
     state_rec: Vec<StateKern>,
-    /// Indexed like [`STATE_BVS`]; `None` where the variant does not fit in shared memory.
-    state_bwd: [Option<Kern>; 3],
+    state_bwd: Vec<StateKern>,
     /// Threads of the dqk and wy kernels.
     bwd_threads: u32,
 }
@@ -250,14 +248,6 @@ impl ChunkKernels {
             );
             Ok(v)
         };
-        let st = |n: &str, base: usize, i: usize| {
-            load_kern(
-                gpu,
-                format!("dr_{n}_k{dk}_bv{}", STATE_BVS[i]),
-                s(base + i),
-                limit,
-            )
-        };
         Ok(ChunkKernels {
             prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
             fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
@@ -266,41 +256,10 @@ impl ChunkKernels {
             wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
             state_fwd: sf("state_fwd", SLOT_STATE_FWD)?,
             state_rec: sf("state_rec", SLOT_STATE_REC)?,
-            state_bwd: [
-                st("state_bwd", SLOT_STATE_BWD, 0)?,
-                st("state_bwd", SLOT_STATE_BWD, 1)?,
-                st("state_bwd", SLOT_STATE_BWD, 2)?,
-            ],
+            state_bwd: sf("state_bwd", SLOT_STATE_BWD)?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
     }
-}
-
-/// Picks the V-tile width of the backward state pass: the widest that still gives at least
-/// one block per two SMs (fewer, wider tiles re-read W and K less and do fewer, larger products
-/// per chunk; measured on H200, 2×8192 H16: BV 32 with 128 blocks beats BV 16 with 256), else
-/// the narrowest that fits.
-/// `GDN_DR_BV` (16, 32 or 64) overrides it, for experiments.
-fn pick_state_bv(bwd: &[Option<Kern>; 3], blocks_per_bv1: usize, num_sms: usize) -> Result<usize> {
-    let ok = |i: usize| bwd[i].is_some();
-    if let Some(v) = std::env::var("GDN_DR_BV")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-    {
-        if let Some(i) = STATE_BVS.iter().position(|&b| b == v) {
-            if ok(i) {
-                return Ok(i);
-            }
-        }
-    }
-    for i in (0..3).rev() {
-        if ok(i) && 2 * (blocks_per_bv1 / STATE_BVS[i]) >= num_sms {
-            return Ok(i);
-        }
-    }
-    (0..3)
-        .find(|&i| ok(i))
-        .context("no state-pass kernel variant fits in shared memory")
 }
 
 /// Achieved HBM bandwidth (bytes/s) and the bandwidth one SM can draw alone, as the state-pass
@@ -308,24 +267,73 @@ fn pick_state_bv(bwd: &[Option<Kern>; 3], blocks_per_bv1: usize, num_sms: usize)
 /// on one SM against one).
 const HBM_BYTES_PER_S: f64 = 3.3e12;
 const SM_BYTES_PER_S: f64 = 50e9;
-/// Seconds of dependent latency in one chunk step of one CTA, per unit of K (products, the
-/// barriers, the h_c and Ṽ stores): about 0.8 µs at K = 128.
+/// Seconds of dependent latency in one chunk step of one CTA of the forward pass, per unit of K
+/// (products, the barriers, the h_c and Ṽ stores): about 0.8 µs at K = 128.
 const STEP_LATENCY_PER_K: f64 = 6e-9;
-/// mma.sync m16n8k16 issue rate of one SM (per second) and the mma per warp and chunk per unit
-/// of K (K/2 for Ṽ, K/2 for the update).
+/// mma.sync m16n8k16 issue rate of one SM (per second).
 const SM_MMA_PER_S: f64 = 0.65 * 1.75e9;
 
-/// Estimated seconds per chunk step of a forward state pass with `nw` warps per CTA (16 columns
-/// of V each), `per_sm` CTAs per SM, for `cols` = N·H·V columns in all. Per chunk each CTA reads
-/// W and K (64 × K bf16 each, whatever its width), U (64 × 16·nw bf16) and, in the recompute,
-/// dh_c (K × 16·nw f32), and writes Ṽ and h_c (bf16). A wave of CTAs takes the longest of: HBM
-/// bandwidth over all its bytes, one SM's bandwidth over its CTAs' bytes, the tensor-core time of
-/// its warps, and the dependent latency of a step.
-fn state_step_cost(nw: usize, per_sm: usize, cols: usize, k: usize, dot: bool, sms: usize) -> f64 {
+/// The three state passes, for their kernel tables and the cost model.
+#[derive(Clone, Copy)]
+enum StatePass {
+    /// The forward pass (h_c, Ṽ, final state).
+    Fwd,
+    /// The backward's recompute of the forward pass (also ⟨h_c, dh_c⟩ partials).
+    Rec,
+    /// The reverse pass (dh_c, dṼ, dh0).
+    Bwd,
+}
+
+impl StatePass {
+    /// Bytes one CTA of `width` columns of V moves per chunk. Fwd: reads W and K (64 × K bf16
+    /// each, whatever the width) and U (64 × width bf16), writes Ṽ (64 × width) and h_c
+    /// (K × width, bf16); Rec also reads dh_c (K × width f32). Bwd: reads Q, K and W
+    /// (64 × K bf16 each), dO (64 × width bf16) and dṼ_loc (64 × width f32), writes dh_c
+    /// (K × width f32) and dṼ (64 × width bf16).
+    fn chunk_bytes(self, k: usize, width: usize) -> usize {
+        match self {
+            StatePass::Fwd => 2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * 2,
+            StatePass::Rec => 2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + 4),
+            StatePass::Bwd => 3 * 64 * k * 2 + 64 * width * (2 + 4 + 2) + k * width * 4,
+        }
+    }
+
+    /// mma per warp and chunk, per unit of K, and the same factor on the step latency: the
+    /// forward passes do K/2 for Ṽ and K/2 for the update; the reverse pass K/2 for dṼ and K for
+    /// the update (two products), and its latency is assumed to grow alike (not measured).
+    fn work_per_k(self) -> f64 {
+        match self {
+            StatePass::Fwd | StatePass::Rec => 1.0,
+            StatePass::Bwd => 1.5,
+        }
+    }
+
+    /// The environment variable that forces a warp count, for experiments.
+    fn nw_env(self) -> &'static str {
+        match self {
+            StatePass::Fwd | StatePass::Rec => "GDN_DR_SF_NW",
+            StatePass::Bwd => "GDN_DR_SB_NW",
+        }
+    }
+}
+
+/// Estimated seconds per chunk step of a state pass with `nw` warps per CTA (16 columns of V
+/// each), `per_sm` CTAs per SM, for `cols` = N·H·V columns in all, with the bytes of
+/// [`StatePass::chunk_bytes`]. A wave of CTAs takes the longest of: HBM bandwidth over all its
+/// bytes, one SM's bandwidth over its CTAs' bytes, the tensor-core time of its warps, and the
+/// dependent latency of a step.
+fn state_step_cost(
+    nw: usize,
+    per_sm: usize,
+    cols: usize,
+    k: usize,
+    pass: StatePass,
+    sms: usize,
+) -> f64 {
     let width = 16 * nw;
     let ctas = cols.div_ceil(width);
-    let bytes =
-        (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 })) as f64;
+    let bytes = pass.chunk_bytes(k, width) as f64;
+    let work = k as f64 * pass.work_per_k();
     let slots = per_sm * sms;
     let (mut left, mut cost) = (ctas, 0.0);
     while left > 0 {
@@ -333,30 +341,30 @@ fn state_step_cost(nw: usize, per_sm: usize, cols: usize, k: usize, dot: bool, s
         let on_sm = now.div_ceil(sms);
         let hbm = now as f64 * bytes / HBM_BYTES_PER_S;
         let sm = on_sm as f64 * bytes / SM_BYTES_PER_S;
-        let mma = (on_sm * nw * k) as f64 / SM_MMA_PER_S;
-        let lat = k as f64 * STEP_LATENCY_PER_K;
+        let mma = (on_sm * nw) as f64 * work / SM_MMA_PER_S;
+        let lat = work * STEP_LATENCY_PER_K;
         cost += hbm.max(sm).max(mma).max(lat);
         left -= now;
     }
     cost
 }
 
-/// The variant of a forward state pass (`dot`: the recompute) whose tile width divides V with
-/// the lowest [`state_step_cost`] for `seq_heads` = N·H; `GDN_DR_SF_NW` (1, 2, 4 or 8 warps)
-/// overrides it where that variant fits, for experiments.
+/// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
+/// for `seq_heads` = N·H; `GDN_DR_SF_NW` (forward and recompute) or `GDN_DR_SB_NW` (backward),
+/// 1, 2, 4 or 8 warps, overrides it where that variant fits, for experiments.
 fn pick_state_nw(
     vars: &[StateKern],
     seq_heads: usize,
     (k, v): (usize, usize),
-    dot: bool,
+    pass: StatePass,
     sms: usize,
 ) -> &StateKern {
     let fits = |s: &&StateKern| v % (16 * s.nw) == 0;
-    let forced = std::env::var("GDN_DR_SF_NW")
+    let forced = std::env::var(pass.nw_env())
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .and_then(|nw| vars.iter().filter(fits).find(|s| s.nw == nw));
-    let cost = |s: &StateKern| state_step_cost(s.nw, s.per_sm, seq_heads * v, k, dot, sms);
+    let cost = |s: &StateKern| state_step_cost(s.nw, s.per_sm, seq_heads * v, k, pass, sms);
     forced.unwrap_or_else(|| {
         vars.iter()
             .filter(fits)
@@ -682,31 +690,30 @@ impl DeltaRuleWorkspace {
         Ok(())
     }
 
-    /// The V-tile width the sequential state passes use for `n` sequences.
-    /// The V-tile width of the backward state pass for `n` sequences.
-    pub fn state_bv(&self, n: usize) -> Result<usize> {
-        Ok(STATE_BVS[self.state_bv_index(n)?])
-    }
-
-    fn state_bv_index(&self, n: usize) -> Result<usize> {
-        let d = self.dims;
-        pick_state_bv(&self.kern.state_bwd, n * d.heads * d.dv, self.num_sms)
-    }
-
     /// Warps per CTA of the forward state pass (`recompute`: of the backward's recompute) for `n`
     /// sequences.
     pub fn state_nw(&self, n: usize, recompute: bool) -> usize {
-        self.state_kern(n, recompute).nw
+        let pass = if recompute {
+            StatePass::Rec
+        } else {
+            StatePass::Fwd
+        };
+        self.state_kern(n, pass).nw
     }
 
-    fn state_kern(&self, n: usize, recompute: bool) -> &StateKern {
+    /// Warps per CTA of the backward state pass for `n` sequences.
+    pub fn state_bwd_nw(&self, n: usize) -> usize {
+        self.state_kern(n, StatePass::Bwd).nw
+    }
+
+    fn state_kern(&self, n: usize, pass: StatePass) -> &StateKern {
         let d = self.dims;
-        let vars = if recompute {
-            &self.kern.state_rec
-        } else {
-            &self.kern.state_fwd
+        let vars = match pass {
+            StatePass::Fwd => &self.kern.state_fwd,
+            StatePass::Rec => &self.kern.state_rec,
+            StatePass::Bwd => &self.kern.state_bwd,
         };
-        pick_state_nw(vars, n * d.heads, (d.dk, d.dv), recompute, self.num_sms)
+        pick_state_nw(vars, n * d.heads, (d.dk, d.dv), pass, self.num_sms)
     }
 }
 
@@ -804,7 +811,12 @@ fn run_state_fwd(
     let hs = ptr_mut(gpu, &mut ws.h);
     let vnew = ptr_mut(gpu, &mut ws.vnew);
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
-    let sk = ws.state_kern(n, dh32 != 0);
+    let pass = if dh32 != 0 {
+        StatePass::Rec
+    } else {
+        StatePass::Fwd
+    };
+    let sk = ws.state_kern(n, pass);
     let ks = &sk.k;
     launch(
         gpu,
@@ -941,8 +953,6 @@ pub fn chunk_backward(
     let w = ptr(gpu, &ws.w);
     let hs = ptr(gpu, &ws.h);
     let vnew = ptr(gpu, &ws.vnew);
-    let bi = ws.state_bv_index(n)?;
-    let bv = STATE_BVS[bi];
     // One ⟨h_c, dh_c⟩ partial per 16 columns of V (one per warp of the recompute).
     let np = v / 16;
     let bwd = ws.bwd.as_mut().unwrap();
@@ -983,13 +993,14 @@ pub fn chunk_backward(
             )?;
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
-        let ks = kern.state_bwd[bi].as_ref().unwrap();
+        let sb = ws.state_kern(n, StatePass::Bwd);
+        let ks = &sb.k;
         launch(
             gpu,
             &ks.f,
             &ks.name,
-            (n as u32, h as u32, (v / bv) as u32),
-            (k / 16 * 32) as u32,
+            (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
+            (sb.nw * 32) as u32,
             ks.smem,
             &[
                 Arg::P(pq),
