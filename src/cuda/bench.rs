@@ -229,10 +229,9 @@ struct ChunkRow {
     /// floor / measured (graph): 1.0 would be at the floor.
     fwd_graph_frac_of_floor: f64,
     fwdbwd_graph_frac_of_floor: f64,
-    /// V-tile width of the backward state pass (grid = N·H·V/BV blocks).
-    state_bv: usize,
-    /// Warps per CTA (16 columns of V each) of the forward state pass and of its recompute.
-    state_nw: (usize, usize),
+    /// The state passes' plan: fused or split forward, and warps per CTA (16 columns of V each)
+    /// of each pass.
+    state_plan: String,
     /// Per-launch medians (`--breakdown`): forward stages then backward stages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     breakdown: Vec<StageRow>,
@@ -378,8 +377,7 @@ fn bench_chunk(
     let fwdbwd_ms = or_nan("fwd+bwd eager", time_eager(gpu, reps, &mut fb));
     let fwdbwd_graph_ms = or_nan("fwd+bwd graph", time_graph(gpu, reps, &mut fb));
     gpu.sync()?;
-    let state_bv = ws.state_bv(b)?;
-    let state_nw = (ws.state_nw(b, false), ws.state_nw(b, true));
+    let state_plan = ws.state_plan(b, b * t);
     let breakdown = if breakdown {
         let mut f1 = |ws: &mut DeltaRuleWorkspace| -> Result<()> {
             chunk_forward(gpu, ws, &inp, &mut o.as_view_mut(), None)
@@ -425,8 +423,7 @@ fn bench_chunk(
         fwdbwd_graph_gbps: fbby / (fwdbwd_graph_ms * 1e-3) / 1e9,
         fwd_graph_frac_of_floor: f1 / fwd_graph_ms,
         fwdbwd_graph_frac_of_floor: f2 / fwdbwd_graph_ms,
-        state_bv,
-        state_nw,
+        state_plan,
         breakdown,
     })
 }
@@ -557,8 +554,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for r in &chunk_rows {
             println!();
             println!(
-                "breakdown B={} T={} H={} K={} V={} (state_fwd / recompute {} / {} warps per CTA, state_bwd BV={}, {} blocks; eager, median of {reps}; graph fwd {:.3} ms, fwd+bwd {:.3} ms)",
-                r.b, r.t, r.h, r.k, r.v, r.state_nw.0, r.state_nw.1, r.state_bv, r.b * r.h * r.v / r.state_bv,
+                "breakdown B={} T={} H={} K={} V={} (state passes: {}; eager, median of {reps}; graph fwd {:.3} ms, fwd+bwd {:.3} ms)",
+                r.b, r.t, r.h, r.k, r.v, r.state_plan,
                 r.fwd_graph_ms, r.fwdbwd_graph_ms
             );
             println!("| stage | ms | share |");

@@ -123,19 +123,19 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (15 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (21 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
-const SLOT_DVLOC: usize = 1;
-const SLOT_DQK: usize = 2;
-const SLOT_WY: usize = 3;
-const SLOT_STATE_FWD: usize = 4; // + index into STATE_NWS
-const SLOT_STATE_REC: usize = 8; // + index into STATE_NWS
-const SLOT_STATE_BWD: usize = 12; // + index into STATE_BVS
-const SLOTS_PER_K: usize = 15;
-/// Warps per CTA of the forward state pass and its recompute (16 columns of V each).
+const SLOT_FWD_O: usize = 1;
+const SLOT_DVLOC: usize = 2;
+const SLOT_DQK: usize = 3;
+const SLOT_WY: usize = 4;
+const SLOT_STATE_FWD: usize = 5; // + index into STATE_NWS
+const SLOT_STATE_REC: usize = 9; // + index into STATE_NWS
+const SLOT_STATE_SPLIT: usize = 13; // + index into STATE_NWS
+const SLOT_STATE_BWD: usize = 17; // + index into STATE_NWS
+const SLOTS_PER_K: usize = 21;
+/// Warps per CTA of the state passes (16 columns of V each).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
-/// V-tile widths of the backward state pass.
-const STATE_BVS: [usize; 3] = [16, 32, 64];
 
 /// Shared-memory bytes of every chunk kernel, as the kernels compute them (one tiny launch).
 fn smem_table(gpu: &Gpu) -> Result<Vec<u32>> {
@@ -182,8 +182,8 @@ fn load_kern(gpu: &Gpu, name: String, smem: u32, limit: usize) -> Result<Option<
     Ok(Some(Kern { f, name, smem }))
 }
 
-/// A forward state-pass variant: the kernel, its warps per CTA and how many CTAs of it fit on
-/// one SM (registers, shared memory and threads, as the driver computes it).
+/// A state-pass variant: the kernel, its warps per CTA and how many CTAs of it fit on one SM
+/// (registers, shared memory and threads, as the driver computes it).
 struct StateKern {
     k: Kern,
     nw: usize,
@@ -215,14 +215,15 @@ fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
 /// The chunk kernels for one key head size.
 struct ChunkKernels {
     prep: Kern,
+    fwd_o: Kern,
     dvloc: Kern,
     dqk: Kern,
     wy: Kern,
-    /// The forward state pass and its recompute, for each of [`STATE_NWS`] that fits.
+    /// The state passes (see [`PassKind`]), for each of [`STATE_NWS`] that fits.
     state_fwd: Vec<StateKern>,
     state_rec: Vec<StateKern>,
-    /// Indexed like [`STATE_BVS`]; `None` where the variant does not fit in shared memory.
-    state_bwd: [Option<Kern>; 3],
+    state_split: Vec<StateKern>,
+    state_bwd: Vec<StateKern>,
     /// Threads of the dqk and wy kernels.
     bwd_threads: u32,
 }
@@ -248,119 +249,155 @@ impl ChunkKernels {
             );
             Ok(v)
         };
-        let st = |n: &str, base: usize, i: usize| {
-            load_kern(
-                gpu,
-                format!("dr_{n}_k{dk}_bv{}", STATE_BVS[i]),
-                s(base + i),
-                limit,
-            )
-        };
         Ok(ChunkKernels {
             prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
+            fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
             dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
             wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
             state_fwd: sf("state_fwd", SLOT_STATE_FWD)?,
             state_rec: sf("state_rec", SLOT_STATE_REC)?,
-            state_bwd: [
-                st("state_bwd", SLOT_STATE_BWD, 0)?,
-                st("state_bwd", SLOT_STATE_BWD, 1)?,
-                st("state_bwd", SLOT_STATE_BWD, 2)?,
-            ],
+            state_split: sf("state_split", SLOT_STATE_SPLIT)?,
+            state_bwd: sf("state_bwd", SLOT_STATE_BWD)?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
     }
 }
 
-/// Picks the V-tile width of the backward state pass: the widest that still gives at least
-/// one block per two SMs (fewer, wider tiles re-read W and K less and do fewer, larger products
-/// per chunk; measured on H200, 2×8192 H16: BV 32 with 128 blocks beats BV 16 with 256), else
-/// the narrowest that fits.
-/// `GDN_DR_BV` (16, 32 or 64) overrides it, for experiments.
-fn pick_state_bv(bwd: &[Option<Kern>; 3], blocks_per_bv1: usize, num_sms: usize) -> Result<usize> {
-    let ok = |i: usize| bwd[i].is_some();
-    if let Some(v) = std::env::var("GDN_DR_BV")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-    {
-        if let Some(i) = STATE_BVS.iter().position(|&b| b == v) {
-            if ok(i) {
-                return Ok(i);
-            }
-        }
-    }
-    for i in (0..3).rev() {
-        if ok(i) && 2 * (blocks_per_bv1 / STATE_BVS[i]) >= num_sms {
-            return Ok(i);
-        }
-    }
-    (0..3)
-        .find(|&i| ok(i))
-        .context("no state-pass kernel variant fits in shared memory")
-}
-
 /// Achieved HBM bandwidth (bytes/s), the state-pass cost model's memory bound.
 const HBM_BYTES_PER_S: f64 = 3.3e12;
 
-/// Estimated seconds of a forward state pass (`dot`: the backward's recompute) per chunk of a
-/// sequence, with `nw` warps per CTA (16 columns of V each) and `per_sm` CTAs per SM, for
-/// `cols` = N·H·V columns in all, on `sms` SMs. Calibrated on H200 (session 4, `bench kernels
-/// --breakdown` with GDN_DR_SF_NW = 1, 2, 4, 8 on the five bench shapes): a CTA's chunk step
-/// takes a latency L when its warps have an SM sub-partition each (3.4 µs at K = 128, 5.6 µs at
-/// K = 256, plus about 20 ns per cp.async piece a lane issues beyond the 4-warp CTA's, plus the
-/// dh copy of the recompute), and w × T when w warps share a sub-partition (T = 2.5 µs at K = 128,
-/// 4.3 µs at K = 256); CTAs beyond one wave run in further waves. A wave is also bound by HBM:
-/// per chunk each CTA reads W and K (64 × K bf16 each, whatever its width), U (64 × 16·nw bf16)
-/// and in the recompute dh_c (K × 16·nw f32), and writes Ṽ and h_c (bf16).
-fn state_step_cost(nw: usize, per_sm: usize, cols: usize, k: usize, dot: bool, sms: usize) -> f64 {
+/// The four state passes, for their kernel tables and the cost model.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PassKind {
+    /// The forward fused with the output (`state_fwd`).
+    Fused,
+    /// The forward writing h_c and Ṽ for `fwd_o` (`state_split`).
+    Split,
+    /// The backward's recompute: h_c, Ṽ and the ⟨h_c, dh_c⟩ partials (`state_rec`).
+    Rec,
+    /// The reverse pass: dh_c, dṼ, dh0 (`state_bwd`).
+    Bwd,
+}
+
+impl PassKind {
+    /// Bytes one CTA of `width` columns of V moves per chunk, and the part of them it loads by
+    /// cp.async. Split: reads W and K (64 × K bf16 each, whatever the width) and U (64 × width
+    /// bf16), writes Ṽ (64 × width) and h_c (K × width, bf16); Rec also reads dh_c (K × width
+    /// f32); Fused reads Q too and writes O (64 × width) instead of Ṽ and h_c. Bwd: reads Q, K and
+    /// W (64 × K bf16 each), dO (64 × width bf16) and dṼ_loc (64 × width f32), writes dh_c
+    /// (K × width f32) and dṼ (64 × width bf16).
+    fn chunk_bytes(self, k: usize, width: usize) -> (usize, usize) {
+        let (loads, stores) = match self {
+            PassKind::Split => (
+                2 * 64 * k * 2 + 64 * width * 2,
+                64 * width * 2 + k * width * 2,
+            ),
+            PassKind::Rec => (
+                2 * 64 * k * 2 + 64 * width * 2 + k * width * 4,
+                64 * width * 2 + k * width * 2,
+            ),
+            PassKind::Fused => (3 * 64 * k * 2 + 64 * width * 2, 64 * width * 2),
+            PassKind::Bwd => (
+                3 * 64 * k * 2 + 64 * width * (2 + 4),
+                k * width * 4 + 64 * width * 2,
+            ),
+        };
+        (loads + stores, loads)
+    }
+
+    /// (L, T) in µs at head size `k`: a CTA's chunk step takes L when each of its warps has an SM
+    /// sub-partition to itself, and w × T when w warps share one. Split and Rec measured on H200
+    /// (session 4, call 4; Rec = Split plus the dh copy), Fused in call 5, all with every warp
+    /// count forced on the five bench shapes; Bwd assumed 1.5 × Split (its products per chunk;
+    /// not measured).
+    fn step_us(self, k: usize) -> (f64, f64) {
+        let kf = k as f64;
+        let split = (1.2 + 0.0172 * kf, 0.7 + 0.0141 * kf);
+        match self {
+            PassKind::Split => split,
+            PassKind::Rec => {
+                let dot = 0.5 + kf / 256.0;
+                (split.0 + dot, split.1 + 0.75 * dot)
+            }
+            PassKind::Fused => (5.6 + 0.027 * kf, 3.05 + 0.0148 * kf),
+            PassKind::Bwd => (1.5 * split.0, 1.5 * split.1),
+        }
+    }
+
+    /// The environment variable that forces a warp count, for experiments.
+    fn nw_env(self) -> &'static str {
+        match self {
+            PassKind::Fused | PassKind::Split | PassKind::Rec => "GDN_DR_SF_NW",
+            PassKind::Bwd => "GDN_DR_SB_NW",
+        }
+    }
+}
+
+/// Estimated seconds per chunk step of a state pass with `nw` warps per CTA (16 columns of V
+/// each) and `per_sm` CTAs per SM, for `cols` = N·H·V columns in all, on `sms` SMs. Each wave of
+/// CTAs takes the longest of its latency L ([`PassKind::step_us`], plus about 20 ns per cp.async
+/// piece a lane issues beyond a 4-warp CTA's), w × T for w warps per SM sub-partition, and HBM
+/// bandwidth over the bytes of [`PassKind::chunk_bytes`].
+fn state_step_cost(
+    nw: usize,
+    per_sm: usize,
+    cols: usize,
+    k: usize,
+    pass: PassKind,
+    sms: usize,
+) -> f64 {
     let width = 16 * nw;
     let ctas = cols.div_ceil(width);
-    let kf = k as f64;
-    // 16-byte cp.async pieces one lane issues per chunk (the W, K, U tiles, the dh copy).
-    let pieces = |nw: usize| {
-        ((2 * 64 * k * 2 + 64 * 16 * nw * 2) / 16) as f64 / (32 * nw) as f64
-            + if dot { (k / 8) as f64 } else { 0.0 }
-    };
-    let dot_us = if dot { 0.5 + kf / 256.0 } else { 0.0 };
-    let lat = (1.2 + 0.0172 * kf + 0.02 * (pieces(nw) - pieces(4)) + dot_us) * 1e-6;
-    let per_warp = (0.7 + 0.0141 * kf + 0.75 * dot_us) * 1e-6;
-    let bytes =
-        (2 * 64 * k * 2 + 2 * 64 * width * 2 + k * width * (2 + if dot { 4 } else { 0 })) as f64;
+    let (bytes, _) = pass.chunk_bytes(k, width);
+    let pieces = |nw: usize| pass.chunk_bytes(k, 16 * nw).1 as f64 / 16.0 / (32 * nw) as f64;
+    let (l_us, t_us) = pass.step_us(k);
+    let lat = (l_us + 0.02 * (pieces(nw) - pieces(4)).max(0.0)) * 1e-6;
     let slots = per_sm * sms;
     let (mut left, mut cost) = (ctas, 0.0);
     while left > 0 {
         let now = left.min(slots);
         let warps_per_subpartition = (now.div_ceil(sms) * nw).div_ceil(4);
-        let hbm = now as f64 * bytes / HBM_BYTES_PER_S;
-        cost += hbm.max(lat).max(warps_per_subpartition as f64 * per_warp);
+        let hbm = now as f64 * bytes as f64 / HBM_BYTES_PER_S;
+        cost += hbm
+            .max(lat)
+            .max(warps_per_subpartition as f64 * t_us * 1e-6);
         left -= now;
     }
     cost
 }
 
-/// The variant of a forward state pass (`dot`: the recompute) whose tile width divides V with
-/// the lowest [`state_step_cost`] for `seq_heads` = N·H; `GDN_DR_SF_NW` (1, 2, 4 or 8 warps)
-/// overrides it where that variant fits, for experiments.
+/// Estimated seconds of `fwd_o` (parallel over chunks and heads, so never short of CTAs): its
+/// time tracked the products per token and head, K·V + 64·V + 64·K, at 2.6e-14 s each on H200
+/// (session 4 calls 4–5: 0.22 ms at 8·2048 × 16 heads, K = V = 128; 0.45 ms at 4·4096 × 6 heads,
+/// K = 256, V = 512).
+fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
+    2.6e-14 * (tokens * h) as f64 * (k * v + 64 * v + 64 * k) as f64
+}
+
+/// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
+/// for `seq_heads` = N·H, and that cost; `GDN_DR_SF_NW` (forward passes) or `GDN_DR_SB_NW`
+/// (backward), 1, 2, 4 or 8 warps, overrides it where that variant fits, for experiments.
 fn pick_state_nw(
     vars: &[StateKern],
     seq_heads: usize,
     (k, v): (usize, usize),
-    dot: bool,
+    pass: PassKind,
     sms: usize,
-) -> &StateKern {
+) -> (&StateKern, f64) {
     let fits = |s: &&StateKern| v % (16 * s.nw) == 0;
-    let forced = std::env::var("GDN_DR_SF_NW")
+    let cost = |s: &StateKern| state_step_cost(s.nw, s.per_sm, seq_heads * v, k, pass, sms);
+    let forced = std::env::var(pass.nw_env())
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .and_then(|nw| vars.iter().filter(fits).find(|s| s.nw == nw));
-    let cost = |s: &StateKern| state_step_cost(s.nw, s.per_sm, seq_heads * v, k, dot, sms);
-    forced.unwrap_or_else(|| {
+    let best = forced.unwrap_or_else(|| {
         vars.iter()
             .filter(fits)
             .min_by(|a, b| cost(a).total_cmp(&cost(b)))
             .expect("ChunkKernels::load keeps the one-warp variant, whose width divides every V")
-    })
+    });
+    (best, cost(best))
 }
 
 /// Per-launch timing for `gdn bench kernels --breakdown`: when installed in a workspace
@@ -680,31 +717,56 @@ impl DeltaRuleWorkspace {
         Ok(())
     }
 
-    /// The V-tile width the sequential state passes use for `n` sequences.
-    /// The V-tile width of the backward state pass for `n` sequences.
-    pub fn state_bv(&self, n: usize) -> Result<usize> {
-        Ok(STATE_BVS[self.state_bv_index(n)?])
+    /// The state passes' plan for `n` sequences of `tokens` in all (as `bench kernels` prints
+    /// it): the forward (fused with the output, or split: state pass then `fwd_o`) and the warps
+    /// per CTA of each pass.
+    pub fn state_plan(&self, n: usize, tokens: usize) -> String {
+        let (fwd, f) = self.forward_pass(n, tokens);
+        let nw = |p: PassKind| self.state_kern(n, p).0.nw;
+        format!(
+            "forward {} {} warps, recompute {}, backward {}",
+            if fwd == PassKind::Fused {
+                "fused"
+            } else {
+                "split"
+            },
+            f.nw,
+            nw(PassKind::Rec),
+            nw(PassKind::Bwd)
+        )
     }
 
-    fn state_bv_index(&self, n: usize) -> Result<usize> {
+    fn state_kern(&self, n: usize, pass: PassKind) -> (&StateKern, f64) {
         let d = self.dims;
-        pick_state_bv(&self.kern.state_bwd, n * d.heads * d.dv, self.num_sms)
-    }
-
-    /// Warps per CTA of the forward state pass (`recompute`: of the backward's recompute) for `n`
-    /// sequences.
-    pub fn state_nw(&self, n: usize, recompute: bool) -> usize {
-        self.state_kern(n, recompute).nw
-    }
-
-    fn state_kern(&self, n: usize, recompute: bool) -> &StateKern {
-        let d = self.dims;
-        let vars = if recompute {
-            &self.kern.state_rec
-        } else {
-            &self.kern.state_fwd
+        let vars = match pass {
+            PassKind::Fused => &self.kern.state_fwd,
+            PassKind::Split => &self.kern.state_split,
+            PassKind::Rec => &self.kern.state_rec,
+            PassKind::Bwd => &self.kern.state_bwd,
         };
-        pick_state_nw(vars, n * d.heads, (d.dk, d.dv), recompute, self.num_sms)
+        pick_state_nw(vars, n * d.heads, (d.dk, d.dv), pass, self.num_sms)
+    }
+
+    /// The forward's pass for `n` sequences of `tokens` in all: fused with the output, or split
+    /// (state pass, then `fwd_o`), whichever the cost model expects faster (the fused pass does
+    /// the output products inside the sequential pass, which pays when its CTAs fill the GPU;
+    /// `fwd_o` is parallel over chunks). `GDN_DR_FWD=fused|split` forces one, for experiments.
+    fn forward_pass(&self, n: usize, tokens: usize) -> (PassKind, &StateKern) {
+        let d = self.dims;
+        let steps = tokens.div_ceil(CHUNK).div_ceil(n.max(1)) as f64;
+        let (fk, fc) = self.state_kern(n, PassKind::Fused);
+        let (sk, sc) = self.state_kern(n, PassKind::Split);
+        let split_s = sc * steps + fwd_o_cost(tokens, d.heads, d.dk, d.dv);
+        let fused = match std::env::var("GDN_DR_FWD").as_deref() {
+            Ok("fused") => true,
+            Ok("split") => false,
+            _ => fc * steps <= split_s,
+        };
+        if fused {
+            (PassKind::Fused, fk)
+        } else {
+            (PassKind::Split, sk)
+        }
     }
 }
 
@@ -779,21 +841,23 @@ fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64
 }
 
 /// What a state pass writes besides advancing the state (device pointers; 0 = none).
-enum StatePass {
-    /// The forward: the output `o` and, when `ht` is non-null, the final state.
-    Forward { o: u64, ht: u64 },
+enum StateOut {
+    /// The forward over `tokens` tokens: the output `o` (by the fused pass, or the split pass and
+    /// `fwd_o`) and, when `ht` is non-null, the final state.
+    Forward { o: u64, ht: u64, tokens: usize },
     /// The backward's recompute: h_c and Ṽ into the workspace, and the f32 partials of
     /// ⟨h_c, dh_c⟩ into `sd_part`.
     Recompute { dh32: u64, sd_part: u64 },
 }
 
-/// Queues a state pass (kernel 2, `state_fwd` or `state_rec`).
+/// Queues a state pass (kernel 2: `state_fwd`, `state_split` then `fwd_o`, or `state_rec`),
+/// with the stage marks of `bench kernels --breakdown` for the forward.
 fn run_state_pass(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     inp: &ChunkInputs,
     n: usize,
-    pass: StatePass,
+    out: StateOut,
 ) -> Result<()> {
     let Dims {
         heads: h,
@@ -805,20 +869,19 @@ fn run_state_pass(
     let gc = ptr(gpu, &ws.gc);
     let w = ptr(gpu, &ws.w);
     let u = ptr(gpu, &ws.u);
+    let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
-    let (q, hs, vnew, o, ht, dh32, sd_part) = match pass {
-        StatePass::Forward { o, ht } => (ptr(gpu, &inp.q), 0, 0, o, ht, 0, 0),
-        StatePass::Recompute { dh32, sd_part } => (
-            0,
-            ptr_mut(gpu, &mut ws.h),
-            ptr_mut(gpu, &mut ws.vnew),
-            0,
-            0,
-            dh32,
-            sd_part,
-        ),
+    let (kind, sk) = match out {
+        StateOut::Forward { tokens, .. } => ws.forward_pass(n, tokens),
+        StateOut::Recompute { .. } => (PassKind::Rec, ws.state_kern(n, PassKind::Rec).0),
     };
-    let sk = ws.state_kern(n, dh32 != 0);
+    let fused = kind == PassKind::Fused;
+    let (q, o, ht, dh32, sd_part) = match out {
+        StateOut::Forward { o, ht, .. } if fused => (ptr(gpu, &inp.q), o, ht, 0, 0),
+        StateOut::Forward { ht, .. } => (0, 0, ht, 0, 0),
+        StateOut::Recompute { dh32, sd_part } => (0, 0, 0, dh32, sd_part),
+    };
+    let (hs, vnew) = if fused { (0, 0) } else { (hs, vnew) };
     let ks = &sk.k;
     launch(
         gpu,
@@ -845,6 +908,51 @@ fn run_state_pass(
             Arg::P(ht),
             Arg::P(dh32),
             Arg::P(sd_part),
+        ],
+    )?;
+    match (out, kind) {
+        (StateOut::Forward { .. }, PassKind::Fused) => {
+            probe_mark(gpu, ws, "fwd: state_fwd (+ output)")
+        }
+        (StateOut::Forward { o, .. }, _) => {
+            probe_mark(gpu, ws, "fwd: state_split")?;
+            run_fwd_o(gpu, ws, inp, o)?;
+            probe_mark(gpu, ws, "fwd: fwd_o")
+        }
+        (StateOut::Recompute { .. }, _) => Ok(()),
+    }
+}
+
+/// Queues `fwd_o` (kernel 3: O from h_c and Ṽ in the workspace, per chunk and head).
+fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> Result<()> {
+    let nc = ws.n_chunks;
+    if nc == 0 {
+        return Ok(());
+    }
+    let Dims {
+        heads: h,
+        dk: _,
+        dv: v,
+    } = ws.dims;
+    let ko = &ws.kern.fwd_o;
+    launch(
+        gpu,
+        &ko.f,
+        &ko.name,
+        (nc as u32, h as u32, 1),
+        256,
+        ko.smem,
+        &[
+            Arg::P(ptr(gpu, &inp.q)),
+            Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(ptr(gpu, &ws.gc)),
+            Arg::P(ptr(gpu, &ws.h)),
+            Arg::P(ptr(gpu, &ws.vnew)),
+            Arg::P(ptr(gpu, &ws.ctab)),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::F(inp.scale),
+            Arg::P(o),
         ],
     )
 }
@@ -874,8 +982,7 @@ pub fn chunk_forward(
     probe_start(gpu, ws)?;
     run_prep(gpu, ws, inp, 0)?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    run_state_pass(gpu, ws, inp, n, StatePass::Forward { o, ht })?;
-    probe_mark(gpu, ws, "fwd: state_fwd (+ output)")
+    run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, tokens: t })
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -932,8 +1039,6 @@ pub fn chunk_backward(
     let w = ptr(gpu, &ws.w);
     let hs = ptr(gpu, &ws.h);
     let vnew = ptr(gpu, &ws.vnew);
-    let bi = ws.state_bv_index(n)?;
-    let bv = STATE_BVS[bi];
     // One ⟨h_c, dh_c⟩ partial per 16 columns of V (one per warp of the recompute).
     let np = v / 16;
     let bwd = ws.bwd.as_mut().unwrap();
@@ -974,13 +1079,14 @@ pub fn chunk_backward(
             )?;
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
-        let ks = kern.state_bwd[bi].as_ref().unwrap();
+        let (sb, _) = ws.state_kern(n, PassKind::Bwd);
+        let ks = &sb.k;
         launch(
             gpu,
             &ks.f,
             &ks.name,
-            (n as u32, h as u32, (v / bv) as u32),
-            (k / 16 * 32) as u32,
+            (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
+            (sb.nw * 32) as u32,
             ks.smem,
             &[
                 Arg::P(pq),
@@ -1002,7 +1108,7 @@ pub fn chunk_backward(
         )?;
         probe_mark(gpu, ws, "bwd: state_bwd")?;
     }
-    run_state_pass(gpu, ws, inp, n, StatePass::Recompute { dh32: dh, sd_part })?;
+    run_state_pass(gpu, ws, inp, n, StateOut::Recompute { dh32: dh, sd_part })?;
     probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     if nc == 0 {
         return Ok(());
@@ -1325,44 +1431,83 @@ mod decode_tests {
 
 #[cfg(test)]
 mod state_cost_tests {
-    use super::state_step_cost;
+    use super::{fwd_o_cost, state_step_cost, PassKind};
 
-    /// The warps per CTA the cost model picks among (warps, CTAs per SM).
-    fn pick(vars: &[(usize, usize)], seq_heads: usize, (k, v): (usize, usize), dot: bool) -> usize {
+    /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model.
+    fn best(
+        vars: &[(usize, usize)],
+        seq_heads: usize,
+        (k, v): (usize, usize),
+        pass: PassKind,
+    ) -> (usize, f64) {
         vars.iter()
-            .min_by(|a, b| {
-                let c = |&(nw, per_sm): &(usize, usize)| {
-                    state_step_cost(nw, per_sm, seq_heads * v, k, dot, 132)
-                };
-                c(a).total_cmp(&c(b))
-            })
+            .filter(|&&(nw, _)| v % (16 * nw) == 0)
+            .map(|&(nw, per_sm)| (nw, state_step_cost(nw, per_sm, seq_heads * v, k, pass, 132)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap()
-            .0
     }
 
-    /// The model picks the variant that measured fastest on H200 (session 4, call 4: every
-    /// variant forced with GDN_DR_SF_NW on the bench shapes; CTAs per SM as the driver reports
-    /// them for the shared memory and registers of each).
+    /// CTAs per SM of each warp count as the driver reports them on H200 for the shared memory
+    /// and registers of each variant.
+    const SPLIT_K128: [(usize, usize); 4] = [(1, 2), (2, 2), (4, 2), (8, 1)];
+    const FUSED_K128: [(usize, usize); 4] = [(1, 2), (2, 2), (4, 1), (8, 1)];
+    const ONE_PER_SM: [(usize, usize); 4] = [(1, 1), (2, 1), (4, 1), (8, 1)];
+
+    /// The model picks the variant that measured fastest on H200 (session 4, calls 4 and 5:
+    /// every variant forced with GDN_DR_SF_NW on the bench shapes).
     #[test]
     fn state_pass_cost_model_picks_the_measured_best() {
-        let k128 = [(1, 2), (2, 2), (4, 2), (8, 1)];
-        // B8·T2048·H16: nw 8 0.161 ms, 4 0.169, 2 0.264, 1 0.515.
-        assert_eq!(pick(&k128, 128, (128, 128), false), 8);
+        // Split, B8·T2048·H16: nw 8 0.161 ms, 4 0.169, 2 0.264, 1 0.515.
+        assert_eq!(best(&SPLIT_K128, 128, (128, 128), PassKind::Split).0, 8);
         // B4·T4096: 4 0.223, 2 0.262, 8 0.313. B2·T8192: 4 0.442, 2 0.495, 8 0.635.
         // B1·T16384: 4 0.880, 2 0.988, 1 1.285, 8 1.297.
         for nh in [64, 32, 16] {
-            assert_eq!(pick(&k128, nh, (128, 128), false), 4, "N·H = {nh}");
+            assert_eq!(
+                best(&SPLIT_K128, nh, (128, 128), PassKind::Split).0,
+                4,
+                "N·H = {nh}"
+            );
         }
         // B4·T4096·H6·K256·V512: 8 0.552, 4 0.713, 2 1.285.
-        assert_eq!(
-            pick(&[(1, 1), (2, 1), (4, 1), (8, 1)], 24, (256, 512), false),
-            8
-        );
+        assert_eq!(best(&ONE_PER_SM, 24, (256, 512), PassKind::Split).0, 8);
         // Recompute, K256: 4 0.914, 2 1.63 (8 does not fit); K128 B8·T2048: 8 0.208, 4 0.282.
-        assert_eq!(pick(&[(1, 1), (2, 1), (4, 1)], 24, (256, 512), true), 4);
+        assert_eq!(best(&ONE_PER_SM[..3], 24, (256, 512), PassKind::Rec).0, 4);
         assert_eq!(
-            pick(&[(1, 2), (2, 2), (4, 1), (8, 1)], 128, (128, 128), true),
+            best(
+                &[(1, 2), (2, 2), (4, 1), (8, 1)],
+                128,
+                (128, 128),
+                PassKind::Rec
+            )
+            .0,
             8
         );
+        // Fused: B8·T2048 8 0.317, 4 0.330; K256: 8 0.876, 4 1.595.
+        assert_eq!(best(&FUSED_K128, 128, (128, 128), PassKind::Fused).0, 8);
+        assert_eq!(best(&ONE_PER_SM, 24, (256, 512), PassKind::Fused).0, 8);
+    }
+
+    /// Fused or split forward as measured (call 5 against call 4, whole forward): fused for
+    /// B8·T2048 (0.587 against 0.653 ms) and K256/V512 (1.101 against 1.220); split for
+    /// B4·T4096 (0.713 against 0.852), B2·T8192 (0.931 against 1.430), B1·T16384 (1.372 against
+    /// 2.659).
+    #[test]
+    fn forward_is_fused_where_it_measured_faster() {
+        let fused = |b: usize, t: usize, h: usize, (k, v): (usize, usize)| {
+            let steps = t.div_ceil(64) as f64;
+            let (fv, sv) = if k == 128 {
+                (&FUSED_K128[..], &SPLIT_K128[..])
+            } else {
+                (&ONE_PER_SM[..], &ONE_PER_SM[..])
+            };
+            let f = best(fv, b * h, (k, v), PassKind::Fused).1 * steps;
+            let s = best(sv, b * h, (k, v), PassKind::Split).1 * steps + fwd_o_cost(b * t, h, k, v);
+            f <= s
+        };
+        assert!(fused(8, 2048, 16, (128, 128)));
+        assert!(fused(4, 4096, 6, (256, 512)));
+        assert!(!fused(4, 4096, 16, (128, 128)));
+        assert!(!fused(2, 8192, 16, (128, 128)));
+        assert!(!fused(1, 16384, 16, (128, 128)));
     }
 }

@@ -133,19 +133,6 @@ __device__ __forceinline__ void frag_to_f32_global(const FC& f, float* stage, fl
   __syncwarp();
 }
 
-// One warp: 16x16 accumulator -> bf16 shared tile (row stride ld) and, if gdst is non-null, the
-// same bf16 values to global (row stride gld), all 16 rows.
-__device__ __forceinline__ void frag_to_bf16_smem(const FC& f, float* stage, bf16* dst, int ld,
-                                                  bf16* gdst, long gld) {
-  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
-  const uint4 p = pack8(stage + r * STG + c);
-  *reinterpret_cast<uint4*>(dst + r * ld + c) = p;
-  if (gdst) *reinterpret_cast<uint4*>(gdst + r * gld + c) = p;
-  __syncwarp();
-}
-
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -539,14 +526,15 @@ __device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, O
 // No cross-warp reduction: the CTA shares only the W, K, U and G tiles, double-buffered
 // (cp.async, one group per chunk). Measured with K single-buffered and issued at the end of the
 // step, a CTA's step took 3.6 µs at K = 128 however few CTAs ran.
-// Forward (REC false), fused with the output (v5 replaces kernel 3, fwd_o): per chunk also
+// MODE_FUSED, the forward fused with the output (instead of MODE_SPLIT + kernel 3): per chunk also
 //   Oᵀ = diag-scaled Sᵀ Qᵀ (column t times s γ_t)  +  Ṽᵀ Pᵀ,  P = s (QKᵀ ⊙ Γ ⊙ L) (bf16),
 // with A = Sᵀ and the bf16 Ṽᵀ from registers; P is formed once per CTA (warps 0–3, a 16-row
 // block each) into shared memory. h_c and Ṽ never leave the SM: the backward recomputes them.
 // Q has one buffer: it is dead after P and Sᵀ Qᵀ, so the next chunk's group (with Q) is issued
 // after the second barrier, ahead of the Ṽ, output and update products.
-// Backward recompute (REC true): h_c and Ṽ to global with store_tile_t (their global layouts are
-// the transposes of what a warp holds), and the f32 partials of ⟨h_c, dh_c⟩, one per (chunk,
+// MODE_SPLIT (the forward for kernel 3, when there are too few CTAs for the fused pass to fill the
+// GPU) and MODE_REC (the backward's recompute): h_c and Ṽ to global with store_tile_t (their
+// global layouts are the transposes of what a warp holds); MODE_REC also the f32 partials of ⟨h_c, dh_c⟩, one per (chunk,
 // head, warp's 16 columns): each warp copies its own dh_c columns [K × 16] f32 into shared memory
 // (one buffer, refilled for chunk c+1 right after chunk c's dot), swizzled by dh_off; its group
 // is issued after the first (only) barrier.
@@ -558,7 +546,9 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 
-template <int K, int NWC, bool REC>
+constexpr int MODE_FUSED = 0, MODE_REC = 1, MODE_SPLIT = 2;
+
+template <int K, int NWC, int MODE>
 struct StateFwdSm {
   static constexpr int BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
@@ -574,9 +564,9 @@ struct StateFwdSm {
     k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     G = c.take<float>(2 * CH);
-    q = REC ? nullptr : c.take<bf16>(W_SZ);
-    pb = REC ? nullptr : c.take<bf16>(CH * LD64);
-    dh = REC ? c.take<float>(NWC * K * 16) : nullptr;
+    q = MODE == MODE_FUSED ? c.take<bf16>(W_SZ) : nullptr;
+    pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
+    dh = MODE == MODE_REC ? c.take<float>(NWC * K * 16) : nullptr;
   }
 };
 
@@ -631,7 +621,7 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
-template <int K, int NWC, bool REC>
+template <int K, int NWC, int MODE>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
                                const float* __restrict__ gc, const int* __restrict__ ctab,
@@ -642,7 +632,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                float* __restrict__ sd_part) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  typedef StateFwdSm<K, NWC, REC> L;
+  typedef StateFwdSm<K, NWC, MODE> L;
+  constexpr bool FUSED = MODE == MODE_FUSED, DOT = MODE == MODE_REC;
   L S;
   S.carve(cv);
   constexpr int NJ = K / 8;  // accumulator tiles of a warp's state rows
@@ -652,7 +643,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float* dhs = REC ? S.dh + warp * K * 16 : nullptr;
+  float* dhs = DOT ? S.dh + warp * K * 16 : nullptr;
 
   // Sᵀ: st[j][e] = S[k][v] with k = 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
   float st[NJ][4];
@@ -663,7 +654,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // Chunk c's group: W, K, U, G into buffer b, and Q (forward) or this warp's dh_c columns
+  // Chunk c's group: W, K, U, G into buffer b, and Q (fused) or this warp's dh_c columns
   // (recompute).
   auto issue = [&](int c, int s0, int l, int b) {
     load_bf16_async(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
@@ -674,15 +665,14 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const bool ok = i < l;
       cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
     }
-    if (REC) {
+    if (DOT) {
       const float* src = dh32 + ((long)c * H + h) * K * V + vw;
       for (int i = lane; i < K * 4; i += 32) {
         const int r = i >> 2, c4 = (i & 3) * 4;
         cp16(dhs + dh_off(r, c4), src + (long)r * V + c4, true);
       }
-    } else {
-      load_bf16_async(S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     }
+    if (FUSED) load_bf16_async(S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     cp_commit();
   };
 
@@ -706,7 +696,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nnlen = ctab[2 * c + 5];
     }
 
-    if (REC) {
+    if (!FUSED) {
       // h_c = S (bf16) to global: tile j is rows k = 8j.., columns vw.. of h_c [K][V].
       bf16* hc = hout + ((long)c * H + h) * K * V + vw;
 #pragma unroll
@@ -725,7 +715,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 
     // Forward: Oᵀ's first term (Sᵀ Qᵀ, column t scaled by s γ_t) and P; then Q is dead.
     float ot[8][4];
-    if (!REC) {
+    if (FUSED) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -756,7 +746,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       }
       for (int rb = warp; rb < 4; rb += NWC) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
       __syncthreads();  // P complete; every warp is done with Q
-    } else {
+    }
+    if (DOT) {
       float sacc = 0.f;
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
@@ -808,7 +799,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const int t0 = 8 * nt + 2 * q;
       const float d0 = t0 < len ? __expf(glast - G[t0]) : 0.f;
       const float d1 = t0 + 1 < len ? __expf(glast - G[t0 + 1]) : 0.f;
-      if (REC) {
+      if (!FUSED) {
         const int lim = len - 8 * nt;
         store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
                      [lim](int col) { return col < lim; });
@@ -820,7 +811,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
 
-    if (!REC) {
+    if (FUSED) {
       // Oᵀ += Ṽᵀ Pᵀ (B = P rows by ldmatrix; P is zero above the diagonal, so output tile nt
       // needs the k-steps ks ≤ nt / 2 only), then O (bf16) to global, rows t < len.
 #pragma unroll
@@ -922,6 +913,151 @@ __device__ __forceinline__ void intra_attn(DvlocSm<K>& S, const bf16* q, const b
   __syncthreads();
 }
 
+// Kernel 3, v4: its own layout (dvloc keeps DvlocSm/intra_attn). 3 CTAs/SM at
+// K = 128 (68.2 KB, was 97.2 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
+// straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
+// double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
+// slice s + 2 into slice s's buffer, so every slice but the first is in flight while the previous
+// one is multiplied. One 16×32 output tile per warp per slice.
+template <int K>
+struct FwdOSm {
+  static constexpr int BVO = 32, LDO = BVO + 8;
+  static constexpr int HS_SZ = K * LDO, BUF_SZ = K * LDO + CH * LDO;  // bf16 elements
+  static constexpr int KR_SZ = CH * (K + 8) > BUF_SZ ? CH * (K + 8) : BUF_SZ;
+  bf16* q;      // [64][K+8]  Q, then diag(s γ) Q
+  bf16* kr;     // [64][K+8]  K; after QKᵀ: slice buffer 1
+  bf16* buf0;   // slice buffer 0: h_c [K][40] then Ṽ [64][40]
+  bf16* pb;     // [64][72]   s (QKᵀ ⊙ Γ ⊙ L), bf16
+  float* stage; // [8][320]
+  float* G;     // [64]
+  __device__ void carve(Carve& c) {
+    q = c.take<bf16>(CH * (K + 8));
+    kr = c.take<bf16>(KR_SZ);
+    buf0 = c.take<bf16>(BUF_SZ);
+    pb = c.take<bf16>(CH * LD64);
+    stage = c.take<float>(8 * STG_SZ);
+    G = c.take<float>(CH);
+  }
+};
+
+template <int K>
+__device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                           const float* __restrict__ gc, const bf16* __restrict__ hstates,
+                           const bf16* __restrict__ vnew, const int* __restrict__ ctab, int H,
+                           int V, float scale, bf16* __restrict__ o) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  FwdOSm<K> S;
+  S.carve(cv);
+  constexpr int BVO = FwdOSm<K>::BVO, LDO = FwdOSm<K>::LDO, HS_SZ = FwdOSm<K>::HS_SZ;
+  const int cg = blockIdx.x, h = blockIdx.y;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nw = blockDim.x >> 5;
+  float* stage = S.stage + warp * STG_SZ;
+  const bf16* vn0 = vnew + ((long)start * H + h) * V;
+  const bf16* h0 = hstates + ((long)cg * H + h) * K * V;
+  const int nslice = V / BVO;
+  auto issue = [&](bf16* buf, int s) {
+    load_bf16_async(buf, LDO, h0 + s * BVO, V, K, BVO, K);
+    load_bf16_async(buf + HS_SZ, LDO, vn0 + s * BVO, (long)H * V, CH, BVO, len);
+    cp_commit();
+  };
+
+  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.kr, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  cp_commit();
+  issue(S.buf0, 0);
+  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+  cp_wait<1>();  // q, k (slice 0 may still be in flight)
+  __syncthreads();
+
+  // pb = s (QKᵀ ⊙ Γ ⊙ L): lower tiles by wmma, each through the warp's staging tile; tiles above
+  // the diagonal are zero.
+  for (int t = warp; t < 16; t += nw) {
+    const int ti = t >> 2, tj = t & 3;
+    const int r = lane >> 1, c8 = (lane & 1) << 3, i = ti * 16 + r;
+    float p[8];
+    if (tj > ti) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) p[e] = 0.f;
+    } else {
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+      for (int kk = 0; kk < K / 16; ++kk) {
+        FAr a;
+        FBc b;
+        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(b, S.kr + tj * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(stage, acc, STG, wmma::mem_row_major);
+      __syncwarp();
+      const float gi = S.G[i];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int j = tj * 16 + c8 + e;
+        p[e] = (j <= i && i < len) ? scale * stage[r * STG + c8 + e] * __expf(gi - S.G[j]) : 0.f;
+      }
+      __syncwarp();
+    }
+    *reinterpret_cast<uint4*>(S.pb + i * LD64 + tj * 16 + c8) = pack8(p);
+  }
+  __syncthreads();  // k is dead: it becomes slice buffer 1
+  if (nslice > 1) issue(S.kr, 1);
+  // q rows scaled by s γ_i (rows past len are zero), 8 elements per thread and step.
+  for (int idx = tid; idx < CH * K / 8; idx += blockDim.x) {
+    const int i = idx / (K / 8), c = (idx - i * (K / 8)) << 3;
+    uint4* p = reinterpret_cast<uint4*>(S.q + i * (K + 8) + c);
+    const uint4 qv = *p;
+    const bf16* qb = reinterpret_cast<const bf16*>(&qv);
+    const float f = i < len ? scale * __expf(S.G[i]) : 0.f;
+    float x[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f;
+    *p = pack8(x);
+  }
+
+  // O[:, slice] = (s γ ⊙ Q) h_c[:, slice] + pb Ṽ[:, slice]; warp w: rows 16 (w >> 1), columns
+  // 16 (w & 1) of the slice. Groups pending at slice s: slice s and, when it exists, s + 1.
+  for (int s = 0; s < nslice; ++s) {
+    const bf16* hs = (s & 1) ? S.kr : S.buf0;
+    const bf16* xs = hs + HS_SZ;
+    if (s + 1 < nslice)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
+    __syncthreads();
+    for (int t = warp; t < 4 * (BVO / 16); t += nw) {
+      const int ti = t / (BVO / 16), tj = t - ti * (BVO / 16);
+      FC acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll 4
+      for (int kk = 0; kk < K / 16; ++kk) {
+        FAr a;
+        FBr b;
+        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
+        wmma::load_matrix_sync(b, hs + kk * 16 * LDO + tj * 16, LDO);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      for (int kk = 0; kk <= ti; ++kk) {
+        FAr a;
+        FBr b;
+        wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
+        wmma::load_matrix_sync(b, xs + kk * 16 * LDO + tj * 16, LDO);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      frag_to_bf16_global(acc, stage,
+                          o + ((long)(start + ti * 16) * H + h) * V + s * BVO + tj * 16,
+                          (long)H * V, len - ti * 16);
+    }
+    if (s + 2 < nslice) {
+      __syncthreads();  // every warp is done with this slice's buffer
+      issue((s & 1) ? S.kr : S.buf0, s + 2);
+    }
+  }
+}
+
 // Kernel 4 (v4): one block per (chunk, head) loops over the 64-column slices of dO (v3 had one
 // block per slice, each reloading q and k and recomputing QKᵀ). For K <= 128 a second slice
 // buffer (DvlocX) is carved after DvlocSm: slice 1 loads with q and k, and slice s+2 loads while
@@ -1001,42 +1137,75 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 }
 
 // ------------------------------------------------------------------------------------------
-// Kernel 5: reverse state pass per (sequence, head, BV columns). dS (gradient of the state
-// leaving the current chunk) lives in f32 fragments like S in kernel 2. For each chunk, last to
-// first: dh_c = dS (bf16, global); dṼ = dṼ_loc + diag(δ) K dS (bf16, global);
-// dS ← γ_last dS + (s diag(γ) Q)ᵀ dO − Wᵀ dṼ. At the end dh0 = dS (f32).
+// Kernel 5: reverse state pass per (sequence, head, tile of 16·NWC columns of V), NWC warps. dS
+// is the gradient of the state leaving the current chunk. For each chunk, last to first:
+//   dh_c = dS (f32, global);  dṼ = dṼ_loc + (δK) dS (bf16, global);
+//   dS ← γ_last dS + (sγQ)ᵀ dO + (−W)ᵀ dṼ;  at the end dh0 = dS (f32).
+// v5, the layout of kernel 2 v5: each warp keeps dSᵀ of its 16 value columns, [16 × K] f32, in
+// registers as K/8 accumulator tiles and does all of a chunk's products itself:
+//   dṼᵀ = dṼ_locᵀ + dSᵀ (δK)ᵀ  (the accumulators start from dṼ_loc, read from shared memory in
+//   accumulator order; A = dSᵀ rounded to bf16 straight from the accumulators, B = δK by
+//   ldmatrix),
+//   dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + (−dṼ)ᵀ W  (A = dO by ldmatrix.trans and the bf16 dṼᵀ
+//   accumulators negated, which gives exactly the products of (−W)ᵀ dṼ since bf16 rounding is
+//   sign-symmetric; B = sγQ and W by ldmatrix.trans).
+// The rounding points are v4's: bf16(dS), bf16(δ·K), bf16(sγ·Q), one bf16 dṼ both stored and
+// used in the update, f32 accumulation.
+// Shared memory: q, w, k ([64][K+8] bf16), dO ([64][16·NWC+8] bf16) and dṼ_loc
+// ([64][16·NWC+4] f32: the accumulator-order reads are conflict-free) once each, G twice. δ and
+// sγ are folded into k and q in place, each 16-byte piece by the thread that copied it
+// (scale_own_rows), right after that thread's cp_wait: a thread sees its own cp.async writes once
+// it has waited for them, so the fold needs no barrier before it, only the one that publishes
+// it. The fold reads all of a chunk's G, so G (double-buffered) travels one step early: G(c−1)
+// comes with chunk c's q/w/dO group and is published by chunk c's middle barrier.
+// cp.async groups, in commit order: KD(ce−1) = {k, dṼ_loc}, QWO(ce−1) = {q, w, dO, G(ce−2)};
+// then per chunk c, whose top finds KD(c), QWO(c) pending: KD(c−1) after the middle barrier (k
+// and dṼ_loc are dead once dṼ is built), QWO(c−1) with G(c−2) after the last barrier (q, w, dO
+// and G(c) are dead after the update). So KD(c−1) loads during chunk c's update, and q, w, dO of
+// chunk c−1 during its own dh store, δ fold and dṼ product.
 
-template <int K, int BV>
+// Scales in place the rows r < len of a [64][cols] bf16 tile (row stride ld) by f(r), rounding to
+// bf16: each thread only the 16-byte pieces that its own load_bf16_async of the tile copied (same
+// loop), so it may run right after the thread's cp_wait, before any barrier. Rows >= len were
+// zero-filled and stay zero.
+template <class F>
+__device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int cols, int len, F f) {
+  const int per_row = cols >> 3;
+  for (int idx = threadIdx.x; idx < CH * per_row; idx += blockDim.x) {
+    const int r = idx / per_row, c = (idx - r * per_row) << 3;
+    if (r < len) {
+      const float s = f(r);
+      uint4* p = reinterpret_cast<uint4*>(t + r * ld + c);
+      uint4 x = *p;
+      x.x = pack_bf2(bf_lo(x.x) * s, bf_hi(x.x) * s);
+      x.y = pack_bf2(bf_lo(x.y) * s, bf_hi(x.y) * s);
+      x.z = pack_bf2(bf_lo(x.z) * s, bf_hi(x.z) * s);
+      x.w = pack_bf2(bf_lo(x.w) * s, bf_hi(x.w) * s);
+      *p = x;
+    }
+  }
+}
+
+template <int K, int NWC>
 struct StateBwdSm {
-  bf16* q;      // [64][K+8]  s·γ·Q
-  bf16* w;      // [64][K+8]  −W
-  bf16* kd;     // [64][K+8]  δ·K
-  bf16* dos;    // [64][BV+8]
-  float* dvl;   // [64][BV+4] dṼ_loc, then dṼ
-  bf16* dsb;    // [K][BV+8]
-  bf16* dvb;    // [64][BV+8]
-  float* stage; // [K/16][320]  aliases dvb
-  float* G;     // [64]
+  static constexpr int BVC = 16 * NWC, WLD = K + 8, OLD = BVC + 8, DLD = BVC + 4;
+  bf16* q;     // [64][WLD]  Q, then s·γ·Q
+  bf16* w;     // [64][WLD]  W
+  bf16* k;     // [64][WLD]  K, then δ·K
+  bf16* dos;   // [64][OLD]  dO
+  float* dvl;  // [64][DLD]  dṼ_loc
+  float* G;    // 2 x [64]
   __device__ void carve(Carve& c) {
-    q = c.take<bf16>(CH * (K + 8));
-    w = c.take<bf16>(CH * (K + 8));
-    kd = c.take<bf16>(CH * (K + 8));
-    dos = c.take<bf16>(CH * (BV + 8));
-    dvl = c.take<float>(CH * (BV + 4));
-    dsb = c.take<bf16>(K * (BV + 8));
-    // v3: stage (only used to build dsb at the start of a chunk) and dvb (written after the dṼ
-    // product, read by the dS update, dead at the barrier that ends the chunk) share one region.
-    // For K = 128, BV = 64 this brings the block from 114.3 KB to 105.3 KB: 2 CTAs per SM, so
-    // the 256 CTAs of B8·T2048·H16 run in one wave instead of two.
-    const unsigned a = CH * (BV + 8) * 2, b = (K / 16) * STG_SZ * 4;
-    char* r = c.take<char>(a > b ? a : b);
-    dvb = reinterpret_cast<bf16*>(r);
-    stage = reinterpret_cast<float*>(r);
-    G = c.take<float>(CH);
+    q = c.take<bf16>(CH * WLD);
+    w = c.take<bf16>(CH * WLD);
+    k = c.take<bf16>(CH * WLD);
+    dos = c.take<bf16>(CH * OLD);
+    dvl = c.take<float>(CH * DLD);
+    G = c.take<float>(2 * CH);
   }
 };
 
-template <int K, int BV>
+template <int K, int NWC>
 __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ w, const float* __restrict__ gc,
                                const bf16* __restrict__ d_o, const float* __restrict__ dvl,
@@ -1046,122 +1215,164 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                float* __restrict__ dh0) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  StateBwdSm<K, BV> S;
+  typedef StateBwdSm<K, NWC> L;
+  L S;
   S.carve(cv);
-  constexpr int NW = K / 16, NT = BV / 16;
-  const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * BV;
-  const int tid = threadIdx.x, warp = tid >> 5;
+  constexpr int NJ = K / 8;  // accumulator tiles of a warp's dS rows
+  const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * L::BVC;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+  const int vl = 16 * warp, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
-  const long sbase = ((long)(n * H + h) * K + warp * 16) * V + v0;
+  // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
 
-  FC ds[NT];
+  // dSᵀ: ds[j][e] = dS[k][v] with k = 8j + 2qd + (e & 1), v = vw + g + 8 (e >> 1). Per (j, e)
+  // the 8 lanes of one qd cover 8 consecutive v of one row k: one 32-byte sector.
+  float ds[NJ][4];
+  const long sbase = (long)(n * H + h) * K * V + vw;
 #pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    if (dht)
-      wmma::load_matrix_sync(ds[j], dht + sbase + j * 16, V, wmma::mem_row_major);
-    else
-      wmma::fill_fragment(ds[j], 0.f);
-  }
-  float* stg = S.stage + warp * STG_SZ;
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      ds[j][e] = dht ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // v4: K and dṼ_loc of a chunk are loaded while the previous (later) chunk runs its dS update
-  // (kd and dvl are dead once dṼ is packed); q, W and dO load at the top of their chunk.
-  if (ce > cs) {
-    const int start = ctab[2 * (ce - 1)], len = ctab[2 * (ce - 1) + 1];
-    load_bf16_async(S.kd, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-    load_f32_async(S.dvl, BV + 4, dvl + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
+  auto issue_kd = [&](int s0, int l) {
+    load_bf16_async(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_f32_async(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, CH, L::BVC, l);
+    cp_commit();
+  };
+  // q, w, dO of a chunk and, when glen >= 0, G of the chunk before it (start gs, length glen)
+  // into G buffer gb.
+  auto issue_qwo = [&](int s0, int l, int gs, int glen, int gb) {
+    load_bf16_async(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    load_bf16_async(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, CH, L::BVC, l);
+    if (glen >= 0)
+      for (int i = tid; i < CH; i += NWC * 32) {
+        const bool ok = i < glen;
+        cp4(S.G + gb * CH + i, ok ? (const void*)(gc + (long)(gs + i) * H + h) : (const void*)gc,
+            ok);
+      }
+    cp_commit();
+  };
+
+  // (start, len) of chunks c and c−1 in registers; ctab of c−2 is read at the top of chunk c.
+  int start = 0, len = 0, pstart = 0, plen = -1;
+  if (cs < ce) {
+    start = ctab[2 * (ce - 1)];
+    len = ctab[2 * (ce - 1) + 1];
+    if (ce - 2 >= cs) {
+      pstart = ctab[2 * (ce - 2)];
+      plen = ctab[2 * (ce - 2) + 1];
+    }
+    // G of the last chunk: plain loads, published by the barrier below.
+    for (int i = tid; i < CH; i += NWC * 32)
+      S.G[((ce - 1) & 1) * CH + i] = i < len ? gc[(long)(start + i) * H + h] : 0.f;
+    issue_kd(start, len);
+    issue_qwo(start, len, pstart, plen, (ce - 2) & 1);
+    __syncthreads();
   }
   for (int c = ce - 1; c >= cs; --c) {
-    const int start = ctab[2 * c], len = ctab[2 * c + 1];
-    load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-    load_bf16_async(S.w, K + 8, w + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-    load_bf16_async(S.dos, BV + 8, d_o + ((long)start * H + h) * V + v0, (long)H * V, CH, BV, len);
-    cp_commit();
-    if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+    const bool more = c > cs;
+    int ppstart = 0, pplen = -1;
+    if (c - 2 >= cs) {
+      ppstart = ctab[2 * (c - 2)];
+      pplen = ctab[2 * (c - 2) + 1];
+    }
+    const float* G = S.G + (c & 1) * CH;
+    const float glast = G[len - 1];
 
-    // dh_c = dS (f32, global) and its bf16 copy (shared) for the products below.
+    // dh_c = dS (f32) to global.
+    {
+      float* dhc = dh + ((long)c * H + h) * K * V + vw;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      frag_to_bf16_smem(ds[j], stg, S.dsb + warp * 16 * (BV + 8) + j * 16, BV + 8, nullptr, 0);
-      wmma::store_matrix_sync(dh + (((long)c * H + h) * K + warp * 16) * V + v0 + j * 16, ds[j], V,
-                              wmma::mem_row_major);
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          dhc[(long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] = ds[j][e];
     }
-    cp_wait<0>();
+    // Pending groups: KD(c), QWO(c). Wait for KD(c), fold δ into this thread's pieces of k.
+    cp_wait<1>();
+    scale_own_rows(S.k, L::WLD, K, len, [&](int r) { return __expf(glast - G[r]); });
     __syncthreads();
 
-    const float glast = S.G[len - 1];
-    for (int idx = tid; idx < CH * K; idx += blockDim.x) {
-      const int i = idx / K, cc = idx - i * K;
-      const bool ok = i < len;
-      const float fq = ok ? scale * __expf(S.G[i]) : 0.f;
-      const float fk = ok ? __expf(glast - S.G[i]) : 0.f;
-      const int o = i * (K + 8) + cc;
-      S.q[o] = f2b(b2f(S.q[o]) * fq);
-      S.w[o] = f2b(-b2f(S.w[o]));
-      S.kd[o] = f2b(b2f(S.kd[o]) * fk);
-    }
-    __syncthreads();
-
-    // dṼ = dṼ_loc + (δK) dS.
-    for (int t = warp; t < 4 * NT; t += NW) {
-      const int ti = t / NT, tj = t - ti * NT;
-      FC acc;
-      wmma::load_matrix_sync(acc, S.dvl + ti * 16 * (BV + 4) + tj * 16, BV + 4,
-                             wmma::mem_row_major);
-#pragma unroll 4
-      for (int kk = 0; kk < K / 16; ++kk) {
-        FAr a;
-        FBr bb;
-        wmma::load_matrix_sync(a, S.kd + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(bb, S.dsb + kk * 16 * (BV + 8) + tj * 16, BV + 8);
-        wmma::mma_sync(acc, a, bb, acc);
+    // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk.
+    float p[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        p[nt][e] = S.dvl[(8 * nt + 2 * qd + (e & 1)) * L::DLD + vl + g + 8 * (e >> 1)];
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+      const unsigned a[4] = {pack_bf2(ds[2 * kk][0], ds[2 * kk][1]),
+                             pack_bf2(ds[2 * kk][2], ds[2 * kk][3]),
+                             pack_bf2(ds[2 * kk + 1][0], ds[2 * kk + 1][1]),
+                             pack_bf2(ds[2 * kk + 1][2], ds[2 * kk + 1][3])};
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        unsigned r[4];
+        ldsm_x4(r, S.k + (8 * (2 * np + lm_hi) + lr) * L::WLD + 16 * kk + 8 * lm_lo);
+        mma_bf16(p[2 * np], a, r[0], r[1]);
+        mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
-      wmma::store_matrix_sync(S.dvl + ti * 16 * (BV + 4) + tj * 16, acc, BV + 4,
-                              wmma::mem_row_major);
-    }
-    __syncthreads();
-    for (int idx = tid; idx < CH * (BV / 8); idx += blockDim.x) {
-      const int r = idx / (BV / 8), c8 = (idx - r * (BV / 8)) * 8;
-      const uint4 p = pack8(S.dvl + r * (BV + 4) + c8);
-      *reinterpret_cast<uint4*>(S.dvb + r * (BV + 8) + c8) = p;
-      if (r < len) *reinterpret_cast<uint4*>(dvnew + ((long)(start + r) * H + h) * V + v0 + c8) = p;
-    }
-    __syncthreads();
-    // kd and dvl are dead: the next chunk's K and dṼ_loc load during the dS update (waited for,
-    // with the rest of that chunk's loads, by the cp_wait<0> at its top).
-    if (c > cs) {
-      const int pstart = ctab[2 * (c - 1)], plen = ctab[2 * (c - 1) + 1];
-      load_bf16_async(S.kd, K + 8, k + ((long)pstart * H + h) * K, (long)H * K, CH, K, plen);
-      load_f32_async(S.dvl, BV + 4, dvl + ((long)pstart * H + h) * V + v0, (long)H * V, CH, BV,
-                     plen);
-      cp_commit();
     }
 
-    // dS ← γ_last dS + (sγQ)ᵀ dO + (−W)ᵀ dṼ.
+    // dṼ (bf16) to global, rows t < len; the same bf16 values, negated, are the A operands of
+    // (−dṼ)ᵀ W.
+    unsigned av[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int lim = len - 8 * nt;
+      store_tile_t(p[nt], dvnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                   [lim](int col) { return col < lim; });
+      av[nt >> 1][2 * (nt & 1)] = pack_bf2(-p[nt][0], -p[nt][1]);
+      av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(-p[nt][2], -p[nt][3]);
+    }
+
+    // Pending: QWO(c). Wait for it, fold sγ into this thread's pieces of q; the barrier publishes
+    // q, w, dO and G(c−1) and ends every warp's reads of k and dṼ_loc.
+    cp_wait<0>();
+    scale_own_rows(S.q, L::WLD, K, len, [&](int r) { return scale * __expf(G[r]); });
+    __syncthreads();
+    if (more) issue_kd(pstart, plen);
+
+    // dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + (−dṼ)ᵀ W, per k-step the dO product first (v4's order).
     const float gl = __expf(glast);
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
-      for (int e = 0; e < ds[j].num_elements; ++e) ds[j].x[e] *= gl;
+      for (int e = 0; e < 4; ++e) ds[j][e] *= gl;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      FAc a1, a2;
-      wmma::load_matrix_sync(a1, S.q + kk * 16 * (K + 8) + warp * 16, K + 8);
-      wmma::load_matrix_sync(a2, S.w + kk * 16 * (K + 8) + warp * 16, K + 8);
+    for (int ks = 0; ks < 4; ++ks) {
+      // A = dOᵀ rows v, columns t = 16ks..: matrices (t +0, v +0), (t +0, v +8), (t +8, v +0),
+      // (t +8, v +8) are a0..a3.
+      unsigned ao[4];
+      ldsm_x4_t(ao, S.dos + (16 * ks + 8 * lm_hi + lr) * L::OLD + vl + 8 * lm_lo);
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        FBr b1, b2;
-        wmma::load_matrix_sync(b1, S.dos + kk * 16 * (BV + 8) + j * 16, BV + 8);
-        wmma::load_matrix_sync(b2, S.dvb + kk * 16 * (BV + 8) + j * 16, BV + 8);
-        wmma::mma_sync(ds[j], a1, b1, ds[j]);
-        wmma::mma_sync(ds[j], a2, b2, ds[j]);
+      for (int jp = 0; jp < NJ / 2; ++jp) {
+        unsigned rq[4], rw[4];
+        ldsm_x4_t(rq, S.q + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(rw, S.w + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
+        mma_bf16(ds[2 * jp], ao, rq[0], rq[1]);
+        mma_bf16(ds[2 * jp], av[ks], rw[0], rw[1]);
+        mma_bf16(ds[2 * jp + 1], ao, rq[2], rq[3]);
+        mma_bf16(ds[2 * jp + 1], av[ks], rw[2], rw[3]);
       }
     }
+    // Every warp is done with q, w, dO and G(c): refill them (G(c−2) into G(c)'s buffer).
     __syncthreads();
+    if (more) issue_qwo(pstart, plen, ppstart, pplen, c & 1);
+    start = pstart;
+    len = plen;
+    pstart = ppstart;
+    plen = pplen;
   }
 #pragma unroll
-  for (int j = 0; j < NT; ++j)
-    wmma::store_matrix_sync(dh0 + sbase + j * 16, ds[j], V, wmma::mem_row_major);
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      dh0[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] = ds[j][e];
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2070,8 +2281,9 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 }
 
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
-// src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, dvloc, dqk, wy,
-// state_fwd NWC=1,2,4,8, state_rec (the recompute) NWC=1,2,4,8, state_bwd BV=16,32,64.
+// src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
+// state_fwd (fused with the output), state_rec (the backward's recompute), state_split (h_c and
+// Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8.
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -2091,20 +2303,26 @@ __device__ unsigned smem_dvloc() {
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
   out[0] = smem_of<PrepSm<K>>();
-  out[1] = smem_dvloc<K>();
-  out[2] = smem_of<DqkSm<K>>();
-  out[3] = smem_of<WySm<K>>();
-  out[4] = smem_of<StateFwdSm<K, 1, false>>();
-  out[5] = smem_of<StateFwdSm<K, 2, false>>();
-  out[6] = smem_of<StateFwdSm<K, 4, false>>();
-  out[7] = smem_of<StateFwdSm<K, 8, false>>();
-  out[8] = smem_of<StateFwdSm<K, 1, true>>();
-  out[9] = smem_of<StateFwdSm<K, 2, true>>();
-  out[10] = smem_of<StateFwdSm<K, 4, true>>();
-  out[11] = smem_of<StateFwdSm<K, 8, true>>();
-  out[12] = smem_of<StateBwdSm<K, 16>>();
-  out[13] = smem_of<StateBwdSm<K, 32>>();
-  out[14] = smem_of<StateBwdSm<K, 64>>();
+  out[1] = smem_of<FwdOSm<K>>();
+  out[2] = smem_dvloc<K>();
+  out[3] = smem_of<DqkSm<K>>();
+  out[4] = smem_of<WySm<K>>();
+  out[5] = smem_of<StateFwdSm<K, 1, MODE_FUSED>>();
+  out[6] = smem_of<StateFwdSm<K, 2, MODE_FUSED>>();
+  out[7] = smem_of<StateFwdSm<K, 4, MODE_FUSED>>();
+  out[8] = smem_of<StateFwdSm<K, 8, MODE_FUSED>>();
+  out[9] = smem_of<StateFwdSm<K, 1, MODE_REC>>();
+  out[10] = smem_of<StateFwdSm<K, 2, MODE_REC>>();
+  out[11] = smem_of<StateFwdSm<K, 4, MODE_REC>>();
+  out[12] = smem_of<StateFwdSm<K, 8, MODE_REC>>();
+  out[13] = smem_of<StateFwdSm<K, 1, MODE_SPLIT>>();
+  out[14] = smem_of<StateFwdSm<K, 2, MODE_SPLIT>>();
+  out[15] = smem_of<StateFwdSm<K, 4, MODE_SPLIT>>();
+  out[16] = smem_of<StateFwdSm<K, 8, MODE_SPLIT>>();
+  out[17] = smem_of<StateBwdSm<K, 1>>();
+  out[18] = smem_of<StateBwdSm<K, 2>>();
+  out[19] = smem_of<StateBwdSm<K, 4>>();
+  out[20] = smem_of<StateBwdSm<K, 8>>();
 }
 
 }  // namespace dr
@@ -2112,8 +2330,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 15);
-    dr::smem_sizes_k<256>(out + 30);
+    dr::smem_sizes_k<128>(out + 21);
+    dr::smem_sizes_k<256>(out + 42);
   }
 }
 
@@ -2122,6 +2340,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
                    const int* ctab, int H, int V, float* gc, bf16* w, bf16* u, float* tmat) {      \
     dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, w, u, tmat);                                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
+                    const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o) {       \
+    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o);                                   \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_dvloc_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                \
@@ -2141,37 +2364,46 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
   }
 
-// The forward state pass with the output (NAME state_fwd, REC false) and the backward's
-// recompute (state_rec); each uses only its own pointers (the others are null).
-#define DR_STATE_FWD_KERNEL(K, NWC, NAME, REC)                                                      \
+// The state passes of kernel 2: state_fwd (MODE_FUSED), state_rec (MODE_REC) and state_split
+// (MODE_SPLIT); each uses only its own pointers (the others are null).
+#define DR_STATE_FWD_KERNEL(K, NWC, NAME, MODE)                                                     \
   extern "C" __global__ void __launch_bounds__(NWC * 32)                                          \
       dr_##NAME##_k##K##_nw##NWC(const bf16* w, const bf16* u, const bf16* k, const bf16* q,       \
                                  const float* gc, const int* ctab, const int* seq_chunk,           \
                                  const float* h0, int H, int V, float scale, bf16* hout,           \
                                  bf16* vnew, bf16* o, float* ht, const float* dh32,                \
                                  float* sd_part) {                                                 \
-    dr::state_fwd_impl<K, NWC, REC>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout, vnew,  \
+    dr::state_fwd_impl<K, NWC, MODE>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout, vnew, \
                                     o, ht, dh32, sd_part);                                         \
   }
 #define DR_STATE_FWD_KERNELS(K)                                                                     \
-  DR_STATE_FWD_KERNEL(K, 1, state_fwd, false)                                                       \
-  DR_STATE_FWD_KERNEL(K, 2, state_fwd, false)                                                       \
-  DR_STATE_FWD_KERNEL(K, 4, state_fwd, false)                                                       \
-  DR_STATE_FWD_KERNEL(K, 8, state_fwd, false)                                                       \
-  DR_STATE_FWD_KERNEL(K, 1, state_rec, true)                                                        \
-  DR_STATE_FWD_KERNEL(K, 2, state_rec, true)                                                        \
-  DR_STATE_FWD_KERNEL(K, 4, state_rec, true)                                                        \
-  DR_STATE_FWD_KERNEL(K, 8, state_rec, true)
+  DR_STATE_FWD_KERNEL(K, 1, state_fwd, dr::MODE_FUSED)                                              \
+  DR_STATE_FWD_KERNEL(K, 2, state_fwd, dr::MODE_FUSED)                                              \
+  DR_STATE_FWD_KERNEL(K, 4, state_fwd, dr::MODE_FUSED)                                              \
+  DR_STATE_FWD_KERNEL(K, 8, state_fwd, dr::MODE_FUSED)                                              \
+  DR_STATE_FWD_KERNEL(K, 1, state_rec, dr::MODE_REC)                                                \
+  DR_STATE_FWD_KERNEL(K, 2, state_rec, dr::MODE_REC)                                                \
+  DR_STATE_FWD_KERNEL(K, 4, state_rec, dr::MODE_REC)                                                \
+  DR_STATE_FWD_KERNEL(K, 8, state_rec, dr::MODE_REC)                                                \
+  DR_STATE_FWD_KERNEL(K, 1, state_split, dr::MODE_SPLIT)                                            \
+  DR_STATE_FWD_KERNEL(K, 2, state_split, dr::MODE_SPLIT)                                            \
+  DR_STATE_FWD_KERNEL(K, 4, state_split, dr::MODE_SPLIT)                                            \
+  DR_STATE_FWD_KERNEL(K, 8, state_split, dr::MODE_SPLIT)
 
-#define DR_STATE_BWD_KERNEL(K, BV)                                                                     \
-  extern "C" __global__ void __launch_bounds__(K / 16 * 32)                                       \
-      dr_state_bwd_k##K##_bv##BV(const bf16* q, const bf16* k, const bf16* w, const float* gc,     \
-                                 const bf16* d_o, const float* dvl, const int* ctab,               \
-                                 const int* seq_chunk, const float* dht, int H, int V,             \
-                                 float scale, float* dh, bf16* dvnew, float* dh0) {                \
-    dr::state_bwd_impl<K, BV>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,        \
-                              dvnew, dh0);                                                         \
+#define DR_STATE_BWD_KERNEL(K, NWC)                                                                \
+  extern "C" __global__ void __launch_bounds__(NWC * 32)                                           \
+      dr_state_bwd_k##K##_nw##NWC(const bf16* q, const bf16* k, const bf16* w, const float* gc,    \
+                                  const bf16* d_o, const float* dvl, const int* ctab,              \
+                                  const int* seq_chunk, const float* dht, int H, int V,            \
+                                  float scale, float* dh, bf16* dvnew, float* dh0) {               \
+    dr::state_bwd_impl<K, NWC>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,       \
+                               dvnew, dh0);                                                        \
   }
+#define DR_STATE_BWD_KERNELS(K)                                                                    \
+  DR_STATE_BWD_KERNEL(K, 1)                                                                        \
+  DR_STATE_BWD_KERNEL(K, 2)                                                                        \
+  DR_STATE_BWD_KERNEL(K, 4)                                                                        \
+  DR_STATE_BWD_KERNEL(K, 8)
 
 // Decode variants (K, BV, NT, min blocks per SM); the host's table `DECODE_CFGS` in
 // src/cuda/delta_rule.rs lists the same ones. The minimum-blocks bound caps the registers so that
@@ -2191,15 +2423,9 @@ DR_CHUNK_KERNELS(256)
 DR_STATE_FWD_KERNELS(64)
 DR_STATE_FWD_KERNELS(128)
 DR_STATE_FWD_KERNELS(256)
-DR_STATE_BWD_KERNEL(64, 16)
-DR_STATE_BWD_KERNEL(64, 32)
-DR_STATE_BWD_KERNEL(64, 64)
-DR_STATE_BWD_KERNEL(128, 16)
-DR_STATE_BWD_KERNEL(128, 32)
-DR_STATE_BWD_KERNEL(128, 64)
-DR_STATE_BWD_KERNEL(256, 16)
-DR_STATE_BWD_KERNEL(256, 32)
-DR_STATE_BWD_KERNEL(256, 64)
+DR_STATE_BWD_KERNELS(64)
+DR_STATE_BWD_KERNELS(128)
+DR_STATE_BWD_KERNELS(256)
 DR_DECODE_KERNEL(64, 64, 16, 64, 16)
 DR_DECODE_KERNEL(64, 64, 64, 128, 8)
 DR_DECODE_KERNEL(64, 128, 16, 64, 16)
