@@ -309,8 +309,9 @@ impl PassKind {
     /// (L, T) in µs at head size `k`: a CTA's chunk step takes L when each of its warps has an SM
     /// sub-partition to itself, and w × T when w warps share one. Split and Rec measured on H200
     /// (session 4, call 4; Rec = Split plus the dh copy), Fused in call 5, all with every warp
-    /// count forced on the five bench shapes; Bwd assumed 1.5 × Split (its products per chunk;
-    /// not measured).
+    /// count forced on the five bench shapes; Bwd taken as 1.5 × Split (its products per chunk),
+    /// which picks the measured best of call 6 on every bench shape (its L measured 6.3 µs at
+    /// K = 128 against the 5.1 assumed).
     fn step_us(self, k: usize) -> (f64, f64) {
         let kf = k as f64;
         let split = (1.2 + 0.0172 * kf, 0.7 + 0.0141 * kf);
@@ -391,8 +392,11 @@ fn pick_state_nw(
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .and_then(|nw| vars.iter().filter(fits).find(|s| s.nw == nw));
+    // Ties go to the wider variant (fewer CTAs re-reading W and K; B8·T2048 fused: 8 warps
+    // 0.317 ms against 4 warps 0.331, both estimated at two warps per sub-partition).
     let best = forced.unwrap_or_else(|| {
         vars.iter()
+            .rev()
             .filter(fits)
             .min_by(|a, b| cost(a).total_cmp(&cost(b)))
             .expect("ChunkKernels::load keeps the one-warp variant, whose width divides every V")
@@ -1433,7 +1437,8 @@ mod decode_tests {
 mod state_cost_tests {
     use super::{fwd_o_cost, state_step_cost, PassKind};
 
-    /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model.
+    /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model, ties
+    /// to the wider, as `pick_state_nw`.
     fn best(
         vars: &[(usize, usize)],
         seq_heads: usize,
@@ -1441,6 +1446,7 @@ mod state_cost_tests {
         pass: PassKind,
     ) -> (usize, f64) {
         vars.iter()
+            .rev()
             .filter(|&&(nw, _)| v % (16 * nw) == 0)
             .map(|&(nw, per_sm)| (nw, state_step_cost(nw, per_sm, seq_heads * v, k, pass, 132)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -1450,7 +1456,7 @@ mod state_cost_tests {
     /// CTAs per SM of each warp count as the driver reports them on H200 for the shared memory
     /// and registers of each variant.
     const SPLIT_K128: [(usize, usize); 4] = [(1, 2), (2, 2), (4, 2), (8, 1)];
-    const FUSED_K128: [(usize, usize); 4] = [(1, 2), (2, 2), (4, 1), (8, 1)];
+    const FUSED_K128: [(usize, usize); 4] = [(1, 2), (2, 2), (4, 2), (8, 1)];
     const ONE_PER_SM: [(usize, usize); 4] = [(1, 1), (2, 1), (4, 1), (8, 1)];
 
     /// The model picks the variant that measured fastest on H200 (session 4, calls 4 and 5:
@@ -1485,6 +1491,19 @@ mod state_cost_tests {
         // Fused: B8·T2048 8 0.317, 4 0.330; K256: 8 0.876, 4 1.595.
         assert_eq!(best(&FUSED_K128, 128, (128, 128), PassKind::Fused).0, 8);
         assert_eq!(best(&ONE_PER_SM, 24, (256, 512), PassKind::Fused).0, 8);
+        // Backward (call 6): B8·T2048 8 0.233, 4 0.266; B4·T4096 4 0.408, 8 0.450; B2·T8192
+        // 4 0.805, 8 0.894; B1·T16384 4 1.601, 8 1.771; K256 8 0.753, 4 1.339.
+        let bwd_k128 = [(1, 3), (2, 3), (4, 2), (8, 2)];
+        assert_eq!(best(&bwd_k128, 128, (128, 128), PassKind::Bwd).0, 8);
+        for nh in [64, 32, 16] {
+            assert_eq!(
+                best(&bwd_k128, nh, (128, 128), PassKind::Bwd).0,
+                4,
+                "N·H = {nh}"
+            );
+        }
+        let bwd_k256 = [(1, 2), (2, 1), (4, 1), (8, 1)];
+        assert_eq!(best(&bwd_k256, 24, (256, 512), PassKind::Bwd).0, 8);
     }
 
     /// Fused or split forward as measured (call 5 against call 4, whole forward): fused for

@@ -23,11 +23,12 @@ use anyhow::Result;
 /// bf16 inputs) stays below 0.84× that probe (`cuda::delta_rule::mirror`,
 /// `gate_grad_error_vs_noise_probe`; docs/perf.md, "Gradient precision through dg").
 /// The probe is one bf16 rounding of each activation; the GPU rounds at several points on the
-/// way (projection, conv, SiLU, norm, gate), so a row allows [`PROBE_ROUNDINGS`] probes
-/// (measured in session 4, call 1: up to 1.25 probes).
+/// way (projection, conv, SiLU, norm, gate, the delta rule's operands), so a row allows
+/// [`PROBE_ROUNDINGS`] probes (measured in session 4: up to 1.25 probes in call 1, 1.97 in call 6
+/// — dt_bias of the tied configuration, with the v5 state passes — over 3 draws).
 const TOL_BF16: f64 = 3e-2;
 /// Probe sizes a parameter gradient row allows (see [`TOL_BF16`]).
-const PROBE_ROUNDINGS: f64 = 2.0;
+const PROBE_ROUNDINGS: f64 = 3.0;
 /// The loss (relative).
 const TOL_LOSS: f64 = 1e-2;
 
