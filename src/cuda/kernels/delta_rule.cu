@@ -11,7 +11,8 @@
 // sequence end are zero-filled on load, get γ = δ = 0 and are never written.
 //
 // Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators (tf32 16x16x8 for the
-// T-chain of the WY backward). Every wmma pointer is 32-byte aligned: shared arrays are carved at
+// T-chain of the WY backward); the sequential state passes use mma.sync m16n8k16 + ldmatrix
+// directly (their operands stay in registers: see the helpers before kernel 2). Every wmma pointer is 32-byte aligned: shared arrays are carved at
 // 128-byte boundaries, bf16 row strides are multiples of 8 elements, f32 strides multiples of 4,
 // and tiles start at multiples of 16 rows/columns.
 
