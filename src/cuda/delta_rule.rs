@@ -108,6 +108,11 @@ fn launch(
     Ok(())
 }
 
+/// [`launch`] of a chunk kernel with its own name and shared-memory size.
+fn launch_kern(gpu: &Gpu, k: &Kern, grid: (u32, u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+    launch(gpu, &k.f, &k.name, grid, block, k.smem, args)
+}
+
 fn ptr<T, S: DevicePtr<T>>(gpu: &Gpu, x: &S) -> u64 {
     x.device_ptr(&gpu.stream).0
 }
@@ -821,13 +826,11 @@ fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64
     let w = ptr_mut(gpu, &mut ws.w);
     let u = ptr_mut(gpu, &mut ws.u);
     let kp = &ws.kern.prep;
-    launch(
+    launch_kern(
         gpu,
-        &kp.f,
-        &kp.name,
+        kp,
         (nc as u32, h as u32, 1),
         256,
-        kp.smem,
         &[
             Arg::P(ptr(gpu, &inp.k)),
             Arg::P(ptr(gpu, &inp.v)),
@@ -887,13 +890,11 @@ fn run_state_pass(
     };
     let (hs, vnew) = if fused { (0, 0) } else { (hs, vnew) };
     let ks = &sk.k;
-    launch(
+    launch_kern(
         gpu,
-        &ks.f,
-        &ks.name,
+        ks,
         (n as u32, h as u32, (v / (16 * sk.nw)) as u32),
         (sk.nw * 32) as u32,
-        ks.smem,
         &[
             Arg::P(w),
             Arg::P(u),
@@ -939,13 +940,11 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
         dv: v,
     } = ws.dims;
     let ko = &ws.kern.fwd_o;
-    launch(
+    launch_kern(
         gpu,
-        &ko.f,
-        &ko.name,
+        ko,
         (nc as u32, h as u32, 1),
         256,
-        ko.smem,
         &[
             Arg::P(ptr(gpu, &inp.q)),
             Arg::P(ptr(gpu, &inp.k)),
@@ -1062,13 +1061,11 @@ pub fn chunk_backward(
     {
         let kern = &ws.kern;
         if nc > 0 {
-            launch(
+            launch_kern(
                 gpu,
-                &kern.dvloc.f,
-                &kern.dvloc.name,
+                &kern.dvloc,
                 (nc as u32, h as u32, 1),
                 256,
-                kern.dvloc.smem,
                 &[
                     Arg::P(pq),
                     Arg::P(pk),
@@ -1085,13 +1082,11 @@ pub fn chunk_backward(
         probe_mark(gpu, ws, "bwd: dvloc")?;
         let (sb, _) = ws.state_kern(n, PassKind::Bwd);
         let ks = &sb.k;
-        launch(
+        launch_kern(
             gpu,
-            &ks.f,
-            &ks.name,
+            ks,
             (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
             (sb.nw * 32) as u32,
-            ks.smem,
             &[
                 Arg::P(pq),
                 Arg::P(pk),
@@ -1118,13 +1113,11 @@ pub fn chunk_backward(
         return Ok(());
     }
     let kern = &ws.kern;
-    launch(
+    launch_kern(
         gpu,
-        &kern.dqk.f,
-        &kern.dqk.name,
+        &kern.dqk,
         (nc as u32, h as u32, 1),
         kern.bwd_threads,
-        kern.dqk.smem,
         &[
             Arg::P(pq),
             Arg::P(pk),
@@ -1145,13 +1138,11 @@ pub fn chunk_backward(
         ],
     )?;
     probe_mark(gpu, ws, "bwd: dqk")?;
-    launch(
+    launch_kern(
         gpu,
-        &kern.wy.f,
-        &kern.wy.name,
+        &kern.wy,
         (nc as u32, h as u32, 1),
         kern.bwd_threads,
-        kern.wy.smem,
         &[
             Arg::P(pk),
             Arg::P(pv),

@@ -612,27 +612,7 @@ pub fn l2norm_fwd(
     r: &mut impl DevicePtrMut<f32>,
     d: usize,
 ) -> Result<()> {
-    let op = "l2norm_fwd";
-    let rows = rows_of(op, "x", x.len(), d)?;
-    expect_len(op, "y", y.len(), x.len(), "same as x")?;
-    expect_len(op, "r", r.len(), rows, "rows")?;
-    if rows == 0 {
-        return Ok(());
-    }
-    let rows_ = to_i32(op, "rows", rows)?;
-    let d_ = to_i32(op, "d", d)?;
-    let s = &*gpu.stream;
-    let (xp, _x) = x.device_ptr(s);
-    let (yp, _y) = y.device_ptr_mut(s);
-    let (rp, _r) = r.device_ptr_mut(s);
-    match norm_geometry(d, NORM_FWD_MAX_CHUNKS).filter(|_| aligned16(&[xp, yp])) {
-        Some((l, n)) => {
-            launch_named!(gpu, NORMS, format!("l2norm_fwd_{l}_{n}"), norm_fast_cfg(rows, l);
-            xp, yp, rp, rows_)
-        }
-        None => launch!(gpu, NORMS, "l2norm_fwd", row_cfg(rows, d, 0); xp, yp, rp, rows_, d_),
-    }
-    Ok(())
+    row_l2norm_fwd(gpu, "l2norm_fwd", x, y, r, d)
 }
 
 /// y = l2norm(silu(x)) with r per row (`nn::l2norm_fwd` of `nn::silu_fwd`): bit for bit
@@ -645,7 +625,21 @@ pub fn l2norm_silu_fwd(
     r: &mut impl DevicePtrMut<f32>,
     d: usize,
 ) -> Result<()> {
-    let op = "l2norm_silu_fwd";
+    row_l2norm_fwd(gpu, "l2norm_silu_fwd", x, y, r, d)
+}
+
+/// The launcher of [`l2norm_fwd`] and [`l2norm_silu_fwd`] (kernels `{op}` and the fast
+/// `{op}_{L}_{N}`): the fast geometry when x and y are aligned (the two-step SiLU path checks
+/// its scratch buffer and y: the same choice wherever the scratch is aligned as x, as the
+/// model's buffers are).
+fn row_l2norm_fwd(
+    gpu: &Gpu,
+    op: &'static str,
+    x: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    r: &mut impl DevicePtrMut<f32>,
+    d: usize,
+) -> Result<()> {
     let rows = rows_of(op, "x", x.len(), d)?;
     expect_len(op, "y", y.len(), x.len(), "same as x")?;
     expect_len(op, "r", r.len(), rows, "rows")?;
@@ -658,16 +652,12 @@ pub fn l2norm_silu_fwd(
     let (xp, _x) = x.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = r.device_ptr_mut(s);
-    // The fast geometry when x and y are aligned (the two-step path checks its scratch buffer
-    // and y: the same choice wherever the scratch is aligned as x, as the model's buffers are).
     match norm_geometry(d, NORM_FWD_MAX_CHUNKS).filter(|_| aligned16(&[xp, yp])) {
         Some((l, n)) => {
-            launch_named!(gpu, NORMS, format!("l2norm_silu_fwd_{l}_{n}"), norm_fast_cfg(rows, l);
+            launch_named!(gpu, NORMS, format!("{op}_{l}_{n}"), norm_fast_cfg(rows, l);
             xp, yp, rp, rows_)
         }
-        None => {
-            launch!(gpu, NORMS, "l2norm_silu_fwd", row_cfg(rows, d, 0); xp, yp, rp, rows_, d_)
-        }
+        None => launch_named!(gpu, NORMS, op, row_cfg(rows, d, 0); xp, yp, rp, rows_, d_),
     }
     Ok(())
 }
