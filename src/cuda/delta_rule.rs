@@ -229,7 +229,7 @@ struct ChunkKernels {
     state_rec: Vec<StateKern>,
     state_split: Vec<StateKern>,
     state_bwd: Vec<StateKern>,
-    /// Threads of the dqk and wy kernels.
+    /// Threads of the dqk and wy kernels (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
 }
 

@@ -11,10 +11,11 @@
 // sequence end are zero-filled on load, get γ = δ = 0 and are never written.
 //
 // Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators (tf32 16x16x8 for the
-// T-chain of the WY backward); the sequential state passes use mma.sync m16n8k16 + ldmatrix
-// directly (their operands stay in registers: see the helpers before kernel 2). Every wmma pointer is 32-byte aligned: shared arrays are carved at
-// 128-byte boundaries, bf16 row strides are multiples of 8 elements, f32 strides multiples of 4,
-// and tiles start at multiples of 16 rows/columns.
+// T-chain of the WY backward); the sequential state passes and the dq/dk kernel (6) use
+// mma.sync m16n8k16 + ldmatrix directly (their operands stay in registers: see the helpers before
+// kernel 2; scripts/cuda_emu runs kernel 6 on the CPU against a reference). Every wmma pointer is
+// 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides are multiples
+// of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16 rows/columns.
 
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -1377,61 +1378,65 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 }
 
 // ------------------------------------------------------------------------------------------
-// Kernel 6: per (chunk, head), looping over V in 64-column slices:
-//   dP = s dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
+// Kernel 6: per (chunk, head), looping over V in slices of 32 columns:
+//   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
 //   built from dKi cancel heavily and bf16 dh alone costs ~1e-2 relative error in dg);
 // ⟨h_c, dh_c⟩ comes in f32 from kernel 2's per-warp partials (sd_part, np per chunk and head);
-// then dq = s diag(γ) dQ1 + (dP ⊙ Γ ⊙ L) K (final), dk = (dP ⊙ Γ ⊙ L)ᵀ Q + diag(δ) dKi (partial,
-// completed by kernel 7) and the partial dG (completed by kernel 7) written into dg.
+// then, with pb = bf16(s dP ⊙ Γ) on j <= i < len (zero elsewhere) and E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L),
+//   dq = s diag(γ) dQ1 + pb K (final),  dk = diag(δ) dKi + pbᵀ Q (partial, completed by kernel 7),
+//   dG_i = Σ_j E_ij − Σ_j E_ji + q_i·(s γ_i dQ1)_i − k_i·(δ_i dKi)_i, at i = len − 1 also
+//          + Σ_r k_r·(δ_r dKi)_r + γ_last ⟨h_c, dh_c⟩ (partial, completed by kernel 7, into dg).
 //
-// v4: 2 CTAs per SM for K <= 128 (113.9 KB of shared memory, <= 128 registers; v3 had 134.4 KB
-// and 172 registers, 1 CTA per SM). q and k are needed only after the V loop, so they load while
-// the loop runs, and QKᵀ is formed after it (in the space the loop buffers had). The 64 x K f32
-// staging X and the f32 dP array are gone: each warp takes its own tiles through a 16 x 16
-// staging tile (row scales, row-dot partials per 16 columns, then back into the fragment for the
-// pb products, then to global). qdot/kdot are sums of per-tile partials (fixed order).
+// v5, the register-resident style of the state passes (raw mma.sync + ldmatrix). 4·NS warps
+// (NS = 2; 4 at K = 256, 512 threads): warp w owns the rows t ∈ [16 rb, 16 rb + 16), rb = w mod 4,
+// and, with sp = w / 4, the columns [sp·K/NS, +K/NS) of dQ1 and dKi and [sp·64/NS, +64/NS) of dP,
+// as m16n8 accumulator tiles that stay in registers across the V loop (64 f32 registers for dQ1 and
+// dKi, 16 or 8 for dP). Loop operands: A = dO and Ṽ rows by ldmatrix, B = Ṽ and h_c rows by
+// ldmatrix, B = dh_c from f32 pairs in shared memory, split into hi and lo in registers (each
+// B element is split by the 4 warps that use it; the split is v4's, value for value). dP tiles
+// above the diagonal block are not formed (they are masked out anyway).
+// After the loop: pb tiles (bf16) go to shared memory, the only product operand that crosses
+// warps; then each warp forms its dq and dk rows from its accumulators (row scale, row-dot partial
+// by quad shuffles, + pb K resp. pbᵀ Q with A = pb by ldmatrix(.trans), B = K, Q by
+// ldmatrix.trans, f32 straight to global), then QKᵀ on its dP tiles, E in registers, E's row sums
+// over its columns (quad shuffles) and column sums over its 16 rows (shuffles across g). Warp 0
+// adds the per-warp partials in a fixed order for dG (no atomics: deterministic).
+// The V slices (dO, Ṽ, h_c bf16 and dh_c f32) go through NBUF shared buffers by cp.async, one
+// group per slice issued NBUF − 1 slices ahead, one barrier per slice; q and k load into the
+// buffer the slice after the last would use, during the last slices; pb goes into the last
+// slice's buffer. Rows t >= len of a partial chunk are zero-filled (dO, Ṽ, q, k), have γ = δ = 0
+// and are never written.
 
 template <int K>
 struct DqkSm {
-  static constexpr int NW = (K >= 256) ? 16 : 8;
-  static constexpr int MINB = (K >= 256) ? 1 : 2;  // CTAs per SM the registers are capped for
-  bf16* q;      // [64][K+8]
-  bf16* k;      // [64][K+8]
-  // loop: dos [64][72], vns [64][72], hs [K][72], dhs, dhl [K][72] (dh hi, lo);
-  // after the loop: P [64][68] (QKᵀ, then E = s dP ⊙ P), pb [64][72], stage [NW][16][20]
-  char* region;
-  bf16 *dos, *vns, *hs, *dhs, *dhl;
-  float *P, *stage;
-  bf16* pb;
-  float *G, *gam, *dec, *rsum, *csum;  // [64] each
-  float *qp, *kp;                      // [K/16][64] row-dot partials per 16 columns
+  static constexpr int NS = (K >= 256) ? 4 : 2;  // column splits (warps per 16-row block)
+  static constexpr int NW = 4 * NS;
+  static constexpr int MINB = (K >= 256) ? 1 : 2;    // CTAs per SM the registers are capped for
+  static constexpr int NBUF = (K == 128) ? 2 : 3;    // slice buffers (K = 128: 2 CTAs per SM)
+  static constexpr int KW = K / NS, PW = CH / NS;    // dQ1/dKi and dP columns per warp
+  static constexpr int SW = 32, SLD = SW + 8;        // slice width; row stride (elements)
+  static constexpr int QLD = K + 8;                  // row stride of q and k
+  // A slice buffer: dO [64][SLD], Ṽ [64][SLD], h_c [K][SLD] (bf16), dh_c [K][SLD] (f32; a row
+  // stride of 40 words keeps the f32-pair reads conflict-free).
+  static constexpr unsigned OFF_V = CH * SLD * 2, OFF_H = 2 * CH * SLD * 2,
+                            OFF_D = OFF_H + K * SLD * 2, BUF = OFF_D + K * SLD * 4;
+  static_assert(2 * CH * QLD * 2 <= BUF, "q and k share one slice buffer");
+  static_assert(CH * LD64 * 2 <= BUF, "pb fits one slice buffer");
+  static_assert(OFF_V % 128 == 0 && OFF_H % 128 == 0 && OFF_D % 128 == 0 && BUF % 128 == 0,
+                "slice arrays start at 128-byte boundaries");
+  char* buf;                   // NBUF x BUF
+  float *G, *gam, *dec;        // [64]
+  float *rsp, *qp, *kp;        // [NS][64]: per-split partials of E's row sums, q·dq, k·dk
+  float* csp;                  // [4][64]: per-row-block partials of E's column sums
   __device__ void carve(Carve& c) {
-    q = c.take<bf16>(CH * (K + 8));
-    k = c.take<bf16>(CH * (K + 8));
-    const unsigned loop_bytes = (2 * CH * LD64 + 3 * K * LD64) * 2;
-    const unsigned post_bytes = CH * LF64 * 4 + CH * LD64 * 2 + NW * STG_SZ * 4;
-    region = c.take<char>(loop_bytes > post_bytes ? loop_bytes : post_bytes);
-    {
-      Carve r(region);
-      dos = r.take<bf16>(CH * LD64);
-      vns = r.take<bf16>(CH * LD64);
-      hs = r.take<bf16>(K * LD64);
-      dhs = r.take<bf16>(K * LD64);
-      dhl = r.take<bf16>(K * LD64);
-    }
-    {
-      Carve r(region);
-      P = r.take<float>(CH * LF64);
-      pb = r.take<bf16>(CH * LD64);
-      stage = r.take<float>(NW * STG_SZ);
-    }
+    buf = c.take<char>(NBUF * BUF);
     G = c.take<float>(CH);
     gam = c.take<float>(CH);
     dec = c.take<float>(CH);
-    rsum = c.take<float>(CH);
-    csum = c.take<float>(CH);
-    qp = c.take<float>((K / 16) * CH);
-    kp = c.take<float>((K / 16) * CH);
+    rsp = c.take<float>(NS * CH);
+    qp = c.take<float>(NS * CH);
+    kp = c.take<float>(NS * CH);
+    csp = c.take<float>(4 * CH);
   }
 };
 
@@ -1444,226 +1449,321 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dg) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  DqkSm<K> S;
+  typedef DqkSm<K> L;
+  L S;
   S.carve(cv);
-  constexpr int NW = DqkSm<K>::NW;
-  constexpr int NP = 16 / NW;            // dP tiles per warp
-  constexpr int KT = K / 16;             // column tiles of a 64xK matrix
-  constexpr int NQ = (4 * KT) / NW;      // 64xK tiles per warp
+  constexpr int SW = L::SW, SLD = L::SLD, QLD = L::QLD, KW = L::KW, PW = L::PW, NBUF = L::NBUF;
+  constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dQ1 (and dKi) rows
+  constexpr int NPT = PW / 8;  // of its dP rows
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+  // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  // This warp: rows r0.., dQ1/dKi columns kc0.., dP columns pc0..; this lane: rows i0, i0 + 8.
+  const int rb = warp & 3, r0 = 16 * rb, sp = warp >> 2, kc0 = sp * KW, pc0 = sp * PW;
+  const int i0 = r0 + g;
+  const int pdiag = rb - pc0 / 16;  // dP tile pairs 0..pdiag are on or below the diagonal
+  const int nsl = V / SW;
   const bf16* do0 = d_o + ((long)start * H + h) * V;
   const bf16* vn0 = vnew + ((long)start * H + h) * V;
   const long hoff = ((long)cg * H + h) * K * V;
 
-  // cp.async groups: slice 0 first, then q and k (used only after the loop), so the first slice
-  // waits for its own loads only.
-  load_bf16_async(S.dos, LD64, do0, (long)H * V, CH, 64, len);
-  load_bf16_async(S.vns, LD64, vn0, (long)H * V, CH, 64, len);
-  load_bf16_async(S.hs, LD64, hst + hoff, V, K, 64, K);
-  cp_commit();
-  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  cp_commit();
-  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+  // Item it: slice it into buffer it mod NBUF; it == nsl: q and k into buffer nsl mod NBUF (last
+  // read by slice nsl − NBUF, and by no later one); beyond: an empty group (uniform wait counts).
+  auto issue = [&](int it) {
+    if (it < nsl) {
+      char* b = S.buf + (it % NBUF) * L::BUF;
+      const int v0 = it * SW;
+      load_bf16_async(reinterpret_cast<bf16*>(b), SLD, do0 + v0, (long)H * V, CH, SW, len);
+      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_V), SLD, vn0 + v0, (long)H * V, CH, SW,
+                      len);
+      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_H), SLD, hst + hoff + v0, V, K, SW, K);
+      load_f32_async(reinterpret_cast<float*>(b + L::OFF_D), SLD, dh + hoff + v0, V, K, SW, K);
+    } else if (it == nsl) {
+      bf16* qb = reinterpret_cast<bf16*>(S.buf + (nsl % NBUF) * L::BUF);
+      load_bf16_async(qb, QLD, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+      load_bf16_async(qb + CH * QLD, QLD, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+    }
+    cp_commit();
+  };
+#pragma unroll
+  for (int it = 0; it < NBUF - 1; ++it) issue(it);
 
-  FC fdp[NP], fq[NQ], fk[NQ];
-#pragma unroll
-  for (int i = 0; i < NP; ++i) wmma::fill_fragment(fdp[i], 0.f);
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    wmma::fill_fragment(fq[i], 0.f);
-    wmma::fill_fragment(fk[i], 0.f);
-  }
-  for (int v0 = 0; v0 < V; v0 += 64) {
-    if (v0 > 0) {
-      __syncthreads();  // every warp is done with the previous slice
-      load_bf16_async(S.dos, LD64, do0 + v0, (long)H * V, CH, 64, len);
-      load_bf16_async(S.vns, LD64, vn0 + v0, (long)H * V, CH, 64, len);
-      load_bf16_async(S.hs, LD64, hst + hoff + v0, V, K, 64, K);
-      cp_commit();
-    }
-    // dh (f32) → bf16 hi + lo. A thread's float4 loads are issued together (DB per batch) before
-    // the first use.
-    {
-      constexpr int NDH = K * 16 / (NW * 32);       // float4 per thread: 4 (K=64), 8, 8 (K=256)
-      constexpr int DB = (K >= 256) ? NDH / 2 : NDH;  // K=256 runs at the 128-register cap
-#pragma unroll
-      for (int b0 = 0; b0 < NDH; b0 += DB) {
-        float4 x[DB];
-#pragma unroll
-        for (int e = 0; e < DB; ++e) {
-          const int idx = tid + (b0 + e) * NW * 32, r = idx >> 4, c = (idx & 15) * 4;
-          x[e] = *reinterpret_cast<const float4*>(dh + hoff + (long)r * V + v0 + c);
-        }
-#pragma unroll
-        for (int e = 0; e < DB; ++e) {
-          const int idx = tid + (b0 + e) * NW * 32, r = idx >> 4, c = (idx & 15) * 4;
-          const __nv_bfloat162 h01 = __floats2bfloat162_rn(x[e].x, x[e].y);
-          const __nv_bfloat162 h23 = __floats2bfloat162_rn(x[e].z, x[e].w);
-          const __nv_bfloat162 l01 = __floats2bfloat162_rn(x[e].x - __low2float(h01),
-                                                           x[e].y - __high2float(h01));
-          const __nv_bfloat162 l23 = __floats2bfloat162_rn(x[e].z - __low2float(h23),
-                                                           x[e].w - __high2float(h23));
-          uint2 hv, lv;
-          hv.x = *reinterpret_cast<const unsigned*>(&h01);
-          hv.y = *reinterpret_cast<const unsigned*>(&h23);
-          lv.x = *reinterpret_cast<const unsigned*>(&l01);
-          lv.y = *reinterpret_cast<const unsigned*>(&l23);
-          *reinterpret_cast<uint2*>(S.dhs + r * LD64 + c) = hv;
-          *reinterpret_cast<uint2*>(S.dhl + r * LD64 + c) = lv;
-        }
-      }
-    }
-    if (v0 == 0)
-      cp_wait<1>();  // slice 0 landed; q and k may still be in flight
-    else
-      cp_wait<0>();
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < NP; ++i) {
-      const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        FAr a;
-        FBc b;
-        wmma::load_matrix_sync(a, S.dos + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, S.vns + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(fdp[i], a, b, fdp[i]);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < NQ; ++i) {
-      const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        FAr a1, a2;
-        FBc b1, b2;
-        wmma::load_matrix_sync(a1, S.dos + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b1, S.hs + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(fq[i], a1, b1, fq[i]);
-        wmma::load_matrix_sync(a2, S.vns + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b2, S.dhs + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(fk[i], a2, b2, fk[i]);
-        wmma::load_matrix_sync(b2, S.dhl + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(fk[i], a2, b2, fk[i]);
-      }
-    }
-  }
-  cp_wait<0>();     // q, k (a no-op when V > 64: waited for in the loop)
-  __syncthreads();  // the loop buffers are dead from here: P, pb and the stages live in their place
+  // G, γ, δ (published by the loop's first barrier); warp 0 reads the ⟨h_c, dh_c⟩ partials now
+  // and sums them at the end.
   if (tid < CH) {
     const bool ok = tid < len;
-    S.gam[tid] = ok ? __expf(S.G[tid]) : 0.f;
-    S.dec[tid] = ok ? __expf(S.G[len - 1] - S.G[tid]) : 0.f;
+    const float gt = ok ? gc[(long)(start + tid) * H + h] : 0.f;
+    const float gl = gc[(long)(start + len - 1) * H + h];
+    S.G[tid] = gt;
+    S.gam[tid] = ok ? __expf(gt) : 0.f;
+    S.dec[tid] = ok ? __expf(gl - gt) : 0.f;
   }
-  qk_lower<K>(S.q, S.k, S.P);
-  __syncthreads();
-
-  // dG from E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L) (row sums minus column sums; E overwrites P, each element
-  // by the lane that reads it), and pb = s dP ⊙ Γ on j <= i < len, per dP tile of this warp.
-  float* stg = S.stage + warp * STG_SZ;
-  const int sr = lane >> 1, sc = (lane & 1) * 8;  // this lane's row and 8 columns of a tile
-#pragma unroll
-  for (int i = 0; i < NP; ++i) {
-    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    wmma::store_matrix_sync(stg, fdp[i], STG, wmma::mem_row_major);
-    __syncwarp();
-    const int row = ti * 16 + sr;
-    const float gi = S.G[row];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const int col = tj * 16 + sc + e;
-      const float d = stg[sr * STG + sc + e];
-      float x = 0.f, p = 0.f;
-      if (col <= row && row < len) {
-        const float ge = __expf(gi - S.G[col]);
-        p = S.P[row * LF64 + col] * ge;
-        x = scale * d * ge;
-      }
-      S.P[row * LF64 + col] = scale * d * p;
-      S.pb[row * LD64 + col] = f2b(x);
-    }
-    __syncwarp();
-  }
-  // (E is zero outside j <= i < len, so these sums are already masked.) The stages hold the
-  // column-sum partials; rowcol_sums ends with a barrier, after which they are free again.
-  rowcol_sums<NW * 32>(S.P, nullptr, S.rsum, nullptr, S.csum, S.stage);
-
-  // dq = s γ_i dQ1 + pb K; qdot_i = q_i · (s γ_i dQ1)_i, per 16-column tile.
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(stg, fq[i], STG, wmma::mem_row_major);
-    __syncwarp();
-    {
-      const int row = ti * 16 + sr;
-      const float f = scale * S.gam[row];
-      const float a = staged_row_dot<true>(stg + sr * STG + sc, S.q + row * (K + 8) + tj * 16 + sc, f);
-      if ((lane & 1) == 0) S.qp[tj * CH + row] = a;
-    }
-    __syncwarp();
-    wmma::load_matrix_sync(fq[i], stg, STG, wmma::mem_row_major);
-    for (int kk = 0; kk <= ti; ++kk) {
-      FAr a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
-      wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
-      wmma::mma_sync(fq[i], a, b, fq[i]);
-    }
-    frag_to_f32_global(fq[i], stg, dq + ((long)(start + ti * 16) * H + h) * K + tj * 16,
-                       (long)H * K, len - ti * 16);
-  }
-
-  // dk (partial) = δ_i dKi + pbᵀ Q; kdot_i = k_i · (δ_i dKi)_i, per 16-column tile.
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(stg, fk[i], STG, wmma::mem_row_major);
-    __syncwarp();
-    {
-      const int row = ti * 16 + sr;
-      const float f = S.dec[row];
-      const float a = staged_row_dot<true>(stg + sr * STG + sc, S.k + row * (K + 8) + tj * 16 + sc, f);
-      if ((lane & 1) == 0) S.kp[tj * CH + row] = a;
-    }
-    __syncwarp();
-    wmma::load_matrix_sync(fk[i], stg, STG, wmma::mem_row_major);
-    for (int kk = ti; kk < 4; ++kk) {
-      FAc a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
-      wmma::load_matrix_sync(b, S.q + kk * 16 * (K + 8) + tj * 16, K + 8);
-      wmma::mma_sync(fk[i], a, b, fk[i]);
-    }
-    frag_to_f32_global(fk[i], stg, dk + ((long)(start + ti * 16) * H + h) * K + tj * 16,
-                       (long)H * K, len - ti * 16);
-  }
-  __syncthreads();  // qp, kp complete
-
-  // Partial dG, by warp 0: qdot, kdot as sums of the tile partials (fixed order), Σ kdot and
-  // Σ sd_part as warp sums.
+  float sd = 0.f;
   if (warp == 0) {
-    float ksum = 0.f, sd = 0.f;
+    const float* spp = sd_part + ((long)cg * H + h) * np;
+    for (int r = lane; r < np; r += 32) sd += spp[r];
+  }
+
+  // Accumulators: tile nt of dq1/dki is columns kc0 + 8nt.., of dp columns pc0 + 8nt..; element
+  // e is row i0 + 8 (e >> 1), column + 2qd + (e & 1).
+  float dp[NPT][4], dq1[NKT][4], dki[NKT][4];
+#pragma unroll
+  for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dp[nt][e] = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      dq1[nt][e] = 0.f;
+      dki[nt][e] = 0.f;
+    }
+
+  for (int s = 0; s < nsl; ++s) {
+    // Slice s landed (only the NBUF − 2 newer groups may be pending); after the barrier every
+    // warp is done with slice s − 1, whose buffer the next item takes.
+    cp_wait<NBUF - 2>();
+    __syncthreads();
+    issue(s + NBUF - 1);
+    const char* b = S.buf + (s % NBUF) * L::BUF;
+    const bf16* dos = reinterpret_cast<const bf16*>(b);
+    const bf16* vns = reinterpret_cast<const bf16*>(b + L::OFF_V);
+    const bf16* hs = reinterpret_cast<const bf16*>(b + L::OFF_H);
+    const float* dhs = reinterpret_cast<const float*>(b + L::OFF_D);
+#pragma unroll
+    for (int ks = 0; ks < SW / 16; ++ks) {
+      // A = dO and Ṽ rows r0..: matrices (rows +0, v +0), (rows +8, v +0), (+0, +8), (+8, +8).
+      unsigned ao[4], av[4];
+      ldsm_x4(ao, dos + (r0 + 8 * lm_lo + lr) * SLD + 16 * ks + 8 * lm_hi);
+      ldsm_x4(av, vns + (r0 + 8 * lm_lo + lr) * SLD + 16 * ks + 8 * lm_hi);
+      // dP += dO Ṽᵀ (B = Ṽ rows t' = pc0 + 16 jp..).
+#pragma unroll
+      for (int jp = 0; jp < NPT / 2; ++jp) {
+        if (jp > pdiag) break;
+        unsigned r[4];
+        ldsm_x4(r, vns + (pc0 + 16 * jp + 8 * lm_hi + lr) * SLD + 16 * ks + 8 * lm_lo);
+        mma_bf16(dp[2 * jp], ao, r[0], r[1]);
+        mma_bf16(dp[2 * jp + 1], ao, r[2], r[3]);
+      }
+      // dQ1 += dO h_cᵀ (B = h_c rows kc0 + 16 jp..).
+#pragma unroll
+      for (int jp = 0; jp < NKT / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4(r, hs + (kc0 + 16 * jp + 8 * lm_hi + lr) * SLD + 16 * ks + 8 * lm_lo);
+        mma_bf16(dq1[2 * jp], ao, r[0], r[1]);
+        mma_bf16(dq1[2 * jp + 1], ao, r[2], r[3]);
+      }
+      // dKi += Ṽ dh_hiᵀ + Ṽ dh_loᵀ: B = dh_c[kc0 + 8nt + g][v = 16ks + 2qd (+1), (+8, +9)].
+#pragma unroll
+      for (int nt = 0; nt < NKT; ++nt) {
+        const float* d = dhs + (kc0 + 8 * nt + g) * SLD + 16 * ks + 2 * qd;
+        const float2 x0 = *reinterpret_cast<const float2*>(d);
+        const float2 x1 = *reinterpret_cast<const float2*>(d + 8);
+        const unsigned h0 = pack_bf2(x0.x, x0.y), h1 = pack_bf2(x1.x, x1.y);
+        const unsigned l0 = pack_bf2(x0.x - bf_lo(h0), x0.y - bf_hi(h0));
+        const unsigned l1 = pack_bf2(x1.x - bf_lo(h1), x1.y - bf_hi(h1));
+        mma_bf16(dki[nt], av, h0, h1);
+        mma_bf16(dki[nt], av, l0, l1);
+      }
+    }
+  }
+  cp_wait<0>();     // q and k
+  __syncthreads();  // every slice buffer but q/k's is dead
+  const bf16* qs = reinterpret_cast<const bf16*>(S.buf + (nsl % NBUF) * L::BUF);
+  const bf16* kls = qs + CH * QLD;
+  bf16* pb = reinterpret_cast<bf16*>(S.buf + ((nsl - 1) % NBUF) * L::BUF);
+  const float gi[2] = {S.G[i0], S.G[i0 + 8]};
+
+  // pb = s dP ⊙ Γ on j <= i < len (bf16), every element of this warp's tiles.
+#pragma unroll
+  for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + 8 * hf, j = pc0 + 8 * nt + 2 * qd;
+      const float x0 = (j <= i && i < len) ? scale * dp[nt][2 * hf] * __expf(gi[hf] - S.G[j]) : 0.f;
+      const float x1 =
+          (j + 1 <= i && i < len) ? scale * dp[nt][2 * hf + 1] * __expf(gi[hf] - S.G[j + 1]) : 0.f;
+      *reinterpret_cast<unsigned*>(pb + i * LD64 + j) = pack_bf2(x0, x1);
+    }
+  __syncthreads();  // pb complete
+
+  // dq = s γ_i dQ1 + pb K; qdot_i = q_i · (s γ_i dQ1)_i over this warp's columns.
+  {
+    const float f[2] = {scale * S.gam[i0], scale * S.gam[i0 + 8]};
+    float a[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const unsigned x =
+            *reinterpret_cast<const unsigned*>(qs + (i0 + 8 * hf) * QLD + kc0 + 8 * nt + 2 * qd);
+        dq1[nt][2 * hf] *= f[hf];
+        dq1[nt][2 * hf + 1] *= f[hf];
+        a[hf] += dq1[nt][2 * hf] * bf_lo(x);
+        a[hf] += dq1[nt][2 * hf + 1] * bf_hi(x);
+      }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 1);
+      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 2);
+      if (qd == 0) S.qp[sp * CH + i0 + 8 * hf] = a[hf];
+    }
+    // A = pb rows r0.., columns j = 16 kk.. (zero above the diagonal: kk <= rb only); B = K rows
+    // j, columns kc0 + 16 jp.. by ldmatrix.trans.
+    for (int kk = 0; kk <= rb; ++kk) {
+      unsigned ap[4];
+      ldsm_x4(ap, pb + (r0 + 8 * lm_lo + lr) * LD64 + 16 * kk + 8 * lm_hi);
+#pragma unroll
+      for (int jp = 0; jp < NKT / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, kls + (16 * kk + 8 * lm_lo + lr) * QLD + kc0 + 16 * jp + 8 * lm_hi);
+        mma_bf16(dq1[2 * jp], ap, r[0], r[1]);
+        mma_bf16(dq1[2 * jp + 1], ap, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + 8 * hf;
+      if (i < len) {
+        float* dst = dq + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
+#pragma unroll
+        for (int nt = 0; nt < NKT; ++nt)
+          *reinterpret_cast<float2*>(dst + 8 * nt) =
+              make_float2(dq1[nt][2 * hf], dq1[nt][2 * hf + 1]);
+      }
+    }
+  }
+
+  // dk (partial) = δ_i dKi + pbᵀ Q; kdot_i = k_i · (δ_i dKi)_i over this warp's columns.
+  {
+    const float f[2] = {S.dec[i0], S.dec[i0 + 8]};
+    float a[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const unsigned x =
+            *reinterpret_cast<const unsigned*>(kls + (i0 + 8 * hf) * QLD + kc0 + 8 * nt + 2 * qd);
+        dki[nt][2 * hf] *= f[hf];
+        dki[nt][2 * hf + 1] *= f[hf];
+        a[hf] += dki[nt][2 * hf] * bf_lo(x);
+        a[hf] += dki[nt][2 * hf + 1] * bf_hi(x);
+      }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 1);
+      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 2);
+      if (qd == 0) S.kp[sp * CH + i0 + 8 * hf] = a[hf];
+    }
+    // A = pbᵀ rows r0.., columns j = 16 kk.. (kk >= rb only) by ldmatrix.trans: matrices
+    // (j +0, i +0), (j +0, i +8), (j +8, i +0), (j +8, i +8); B = Q rows j by ldmatrix.trans.
+    for (int kk = rb; kk < 4; ++kk) {
+      unsigned ap[4];
+      ldsm_x4_t(ap, pb + (16 * kk + 8 * lm_hi + lr) * LD64 + r0 + 8 * lm_lo);
+#pragma unroll
+      for (int jp = 0; jp < NKT / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, qs + (16 * kk + 8 * lm_lo + lr) * QLD + kc0 + 16 * jp + 8 * lm_hi);
+        mma_bf16(dki[2 * jp], ap, r[0], r[1]);
+        mma_bf16(dki[2 * jp + 1], ap, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + 8 * hf;
+      if (i < len) {
+        float* dst = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
+#pragma unroll
+        for (int nt = 0; nt < NKT; ++nt)
+          *reinterpret_cast<float2*>(dst + 8 * nt) =
+              make_float2(dki[nt][2 * hf], dki[nt][2 * hf + 1]);
+      }
+    }
+  }
+
+  // E = s dP ⊙ (QKᵀ ⊙ Γ) on j <= i < len over this warp's dP tiles (QKᵀ from bf16 q, k, f32
+  // accumulation); row sums over its columns and column sums over its rows.
+  {
+    float pa[NPT][4];
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[nt][e] = 0.f;
+#pragma unroll 4
+    for (int kk = 0; kk < K / 16; ++kk) {
+      unsigned aq[4];
+      ldsm_x4(aq, qs + (r0 + 8 * lm_lo + lr) * QLD + 16 * kk + 8 * lm_hi);
+#pragma unroll
+      for (int jp = 0; jp < NPT / 2; ++jp) {
+        if (jp > pdiag) break;
+        unsigned r[4];
+        ldsm_x4(r, kls + (pc0 + 16 * jp + 8 * lm_hi + lr) * QLD + 16 * kk + 8 * lm_lo);
+        mma_bf16(pa[2 * jp], aq, r[0], r[1]);
+        mma_bf16(pa[2 * jp + 1], aq, r[2], r[3]);
+      }
+    }
+    float rs[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt) {
+      float cs[2] = {0.f, 0.f};
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int i = i0 + 8 * hf, j = pc0 + 8 * nt + 2 * qd + e;
+          float x = 0.f;
+          if (j <= i && i < len) {
+            const float p = pa[nt][2 * hf + e] * __expf(gi[hf] - S.G[j]);
+            x = scale * dp[nt][2 * hf + e] * p;
+          }
+          rs[hf] += x;
+          cs[e] += x;
+        }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        cs[e] += __shfl_xor_sync(0xffffffffu, cs[e], 4);
+        cs[e] += __shfl_xor_sync(0xffffffffu, cs[e], 8);
+        cs[e] += __shfl_xor_sync(0xffffffffu, cs[e], 16);
+      }
+      if (g == 0) {
+        S.csp[rb * CH + pc0 + 8 * nt + 2 * qd] = cs[0];
+        S.csp[rb * CH + pc0 + 8 * nt + 2 * qd + 1] = cs[1];
+      }
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      rs[hf] += __shfl_xor_sync(0xffffffffu, rs[hf], 1);
+      rs[hf] += __shfl_xor_sync(0xffffffffu, rs[hf], 2);
+      if (qd == 0) S.rsp[sp * CH + i0 + 8 * hf] = rs[hf];
+    }
+  }
+  __syncthreads();  // the row-dot and E-sum partials are complete
+
+  // Partial dG, by warp 0: every sum over the partials in a fixed order; Σ kdot and Σ sd_part as
+  // warp sums.
+  if (warp == 0) {
+    float ksum = 0.f;
     for (int r = lane; r < len; r += 32) {
       float kd = 0.f;
 #pragma unroll
-      for (int tj = 0; tj < KT; ++tj) kd += S.kp[tj * CH + r];
+      for (int x = 0; x < L::NS; ++x) kd += S.kp[x * CH + r];
       ksum += kd;
     }
-    const float* sp = sd_part + ((long)cg * H + h) * np;
-    for (int r = lane; r < np; r += 32) sd += sp[r];
     ksum = warp_sum(ksum);
     sd = warp_sum(sd);
     for (int i = lane; i < len; i += 32) {
-      float qd = 0.f, kd = 0.f;
+      float rsum = 0.f, csum = 0.f, qdt = 0.f, kdt = 0.f;
 #pragma unroll
-      for (int tj = 0; tj < KT; ++tj) {
-        qd += S.qp[tj * CH + i];
-        kd += S.kp[tj * CH + i];
+      for (int x = 0; x < L::NS; ++x) {
+        rsum += S.rsp[x * CH + i];
+        qdt += S.qp[x * CH + i];
+        kdt += S.kp[x * CH + i];
       }
-      float val = S.rsum[i] - S.csum[i] + qd - kd;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) csum += S.csp[x * CH + i];
+      float val = rsum - csum + qdt - kdt;
       if (i == len - 1) val += ksum + S.gam[len - 1] * sd;
       dg[(long)(start + i) * H + h] = val;
     }
@@ -1736,6 +1836,10 @@ struct WySm {
     zp = c.take<float>((K / 16) * CH);
   }
 };
+// The host launches kernels 6 and 7 with one thread count (ChunkKernels::bwd_threads).
+static_assert(DqkSm<64>::NW == WySm<64>::NW && DqkSm<128>::NW == WySm<128>::NW &&
+                  DqkSm<256>::NW == WySm<256>::NW,
+              "dqk and wy run the same number of warps");
 
 // One V slice of kernel 7 into slice buffer b (one cp.async batch, not committed).
 template <int K>

@@ -1,0 +1,182 @@
+// Runs delta_rule.cu's dqk_impl (its own text, see run.sh) on the CPU through emu.h and compares
+// dq, dk, dg with a plain double-precision reference of the same definition (same bf16 operands,
+// pb rounded to bf16, dh split into bf16 hi + lo). Catches fragment-layout, indexing, masking and
+// varlen (partial chunk) mistakes; says nothing about speed or cp.async timing.
+#include "emu.h"
+
+#include <algorithm>
+#include <random>
+
+using dr::CH;
+
+struct Case {
+  int K, V, H;
+  std::vector<int> seqlens;
+};
+
+static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+template <int K>
+static bool run_case(const Case& c, unsigned seed) {
+  const int V = c.V, H = c.H;
+  std::vector<int> ctab;  // (start, len) per chunk
+  int T = 0;
+  for (int L : c.seqlens) {
+    for (int s = 0; s < L; s += CH) {
+      ctab.push_back(T + s);
+      ctab.push_back(std::min(CH, L - s));
+    }
+    T += L;
+  }
+  const int NC = (int)ctab.size() / 2, np = V / 16;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> U(-1.f, 1.f), Ug(0.01f, 0.3f);
+  auto bfv = [&](size_t n) {
+    std::vector<bf16> v(n);
+    for (auto& x : v) x = __float2bfloat16(U(rng));
+    return v;
+  };
+  std::vector<bf16> q = bfv((size_t)T * H * K), k = bfv((size_t)T * H * K);
+  std::vector<bf16> dO = bfv((size_t)T * H * V), vn = bfv((size_t)T * H * V);
+  std::vector<bf16> hs = bfv((size_t)NC * H * K * V);
+  std::vector<float> dh((size_t)NC * H * K * V), sdp((size_t)NC * H * np), gc((size_t)T * H);
+  for (auto& x : dh) x = U(rng);
+  for (auto& x : sdp) x = U(rng);
+  for (int ci = 0; ci < NC; ++ci)
+    for (int hh = 0; hh < H; ++hh) {
+      float G = 0.f;
+      for (int i = 0; i < ctab[2 * ci + 1]; ++i) {
+        G -= Ug(rng);
+        gc[(size_t)(ctab[2 * ci] + i) * H + hh] = G;
+      }
+    }
+  const float scale = 1.f / sqrtf((float)K);
+  const float nanv = std::nanf("");
+  std::vector<float> dq((size_t)T * H * K, nanv), dk((size_t)T * H * K, nanv), dg((size_t)T * H, nanv);
+
+  // Shared memory as the kernel carves it; poisoned (bf16 and f32 NaN) before every CTA.
+  typedef dr::DqkSm<K> L;
+  dr::Carve cnt(nullptr);
+  {
+    L l;
+    l.carve(cnt);
+  }
+  g_smem_size = cnt.off;
+  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
+  const int nth = L::NW * 32;
+  blockDim.x = nth;
+  // CTAs in reverse order: a stray write past a partial chunk would be overwritten otherwise.
+  for (int ci = NC - 1; ci >= 0; --ci)
+    for (int hh = 0; hh < H; ++hh) {
+      memset(g_smem, 0xff, g_smem_size);
+      std::barrier<> cta(nth);
+      g_cta_bar = &cta;
+      std::vector<Warp> warps(L::NW);
+      std::vector<std::thread> th;
+      for (int t = 0; t < nth; ++t)
+        th.emplace_back([&, t] {
+          threadIdx.x = t;
+          blockIdx.x = ci;
+          blockIdx.y = hh;
+          tw = &warps[t >> 5];
+          dr::dqk_impl<K>(q.data(), k.data(), gc.data(), dO.data(), vn.data(), hs.data(),
+                          dh.data(), sdp.data(), np, ctab.data(), H, V, scale, dq.data(),
+                          dk.data(), dg.data());
+        });
+      for (auto& x : th) x.join();
+    }
+  free(g_smem);
+
+  // Reference.
+  auto f = [](bf16 x) { return (double)__bfloat162float(x); };
+  double e_dq = 0, m_dq = 0, e_dk = 0, m_dk = 0, e_dg = 0, m_dg = 0;
+  for (int ci = 0; ci < NC; ++ci)
+    for (int hh = 0; hh < H; ++hh) {
+      const int st = ctab[2 * ci], len = ctab[2 * ci + 1];
+      auto Q = [&](int i, int x) { return f(q[((size_t)(st + i) * H + hh) * K + x]); };
+      auto Kk = [&](int i, int x) { return f(k[((size_t)(st + i) * H + hh) * K + x]); };
+      auto DO = [&](int i, int x) { return f(dO[((size_t)(st + i) * H + hh) * V + x]); };
+      auto VN = [&](int i, int x) { return f(vn[((size_t)(st + i) * H + hh) * V + x]); };
+      const size_t ho = ((size_t)ci * H + hh) * K * V;
+      std::vector<double> G(len), gam(len), dec(len);
+      for (int i = 0; i < len; ++i) G[i] = gc[(size_t)(st + i) * H + hh];
+      for (int i = 0; i < len; ++i) {
+        gam[i] = exp(G[i]);
+        dec[i] = exp(G[len - 1] - G[i]);
+      }
+      std::vector<double> pb(len * len, 0.0), E(len * len, 0.0);
+      for (int i = 0; i < len; ++i)
+        for (int j = 0; j <= i; ++j) {
+          double dp = 0, p = 0;
+          for (int v = 0; v < V; ++v) dp += DO(i, v) * VN(j, v);
+          for (int x = 0; x < K; ++x) p += Q(i, x) * Kk(j, x);
+          const double ge = exp(G[i] - G[j]);
+          pb[i * len + j] = bfr((float)(scale * dp * ge));
+          E[i * len + j] = scale * dp * p * ge;
+        }
+      std::vector<double> qdot(len, 0), kdot(len, 0);
+      for (int i = 0; i < len; ++i)
+        for (int x = 0; x < K; ++x) {
+          double dq1 = 0, dki = 0;
+          for (int v = 0; v < V; ++v) {
+            dq1 += DO(i, v) * f(hs[ho + (size_t)x * V + v]);
+            const float d = dh[ho + (size_t)x * V + v];
+            const float hi = bfr(d), lo = bfr(d - hi);
+            dki += VN(i, v) * ((double)hi + (double)lo);
+          }
+          dq1 *= scale * gam[i];
+          dki *= dec[i];
+          qdot[i] += Q(i, x) * dq1;
+          kdot[i] += Kk(i, x) * dki;
+          double a = dq1, b = dki;
+          for (int j = 0; j < len; ++j) {
+            a += pb[i * len + j] * Kk(j, x);
+            b += pb[j * len + i] * Q(j, x);
+          }
+          const size_t o = ((size_t)(st + i) * H + hh) * K + x;
+          e_dq = std::max(e_dq, fabs(a - dq[o]));
+          m_dq = std::max(m_dq, fabs(a));
+          e_dk = std::max(e_dk, fabs(b - dk[o]));
+          m_dk = std::max(m_dk, fabs(b));
+          if (std::isnan(dq[o]) || std::isnan(dk[o])) e_dq = e_dk = INFINITY;
+        }
+      double ksum = 0, sd = 0;
+      for (int i = 0; i < len; ++i) ksum += kdot[i];
+      for (int r = 0; r < np; ++r) sd += sdp[((size_t)ci * H + hh) * np + r];
+      for (int i = 0; i < len; ++i) {
+        double rs = 0, cs = 0;
+        for (int j = 0; j < len; ++j) {
+          rs += E[i * len + j];
+          cs += E[j * len + i];
+        }
+        double val = rs - cs + qdot[i] - kdot[i];
+        if (i == len - 1) val += ksum + gam[len - 1] * sd;
+        const float got = dg[(size_t)(st + i) * H + hh];
+        e_dg = std::max(e_dg, std::isnan(got) ? INFINITY : fabs(val - got));
+        m_dg = std::max(m_dg, std::max(fabs(rs) + fabs(cs), fabs(qdot[i]) + fabs(kdot[i])));
+      }
+    }
+  // Every output row belongs to some chunk, so no NaN may remain anywhere.
+  const bool nan_left = std::any_of(dq.begin(), dq.end(), [](float x) { return std::isnan(x); }) ||
+                        std::any_of(dk.begin(), dk.end(), [](float x) { return std::isnan(x); }) ||
+                        std::any_of(dg.begin(), dg.end(), [](float x) { return std::isnan(x); });
+  const double r_dq = e_dq / m_dq, r_dk = e_dk / m_dk, r_dg = e_dg / m_dg;
+  const bool ok = !nan_left && r_dq < 1e-4 && r_dk < 1e-4 && r_dg < 1e-4;
+  printf("K=%d V=%d H=%d chunks=%d seqlens=", K, V, H, NC);
+  for (int L : c.seqlens) printf("%d,", L);
+  printf("  dq %.2e  dk %.2e  dg %.2e (max err / max |ref|)%s  %s\n", r_dq, r_dk, r_dg,
+         nan_left ? "  NaN left" : "", ok ? "ok" : "FAIL");
+  return ok;
+}
+
+int main() {
+  bool ok = true;
+  ok &= run_case<64>({64, 128, 1, {64 + 37, 23}}, 1);
+  ok &= run_case<64>({64, 64, 2, {150}}, 2);
+  ok &= run_case<128>({128, 128, 2, {64 + 37, 23, 64}}, 3);
+  ok &= run_case<128>({128, 256, 1, {128, 1, 50}}, 4);
+  ok &= run_case<256>({256, 256, 1, {64 + 9, 64}}, 5);
+  ok &= run_case<256>({256, 512, 1, {100}}, 6);
+  printf(ok ? "all ok\n" : "FAILED\n");
+  return ok ? 0 : 1;
+}

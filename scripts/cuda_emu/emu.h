@@ -1,0 +1,155 @@
+// Minimal CPU stand-ins for the CUDA features the dqk kernel uses, so that its own source text
+// (extracted by extract.py) runs on the host: one std::thread per CUDA thread, __syncthreads as a
+// CTA barrier, and the warp-collective operations (shuffles, ldmatrix, mma.sync m16n8k16) as
+// exchanges through a per-warp table between two warp barriers. cp.async copies synchronously.
+#pragma once
+#include <barrier>
+#include <cassert>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __restrict__ __restrict
+#define __align__(n) alignas(n)
+
+struct dim3e {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local dim3e threadIdx, blockIdx;
+inline dim3e blockDim;
+
+inline float __uint_as_float(unsigned u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+struct bf16 {
+  uint16_t u;
+};
+typedef bf16 __nv_bfloat16;
+struct __nv_bfloat162 {
+  bf16 x, y;
+};
+inline bf16 __float2bfloat16(float f) {  // round to nearest even (no NaN inputs here)
+  unsigned x = __float_as_uint(f);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return bf16{(uint16_t)(x >> 16)};
+}
+inline float __bfloat162float(bf16 b) { return __uint_as_float((unsigned)b.u << 16); }
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
+  return {__float2bfloat16(a), __float2bfloat16(b)};
+}
+inline float __low2float(__nv_bfloat162 v) { return __bfloat162float(v.x); }
+inline float __high2float(__nv_bfloat162 v) { return __bfloat162float(v.y); }
+inline float __expf(float x) { return expf(x); }
+struct float2 {
+  float x, y;
+};
+inline float2 make_float2(float a, float b) { return {a, b}; }
+struct float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+struct uint2 {
+  unsigned x, y;
+};
+struct uint4 {
+  unsigned x, y, z, w;
+};
+
+struct Warp {
+  std::barrier<> bar{32};
+  const void* addr[32];
+  unsigned a[32][4], b[32][2];
+  float s[32];
+};
+inline thread_local Warp* tw;
+inline std::barrier<>* g_cta_bar;
+inline char* g_smem;
+inline size_t g_smem_size;
+
+inline void __syncthreads() { g_cta_bar->arrive_and_wait(); }
+inline void __syncwarp() { tw->bar.arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+  const int lane = threadIdx.x & 31;
+  tw->s[lane] = v;
+  tw->bar.arrive_and_wait();
+  const float r = tw->s[lane ^ o];
+  tw->bar.arrive_and_wait();
+  return r;
+}
+
+namespace dr {
+constexpr int CH = 64;
+constexpr int LD64 = 72;
+
+inline void cp16(void* s, const void* g, bool ok) {
+  assert((char*)s >= g_smem && (char*)s + 16 <= g_smem + g_smem_size && ((uintptr_t)s & 15) == 0);
+  if (ok)
+    memcpy(s, g, 16);
+  else
+    memset(s, 0, 16);
+}
+inline void cp_commit() {}
+template <int N>
+inline void cp_wait() {}
+
+inline unsigned pk(bf16 lo, bf16 hi) { return lo.u | ((unsigned)hi.u << 16); }
+inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  assert((const char*)p >= g_smem && (const char*)p + 16 <= g_smem + g_smem_size);
+  assert(((uintptr_t)p & 15) == 0);
+  tw->addr[lane] = p;
+  tw->bar.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    if (!trans) {
+      const bf16* row = (const bf16*)tw->addr[8 * i + g];
+      r[i] = pk(row[2 * q], row[2 * q + 1]);
+    } else {
+      const bf16* r0 = (const bf16*)tw->addr[8 * i + 2 * q];
+      const bf16* r1 = (const bf16*)tw->addr[8 * i + 2 * q + 1];
+      r[i] = pk(r0[g], r1[g]);
+    }
+  }
+  tw->bar.arrive_and_wait();
+}
+inline void ldsm_x4(unsigned* r, const bf16* p) { ldsm_impl(r, p, false); }
+inline void ldsm_x4_t(unsigned* r, const bf16* p) { ldsm_impl(r, p, true); }
+
+inline float half_of(unsigned reg, int hi) {
+  return __uint_as_float(hi ? (reg & 0xffff0000u) : (reg << 16));
+}
+// D = A B + D, m16n8k16 (PTX fragment layouts), f32 accumulation in k order.
+inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  for (int i = 0; i < 4; ++i) tw->a[lane][i] = a[i];
+  tw->b[lane][0] = b0;
+  tw->b[lane][1] = b1;
+  tw->bar.arrive_and_wait();
+  auto A = [](int r, int k) {
+    return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
+  };
+  auto B = [](int k, int n) { return half_of(tw->b[n * 4 + ((k & 7) >> 1)][k >> 3], k & 1); };
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e >> 1), n = 2 * q + (e & 1);
+    float s = d[e];
+    for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+    d[e] = s;
+  }
+  tw->bar.arrive_and_wait();
+}
+
+#include "extracted.h"
+}  // namespace dr
