@@ -12,15 +12,20 @@ use crate::tensor::max_rel_err;
 /// in f32) to see what it costs: [`with_exact`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Stage {
-    /// T = (I + M)⁻¹, read by the W/U products and the WY backward.
+    /// T = (I + M)⁻¹ as the WY backward reads it (dVβ = Tᵀ dṼ, dKβγ = Tᵀ dW).
     T,
-    /// K·β·exp(G), the W product's input.
+    /// T·diag(β e^G), the W product's T operand (bf16 T with [`Fold::None`], [`Fold::U`]).
+    TBetaG,
+    /// K·β·exp(G), the W product's K operand before beta-t ([`Fold::None`], [`Fold::U`]).
     KBetaG,
-    /// W = T·(K β e^G).
+    /// W = T·diag(β e^G)·K.
     W,
-    /// V·β, the U product's input.
+    /// strictLower(T)·diag(β), the U product's T operand (the diagonal too with [`Fold::Plain`];
+    /// bf16 T with [`Fold::None`]).
+    TBeta,
+    /// V·β, the U product's V operand before beta-t ([`Fold::None`] only).
     VBeta,
-    /// U = T·(V β).
+    /// U = T·diag(β)·V.
     U,
     /// The chunk-entry state h_c as the matmuls read it.
     H,
@@ -48,9 +53,34 @@ pub(super) enum Stage {
     Tf32,
 }
 
+/// Where β (and β e^G) enter the `prep` products W = T·diag(βγ)·K and U = T·diag(β)·V.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fold {
+    /// Before branch beta-t: bf16(T)·bf16(K β γ) and bf16(T)·bf16(V β).
+    None,
+    /// β folded into all of T: bf16(T diag(βγ))·K and bf16(T diag β)·V, β_i rounded on the
+    /// diagonal (not the kernels: kept to show what that rounding costs).
+    Plain,
+    /// U as the kernels, W as before beta-t.
+    U,
+    /// The kernels: W = bf16(T diag(βγ))·K and U = bf16(strictLower(T) diag β)·V + diag(β)·V,
+    /// the diagonal term added in f32 before U is rounded (K, V exact bf16 inputs).
+    Both,
+}
+
 thread_local! {
     /// Bit `s as u32` set: stage `s` is kept exact (f32).
     static EXACT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// How `prep` applies β (default: as the kernels do).
+    static FOLD: std::cell::Cell<Fold> = const { std::cell::Cell::new(Fold::Both) };
+}
+
+/// Runs `f` with `prep`'s β scaling as `fold` (the kernels' is [`Fold::Both`]).
+pub(super) fn with_fold<R>(fold: Fold, f: impl FnOnce() -> R) -> R {
+    let old = FOLD.with(|c| c.replace(fold));
+    let r = f();
+    FOLD.with(|c| c.set(old));
+    r
 }
 
 /// Runs `f` with the rounding points in `stages` kept in f32.
@@ -155,24 +185,51 @@ fn prep(
             t[i * l + c] = s;
         }
     }
-    let tb: Vec<f32> = t.iter().map(|&x| bf(Stage::T, x)).collect();
-    let kbg: Vec<f32> = (0..l * dk)
-        .map(|e| {
-            let i = e / dk;
-            bf(Stage::KBetaG, k[e] * beta[i] * gc[i].exp())
-        })
-        .collect();
-    let w: Vec<f32> = mm(&tb, false, &kbg, false, l, l, dk)
-        .into_iter()
-        .map(|x| bf(Stage::W, x))
-        .collect();
-    let vb: Vec<f32> = (0..l * dv)
-        .map(|e| bf(Stage::VBeta, v[e] * beta[e / dv]))
-        .collect();
-    let u: Vec<f32> = mm(&tb, false, &vb, false, l, l, dv)
-        .into_iter()
-        .map(|x| bf(Stage::U, x))
-        .collect();
+    // T with its columns scaled in f32 (T_ic·f_c, as the kernel's T pass), then rounded at `s`.
+    let tcols = |f: &dyn Fn(usize) -> f32, s: Stage| -> Vec<f32> {
+        (0..l * l).map(|e| bf(s, t[e] * f(e % l))).collect()
+    };
+    let fold = FOLD.with(|c| c.get());
+    let w = if matches!(fold, Fold::Both | Fold::Plain) {
+        let tw = tcols(&|c| beta[c] * gc[c].exp(), Stage::TBetaG);
+        mm(&tw, false, k, false, l, l, dk)
+    } else {
+        let tb: Vec<f32> = t.iter().map(|&x| bf(Stage::TBetaG, x)).collect();
+        let kbg: Vec<f32> = (0..l * dk)
+            .map(|e| {
+                let i = e / dk;
+                bf(Stage::KBetaG, k[e] * beta[i] * gc[i].exp())
+            })
+            .collect();
+        mm(&tb, false, &kbg, false, l, l, dk)
+    };
+    let w: Vec<f32> = w.into_iter().map(|x| bf(Stage::W, x)).collect();
+    let u = match fold {
+        Fold::None => {
+            let tb: Vec<f32> = t.iter().map(|&x| bf(Stage::TBeta, x)).collect();
+            let vb: Vec<f32> = (0..l * dv)
+                .map(|e| bf(Stage::VBeta, v[e] * beta[e / dv]))
+                .collect();
+            mm(&tb, false, &vb, false, l, l, dv)
+        }
+        Fold::Plain => {
+            let tv = tcols(&|c| beta[c], Stage::TBeta);
+            mm(&tv, false, v, false, l, l, dv)
+        }
+        Fold::U | Fold::Both => {
+            // tb has a zero diagonal; the epilogue adds β_i v_i to the f32 accumulator.
+            let mut tv = tcols(&|c| beta[c], Stage::TBeta);
+            for i in 0..l {
+                tv[i * l + i] = 0.0;
+            }
+            let mut u = mm(&tv, false, v, false, l, l, dv);
+            for (e, x) in u.iter_mut().enumerate() {
+                *x += beta[e / dv] * v[e];
+            }
+            u
+        }
+    };
+    let u: Vec<f32> = u.into_iter().map(|x| bf(Stage::U, x)).collect();
     (gc, t, w, u)
 }
 
@@ -730,10 +787,47 @@ fn gate_param_grads(io: &RuleIo, a: &[f64], g: &[f64], dg: &[f64]) -> (Vec<f64>,
     (da, ddt)
 }
 
-/// max_rel_err of (dg, dA_log, ddt_bias) for one call: the exact-arithmetic oracle on
-/// `inputs` when `exact_arith`, else the mirror with `stages` kept in f32; against the oracle on
-/// the unrounded inputs.
-fn dg_errors(io: &RuleIo, inputs: InputRounding, exact_arith: bool, stages: &[Stage]) -> [f64; 3] {
+/// One way of computing a call's dg: the exact-arithmetic oracle on `inputs` when
+/// `exact_arith`, else the mirror on `inputs` with `prep`'s β applied as `fold` and `stages` kept
+/// in f32; compared with the oracle on `reference` inputs (NO_INPUTS: the whole error against
+/// the unrounded problem; the same as `inputs`: the kernels' own arithmetic only).
+#[derive(Clone)]
+struct Variant {
+    name: String,
+    inputs: InputRounding,
+    exact_arith: bool,
+    fold: Fold,
+    stages: Vec<Stage>,
+    reference: InputRounding,
+}
+
+impl Variant {
+    fn new(name: &str, inputs: InputRounding, exact_arith: bool) -> Self {
+        Variant {
+            name: name.into(),
+            inputs,
+            exact_arith,
+            fold: Fold::Both,
+            stages: vec![],
+            reference: NO_INPUTS,
+        }
+    }
+    fn fold(mut self, f: Fold) -> Self {
+        self.fold = f;
+        self
+    }
+    fn exact(mut self, stages: Vec<Stage>) -> Self {
+        self.stages = stages;
+        self
+    }
+    fn against(mut self, r: InputRounding) -> Self {
+        self.reference = r;
+        self
+    }
+}
+
+/// max_rel_err of (dg, dA_log, ddt_bias) for one call, computed as `v` says.
+fn dg_errors(io: &RuleIo, v: &Variant) -> [f64; 3] {
     let oracle = |c: &Case| {
         let (q, k, v, g, beta) = (up(&c.q), up(&c.k), up(&c.v), up(&c.g), up(&c.beta));
         let inp = Inputs {
@@ -748,13 +842,13 @@ fn dg_errors(io: &RuleIo, inputs: InputRounding, exact_arith: bool, stages: &[St
         };
         naive::backward(&inp, c.dims, &up(&c.d_o), None).dg
     };
-    let (c0, a0, g0) = case_of(io, NO_INPUTS);
+    let (c0, a0, g0) = case_of(io, v.reference);
     let dg_ref = oracle(&c0);
-    let (c, a, g) = case_of(io, inputs);
-    let dg = if exact_arith {
+    let (c, a, g) = case_of(io, v.inputs);
+    let dg = if v.exact_arith {
         oracle(&c)
     } else {
-        up(&with_exact(stages, || run_mirror(&c)).dg)
+        up(&with_fold(v.fold, || with_exact(&v.stages, || run_mirror(&c))).dg)
     };
     let (da_ref, ddt_ref) = gate_param_grads(io, &a0, &g0, &dg_ref);
     let (da, ddt) = gate_param_grads(io, &a, &g, &dg);
@@ -765,11 +859,25 @@ fn dg_errors(io: &RuleIo, inputs: InputRounding, exact_arith: bool, stages: &[St
     ]
 }
 
+/// [max, mean, median] of a non-empty list.
+fn stats(x: impl Iterator<Item = f64>) -> [f64; 3] {
+    let mut v: Vec<f64> = x.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    };
+    [v[n - 1], v.iter().sum::<f64>() / n as f64, med]
+}
+
+/// The kernels' rounding points ([`Fold::Both`]; KBetaG and VBeta exist only before beta-t).
 const STAGES: [Stage; 17] = [
     Stage::T,
-    Stage::KBetaG,
+    Stage::TBetaG,
     Stage::W,
-    Stage::VBeta,
+    Stage::TBeta,
     Stage::U,
     Stage::H,
     Stage::VNew,
@@ -790,7 +898,10 @@ const STAGES: [Stage; 17] = [
 /// calls of max_rel_err(dg), (dA_log), (dt_bias) against the f64 oracle on unrounded inputs, for:
 /// exact arithmetic on bf16-rounded inputs (all, or one input at a time: what any bf16
 /// implementation sees), the mirror of the kernels (f32 or bf16 inputs), the mirror with one
-/// rounding point kept in f32, and the mirror with only one rounding point on (f32 inputs).
+/// rounding point kept in f32, and the mirror with only one rounding point on (f32 inputs);
+/// the mirror on bf16 inputs also as the kernels were before branch beta-t (β not folded into T:
+/// V·β and K·β·e^G rounded), with β folded into U's T only, and with β folded into T's
+/// diagonal too; and the mirror's own error (against the oracle on the same bf16 inputs).
 /// Run: `cargo test --release dg_precision_breakdown -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -810,96 +921,79 @@ fn dg_precision_breakdown() {
         d_o,
         gates,
     };
-    let mut rows: Vec<(String, InputRounding, bool, Vec<Stage>)> = vec![
-        ("exact, bf16 inputs (all)".into(), ALL_INPUTS, true, vec![]),
-        (
-            "exact, bf16 q".into(),
-            only(true, false, false, false, false),
-            true,
-            vec![],
-        ),
-        (
-            "exact, bf16 k".into(),
-            only(false, true, false, false, false),
-            true,
-            vec![],
-        ),
-        (
-            "exact, bf16 v".into(),
-            only(false, false, true, false, false),
-            true,
-            vec![],
-        ),
-        (
-            "exact, bf16 d_o".into(),
-            only(false, false, false, true, false),
-            true,
-            vec![],
-        ),
-        (
-            "exact, bf16 a, b (gates)".into(),
+    let ex = |name: &str, r| Variant::new(name, r, true);
+    let mi = |name: &str, r, fold| Variant::new(name, r, false).fold(fold);
+    let own = |name: &str, fold| mi(name, ALL_INPUTS, fold).against(ALL_INPUTS);
+    let mut rows = vec![
+        ex("exact, bf16 inputs (all)", ALL_INPUTS),
+        ex("exact, bf16 q", only(true, false, false, false, false)),
+        ex("exact, bf16 k", only(false, true, false, false, false)),
+        ex("exact, bf16 v", only(false, false, true, false, false)),
+        ex("exact, bf16 d_o", only(false, false, false, true, false)),
+        ex(
+            "exact, bf16 a, b (gates)",
             only(false, false, false, false, true),
-            true,
-            vec![],
         ),
-        ("mirror, f32 inputs".into(), NO_INPUTS, false, vec![]),
-        (
-            "mirror, bf16 inputs (GPU)".into(),
+        mi("mirror, f32 inputs", NO_INPUTS, Fold::Both),
+        mi("mirror, f32 inputs, before beta-t", NO_INPUTS, Fold::None),
+        mi("mirror, bf16 inputs (GPU)", ALL_INPUTS, Fold::Both),
+        mi("mirror, bf16 inputs, before beta-t", ALL_INPUTS, Fold::None),
+        mi(
+            "mirror, bf16 inputs, β folded into U only",
             ALL_INPUTS,
-            false,
-            vec![],
+            Fold::U,
         ),
-        (
-            "mirror, bf16 inputs, no internal rounding".into(),
+        mi(
+            "mirror, bf16 inputs, β also on T's diagonal",
             ALL_INPUTS,
-            false,
-            STAGES.to_vec(),
+            Fold::Plain,
         ),
+        own("own error (vs oracle on the same bf16 inputs)", Fold::Both),
+        own("own error, before beta-t", Fold::None),
+        own("own error, β folded into U only", Fold::U),
+        own("own error, β also on T's diagonal", Fold::Plain),
+        mi(
+            "mirror, bf16 inputs, no internal rounding",
+            ALL_INPUTS,
+            Fold::Both,
+        )
+        .exact(STAGES.to_vec()),
     ];
     for s in STAGES {
-        rows.push((
-            format!("mirror, bf16 inputs, {s:?} in f32"),
-            ALL_INPUTS,
-            false,
-            vec![s],
-        ));
+        let name = format!("mirror, bf16 inputs, {s:?} in f32");
+        rows.push(mi(&name, ALL_INPUTS, Fold::Both).exact(vec![s]));
     }
     for s in STAGES {
         let rest: Vec<Stage> = STAGES.iter().copied().filter(|&x| x != s).collect();
-        rows.push((
-            format!("mirror, f32 inputs, only {s:?} rounded"),
-            NO_INPUTS,
-            false,
-            rest,
-        ));
+        let name = format!("mirror, f32 inputs, only {s:?} rounded");
+        rows.push(mi(&name, NO_INPUTS, Fold::Both).exact(rest));
     }
     eprintln!(
-        "{} calls ({seeds} seeds x 2 configs x 2 layers); max / mean of max_rel_err",
+        "{} calls ({seeds} seeds x 2 configs x 2 layers); max / mean / median of max_rel_err",
         calls.len()
     );
     eprintln!(
-        "{:<48} {:>17} {:>17} {:>17}",
+        "{:<48} {:>26} {:>26} {:>26}",
         "variant", "dg", "dA_log", "dt_bias"
     );
-    for (name, inputs, exact_arith, stages) in rows {
-        let errs: Vec<[f64; 3]> = calls
-            .iter()
-            .map(|io| dg_errors(io, inputs, exact_arith, &stages))
-            .collect();
+    for v in rows {
+        let errs: Vec<[f64; 3]> = calls.iter().map(|io| dg_errors(io, &v)).collect();
         let col = |i: usize| {
-            let mx = errs.iter().fold(0.0f64, |m, e| m.max(e[i]));
-            let mean = errs.iter().map(|e| e[i]).sum::<f64>() / errs.len() as f64;
-            format!("{mx:>8.2e}/{mean:>8.2e}")
+            let [mx, mean, med] = stats(errs.iter().map(|e| e[i]));
+            format!("{mx:>8.2e}/{mean:>8.2e}/{med:>8.2e}")
         };
-        eprintln!("{name:<48} {} {} {}", col(0), col(1), col(2));
+        eprintln!("{:<48} {} {} {}", v.name, col(0), col(1), col(2));
     }
 }
 
 /// How the delta rule's share of the GPU's (A_log, dt_bias) gradient error compares with the
 /// model self-test's noise probe ([`grad_noise`]) of the same tensors: per call the mirror's
 /// error on bf16 inputs (what the kernels add to the f64 reference, before any upstream bf16
-/// noise) and the probe; prints the largest ratio, which the self-test's `NOISE_FACTOR` must
-/// cover. Run: `cargo test --release gate_grad_error_vs_noise_probe -- --ignored --nocapture`
+/// noise) and the probe, for the kernels and (in brackets) for the kernels before branch beta-t
+/// ([`Fold::None`]); prints the largest ratios, which the self-test's `NOISE_FACTOR` must cover.
+/// Also the summary (max / mean / median over calls) of both, and of the mirror's own error
+/// (against the oracle on the same bf16 inputs).
+/// Run: `cargo test --release gate_grad_error_vs_noise_probe -- --ignored --nocapture`
 /// (GDN_DG_SEEDS seeds, default 8).
 #[test]
 #[ignore]
@@ -908,18 +1002,60 @@ fn gate_grad_error_vs_noise_probe() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let mut worst: f64 = 0.0;
+    let now = Variant::new("", ALL_INPUTS, false);
+    let before = Variant::new("", ALL_INPUTS, false).fold(Fold::None);
+    let (mut worst, mut worst0): (f64, f64) = (0.0, 0.0);
+    let (mut errs, mut errs0, mut ratios, mut ratios0) = (vec![], vec![], vec![], vec![]);
+    let (mut own, mut own0) = (vec![], vec![]);
     for seed in 0..seeds {
         for (io, noise) in selftest_rule_calls(seed) {
-            let [_, da, ddt] = dg_errors(&io, ALL_INPUTS, false, &[]);
+            let [_, da, ddt] = dg_errors(&io, &now);
+            let [_, da0, ddt0] = dg_errors(&io, &before);
+            // The kernels' own share: against the oracle on the same bf16 inputs.
+            let [_, oa, ot] = dg_errors(&io, &now.clone().against(ALL_INPUTS));
+            let [_, oa0, ot0] = dg_errors(&io, &before.clone().against(ALL_INPUTS));
+            own.push(oa.max(ot));
+            own0.push(oa0.max(ot0));
             let r = (da / noise[0]).max(ddt / noise[1]);
+            let r0 = (da0 / noise[0]).max(ddt0 / noise[1]);
             worst = worst.max(r);
+            worst0 = worst0.max(r0);
+            errs.push(da.max(ddt));
+            errs0.push(da0.max(ddt0));
+            ratios.push(r);
+            ratios0.push(r0);
             eprintln!(
-                "seed {seed}: A_log {da:.2e} (probe {:.2e}), dt_bias {ddt:.2e} (probe {:.2e}), \
-                 ratio {r:.2}",
-                noise[0], noise[1]
+                "seed {seed}: A_log {da:.2e} [{da0:.2e}] (probe {:.2e}), dt_bias {ddt:.2e} \
+                 [{ddt0:.2e}] (probe {:.2e}), ratio {r:.2} [{r0:.2}], own {:.2e} [{:.2e}]",
+                noise[0],
+                noise[1],
+                own[own.len() - 1],
+                own0[own0.len() - 1]
             );
         }
     }
-    eprintln!("largest error / probe: {worst:.2}");
+    let fewer = errs.iter().zip(&errs0).filter(|(a, b)| a < b).count();
+    let fewer_own = own.iter().zip(&own0).filter(|(a, b)| a < b).count();
+    let [omx, omean, omed] = stats(own.iter().copied());
+    let [omx0, omean0, omed0] = stats(own0.iter().copied());
+    let [mx, mean, med] = stats(errs.iter().copied());
+    let [mx0, mean0, med0] = stats(errs0.iter().copied());
+    let [_, rmean, rmed] = stats(ratios.iter().copied());
+    let [_, rmean0, rmed0] = stats(ratios0.iter().copied());
+    eprintln!(
+        "max(A_log, dt_bias) error over {} calls, max / mean / median: {mx:.2e} / {mean:.2e} / \
+         {med:.2e} [before beta-t: {mx0:.2e} / {mean0:.2e} / {med0:.2e}]; smaller than before \
+         beta-t in {fewer} calls",
+        errs.len()
+    );
+    eprintln!(
+        "own error (vs the oracle on the same bf16 inputs), max / mean / median: {omx:.2e} / \
+         {omean:.2e} / {omed:.2e} [before beta-t: {omx0:.2e} / {omean0:.2e} / {omed0:.2e}]; \
+         smaller than before beta-t in {fewer_own} calls"
+    );
+    eprintln!(
+        "error / probe, mean / median: {rmean:.2} / {rmed:.2} [before beta-t: {rmean0:.2} / \
+         {rmed0:.2}]"
+    );
+    eprintln!("largest error / probe: {worst:.2} [before beta-t: {worst0:.2}]");
 }

@@ -121,6 +121,26 @@ __device__ __forceinline__ void frag_to_bf16_global(const FC& f, float* stage, b
   __syncwarp();
 }
 
+// As frag_to_bf16_global, plus a row-scaled bf16 tile: dst = bf16(f + diag(fr) X), X 16x16 at x
+// (row stride xld), fr its 16 row factors; the sum in f32.
+__device__ __forceinline__ void frag_axpy_to_bf16_global(const FC& f, float* stage, const bf16* x,
+                                                         int xld, const float* fr, bf16* dst,
+                                                         long ld, int valid) {
+  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
+  if (r < valid) {
+    const uint4 q = *reinterpret_cast<const uint4*>(x + r * xld + c);
+    const bf16* qb = reinterpret_cast<const bf16*>(&q);
+    const float a = fr[r];
+    float y[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[e] = stage[r * STG + c + e] + a * b2f(qb[e]);
+    *reinterpret_cast<uint4*>(dst + r * ld + c) = pack8(y);
+  }
+  __syncwarp();
+}
+
 // One warp: 16x16 f32 accumulator -> f32 rows of a global matrix, first `valid` rows only.
 __device__ __forceinline__ void frag_to_f32_global(const FC& f, float* stage, float* dst, long ld,
                                                    int valid) {
@@ -235,19 +255,30 @@ __device__ __forceinline__ void qk_lower(const bf16* q, const bf16* k, float* P)
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
 // 256 threads.
 //
+// β is folded into T (branch beta-t): W = bf16(T diag(βγ)) · K and U = bf16(strictLower(T)
+// diag(β)) · V + diag(β) V, the scales applied to T in f32 before its one rounding, so K and V
+// enter the tensor cores as loaded (exact bf16); U's diagonal term β_i v_i is added to the f32
+// accumulator in the epilogue (rounding β_i inside T would perturb every element of row i the
+// same way). v4 rounded diag(βγ) K and diag(β) V to bf16 (a second rounding on the value path,
+// the largest single contributor to the dg error of the gate parameters: docs/perf.md,
+// "Gradient precision through dg") and rescaled them in place in shared memory (a pass over K
+// and one per V slice, each with a barrier; both are gone).
+//
 // v4 (4 CTAs/SM at K = 64, 128: 53.8 KB at K = 128, was 83 KB and 2/SM): M and T share one f32
 // array (T is solved in place: a block row of M is dead once its partial products X are formed;
 // diagonal blocks are solved in registers and written after a __syncwarp); X lives in the W/U
 // staging area; the V slices go to the dead T array and, after the W product, the dead K array,
 // so slice s + 1 is loaded while slice s is multiplied (the first is loaded during the W
-// product). G by a shuffle scan on warp 0; the βγ and β rescales and the T → bf16 pass are
-// vectorised (8 elements per thread and step).
+// product). G by a shuffle scan on warp 0; the T → bf16 pass is vectorised (8 elements per
+// thread and step). bf16(T diag(βγ)) for the W product is kept compact (its 10 lower 16x16
+// tiles, row stride 24) in the tail of the dead T array, behind V slice 0.
 
 template <int K>
 struct PrepSm {
-  bf16* ks;     // [64][K+8]  K rows, later diag(βγ) K; after the W product: V slice buffer 1
+  bf16* ks;     // [64][K+8]  K rows; after the W product: V slice buffer 1
   float* A;     // [64][68]   KKᵀ, then M, then T in place (f32); after tb: V slice buffer 0
-  bf16* tb;     // [64][72]   T
+                //            ([64][72] bf16) and tw (T diag(βγ), 10 tiles [16][24] bf16)
+  bf16* tb;     // [64][72]   strictLower(T) diag(β)
   float* stage; // [8][320]   W/U staging; during the T solve: X [3][16][16]
   float* G;     // [64]
   float* bs;    // [64]
@@ -275,6 +306,9 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   constexpr int NW = 8;
   static_assert(8 * STG_SZ >= 3 * 256, "X must fit in the staging area");
   static_assert(K + 8 >= LD64 && CH * LF64 * 4 >= CH * LD64 * 2, "V slices must fit");
+  constexpr int TWLD = 24, TWSZ = 16 * TWLD;  // tw: lower tile (ti, kk) at (ti(ti+1)/2 + kk)·TWSZ
+  static_assert(CH * LD64 * 2 + 10 * TWSZ * 2 <= CH * LF64 * 4, "tw must fit behind V slice 0");
+  static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -363,40 +397,58 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     __syncthreads();
   }
   {
-    // T → bf16 (and f32 to tmat), 8 columns per thread and step; blocks above the diagonal are 0.
+    // T (f32) to tmat and tb = bf16(strictLower(T) diag(β)), 8 columns per thread and step;
+    // blocks above the diagonal are 0. The unit diagonal is applied in f32 by the U epilogue.
     float* tg = tmat ? tmat + ((long)cg * H + h) * (CH * CH) : nullptr;
+    bf16* tw = reinterpret_cast<bf16*>(S.A) + CH * LD64;  // behind V slice 0 (9216 bytes)
+    const bf16* vsrc = v + ((long)start * H + h) * V;
     for (int idx = tid; idx < CH * CH / 8; idx += blockDim.x) {
       const int i = idx >> 3, c = (idx & 7) << 3;
       float x[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) x[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : S.A[i * LF64 + c + e];
-      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = pack8(x);
       if (tg) {
         *reinterpret_cast<float4*>(tg + i * CH + c) = make_float4(x[0], x[1], x[2], x[3]);
         *reinterpret_cast<float4*>(tg + i * CH + c + 4) = make_float4(x[4], x[5], x[6], x[7]);
       }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = (c + e == i) ? 0.f : x[e] * S.bs[c + e];
+      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = pack8(x);
+    }
+    // tw = bf16(T diag(βγ)), lower tiles only, 2 steps of 8 columns per thread. tw overwrites T
+    // rows 33–62: each thread holds its packed values in registers across the barrier, then
+    // stores them while V slice 0 (into rows 0–33) is in flight. (tw formed in the same pass as
+    // tb and tmat took prep to 60–61 registers (ptxas, sm_90a); as a second pass, T read twice
+    // from shared memory, prep needs 43.)
+    uint4 pw[2];
+#pragma unroll
+    for (int it = 0; it < 2; ++it) {
+      const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
+      float y[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        y[e] = ((c + e) >> 4) > (i >> 4)
+                   ? 0.f
+                   : S.A[i * LF64 + c + e] * (S.bs[c + e] * S.gam[c + e]);
+      pw[it] = pack8(y);
+    }
+    __syncthreads();  // T (f32) is dead: V slice 0 and tw take its place
+    load_bf16_async(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, CH, 64, len);
+    cp_commit();
+#pragma unroll
+    for (int it = 0; it < 2; ++it) {
+      const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
+      const int ti = i >> 4, kk = c >> 4;
+      if (kk <= ti)
+        *reinterpret_cast<uint4*>(tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (i & 15) * TWLD +
+                                  (c & 15)) = pw[it];
     }
   }
   __syncthreads();
-  // The T array is dead: the first V slice goes there while W is formed.
-  const bf16* vsrc = v + ((long)start * H + h) * V;
-  load_bf16_async(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, CH, 64, len);
-  cp_commit();
-  // diag(βγ) K in place (rows past len are zero already), 8 elements per thread and step.
-  for (int idx = tid; idx < CH * K / 8; idx += blockDim.x) {
-    const int i = idx / (K / 8), c = (idx - i * (K / 8)) << 3;
-    uint4* p = reinterpret_cast<uint4*>(S.ks + i * (K + 8) + c);
-    const uint4 q = *p;
-    const bf16* qb = reinterpret_cast<const bf16*>(&q);
-    const float f1 = S.bs[i], f2 = S.gam[i];
-    float x[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f1 * f2;
-    *p = pack8(x);
-  }
-  __syncthreads();
 
-  // W = T · diag(βγ) K; T is lower triangular so only kk <= ti contributes.
+  const bf16* tw = reinterpret_cast<const bf16*>(S.A) + CH * LD64;
+  const bf16* vsrc = v + ((long)start * H + h) * V;
+  // W = (T diag(βγ)) · K; T is lower triangular so only kk <= ti contributes.
   for (int t = warp; t < 4 * (K / 16); t += NW) {
     const int ti = t / (K / 16), tj = t - ti * (K / 16);
     FC acc;
@@ -404,7 +456,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     for (int kk = 0; kk <= ti; ++kk) {
       FAr a;
       FBr b;
-      wmma::load_matrix_sync(a, S.tb + ti * 16 * LD64 + kk * 16, LD64);
+      wmma::load_matrix_sync(a, tw + (ti * (ti + 1) / 2 + kk) * TWSZ, TWLD);
       wmma::load_matrix_sync(b, S.ks + kk * 16 * (K + 8) + tj * 16, K + 8);
       wmma::mma_sync(acc, a, b, acc);
     }
@@ -417,7 +469,8 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     cp_commit();
   }
 
-  // U = T · diag(β) V, 64 columns at a time; slice s + 1 is in flight while s is multiplied.
+  // U = (T diag(β)) · V = tb · V + diag(β) V, 64 columns at a time; slice s + 1 is in flight
+  // while s is multiplied.
   // Groups pending at slice s: V_s and, when it exists, V_{s+1}.
   for (int s = 0; s < nslice; ++s) {
     bf16* vs = (s & 1) ? S.ks : reinterpret_cast<bf16*>(S.A);
@@ -425,18 +478,6 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
       cp_wait<1>();
     else
       cp_wait<0>();
-    __syncthreads();
-    for (int idx = tid; idx < CH * 8; idx += blockDim.x) {
-      const int i = idx >> 3, c = (idx & 7) << 3;
-      uint4* p = reinterpret_cast<uint4*>(vs + i * LD64 + c);
-      const uint4 q = *p;
-      const bf16* qb = reinterpret_cast<const bf16*>(&q);
-      const float f = S.bs[i];
-      float x[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f;
-      *p = pack8(x);
-    }
     __syncthreads();
     // Warp w: tiles (w >> 2, w & 3) and (3 − (w >> 2), w & 3): 5 products per warp.
     for (int half = 0; half < 2; ++half) {
@@ -450,8 +491,10 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
         wmma::load_matrix_sync(b, vs + kk * 16 * LD64 + tj * 16, LD64);
         wmma::mma_sync(acc, a, b, acc);
       }
-      frag_to_bf16_global(acc, stage, u + ((long)(start + ti * 16) * H + h) * V + s * 64 + tj * 16,
-                          (long)H * V, len - ti * 16);
+      // + diag(β) V: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
+      frag_axpy_to_bf16_global(acc, stage, vs + ti * 16 * LD64 + tj * 16, LD64, S.bs + ti * 16,
+                               u + ((long)(start + ti * 16) * H + h) * V + s * 64 + tj * 16,
+                               (long)H * V, len - ti * 16);
     }
     if (s + 2 < nslice) {
       __syncthreads();  // every warp is done with this buffer
