@@ -121,26 +121,6 @@ __device__ __forceinline__ void frag_to_bf16_global(const FC& f, float* stage, b
   __syncwarp();
 }
 
-// As frag_to_bf16_global, plus a row-scaled bf16 tile: dst = bf16(f + diag(fr) X), X 16x16 at x
-// (row stride xld), fr its 16 row factors; the sum in f32.
-__device__ __forceinline__ void frag_axpy_to_bf16_global(const FC& f, float* stage, const bf16* x,
-                                                         int xld, const float* fr, bf16* dst,
-                                                         long ld, int valid) {
-  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
-  if (r < valid) {
-    const uint4 q = *reinterpret_cast<const uint4*>(x + r * xld + c);
-    const bf16* qb = reinterpret_cast<const bf16*>(&q);
-    const float a = fr[r];
-    float y[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) y[e] = stage[r * STG + c + e] + a * b2f(qb[e]);
-    *reinterpret_cast<uint4*>(dst + r * ld + c) = pack8(y);
-  }
-  __syncwarp();
-}
-
 // One warp: 16x16 f32 accumulator -> f32 rows of a global matrix, first `valid` rows only.
 __device__ __forceinline__ void frag_to_f32_global(const FC& f, float* stage, float* dst, long ld,
                                                    int valid) {
@@ -251,6 +231,63 @@ __device__ __forceinline__ void qk_lower(const bf16* q, const bf16* k, float* P)
 }
 
 // ------------------------------------------------------------------------------------------
+// Raw tensor-core helpers (sm_80+ mma.sync and ldmatrix) for kernels that keep their operands in
+// registers: lane (g, q) = (lane / 4, lane % 4) holds, of a 16x8 f32 accumulator tile,
+// X[g][2q], X[g][2q+1], X[g+8][2q], X[g+8][2q+1]; of a 16x16 bf16 A tile the same positions of
+// columns 0-7 (regs 0, 1) and 8-15 (regs 2, 3) -- so two adjacent accumulator tiles, rounded to
+// bf16, are an A operand without any data movement; of a 16x8 B tile (k x n), B[2q][g],
+// B[2q+1][g] (reg 0) and B[2q+8][g], B[2q+9][g] (reg 1). Lower column (or k) in the low half.
+
+__device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&v);
+}
+__device__ __forceinline__ float bf_lo(unsigned r) { return __uint_as_float(r << 16); }
+__device__ __forceinline__ float bf_hi(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
+
+// D = A B + D, m16n8k16, bf16 inputs, f32 accumulators.
+__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the 16-byte rows of matrix i.
+// Without .trans lane (g, q) gets row g, columns 2q, 2q+1 of each; with .trans, rows 2q, 2q+1 of
+// column g.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16* p) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16* p) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+
+// One warp's 16x8 accumulator tile x stored transposed as bf16, Y[c][r] = X[r][c] with Y
+// row-major (row stride ld): lanes g and g^1 swap one value of each row pair so that every lane
+// stores two adjacent r of one column (4-byte stores). Column c is written only where ok(c);
+// every lane of the warp must call this.
+template <class Ok>
+__device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, Ok ok) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3, odd = g & 1;
+  const float s0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[1], 4);
+  const float s1 = __shfl_xor_sync(0xffffffffu, odd ? x[2] : x[3], 4);
+  const int c = 2 * q + odd, r = g - odd;
+  if (ok(c)) {
+    *reinterpret_cast<unsigned*>(y + c * ld + r) = pack_bf2(odd ? s0 : x[0], odd ? x[1] : s0);
+    *reinterpret_cast<unsigned*>(y + c * ld + r + 8) = pack_bf2(odd ? s1 : x[2], odd ? x[3] : s1);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
 // 256 threads.
@@ -279,7 +316,7 @@ struct PrepSm {
   float* A;     // [64][68]   KKᵀ, then M, then T in place (f32); after tb: V slice buffer 0
                 //            ([64][72] bf16) and tw (T diag(βγ), 10 tiles [16][24] bf16)
   bf16* tb;     // [64][72]   strictLower(T) diag(β)
-  float* stage; // [8][320]   W/U staging; during the T solve: X [3][16][16]
+  float* X;     // [3][16][16] the T solve's partial products
   float* G;     // [64]
   float* bs;    // [64]
   float* gam;   // [64]
@@ -287,7 +324,7 @@ struct PrepSm {
     ks = c.take<bf16>(CH * (K + 8));
     A = c.take<float>(CH * LF64);
     tb = c.take<bf16>(CH * LD64);
-    stage = c.take<float>(8 * STG_SZ);
+    X = c.take<float>(3 * 256);
     G = c.take<float>(CH);
     bs = c.take<float>(CH);
     gam = c.take<float>(CH);
@@ -304,7 +341,6 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   PrepSm<K> S;
   S.carve(cv);
   constexpr int NW = 8;
-  static_assert(8 * STG_SZ >= 3 * 256, "X must fit in the staging area");
   static_assert(K + 8 >= LD64 && CH * LF64 * 4 >= CH * LD64 * 2, "V slices must fit");
   constexpr int TWLD = 24, TWSZ = 16 * TWLD;  // tw: lower tile (ti, kk) at (ti(ti+1)/2 + kk)·TWSZ
   static_assert(CH * LD64 * 2 + 10 * TWSZ * 2 <= CH * LF64 * 4, "tw must fit behind V slice 0");
@@ -312,8 +348,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  float* stage = S.stage + warp * STG_SZ;
-  float* X = S.stage;
+  float* X = S.X;
   const int nslice = V / 64;
 
   load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
@@ -358,8 +393,8 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   // T = (I + M)^{-1} in f32, by 16x16 blocks, in place over M. Diagonal blocks: T_bb =
   // (I + M_bb)^{-1} by forward substitution, 64 threads (block b, column c; a block's 16 threads
   // are in one warp), 16-long chains in registers, written over M_bb after a __syncwarp.
-  // Off-diagonal, block row by block row: X_j = Σ_{k=j}^{i−1} M_ik T_kj (all 256 threads), then
-  // T_ij = −T_ii X_j over M_ij.
+  // Off-diagonal, block row by block row: X_j = Σ_{k=j}^{i−1} M_ik T_kj, then T_ij = −T_ii X_j
+  // over M_ij.
   if (tid < CH) {
     const int bb = tid >> 4, c = tid & 15;
     float* Ab = S.A + (16 * bb) * LF64 + 16 * bb;
@@ -376,23 +411,42 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     for (int r = 0; r < 16; ++r) Ab[r * LF64 + c] = t[r];
   }
   __syncthreads();
+  // Off-diagonal block rows: each thread forms 4 adjacent columns of one row (float4 loads of
+  // T's rows, broadcast over the warp's 8 rows; one M element per step), so a step is 2
+  // shared-memory wavefronts for 128 FMAs per warp. v4 gave each thread one element (2
+  // wavefronts per 32 FMAs): with 4 CTAs per SM, prep was bound by shared-memory wavefronts
+  // (ncu: L1/shared throughput 88 %, DRAM 17 %), the T solve about half of them.
   for (int bi = 1; bi < 4; ++bi) {
-    for (int idx = tid; idx < bi * 256; idx += blockDim.x) {
-      const int bj = idx >> 8, r = (idx >> 4) & 15, cc = idx & 15;
+    const int bj = tid >> 6, r = (tid >> 2) & 15, c4 = (tid & 3) << 2;
+    if (tid < 64 * bi) {
       const float* Mr = S.A + (16 * bi + r) * LF64;
-      float acc = 0.f;
-      for (int m = 16 * bj; m < 16 * bi; ++m) acc += Mr[m] * S.A[m * LF64 + 16 * bj + cc];
-      X[idx] = acc;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int m = 16 * bj; m < 16 * bi; ++m) {
+        const float a = Mr[m];
+        const float4 t = *reinterpret_cast<const float4*>(S.A + m * LF64 + 16 * bj + c4);
+        acc.x += a * t.x;
+        acc.y += a * t.y;
+        acc.z += a * t.z;
+        acc.w += a * t.w;
+      }
+      *reinterpret_cast<float4*>(X + bj * 256 + r * 16 + c4) = acc;
     }
     __syncthreads();
-    for (int idx = tid; idx < bi * 256; idx += blockDim.x) {
-      const int bj = idx >> 8, r = (idx >> 4) & 15, cc = idx & 15;
+    if (tid < 64 * bi) {
       const float* Tr = S.A + (16 * bi + r) * LF64 + 16 * bi;
-      const float* Xj = X + bj * 256;
-      float acc = 0.f;
+      const float* Xj = X + bj * 256 + c4;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int m = 0; m < 16; ++m) acc += Tr[m] * Xj[m * 16 + cc];
-      S.A[(16 * bi + r) * LF64 + 16 * bj + cc] = -acc;
+      for (int m = 0; m < 16; ++m) {
+        const float a = Tr[m];
+        const float4 x = *reinterpret_cast<const float4*>(Xj + m * 16);
+        acc.x += a * x.x;
+        acc.y += a * x.y;
+        acc.z += a * x.z;
+        acc.w += a * x.w;
+      }
+      *reinterpret_cast<float4*>(S.A + (16 * bi + r) * LF64 + 16 * bj + c4) =
+          make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
     }
     __syncthreads();
   }
@@ -448,20 +502,44 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 
   const bf16* tw = reinterpret_cast<const bf16*>(S.A) + CH * LD64;
   const bf16* vsrc = v + ((long)start * H + h) * V;
-  // W = (T diag(βγ)) · K; T is lower triangular so only kk <= ti contributes.
-  for (int t = warp; t < 4 * (K / 16); t += NW) {
-    const int ti = t / (K / 16), tj = t - ti * (K / 16);
-    FC acc;
-    wmma::fill_fragment(acc, 0.f);
-    for (int kk = 0; kk <= ti; ++kk) {
-      FAr a;
-      FBr b;
-      wmma::load_matrix_sync(a, tw + (ti * (ti + 1) / 2 + kk) * TWSZ, TWLD);
-      wmma::load_matrix_sync(b, S.ks + kk * 16 * (K + 8) + tj * 16, K + 8);
-      wmma::mma_sync(acc, a, b, acc);
+  // W and U by raw mma.sync (the helpers below), accumulators written to global from registers.
+  // Warp w forms row blocks p = w / 4 and 3 − p (T is lower triangular: p + 1 and 4 − p products,
+  // 5 per warp) of a quarter of the columns.
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const int gr = lane >> 2, qd = lane & 3;
+  // W = (T diag(βγ)) · K, at most 32 columns per pass (K = 256: two; 32 accumulator registers
+  // spilled at 4 CTAs per SM).
+  {
+    constexpr int NT = K / 32 > 4 ? 4 : K / 32;  // n8 tiles per pass
+    for (int pass = 0; pass < K / (32 * NT); ++pass) {
+      const int c0 = (warp & 3) * (K / 4) + pass * 8 * NT;
+      for (int half = 0; half < 2; ++half) {
+        const int ti = half ? 3 - (warp >> 2) : (warp >> 2);
+        float acc[NT][4] = {};
+        for (int kk = 0; kk <= ti; ++kk) {
+          unsigned a[4];
+          ldsm_x4(a, tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (8 * lm_lo + lr) * TWLD + 8 * lm_hi);
+#pragma unroll
+          for (int jp = 0; jp < NT / 2; ++jp) {
+            unsigned r[4];
+            ldsm_x4_t(r, S.ks + (16 * kk + 8 * lm_lo + lr) * (K + 8) + c0 + 16 * jp + 8 * lm_hi);
+            mma_bf16(acc[2 * jp], a, r[0], r[1]);
+            mma_bf16(acc[2 * jp + 1], a, r[2], r[3]);
+          }
+        }
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int row = ti * 16 + gr + 8 * hf;
+          if (row < len) {
+            bf16* dst = w + ((long)(start + row) * H + h) * K + c0 + 2 * qd;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+          }
+        }
+      }
     }
-    frag_to_bf16_global(acc, stage, w + ((long)(start + ti * 16) * H + h) * K + tj * 16, (long)H * K,
-                        len - ti * 16);
   }
   __syncthreads();  // K is dead: it becomes V slice buffer 1
   if (nslice > 1) {
@@ -469,9 +547,9 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     cp_commit();
   }
 
-  // U = (T diag(β)) · V = tb · V + diag(β) V, 64 columns at a time; slice s + 1 is in flight
-  // while s is multiplied.
-  // Groups pending at slice s: V_s and, when it exists, V_{s+1}.
+  // U = (T diag(β)) · V = tb · V + diag(β) V, 64 columns at a time (16 per warp); slice s + 1 is
+  // in flight while s is multiplied. Groups pending at slice s: V_s and, when it exists, V_{s+1}.
+  const int c0 = 16 * (warp & 3);
   for (int s = 0; s < nslice; ++s) {
     bf16* vs = (s & 1) ? S.ks : reinterpret_cast<bf16*>(S.A);
     if (s + 1 < nslice)
@@ -479,85 +557,38 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     else
       cp_wait<0>();
     __syncthreads();
-    // Warp w: tiles (w >> 2, w & 3) and (3 − (w >> 2), w & 3): 5 products per warp.
     for (int half = 0; half < 2; ++half) {
-      const int ti = half ? 3 - (warp >> 2) : (warp >> 2), tj = warp & 3;
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
+      const int ti = half ? 3 - (warp >> 2) : (warp >> 2);
+      float acc[2][4] = {};
       for (int kk = 0; kk <= ti; ++kk) {
-        FAr a;
-        FBr b;
-        wmma::load_matrix_sync(a, S.tb + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, vs + kk * 16 * LD64 + tj * 16, LD64);
-        wmma::mma_sync(acc, a, b, acc);
+        unsigned a[4], r[4];
+        ldsm_x4(a, S.tb + (ti * 16 + 8 * lm_lo + lr) * LD64 + 16 * kk + 8 * lm_hi);
+        ldsm_x4_t(r, vs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 8 * lm_hi);
+        mma_bf16(acc[0], a, r[0], r[1]);
+        mma_bf16(acc[1], a, r[2], r[3]);
       }
-      // + diag(β) V: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
-      frag_axpy_to_bf16_global(acc, stage, vs + ti * 16 * LD64 + tj * 16, LD64, S.bs + ti * 16,
-                               u + ((long)(start + ti * 16) * H + h) * V + s * 64 + tj * 16,
-                               (long)H * V, len - ti * 16);
+      // + diag(β) V in f32: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int row = ti * 16 + gr + 8 * hf;
+        if (row < len) {
+          const float bb = S.bs[row];
+          bf16* dst = u + ((long)(start + row) * H + h) * V + s * 64 + c0 + 2 * qd;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const unsigned x =
+                *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
+            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+                pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
+          }
+        }
+      }
     }
     if (s + 2 < nslice) {
       __syncthreads();  // every warp is done with this buffer
       load_bf16_async(vs, LD64, vsrc + (s + 2) * 64, (long)H * V, CH, 64, len);
       cp_commit();
     }
-  }
-}
-
-// ------------------------------------------------------------------------------------------
-// Raw tensor-core helpers (sm_80+ mma.sync and ldmatrix) for kernels that keep their operands in
-// registers: lane (g, q) = (lane / 4, lane % 4) holds, of a 16x8 f32 accumulator tile,
-// X[g][2q], X[g][2q+1], X[g+8][2q], X[g+8][2q+1]; of a 16x16 bf16 A tile the same positions of
-// columns 0-7 (regs 0, 1) and 8-15 (regs 2, 3) -- so two adjacent accumulator tiles, rounded to
-// bf16, are an A operand without any data movement; of a 16x8 B tile (k x n), B[2q][g],
-// B[2q+1][g] (reg 0) and B[2q+8][g], B[2q+9][g] (reg 1). Lower column (or k) in the low half.
-
-__device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<unsigned*>(&v);
-}
-__device__ __forceinline__ float bf_lo(unsigned r) { return __uint_as_float(r << 16); }
-__device__ __forceinline__ float bf_hi(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
-
-// D = A B + D, m16n8k16, bf16 inputs, f32 accumulators.
-__device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the 16-byte rows of matrix i.
-// Without .trans lane (g, q) gets row g, columns 2q, 2q+1 of each; with .trans, rows 2q, 2q+1 of
-// column g.
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16* p) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s)
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16* p) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s)
-               : "memory");
-}
-
-// One warp's 16x8 accumulator tile x stored transposed as bf16, Y[c][r] = X[r][c] with Y
-// row-major (row stride ld): lanes g and g^1 swap one value of each row pair so that every lane
-// stores two adjacent r of one column (4-byte stores). Column c is written only where ok(c);
-// every lane of the warp must call this.
-template <class Ok>
-__device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, Ok ok) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3, odd = g & 1;
-  const float s0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[1], 4);
-  const float s1 = __shfl_xor_sync(0xffffffffu, odd ? x[2] : x[3], 4);
-  const int c = 2 * q + odd, r = g - odd;
-  if (ok(c)) {
-    *reinterpret_cast<unsigned*>(y + c * ld + r) = pack_bf2(odd ? s0 : x[0], odd ? x[1] : s0);
-    *reinterpret_cast<unsigned*>(y + c * ld + r + 8) = pack_bf2(odd ? s1 : x[2], odd ? x[3] : s1);
   }
 }
 
