@@ -340,7 +340,6 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   Carve cv(smem);
   PrepSm<K> S;
   S.carve(cv);
-  constexpr int NW = 8;
   static_assert(K + 8 >= LD64 && CH * LF64 * 4 >= CH * LD64 * 2, "V slices must fit");
   constexpr int TWLD = 24, TWSZ = 16 * TWLD;  // tw: lower tile (ti, kk) at (ti(ti+1)/2 + kk)·TWSZ
   static_assert(CH * LD64 * 2 + 10 * TWSZ * 2 <= CH * LF64 * 4, "tw must fit behind V slice 0");
