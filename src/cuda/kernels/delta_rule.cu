@@ -938,57 +938,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   }
 }
 
-// ------------------------------------------------------------------------------------------
-// The intra-chunk attention matrix of kernel 4 (backward, local dṼ): dṼ_loc = s (QKᵀ ⊙ Γ ⊙ L)ᵀ dO,
-// f32, per (chunk, head), 256 threads. The forward state pass (kernel 2) forms the same matrix
-// for the output in its own layout (p_rows).
-
-template <int K>
-struct DvlocSm {
-  bf16* q;      // [64][K+8]
-  bf16* k;      // [64][K+8]
-  bf16* x;      // [64][72]  dO columns
-  float* P;     // [64][68]
-  bf16* pb;     // [64][72]
-  float* stage; // [8][320]
-  float* G;     // [64]
-  __device__ void carve(Carve& c) {
-    q = c.take<bf16>(CH * (K + 8));
-    k = c.take<bf16>(CH * (K + 8));
-    x = c.take<bf16>(CH * LD64);
-    P = c.take<float>(CH * LF64);
-    pb = c.take<bf16>(CH * LD64);
-    stage = c.take<float>(8 * STG_SZ);
-    G = c.take<float>(CH);
-  }
-};
-
-// Loads q, k, G and builds pb = s·(QKᵀ ⊙ Γ ⊙ L) (bf16). `x_src`/`xld` is the 64-column slice
-// loaded into S.x. Ends with a barrier.
-template <int K>
-__device__ __forceinline__ void intra_attn(DvlocSm<K>& S, const bf16* q, const bf16* k,
-                                           const float* gc, const bf16* x_src, long xld, int start,
-                                           int len, int h, int H, float scale) {
-  const int tid = threadIdx.x;
-  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.x, LD64, x_src, xld, CH, 64, len);
-  cp_commit();
-  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
-  cp_wait<0>();
-  __syncthreads();
-  qk_lower<K>(S.q, S.k, S.P);
-  __syncthreads();
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    float p = 0.f;
-    if (j <= i && i < len) p = scale * S.P[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
-    S.pb[i * LD64 + j] = f2b(p);
-  }
-  __syncthreads();
-}
-
-// Kernel 3, v4: its own layout (dvloc keeps DvlocSm/intra_attn). 3 CTAs/SM at
+// Kernel 3, v4: 3 CTAs/SM at
 // K = 128 (68.2 KB, was 97.2 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
 // straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
 // double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
@@ -1133,16 +1083,29 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   }
 }
 
-// Kernel 4 (v4): one block per (chunk, head) loops over the 64-column slices of dO (v3 had one
-// block per slice, each reloading q and k and recomputing QKᵀ). For K <= 128 a second slice
-// buffer (DvlocX) is carved after DvlocSm: slice 1 loads with q and k, and slice s+2 loads while
-// slice s+1 is multiplied. For K = 256 (where the extra 9 KB would cost the second CTA per SM)
-// the slices are single-buffered.
+// Kernel 4 (v5): dṼ_loc = Pᵀ dO (f32), P = s (QKᵀ ⊙ Γ ⊙ L), per (chunk, head), 8 warps. P by
+// p_rows (the fused forward's routine, warps 0–3, one row block each), then the 64-column slices
+// of dO through two buffers (slice s + 2 loads while s + 1 is multiplied) by raw mma.sync: warp w
+// forms output row blocks p = w / 4 and 3 − p (Pᵀ is upper triangular: 4 − p and p + 1 products)
+// of 16 columns, written as f32 straight from the accumulators. v4 formed P through wmma into a
+// 64 × 64 f32 array and every output tile through a per-warp staging tile (89 KB at K = 128, 2
+// CTAs per SM, single-buffered at K = 256; now 61 KB, 3 per SM, and 93 KB, 2, at K = 256).
 template <int K>
-struct DvlocX {
-  static constexpr bool DB = K < 256;
-  bf16* x2;  // [64][72] second dO slice (DB only)
-  __device__ void carve(Carve& c) { x2 = DB ? c.take<bf16>(CH * LD64) : nullptr; }
+struct DvlocSm {
+  bf16* q;   // [64][K+8]
+  bf16* k;   // [64][K+8]
+  bf16* x0;  // [64][72]  dO slices s even
+  bf16* x1;  // [64][72]  dO slices s odd
+  bf16* pb;  // [64][72]  P, bf16
+  float* G;  // [64]
+  __device__ void carve(Carve& c) {
+    q = c.take<bf16>(CH * (K + 8));
+    k = c.take<bf16>(CH * (K + 8));
+    x0 = c.take<bf16>(CH * LD64);
+    x1 = c.take<bf16>(CH * LD64);
+    pb = c.take<bf16>(CH * LD64);
+    G = c.take<float>(CH);
+  }
 };
 
 template <int K>
@@ -1154,59 +1117,63 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   Carve cv(smem);
   DvlocSm<K> S;
   S.carve(cv);
-  DvlocX<K> X2;
-  X2.carve(cv);
-  constexpr bool DB = DvlocX<K>::DB;
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const int gr = lane >> 2, qd = lane & 3;
   const bf16* do0 = d_o + ((long)start * H + h) * V;
   const long ld = (long)H * V;
   const int ns = V / 64;
-  // Slice 1 joins intra_attn's cp.async group (committed and waited for there).
-  if (DB && ns > 1) load_bf16_async(X2.x2, LD64, do0 + 64, ld, CH, 64, len);
-  intra_attn<K>(S, q, k, gc, do0, ld, start, len, h, H, scale);
-  float* stage = S.stage + warp * STG_SZ;
+  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_bf16_async(S.x0, LD64, do0, ld, CH, 64, len);
+  if (ns > 1) load_bf16_async(S.x1, LD64, do0 + 64, ld, CH, 64, len);
+  cp_commit();
+  if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
+  cp_wait<0>();
+  __syncthreads();
+  if (warp < 4) p_rows<K>(S.q, S.k, S.G, len, scale, warp, S.pb);
+  __syncthreads();
+  const int c0 = 16 * (warp & 3);
   for (int s = 0; s < ns; ++s) {
     const int v0 = s * 64;
-    const bf16* xs = S.x;
-    if constexpr (DB) {
-      xs = (s & 1) ? X2.x2 : S.x;
-      if (s >= 2) {
-        // Slice s was issued during slice s−2; slice s+1 (if any) during slice s−1.
-        if (s + 1 < ns)
-          cp_wait<1>();
-        else
-          cp_wait<0>();
-        __syncthreads();
-      }
-    } else if (s > 0) {
-      __syncthreads();  // every warp is done with the previous slice
-      load_bf16_async(S.x, LD64, do0 + v0, ld, CH, 64, len);
-      cp_commit();
-      cp_wait<0>();
+    bf16* xs = (s & 1) ? S.x1 : S.x0;
+    if (s >= 2) {
+      // Slice s was issued during slice s−2; slice s+1 (if any) during slice s−1.
+      if (s + 1 < ns)
+        cp_wait<1>();
+      else
+        cp_wait<0>();
       __syncthreads();
     }
-    for (int t = warp; t < 16; t += nw) {
-      const int ti = t >> 2, tj = t & 3;  // output rows are the key index j
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
+    for (int half = 0; half < 2; ++half) {
+      const int ti = half ? 3 - (warp >> 2) : (warp >> 2);  // output rows: the key index j
+      float acc[2][4] = {};
       for (int kk = ti; kk < 4; ++kk) {
-        FAc a;  // (pb)ᵀ: element (j, i) = pb[i][j]
-        FBr b;
-        wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
-        wmma::load_matrix_sync(b, xs + kk * 16 * LD64 + tj * 16, LD64);
-        wmma::mma_sync(acc, a, b, acc);
+        unsigned a[4], r[4];
+        // A = Pᵀ rows 16 ti.. (ldmatrix.trans of P's columns), B = dO rows 16 kk.. (.trans).
+        ldsm_x4_t(a, S.pb + (16 * kk + 8 * lm_hi + lr) * LD64 + 16 * ti + 8 * lm_lo);
+        ldsm_x4_t(r, xs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 8 * lm_hi);
+        mma_bf16(acc[0], a, r[0], r[1]);
+        mma_bf16(acc[1], a, r[2], r[3]);
       }
-      frag_to_f32_global(acc, stage, dvl + ((long)(start + ti * 16) * H + h) * V + v0 + tj * 16,
-                         ld, len - ti * 16);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int row = ti * 16 + gr + 8 * hf;
+        if (row < len) {
+          float* dst = dvl + ((long)(start + row) * H + h) * V + v0 + c0 + 2 * qd;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+            *reinterpret_cast<float2*>(dst + 8 * nt) =
+                make_float2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+        }
+      }
     }
-    if constexpr (DB) {
-      if (s + 2 < ns) {
-        __syncthreads();  // every warp is done with this slice's buffer
-        load_bf16_async(const_cast<bf16*>(xs), LD64, do0 + v0 + 128, ld, CH, 64, len);
-        cp_commit();
-      }
+    if (s + 2 < ns) {
+      __syncthreads();  // every warp is done with this slice's buffer
+      load_bf16_async(xs, LD64, do0 + v0 + 128, ld, CH, 64, len);
+      cp_commit();
     }
   }
 }
@@ -2470,19 +2437,10 @@ __device__ unsigned smem_of() {
   return c.off;
 }
 template <int K>
-__device__ unsigned smem_dvloc() {
-  Carve c(nullptr);
-  DvlocSm<K> l;
-  l.carve(c);
-  DvlocX<K> x;
-  x.carve(c);
-  return c.off;
-}
-template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
   out[0] = smem_of<PrepSm<K>>();
   out[1] = smem_of<FwdOSm<K>>();
-  out[2] = smem_dvloc<K>();
+  out[2] = smem_of<DvlocSm<K>>();
   out[3] = smem_of<DqkSm<K>>();
   out[4] = smem_of<WySm<K>>();
   out[5] = smem_of<StateFwdSm<K, 1, MODE_FUSED>>();
