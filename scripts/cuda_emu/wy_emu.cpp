@@ -195,7 +195,7 @@ static bool run_case(const Case& c, unsigned seed) {
     r[o] = e[o] / m[o];
     ok = ok && r[o] < 2e-3;
   }
-  printf("K=%d V=%d H=%d chunks=%d seqlens=", K, V, H, NC);
+  printf("K=%d V=%d H=%d chunks=%d smem=%u seqlens=", K, V, H, NC, cnt.off);
   for (int L : c.seqlens) printf("%d,", L);
   printf("  dk %.2e  dv %.2e  dg %.2e  dbeta %.2e (max err / max |ref|)%s  %s\n", r[0], r[1],
          r[2], r[3], nan_left ? "  NaN left" : "", ok ? "ok" : "FAIL");

@@ -1792,8 +1792,9 @@ struct WySm {
   static constexpr int NS = (K >= 256) ? 4 : 2;  // column splits (warps per 16-row block)
   static constexpr int NW = 4 * NS;
   static constexpr int MINB = (K >= 256) ? 1 : 2;  // CTAs per SM the registers are capped for
-  // Slice buffers; K = 64 needs a third for the post-loop arrays to fit (and has the room).
-  static constexpr int NBUF = (K == 64) ? 3 : 2;
+  // Slice buffers: 2 at K = 128 (2 CTAs per SM); 3 at K = 64, where the post-loop arrays need
+  // them, and at K = 256, whose one CTA per SM would otherwise have at most one slice in flight.
+  static constexpr int NBUF = (K == 128) ? 2 : 3;
   static constexpr int KW = K / NS, PW = CH / NS;  // dW'/dk and 64×64 columns per warp
   static constexpr int KLD = K + 8;                // row stride of k and dW (bf16)
   static constexpr int MLD = 72;                   // f32 row stride of TMP (column reads)
