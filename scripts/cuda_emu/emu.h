@@ -1,8 +1,8 @@
-// Minimal CPU stand-ins for the CUDA features the dqk and wy kernels use, so that its own source text
-// (extracted by extract.py) runs on the host: one std::thread per CUDA thread, __syncthreads as a
-// CTA barrier, and the warp-collective operations (shuffles, ldmatrix, mma.sync m16n8k16 bf16 and
-// m16n8k8 tf32) as
-// exchanges through a per-warp table between two warp barriers. cp.async copies synchronously.
+// Minimal CPU stand-ins for the CUDA features the dqk and wy kernels use, so that their own source
+// text (extracted by extract.py) runs on the host: one std::thread per CUDA thread, __syncthreads
+// as a CTA barrier, and the warp-collective operations (shuffles, ldmatrix, mma.sync m16n8k16 bf16
+// and m16n8k8 tf32) as exchanges through a per-warp table between two warp barriers. cp.async
+// copies synchronously.
 #pragma once
 #include <barrier>
 #include <cassert>

@@ -107,8 +107,9 @@ static bool run_case(const Case& c, unsigned seed) {
       auto Kk = [&](int i, int x) { return f(k[((size_t)(st + i) * H + hh) * K + x]); };
       auto Vv = [&](int i, int x) { return f(v[((size_t)(st + i) * H + hh) * V + x]); };
       auto DV = [&](int i, int x) { return f(dvn[((size_t)(st + i) * H + hh) * V + x]); };
-      auto Hc = [&](int x, int y) { return f(hs[((size_t)ci * H + hh) * K * V + (size_t)x * V + y]); };
-      auto Tm = [&](int i, int j) { return (double)tmat[((size_t)ci * H + hh) * CH * CH + i * CH + j]; };
+      const size_t ho = ((size_t)ci * H + hh) * K * V, to = ((size_t)ci * H + hh) * CH * CH;
+      auto Hc = [&](int x, int y) { return f(hs[ho + (size_t)x * V + y]); };
+      auto Tm = [&](int i, int j) { return (double)tmat[to + i * CH + j]; };
       std::vector<double> G(l), be(l), ga(l), bg(l);
       for (int i = 0; i < l; ++i) {
         G[i] = gc[(size_t)(st + i) * H + hh];

@@ -13,9 +13,10 @@
 // Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators; the sequential state
 // passes and the backward's dq/dk (6) and WY (7) kernels use mma.sync m16n8k16 (m16n8k8 tf32 for
 // the WY T-chain) + ldmatrix directly (their operands stay in registers: see the helpers before
-// kernel 2; scripts/cuda_emu runs kernels 6 and 7 on the CPU against a reference). Every wmma pointer is
-// 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides are multiples
-// of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16 rows/columns.
+// kernel 2; scripts/cuda_emu runs kernels 6 and 7 on the CPU against a reference). Every wmma
+// pointer is 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides
+// are multiples of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16
+// rows/columns.
 
 #include <cuda_bf16.h>
 #include <mma.h>
