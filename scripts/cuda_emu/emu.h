@@ -1,7 +1,8 @@
-// Minimal CPU stand-ins for the CUDA features the dqk kernel uses, so that its own source text
-// (extracted by extract.py) runs on the host: one std::thread per CUDA thread, __syncthreads as a
-// CTA barrier, and the warp-collective operations (shuffles, ldmatrix, mma.sync m16n8k16) as
-// exchanges through a per-warp table between two warp barriers. cp.async copies synchronously.
+// Minimal CPU stand-ins for the CUDA features the dqk and wy kernels use, so that their own source
+// text (extracted by extract.py) runs on the host: one std::thread per CUDA thread, __syncthreads
+// as a CTA barrier, and the warp-collective operations (shuffles, ldmatrix, mma.sync m16n8k16 bf16
+// and m16n8k8 tf32) as exchanges through a per-warp table between two warp barriers. cp.async
+// copies synchronously.
 #pragma once
 #include <barrier>
 #include <cassert>
@@ -91,9 +92,19 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   return r;
 }
 
+inline float __shfl_down_sync(unsigned, float v, int o) {
+  const int lane = threadIdx.x & 31;
+  tw->s[lane] = v;
+  tw->bar.arrive_and_wait();
+  const float r = lane + o < 32 ? tw->s[lane + o] : v;
+  tw->bar.arrive_and_wait();
+  return r;
+}
+
 namespace dr {
 constexpr int CH = 64;
 constexpr int LD64 = 72;
+constexpr int LF64 = 68;
 
 inline void cp16(void* s, const void* g, bool ok) {
   assert((char*)s >= g_smem && (char*)s + 16 <= g_smem + g_smem_size && ((uintptr_t)s & 15) == 0);
@@ -146,6 +157,29 @@ inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
     const int r = g + 8 * (e >> 1), n = 2 * q + (e & 1);
     float s = d[e];
     for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+    d[e] = s;
+  }
+  tw->bar.arrive_and_wait();
+}
+
+// cvt.rna.tf32.f32: nearest, ties away from zero, 10 mantissa bits (as the CPU mirror's tf()).
+inline unsigned tf32_rna(float x) { return (__float_as_uint(x) + 0x1000u) & ~0x1fffu; }
+// D = A B + D, m16n8k8 tf32 (PTX fragment layouts; the low 13 bits of each input are ignored),
+// f32 accumulation in k order.
+inline void mma_tf32(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  for (int i = 0; i < 4; ++i) tw->a[lane][i] = a[i];
+  tw->b[lane][0] = b0;
+  tw->b[lane][1] = b1;
+  tw->bar.arrive_and_wait();
+  auto A = [](int r, int k) {
+    return __uint_as_float(tw->a[(r & 7) * 4 + (k & 3)][(r >> 3) + 2 * (k >> 2)] & ~0x1fffu);
+  };
+  auto B = [](int k, int n) { return __uint_as_float(tw->b[n * 4 + (k & 3)][k >> 2] & ~0x1fffu); };
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e >> 1), n = 2 * q + (e & 1);
+    float s = d[e];
+    for (int k = 0; k < 8; ++k) s += A(r, k) * B(k, n);
     d[e] = s;
   }
   tw->bar.arrive_and_wait();

@@ -10,12 +10,13 @@
 // order; `seq_chunk` [N+1] gives each sequence's first chunk. Rows of a partial chunk past the
 // sequence end are zero-filled on load, get γ = δ = 0 and are never written.
 //
-// Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators (tf32 16x16x8 for the
-// T-chain of the WY backward); the sequential state passes and the dq/dk kernel (6) use
-// mma.sync m16n8k16 + ldmatrix directly (their operands stay in registers: see the helpers before
-// kernel 2; scripts/cuda_emu runs kernel 6 on the CPU against a reference). Every wmma pointer is
-// 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides are multiples
-// of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16 rows/columns.
+// Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators; the sequential state
+// passes and the backward's dq/dk (6) and WY (7) kernels use mma.sync m16n8k16 (m16n8k8 tf32 for
+// the WY T-chain) + ldmatrix directly (their operands stay in registers: see the helpers before
+// kernel 2; scripts/cuda_emu runs kernels 6 and 7 on the CPU against a reference). Every wmma
+// pointer is 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides
+// are multiples of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16
+// rows/columns.
 
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -36,11 +37,6 @@ typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FAc;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FBr;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FBc;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FC;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> TAr;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> TAc;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> TBr;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> TBc;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> TC;
 
 // ------------------------------------------------------------------------------------------
 // Small helpers
@@ -141,73 +137,6 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// Σ_e sp[e]·xr[e] over a lane's 8 staged values of a 16×16 tile row (the row is split over lanes
-// 2r and 2r+1, whose sums are added), with SCALE first scaling the staged values by f in place.
-template <bool SCALE>
-__device__ __forceinline__ float staged_row_dot(float* sp, const bf16* xr, float f) {
-  float a = 0.f;
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    float x = sp[e];
-    if (SCALE) {
-      x *= f;
-      sp[e] = x;
-    }
-    a += x * b2f(xr[e]);
-  }
-  return a + __shfl_xor_sync(0xffffffffu, a, 1);
-}
-
-// out[i] = Σ_c X[i*ldx + c] · float(B[i*ldb + c]) for the 64 rows, one warp per row.
-template <int NCOL>
-__device__ __forceinline__ void row_dots(const float* X, int ldx, const bf16* B, int ldb,
-                                         float* out) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int i = warp; i < CH; i += nw) {
-    float s = 0.f;
-    for (int c = lane; c < NCOL; c += 32) s += X[i * ldx + c] * b2f(B[i * ldb + c]);
-    s = warp_sum(s);
-    if (lane == 0) out[i] = s;
-  }
-}
-
-// Row sums (rs[i] = Σ_j E_ij, and rs2[i] = Σ_j E2_ij when E2 is non-null) and column sums
-// (cs[j] = Σ_i E_ij) of 64x64 f32 matrices (row stride LF64), by all NTH threads (v3; v2 gave each
-// row or column to one thread: 64-long serial loops on two warps, the row walks 8-way
-// bank-conflicted, while the other warps waited). Rows: one warp per row, lanes over columns.
-// Columns: NTH/64 groups of 64 threads each sum 64/(NTH/64) rows into part (NTH floats), then
-// the groups are added in order (fixed order: deterministic). Starts and ends with a barrier.
-template <int NTH>
-__device__ __forceinline__ void rowcol_sums(const float* E, const float* E2, float* rs, float* rs2,
-                                            float* cs, float* part) {
-  constexpr int NG = NTH / CH, RPG = CH / NG;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  __syncthreads();
-  for (int i = warp; i < CH; i += NTH / 32) {
-    const float a = warp_sum(E[i * LF64 + lane] + E[i * LF64 + lane + 32]);
-    if (lane == 0) rs[i] = a;
-    if (E2) {
-      const float b = warp_sum(E2[i * LF64 + lane] + E2[i * LF64 + lane + 32]);
-      if (lane == 0) rs2[i] = b;
-    }
-  }
-  {
-    const int g = tid / CH, j = tid - g * CH;
-    float a = 0.f;
-#pragma unroll 4
-    for (int r = g * RPG; r < (g + 1) * RPG; ++r) a += E[r * LF64 + j];
-    part[tid] = a;
-  }
-  __syncthreads();
-  if (tid < CH) {
-    float a = 0.f;
-#pragma unroll
-    for (int g = 0; g < NG; ++g) a += part[g * CH + tid];
-    cs[tid] = a;
-  }
-  __syncthreads();
-}
-
 // P = QKᵀ on the lower 16x16 tiles (i-block >= j-block) into f32 P (row stride LF64). The upper
 // tiles are left unwritten; callers mask them. One tile per warp at a time.
 template <int K>
@@ -248,6 +177,24 @@ __device__ __forceinline__ float bf_hi(unsigned r) { return __uint_as_float(r & 
 // D = A B + D, m16n8k16, bf16 inputs, f32 accumulators.
 __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// cvt.rna.tf32.f32 (nearest, ties away: what wmma::__float_to_tf32 does and the CPU mirror models),
+// as the bits of an mma operand and as a float.
+__device__ __forceinline__ unsigned tf32_rna(float x) {
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float tf32r(float x) { return __uint_as_float(tf32_rna(x)); }
+
+// D = A B + D, m16n8k8, tf32 inputs, f32 accumulators. Lane (g, q) holds A[g][q], A[g+8][q],
+// A[g][q+4], A[g+8][q+4] (a0-a3), B[q][g], B[q+4][g] (b0, b1); D as for m16n8k16.
+__device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -1816,80 +1763,76 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
 // dW Kᵀ diag(βγ), dKβγ = Tᵀ dW, dM = −Tᵀ strictLower(dT) Tᵀ (tf32), and the M backward. Adds to
 // the partial dk and dG of kernel 6, reverse-cumsums dG into dg, writes dbeta.
 //
-// v4: 2 CTAs per SM for K <= 128 (113.0 KB, <= 128 registers; v3 had 142 KB, 1 CTA per SM).
-// The V slices are double-buffered (slice s+1 loads while slice s is multiplied; slice 0 loads
-// with k and T). The two slice buffers share one region with the post-loop arrays DT, TMP, dW
-// (bf16, later pb) and T (f32): T is read at the start (to build its bf16 copy), overwritten by
-// the second slice buffer, and loaded again from tmat after the loop. The per-slice f32 dVβ
-// staging and the 64 x K f32 X are gone: each warp takes its own tiles through a 16 x 16 staging
-// tile; dβ_V and z = rowdot(dKβγ, K) are sums of per-16-column partials (fixed order).
+// v5, the register-resident style of kernel 6 (raw mma.sync + ldmatrix). v4 (wmma) was bound by
+// shared-memory wavefronts: every tile went through a staging tile and back, the tf32 operands
+// were wmma loads of f32 arrays, and the M backward made elementwise passes over 64×64 f32 arrays.
+// 4·NS warps (NS = 2; 4 at K = 256): warp w owns the rows [16 rb, 16 rb + 16), rb = w mod 4, and,
+// with sp = w / 4, the columns [sp·K/NS, +K/NS) of dW' and dk and [sp·64/NS, +64/NS) of every
+// 64×64 matrix (dTv, dT, TMP, dM) and of each slice's dVβ. One ownership for all 64×64 matrices
+// means the M backward finds dT's K-side factor (KKᵀ) and dM in its own registers; tiles above
+// the diagonal block are not formed.
+//   Loop (64-column slices of dṼ, V, h_c through NBUF cp.async buffers, one group per slice
+//   issued NBUF − 1 ahead, one barrier per slice): dW' and dTv accumulate in registers; dVβ is
+//   formed per slice (A = Tᵀ by ldmatrix.trans of bf16 T, B = dṼ by ldmatrix.trans) and leaves
+//   at once as β dVβ (f32 to global) and the row dot with V (registers, summed over slices).
+//   After the loop the slice buffers hold dW (bf16, the only loop result other warps need), the
+//   tf32 dT and TMP, and T in f32. dKβγ = Tᵀ dW and dT (with KKᵀ, sharing the B = K fragments)
+//   are formed from registers; dk's accumulators start as dk_partial + βγ dKβγ and receive
+//   dMm K + dMmᵀ K at the end (dMm = bf16(dM β_i Γ), through shared memory like kernel 6's pb).
+//   The T-chain runs on mma.m16n8k8 tf32 with the operands rounded once (cvt.rna) where they are
+//   stored, which is where wmma's __float_to_tf32 rounded them: same values.
+// Row and column sums (dβ_V, z = rowdot(dKβγ, K), the M-backward sums) are per-warp partials
+// by quad / column shuffles, added by warp 0 in a fixed order (deterministic), which also does
+// the reverse cumsum of dG with shuffles.
 
 template <int K>
 struct WySm {
-  static constexpr int NW = (K >= 256) ? 16 : 8;
+  static constexpr int NS = (K >= 256) ? 4 : 2;  // column splits (warps per 16-row block)
+  static constexpr int NW = 4 * NS;
   static constexpr int MINB = (K >= 256) ? 1 : 2;  // CTAs per SM the registers are capped for
-  bf16* k;      // [64][K+8]
-  bf16* tb;     // [64][72]  T (bf16)
-  // region, loop: two slice buffers, each dvs [64][72], vs [64][72], hs [K][72];
-  // after the loop: DT, TMP [64][68] f32, dwb [64][K+8] bf16 (pb [64][72] in its place once
-  // dwb is dead), tf [64][68] f32 (T; placed after buffer 0, see carve)
-  // Slice buffer b starts at buf + b·SETE: dvs at +0, vs at +64·72, hs at +2·64·72 (offsets, not
-  // pointer arrays: a runtime-indexed array of pointers would live in local memory).
-  static constexpr int SETE = 2 * CH * LD64 + K * LD64;
-  char* region;
-  bf16* buf;
-  float *DT, *TMP, *tf;
-  bf16 *dwb, *pb;
-  float* stage;  // [NW][16][20]
-  float *G, *gam, *bs, *bg, *rsum, *csum, *dbm, *dgp;  // [64]
-  float* dbp;    // [4][64]   dβ_V partials per 16-column tile (summed over slices)
-  float* zp;     // [K/16][64] z partials per 16-column tile
+  // Slice buffers: 2 at K = 128 (2 CTAs per SM); 3 at K = 64, where the post-loop arrays need
+  // them, and at K = 256, whose one CTA per SM would otherwise have at most one slice in flight.
+  static constexpr int NBUF = (K == 128) ? 2 : 3;
+  static constexpr int KW = K / NS, PW = CH / NS;  // dW'/dk and 64×64 columns per warp
+  static constexpr int KLD = K + 8;                // row stride of k and dW (bf16)
+  static constexpr int MLD = 72;                   // f32 row stride of TMP (column reads)
+  // A slice buffer: dṼ, V [64][LD64], h_c [K][LD64] (bf16).
+  static constexpr unsigned OFF_V = CH * LD64 * 2, OFF_H = 2 * CH * LD64 * 2,
+                            BUF = OFF_H + K * LD64 * 2;
+  // After the loop, in the slice buffers: dW [64][KLD] bf16 (then dMm [64][LD64] in its place),
+  // dT [64][LF64], TMP [64][MLD] and T [64][LF64] f32.
+  static constexpr unsigned OFF_DT = CH * KLD * 2, OFF_TMP = OFF_DT + CH * LF64 * 4,
+                            OFF_TF = OFF_TMP + CH * MLD * 4, POST = OFF_TF + CH * LF64 * 4;
+  static_assert(POST <= NBUF * BUF, "the post-loop arrays fit in the slice buffers");
+  static_assert(CH * LD64 <= CH * KLD, "dMm fits in dW's place");
+  static_assert(BUF % 128 == 0 && OFF_DT % 128 == 0 && OFF_TMP % 128 == 0 && OFF_TF % 128 == 0,
+                "arrays start at 128-byte boundaries");
+  char* buf;                      // NBUF x BUF
+  bf16* k;                        // [64][KLD]
+  bf16* tb;                       // [64][LD64] T (bf16)
+  float *G, *bs, *gam, *bg, *dgp;  // [64]: G, β, γ, βγ, kernel 6's partial dG
+  float *dbp, *zp, *rsp, *dbmp;   // [NS][64]: per-split partials of dβ_V, z, Σ_j x, Σ_j y
+  float* csp;                     // [4][64]: per-row-block partials of Σ_i x
   __device__ void carve(Carve& c) {
-    k = c.take<bf16>(CH * (K + 8));
+    buf = c.take<char>(NBUF * BUF);
+    k = c.take<bf16>(CH * KLD);
     tb = c.take<bf16>(CH * LD64);
-    const unsigned set_bytes = SETE * 2;  // a multiple of 128
-    const unsigned dw_bytes = CH * (K + 8) * 2;
-    const unsigned post_bytes = 3 * CH * LF64 * 4 + dw_bytes;
-    region = c.take<char>(2 * set_bytes > post_bytes ? 2 * set_bytes : post_bytes);
-    buf = reinterpret_cast<bf16*>(region);
-    {
-      // tf starts at 2·17408 + dw_bytes >= set_bytes for every K (34816 + 9216 vs 27648 at
-      // K = 64, 52224 vs 36864 at 128, 68608 vs 55296 at 256): buffer 0 (slice 0, loaded
-      // together with T at the start) never overlaps it.
-      Carve r(region);
-      DT = r.take<float>(CH * LF64);
-      TMP = r.take<float>(CH * LF64);
-      dwb = r.take<bf16>(CH * (K + 8));
-      tf = r.take<float>(CH * LF64);
-      pb = dwb;
-    }
-    stage = c.take<float>(NW * STG_SZ);
     G = c.take<float>(CH);
-    gam = c.take<float>(CH);
     bs = c.take<float>(CH);
+    gam = c.take<float>(CH);
     bg = c.take<float>(CH);
-    rsum = c.take<float>(CH);
-    csum = c.take<float>(CH);
-    dbm = c.take<float>(CH);
     dgp = c.take<float>(CH);
-    dbp = c.take<float>(4 * CH);
-    zp = c.take<float>((K / 16) * CH);
+    dbp = c.take<float>(NS * CH);
+    zp = c.take<float>(NS * CH);
+    rsp = c.take<float>(NS * CH);
+    dbmp = c.take<float>(NS * CH);
+    csp = c.take<float>(4 * CH);
   }
 };
 // The host launches kernels 6 and 7 with one thread count (ChunkKernels::bwd_threads).
 static_assert(DqkSm<64>::NW == WySm<64>::NW && DqkSm<128>::NW == WySm<128>::NW &&
                   DqkSm<256>::NW == WySm<256>::NW,
               "dqk and wy run the same number of warps");
-
-// One V slice of kernel 7 into slice buffer b (one cp.async batch, not committed).
-template <int K>
-__device__ __forceinline__ void wy_load_slice(WySm<K>& S, int b, const bf16* dv0, const bf16* vv0,
-                                              const bf16* h0, long ld, int V, int len) {
-  bf16* p = S.buf + b * WySm<K>::SETE;
-  load_bf16_async(p, LD64, dv0, ld, CH, 64, len);
-  load_bf16_async(p + CH * LD64, LD64, vv0, ld, CH, 64, len);
-  load_bf16_async(p + 2 * CH * LD64, LD64, h0, V, K, 64, K);
-}
 
 template <int K>
 __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -1900,345 +1843,445 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         float* __restrict__ dbeta) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  WySm<K> S;
+  typedef WySm<K> L;
+  L S;
   S.carve(cv);
-  constexpr int NW = WySm<K>::NW;
-  constexpr int NP = 16 / NW;
-  constexpr int KT = K / 16;
-  constexpr int NQ = (4 * KT) / NW;
+  constexpr int NS = L::NS, KW = L::KW, PW = L::PW, NBUF = L::NBUF, KLD = L::KLD, MLD = L::MLD;
+  constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dW' (and dk) rows
+  constexpr int NPT = PW / 8;  // of its rows of a 64×64 matrix (and of a slice's dVβ)
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const long hoff = ((long)cg * H + h) * K * V;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+  // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const int rb = warp & 3, r0 = 16 * rb, sp = warp >> 2, kc0 = sp * KW, pc0 = sp * PW;
+  const int i0 = r0 + g;
+  const int pdiag = rb - pc0 / 16;  // 64×64 tile pairs 0..pdiag are on or below the diagonal
+  const int nsl = V / 64;
   const long vld = (long)H * V;
   const bf16* dv0 = dvnew + ((long)start * H + h) * V;
   const bf16* vv0 = v + ((long)start * H + h) * V;
+  const bf16* hc0 = hst + ((long)cg * H + h) * K * V;
   const float* tsrc = tmat + ((long)cg * H + h) * (CH * CH);
-  const int ns = V / 64;
 
-  // cp.async groups: (k, T), then slice 0.
-  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_f32_async(S.tf, LF64, tsrc, CH, CH, CH, CH);
-  cp_commit();
-  wy_load_slice<K>(S, 0, dv0, vv0, hst + hoff, vld, V, len);
-  cp_commit();
+  // Item it: slice it into buffer it mod NBUF; beyond the last slice an empty group (uniform
+  // wait counts). k joins slice 0's group.
+  auto issue = [&](int it) {
+    if (it < nsl) {
+      char* b = S.buf + (it % NBUF) * L::BUF;
+      const int v0 = it * 64;
+      load_bf16_async(reinterpret_cast<bf16*>(b), LD64, dv0 + v0, vld, CH, 64, len);
+      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_V), LD64, vv0 + v0, vld, CH, 64, len);
+      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_H), LD64, hc0 + v0, V, K, 64, K);
+    }
+    cp_commit();
+  };
+  load_bf16_async(S.k, KLD, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+#pragma unroll
+  for (int it = 0; it < NBUF - 1; ++it) issue(it);
+
+  // T (bf16) straight from global, and the per-row scalars (published by the loop's first
+  // barrier).
+  for (int idx = tid; idx < CH * CH / 4; idx += L::NW * 32) {
+    const int i = idx >> 4, j = (idx & 15) << 2;
+    const float4 t = *reinterpret_cast<const float4*>(tsrc + i * CH + j);
+    uint2 u;
+    u.x = pack_bf2(t.x, t.y);
+    u.y = pack_bf2(t.z, t.w);
+    *reinterpret_cast<uint2*>(S.tb + i * LD64 + j) = u;
+  }
   if (tid < CH) {
     const bool ok = tid < len;
-    S.G[tid] = ok ? gc[(long)(start + tid) * H + h] : 0.f;
-    S.bs[tid] = ok ? beta[(long)(start + tid) * H + h] : 0.f;
-    S.dgp[tid] = ok ? dg[(long)(start + tid) * H + h] : 0.f;  // partial dG of kernel 6
-  }
-  for (int i = tid; i < 4 * CH; i += NW * 32) S.dbp[i] = 0.f;
-  cp_wait<1>();  // k and T landed (slice 0 may still be in flight)
-  __syncthreads();
-  if (tid < CH) {
-    const bool ok = tid < len;
-    S.gam[tid] = ok ? __expf(S.G[tid]) : 0.f;
-    S.bg[tid] = S.bs[tid] * S.gam[tid];
-  }
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    S.tb[i * LD64 + j] = f2b(S.tf[i * LF64 + j]);
+    const long o = (long)(start + tid) * H + h;
+    const float gt = ok ? gc[o] : 0.f, b = ok ? beta[o] : 0.f, ga = ok ? __expf(gt) : 0.f;
+    S.G[tid] = gt;
+    S.bs[tid] = b;
+    S.gam[tid] = ga;
+    S.bg[tid] = b * ga;
+    S.dgp[tid] = ok ? dg[o] : 0.f;  // partial dG of kernel 6
   }
 
-  float* stg = S.stage + warp * STG_SZ;
-  const int sr = lane >> 1, sc = (lane & 1) * 8;  // this lane's row and 8 columns of a tile
-  FC fw[NQ], ft[NP];
+  // Accumulators: tile nt of dw is columns kc0 + 8nt.., of dtv columns pc0 + 8nt..; element e
+  // is row i0 + 8 (e >> 1), column + 2qd + (e & 1).
+  float dw[NKT][4], dtv[NPT][4], dbv[2] = {0.f, 0.f};
 #pragma unroll
-  for (int i = 0; i < NQ; ++i) wmma::fill_fragment(fw[i], 0.f);
+  for (int nt = 0; nt < NKT; ++nt)
 #pragma unroll
-  for (int i = 0; i < NP; ++i) wmma::fill_fragment(ft[i], 0.f);
-  for (int s = 0; s < ns; ++s) {
-    const int b = s & 1, v0 = s * 64;
-    // Buffer b^1 is free: every warp is done with slice s−1 (s = 0: with T, which buffer 1
-    // overlaps, read above to build tb).
+    for (int e = 0; e < 4; ++e) dw[nt][e] = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dtv[nt][e] = 0.f;
+
+  for (int s = 0; s < nsl; ++s) {
+    // Slice s landed (only the NBUF − 2 newer groups may be pending); after the barrier every
+    // warp is done with slice s − 1, whose buffer the next item takes.
+    cp_wait<NBUF - 2>();
     __syncthreads();
-    if (s + 1 < ns) {
-      wy_load_slice<K>(S, b ^ 1, dv0 + v0 + 64, vv0 + v0 + 64, hst + hoff + v0 + 64, vld, V, len);
-      cp_commit();
-      cp_wait<1>();  // slice s landed; slice s+1 in flight
-    } else {
-      cp_wait<0>();
-    }
-    __syncthreads();
-    const bf16* dvs = S.buf + b * WySm<K>::SETE;
-    const bf16* vs = dvs + CH * LD64;
-    const bf16* hs = dvs + 2 * CH * LD64;
+    issue(s + NBUF - 1);
+    const char* b = S.buf + (s % NBUF) * L::BUF;
+    const bf16* dvs = reinterpret_cast<const bf16*>(b);
+    const bf16* vs = reinterpret_cast<const bf16*>(b + L::OFF_V);
+    const bf16* hs = reinterpret_cast<const bf16*>(b + L::OFF_H);
 #pragma unroll
-    for (int i = 0; i < NQ; ++i) {
-      const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
+    for (int ks = 0; ks < 4; ++ks) {
+      // A = dṼ rows r0..: matrices (rows +0, v +0), (rows +8, v +0), (+0, +8), (+8, +8).
+      unsigned ad[4];
+      ldsm_x4(ad, dvs + (r0 + 8 * lm_lo + lr) * LD64 + 16 * ks + 8 * lm_hi);
+      // dTv += dṼ Vᵀ (B = V rows pc0 + 16 jp..).
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        FAr a;
-        FBc bb;
-        wmma::load_matrix_sync(a, dvs + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(bb, hs + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(fw[i], a, bb, fw[i]);
+      for (int jp = 0; jp < NPT / 2; ++jp) {
+        if (jp > pdiag) break;
+        unsigned r[4];
+        ldsm_x4(r, vs + (pc0 + 16 * jp + 8 * lm_hi + lr) * LD64 + 16 * ks + 8 * lm_lo);
+        mma_bf16(dtv[2 * jp], ad, r[0], r[1]);
+        mma_bf16(dtv[2 * jp + 1], ad, r[2], r[3]);
+      }
+      // dW' += dṼ h_cᵀ (B = h_c rows kc0 + 16 jp..).
+#pragma unroll
+      for (int jp = 0; jp < NKT / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4(r, hs + (kc0 + 16 * jp + 8 * lm_hi + lr) * LD64 + 16 * ks + 8 * lm_lo);
+        mma_bf16(dw[2 * jp], ad, r[0], r[1]);
+        mma_bf16(dw[2 * jp + 1], ad, r[2], r[3]);
       }
     }
+    // dVβ = Tᵀ dṼ on this warp's rows and slice columns pc0..: (Tᵀ)_{it} = T_ti, zero for t < i,
+    // so t from 16 rb. A = Tᵀ by ldmatrix.trans of tb (matrices (t +0, i +0), (t +0, i +8),
+    // (t +8, i +0), (t +8, i +8)); B = dṼ rows t by ldmatrix.trans.
+    float dvb[NPT][4];
 #pragma unroll
-    for (int i = 0; i < NP; ++i) {
-      const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
+    for (int nt = 0; nt < NPT; ++nt)
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        FAr a;
-        FBc bb;
-        wmma::load_matrix_sync(a, dvs + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(bb, vs + tj * 16 * LD64 + kk * 16, LD64);
-        wmma::mma_sync(ft[i], a, bb, ft[i]);
+      for (int e = 0; e < 4; ++e) dvb[nt][e] = 0.f;
+    for (int kk = rb; kk < 4; ++kk) {
+      unsigned at[4];
+      ldsm_x4_t(at, S.tb + (16 * kk + 8 * lm_hi + lr) * LD64 + r0 + 8 * lm_lo);
+#pragma unroll
+      for (int jp = 0; jp < NPT / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, dvs + (16 * kk + 8 * lm_lo + lr) * LD64 + pc0 + 16 * jp + 8 * lm_hi);
+        mma_bf16(dvb[2 * jp], at, r[0], r[1]);
+        mma_bf16(dvb[2 * jp + 1], at, r[2], r[3]);
       }
-      // dVβ tile = Tᵀ dṼ: (Tᵀ)_{ij} = T_ji, nonzero for j >= i.
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
-      for (int kk = ti; kk < 4; ++kk) {
-        FAc a;
-        FBr bb;
-        wmma::load_matrix_sync(a, S.tb + kk * 16 * LD64 + ti * 16, LD64);
-        wmma::load_matrix_sync(bb, dvs + kk * 16 * LD64 + tj * 16, LD64);
-        wmma::mma_sync(acc, a, bb, acc);
+    }
+    // dv = β_i dVβ (f32, global); dβ_V += dVβ ⊙ V over this lane's columns.
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + 8 * hf;
+      float a = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NPT; ++nt) {
+        const unsigned x =
+            *reinterpret_cast<const unsigned*>(vs + i * LD64 + pc0 + 8 * nt + 2 * qd);
+        a += dvb[nt][2 * hf] * bf_lo(x);
+        a += dvb[nt][2 * hf + 1] * bf_hi(x);
       }
-      // dv = β dVβ (f32, global) and the dβ_V partial Σ_c dVβ ⊙ V over this tile's 16 columns
-      // (each (tile column, row) entry of dbp belongs to one warp in every slice).
-      wmma::store_matrix_sync(stg, acc, STG, wmma::mem_row_major);
-      __syncwarp();
-      {
-        const int row = ti * 16 + sr;
-        float* sp = stg + sr * STG + sc;
-        const float a = staged_row_dot<false>(sp, vs + row * LD64 + tj * 16 + sc, 0.f);
-        if ((lane & 1) == 0) S.dbp[tj * CH + row] += a;
-        if (row < len) {
-          const float bb = S.bs[row];
-          float* dst = dv + ((long)(start + row) * H + h) * V + v0 + tj * 16 + sc;
-          *reinterpret_cast<float4*>(dst) =
-              make_float4(bb * sp[0], bb * sp[1], bb * sp[2], bb * sp[3]);
-          *reinterpret_cast<float4*>(dst + 4) =
-              make_float4(bb * sp[4], bb * sp[5], bb * sp[6], bb * sp[7]);
+      dbv[hf] += a;
+      if (i < len) {
+        const float be = S.bs[i];
+        float* dst = dv + ((long)(start + i) * H + h) * V + s * 64 + pc0 + 2 * qd;
+#pragma unroll
+        for (int nt = 0; nt < NPT; ++nt)
+          *reinterpret_cast<float2*>(dst + 8 * nt) =
+              make_float2(be * dvb[nt][2 * hf], be * dvb[nt][2 * hf + 1]);
+      }
+    }
+  }
+
+  // Kernel 6's partial dk for this lane's elements: loads issued now, added after Tᵀ dW.
+  float2 pv[NKT][2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = i0 + 8 * hf;
+    const float* src = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
+#pragma unroll
+    for (int nt = 0; nt < NKT; ++nt)
+      pv[nt][hf] = i < len ? *reinterpret_cast<const float2*>(src + 8 * nt) : make_float2(0.f, 0.f);
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    dbv[hf] += __shfl_xor_sync(0xffffffffu, dbv[hf], 1);
+    dbv[hf] += __shfl_xor_sync(0xffffffffu, dbv[hf], 2);
+    if (qd == 0) S.dbp[sp * CH + i0 + 8 * hf] = dbv[hf];
+  }
+  __syncthreads();  // every warp is done with the slice buffers: the post-loop arrays take them
+  bf16* dwb = reinterpret_cast<bf16*>(S.buf);
+  bf16* pbm = dwb;  // dMm, once dW is dead
+  float* DT = reinterpret_cast<float*>(S.buf + L::OFF_DT);
+  float* TMP = reinterpret_cast<float*>(S.buf + L::OFF_TMP);
+  float* TF = reinterpret_cast<float*>(S.buf + L::OFF_TF);
+  load_f32_async(TF, LF64, tsrc, CH, CH, CH, CH);  // T (f32), waited for before the T-chain
+  cp_commit();
+  // dW = −dW' (bf16) for the other warps; dTv diag(β) stays here.
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+      *reinterpret_cast<unsigned*>(dwb + (i0 + 8 * hf) * KLD + kc0 + 8 * nt + 2 * qd) =
+          pack_bf2(-dw[nt][2 * hf], -dw[nt][2 * hf + 1]);
+#pragma unroll
+  for (int nt = 0; nt < NPT; ++nt) {
+    const int j = pc0 + 8 * nt + 2 * qd;
+    const float b0 = S.bs[j], b1 = S.bs[j + 1];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      dtv[nt][2 * hf] *= b0;
+      dtv[nt][2 * hf + 1] *= b1;
+    }
+  }
+  __syncthreads();  // dW complete
+
+  // dk accumulators: dk_partial + βγ_i dKβγ, dKβγ = Tᵀ dW (A = Tᵀ as in the loop, B = dW rows t
+  // by ldmatrix.trans); z_i = k_i · dKβγ_i over this warp's columns.
+  float xk[NKT][4];
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) xk[nt][e] = 0.f;
+  for (int kk = rb; kk < 4; ++kk) {
+    unsigned at[4];
+    ldsm_x4_t(at, S.tb + (16 * kk + 8 * lm_hi + lr) * LD64 + r0 + 8 * lm_lo);
+#pragma unroll
+    for (int jp = 0; jp < NKT / 2; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, dwb + (16 * kk + 8 * lm_lo + lr) * KLD + kc0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(xk[2 * jp], at, r[0], r[1]);
+      mma_bf16(xk[2 * jp + 1], at, r[2], r[3]);
+    }
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = i0 + 8 * hf;
+    const float f = S.bg[i];
+    float a = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NKT; ++nt) {
+      const unsigned x = *reinterpret_cast<const unsigned*>(S.k + i * KLD + kc0 + 8 * nt + 2 * qd);
+      a += xk[nt][2 * hf] * bf_lo(x);
+      a += xk[nt][2 * hf + 1] * bf_hi(x);
+      xk[nt][2 * hf] = pv[nt][hf].x + f * xk[nt][2 * hf];
+      xk[nt][2 * hf + 1] = pv[nt][hf].y + f * xk[nt][2 * hf + 1];
+    }
+    a += __shfl_xor_sync(0xffffffffu, a, 1);
+    a += __shfl_xor_sync(0xffffffffu, a, 2);
+    if (qd == 0) S.zp[sp * CH + i] = a;
+  }
+
+  // dT = strictLower(dTv diag(β) + (dW Kᵀ) diag(βγ)) and KKᵀ on this warp's tiles (one pass
+  // over K: both take B = K rows pc0 + 16 jp..). dT goes to shared memory tf32-rounded.
+  float akk[NPT][4];
+  {
+    float t2[NPT][4];
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        t2[nt][e] = 0.f;
+        akk[nt][e] = 0.f;
+      }
+#pragma unroll 2
+    for (int kk = 0; kk < K / 16; ++kk) {
+      unsigned aw[4], ak[4];
+      ldsm_x4(aw, dwb + (r0 + 8 * lm_lo + lr) * KLD + 16 * kk + 8 * lm_hi);
+      ldsm_x4(ak, S.k + (r0 + 8 * lm_lo + lr) * KLD + 16 * kk + 8 * lm_hi);
+#pragma unroll
+      for (int jp = 0; jp < NPT / 2; ++jp) {
+        if (jp > pdiag) break;
+        unsigned r[4];
+        ldsm_x4(r, S.k + (pc0 + 16 * jp + 8 * lm_hi + lr) * KLD + 16 * kk + 8 * lm_lo);
+        mma_bf16(t2[2 * jp], aw, r[0], r[1]);
+        mma_bf16(t2[2 * jp + 1], aw, r[2], r[3]);
+        mma_bf16(akk[2 * jp], ak, r[0], r[1]);
+        mma_bf16(akk[2 * jp + 1], ak, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt) {
+      const int j = pc0 + 8 * nt + 2 * qd;
+      const float f0 = S.bg[j], f1 = S.bg[j + 1];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = i0 + 8 * hf;
+        const float x0 = j < i ? dtv[nt][2 * hf] + t2[nt][2 * hf] * f0 : 0.f;
+        const float x1 = j + 1 < i ? dtv[nt][2 * hf + 1] + t2[nt][2 * hf + 1] * f1 : 0.f;
+        *reinterpret_cast<float2*>(DT + i * LF64 + j) = make_float2(tf32r(x0), tf32r(x1));
+      }
+    }
+  }
+  cp_wait<0>();     // T (f32)
+  __syncthreads();  // dT complete
+
+  // TMP = dT Tᵀ (tf32) on this warp's tiles on or below the diagonal block (the only ones the
+  // next product reads): dT_ic = 0 for c >= i, so c < 16 (rb + 1). A = dT rows, B = (Tᵀ)_cj =
+  // T_jc, both scalar f32 reads (row stride 68: conflict-free).
+  {
+    float tm[NPT][4];
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) tm[nt][e] = 0.f;
+    for (int ks = 0; ks < 2 * (rb + 1); ++ks) {
+      const float* a = DT + i0 * LF64 + 8 * ks + qd;
+      const unsigned af[4] = {__float_as_uint(a[0]), __float_as_uint(a[8 * LF64]),
+                              __float_as_uint(a[4]), __float_as_uint(a[8 * LF64 + 4])};
+#pragma unroll
+      for (int nt = 0; nt < NPT; ++nt) {
+        if (nt / 2 > pdiag) break;
+        const float* bp = TF + (pc0 + 8 * nt + g) * LF64 + 8 * ks + qd;
+        mma_tf32(tm[nt], af, tf32_rna(bp[0]), tf32_rna(bp[4]));
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt) {
+      if (nt / 2 > pdiag) break;
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+        *reinterpret_cast<float2*>(TMP + (i0 + 8 * hf) * MLD + pc0 + 8 * nt + 2 * qd) =
+            make_float2(tf32r(tm[nt][2 * hf]), tf32r(tm[nt][2 * hf + 1]));
+    }
+  }
+  __syncthreads();  // TMP complete
+
+  // −dM = Tᵀ TMP (tf32) on this warp's tiles: (Tᵀ)_ic = T_ci = 0 for c < i, so c >= 16 rb.
+  // Then the M backward per element (j < i < len): dm = −(Tᵀ TMP)_ij, Γ_ij = e^{G_i − G_j},
+  // ag = (KKᵀ)_ij Γ_ij; dMm = bf16(dm β_i Γ_ij) (dk term), x = dm β_i ag (dG), y = dm ag (dβ).
+  {
+    float d2[NPT][4];
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) d2[nt][e] = 0.f;
+    for (int ks = 2 * rb; ks < 8; ++ks) {
+      const float* a = TF + (8 * ks + qd) * LF64 + i0;
+      const unsigned af[4] = {tf32_rna(a[0]), tf32_rna(a[8]), tf32_rna(a[4 * LF64]),
+                              tf32_rna(a[4 * LF64 + 8])};
+#pragma unroll
+      for (int nt = 0; nt < NPT; ++nt) {
+        if (nt / 2 > pdiag) break;
+        const float* bp = TMP + (8 * ks + qd) * MLD + pc0 + 8 * nt + g;
+        mma_tf32(d2[nt], af, __float_as_uint(bp[0]), __float_as_uint(bp[4 * MLD]));
+      }
+    }
+    const float gi[2] = {S.G[i0], S.G[i0 + 8]}, bi[2] = {S.bs[i0], S.bs[i0 + 8]};
+    float rs[2] = {0.f, 0.f}, ys[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < NPT; ++nt) {
+      float cs[2] = {0.f, 0.f};
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = i0 + 8 * hf;
+        float p[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = pc0 + 8 * nt + 2 * qd + e;
+          p[e] = 0.f;
+          if (j < i && i < len) {
+            const float ge = __expf(gi[hf] - S.G[j]);
+            const float dm = -d2[nt][2 * hf + e];
+            const float ag = akk[nt][2 * hf + e] * ge;
+            p[e] = dm * bi[hf] * ge;
+            const float x = dm * bi[hf] * ag;
+            rs[hf] += x;
+            cs[e] += x;
+            ys[hf] += dm * ag;
+          }
         }
+        *reinterpret_cast<unsigned*>(pbm + i * LD64 + pc0 + 8 * nt + 2 * qd) = pack_bf2(p[0], p[1]);
       }
-      __syncwarp();
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        cs[e] += __shfl_xor_sync(0xffffffffu, cs[e], 4);
+        cs[e] += __shfl_xor_sync(0xffffffffu, cs[e], 8);
+        cs[e] += __shfl_xor_sync(0xffffffffu, cs[e], 16);
+      }
+      if (g == 0) {
+        S.csp[rb * CH + pc0 + 8 * nt + 2 * qd] = cs[0];
+        S.csp[rb * CH + pc0 + 8 * nt + 2 * qd + 1] = cs[1];
+      }
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      rs[hf] += __shfl_xor_sync(0xffffffffu, rs[hf], 1);
+      rs[hf] += __shfl_xor_sync(0xffffffffu, rs[hf], 2);
+      ys[hf] += __shfl_xor_sync(0xffffffffu, ys[hf], 1);
+      ys[hf] += __shfl_xor_sync(0xffffffffu, ys[hf], 2);
+      if (qd == 0) {
+        S.rsp[sp * CH + i0 + 8 * hf] = rs[hf];
+        S.dbmp[sp * CH + i0 + 8 * hf] = ys[hf];
+      }
     }
   }
-  __syncthreads();  // the slice buffers are dead: DT, TMP, dwb and tf live in their place
-  load_f32_async(S.tf, LF64, tsrc, CH, CH, CH, CH);  // T again (waited for before the T-chain)
-  cp_commit();
+  __syncthreads();  // dMm and every partial complete
 
-  // dTv diag(β) into DT; dW = −dW' into dwb (bf16); per warp tile through the stage.
-#pragma unroll
-  for (int i = 0; i < NP; ++i) {
-    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    wmma::store_matrix_sync(stg, ft[i], STG, wmma::mem_row_major);
-    __syncwarp();
-    const float* sp = stg + sr * STG + sc;
-    float* d = S.DT + (ti * 16 + sr) * LF64 + tj * 16 + sc;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) d[e] = sp[e] * S.bs[tj * 16 + sc + e];
-    __syncwarp();
-  }
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::store_matrix_sync(stg, fw[i], STG, wmma::mem_row_major);
-    __syncwarp();
-    const float* sp = stg + sr * STG + sc;
-    float nx[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) nx[e] = -sp[e];
-    *reinterpret_cast<uint4*>(S.dwb + (ti * 16 + sr) * (K + 8) + tj * 16 + sc) = pack8(nx);
-    __syncwarp();
-  }
-  __syncthreads();
-
-  // dT += (dW Kᵀ) diag(βγ): 16 tiles into TMP; dKβγ = Tᵀ dW into fragments.
-#pragma unroll
-  for (int i = 0; i < NP; ++i) {
-    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    FC acc;
-    wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-    for (int kk = 0; kk < KT; ++kk) {
-      FAr a;
-      FBc b;
-      wmma::load_matrix_sync(a, S.dwb + ti * 16 * (K + 8) + kk * 16, K + 8);
-      wmma::load_matrix_sync(b, S.k + tj * 16 * (K + 8) + kk * 16, K + 8);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    wmma::store_matrix_sync(S.TMP + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
-  }
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    wmma::fill_fragment(fw[i], 0.f);
-    for (int kk = ti; kk < 4; ++kk) {
-      FAc a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.tb + kk * 16 * LD64 + ti * 16, LD64);
-      wmma::load_matrix_sync(b, S.dwb + kk * 16 * (K + 8) + tj * 16, K + 8);
-      wmma::mma_sync(fw[i], a, b, fw[i]);
-    }
-  }
-  // The partial dk of kernel 6 for this lane's elements of its tiles: all float4 loads issued
-  // here, used after the barrier and the dT pass below.
-  float4 pv[NQ][2];
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT, row = ti * 16 + sr;
-    const float* src = dk + ((long)(start + row) * H + h) * K + tj * 16 + sc;
-    const bool ok = row < len;
-    pv[i][0] = ok ? *reinterpret_cast<const float4*>(src) : make_float4(0.f, 0.f, 0.f, 0.f);
-    pv[i][1] = ok ? *reinterpret_cast<const float4*>(src + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  __syncthreads();  // TMP complete; every read of dwb done (pb may take its place)
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    const float x = S.DT[i * LF64 + j] + S.TMP[i * LF64 + j] * S.bg[j];
-    S.DT[i * LF64 + j] = (j < i) ? x : 0.f;  // strictly lower part of dT
-  }
-  // z partials (k_i · dKβγ_i over each 16-column tile), then fw = dk_partial + βγ_i dKβγ.
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT, row = ti * 16 + sr;
-    wmma::store_matrix_sync(stg, fw[i], STG, wmma::mem_row_major);
-    __syncwarp();
-    float* sp = stg + sr * STG + sc;
-    const float a = staged_row_dot<false>(sp, S.k + row * (K + 8) + tj * 16 + sc, 0.f);
-    if ((lane & 1) == 0) S.zp[tj * CH + row] = a;
-    const float bgr = S.bg[row];
-    sp[0] = pv[i][0].x + bgr * sp[0];
-    sp[1] = pv[i][0].y + bgr * sp[1];
-    sp[2] = pv[i][0].z + bgr * sp[2];
-    sp[3] = pv[i][0].w + bgr * sp[3];
-    sp[4] = pv[i][1].x + bgr * sp[4];
-    sp[5] = pv[i][1].y + bgr * sp[5];
-    sp[6] = pv[i][1].z + bgr * sp[6];
-    sp[7] = pv[i][1].w + bgr * sp[7];
-    __syncwarp();
-    wmma::load_matrix_sync(fw[i], stg, STG, wmma::mem_row_major);
-    __syncwarp();
-  }
-  cp_wait<0>();  // T (f32) reloaded
-  __syncthreads();
-
-  // TMP = strictLower(dT) Tᵀ (tf32).
-#pragma unroll
-  for (int i = 0; i < NP; ++i) {
-    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    TC acc;
-    wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      TAr a;
-      TBc b;  // (Tᵀ)_{j c} = T_{c j}
-      wmma::load_matrix_sync(a, S.DT + ti * 16 * LF64 + kk * 8, LF64);
-      wmma::load_matrix_sync(b, S.tf + tj * 16 * LF64 + kk * 8, LF64);
-#pragma unroll
-      for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
-#pragma unroll
-      for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    // Every read of TMP (the dT update above) finished before the last barrier.
-    wmma::store_matrix_sync(S.TMP + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
-  }
-  __syncthreads();
-  // DT = Tᵀ TMP (the negative of dM), tf32.
-#pragma unroll
-  for (int i = 0; i < NP; ++i) {
-    const int t = warp + i * NW, ti = t >> 2, tj = t & 3;
-    TC acc;
-    wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-      TAc a;  // (Tᵀ)_{i j} = T_{j i}
-      TBr b;
-      wmma::load_matrix_sync(a, S.tf + kk * 8 * LF64 + ti * 16, LF64);
-      wmma::load_matrix_sync(b, S.TMP + kk * 8 * LF64 + tj * 16, LF64);
-#pragma unroll
-      for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
-#pragma unroll
-      for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    wmma::store_matrix_sync(S.DT + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
-  }
-  __syncthreads();
-  // KKᵀ (lower tiles) into TMP.
-  qk_lower<K>(S.k, S.k, S.TMP);
-  __syncthreads();
-
-  // M backward: for j < i < len, dm = −DT_ij, ag = (KKᵀ)_ij Γ_ij; pb = dm β_i Γ_ij (bf16, the
-  // dk term), y = dm ag (into TMP), x = dm β_i ag (into DT). Each element is read and rewritten
-  // by one thread. Then rsum = row sums of x, dbm = row sums of y, csum = column sums of x, by
-  // all warps.
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    float p = 0.f, x = 0.f, y = 0.f;
-    if (j < i && i < len) {
-      const float ge = __expf(S.G[i] - S.G[j]);
-      const float dm = -S.DT[i * LF64 + j];
-      const float ag = S.TMP[i * LF64 + j] * ge;
-      p = dm * S.bs[i] * ge;
-      x = dm * S.bs[i] * ag;
-      y = dm * ag;
-    }
-    S.TMP[i * LF64 + j] = y;
-    S.DT[i * LF64 + j] = x;
-    S.pb[i * LD64 + j] = f2b(p);
-  }
-  // T (f32) is dead here: its space holds the column-sum partials.
-  rowcol_sums<NW * 32>(S.DT, S.TMP, S.rsum, S.dbm, S.csum, S.tf);
-
-  // dk = fw + dMm K + dMmᵀ K, to global per warp tile.
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int t = warp + i * NW, ti = t / KT, tj = t - ti * KT;
-    for (int kk = 0; kk <= ti; ++kk) {
-      FAr a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
-      wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
-      wmma::mma_sync(fw[i], a, b, fw[i]);
-    }
-    for (int kk = ti; kk < 4; ++kk) {
-      FAc a;
-      FBr b;
-      wmma::load_matrix_sync(a, S.pb + kk * 16 * LD64 + ti * 16, LD64);
-      wmma::load_matrix_sync(b, S.k + kk * 16 * (K + 8) + tj * 16, K + 8);
-      wmma::mma_sync(fw[i], a, b, fw[i]);
-    }
-    frag_to_f32_global(fw[i], stg, dk + ((long)(start + ti * 16) * H + h) * K + tj * 16,
-                       (long)H * K, len - ti * 16);
-  }
-
-  // dβ, and dg = reverse cumsum of the full dG. z and dβ_V: tile partials summed in order.
-  if (tid < CH) {
-    const int i = tid;
-    float z = 0.f, dbv = 0.f;
-#pragma unroll
-    for (int tj = 0; tj < KT; ++tj) z += S.zp[tj * CH + i];
-#pragma unroll
-    for (int tj = 0; tj < 4; ++tj) dbv += S.dbp[tj * CH + i];
-    S.dgp[i] += S.bg[i] * z + S.rsum[i] - S.csum[i];
-    if (i < len) dbeta[(long)(start + i) * H + h] = dbv + S.gam[i] * z + S.dbm[i];
-  }
-  __syncthreads();
-  // Reverse cumsum over the 64 rows (rows >= len hold 0) by warp 0: lane l owns rows 2l, 2l+1;
-  // suffix sums of the pair sums by shuffles.
+  // dβ and dg by warp 0 (lane l: rows 2l, 2l + 1), the partials summed in a fixed order:
+  // dβ_i = dβ_V + γ_i z_i + Σ_j y_ij; dG_i += βγ_i z_i + Σ_j x_ij − Σ_j x_ji, then dg = the
+  // reverse cumsum of dG (rows >= len hold 0): suffix sums of the pair sums by shuffles.
   if (warp == 0) {
-    const float a = S.dgp[2 * lane], b = S.dgp[2 * lane + 1];
-    float s = a + b;
+    float dgv[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int i = 2 * lane + e;
+      float z = 0.f, db = 0.f, r = 0.f, y = 0.f, c = 0.f;
+#pragma unroll
+      for (int x = 0; x < NS; ++x) {
+        z += S.zp[x * CH + i];
+        db += S.dbp[x * CH + i];
+        r += S.rsp[x * CH + i];
+        y += S.dbmp[x * CH + i];
+      }
+#pragma unroll
+      for (int x = 0; x < 4; ++x) c += S.csp[x * CH + i];
+      dgv[e] = S.dgp[i] + S.bg[i] * z + r - c;
+      if (i < len) dbeta[(long)(start + i) * H + h] = db + S.gam[i] * z + y;
+    }
+    float s = dgv[0] + dgv[1];
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       const float t = __shfl_down_sync(0xffffffffu, s, o);
       if (lane + o < 32) s += t;
     }
-    float e = __shfl_down_sync(0xffffffffu, s, 1);
-    if (lane == 31) e = 0.f;
-    const float ob = b + e;
-    S.dgp[2 * lane + 1] = ob;
-    S.dgp[2 * lane] = a + ob;
+    float nx = __shfl_down_sync(0xffffffffu, s, 1);
+    if (lane == 31) nx = 0.f;
+    const float o1 = dgv[1] + nx, o0 = dgv[0] + o1;
+    if (2 * lane < len) dg[(long)(start + 2 * lane) * H + h] = o0;
+    if (2 * lane + 1 < len) dg[(long)(start + 2 * lane + 1) * H + h] = o1;
   }
-  __syncthreads();
-  if (tid < len) dg[(long)(start + tid) * H + h] = S.dgp[tid];
+
+  // dk = dk_partial + βγ dKβγ + dMm K + dMmᵀ K: A = dMm rows r0.. (kk <= rb; zero above the
+  // diagonal) resp. dMmᵀ by ldmatrix.trans (kk >= rb); B = K rows 16 kk.. by ldmatrix.trans.
+  for (int kk = 0; kk <= rb; ++kk) {
+    unsigned ap[4];
+    ldsm_x4(ap, pbm + (r0 + 8 * lm_lo + lr) * LD64 + 16 * kk + 8 * lm_hi);
+#pragma unroll
+    for (int jp = 0; jp < NKT / 2; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, S.k + (16 * kk + 8 * lm_lo + lr) * KLD + kc0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(xk[2 * jp], ap, r[0], r[1]);
+      mma_bf16(xk[2 * jp + 1], ap, r[2], r[3]);
+    }
+  }
+  for (int kk = rb; kk < 4; ++kk) {
+    unsigned ap[4];
+    ldsm_x4_t(ap, pbm + (16 * kk + 8 * lm_hi + lr) * LD64 + r0 + 8 * lm_lo);
+#pragma unroll
+    for (int jp = 0; jp < NKT / 2; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, S.k + (16 * kk + 8 * lm_lo + lr) * KLD + kc0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(xk[2 * jp], ap, r[0], r[1]);
+      mma_bf16(xk[2 * jp + 1], ap, r[2], r[3]);
+    }
+  }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = i0 + 8 * hf;
+    if (i < len) {
+      float* dst = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
+#pragma unroll
+      for (int nt = 0; nt < NKT; ++nt)
+        *reinterpret_cast<float2*>(dst + 8 * nt) = make_float2(xk[nt][2 * hf], xk[nt][2 * hf + 1]);
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------
