@@ -1,14 +1,26 @@
 #!/bin/sh
-# CPU emulation check of the dqk kernel (no GPU): extracts the kernel's own text from
-# src/cuda/kernels/delta_rule.cu, compiles it against emu.h and compares with a reference.
+# CPU emulation checks (no GPU): extract a kernel's own text from src/cuda/kernels/delta_rule.cu,
+# compile it against emu.h and compare with a reference. dqk: kernel 6; state: kernel 2 (all
+# modes and K splits; `run.sh` adds K = 256 when given k256).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
+cu=${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}
 out=${TMPDIR:-/tmp}/gdn_cuda_emu
-mkdir -p "$out"
-python3 "$here/extract.py" "${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}" 'struct Carve' ' b2f(' \
+mkdir -p "$out" "$out/state"
+python3 "$here/extract.py" "$cu" 'struct Carve' ' b2f(' \
   ' f2b(' ' load_bf16_async(' ' load_f32_async(' ' warp_sum(' ' pack_bf2(float' ' bf_lo(' \
   ' bf_hi(' 'struct DqkSm' 'void dqk_impl' |
   sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' >"$out/extracted.h"
 g++ -std=c++20 -O2 -g -fno-strict-aliasing -pthread -I"$out" -I"$here" "$here/dqk_emu.cpp" \
   -o "$out/dqk_emu"
 "$out/dqk_emu"
+{
+  grep '^constexpr int MODE_FUSED' "$cu"
+  python3 "$here/extract.py" "$cu" 'struct Carve' ' load_bf16_async(' ' warp_sum(' \
+    ' pack_bf2(float' ' bf_lo(' ' bf_hi(' ' store_tile_t(' 'struct StateFwdSm' ' dh_off(' \
+    ' p_rows(' 'void state_fwd_impl'
+} | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
+  >"$out/state/extracted.h"
+g++ -std=c++20 -O2 -g -fno-strict-aliasing -pthread -I"$out/state" -I"$here" \
+  "$here/state_emu.cpp" -o "$out/state_emu"
+"$out/state_emu" "$@"
