@@ -746,6 +746,21 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   // are contiguous: conflict-free stores and loads).
   float4* red4 = reinterpret_cast<float4*>(S.red);
   auto part = [&](int i, int nt) -> float4& { return red4[(i * 8 + nt) * 32 + lane]; };
+  // Sᵀ Qᵀ column t times s γ_t (of the column pairs this warp finishes); unsplit before P is
+  // formed (as before the K split: the same register allocation), split once summed.
+  auto scale_sq = [&](float(*ot)[4], const float* G, int len) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      if (!owns(nt >> 1)) continue;
+      const int t0 = 8 * nt + 2 * q;
+      const float f0 = t0 < len ? scale * __expf(G[t0]) : 0.f;
+      const float f1 = t0 + 1 < len ? scale * __expf(G[t0 + 1]) : 0.f;
+      ot[nt][0] *= f0;
+      ot[nt][1] *= f1;
+      ot[nt][2] *= f0;
+      ot[nt][3] *= f1;
+    }
+  };
 
   // Sᵀ: st[j][e] = S[k][v] with k = k0 + 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
   float st[NJ][4];
@@ -836,6 +851,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
           mma_bf16(ot[2 * np + 1], a, r[2], r[3]);
         }
       }
+      if (KS == 1) scale_sq(ot, G, len);
       for (int rb = warp; rb < 4; rb += L::NW) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
       if (KS == 1) __syncthreads();  // P complete; every warp is done with Q
     }
@@ -932,20 +948,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + cw] = s;
       }
     }
-    if (FUSED) {
-      // Sᵀ Qᵀ column t times s γ_t.
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        if (!owns(nt >> 1)) continue;
-        const int t0 = 8 * nt + 2 * q;
-        const float f0 = t0 < len ? scale * __expf(G[t0]) : 0.f;
-        const float f1 = t0 + 1 < len ? scale * __expf(G[t0 + 1]) : 0.f;
-        ot[nt][0] *= f0;
-        ot[nt][1] *= f1;
-        ot[nt][2] *= f0;
-        ot[nt][3] *= f1;
-      }
-    }
+    if (FUSED && KS > 1) scale_sq(ot, G, len);
 
     // The A operands of Ṽᵀ (bf16, for the output) and of (diag(δ) Ṽ)ᵀ (for the update); the
     // recompute stores Ṽ (bf16) to global, rows t < len.
@@ -2639,8 +2642,10 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 
 // The state passes of kernel 2: state_fwd (MODE_FUSED), state_rec (MODE_REC) and state_split
 // (MODE_SPLIT); each uses only its own pointers (the others are null).
+// K splits state one CTA per SM as the minimum (without it ptxas held k64 nw2 ks4 fused to 128
+// registers and spilled); 0 leaves the unsplit kernels' bound unstated, as before.
 #define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                            \
-  extern "C" __global__ void __launch_bounds__(NWC * KS * 32)                                     \
+  extern "C" __global__ void __launch_bounds__(NWC * KS * 32, KS > 1 ? 1 : 0)                     \
       dr_##NAME##_k##K##_nw##NWC##SFX(const bf16* w, const bf16* u, const bf16* k, const bf16* q,  \
                                       const float* gc, const int* ctab, const int* seq_chunk,      \
                                       const float* h0, int H, int V, float scale, bf16* hout,      \
