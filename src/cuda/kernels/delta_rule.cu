@@ -560,6 +560,14 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 // head, warp's 16 columns): each warp copies its own dh_c columns [K × 16] f32 into shared memory
 // (one buffer, refilled for chunk c+1 right after chunk c's dot), swizzled by dh_off; its group
 // is issued after the first (only) barrier.
+// K split (KS = 2, 4; KS = 1 is the above): few long sequences give too few CTAs to hide a
+// warp's ~2,000-instruction step, so KS warps share a 16-column group, warp (kp, cw) holding
+// state rows [kp K/KS, (kp+1) K/KS): each forms its partial −Sᵀ_kp W_kpᵀ (slice 0 adds Uᵀ) and,
+// fused, Sᵀ_kp Q_kpᵀ, writes them to shared memory and, after one more barrier (fused: the one that
+// publishes P, which then also guards Q), sums the KS partials in slice order; the update, h_c,
+// h0/ht and the dh_c copy are per slice; Ṽ and O stores, and fused the Sᵀ Qᵀ sums and Ṽᵀ Pᵀ
+// products, are split among the slices by column pairs (`owns`); MODE_REC's dot partials are
+// summed by slice 0.
 
 // 4-byte async copy (cp.async.ca); ok == false zero-fills without reading.
 __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
@@ -570,17 +578,22 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
 
 constexpr int MODE_FUSED = 0, MODE_REC = 1, MODE_SPLIT = 2;
 
-template <int K, int NWC, int MODE>
+template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
-  static constexpr int BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
+  static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
-  bf16* w;    // 2 x [64][WLD]
-  bf16* k;    // 2 x [64][WLD]
-  bf16* u;    // 2 x [64][ULD]
-  float* G;   // 2 x [64]
-  bf16* q;    // forward: [64][WLD]
-  bf16* pb;   // forward: [64][LD64]  P, bf16
-  float* dh;  // recompute: NWC x [K × 16], see dh_off
+  // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order,
+  // and in the recompute one ⟨h_c, dh_c⟩ partial per warp.
+  static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
+  static constexpr int RED_SZ = KS > 1 ? NPART * NW * PART + (MODE == MODE_REC ? NW : 0) : 0;
+  bf16* w;     // 2 x [64][WLD]
+  bf16* k;     // 2 x [64][WLD]
+  bf16* u;     // 2 x [64][ULD]
+  float* G;    // 2 x [64]
+  bf16* q;     // forward: [64][WLD]
+  bf16* pb;    // forward: [64][LD64]  P, bf16
+  float* dh;   // recompute: NW x [K/KS × 16], see dh_off
+  float* red;  // K split: RED_SZ
   __device__ void carve(Carve& c) {
     w = c.take<bf16>(2 * W_SZ);
     k = c.take<bf16>(2 * W_SZ);
@@ -589,6 +602,7 @@ struct StateFwdSm {
     q = MODE == MODE_FUSED ? c.take<bf16>(W_SZ) : nullptr;
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     dh = MODE == MODE_REC ? c.take<float>(NWC * K * 16) : nullptr;
+    red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
   }
 };
 
@@ -643,7 +657,7 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
-template <int K, int NWC, int MODE>
+template <int K, int NWC, int MODE, int KS = 1>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
                                const float* __restrict__ gc, const int* __restrict__ ctab,
@@ -654,42 +668,70 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                float* __restrict__ sd_part) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  typedef StateFwdSm<K, NWC, MODE> L;
+  typedef StateFwdSm<K, NWC, MODE, KS> L;
   constexpr bool FUSED = MODE == MODE_FUSED, DOT = MODE == MODE_REC;
+  constexpr int KR = K / KS;   // state rows of a warp
+  constexpr int NJ = KR / 8;   // accumulator tiles of a warp's state rows
+  static_assert(KR % 16 == 0, "a warp's state rows must make whole k-steps of the A operand");
   L S;
   S.carve(cv);
-  constexpr int NJ = K / 8;  // accumulator tiles of a warp's state rows
   const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * L::BVC;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const int vl = 16 * warp, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
+  // Column group and K slice of the warp (KS = 1: the warp's column group only).
+  const int cw = KS == 1 ? warp : warp % NWC, kp = KS == 1 ? 0 : warp / NWC;
+  const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
+  const int k0 = kp * KR;                // the warp's first state row
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float* dhs = DOT ? S.dh + warp * K * 16 : nullptr;
+  float* dhs = DOT ? S.dh + warp * KR * 16 : nullptr;
+  // The K slice that finishes column pair np (tiles 2np, 2np+1) of the chunk: stores Ṽ or O
+  // there and, fused, sums Sᵀ Qᵀ and forms Ṽᵀ Pᵀ for it. Pair np needs np + 1 k-steps of Ṽᵀ Pᵀ,
+  // so with KS = 2 the pairs {0, 3} and {1, 2} balance them.
+  auto owns = [kp](int np) { return KS == 1 || (KS == 4 ? np : (np ^ (np >> 1)) & 1) == kp; };
+  // This lane's float4 of accumulator tile nt in partial slot i (a warp's 32 lanes × 16 bytes
+  // are contiguous: conflict-free stores and loads).
+  float4* red4 = reinterpret_cast<float4*>(S.red);
+  auto part = [&](int i, int nt) -> float4& { return red4[(i * 8 + nt) * 32 + lane]; };
+  // Sᵀ Qᵀ column t times s γ_t (of the column pairs this warp finishes); unsplit before P is
+  // formed (as before the K split: the same register allocation), split once summed.
+  auto scale_sq = [&](float(*ot)[4], const float* G, int len) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      if (!owns(nt >> 1)) continue;
+      const int t0 = 8 * nt + 2 * q;
+      const float f0 = t0 < len ? scale * __expf(G[t0]) : 0.f;
+      const float f1 = t0 + 1 < len ? scale * __expf(G[t0 + 1]) : 0.f;
+      ot[nt][0] *= f0;
+      ot[nt][1] *= f1;
+      ot[nt][2] *= f0;
+      ot[nt][3] *= f1;
+    }
+  };
 
-  // Sᵀ: st[j][e] = S[k][v] with k = 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
+  // Sᵀ: st[j][e] = S[k][v] with k = k0 + 8j + 2q + (e & 1), v = vw + g + 8 (e >> 1).
   float st[NJ][4];
-  const long sbase = (long)(n * H + h) * K * V + vw;
+  const long sbase = (long)(n * H + h) * K * V + (long)k0 * V + vw;
 #pragma unroll
   for (int j = 0; j < NJ; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // Chunk c's group: W, K, U, G into buffer b, and Q (fused) or this warp's dh_c columns
+  // Chunk c's group: W, K, U, G into buffer b, and Q (fused) or this warp's dh_c block
   // (recompute).
   auto issue = [&](int c, int s0, int l, int b) {
     load_bf16_async(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     load_bf16_async(S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
     load_bf16_async(S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH,
                     L::BVC, l);
-    for (int i = tid; i < CH; i += NWC * 32) {
+    for (int i = tid; i < CH; i += L::NW * 32) {
       const bool ok = i < l;
       cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
     }
     if (DOT) {
-      const float* src = dh32 + ((long)c * H + h) * K * V + vw;
-      for (int i = lane; i < K * 4; i += 32) {
+      const float* src = dh32 + ((long)c * H + h) * K * V + (long)k0 * V + vw;
+      for (int i = lane; i < KR * 4; i += 32) {
         const int r = i >> 2, c4 = (i & 3) * 4;
         cp16(dhs + dh_off(r, c4), src + (long)r * V + c4, true);
       }
@@ -719,8 +761,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
 
     if (!FUSED) {
-      // h_c = S (bf16) to global: tile j is rows k = 8j.., columns vw.. of h_c [K][V].
-      bf16* hc = hout + ((long)c * H + h) * K * V + vw;
+      // h_c = S (bf16) to global: tile j is rows k = k0 + 8j.., columns vw.. of h_c [K][V].
+      bf16* hc = hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
         store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
@@ -735,7 +777,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     const float* G = S.G + b * CH;
     const float glast = G[len - 1];
 
-    // Forward: Oᵀ's first term (Sᵀ Qᵀ, column t scaled by s γ_t) and P; then Q is dead.
+    // Forward: Oᵀ's first term, Sᵀ Qᵀ (this warp's K slice), and P; then Q is dead.
     float ot[8][4];
     if (FUSED) {
 #pragma unroll
@@ -743,7 +785,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
         for (int e = 0; e < 4; ++e) ot[nt][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < K / 16; ++kk) {
+      for (int kk = 0; kk < KR / 16; ++kk) {
         const unsigned a[4] = {pack_bf2(st[2 * kk][0], st[2 * kk][1]),
                                pack_bf2(st[2 * kk][2], st[2 * kk][3]),
                                pack_bf2(st[2 * kk + 1][0], st[2 * kk + 1][1]),
@@ -751,55 +793,55 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
         for (int np = 0; np < 4; ++np) {
           unsigned r[4];
-          ldsm_x4(r, S.q + (8 * (2 * np + lm_hi) + lr) * L::WLD + 16 * kk + 8 * lm_lo);
+          ldsm_x4(r, S.q + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
           mma_bf16(ot[2 * np], a, r[0], r[1]);
           mma_bf16(ot[2 * np + 1], a, r[2], r[3]);
         }
       }
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int t0 = 8 * nt + 2 * q;
-        const float f0 = t0 < len ? scale * __expf(G[t0]) : 0.f;
-        const float f1 = t0 + 1 < len ? scale * __expf(G[t0 + 1]) : 0.f;
-        ot[nt][0] *= f0;
-        ot[nt][1] *= f1;
-        ot[nt][2] *= f0;
-        ot[nt][3] *= f1;
-      }
-      for (int rb = warp; rb < 4; rb += NWC) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
-      __syncthreads();  // P complete; every warp is done with Q
+      if (KS == 1) scale_sq(ot, G, len);
+      for (int rb = warp; rb < 4; rb += L::NW) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
+      if (KS == 1) __syncthreads();  // P complete; every warp is done with Q
     }
+    float sacc = 0.f;
     if (DOT) {
-      float sacc = 0.f;
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           sacc += st[j][e] * dhs[dh_off(8 * j + 2 * q + (e & 1), g + 8 * (e >> 1))];
       sacc = warp_sum(sacc);
-      if (lane == 0) sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + warp] = sacc;
+      if (KS == 1 && lane == 0) sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + cw] = sacc;
       __syncwarp();  // this warp's dh buffer is refilled below
     }
-    // Buffer b^1 was last read in chunk c-1, before the first barrier above.
-    if (more) issue(c + 1, nstart, nlen, b ^ 1);
+    // Buffer b^1 was last read in chunk c-1, before the first barrier above; fused with a K split,
+    // Q is read until the barrier of the reduction.
+    if (more && (KS == 1 || !FUSED)) issue(c + 1, nstart, nlen, b ^ 1);
 
-    // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk.
+    // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk; with a K split, this
+    // warp's partial (U counted by slice 0).
     float p[8][4];
+    if (KS == 1 || kp == 0) {
 #pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      unsigned r[4];
-      ldsm_x4_t(r, ub + (8 * (2 * np + lm_hi) + lr) * L::ULD + vl + 8 * lm_lo);
-      p[2 * np][0] = bf_lo(r[0]);
-      p[2 * np][1] = bf_hi(r[0]);
-      p[2 * np][2] = bf_lo(r[1]);
-      p[2 * np][3] = bf_hi(r[1]);
-      p[2 * np + 1][0] = bf_lo(r[2]);
-      p[2 * np + 1][1] = bf_hi(r[2]);
-      p[2 * np + 1][2] = bf_lo(r[3]);
-      p[2 * np + 1][3] = bf_hi(r[3]);
+      for (int np = 0; np < 4; ++np) {
+        unsigned r[4];
+        ldsm_x4_t(r, ub + (8 * (2 * np + lm_hi) + lr) * L::ULD + vl + 8 * lm_lo);
+        p[2 * np][0] = bf_lo(r[0]);
+        p[2 * np][1] = bf_hi(r[0]);
+        p[2 * np][2] = bf_lo(r[1]);
+        p[2 * np][3] = bf_hi(r[1]);
+        p[2 * np + 1][0] = bf_lo(r[2]);
+        p[2 * np + 1][1] = bf_hi(r[2]);
+        p[2 * np + 1][2] = bf_lo(r[3]);
+        p[2 * np + 1][3] = bf_hi(r[3]);
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
     }
 #pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) {
+    for (int kk = 0; kk < KR / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(-st[2 * kk][0], -st[2 * kk][1]),
                              pack_bf2(-st[2 * kk][2], -st[2 * kk][3]),
                              pack_bf2(-st[2 * kk + 1][0], -st[2 * kk + 1][1]),
@@ -807,11 +849,53 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned r[4];
-        ldsm_x4(r, wb + (8 * (2 * np + lm_hi) + lr) * L::WLD + 16 * kk + 8 * lm_lo);
+        ldsm_x4(r, wb + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
         mma_bf16(p[2 * np], a, r[0], r[1]);
         mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
     }
+
+    if (KS > 1) {
+      // The K slices' partials, summed by every warp of the column group in slice order (so all
+      // hold bitwise the same Ṽᵀ). Slot reuse: chunk c+1 writes only after its first barrier,
+      // which a warp reaches only after its reads below.
+      constexpr int SQ = L::NW;  // first slot of the Sᵀ Qᵀ partials
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        part(warp, nt) = make_float4(p[nt][0], p[nt][1], p[nt][2], p[nt][3]);
+        if (FUSED) part(SQ + warp, nt) = make_float4(ot[nt][0], ot[nt][1], ot[nt][2], ot[nt][3]);
+      }
+      float* dotp = S.red + L::NPART * L::NW * L::PART;
+      if (DOT && lane == 0) dotp[warp] = sacc;
+      __syncthreads();  // fused: also P complete and every warp done with Q
+      if (FUSED && more) issue(c + 1, nstart, nlen, b ^ 1);
+      auto sum = [&](float* x, int slot0, int nt) {
+        float4 s = part(slot0 + cw, nt);
+#pragma unroll
+        for (int i = 1; i < KS; ++i) {
+          const float4 y = part(slot0 + i * NWC + cw, nt);
+          s.x += y.x;
+          s.y += y.y;
+          s.z += y.z;
+          s.w += y.w;
+        }
+        x[0] = s.x;
+        x[1] = s.y;
+        x[2] = s.z;
+        x[3] = s.w;
+      };
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        sum(p[nt], 0, nt);
+        if (FUSED && owns(nt >> 1)) sum(ot[nt], SQ, nt);
+      }
+      if (DOT && kp == 0 && lane == 0) {
+        float s = dotp[cw];
+        for (int i = 1; i < KS; ++i) s += dotp[i * NWC + cw];
+        sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + cw] = s;
+      }
+    }
+    if (FUSED && KS > 1) scale_sq(ot, G, len);
 
     // The A operands of Ṽᵀ (bf16, for the output) and of (diag(δ) Ṽ)ᵀ (for the update); the
     // recompute stores Ṽ (bf16) to global, rows t < len.
@@ -823,8 +907,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const float d1 = t0 + 1 < len ? __expf(glast - G[t0 + 1]) : 0.f;
       if (!FUSED) {
         const int lim = len - 8 * nt;
-        store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
-                     [lim](int col) { return col < lim; });
+        if (owns(nt >> 1))
+          store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                       [lim](int col) { return col < lim; });
       } else {
         an[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0], p[nt][1]);
         an[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2], p[nt][3]);
@@ -840,6 +925,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
         for (int np = ks; np < 4; ++np) {
+          if (!owns(np)) continue;
           unsigned r[4];
           ldsm_x4(r, S.pb + (8 * (2 * np + lm_hi) + lr) * LD64 + 16 * ks + 8 * lm_lo);
           mma_bf16(ot[2 * np], an[ks], r[0], r[1]);
@@ -849,12 +935,13 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int lim = len - 8 * nt;
-        store_tile_t(ot[nt], o + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
-                     [lim](int col) { return col < lim; });
+        if (owns(nt >> 1))
+          store_tile_t(ot[nt], o + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                       [lim](int col) { return col < lim; });
       }
     }
 
-    // Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K.
+    // Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K (B = this warp's K columns).
     const float gl = __expf(glast);
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
@@ -865,7 +952,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
       for (int jp = 0; jp < NJ / 2; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, kb + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(r, kb + (16 * ks + 8 * lm_lo + lr) * L::WLD + k0 + 8 * (2 * jp + lm_hi));
         mma_bf16(st[2 * jp], av[ks], r[0], r[1]);
         mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
       }
@@ -2471,13 +2558,21 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
 // src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
 // state_fwd (fused with the output), state_rec (the backward's recompute), state_split (h_c and
-// Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8.
+// Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_rec
+// and state_split, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4).
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
   L l;
   l.carve(c);
   return c.off;
+}
+template <int K, int MODE>
+__device__ void smem_state_ks(unsigned* out) {
+  out[0] = smem_of<StateFwdSm<K, 1, MODE, 2>>();
+  out[1] = smem_of<StateFwdSm<K, 1, MODE, 4>>();
+  out[2] = smem_of<StateFwdSm<K, 2, MODE, 2>>();
+  out[3] = smem_of<StateFwdSm<K, 2, MODE, 4>>();
 }
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
@@ -2502,6 +2597,9 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[18] = smem_of<StateBwdSm<K, 2>>();
   out[19] = smem_of<StateBwdSm<K, 4>>();
   out[20] = smem_of<StateBwdSm<K, 8>>();
+  smem_state_ks<K, MODE_FUSED>(out + 21);
+  smem_state_ks<K, MODE_REC>(out + 25);
+  smem_state_ks<K, MODE_SPLIT>(out + 29);
 }
 
 }  // namespace dr
@@ -2509,8 +2607,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 21);
-    dr::smem_sizes_k<256>(out + 42);
+    dr::smem_sizes_k<128>(out + 33);
+    dr::smem_sizes_k<256>(out + 66);
   }
 }
 
@@ -2545,29 +2643,33 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 
 // The state passes of kernel 2: state_fwd (MODE_FUSED), state_rec (MODE_REC) and state_split
 // (MODE_SPLIT); each uses only its own pointers (the others are null).
-#define DR_STATE_FWD_KERNEL(K, NWC, NAME, MODE)                                                     \
-  extern "C" __global__ void __launch_bounds__(NWC * 32)                                          \
-      dr_##NAME##_k##K##_nw##NWC(const bf16* w, const bf16* u, const bf16* k, const bf16* q,       \
-                                 const float* gc, const int* ctab, const int* seq_chunk,           \
-                                 const float* h0, int H, int V, float scale, bf16* hout,           \
-                                 bf16* vnew, bf16* o, float* ht, const float* dh32,                \
-                                 float* sd_part) {                                                 \
-    dr::state_fwd_impl<K, NWC, MODE>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout, vnew, \
-                                    o, ht, dh32, sd_part);                                         \
+// K splits state one CTA per SM as the minimum (without it ptxas held k64 nw2 ks4 fused to 128
+// registers and spilled); 0 leaves the unsplit kernels' bound unstated, as before.
+#define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                            \
+  extern "C" __global__ void __launch_bounds__(NWC * KS * 32, KS > 1 ? 1 : 0)                     \
+      dr_##NAME##_k##K##_nw##NWC##SFX(const bf16* w, const bf16* u, const bf16* k, const bf16* q,  \
+                                      const float* gc, const int* ctab, const int* seq_chunk,      \
+                                      const float* h0, int H, int V, float scale, bf16* hout,      \
+                                      bf16* vnew, bf16* o, float* ht, const float* dh32,           \
+                                      float* sd_part) {                                            \
+    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout,   \
+                                         vnew, o, ht, dh32, sd_part);                              \
   }
+// Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
+// (the host's STATE_KS).
+#define DR_STATE_FWD_PASS(K, NAME, MODE)                                                            \
+  DR_STATE_FWD_KERNEL(K, 1, 1, , NAME, MODE)                                                        \
+  DR_STATE_FWD_KERNEL(K, 2, 1, , NAME, MODE)                                                        \
+  DR_STATE_FWD_KERNEL(K, 4, 1, , NAME, MODE)                                                        \
+  DR_STATE_FWD_KERNEL(K, 8, 1, , NAME, MODE)                                                        \
+  DR_STATE_FWD_KERNEL(K, 1, 2, _ks2, NAME, MODE)                                                    \
+  DR_STATE_FWD_KERNEL(K, 1, 4, _ks4, NAME, MODE)                                                    \
+  DR_STATE_FWD_KERNEL(K, 2, 2, _ks2, NAME, MODE)                                                    \
+  DR_STATE_FWD_KERNEL(K, 2, 4, _ks4, NAME, MODE)
 #define DR_STATE_FWD_KERNELS(K)                                                                     \
-  DR_STATE_FWD_KERNEL(K, 1, state_fwd, dr::MODE_FUSED)                                              \
-  DR_STATE_FWD_KERNEL(K, 2, state_fwd, dr::MODE_FUSED)                                              \
-  DR_STATE_FWD_KERNEL(K, 4, state_fwd, dr::MODE_FUSED)                                              \
-  DR_STATE_FWD_KERNEL(K, 8, state_fwd, dr::MODE_FUSED)                                              \
-  DR_STATE_FWD_KERNEL(K, 1, state_rec, dr::MODE_REC)                                                \
-  DR_STATE_FWD_KERNEL(K, 2, state_rec, dr::MODE_REC)                                                \
-  DR_STATE_FWD_KERNEL(K, 4, state_rec, dr::MODE_REC)                                                \
-  DR_STATE_FWD_KERNEL(K, 8, state_rec, dr::MODE_REC)                                                \
-  DR_STATE_FWD_KERNEL(K, 1, state_split, dr::MODE_SPLIT)                                            \
-  DR_STATE_FWD_KERNEL(K, 2, state_split, dr::MODE_SPLIT)                                            \
-  DR_STATE_FWD_KERNEL(K, 4, state_split, dr::MODE_SPLIT)                                            \
-  DR_STATE_FWD_KERNEL(K, 8, state_split, dr::MODE_SPLIT)
+  DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
+  DR_STATE_FWD_PASS(K, state_rec, dr::MODE_REC)                                                     \
+  DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
 #define DR_STATE_BWD_KERNEL(K, NWC)                                                                \
   extern "C" __global__ void __launch_bounds__(NWC * 32)                                           \
