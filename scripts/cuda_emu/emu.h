@@ -113,6 +113,13 @@ inline void cp16(void* s, const void* g, bool ok) {
   else
     memset(s, 0, 16);
 }
+inline void cp4(void* s, const void* g, bool ok) {
+  assert((char*)s >= g_smem && (char*)s + 4 <= g_smem + g_smem_size && ((uintptr_t)s & 3) == 0);
+  if (ok)
+    memcpy(s, g, 4);
+  else
+    memset(s, 0, 4);
+}
 inline void cp_commit() {}
 template <int N>
 inline void cp_wait() {}

@@ -128,7 +128,7 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (21 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (37 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
@@ -138,9 +138,16 @@ const SLOT_STATE_FWD: usize = 5; // + index into STATE_NWS
 const SLOT_STATE_REC: usize = 9; // + index into STATE_NWS
 const SLOT_STATE_SPLIT: usize = 13; // + index into STATE_NWS
 const SLOT_STATE_BWD: usize = 17; // + index into STATE_NWS
-const SLOTS_PER_K: usize = 21;
-/// Warps per CTA of the state passes (16 columns of V each).
+const SLOT_STATE_FWD_KS: usize = 21; // + index into STATE_KS
+const SLOT_STATE_REC_KS: usize = 25; // + index into STATE_KS
+const SLOT_STATE_SPLIT_KS: usize = 29; // + index into STATE_KS
+const SLOT_STATE_BWD_KS: usize = 33; // + index into STATE_KS
+const SLOTS_PER_K: usize = 37;
+/// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
+/// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
+/// column groups × slices warps (kernel names `…_nw{groups}_ks{slices}`).
+const STATE_KS: [(usize, usize); 4] = [(1, 2), (1, 4), (2, 2), (2, 4)];
 
 /// Shared-memory bytes of every chunk kernel, as the kernels compute them (one tiny launch).
 fn smem_table(gpu: &Gpu) -> Result<Vec<u32>> {
@@ -187,11 +194,13 @@ fn load_kern(gpu: &Gpu, name: String, smem: u32, limit: usize) -> Result<Option<
     Ok(Some(Kern { f, name, smem }))
 }
 
-/// A state-pass variant: the kernel, its warps per CTA and how many CTAs of it fit on one SM
+/// A state-pass variant: the kernel, its column groups of 16 (`nw`), the K slices each group is
+/// split into (`ks`, 1 = unsplit; `nw · ks` warps per CTA) and how many CTAs of it fit on one SM
 /// (registers, shared memory and threads, as the driver computes it).
 struct StateKern {
     k: Kern,
     nw: usize,
+    ks: usize,
     per_sm: usize,
 }
 
@@ -200,15 +209,27 @@ fn load_state_kern(
     name: String,
     smem: u32,
     limit: usize,
-    nw: usize,
+    (nw, ks): (usize, usize),
 ) -> Result<Option<StateKern>> {
     let Some(k) = load_kern(gpu, name, smem, limit)? else {
         return Ok(None);
     };
+    let threads = (nw * ks * 32) as u32;
     let per_sm =
-        k.f.occupancy_max_active_blocks_per_multiprocessor((nw * 32) as u32, smem as usize, None)
+        k.f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)
             .with_context(|| format!("occupancy of {}", k.name))? as usize;
-    Ok((per_sm > 0).then_some(StateKern { k, nw, per_sm }))
+    Ok((per_sm > 0).then_some(StateKern { k, nw, ks, per_sm }))
+}
+
+impl StateKern {
+    /// Warps per CTA as `state_plan` prints them: `nw`, or `nw×ks` where K-split.
+    fn shape(&self) -> String {
+        if self.ks == 1 {
+            self.nw.to_string()
+        } else {
+            format!("{}×{}", self.nw, self.ks)
+        }
+    }
 }
 
 fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
@@ -224,7 +245,8 @@ struct ChunkKernels {
     dvloc: Kern,
     dqk: Kern,
     wy: Kern,
-    /// The state passes (see [`PassKind`]), for each of [`STATE_NWS`] that fits.
+    /// The state passes (see [`PassKind`]), for each of [`STATE_NWS`] (and, forward-type, of
+    /// [`STATE_KS`]) that fits.
     state_fwd: Vec<StateKern>,
     state_rec: Vec<StateKern>,
     state_split: Vec<StateKern>,
@@ -242,14 +264,20 @@ impl ChunkKernels {
         )?;
         let s = |slot: usize| table[k_index(dk) * SLOTS_PER_K + slot];
         let ld = |n: &str, slot: usize| load_kern(gpu, format!("dr_{n}_k{dk}"), s(slot), limit);
-        let sf = |n: &str, base: usize| -> Result<Vec<StateKern>> {
+        let sf = |n: &str, base: usize, ks_base: Option<usize>| -> Result<Vec<StateKern>> {
             let mut v = vec![];
             for (i, &nw) in STATE_NWS.iter().enumerate() {
                 let name = format!("dr_{n}_k{dk}_nw{nw}");
-                v.extend(load_state_kern(gpu, name, s(base + i), limit, nw)?);
+                v.extend(load_state_kern(gpu, name, s(base + i), limit, (nw, 1))?);
+            }
+            if let Some(ks_base) = ks_base {
+                for (i, &(nw, ks)) in STATE_KS.iter().enumerate() {
+                    let name = format!("dr_{n}_k{dk}_nw{nw}_ks{ks}");
+                    v.extend(load_state_kern(gpu, name, s(ks_base + i), limit, (nw, ks))?);
+                }
             }
             ensure!(
-                v.iter().any(|s| s.nw == 1),
+                v.iter().any(|s| s.nw == 1 && s.ks == 1),
                 "delta rule: the one-warp {n} kernel for K={dk} does not fit this GPU ({limit} bytes of shared memory per block)"
             );
             Ok(v)
@@ -260,10 +288,10 @@ impl ChunkKernels {
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
             dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
             wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
-            state_fwd: sf("state_fwd", SLOT_STATE_FWD)?,
-            state_rec: sf("state_rec", SLOT_STATE_REC)?,
-            state_split: sf("state_split", SLOT_STATE_SPLIT)?,
-            state_bwd: sf("state_bwd", SLOT_STATE_BWD)?,
+            state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
+            state_rec: sf("state_rec", SLOT_STATE_REC, Some(SLOT_STATE_REC_KS))?,
+            state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
+            state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
     }
@@ -338,15 +366,33 @@ impl PassKind {
             PassKind::Bwd => "GDN_DR_SB_NW",
         }
     }
+
+    /// The K split to use: 1 (unsplit) unless `GDN_DR_KS` (forward-type passes) or
+    /// `GDN_DR_SB_KS` (the reverse pass) = 2 or 4 forces one, for experiments (the cost model is
+    /// calibrated on unsplit CTAs only).
+    fn ks(self) -> usize {
+        let var = match self {
+            PassKind::Fused | PassKind::Split | PassKind::Rec => "GDN_DR_KS",
+            PassKind::Bwd => "GDN_DR_SB_KS",
+        };
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|ks| [2, 4].contains(ks))
+            .unwrap_or(1)
+    }
 }
 
-/// Estimated seconds per chunk step of a state pass with `nw` warps per CTA (16 columns of V
-/// each) and `per_sm` CTAs per SM, for `cols` = N·H·V columns in all, on `sms` SMs. Each wave of
-/// CTAs takes the longest of its latency L ([`PassKind::step_us`], plus about 20 ns per cp.async
-/// piece a lane issues beyond a 4-warp CTA's), w × T for w warps per SM sub-partition, and HBM
-/// bandwidth over the bytes of [`PassKind::chunk_bytes`].
+/// Estimated seconds per chunk step of a state pass with `nw` column groups per CTA (16 columns
+/// of V each) of `ks` warps each (the K split) and `per_sm` CTAs per SM, for `cols` = N·H·V
+/// columns in all, on `sms` SMs. Each wave of CTAs takes the longest of its latency L
+/// ([`PassKind::step_us`], plus about 20 ns per cp.async piece a lane issues beyond a 4-warp
+/// CTA's), w × T for w warps per SM sub-partition, and HBM bandwidth over the bytes of
+/// [`PassKind::chunk_bytes`]. L and T are measured unsplit; with ks > 1 they are not
+/// recalibrated (each warp does about 1/ks of the products but adds the reduction), so the cost
+/// only ranks the column-group counts of one forced K split.
 fn state_step_cost(
-    nw: usize,
+    (nw, ks): (usize, usize),
     per_sm: usize,
     cols: usize,
     k: usize,
@@ -356,14 +402,15 @@ fn state_step_cost(
     let width = 16 * nw;
     let ctas = cols.div_ceil(width);
     let (bytes, _) = pass.chunk_bytes(k, width);
-    let pieces = |nw: usize| pass.chunk_bytes(k, 16 * nw).1 as f64 / 16.0 / (32 * nw) as f64;
+    let pieces =
+        |nw: usize, ks: usize| pass.chunk_bytes(k, 16 * nw).1 as f64 / 16.0 / (32 * nw * ks) as f64;
     let (l_us, t_us) = pass.step_us(k);
-    let lat = (l_us + 0.02 * (pieces(nw) - pieces(4)).max(0.0)) * 1e-6;
+    let lat = (l_us + 0.02 * (pieces(nw, ks) - pieces(4, 1)).max(0.0)) * 1e-6;
     let slots = per_sm * sms;
     let (mut left, mut cost) = (ctas, 0.0);
     while left > 0 {
         let now = left.min(slots);
-        let warps_per_subpartition = (now.div_ceil(sms) * nw).div_ceil(4);
+        let warps_per_subpartition = (now.div_ceil(sms) * nw * ks).div_ceil(4);
         let hbm = now as f64 * bytes as f64 / HBM_BYTES_PER_S;
         cost += hbm
             .max(lat)
@@ -382,8 +429,10 @@ fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
 }
 
 /// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
-/// for `seq_heads` = N·H, and that cost; `GDN_DR_SF_NW` (forward passes) or `GDN_DR_SB_NW`
-/// (backward), 1, 2, 4 or 8 warps, overrides it where that variant fits, for experiments.
+/// for `seq_heads` = N·H, and that cost, among the unsplit ones or those of the K split that
+/// `GDN_DR_KS` forces ([`PassKind::ks`], where one fits); `GDN_DR_SF_NW` (forward passes) or
+/// `GDN_DR_SB_NW` (backward), 1, 2, 4 or 8 column groups, overrides it where that variant fits,
+/// for experiments.
 fn pick_state_nw(
     vars: &[StateKern],
     seq_heads: usize,
@@ -391,8 +440,12 @@ fn pick_state_nw(
     pass: PassKind,
     sms: usize,
 ) -> (&StateKern, f64) {
-    let fits = |s: &&StateKern| v % (16 * s.nw) == 0;
-    let cost = |s: &StateKern| state_step_cost(s.nw, s.per_sm, seq_heads * v, k, pass, sms);
+    let divides = |s: &&StateKern| v % (16 * s.nw) == 0;
+    let ks = Some(pass.ks())
+        .filter(|&ks| vars.iter().filter(divides).any(|s| s.ks == ks))
+        .unwrap_or(1);
+    let fits = |s: &&StateKern| divides(s) && s.ks == ks;
+    let cost = |s: &StateKern| state_step_cost((s.nw, s.ks), s.per_sm, seq_heads * v, k, pass, sms);
     let forced = std::env::var(pass.nw_env())
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
@@ -728,10 +781,10 @@ impl DeltaRuleWorkspace {
 
     /// The state passes' plan for `n` sequences of `tokens` in all (as `bench kernels` prints
     /// it): the forward (fused with the output, or split: state pass then `fwd_o`) and the warps
-    /// per CTA of each pass.
+    /// per CTA of each pass (column groups × K slices where split).
     pub fn state_plan(&self, n: usize, tokens: usize) -> String {
         let (fwd, f) = self.forward_pass(n, tokens);
-        let nw = |p: PassKind| self.state_kern(n, p).0.nw;
+        let nw = |p: PassKind| self.state_kern(n, p).0.shape();
         format!(
             "forward {} {} warps, recompute {}, backward {}",
             if fwd == PassKind::Fused {
@@ -739,7 +792,7 @@ impl DeltaRuleWorkspace {
             } else {
                 "split"
             },
-            f.nw,
+            f.shape(),
             nw(PassKind::Rec),
             nw(PassKind::Bwd)
         )
@@ -894,7 +947,7 @@ fn run_state_pass(
         gpu,
         ks,
         (n as u32, h as u32, (v / (16 * sk.nw)) as u32),
-        (sk.nw * 32) as u32,
+        (sk.nw * sk.ks * 32) as u32,
         &[
             Arg::P(w),
             Arg::P(u),
@@ -1086,7 +1139,7 @@ pub fn chunk_backward(
             gpu,
             ks,
             (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
-            (sb.nw * 32) as u32,
+            (sb.nw * sb.ks * 32) as u32,
             &[
                 Arg::P(pq),
                 Arg::P(pk),
@@ -1439,7 +1492,10 @@ mod state_cost_tests {
         vars.iter()
             .rev()
             .filter(|&&(nw, _)| v % (16 * nw) == 0)
-            .map(|&(nw, per_sm)| (nw, state_step_cost(nw, per_sm, seq_heads * v, k, pass, 132)))
+            .map(|&(nw, per_sm)| {
+                let cost = state_step_cost((nw, 1), per_sm, seq_heads * v, k, pass, 132);
+                (nw, cost)
+            })
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap()
     }
