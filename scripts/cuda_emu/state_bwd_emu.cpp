@@ -1,8 +1,9 @@
 // Runs delta_rule.cu's state_bwd_impl (kernel 5, its own text, see run.sh) on the CPU through
-// emu.h for K splits KS = 2 and 4 and compares dh, dṼ and dh0 with the unsplit kernel (KS = 1,
-// validated on the GPU against the CPU reference) on the same inputs: only the f32 summation
-// order of dṼ differs, so the outputs agree to ~1e-3 of their size. Catches slice indexing, the
-// partial-sum reduction, the share of the dṼ stores and varlen (partial chunk) mistakes.
+// emu.h: the unsplit kernel (KS = 1) against a double-precision reference of the reverse
+// recurrence with the kernel's bf16 roundings, and the K splits KS = 2 and 4 against KS = 1 on
+// the same inputs (only the f32 summation order of dṼ differs). Catches piece ownership of the
+// loads and scalings, slice indexing, the partial-sum reduction, the share of the dṼ stores and
+// varlen (partial chunk) mistakes.
 #include "emu.h"
 
 #include <algorithm>
@@ -76,6 +77,60 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   return in;
 }
 
+
+static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+// dh, dṼ, dh0 by the recurrence of kernel 5 in double, rounding where it rounds: bf16(δ K),
+// bf16(dS) as the dṼ operand, bf16(s γ Q), bf16(dṼ) (stored and used in the update).
+template <int K>
+static Out reference(const Inputs<K>& in) {
+  const int H = in.H, V = in.V;
+  Out o;
+  o.dh.assign((size_t)in.NC * H * K * V, 0.f);
+  o.dh0.assign((size_t)in.N * H * K * V, 0.f);
+  o.dv.assign((size_t)in.T * H * V, __float2bfloat16(std::nanf("")));
+  const float scale = 1.f / sqrtf((float)K);
+  auto f = [](bf16 x) { return __bfloat162float(x); };
+  for (int n = 0; n < in.N; ++n)
+    for (int hh = 0; hh < H; ++hh) {
+      std::vector<double> dS((size_t)K * V, 0.0);
+      if (!in.dht.empty())
+        for (size_t i = 0; i < dS.size(); ++i) dS[i] = in.dht[((size_t)n * H + hh) * K * V + i];
+      for (int c = in.seq_chunk[n + 1] - 1; c >= in.seq_chunk[n]; --c) {
+        const int st = in.ctab[2 * c], len = in.ctab[2 * c + 1];
+        for (size_t i = 0; i < dS.size(); ++i) o.dh[((size_t)c * H + hh) * K * V + i] = (float)dS[i];
+        std::vector<float> G(len);
+        for (int t = 0; t < len; ++t) G[t] = in.gc[(size_t)(st + t) * H + hh];
+        std::vector<double> dvb((size_t)len * V);
+        for (int t = 0; t < len; ++t) {
+          const size_t row = ((size_t)(st + t) * H + hh);
+          const float dec = __expf(G[len - 1] - G[t]);
+          for (int v = 0; v < V; ++v) {
+            double a = in.dvl[row * V + v];
+            for (int x = 0; x < K; ++x)
+              a += (double)bfr(f(in.k[row * K + x]) * dec) * (double)bfr((float)dS[(size_t)x * V + v]);
+            const bf16 b = __float2bfloat16((float)a);
+            o.dv[row * V + v] = b;
+            dvb[(size_t)t * V + v] = f(b);
+          }
+        }
+        const double gl = __expf(G[len - 1]);
+        for (int x = 0; x < K; ++x)
+          for (int v = 0; v < V; ++v) {
+            double a = gl * dS[(size_t)x * V + v];
+            for (int t = 0; t < len; ++t) {
+              const size_t row = ((size_t)(st + t) * H + hh);
+              const double qs = bfr(f(in.q[row * K + x]) * (scale * __expf(G[t])));
+              a += qs * f(in.d_o[row * V + v]) - (double)f(in.w[row * K + x]) * dvb[(size_t)t * V + v];
+            }
+            dS[(size_t)x * V + v] = a;
+          }
+      }
+      for (size_t i = 0; i < dS.size(); ++i) o.dh0[((size_t)n * H + hh) * K * V + i] = (float)dS[i];
+    }
+  return o;
+}
+
 template <int K, int NWC, int KS>
 static Out run(const Inputs<K>& in) {
   const int H = in.H, V = in.V;
@@ -137,7 +192,7 @@ static double rel(const std::vector<A>& a, const std::vector<A>& b, F val) {
 }
 
 template <int K, int NWC, int KS>
-static bool check(const Case& c, const Inputs<K>& in, const Out& ref) {
+static bool check(const Case& c, const Inputs<K>& in, const Out& ref, const char* what) {
   const Out o = run<K, NWC, KS>(in);
   const auto f = [](float x) { return (double)x; };
   const auto b = [](bf16 x) { return (double)__bfloat162float(x); };
@@ -146,8 +201,8 @@ static bool check(const Case& c, const Inputs<K>& in, const Out& ref) {
   const bool ok = e_dh < 2e-2 && e_dh0 < 2e-2 && e_dv < 2e-2;
   printf("K=%d V=%d H=%d NWC=%d KS=%d seqlens=", K, c.V, c.H, NWC, KS);
   for (int L : c.seqlens) printf("%d,", L);
-  printf("%s  dh %.2e  dv %.2e  dh0 %.2e (vs KS=1, max err / max |ref|)  %s\n",
-         c.final_grad ? " dht" : "", e_dh, e_dv, e_dh0, ok ? "ok" : "FAIL");
+  printf("%s  dh %.2e  dv %.2e  dh0 %.2e (vs %s, max err / max |ref|)  %s\n",
+         c.final_grad ? " dht" : "", e_dh, e_dv, e_dh0, what, ok ? "ok" : "FAIL");
   return ok;
 }
 
@@ -155,13 +210,16 @@ template <int K>
 static bool run_case(const Case& c, unsigned seed) {
   const Inputs<K> in = make<K>(c, seed);
   bool ok = true;
+  const Out ref = reference<K>(in);
+  ok &= check<K, 1, 1>(c, in, ref, "reference");
   const Out r1 = run<K, 1, 1>(in);
-  ok &= check<K, 1, 2>(c, in, r1);
-  ok &= check<K, 1, 4>(c, in, r1);
+  ok &= check<K, 1, 2>(c, in, r1, "KS=1");
+  ok &= check<K, 1, 4>(c, in, r1, "KS=1");
   if (c.V % 32 == 0) {
+    ok &= check<K, 2, 1>(c, in, ref, "reference");
     const Out r2 = run<K, 2, 1>(in);
-    ok &= check<K, 2, 2>(c, in, r2);
-    ok &= check<K, 2, 4>(c, in, r2);
+    ok &= check<K, 2, 2>(c, in, r2, "KS=1");
+    ok &= check<K, 2, 4>(c, in, r2, "KS=1");
   }
   return ok;
 }

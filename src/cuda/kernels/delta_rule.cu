@@ -106,6 +106,30 @@ __device__ __forceinline__ void load_f32_async(float* dst, int dld, const float*
   }
 }
 
+// A chunk tile of 64 rows × COLS elements of T (bf16 or f32; 16-byte pieces) by a compile-time
+// NTH threads, rows >= valid zero-filled and not read. The state passes issue one per operand
+// every chunk step; the generic loops above (run-time thread count, index divisions, a branch
+// per piece) made up about a fifth of their instructions. Here the loop is unrolled and a
+// thread's pieces are fixed (rows r0 + i·RS, column c0), so a piece costs an address add, a
+// compare and the copy; `for_own_pieces` walks them (also for scale_own_rows).
+template <int COLS, int NTH, class T, class F>
+__device__ __forceinline__ void for_own_pieces(F f) {
+  constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
+  static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
+  const int r0 = threadIdx.x / PER_ROW, c0 = (threadIdx.x % PER_ROW) * EP;
+#pragma unroll
+  for (int i = 0; i < (CH + RS - 1) / RS; ++i)
+    if (CH % RS == 0 || r0 + i * RS < CH) f(r0 + i * RS, c0);
+}
+template <int COLS, int NTH, class T>
+__device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
+                                                int valid) {
+  for_own_pieces<COLS, NTH, T>([&](int r, int c) {
+    const bool ok = r < valid;
+    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+  });
+}
+
 // One warp: 16x16 f32 accumulator -> bf16 rows of a global matrix (row stride ld), only the
 // first `valid` rows (valid may be <= 0 or > 16).
 __device__ __forceinline__ void frag_to_bf16_global(const FC& f, float* stage, bf16* dst, long ld,
@@ -1153,15 +1177,13 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 // and G(c) are dead after the update). So KD(c−1) loads during chunk c's update, and q, w, dO of
 // chunk c−1 during its own dh store, δ fold and dṼ product.
 
-// Scales in place the rows r < len of a [64][cols] bf16 tile (row stride ld) by f(r), rounding to
-// bf16: each thread only the 16-byte pieces that its own load_bf16_async of the tile copied (same
-// loop), so it may run right after the thread's cp_wait, before any barrier. Rows >= len were
+// Scales in place the rows r < len of a [64][COLS] bf16 tile (row stride ld) by f(r), rounding
+// to bf16: each thread only the 16-byte pieces that its own load_rows_async of the tile copied,
+// so it may run right after the thread's cp_wait, before any barrier. Rows >= len were
 // zero-filled and stay zero.
-template <class F>
-__device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int cols, int len, F f) {
-  const int per_row = cols >> 3;
-  for (int idx = threadIdx.x; idx < CH * per_row; idx += blockDim.x) {
-    const int r = idx / per_row, c = (idx - r * per_row) << 3;
+template <int COLS, int NTH, class F>
+__device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int len, F f) {
+  for_own_pieces<COLS, NTH, bf16>([&](int r, int c) {
     if (r < len) {
       const float s = f(r);
       uint4* p = reinterpret_cast<uint4*>(t + r * ld + c);
@@ -1172,7 +1194,7 @@ __device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int cols, int le
       x.w = pack_bf2(bf_lo(x.w) * s, bf_hi(x.w) * s);
       *p = x;
     }
-  }
+  });
 }
 
 // K split (KS > 1, for few long sequences, where a CTA per 16 columns leaves most of the GPU
@@ -1239,16 +1261,16 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       ds[j][e] = dht ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
   auto issue_kd = [&](int s0, int l) {
-    load_bf16_async(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_f32_async(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, CH, L::BVC, l);
+    load_rows_async<K, NTH>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<L::BVC, NTH>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, l);
     cp_commit();
   };
   // q, w, dO of a chunk and, when glen >= 0, G of the chunk before it (start gs, length glen)
   // into G buffer gb.
   auto issue_qwo = [&](int s0, int l, int gs, int glen, int gb) {
-    load_bf16_async(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, CH, L::BVC, l);
+    load_rows_async<K, NTH>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<K, NTH>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<L::BVC, NTH>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l);
     if (glen >= 0)
       for (int i = tid; i < CH; i += NTH) {
         const bool ok = i < glen;
@@ -1295,7 +1317,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     }
     // Pending groups: KD(c), QWO(c). Wait for KD(c), fold δ into this thread's pieces of k.
     cp_wait<1>();
-    scale_own_rows(S.k, L::WLD, K, len, [&](int r) { return __expf(glast - G[r]); });
+    scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return __expf(glast - G[r]); });
     __syncthreads();
 
     // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk (with a K
@@ -1347,7 +1369,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // Pending: QWO(c). Wait for it, fold sγ into this thread's pieces of q; the barrier publishes
     // q, w, dO, G(c−1) and the partials, and ends every warp's reads of k and dṼ_loc.
     cp_wait<0>();
-    scale_own_rows(S.q, L::WLD, K, len, [&](int r) { return scale * __expf(G[r]); });
+    scale_own_rows<K, NTH>(S.q, L::WLD, len, [&](int r) { return scale * __expf(G[r]); });
     __syncthreads();
     if (more) issue_kd(pstart, plen);
     if constexpr (KS > 1) {
