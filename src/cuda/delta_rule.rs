@@ -128,7 +128,7 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (33 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (37 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
@@ -141,7 +141,8 @@ const SLOT_STATE_BWD: usize = 17; // + index into STATE_NWS
 const SLOT_STATE_FWD_KS: usize = 21; // + index into STATE_KS
 const SLOT_STATE_REC_KS: usize = 25; // + index into STATE_KS
 const SLOT_STATE_SPLIT_KS: usize = 29; // + index into STATE_KS
-const SLOTS_PER_K: usize = 33;
+const SLOT_STATE_BWD_KS: usize = 33; // + index into STATE_KS
+const SLOTS_PER_K: usize = 37;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -290,7 +291,7 @@ impl ChunkKernels {
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
             state_rec: sf("state_rec", SLOT_STATE_REC, Some(SLOT_STATE_REC_KS))?,
             state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
-            state_bwd: sf("state_bwd", SLOT_STATE_BWD, None)?,
+            state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
     }
@@ -366,17 +367,19 @@ impl PassKind {
         }
     }
 
-    /// The K split to use: 1 (unsplit) unless `GDN_DR_KS` = 2 or 4 forces one for the
-    /// forward-type passes, for experiments (the cost model is calibrated on unsplit CTAs only).
+    /// The K split to use: 1 (unsplit) unless `GDN_DR_KS` (forward-type passes) or
+    /// `GDN_DR_SB_KS` (the reverse pass) = 2 or 4 forces one, for experiments (the cost model is
+    /// calibrated on unsplit CTAs only).
     fn ks(self) -> usize {
-        match self {
-            PassKind::Fused | PassKind::Split | PassKind::Rec => std::env::var("GDN_DR_KS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .filter(|ks| [2, 4].contains(ks))
-                .unwrap_or(1),
-            PassKind::Bwd => 1,
-        }
+        let var = match self {
+            PassKind::Fused | PassKind::Split | PassKind::Rec => "GDN_DR_KS",
+            PassKind::Bwd => "GDN_DR_SB_KS",
+        };
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|ks| [2, 4].contains(ks))
+            .unwrap_or(1)
     }
 }
 
@@ -1136,7 +1139,7 @@ pub fn chunk_backward(
             gpu,
             ks,
             (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
-            (sb.nw * 32) as u32,
+            (sb.nw * sb.ks * 32) as u32,
             &[
                 Arg::P(pq),
                 Arg::P(pk),

@@ -106,6 +106,30 @@ __device__ __forceinline__ void load_f32_async(float* dst, int dld, const float*
   }
 }
 
+// A chunk tile of 64 rows × COLS elements of T (bf16 or f32; 16-byte pieces) by a compile-time
+// NTH threads, rows >= valid zero-filled and not read. The state passes issue one per operand
+// every chunk step; the generic loops above (run-time thread count, index divisions, a branch
+// per piece) made up about a fifth of their instructions. Here the loop is unrolled and a
+// thread's pieces are fixed (rows r0 + i·RS, column c0), so a piece costs an address add, a
+// compare and the copy; `for_own_pieces` walks them (also for scale_own_rows).
+template <int COLS, int NTH, class T, class F>
+__device__ __forceinline__ void for_own_pieces(F f) {
+  constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
+  static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
+  const int r0 = threadIdx.x / PER_ROW, c0 = (threadIdx.x % PER_ROW) * EP;
+#pragma unroll
+  for (int i = 0; i < (CH + RS - 1) / RS; ++i)
+    if (CH % RS == 0 || r0 + i * RS < CH) f(r0 + i * RS, c0);
+}
+template <int COLS, int NTH, class T>
+__device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
+                                                int valid) {
+  for_own_pieces<COLS, NTH, T>([&](int r, int c) {
+    const bool ok = r < valid;
+    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+  });
+}
+
 // One warp: 16x16 f32 accumulator -> bf16 rows of a global matrix (row stride ld), only the
 // first `valid` rows (valid may be <= 0 or > 16).
 __device__ __forceinline__ void frag_to_bf16_global(const FC& f, float* stage, bf16* dst, long ld,
@@ -1240,15 +1264,13 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 // and G(c) are dead after the update). So KD(c−1) loads during chunk c's update, and q, w, dO of
 // chunk c−1 during its own dh store, δ fold and dṼ product.
 
-// Scales in place the rows r < len of a [64][cols] bf16 tile (row stride ld) by f(r), rounding to
-// bf16: each thread only the 16-byte pieces that its own load_bf16_async of the tile copied (same
-// loop), so it may run right after the thread's cp_wait, before any barrier. Rows >= len were
+// Scales in place the rows r < len of a [64][COLS] bf16 tile (row stride ld) by f(r), rounding
+// to bf16: each thread only the 16-byte pieces that its own load_rows_async of the tile copied,
+// so it may run right after the thread's cp_wait, before any barrier. Rows >= len were
 // zero-filled and stay zero.
-template <class F>
-__device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int cols, int len, F f) {
-  const int per_row = cols >> 3;
-  for (int idx = threadIdx.x; idx < CH * per_row; idx += blockDim.x) {
-    const int r = idx / per_row, c = (idx - r * per_row) << 3;
+template <int COLS, int NTH, class F>
+__device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int len, F f) {
+  for_own_pieces<COLS, NTH, bf16>([&](int r, int c) {
     if (r < len) {
       const float s = f(r);
       uint4* p = reinterpret_cast<uint4*>(t + r * ld + c);
@@ -1259,10 +1281,17 @@ __device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int cols, int le
       x.w = pack_bf2(bf_lo(x.w) * s, bf_hi(x.w) * s);
       *p = x;
     }
-  }
+  });
 }
 
-template <int K, int NWC>
+// K split (KS > 1, for few long sequences, where a CTA per 16 columns leaves most of the GPU
+// idle and each warp's ~1,600 instructions per chunk run one at a time on its sub-partition):
+// KS warps share a column group, warp (kp, cw) keeping dSᵀ rows [kp·K/KS, (kp+1)·K/KS). dṼᵀ needs
+// the whole of K: each warp writes its partial (kp = 0's starting from dṼ_loc) to `red` before
+// the middle barrier, and after it every warp of the group sums the KS partials in kp order (the
+// same bits in each), stores its share of dṼ's column tiles and updates its own dS rows. `red` is
+// written again only after the next chunk's first barrier, which each warp passes after its reads.
+template <int K, int NWC, int KS>
 struct StateBwdSm {
   static constexpr int BVC = 16 * NWC, WLD = K + 8, OLD = BVC + 8, DLD = BVC + 4;
   bf16* q;     // [64][WLD]  Q, then s·γ·Q
@@ -1271,6 +1300,7 @@ struct StateBwdSm {
   bf16* dos;   // [64][OLD]  dO
   float* dvl;  // [64][DLD]  dṼ_loc
   float* G;    // 2 x [64]
+  float* red;  // KS > 1: [KS·NWC warps][8 tiles][32 lanes] float4, partial dṼᵀ per warp
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * WLD);
     w = c.take<bf16>(CH * WLD);
@@ -1278,10 +1308,11 @@ struct StateBwdSm {
     dos = c.take<bf16>(CH * OLD);
     dvl = c.take<float>(CH * DLD);
     G = c.take<float>(2 * CH);
+    red = KS > 1 ? c.take<float>(KS * NWC * 8 * 32 * 4) : nullptr;
   }
 };
 
-template <int K, int NWC>
+template <int K, int NWC, int KS>
 __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ w, const float* __restrict__ gc,
                                const bf16* __restrict__ d_o, const float* __restrict__ dvl,
@@ -1291,21 +1322,25 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                float* __restrict__ dh0) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  typedef StateBwdSm<K, NWC> L;
+  typedef StateBwdSm<K, NWC, KS> L;
   L S;
   S.carve(cv);
-  constexpr int NJ = K / 8;  // accumulator tiles of a warp's dS rows
+  constexpr int KW = K / KS;      // a warp's dS rows
+  constexpr int NJ = KW / 8;      // their accumulator tiles
+  constexpr int NTH = NWC * KS * 32;
+  constexpr int NTW = 8 / KS;     // dṼ column tiles a warp stores
   const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * L::BVC;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
-  const int vl = 16 * warp, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
+  const int cw = warp % NWC, kp = warp / NWC, k0 = kp * KW;
+  const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
 
-  // dSᵀ: ds[j][e] = dS[k][v] with k = 8j + 2qd + (e & 1), v = vw + g + 8 (e >> 1). Per (j, e)
-  // the 8 lanes of one qd cover 8 consecutive v of one row k: one 32-byte sector.
+  // dSᵀ: ds[j][e] = dS[k][v] with k = k0 + 8j + 2qd + (e & 1), v = vw + g + 8 (e >> 1). Per
+  // (j, e) the 8 lanes of one qd cover 8 consecutive v of one row k: one 32-byte sector.
   float ds[NJ][4];
-  const long sbase = (long)(n * H + h) * K * V + vw;
+  const long sbase = (long)(n * H + h) * K * V + (long)k0 * V + vw;
 #pragma unroll
   for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -1313,18 +1348,18 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       ds[j][e] = dht ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
   auto issue_kd = [&](int s0, int l) {
-    load_bf16_async(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_f32_async(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, CH, L::BVC, l);
+    load_rows_async<K, NTH>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<L::BVC, NTH>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, l);
     cp_commit();
   };
   // q, w, dO of a chunk and, when glen >= 0, G of the chunk before it (start gs, length glen)
   // into G buffer gb.
   auto issue_qwo = [&](int s0, int l, int gs, int glen, int gb) {
-    load_bf16_async(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, CH, L::BVC, l);
+    load_rows_async<K, NTH>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<K, NTH>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<L::BVC, NTH>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l);
     if (glen >= 0)
-      for (int i = tid; i < CH; i += NWC * 32) {
+      for (int i = tid; i < CH; i += NTH) {
         const bool ok = i < glen;
         cp4(S.G + gb * CH + i, ok ? (const void*)(gc + (long)(gs + i) * H + h) : (const void*)gc,
             ok);
@@ -1342,7 +1377,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       plen = ctab[2 * (ce - 2) + 1];
     }
     // G of the last chunk: plain loads, published by the barrier below.
-    for (int i = tid; i < CH; i += NWC * 32)
+    for (int i = tid; i < CH; i += NTH)
       S.G[((ce - 1) & 1) * CH + i] = i < len ? gc[(long)(start + i) * H + h] : 0.f;
     issue_kd(start, len);
     issue_qwo(start, len, pstart, plen, (ce - 2) & 1);
@@ -1360,7 +1395,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 
     // dh_c = dS (f32) to global.
     {
-      float* dhc = dh + ((long)c * H + h) * K * V + vw;
+      float* dhc = dh + ((long)c * H + h) * K * V + (long)k0 * V + vw;
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
 #pragma unroll
@@ -1369,18 +1404,20 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     }
     // Pending groups: KD(c), QWO(c). Wait for KD(c), fold δ into this thread's pieces of k.
     cp_wait<1>();
-    scale_own_rows(S.k, L::WLD, K, len, [&](int r) { return __expf(glast - G[r]); });
+    scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return __expf(glast - G[r]); });
     __syncthreads();
 
-    // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk.
+    // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk (with a K
+    // split, this warp's rows' share; dṼ_loc in kp = 0's).
     float p[8][4];
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        p[nt][e] = S.dvl[(8 * nt + 2 * qd + (e & 1)) * L::DLD + vl + g + 8 * (e >> 1)];
+        p[nt][e] = kp == 0 ? S.dvl[(8 * nt + 2 * qd + (e & 1)) * L::DLD + vl + g + 8 * (e >> 1)]
+                           : 0.f;
 #pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) {
+    for (int kk = 0; kk < KW / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(ds[2 * kk][0], ds[2 * kk][1]),
                              pack_bf2(ds[2 * kk][2], ds[2 * kk][3]),
                              pack_bf2(ds[2 * kk + 1][0], ds[2 * kk + 1][1]),
@@ -1388,30 +1425,60 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned r[4];
-        ldsm_x4(r, S.k + (8 * (2 * np + lm_hi) + lr) * L::WLD + 16 * kk + 8 * lm_lo);
+        ldsm_x4(r, S.k + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
         mma_bf16(p[2 * np], a, r[0], r[1]);
         mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
     }
-
-    // dṼ (bf16) to global, rows t < len; the same bf16 values, negated, are the A operands of
-    // (−dṼ)ᵀ W.
-    unsigned av[4][4];
+    if constexpr (KS > 1) {
+      float4* mine = reinterpret_cast<float4*>(S.red) + warp * 8 * 32 + lane;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int lim = len - 8 * nt;
-      store_tile_t(p[nt], dvnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
-                   [lim](int col) { return col < lim; });
-      av[nt >> 1][2 * (nt & 1)] = pack_bf2(-p[nt][0], -p[nt][1]);
-      av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(-p[nt][2], -p[nt][3]);
+      for (int nt = 0; nt < 8; ++nt) mine[nt * 32] = make_float4(p[nt][0], p[nt][1], p[nt][2], p[nt][3]);
     }
 
+    // dṼ (bf16) to global, rows t < len (a K split: this warp's share of the column tiles); the
+    // same bf16 values, negated, are the A operands of (−dṼ)ᵀ W.
+    unsigned av[4][4];
+    auto emit_dv = [&]() {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        if (nt / NTW == kp) {
+          const int lim = len - 8 * nt;
+          store_tile_t(p[nt], dvnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                       [lim](int col) { return col < lim; });
+        }
+        av[nt >> 1][2 * (nt & 1)] = pack_bf2(-p[nt][0], -p[nt][1]);
+        av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(-p[nt][2], -p[nt][3]);
+      }
+    };
+    if constexpr (KS == 1) emit_dv();
+
     // Pending: QWO(c). Wait for it, fold sγ into this thread's pieces of q; the barrier publishes
-    // q, w, dO and G(c−1) and ends every warp's reads of k and dṼ_loc.
+    // q, w, dO, G(c−1) and the partials, and ends every warp's reads of k and dṼ_loc.
     cp_wait<0>();
-    scale_own_rows(S.q, L::WLD, K, len, [&](int r) { return scale * __expf(G[r]); });
+    scale_own_rows<K, NTH>(S.q, L::WLD, len, [&](int r) { return scale * __expf(G[r]); });
     __syncthreads();
     if (more) issue_kd(pstart, plen);
+    if constexpr (KS > 1) {
+      const float4* part = reinterpret_cast<const float4*>(S.red) + cw * 8 * 32 + lane;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        float4 x = part[nt * 32];
+#pragma unroll
+        for (int j = 1; j < KS; ++j) {
+          const float4 y = part[(j * NWC * 8 + nt) * 32];
+          x.x += y.x;
+          x.y += y.y;
+          x.z += y.z;
+          x.w += y.w;
+        }
+        p[nt][0] = x.x;
+        p[nt][1] = x.y;
+        p[nt][2] = x.z;
+        p[nt][3] = x.w;
+      }
+      emit_dv();
+    }
 
     // dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + (−dṼ)ᵀ W, per k-step the dO product first (v4's order).
     const float gl = __expf(glast);
@@ -1428,8 +1495,8 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 #pragma unroll
       for (int jp = 0; jp < NJ / 2; ++jp) {
         unsigned rq[4], rw[4];
-        ldsm_x4_t(rq, S.q + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
-        ldsm_x4_t(rw, S.w + (16 * ks + 8 * lm_lo + lr) * L::WLD + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(rq, S.q + (16 * ks + 8 * lm_lo + lr) * L::WLD + k0 + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(rw, S.w + (16 * ks + 8 * lm_lo + lr) * L::WLD + k0 + 8 * (2 * jp + lm_hi));
         mma_bf16(ds[2 * jp], ao, rq[0], rq[1]);
         mma_bf16(ds[2 * jp], av[ks], rw[0], rw[1]);
         mma_bf16(ds[2 * jp + 1], ao, rq[2], rq[3]);
@@ -2558,8 +2625,8 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
 // src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
 // state_fwd (fused with the output), state_rec (the backward's recompute), state_split (h_c and
-// Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_rec
-// and state_split, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4).
+// Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_rec,
+// state_split and state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4).
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -2593,13 +2660,17 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[14] = smem_of<StateFwdSm<K, 2, MODE_SPLIT>>();
   out[15] = smem_of<StateFwdSm<K, 4, MODE_SPLIT>>();
   out[16] = smem_of<StateFwdSm<K, 8, MODE_SPLIT>>();
-  out[17] = smem_of<StateBwdSm<K, 1>>();
-  out[18] = smem_of<StateBwdSm<K, 2>>();
-  out[19] = smem_of<StateBwdSm<K, 4>>();
-  out[20] = smem_of<StateBwdSm<K, 8>>();
+  out[17] = smem_of<StateBwdSm<K, 1, 1>>();
+  out[18] = smem_of<StateBwdSm<K, 2, 1>>();
+  out[19] = smem_of<StateBwdSm<K, 4, 1>>();
+  out[20] = smem_of<StateBwdSm<K, 8, 1>>();
   smem_state_ks<K, MODE_FUSED>(out + 21);
   smem_state_ks<K, MODE_REC>(out + 25);
   smem_state_ks<K, MODE_SPLIT>(out + 29);
+  out[33] = smem_of<StateBwdSm<K, 1, 2>>();
+  out[34] = smem_of<StateBwdSm<K, 1, 4>>();
+  out[35] = smem_of<StateBwdSm<K, 2, 2>>();
+  out[36] = smem_of<StateBwdSm<K, 2, 4>>();
 }
 
 }  // namespace dr
@@ -2607,8 +2678,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 33);
-    dr::smem_sizes_k<256>(out + 66);
+    dr::smem_sizes_k<128>(out + 37);
+    dr::smem_sizes_k<256>(out + 74);
   }
 }
 
@@ -2671,20 +2742,25 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   DR_STATE_FWD_PASS(K, state_rec, dr::MODE_REC)                                                     \
   DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
-#define DR_STATE_BWD_KERNEL(K, NWC)                                                                \
-  extern "C" __global__ void __launch_bounds__(NWC * 32)                                           \
-      dr_state_bwd_k##K##_nw##NWC(const bf16* q, const bf16* k, const bf16* w, const float* gc,    \
-                                  const bf16* d_o, const float* dvl, const int* ctab,              \
-                                  const int* seq_chunk, const float* dht, int H, int V,            \
-                                  float scale, float* dh, bf16* dvnew, float* dh0) {               \
-    dr::state_bwd_impl<K, NWC>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,       \
-                               dvnew, dh0);                                                        \
+#define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
+  extern "C" __global__ void __launch_bounds__(NWC * KS * 32)                                      \
+      dr_state_bwd_k##K##_nw##NWC##SUFFIX(const bf16* q, const bf16* k, const bf16* w,             \
+                                          const float* gc, const bf16* d_o, const float* dvl,      \
+                                          const int* ctab, const int* seq_chunk, const float* dht, \
+                                          int H, int V, float scale, float* dh, bf16* dvnew,       \
+                                          float* dh0) {                                            \
+    dr::state_bwd_impl<K, NWC, KS>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,   \
+                                   dvnew, dh0);                                                    \
   }
 #define DR_STATE_BWD_KERNELS(K)                                                                    \
-  DR_STATE_BWD_KERNEL(K, 1)                                                                        \
-  DR_STATE_BWD_KERNEL(K, 2)                                                                        \
-  DR_STATE_BWD_KERNEL(K, 4)                                                                        \
-  DR_STATE_BWD_KERNEL(K, 8)
+  DR_STATE_BWD_KERNEL(K, 1, 1, )                                                                   \
+  DR_STATE_BWD_KERNEL(K, 2, 1, )                                                                   \
+  DR_STATE_BWD_KERNEL(K, 4, 1, )                                                                   \
+  DR_STATE_BWD_KERNEL(K, 8, 1, )                                                                   \
+  DR_STATE_BWD_KERNEL(K, 1, 2, _ks2)                                                               \
+  DR_STATE_BWD_KERNEL(K, 1, 4, _ks4)                                                               \
+  DR_STATE_BWD_KERNEL(K, 2, 2, _ks2)                                                               \
+  DR_STATE_BWD_KERNEL(K, 2, 4, _ks4)
 
 // Decode variants (K, BV, NT, min blocks per SM); the host's table `DECODE_CFGS` in
 // src/cuda/delta_rule.rs lists the same ones. The minimum-blocks bound caps the registers so that

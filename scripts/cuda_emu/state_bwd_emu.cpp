@@ -1,0 +1,235 @@
+// Runs delta_rule.cu's state_bwd_impl (kernel 5, its own text, see run.sh) on the CPU through
+// emu.h: the unsplit kernel (KS = 1) against a double-precision reference of the reverse
+// recurrence with the kernel's bf16 roundings, and the K splits KS = 2 and 4 against KS = 1 on
+// the same inputs (only the f32 summation order of dṼ differs). Catches piece ownership of the
+// loads and scalings, slice indexing, the partial-sum reduction, the share of the dṼ stores and
+// varlen (partial chunk) mistakes.
+#include "emu.h"
+
+#include <algorithm>
+#include <random>
+
+
+using dr::CH;
+
+struct Out {
+  std::vector<float> dh, dh0;
+  std::vector<bf16> dv;
+};
+
+struct Case {
+  int H, V;
+  std::vector<int> seqlens;
+  bool final_grad;
+};
+
+template <int K>
+struct Inputs {
+  int T = 0, N = 0, NC = 0, H = 0, V = 0;
+  std::vector<int> ctab, seq_chunk;
+  std::vector<bf16> q, k, w, d_o;
+  std::vector<float> gc, dvl, dht;
+};
+
+template <int K>
+static Inputs<K> make(const Case& c, unsigned seed) {
+  Inputs<K> in;
+  in.H = c.H;
+  in.V = c.V;
+  in.N = (int)c.seqlens.size();
+  in.seq_chunk.push_back(0);
+  for (int L : c.seqlens) {
+    for (int s = 0; s < L; s += CH) {
+      in.ctab.push_back(in.T + s);
+      in.ctab.push_back(std::min(CH, L - s));
+    }
+    in.T += L;
+    in.seq_chunk.push_back((int)in.ctab.size() / 2);
+  }
+  in.NC = (int)in.ctab.size() / 2;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> U(-1.f, 1.f), Ug(0.01f, 0.2f);
+  auto bfv = [&](size_t n) {
+    std::vector<bf16> v(n);
+    for (auto& x : v) x = __float2bfloat16(U(rng));
+    return v;
+  };
+  const size_t tk = (size_t)in.T * c.H * K, tv = (size_t)in.T * c.H * c.V;
+  in.q = bfv(tk);
+  in.k = bfv(tk);
+  in.w = bfv(tk);
+  in.d_o = bfv(tv);
+  in.dvl.resize(tv);
+  for (auto& x : in.dvl) x = U(rng);
+  in.gc.resize((size_t)in.T * c.H);
+  for (int ci = 0; ci < in.NC; ++ci)
+    for (int hh = 0; hh < c.H; ++hh) {
+      float G = 0.f;
+      for (int i = 0; i < in.ctab[2 * ci + 1]; ++i) {
+        G -= Ug(rng);
+        in.gc[(size_t)(in.ctab[2 * ci] + i) * c.H + hh] = G;
+      }
+    }
+  if (c.final_grad) {
+    in.dht.resize((size_t)in.N * c.H * K * c.V);
+    for (auto& x : in.dht) x = U(rng);
+  }
+  return in;
+}
+
+
+static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+// dh, dṼ, dh0 by the recurrence of kernel 5 in double, rounding where it rounds: bf16(δ K),
+// bf16(dS) as the dṼ operand, bf16(s γ Q), bf16(dṼ) (stored and used in the update).
+template <int K>
+static Out reference(const Inputs<K>& in) {
+  const int H = in.H, V = in.V;
+  Out o;
+  o.dh.assign((size_t)in.NC * H * K * V, 0.f);
+  o.dh0.assign((size_t)in.N * H * K * V, 0.f);
+  o.dv.assign((size_t)in.T * H * V, __float2bfloat16(std::nanf("")));
+  const float scale = 1.f / sqrtf((float)K);
+  auto f = [](bf16 x) { return __bfloat162float(x); };
+  for (int n = 0; n < in.N; ++n)
+    for (int hh = 0; hh < H; ++hh) {
+      std::vector<double> dS((size_t)K * V, 0.0);
+      if (!in.dht.empty())
+        for (size_t i = 0; i < dS.size(); ++i) dS[i] = in.dht[((size_t)n * H + hh) * K * V + i];
+      for (int c = in.seq_chunk[n + 1] - 1; c >= in.seq_chunk[n]; --c) {
+        const int st = in.ctab[2 * c], len = in.ctab[2 * c + 1];
+        for (size_t i = 0; i < dS.size(); ++i) o.dh[((size_t)c * H + hh) * K * V + i] = (float)dS[i];
+        std::vector<float> G(len);
+        for (int t = 0; t < len; ++t) G[t] = in.gc[(size_t)(st + t) * H + hh];
+        std::vector<double> dvb((size_t)len * V);
+        for (int t = 0; t < len; ++t) {
+          const size_t row = ((size_t)(st + t) * H + hh);
+          const float dec = __expf(G[len - 1] - G[t]);
+          for (int v = 0; v < V; ++v) {
+            double a = in.dvl[row * V + v];
+            for (int x = 0; x < K; ++x)
+              a += (double)bfr(f(in.k[row * K + x]) * dec) * (double)bfr((float)dS[(size_t)x * V + v]);
+            const bf16 b = __float2bfloat16((float)a);
+            o.dv[row * V + v] = b;
+            dvb[(size_t)t * V + v] = f(b);
+          }
+        }
+        const double gl = __expf(G[len - 1]);
+        for (int x = 0; x < K; ++x)
+          for (int v = 0; v < V; ++v) {
+            double a = gl * dS[(size_t)x * V + v];
+            for (int t = 0; t < len; ++t) {
+              const size_t row = ((size_t)(st + t) * H + hh);
+              const double qs = bfr(f(in.q[row * K + x]) * (scale * __expf(G[t])));
+              a += qs * f(in.d_o[row * V + v]) - (double)f(in.w[row * K + x]) * dvb[(size_t)t * V + v];
+            }
+            dS[(size_t)x * V + v] = a;
+          }
+      }
+      for (size_t i = 0; i < dS.size(); ++i) o.dh0[((size_t)n * H + hh) * K * V + i] = (float)dS[i];
+    }
+  return o;
+}
+
+template <int K, int NWC, int KS>
+static Out run(const Inputs<K>& in) {
+  const int H = in.H, V = in.V;
+  const float nanv = std::nanf("");
+  Out o;
+  o.dh.assign((size_t)in.NC * H * K * V, nanv);
+  o.dh0.assign((size_t)in.N * H * K * V, nanv);
+  o.dv.assign((size_t)in.T * H * V, __float2bfloat16(nanv));
+  typedef dr::StateBwdSm<K, NWC, KS> L;
+  dr::Carve cnt(nullptr);
+  {
+    L l;
+    l.carve(cnt);
+  }
+  g_smem_size = cnt.off;
+  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
+  const int nth = NWC * KS * 32;
+  blockDim.x = nth;
+  const float scale = 1.f / sqrtf((float)K);
+  for (int n = 0; n < in.N; ++n)
+    for (int hh = 0; hh < H; ++hh)
+      for (int z = 0; z < V / (16 * NWC); ++z) {
+        memset(g_smem, 0xff, g_smem_size);
+        std::barrier<> cta(nth);
+        g_cta_bar = &cta;
+        std::vector<Warp> warps(NWC * KS);
+        std::vector<std::thread> th;
+        for (int t = 0; t < nth; ++t)
+          th.emplace_back([&, t] {
+            threadIdx.x = t;
+            blockIdx.x = n;
+            blockIdx.y = hh;
+            blockIdx.z = z;
+            tw = &warps[t >> 5];
+            dr::state_bwd_impl<K, NWC, KS>(
+                in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.d_o.data(),
+                in.dvl.data(), in.ctab.data(), in.seq_chunk.data(),
+                in.dht.empty() ? nullptr : in.dht.data(), H, V, scale, o.dh.data(), o.dv.data(),
+                o.dh0.data());
+          });
+        for (auto& x : th) x.join();
+      }
+  free(g_smem);
+  return o;
+}
+
+// max |a − b| / max |b| over the elements, infinity where either is NaN; rows of dṼ past a
+// sequence's end are never written (NaN in both) and skipped through `skip`.
+template <class A, class F>
+static double rel(const std::vector<A>& a, const std::vector<A>& b, F val) {
+  double e = 0, m = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double x = val(a[i]), y = val(b[i]);
+    if (std::isnan(x) || std::isnan(y)) return INFINITY;
+    e = std::max(e, fabs(x - y));
+    m = std::max(m, fabs(y));
+  }
+  return e / m;
+}
+
+template <int K, int NWC, int KS>
+static bool check(const Case& c, const Inputs<K>& in, const Out& ref, const char* what) {
+  const Out o = run<K, NWC, KS>(in);
+  const auto f = [](float x) { return (double)x; };
+  const auto b = [](bf16 x) { return (double)__bfloat162float(x); };
+  const double e_dh = rel(o.dh, ref.dh, f), e_dh0 = rel(o.dh0, ref.dh0, f),
+               e_dv = rel(o.dv, ref.dv, b);
+  const bool ok = e_dh < 2e-2 && e_dh0 < 2e-2 && e_dv < 2e-2;
+  printf("K=%d V=%d H=%d NWC=%d KS=%d seqlens=", K, c.V, c.H, NWC, KS);
+  for (int L : c.seqlens) printf("%d,", L);
+  printf("%s  dh %.2e  dv %.2e  dh0 %.2e (vs %s, max err / max |ref|)  %s\n",
+         c.final_grad ? " dht" : "", e_dh, e_dv, e_dh0, what, ok ? "ok" : "FAIL");
+  return ok;
+}
+
+template <int K>
+static bool run_case(const Case& c, unsigned seed) {
+  const Inputs<K> in = make<K>(c, seed);
+  bool ok = true;
+  const Out ref = reference<K>(in);
+  ok &= check<K, 1, 1>(c, in, ref, "reference");
+  const Out r1 = run<K, 1, 1>(in);
+  ok &= check<K, 1, 2>(c, in, r1, "KS=1");
+  ok &= check<K, 1, 4>(c, in, r1, "KS=1");
+  if (c.V % 32 == 0) {
+    ok &= check<K, 2, 1>(c, in, ref, "reference");
+    const Out r2 = run<K, 2, 1>(in);
+    ok &= check<K, 2, 2>(c, in, r2, "KS=1");
+    ok &= check<K, 2, 4>(c, in, r2, "KS=1");
+  }
+  return ok;
+}
+
+int main() {
+  bool ok = true;
+  ok &= run_case<64>({2, 64, {100, 37}, true}, 1);
+  ok &= run_case<128>({1, 64, {64 + 64 + 20, 64}, false}, 2);
+  ok &= run_case<128>({2, 32, {37, 130}, true}, 3);
+  ok &= run_case<256>({1, 32, {70}, true}, 4);
+  printf(ok ? "all ok\n" : "FAILED\n");
+  return ok ? 0 : 1;
+}
