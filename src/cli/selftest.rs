@@ -34,6 +34,7 @@ pub fn run(a: SelftestArgs) -> Result<()> {
         let gpu = Gpu::open(0)?;
         let device = format!("{} ({})", gpu.name, gpu.arch);
         println!("device: {device}");
+        cuda::warm_kernel_cache(&gpu);
         let mut rows = cuda::ops_selftest::run_with(&gpu, seed, a.filter.as_deref())?;
         if a.filter
             .as_deref()

@@ -501,6 +501,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         s => bail!("--shapes must be `all`, `quick` or `decode`, got `{s}`"),
     };
     let mut gpu = Gpu::open(a.device)?;
+    super::warm_kernel_cache(&gpu);
     // Graph capture needs a non-default stream and no cudarc event bookkeeping (all work is on
     // one stream; every buffer is allocated before capture).
     // SAFETY: only this stream is used from here on.

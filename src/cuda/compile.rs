@@ -52,6 +52,29 @@ fn options_key(arch: &'static str) -> Vec<String> {
     k
 }
 
+/// Compiles those of `sources` that are not in the cache yet, one thread each (NVRTC compiles one
+/// program per thread, and a first run of the selftest or the kernel bench needs the three
+/// delta-rule modules, most of a minute each), and says so since it takes a while. Errors are
+/// left to the compile that needs the module, which reports them in its context.
+pub fn warm_cache(sources: &[&'static KernelSource], arch: &'static str) {
+    let missing: Vec<_> = sources
+        .iter()
+        .filter(|s| cache_path(s, arch).is_some_and(|p| !p.exists()))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!(
+        "compiling {} CUDA modules for {arch} (first run only; cached for the next)",
+        missing.len()
+    );
+    std::thread::scope(|sc| {
+        for &&src in &missing {
+            sc.spawn(move || compile_ptx(src, arch).ok());
+        }
+    });
+}
+
 /// Compiles `source` to PTX for `arch` (no GPU needed), using the cache when it can.
 pub fn compile_ptx(source: &KernelSource, arch: &'static str) -> Result<Ptx> {
     let cached = cache_path(source, arch);

@@ -34,15 +34,41 @@ use cudarc::driver::{
 };
 use half::bf16;
 
-/// The kernels of this module.
-pub static SOURCE: KernelSource = KernelSource {
-    name: "delta_rule",
-    code: include_str!("kernels/delta_rule.cu"),
-};
+/// The kernels of this module, one NVRTC module per key head size K = 64, 128, 256 (the file's
+/// `DR_ONLY_K`): a model compiles only its own variants. The whole file, with every state-pass
+/// variant, took over 150 s of NVRTC at the first run on the GPU machine (session 5, call 5).
+pub static SOURCES: [KernelSource; 3] = [
+    KernelSource {
+        name: "delta_rule_k64",
+        code: concat!(
+            "#define DR_ONLY_K 64\n",
+            include_str!("kernels/delta_rule.cu")
+        ),
+    },
+    KernelSource {
+        name: "delta_rule_k128",
+        code: concat!(
+            "#define DR_ONLY_K 128\n",
+            include_str!("kernels/delta_rule.cu")
+        ),
+    },
+    KernelSource {
+        name: "delta_rule_k256",
+        code: concat!(
+            "#define DR_ONLY_K 256\n",
+            include_str!("kernels/delta_rule.cu")
+        ),
+    },
+];
+
+/// The module of key head size `dk`.
+fn source(dk: usize) -> &'static KernelSource {
+    &SOURCES[k_index(dk)]
+}
 
 /// This module's `.cu` sources, for [`super::all_sources`].
 pub fn sources() -> Vec<&'static KernelSource> {
-    vec![&SOURCE]
+    SOURCES.iter().collect()
 }
 
 /// Checks the head sizes the kernels are built for: K ∈ {64, 128, 256}, V ∈ {K, 2K}.
@@ -150,8 +176,8 @@ const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 const STATE_KS: [(usize, usize); 4] = [(1, 2), (1, 4), (2, 2), (2, 4)];
 
 /// Shared-memory bytes of every chunk kernel, as the kernels compute them (one tiny launch).
-fn smem_table(gpu: &Gpu) -> Result<Vec<u32>> {
-    let f = gpu.function(&SOURCE, "dr_smem_sizes")?;
+fn smem_table(gpu: &Gpu, dk: usize) -> Result<Vec<u32>> {
+    let f = gpu.function(source(dk), "dr_smem_sizes")?;
     let mut out = gpu
         .stream
         .alloc_zeros::<u32>(3 * SLOTS_PER_K)
@@ -181,11 +207,11 @@ struct Kern {
     smem: u32,
 }
 
-fn load_kern(gpu: &Gpu, name: String, smem: u32, limit: usize) -> Result<Option<Kern>> {
+fn load_kern(gpu: &Gpu, dk: usize, name: String, smem: u32, limit: usize) -> Result<Option<Kern>> {
     if smem as usize > limit {
         return Ok(None);
     }
-    let f = gpu.function(&SOURCE, &name)?;
+    let f = gpu.function(source(dk), &name)?;
     f.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         smem as i32,
@@ -206,12 +232,13 @@ struct StateKern {
 
 fn load_state_kern(
     gpu: &Gpu,
+    dk: usize,
     name: String,
     smem: u32,
     limit: usize,
     (nw, ks): (usize, usize),
 ) -> Result<Option<StateKern>> {
-    let Some(k) = load_kern(gpu, name, smem, limit)? else {
+    let Some(k) = load_kern(gpu, dk, name, smem, limit)? else {
         return Ok(None);
     };
     let threads = (nw * ks * 32) as u32;
@@ -257,23 +284,30 @@ struct ChunkKernels {
 
 impl ChunkKernels {
     fn load(gpu: &Gpu, dk: usize) -> Result<Self> {
-        let table = smem_table(gpu)?;
+        let table = smem_table(gpu, dk)?;
         let limit = device_attr(
             gpu,
             CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         )?;
         let s = |slot: usize| table[k_index(dk) * SLOTS_PER_K + slot];
-        let ld = |n: &str, slot: usize| load_kern(gpu, format!("dr_{n}_k{dk}"), s(slot), limit);
+        let ld = |n: &str, slot: usize| load_kern(gpu, dk, format!("dr_{n}_k{dk}"), s(slot), limit);
         let sf = |n: &str, base: usize, ks_base: Option<usize>| -> Result<Vec<StateKern>> {
             let mut v = vec![];
             for (i, &nw) in STATE_NWS.iter().enumerate() {
                 let name = format!("dr_{n}_k{dk}_nw{nw}");
-                v.extend(load_state_kern(gpu, name, s(base + i), limit, (nw, 1))?);
+                v.extend(load_state_kern(gpu, dk, name, s(base + i), limit, (nw, 1))?);
             }
             if let Some(ks_base) = ks_base {
                 for (i, &(nw, ks)) in STATE_KS.iter().enumerate() {
                     let name = format!("dr_{n}_k{dk}_nw{nw}_ks{ks}");
-                    v.extend(load_state_kern(gpu, name, s(ks_base + i), limit, (nw, ks))?);
+                    v.extend(load_state_kern(
+                        gpu,
+                        dk,
+                        name,
+                        s(ks_base + i),
+                        limit,
+                        (nw, ks),
+                    )?);
                 }
             }
             ensure!(
@@ -367,10 +401,9 @@ impl PassKind {
         }
     }
 
-    /// The K split to use: 1 (unsplit) unless `GDN_DR_KS` (forward-type passes) or
-    /// `GDN_DR_SB_KS` (the reverse pass) = 2 or 4 forces one, for experiments (the cost model is
-    /// calibrated on unsplit CTAs only).
-    fn ks(self) -> usize {
+    /// The K split forced by `GDN_DR_KS` (forward-type passes) or `GDN_DR_SB_KS` (the reverse
+    /// pass), 1, 2 or 4, for experiments; otherwise the cost model chooses.
+    fn forced_ks(self) -> Option<usize> {
         let var = match self {
             PassKind::Fused | PassKind::Split | PassKind::Rec => "GDN_DR_KS",
             PassKind::Bwd => "GDN_DR_SB_KS",
@@ -378,8 +411,25 @@ impl PassKind {
         std::env::var(var)
             .ok()
             .and_then(|s| s.parse().ok())
-            .filter(|ks| [2, 4].contains(ks))
-            .unwrap_or(1)
+            .filter(|ks| [1, 2, 4].contains(ks))
+    }
+
+    /// The step time of a K split relative to the unsplit pass with the same warps per SM
+    /// sub-partition, measured on H200 at B1·T16384·H16·K128 (session 5, call 5: one 4-warp CTA
+    /// per SM either way; split 0.891 / 0.798 / 0.670 ms for KS = 1, 2, 4, recompute 1.145 /
+    /// 0.932 / 0.760, reverse 1.363 / 1.028 / 0.892). Fused K splits were not measured: `None`,
+    /// so they run only when forced.
+    fn ks_factor(self, ks: usize) -> Option<f64> {
+        match (self, ks) {
+            (_, 1) => Some(1.0),
+            (PassKind::Fused, _) => None,
+            (PassKind::Split, 2) => Some(0.90),
+            (PassKind::Split, _) => Some(0.75),
+            (PassKind::Rec, 2) => Some(0.81),
+            (PassKind::Rec, _) => Some(0.66),
+            (PassKind::Bwd, 2) => Some(0.75),
+            (PassKind::Bwd, _) => Some(0.65),
+        }
     }
 }
 
@@ -388,9 +438,8 @@ impl PassKind {
 /// columns in all, on `sms` SMs. Each wave of CTAs takes the longest of its latency L
 /// ([`PassKind::step_us`], plus about 20 ns per cp.async piece a lane issues beyond a 4-warp
 /// CTA's), w × T for w warps per SM sub-partition, and HBM bandwidth over the bytes of
-/// [`PassKind::chunk_bytes`]. L and T are measured unsplit; with ks > 1 they are not
-/// recalibrated (each warp does about 1/ks of the products but adds the reduction), so the cost
-/// only ranks the column-group counts of one forced K split.
+/// [`PassKind::chunk_bytes`]. L and T are measured unsplit and scaled for a K split by
+/// [`PassKind::ks_factor`] (a forced fused split, unmeasured, is costed as unsplit).
 fn state_step_cost(
     (nw, ks): (usize, usize),
     per_sm: usize,
@@ -405,6 +454,8 @@ fn state_step_cost(
     let pieces =
         |nw: usize, ks: usize| pass.chunk_bytes(k, 16 * nw).1 as f64 / 16.0 / (32 * nw * ks) as f64;
     let (l_us, t_us) = pass.step_us(k);
+    let f = pass.ks_factor(ks).unwrap_or(1.0);
+    let (l_us, t_us) = (l_us * f, t_us * f);
     let lat = (l_us + 0.02 * (pieces(nw, ks) - pieces(4, 1)).max(0.0)) * 1e-6;
     let slots = per_sm * sms;
     let (mut left, mut cost) = (ctas, 0.0);
@@ -429,10 +480,10 @@ fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
 }
 
 /// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
-/// for `seq_heads` = N·H, and that cost, among the unsplit ones or those of the K split that
-/// `GDN_DR_KS` forces ([`PassKind::ks`], where one fits); `GDN_DR_SF_NW` (forward passes) or
-/// `GDN_DR_SB_NW` (backward), 1, 2, 4 or 8 column groups, overrides it where that variant fits,
-/// for experiments.
+/// for `seq_heads` = N·H, and that cost, among the unsplit and K-split ones (fused K splits
+/// only when forced); `GDN_DR_KS` / `GDN_DR_SB_KS` force the K split and `GDN_DR_SF_NW`
+/// (forward passes) or `GDN_DR_SB_NW` (backward) the column groups, 1, 2, 4 or 8, where such a
+/// variant fits, for experiments.
 fn pick_state_nw(
     vars: &[StateKern],
     seq_heads: usize,
@@ -441,22 +492,32 @@ fn pick_state_nw(
     sms: usize,
 ) -> (&StateKern, f64) {
     let divides = |s: &&StateKern| v % (16 * s.nw) == 0;
-    let ks = Some(pass.ks())
-        .filter(|&ks| vars.iter().filter(divides).any(|s| s.ks == ks))
-        .unwrap_or(1);
-    let fits = |s: &&StateKern| divides(s) && s.ks == ks;
+    let forced_ks = pass
+        .forced_ks()
+        .filter(|&ks| vars.iter().filter(divides).any(|s| s.ks == ks));
+    let fits = |s: &&StateKern| {
+        divides(s)
+            && match forced_ks {
+                Some(ks) => s.ks == ks,
+                None => pass.ks_factor(s.ks).is_some(),
+            }
+    };
     let cost = |s: &StateKern| state_step_cost((s.nw, s.ks), s.per_sm, seq_heads * v, k, pass, sms);
     let forced = std::env::var(pass.nw_env())
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .and_then(|nw| vars.iter().filter(fits).find(|s| s.nw == nw));
-    // Ties go to the wider variant (fewer CTAs re-reading W and K; B8·T2048 fused: 8 warps
-    // 0.317 ms against 4 warps 0.331, both estimated at two warps per sub-partition).
+    // Ties go to the wider, unsplit variant (fewer CTAs re-reading W and K; B8·T2048 fused: 8
+    // warps 0.317 ms against 4 warps 0.331, both estimated at two warps per sub-partition).
     let best = forced.unwrap_or_else(|| {
         vars.iter()
-            .rev()
             .filter(fits)
-            .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+            .min_by(|a, b| {
+                cost(a)
+                    .total_cmp(&cost(b))
+                    .then(a.ks.cmp(&b.ks))
+                    .then(b.nw.cmp(&a.nw))
+            })
             .expect("ChunkKernels::load keeps the one-warp variant, whose width divides every V")
     });
     (best, cost(best))
@@ -1346,7 +1407,7 @@ impl DecodeStep {
                 .join(", ")
         );
         let name = format!("dr_decode_k{}_v{}_bv{bv}_t{threads}", dims.dk, dims.dv);
-        let f = gpu.function(&SOURCE, &name)?;
+        let f = gpu.function(source(dims.dk), &name)?;
         Ok(DecodeStep {
             dims,
             n_seqs,
@@ -1448,18 +1509,15 @@ mod decode_tests {
     /// and every supported (K, V) has at least one.
     #[test]
     fn decode_table_matches_the_source() {
-        let built = SOURCE
-            .code
+        let code = SOURCES[0].code;
+        let built = code
             .lines()
             .filter(|l| l.starts_with("DR_DECODE_KERNEL("))
             .count();
         assert_eq!(built, DECODE_CFGS.len());
         for &(k, v, bv, t) in DECODE_CFGS {
             let line = format!("DR_DECODE_KERNEL({k}, {v}, {bv}, {t},");
-            assert!(
-                SOURCE.code.contains(&line),
-                "{line} missing from delta_rule.cu"
-            );
+            assert!(code.contains(&line), "{line} missing from delta_rule.cu");
             assert!(v % bv == 0 && (16..=128).contains(&bv), "{line}");
             // RPT = K·BV / (4·threads) rows per thread: even and at least 2 (the kernel's
             // static_assert), so a bad entry fails here before NVRTC.
@@ -1551,6 +1609,82 @@ mod state_cost_tests {
         }
         let bwd_k256 = [(1, 2), (2, 1), (4, 1), (8, 1)];
         assert_eq!(best(&bwd_k256, 24, (256, 512), PassKind::Bwd).0, 8);
+    }
+
+    /// The cheapest (nw, ks) among (nw, ks, CTAs per SM), ties as `pick_state_nw`.
+    fn best_ks(
+        vars: &[(usize, usize, usize)],
+        seq_heads: usize,
+        (k, v): (usize, usize),
+        pass: PassKind,
+    ) -> (usize, usize) {
+        let cost = |&(nw, ks, per_sm): &(usize, usize, usize)| {
+            state_step_cost((nw, ks), per_sm, seq_heads * v, k, pass, 132)
+        };
+        let b = vars
+            .iter()
+            .filter(|&&(nw, ks, _)| v % (16 * nw) == 0 && pass.ks_factor(ks).is_some())
+            .min_by(|a, b| {
+                cost(a)
+                    .total_cmp(&cost(b))
+                    .then(a.1.cmp(&b.1))
+                    .then(b.0.cmp(&a.0))
+            })
+            .unwrap();
+        (b.0, b.1)
+    }
+
+    /// (column groups, K split, CTAs per SM on H200 from the ptxas registers and the shared
+    /// memory of each variant, docs/perf.md "K-split state pass") at K = 128.
+    const SPLIT_KS_K128: [(usize, usize, usize); 8] = [
+        (1, 1, 2),
+        (2, 1, 2),
+        (4, 1, 2),
+        (8, 1, 1),
+        (1, 2, 2),
+        (1, 4, 2),
+        (2, 2, 2),
+        (2, 4, 2),
+    ];
+    const REC_KS_K128: [(usize, usize, usize); 8] = [
+        (1, 1, 2),
+        (2, 1, 2),
+        (4, 1, 1),
+        (8, 1, 1),
+        (1, 2, 2),
+        (1, 4, 2),
+        (2, 2, 2),
+        (2, 4, 1),
+    ];
+    const BWD_KS_K128: [(usize, usize, usize); 8] = [
+        (1, 1, 3),
+        (2, 1, 3),
+        (4, 1, 2),
+        (8, 1, 2),
+        (1, 2, 3),
+        (1, 4, 2),
+        (2, 2, 2),
+        (2, 4, 1),
+    ];
+
+    /// Session 5, call 5 (every pass with KS = 1, 2, 4 on the bench shapes): the K split wins
+    /// where the unsplit passes leave SMs idle — B1·T16384 (split 0.891 / 0.798 / 0.670 ms,
+    /// recompute 1.145 / 0.932 / 0.760, reverse 1.363 / 1.028 / 0.892) and B2·T8192 (split
+    /// 0.445 / 0.397 / 0.398, recompute 0.556 / 0.460 / 0.469, reverse 0.671 / 0.508 / 0.505) —
+    /// and loses at B4·T4096 (split 0.225 / 0.264 / 0.323, reverse 0.340 / 0.356 / 0.503) and
+    /// B8·T2048.
+    #[test]
+    fn k_split_where_the_grid_leaves_sms_idle() {
+        for (vars, pass) in [
+            (&SPLIT_KS_K128, PassKind::Split),
+            (&REC_KS_K128, PassKind::Rec),
+            (&BWD_KS_K128, PassKind::Bwd),
+        ] {
+            assert_eq!(best_ks(vars, 16, (128, 128), pass).1, 4, "{pass:?} B1");
+            assert!(best_ks(vars, 32, (128, 128), pass).1 > 1, "{pass:?} B2");
+            assert_eq!(best_ks(vars, 64, (128, 128), pass).1, 1, "{pass:?} B4");
+            assert_eq!(best_ks(vars, 128, (128, 128), pass).1, 1, "{pass:?} B8");
+        }
     }
 
     /// Fused or split forward as measured (call 5 against call 4, whole forward): fused for

@@ -140,6 +140,12 @@ fn arch_name(major: i32, minor: i32) -> &'static str {
 
 /// Every `.cu` module of the project, so that all of them can be compile-checked at once
 /// (`cargo test` does it where NVRTC is installed; CI installs it).
+/// Compiles every module not yet in the kernel cache, in parallel (see [`compile::warm_cache`]):
+/// for commands that use most of them (selftest, kernel bench).
+pub fn warm_kernel_cache(gpu: &Gpu) {
+    compile::warm_cache(&all_sources(), gpu.arch);
+}
+
 pub fn all_sources() -> Vec<&'static KernelSource> {
     let mut v = vec![];
     v.extend(ops::sources());
