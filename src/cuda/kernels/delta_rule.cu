@@ -116,11 +116,24 @@ template <int COLS, int NTH, class T, class F>
 __device__ __forceinline__ void for_own_pieces(F f) {
   constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
   static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
+  constexpr int N = (CH + RS - 1) / RS;  // pieces per thread
   const int r0 = threadIdx.x / PER_ROW, c0 = (threadIdx.x % PER_ROW) * EP;
+  if constexpr (N <= 8) {
 #pragma unroll
-  for (int i = 0; i < (CH + RS - 1) / RS; ++i)
-    if (CH % RS == 0 || r0 + i * RS < CH) f(r0 + i * RS, c0);
+    for (int i = 0; i < N; ++i)
+      if (CH % RS == 0 || r0 + i * RS < CH) f(r0 + i * RS, c0);
+  } else {
+    // One or two warps at K >= 128: unrolled, the addresses spilled (state passes at 255
+    // registers).
+#pragma unroll 1
+    for (int i = 0; i < N; ++i) f(r0 + i * RS, c0);
+  }
 }
+// A compile-time int as a value (a column count passed through a generic lambda).
+template <int N>
+struct IntC {
+  static constexpr int value = N;
+};
 template <int COLS, int NTH, class T>
 __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
                                                 int valid) {
@@ -745,10 +758,20 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   // Chunk c's group: W, K, U, G into buffer b, and Q (fused) or this warp's dh_c block
   // (recompute).
   auto issue = [&](int c, int s0, int l, int b) {
-    load_bf16_async(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
-    load_bf16_async(S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V, CH,
-                    L::BVC, l);
+    // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
+    // so it keeps the generic loop.
+    auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld) {
+      constexpr int COLS = decltype(cols)::value;
+      if constexpr (!(FUSED && K >= 256))
+        load_rows_async<COLS, L::NW * 32>(dst, dld, src, sld, l);
+      else
+        load_bf16_async(dst, dld, src, sld, CH, COLS, l);
+    };
+    using KC = IntC<K>;
+    using VC = IntC<L::BVC>;
+    rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K);
+    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K);
+    rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V);
     for (int i = tid; i < CH; i += L::NW * 32) {
       const bool ok = i < l;
       cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
@@ -760,7 +783,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         cp16(dhs + dh_off(r, c4), src + (long)r * V + c4, true);
       }
     }
-    if (FUSED) load_bf16_async(S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K, CH, K, l);
+    if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K);
     cp_commit();
   };
 
