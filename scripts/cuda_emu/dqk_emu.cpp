@@ -19,18 +19,11 @@ static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
 template <int K>
 static bool run_case(const Case& c, unsigned seed) {
   const int V = c.V, H = c.H;
-  std::vector<int> ctab;  // (start, len) per chunk
-  int T = 0;
-  for (int L : c.seqlens) {
-    for (int s = 0; s < L; s += CH) {
-      ctab.push_back(T + s);
-      ctab.push_back(std::min(CH, L - s));
-    }
-    T += L;
-  }
-  const int NC = (int)ctab.size() / 2, np = V / 16;
+  const Chunks ch = make_chunks(c.seqlens);
+  const std::vector<int>& ctab = ch.ctab;
+  const int T = ch.T, NC = ch.NC, np = V / 16;
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> U(-1.f, 1.f), Ug(0.01f, 0.3f);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
   auto bfv = [&](size_t n) {
     std::vector<bf16> v(n);
     for (auto& x : v) x = __float2bfloat16(U(rng));
@@ -39,53 +32,18 @@ static bool run_case(const Case& c, unsigned seed) {
   std::vector<bf16> q = bfv((size_t)T * H * K), k = bfv((size_t)T * H * K);
   std::vector<bf16> dO = bfv((size_t)T * H * V), vn = bfv((size_t)T * H * V);
   std::vector<bf16> hs = bfv((size_t)NC * H * K * V);
-  std::vector<float> dh((size_t)NC * H * K * V), sdp((size_t)NC * H * np), gc((size_t)T * H);
+  std::vector<float> dh((size_t)NC * H * K * V), sdp((size_t)NC * H * np);
   for (auto& x : dh) x = U(rng);
   for (auto& x : sdp) x = U(rng);
-  for (int ci = 0; ci < NC; ++ci)
-    for (int hh = 0; hh < H; ++hh) {
-      float G = 0.f;
-      for (int i = 0; i < ctab[2 * ci + 1]; ++i) {
-        G -= Ug(rng);
-        gc[(size_t)(ctab[2 * ci] + i) * H + hh] = G;
-      }
-    }
+  const std::vector<float> gc = make_gc(ch, H, rng, 0.01f, 0.3f);
   const float scale = 1.f / sqrtf((float)K);
   const float nanv = std::nanf("");
   std::vector<float> dq((size_t)T * H * K, nanv), dk((size_t)T * H * K, nanv), dg((size_t)T * H, nanv);
 
-  // Shared memory as the kernel carves it; poisoned (bf16 and f32 NaN) before every CTA.
-  typedef dr::DqkSm<K> L;
-  dr::Carve cnt(nullptr);
-  {
-    L l;
-    l.carve(cnt);
-  }
-  g_smem_size = cnt.off;
-  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
-  const int nth = L::NW * 32;
-  blockDim.x = nth;
-  // CTAs in reverse order: a stray write past a partial chunk would be overwritten otherwise.
-  for (int ci = NC - 1; ci >= 0; --ci)
-    for (int hh = 0; hh < H; ++hh) {
-      memset(g_smem, 0xff, g_smem_size);
-      std::barrier<> cta(nth);
-      g_cta_bar = &cta;
-      std::vector<Warp> warps(L::NW);
-      std::vector<std::thread> th;
-      for (int t = 0; t < nth; ++t)
-        th.emplace_back([&, t] {
-          threadIdx.x = t;
-          blockIdx.x = ci;
-          blockIdx.y = hh;
-          tw = &warps[t >> 5];
-          dr::dqk_impl<K>(q.data(), k.data(), gc.data(), dO.data(), vn.data(), hs.data(),
-                          dh.data(), sdp.data(), np, ctab.data(), H, V, scale, dq.data(),
-                          dk.data(), dg.data());
-        });
-      for (auto& x : th) x.join();
-    }
-  free(g_smem);
+  run_grid<dr::DqkSm<K>>(dr::DqkSm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
+    dr::dqk_impl<K>(q.data(), k.data(), gc.data(), dO.data(), vn.data(), hs.data(), dh.data(),
+                    sdp.data(), np, ctab.data(), H, V, scale, dq.data(), dk.data(), dg.data());
+  });
 
   // Reference.
   auto f = [](bf16 x) { return (double)__bfloat162float(x); };

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -194,3 +196,79 @@ inline void mma_tf32(float* d, const unsigned* a, unsigned b0, unsigned b1) {
 
 #include "extracted.h"
 }  // namespace dr
+
+// The harness the emulations share.
+
+// Packed sequences: (first token, length) per chunk of 64 and each sequence's first chunk, as
+// the host builds them.
+struct Chunks {
+  std::vector<int> ctab, seq_chunk{0};
+  int T = 0, NC = 0;
+};
+inline Chunks make_chunks(const std::vector<int>& seqlens) {
+  Chunks c;
+  for (int L : seqlens) {
+    for (int s = 0; s < L; s += dr::CH) {
+      c.ctab.push_back(c.T + s);
+      c.ctab.push_back(std::min(dr::CH, L - s));
+    }
+    c.T += L;
+    c.seq_chunk.push_back((int)c.ctab.size() / 2);
+  }
+  c.NC = (int)c.ctab.size() / 2;
+  return c;
+}
+
+// The in-chunk cumulative log decay G, [T, H]: per chunk and head a running sum of −step, each
+// step uniform in [lo, hi).
+inline std::vector<float> make_gc(const Chunks& c, int H, std::mt19937& rng, float lo, float hi) {
+  std::uniform_real_distribution<float> step(lo, hi);
+  std::vector<float> gc((size_t)c.T * H);
+  for (int ci = 0; ci < c.NC; ++ci)
+    for (int hh = 0; hh < H; ++hh) {
+      float G = 0.f;
+      for (int i = 0; i < c.ctab[2 * ci + 1]; ++i) {
+        G -= step(rng);
+        gc[(size_t)(c.ctab[2 * ci] + i) * H + hh] = G;
+      }
+    }
+  return gc;
+}
+
+// Runs `kernel` (a callable, called by every emulated thread) for each CTA of the grid, one at a
+// time, with `nwarps` warps and the shared memory that layout L carves, poisoned with 0xff (bf16
+// and f32 NaN) before each CTA. reverse_x runs blockIdx.x from last to first: the chunk-parallel
+// kernels' neighbours would otherwise overwrite a stray write past a partial chunk.
+template <class L, class F>
+inline void run_grid(int nwarps, dim3e grid, bool reverse_x, F kernel) {
+  dr::Carve cnt(nullptr);
+  {
+    L l;
+    l.carve(cnt);
+  }
+  g_smem_size = cnt.off;
+  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
+  const int nth = nwarps * 32;
+  blockDim.x = nth;
+  for (unsigned xi = 0; xi < grid.x; ++xi)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned z = 0; z < grid.z; ++z) {
+        const unsigned x = reverse_x ? grid.x - 1 - xi : xi;
+        memset(g_smem, 0xff, g_smem_size);
+        std::barrier<> cta(nth);
+        g_cta_bar = &cta;
+        std::vector<Warp> warps(nwarps);
+        std::vector<std::thread> th;
+        for (int t = 0; t < nth; ++t)
+          th.emplace_back([&, t] {
+            threadIdx.x = t;
+            blockIdx.x = x;
+            blockIdx.y = y;
+            blockIdx.z = z;
+            tw = &warps[t >> 5];
+            kernel();
+          });
+        for (auto& x : th) x.join();
+      }
+  free(g_smem);
+}

@@ -37,18 +37,13 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   in.H = c.H;
   in.V = c.V;
   in.N = (int)c.seqlens.size();
-  in.seq_chunk.push_back(0);
-  for (int L : c.seqlens) {
-    for (int s = 0; s < L; s += CH) {
-      in.ctab.push_back(in.T + s);
-      in.ctab.push_back(std::min(CH, L - s));
-    }
-    in.T += L;
-    in.seq_chunk.push_back((int)in.ctab.size() / 2);
-  }
-  in.NC = (int)in.ctab.size() / 2;
+  const Chunks ch = make_chunks(c.seqlens);
+  in.ctab = ch.ctab;
+  in.seq_chunk = ch.seq_chunk;
+  in.T = ch.T;
+  in.NC = ch.NC;
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> U(-1.f, 1.f), Ug(0.01f, 0.2f);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
   auto bfv = [&](size_t n) {
     std::vector<bf16> v(n);
     for (auto& x : v) x = __float2bfloat16(U(rng));
@@ -61,15 +56,7 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   in.d_o = bfv(tv);
   in.dvl.resize(tv);
   for (auto& x : in.dvl) x = U(rng);
-  in.gc.resize((size_t)in.T * c.H);
-  for (int ci = 0; ci < in.NC; ++ci)
-    for (int hh = 0; hh < c.H; ++hh) {
-      float G = 0.f;
-      for (int i = 0; i < in.ctab[2 * ci + 1]; ++i) {
-        G -= Ug(rng);
-        in.gc[(size_t)(in.ctab[2 * ci] + i) * c.H + hh] = G;
-      }
-    }
+  in.gc = make_gc(ch, c.H, rng, 0.01f, 0.2f);
   if (c.final_grad) {
     in.dht.resize((size_t)in.N * c.H * K * c.V);
     for (auto& x : in.dht) x = U(rng);
@@ -139,41 +126,15 @@ static Out run(const Inputs<K>& in) {
   o.dh.assign((size_t)in.NC * H * K * V, nanv);
   o.dh0.assign((size_t)in.N * H * K * V, nanv);
   o.dv.assign((size_t)in.T * H * V, __float2bfloat16(nanv));
-  typedef dr::StateBwdSm<K, NWC, KS> L;
-  dr::Carve cnt(nullptr);
-  {
-    L l;
-    l.carve(cnt);
-  }
-  g_smem_size = cnt.off;
-  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
-  const int nth = NWC * KS * 32;
-  blockDim.x = nth;
   const float scale = 1.f / sqrtf((float)K);
-  for (int n = 0; n < in.N; ++n)
-    for (int hh = 0; hh < H; ++hh)
-      for (int z = 0; z < V / (16 * NWC); ++z) {
-        memset(g_smem, 0xff, g_smem_size);
-        std::barrier<> cta(nth);
-        g_cta_bar = &cta;
-        std::vector<Warp> warps(NWC * KS);
-        std::vector<std::thread> th;
-        for (int t = 0; t < nth; ++t)
-          th.emplace_back([&, t] {
-            threadIdx.x = t;
-            blockIdx.x = n;
-            blockIdx.y = hh;
-            blockIdx.z = z;
-            tw = &warps[t >> 5];
-            dr::state_bwd_impl<K, NWC, KS>(
-                in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.d_o.data(),
-                in.dvl.data(), in.ctab.data(), in.seq_chunk.data(),
-                in.dht.empty() ? nullptr : in.dht.data(), H, V, scale, o.dh.data(), o.dv.data(),
-                o.dh0.data());
-          });
-        for (auto& x : th) x.join();
-      }
-  free(g_smem);
+  run_grid<dr::StateBwdSm<K, NWC, KS>>(
+      NWC * KS, {(unsigned)in.N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
+        dr::state_bwd_impl<K, NWC, KS>(in.q.data(), in.k.data(), in.w.data(), in.gc.data(),
+                                       in.d_o.data(), in.dvl.data(), in.ctab.data(),
+                                       in.seq_chunk.data(),
+                                       in.dht.empty() ? nullptr : in.dht.data(), H, V, scale,
+                                       o.dh.data(), o.dv.data(), o.dh0.data());
+      });
   return o;
 }
 

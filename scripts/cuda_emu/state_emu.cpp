@@ -28,18 +28,13 @@ struct Problem {
 static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool with_h0,
                             unsigned seed) {
   Problem p{K, V, H, std::move(seqlens), with_h0};
-  p.seq_chunk.push_back(0);
-  for (int L : p.seqlens) {
-    for (int s = 0; s < L; s += CH) {
-      p.ctab.push_back(p.T + s);
-      p.ctab.push_back(std::min(CH, L - s));
-    }
-    p.T += L;
-    p.seq_chunk.push_back((int)p.ctab.size() / 2);
-  }
-  p.NC = (int)p.ctab.size() / 2;
+  const Chunks ch = make_chunks(p.seqlens);
+  p.ctab = ch.ctab;
+  p.seq_chunk = ch.seq_chunk;
+  p.T = ch.T;
+  p.NC = ch.NC;
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> U(-1.f, 1.f), Ug(0.005f, 0.05f);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
   const float rk = 1.7f / sqrtf((float)K);
   auto bfv = [&](size_t n, float s) {
     std::vector<bf16> v(n);
@@ -51,15 +46,7 @@ static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool 
   p.k = bfv(TK, rk);
   p.q = bfv(TK, 1.f);
   p.u = bfv(TV, 1.f);
-  p.gc.assign((size_t)p.T * H, 0.f);
-  for (int ci = 0; ci < p.NC; ++ci)
-    for (int hh = 0; hh < H; ++hh) {
-      float G = 0.f;
-      for (int i = 0; i < p.ctab[2 * ci + 1]; ++i) {
-        G -= Ug(rng);
-        p.gc[(size_t)(p.ctab[2 * ci] + i) * H + hh] = G;
-      }
-    }
+  p.gc = make_gc(ch, H, rng, 0.005f, 0.05f);
   const size_t N = p.seqlens.size();
   if (with_h0) {
     p.h0.resize(N * H * K * V);
@@ -89,40 +76,13 @@ static Out run_kernel(const Problem& p) {
   const bool fused = MODE == dr::MODE_FUSED, rec = MODE == dr::MODE_REC;
 
   typedef dr::StateFwdSm<K, NWC, MODE, KS> L;
-  dr::Carve cnt(nullptr);
-  {
-    L l;
-    l.carve(cnt);
-  }
-  g_smem_size = cnt.off;
-  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
-  const int nth = L::NW * 32;
-  blockDim.x = nth;
-  for (int n = 0; n < N; ++n)
-    for (int hh = 0; hh < H; ++hh)
-      for (int z = 0; z < V / (16 * NWC); ++z) {
-        memset(g_smem, 0xff, g_smem_size);
-        std::barrier<> cta(nth);
-        g_cta_bar = &cta;
-        std::vector<Warp> warps(L::NW);
-        std::vector<std::thread> th;
-        for (int t = 0; t < nth; ++t)
-          th.emplace_back([&, t] {
-            threadIdx.x = t;
-            blockIdx.x = n;
-            blockIdx.y = hh;
-            blockIdx.z = z;
-            tw = &warps[t >> 5];
-            dr::state_fwd_impl<K, NWC, MODE, KS>(
-                p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(),
-                p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, V,
-                p.scale, fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(),
-                fused ? o.data() : nullptr, r.ht.data(), rec ? p.dh.data() : nullptr,
-                rec ? r.sd.data() : nullptr);
-          });
-        for (auto& x : th) x.join();
-      }
-  free(g_smem);
+  run_grid<L>(L::NW, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
+    dr::state_fwd_impl<K, NWC, MODE, KS>(
+        p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(),
+        p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, V, p.scale,
+        fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(), fused ? o.data() : nullptr,
+        r.ht.data(), rec ? p.dh.data() : nullptr, rec ? r.sd.data() : nullptr);
+  });
   auto tof = [](const std::vector<bf16>& v) {
     std::vector<float> f(v.size());
     for (size_t i = 0; i < v.size(); ++i) f[i] = __bfloat162float(v[i]);

@@ -21,19 +21,11 @@ static double tfr(double x) { return __uint_as_float(dr::tf32_rna((float)x)); }
 template <int K>
 static bool run_case(const Case& c, unsigned seed) {
   const int V = c.V, H = c.H;
-  std::vector<int> ctab;  // (start, len) per chunk
-  int T = 0;
-  for (int L : c.seqlens) {
-    for (int s = 0; s < L; s += CH) {
-      ctab.push_back(T + s);
-      ctab.push_back(std::min(CH, L - s));
-    }
-    T += L;
-  }
-  const int NC = (int)ctab.size() / 2;
+  const Chunks ch = make_chunks(c.seqlens);
+  const std::vector<int>& ctab = ch.ctab;
+  const int T = ch.T, NC = ch.NC;
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> U(-1.f, 1.f), Ug(0.01f, 0.3f), Ub(0.05f, 0.95f),
-      Ut(-0.3f, 0.3f);
+  std::uniform_real_distribution<float> U(-1.f, 1.f), Ub(0.05f, 0.95f), Ut(-0.3f, 0.3f);
   auto bfv = [&](size_t n) {
     std::vector<bf16> v(n);
     for (auto& x : v) x = __float2bfloat16(U(rng));
@@ -41,7 +33,7 @@ static bool run_case(const Case& c, unsigned seed) {
   };
   std::vector<bf16> k = bfv((size_t)T * H * K), v = bfv((size_t)T * H * V);
   std::vector<bf16> dvn = bfv((size_t)T * H * V), hs = bfv((size_t)NC * H * K * V);
-  std::vector<float> beta((size_t)T * H), gc((size_t)T * H), dkp((size_t)T * H * K),
+  std::vector<float> beta((size_t)T * H), dkp((size_t)T * H * K),
       dgp((size_t)T * H), tmat((size_t)NC * H * CH * CH);
   for (auto& x : beta) x = Ub(rng);
   for (auto& x : dkp) x = U(rng);
@@ -52,47 +44,14 @@ static bool run_case(const Case& c, unsigned seed) {
     for (int i = 0; i < CH; ++i)
       for (int j = 0; j < CH; ++j)
         tmat[m * CH * CH + i * CH + j] = j < i ? Ut(rng) : (j == i ? 1.f : 0.f);
-  for (int ci = 0; ci < NC; ++ci)
-    for (int hh = 0; hh < H; ++hh) {
-      float G = 0.f;
-      for (int i = 0; i < ctab[2 * ci + 1]; ++i) {
-        G -= Ug(rng);
-        gc[(size_t)(ctab[2 * ci] + i) * H + hh] = G;
-      }
-    }
+  const std::vector<float> gc = make_gc(ch, H, rng, 0.01f, 0.3f);
   const float nanv = std::nanf("");
   std::vector<float> dk = dkp, dg = dgp, dv((size_t)T * H * V, nanv), db((size_t)T * H, nanv);
 
-  typedef dr::WySm<K> L;
-  dr::Carve cnt(nullptr);
-  {
-    L l;
-    l.carve(cnt);
-  }
-  g_smem_size = cnt.off;
-  g_smem = (char*)aligned_alloc(128, (g_smem_size + 127) / 128 * 128);
-  const int nth = L::NW * 32;
-  blockDim.x = nth;
-  // CTAs in reverse order: a stray write past a partial chunk would be overwritten otherwise.
-  for (int ci = NC - 1; ci >= 0; --ci)
-    for (int hh = 0; hh < H; ++hh) {
-      memset(g_smem, 0xff, g_smem_size);  // bf16 and f32 NaN
-      std::barrier<> cta(nth);
-      g_cta_bar = &cta;
-      std::vector<Warp> warps(L::NW);
-      std::vector<std::thread> th;
-      for (int t = 0; t < nth; ++t)
-        th.emplace_back([&, t] {
-          threadIdx.x = t;
-          blockIdx.x = ci;
-          blockIdx.y = hh;
-          tw = &warps[t >> 5];
-          dr::wy_impl<K>(k.data(), v.data(), beta.data(), gc.data(), tmat.data(), dvn.data(),
-                         hs.data(), ctab.data(), H, V, dk.data(), dv.data(), dg.data(), db.data());
-        });
-      for (auto& x : th) x.join();
-    }
-  free(g_smem);
+  run_grid<dr::WySm<K>>(dr::WySm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
+    dr::wy_impl<K>(k.data(), v.data(), beta.data(), gc.data(), tmat.data(), dvn.data(), hs.data(),
+                   ctab.data(), H, V, dk.data(), dv.data(), dg.data(), db.data());
+  });
 
   // Reference, per chunk and head, in double with the kernel's rounding points.
   auto f = [](bf16 x) { return (double)__bfloat162float(x); };
@@ -196,7 +155,7 @@ static bool run_case(const Case& c, unsigned seed) {
     r[o] = e[o] / m[o];
     ok = ok && r[o] < 2e-3;
   }
-  printf("K=%d V=%d H=%d chunks=%d smem=%u seqlens=", K, V, H, NC, cnt.off);
+  printf("K=%d V=%d H=%d chunks=%d smem=%zu seqlens=", K, V, H, NC, g_smem_size);
   for (int L : c.seqlens) printf("%d,", L);
   printf("  dk %.2e  dv %.2e  dg %.2e  dbeta %.2e (max err / max |ref|)%s  %s\n", r[0], r[1],
          r[2], r[3], nan_left ? "  NaN left" : "", ok ? "ok" : "FAIL");

@@ -1541,6 +1541,33 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       dh0[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] = ds[j][e];
 }
 
+// One warp's accumulator rows i0 + g and i0 + g + 8 (NKT 16 × 8 tiles, lane (g, q) as in the
+// raw helpers) scaled in place by f[0] and f[1]; out[row] (written by lane q = 0) is each scaled
+// row's dot with the bf16 row of x (row stride ld, the tiles' columns from x's start).
+template <int NKT>
+__device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, const bf16* x,
+                                               int ld, int i0, float* out) {
+  const int lane = threadIdx.x & 31, qd = lane & 3;
+  float a[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nt = 0; nt < NKT; ++nt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const unsigned xv =
+          *reinterpret_cast<const unsigned*>(x + (i0 + 8 * hf) * ld + 8 * nt + 2 * qd);
+      acc[nt][2 * hf] *= f[hf];
+      acc[nt][2 * hf + 1] *= f[hf];
+      a[hf] += acc[nt][2 * hf] * bf_lo(xv);
+      a[hf] += acc[nt][2 * hf + 1] * bf_hi(xv);
+    }
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 1);
+    a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 2);
+    if (qd == 0) out[i0 + 8 * hf] = a[hf];
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // Kernel 6: per (chunk, head), looping over V in slices of 32 columns:
 //   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
@@ -1756,24 +1783,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   // dq = s γ_i dQ1 + pb K; qdot_i = q_i · (s γ_i dQ1)_i over this warp's columns.
   {
     const float f[2] = {scale * S.gam[i0], scale * S.gam[i0 + 8]};
-    float a[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < NKT; ++nt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const unsigned x =
-            *reinterpret_cast<const unsigned*>(qs + (i0 + 8 * hf) * QLD + kc0 + 8 * nt + 2 * qd);
-        dq1[nt][2 * hf] *= f[hf];
-        dq1[nt][2 * hf + 1] *= f[hf];
-        a[hf] += dq1[nt][2 * hf] * bf_lo(x);
-        a[hf] += dq1[nt][2 * hf + 1] * bf_hi(x);
-      }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 1);
-      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 2);
-      if (qd == 0) S.qp[sp * CH + i0 + 8 * hf] = a[hf];
-    }
+    scale_rows_dot<NKT>(dq1, f, qs + kc0, QLD, i0, S.qp + sp * CH);
     // A = pb rows r0.., columns j = 16 kk.. (zero above the diagonal: kk <= rb only); B = K rows
     // j, columns kc0 + 16 jp.. by ldmatrix.trans.
     for (int kk = 0; kk <= rb; ++kk) {
@@ -1803,24 +1813,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   // dk (partial) = δ_i dKi + pbᵀ Q; kdot_i = k_i · (δ_i dKi)_i over this warp's columns.
   {
     const float f[2] = {S.dec[i0], S.dec[i0 + 8]};
-    float a[2] = {0.f, 0.f};
-#pragma unroll
-    for (int nt = 0; nt < NKT; ++nt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const unsigned x =
-            *reinterpret_cast<const unsigned*>(kls + (i0 + 8 * hf) * QLD + kc0 + 8 * nt + 2 * qd);
-        dki[nt][2 * hf] *= f[hf];
-        dki[nt][2 * hf + 1] *= f[hf];
-        a[hf] += dki[nt][2 * hf] * bf_lo(x);
-        a[hf] += dki[nt][2 * hf + 1] * bf_hi(x);
-      }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 1);
-      a[hf] += __shfl_xor_sync(0xffffffffu, a[hf], 2);
-      if (qd == 0) S.kp[sp * CH + i0 + 8 * hf] = a[hf];
-    }
+    scale_rows_dot<NKT>(dki, f, kls + kc0, QLD, i0, S.kp + sp * CH);
     // A = pbᵀ rows r0.., columns j = 16 kk.. (kk >= rb only) by ldmatrix.trans: matrices
     // (j +0, i +0), (j +0, i +8), (j +8, i +0), (j +8, i +8); B = Q rows j by ldmatrix.trans.
     for (int kk = rb; kk < 4; ++kk) {
