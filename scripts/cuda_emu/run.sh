@@ -19,7 +19,7 @@ extract() {
   } | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
     >"$out/$dir/extracted.h"
 }
-extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'struct WySm' 'void wy_impl'
+extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
 extract state 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' dh_off(' ' p_rows(' 'void state_fwd_impl'
 extract state_bwd 'void for_own_pieces' 'void load_rows_async' 'void scale_own_rows' \
   'struct StateBwdSm' 'void state_bwd_impl'

@@ -1927,6 +1927,30 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   }
 }
 
+// One warp's acc (NT 16 × 8 tiles) = rows 16 rb.. of Tᵀ times B (bf16, row stride ld, NT·8
+// columns from b): Σ over k-blocks kk ≥ rb (T is lower triangular), A = Tᵀ by ldmatrix.trans of
+// tb ([64][LD64] bf16), B by ldmatrix.trans.
+template <int NT>
+__device__ __forceinline__ void tt_rows(float (*acc)[4], const bf16* tb, int rb, const bf16* b,
+                                        int ld) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+  for (int kk = rb; kk < 4; ++kk) {
+    unsigned at[4];
+    ldsm_x4_t(at, tb + (16 * kk + 8 * lm_hi + lr) * LD64 + 16 * rb + 8 * lm_lo);
+#pragma unroll
+    for (int jp = 0; jp < NT / 2; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, b + (16 * kk + 8 * lm_lo + lr) * ld + 16 * jp + 8 * lm_hi);
+      mma_bf16(acc[2 * jp], at, r[0], r[1]);
+      mma_bf16(acc[2 * jp + 1], at, r[2], r[3]);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // Kernel 7: WY backward per (chunk, head). Loop over V slices: dW' = dṼ h_cᵀ (dW = −dW'),
 // dTv = dṼ Vᵀ, dVβ = Tᵀ dṼ (→ dv = β dVβ, dβ += Σ dVβ ⊙ V). Then dT = dTv diag(β) +
@@ -2120,21 +2144,7 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
     // so t from 16 rb. A = Tᵀ by ldmatrix.trans of tb (matrices (t +0, i +0), (t +0, i +8),
     // (t +8, i +0), (t +8, i +8)); B = dṼ rows t by ldmatrix.trans.
     float dvb[NPT][4];
-#pragma unroll
-    for (int nt = 0; nt < NPT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dvb[nt][e] = 0.f;
-    for (int kk = rb; kk < 4; ++kk) {
-      unsigned at[4];
-      ldsm_x4_t(at, S.tb + (16 * kk + 8 * lm_hi + lr) * LD64 + r0 + 8 * lm_lo);
-#pragma unroll
-      for (int jp = 0; jp < NPT / 2; ++jp) {
-        unsigned r[4];
-        ldsm_x4_t(r, dvs + (16 * kk + 8 * lm_lo + lr) * LD64 + pc0 + 16 * jp + 8 * lm_hi);
-        mma_bf16(dvb[2 * jp], at, r[0], r[1]);
-        mma_bf16(dvb[2 * jp + 1], at, r[2], r[3]);
-      }
-    }
+    tt_rows<NPT>(dvb, S.tb, rb, dvs + pc0, LD64);
     // dv = β_i dVβ (f32, global); dβ_V += dVβ ⊙ V over this lane's columns.
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -2205,21 +2215,7 @@ __device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   // dk accumulators: dk_partial + βγ_i dKβγ, dKβγ = Tᵀ dW (A = Tᵀ as in the loop, B = dW rows t
   // by ldmatrix.trans); z_i = k_i · dKβγ_i over this warp's columns.
   float xk[NKT][4];
-#pragma unroll
-  for (int nt = 0; nt < NKT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) xk[nt][e] = 0.f;
-  for (int kk = rb; kk < 4; ++kk) {
-    unsigned at[4];
-    ldsm_x4_t(at, S.tb + (16 * kk + 8 * lm_hi + lr) * LD64 + r0 + 8 * lm_lo);
-#pragma unroll
-    for (int jp = 0; jp < NKT / 2; ++jp) {
-      unsigned r[4];
-      ldsm_x4_t(r, dwb + (16 * kk + 8 * lm_lo + lr) * KLD + kc0 + 16 * jp + 8 * lm_hi);
-      mma_bf16(xk[2 * jp], at, r[0], r[1]);
-      mma_bf16(xk[2 * jp + 1], at, r[2], r[3]);
-    }
-  }
+  tt_rows<NKT>(xk, S.tb, rb, dwb + kc0, KLD);
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const int i = i0 + 8 * hf;
