@@ -24,11 +24,7 @@ static bool run_case(const Case& c, unsigned seed) {
   const int T = ch.T, NC = ch.NC, np = V / 16;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
-  auto bfv = [&](size_t n) {
-    std::vector<bf16> v(n);
-    for (auto& x : v) x = __float2bfloat16(U(rng));
-    return v;
-  };
+  auto bfv = [&](size_t n) { return rand_bf16(n, rng); };
   std::vector<bf16> q = bfv((size_t)T * H * K), k = bfv((size_t)T * H * K);
   std::vector<bf16> dO = bfv((size_t)T * H * V), vn = bfv((size_t)T * H * V);
   std::vector<bf16> hs = bfv((size_t)NC * H * K * V);

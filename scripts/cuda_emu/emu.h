@@ -219,6 +219,14 @@ inline Chunks make_chunks(const std::vector<int>& seqlens) {
   return c;
 }
 
+// n bf16 values s·u, u uniform in [−1, 1).
+inline std::vector<bf16> rand_bf16(size_t n, std::mt19937& rng, float s = 1.f) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<bf16> v(n);
+  for (auto& x : v) x = __float2bfloat16(s * u(rng));
+  return v;
+}
+
 // The in-chunk cumulative log decay G, [T, H]: per chunk and head a running sum of −step, each
 // step uniform in [lo, hi).
 inline std::vector<float> make_gc(const Chunks& c, int H, std::mt19937& rng, float lo, float hi) {

@@ -44,11 +44,7 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   in.NC = ch.NC;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
-  auto bfv = [&](size_t n) {
-    std::vector<bf16> v(n);
-    for (auto& x : v) x = __float2bfloat16(U(rng));
-    return v;
-  };
+  auto bfv = [&](size_t n) { return rand_bf16(n, rng); };
   const size_t tk = (size_t)in.T * c.H * K, tv = (size_t)in.T * c.H * c.V;
   in.q = bfv(tk);
   in.k = bfv(tk);

@@ -36,11 +36,7 @@ static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool 
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   const float rk = 1.7f / sqrtf((float)K);
-  auto bfv = [&](size_t n, float s) {
-    std::vector<bf16> v(n);
-    for (auto& x : v) x = __float2bfloat16(s * U(rng));
-    return v;
-  };
+  auto bfv = [&](size_t n, float s) { return rand_bf16(n, rng, s); };
   const size_t TK = (size_t)p.T * H * K, TV = (size_t)p.T * H * V;
   p.w = bfv(TK, rk);
   p.k = bfv(TK, rk);

@@ -26,11 +26,7 @@ static bool run_case(const Case& c, unsigned seed) {
   const int T = ch.T, NC = ch.NC;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f), Ub(0.05f, 0.95f), Ut(-0.3f, 0.3f);
-  auto bfv = [&](size_t n) {
-    std::vector<bf16> v(n);
-    for (auto& x : v) x = __float2bfloat16(U(rng));
-    return v;
-  };
+  auto bfv = [&](size_t n) { return rand_bf16(n, rng); };
   std::vector<bf16> k = bfv((size_t)T * H * K), v = bfv((size_t)T * H * V);
   std::vector<bf16> dvn = bfv((size_t)T * H * V), hs = bfv((size_t)NC * H * K * V);
   std::vector<float> beta((size_t)T * H), dkp((size_t)T * H * K),
