@@ -151,47 +151,44 @@ inline void ldsm_x4_t(unsigned* r, const bf16* p) { ldsm_impl(r, p, true); }
 inline float half_of(unsigned reg, int hi) {
   return __uint_as_float(hi ? (reg & 0xffff0000u) : (reg << 16));
 }
-// D = A B + D, m16n8k16 (PTX fragment layouts), f32 accumulation in k order.
-inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+// A warp's mma.sync: every lane posts its fragments, then computes its four accumulator
+// elements D[g + 8 (e >> 1)][2q + (e & 1)] += Σ_k A(r, k) B(k, n) over KS k-steps in k order
+// (f32), reading A and B out of the posted fragments through the accessors.
+template <int KS, class FA, class FB>
+inline void mma_exchange(float* d, const unsigned* a, unsigned b0, unsigned b1, FA A, FB B) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   for (int i = 0; i < 4; ++i) tw->a[lane][i] = a[i];
   tw->b[lane][0] = b0;
   tw->b[lane][1] = b1;
   tw->bar.arrive_and_wait();
-  auto A = [](int r, int k) {
-    return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
-  };
-  auto B = [](int k, int n) { return half_of(tw->b[n * 4 + ((k & 7) >> 1)][k >> 3], k & 1); };
   for (int e = 0; e < 4; ++e) {
     const int r = g + 8 * (e >> 1), n = 2 * q + (e & 1);
     float s = d[e];
-    for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+    for (int k = 0; k < KS; ++k) s += A(r, k) * B(k, n);
     d[e] = s;
   }
   tw->bar.arrive_and_wait();
 }
+// D = A B + D, m16n8k16 bf16 (PTX fragment layouts).
+inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  mma_exchange<16>(
+      d, a, b0, b1,
+      [](int r, int k) {
+        return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
+      },
+      [](int k, int n) { return half_of(tw->b[n * 4 + ((k & 7) >> 1)][k >> 3], k & 1); });
+}
 
 // cvt.rna.tf32.f32: nearest, ties away from zero, 10 mantissa bits (as the CPU mirror's tf()).
 inline unsigned tf32_rna(float x) { return (__float_as_uint(x) + 0x1000u) & ~0x1fffu; }
-// D = A B + D, m16n8k8 tf32 (PTX fragment layouts; the low 13 bits of each input are ignored),
-// f32 accumulation in k order.
+// D = A B + D, m16n8k8 tf32 (PTX fragment layouts; the low 13 bits of each input are ignored).
 inline void mma_tf32(float* d, const unsigned* a, unsigned b0, unsigned b1) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-  for (int i = 0; i < 4; ++i) tw->a[lane][i] = a[i];
-  tw->b[lane][0] = b0;
-  tw->b[lane][1] = b1;
-  tw->bar.arrive_and_wait();
-  auto A = [](int r, int k) {
-    return __uint_as_float(tw->a[(r & 7) * 4 + (k & 3)][(r >> 3) + 2 * (k >> 2)] & ~0x1fffu);
-  };
-  auto B = [](int k, int n) { return __uint_as_float(tw->b[n * 4 + (k & 3)][k >> 2] & ~0x1fffu); };
-  for (int e = 0; e < 4; ++e) {
-    const int r = g + 8 * (e >> 1), n = 2 * q + (e & 1);
-    float s = d[e];
-    for (int k = 0; k < 8; ++k) s += A(r, k) * B(k, n);
-    d[e] = s;
-  }
-  tw->bar.arrive_and_wait();
+  mma_exchange<8>(
+      d, a, b0, b1,
+      [](int r, int k) {
+        return __uint_as_float(tw->a[(r & 7) * 4 + (k & 3)][(r >> 3) + 2 * (k >> 2)] & ~0x1fffu);
+      },
+      [](int k, int n) { return __uint_as_float(tw->b[n * 4 + (k & 3)][k >> 2] & ~0x1fffu); });
 }
 
 #include "extracted.h"

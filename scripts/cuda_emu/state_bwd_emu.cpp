@@ -24,9 +24,8 @@ struct Case {
 };
 
 template <int K>
-struct Inputs {
-  int T = 0, N = 0, NC = 0, H = 0, V = 0;
-  std::vector<int> ctab, seq_chunk;
+struct Inputs : Chunks {
+  int N = 0, H = 0, V = 0;
   std::vector<bf16> q, k, w, d_o;
   std::vector<float> gc, dvl, dht;
 };
@@ -37,11 +36,7 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   in.H = c.H;
   in.V = c.V;
   in.N = (int)c.seqlens.size();
-  const Chunks ch = make_chunks(c.seqlens);
-  in.ctab = ch.ctab;
-  in.seq_chunk = ch.seq_chunk;
-  in.T = ch.T;
-  in.NC = ch.NC;
+  static_cast<Chunks&>(in) = make_chunks(c.seqlens);
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   auto bfv = [&](size_t n) { return rand_bf16(n, rng); };
@@ -52,7 +47,7 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   in.d_o = bfv(tv);
   in.dvl.resize(tv);
   for (auto& x : in.dvl) x = U(rng);
-  in.gc = make_gc(ch, c.H, rng, 0.01f, 0.2f);
+  in.gc = make_gc(in, c.H, rng, 0.01f, 0.2f);
   if (c.final_grad) {
     in.dht.resize((size_t)in.N * c.H * K * c.V);
     for (auto& x : in.dht) x = U(rng);

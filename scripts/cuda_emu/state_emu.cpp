@@ -12,12 +12,10 @@ using dr::CH;
 
 static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
-struct Problem {
+struct Problem : Chunks {
   int K, V, H;
   std::vector<int> seqlens;
   bool with_h0;
-  std::vector<int> ctab, seq_chunk;
-  int T = 0, NC = 0;
   std::vector<bf16> w, u, k, q;
   std::vector<float> gc, h0, dh;
   float scale;
@@ -27,12 +25,7 @@ struct Problem {
 // carried across chunks matters).
 static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool with_h0,
                             unsigned seed) {
-  Problem p{K, V, H, std::move(seqlens), with_h0};
-  const Chunks ch = make_chunks(p.seqlens);
-  p.ctab = ch.ctab;
-  p.seq_chunk = ch.seq_chunk;
-  p.T = ch.T;
-  p.NC = ch.NC;
+  Problem p{make_chunks(seqlens), K, V, H, std::move(seqlens), with_h0};
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   const float rk = 1.7f / sqrtf((float)K);
@@ -42,7 +35,7 @@ static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool 
   p.k = bfv(TK, rk);
   p.q = bfv(TK, 1.f);
   p.u = bfv(TV, 1.f);
-  p.gc = make_gc(ch, H, rng, 0.005f, 0.05f);
+  p.gc = make_gc(p, H, rng, 0.005f, 0.05f);
   const size_t N = p.seqlens.size();
   if (with_h0) {
     p.h0.resize(N * H * K * V);
