@@ -145,6 +145,21 @@ inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
   }
   tw->bar.arrive_and_wait();
 }
+// stmatrix.x4.trans: lane 8i + j posts row j's address of matrix i; each lane then writes its
+// register i, elements (row g, columns 2q, 2q + 1) of matrix i, transposed: to rows 2q, 2q + 1,
+// column g.
+inline void stsm_x4_t(bf16* p, const unsigned* r) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  assert((const char*)p >= g_smem && (const char*)p + 16 <= g_smem + g_smem_size);
+  assert(((uintptr_t)p & 15) == 0);
+  tw->addr[lane] = p;
+  tw->bar.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    ((bf16*)tw->addr[8 * i + 2 * q])[g] = bf16{(uint16_t)(r[i] & 0xffffu)};
+    ((bf16*)tw->addr[8 * i + 2 * q + 1])[g] = bf16{(uint16_t)(r[i] >> 16)};
+  }
+  tw->bar.arrive_and_wait();
+}
 inline void ldsm_x4(unsigned* r, const bf16* p) { ldsm_impl(r, p, false); }
 inline void ldsm_x4_t(unsigned* r, const bf16* p) { ldsm_impl(r, p, true); }
 

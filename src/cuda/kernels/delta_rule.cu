@@ -271,6 +271,46 @@ __device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, O
   }
 }
 
+// stmatrix.x4.trans: four 8×8 bf16 matrices, lane 8i + j giving the address of row j of matrix i;
+// this lane's register i holds matrix i in the accumulator-pair layout (row lane / 4, columns
+// 2 (lane % 4) and + 1), stored transposed (that row becomes a column).
+__device__ __forceinline__ void stsm_x4_t(bf16* p, const unsigned* r) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(s),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+// One warp's NT (even, ≤ 8) 16×8 accumulator tiles x[nt] (rows g, g + 8: 16 columns of Y;
+// columns 8nt + 2q + {0, 1}: rows of Y) stored transposed as bf16 rows [0, 8 NT) of Y (row
+// stride ld), only rows < valid, through `stage`: this warp's own 8 NT × 16 bf16 of shared
+// memory (row stride sld elements, rows 16-byte aligned). stmatrix.trans writes the stage, then
+// each row leaves as two 16-byte stores, whole 32-byte sectors: store_tile_t's shuffles and
+// selects are gone and its 4-byte stores filled half sectors.
+template <int NT>
+__device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* stage, int sld,
+                                                   bf16* y, long ld, int valid) {
+  static_assert(NT % 2 == 0 && NT <= 8, "pairs of tiles, one 64-row stage");
+  const int lane = threadIdx.x & 31, i = lane >> 3, j = lane & 7;
+  __syncwarp();  // the stage's earlier readers are done
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    unsigned r[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+      r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
+    stsm_x4_t(stage + (16 * np + 8 * (i >> 1) + j) * sld + 8 * (i & 1), r);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int pc = lane; pc < 16 * NT; pc += 32) {
+    const int row = pc >> 1, half = pc & 1;
+    if (row < valid)
+      *reinterpret_cast<uint4*>(y + row * ld + 8 * half) =
+          *reinterpret_cast<const uint4*>(stage + row * sld + 8 * half);
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
@@ -807,9 +847,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nnlen = ctab[2 * c + 5];
     }
 
-    if (!FUSED) {
-      // h_c = S (bf16) to global: tile j is rows k = k0 + 8j.., columns vw.. of h_c [K][V].
-      bf16* hc = hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
+    // h_c = S (bf16) to global: tile j is rows k = k0 + 8j.., columns vw.. of h_c [K][V]
+    // (unsplit: after U is read, staged through this warp's U columns).
+    bf16* hc = hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
+    if (!FUSED && KS > 1) {
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
         store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
@@ -821,6 +862,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     const bf16* wb = S.w + b * L::W_SZ;
     const bf16* kb = S.k + b * L::W_SZ;
     const bf16* ub = S.u + b * L::U_SZ;
+    // Unsplit, this warp's columns of U are dead once read: the stage of its stores.
+    bf16* ustage = S.u + b * L::U_SZ + vl;
     const float* G = S.G + b * CH;
     const float glast = G[len - 1];
 
@@ -880,6 +923,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         p[2 * np + 1][1] = bf_hi(r[2]);
         p[2 * np + 1][2] = bf_lo(r[3]);
         p[2 * np + 1][3] = bf_hi(r[3]);
+      }
+      if (!FUSED && KS == 1) {
+#pragma unroll
+        for (int r = 0; r < NJ / 8; ++r)
+          store_tiles_staged<8>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V, CH);
       }
     } else {
 #pragma unroll
@@ -954,7 +1002,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const float d1 = t0 + 1 < len ? __expf(glast - G[t0 + 1]) : 0.f;
       if (!FUSED) {
         const int lim = len - 8 * nt;
-        if (owns(nt >> 1))
+        if (KS > 1 && owns(nt >> 1))
           store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
                        [lim](int col) { return col < lim; });
       } else {
@@ -964,6 +1012,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
+    if (!FUSED && KS == 1)
+      store_tiles_staged<8>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
+                            (long)H * V, len);
 
     if (FUSED) {
       // Oᵀ += Ṽᵀ Pᵀ (B = P rows by ldmatrix; P is zero above the diagonal, so output tile nt
@@ -979,12 +1030,17 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
           mma_bf16(ot[2 * np + 1], an[ks], r[2], r[3]);
         }
       }
+      if (KS == 1) {
+        store_tiles_staged<8>(ot, ustage, L::ULD, o + ((long)start * H + h) * V + vw,
+                              (long)H * V, len);
+      } else {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int lim = len - 8 * nt;
-        if (owns(nt >> 1))
-          store_tile_t(ot[nt], o + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
-                       [lim](int col) { return col < lim; });
+        for (int nt = 0; nt < 8; ++nt) {
+          const int lim = len - 8 * nt;
+          if (owns(nt >> 1))
+            store_tile_t(ot[nt], o + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
+                         [lim](int col) { return col < lim; });
+        }
       }
     }
 
