@@ -127,12 +127,16 @@ template <int N>
 inline void cp_wait() {}
 
 inline unsigned pk(bf16 lo, bf16 hi) { return lo.u | ((unsigned)hi.u << 16); }
-inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+// Posts this lane's row address (16 bytes of shared memory) for ldmatrix / stmatrix.
+inline void post_row(const void* p) {
   assert((const char*)p >= g_smem && (const char*)p + 16 <= g_smem + g_smem_size);
   assert(((uintptr_t)p & 15) == 0);
-  tw->addr[lane] = p;
+  tw->addr[threadIdx.x & 31] = p;
   tw->bar.arrive_and_wait();
+}
+inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  post_row(p);
   for (int i = 0; i < 4; ++i) {
     if (!trans) {
       const bf16* row = (const bf16*)tw->addr[8 * i + g];
@@ -150,10 +154,7 @@ inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
 // column g.
 inline void stsm_x4_t(bf16* p, const unsigned* r) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-  assert((const char*)p >= g_smem && (const char*)p + 16 <= g_smem + g_smem_size);
-  assert(((uintptr_t)p & 15) == 0);
-  tw->addr[lane] = p;
-  tw->bar.arrive_and_wait();
+  post_row(p);
   for (int i = 0; i < 4; ++i) {
     ((bf16*)tw->addr[8 * i + 2 * q])[g] = bf16{(uint16_t)(r[i] & 0xffffu)};
     ((bf16*)tw->addr[8 * i + 2 * q + 1])[g] = bf16{(uint16_t)(r[i] >> 16)};
