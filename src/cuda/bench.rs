@@ -7,8 +7,8 @@
 //! non-default stream and replayed; only the kernels and their gaps remain. Median of `reps`.
 
 use super::delta_rule::{
-    chunk_backward, chunk_forward, decode_configs, ChunkInputs, DecodeInputs, DecodeStep,
-    DeltaRuleWorkspace, GradBuffers, StageProbe,
+    chunk_backward, chunk_forward, decode_configs, saved_t_len, Backward, ChunkInputs,
+    DecodeInputs, DecodeStep, DeltaRuleWorkspace, GradBuffers, StageProbe,
 };
 use super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
@@ -351,7 +351,14 @@ fn bench_chunk(
     let d_o = up(gpu, &d_o)?;
     let mut o = gpu.stream.alloc_zeros::<bf16>(nt * h * v)?;
     let mut grads = GradBuffers::new(gpu, dims, nt, b)?;
-    let mut ws = DeltaRuleWorkspace::new(gpu, dims, nt, b, true)?;
+    let mut ws = DeltaRuleWorkspace::new(gpu, dims, nt, b, Backward::RecomputeT)?;
+    // T kept from the forward for the backward, as in training (FLA keeps its A the same way);
+    // GDN_DR_SAVED_T=0 times the backward that recomputes T instead (`prep` again).
+    let keep_t = std::env::var("GDN_DR_SAVED_T").as_deref() != Ok("0");
+    let mut saved_t = gpu
+        .stream
+        .alloc_zeros::<f32>(saved_t_len(dims, nt, b))
+        .context("allocating the saved T")?;
     let cu: Vec<usize> = (0..=b).map(|i| i * t).collect();
     let scale = (k as f32).powf(-0.5);
     let inp = ChunkInputs {
@@ -365,27 +372,40 @@ fn bench_chunk(
         cu_seqlens: &cu,
     };
     let dov = d_o.as_view();
-    let mut fwd =
-        || -> Result<()> { chunk_forward(gpu, &mut ws, &inp, &mut o.as_view_mut(), None) };
+    // The forward (saving T when kept) and the backward (from the saved T when kept).
+    let fwd_call = |ws: &mut DeltaRuleWorkspace,
+                    o: &mut CudaSlice<bf16>,
+                    st: &mut CudaSlice<f32>|
+     -> Result<()> {
+        let mut stv = st.as_view_mut();
+        let save = if keep_t { Some(&mut stv) } else { None };
+        chunk_forward(gpu, ws, &inp, &mut o.as_view_mut(), None, save)
+    };
+    let bwd_call =
+        |ws: &mut DeltaRuleWorkspace, grads: &mut GradBuffers, st: &CudaSlice<f32>| -> Result<()> {
+            let mut gv = grads.views(dims, nt, b);
+            let stv = st.as_view();
+            let saved = keep_t.then_some(&stv);
+            chunk_backward(gpu, ws, &inp, &dov, None, saved, &mut gv)
+        };
+    let mut fwd = || -> Result<()> { fwd_call(&mut ws, &mut o, &mut saved_t) };
     let fwd_ms = or_nan("fwd eager", time_eager(gpu, reps, &mut fwd));
     let fwd_graph_ms = or_nan("fwd graph", time_graph(gpu, reps, &mut fwd));
     let mut fb = || -> Result<()> {
-        chunk_forward(gpu, &mut ws, &inp, &mut o.as_view_mut(), None)?;
-        let mut gv = grads.views(dims, nt, b);
-        chunk_backward(gpu, &mut ws, &inp, &dov, None, &mut gv)
+        fwd_call(&mut ws, &mut o, &mut saved_t)?;
+        bwd_call(&mut ws, &mut grads, &saved_t)
     };
     let fwdbwd_ms = or_nan("fwd+bwd eager", time_eager(gpu, reps, &mut fb));
     let fwdbwd_graph_ms = or_nan("fwd+bwd graph", time_graph(gpu, reps, &mut fb));
     gpu.sync()?;
     let state_plan = ws.state_plan(b, b * t);
     let breakdown = if breakdown {
+        let st = std::cell::RefCell::new(&mut saved_t);
         let mut f1 = |ws: &mut DeltaRuleWorkspace| -> Result<()> {
-            chunk_forward(gpu, ws, &inp, &mut o.as_view_mut(), None)
+            fwd_call(ws, &mut o, &mut st.borrow_mut())
         };
-        let mut f2 = |ws: &mut DeltaRuleWorkspace| -> Result<()> {
-            let mut gv = grads.views(dims, nt, b);
-            chunk_backward(gpu, ws, &inp, &dov, None, &mut gv)
-        };
+        let mut f2 =
+            |ws: &mut DeltaRuleWorkspace| -> Result<()> { bwd_call(ws, &mut grads, &st.borrow()) };
         match stage_breakdown(gpu, reps, &mut ws, &mut f1, &mut f2) {
             Ok(r) => r,
             Err(e) => {

@@ -14,9 +14,18 @@
 //! - forward: `prep` (per chunk, head: G, T = (I+M)^{-1}, W, U) → `state_fwd` (per sequence, head,
 //!   V tile: each chunk's entering state h_c, Ṽ = U − W h_c and the output O, kept on the SM; the
 //!   final state);
-//! - backward: `prep` (also stores T) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
+//! - backward: `wu` (W, U and G from the T the forward saved; without a saved T, `prep` again,
+//!   storing T in the workspace) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
 //!   `state_rec` (recompute h_c, Ṽ into the workspace, and the f32 partials of ⟨h_c, dh_c⟩) →
 //!   `dqk` (dq, partial dk and dG) → `wy` (WY backward, dv, dβ, dk, dg).
+//!
+//! Saved T: T = (I+M)^{-1} per chunk and head, f32 [NC, H, 64, 64] (64 f32 per token and head,
+//! plus the padding of partial chunks: [`saved_t_len`]). A caller that keeps it from
+//! [`chunk_forward`] (`save_t`) to [`chunk_backward`] (`saved_t`) spares the backward the T
+//! solve: `wu` (0.08 ms predicted at B4·T4096·H16·K128, FLA's recompute_w_u 0.079 ms) instead of
+//! `prep` (0.203 ms). Both give the same W, U, G and T bit for bit (`wu` and `prep` share the
+//! code of the products; scripts/cuda_emu checks it), so the gradients do not depend on the
+//! choice.
 
 #[cfg(test)]
 mod mirror;
@@ -154,7 +163,7 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (37 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (38 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
@@ -168,7 +177,8 @@ const SLOT_STATE_FWD_KS: usize = 21; // + index into STATE_KS
 const SLOT_STATE_REC_KS: usize = 25; // + index into STATE_KS
 const SLOT_STATE_SPLIT_KS: usize = 29; // + index into STATE_KS
 const SLOT_STATE_BWD_KS: usize = 33; // + index into STATE_KS
-const SLOTS_PER_K: usize = 37;
+const SLOT_WU: usize = 37;
+const SLOTS_PER_K: usize = 38;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -268,6 +278,8 @@ fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
 /// The chunk kernels for one key head size.
 struct ChunkKernels {
     prep: Kern,
+    /// W, U and G from a saved T (the backward when the forward kept T).
+    wu: Kern,
     fwd_o: Kern,
     dvloc: Kern,
     dqk: Kern,
@@ -318,6 +330,7 @@ impl ChunkKernels {
         };
         Ok(ChunkKernels {
             prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
+            wu: need(ld("wu", SLOT_WU)?, "wu", limit)?,
             fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
             dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
@@ -593,8 +606,9 @@ fn probe_mark(gpu: &Gpu, ws: &DeltaRuleWorkspace, name: &'static str) -> Result<
 
 /// Buffers of the backward pass.
 struct BwdBuffers {
-    /// T per chunk and head, f32 [NC, H, 64, 64].
-    tmat: CudaSlice<f32>,
+    /// T per chunk and head, f32 [NC, H, 64, 64], for backward calls without a saved T
+    /// ([`Backward::RecomputeT`]; `None` with [`Backward::SavedT`]).
+    tmat: Option<CudaSlice<f32>>,
     /// dṼ_loc, f32 [T, H, V].
     dvloc: CudaSlice<f32>,
     /// dS leaving each chunk, f32 [NC, H, K, V].
@@ -603,6 +617,25 @@ struct BwdBuffers {
     sd_part: CudaSlice<f32>,
     /// dṼ, bf16 [T, H, V].
     dvnew: CudaSlice<bf16>,
+}
+
+/// What a [`DeltaRuleWorkspace`] holds for [`chunk_backward`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backward {
+    /// Forward only.
+    No,
+    /// The backward's buffers, T among them: backward calls may come without a saved T (T is
+    /// then recomputed by `prep`, as before the forward could save it).
+    RecomputeT,
+    /// The backward's buffers without T: every backward call passes the T its forward saved.
+    SavedT,
+}
+
+/// Elements of a saved T for `tokens` tokens in `seqs` sequences, at most (every chunk of 64,
+/// partial ones included, holds a 64 × 64 f32 block per head; a forward over fewer tokens or
+/// sequences uses a prefix).
+pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
+    (tokens.div_ceil(CHUNK) + seqs) * dims.heads * CHUNK * CHUNK
 }
 
 /// Device scratch for the chunked kernels, sized once for up to `max_tokens` tokens in up to
@@ -714,14 +747,14 @@ impl GradBuffers {
 
 impl DeltaRuleWorkspace {
     /// Allocates the scratch for calls of up to `max_tokens` tokens in up to `max_seqs`
-    /// sequences; with `backward`, also what [`chunk_backward`] needs. Compiles/loads the
-    /// kernels (first use) and synchronises once.
+    /// sequences; with `backward` other than [`Backward::No`], also what [`chunk_backward`]
+    /// needs. Compiles/loads the kernels (first use) and synchronises once.
     pub fn new(
         gpu: &Gpu,
         dims: Dims,
         max_tokens: usize,
         max_seqs: usize,
-        backward: bool,
+        backward: Backward,
     ) -> Result<Self> {
         check_dims(dims)?;
         ensure!(max_seqs > 0, "delta rule workspace: max_seqs must be > 0");
@@ -746,9 +779,13 @@ impl DeltaRuleWorkspace {
                 .alloc_zeros::<T>(n.max(1))
                 .with_context(|| format!("allocating delta rule workspace `{what}` ({n} elements)"))
         }
-        let bwd = if backward {
+        let bwd = if backward != Backward::No {
             Some(BwdBuffers {
-                tmat: al(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?,
+                tmat: if backward == Backward::RecomputeT {
+                    Some(al(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?)
+                } else {
+                    None
+                },
                 dvloc: al(gpu, t * h * v, "dvloc")?,
                 dh: al(gpu, max_chunks * h * k * v, "dh")?,
                 sd_part: al(gpu, max_chunks * h * (v / 16), "sd_part")?,
@@ -961,6 +998,55 @@ fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64
     )
 }
 
+/// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64.
+fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> {
+    let want = ws.n_chunks * ws.dims.heads * CHUNK * CHUNK;
+    ensure!(
+        len >= want,
+        "delta rule (CUDA): `{name}` has {len} elements; T of {} chunks × {} heads needs {want} \
+         (size it with saved_t_len)",
+        ws.n_chunks,
+        ws.dims.heads
+    );
+    Ok(())
+}
+
+/// Queues `wu`: G, W and U from the T the forward saved (`tmat`, device pointer).
+fn run_wu(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64) -> Result<()> {
+    let Dims {
+        heads: h,
+        dk: _,
+        dv: v,
+    } = ws.dims;
+    let nc = ws.n_chunks;
+    if nc == 0 {
+        return Ok(());
+    }
+    let ctab = ptr(gpu, &ws.ctab);
+    let gc = ptr_mut(gpu, &mut ws.gc);
+    let w = ptr_mut(gpu, &mut ws.w);
+    let u = ptr_mut(gpu, &mut ws.u);
+    launch_kern(
+        gpu,
+        &ws.kern.wu,
+        (nc as u32, h as u32, 1),
+        256,
+        &[
+            Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(ptr(gpu, &inp.v)),
+            Arg::P(ptr(gpu, &inp.g)),
+            Arg::P(ptr(gpu, &inp.beta)),
+            Arg::P(tmat),
+            Arg::P(ctab),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::P(gc),
+            Arg::P(w),
+            Arg::P(u),
+        ],
+    )
+}
+
 /// What a state pass writes besides advancing the state (device pointers; 0 = none).
 enum StateOut {
     /// The forward over `tokens` tokens: the output `o` (by the fused pass, or the split pass and
@@ -1074,13 +1160,16 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
     )
 }
 
-/// Chunked forward: writes `o` ([T,H,V] bf16) and, when given, `final_state` ([N,H,K,V] f32).
+/// Chunked forward: writes `o` ([T,H,V] bf16) and, when given, `final_state` ([N,H,K,V] f32)
+/// and `save_t`: T per chunk and head, f32 [NC,H,64,64] (at least NC·H·4096 elements; sized by
+/// [`saved_t_len`]), for a [`chunk_backward`] on the same inputs (its `saved_t`).
 pub fn chunk_forward(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     inp: &ChunkInputs,
     o: &mut CudaViewMut<bf16>,
     final_state: Option<&mut CudaViewMut<f32>>,
+    save_t: Option<&mut CudaViewMut<f32>>,
 ) -> Result<()> {
     let (t, n) = check_inputs(ws, inp)?;
     let Dims {
@@ -1094,23 +1183,30 @@ pub fn chunk_forward(
         check_len("final_state", f.len(), n * h * k * v, &what)?;
     }
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
+    if let Some(st) = &save_t {
+        check_saved_t(ws, "save_t", st.len())?;
+    }
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
+    let tmat = save_t.map_or(0, |st| ptr_mut(gpu, st));
     let o = ptr_mut(gpu, o);
     probe_start(gpu, ws)?;
-    run_prep(gpu, ws, inp, 0)?;
+    run_prep(gpu, ws, inp, tmat)?;
     probe_mark(gpu, ws, "fwd: prep")?;
     run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, tokens: t })
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
-/// ([N,H,K,V] f32, zeros when `None`). Recomputes the forward intermediates; the workspace must
-/// have been created with `backward = true`.
+/// ([N,H,K,V] f32, zeros when `None`). Recomputes the forward intermediates: from `saved_t`, the
+/// T that [`chunk_forward`] saved for these inputs (`save_t`), W, U and G only (`wu`); without
+/// it, T too (`prep`, into the workspace, which must then be [`Backward::RecomputeT`]). The
+/// workspace must have been created with backward buffers. Both ways give the same bits.
 pub fn chunk_backward(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     inp: &ChunkInputs,
     d_o: &CudaView<bf16>,
     d_final: Option<&CudaView<f32>>,
+    saved_t: Option<&CudaView<f32>>,
     grads: &mut ChunkGrads,
 ) -> Result<()> {
     let (t, n) = check_inputs(ws, inp)?;
@@ -1135,12 +1231,31 @@ pub fn chunk_backward(
         "delta rule: the workspace was created without backward buffers"
     );
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
-    let tmat = ptr_mut(gpu, &mut ws.bwd.as_mut().unwrap().tmat);
-    // Order: prep (with T) → dṼ_loc → reverse state pass (dh f32, dṼ, dh0) → forward state
-    // recompute (h, Ṽ, and ⟨h_c, dh_c⟩ partials) → dqk → wy.
+    // Order: wu from the saved T, or prep (with T) → dṼ_loc → reverse state pass (dh f32, dṼ,
+    // dh0) → forward state recompute (h, Ṽ, and ⟨h_c, dh_c⟩ partials) → dqk → wy.
+    match saved_t {
+        Some(st) => check_saved_t(ws, "saved_t", st.len())?,
+        None => ensure!(
+            ws.bwd.as_ref().is_some_and(|b| b.tmat.is_some()),
+            "delta rule: a backward without the forward's T needs a workspace created with \
+             Backward::RecomputeT"
+        ),
+    }
     probe_start(gpu, ws)?;
-    run_prep(gpu, ws, inp, tmat)?;
-    probe_mark(gpu, ws, "bwd: prep (+T)")?;
+    let tmat = match saved_t {
+        Some(st) => {
+            let tmat = ptr(gpu, st);
+            run_wu(gpu, ws, inp, tmat)?;
+            probe_mark(gpu, ws, "bwd: wu (saved T)")?;
+            tmat
+        }
+        None => {
+            let tmat = ptr_mut(gpu, ws.bwd.as_mut().unwrap().tmat.as_mut().unwrap());
+            run_prep(gpu, ws, inp, tmat)?;
+            probe_mark(gpu, ws, "bwd: prep (+T)")?;
+            tmat
+        }
+    };
     let nc = ws.n_chunks;
     let (hi, vi) = (h as i32, v as i32);
     let (pq, pk, pv, pb) = (

@@ -17,8 +17,8 @@
 use super::blas::Blas;
 use super::decode::LayerCache;
 use super::delta_rule::{
-    chunk_backward, chunk_forward, ChunkGrads, ChunkInputs, DecodeInputs, DecodeStep,
-    DeltaRuleWorkspace,
+    chunk_backward, chunk_forward, saved_t_len, Backward, ChunkGrads, ChunkInputs, DecodeInputs,
+    DecodeStep, DeltaRuleWorkspace,
 };
 use super::profile::{mark, OpProfile};
 use super::{ops, Gpu, KernelSource};
@@ -450,12 +450,17 @@ struct Saved<K: BufKind = OnGpu> {
     beta: K::Buf<f32>,
     /// Delta-rule output (gated-norm backward; `normed` redone).
     o: K::Buf<bf16>,
+    /// The delta rule's T = (I+M)^{-1}, f32 [chunks, H, 64, 64] (`saved_t_len`: 64 f32 per token
+    /// and head, plus partial chunks): its backward then recomputes W and U only, not the T
+    /// solve. Kept where the delta rule's forward output is (every block; with `recompute`, the
+    /// one set, written by the block's re-run forward just before its backward).
+    t: K::Buf<f32>,
     /// o_proj output [T, D]: x_mid = x_in + mix redone (then h2, the MLP's gate/up, SwiGLU).
     mix: K::Buf<bf16>,
 }
 
 impl<K: BufKind> Saved<K> {
-    fn new_in<A: Alloc<K = K>>(al: &mut A, sz: Sz, t: usize) -> Result<Self> {
+    fn new_in<A: Alloc<K = K>>(al: &mut A, sz: Sz, t: usize, seqs: usize) -> Result<Self> {
         let c = MemCategory::SavedPerBlock;
         let (th, tk, tv) = (t * sz.h, t * sz.kd, t * sz.vd);
         Ok(Saved {
@@ -467,6 +472,11 @@ impl<K: BufKind> Saved<K> {
             g: al.buf(c, "g (f32)", th)?,
             beta: al.buf(c, "beta (f32)", th)?,
             o: al.buf(c, "o (delta rule)", tv)?,
+            t: al.buf(
+                c,
+                "T (delta rule, f32 [chunks, H, 64, 64])",
+                saved_t_len(sz.rule(), t, seqs),
+            )?,
             mix: al.buf(c, "mix (o_proj)", t * sz.d)?,
         })
     }
@@ -729,7 +739,7 @@ fn buffers<A: Alloc>(
             .map(|_| al.buf(C::Residual, "residual (f32)", t * d))
             .collect::<Result<Vec<_>>>()?,
         saved: (0..stored)
-            .map(|_| Saved::new_in(al, sz, t))
+            .map(|_| Saved::new_in(al, sz, t, seqs))
             .collect::<Result<Vec<_>>>()?,
         acts: Acts::new_in(al, plan, sz, t)?,
         tmp_d: al.buf(C::BlockWork, "embedding / mlp down output", t * d)?,
@@ -849,6 +859,9 @@ struct BlockCtx<'a> {
     /// The packing of the n tokens (unused, empty, by [`Core::Decode`]).
     cu: CudaView<'a, i32>,
     cu_seqlens: &'a [usize],
+    /// Whether the chunked delta rule saves T for the backward ([`Saved::t`]): not in the
+    /// forward of a `recompute` step, whose backward re-runs each block's forward.
+    save_t: bool,
 }
 
 impl<'a> BlockCtx<'a> {
@@ -1165,7 +1178,11 @@ fn chunk_mixer(
         initial_state: None,
         cu_seqlens,
     };
-    chunk_forward(gpu, ws, &inp, &mut s.o.slice_mut(..n * vd), None)?;
+    // T for the backward (see `Saved::t`), unless this forward is not the one the backward
+    // follows (`recompute`: the backward re-runs it).
+    let mut t = s.t.as_view_mut();
+    let save_t = ctx.save_t.then_some(&mut t);
+    chunk_forward(gpu, ws, &inp, &mut s.o.slice_mut(..n * vd), None, save_t)?;
     mark(ctx.prof, gpu, "fwd delta rule")?;
     Ok(())
 }
@@ -1320,7 +1337,7 @@ impl GpuModel {
             plan,
         )?;
         let mut acc = al.account;
-        memory::delta_rule_workspace(&mut acc, sz.rule(), max_tokens, max_seqs, true);
+        memory::delta_rule_workspace(&mut acc, sz.rule(), max_tokens, max_seqs, Backward::SavedT);
         acc.add(
             MemCategory::Misc,
             "cuBLASLt workspace",
@@ -1436,7 +1453,8 @@ impl GpuModel {
             .memcpy_htod(params, &mut master)
             .context("uploading the parameters")?;
         ops::cast_f32_to_bf16(gpu, &master, &mut params_bf16.slice_mut(..params.len()))?;
-        let ws = DeltaRuleWorkspace::new(gpu, sz.rule(), max_tokens, max_seqs, true)?;
+        // Every backward gets the T its forward saved (`Saved::t`): no T in the workspace.
+        let ws = DeltaRuleWorkspace::new(gpu, sz.rule(), max_tokens, max_seqs, Backward::SavedT)?;
         let blas = Blas::new(gpu)?;
         // Compile the helper kernels now rather than in the first step.
         gpu.function(&MODEL_EXTRA, "mx_add_f32_bf16")?;
@@ -1713,6 +1731,7 @@ impl GpuModel {
             n,
             cu: self.cu_dev.slice(..cu_seqlens.len()),
             cu_seqlens,
+            save_t: !self.plan.recompute,
         };
 
         ops::embedding_fwd(
@@ -1954,6 +1973,8 @@ impl GpuModel {
             n,
             cu: self.cu_dev.slice(..cu_seqlens.len()),
             cu_seqlens,
+            // The re-run forward of `recompute` saves the T that the block's backward reads.
+            save_t: true,
         };
         let n_layers = self.layers.len();
         for (l, lr) in self.layers.iter().enumerate().rev() {
@@ -2151,7 +2172,16 @@ impl GpuModel {
                     dbeta: b.rule_dbeta.slice_mut(..n * h),
                     dh0: b.rule_dh0.slice_mut(..nseq * h * dk * dv),
                 };
-                chunk_backward(gpu, &mut self.ws, &inp, &b.dmu.slice(..nv), None, &mut rg)?;
+                let st = s.t.as_view();
+                chunk_backward(
+                    gpu,
+                    &mut self.ws,
+                    &inp,
+                    &b.dmu.slice(..nv),
+                    None,
+                    Some(&st),
+                    &mut rg,
+                )?;
             }
             mark(ctx.prof, gpu, "bwd delta rule")?;
             {
@@ -2318,8 +2348,9 @@ mod tests {
         // fp32 residual at the 3 block boundaries.
         assert_eq!(acc.category(C::Residual), 3 * t * 64 * 4);
         // q_pre, k_pre, v_pre, gate, o (bf16 [t, 128]), a (bf16 [t, 2]), g, β (f32 [t, 2]),
-        // mix (bf16 [t, 64]), per block.
-        let saved = 5 * t * 128 * 2 + t * 2 * 2 + 2 * t * 2 * 4 + t * 64 * 2;
+        // mix (bf16 [t, 64]), the delta rule's T (f32 [⌈100/64⌉ + 3 = 5 chunks, 2, 64, 64]),
+        // per block.
+        let saved = 5 * t * 128 * 2 + t * 2 * 2 + 2 * t * 2 * 4 + t * 64 * 2 + 5 * 2 * 4096 * 4;
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =
@@ -2351,11 +2382,11 @@ mod tests {
             acc.category(C::Logits),
             3 * t * 4 + t * 64 * 2 + t * 64 * 2 + 16
         );
-        // Chunks: ⌈100/64⌉ + 3 = 5. Backward: tmat f32 [5, 2, 64, 64], dvloc f32 [t, 2, 64],
-        // dh f32 [5, 2, 64, 64], sd_part f32 [5, 2, 4], dvnew bf16 [t, 2, 64]; forward: ctab
-        // i32 [10], seq_chunk i32 [4], gc f32 [t, 2], w, u, vnew bf16 [t, 2, 64], h bf16
-        // [5, 2, 64, 64].
-        let rule = 5 * 2 * 4096 * 4 * 2
+        // Chunks: ⌈100/64⌉ + 3 = 5. Backward (T is saved per block, not here): dvloc f32
+        // [t, 2, 64], dh f32 [5, 2, 64, 64], sd_part f32 [5, 2, 4], dvnew bf16 [t, 2, 64];
+        // forward: ctab i32 [10], seq_chunk i32 [4], gc f32 [t, 2], w, u, vnew bf16 [t, 2, 64],
+        // h bf16 [5, 2, 64, 64].
+        let rule = 5 * 2 * 4096 * 4
             + t * 128 * 4
             + 5 * 2 * 4 * 4
             + t * 128 * 2

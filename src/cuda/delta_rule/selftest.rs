@@ -200,12 +200,14 @@ impl DevCase {
     }
 }
 
-/// Forward on the GPU: (o as f64, final state as f64, raw o bits for determinism checks).
+/// Forward on the GPU, T saved into `saved_t`: (o as f64, final state as f64, raw o bits for
+/// determinism checks).
 fn gpu_forward(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     c: &Case,
     d: &DevCase,
+    saved_t: &mut CudaSlice<f32>,
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<u16>)> {
     let Dims { heads: h, dk, dv } = c.dims;
     let (t, n) = (*c.cu.last().unwrap(), c.cu.len() - 1);
@@ -217,6 +219,7 @@ fn gpu_forward(
         &d.inputs(c),
         &mut o.slice_mut(..t * h * dv),
         Some(&mut fs.slice_mut(..n * h * dk * dv)),
+        Some(&mut saved_t.as_view_mut()),
     )?;
     gpu.sync().context("after the chunked forward")?;
     let o = download(gpu, &o)?[..t * h * dv].to_vec();
@@ -248,7 +251,9 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let fref = naive::forward(&inp, c.dims);
     let mut rows = Vec::new();
 
-    let (o, fs, bits) = gpu_forward(gpu, ws, c, &d)?;
+    // T as the forward saves it, poisoned: the backward below reads it (`wu`, then `wy`).
+    let mut saved_t = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+    let (o, fs, bits) = gpu_forward(gpu, ws, c, &d, &mut saved_t)?;
     rows.push(row(
         "delta_rule.chunk_fwd o",
         &c.label,
@@ -262,7 +267,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         TOL_F32,
     ));
     if repeat {
-        let (_, _, bits2) = gpu_forward(gpu, ws, c, &d)?;
+        let (_, _, bits2) = gpu_forward(gpu, ws, c, &d, &mut saved_t)?;
         let same = bits == bits2;
         rows.push(row(
             "delta_rule.chunk_fwd repeat bitwise",
@@ -275,21 +280,35 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let d_o = up(&c.d_o);
     let d_fin = c.d_final.as_ref().map(|x| up(x));
     let gref = naive::backward(&inp, c.dims, &d_o, d_fin.as_deref());
-    let mut gb = GradBuffers {
-        dq: nan_f32(gpu, t * h * dk)?,
-        dk: nan_f32(gpu, t * h * dk)?,
-        dv: nan_f32(gpu, t * h * dv)?,
-        dg: nan_f32(gpu, t * h)?,
-        dbeta: nan_f32(gpu, t * h)?,
-        dh0: nan_f32(gpu, n * h * dk * dv)?,
+    // The backward from the forward's T (as training runs it), or recomputing T (`prep`).
+    let backward = |ws: &mut DeltaRuleWorkspace, saved: Option<&CudaSlice<f32>>| {
+        let mut gb = GradBuffers {
+            dq: nan_f32(gpu, t * h * dk)?,
+            dk: nan_f32(gpu, t * h * dk)?,
+            dv: nan_f32(gpu, t * h * dv)?,
+            dg: nan_f32(gpu, t * h)?,
+            dbeta: nan_f32(gpu, t * h)?,
+            dh0: nan_f32(gpu, n * h * dk * dv)?,
+        };
+        {
+            let mut views = gb.views(c.dims, t, n);
+            let dov = d.d_o.as_view();
+            let dfv = d.d_final.as_ref().map(|x| x.as_view());
+            let stv = saved.map(|x| x.as_view());
+            chunk_backward(
+                gpu,
+                ws,
+                &d.inputs(c),
+                &dov,
+                dfv.as_ref(),
+                stv.as_ref(),
+                &mut views,
+            )?;
+        }
+        gpu.sync().context("after the chunked backward")?;
+        anyhow::Ok(gb)
     };
-    {
-        let mut views = gb.views(c.dims, t, n);
-        let dov = d.d_o.as_view();
-        let dfv = d.d_final.as_ref().map(|x| x.as_view());
-        chunk_backward(gpu, ws, &d.inputs(c), &dov, dfv.as_ref(), &mut views)?;
-    }
-    gpu.sync().context("after the chunked backward")?;
+    let gb = backward(ws, Some(&saved_t))?;
     let cmp = |x: &CudaSlice<f32>, len: usize, r: &[f64]| -> Result<f64> {
         Ok(max_rel_err(&up(&download(gpu, x)?[..len]), r))
     };
@@ -306,6 +325,41 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             &c.label,
             cmp(buf, len, r)?,
             tolerance(name),
+        ));
+    }
+    // The backward that recomputes T must give the same bits: its T (the workspace's) is the
+    // one the forward saved, and every gradient is the same.
+    let gr = backward(ws, None)?;
+    let nt = ws.n_chunks * h * CHUNK * CHUNK;
+    let ws_t = download(gpu, ws.bwd.as_ref().unwrap().tmat.as_ref().unwrap())?;
+    let same_t = download(gpu, &saved_t)?[..nt]
+        .iter()
+        .zip(&ws_t[..nt])
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    let mut same_g = true;
+    for (a, b, len) in [
+        (&gb.dq, &gr.dq, t * h * dk),
+        (&gb.dk, &gr.dk, t * h * dk),
+        (&gb.dv, &gr.dv, t * h * dv),
+        (&gb.dg, &gr.dg, t * h),
+        (&gb.dbeta, &gr.dbeta, t * h),
+        (&gb.dh0, &gr.dh0, n * h * dk * dv),
+    ] {
+        let (a, b) = (download(gpu, a)?, download(gpu, b)?);
+        same_g &= a[..len]
+            .iter()
+            .zip(&b[..len])
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+    }
+    for (what, same) in [
+        ("T saved by the forward = T of the backward's prep", same_t),
+        ("grads from saved T = grads recomputing T", same_g),
+    ] {
+        rows.push(row(
+            &format!("delta_rule.chunk_bwd {what}, bitwise"),
+            &c.label,
+            if same { 0.0 } else { f64::INFINITY },
+            0.0,
         ));
     }
     Ok(rows)
@@ -534,12 +588,13 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
         let c = random_case(seed.wrapping_add(i as u64), &lens, dims, h0, dfin);
         let key = (dims.heads, dims.dk, dims.dv);
         let r = (|| -> Result<Vec<Row>> {
-            let ws = match workspaces.entry(key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(DeltaRuleWorkspace::new(gpu, dims, 1024, 16, true)?)
-                }
-            };
+            let ws =
+                match workspaces.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                        DeltaRuleWorkspace::new(gpu, dims, 1024, 16, Backward::RecomputeT)?,
+                    ),
+                };
             chunk_rows(gpu, ws, &c, repeat)
         })();
         match r {

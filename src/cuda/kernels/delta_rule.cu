@@ -11,9 +11,10 @@
 // sequence end are zero-filled on load, get γ = δ = 0 and are never written.
 //
 // Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators; the sequential state
-// passes and the backward's dq/dk (6) and WY (7) kernels use mma.sync m16n8k16 (m16n8k8 tf32 for
-// the WY T-chain) + ldmatrix directly (their operands stay in registers: see the helpers before
-// kernel 2; scripts/cuda_emu runs kernels 6 and 7 on the CPU against a reference). Every wmma
+// passes, the W/U products of kernels 1 and 1b and the backward's dq/dk (6) and WY (7) kernels
+// use mma.sync m16n8k16 (m16n8k8 tf32 for the WY T-chain) + ldmatrix directly (their operands
+// stay in registers: see the helpers before kernel 1; scripts/cuda_emu runs kernels 1b, 2, 5, 6
+// and 7 on the CPU, 1b against kernel 1, the others against a reference). Every wmma
 // pointer is 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides
 // are multiples of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16
 // rows/columns.
@@ -314,7 +315,8 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
 // ------------------------------------------------------------------------------------------
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
-// 256 threads.
+// 256 threads. The forward saves T when its caller keeps it for the backward, which then runs
+// kernel 1b (W, U and G from the saved T, no solve) instead of this kernel.
 //
 // β is folded into T (branch beta-t): W = bf16(T diag(βγ)) · K and U = bf16(strictLower(T)
 // diag(β)) · V + diag(β) V, the scales applied to T in f32 before its one rounding, so K and V
@@ -333,6 +335,170 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
 // product). G by a shuffle scan on warp 0; the T → bf16 pass is vectorised (8 elements per
 // thread and step). bf16(T diag(βγ)) for the W product is kept compact (its 10 lower 16x16
 // tiles, row stride 24) in the tail of the dead T array, behind V slice 0.
+
+// Kernels 1 and 1b: G (the in-chunk cumsum of g, also written to gc), γ = e^G and β of one chunk
+// into shared memory, rows >= len zero. Warp 0 scans g (lane l holds rows 2l, 2l+1), warps 1–2
+// load β; the caller's barrier publishes them.
+__device__ __forceinline__ void chunk_gates(const float* __restrict__ g,
+                                            const float* __restrict__ beta, int start, int len,
+                                            int h, int H, float* G, float* gam, float* bs,
+                                            float* __restrict__ gc) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  if (warp == 0) {
+    const int r0 = 2 * lane, r1 = r0 + 1;
+    const float g0 = r0 < len ? g[(long)(start + r0) * H + h] : 0.f;
+    const float g1 = r1 < len ? g[(long)(start + r1) * H + h] : 0.f;
+    float s = g0 + g1;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float t = __shfl_up_sync(0xffffffffu, s, o);
+      if (lane >= o) s += t;
+    }
+    float ex = __shfl_up_sync(0xffffffffu, s, 1);
+    if (lane == 0) ex = 0.f;
+    const float e0 = ex + g0, e1 = e0 + g1;
+    G[r0] = r0 < len ? e0 : 0.f;
+    G[r1] = r1 < len ? e1 : 0.f;
+    gam[r0] = r0 < len ? __expf(e0) : 0.f;
+    gam[r1] = r1 < len ? __expf(e1) : 0.f;
+    if (r0 < len) gc[(long)(start + r0) * H + h] = e0;
+    if (r1 < len) gc[(long)(start + r1) * H + h] = e1;
+  } else if (warp <= 2) {
+    const int r = tid - 32;
+    bs[r] = r < len ? beta[(long)(start + r) * H + h] : 0.f;
+  }
+}
+
+// The bf16 operands of the W and U products, formed from T (f32) in one place for kernels 1 and
+// 1b, so that both round the same values the same way: row i, columns c..c+7 (c a multiple of 8,
+// so the 8 lie in one 16x16 block) of
+// - tb = bf16(strictLower(T) diag(β)), from x = T's values, 0 in blocks above the diagonal;
+// - tw = bf16(T diag(βγ)), lower blocks only; t(e) = T[i][c + e] is read only there.
+// tw is kept compact: lower tile (ti, kk) at (ti(ti+1)/2 + kk)·TWSZ, row stride TWLD.
+constexpr int TWLD = 24, TWSZ = 16 * TWLD;
+__device__ __forceinline__ uint4 tb_piece(const float* x, int i, int c, const float* bs) {
+  float y[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) y[e] = (c + e == i) ? 0.f : x[e] * bs[c + e];
+  return pack8(y);
+}
+template <class F>
+__device__ __forceinline__ uint4 tw_piece(F t, int i, int c, const float* bs, const float* gam) {
+  float y[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    y[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : t(e) * (bs[c + e] * gam[c + e]);
+  return pack8(y);
+}
+// Where tw's row i, columns c..c+7 go (only for c <= i's block: (c >> 4) <= (i >> 4)).
+__device__ __forceinline__ bf16* tw_at(bf16* tw, int i, int c) {
+  const int ti = i >> 4, kk = c >> 4;
+  return tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (i & 15) * TWLD + (c & 15);
+}
+
+// Kernels 1 and 1b: W = tw · K and U = tb · V + diag(β) V by raw mma.sync, written to global
+// (rows < len). Shared operands: ks, K's 64 rows (row stride K + 8), which becomes V slice buffer
+// 1 after the W product; vb0, V slice buffer 0 ([64][72]), whose load (V columns 0–63) is the
+// latest committed cp.async group or complete; tw and tb (tb_piece, tw_piece) and bs, all
+// published by a barrier. One code for both kernels: the same products in the same order, so
+// kernel 1b's W and U are kernel 1's bit for bit.
+template <int K>
+__device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw, const bf16* tb,
+                                            const float* bs, const bf16* __restrict__ vsrc,
+                                            int start, int len, int h, int H, int V,
+                                            bf16* __restrict__ w, bf16* __restrict__ u) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int nslice = V / 64;
+  // W and U by raw mma.sync (the helpers before kernel 1), accumulators written to global from
+  // registers.
+  // Warp w forms row blocks p = w / 4 and 3 − p (T is lower triangular: p + 1 and 4 − p products,
+  // 5 per warp) of a quarter of the columns.
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const int gr = lane >> 2, qd = lane & 3;
+  // W = (T diag(βγ)) · K, at most 32 columns per pass (K = 256: two; 32 accumulator registers
+  // spilled at 4 CTAs per SM).
+  {
+    constexpr int NT = K / 32 > 4 ? 4 : K / 32;  // n8 tiles per pass
+    for (int pass = 0; pass < K / (32 * NT); ++pass) {
+      const int c0 = (warp & 3) * (K / 4) + pass * 8 * NT;
+      for (int half = 0; half < 2; ++half) {
+        const int ti = half ? 3 - (warp >> 2) : (warp >> 2);
+        float acc[NT][4] = {};
+        for (int kk = 0; kk <= ti; ++kk) {
+          unsigned a[4];
+          ldsm_x4(a, tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (8 * lm_lo + lr) * TWLD + 8 * lm_hi);
+#pragma unroll
+          for (int jp = 0; jp < NT / 2; ++jp) {
+            unsigned r[4];
+            ldsm_x4_t(r, ks + (16 * kk + 8 * lm_lo + lr) * (K + 8) + c0 + 16 * jp + 8 * lm_hi);
+            mma_bf16(acc[2 * jp], a, r[0], r[1]);
+            mma_bf16(acc[2 * jp + 1], a, r[2], r[3]);
+          }
+        }
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int row = ti * 16 + gr + 8 * hf;
+          if (row < len) {
+            bf16* dst = w + ((long)(start + row) * H + h) * K + c0 + 2 * qd;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();  // K is dead: it becomes V slice buffer 1
+  if (nslice > 1) {
+    load_bf16_async(ks, LD64, vsrc + 64, (long)H * V, CH, 64, len);
+    cp_commit();
+  }
+
+  // U = (T diag(β)) · V = tb · V + diag(β) V, 64 columns at a time (16 per warp); slice s + 1 is
+  // in flight while s is multiplied. Groups pending at slice s: V_s and, when it exists, V_{s+1}.
+  const int c0 = 16 * (warp & 3);
+  for (int s = 0; s < nslice; ++s) {
+    bf16* vs = (s & 1) ? ks : vb0;
+    if (s + 1 < nslice)
+      cp_wait<1>();
+    else
+      cp_wait<0>();
+    __syncthreads();
+    for (int half = 0; half < 2; ++half) {
+      const int ti = half ? 3 - (warp >> 2) : (warp >> 2);
+      float acc[2][4] = {};
+      for (int kk = 0; kk <= ti; ++kk) {
+        unsigned a[4], r[4];
+        ldsm_x4(a, tb + (ti * 16 + 8 * lm_lo + lr) * LD64 + 16 * kk + 8 * lm_hi);
+        ldsm_x4_t(r, vs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 8 * lm_hi);
+        mma_bf16(acc[0], a, r[0], r[1]);
+        mma_bf16(acc[1], a, r[2], r[3]);
+      }
+      // + diag(β) V in f32: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int row = ti * 16 + gr + 8 * hf;
+        if (row < len) {
+          const float bb = bs[row];
+          bf16* dst = u + ((long)(start + row) * H + h) * V + s * 64 + c0 + 2 * qd;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const unsigned x =
+                *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
+            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+                pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
+          }
+        }
+      }
+    }
+    if (s + 2 < nslice) {
+      __syncthreads();  // every warp is done with this buffer
+      load_bf16_async(vs, LD64, vsrc + (s + 2) * 64, (long)H * V, CH, 64, len);
+      cp_commit();
+    }
+  }
+}
 
 template <int K>
 struct PrepSm {
@@ -365,41 +531,16 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   PrepSm<K> S;
   S.carve(cv);
   static_assert(K + 8 >= LD64 && CH * LF64 * 4 >= CH * LD64 * 2, "V slices must fit");
-  constexpr int TWLD = 24, TWSZ = 16 * TWLD;  // tw: lower tile (ti, kk) at (ti(ti+1)/2 + kk)·TWSZ
   static_assert(CH * LD64 * 2 + 10 * TWSZ * 2 <= CH * LF64 * 4, "tw must fit behind V slice 0");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x;
   float* X = S.X;
-  const int nslice = V / 64;
 
   load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   cp_commit();
-  if (warp == 0) {
-    // Inclusive scan of g over the chunk: lane l holds rows 2l, 2l+1.
-    const int r0 = 2 * lane, r1 = r0 + 1;
-    const float g0 = r0 < len ? g[(long)(start + r0) * H + h] : 0.f;
-    const float g1 = r1 < len ? g[(long)(start + r1) * H + h] : 0.f;
-    float s = g0 + g1;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const float t = __shfl_up_sync(0xffffffffu, s, o);
-      if (lane >= o) s += t;
-    }
-    float ex = __shfl_up_sync(0xffffffffu, s, 1);
-    if (lane == 0) ex = 0.f;
-    const float e0 = ex + g0, e1 = e0 + g1;
-    S.G[r0] = r0 < len ? e0 : 0.f;
-    S.G[r1] = r1 < len ? e1 : 0.f;
-    S.gam[r0] = r0 < len ? __expf(e0) : 0.f;
-    S.gam[r1] = r1 < len ? __expf(e1) : 0.f;
-    if (r0 < len) gc[(long)(start + r0) * H + h] = e0;
-    if (r1 < len) gc[(long)(start + r1) * H + h] = e1;
-  } else if (warp <= 2) {
-    const int r = tid - 32;
-    S.bs[r] = r < len ? beta[(long)(start + r) * H + h] : 0.f;
-  }
+  chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
   cp_wait<0>();
   __syncthreads();
 
@@ -488,9 +629,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
         *reinterpret_cast<float4*>(tg + i * CH + c) = make_float4(x[0], x[1], x[2], x[3]);
         *reinterpret_cast<float4*>(tg + i * CH + c + 4) = make_float4(x[4], x[5], x[6], x[7]);
       }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[e] = (c + e == i) ? 0.f : x[e] * S.bs[c + e];
-      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = pack8(x);
+      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = tb_piece(x, i, c, S.bs);
     }
     // tw = bf16(T diag(βγ)), lower tiles only, 2 steps of 8 columns per thread. tw overwrites T
     // rows 33–62: each thread holds its packed values in registers across the barrier, then
@@ -501,13 +640,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 #pragma unroll
     for (int it = 0; it < 2; ++it) {
       const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
-      float y[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e)
-        y[e] = ((c + e) >> 4) > (i >> 4)
-                   ? 0.f
-                   : S.A[i * LF64 + c + e] * (S.bs[c + e] * S.gam[c + e]);
-      pw[it] = pack8(y);
+      pw[it] = tw_piece([&](int e) { return S.A[i * LF64 + c + e]; }, i, c, S.bs, S.gam);
     }
     __syncthreads();  // T (f32) is dead: V slice 0 and tw take its place
     load_bf16_async(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, CH, 64, len);
@@ -515,104 +648,102 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 #pragma unroll
     for (int it = 0; it < 2; ++it) {
       const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
-      const int ti = i >> 4, kk = c >> 4;
-      if (kk <= ti)
-        *reinterpret_cast<uint4*>(tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (i & 15) * TWLD +
-                                  (c & 15)) = pw[it];
+      if ((c >> 4) <= (i >> 4)) *reinterpret_cast<uint4*>(tw_at(tw, i, c)) = pw[it];
     }
   }
   __syncthreads();
 
-  const bf16* tw = reinterpret_cast<const bf16*>(S.A) + CH * LD64;
-  const bf16* vsrc = v + ((long)start * H + h) * V;
-  // W and U by raw mma.sync (the helpers below), accumulators written to global from registers.
-  // Warp w forms row blocks p = w / 4 and 3 − p (T is lower triangular: p + 1 and 4 − p products,
-  // 5 per warp) of a quarter of the columns.
-  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  const int gr = lane >> 2, qd = lane & 3;
-  // W = (T diag(βγ)) · K, at most 32 columns per pass (K = 256: two; 32 accumulator registers
-  // spilled at 4 CTAs per SM).
-  {
-    constexpr int NT = K / 32 > 4 ? 4 : K / 32;  // n8 tiles per pass
-    for (int pass = 0; pass < K / (32 * NT); ++pass) {
-      const int c0 = (warp & 3) * (K / 4) + pass * 8 * NT;
-      for (int half = 0; half < 2; ++half) {
-        const int ti = half ? 3 - (warp >> 2) : (warp >> 2);
-        float acc[NT][4] = {};
-        for (int kk = 0; kk <= ti; ++kk) {
-          unsigned a[4];
-          ldsm_x4(a, tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (8 * lm_lo + lr) * TWLD + 8 * lm_hi);
-#pragma unroll
-          for (int jp = 0; jp < NT / 2; ++jp) {
-            unsigned r[4];
-            ldsm_x4_t(r, S.ks + (16 * kk + 8 * lm_lo + lr) * (K + 8) + c0 + 16 * jp + 8 * lm_hi);
-            mma_bf16(acc[2 * jp], a, r[0], r[1]);
-            mma_bf16(acc[2 * jp + 1], a, r[2], r[3]);
-          }
-        }
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int row = ti * 16 + gr + 8 * hf;
-          if (row < len) {
-            bf16* dst = w + ((long)(start + row) * H + h) * K + c0 + 2 * qd;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
-          }
-        }
-      }
-    }
-  }
-  __syncthreads();  // K is dead: it becomes V slice buffer 1
-  if (nslice > 1) {
-    load_bf16_async(S.ks, LD64, vsrc + 64, (long)H * V, CH, 64, len);
-    cp_commit();
-  }
+  wu_products<K>(S.ks, reinterpret_cast<bf16*>(S.A),
+                 reinterpret_cast<const bf16*>(S.A) + CH * LD64, S.tb, S.bs,
+                 v + ((long)start * H + h) * V, start, len, h, H, V, w, u);
+}
 
-  // U = (T diag(β)) · V = tb · V + diag(β) V, 64 columns at a time (16 per warp); slice s + 1 is
-  // in flight while s is multiplied. Groups pending at slice s: V_s and, when it exists, V_{s+1}.
-  const int c0 = 16 * (warp & 3);
-  for (int s = 0; s < nslice; ++s) {
-    bf16* vs = (s & 1) ? S.ks : reinterpret_cast<bf16*>(S.A);
-    if (s + 1 < nslice)
-      cp_wait<1>();
-    else
-      cp_wait<0>();
-    __syncthreads();
-    for (int half = 0; half < 2; ++half) {
-      const int ti = half ? 3 - (warp >> 2) : (warp >> 2);
-      float acc[2][4] = {};
-      for (int kk = 0; kk <= ti; ++kk) {
-        unsigned a[4], r[4];
-        ldsm_x4(a, S.tb + (ti * 16 + 8 * lm_lo + lr) * LD64 + 16 * kk + 8 * lm_hi);
-        ldsm_x4_t(r, vs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 8 * lm_hi);
-        mma_bf16(acc[0], a, r[0], r[1]);
-        mma_bf16(acc[1], a, r[2], r[3]);
-      }
-      // + diag(β) V in f32: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
+// ------------------------------------------------------------------------------------------
+// Kernel 1b (`wu`): the backward's W and U from the T that kernel 1 saved in the forward (tmat,
+// f32 [NC,H,64,64], blocks above the diagonal 0), per (chunk, head), 256 threads: G (to gc), γ,
+// β, then tb and tw from T and the products of kernel 1 (wu_products), so W, U and gc are
+// kernel 1's bit for bit and the T solve (the expensive part of kernel 1) is not redone. FLA's
+// backward does the same (recompute_w_u from the forward's A).
+//
+// Per CTA: K and V slice 0 by cp.async (two groups, in flight while T is read and converted);
+// each thread reads its 2 × 8 elements of T (float4 pairs, only the 10 lower 16x16 blocks: 10 KB
+// of the 16 KB per chunk and head) straight into registers, since T is needed only as bf16.
+// Shared memory at K = 64 / 128 / 256: 36096 / 44288 / 60672 bytes (kernel 1: 39680 / 47872 /
+// 64256). Registers (ptxas -v through NVRTC, sm_90a): 56 at K = 128, no spills (kernel 1: 54),
+// so 4 CTAs per SM by registers; per CTA 74 KB of traffic at K = V = 128 (K, V, 10 KB of T read;
+// W, U written), against kernel 1's 64 KB plus the T solve.
+
+template <int K>
+struct WuSm {
+  bf16* ks;   // [64][K+8]  K rows; after the W product: V slice buffer 1
+  bf16* vb;   // [64][72]   V slice buffer 0
+  bf16* tw;   // 10 tiles [16][24]: bf16(T diag(βγ)), lower tiles
+  bf16* tb;   // [64][72]   bf16(strictLower(T) diag(β))
+  float* G;   // [64]
+  float* bs;  // [64]
+  float* gam; // [64]
+  __device__ void carve(Carve& c) {
+    ks = c.take<bf16>(CH * (K + 8));
+    vb = c.take<bf16>(CH * LD64);
+    tw = c.take<bf16>(10 * TWSZ);
+    tb = c.take<bf16>(CH * LD64);
+    G = c.take<float>(CH);
+    bs = c.take<float>(CH);
+    gam = c.take<float>(CH);
+  }
+};
+
+template <int K>
+__device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
+                        const float* __restrict__ g, const float* __restrict__ beta,
+                        const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int V,
+                        float* __restrict__ gc, bf16* __restrict__ w, bf16* __restrict__ u) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  WuSm<K> S;
+  S.carve(cv);
+  static_assert(K + 8 >= LD64, "V slice 1 must fit in K's buffer");
+  static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
+  const int cg = blockIdx.x, h = blockIdx.y;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const int tid = threadIdx.x;
+  const bf16* vsrc = v + ((long)start * H + h) * V;
+
+  load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  cp_commit();
+  load_bf16_async(S.vb, LD64, vsrc, (long)H * V, CH, 64, len);
+  cp_commit();
+  // This thread's pieces of T (row i, columns c..c+7, step it), read before the gates so that
+  // the loads are in flight during the scan; pieces above the diagonal blocks are 0 (not read).
+  const float* tg = tmat + ((long)cg * H + h) * (CH * CH);
+  float x[2][8];
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int row = ti * 16 + gr + 8 * hf;
-        if (row < len) {
-          const float bb = S.bs[row];
-          bf16* dst = u + ((long)(start + row) * H + h) * V + s * 64 + c0 + 2 * qd;
+  for (int it = 0; it < 2; ++it) {
+    const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
+    if ((c >> 4) > (i >> 4)) {
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const unsigned x =
-                *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
-            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
-          }
-        }
-      }
-    }
-    if (s + 2 < nslice) {
-      __syncthreads();  // every warp is done with this buffer
-      load_bf16_async(vs, LD64, vsrc + (s + 2) * 64, (long)H * V, CH, 64, len);
-      cp_commit();
+      for (int e = 0; e < 8; ++e) x[it][e] = 0.f;
+    } else {
+      const float4 a = *reinterpret_cast<const float4*>(tg + i * CH + c);
+      const float4 b = *reinterpret_cast<const float4*>(tg + i * CH + c + 4);
+      x[it][0] = a.x, x[it][1] = a.y, x[it][2] = a.z, x[it][3] = a.w;
+      x[it][4] = b.x, x[it][5] = b.y, x[it][6] = b.z, x[it][7] = b.w;
     }
   }
+  chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
+  __syncthreads();  // β, γ
+#pragma unroll
+  for (int it = 0; it < 2; ++it) {
+    const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
+    const float* xi = x[it];
+    if ((c >> 4) <= (i >> 4))
+      *reinterpret_cast<uint4*>(tw_at(S.tw, i, c)) =
+          tw_piece([&](int e) { return xi[e]; }, i, c, S.bs, S.gam);
+    *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = tb_piece(xi, i, c, S.bs);
+  }
+  cp_wait<1>();  // K (V slice 0 may still be in flight)
+  __syncthreads();
+  wu_products<K>(S.ks, S.vb, S.tw, S.tb, S.bs, vsrc, start, len, h, H, V, w, u);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2694,7 +2825,7 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 // src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
 // state_fwd (fused with the output), state_rec (the backward's recompute), state_split (h_c and
 // Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_rec,
-// state_split and state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4).
+// state_split and state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu.
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -2739,6 +2870,7 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[34] = smem_of<StateBwdSm<K, 1, 4>>();
   out[35] = smem_of<StateBwdSm<K, 2, 2>>();
   out[36] = smem_of<StateBwdSm<K, 2, 4>>();
+  out[37] = smem_of<WuSm<K>>();
 }
 
 }  // namespace dr
@@ -2746,8 +2878,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 37);
-    dr::smem_sizes_k<256>(out + 74);
+    dr::smem_sizes_k<128>(out + 38);
+    dr::smem_sizes_k<256>(out + 76);
   }
 }
 
@@ -2756,6 +2888,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
                    const int* ctab, int H, int V, float* gc, bf16* w, bf16* u, float* tmat) {      \
     dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, w, u, tmat);                                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
+                 const float* tmat, const int* ctab, int H, int V, float* gc, bf16* w, bf16* u) {  \
+    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, V, gc, w, u);                                     \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \

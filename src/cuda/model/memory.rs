@@ -7,6 +7,7 @@
 //! `cuda::delta_rule` allocates itself ([`delta_rule_workspace`] mirrors its sizes), and the
 //! cuBLASLt workspace (a constant of `cuda::blas`).
 
+use super::super::delta_rule::Backward;
 use super::super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{Context, Result};
@@ -250,15 +251,17 @@ pub fn delta_rule_workspace(
     dims: Dims,
     max_tokens: usize,
     max_seqs: usize,
-    backward: bool,
+    backward: Backward,
 ) {
     let (h, k, v) = (dims.heads, dims.dk, dims.dv);
     let max_chunks = max_tokens.div_ceil(CHUNK) + max_seqs;
     let t = max_tokens.max(1);
     let c = MemCategory::DeltaRule;
     let mut add = |name: &str, n: usize, b: usize| acc.add(c, name, 1, n.max(1), b);
-    if backward {
+    if backward == Backward::RecomputeT {
         add("rule tmat (f32)", max_chunks * h * CHUNK * CHUNK, 4);
+    }
+    if backward != Backward::No {
         add("rule dvloc (f32)", t * h * v, 4);
         add("rule dh (f32 states)", max_chunks * h * k * v, 4);
         add("rule sd_part (f32)", max_chunks * h * (v / 16), 4);

@@ -1,0 +1,118 @@
+// Runs delta_rule.cu's prep_impl (kernel 1, with T saved to tmat) and wu_impl (kernel 1b, W and U
+// from that T) on the CPU through emu.h (their own text, see run.sh) and checks that kernel 1b's
+// W, U and gc are kernel 1's bit for bit (every element; both outputs start as the same NaN
+// poison, and no NaN may remain), which is what lets the backward use kernel 1b without
+// touching the CPU mirror's rounding points or the selftest's tolerances. As a sanity check of
+// kernel 1 itself, W and U are also compared (loosely, bf16) with a double-precision product of
+// the saved T: W = T diag(βγ) K, U = T diag(β) V.
+#include "emu.h"
+
+#include <algorithm>
+#include <random>
+
+using dr::CH;
+
+struct Case {
+  int K, V, H;
+  std::vector<int> seqlens;
+};
+
+template <int K>
+static bool run_case(const Case& c, unsigned seed) {
+  const int V = c.V, H = c.H;
+  const Chunks ch = make_chunks(c.seqlens);
+  const std::vector<int>& ctab = ch.ctab;
+  const int T = ch.T, NC = ch.NC;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> U(-1.f, 1.f), Ub(0.05f, 0.95f), Ug(-0.3f, -0.01f);
+  // Unit rows of k (as the model's L2 norm makes them), then bf16.
+  std::vector<bf16> k((size_t)T * H * K);
+  for (size_t r = 0; r < (size_t)T * H; ++r) {
+    std::vector<float> x(K);
+    double n = 0;
+    for (auto& e : x) e = U(rng), n += (double)e * e;
+    for (int i = 0; i < K; ++i) k[r * K + i] = __float2bfloat16(x[i] / (float)sqrt(n));
+  }
+  const std::vector<bf16> v = rand_bf16((size_t)T * H * V, rng);
+  std::vector<float> g((size_t)T * H), beta((size_t)T * H);
+  for (auto& x : g) x = Ug(rng);
+  for (auto& x : beta) x = Ub(rng);
+
+  const float nanv = std::nanf("");
+  const bf16 nanb{0xffff};
+  std::vector<float> tmat((size_t)NC * H * CH * CH, nanv), gc1((size_t)T * H, nanv), gc2 = gc1;
+  std::vector<bf16> w1((size_t)T * H * K, nanb), w2 = w1, u1((size_t)T * H * V, nanb), u2 = u1;
+  const dim3e grid{(unsigned)NC, (unsigned)H, 1};
+  run_grid<dr::PrepSm<K>>(8, grid, true, [&] {
+    dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), ctab.data(), H, V, gc1.data(),
+                     w1.data(), u1.data(), tmat.data());
+  });
+  const size_t smem_prep = g_smem_size;
+  run_grid<dr::WuSm<K>>(8, grid, true, [&] {
+    dr::wu_impl<K>(k.data(), v.data(), g.data(), beta.data(), tmat.data(), ctab.data(), H, V,
+                   gc2.data(), w2.data(), u2.data());
+  });
+  const size_t smem_wu = g_smem_size;
+
+  auto same = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+  };
+  const bool sw = same(w1, w2), su = same(u1, u2), sg = same(gc1, gc2);
+  auto nan_b = [](const std::vector<bf16>& x) {
+    return std::any_of(x.begin(), x.end(), [](bf16 y) { return std::isnan(__bfloat162float(y)); });
+  };
+  const bool nan_left = nan_b(w2) || nan_b(u2) ||
+                        std::any_of(gc2.begin(), gc2.end(), [](float y) { return std::isnan(y); });
+
+  // Kernel 1's W and U against the saved T in double.
+  auto f = [](bf16 x) { return (double)__bfloat162float(x); };
+  double ew = 0, mw = 0, eu = 0, mu = 0;
+  for (int ci = 0; ci < NC; ++ci)
+    for (int hh = 0; hh < H; ++hh) {
+      const int st = ctab[2 * ci], l = ctab[2 * ci + 1];
+      const float* Tm = tmat.data() + ((size_t)ci * H + hh) * CH * CH;
+      std::vector<double> be(l), ga(l);
+      double G = 0;
+      for (int i = 0; i < l; ++i) {
+        G += g[(size_t)(st + i) * H + hh];
+        be[i] = beta[(size_t)(st + i) * H + hh];
+        ga[i] = exp(G);
+      }
+      for (int i = 0; i < l; ++i) {
+        for (int x = 0; x < K; ++x) {
+          double s = 0;
+          for (int j = 0; j <= i; ++j)
+            s += Tm[i * CH + j] * be[j] * ga[j] * f(k[((size_t)(st + j) * H + hh) * K + x]);
+          ew = std::max(ew, fabs(s - f(w1[((size_t)(st + i) * H + hh) * K + x])));
+          mw = std::max(mw, fabs(s));
+        }
+        for (int y = 0; y < V; ++y) {
+          double s = 0;
+          for (int j = 0; j <= i; ++j)
+            s += Tm[i * CH + j] * be[j] * f(v[((size_t)(st + j) * H + hh) * V + y]);
+          eu = std::max(eu, fabs(s - f(u1[((size_t)(st + i) * H + hh) * V + y])));
+          mu = std::max(mu, fabs(s));
+        }
+      }
+    }
+  const double rw = ew / mw, ru = eu / mu;
+  const bool ok = sw && su && sg && !nan_left && rw < 1e-2 && ru < 1e-2;
+  printf("K=%d V=%d H=%d chunks=%d smem prep=%zu wu=%zu seqlens=", K, V, H, NC, smem_prep, smem_wu);
+  for (int L : c.seqlens) printf("%d,", L);
+  printf("  W %s  U %s  gc %s (kernel 1b vs 1)  kernel 1 vs f64: W %.2e U %.2e%s  %s\n",
+         sw ? "same" : "DIFFER", su ? "same" : "DIFFER", sg ? "same" : "DIFFER", rw, ru,
+         nan_left ? "  NaN left" : "", ok ? "ok" : "FAIL");
+  return ok;
+}
+
+int main() {
+  bool ok = true;
+  ok &= run_case<64>({64, 64, 2, {64, 100, 37}}, 21);
+  ok &= run_case<64>({64, 128, 1, {130, 23}}, 22);
+  ok &= run_case<128>({128, 128, 2, {64, 100, 37, 130}}, 23);
+  ok &= run_case<128>({128, 256, 1, {100, 1}}, 24);
+  ok &= run_case<256>({256, 256, 1, {64, 100, 37}}, 25);
+  ok &= run_case<256>({256, 512, 1, {130}}, 26);
+  printf(ok ? "all ok\n" : "FAILED\n");
+  return ok ? 0 : 1;
+}
