@@ -90,7 +90,7 @@ static bool run_case(const Case& c, unsigned seed) {
   // The output is bf16: up to half an ulp (2^-8 of the element at most), and beyond that only
   // f32 summation and bf16 flips of P elements between the f32 kernel and the f64 reference.
   const bool ok = !nan_in && !past && r < 4e-3 && rx < 1e-4;
-  printf("K=%d V=%d H=%d chunks=%d seqlens=", K, V, H, NC);
+  printf("K=%d V=%d H=%d chunks=%d smem=%zu seqlens=", K, V, H, NC, g_smem_size);
   for (int L : c.seqlens) printf("%d,", L);
   printf("  o: max err / max |ref| %.2e, beyond half an ulp %.1e (max |ref| %.2f)%s%s  %s\n", r,
          rx, mx, nan_in ? "  NaN left" : "",
