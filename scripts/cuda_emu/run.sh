@@ -1,13 +1,13 @@
 #!/bin/sh
 # CPU emulation checks (no GPU): extract a kernel's own text from src/cuda/kernels/delta_rule.cu,
 # compile it against emu.h and compare with a reference. wu: kernel 1b against kernel 1 (bit for
-# bit); dqk: kernel 6; wy: kernel 7; state: kernel 2 (all modes and K splits; `run.sh k256` adds
-# K = 256); state_bwd: kernel 5 (K splits).
+# bit); fwd_o: kernel 3; dqk: kernel 6; wy: kernel 7; state: kernel 2 (all modes and K splits;
+# `run.sh k256` adds K = 256); state_bwd: kernel 5 (K splits).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 cu=${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}
 out=${TMPDIR:-/tmp}/gdn_cuda_emu
-mkdir -p "$out/chunk" "$out/state" "$out/state_bwd" "$out/prep"
+mkdir -p "$out/chunk" "$out/fwd_o" "$out/state" "$out/state_bwd" "$out/prep"
 common="'struct Carve' ' b2f(' ' f2b(' ' load_bf16_async(' ' load_f32_async(' ' pack_bf2(float' \
   ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void store_tiles_staged('"
 # extract DIR NAME...: the common helpers and the named items into $out/DIR/extracted.h.
@@ -23,6 +23,7 @@ extract() {
 extract prep ' pack8(' ' qk_lower(' 'void chunk_gates' ' tb_piece(' ' tw_piece(' ' tw_at(' \
   'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
 extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
+extract fwd_o 'void for_own_pieces' 'void load_rows_async' 'struct FwdOSm' 'void fwd_o_impl'
 extract state 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' dh_off(' ' p_rows(' 'void state_fwd_impl'
 extract state_bwd 'void for_own_pieces' 'void load_rows_async' 'void scale_own_rows' \
   'struct StateBwdSm' 'void state_bwd_impl'
@@ -31,12 +32,14 @@ build() {
     -o "$out/$2_emu"
 }
 build prep wu &
+build fwd_o fwd_o &
 build chunk dqk &
 build chunk wy &
 build state state &
 build state_bwd state_bwd &
 wait
 "$out/wu_emu"
+"$out/fwd_o_emu"
 "$out/dqk_emu"
 "$out/wy_emu"
 "$out/state_emu" "$@"

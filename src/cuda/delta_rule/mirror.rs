@@ -33,7 +33,8 @@ pub(super) enum Stage {
     VNew,
     /// The intra-chunk attention s·(QKᵀ ⊙ Γ).
     P,
-    /// q·s·exp(G) (forward output and backward state).
+    /// q·s·exp(G) (the backward state pass; the forward output, fused or `fwd_o`, scales the f32
+    /// rows of Q h_c instead).
     QScaled,
     /// The output o.
     O,
@@ -293,8 +294,8 @@ fn forward_pair(
         for (x, y) in s.iter_mut().zip(&upd) {
             *x = gl * *x + y;
         }
-        // The output (state_fwd v5): Q h_c with bf16 Q and h_c, each row then scaled by s γ_i
-        // in f32, plus P Ṽ.
+        // The output (state_fwd v5 and fwd_o v5): Q h_c with bf16 Q and h_c, each row then
+        // scaled by s γ_i in f32, plus P Ṽ.
         let pb = attn(qc, kc, &gc, scale, dk);
         let o1 = mm(qc, false, &hb, false, l, dk, dv);
         let o2 = mm(&pb, false, &vnew, false, l, l, dv);

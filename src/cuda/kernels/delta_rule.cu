@@ -10,14 +10,14 @@
 // order; `seq_chunk` [N+1] gives each sequence's first chunk. Rows of a partial chunk past the
 // sequence end are zero-filled on load, get γ = δ = 0 and are never written.
 //
-// Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators; the sequential state
-// passes, the W/U products of kernels 1 and 1b and the backward's dq/dk (6) and WY (7) kernels
-// use mma.sync m16n8k16 (m16n8k8 tf32 for the WY T-chain) + ldmatrix directly (their operands
-// stay in registers: see the helpers before kernel 1; scripts/cuda_emu runs kernels 1b, 2, 5, 6
-// and 7 on the CPU, 1b against kernel 1, the others against a reference). Every wmma
-// pointer is 32-byte aligned: shared arrays are carved at 128-byte boundaries, bf16 row strides
-// are multiples of 8 elements, f32 strides multiples of 4, and tiles start at multiples of 16
-// rows/columns.
+// Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators for kernel 1's KKᵀ only;
+// everything else (the state passes 2 and 5, the output 3, dvloc 4, dq/dk 6 and WY 7, the W/U
+// products of kernels 1 and 1b) uses mma.sync m16n8k16 (m16n8k8 tf32 for the WY T-chain) +
+// ldmatrix directly (operands in registers: see the helpers before kernel 1; scripts/cuda_emu
+// runs kernels 1b, 2, 3, 5, 6 and 7 on the CPU, 1b against kernel 1, the others against a
+// reference). Every wmma pointer is 32-byte aligned: shared arrays are carved at 128-byte
+// boundaries, bf16 row strides are multiples of 8 elements, f32 strides multiples of 4, and
+// tiles start at multiples of 16 rows/columns.
 
 #include <cuda_bf16.h>
 #include <mma.h>
@@ -30,8 +30,6 @@ namespace dr {
 constexpr int CH = 64;     // chunk length
 constexpr int LD64 = 72;   // bf16 row stride of a 64-wide tile
 constexpr int LF64 = 68;   // f32 row stride of a 64-wide tile
-constexpr int STG = 20;    // f32 row stride of a per-warp 16x16 staging tile
-constexpr int STG_SZ = 16 * STG;
 
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FAr;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FAc;
@@ -142,31 +140,6 @@ __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, l
     const bool ok = r < valid;
     cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
   });
-}
-
-// One warp: 16x16 f32 accumulator -> bf16 rows of a global matrix (row stride ld), only the
-// first `valid` rows (valid may be <= 0 or > 16).
-__device__ __forceinline__ void frag_to_bf16_global(const FC& f, float* stage, bf16* dst, long ld,
-                                                    int valid) {
-  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
-  if (r < valid) *reinterpret_cast<uint4*>(dst + r * ld + c) = pack8(stage + r * STG + c);
-  __syncwarp();
-}
-
-// One warp: 16x16 f32 accumulator -> f32 rows of a global matrix, first `valid` rows only.
-__device__ __forceinline__ void frag_to_f32_global(const FC& f, float* stage, float* dst, long ld,
-                                                   int valid) {
-  wmma::store_matrix_sync(stage, f, STG, wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x & 31, r = lane >> 1, c = (lane & 1) << 3;
-  if (r < valid) {
-    const float* s = stage + r * STG + c;
-    *reinterpret_cast<float4*>(dst + r * ld + c) = make_float4(s[0], s[1], s[2], s[3]);
-    *reinterpret_cast<float4*>(dst + r * ld + c + 4) = make_float4(s[4], s[5], s[6], s[7]);
-  }
-  __syncwarp();
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -1206,29 +1179,40 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   }
 }
 
-// Kernel 3, v4: 3 CTAs/SM at
-// K = 128 (68.2 KB, was 97.2 KB and 2/SM). QKᵀ goes tile by tile through the per-warp staging
-// straight into pb (no 64×64 f32 P); V is walked in 32-column slices (h_c [K][40] + Ṽ [64][40])
-// double-buffered: slice 0 is loaded with q and k, slice 1 into the dead k array after QKᵀ, and
-// slice s + 2 into slice s's buffer, so every slice but the first is in flight while the previous
-// one is multiplied. One 16×32 output tile per warp per slice.
+// Kernel 3 (v5): O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ] per (chunk, head), in the register-resident
+// raw-mma style of kernels 2, 6 and 7. 8 warps: warp w owns the output rows [16 rb, +16), rb = w
+// mod 4 for w < 4 and 3 − w mod 4 for w ≥ 4 (warps w and w + 4 share a sub-partition, so each gets
+// one short and one long row block of the triangular P work), and, with sp = w / 4, the columns
+// [32 sp, +32) of every 64-column V slice (4 accumulator tiles).
+// Prologue: q and k (one cp.async group) and the first NB slices (h_c [K][64] and Ṽ [64][64], one
+// group each) are issued at once. Each warp keeps its Q rows as A fragments in registers (K/4 of
+// them) and forms its P rows, s (QKᵀ ⊙ Γ ⊙ L) zero at rows ≥ len, straight into bf16 A fragments
+// (16 registers; the two warps of a row block both form them: no P in shared memory, no barrier;
+// tiles above the diagonal block are not formed). Then q and k are dead and their region is slice
+// buffer NB. Per slice: O = Q h_c (B = h_c by ldmatrix.trans), rows scaled by s γ_i in f32 (Q
+// enters the product unscaled, as in the fused pass and the CPU mirror), + P Ṽ (B = Ṽ by
+// ldmatrix.trans, k-steps up to the diagonal block), stored as bf16 from the accumulators, rows
+// < len. One barrier per slice, after which slice s + NB is issued into the buffer slice s − 1
+// used (s = 0: the q/k region). v4 formed P and every output tile with wmma through per-warp
+// staging tiles, rounded diag(s γ) Q to bf16 in place (an extra pass, a rounding point the mirror
+// does not have) and walked V in 32-column slices with two barriers each.
 template <int K>
 struct FwdOSm {
-  static constexpr int BVO = 32, LDO = BVO + 8;
-  static constexpr int HS_SZ = K * LDO, BUF_SZ = K * LDO + CH * LDO;  // bf16 elements
-  static constexpr int KR_SZ = CH * (K + 8) > BUF_SZ ? CH * (K + 8) : BUF_SZ;
-  bf16* q;      // [64][K+8]  Q, then diag(s γ) Q
-  bf16* kr;     // [64][K+8]  K; after QKᵀ: slice buffer 1
-  bf16* buf0;   // slice buffer 0: h_c [K][40] then Ṽ [64][40]
-  bf16* pb;     // [64][72]   s (QKᵀ ⊙ Γ ⊙ L), bf16
-  float* stage; // [8][320]
-  float* G;     // [64]
+  static constexpr int NW = 8;                         // the host launches 256 threads
+  static constexpr int MINB = K >= 256 ? 1 : 2;        // CTAs per SM the registers are capped for
+  static constexpr int NB = K >= 256 ? 3 : 2;          // dedicated slice buffers
+  static constexpr int NBUF = NB + 1;                  // + the q/k region after the prologue
+  static constexpr int BV = 64, SLD = BV + 8, QLD = K + 8;  // slice width; row strides
+  static constexpr unsigned OFF_V = K * SLD * 2;       // Ṽ [64][SLD] after h_c [K][SLD]
+  static constexpr unsigned BUF = OFF_V + CH * SLD * 2;  // bytes of a slice buffer
+  static constexpr unsigned QK = 2 * CH * QLD * 2;     // q, k [64][QLD] each
+  static_assert(QK >= BUF, "a slice fits the q/k region");
+  static_assert(OFF_V % 128 == 0 && BUF % 128 == 0 && (CH * QLD * 2) % 128 == 0,
+                "slice and q/k arrays start at 128-byte boundaries");
+  char* buf;  // NB x BUF, then q, k (slice buffer NB once the prologue is done)
+  float* G;   // [64]
   __device__ void carve(Carve& c) {
-    q = c.take<bf16>(CH * (K + 8));
-    kr = c.take<bf16>(KR_SZ);
-    buf0 = c.take<bf16>(BUF_SZ);
-    pb = c.take<bf16>(CH * LD64);
-    stage = c.take<float>(8 * STG_SZ);
+    buf = c.take<char>(NB * BUF + QK);
     G = c.take<float>(CH);
   }
 };
@@ -1240,113 +1224,144 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
                            int V, float scale, bf16* __restrict__ o) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  FwdOSm<K> S;
+  typedef FwdOSm<K> L;
+  L S;
   S.carve(cv);
-  constexpr int BVO = FwdOSm<K>::BVO, LDO = FwdOSm<K>::LDO, HS_SZ = FwdOSm<K>::HS_SZ;
+  constexpr int BV = L::BV, SLD = L::SLD, QLD = L::QLD, NB = L::NB, NBUF = L::NBUF;
+  constexpr int NTH = L::NW * 32;
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nw = blockDim.x >> 5;
-  float* stage = S.stage + warp * STG_SZ;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+  // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  // This warp: rows r0.., slice columns c0..; this lane: rows i0, i0 + 8.
+  const int sp = warp >> 2, rb = sp ? 3 - (warp & 3) : (warp & 3);
+  const int r0 = 16 * rb, i0 = r0 + g, c0 = 32 * sp;
+  const int nsl = V / BV;
   const bf16* vn0 = vnew + ((long)start * H + h) * V;
-  const bf16* h0 = hstates + ((long)cg * H + h) * K * V;
-  const int nslice = V / BVO;
-  auto issue = [&](bf16* buf, int s) {
-    load_bf16_async(buf, LDO, h0 + s * BVO, V, K, BVO, K);
-    load_bf16_async(buf + HS_SZ, LDO, vn0 + s * BVO, (long)H * V, CH, BVO, len);
+  const bf16* hc = hstates + ((long)cg * H + h) * K * V;
+  bf16* qs = reinterpret_cast<bf16*>(S.buf + NB * L::BUF);
+  bf16* kls = qs + CH * QLD;
+
+  // Item it: slice it (h_c and Ṽ columns [64 it, +64)) into buffer it mod NBUF; beyond the last
+  // slice an empty group (uniform wait counts).
+  auto issue = [&](int it) {
+    if (it < nsl) {
+      char* b = S.buf + (it % NBUF) * L::BUF;
+      const int v0 = it * BV;
+#pragma unroll
+      for (int r = 0; r < K; r += CH)
+        load_rows_async<BV, NTH>(reinterpret_cast<bf16*>(b) + r * SLD, SLD,
+                                 hc + (long)r * V + v0, V, CH);
+      load_rows_async<BV, NTH>(reinterpret_cast<bf16*>(b + L::OFF_V), SLD, vn0 + v0, (long)H * V,
+                               len);
+    }
     cp_commit();
   };
-
-  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.kr, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_rows_async<K, NTH>(qs, QLD, q + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<K, NTH>(kls, QLD, k + ((long)start * H + h) * K, (long)H * K, len);
   cp_commit();
-  issue(S.buf0, 0);
+#pragma unroll
+  for (int it = 0; it < NB; ++it) issue(it);
   if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
-  cp_wait<1>();  // q, k (slice 0 may still be in flight)
+  cp_wait<NB>();  // q and k (the NB slices may still be in flight)
   __syncthreads();
 
-  // pb = s (QKᵀ ⊙ Γ ⊙ L): lower tiles by wmma, each through the warp's staging tile; tiles above
-  // the diagonal are zero.
-  for (int t = warp; t < 16; t += nw) {
-    const int ti = t >> 2, tj = t & 3;
-    const int r = lane >> 1, c8 = (lane & 1) << 3, i = ti * 16 + r;
-    float p[8];
-    if (tj > ti) {
+  // Q rows r0.. as A fragments, k-step kk: matrices (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8).
+  unsigned qa[K / 16][4];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) p[e] = 0.f;
-    } else {
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-      for (int kk = 0; kk < K / 16; ++kk) {
-        FAr a;
-        FBc b;
-        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(b, S.kr + tj * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(stage, acc, STG, wmma::mem_row_major);
-      __syncwarp();
-      const float gi = S.G[i];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int j = tj * 16 + c8 + e;
-        p[e] = (j <= i && i < len) ? scale * stage[r * STG + c8 + e] * __expf(gi - S.G[j]) : 0.f;
-      }
-      __syncwarp();
-    }
-    *reinterpret_cast<uint4*>(S.pb + i * LD64 + tj * 16 + c8) = pack8(p);
-  }
-  __syncthreads();  // k is dead: it becomes slice buffer 1
-  if (nslice > 1) issue(S.kr, 1);
-  // q rows scaled by s γ_i (rows past len are zero), 8 elements per thread and step.
-  for (int idx = tid; idx < CH * K / 8; idx += blockDim.x) {
-    const int i = idx / (K / 8), c = (idx - i * (K / 8)) << 3;
-    uint4* p = reinterpret_cast<uint4*>(S.q + i * (K + 8) + c);
-    const uint4 qv = *p;
-    const bf16* qb = reinterpret_cast<const bf16*>(&qv);
-    const float f = i < len ? scale * __expf(S.G[i]) : 0.f;
-    float x[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) x[e] = b2f(qb[e]) * f;
-    *p = pack8(x);
-  }
+  for (int kk = 0; kk < K / 16; ++kk)
+    ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * QLD + 16 * kk + 8 * lm_hi);
 
-  // O[:, slice] = (s γ ⊙ Q) h_c[:, slice] + pb Ṽ[:, slice]; warp w: rows 16 (w >> 1), columns
-  // 16 (w & 1) of the slice. Groups pending at slice s: slice s and, when it exists, s + 1.
-  for (int s = 0; s < nslice; ++s) {
-    const bf16* hs = (s & 1) ? S.kr : S.buf0;
-    const bf16* xs = hs + HS_SZ;
-    if (s + 1 < nslice)
-      cp_wait<1>();
-    else
-      cp_wait<0>();
-    __syncthreads();
-    for (int t = warp; t < 4 * (BVO / 16); t += nw) {
-      const int ti = t / (BVO / 16), tj = t - ti * (BVO / 16);
-      FC acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-      for (int kk = 0; kk < K / 16; ++kk) {
-        FAr a;
-        FBr b;
-        wmma::load_matrix_sync(a, S.q + ti * 16 * (K + 8) + kk * 16, K + 8);
-        wmma::load_matrix_sync(b, hs + kk * 16 * LDO + tj * 16, LDO);
-        wmma::mma_sync(acc, a, b, acc);
+  // P rows r0.. = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments: pa[ks] is columns
+  // [16 ks, +16), formed for ks ≤ rb only (P is zero above the diagonal block).
+  unsigned pa[4][4];
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        if (np > rb) break;
+        unsigned r[4];  // B = K rows j = 16 np.. (k-dimension: features 16 kk..)
+        ldsm_x4(r, kls + (8 * (2 * np + lm_hi) + lr) * QLD + 16 * kk + 8 * lm_lo);
+        mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
+        mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
       }
-      for (int kk = 0; kk <= ti; ++kk) {
-        FAr a;
-        FBr b;
-        wmma::load_matrix_sync(a, S.pb + ti * 16 * LD64 + kk * 16, LD64);
-        wmma::load_matrix_sync(b, xs + kk * 16 * LDO + tj * 16, LDO);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      frag_to_bf16_global(acc, stage,
-                          o + ((long)(start + ti * 16) * H + h) * V + s * BVO + tj * 16,
-                          (long)H * V, len - ti * 16);
     }
-    if (s + 2 < nslice) {
-      __syncthreads();  // every warp is done with this slice's buffer
-      issue((s & 1) ? S.kr : S.buf0, s + 2);
+    const float gi[2] = {S.G[i0], S.G[i0 + 8]};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
+        const float x0 =
+            (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi[hf] - S.G[j]) : 0.f;
+        const float x1 =
+            (j + 1 <= i && i < len) ? scale * acc[nt][2 * hf + 1] * __expf(gi[hf] - S.G[j + 1])
+                                    : 0.f;
+        pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
+      }
+    }
+  }
+  // The row scales s γ_i of Q h_c (zero at rows ≥ len).
+  const float fs[2] = {i0 < len ? scale * __expf(S.G[i0]) : 0.f,
+                       i0 + 8 < len ? scale * __expf(S.G[i0 + 8]) : 0.f};
+
+  for (int s = 0; s < nsl; ++s) {
+    // Slice s landed (only the NB − 1 newer groups may be pending); after the barrier every warp
+    // is done with slice s − 1 (s = 0: with q and k), whose buffer slice s + NB takes.
+    cp_wait<NB - 1>();
+    __syncthreads();
+    issue(s + NB);
+    const char* b = S.buf + (s % NBUF) * L::BUF;
+    const bf16* hs = reinterpret_cast<const bf16*>(b);
+    const bf16* vs = reinterpret_cast<const bf16*>(b + L::OFF_V);
+    float acc[4][4];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    // Q h_c: B = h_c rows (k) 16 kk.., columns c0 + 16 jp.. by ldmatrix.trans.
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk)
+#pragma unroll
+      for (int jp = 0; jp < 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * SLD + c0 + 16 * jp + 8 * lm_hi);
+        mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
+        mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
+      }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
+    // + P Ṽ: B = Ṽ rows (k = token) 16 ks.., ks ≤ rb.
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      if (ks > rb) break;
+#pragma unroll
+      for (int jp = 0; jp < 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * SLD + c0 + 16 * jp + 8 * lm_hi);
+        mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
+        mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + 8 * hf;
+      if (i < len) {
+        bf16* dst = o + ((long)(start + i) * H + h) * V + s * BV + c0 + 2 * qd;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+          *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+              pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+      }
     }
   }
 }
@@ -2894,7 +2909,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                  const float* tmat, const int* ctab, int H, int V, float* gc, bf16* w, bf16* u) {  \
     dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, V, gc, w, u);                                     \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
+  extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
                     const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o) {       \
     dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o);                                   \
