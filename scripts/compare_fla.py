@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Markdown table of FLA / gdn time ratios (> 1: gdn is faster), per shape, graph and eager.
 
-usage: compare_fla.py [DIR]   (DIR holds gdn_bench.json and fla_anchor.json; default $OUT or .)
+usage: compare_fla.py [DIR]   (DIR holds gdn_bench.json and fla_anchor.json or fla_stages.json;
+default $OUT or .)
 gdn_bench.json comes from `gdn bench kernels --out DIR`; fla_anchor.json from
-bench/fla_ops.py run with OUT=DIR.
+bench/fla_ops.py run with OUT=DIR (eager and graph, decode too); fla_stages.json from
+scripts/fla_stages.py (graph-replayed chunked fwd and fwd+bwd only, in less device time).
 """
 import json
 import math
@@ -38,6 +40,10 @@ def main():
     d = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("OUT", ".")
     g = load(os.path.join(d, "gdn_bench.json"))
     f = load(os.path.join(d, "fla_anchor.json")) or []
+    if not f and os.path.exists(os.path.join(d, "fla_stages.json")):
+        # fla_stages.py's graph timings under fla_ops.py's names.
+        f = [dict(r, fla_fwd_graph_ms=r["fwd_graph_ms"], fla_fwdbwd_graph_ms=r["fwdbwd_graph_ms"])
+             for r in load(os.path.join(d, "fla_stages.json")) or []]
     if g is None:
         return 1
     rows = g.get("rows", [])
@@ -71,7 +77,7 @@ def main():
             print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {mode} | {fmt(gv, 4)} | {fmt(fv, 4)} | "
                   f"{fmt(ratio(fv, gv), 2)} | {fmt(r.get(tb), 2)} |")
     if not f:
-        print("\n(no FLA numbers: fla_anchor.json missing or empty)")
+        print("\n(no FLA numbers: fla_anchor.json and fla_stages.json missing or empty)")
     return 0
 
 

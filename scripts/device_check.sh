@@ -45,9 +45,18 @@ step "FLA peer benchmark"
 if [ -n "${SKIP_FLA:-}" ]; then
   echo "skipped (SKIP_FLA set)"
 elif [ -n "$SHARED" ] && ls .whl/*.whl >/dev/null 2>&1; then
+  # FLA_STAGES=1: scripts/fla_stages.py (graph fwd and fwd+bwd of the five chunked shapes and FLA's
+  # kernels one by one, ~70 s a shape) instead of the peer's fla_ops.py (eager, SDPA and decode
+  # too, over 400 s).
+  if [ -n "${FLA_STAGES:-}" ]; then
+    fla=scripts/fla_stages.py
+    export SHAPES="8,2048,16,128,128;4,4096,16,128,128;2,8192,16,128,128;1,16384,16,128,128;4,4096,6,256,512"
+  else
+    fla=$SHARED/bench/fla_ops.py
+  fi
   timeout 60 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-    && PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} OUT="$OUT" timeout 240 python3 "$SHARED/bench/fla_ops.py" 2>&1 | tail -n 30
-  echo "fla_ops exit: ${PIPESTATUS[0]}"
+    && PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} OUT="$OUT" timeout 420 python3 "$fla" 2>&1 | grep -v Warning | tail -n 80
+  echo "$fla exit: ${PIPESTATUS[0]}"
 else
   echo "skipped: shared=${SHARED:-not found}, wheels: $(ls .whl 2>/dev/null | tr '\n' ' ')"
 fi
