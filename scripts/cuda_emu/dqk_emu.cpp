@@ -9,13 +9,6 @@
 
 using dr::CH;
 
-struct Case {
-  int K, V, H;
-  std::vector<int> seqlens;
-};
-
-static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
-
 template <int K>
 static bool run_case(const Case& c, unsigned seed) {
   const int V = c.V, H = c.H;

@@ -17,7 +17,7 @@ struct Out {
   std::vector<bf16> dv;
 };
 
-struct Case {
+struct BwdCase {
   int H, V;
   std::vector<int> seqlens;
   bool final_grad;
@@ -31,7 +31,7 @@ struct Inputs : Chunks {
 };
 
 template <int K>
-static Inputs<K> make(const Case& c, unsigned seed) {
+static Inputs<K> make(const BwdCase& c, unsigned seed) {
   Inputs<K> in;
   in.H = c.H;
   in.V = c.V;
@@ -55,8 +55,6 @@ static Inputs<K> make(const Case& c, unsigned seed) {
   return in;
 }
 
-
-static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
 
 // dh, dṼ, dh0 by the recurrence of kernel 5 in double, rounding where it rounds: bf16(δ K),
 // bf16(dS) as the dṼ operand, bf16(s γ Q), bf16(dṼ) (stored and used in the update).
@@ -144,7 +142,7 @@ static double rel(const std::vector<A>& a, const std::vector<A>& b, F val) {
 }
 
 template <int K, int NWC, int KS>
-static bool check(const Case& c, const Inputs<K>& in, const Out& ref, const char* what) {
+static bool check(const BwdCase& c, const Inputs<K>& in, const Out& ref, const char* what) {
   const Out o = run<K, NWC, KS>(in);
   const auto f = [](float x) { return (double)x; };
   const auto b = [](bf16 x) { return (double)__bfloat162float(x); };
@@ -159,7 +157,7 @@ static bool check(const Case& c, const Inputs<K>& in, const Out& ref, const char
 }
 
 template <int K>
-static bool run_case(const Case& c, unsigned seed) {
+static bool run_case(const BwdCase& c, unsigned seed) {
   const Inputs<K> in = make<K>(c, seed);
   bool ok = true;
   const Out ref = reference<K>(in);

@@ -10,8 +10,6 @@
 
 using dr::CH;
 
-static float bfr(float x) { return __bfloat162float(__float2bfloat16(x)); }
-
 struct Problem : Chunks {
   int K, V, H;
   std::vector<int> seqlens;

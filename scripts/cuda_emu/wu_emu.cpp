@@ -12,11 +12,6 @@
 
 using dr::CH;
 
-struct Case {
-  int K, V, H;
-  std::vector<int> seqlens;
-};
-
 template <int K>
 static bool run_case(const Case& c, unsigned seed) {
   const int V = c.V, H = c.H;

@@ -10,12 +10,6 @@
 
 using dr::CH;
 
-struct Case {
-  int K, V, H;
-  std::vector<int> seqlens;
-};
-
-static double bfr(double x) { return __bfloat162float(__float2bfloat16((float)x)); }
 static double tfr(double x) { return __uint_as_float(dr::tf32_rna((float)x)); }
 
 template <int K>
