@@ -961,8 +961,15 @@ fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, us
     Ok((t, n))
 }
 
-/// Queues `prep`: G, W, U and, when `tmat` is non-null, T.
-fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64) -> Result<()> {
+/// Queues G, W and U for the state passes: by `prep`, which solves T and writes it to `tmat`
+/// unless that is null, or, with `saved_t`, by `wu`, which reads the forward's T from `tmat`.
+fn run_w_u(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    tmat: u64,
+    saved_t: bool,
+) -> Result<()> {
     let Dims {
         heads: h,
         dk: _,
@@ -976,26 +983,30 @@ fn run_prep(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64
     let gc = ptr_mut(gpu, &mut ws.gc);
     let w = ptr_mut(gpu, &mut ws.w);
     let u = ptr_mut(gpu, &mut ws.u);
-    let kp = &ws.kern.prep;
-    launch_kern(
-        gpu,
-        kp,
-        (nc as u32, h as u32, 1),
-        256,
-        &[
-            Arg::P(ptr(gpu, &inp.k)),
-            Arg::P(ptr(gpu, &inp.v)),
-            Arg::P(ptr(gpu, &inp.g)),
-            Arg::P(ptr(gpu, &inp.beta)),
-            Arg::P(ctab),
-            Arg::I(h as i32),
-            Arg::I(v as i32),
-            Arg::P(gc),
-            Arg::P(w),
-            Arg::P(u),
-            Arg::P(tmat),
-        ],
-    )
+    // The kernels' argument lists differ only in where T goes: wu reads it after β, prep
+    // writes it last.
+    let (kern, t_in, t_out) = if saved_t {
+        (&ws.kern.wu, Some(tmat), None)
+    } else {
+        (&ws.kern.prep, None, Some(tmat))
+    };
+    let mut args = vec![
+        Arg::P(ptr(gpu, &inp.k)),
+        Arg::P(ptr(gpu, &inp.v)),
+        Arg::P(ptr(gpu, &inp.g)),
+        Arg::P(ptr(gpu, &inp.beta)),
+    ];
+    args.extend(t_in.map(Arg::P));
+    args.extend([
+        Arg::P(ctab),
+        Arg::I(h as i32),
+        Arg::I(v as i32),
+        Arg::P(gc),
+        Arg::P(w),
+        Arg::P(u),
+    ]);
+    args.extend(t_out.map(Arg::P));
+    launch_kern(gpu, kern, (nc as u32, h as u32, 1), 256, &args)
 }
 
 /// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64.
@@ -1009,42 +1020,6 @@ fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> 
         ws.dims.heads
     );
     Ok(())
-}
-
-/// Queues `wu`: G, W and U from the T the forward saved (`tmat`, device pointer).
-fn run_wu(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, tmat: u64) -> Result<()> {
-    let Dims {
-        heads: h,
-        dk: _,
-        dv: v,
-    } = ws.dims;
-    let nc = ws.n_chunks;
-    if nc == 0 {
-        return Ok(());
-    }
-    let ctab = ptr(gpu, &ws.ctab);
-    let gc = ptr_mut(gpu, &mut ws.gc);
-    let w = ptr_mut(gpu, &mut ws.w);
-    let u = ptr_mut(gpu, &mut ws.u);
-    launch_kern(
-        gpu,
-        &ws.kern.wu,
-        (nc as u32, h as u32, 1),
-        256,
-        &[
-            Arg::P(ptr(gpu, &inp.k)),
-            Arg::P(ptr(gpu, &inp.v)),
-            Arg::P(ptr(gpu, &inp.g)),
-            Arg::P(ptr(gpu, &inp.beta)),
-            Arg::P(tmat),
-            Arg::P(ctab),
-            Arg::I(h as i32),
-            Arg::I(v as i32),
-            Arg::P(gc),
-            Arg::P(w),
-            Arg::P(u),
-        ],
-    )
 }
 
 /// What a state pass writes besides advancing the state (device pointers; 0 = none).
@@ -1190,7 +1165,7 @@ pub fn chunk_forward(
     let tmat = save_t.map_or(0, |st| ptr_mut(gpu, st));
     let o = ptr_mut(gpu, o);
     probe_start(gpu, ws)?;
-    run_prep(gpu, ws, inp, tmat)?;
+    run_w_u(gpu, ws, inp, tmat, false)?;
     probe_mark(gpu, ws, "fwd: prep")?;
     run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, tokens: t })
 }
@@ -1245,13 +1220,13 @@ pub fn chunk_backward(
     let tmat = match saved_t {
         Some(st) => {
             let tmat = ptr(gpu, st);
-            run_wu(gpu, ws, inp, tmat)?;
+            run_w_u(gpu, ws, inp, tmat, true)?;
             probe_mark(gpu, ws, "bwd: wu (saved T)")?;
             tmat
         }
         None => {
             let tmat = ptr_mut(gpu, ws.bwd.as_mut().unwrap().tmat.as_mut().unwrap());
-            run_prep(gpu, ws, inp, tmat)?;
+            run_w_u(gpu, ws, inp, tmat, false)?;
             probe_mark(gpu, ws, "bwd: prep (+T)")?;
             tmat
         }
