@@ -665,6 +665,8 @@ pub struct DeltaRuleWorkspace {
     vnew: CudaSlice<bf16>,
     bwd: Option<BwdBuffers>,
     probe: Option<StageProbe>,
+    /// The forward's pass when forced ([`DeltaRuleWorkspace::force_forward`]): fused if true.
+    forward_forced: Option<bool>,
 }
 
 /// Inputs of the chunked forward and backward.
@@ -812,6 +814,7 @@ impl DeltaRuleWorkspace {
             bwd,
             kern,
             probe: None,
+            forward_forced: None,
         })
     }
 
@@ -907,19 +910,28 @@ impl DeltaRuleWorkspace {
         pick_state_nw(vars, n * d.heads, (d.dk, d.dv), pass, self.num_sms)
     }
 
+    /// Forces the forward's pass of the calls that follow: `Some(true)` fused with the output,
+    /// `Some(false)` split (state pass, then `fwd_o`), `None` the cost model's choice. The
+    /// selftest runs every case through both, whichever the model would pick at its shapes.
+    pub fn force_forward(&mut self, fused: Option<bool>) {
+        self.forward_forced = fused;
+    }
+
     /// The forward's pass for `n` sequences of `tokens` in all: fused with the output, or split
     /// (state pass, then `fwd_o`), whichever the cost model expects faster (the fused pass does
     /// the output products inside the sequential pass, which pays when its CTAs fill the GPU;
-    /// `fwd_o` is parallel over chunks). `GDN_DR_FWD=fused|split` forces one, for experiments.
+    /// `fwd_o` is parallel over chunks). [`DeltaRuleWorkspace::force_forward`] or, for
+    /// experiments, `GDN_DR_FWD=fused|split` forces one.
     fn forward_pass(&self, n: usize, tokens: usize) -> (PassKind, &StateKern) {
         let d = self.dims;
         let steps = tokens.div_ceil(CHUNK).div_ceil(n.max(1)) as f64;
         let (fk, fc) = self.state_kern(n, PassKind::Fused);
         let (sk, sc) = self.state_kern(n, PassKind::Split);
         let split_s = sc * steps + fwd_o_cost(tokens, d.heads, d.dk, d.dv);
-        let fused = match std::env::var("GDN_DR_FWD").as_deref() {
-            Ok("fused") => true,
-            Ok("split") => false,
+        let fused = match (self.forward_forced, std::env::var("GDN_DR_FWD").as_deref()) {
+            (Some(f), _) => f,
+            (None, Ok("fused")) => true,
+            (None, Ok("split")) => false,
             _ => fc * steps <= split_s,
         };
         if fused {

@@ -266,6 +266,27 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         max_rel_err(&fs, &fref.final_state),
         TOL_F32,
     ));
+    // Both forward passes, whichever the cost model picks above: at these small shapes it picks
+    // the split one, and the fused one would otherwise go unchecked.
+    for (pass, fused) in [("fused", true), ("split", false)] {
+        let mut t_scratch = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+        ws.force_forward(Some(fused));
+        let forced = gpu_forward(gpu, ws, c, &d, &mut t_scratch);
+        ws.force_forward(None);
+        let (o2, fs2, _) = forced?;
+        rows.push(row(
+            &format!("delta_rule.chunk_fwd o, {pass} pass"),
+            &c.label,
+            max_rel_err(&o2, &fref.o),
+            TOL_BF16,
+        ));
+        rows.push(row(
+            &format!("delta_rule.chunk_fwd final_state, {pass} pass"),
+            &c.label,
+            max_rel_err(&fs2, &fref.final_state),
+            TOL_F32,
+        ));
+    }
     if repeat {
         let (_, _, bits2) = gpu_forward(gpu, ws, c, &d, &mut saved_t)?;
         let same = bits == bits2;
