@@ -1641,6 +1641,11 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       for (int e = 0; e < 4; ++e)
         p[nt][e] = kp == 0 ? S.dvl[(8 * nt + 2 * qd + (e & 1)) * L::DLD + vl + g + 8 * (e >> 1)]
                            : 0.f;
+    // Unsplit, this warp's dṼ_loc columns are dead once read (refilled after the next barrier):
+    // the stage of its dṼ store. Not at K = 256: there the staging's registers spilled (nw8,
+    // 60 bytes at 255 registers).
+    constexpr bool STAGE = KS == 1 && K <= 128;
+    float* dstage = S.dvl + vl;
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(ds[2 * kk][0], ds[2 * kk][1]),
@@ -1667,7 +1672,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     auto emit_dv = [&]() {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
-        if (nt / NTW == kp) {
+        if (!STAGE && nt / NTW == kp) {
           const int lim = len - 8 * nt;
           store_tile_t(p[nt], dvnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
                        [lim](int col) { return col < lim; });
@@ -1675,6 +1680,9 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
         av[nt >> 1][2 * (nt & 1)] = pack_bf2(-p[nt][0], -p[nt][1]);
         av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(-p[nt][2], -p[nt][3]);
       }
+      if (STAGE)
+        store_tiles_staged<8>(p, reinterpret_cast<bf16*>(dstage), 2 * L::DLD,
+                              dvnew + ((long)start * H + h) * V + vw, (long)H * V, len);
     };
     if constexpr (KS == 1) emit_dv();
 
