@@ -27,17 +27,20 @@ extract fwd_o 'void for_own_pieces' 'void load_rows_async' 'struct FwdOSm' 'void
 extract state 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' dh_off(' ' p_rows(' 'void state_fwd_impl'
 extract state_bwd 'void for_own_pieces' 'void load_rows_async' 'void scale_own_rows' \
   'struct StateBwdSm' 'void state_bwd_impl'
+# The builds run in parallel; an old binary is removed first and every build's status checked,
+# so a failed build cannot leave a stale emulation to pass in its place.
 build() {
+  rm -f "$out/$2_emu"
   g++ -std=c++20 -O2 -g -fno-strict-aliasing -pthread -I"$out/$1" -I"$here" "$here/$2_emu.cpp" \
     -o "$out/$2_emu"
 }
-build prep wu &
-build fwd_o fwd_o &
-build chunk dqk &
-build chunk wy &
-build state state &
-build state_bwd state_bwd &
-wait
+pids=""
+for b in "prep wu" "fwd_o fwd_o" "chunk dqk" "chunk wy" "state state" "state_bwd state_bwd"; do
+  # shellcheck disable=SC2086
+  build $b &
+  pids="$pids $!"
+done
+for p in $pids; do wait "$p" || { echo "cuda_emu: a build failed" >&2; exit 1; }; done
 "$out/wu_emu"
 "$out/fwd_o_emu"
 "$out/dqk_emu"
