@@ -109,23 +109,30 @@ __device__ __forceinline__ void load_f32_async(float* dst, int dld, const float*
 // NTH threads, rows >= valid zero-filled and not read. The state passes issue one per operand
 // every chunk step; the generic loops above (run-time thread count, index divisions, a branch
 // per piece) made up about a fifth of their instructions. Here the loop is unrolled and a
-// thread's pieces are fixed (rows r0 + i·RS, column c0), so a piece costs an address add, a
-// compare and the copy; `for_own_pieces` walks them (also for scale_own_rows).
+// thread's pieces are fixed (rows r0 + i·RS, column c0: `Pieces`), so a piece costs an address
+// add, a compare and the copy; `for_own_pieces` walks them in order of i (also for
+// scale_own_rows).
+template <int COLS, int NTH, class T>
+struct Pieces {
+  static constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
+  static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
+  static constexpr int N = (CH + RS - 1) / RS;  // pieces per thread
+  static __device__ __forceinline__ int r0() { return threadIdx.x / PER_ROW; }
+  static __device__ __forceinline__ int c0() { return (threadIdx.x % PER_ROW) * EP; }
+};
 template <int COLS, int NTH, class T, class F>
 __device__ __forceinline__ void for_own_pieces(F f) {
-  constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
-  static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
-  constexpr int N = (CH + RS - 1) / RS;  // pieces per thread
-  const int r0 = threadIdx.x / PER_ROW, c0 = (threadIdx.x % PER_ROW) * EP;
-  if constexpr (N <= 8) {
+  typedef Pieces<COLS, NTH, T> P;
+  const int r0 = P::r0(), c0 = P::c0();
+  if constexpr (P::N <= 8) {
 #pragma unroll
-    for (int i = 0; i < N; ++i)
-      if (CH % RS == 0 || r0 + i * RS < CH) f(r0 + i * RS, c0);
+    for (int i = 0; i < P::N; ++i)
+      if (CH % P::RS == 0 || r0 + i * P::RS < CH) f(r0 + i * P::RS, c0);
   } else {
     // One or two warps at K >= 128: unrolled, the addresses spilled (state passes at 255
     // registers).
 #pragma unroll 1
-    for (int i = 0; i < N; ++i) f(r0 + i * RS, c0);
+    for (int i = 0; i < P::N; ++i) f(r0 + i * P::RS, c0);
   }
 }
 // A compile-time int as a value (a column count passed through a generic lambda).
@@ -133,12 +140,19 @@ template <int N>
 struct IntC {
   static constexpr int value = N;
 };
+// The source address advances by RS rows per piece: one 64-bit add, where forming
+// src + r·sld afresh cost a 64-bit multiply and its carries per piece. A row past `valid` keeps
+// its own address (past a partial chunk, possibly past the tensor): with src-size 0 cp.async
+// reads nothing there, so no select is needed.
 template <int COLS, int NTH, class T>
 __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
                                                 int valid) {
+  typedef Pieces<COLS, NTH, T> P;
+  const T* s = src + P::r0() * sld + P::c0();
+  const long step = P::RS * sld;
   for_own_pieces<COLS, NTH, T>([&](int r, int c) {
-    const bool ok = r < valid;
-    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+    cp16(dst + r * dld + c, s, r < valid);
+    s += step;
   });
 }
 
