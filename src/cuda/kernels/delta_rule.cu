@@ -662,6 +662,9 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 
 template <int K>
 struct WuSm {
+  // CTAs per SM the registers are capped for: wu is short and memory-bound, and at 56 registers
+  // (K = 128) only 4 of its 44 KB CTAs fit where shared memory allows 5.
+  static constexpr int MINB = K <= 128 ? 5 : 3;
   bf16* ks;   // [64][K+8]  K rows; after the W product: V slice buffer 1
   bf16* vb;   // [64][72]   V slice buffer 0
   bf16* tw;   // 10 tiles [16][24]: bf16(T diag(βγ)), lower tiles
@@ -2926,7 +2929,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                    const int* ctab, int H, int V, float* gc, bf16* w, bf16* u, float* tmat) {      \
     dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, w, u, tmat);                                   \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
+  extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                          \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
                  const float* tmat, const int* ctab, int H, int V, float* gc, bf16* w, bf16* u) {  \
     dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, V, gc, w, u);                                     \
