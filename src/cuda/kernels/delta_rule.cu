@@ -969,8 +969,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
 
     // h_c = S (bf16) to global: tile j is rows k = k0 + 8j.., columns vw.. of h_c [K][V]
-    // (unsplit: after U is read, staged through this warp's U columns).
-    bf16* hc = hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
+    // (unsplit: after U is read, staged through this warp's U columns); the fused pass has no
+    // h_c output (hout is null there).
+    bf16* hc = FUSED ? nullptr : hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
     if (!FUSED && KS > 1) {
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
