@@ -1,6 +1,6 @@
 // Runs delta_rule.cu's dqk_impl (its own text, see run.sh) on the CPU through emu.h and compares
 // dq, dk, dg with a plain double-precision reference of the same definition (same bf16 operands,
-// pb rounded to bf16, dh split into bf16 hi + lo). Catches fragment-layout, indexing, masking and
+// pb rounded to bf16, dh split into bf16 hi + lo, ⟨h_c, dh_c⟩ from bf16 h_c and f32 dh_c). Catches fragment-layout, indexing, masking and
 // varlen (partial chunk) mistakes; says nothing about speed or cp.async timing.
 #include "emu.h"
 
@@ -14,16 +14,15 @@ static bool run_case(const Case& c, unsigned seed) {
   const int V = c.V, H = c.H;
   const Chunks ch = make_chunks(c.seqlens);
   const std::vector<int>& ctab = ch.ctab;
-  const int T = ch.T, NC = ch.NC, np = V / 16;
+  const int T = ch.T, NC = ch.NC;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   auto bfv = [&](size_t n) { return rand_bf16(n, rng); };
   std::vector<bf16> q = bfv((size_t)T * H * K), k = bfv((size_t)T * H * K);
   std::vector<bf16> dO = bfv((size_t)T * H * V), vn = bfv((size_t)T * H * V);
   std::vector<bf16> hs = bfv((size_t)NC * H * K * V);
-  std::vector<float> dh((size_t)NC * H * K * V), sdp((size_t)NC * H * np);
+  std::vector<float> dh((size_t)NC * H * K * V);
   for (auto& x : dh) x = U(rng);
-  for (auto& x : sdp) x = U(rng);
   const std::vector<float> gc = make_gc(ch, H, rng, 0.01f, 0.3f);
   const float scale = 1.f / sqrtf((float)K);
   const float nanv = std::nanf("");
@@ -31,7 +30,7 @@ static bool run_case(const Case& c, unsigned seed) {
 
   run_grid<dr::DqkSm<K>>(dr::DqkSm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
     dr::dqk_impl<K>(q.data(), k.data(), gc.data(), dO.data(), vn.data(), hs.data(), dh.data(),
-                    sdp.data(), np, ctab.data(), H, V, scale, dq.data(), dk.data(), dg.data());
+                    ctab.data(), H, V, scale, dq.data(), dk.data(), dg.data());
   });
 
   // Reference.
@@ -89,7 +88,7 @@ static bool run_case(const Case& c, unsigned seed) {
         }
       double ksum = 0, sd = 0;
       for (int i = 0; i < len; ++i) ksum += kdot[i];
-      for (int r = 0; r < np; ++r) sd += sdp[((size_t)ci * H + hh) * np + r];
+      for (size_t e = 0; e < (size_t)K * V; ++e) sd += f(hs[ho + e]) * dh[ho + e];
       for (int i = 0; i < len; ++i) {
         double rs = 0, cs = 0;
         for (int j = 0; j < len; ++j) {
@@ -101,6 +100,7 @@ static bool run_case(const Case& c, unsigned seed) {
         const float got = dg[(size_t)(st + i) * H + hh];
         e_dg = std::max(e_dg, std::isnan(got) ? INFINITY : fabs(val - got));
         m_dg = std::max(m_dg, std::max(fabs(rs) + fabs(cs), fabs(qdot[i]) + fabs(kdot[i])));
+        if (i == len - 1) m_dg = std::max(m_dg, fabs(gam[len - 1] * sd));
       }
     }
   // Every output row belongs to some chunk, so no NaN may remain anywhere.
@@ -108,7 +108,11 @@ static bool run_case(const Case& c, unsigned seed) {
                         std::any_of(dk.begin(), dk.end(), [](float x) { return std::isnan(x); }) ||
                         std::any_of(dg.begin(), dg.end(), [](float x) { return std::isnan(x); });
   const double r_dq = e_dq / m_dq, r_dk = e_dk / m_dk, r_dg = e_dg / m_dg;
-  const bool ok = !nan_left && r_dq < 1e-4 && r_dk < 1e-4 && r_dg < 1e-4;
+  // Typical errors are 1e-7. pb is rounded to bf16 from an f32 value in the kernel and from a
+  // double here, so an element on a rounding boundary can land one ulp (2^-8 relative) apart: up
+  // to ~2e-4 of dq or dk (1.3e-4 seen at K = 64 once the draws changed); an indexing or layout
+  // mistake is O(1).
+  const bool ok = !nan_left && r_dq < 1e-3 && r_dk < 1e-3 && r_dg < 1e-4;
   printf("K=%d V=%d H=%d chunks=%d seqlens=", K, V, H, NC);
   for (int L : c.seqlens) printf("%d,", L);
   printf("  dq %.2e  dk %.2e  dg %.2e (max err / max |ref|)%s  %s\n", r_dq, r_dk, r_dg,

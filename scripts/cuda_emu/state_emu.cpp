@@ -1,5 +1,5 @@
 // Runs delta_rule.cu's state_fwd_impl (kernel 2, its own text, see run.sh) on the CPU through
-// emu.h, in all three modes, unsplit and K-split, and compares it with a double-precision
+// emu.h, in both modes, unsplit and K-split, and compares it with a double-precision
 // reference of the chunk recurrence that rounds where the kernel rounds (S to bf16 as an A
 // operand, diag(δ) Ṽ to bf16 for the update, Ṽ to bf16 for the output, P to bf16, h_c, Ṽ and O
 // to bf16 on store), and the K splits with the unsplit kernel (summation order only).
@@ -15,7 +15,7 @@ struct Problem : Chunks {
   std::vector<int> seqlens;
   bool with_h0;
   std::vector<bf16> w, u, k, q;
-  std::vector<float> gc, h0, dh;
+  std::vector<float> gc, h0;
   float scale;
 };
 
@@ -39,15 +39,13 @@ static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool 
     p.h0.resize(N * H * K * V);
     for (auto& x : p.h0) x = U(rng);
   }
-  p.dh.resize((size_t)p.NC * H * K * V);
-  for (auto& x : p.dh) x = U(rng);
   p.scale = 1.f / sqrtf((float)K);
   return p;
 }
 
 // What a pass writes (NaN where nothing was written): h_c, Ṽ and O as floats of their bf16.
 struct Out {
-  std::vector<float> hout, vnew, o, ht, sd;
+  std::vector<float> hout, vnew, o, ht;
 };
 
 template <int K, int NWC, int MODE, int KS>
@@ -59,8 +57,7 @@ static Out run_kernel(const Problem& p) {
       o((size_t)p.T * H * V, bnan);
   Out r;
   r.ht.assign((size_t)N * H * K * V, nanv);
-  r.sd.assign((size_t)NC * H * (V / 16), nanv);
-  const bool fused = MODE == dr::MODE_FUSED, rec = MODE == dr::MODE_REC;
+  const bool fused = MODE == dr::MODE_FUSED;
 
   typedef dr::StateFwdSm<K, NWC, MODE, KS> L;
   run_grid<L>(L::NW, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
@@ -68,7 +65,7 @@ static Out run_kernel(const Problem& p) {
         p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(),
         p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, V, p.scale,
         fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(), fused ? o.data() : nullptr,
-        r.ht.data(), rec ? p.dh.data() : nullptr, rec ? r.sd.data() : nullptr);
+        r.ht.data());
   });
   auto tof = [](const std::vector<bf16>& v) {
     std::vector<float> f(v.size());
@@ -81,7 +78,6 @@ static Out run_kernel(const Problem& p) {
   } else {
     r.o = tof(o);
   }
-  if (!rec) r.sd.clear();
   return r;
 }
 
@@ -97,7 +93,6 @@ static Out reference(const Problem& p, int mode) {
     r.hout.resize((size_t)p.NC * H * K * V);
     r.vnew.resize((size_t)p.T * H * V);
   }
-  if (mode == dr::MODE_REC) r.sd.resize((size_t)p.NC * H * (V / 16));
   for (int n = 0; n < N; ++n)
     for (int hh = 0; hh < H; ++hh) {
       std::vector<double> S((size_t)K * V, 0.0), Sb((size_t)K * V);
@@ -114,14 +109,6 @@ static Out reference(const Problem& p, int mode) {
         const size_t hb = ((size_t)c * H + hh) * K * V;
         if (mode != dr::MODE_FUSED)
           for (size_t i = 0; i < S.size(); ++i) r.hout[hb + i] = Sb[i];
-        if (mode == dr::MODE_REC)
-          for (int vb = 0; vb < V / 16; ++vb) {
-            double s = 0;
-            for (int x = 0; x < K; ++x)
-              for (int v = 16 * vb; v < 16 * vb + 16; ++v)
-                s += (double)(float)S[(size_t)x * V + v] * p.dh[hb + (size_t)x * V + v];
-            r.sd[((size_t)c * H + hh) * (V / 16) + vb] = s;
-          }
         std::vector<double> Vt((size_t)len * V);
         for (int t = 0; t < len; ++t)
           for (int v = 0; v < V; ++v) {
@@ -172,7 +159,7 @@ static double rel(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 static const char* mode_name(int m) {
-  return m == dr::MODE_FUSED ? "fused" : m == dr::MODE_REC ? "rec  " : "split";
+  return m == dr::MODE_FUSED ? "fused" : "split";
 }
 
 // Worst of the pass's outputs against `b`; prints them.
@@ -190,7 +177,6 @@ static double compare(const Out& a, const Out& b, int mode) {
     one("h", a.hout, b.hout);
     one("v", a.vnew, b.vnew);
   }
-  if (mode == dr::MODE_REC) one("sd", a.sd, b.sd);
   return worst;
 }
 
@@ -225,8 +211,6 @@ static void check_k(unsigned seed) {
     check<K, 2, dr::MODE_FUSED>(p);
     check<K, 1, dr::MODE_SPLIT>(p);
     check<K, 2, dr::MODE_SPLIT>(p);
-    check<K, 1, dr::MODE_REC>(p);
-    check<K, 2, dr::MODE_REC>(p);
   }
 }
 

@@ -16,8 +16,8 @@
 //!   final state);
 //! - backward: `wu` (W, U and G from the T the forward saved; without a saved T, `prep` again,
 //!   storing T in the workspace) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
-//!   `state_rec` (recompute h_c, Ṽ into the workspace, and the f32 partials of ⟨h_c, dh_c⟩) →
-//!   `dqk` (dq, partial dk and dG) → `wy` (WY backward, dv, dβ, dk, dg).
+//!   `state_split` (recompute h_c, Ṽ into the workspace) → `dqk` (dq, partial dk and dG, with
+//!   ⟨h_c, dh_c⟩) → `wy` (WY backward, dv, dβ, dk, dg).
 //!
 //! Saved T: T = (I+M)^{-1} per chunk and head, f32 [NC, H, 64, 64] (64 f32 per token and head,
 //! plus the padding of partial chunks: [`saved_t_len`]). A caller that keeps it from
@@ -163,22 +163,20 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (38 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (30 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
 const SLOT_DQK: usize = 3;
 const SLOT_WY: usize = 4;
 const SLOT_STATE_FWD: usize = 5; // + index into STATE_NWS
-const SLOT_STATE_REC: usize = 9; // + index into STATE_NWS
-const SLOT_STATE_SPLIT: usize = 13; // + index into STATE_NWS
-const SLOT_STATE_BWD: usize = 17; // + index into STATE_NWS
-const SLOT_STATE_FWD_KS: usize = 21; // + index into STATE_KS
-const SLOT_STATE_REC_KS: usize = 25; // + index into STATE_KS
-const SLOT_STATE_SPLIT_KS: usize = 29; // + index into STATE_KS
-const SLOT_STATE_BWD_KS: usize = 33; // + index into STATE_KS
-const SLOT_WU: usize = 37;
-const SLOTS_PER_K: usize = 38;
+const SLOT_STATE_SPLIT: usize = 9; // + index into STATE_NWS
+const SLOT_STATE_BWD: usize = 13; // + index into STATE_NWS
+const SLOT_STATE_FWD_KS: usize = 17; // + index into STATE_KS
+const SLOT_STATE_SPLIT_KS: usize = 21; // + index into STATE_KS
+const SLOT_STATE_BWD_KS: usize = 25; // + index into STATE_KS
+const SLOT_WU: usize = 29;
+const SLOTS_PER_K: usize = 30;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -287,7 +285,6 @@ struct ChunkKernels {
     /// The state passes (see [`PassKind`]), for each of [`STATE_NWS`] (and, forward-type, of
     /// [`STATE_KS`]) that fits.
     state_fwd: Vec<StateKern>,
-    state_rec: Vec<StateKern>,
     state_split: Vec<StateKern>,
     state_bwd: Vec<StateKern>,
     /// Threads of the dqk and wy kernels (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
@@ -336,7 +333,6 @@ impl ChunkKernels {
             dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
             wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
-            state_rec: sf("state_rec", SLOT_STATE_REC, Some(SLOT_STATE_REC_KS))?,
             state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
             state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
@@ -347,15 +343,14 @@ impl ChunkKernels {
 /// Achieved HBM bandwidth (bytes/s), the state-pass cost model's memory bound.
 const HBM_BYTES_PER_S: f64 = 3.3e12;
 
-/// The four state passes, for their kernel tables and the cost model.
+/// The three state passes, for their kernel tables and the cost model.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum PassKind {
     /// The forward fused with the output (`state_fwd`).
     Fused,
-    /// The forward writing h_c and Ṽ for `fwd_o` (`state_split`).
+    /// h_c and Ṽ to global (`state_split`): the forward for `fwd_o`, and the backward's
+    /// recompute.
     Split,
-    /// The backward's recompute: h_c, Ṽ and the ⟨h_c, dh_c⟩ partials (`state_rec`).
-    Rec,
     /// The reverse pass: dh_c, dṼ, dh0 (`state_bwd`).
     Bwd,
 }
@@ -363,18 +358,13 @@ enum PassKind {
 impl PassKind {
     /// Bytes one CTA of `width` columns of V moves per chunk, and the part of them it loads by
     /// cp.async. Split: reads W and K (64 × K bf16 each, whatever the width) and U (64 × width
-    /// bf16), writes Ṽ (64 × width) and h_c (K × width, bf16); Rec also reads dh_c (K × width
-    /// f32); Fused reads Q too and writes O (64 × width) instead of Ṽ and h_c. Bwd: reads Q, K and
+    /// bf16), writes Ṽ (64 × width) and h_c (K × width, bf16); Fused reads Q too and writes O (64 × width) instead of Ṽ and h_c. Bwd: reads Q, K and
     /// W (64 × K bf16 each), dO (64 × width bf16) and dṼ_loc (64 × width f32), writes dh_c
     /// (K × width f32) and dṼ (64 × width bf16).
     fn chunk_bytes(self, k: usize, width: usize) -> (usize, usize) {
         let (loads, stores) = match self {
             PassKind::Split => (
                 2 * 64 * k * 2 + 64 * width * 2,
-                64 * width * 2 + k * width * 2,
-            ),
-            PassKind::Rec => (
-                2 * 64 * k * 2 + 64 * width * 2 + k * width * 4,
                 64 * width * 2 + k * width * 2,
             ),
             PassKind::Fused => (3 * 64 * k * 2 + 64 * width * 2, 64 * width * 2),
@@ -387,8 +377,8 @@ impl PassKind {
     }
 
     /// (L, T) in µs at head size `k`: a CTA's chunk step takes L when each of its warps has an SM
-    /// sub-partition to itself, and w × T when w warps share one. Split and Rec measured on H200
-    /// (session 4, call 4; Rec = Split plus the dh copy), Fused in call 5, all with every warp
+    /// sub-partition to itself, and w × T when w warps share one. Split measured on H200
+    /// (session 4, call 4), Fused in call 5, all with every warp
     /// count forced on the five bench shapes; Bwd taken as 1.5 × Split (its products per chunk),
     /// which picks the measured best of call 6 on every bench shape (its L measured 6.3 µs at
     /// K = 128 against the 5.1 assumed).
@@ -397,10 +387,6 @@ impl PassKind {
         let split = (1.2 + 0.0172 * kf, 0.7 + 0.0141 * kf);
         match self {
             PassKind::Split => split,
-            PassKind::Rec => {
-                let dot = 0.5 + kf / 256.0;
-                (split.0 + dot, split.1 + 0.75 * dot)
-            }
             PassKind::Fused => (5.6 + 0.027 * kf, 3.05 + 0.0148 * kf),
             PassKind::Bwd => (1.5 * split.0, 1.5 * split.1),
         }
@@ -409,7 +395,7 @@ impl PassKind {
     /// The environment variable that forces a warp count, for experiments.
     fn nw_env(self) -> &'static str {
         match self {
-            PassKind::Fused | PassKind::Split | PassKind::Rec => "GDN_DR_SF_NW",
+            PassKind::Fused | PassKind::Split => "GDN_DR_SF_NW",
             PassKind::Bwd => "GDN_DR_SB_NW",
         }
     }
@@ -418,7 +404,7 @@ impl PassKind {
     /// pass), 1, 2 or 4, for experiments; otherwise the cost model chooses.
     fn forced_ks(self) -> Option<usize> {
         let var = match self {
-            PassKind::Fused | PassKind::Split | PassKind::Rec => "GDN_DR_KS",
+            PassKind::Fused | PassKind::Split => "GDN_DR_KS",
             PassKind::Bwd => "GDN_DR_SB_KS",
         };
         std::env::var(var)
@@ -429,8 +415,8 @@ impl PassKind {
 
     /// The step time of a K split relative to the unsplit pass with the same warps per SM
     /// sub-partition, measured on H200 at B1·T16384·H16·K128 (session 5, call 5: one 4-warp CTA
-    /// per SM either way; split 0.891 / 0.798 / 0.670 ms for KS = 1, 2, 4, recompute 1.145 /
-    /// 0.932 / 0.760, reverse 1.363 / 1.028 / 0.892). Fused K splits were not measured: `None`,
+    /// per SM either way; split 0.891 / 0.798 / 0.670 ms for KS = 1, 2, 4, reverse 1.363 /
+    /// 1.028 / 0.892). Fused K splits were not measured: `None`,
     /// so they run only when forced.
     fn ks_factor(self, ks: usize) -> Option<f64> {
         match (self, ks) {
@@ -438,8 +424,6 @@ impl PassKind {
             (PassKind::Fused, _) => None,
             (PassKind::Split, 2) => Some(0.90),
             (PassKind::Split, _) => Some(0.75),
-            (PassKind::Rec, 2) => Some(0.81),
-            (PassKind::Rec, _) => Some(0.66),
             (PassKind::Bwd, 2) => Some(0.75),
             (PassKind::Bwd, _) => Some(0.65),
         }
@@ -613,8 +597,6 @@ struct BwdBuffers {
     dvloc: CudaSlice<f32>,
     /// dS leaving each chunk, f32 [NC, H, K, V].
     dh: CudaSlice<f32>,
-    /// Per-warp partials of ⟨h_c, dh_c⟩, f32 [NC, H, V/16].
-    sd_part: CudaSlice<f32>,
     /// dṼ, bf16 [T, H, V].
     dvnew: CudaSlice<bf16>,
 }
@@ -790,7 +772,6 @@ impl DeltaRuleWorkspace {
                 },
                 dvloc: al(gpu, t * h * v, "dvloc")?,
                 dh: al(gpu, max_chunks * h * k * v, "dh")?,
-                sd_part: al(gpu, max_chunks * h * (v / 16), "sd_part")?,
                 dvnew: al(gpu, t * h * v, "dvnew")?,
             })
         } else {
@@ -894,7 +875,7 @@ impl DeltaRuleWorkspace {
                 "split"
             },
             f.shape(),
-            nw(PassKind::Rec),
+            nw(PassKind::Split),
             nw(PassKind::Bwd)
         )
     }
@@ -904,7 +885,6 @@ impl DeltaRuleWorkspace {
         let vars = match pass {
             PassKind::Fused => &self.kern.state_fwd,
             PassKind::Split => &self.kern.state_split,
-            PassKind::Rec => &self.kern.state_rec,
             PassKind::Bwd => &self.kern.state_bwd,
         };
         pick_state_nw(vars, n * d.heads, (d.dk, d.dv), pass, self.num_sms)
@@ -1039,12 +1019,12 @@ enum StateOut {
     /// The forward over `tokens` tokens: the output `o` (by the fused pass, or the split pass and
     /// `fwd_o`) and, when `ht` is non-null, the final state.
     Forward { o: u64, ht: u64, tokens: usize },
-    /// The backward's recompute: h_c and Ṽ into the workspace, and the f32 partials of
-    /// ⟨h_c, dh_c⟩ into `sd_part`.
-    Recompute { dh32: u64, sd_part: u64 },
+    /// The backward's recompute: h_c and Ṽ into the workspace.
+    Recompute,
 }
 
-/// Queues a state pass (kernel 2: `state_fwd`, `state_split` then `fwd_o`, or `state_rec`),
+/// Queues a state pass (kernel 2: `state_fwd`, or `state_split` then `fwd_o` or, recomputing,
+/// alone),
 /// with the stage marks of `bench kernels --breakdown` for the forward.
 fn run_state_pass(
     gpu: &Gpu,
@@ -1067,13 +1047,13 @@ fn run_state_pass(
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
     let (kind, sk) = match out {
         StateOut::Forward { tokens, .. } => ws.forward_pass(n, tokens),
-        StateOut::Recompute { .. } => (PassKind::Rec, ws.state_kern(n, PassKind::Rec).0),
+        StateOut::Recompute => (PassKind::Split, ws.state_kern(n, PassKind::Split).0),
     };
     let fused = kind == PassKind::Fused;
-    let (q, o, ht, dh32, sd_part) = match out {
-        StateOut::Forward { o, ht, .. } if fused => (ptr(gpu, &inp.q), o, ht, 0, 0),
-        StateOut::Forward { ht, .. } => (0, 0, ht, 0, 0),
-        StateOut::Recompute { dh32, sd_part } => (0, 0, 0, dh32, sd_part),
+    let (q, o, ht) = match out {
+        StateOut::Forward { o, ht, .. } if fused => (ptr(gpu, &inp.q), o, ht),
+        StateOut::Forward { ht, .. } => (0, 0, ht),
+        StateOut::Recompute => (0, 0, 0),
     };
     let (hs, vnew) = if fused { (0, 0) } else { (hs, vnew) };
     let ks = &sk.k;
@@ -1098,8 +1078,6 @@ fn run_state_pass(
             Arg::P(vnew),
             Arg::P(o),
             Arg::P(ht),
-            Arg::P(dh32),
-            Arg::P(sd_part),
         ],
     )?;
     match (out, kind) {
@@ -1111,7 +1089,7 @@ fn run_state_pass(
             run_fwd_o(gpu, ws, inp, o)?;
             probe_mark(gpu, ws, "fwd: fwd_o")
         }
-        (StateOut::Recompute { .. }, _) => Ok(()),
+        (StateOut::Recompute, _) => Ok(()),
     }
 }
 
@@ -1219,7 +1197,7 @@ pub fn chunk_backward(
     );
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
     // Order: wu from the saved T, or prep (with T) → dṼ_loc → reverse state pass (dh f32, dṼ,
-    // dh0) → forward state recompute (h, Ṽ, and ⟨h_c, dh_c⟩ partials) → dqk → wy.
+    // dh0) → forward state recompute (h, Ṽ) → dqk (with ⟨h_c, dh_c⟩) → wy.
     match saved_t {
         Some(st) => check_saved_t(ws, "saved_t", st.len())?,
         None => ensure!(
@@ -1258,13 +1236,10 @@ pub fn chunk_backward(
     let w = ptr(gpu, &ws.w);
     let hs = ptr(gpu, &ws.h);
     let vnew = ptr(gpu, &ws.vnew);
-    // One ⟨h_c, dh_c⟩ partial per 16 columns of V (one per warp of the recompute).
-    let np = v / 16;
     let bwd = ws.bwd.as_mut().unwrap();
     let dvloc = ptr_mut(gpu, &mut bwd.dvloc);
     let dh = ptr_mut(gpu, &mut bwd.dh);
     let dvnew = ptr_mut(gpu, &mut bwd.dvnew);
-    let sd_part = ptr_mut(gpu, &mut bwd.sd_part);
     let dht = d_final.map_or(0, |d| ptr(gpu, d));
     let (dq, dk, dv, dg, dbeta, dh0) = (
         ptr_mut(gpu, &mut grads.dq),
@@ -1323,7 +1298,7 @@ pub fn chunk_backward(
         )?;
         probe_mark(gpu, ws, "bwd: state_bwd")?;
     }
-    run_state_pass(gpu, ws, inp, n, StateOut::Recompute { dh32: dh, sd_part })?;
+    run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
     probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     if nc == 0 {
         return Ok(());
@@ -1342,8 +1317,6 @@ pub fn chunk_backward(
             Arg::P(vnew),
             Arg::P(hs),
             Arg::P(dh),
-            Arg::P(sd_part),
-            Arg::I(np as i32),
             Arg::P(ctab),
             Arg::I(hi),
             Arg::I(vi),
@@ -1683,18 +1656,6 @@ mod state_cost_tests {
         }
         // B4·T4096·H6·K256·V512: 8 0.552, 4 0.713, 2 1.285.
         assert_eq!(best(&ONE_PER_SM, 24, (256, 512), PassKind::Split).0, 8);
-        // Recompute, K256: 4 0.914, 2 1.63 (8 does not fit); K128 B8·T2048: 8 0.208, 4 0.282.
-        assert_eq!(best(&ONE_PER_SM[..3], 24, (256, 512), PassKind::Rec).0, 4);
-        assert_eq!(
-            best(
-                &[(1, 2), (2, 2), (4, 1), (8, 1)],
-                128,
-                (128, 128),
-                PassKind::Rec
-            )
-            .0,
-            8
-        );
         // Fused: B8·T2048 8 0.317, 4 0.330; K256: 8 0.876, 4 1.595.
         assert_eq!(best(&FUSED_K128, 128, (128, 128), PassKind::Fused).0, 8);
         assert_eq!(best(&ONE_PER_SM, 24, (256, 512), PassKind::Fused).0, 8);
@@ -1748,16 +1709,6 @@ mod state_cost_tests {
         (2, 2, 2),
         (2, 4, 2),
     ];
-    const REC_KS_K128: [(usize, usize, usize); 8] = [
-        (1, 1, 2),
-        (2, 1, 2),
-        (4, 1, 1),
-        (8, 1, 1),
-        (1, 2, 2),
-        (1, 4, 2),
-        (2, 2, 2),
-        (2, 4, 1),
-    ];
     const BWD_KS_K128: [(usize, usize, usize); 8] = [
         (1, 1, 3),
         (2, 1, 3),
@@ -1771,15 +1722,14 @@ mod state_cost_tests {
 
     /// Session 5, call 5 (every pass with KS = 1, 2, 4 on the bench shapes): the K split wins
     /// where the unsplit passes leave SMs idle — B1·T16384 (split 0.891 / 0.798 / 0.670 ms,
-    /// recompute 1.145 / 0.932 / 0.760, reverse 1.363 / 1.028 / 0.892) and B2·T8192 (split
-    /// 0.445 / 0.397 / 0.398, recompute 0.556 / 0.460 / 0.469, reverse 0.671 / 0.508 / 0.505) —
+    /// reverse 1.363 / 1.028 / 0.892) and B2·T8192 (split 0.445 / 0.397 / 0.398, reverse 0.671 /
+    /// 0.508 / 0.505) —
     /// and loses at B4·T4096 (split 0.225 / 0.264 / 0.323, reverse 0.340 / 0.356 / 0.503) and
     /// B8·T2048.
     #[test]
     fn k_split_where_the_grid_leaves_sms_idle() {
         for (vars, pass) in [
             (&SPLIT_KS_K128, PassKind::Split),
-            (&REC_KS_K128, PassKind::Rec),
             (&BWD_KS_K128, PassKind::Bwd),
         ] {
             assert_eq!(best_ks(vars, 16, (128, 128), pass).1, 4, "{pass:?} B1");

@@ -69,7 +69,25 @@ pub(super) enum Fold {
     Both,
 }
 
+/// How the reverse pass hands dh_c to dq/dk/dg, and where ⟨h_c, dh_c⟩ (the state term of
+/// dG_last) comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DhStore {
+    /// The kernels: dh_c stored in f32; ⟨h_c, dh_c⟩ from the bf16 h_c (kernel 6 forms it from
+    /// the tiles it loads for its products).
+    Kernels,
+    /// dh_c stored in f32; ⟨h_c, dh_c⟩ from the f32 state (the kernels until session 7: the
+    /// recompute read dh_c for it).
+    F32Dot,
+    /// dh_c stored in bf16 (read by dKi and by ⟨h_c, dh_c⟩), ⟨h_c, dh_c⟩ from the f32 state.
+    Bf16,
+    /// dh_c stored in bf16, ⟨h_c, dh_c⟩ from bf16 h_c (FLA: the dot in its dq/dk/dg kernel).
+    Bf16HBf16,
+}
+
 thread_local! {
+    /// How dh_c is stored (default: as the kernels do).
+    static DH_STORE: std::cell::Cell<DhStore> = const { std::cell::Cell::new(DhStore::Kernels) };
     /// Bit `s as u32` set: stage `s` is kept exact (f32).
     static EXACT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// How `prep` applies β (default: as the kernels do).
@@ -81,6 +99,14 @@ pub(super) fn with_fold<R>(fold: Fold, f: impl FnOnce() -> R) -> R {
     let old = FOLD.with(|c| c.replace(fold));
     let r = f();
     FOLD.with(|c| c.set(old));
+    r
+}
+
+/// Runs `f` with dh_c stored as `d` (the kernels': [`DhStore::Kernels`]).
+pub(super) fn with_dh_store<R>(d: DhStore, f: impl FnOnce() -> R) -> R {
+    let old = DH_STORE.with(|c| c.replace(d));
+    let r = f();
+    DH_STORE.with(|c| c.set(old));
     r
 }
 
@@ -102,8 +128,13 @@ fn bf(s: Stage, x: f32) -> f32 {
     if exact(s) {
         x
     } else {
-        half::bf16::from_f32(x).to_f32()
+        bf16r(x)
     }
+}
+
+/// bf16 rounding (round to nearest even), at no switchable stage.
+fn bf16r(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
 }
 
 /// cvt.rna.tf32.f32: nearest, ties away from zero, 10 mantissa bits.
@@ -384,7 +415,11 @@ fn backward_pair(
         for e in 0..dk * dv {
             ds[e] = gl * ds[e] + a1[e] + a2[e];
         }
-        dh_all[c] = dsf; // dh_c = dS leaving the chunk, stored in f32
+        // dh_c = dS leaving the chunk, as the reverse pass stores it.
+        dh_all[c] = match DH_STORE.with(|d| d.get()) {
+            DhStore::Kernels | DhStore::F32Dot => dsf,
+            DhStore::Bf16 | DhStore::Bf16HBf16 => dsf.iter().map(|&x| bf16r(x)).collect(),
+        };
         dvn_all[c] = dvb;
     }
     gr.dh0 = ds;
@@ -414,9 +449,12 @@ fn backward_pair(
         let dp = mm(doc, false, vn, true, l, dv, l);
         let dq1 = mm(doc, false, hb, true, l, dv, dk);
         let dki = mm(vn, false, dh, true, l, dv, dk);
-        // ⟨h_c, dh_c⟩ from the f32 state (kernel 2's partials); dKi from f32 dh (hi + lo).
-        let sdot: f32 = ch[c]
-            .hf
+        // ⟨h_c, dh_c⟩ from bf16 h_c (kernel 6); dKi from f32 dh (hi + lo).
+        let hdot = match DH_STORE.with(|d| d.get()) {
+            DhStore::Kernels | DhStore::Bf16HBf16 => hb,
+            DhStore::F32Dot | DhStore::Bf16 => &ch[c].hf,
+        };
+        let sdot: f32 = hdot
             .iter()
             .zip(dh)
             .map(|(a, b)| *a as f64 * *b as f64)
@@ -648,6 +686,48 @@ fn mirror_of_cuda_kernels_matches_oracle_within_selftest_tolerances() {
     eprintln!("worst error / tolerance: {worst:.3}");
 }
 
+/// The selftest-shaped cases' worst error per output (over GDN_MIRROR_SEEDS seeds, default 8)
+/// with dh_c stored as each [`DhStore`] says: what a bf16 dh would cost.
+/// Run: `cargo test --release dh_store_precision -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn dh_store_precision() {
+    let d = |heads, dk, dv| Dims { heads, dk, dv };
+    let cases: Vec<(Vec<usize>, Dims, bool, bool)> = vec![
+        (vec![150], d(2, 64, 64), true, true),
+        (vec![1, 63, 64, 65, 200, 130], d(1, 128, 128), true, true),
+        (vec![100, 37], d(1, 64, 128), true, true),
+        (vec![300], d(2, 128, 128), false, false),
+        (vec![100, 37], d(1, 256, 512), true, true),
+    ];
+    let seeds: u64 = std::env::var("GDN_MIRROR_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    for mode in [
+        DhStore::Kernels,
+        DhStore::F32Dot,
+        DhStore::Bf16,
+        DhStore::Bf16HBf16,
+    ] {
+        let mut worst: Vec<(&str, f64)> = vec![];
+        for (i, (lens, dims, h0, dfin)) in cases.iter().enumerate() {
+            for sd in 0..seeds {
+                let c = random_case(1000 + i as u64 + 7919 * sd, lens, *dims, *h0, *dfin);
+                let errs = with_dh_store(mode, || errors(&c));
+                for (j, (name, e)) in errs.into_iter().enumerate() {
+                    if worst.len() <= j {
+                        worst.push((name, 0.0));
+                    }
+                    worst[j].1 = worst[j].1.max(e);
+                }
+            }
+        }
+        let row: Vec<String> = worst.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
+        eprintln!("{mode:?}: {}", row.join(", "));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model-level precision of dg, the gradient of the log decay (and of A_log, dt_bias through it):
 // the delta-rule calls of `cuda::model_selftest`'s CPU reference, replayed with the inputs
@@ -798,6 +878,7 @@ struct Variant {
     inputs: InputRounding,
     exact_arith: bool,
     fold: Fold,
+    dh: DhStore,
     stages: Vec<Stage>,
     reference: InputRounding,
 }
@@ -809,12 +890,17 @@ impl Variant {
             inputs,
             exact_arith,
             fold: Fold::Both,
+            dh: DhStore::Kernels,
             stages: vec![],
             reference: NO_INPUTS,
         }
     }
     fn fold(mut self, f: Fold) -> Self {
         self.fold = f;
+        self
+    }
+    fn dh(mut self, d: DhStore) -> Self {
+        self.dh = d;
         self
     }
     fn exact(mut self, stages: Vec<Stage>) -> Self {
@@ -849,7 +935,8 @@ fn dg_errors(io: &RuleIo, v: &Variant) -> [f64; 3] {
     let dg = if v.exact_arith {
         oracle(&c)
     } else {
-        up(&with_fold(v.fold, || with_exact(&v.stages, || run_mirror(&c))).dg)
+        let run = || with_exact(&v.stages, || run_mirror(&c));
+        up(&with_dh_store(v.dh, || with_fold(v.fold, run)).dg)
     };
     let (da_ref, ddt_ref) = gate_param_grads(io, &a0, &g0, &dg_ref);
     let (da, ddt) = gate_param_grads(io, &a, &g, &dg);
@@ -953,6 +1040,26 @@ fn dg_precision_breakdown() {
         own("own error, before beta-t", Fold::None),
         own("own error, β folded into U only", Fold::U),
         own("own error, β also on T's diagonal", Fold::Plain),
+        mi(
+            "mirror, bf16 inputs, <h,dh> from f32 h",
+            ALL_INPUTS,
+            Fold::Both,
+        )
+        .dh(DhStore::F32Dot),
+        mi(
+            "mirror, bf16 inputs, dh_c stored bf16",
+            ALL_INPUTS,
+            Fold::Both,
+        )
+        .dh(DhStore::Bf16),
+        mi(
+            "mirror, bf16 inputs, dh_c bf16, <h,dh> bf16 h",
+            ALL_INPUTS,
+            Fold::Both,
+        )
+        .dh(DhStore::Bf16HBf16),
+        own("own error, dh_c stored bf16", Fold::Both).dh(DhStore::Bf16),
+        own("own error, dh_c bf16, <h,dh> from bf16 h", Fold::Both).dh(DhStore::Bf16HBf16),
         mi(
             "mirror, bf16 inputs, no internal rounding",
             ALL_INPUTS,

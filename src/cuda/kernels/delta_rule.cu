@@ -752,20 +752,18 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
 // block each) into shared memory. h_c and Ṽ never leave the SM: the backward recomputes them.
 // Q has one buffer: it is dead after P and Sᵀ Qᵀ, so the next chunk's group (with Q) is issued
 // after the second barrier, ahead of the Ṽ, output and update products.
-// MODE_SPLIT (the forward for kernel 3, when there are too few CTAs for the fused pass to fill the
-// GPU) and MODE_REC (the backward's recompute): h_c and Ṽ to global with store_tile_t (their
-// global layouts are the transposes of what a warp holds); MODE_REC also the f32 partials of ⟨h_c, dh_c⟩, one per (chunk,
-// head, warp's 16 columns): each warp copies its own dh_c columns [K × 16] f32 into shared memory
-// (one buffer, refilled for chunk c+1 right after chunk c's dot), swizzled by dh_off; its group
-// is issued after the first (only) barrier.
+// MODE_SPLIT (the forward for kernel 3; also the backward's recompute of h_c and Ṽ): h_c and Ṽ to
+// global, staged (`store_tiles_staged`) unsplit and with store_tile_t under a K split (their
+// global layouts are the transposes of what a warp holds). Until session 7 the recompute was a
+// mode of its own that also read dh_c (f32) for the ⟨h_c, dh_c⟩ term of dG; kernel 6 forms that
+// term now, from the bf16 h_c and f32 dh_c it loads anyway.
 // K split (KS = 2, 4; KS = 1 is the above): few long sequences give too few CTAs to hide a
 // warp's ~2,000-instruction step, so KS warps share a 16-column group, warp (kp, cw) holding
 // state rows [kp K/KS, (kp+1) K/KS): each forms its partial −Sᵀ_kp W_kpᵀ (slice 0 adds Uᵀ) and,
 // fused, Sᵀ_kp Q_kpᵀ, writes them to shared memory and, after one more barrier (fused: the one that
 // publishes P, which then also guards Q), sums the KS partials in slice order; the update, h_c,
-// h0/ht and the dh_c copy are per slice; Ṽ and O stores, and fused the Sᵀ Qᵀ sums and Ṽᵀ Pᵀ
-// products, are split among the slices by column pairs (`owns`); MODE_REC's dot partials are
-// summed by slice 0.
+// h0/ht are per slice; Ṽ and O stores, and fused the Sᵀ Qᵀ sums and Ṽᵀ Pᵀ products, are split
+// among the slices by column pairs (`owns`).
 
 // 4-byte async copy (cp.async.ca); ok == false zero-fills without reading.
 __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
@@ -774,23 +772,21 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 
-constexpr int MODE_FUSED = 0, MODE_REC = 1, MODE_SPLIT = 2;
+constexpr int MODE_FUSED = 0, MODE_SPLIT = 1;
 
 template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
   static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
-  // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order,
-  // and in the recompute one ⟨h_c, dh_c⟩ partial per warp.
+  // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
-  static constexpr int RED_SZ = KS > 1 ? NPART * NW * PART + (MODE == MODE_REC ? NW : 0) : 0;
+  static constexpr int RED_SZ = KS > 1 ? NPART * NW * PART : 0;
   bf16* w;     // 2 x [64][WLD]
   bf16* k;     // 2 x [64][WLD]
   bf16* u;     // 2 x [64][ULD]
   float* G;    // 2 x [64]
   bf16* q;     // forward: [64][WLD]
   bf16* pb;    // forward: [64][LD64]  P, bf16
-  float* dh;   // recompute: NW x [K/KS × 16], see dh_off
   float* red;  // K split: RED_SZ
   __device__ void carve(Carve& c) {
     w = c.take<bf16>(2 * W_SZ);
@@ -799,19 +795,9 @@ struct StateFwdSm {
     G = c.take<float>(2 * CH);
     q = MODE == MODE_FUSED ? c.take<bf16>(W_SZ) : nullptr;
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
-    dh = MODE == MODE_REC ? c.take<float>(NWC * K * 16) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
   }
 };
-
-// Word offset of element (k, v), v < 16, in a warp's f32 copy of its dh_c columns. Rows k and
-// k+1 form one 32-word unit of eight 16-byte pieces; piece (k & 1, v / 4) is XOR-swizzled by
-// (k / 2) mod 4, so that the accumulator-order reads (lane (g, q) at k = 8j + 2q + e1,
-// v = g + 8 e2) hit 32 distinct banks, and cp.async can still copy whole 16-byte pieces.
-__device__ __forceinline__ int dh_off(int k, int v) {
-  const int piece = (((k & 1) << 2) | (v >> 2)) ^ (((k >> 1) & 3) << 1);
-  return (k >> 1) * 32 + piece * 4 + (v & 3);
-}
 
 // One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
 // pb, the column tiles up to the diagonal block (the output products read no others).
@@ -862,12 +848,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                const int* __restrict__ seq_chunk, const float* __restrict__ h0,
                                int H, int V, float scale, bf16* __restrict__ hout,
                                bf16* __restrict__ vnew, bf16* __restrict__ o,
-                               float* __restrict__ ht, const float* __restrict__ dh32,
-                               float* __restrict__ sd_part) {
+                               float* __restrict__ ht) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateFwdSm<K, NWC, MODE, KS> L;
-  constexpr bool FUSED = MODE == MODE_FUSED, DOT = MODE == MODE_REC;
+  constexpr bool FUSED = MODE == MODE_FUSED;
   constexpr int KR = K / KS;   // state rows of a warp
   constexpr int NJ = KR / 8;   // accumulator tiles of a warp's state rows
   static_assert(KR % 16 == 0, "a warp's state rows must make whole k-steps of the A operand");
@@ -882,7 +867,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float* dhs = DOT ? S.dh + warp * KR * 16 : nullptr;
   // The K slice that finishes column pair np (tiles 2np, 2np+1) of the chunk: stores Ṽ or O
   // there and, fused, sums Sᵀ Qᵀ and forms Ṽᵀ Pᵀ for it. Pair np needs np + 1 k-steps of Ṽᵀ Pᵀ,
   // so with KS = 2 the pairs {0, 3} and {1, 2} balance them.
@@ -916,9 +900,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // Chunk c's group: W, K, U, G into buffer b, and Q (fused) or this warp's dh_c block
-  // (recompute).
-  auto issue = [&](int c, int s0, int l, int b) {
+  // Chunk c's group: W, K, U, G into buffer b, and Q (fused).
+  auto issue = [&](int s0, int l, int b) {
     // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
     // so it keeps the generic loop.
     auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld) {
@@ -937,13 +920,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const bool ok = i < l;
       cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
     }
-    if (DOT) {
-      const float* src = dh32 + ((long)c * H + h) * K * V + (long)k0 * V + vw;
-      for (int i = lane; i < KR * 4; i += 32) {
-        const int r = i >> 2, c4 = (i & 3) * 4;
-        cp16(dhs + dh_off(r, c4), src + (long)r * V + c4, true);
-      }
-    }
     if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K);
     cp_commit();
   };
@@ -957,7 +933,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nstart = ctab[2 * cs + 2];
       nlen = ctab[2 * cs + 3];
     }
-    issue(cs, start, len, 0);
+    issue(start, len, 0);
   }
   for (int c = cs; c < ce; ++c) {
     const int b = (c - cs) & 1;
@@ -1014,20 +990,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int rb = warp; rb < 4; rb += L::NW) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
       if (KS == 1) __syncthreads();  // P complete; every warp is done with Q
     }
-    float sacc = 0.f;
-    if (DOT) {
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sacc += st[j][e] * dhs[dh_off(8 * j + 2 * q + (e & 1), g + 8 * (e >> 1))];
-      sacc = warp_sum(sacc);
-      if (KS == 1 && lane == 0) sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + cw] = sacc;
-      __syncwarp();  // this warp's dh buffer is refilled below
-    }
     // Buffer b^1 was last read in chunk c-1, before the first barrier above; fused with a K split,
     // Q is read until the barrier of the reduction.
-    if (more && (KS == 1 || !FUSED)) issue(c + 1, nstart, nlen, b ^ 1);
+    if (more && (KS == 1 || !FUSED)) issue(nstart, nlen, b ^ 1);
 
     // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk; with a K split, this
     // warp's partial (U counted by slice 0).
@@ -1082,10 +1047,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         part(warp, nt) = make_float4(p[nt][0], p[nt][1], p[nt][2], p[nt][3]);
         if (FUSED) part(SQ + warp, nt) = make_float4(ot[nt][0], ot[nt][1], ot[nt][2], ot[nt][3]);
       }
-      float* dotp = S.red + L::NPART * L::NW * L::PART;
-      if (DOT && lane == 0) dotp[warp] = sacc;
       __syncthreads();  // fused: also P complete and every warp done with Q
-      if (FUSED && more) issue(c + 1, nstart, nlen, b ^ 1);
+      if (FUSED && more) issue(nstart, nlen, b ^ 1);
       auto sum = [&](float* x, int slot0, int nt) {
         float4 s = part(slot0 + cw, nt);
 #pragma unroll
@@ -1105,11 +1068,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int nt = 0; nt < 8; ++nt) {
         sum(p[nt], 0, nt);
         if (FUSED && owns(nt >> 1)) sum(ot[nt], SQ, nt);
-      }
-      if (DOT && kp == 0 && lane == 0) {
-        float s = dotp[cw];
-        for (int i = 1; i < KS; ++i) s += dotp[i * NWC + cw];
-        sd_part[((long)c * H + h) * (V / 16) + v0 / 16 + cw] = s;
       }
     }
     if (FUSED && KS > 1) scale_sq(ot, G, len);
@@ -1800,7 +1758,9 @@ __device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, 
 // Kernel 6: per (chunk, head), looping over V in slices of 32 columns:
 //   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
 //   built from dKi cancel heavily and bf16 dh alone costs ~1e-2 relative error in dg);
-// ⟨h_c, dh_c⟩ comes in f32 from kernel 2's per-warp partials (sd_part, np per chunk and head);
+//   ⟨h_c, dh_c⟩ from the same bf16 h_c and f32 dh_c (the mirror's DhStore::Kernels: dg 6e-3 →
+//   8e-3 worst over 80 selftest-like cases against the f32 state's dot, which took a dh_c read
+//   of its own in the recompute; bf16 dh_c would be 2.4e-2);
 // then, with pb = bf16(s dP ⊙ Γ) on j <= i < len (zero elsewhere) and E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L),
 //   dq = s diag(γ) dQ1 + pb K (final),  dk = diag(δ) dKi + pbᵀ Q (partial, completed by kernel 7),
 //   dG_i = Σ_j E_ij − Σ_j E_ji + q_i·(s γ_i dQ1)_i − k_i·(δ_i dKi)_i, at i = len − 1 also
@@ -1847,6 +1807,7 @@ struct DqkSm {
   float *G, *gam, *dec;        // [64]
   float *rsp, *qp, *kp;        // [NS][64]: per-split partials of E's row sums, q·dq, k·dk
   float* csp;                  // [4][64]: per-row-block partials of E's column sums
+  float* sdp;                  // [NW]: per-warp partials of ⟨h_c, dh_c⟩
   __device__ void carve(Carve& c) {
     buf = c.take<char>(NBUF * BUF);
     G = c.take<float>(CH);
@@ -1856,6 +1817,7 @@ struct DqkSm {
     qp = c.take<float>(NS * CH);
     kp = c.take<float>(NS * CH);
     csp = c.take<float>(4 * CH);
+    sdp = c.take<float>(NW);
   }
 };
 
@@ -1863,7 +1825,7 @@ template <int K>
 __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
-                         const float* __restrict__ dh, const float* __restrict__ sd_part, int np,
+                         const float* __restrict__ dh,
                          const int* __restrict__ ctab, int H, int V, float scale,
                          float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dg) {
   extern __shared__ __align__(128) char smem[];
@@ -1909,8 +1871,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
 #pragma unroll
   for (int it = 0; it < NBUF - 1; ++it) issue(it);
 
-  // G, γ, δ (published by the loop's first barrier); warp 0 reads the ⟨h_c, dh_c⟩ partials now
-  // and sums them at the end.
+  // G, γ, δ (published by the loop's first barrier).
   if (tid < CH) {
     const bool ok = tid < len;
     const float gt = ok ? gc[(long)(start + tid) * H + h] : 0.f;
@@ -1919,11 +1880,9 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
     S.gam[tid] = ok ? __expf(gt) : 0.f;
     S.dec[tid] = ok ? __expf(gl - gt) : 0.f;
   }
+  // This lane's share of ⟨h_c, dh_c⟩: of the dh_c elements it reads for dKi, those of the tiles
+  // nt ≡ rb (mod 4) (the four row-block warps of a column split read the same ones).
   float sd = 0.f;
-  if (warp == 0) {
-    const float* spp = sd_part + ((long)cg * H + h) * np;
-    for (int r = lane; r < np; r += 32) sd += spp[r];
-  }
 
   // Accumulators: tile nt of dq1/dki is columns kc0 + 8nt.., of dp columns pc0 + 8nt..; element
   // e is row i0 + 8 (e >> 1), column + 2qd + (e & 1).
@@ -1985,6 +1944,15 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
         const unsigned l1 = pack_bf2(x1.x - bf_lo(h1), x1.y - bf_hi(h1));
         mma_bf16(dki[nt], av, h0, h1);
         mma_bf16(dki[nt], av, l0, l1);
+        if (nt % 4 == rb) {
+          const bf16* hp = hs + (kc0 + 8 * nt + g) * SLD + 16 * ks + 2 * qd;
+          const unsigned y0 = *reinterpret_cast<const unsigned*>(hp);
+          const unsigned y1 = *reinterpret_cast<const unsigned*>(hp + 8);
+          sd = fmaf(bf_lo(y0), x0.x, sd);
+          sd = fmaf(bf_hi(y0), x0.y, sd);
+          sd = fmaf(bf_lo(y1), x1.x, sd);
+          sd = fmaf(bf_hi(y1), x1.y, sd);
+        }
       }
     }
   }
@@ -2089,6 +2057,8 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
         mma_bf16(pa[2 * jp + 1], aq, r[2], r[3]);
       }
     }
+    sd = warp_sum(sd);
+    if (lane == 0) S.sdp[warp] = sd;
     float rs[2] = {0.f, 0.f};
 #pragma unroll
     for (int nt = 0; nt < NPT; ++nt) {
@@ -2126,8 +2096,7 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
   }
   __syncthreads();  // the row-dot and E-sum partials are complete
 
-  // Partial dG, by warp 0: every sum over the partials in a fixed order; Σ kdot and Σ sd_part as
-  // warp sums.
+  // Partial dG, by warp 0: every sum over the partials in a fixed order; Σ kdot as a warp sum.
   if (warp == 0) {
     float ksum = 0.f;
     for (int r = lane; r < len; r += 32) {
@@ -2137,7 +2106,8 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
       ksum += kd;
     }
     ksum = warp_sum(ksum);
-    sd = warp_sum(sd);
+    sd = 0.f;
+    for (int x = 0; x < L::NW; ++x) sd += S.sdp[x];
     for (int i = lane; i < len; i += 32) {
       float rsum = 0.f, csum = 0.f, qdt = 0.f, kdt = 0.f;
 #pragma unroll
@@ -2864,9 +2834,9 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
 // src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
-// state_fwd (fused with the output), state_rec (the backward's recompute), state_split (h_c and
-// Ṽ for fwd_o), state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_rec,
-// state_split and state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu.
+// state_fwd (fused with the output), state_split (h_c and Ṽ for fwd_o and the backward),
+// state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_split and
+// state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu.
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -2892,26 +2862,21 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[6] = smem_of<StateFwdSm<K, 2, MODE_FUSED>>();
   out[7] = smem_of<StateFwdSm<K, 4, MODE_FUSED>>();
   out[8] = smem_of<StateFwdSm<K, 8, MODE_FUSED>>();
-  out[9] = smem_of<StateFwdSm<K, 1, MODE_REC>>();
-  out[10] = smem_of<StateFwdSm<K, 2, MODE_REC>>();
-  out[11] = smem_of<StateFwdSm<K, 4, MODE_REC>>();
-  out[12] = smem_of<StateFwdSm<K, 8, MODE_REC>>();
-  out[13] = smem_of<StateFwdSm<K, 1, MODE_SPLIT>>();
-  out[14] = smem_of<StateFwdSm<K, 2, MODE_SPLIT>>();
-  out[15] = smem_of<StateFwdSm<K, 4, MODE_SPLIT>>();
-  out[16] = smem_of<StateFwdSm<K, 8, MODE_SPLIT>>();
-  out[17] = smem_of<StateBwdSm<K, 1, 1>>();
-  out[18] = smem_of<StateBwdSm<K, 2, 1>>();
-  out[19] = smem_of<StateBwdSm<K, 4, 1>>();
-  out[20] = smem_of<StateBwdSm<K, 8, 1>>();
-  smem_state_ks<K, MODE_FUSED>(out + 21);
-  smem_state_ks<K, MODE_REC>(out + 25);
-  smem_state_ks<K, MODE_SPLIT>(out + 29);
-  out[33] = smem_of<StateBwdSm<K, 1, 2>>();
-  out[34] = smem_of<StateBwdSm<K, 1, 4>>();
-  out[35] = smem_of<StateBwdSm<K, 2, 2>>();
-  out[36] = smem_of<StateBwdSm<K, 2, 4>>();
-  out[37] = smem_of<WuSm<K>>();
+  out[9] = smem_of<StateFwdSm<K, 1, MODE_SPLIT>>();
+  out[10] = smem_of<StateFwdSm<K, 2, MODE_SPLIT>>();
+  out[11] = smem_of<StateFwdSm<K, 4, MODE_SPLIT>>();
+  out[12] = smem_of<StateFwdSm<K, 8, MODE_SPLIT>>();
+  out[13] = smem_of<StateBwdSm<K, 1, 1>>();
+  out[14] = smem_of<StateBwdSm<K, 2, 1>>();
+  out[15] = smem_of<StateBwdSm<K, 4, 1>>();
+  out[16] = smem_of<StateBwdSm<K, 8, 1>>();
+  smem_state_ks<K, MODE_FUSED>(out + 17);
+  smem_state_ks<K, MODE_SPLIT>(out + 21);
+  out[25] = smem_of<StateBwdSm<K, 1, 2>>();
+  out[26] = smem_of<StateBwdSm<K, 1, 4>>();
+  out[27] = smem_of<StateBwdSm<K, 2, 2>>();
+  out[28] = smem_of<StateBwdSm<K, 2, 4>>();
+  out[29] = smem_of<WuSm<K>>();
 }
 
 }  // namespace dr
@@ -2919,8 +2884,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 38);
-    dr::smem_sizes_k<256>(out + 76);
+    dr::smem_sizes_k<128>(out + 30);
+    dr::smem_sizes_k<256>(out + 60);
   }
 }
 
@@ -2947,9 +2912,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
       dr_dqk_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                  \
-                  const bf16* vnew, const bf16* hs, const float* dh, const float* sd_part, int np, \
-                  const int* ctab, int H, int V, float scale, float* dq, float* dk, float* dg) {   \
-    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sd_part, np, ctab, H, V, scale, dq, dk, dg);      \
+                  const bf16* vnew, const bf16* hs, const float* dh, const int* ctab, int H,       \
+                  int V, float scale, float* dq, float* dk, float* dg) {                           \
+    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, ctab, H, V, scale, dq, dk, dg);                   \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::WySm<K>::NW * 32, dr::WySm<K>::MINB)         \
       dr_wy_k##K(const bf16* k, const bf16* v, const float* beta, const float* gc,                 \
@@ -2958,8 +2923,8 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
   }
 
-// The state passes of kernel 2: state_fwd (MODE_FUSED), state_rec (MODE_REC) and state_split
-// (MODE_SPLIT); each uses only its own pointers (the others are null).
+// The state passes of kernel 2: state_fwd (MODE_FUSED) and state_split (MODE_SPLIT); each uses
+// only its own pointers (the others are null).
 // K splits state one CTA per SM as the minimum (without it ptxas held k64 nw2 ks4 fused to 128
 // registers and spilled); 0 leaves the unsplit kernels' bound unstated, as before.
 #define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                            \
@@ -2967,10 +2932,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_##NAME##_k##K##_nw##NWC##SFX(const bf16* w, const bf16* u, const bf16* k, const bf16* q,  \
                                       const float* gc, const int* ctab, const int* seq_chunk,      \
                                       const float* h0, int H, int V, float scale, bf16* hout,      \
-                                      bf16* vnew, bf16* o, float* ht, const float* dh32,           \
-                                      float* sd_part) {                                            \
+                                      bf16* vnew, bf16* o, float* ht) {                            \
     dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout,   \
-                                         vnew, o, ht, dh32, sd_part);                              \
+                                         vnew, o, ht);                                             \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
@@ -2985,7 +2949,6 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   DR_STATE_FWD_KERNEL(K, 2, 4, _ks4, NAME, MODE)
 #define DR_STATE_FWD_KERNELS(K)                                                                     \
   DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
-  DR_STATE_FWD_PASS(K, state_rec, dr::MODE_REC)                                                     \
   DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \

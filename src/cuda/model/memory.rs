@@ -264,7 +264,6 @@ pub fn delta_rule_workspace(
     if backward != Backward::No {
         add("rule dvloc (f32)", t * h * v, 4);
         add("rule dh (f32 states)", max_chunks * h * k * v, 4);
-        add("rule sd_part (f32)", max_chunks * h * (v / 16), 4);
         add("rule dvnew", t * h * v, 2);
     }
     add("rule ctab (i32)", 2 * max_chunks, 4);
