@@ -1925,33 +1925,37 @@ __device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
         mma_bf16(dp[2 * jp], ao, r[0], r[1]);
         mma_bf16(dp[2 * jp + 1], ao, r[2], r[3]);
       }
-      // dQ1 += dO h_cᵀ (B = h_c rows kc0 + 16 jp..).
+      // dQ1 += dO h_cᵀ (B = h_c rows kc0 + 16 jp..), then for the tiles nt = 2jp, 2jp + 1 of
+      // those rows dKi += Ṽ dh_hiᵀ + Ṽ dh_loᵀ: B = dh_c[kc0 + 8nt + g][v = 16ks + 2qd (+1),
+      // (+8, +9)], the same elements of h_c as this lane's h_c registers r[2(nt & 1)], r[2(nt & 1)
+      // + 1], so the ⟨h_c, dh_c⟩ share needs no loads of its own. At most one of the two tiles is
+      // this warp's (nt ≡ rb mod 4): only its two registers stay live (all four spilled at K =
+      // 128).
 #pragma unroll
       for (int jp = 0; jp < NKT / 2; ++jp) {
         unsigned r[4];
         ldsm_x4(r, hs + (kc0 + 16 * jp + 8 * lm_hi + lr) * SLD + 16 * ks + 8 * lm_lo);
         mma_bf16(dq1[2 * jp], ao, r[0], r[1]);
         mma_bf16(dq1[2 * jp + 1], ao, r[2], r[3]);
-      }
-      // dKi += Ṽ dh_hiᵀ + Ṽ dh_loᵀ: B = dh_c[kc0 + 8nt + g][v = 16ks + 2qd (+1), (+8, +9)].
+        const bool first = (2 * jp) % 4 == rb;
+        const unsigned y0 = first ? r[0] : r[2], y1 = first ? r[1] : r[3];
 #pragma unroll
-      for (int nt = 0; nt < NKT; ++nt) {
-        const float* d = dhs + (kc0 + 8 * nt + g) * SLD + 16 * ks + 2 * qd;
-        const float2 x0 = *reinterpret_cast<const float2*>(d);
-        const float2 x1 = *reinterpret_cast<const float2*>(d + 8);
-        const unsigned h0 = pack_bf2(x0.x, x0.y), h1 = pack_bf2(x1.x, x1.y);
-        const unsigned l0 = pack_bf2(x0.x - bf_lo(h0), x0.y - bf_hi(h0));
-        const unsigned l1 = pack_bf2(x1.x - bf_lo(h1), x1.y - bf_hi(h1));
-        mma_bf16(dki[nt], av, h0, h1);
-        mma_bf16(dki[nt], av, l0, l1);
-        if (nt % 4 == rb) {
-          const bf16* hp = hs + (kc0 + 8 * nt + g) * SLD + 16 * ks + 2 * qd;
-          const unsigned y0 = *reinterpret_cast<const unsigned*>(hp);
-          const unsigned y1 = *reinterpret_cast<const unsigned*>(hp + 8);
-          sd = fmaf(bf_lo(y0), x0.x, sd);
-          sd = fmaf(bf_hi(y0), x0.y, sd);
-          sd = fmaf(bf_lo(y1), x1.x, sd);
-          sd = fmaf(bf_hi(y1), x1.y, sd);
+        for (int hf = 0; hf < 2; ++hf) {
+          const int nt = 2 * jp + hf;
+          const float* d = dhs + (kc0 + 8 * nt + g) * SLD + 16 * ks + 2 * qd;
+          const float2 x0 = *reinterpret_cast<const float2*>(d);
+          const float2 x1 = *reinterpret_cast<const float2*>(d + 8);
+          const unsigned h0 = pack_bf2(x0.x, x0.y), h1 = pack_bf2(x1.x, x1.y);
+          const unsigned l0 = pack_bf2(x0.x - bf_lo(h0), x0.y - bf_hi(h0));
+          const unsigned l1 = pack_bf2(x1.x - bf_lo(h1), x1.y - bf_hi(h1));
+          mma_bf16(dki[nt], av, h0, h1);
+          mma_bf16(dki[nt], av, l0, l1);
+          if (nt % 4 == rb) {
+            sd = fmaf(bf_lo(y0), x0.x, sd);
+            sd = fmaf(bf_hi(y0), x0.y, sd);
+            sd = fmaf(bf_lo(y1), x1.x, sd);
+            sd = fmaf(bf_hi(y1), x1.y, sd);
+          }
         }
       }
     }
