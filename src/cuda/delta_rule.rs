@@ -358,9 +358,9 @@ enum PassKind {
 impl PassKind {
     /// Bytes one CTA of `width` columns of V moves per chunk, and the part of them it loads by
     /// cp.async. Split: reads W and K (64 × K bf16 each, whatever the width) and U (64 × width
-    /// bf16), writes Ṽ (64 × width) and h_c (K × width, bf16); Fused reads Q too and writes O (64 × width) instead of Ṽ and h_c. Bwd: reads Q, K and
-    /// W (64 × K bf16 each), dO (64 × width bf16) and dṼ_loc (64 × width f32), writes dh_c
-    /// (K × width f32) and dṼ (64 × width bf16).
+    /// bf16), writes Ṽ (64 × width) and h_c (K × width, bf16); Fused reads Q too and writes O
+    /// (64 × width) instead of Ṽ and h_c. Bwd: reads Q, K and W (64 × K bf16 each), dO and
+    /// dṼ_loc (64 × width bf16 each), writes dh_c (K × width f32) and dṼ (64 × width bf16).
     fn chunk_bytes(self, k: usize, width: usize) -> (usize, usize) {
         let (loads, stores) = match self {
             PassKind::Split => (
@@ -369,7 +369,7 @@ impl PassKind {
             ),
             PassKind::Fused => (3 * 64 * k * 2 + 64 * width * 2, 64 * width * 2),
             PassKind::Bwd => (
-                3 * 64 * k * 2 + 64 * width * (2 + 4),
+                3 * 64 * k * 2 + 64 * width * (2 + 2),
                 k * width * 4 + 64 * width * 2,
             ),
         };
@@ -593,8 +593,8 @@ struct BwdBuffers {
     /// T per chunk and head, f32 [NC, H, 64, 64], for backward calls without a saved T
     /// ([`Backward::RecomputeT`]; `None` with [`Backward::SavedT`]).
     tmat: Option<CudaSlice<f32>>,
-    /// dṼ_loc, f32 [T, H, V].
-    dvloc: CudaSlice<f32>,
+    /// dṼ_loc, bf16 [T, H, V].
+    dvloc: CudaSlice<bf16>,
     /// dS leaving each chunk, f32 [NC, H, K, V].
     dh: CudaSlice<f32>,
     /// dṼ, bf16 [T, H, V].

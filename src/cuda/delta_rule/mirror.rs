@@ -40,6 +40,8 @@ pub(super) enum Stage {
     O,
     /// dh_c as the dṼ and state-gradient matmuls read it.
     Dh,
+    /// dṼ_loc = Pᵀ dO as kernel 4 stores it.
+    DvLoc,
     /// k·exp(G_last − G) of the backward state step.
     KDecay,
     /// dṼ.
@@ -394,7 +396,10 @@ fn backward_pair(
         let dsb: Vec<f32> = ds.iter().map(|&x| bf(Stage::Dh, x)).collect();
         let dsf = ds.clone();
         let pb = attn(qc, kc, gc, scale, dk);
-        let dvl = mm(&pb, true, doc, false, l, l, dv);
+        let dvl: Vec<f32> = mm(&pb, true, doc, false, l, l, dv)
+            .iter()
+            .map(|&x| bf(Stage::DvLoc, x))
+            .collect();
         let glast = gc[l - 1];
         let qsc: Vec<f32> = (0..l * dk)
             .map(|e| bf(Stage::QScaled, qc[e] * (scale * gc[e / dk].exp())))
@@ -961,7 +966,7 @@ fn stats(x: impl Iterator<Item = f64>) -> [f64; 3] {
 }
 
 /// The kernels' rounding points ([`Fold::Both`]; KBetaG and VBeta exist only before beta-t).
-const STAGES: [Stage; 17] = [
+const STAGES: [Stage; 18] = [
     Stage::T,
     Stage::TBetaG,
     Stage::W,
@@ -973,6 +978,7 @@ const STAGES: [Stage; 17] = [
     Stage::QScaled,
     Stage::O,
     Stage::Dh,
+    Stage::DvLoc,
     Stage::KDecay,
     Stage::DVNew,
     Stage::DP,

@@ -262,7 +262,7 @@ pub fn delta_rule_workspace(
         add("rule tmat (f32)", max_chunks * h * CHUNK * CHUNK, 4);
     }
     if backward != Backward::No {
-        add("rule dvloc (f32)", t * h * v, 4);
+        add("rule dvloc", t * h * v, 2);
         add("rule dh (f32 states)", max_chunks * h * k * v, 4);
         add("rule dvnew", t * h * v, 2);
     }
