@@ -249,11 +249,47 @@ fn load_state_kern(
     let Some(k) = load_kern(gpu, dk, name, smem, limit)? else {
         return Ok(None);
     };
+    // `launch_state` may launch with up to `spread_smem`.
+    let spread_smem = spread_smem(limit).max(smem);
+    k.f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        spread_smem as i32,
+    )
+    .with_context(|| format!("raising the shared-memory limit of {}", k.name))?;
     let threads = (nw * ks * 32) as u32;
     let per_sm =
         k.f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)
             .with_context(|| format!("occupancy of {}", k.name))? as usize;
     Ok((per_sm > 0).then_some(StateKern { k, nw, ks, per_sm }))
+}
+
+/// Dynamic shared memory that lets only one CTA on an SM (two need more than an SM has).
+fn spread_smem(limit: usize) -> u32 {
+    (limit / 2 + 1024) as u32
+}
+
+/// Queues a state pass over `grid`. When the grid has no more CTAs than the GPU has SMs, it
+/// requests [`spread_smem`] so that no two CTAs share an SM: the block scheduler otherwise placed
+/// some on one SM and left others idle (H200, session 7 call 5, B4·T4096, 128 CTAs: split pass
+/// 0.175 → 0.163 ms, reverse pass 0.323 → 0.298). The cost model already assumes one CTA per SM
+/// in such a wave. `GDN_DR_SPREAD=0` turns it off, for experiments.
+fn launch_state(
+    gpu: &Gpu,
+    sk: &StateKern,
+    grid: (u32, u32, u32),
+    sms: usize,
+    limit: usize,
+    args: &[Arg],
+) -> Result<()> {
+    let ctas = (grid.0 * grid.1 * grid.2) as usize;
+    let spread = ctas <= sms && std::env::var("GDN_DR_SPREAD").map_or(true, |v| v != "0");
+    let smem = if spread {
+        sk.k.smem.max(spread_smem(limit))
+    } else {
+        sk.k.smem
+    };
+    let threads = (sk.nw * sk.ks * 32) as u32;
+    launch(gpu, &sk.k.f, &sk.k.name, grid, threads, smem, args)
 }
 
 impl StateKern {
@@ -628,6 +664,8 @@ pub struct DeltaRuleWorkspace {
     max_seqs: usize,
     max_chunks: usize,
     num_sms: usize,
+    /// Opt-in shared memory per block (bytes), for `launch_state`.
+    smem_limit: usize,
     kern: ChunkKernels,
     /// (first token, length) per chunk, i32 [max_chunks, 2].
     ctab: CudaSlice<i32>,
@@ -751,6 +789,10 @@ impl DeltaRuleWorkspace {
             gpu,
             CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
+        let smem_limit = device_attr(
+            gpu,
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?;
         let (h, k, v) = (dims.heads, dims.dk, dims.dv);
         let max_chunks = max_tokens.div_ceil(CHUNK) + max_seqs;
         let t = max_tokens.max(1);
@@ -783,6 +825,7 @@ impl DeltaRuleWorkspace {
             max_seqs,
             max_chunks,
             num_sms,
+            smem_limit,
             ctab: al(gpu, 2 * max_chunks, "ctab")?,
             seq_chunk: al(gpu, max_seqs + 1, "seq_chunk")?,
             cu_cached: Vec::new(),
@@ -1056,12 +1099,12 @@ fn run_state_pass(
         StateOut::Recompute => (0, 0, 0),
     };
     let (hs, vnew) = if fused { (0, 0) } else { (hs, vnew) };
-    let ks = &sk.k;
-    launch_kern(
+    launch_state(
         gpu,
-        ks,
+        sk,
         (n as u32, h as u32, (v / (16 * sk.nw)) as u32),
-        (sk.nw * sk.ks * 32) as u32,
+        ws.num_sms,
+        ws.smem_limit,
         &[
             Arg::P(w),
             Arg::P(u),
@@ -1272,12 +1315,12 @@ pub fn chunk_backward(
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
         let (sb, _) = ws.state_kern(n, PassKind::Bwd);
-        let ks = &sb.k;
-        launch_kern(
+        launch_state(
             gpu,
-            ks,
+            sb,
             (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
-            (sb.nw * sb.ks * 32) as u32,
+            ws.num_sms,
+            ws.smem_limit,
             &[
                 Arg::P(pq),
                 Arg::P(pk),
