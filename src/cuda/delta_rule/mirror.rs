@@ -661,23 +661,32 @@ fn errors(c: &Case) -> Vec<(&'static str, f64)> {
     ]
 }
 
-#[test]
-fn mirror_of_cuda_kernels_matches_oracle_within_selftest_tolerances() {
+/// Selftest-like cases: (sequence lengths, dims, with h0, with d_final).
+fn selftest_like_cases() -> Vec<(Vec<usize>, Dims, bool, bool)> {
     let d = |heads, dk, dv| Dims { heads, dk, dv };
-    let cases: Vec<(Vec<usize>, Dims, bool, bool)> = vec![
+    vec![
         (vec![150], d(2, 64, 64), true, true),
         (vec![1, 63, 64, 65, 200, 130], d(1, 128, 128), true, true),
         (vec![100, 37], d(1, 64, 128), true, true),
         (vec![100, 37], d(1, 128, 128), false, false),
         (vec![100, 37], d(1, 256, 512), true, true),
-    ];
-    let mut worst: f64 = 0.0;
-    // GDN_MIRROR_SEEDS=n runs every case with n seeds (default 2).
-    let seeds: u64 = std::env::var("GDN_MIRROR_SEEDS")
+        (vec![300], d(2, 128, 128), false, false),
+    ]
+}
+
+/// GDN_MIRROR_SEEDS, or `default`: the seeds each case runs with.
+fn mirror_seeds(default: u64) -> u64 {
+    std::env::var("GDN_MIRROR_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    for (i, (lens, dims, h0, dfin)) in cases.into_iter().enumerate() {
+        .unwrap_or(default)
+}
+
+#[test]
+fn mirror_of_cuda_kernels_matches_oracle_within_selftest_tolerances() {
+    let mut worst: f64 = 0.0;
+    let seeds = mirror_seeds(2);
+    for (i, (lens, dims, h0, dfin)) in selftest_like_cases().into_iter().enumerate() {
         for sd in 0..seeds {
             let c = random_case(1000 + i as u64 + 7919 * sd, &lens, dims, h0, dfin);
             for (name, e) in errors(&c) {
@@ -697,18 +706,8 @@ fn mirror_of_cuda_kernels_matches_oracle_within_selftest_tolerances() {
 #[test]
 #[ignore]
 fn dh_store_precision() {
-    let d = |heads, dk, dv| Dims { heads, dk, dv };
-    let cases: Vec<(Vec<usize>, Dims, bool, bool)> = vec![
-        (vec![150], d(2, 64, 64), true, true),
-        (vec![1, 63, 64, 65, 200, 130], d(1, 128, 128), true, true),
-        (vec![100, 37], d(1, 64, 128), true, true),
-        (vec![300], d(2, 128, 128), false, false),
-        (vec![100, 37], d(1, 256, 512), true, true),
-    ];
-    let seeds: u64 = std::env::var("GDN_MIRROR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+    let cases = selftest_like_cases();
+    let seeds = mirror_seeds(8);
     for mode in [
         DhStore::Kernels,
         DhStore::F32Dot,

@@ -1767,9 +1767,9 @@ __device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, 
 // Kernel 6: per (chunk, head), looping over V in slices of 32 columns:
 //   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
 //   built from dKi cancel heavily and bf16 dh alone costs ~1e-2 relative error in dg);
-//   ⟨h_c, dh_c⟩ from the same bf16 h_c and f32 dh_c (the mirror's DhStore::Kernels: dg 6e-3 →
-//   8e-3 worst over 80 selftest-like cases against the f32 state's dot, which took a dh_c read
-//   of its own in the recompute; bf16 dh_c would be 2.4e-2);
+//   ⟨h_c, dh_c⟩ from the same bf16 h_c and f32 dh_c (mirror::dh_store_precision, worst dg over
+//   96 selftest-like cases: 8.1e-3, against 6.1e-3 for the f32 state's dot, which took a dh_c
+//   read of its own in the recompute; a bf16 dh_c would be 2.0–2.4e-2);
 // then, with pb = bf16(s dP ⊙ Γ) on j <= i < len (zero elsewhere) and E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L),
 //   dq = s diag(γ) dQ1 + pb K (final),  dk = diag(δ) dKi + pbᵀ Q (partial, completed by kernel 7),
 //   dG_i = Σ_j E_ij − Σ_j E_ji + q_i·(s γ_i dQ1)_i − k_i·(δ_i dKi)_i, at i = len − 1 also
