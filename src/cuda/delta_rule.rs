@@ -215,16 +215,24 @@ struct Kern {
     smem: u32,
 }
 
-fn load_kern(gpu: &Gpu, dk: usize, name: String, smem: u32, limit: usize) -> Result<Option<Kern>> {
+/// The kernel `name` needing `smem` bytes, its dynamic shared-memory limit raised to
+/// `max_smem` (≥ `smem`: what it may be launched with); `None` where `smem` exceeds `limit`.
+fn load_kern(
+    gpu: &Gpu,
+    dk: usize,
+    name: String,
+    (smem, max_smem): (u32, u32),
+    limit: usize,
+) -> Result<Option<Kern>> {
     if smem as usize > limit {
         return Ok(None);
     }
     let f = gpu.function(source(dk), &name)?;
     f.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        smem as i32,
+        max_smem as i32,
     )
-    .with_context(|| format!("raising the shared-memory limit of {name} to {smem} bytes"))?;
+    .with_context(|| format!("raising the shared-memory limit of {name} to {max_smem} bytes"))?;
     Ok(Some(Kern { f, name, smem }))
 }
 
@@ -236,6 +244,8 @@ struct StateKern {
     nw: usize,
     ks: usize,
     per_sm: usize,
+    /// Dynamic shared memory that keeps the CTA alone on its SM (see `launch_state`).
+    spread_smem: u32,
 }
 
 fn load_state_kern(
@@ -246,45 +256,39 @@ fn load_state_kern(
     limit: usize,
     (nw, ks): (usize, usize),
 ) -> Result<Option<StateKern>> {
-    let Some(k) = load_kern(gpu, dk, name, smem, limit)? else {
+    // Just over half an SM's shared memory: no two such CTAs fit on one SM (`launch_state`).
+    let spread_smem = ((limit / 2 + 1024) as u32).max(smem);
+    let Some(k) = load_kern(gpu, dk, name, (smem, spread_smem), limit)? else {
         return Ok(None);
     };
-    // `launch_state` may launch with up to `spread_smem`.
-    let spread_smem = spread_smem(limit).max(smem);
-    k.f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        spread_smem as i32,
-    )
-    .with_context(|| format!("raising the shared-memory limit of {}", k.name))?;
     let threads = (nw * ks * 32) as u32;
     let per_sm =
         k.f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)
             .with_context(|| format!("occupancy of {}", k.name))? as usize;
-    Ok((per_sm > 0).then_some(StateKern { k, nw, ks, per_sm }))
+    Ok((per_sm > 0).then_some(StateKern {
+        k,
+        nw,
+        ks,
+        per_sm,
+        spread_smem,
+    }))
 }
 
-/// Dynamic shared memory that lets only one CTA on an SM (two need more than an SM has).
-fn spread_smem(limit: usize) -> u32 {
-    (limit / 2 + 1024) as u32
-}
-
-/// Queues a state pass over `grid`. When the grid has no more CTAs than the GPU has SMs, it
-/// requests [`spread_smem`] so that no two CTAs share an SM: the block scheduler otherwise placed
-/// some on one SM and left others idle (H200, session 7 call 5, B4·T4096, 128 CTAs: split pass
-/// 0.175 → 0.163 ms, reverse pass 0.323 → 0.298). The cost model already assumes one CTA per SM
-/// in such a wave. `GDN_DR_SPREAD=0` turns it off, for experiments.
+/// Queues a state pass over `grid`. When the grid has at most `spread_up_to` CTAs (the GPU's
+/// SMs; 0 with `GDN_DR_SPREAD=0`, for experiments), it requests the kernel's `spread_smem` so
+/// that no two CTAs share an SM: the block scheduler otherwise placed some on one SM and left
+/// others idle (H200, session 7 call 5, B4·T4096, 128 CTAs: split pass 0.175 → 0.163 ms, reverse
+/// pass 0.323 → 0.298). The cost model already assumes one CTA per SM in such a wave.
 fn launch_state(
     gpu: &Gpu,
     sk: &StateKern,
     grid: (u32, u32, u32),
-    sms: usize,
-    limit: usize,
+    spread_up_to: usize,
     args: &[Arg],
 ) -> Result<()> {
     let ctas = (grid.0 * grid.1 * grid.2) as usize;
-    let spread = ctas <= sms && std::env::var("GDN_DR_SPREAD").map_or(true, |v| v != "0");
-    let smem = if spread {
-        sk.k.smem.max(spread_smem(limit))
+    let smem = if ctas <= spread_up_to {
+        sk.spread_smem
     } else {
         sk.k.smem
     };
@@ -335,7 +339,9 @@ impl ChunkKernels {
             CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         )?;
         let s = |slot: usize| table[k_index(dk) * SLOTS_PER_K + slot];
-        let ld = |n: &str, slot: usize| load_kern(gpu, dk, format!("dr_{n}_k{dk}"), s(slot), limit);
+        let ld = |n: &str, slot: usize| {
+            load_kern(gpu, dk, format!("dr_{n}_k{dk}"), (s(slot), s(slot)), limit)
+        };
         let sf = |n: &str, base: usize, ks_base: Option<usize>| -> Result<Vec<StateKern>> {
             let mut v = vec![];
             for (i, &nw) in STATE_NWS.iter().enumerate() {
@@ -664,8 +670,8 @@ pub struct DeltaRuleWorkspace {
     max_seqs: usize,
     max_chunks: usize,
     num_sms: usize,
-    /// Opt-in shared memory per block (bytes), for `launch_state`.
-    smem_limit: usize,
+    /// State-pass grids of at most this many CTAs run one CTA per SM (`launch_state`).
+    spread_up_to: usize,
     kern: ChunkKernels,
     /// (first token, length) per chunk, i32 [max_chunks, 2].
     ctab: CudaSlice<i32>,
@@ -789,10 +795,11 @@ impl DeltaRuleWorkspace {
             gpu,
             CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )?;
-        let smem_limit = device_attr(
-            gpu,
-            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-        )?;
+        let spread_up_to = if std::env::var("GDN_DR_SPREAD").is_ok_and(|v| v == "0") {
+            0
+        } else {
+            num_sms
+        };
         let (h, k, v) = (dims.heads, dims.dk, dims.dv);
         let max_chunks = max_tokens.div_ceil(CHUNK) + max_seqs;
         let t = max_tokens.max(1);
@@ -825,7 +832,7 @@ impl DeltaRuleWorkspace {
             max_seqs,
             max_chunks,
             num_sms,
-            smem_limit,
+            spread_up_to,
             ctab: al(gpu, 2 * max_chunks, "ctab")?,
             seq_chunk: al(gpu, max_seqs + 1, "seq_chunk")?,
             cu_cached: Vec::new(),
@@ -1103,8 +1110,7 @@ fn run_state_pass(
         gpu,
         sk,
         (n as u32, h as u32, (v / (16 * sk.nw)) as u32),
-        ws.num_sms,
-        ws.smem_limit,
+        ws.spread_up_to,
         &[
             Arg::P(w),
             Arg::P(u),
@@ -1319,8 +1325,7 @@ pub fn chunk_backward(
             gpu,
             sb,
             (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
-            ws.num_sms,
-            ws.smem_limit,
+            ws.spread_up_to,
             &[
                 Arg::P(pq),
                 Arg::P(pk),
