@@ -106,6 +106,9 @@ inline float __shfl_up_sync(unsigned, float v, int o) {
 inline float __shfl_down_sync(unsigned, float v, int o) {
   return shfl_from(v, [o](int l) { return l + o; });
 }
+inline float __shfl_sync(unsigned, float v, int src) {
+  return shfl_from(v, [src](int) { return src; });
+}
 
 // nvcuda::wmma 16x16x16 with the whole tile in every lane (f32; bf16 inputs are exact): loads
 // read it, mma_sync sums over k in order, stores are done by lane 0 between two warp barriers.
@@ -162,6 +165,11 @@ constexpr int CH = 64;
 constexpr int LD64 = 72;
 constexpr int LF64 = 68;
 
+// A shared-memory address as the kernels pass it in 32 bits: here the offset into g_smem.
+inline unsigned smem_u32(const void* p) {
+  assert((const char*)p >= g_smem && (const char*)p <= g_smem + g_smem_size);
+  return (unsigned)((const char*)p - g_smem);
+}
 inline void cp16(void* s, const void* g, bool ok) {
   assert((char*)s >= g_smem && (char*)s + 16 <= g_smem + g_smem_size && ((uintptr_t)s & 15) == 0);
   if (ok)
@@ -176,6 +184,7 @@ inline void cp4(void* s, const void* g, bool ok) {
   else
     memset(s, 0, 4);
 }
+inline void cp16(unsigned s, const void* g, bool ok) { cp16(g_smem + s, g, ok); }
 inline void cp_commit() {}
 template <int N>
 inline void cp_wait() {}
@@ -206,9 +215,9 @@ inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
 // stmatrix.x4.trans: lane 8i + j posts row j's address of matrix i; each lane then writes its
 // register i, elements (row g, columns 2q, 2q + 1) of matrix i, transposed: to rows 2q, 2q + 1,
 // column g.
-inline void stsm_x4_t(bf16* p, const unsigned* r) {
+inline void stsm_x4_t(unsigned s, const unsigned* r) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-  post_row(p);
+  post_row(g_smem + s);
   for (int i = 0; i < 4; ++i) {
     ((bf16*)tw->addr[8 * i + 2 * q])[g] = bf16{(uint16_t)(r[i] & 0xffffu)};
     ((bf16*)tw->addr[8 * i + 2 * q + 1])[g] = bf16{(uint16_t)(r[i] >> 16)};
@@ -217,6 +226,8 @@ inline void stsm_x4_t(bf16* p, const unsigned* r) {
 }
 inline void ldsm_x4(unsigned* r, const bf16* p) { ldsm_impl(r, p, false); }
 inline void ldsm_x4_t(unsigned* r, const bf16* p) { ldsm_impl(r, p, true); }
+inline void ldsm_x4(unsigned* r, unsigned s) { ldsm_impl(r, (const bf16*)(g_smem + s), false); }
+inline void ldsm_x4_t(unsigned* r, unsigned s) { ldsm_impl(r, (const bf16*)(g_smem + s), true); }
 
 inline float half_of(unsigned reg, int hi) {
   return __uint_as_float(hi ? (reg & 0xffff0000u) : (reg << 16));
@@ -317,6 +328,24 @@ inline std::vector<float> make_gc(const Chunks& c, int H, std::mt19937& rng, flo
       }
     }
   return gc;
+}
+// The decay record that kernels 1 and 1b write beside gc (`write_rec`, RECW floats per chunk
+// and head), formed here from gc with the same float operations.
+inline std::vector<float> make_rec(const Chunks& c, const std::vector<float>& gc, int H) {
+  std::vector<float> rec((size_t)c.NC * H * dr::RECW, 0.f);
+  for (int ci = 0; ci < c.NC; ++ci)
+    for (int hh = 0; hh < H; ++hh) {
+      const int st = c.ctab[2 * ci], len = c.ctab[2 * ci + 1];
+      float* r = rec.data() + ((size_t)ci * H + hh) * dr::RECW;
+      const float gl = gc[(size_t)(st + len - 1) * H + hh];
+      for (int t = 0; t < len; ++t) {
+        const float G = gc[(size_t)(st + t) * H + hh];
+        r[t] = __expf(gl - G);
+        r[dr::REC_GAM + t] = __expf(G);
+      }
+      r[dr::REC_GL] = __expf(gl);
+    }
+  return rec;
 }
 
 // Runs `kernel` (a callable, called by every emulated thread) for each CTA of the grid, one at a

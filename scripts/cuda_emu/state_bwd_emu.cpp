@@ -27,7 +27,7 @@ template <int K>
 struct Inputs : Chunks {
   int N = 0, H = 0, V = 0;
   std::vector<bf16> q, k, w, d_o, dvl;
-  std::vector<float> gc, dht;
+  std::vector<float> gc, rec, dht;
 };
 
 template <int K>
@@ -47,6 +47,7 @@ static Inputs<K> make(const BwdCase& c, unsigned seed) {
   in.d_o = bfv(tv);
   in.dvl = bfv(tv);
   in.gc = make_gc(in, c.H, rng, 0.01f, 0.2f);
+  in.rec = make_rec(in, in.gc, c.H);
   if (c.final_grad) {
     in.dht.resize((size_t)in.N * c.H * K * c.V);
     for (auto& x : in.dht) x = U(rng);
@@ -117,7 +118,7 @@ static Out run(const Inputs<K>& in) {
   const float scale = 1.f / sqrtf((float)K);
   run_grid<dr::StateBwdSm<K, NWC, KS>>(
       NWC * KS, {(unsigned)in.N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
-        dr::state_bwd_impl<K, NWC, KS>(in.q.data(), in.k.data(), in.w.data(), in.gc.data(),
+        dr::state_bwd_impl<K, NWC, KS>(in.q.data(), in.k.data(), in.w.data(), in.rec.data(),
                                        in.d_o.data(), in.dvl.data(), in.ctab.data(),
                                        in.seq_chunk.data(),
                                        in.dht.empty() ? nullptr : in.dht.data(), H, V, scale,

@@ -15,7 +15,7 @@ struct Problem : Chunks {
   std::vector<int> seqlens;
   bool with_h0;
   std::vector<bf16> w, u, k, q;
-  std::vector<float> gc, h0;
+  std::vector<float> gc, rec, h0;
   float scale;
 };
 
@@ -34,6 +34,7 @@ static Problem make_problem(int K, int V, int H, std::vector<int> seqlens, bool 
   p.q = bfv(TK, 1.f);
   p.u = bfv(TV, 1.f);
   p.gc = make_gc(p, H, rng, 0.005f, 0.05f);
+  p.rec = make_rec(p, p.gc, H);
   const size_t N = p.seqlens.size();
   if (with_h0) {
     p.h0.resize(N * H * K * V);
@@ -62,7 +63,7 @@ static Out run_kernel(const Problem& p) {
   typedef dr::StateFwdSm<K, NWC, MODE, KS> L;
   run_grid<L>(L::NW, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
     dr::state_fwd_impl<K, NWC, MODE, KS>(
-        p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(),
+        p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(), p.rec.data(),
         p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, V, p.scale,
         fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(), fused ? o.data() : nullptr,
         r.ht.data());

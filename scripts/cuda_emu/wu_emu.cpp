@@ -1,10 +1,11 @@
 // Runs delta_rule.cu's prep_impl (kernel 1, with T saved to tmat) and wu_impl (kernel 1b, W and U
 // from that T) on the CPU through emu.h (their own text, see run.sh) and checks that kernel 1b's
-// W, U and gc are kernel 1's bit for bit (every element; both outputs start as the same NaN
+// W, U, gc and the decay record are kernel 1's bit for bit (every element; both outputs start as the same NaN
 // poison, and no NaN may remain), which is what lets the backward use kernel 1b without
 // touching the CPU mirror's rounding points or the selftest's tolerances. As a sanity check of
 // kernel 1 itself, W and U are also compared (loosely, bf16) with a double-precision product of
-// the saved T: W = T diag(βγ) K, U = T diag(β) V.
+// the saved T: W = T diag(βγ) K, U = T diag(β) V, and the record with make_rec's (from gc, bit for
+// bit, every element: the padding too).
 #include "emu.h"
 
 #include <algorithm>
@@ -36,16 +37,17 @@ static bool run_case(const Case& c, unsigned seed) {
   const float nanv = std::nanf("");
   const bf16 nanb{0xffff};
   std::vector<float> tmat((size_t)NC * H * CH * CH, nanv), gc1((size_t)T * H, nanv), gc2 = gc1;
+  std::vector<float> rec1((size_t)NC * H * dr::RECW, nanv), rec2 = rec1;
   std::vector<bf16> w1((size_t)T * H * K, nanb), w2 = w1, u1((size_t)T * H * V, nanb), u2 = u1;
   const dim3e grid{(unsigned)NC, (unsigned)H, 1};
   run_grid<dr::PrepSm<K>>(8, grid, true, [&] {
     dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), ctab.data(), H, V, gc1.data(),
-                     w1.data(), u1.data(), tmat.data());
+                     rec1.data(), w1.data(), u1.data(), tmat.data());
   });
   const size_t smem_prep = g_smem_size;
   run_grid<dr::WuSm<K>>(8, grid, true, [&] {
     dr::wu_impl<K>(k.data(), v.data(), g.data(), beta.data(), tmat.data(), ctab.data(), H, V,
-                   gc2.data(), w2.data(), u2.data());
+                   gc2.data(), rec2.data(), w2.data(), u2.data());
   });
   const size_t smem_wu = g_smem_size;
 
@@ -53,6 +55,7 @@ static bool run_case(const Case& c, unsigned seed) {
     return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
   };
   const bool sw = same(w1, w2), su = same(u1, u2), sg = same(gc1, gc2);
+  const bool sr = same(rec1, rec2) && same(rec1, make_rec(ch, gc1, H));
   auto nan_b = [](const std::vector<bf16>& x) {
     return std::any_of(x.begin(), x.end(), [](bf16 y) { return std::isnan(__bfloat162float(y)); });
   };
@@ -91,11 +94,13 @@ static bool run_case(const Case& c, unsigned seed) {
       }
     }
   const double rw = ew / mw, ru = eu / mu;
-  const bool ok = sw && su && sg && !nan_left && rw < 1e-2 && ru < 1e-2;
+  const bool ok = sw && su && sg && sr && !nan_left && rw < 1e-2 && ru < 1e-2;
   printf("K=%d V=%d H=%d chunks=%d smem prep=%zu wu=%zu seqlens=", K, V, H, NC, smem_prep, smem_wu);
   for (int L : c.seqlens) printf("%d,", L);
-  printf("  W %s  U %s  gc %s (kernel 1b vs 1)  kernel 1 vs f64: W %.2e U %.2e%s  %s\n",
-         sw ? "same" : "DIFFER", su ? "same" : "DIFFER", sg ? "same" : "DIFFER", rw, ru,
+  printf("  W %s  U %s  gc %s  rec %s (kernel 1b vs 1, rec also vs make_rec)  kernel 1 vs f64: "
+         "W %.2e U %.2e%s  %s\n",
+         sw ? "same" : "DIFFER", su ? "same" : "DIFFER", sg ? "same" : "DIFFER",
+         sr ? "same" : "DIFFER", rw, ru,
          nan_left ? "  NaN left" : "", ok ? "ok" : "FAIL");
   return ok;
 }

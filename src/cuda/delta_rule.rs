@@ -662,6 +662,10 @@ pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
     (tokens.div_ceil(CHUNK) + seqs) * dims.heads * CHUNK * CHUNK
 }
 
+/// f32 per chunk and head of the decay record that `prep`/`wu` write for the state passes
+/// (δ_t = exp(G_last − G_t), γ_last and padding, γ_t = exp(G_t): `RECW` in delta_rule.cu).
+pub(crate) const REC_WIDTH: usize = 2 * CHUNK + 4;
+
 /// Device scratch for the chunked kernels, sized once for up to `max_tokens` tokens in up to
 /// `max_seqs` sequences; reused by every call (no allocation per call).
 pub struct DeltaRuleWorkspace {
@@ -681,6 +685,8 @@ pub struct DeltaRuleWorkspace {
     n_chunks: usize,
     /// In-chunk cumulative log decay G, f32 [T, H].
     gc: CudaSlice<f32>,
+    /// The decay record per chunk and head, f32 [max_chunks, H, REC_WIDTH].
+    rec: CudaSlice<f32>,
     /// W, bf16 [T, H, K].
     w: CudaSlice<bf16>,
     /// U, bf16 [T, H, V].
@@ -838,6 +844,7 @@ impl DeltaRuleWorkspace {
             cu_cached: Vec::new(),
             n_chunks: 0,
             gc: al(gpu, t * h, "gc")?,
+            rec: al(gpu, max_chunks * h * REC_WIDTH, "rec")?,
             w: al(gpu, t * h * k, "w")?,
             u: al(gpu, t * h * v, "u")?,
             h: al(gpu, max_chunks * h * k * v, "h")?,
@@ -1023,6 +1030,7 @@ fn run_w_u(
     }
     let ctab = ptr(gpu, &ws.ctab);
     let gc = ptr_mut(gpu, &mut ws.gc);
+    let rec = ptr_mut(gpu, &mut ws.rec);
     let w = ptr_mut(gpu, &mut ws.w);
     let u = ptr_mut(gpu, &mut ws.u);
     // The kernels' argument lists differ only in where T goes: wu reads it after β, prep
@@ -1044,6 +1052,7 @@ fn run_w_u(
         Arg::I(h as i32),
         Arg::I(v as i32),
         Arg::P(gc),
+        Arg::P(rec),
         Arg::P(w),
         Arg::P(u),
     ]);
@@ -1091,6 +1100,7 @@ fn run_state_pass(
     let ctab = ptr(gpu, &ws.ctab);
     let seq_chunk = ptr(gpu, &ws.seq_chunk);
     let gc = ptr(gpu, &ws.gc);
+    let rec = ptr(gpu, &ws.rec);
     let w = ptr(gpu, &ws.w);
     let u = ptr(gpu, &ws.u);
     let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
@@ -1117,6 +1127,7 @@ fn run_state_pass(
             Arg::P(ptr(gpu, &inp.k)),
             Arg::P(q),
             Arg::P(gc),
+            Arg::P(rec),
             Arg::P(ctab),
             Arg::P(seq_chunk),
             Arg::P(h0),
@@ -1282,6 +1293,7 @@ pub fn chunk_backward(
     let ctab = ptr(gpu, &ws.ctab);
     let seq_chunk = ptr(gpu, &ws.seq_chunk);
     let gc = ptr(gpu, &ws.gc);
+    let rec = ptr(gpu, &ws.rec);
     let w = ptr(gpu, &ws.w);
     let hs = ptr(gpu, &ws.h);
     let vnew = ptr(gpu, &ws.vnew);
@@ -1330,7 +1342,7 @@ pub fn chunk_backward(
                 Arg::P(pq),
                 Arg::P(pk),
                 Arg::P(w),
-                Arg::P(gc),
+                Arg::P(rec),
                 Arg::P(pdo),
                 Arg::P(dvloc),
                 Arg::P(ctab),

@@ -71,10 +71,15 @@ __device__ __forceinline__ uint4 pack8(const float* s) {
   return u;
 }
 
-__device__ __forceinline__ void cp16(void* smem, const void* gmem, bool ok) {
-  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp16(unsigned s, const void* gmem, bool ok) {
   int n = ok ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp16(void* smem, const void* gmem, bool ok) {
+  cp16(smem_u32(smem), gmem, ok);
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -144,14 +149,18 @@ struct IntC {
 // src + r·sld afresh cost a 64-bit multiply and its carries per piece. A row past `valid` keeps
 // its own address (past a partial chunk, possibly past the tensor): with src-size 0 cp.async
 // reads nothing there, so no select is needed.
+// The destination is one 32-bit shared address plus a per-piece constant (folded into the
+// instruction), as for ldmatrix.
 template <int COLS, int NTH, class T>
 __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
                                                 int valid) {
   typedef Pieces<COLS, NTH, T> P;
-  const T* s = src + P::r0() * sld + P::c0();
+  const int r0 = P::r0();
+  const T* s = src + r0 * sld + P::c0();
+  const unsigned d0 = smem_u32(dst + r0 * dld + P::c0());
   const long step = P::RS * sld;
-  for_own_pieces<COLS, NTH, T>([&](int r, int c) {
-    cp16(dst + r * dld + c, s, r < valid);
+  for_own_pieces<COLS, NTH, T>([&](int r, int) {
+    cp16(d0 + (unsigned)((r - r0) * dld * sizeof(T)), s, r < valid);
     s += step;
   });
 }
@@ -227,20 +236,24 @@ __device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, unsigned b
 
 // Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the 16-byte rows of matrix i.
 // Without .trans lane (g, q) gets row g, columns 2q, 2q+1 of each; with .trans, rows 2q, 2q+1 of
-// column g.
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16* p) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+// column g. From a 32-bit shared-memory address: a loop that adds compile-time offsets to one such base
+// gets them folded into the instruction ([R + imm]); from generic pointers ptxas formed many of
+// the addresses afresh (an IMAD or two per ldmatrix in the state passes' transposed loads).
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned s) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s)
                : "memory");
 }
-__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16* p) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, unsigned s) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s)
                : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16* p) { ldsm_x4(r, smem_u32(p)); }
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16* p) {
+  ldsm_x4_t(r, smem_u32(p));
 }
 
 // One warp's 16x8 accumulator tile x stored transposed as bf16, Y[c][r] = X[r][c] with Y
@@ -262,8 +275,7 @@ __device__ __forceinline__ void store_tile_t(const float* x, bf16* y, long ld, O
 // stmatrix.x4.trans: four 8×8 bf16 matrices, lane 8i + j giving the address of row j of matrix i;
 // this lane's register i holds matrix i in the accumulator-pair layout (row lane / 4, columns
 // 2 (lane % 4) and + 1), stored transposed (that row becomes a column).
-__device__ __forceinline__ void stsm_x4_t(bf16* p, const unsigned* r) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+__device__ __forceinline__ void stsm_x4_t(unsigned s, const unsigned* r) {
   asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(s),
                "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
                : "memory");
@@ -281,21 +293,25 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
   static_assert(NT % 2 == 0 && NT <= 8, "pairs of tiles, one 64-row stage");
   const int lane = threadIdx.x & 31, i = lane >> 3, j = lane & 7;
   __syncwarp();  // the stage's earlier readers are done
+  const unsigned st0 = smem_u32(stage + (8 * (i >> 1) + j) * sld + 8 * (i & 1));
 #pragma unroll
   for (int np = 0; np < NT / 2; ++np) {
     unsigned r[4];
 #pragma unroll
     for (int m = 0; m < 4; ++m)
       r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
-    stsm_x4_t(stage + (16 * np + 8 * (i >> 1) + j) * sld + 8 * (i & 1), r);
+    stsm_x4_t(st0 + 2 * 16 * np * sld, r);
   }
   __syncwarp();
+  // Lane: row lane / 2 + 16 it, half lane % 2; one pointer advanced by 16 rows per piece.
+  const int row0 = lane >> 1, half = lane & 1;
+  bf16* yp = y + row0 * ld + 8 * half;
+  const bf16* sp = stage + row0 * sld + 8 * half;
 #pragma unroll
-  for (int pc = lane; pc < 16 * NT; pc += 32) {
-    const int row = pc >> 1, half = pc & 1;
-    if (row < valid)
-      *reinterpret_cast<uint4*>(y + row * ld + 8 * half) =
-          *reinterpret_cast<const uint4*>(stage + row * sld + 8 * half);
+  for (int it = 0; it < NT / 2; ++it) {
+    if (row0 + 16 * it < valid)
+      *reinterpret_cast<uint4*>(yp) = *reinterpret_cast<const uint4*>(sp + 16 * it * sld);
+    yp += 16 * ld;
   }
 }
 
@@ -304,10 +320,11 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
 // 16-byte aligned) by ldmatrix.trans: the inverse of store_tiles_staged<8>.
 __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int ld) {
   const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const unsigned y0 = smem_u32(y + (8 * lm_hi + lr) * ld + 8 * lm_lo);
 #pragma unroll
   for (int np = 0; np < 4; ++np) {
     unsigned r[4];
-    ldsm_x4_t(r, y + (8 * (2 * np + lm_hi) + lr) * ld + 8 * lm_lo);
+    ldsm_x4_t(r, y0 + 2 * 16 * np * ld);
 #pragma unroll
     for (int m = 0; m < 4; ++m) {
       x[2 * np + (m >> 1)][2 * (m & 1)] = bf_lo(r[m]);
@@ -343,6 +360,27 @@ __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int l
 // Kernels 1 and 1b: G (the in-chunk cumsum of g, also written to gc), γ = e^G and β of one chunk
 // into shared memory, rows >= len zero. Warp 0 scans g (lane l holds rows 2l, 2l+1), warps 1–2
 // load β; the caller's barrier publishes them.
+// The decay record of a chunk and head, f32 [NC, H, RECW], written by kernels 1 and 1b (write_rec)
+// for the state passes: δ_t = exp(G_last − G_t) at [0, 64), γ_last = exp(G_last) at REC_GL (then
+// three zeros), γ_t = exp(G_t) at [REC_GAM, +64); zero at t ≥ len. The state passes formed
+// these with an exp, a subtraction and a mask per element on every one of their warps, about a
+// sixth of the forward pass's instructions per chunk step; the values are the same bits (the
+// same __expf of the same floats). The forward pass loads the first REC_FWD floats, the reverse
+// pass all of them, as 16-byte pieces.
+constexpr int REC_GL = 64, REC_GAM = 68, RECW = REC_GAM + CH, REC_FWD = REC_GAM;
+
+// One warp writes the decay record of a chunk (length len ≥ 1) from chunk_gates' G and γ in
+// shared memory (after the barrier that publishes them).
+__device__ __forceinline__ void write_rec(const float* G, const float* gam, int len,
+                                          float* __restrict__ rec) {
+  const int lane = threadIdx.x & 31, r0 = 2 * lane, r1 = r0 + 1;
+  const float gl = G[len - 1];
+  reinterpret_cast<float2*>(rec)[lane] =
+      make_float2(r0 < len ? __expf(gl - G[r0]) : 0.f, r1 < len ? __expf(gl - G[r1]) : 0.f);
+  reinterpret_cast<float2*>(rec + REC_GAM)[lane] = make_float2(gam[r0], gam[r1]);
+  if (lane == 0) *reinterpret_cast<float4*>(rec + REC_GL) = make_float4(__expf(gl), 0.f, 0.f, 0.f);
+}
+
 __device__ __forceinline__ void chunk_gates(const float* __restrict__ g,
                                             const float* __restrict__ beta, int start, int len,
                                             int h, int H, float* G, float* gam, float* bs,
@@ -529,7 +567,8 @@ template <int K>
 __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                           const float* __restrict__ g, const float* __restrict__ beta,
                           const int* __restrict__ ctab, int H, int V, float* __restrict__ gc,
-                          bf16* __restrict__ w, bf16* __restrict__ u, float* __restrict__ tmat) {
+                          float* __restrict__ rec, bf16* __restrict__ w, bf16* __restrict__ u,
+                          float* __restrict__ tmat) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   PrepSm<K> S;
@@ -547,6 +586,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
   cp_wait<0>();
   __syncthreads();
+  if (tid < 32) write_rec(S.G, S.gam, len, rec + ((long)cg * H + h) * RECW);
 
   qk_lower<K>(S.ks, S.ks, S.A);
   __syncthreads();
@@ -704,7 +744,8 @@ template <int K>
 __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ g, const float* __restrict__ beta,
                         const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int V,
-                        float* __restrict__ gc, bf16* __restrict__ w, bf16* __restrict__ u) {
+                        float* __restrict__ gc, float* __restrict__ rec, bf16* __restrict__ w,
+                        bf16* __restrict__ u) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   WuSm<K> S;
@@ -739,6 +780,7 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   }
   chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
   __syncthreads();  // β, γ
+  if (tid < 32) write_rec(S.G, S.gam, len, rec + ((long)cg * H + h) * RECW);
 #pragma unroll
   for (int it = 0; it < 2; ++it) {
     const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
@@ -801,7 +843,8 @@ struct StateFwdSm {
   bf16* w;     // 2 x [64][WLD]
   bf16* k;     // 2 x [64][WLD]
   bf16* u;     // 2 x [64][ULD]
-  float* G;    // 2 x [64]
+  float* R;    // 2 x [REC_FWD]: δ_t, γ_last (the decay record)
+  float* G;    // fused: 2 x [64]
   bf16* q;     // forward: [64][WLD]
   bf16* pb;    // forward: [64][LD64]  P, bf16
   float* red;  // K split: RED_SZ
@@ -809,7 +852,8 @@ struct StateFwdSm {
     w = c.take<bf16>(2 * W_SZ);
     k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
-    G = c.take<float>(2 * CH);
+    R = c.take<float>(2 * REC_FWD);
+    G = MODE == MODE_FUSED ? c.take<float>(2 * CH) : nullptr;
     q = MODE == MODE_FUSED ? c.take<bf16>(W_SZ) : nullptr;
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
@@ -861,7 +905,8 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
 template <int K, int NWC, int MODE, int KS = 1>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
-                               const float* __restrict__ gc, const int* __restrict__ ctab,
+                               const float* __restrict__ gc, const float* __restrict__ rec,
+                               const int* __restrict__ ctab,
                                const int* __restrict__ seq_chunk, const float* __restrict__ h0,
                                int H, int V, float scale, bf16* __restrict__ hout,
                                bf16* __restrict__ vnew, bf16* __restrict__ o,
@@ -917,8 +962,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // Chunk c's group: W, K, U, G into buffer b, and Q (fused).
-  auto issue = [&](int s0, int l, int b) {
+  // Chunk ci's group: W, K, U, its decay record (and fused G) into buffer b, and Q (fused).
+  auto issue = [&](int ci, int s0, int l, int b) {
     // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
     // so it keeps the generic loop.
     auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld) {
@@ -933,10 +978,14 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K);
     rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K);
     rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V);
-    for (int i = tid; i < CH; i += L::NW * 32) {
-      const bool ok = i < l;
-      cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc, ok);
-    }
+    if (tid < REC_FWD / 4)
+      cp16(S.R + b * REC_FWD + 4 * tid, rec + ((long)ci * H + h) * RECW + 4 * tid, true);
+    if (FUSED)
+      for (int i = tid; i < CH; i += L::NW * 32) {
+        const bool ok = i < l;
+        cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc,
+            ok);
+      }
     if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K);
     cp_commit();
   };
@@ -950,7 +999,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       nstart = ctab[2 * cs + 2];
       nlen = ctab[2 * cs + 3];
     }
-    issue(start, len, 0);
+    issue(cs, start, len, 0);
   }
   for (int c = cs; c < ce; ++c) {
     const int b = (c - cs) & 1;
@@ -979,8 +1028,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     const bf16* ub = S.u + b * L::U_SZ;
     // Unsplit, this warp's columns of U are dead once read: the stage of its stores.
     bf16* ustage = S.u + b * L::U_SZ + vl;
-    const float* G = S.G + b * CH;
-    const float glast = G[len - 1];
+    const float* G = FUSED ? S.G + b * CH : nullptr;
+    const float* R = S.R + b * REC_FWD;
 
     // Forward: Oᵀ's first term, Sᵀ Qᵀ (this warp's K slice), and P; then Q is dead.
     float ot[8][4];
@@ -1009,7 +1058,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     // Buffer b^1 was last read in chunk c-1, before the first barrier above; fused with a K split,
     // Q is read until the barrier of the reduction.
-    if (more && (KS == 1 || !FUSED)) issue(nstart, nlen, b ^ 1);
+    if (more && (KS == 1 || !FUSED)) issue(c + 1, nstart, nlen, b ^ 1);
 
     // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk; with a K split, this
     // warp's partial (U counted by slice 0).
@@ -1027,6 +1076,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
         for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
     }
+    const unsigned wl = smem_u32(wb + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
 #pragma unroll
     for (int kk = 0; kk < KR / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(-st[2 * kk][0], -st[2 * kk][1]),
@@ -1036,7 +1086,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned r[4];
-        ldsm_x4(r, wb + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
+        ldsm_x4(r, wl + 2 * (16 * np * L::WLD + 16 * kk));
         mma_bf16(p[2 * np], a, r[0], r[1]);
         mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
@@ -1053,7 +1103,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         if (FUSED) part(SQ + warp, nt) = make_float4(ot[nt][0], ot[nt][1], ot[nt][2], ot[nt][3]);
       }
       __syncthreads();  // fused: also P complete and every warp done with Q
-      if (FUSED && more) issue(nstart, nlen, b ^ 1);
+      if (FUSED && more) issue(c + 1, nstart, nlen, b ^ 1);
       auto sum = [&](float* x, int slot0, int nt) {
         float4 s = part(slot0 + cw, nt);
 #pragma unroll
@@ -1082,9 +1132,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     unsigned av[4][4], an[4][4];
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
-      const int t0 = 8 * nt + 2 * q;
-      const float d0 = t0 < len ? __expf(glast - G[t0]) : 0.f;
-      const float d1 = t0 + 1 < len ? __expf(glast - G[t0 + 1]) : 0.f;
+      const float2 dd = *reinterpret_cast<const float2*>(R + 8 * nt + 2 * q);
+      const float d0 = dd.x, d1 = dd.y;
       if (!FUSED) {
         const int lim = len - 8 * nt;
         if (KS > 1 && owns(nt >> 1))
@@ -1130,17 +1179,18 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
 
     // Sᵀ ← γ_last Sᵀ + (diag(δ) Ṽ)ᵀ K (B = this warp's K columns).
-    const float gl = __expf(glast);
+    const float gl = R[REC_GL];
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[j][e] *= gl;
+    const unsigned kl = smem_u32(kb + (8 * lm_lo + lr) * L::WLD + k0 + 8 * lm_hi);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
       for (int jp = 0; jp < NJ / 2; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, kb + (16 * ks + 8 * lm_lo + lr) * L::WLD + k0 + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(r, kl + 2 * (16 * ks * L::WLD + 16 * jp));
         mma_bf16(st[2 * jp], av[ks], r[0], r[1]);
         mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
       }
@@ -1460,16 +1510,16 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 // The rounding points are v4's: bf16(dS), bf16(δ·K), bf16(sγ·Q), one bf16 dṼ both stored and
 // used in the update, f32 accumulation.
 // Shared memory: q, w, k ([64][K+8] bf16), dO ([64][16·NWC+8] bf16) and dṼ_loc
-// ([64][16·NWC+4] f32: the accumulator-order reads are conflict-free) once each, G twice. δ and
-// sγ are folded into k and q in place, each 16-byte piece by the thread that copied it
+// ([64][16·NWC+8] bf16) once each, the decay record R (δ_t, γ_last, γ_t: `chunk_gates`) twice.
+// δ and sγ are folded into k and q in place, each 16-byte piece by the thread that copied it
 // (scale_own_rows), right after that thread's cp_wait: a thread sees its own cp.async writes once
 // it has waited for them, so the fold needs no barrier before it, only the one that publishes
-// it. The fold reads all of a chunk's G, so G (double-buffered) travels one step early: G(c−1)
+// it. The fold reads all of a chunk's R, so R (double-buffered) travels one step early: R(c−1)
 // comes with chunk c's q/w/dO group and is published by chunk c's middle barrier.
-// cp.async groups, in commit order: KD(ce−1) = {k, dṼ_loc}, QWO(ce−1) = {q, w, dO, G(ce−2)};
+// cp.async groups, in commit order: KD(ce−1) = {k, dṼ_loc}, QWO(ce−1) = {q, w, dO, R(ce−2)};
 // then per chunk c, whose top finds KD(c), QWO(c) pending: KD(c−1) after the middle barrier (k
-// and dṼ_loc are dead once dṼ is built), QWO(c−1) with G(c−2) after the last barrier (q, w, dO
-// and G(c) are dead after the update). So KD(c−1) loads during chunk c's update, and q, w, dO of
+// and dṼ_loc are dead once dṼ is built), QWO(c−1) with R(c−2) after the last barrier (q, w, dO
+// and R(c) are dead after the update). So KD(c−1) loads during chunk c's update, and q, w, dO of
 // chunk c−1 during its own dh store, δ fold and dṼ product.
 
 // Scales in place the rows r < len of a [64][COLS] bf16 tile (row stride ld) by f(r), rounding
@@ -1507,7 +1557,7 @@ struct StateBwdSm {
   bf16* k;     // [64][WLD]  K, then δ·K
   bf16* dos;   // [64][OLD]  dO
   bf16* dvl;   // [64][DLD]  dṼ_loc
-  float* G;    // 2 x [64]
+  float* R;    // 2 x [RECW]  decay records
   float* red;  // KS > 1: [KS·NWC warps][8 tiles][32 lanes] float4, partial dṼᵀ per warp
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * WLD);
@@ -1515,14 +1565,14 @@ struct StateBwdSm {
     k = c.take<bf16>(CH * WLD);
     dos = c.take<bf16>(CH * OLD);
     dvl = c.take<bf16>(CH * DLD);
-    G = c.take<float>(2 * CH);
+    R = c.take<float>(2 * RECW);
     red = KS > 1 ? c.take<float>(KS * NWC * 8 * 32 * 4) : nullptr;
   }
 };
 
 template <int K, int NWC, int KS>
 __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                               const bf16* __restrict__ w, const float* __restrict__ gc,
+                               const bf16* __restrict__ w, const float* __restrict__ rec,
                                const bf16* __restrict__ d_o, const bf16* __restrict__ dvl,
                                const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
                                const float* __restrict__ dht, int H, int V, float scale,
@@ -1560,18 +1610,14 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     load_rows_async<L::BVC, NTH>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, l);
     cp_commit();
   };
-  // q, w, dO of a chunk and, when glen >= 0, G of the chunk before it (start gs, length glen)
-  // into G buffer gb.
-  auto issue_qwo = [&](int s0, int l, int gs, int glen, int gb) {
+  // q, w, dO of a chunk and, when gci >= 0, the decay record of chunk gci (the one before it)
+  // into record buffer gb.
+  auto issue_qwo = [&](int s0, int l, int gci, int gb) {
     load_rows_async<K, NTH>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
     load_rows_async<K, NTH>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
     load_rows_async<L::BVC, NTH>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l);
-    if (glen >= 0)
-      for (int i = tid; i < CH; i += NTH) {
-        const bool ok = i < glen;
-        cp4(S.G + gb * CH + i, ok ? (const void*)(gc + (long)(gs + i) * H + h) : (const void*)gc,
-            ok);
-      }
+    for (int i = tid; gci >= 0 && i < RECW / 4; i += NTH)
+      cp16(S.R + gb * RECW + 4 * i, rec + ((long)gci * H + h) * RECW + 4 * i, true);
     cp_commit();
   };
 
@@ -1584,11 +1630,11 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       pstart = ctab[2 * (ce - 2)];
       plen = ctab[2 * (ce - 2) + 1];
     }
-    // G of the last chunk: plain loads, published by the barrier below.
-    for (int i = tid; i < CH; i += NTH)
-      S.G[((ce - 1) & 1) * CH + i] = i < len ? gc[(long)(start + i) * H + h] : 0.f;
+    // The last chunk's decay record: plain loads, published by the barrier below.
+    for (int i = tid; i < RECW; i += NTH)
+      S.R[((ce - 1) & 1) * RECW + i] = rec[((long)(ce - 1) * H + h) * RECW + i];
     issue_kd(start, len);
-    issue_qwo(start, len, pstart, plen, (ce - 2) & 1);
+    issue_qwo(start, len, ce - 2 >= cs ? ce - 2 : -1, (ce - 2) & 1);
     __syncthreads();
   }
   for (int c = ce - 1; c >= cs; --c) {
@@ -1598,8 +1644,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       ppstart = ctab[2 * (c - 2)];
       pplen = ctab[2 * (c - 2) + 1];
     }
-    const float* G = S.G + (c & 1) * CH;
-    const float glast = G[len - 1];
+    const float* R = S.R + (c & 1) * RECW;
 
     // dh_c = dS (f32) to global.
     {
@@ -1612,7 +1657,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     }
     // Pending groups: KD(c), QWO(c). Wait for KD(c), fold δ into this thread's pieces of k.
     cp_wait<1>();
-    scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return __expf(glast - G[r]); });
+    scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return R[r]; });
     __syncthreads();
 
     // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk (with a K
@@ -1631,6 +1676,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // 60 bytes at 255 registers).
     constexpr bool STAGE = KS == 1 && K <= 128;
     bf16* dstage = S.dvl + vl;
+    const unsigned kl = smem_u32(S.k + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(ds[2 * kk][0], ds[2 * kk][1]),
@@ -1640,7 +1686,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned r[4];
-        ldsm_x4(r, S.k + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
+        ldsm_x4(r, kl + 2 * (16 * np * L::WLD + 16 * kk));
         mma_bf16(p[2 * np], a, r[0], r[1]);
         mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
@@ -1672,9 +1718,9 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     if constexpr (KS == 1) emit_dv();
 
     // Pending: QWO(c). Wait for it, fold sγ into this thread's pieces of q; the barrier publishes
-    // q, w, dO, G(c−1) and the partials, and ends every warp's reads of k and dṼ_loc.
+    // q, w, dO, R(c−1) and the partials, and ends every warp's reads of k and dṼ_loc.
     cp_wait<0>();
-    scale_own_rows<K, NTH>(S.q, L::WLD, len, [&](int r) { return scale * __expf(G[r]); });
+    scale_own_rows<K, NTH>(S.q, L::WLD, len, [&](int r) { return scale * R[REC_GAM + r]; });
     __syncthreads();
     if (more) issue_kd(pstart, plen);
     if constexpr (KS > 1) {
@@ -1699,31 +1745,34 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     }
 
     // dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + (−dṼ)ᵀ W, per k-step the dO product first (v4's order).
-    const float gl = __expf(glast);
+    const float gl = R[REC_GL];
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) ds[j][e] *= gl;
+    const unsigned ol = smem_u32(S.dos + (8 * lm_hi + lr) * L::OLD + vl + 8 * lm_lo);
+    const unsigned ql = smem_u32(S.q + (8 * lm_lo + lr) * L::WLD + k0 + 8 * lm_hi);
+    const unsigned wl = smem_u32(S.w + (8 * lm_lo + lr) * L::WLD + k0 + 8 * lm_hi);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
       // A = dOᵀ rows v, columns t = 16ks..: matrices (t +0, v +0), (t +0, v +8), (t +8, v +0),
       // (t +8, v +8) are a0..a3.
       unsigned ao[4];
-      ldsm_x4_t(ao, S.dos + (16 * ks + 8 * lm_hi + lr) * L::OLD + vl + 8 * lm_lo);
+      ldsm_x4_t(ao, ol + 2 * 16 * ks * L::OLD);
 #pragma unroll
       for (int jp = 0; jp < NJ / 2; ++jp) {
         unsigned rq[4], rw[4];
-        ldsm_x4_t(rq, S.q + (16 * ks + 8 * lm_lo + lr) * L::WLD + k0 + 8 * (2 * jp + lm_hi));
-        ldsm_x4_t(rw, S.w + (16 * ks + 8 * lm_lo + lr) * L::WLD + k0 + 8 * (2 * jp + lm_hi));
+        ldsm_x4_t(rq, ql + 2 * (16 * ks * L::WLD + 16 * jp));
+        ldsm_x4_t(rw, wl + 2 * (16 * ks * L::WLD + 16 * jp));
         mma_bf16(ds[2 * jp], ao, rq[0], rq[1]);
         mma_bf16(ds[2 * jp], av[ks], rw[0], rw[1]);
         mma_bf16(ds[2 * jp + 1], ao, rq[2], rq[3]);
         mma_bf16(ds[2 * jp + 1], av[ks], rw[2], rw[3]);
       }
     }
-    // Every warp is done with q, w, dO and G(c): refill them (G(c−2) into G(c)'s buffer).
+    // Every warp is done with q, w, dO and R(c): refill them (R(c−2) into R(c)'s buffer).
     __syncthreads();
-    if (more) issue_qwo(pstart, plen, ppstart, pplen, c & 1);
+    if (more) issue_qwo(pstart, plen, c - 2 >= cs ? c - 2 : -1, c & 1);
     start = pstart;
     len = plen;
     pstart = ppstart;
@@ -2905,13 +2954,15 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #define DR_CHUNK_KERNELS(K)                                                                         \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
-                   const int* ctab, int H, int V, float* gc, bf16* w, bf16* u, float* tmat) {      \
-    dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, w, u, tmat);                                   \
+                   const int* ctab, int H, int V, float* gc, float* rec, bf16* w, bf16* u,       \
+                   float* tmat) {                                                                  \
+    dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, rec, w, u, tmat);                              \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                          \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
-                 const float* tmat, const int* ctab, int H, int V, float* gc, bf16* w, bf16* u) {  \
-    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, V, gc, w, u);                                     \
+                 const float* tmat, const int* ctab, int H, int V, float* gc, float* rec, bf16* w, \
+                 bf16* u) {                                                                        \
+    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, V, gc, rec, w, u);                                \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
@@ -2943,11 +2994,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                            \
   extern "C" __global__ void __launch_bounds__(NWC * KS * 32, KS > 1 ? 1 : 0)                     \
       dr_##NAME##_k##K##_nw##NWC##SFX(const bf16* w, const bf16* u, const bf16* k, const bf16* q,  \
-                                      const float* gc, const int* ctab, const int* seq_chunk,      \
-                                      const float* h0, int H, int V, float scale, bf16* hout,      \
-                                      bf16* vnew, bf16* o, float* ht) {                            \
-    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, gc, ctab, seq_chunk, h0, H, V, scale, hout,   \
-                                         vnew, o, ht);                                             \
+                                      const float* gc, const float* rec, const int* ctab,          \
+                                      const int* seq_chunk, const float* h0, int H, int V,         \
+                                      float scale, bf16* hout, bf16* vnew, bf16* o, float* ht) {   \
+    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, gc, rec, ctab, seq_chunk, h0, H, V, scale,    \
+                                         hout, vnew, o, ht);                                       \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
@@ -2967,11 +3018,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
   extern "C" __global__ void __launch_bounds__(NWC * KS * 32)                                      \
       dr_state_bwd_k##K##_nw##NWC##SUFFIX(const bf16* q, const bf16* k, const bf16* w,             \
-                                          const float* gc, const bf16* d_o, const bf16* dvl,       \
+                                          const float* rec, const bf16* d_o, const bf16* dvl,      \
                                           const int* ctab, const int* seq_chunk, const float* dht, \
                                           int H, int V, float scale, float* dh, bf16* dvnew,       \
                                           float* dh0) {                                            \
-    dr::state_bwd_impl<K, NWC, KS>(q, k, w, gc, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,   \
+    dr::state_bwd_impl<K, NWC, KS>(q, k, w, rec, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,  \
                                    dvnew, dh0);                                                    \
   }
 #define DR_STATE_BWD_KERNELS(K)                                                                    \

@@ -7,7 +7,7 @@
 //! `cuda::delta_rule` allocates itself ([`delta_rule_workspace`] mirrors its sizes), and the
 //! cuBLASLt workspace (a constant of `cuda::blas`).
 
-use super::super::delta_rule::Backward;
+use super::super::delta_rule::{Backward, REC_WIDTH};
 use super::super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{Context, Result};
@@ -269,6 +269,7 @@ pub fn delta_rule_workspace(
     add("rule ctab (i32)", 2 * max_chunks, 4);
     add("rule seq_chunk (i32)", max_seqs + 1, 4);
     add("rule gc (f32)", t * h, 4);
+    add("rule decay record (f32)", max_chunks * h * REC_WIDTH, 4);
     add("rule w", t * h * k, 2);
     add("rule u", t * h * v, 2);
     add("rule h (chunk states)", max_chunks * h * k * v, 2);
