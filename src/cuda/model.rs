@@ -2384,14 +2384,15 @@ mod tests {
         );
         // Chunks: ⌈100/64⌉ + 3 = 5. Backward (T is saved per block, not here): dvloc bf16
         // [t, 2, 64], dh f32 [5, 2, 64, 64], dvnew bf16 [t, 2, 64];
-        // forward: ctab i32 [10], seq_chunk i32 [4], gc f32 [t, 2], w, u, vnew bf16 [t, 2, 64],
-        // h bf16 [5, 2, 64, 64].
+        // forward: ctab i32 [10], seq_chunk i32 [4], gc f32 [t, 2], the decay record f32
+        // [5, 2, 132], w, u, vnew bf16 [t, 2, 64], h bf16 [5, 2, 64, 64].
         let rule = 5 * 2 * 4096 * 4
             + t * 128 * 2
             + t * 128 * 2
             + 10 * 4
             + 4 * 4
             + t * 2 * 4
+            + 5 * 2 * 132 * 4
             + 3 * t * 128 * 2
             + 5 * 2 * 4096 * 2;
         assert_eq!(acc.category(C::DeltaRule), rule);
