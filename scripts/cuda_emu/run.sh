@@ -15,7 +15,7 @@ extract() {
   dir=$1
   shift
   {
-    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int REC_GL\|^typedef wmma::fragment' "$cu"
+    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2\|^typedef wmma::fragment' "$cu"
     eval python3 "$here/extract.py" "$cu" "$common" '"$@"'
   } | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
     >"$out/$dir/extracted.h"

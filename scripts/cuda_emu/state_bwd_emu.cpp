@@ -97,7 +97,9 @@ static Out reference(const Inputs<K>& in) {
             for (int t = 0; t < len; ++t) {
               const size_t row = ((size_t)(st + t) * H + hh);
               const double qs = bfr(f(in.q[row * K + x]) * (scale * __expf(G[t])));
-              a += qs * f(in.d_o[row * V + v]) - (double)f(in.w[row * K + x]) * dvb[(size_t)t * V + v];
+              // in.w is −W, as kernel 1 stores it.
+              a += qs * f(in.d_o[row * V + v]) +
+                   (double)f(in.w[row * K + x]) * dvb[(size_t)t * V + v];
             }
             dS[(size_t)x * V + v] = a;
           }

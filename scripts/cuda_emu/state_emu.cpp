@@ -114,7 +114,7 @@ static Out reference(const Problem& p, int mode) {
         for (int t = 0; t < len; ++t)
           for (int v = 0; v < V; ++v) {
             double s = at(p.u, t, v, V);
-            for (int x = 0; x < K; ++x) s -= at(p.w, t, x, K) * Sb[(size_t)x * V + v];
+            for (int x = 0; x < K; ++x) s += at(p.w, t, x, K) * Sb[(size_t)x * V + v];  // w is −W
             Vt[(size_t)t * V + v] = s;
             if (mode != dr::MODE_FUSED) r.vnew[((size_t)(st + t) * H + hh) * V + v] = s;
           }

@@ -206,6 +206,8 @@ __device__ __forceinline__ unsigned pack_bf2(float lo, float hi) {
   return *reinterpret_cast<unsigned*>(&v);
 }
 __device__ __forceinline__ float bf_lo(unsigned r) { return __uint_as_float(r << 16); }
+// XOR with this negates both bf16 of a pair (exact: the sign bits).
+constexpr unsigned NEG_BF2 = 0x80008000u;
 __device__ __forceinline__ float bf_hi(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
 
 // D = A B + D, m16n8k16, bf16 inputs, f32 accumulators.
@@ -439,7 +441,9 @@ __device__ __forceinline__ bf16* tw_at(bf16* tw, int i, int c) {
 }
 
 // Kernels 1 and 1b: W = tw · K and U = tb · V + diag(β) V by raw mma.sync, written to global
-// (rows < len). Shared operands: ks, K's 64 rows (row stride K + 8), which becomes V slice buffer
+// (rows < len), W negated: its only readers, the state passes, use −W (Ṽ = U + S(−W),
+// dS += (−W)ᵀ dṼ), and a sign flip of the stored bf16 is exact where negating their register
+// operands cost an FADD per element of the state in every chunk step. Shared operands: ks, K's 64 rows (row stride K + 8), which becomes V slice buffer
 // 1 after the W product; vb0, V slice buffer 0 ([64][72]), whose load (V columns 0–63) is the
 // latest committed cp.async group or complete; tw and tb (tb_piece, tw_piece) and bs, all
 // published by a barrier. One code for both kernels: the same products in the same order, so
@@ -485,7 +489,7 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
               *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]) ^ NEG_BF2;
           }
         }
       }
@@ -1060,7 +1064,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // Q is read until the barrier of the reduction.
     if (more && (KS == 1 || !FUSED)) issue(c + 1, nstart, nlen, b ^ 1);
 
-    // Ṽᵀ [16 × 64] = Uᵀ − Sᵀ Wᵀ: p[nt] is columns t = 8nt.. of the chunk; with a K split, this
+    // Ṽᵀ [16 × 64] = Uᵀ + Sᵀ (−W)ᵀ: p[nt] is columns t = 8nt.. of the chunk; with a K split, this
     // warp's partial (U counted by slice 0).
     float p[8][4];
     if (KS == 1 || kp == 0) {
@@ -1079,10 +1083,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     const unsigned wl = smem_u32(wb + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
 #pragma unroll
     for (int kk = 0; kk < KR / 16; ++kk) {
-      const unsigned a[4] = {pack_bf2(-st[2 * kk][0], -st[2 * kk][1]),
-                             pack_bf2(-st[2 * kk][2], -st[2 * kk][3]),
-                             pack_bf2(-st[2 * kk + 1][0], -st[2 * kk + 1][1]),
-                             pack_bf2(-st[2 * kk + 1][2], -st[2 * kk + 1][3])};
+      // B is −W (kernel 1 stores it negated).
+      const unsigned a[4] = {pack_bf2(st[2 * kk][0], st[2 * kk][1]),
+                             pack_bf2(st[2 * kk][2], st[2 * kk][3]),
+                             pack_bf2(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                             pack_bf2(st[2 * kk + 1][2], st[2 * kk + 1][3])};
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned r[4];
@@ -1504,9 +1509,8 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 //   dṼᵀ = dṼ_locᵀ + dSᵀ (δK)ᵀ  (the accumulators start from dṼ_loc, read from shared memory in
 //   accumulator order; A = dSᵀ rounded to bf16 straight from the accumulators, B = δK by
 //   ldmatrix),
-//   dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + (−dṼ)ᵀ W  (A = dO by ldmatrix.trans and the bf16 dṼᵀ
-//   accumulators negated, which gives exactly the products of (−W)ᵀ dṼ since bf16 rounding is
-//   sign-symmetric; B = sγQ and W by ldmatrix.trans).
+//   dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + dṼᵀ (−W)  (A = dO by ldmatrix.trans and the bf16 dṼᵀ
+//   accumulators; B = sγQ and −W, stored negated by kernel 1, by ldmatrix.trans).
 // The rounding points are v4's: bf16(dS), bf16(δ·K), bf16(sγ·Q), one bf16 dṼ both stored and
 // used in the update, f32 accumulation.
 // Shared memory: q, w, k ([64][K+8] bf16), dO ([64][16·NWC+8] bf16) and dṼ_loc
@@ -1672,9 +1676,9 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
         for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
     }
     // Unsplit, this warp's dṼ_loc columns are dead once read (refilled after the next barrier):
-    // the stage of its dṼ store. Not at K = 256: there the staging's registers spilled (nw8,
-    // 60 bytes at 255 registers).
-    constexpr bool STAGE = KS == 1 && K <= 128;
+    // the stage of its dṼ store. At K = 256 this spilled (nw8, 60 bytes at 255 registers) until
+    // the decay record and the 32-bit shared addresses (session 8): now 246 registers, no spill.
+    constexpr bool STAGE = KS == 1;
     bf16* dstage = S.dvl + vl;
     const unsigned kl = smem_u32(S.k + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
 #pragma unroll
@@ -1698,7 +1702,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     }
 
     // dṼ (bf16) to global, rows t < len (a K split: this warp's share of the column tiles); the
-    // same bf16 values, negated, are the A operands of (−dṼ)ᵀ W.
+    // same bf16 values are the A operands of dṼᵀ (−W).
     unsigned av[4][4];
     auto emit_dv = [&]() {
 #pragma unroll
@@ -1708,8 +1712,8 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
           store_tile_t(p[nt], dvnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
                        [lim](int col) { return col < lim; });
         }
-        av[nt >> 1][2 * (nt & 1)] = pack_bf2(-p[nt][0], -p[nt][1]);
-        av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(-p[nt][2], -p[nt][3]);
+        av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0], p[nt][1]);
+        av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2], p[nt][3]);
       }
       if (STAGE)
         store_tiles_staged<8>(p, dstage, L::DLD,
@@ -1744,7 +1748,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       emit_dv();
     }
 
-    // dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + (−dṼ)ᵀ W, per k-step the dO product first (v4's order).
+    // dSᵀ ← γ_last dSᵀ + dOᵀ (sγQ) + dṼᵀ (−W), per k-step the dO product first (v4's order).
     const float gl = R[REC_GL];
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
