@@ -19,6 +19,7 @@
 
 #define __device__
 #define __forceinline__ inline
+#define __noinline__
 #define __global__
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)

@@ -320,14 +320,14 @@ struct ChunkKernels {
     wu: Kern,
     fwd_o: Kern,
     dvloc: Kern,
-    dqk: Kern,
-    wy: Kern,
+    /// Kernels 6 and 7 as one (`dr_dqkwy`: dqk, then wy, per chunk and head).
+    dqkwy: Kern,
     /// The state passes (see [`PassKind`]), for each of [`STATE_NWS`] (and, forward-type, of
     /// [`STATE_KS`]) that fits.
     state_fwd: Vec<StateKern>,
     state_split: Vec<StateKern>,
     state_bwd: Vec<StateKern>,
-    /// Threads of the dqk and wy kernels (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
+    /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
 }
 
@@ -367,13 +367,18 @@ impl ChunkKernels {
             );
             Ok(v)
         };
+        // dqk and wy run in one kernel, one after the other on the same shared memory.
+        let dqkwy = s(SLOT_DQK).max(s(SLOT_WY));
         Ok(ChunkKernels {
             prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
             wu: need(ld("wu", SLOT_WU)?, "wu", limit)?,
             fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
-            dqk: need(ld("dqk", SLOT_DQK)?, "dqk", limit)?,
-            wy: need(ld("wy", SLOT_WY)?, "wy", limit)?,
+            dqkwy: need(
+                load_kern(gpu, dk, format!("dr_dqkwy_k{dk}"), (dqkwy, dqkwy), limit)?,
+                "dqkwy",
+                limit,
+            )?,
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
             state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
             state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
@@ -1366,15 +1371,19 @@ pub fn chunk_backward(
     let kern = &ws.kern;
     launch_kern(
         gpu,
-        &kern.dqk,
+        &kern.dqkwy,
         (nc as u32, h as u32, 1),
         kern.bwd_threads,
         &[
             Arg::P(pq),
             Arg::P(pk),
+            Arg::P(pv),
+            Arg::P(pb),
             Arg::P(gc),
+            Arg::P(tmat),
             Arg::P(pdo),
             Arg::P(vnew),
+            Arg::P(dvnew),
             Arg::P(hs),
             Arg::P(dh),
             Arg::P(ctab),
@@ -1383,33 +1392,12 @@ pub fn chunk_backward(
             Arg::F(inp.scale),
             Arg::P(dq),
             Arg::P(dk),
-            Arg::P(dg),
-        ],
-    )?;
-    probe_mark(gpu, ws, "bwd: dqk")?;
-    launch_kern(
-        gpu,
-        &kern.wy,
-        (nc as u32, h as u32, 1),
-        kern.bwd_threads,
-        &[
-            Arg::P(pk),
-            Arg::P(pv),
-            Arg::P(pb),
-            Arg::P(gc),
-            Arg::P(tmat),
-            Arg::P(dvnew),
-            Arg::P(hs),
-            Arg::P(ctab),
-            Arg::I(hi),
-            Arg::I(vi),
-            Arg::P(dk),
             Arg::P(dv),
             Arg::P(dg),
             Arg::P(dbeta),
         ],
     )?;
-    probe_mark(gpu, ws, "bwd: wy")
+    probe_mark(gpu, ws, "bwd: dqk + wy")
 }
 
 /// Inputs of one decode step (one token per sequence), all raw: the kernel L2-normalises q and k

@@ -1883,8 +1883,9 @@ struct DqkSm {
   }
 };
 
+// Not inlined: see dqk_then_wy.
 template <int K>
-__device__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
+__device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
                          const float* __restrict__ dh,
@@ -2292,8 +2293,9 @@ static_assert(DqkSm<64>::NW == WySm<64>::NW && DqkSm<128>::NW == WySm<128>::NW &
                   DqkSm<256>::NW == WySm<256>::NW,
               "dqk and wy run the same number of warps");
 
+// Not inlined: see dqk_then_wy.
 template <int K>
-__device__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
+__device__ __noinline__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ beta, const float* __restrict__ gc,
                         const float* __restrict__ tmat, const bf16* __restrict__ dvnew,
                         const bf16* __restrict__ hst, const int* __restrict__ ctab, int H, int V,
@@ -2898,6 +2900,20 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
   }
 }
 
+// Kernels 6 and 7 run as one (`dr_dqkwy`): each CTA does its chunk's dqk, then its wy. Same
+// grid (chunk, head), same threads (DqkSm::NW = WySm::NW), and wy reads only what its own
+// chunk's dqk wrote (the partial dk and dG rows) and what dqk read (k, h_c): as one kernel those
+// reads are L2 hits instead of HBM traffic (≈ 0.5 GB at B4·T4096·H16·K128), and the shared
+// memory is reused (the launch takes the larger of the two). Between them: no cp.async still in
+// flight into the shared memory wy takes over, and a barrier, which also makes dqk's global
+// writes visible to the whole CTA. Both are compiled as functions of their own (__noinline__):
+// inlined into one body, ptxas kept values common to both live across the barrier and spilled
+// (88 bytes at K = 128, 128 registers for 2 CTAs per SM); apart, neither spills.
+__device__ __forceinline__ void dqk_then_wy() {
+  cp_wait<0>();
+  __syncthreads();
+}
+
 // Shared-memory bytes of every kernel variant, in the order the host expects (see
 // src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
 // state_fwd (fused with the output), state_split (h_c and Ṽ for fwd_o and the backward),
@@ -2979,15 +2995,13 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::dvloc_impl<K>(q, k, gc, d_o, ctab, H, V, scale, dvl);                                      \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
-      dr_dqk_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                  \
-                  const bf16* vnew, const bf16* hs, const float* dh, const int* ctab, int H,       \
-                  int V, float scale, float* dq, float* dk, float* dg) {                           \
+      dr_dqkwy_k##K(const bf16* q, const bf16* k, const bf16* v, const float* beta,                \
+                    const float* gc, const float* tmat, const bf16* d_o, const bf16* vnew,         \
+                    const bf16* dvnew, const bf16* hs, const float* dh, const int* ctab, int H,    \
+                    int V, float scale, float* dq, float* dk, float* dv, float* dg,                \
+                    float* dbeta) {                                                                \
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, ctab, H, V, scale, dq, dk, dg);                   \
-  }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(dr::WySm<K>::NW * 32, dr::WySm<K>::MINB)         \
-      dr_wy_k##K(const bf16* k, const bf16* v, const float* beta, const float* gc,                 \
-                 const float* tmat, const bf16* dvnew, const bf16* hs, const int* ctab, int H,     \
-                 int V, float* dk, float* dv, float* dg, float* dbeta) {                            \
+    dr::dqk_then_wy();                                                                             \
     dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
   }
 
