@@ -16,8 +16,13 @@
 //!   final state);
 //! - backward: `wu` (W, U and G from the T the forward saved; without a saved T, `prep` again,
 //!   storing T in the workspace) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
-//!   `state_split` (recompute h_c, Ṽ into the workspace) → `dqk` (dq, partial dk and dG, with
-//!   ⟨h_c, dh_c⟩) → `wy` (WY backward, dv, dβ, dk, dg).
+//!   `state_split` (recompute h_c, Ṽ into the workspace) → `dqkwy`, one kernel: per chunk and
+//!   head `dqk` (dq, partial dk and dG, with ⟨h_c, dh_c⟩), then `wy` (WY backward, dv, dβ, dk,
+//!   dg).
+//!
+//! `prep` and `wu` also write G, the decay record (δ_t = exp(G_last − G_t), γ_last, γ_t per
+//! chunk and head, `REC_WIDTH` f32) that the state passes read instead of forming exps, and W
+//! negated (−W, the sign the state passes use).
 //!
 //! Saved T: T = (I+M)^{-1} per chunk and head, f32 [NC, H, 64, 64] (64 f32 per token and head,
 //! plus the padding of partial chunks: [`saved_t_len`]). A caller that keeps it from
