@@ -238,9 +238,10 @@ __device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, unsigned b
 
 // Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the 16-byte rows of matrix i.
 // Without .trans lane (g, q) gets row g, columns 2q, 2q+1 of each; with .trans, rows 2q, 2q+1 of
-// column g. From a 32-bit shared-memory address: a loop that adds compile-time offsets to one such base
-// gets them folded into the instruction ([R + imm]); from generic pointers ptxas formed many of
-// the addresses afresh (an IMAD or two per ldmatrix in the state passes' transposed loads).
+// column g. From a 32-bit shared-memory address: a loop that adds compile-time offsets to one
+// such base gets them folded into the instruction ([R + imm]); from generic pointers ptxas
+// formed many of the addresses afresh (an IMAD or two per ldmatrix in the state passes'
+// transposed loads).
 __device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned s) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -443,11 +444,11 @@ __device__ __forceinline__ bf16* tw_at(bf16* tw, int i, int c) {
 // Kernels 1 and 1b: W = tw · K and U = tb · V + diag(β) V by raw mma.sync, written to global
 // (rows < len), W negated: its only readers, the state passes, use −W (Ṽ = U + S(−W),
 // dS += (−W)ᵀ dṼ), and a sign flip of the stored bf16 is exact where negating their register
-// operands cost an FADD per element of the state in every chunk step. Shared operands: ks, K's 64 rows (row stride K + 8), which becomes V slice buffer
-// 1 after the W product; vb0, V slice buffer 0 ([64][72]), whose load (V columns 0–63) is the
-// latest committed cp.async group or complete; tw and tb (tb_piece, tw_piece) and bs, all
-// published by a barrier. One code for both kernels: the same products in the same order, so
-// kernel 1b's W and U are kernel 1's bit for bit.
+// operands cost an FADD per element of the state in every chunk step. Shared operands: ks, K's 64
+// rows (row stride K + 8), which becomes V slice buffer 1 after the W product; vb0, V slice buffer
+// 0 ([64][72]), whose load (V columns 0–63) is the latest committed cp.async group or complete; tw
+// and tb (tb_piece, tw_piece) and bs, all published by a barrier. One code for both kernels: the
+// same products in the same order, so kernel 1b's W and U are kernel 1's bit for bit.
 template <int K>
 __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw, const bf16* tb,
                                             const float* bs, const bf16* __restrict__ vsrc,
