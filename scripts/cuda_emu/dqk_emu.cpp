@@ -1,7 +1,8 @@
 // Runs delta_rule.cu's dqk_impl (its own text, see run.sh) on the CPU through emu.h and compares
 // dq, dk, dg with a plain double-precision reference of the same definition (same bf16 operands,
-// pb rounded to bf16, dh split into bf16 hi + lo, ⟨h_c, dh_c⟩ from bf16 h_c and f32 dh_c). Catches fragment-layout, indexing, masking and
-// varlen (partial chunk) mistakes; says nothing about speed or cp.async timing.
+// pb rounded to bf16, dh split into bf16 hi + lo, ⟨h_c, dh_c⟩ from bf16 h_c and f32 dh_c).
+// Catches fragment-layout, indexing, masking and varlen (partial chunk) mistakes; says nothing
+// about speed or cp.async timing.
 #include "emu.h"
 
 #include <algorithm>

@@ -107,9 +107,6 @@ inline float __shfl_up_sync(unsigned, float v, int o) {
 inline float __shfl_down_sync(unsigned, float v, int o) {
   return shfl_from(v, [o](int l) { return l + o; });
 }
-inline float __shfl_sync(unsigned, float v, int src) {
-  return shfl_from(v, [src](int) { return src; });
-}
 
 // nvcuda::wmma 16x16x16 with the whole tile in every lane (f32; bf16 inputs are exact): loads
 // read it, mma_sync sums over k in order, stores are done by lane 0 between two warp barriers.

@@ -63,10 +63,10 @@ static Out run_kernel(const Problem& p) {
   typedef dr::StateFwdSm<K, NWC, MODE, KS> L;
   run_grid<L>(L::NW, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
     dr::state_fwd_impl<K, NWC, MODE, KS>(
-        p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(), p.rec.data(),
-        p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, V, p.scale,
-        fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(), fused ? o.data() : nullptr,
-        r.ht.data());
+        p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(),
+        p.rec.data(), p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H,
+        V, p.scale, fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(),
+        fused ? o.data() : nullptr, r.ht.data());
   });
   auto tof = [](const std::vector<bf16>& v) {
     std::vector<float> f(v.size());
@@ -114,7 +114,8 @@ static Out reference(const Problem& p, int mode) {
         for (int t = 0; t < len; ++t)
           for (int v = 0; v < V; ++v) {
             double s = at(p.u, t, v, V);
-            for (int x = 0; x < K; ++x) s += at(p.w, t, x, K) * Sb[(size_t)x * V + v];  // w is −W
+            // p.w is −W, as kernel 1 stores it.
+            for (int x = 0; x < K; ++x) s += at(p.w, t, x, K) * Sb[(size_t)x * V + v];
             Vt[(size_t)t * V + v] = s;
             if (mode != dr::MODE_FUSED) r.vnew[((size_t)(st + t) * H + hh) * V + v] = s;
           }

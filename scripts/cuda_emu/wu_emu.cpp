@@ -1,7 +1,7 @@
 // Runs delta_rule.cu's prep_impl (kernel 1, with T saved to tmat) and wu_impl (kernel 1b, W and U
 // from that T) on the CPU through emu.h (their own text, see run.sh) and checks that kernel 1b's
-// W, U, gc and the decay record are kernel 1's bit for bit (every element; both outputs start as the same NaN
-// poison, and no NaN may remain), which is what lets the backward use kernel 1b without
+// W, U, gc and the decay record are kernel 1's bit for bit (every element; both outputs start as
+// the same NaN poison, and no NaN may remain), which is what lets the backward use kernel 1b without
 // touching the CPU mirror's rounding points or the selftest's tolerances. As a sanity check of
 // kernel 1 itself, W and U are also compared (loosely, bf16) with a double-precision product of
 // the saved T: W = T diag(βγ) K, U = T diag(β) V, and the record with make_rec's (from gc, bit for
@@ -81,7 +81,8 @@ static bool run_case(const Case& c, unsigned seed) {
           double s = 0;
           for (int j = 0; j <= i; ++j)
             s += Tm[i * CH + j] * be[j] * ga[j] * f(k[((size_t)(st + j) * H + hh) * K + x]);
-          ew = std::max(ew, fabs(s + f(w1[((size_t)(st + i) * H + hh) * K + x])));  // kernel 1 stores −W
+          // Kernel 1 stores −W.
+          ew = std::max(ew, fabs(s + f(w1[((size_t)(st + i) * H + hh) * K + x])));
           mw = std::max(mw, fabs(s));
         }
         for (int y = 0; y < V; ++y) {
