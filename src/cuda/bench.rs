@@ -60,8 +60,9 @@ pub struct BenchArgs {
     /// Timed repetitions per measurement (median reported).
     #[arg(long, default_value_t = 50)]
     pub reps: usize,
-    /// `all` (the five FLA shapes and three decode shapes), `quick` (one of each) or `decode`
-    /// (the three decode shapes only).
+    /// `all` (the five FLA shapes and three decode shapes), `quick` (one of each), `decode`
+    /// (the three decode shapes only), or chunked shapes of your own as a comma-separated list of
+    /// BxTxHxKxV, e.g. `8x4096x6x256x512` (the 1.3B training shape; no decode shapes then).
     #[arg(long, default_value = "all")]
     pub shapes: String,
     /// CUDA device ordinal.
@@ -508,27 +509,33 @@ fn bench_decode(
     })
 }
 
+/// One chunked shape of `--shapes`, `BxTxHxKxV` (sequences, tokens per sequence, heads, key and
+/// value head sizes).
+fn parse_chunk_shape(s: &str) -> Result<(usize, usize, Dims)> {
+    let bad = || {
+        format!(
+            "--shapes: `{s}` is not `all`, `quick`, `decode` or a shape BxTxHxKxV of positive \
+             integers (e.g. 8x4096x6x256x512)"
+        )
+    };
+    let f: Vec<usize> = s
+        .trim()
+        .split('x')
+        .map(|x| x.parse::<usize>().ok().filter(|&v| v > 0))
+        .collect::<Option<_>>()
+        .with_context(bad)?;
+    let [b, t, heads, dk, dv] = f[..] else {
+        bail!(bad())
+    };
+    Ok((b, t, Dims { heads, dk, dv }))
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.kind.as_str() {
         "kernels" => {}
         "train" => return run_train(&a),
         k => bail!("unknown bench kind `{k}` (known: kernels, train)"),
     }
-    let (quick, decode_only) = match a.shapes.as_str() {
-        "all" => (false, false),
-        "quick" => (true, false),
-        "decode" => (false, true),
-        s => bail!("--shapes must be `all`, `quick` or `decode`, got `{s}`"),
-    };
-    let mut gpu = Gpu::open(a.device)?;
-    super::warm_kernel_cache(&gpu);
-    // Graph capture needs a non-default stream and no cudarc event bookkeeping (all work is on
-    // one stream; every buffer is allocated before capture).
-    // SAFETY: only this stream is used from here on.
-    unsafe { gpu.ctx.disable_event_tracking() };
-    gpu.stream = gpu.ctx.new_stream().context("creating a stream")?;
-    println!("device: {} ({})", gpu.name, gpu.arch);
-    let reps = a.reps.max(5);
     let d = |heads, dk, dv| Dims { heads, dk, dv };
     let mut chunk_shapes = vec![
         (8, 2048, d(16, 128, 128)),
@@ -542,13 +549,30 @@ pub fn run(a: BenchArgs) -> Result<()> {
         (64, d(6, 256, 512)),
         (1, d(16, 128, 128)),
     ];
-    if quick {
-        chunk_shapes.truncate(1);
-        decode_shapes.truncate(1);
+    match a.shapes.as_str() {
+        "all" => {}
+        "quick" => {
+            chunk_shapes.truncate(1);
+            decode_shapes.truncate(1);
+        }
+        "decode" => chunk_shapes.clear(),
+        list => {
+            chunk_shapes = list
+                .split(',')
+                .map(parse_chunk_shape)
+                .collect::<Result<_>>()?;
+            decode_shapes.clear();
+        }
     }
-    if decode_only {
-        chunk_shapes.clear();
-    }
+    let mut gpu = Gpu::open(a.device)?;
+    super::warm_kernel_cache(&gpu);
+    // Graph capture needs a non-default stream and no cudarc event bookkeeping (all work is on
+    // one stream; every buffer is allocated before capture).
+    // SAFETY: only this stream is used from here on.
+    unsafe { gpu.ctx.disable_event_tracking() };
+    gpu.stream = gpu.ctx.new_stream().context("creating a stream")?;
+    println!("device: {} ({})", gpu.name, gpu.arch);
+    let reps = a.reps.max(5);
     let mut chunk_rows = Vec::new();
     if !chunk_shapes.is_empty() {
         println!("| B | T | H | K | V | fwd ms (graph/eager) | fwd+bwd ms (graph/eager) | fwd TFLOP/s | fwd GB/s | fwd floor ms | fwd frac | fwd+bwd floor ms | fwd+bwd frac |");
@@ -587,9 +611,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     let mut decode_rows = Vec::new();
-    println!();
-    println!("| decode B | H | K | V | step ms (graph/eager) | state TB/s (graph/eager) | floor ms | frac | kernel |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    if !decode_shapes.is_empty() {
+        println!();
+        println!("| decode B | H | K | V | step ms (graph/eager) | state TB/s (graph/eager) | floor ms | frac | kernel |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+    }
     let mut decode_runs = Vec::new();
     for (n, dims) in decode_shapes {
         decode_runs.push((n, dims, None));

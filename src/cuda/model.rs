@@ -260,11 +260,23 @@ pub fn rmsnorm_fwd_f32x(
     Ok(())
 }
 
+/// The low-rank addend of [`rmsnorm_bwd_f32`]'s dy: Σ over `nb` blocks b of c_b · v_b, with `c`
+/// bf16 [nb, rows, r] (the blocks one after the other) and `v` bf16 [nb·r, d]. The mixer's a and
+/// b projections (r = heads) add their share of the input gradient this way: as matmuls, each
+/// would read and write the fp32 gradient once more.
+pub struct LowRank<'a> {
+    pub c: CudaView<'a, bf16>,
+    pub v: CudaView<'a, bf16>,
+    pub r: usize,
+    pub nb: usize,
+}
+
 /// RMSNorm backward on the fp32 residual stream (as `ops::rmsnorm_bwd`, with x, dy and dx fp32):
 /// dx is written (`accumulate` false) or added (true) into the fp32 residual gradient, and
 /// dw += Σ_rows dy·x·rstd (deterministic: per-block partials in `scratch`, then reduced in order).
 /// With `dx_bf`, the kernel also writes bf16(dx) there (the value `ops::cast_f32_to_bf16` of the
-/// finished dx gives, without the second pass over dx).
+/// finished dx gives, without the second pass over dx). With `addend`, the gradient is dy plus
+/// that low-rank term (in dx and in dw).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd_f32(
     gpu: &Gpu,
@@ -272,6 +284,7 @@ pub fn rmsnorm_bwd_f32(
     w: &impl DevicePtr<bf16>,
     rstd: &impl DevicePtr<f32>,
     dy: &impl DevicePtr<f32>,
+    addend: Option<LowRank>,
     dx: &mut impl DevicePtrMut<f32>,
     dx_bf: Option<&mut CudaViewMut<bf16>>,
     accumulate: bool,
@@ -308,6 +321,22 @@ pub fn rmsnorm_bwd_f32(
     );
     let rows = i32::try_from(x.len() / d).context("rmsnorm_bwd_f32: too many rows")?;
     let d_ = i32::try_from(d).context("rmsnorm_bwd_f32: row too wide")?;
+    if let Some(a) = &addend {
+        let rows = x.len() / d;
+        ensure!(
+            a.c.len() == a.nb * rows * a.r && a.v.len() == a.nb * a.r * d,
+            "rmsnorm_bwd_f32: the low-rank addend's c has {} elements and v {}; blocks {}, rank \
+             {}, rows {rows} and width {d} need {} and {}",
+            a.c.len(),
+            a.v.len(),
+            a.nb,
+            a.r,
+            a.nb * rows * a.r,
+            a.nb * a.r * d
+        );
+    }
+    let lr_r = i32::try_from(addend.as_ref().map_or(0, |a| a.r)).context("rmsnorm_bwd_f32: rank")?;
+    let lr_nb = i32::try_from(addend.as_ref().map_or(0, |a| a.nb)).context("rmsnorm_bwd_f32: blocks")?;
     let acc = i32::from(accumulate);
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
@@ -325,16 +354,33 @@ pub fn rmsnorm_bwd_f32(
     };
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
+    // Null pointers with nb = 0: no addend.
+    let (cp, _c) = match &addend {
+        Some(a) => {
+            let (p, g) = a.c.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
+    let (vp, _v) = match &addend {
+        Some(a) => {
+            let (p, g) = a.v.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
     let cfg = LaunchConfig {
         grid_dim: (parts as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: (d * 4) as u32,
     };
     // arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
-    // const float*, float*, bf16*, float*, int, int, int)`; lengths checked (dx_bf null or as
-    // long as dx); d floats of dynamic shared memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch
-    // holds PARTS rows of d.
-    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg; xp, wp, rp, yp, dxp, dbp, sp, rows, d_, acc);
+    // const float*, float*, bf16*, float*, int, int, int, const bf16*, const bf16*, int, int)`;
+    // lengths checked (dx_bf null or as long as dx, the addend's c and v as its rank and blocks
+    // say); d floats of dynamic shared memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch holds
+    // PARTS rows of d.
+    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg;
+        xp, wp, rp, yp, dxp, dbp, sp, rows, d_, acc, cp, vp, lr_r, lr_nb);
     let np = parts as i32;
     let cfg = LaunchConfig {
         grid_dim: (d.div_ceil(256) as u32, 1, 1),
@@ -647,8 +693,8 @@ struct BwdTemps<K: BufKind = OnGpu> {
     rule_dg: K::Buf<f32>,
     rule_dbeta: K::Buf<f32>,
     rule_dh0: K::Buf<f32>,
-    da: K::Buf<bf16>,
-    db: K::Buf<bf16>,
+    /// da‖db: [T, H] each, one after the other (the attention norm's low-rank addend).
+    dab: K::Buf<bf16>,
     scratch: K::Buf<f32>,
 }
 
@@ -685,8 +731,7 @@ impl<K: BufKind> BwdTemps<K> {
             rule_dg: al.buf(c, "rule dg (f32)", t * h)?,
             rule_dbeta: al.buf(c, "rule dbeta (f32)", t * h)?,
             rule_dh0: al.buf(c, "rule dh0 (f32)", seqs * h * dk * dv)?,
-            da: al.buf(c, "da", t * h)?,
-            db: al.buf(c, "db", t * h)?,
+            dab: al.buf(c, "da, db", 2 * t * h)?,
             scratch: al.buf(c, "reduction scratch (f32)", scratch_len)?,
         })
     }
@@ -1411,6 +1456,12 @@ impl GpuModel {
                     r.a_log.end <= r.dt_bias.start,
                     "GpuModel: layer {i}: A_log must precede dt_bias in the layout"
                 );
+                // The backward takes q‖k and a‖b as one weight matrix each.
+                ensure!(
+                    r.q_proj.end == r.k_proj.start && r.a_proj.end == r.b_proj.start,
+                    "GpuModel: layer {i}: k_proj must follow q_proj, and b_proj a_proj, in the \
+                     layout"
+                );
                 Ok(r)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1589,8 +1640,7 @@ impl GpuModel {
             &mut b.dres_bf,
             &mut b.dact,
             &mut b.dmu,
-            &mut b.da,
-            &mut b.db,
+            &mut b.dab,
         ] {
             poison(gpu, x)?;
         }
@@ -1954,6 +2004,7 @@ impl GpuModel {
             &pv(&self.norm),
             &self.rstd_f.slice(..n),
             &b.dacc.slice(..nd),
+            None,
             &mut b.dres.slice_mut(..nd),
             Some(&mut b.dres_bf.slice_mut(..nd)),
             false,
@@ -2095,6 +2146,7 @@ impl GpuModel {
                 &pv(&lr.mlp_norm),
                 &wk.mlp.rstd2.slice(..n),
                 &b.dacc.slice(..nd),
+                None,
                 &mut b.dres.slice_mut(..nd),
                 Some(&mut b.dres_bf.slice_mut(..nd)),
                 true,
@@ -2188,6 +2240,8 @@ impl GpuModel {
                 let (mut lo, mut hi) = grads.split_at_mut(lr.dt_bias.start);
                 let mut d_a_log = lo.slice_mut(lr.a_log.clone());
                 let mut d_dt = hi.slice_mut(..lr.dt_bias.len());
+                let (mut da, mut rest) = b.dab.split_at_mut(n * h);
+                let mut db = rest.slice_mut(..n * h);
                 ops::gates_bwd(
                     gpu,
                     &s.a.slice(..n * h),
@@ -2197,8 +2251,8 @@ impl GpuModel {
                     &p32.slice(lr.dt_bias.clone()),
                     &b.rule_dg.slice(..n * h),
                     &b.rule_dbeta.slice(..n * h),
-                    &mut b.da.slice_mut(..n * h),
-                    &mut b.db.slice_mut(..n * h),
+                    &mut da,
+                    &mut db,
                     &mut d_a_log,
                     &mut d_dt,
                     &mut b.scratch,
@@ -2207,7 +2261,7 @@ impl GpuModel {
             if let Some(bias) = &lr.b_bias {
                 colsum_acc(
                     gpu,
-                    &b.db.slice(..n * h),
+                    &b.dab.slice(n * h..2 * n * h),
                     &mut grads.slice_mut(bias.clone()),
                 )?;
             }
@@ -2240,25 +2294,33 @@ impl GpuModel {
                 &mut b.dmu.slice_mut(..nv),
             )?;
             mark(ctx.prof, gpu, "bwd silu, l2norm")?;
-            // dq_pre‖dk_pre in mu, dv_pre in act.
+            // dq_pre‖dk_pre side by side in mu ([n, 2·kd]: q and k projections as one matmul),
+            // dv_pre in act.
+            let nqk = 2 * nk;
             {
                 let (dq_conv, rest) = b.dact.split_at(nk);
                 let dk_conv = rest.slice(..nk);
                 let dv_conv = b.dmu.slice(..nv);
-                let (mut dq_pre, mut rest) = wk.gu.mu.split_at_mut(nk);
-                let mut dk_pre = rest.slice_mut(..nk);
-                let mut dv_pre = wk.mlp.act.slice_mut(..nv);
-                for (pre, wr, dconv, dpre, ch) in [
-                    (&s.q_pre, &lr.q_conv, &dq_conv, &mut dq_pre, kd),
-                    (&s.k_pre, &lr.k_conv, &dk_conv, &mut dk_pre, kd),
-                    (&s.v_pre, &lr.v_conv, &dv_conv, &mut dv_pre, vd),
+                // Rows 2·kd apart: q's columns from 0, k's from kd (the views overlap, so each
+                // is taken in turn).
+                let strided = if n == 0 { 0 } else { (n - 1) * 2 * kd + kd };
+                // Where each dpre goes: Some(column offset) in mu, None for act.
+                for (pre, wr, dconv, ch, col) in [
+                    (&s.q_pre, &lr.q_conv, &dq_conv, kd, Some(0)),
+                    (&s.k_pre, &lr.k_conv, &dk_conv, kd, Some(kd)),
+                    (&s.v_pre, &lr.v_conv, &dv_conv, vd, None),
                 ] {
+                    let (mut dpre, ld) = match col {
+                        Some(off) => (wk.gu.mu.slice_mut(off..off + strided), 2 * kd),
+                        None => (wk.mlp.act.slice_mut(..nv), vd),
+                    };
                     ops::conv_bwd(
                         gpu,
                         &pre.slice(..n * ch),
                         &pv(wr),
                         &dconv.slice(..n * ch),
-                        &mut dpre.slice_mut(..n * ch),
+                        &mut dpre,
+                        ld,
                         &mut grads.slice_mut(wr.clone()),
                         &mut b.scratch,
                         &cu,
@@ -2268,21 +2330,20 @@ impl GpuModel {
                 }
             }
             mark(ctx.prof, gpu, "bwd short conv")?;
-            // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1.
+            // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1. q‖k is one matmul (their
+            // weights are adjacent); a and b (rank H each) join the norm's backward below.
             let h1 = wk.mix.h1.slice(..nd);
-            let (dq_pre, rest) = wk.gu.mu.split_at(nk);
-            let dk_pre = rest.slice(..nk);
-            let mut first = true;
-            for (wr, dpv, out) in [
-                (&lr.q_proj, dq_pre.slice(..nk), kd),
-                (&lr.k_proj, dk_pre, kd),
+            let qk = lr.q_proj.start..lr.k_proj.end;
+            let ab = lr.a_proj.start..lr.b_proj.end;
+            for (i, (wr, dpv, out)) in [
+                (&qk, wk.gu.mu.slice(..nqk), 2 * kd),
                 (&lr.v_proj, wk.mlp.act.slice(..nv), vd),
-                (&lr.a_proj, b.da.slice(..n * h), h),
-                (&lr.b_proj, b.db.slice(..n * h), h),
                 (&lr.g_proj, wk.gu.mg.slice(..nv), vd),
-            ] {
-                let beta = if first { 0.0 } else { 1.0 };
-                first = false;
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let beta = if i == 0 { 0.0 } else { 1.0 };
                 lin_dx::<f32>(
                     blas,
                     &dpv,
@@ -2295,6 +2356,12 @@ impl GpuModel {
                 )?;
                 lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
             }
+            for (wr, dpv) in [
+                (&lr.a_proj, b.dab.slice(..n * h)),
+                (&lr.b_proj, b.dab.slice(n * h..2 * n * h)),
+            ] {
+                lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, h)?;
+            }
             mark(ctx.prof, gpu, "bwd mixer projections")?;
             rmsnorm_bwd_f32(
                 gpu,
@@ -2302,6 +2369,12 @@ impl GpuModel {
                 &pv(&lr.attn_norm),
                 &wk.mix.rstd1.slice(..n),
                 &b.dacc.slice(..nd),
+                Some(LowRank {
+                    c: b.dab.slice(..2 * n * h),
+                    v: pv(&ab),
+                    r: h,
+                    nb: 2,
+                }),
                 &mut b.dres.slice_mut(..nd),
                 Some(&mut b.dres_bf.slice_mut(..nd)),
                 true,

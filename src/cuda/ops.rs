@@ -866,7 +866,9 @@ pub fn conv_fwd(
     Ok(())
 }
 
-/// Convolution backward (`ops::conv::backward`): writes dx, accumulates dw [D, W] (fp32).
+/// Convolution backward (`ops::conv::backward`): writes dx, accumulates dw [D, W] (fp32). Row t
+/// of dx starts at element t · `dx_ld` (≥ D; D for a dense [T, D] dx), so that the model can
+/// place the q and k gradients side by side in one [T, 2D] matrix for one projection matmul.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_bwd(
     gpu: &Gpu,
@@ -874,6 +876,7 @@ pub fn conv_bwd(
     w: &impl DevicePtr<bf16>,
     dy: &impl DevicePtr<bf16>,
     dx: &mut impl DevicePtrMut<bf16>,
+    dx_ld: usize,
     dw: &mut impl DevicePtrMut<f32>,
     scratch: &mut impl DevicePtrMut<f32>,
     cu_seqlens: &impl DevicePtr<i32>,
@@ -884,7 +887,17 @@ pub fn conv_bwd(
     conv_checks(op, channels, width, w.len())?;
     let t = rows_of(op, "x", x.len(), channels)?;
     expect_len(op, "dy", dy.len(), x.len(), "same as x")?;
-    expect_len(op, "dx", dx.len(), x.len(), "same as x")?;
+    ensure!(
+        dx_ld >= channels,
+        "{op}: the row stride of dx ({dx_ld}) is below the channels ({channels})"
+    );
+    expect_len(
+        op,
+        "dx",
+        dx.len(),
+        if t == 0 { 0 } else { (t - 1) * dx_ld + channels },
+        "(tokens − 1) × dx_ld + channels",
+    )?;
     expect_len(op, "dw", dw.len(), channels * width, "channels × width")?;
     expect_at_least(
         op,
@@ -901,6 +914,7 @@ pub fn conv_bwd(
     let nseq = to_i32(op, "sequences", cu_seqlens.len() - 1)?;
     let t_ = to_i32(op, "tokens", t)?;
     let d_ = to_i32(op, "channels", channels)?;
+    let ld_ = to_i32(op, "dx row stride", dx_ld)?;
     let w_ = width as i32;
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
@@ -911,12 +925,12 @@ pub fn conv_bwd(
     let (sp, _s) = scratch.device_ptr_mut(s);
     let (cp, _c) = cu_seqlens.device_ptr(s);
     let aligned8 = [xp, dyp, dxp].iter().all(|p| p % 8 == 0);
-    let parts = if channels.is_multiple_of(4) && aligned8 {
+    let parts = if channels.is_multiple_of(4) && dx_ld.is_multiple_of(4) && aligned8 {
         // One thread per 4 channels and part.
         let np = CONV_PARTS as i32;
         let threads = channels / 4 * CONV_PARTS;
         launch!(gpu, CONV, "conv_bwd_v4", grid_1d(threads, 256, usize::MAX);
-            xp, wp, dyp, dxp, sp, cp, nseq, t_, d_, w_, np);
+            xp, wp, dyp, dxp, ld_, sp, cp, nseq, t_, d_, w_, np);
         CONV_PARTS
     } else {
         let cfg = LaunchConfig {
@@ -924,7 +938,7 @@ pub fn conv_bwd(
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(gpu, CONV, "conv_bwd", cfg; xp, wp, dyp, dxp, sp, cp, nseq, t_, d_, w_);
+        launch!(gpu, CONV, "conv_bwd", cfg; xp, wp, dyp, dxp, ld_, sp, cp, nseq, t_, d_, w_);
         PARTS
     };
     reduce_partials(

@@ -471,15 +471,18 @@ impl Ctx<'_> {
         // The model's RMSNorm backward on the fp32 residual stream (written, then accumulated),
         // with its bf16 copy of dx: against the f64 composition, and bit for bit against
         // cast_f32_to_bf16 of the fp32 dx it replaces.
+        // With `lowrank`, dy has the addend Σ_b c_b·v_b (two blocks of rank 3, as the mixer's a
+        // and b projections); d = 98 takes the general path.
         for (rows, d) in [
             (7usize, 96usize),
             (300, 1000),
             (9000, 256),
             (333, 2048),
             (1001, 64),
+            (50, 98),
         ] {
-            for acc in [false, true] {
-                let shape = format!("rows={rows} d={d} acc={acc}");
+            for (acc, lowrank) in [(false, false), (true, false), (true, true)] {
+                let shape = format!("rows={rows} d={d} acc={acc} lowrank={lowrank}");
                 let x = self.randn(rows * d, 1.5);
                 let w = self.randn_bf(d, 1.0);
                 let (_, r64) = nn::rmsnorm_fwd(&f64s(&x), &f64s(&w), d, eps as f64);
@@ -487,12 +490,29 @@ impl Ctx<'_> {
                 let dy = self.randn(rows * d, 1.0);
                 let dx0 = self.randn(rows * d, 1.0);
                 let dw0 = self.randn(d, 1.0);
+                let (nb, r) = (2usize, 3usize);
+                let lr_c = self.randn_bf(nb * rows * r, 1.0);
+                let lr_v = self.randn_bf(nb * r * d, 0.5);
+                let mut dy_eff = f64s(&dy);
+                if lowrank {
+                    for (row, dyr) in dy_eff.chunks_mut(d).enumerate() {
+                        for b in 0..nb {
+                            for i in 0..r {
+                                let c = lr_c[(b * rows + row) * r + i] as f64;
+                                let vr = &lr_v[(b * r + i) * d..(b * r + i + 1) * d];
+                                for (o, &v) in dyr.iter_mut().zip(vr) {
+                                    *o += c * v as f64;
+                                }
+                            }
+                        }
+                    }
+                }
                 let mut want_dw = f64s(&dw0);
                 let mut want_dx = nn::rmsnorm_bwd(
                     &f64s(&x),
                     &f64s(&w),
                     &f64s(&rstd),
-                    &f64s(&dy),
+                    &dy_eff,
                     d,
                     &mut want_dw,
                 );
@@ -515,12 +535,20 @@ impl Ctx<'_> {
                 let mut dxb = self.nan_bf16(rows * d)?;
                 let mut dw = self.f32(&dw0)?;
                 let mut scratch = self.nan_f32(ops::PARTS * d)?;
+                let (cd, vd) = (self.bf(&lr_c)?, self.bf(&lr_v)?);
+                let addend = lowrank.then(|| super::model::LowRank {
+                    c: cd.slice(..),
+                    v: vd.slice(..),
+                    r,
+                    nb,
+                });
                 super::model::rmsnorm_bwd_f32(
                     gpu,
                     &xd,
                     &wd,
                     &rd,
                     &dyd,
+                    addend,
                     &mut dx,
                     Some(&mut dxb.slice_mut(..)),
                     acc,
@@ -801,25 +829,43 @@ impl Ctx<'_> {
                 &mut want_dw,
             );
             let dyd = self.bf(&dy)?;
-            let mut dx = self.nan_bf16(t * d)?;
-            let mut dw = self.f32(&dw0)?;
-            let mut scratch = self.nan_f32(ops::conv_bwd_scratch_len(d, width))?;
-            ops::conv_bwd(
-                gpu,
-                &xd,
-                &wd,
-                &dyd,
-                &mut dx,
-                &mut dw,
-                &mut scratch,
-                &cud,
-                d,
-                width,
-            )?;
-            let got = download_bf16(gpu, &dx)?;
-            self.check("conv_bwd dx", &shape, &got, &want_dx, TOL_BF16);
-            let got = download_f32(gpu, &dw)?;
-            self.check("conv_bwd dw", &shape, &got, &want_dw, TOL_RED);
+            // dx dense, then with rows 2·D apart (the model's q and k side by side): the rows
+            // must match and the gaps keep their NaN.
+            for ld in [d, 2 * d] {
+                let len = if t == 0 { 0 } else { (t - 1) * ld + d };
+                let mut dx = self.nan_bf16(len)?;
+                let mut dw = self.f32(&dw0)?;
+                let mut scratch = self.nan_f32(ops::conv_bwd_scratch_len(d, width))?;
+                ops::conv_bwd(
+                    gpu,
+                    &xd,
+                    &wd,
+                    &dyd,
+                    &mut dx,
+                    ld,
+                    &mut dw,
+                    &mut scratch,
+                    &cud,
+                    d,
+                    width,
+                )?;
+                let all = download_bf16(gpu, &dx)?;
+                let rows: Vec<f32> = (0..t).flat_map(|r| all[r * ld..r * ld + d].to_vec()).collect();
+                let shape = format!("{shape} dx_ld={ld}");
+                self.check("conv_bwd dx", &shape, &rows, &want_dx, TOL_BF16);
+                let written_gaps = (0..t.saturating_sub(1))
+                    .flat_map(|r| &all[r * ld + d..(r + 1) * ld])
+                    .filter(|v| !v.is_nan())
+                    .count();
+                self.rows.push(Row {
+                    op: "conv_bwd dx gaps untouched (count written)".into(),
+                    shape: shape.clone(),
+                    max_rel_err: written_gaps as f64,
+                    tolerance: 0.0,
+                });
+                let got = download_f32(gpu, &dw)?;
+                self.check("conv_bwd dw", &shape, &got, &want_dw, TOL_RED);
+            }
         }
         // Decode steps for N sequences from a random cache: GPU [N, D, W], CPU [W, D] per sequence.
         for (nseq, d, width) in [(3usize, 96usize, 4usize), (2, 1000, 3)] {

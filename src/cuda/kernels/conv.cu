@@ -83,12 +83,12 @@ extern "C" __global__ void __launch_bounds__(256) conv_fwd_v8(const bf16* x, con
 #define CONV_BWD_RUN 4
 
 // Thread (channel group g of 4 channels, part p): tokens [p·per, (p+1)·per) with
-// per = ceil(T / parts); writes their dx and partial[p, c·W + j] = the part's share of dw[c, j],
-// tokens in order.
+// per = ceil(T / parts); writes their dx (rows ldx apart) and partial[p, c·W + j] = the part's
+// share of dw[c, j], tokens in order.
 template <int W>
 __device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, const bf16* dy, bf16* dx,
-                                                 float* partial, const int* cu, int nseq, int T, int D,
-                                                 int parts) {
+                                                 int ldx, float* partial, const int* cu, int nseq, int T,
+                                                 int D, int parts) {
     const int groups = D >> 2;
     const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (i64)groups * parts) return;
@@ -160,7 +160,7 @@ __device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, c
                         for (int i = 0; i < 4; ++i) acc[i][j] += gw[0][i] * xw[j][i];
                     }
                 }
-                st4bf(dx + (i64)t * D + c, make_float4(dxv[0], dxv[1], dxv[2], dxv[3]));
+                st4bf(dx + (i64)t * ldx + c, make_float4(dxv[0], dxv[1], dxv[2], dxv[3]));
             }
         }
     }
@@ -174,13 +174,13 @@ __device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, c
 
 // Grid: ceil(D/4 · parts / blockDim) blocks.
 extern "C" __global__ void __launch_bounds__(256) conv_bwd_v4(const bf16* x, const bf16* w, const bf16* dy,
-                                                              bf16* dx, float* partial, const int* cu, int nseq,
-                                                              int T, int D, int W, int parts) {
+                                                              bf16* dx, int ldx, float* partial, const int* cu,
+                                                              int nseq, int T, int D, int W, int parts) {
     switch (W) {
-        case 1: conv_bwd_v4_impl<1>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
-        case 2: conv_bwd_v4_impl<2>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
-        case 3: conv_bwd_v4_impl<3>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
-        default: conv_bwd_v4_impl<4>(x, w, dy, dx, partial, cu, nseq, T, D, parts); break;
+        case 1: conv_bwd_v4_impl<1>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
+        case 2: conv_bwd_v4_impl<2>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
+        case 3: conv_bwd_v4_impl<3>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
+        default: conv_bwd_v4_impl<4>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
     }
 }
 
@@ -203,9 +203,9 @@ extern "C" __global__ void conv_fwd(const bf16* x, const bf16* w, bf16* y, const
 }
 
 // Grid (ceil(D / blockDim), P): block (., p) handles the contiguous tokens [p*per, (p+1)*per),
-// writes their dx, and partial[p, c*W + j] = its share of dw[c, j].
-extern "C" __global__ void conv_bwd(const bf16* x, const bf16* w, const bf16* dy, bf16* dx, float* partial,
-                                    const int* cu, int nseq, int T, int D, int W) {
+// writes their dx (rows ldx apart), and partial[p, c*W + j] = its share of dw[c, j].
+extern "C" __global__ void conv_bwd(const bf16* x, const bf16* w, const bf16* dy, bf16* dx, int ldx,
+                                    float* partial, const int* cu, int nseq, int T, int D, int W) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= D) return;
     const int p = blockIdx.y;
@@ -230,7 +230,7 @@ extern "C" __global__ void conv_bwd(const bf16* x, const bf16* w, const bf16* dy
                 if (t + back < end) dxv += wc[j] * ldf(dy, (i64)(t + back) * D + c);
                 if (t - back >= start) acc[j] += dyt * ldf(x, (i64)(t - back) * D + c);
             }
-            dx[(i64)t * D + c] = tobf(dxv);
+            dx[(i64)t * ldx + c] = tobf(dxv);
         }
     }
     for (int j = 0; j < W; ++j) partial[((i64)p * D + c) * W + j] = acc[j];

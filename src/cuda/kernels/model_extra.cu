@@ -209,16 +209,37 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf
 // together, and one pair of barriers serves them all.
 #define MX_BWD_ROWS 4
 
+// The low-rank addend of mx_rmsnorm_bwd_f32's dy: Σ over nb blocks b and i < r of
+// c[b, row, i] · v[b·r + i, col], with c bf16 [nb, rows, r] and v bf16 [nb·r, d] (the a and b
+// projections' share of the mixer's input gradient, which would otherwise cost two fp32 passes
+// over dy). nb = 0: none.
+struct LowRank {
+    const bf16* c;
+    const bf16* v;
+    int r, nb;
+};
+
+__device__ __forceinline__ float lowrank_at(const LowRank& lr, int rows, int row, int col, int d) {
+    float s = 0.0f;
+    for (int b = 0; b < lr.nb; ++b)
+        for (int i = 0; i < lr.r; ++i)
+            s += ldf(lr.c, ((i64)b * rows + row) * lr.r + i) * ldf(lr.v, (i64)(b * lr.r + i) * d + col);
+    return s;
+}
+
 // RMSNorm backward on the fp32 residual stream with an fp32 gradient (ops::rmsnorm_bwd with x,
 // dy and dx in fp32): dx = rstd·(dy·w − x·rstd·mean(dy·w·x·rstd)), written (acc = 0) or added
 // (acc = 1) into the fp32 residual gradient, and, when dx_bf is not null, also rounded to bf16
 // into dx_bf (the stored fp32 value, rounded as tobf: what cast_f32_bf16 of dx gives); partial[block, :] = Σ over the block's rows of
-// dy·x·rstd, for reduce_partials. Block b handles the contiguous rows [b·per, (b+1)·per), each
+// dy·x·rstd, for reduce_partials. dy here is the given dy plus the low-rank addend (LowRank).
+// Block b handles the contiguous rows [b·per, (b+1)·per), each
 // column summed by one thread over the rows in order (deterministic). Vector path (d a multiple
 // of 4, at most 2 float4 per thread, aligned): MX_BWD_ROWS rows at a time in registers.
 // General path: one row at a time, the column sums in d floats of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const float* x, const bf16* w, const float* rstd, const float* dy,
-                                              float* dx, bf16* dx_bf, float* partial, int rows, int d, int acc_dx) {
+                                              float* dx, bf16* dx_bf, float* partial, int rows, int d, int acc_dx,
+                                              const bf16* lr_c, const bf16* lr_v, int lr_r, int lr_nb) {
+    const LowRank lr{lr_c, lr_v, lr_r, lr_nb};
     extern __shared__ float acc[];
     __shared__ float sh[32 * MX_BWD_ROWS];
     const int per = (rows + gridDim.x - 1) / gridDim.x;
@@ -226,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
     const int r1 = min(rows, r0 + per);
     const int nv = d >> 2, nt = blockDim.x;
     if ((d & 3) == 0 && nv <= 2 * nt && aligned_to(x, 16) && aligned_to(dy, 16) && aligned_to(dx, 16) &&
-        aligned_to(w, 8) && aligned_to(dx_bf, 8)) {
+        aligned_to(w, 8) && aligned_to(dx_bf, 8) && aligned_to(lr_v, 8)) {
         const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         const float4* x4 = reinterpret_cast<const float4*>(x);
         const float4* g4 = reinterpret_cast<const float4*>(dy);
@@ -245,7 +266,6 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
             for (int j = 0; j < MX_BWD_ROWS; ++j) {
                 const bool ok = r + j < r1;
                 rs[j] = ok ? rstd[r + j] : 0.0f;
-                dot[j] = 0.0f;
 #pragma unroll
                 for (int k = 0; k < 2; ++k) {
                     const int q = threadIdx.x + k * nt;
@@ -254,6 +274,37 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
                     xv[j][k] = in ? x4[e] : zero;
                     gv[j][k] = in ? g4[e] : zero;
                     ov[j][k] = in && acc_dx ? d4[e] : zero;
+                }
+            }
+            // The addend: each row of v once for the MX_BWD_ROWS rows (rows past r1 and columns
+            // past d only ever add to values that are never stored).
+            for (int b = 0; b < lr.nb; ++b) {
+                for (int i = 0; i < lr.r; ++i) {
+                    const bf16* vr = lr.v + (i64)(b * lr.r + i) * d;
+                    float4 vv[2];
+#pragma unroll
+                    for (int k = 0; k < 2; ++k) {
+                        const int q = threadIdx.x + k * nt;
+                        vv[k] = q < nv ? ld4bf(vr + 4 * q) : zero;
+                    }
+#pragma unroll
+                    for (int j = 0; j < MX_BWD_ROWS; ++j) {
+                        const float cj = r + j < r1 ? ldf(lr.c, ((i64)b * rows + r + j) * lr.r + i) : 0.0f;
+#pragma unroll
+                        for (int k = 0; k < 2; ++k) {
+                            gv[j][k].x += cj * vv[k].x;
+                            gv[j][k].y += cj * vv[k].y;
+                            gv[j][k].z += cj * vv[k].z;
+                            gv[j][k].w += cj * vv[k].w;
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < MX_BWD_ROWS; ++j) {
+                dot[j] = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 2; ++k) {
                     const float4 a = xv[j][k], g = gv[j][k], ww = wv[k];
                     dot[j] += g.x * ww.x * a.x * rs[j] + g.y * ww.y * a.y * rs[j] + g.z * ww.z * a.z * rs[j] +
                               g.w * ww.w * a.w * rs[j];
@@ -300,11 +351,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
         float* dxr = dx + (i64)r * d;
         const float rs = rstd[r];
         float dot[1] = {0.0f};
-        for (int c = threadIdx.x; c < d; c += nt) dot[0] += dyr[c] * ldf(w, c) * xr[c] * rs;
+        for (int c = threadIdx.x; c < d; c += nt)
+            dot[0] += (dyr[c] + lowrank_at(lr, rows, r, c, d)) * ldf(w, c) * xr[c] * rs;
         block_sum_n<1>(dot, sh);
         const float mean = dot[0] / (float)d;
         for (int c = threadIdx.x; c < d; c += nt) {
-            const float xv = xr[c], g = dyr[c];
+            const float xv = xr[c], g = dyr[c] + lowrank_at(lr, rows, r, c, d);
             const float v = rs * (g * ldf(w, c) - xv * rs * mean);
             const float o = acc_dx ? dxr[c] + v : v;
             dxr[c] = o;
