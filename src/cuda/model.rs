@@ -217,10 +217,20 @@ pub fn add_f32_bf16(
     Ok(())
 }
 
+/// A residual add done by [`rmsnorm_fwd_f32x`]: `sum` = x + `add`, which is then normalised.
+pub struct ResidualAdd<'a, 'b> {
+    pub add: CudaView<'a, bf16>,
+    pub sum: &'b mut CudaViewMut<'a, f32>,
+}
+
 /// RMSNorm of the fp32 residual stream (as `ops::rmsnorm_fwd`, x fp32): y = x·rstd·w (bf16).
+/// With `residual`, the row normalised is x + add, also written to its `sum` (the same fp32
+/// values `add_f32_bf16` gives, without its pass over the stream).
+#[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_fwd_f32x(
     gpu: &Gpu,
     x: &impl DevicePtr<f32>,
+    residual: Option<ResidualAdd>,
     w: &impl DevicePtr<bf16>,
     y: &mut impl DevicePtrMut<bf16>,
     rstd: &mut impl DevicePtrMut<f32>,
@@ -239,6 +249,15 @@ pub fn rmsnorm_fwd_f32x(
         y.len(),
         rstd.len()
     );
+    if let Some(r) = &residual {
+        ensure!(
+            r.add.len() == x.len() && r.sum.len() == x.len(),
+            "rmsnorm_fwd_f32x: the residual add's lengths (add {}, sum {}) differ from x's {}",
+            r.add.len(),
+            r.sum.len(),
+            x.len()
+        );
+    }
     let rows = i32::try_from(x.len() / d).context("rmsnorm_fwd_f32x: too many rows")?;
     if rows == 0 {
         return Ok(());
@@ -249,14 +268,34 @@ pub fn rmsnorm_fwd_f32x(
     let (wp, _w) = w.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = rstd.device_ptr_mut(s);
+    // Null pointers: no residual add.
+    let (add, sum) = match residual {
+        Some(r) => (Some(r.add), Some(r.sum)),
+        None => (None, None),
+    };
+    let (ap, _a) = match &add {
+        Some(a) => {
+            let (p, g) = a.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
+    let (sp, _s) = match sum {
+        Some(m) => {
+            let (p, g) = m.device_ptr_mut(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, bf16*, float*, int,
-    // int, float)`; lengths checked; one block of at most 256 threads per row.
-    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_fwd_f32x", cfg; xp, wp, yp, rp, rows, d_, eps);
+    // arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, float*, const bf16*,
+    // bf16*, float*, int, int, float)`; lengths checked; one block of at most 256 threads per
+    // row.
+    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_fwd_f32x", cfg; xp, ap, sp, wp, yp, rp, rows, d_, eps);
     Ok(())
 }
 
@@ -369,15 +408,22 @@ pub fn rmsnorm_bwd_f32(
         }
         None => (0, None),
     };
+    // The general path's column sums (d floats), or the vector path's staged addend
+    // coefficients (MX_BWD_ROWS = 4 rows of nb · r).
+    let smem_floats = d.max(4 * (lr_nb * lr_r) as usize);
+    ensure!(
+        smem_floats <= ops::MAX_NORM_WIDTH,
+        "rmsnorm_bwd_f32: the low-rank addend's {lr_nb} blocks of rank {lr_r} are too many"
+    );
     let cfg = LaunchConfig {
         grid_dim: (parts as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
-        shared_mem_bytes: (d * 4) as u32,
+        shared_mem_bytes: (smem_floats * 4) as u32,
     };
     // arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
     // const float*, float*, bf16*, float*, int, int, int, const bf16*, const bf16*, int, int)`;
     // lengths checked (dx_bf null or as long as dx, the addend's c and v as its rank and blocks
-    // say); d floats of dynamic shared memory (d ≤ MAX_NORM_WIDTH fits 48 KiB); scratch holds
+    // say); at most MAX_NORM_WIDTH floats of dynamic shared memory (fits 48 KiB); scratch holds
     // PARTS rows of d.
     launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg;
         xp, wp, rp, yp, dxp, dbp, sp, rows, d_, acc, cp, vp, lr_r, lr_nb);
@@ -945,6 +991,7 @@ fn attn_norm(ctx: &BlockCtx, lr: &LayerRanges, x_in: &CudaView<f32>, wk: &mut Wo
     rmsnorm_fwd_f32x(
         ctx.gpu,
         x_in,
+        None,
         &ctx.pv(&lr.attn_norm),
         &mut wk.mix.h1.slice_mut(..n * d),
         &mut wk.mix.rstd1.slice_mut(..n),
@@ -1023,27 +1070,27 @@ fn out_norm(ctx: &BlockCtx, lr: &LayerRanges, s: &Saved, wk: &mut Work, fwd: boo
     ctx.mark(fwd, "fwd gated rmsnorm")
 }
 
-/// x_mid = x_in + mix (fp32 + bf16).
-fn mid_residual(ctx: &BlockCtx, x_in: &CudaView<f32>, s: &Saved, wk: &mut Work) -> Result<()> {
-    let nd = ctx.n * ctx.sz.d;
-    add_f32_bf16(
-        ctx.gpu,
-        x_in,
-        &s.mix.slice(..nd),
-        &mut wk.mlp.x_mid.slice_mut(..nd),
-    )
-}
-
-/// h2, rstd2 = RMSNorm(x_mid).
-fn mlp_norm(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
+/// x_mid = x_in + mix; h2, rstd2 = RMSNorm(x_mid) (one kernel).
+fn mlp_norm(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    x_in: &CudaView<f32>,
+    s: &Saved,
+    wk: &mut Work,
+    fwd: bool,
+) -> Result<()> {
     let Sz { d, eps, .. } = ctx.sz;
-    let n = ctx.n;
+    let nd = ctx.n * d;
     rmsnorm_fwd_f32x(
         ctx.gpu,
-        &wk.mlp.x_mid.slice(..n * d),
+        x_in,
+        Some(ResidualAdd {
+            add: s.mix.slice(..nd),
+            sum: &mut wk.mlp.x_mid.slice_mut(..nd),
+        }),
         &ctx.pv(&lr.mlp_norm),
-        &mut wk.mlp.h2.slice_mut(..n * d),
-        &mut wk.mlp.rstd2.slice_mut(..n),
+        &mut wk.mlp.h2.slice_mut(..nd),
+        &mut wk.mlp.rstd2.slice_mut(..ctx.n),
         d,
         eps,
     )?;
@@ -1162,10 +1209,9 @@ fn block_forward(
         vd,
         d,
     )?;
-    mid_residual(ctx, x_in, s, wk)?;
-    mark(ctx.prof, gpu, "fwd o_proj, residual")?;
+    mark(ctx.prof, gpu, "fwd o_proj")?;
     // MLP.
-    mlp_norm(ctx, lr, wk, true)?;
+    mlp_norm(ctx, lr, x_in, s, wk, true)?;
     mlp_gate_up(ctx, lr, wk, true)?;
     mlp_swiglu(ctx, wk, true)?;
     let mut down = tmp_d.slice_mut(..n * d);
@@ -1821,6 +1867,7 @@ impl GpuModel {
         rmsnorm_fwd_f32x(
             gpu,
             &x_final,
+            None,
             &pv(&self.norm),
             &mut self.normed_f.slice_mut(..n * d),
             &mut self.rstd_f.slice_mut(..n),
@@ -2055,8 +2102,7 @@ impl GpuModel {
             let x_in = self.xs[l].slice(..nd);
             let ni = n * inter;
             if redo_mlp {
-                mid_residual(&ctx, &x_in, s, wk)?;
-                mlp_norm(&ctx, lr, wk, false)?;
+                mlp_norm(&ctx, lr, &x_in, s, wk, false)?;
             }
             if redo_gu {
                 mlp_gate_up(&ctx, lr, wk, false)?;

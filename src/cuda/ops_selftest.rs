@@ -481,6 +481,37 @@ impl Ctx<'_> {
             (1001, 64),
             (50, 98),
         ] {
+            // The forward on the fp32 stream, plain and with its residual add.
+            for with_add in [false, true] {
+                let shape = format!("rows={rows} d={d} residual_add={with_add}");
+                let x = self.randn(rows * d, 1.5);
+                let add = self.randn_bf(rows * d, 1.0);
+                let w = self.randn_bf(d, 1.0);
+                let mut want_sum = f64s(&x);
+                if with_add {
+                    for (o, &a) in want_sum.iter_mut().zip(&add) {
+                        *o += a as f64;
+                    }
+                }
+                let (want_y, want_r) = nn::rmsnorm_fwd(&want_sum, &f64s(&w), d, eps as f64);
+                let (xd, ad, wd) = (self.f32(&x)?, self.bf(&add)?, self.bf(&w)?);
+                let (mut y, mut rstd) = (self.nan_bf16(rows * d)?, self.nan_f32(rows)?);
+                let mut sum = self.nan_f32(rows * d)?;
+                let mut sum_view = sum.slice_mut(..);
+                let residual = with_add.then(|| super::model::ResidualAdd {
+                    add: ad.slice(..),
+                    sum: &mut sum_view,
+                });
+                super::model::rmsnorm_fwd_f32x(gpu, &xd, residual, &wd, &mut y, &mut rstd, d, eps)?;
+                let got = download_bf16(gpu, &y)?;
+                self.check("rmsnorm_fwd_f32x y", &shape, &got, &want_y, TOL_BF16);
+                let got = download_f32(gpu, &rstd)?;
+                self.check("rmsnorm_fwd_f32x rstd", &shape, &got, &want_r, TOL_F32);
+                if with_add {
+                    let got = download_f32(gpu, &sum)?;
+                    self.check("rmsnorm_fwd_f32x x + add", &shape, &got, &want_sum, TOL_F32);
+                }
+            }
             for (acc, lowrank) in [(false, false), (true, false), (true, true)] {
                 let shape = format!("rows={rows} d={d} acc={acc} lowrank={lowrank}");
                 let x = self.randn(rows * d, 1.5);

@@ -165,23 +165,33 @@ extern "C" __global__ void mx_add_f32_bf16(const float* a, const bf16* b, float*
 }
 
 // RMSNorm of the fp32 residual stream (ops::rmsnorm_fwd with fp32 x): y = x·rstd·w (bf16),
-// rstd = 1/sqrt(mean(x²) + eps). One block per row; with d a multiple of 4, at most 4 float4 per
-// thread and aligned rows, the row is read once into registers.
-extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf16* y, float* rstd, int rows,
-                                               int d, float eps) {
+// rstd = 1/sqrt(mean(x²) + eps). With `add` not null, the row normalised is x + add (bf16), which
+// is also written to xs (the residual add before the MLP's norm, without a separate pass). One
+// block per row; with d a multiple of 4, at most 4 float4 per thread and aligned rows, the row is
+// read once into registers.
+extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* add, float* xs, const bf16* w, bf16* y,
+                                               float* rstd, int rows, int d, float eps) {
     __shared__ float sh[33];
     const int r = blockIdx.x;
     if (r >= rows) return;
     const float* xr = x + (i64)r * d;
+    const bf16* ar = add ? add + (i64)r * d : nullptr;
+    float* xsr = add ? xs + (i64)r * d : nullptr;
     bf16* yr = y + (i64)r * d;
     const int nv = d >> 2, nt = blockDim.x;
-    if ((d & 3) == 0 && nv <= 4 * nt && aligned_to(xr, 16) && aligned_to(yr, 8) && aligned_to(w, 8)) {
+    if ((d & 3) == 0 && nv <= 4 * nt && aligned_to(xr, 16) && aligned_to(yr, 8) && aligned_to(w, 8) &&
+        aligned_to(ar, 8) && aligned_to(xsr, 16)) {
         float4 v[4];
         float ss = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             const int q = threadIdx.x + k * nt;
             v[k] = q < nv ? reinterpret_cast<const float4*>(xr)[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (ar && q < nv) {
+                const float4 a = ld4bf(ar + 4 * q);
+                v[k] = make_float4(v[k].x + a.x, v[k].y + a.y, v[k].z + a.z, v[k].w + a.w);
+                reinterpret_cast<float4*>(xsr)[q] = v[k];
+            }
             ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
         }
         ss = block_sum(ss, sh);
@@ -197,12 +207,21 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* w, bf
         }
         return;
     }
+    // Each thread reads back only the xs elements it wrote.
     float ss = 0.0f;
-    for (int c = threadIdx.x; c < d; c += nt) ss += xr[c] * xr[c];
+    for (int c = threadIdx.x; c < d; c += nt) {
+        float v = xr[c];
+        if (ar) {
+            v += ldf(ar, c);
+            xsr[c] = v;
+        }
+        ss += v * v;
+    }
     ss = block_sum(ss, sh);
     const float rs = 1.0f / sqrtf(ss / (float)d + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
-    for (int c = threadIdx.x; c < d; c += nt) yr[c] = tobf(xr[c] * rs * ldf(w, c));
+    const float* src = ar ? xsr : xr;
+    for (int c = threadIdx.x; c < d; c += nt) yr[c] = tobf(src[c] * rs * ldf(w, c));
 }
 
 // Rows per block-wide reduction in mx_rmsnorm_bwd_f32's vector path: their loads are in flight
@@ -259,9 +278,20 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
             wv[k] = q < nv ? ld4bf(w + 4 * q) : zero;
             cs[k] = zero;
         }
+        // The addend's c for the MX_BWD_ROWS rows, staged in the dynamic shared memory (unused
+        // otherwise on this path) so that the loop below reads it without a global load each.
+        const int per_row = lr.nb * lr.r;
         for (int r = r0; r < r1; r += MX_BWD_ROWS) {
             float4 xv[MX_BWD_ROWS][2], gv[MX_BWD_ROWS][2], ov[MX_BWD_ROWS][2];
             float rs[MX_BWD_ROWS], dot[MX_BWD_ROWS];
+            if (per_row > 0) {
+                // The previous group's readers are past block_sum_n's barriers.
+                for (int e = threadIdx.x; e < MX_BWD_ROWS * per_row; e += nt) {
+                    const int j = e / per_row, b = (e % per_row) / lr.r, i = e % lr.r;
+                    acc[e] = r + j < r1 ? ldf(lr.c, ((i64)b * rows + r + j) * lr.r + i) : 0.0f;
+                }
+                __syncthreads();
+            }
 #pragma unroll
             for (int j = 0; j < MX_BWD_ROWS; ++j) {
                 const bool ok = r + j < r1;
@@ -289,7 +319,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
                     }
 #pragma unroll
                     for (int j = 0; j < MX_BWD_ROWS; ++j) {
-                        const float cj = r + j < r1 ? ldf(lr.c, ((i64)b * rows + r + j) * lr.r + i) : 0.0f;
+                        const float cj = acc[j * per_row + b * lr.r + i];
 #pragma unroll
                         for (int k = 0; k < 2; ++k) {
                             gv[j][k].x += cj * vv[k].x;
