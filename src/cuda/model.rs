@@ -374,8 +374,10 @@ pub fn rmsnorm_bwd_f32(
             a.nb * a.r * d
         );
     }
-    let lr_r = i32::try_from(addend.as_ref().map_or(0, |a| a.r)).context("rmsnorm_bwd_f32: rank")?;
-    let lr_nb = i32::try_from(addend.as_ref().map_or(0, |a| a.nb)).context("rmsnorm_bwd_f32: blocks")?;
+    let lr_r =
+        i32::try_from(addend.as_ref().map_or(0, |a| a.r)).context("rmsnorm_bwd_f32: rank")?;
+    let lr_nb =
+        i32::try_from(addend.as_ref().map_or(0, |a| a.nb)).context("rmsnorm_bwd_f32: blocks")?;
     let acc = i32::from(accumulate);
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
@@ -1682,12 +1684,7 @@ impl GpuModel {
             poison(gpu, b)?;
         }
         let b = &mut self.bwd;
-        for x in [
-            &mut b.dres_bf,
-            &mut b.dact,
-            &mut b.dmu,
-            &mut b.dab,
-        ] {
+        for x in [&mut b.dres_bf, &mut b.dact, &mut b.dmu, &mut b.dab] {
             poison(gpu, x)?;
         }
         for x in [

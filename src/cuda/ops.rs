@@ -895,7 +895,11 @@ pub fn conv_bwd(
         op,
         "dx",
         dx.len(),
-        if t == 0 { 0 } else { (t - 1) * dx_ld + channels },
+        if t == 0 {
+            0
+        } else {
+            (t - 1) * dx_ld + channels
+        },
         "(tokens − 1) × dx_ld + channels",
     )?;
     expect_len(op, "dw", dw.len(), channels * width, "channels × width")?;

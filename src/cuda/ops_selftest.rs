@@ -539,14 +539,8 @@ impl Ctx<'_> {
                     }
                 }
                 let mut want_dw = f64s(&dw0);
-                let mut want_dx = nn::rmsnorm_bwd(
-                    &f64s(&x),
-                    &f64s(&w),
-                    &f64s(&rstd),
-                    &dy_eff,
-                    d,
-                    &mut want_dw,
-                );
+                let mut want_dx =
+                    nn::rmsnorm_bwd(&f64s(&x), &f64s(&w), &f64s(&rstd), &dy_eff, d, &mut want_dw);
                 if acc {
                     for (o, &a) in want_dx.iter_mut().zip(&dx0) {
                         *o += a as f64;
@@ -881,7 +875,9 @@ impl Ctx<'_> {
                     width,
                 )?;
                 let all = download_bf16(gpu, &dx)?;
-                let rows: Vec<f32> = (0..t).flat_map(|r| all[r * ld..r * ld + d].to_vec()).collect();
+                let rows: Vec<f32> = (0..t)
+                    .flat_map(|r| all[r * ld..r * ld + d].to_vec())
+                    .collect();
                 let shape = format!("{shape} dx_ld={ld}");
                 self.check("conv_bwd dx", &shape, &rows, &want_dx, TOL_BF16);
                 let written_gaps = (0..t.saturating_sub(1))

@@ -282,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
         // otherwise on this path) so that the loop below reads it without a global load each.
         const int per_row = lr.nb * lr.r;
         for (int r = r0; r < r1; r += MX_BWD_ROWS) {
-            float4 xv[MX_BWD_ROWS][2], gv[MX_BWD_ROWS][2], ov[MX_BWD_ROWS][2];
+            float4 xv[MX_BWD_ROWS][2], gv[MX_BWD_ROWS][2];
             float rs[MX_BWD_ROWS], dot[MX_BWD_ROWS];
             if (per_row > 0) {
                 // The previous group's readers are past block_sum_n's barriers.
@@ -303,30 +303,29 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
                     const bool in = ok && q < nv;
                     xv[j][k] = in ? x4[e] : zero;
                     gv[j][k] = in ? g4[e] : zero;
-                    ov[j][k] = in && acc_dx ? d4[e] : zero;
                 }
             }
             // The addend: each row of v once for the MX_BWD_ROWS rows (rows past r1 and columns
-            // past d only ever add to values that are never stored).
-            for (int b = 0; b < lr.nb; ++b) {
-                for (int i = 0; i < lr.r; ++i) {
-                    const bf16* vr = lr.v + (i64)(b * lr.r + i) * d;
-                    float4 vv[2];
+            // past d only ever add to values that are never stored). Row bi of v is block
+            // bi / r, index bi % r; unrolled so that several rows' loads are in flight at once.
+#pragma unroll 4
+            for (int bi = 0; bi < per_row; ++bi) {
+                const bf16* vr = lr.v + (i64)bi * d;
+                float4 vv[2];
+#pragma unroll
+                for (int k = 0; k < 2; ++k) {
+                    const int q = threadIdx.x + k * nt;
+                    vv[k] = q < nv ? ld4bf(vr + 4 * q) : zero;
+                }
+#pragma unroll
+                for (int j = 0; j < MX_BWD_ROWS; ++j) {
+                    const float cj = acc[j * per_row + bi];
 #pragma unroll
                     for (int k = 0; k < 2; ++k) {
-                        const int q = threadIdx.x + k * nt;
-                        vv[k] = q < nv ? ld4bf(vr + 4 * q) : zero;
-                    }
-#pragma unroll
-                    for (int j = 0; j < MX_BWD_ROWS; ++j) {
-                        const float cj = acc[j * per_row + b * lr.r + i];
-#pragma unroll
-                        for (int k = 0; k < 2; ++k) {
-                            gv[j][k].x += cj * vv[k].x;
-                            gv[j][k].y += cj * vv[k].y;
-                            gv[j][k].z += cj * vv[k].z;
-                            gv[j][k].w += cj * vv[k].w;
-                        }
+                        gv[j][k].x += cj * vv[k].x;
+                        gv[j][k].y += cj * vv[k].y;
+                        gv[j][k].z += cj * vv[k].z;
+                        gv[j][k].w += cj * vv[k].w;
                     }
                 }
             }
@@ -349,11 +348,16 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
                 for (int k = 0; k < 2; ++k) {
                     const int q = threadIdx.x + k * nt;
                     if (q >= nv) break;
-                    const float4 a = xv[j][k], g = gv[j][k], ww = wv[k], o = ov[j][k];
+                    // The old dx is read only here, to keep the registers for the loop above.
+                    const float4 a = xv[j][k], g = gv[j][k], ww = wv[k];
                     float4 v = make_float4(s * (g.x * ww.x - a.x * s * mean), s * (g.y * ww.y - a.y * s * mean),
                                            s * (g.z * ww.z - a.z * s * mean), s * (g.w * ww.w - a.w * s * mean));
-                    if (acc_dx) v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
-                    d4[(i64)(r + j) * nv + q] = v;
+                    const i64 e = (i64)(r + j) * nv + q;
+                    if (acc_dx) {
+                        const float4 o = d4[e];
+                        v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
+                    }
+                    d4[e] = v;
                     if (dx_bf) st4bf(dx_bf + 4 * ((i64)(r + j) * nv + q), v);
                     cs[k].x += g.x * a.x * s;
                     cs[k].y += g.y * a.y * s;
