@@ -731,3 +731,24 @@ fn run_train(a: &BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_chunk_shape;
+
+    #[test]
+    fn chunk_shapes_parse_and_bad_ones_are_named() {
+        let (b, t, d) = parse_chunk_shape(" 8x4096x6x256x512").unwrap();
+        assert_eq!((b, t, d.heads, d.dk, d.dv), (8, 4096, 6, 256, 512));
+        for bad in [
+            "8x4096x6x256",
+            "8x4096x6x256x512x1",
+            "8x0x6x256x512",
+            "8xTx6x256x512",
+            "",
+        ] {
+            let e = parse_chunk_shape(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{}`", bad.trim())), "{e}");
+        }
+    }
+}
