@@ -37,7 +37,10 @@ pub mod train;
 pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
 
 use anyhow::{bail, Context, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -152,6 +155,28 @@ pub fn all_sources() -> Vec<&'static KernelSource> {
     v.extend(delta_rule::sources());
     v.extend(model::sources());
     v
+}
+
+/// The device pointer of an optional input for a kernel argument: null where absent.
+pub(crate) fn ptr_or_null<'a, T>(
+    b: Option<&'a impl DevicePtr<T>>,
+    s: &'a CudaStream,
+) -> (CUdeviceptr, Option<SyncOnDrop<'a>>) {
+    b.map_or((0, None), |b| {
+        let (p, g) = b.device_ptr(s);
+        (p, Some(g))
+    })
+}
+
+/// As [`ptr_or_null`], for an optional output.
+pub(crate) fn ptr_mut_or_null<'a, T>(
+    b: Option<&'a mut impl DevicePtrMut<T>>,
+    s: &'a CudaStream,
+) -> (CUdeviceptr, Option<SyncOnDrop<'a>>) {
+    b.map_or((0, None), |b| {
+        let (p, g) = b.device_ptr_mut(s);
+        (p, Some(g))
+    })
 }
 
 /// `got == want` elements for buffer `name` of `op`, or an error saying what the size should be.

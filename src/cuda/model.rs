@@ -21,7 +21,7 @@ use super::delta_rule::{
     DecodeStep, DeltaRuleWorkspace,
 };
 use super::profile::{mark, OpProfile};
-use super::{ops, Gpu, KernelSource};
+use super::{ops, ptr_mut_or_null, ptr_or_null, Gpu, KernelSource};
 use crate::model::lm::Model;
 use crate::ops::delta_rule::Dims;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -269,24 +269,9 @@ pub fn rmsnorm_fwd_f32x(
     let (yp, _y) = y.device_ptr_mut(s);
     let (rp, _r) = rstd.device_ptr_mut(s);
     // Null pointers: no residual add.
-    let (add, sum) = match residual {
-        Some(r) => (Some(r.add), Some(r.sum)),
-        None => (None, None),
-    };
-    let (ap, _a) = match &add {
-        Some(a) => {
-            let (p, g) = a.device_ptr(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (sp, _s) = match sum {
-        Some(m) => {
-            let (p, g) = m.device_ptr_mut(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
+    let (add, sum) = residual.map(|r| (r.add, r.sum)).unzip();
+    let (ap, _a) = ptr_or_null(add.as_ref(), s);
+    let (sp, _s) = ptr_mut_or_null(sum, s);
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
@@ -386,30 +371,12 @@ pub fn rmsnorm_bwd_f32(
     let (yp, _y) = dy.device_ptr(s);
     let (dxp, _dx) = dx.device_ptr_mut(s);
     // A null pointer: no bf16 copy.
-    let (dbp, _db) = match dx_bf {
-        Some(b) => {
-            let (p, g) = b.device_ptr_mut(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
+    let (dbp, _db) = ptr_mut_or_null(dx_bf, s);
     let (dwp, _dw) = dw.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
     // Null pointers with nb = 0: no addend.
-    let (cp, _c) = match &addend {
-        Some(a) => {
-            let (p, g) = a.c.device_ptr(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (vp, _v) = match &addend {
-        Some(a) => {
-            let (p, g) = a.v.device_ptr(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
+    let (cp, _c) = ptr_or_null(addend.as_ref().map(|a| &a.c), s);
+    let (vp, _v) = ptr_or_null(addend.as_ref().map(|a| &a.v), s);
     // The general path's column sums (d floats), or the vector path's staged addend
     // coefficients (MX_BWD_ROWS = 4 rows of nb · r).
     let smem_floats = d.max(4 * (lr_nb * lr_r) as usize);

@@ -1152,13 +1152,7 @@ pub fn adamw(
     let (dp, _d) = decay.device_ptr(s);
     let (p16, _p16) = params_bf16.device_ptr_mut(s);
     let (schp, _sch) = sched.device_ptr(s);
-    let (np, _np) = match grad_norm {
-        Some(g) => {
-            let (p, guard) = g.device_ptr(s);
-            (p, Some(guard))
-        }
-        None => (0u64, None),
-    };
+    let (np, _np) = super::ptr_or_null(grad_norm, s);
     launch!(gpu, ELEMENTWISE, "adamw", grid_1d(n, 256, 2048);
         pp, gp, mp, vp, dp, p16, n_, schp, np, max_norm, b1, b2, eps, wd);
     Ok(())
