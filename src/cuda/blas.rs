@@ -11,10 +11,15 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr}
 use half::bf16;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// cuBLASLt's workspace: 32 MiB, NVIDIA's recommendation for Hopper.
 pub(crate) const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// How many of the heuristic's algorithms a tuned matmul times, and how many runs each.
+const TUNE_CANDIDATES: usize = 16;
+const TUNE_REPS: usize = 3;
 
 /// An output element type of the matmuls.
 pub trait MatmulOut: DeviceRepr {
@@ -40,7 +45,7 @@ pub struct BatchStrides {
     pub c: i64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct AlgoKey {
     out: u32,
     batch: usize,
@@ -62,6 +67,95 @@ pub struct Blas {
     stream: Arc<CudaStream>,
     /// Heuristic choices by problem, so that a step pays for the search only once.
     algos: Mutex<HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
+    tuning: Tuning,
+}
+
+/// Which of cuBLASLt's heuristic candidates each matmul problem uses. With tuning on (the
+/// default; `GDN_MATMUL_TUNE=0` turns it off), a problem met for the first time outside a graph
+/// capture has the heuristic's first `TUNE_CANDIDATES` timed on the call's own operands, and the
+/// fastest is kept. The winner's rank in the heuristic's list is saved in `matmul-tune.txt` in
+/// gdn's cache folder, keyed by GPU, cuBLASLt version and problem. Later runs on that GPU then
+/// pick the same algorithm without timing, so a resumed run computes bit for bit what the first
+/// run did.
+struct Tuning {
+    on: bool,
+    /// "<GPU name>|cuBLASLt <version>|", the start of every key in the file.
+    prefix: String,
+    path: Option<PathBuf>,
+    ranks: Mutex<HashMap<String, usize>>,
+}
+
+impl Tuning {
+    fn load(gpu_name: &str) -> Tuning {
+        // SAFETY: a plain query of the loaded library's version.
+        let version = unsafe { sys::cublasLtGetVersion() };
+        let path = super::compile::cache_dir().map(|d| d.join("matmul-tune.txt"));
+        let ranks = path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|text| parse_ranks(&text))
+            .unwrap_or_default();
+        Tuning {
+            on: std::env::var("GDN_MATMUL_TUNE").map_or(true, |v| v != "0"),
+            prefix: format!("{gpu_name}|cuBLASLt {version}|"),
+            path,
+            ranks: Mutex::new(ranks),
+        }
+    }
+
+    fn id(&self, key: &AlgoKey) -> String {
+        format!("{}{key:?}", self.prefix)
+    }
+
+    fn rank(&self, id: &str) -> Option<usize> {
+        self.ranks.lock().ok()?.get(id).copied()
+    }
+
+    /// Records a winner and rewrites the file (a failed write only costs a later run the timing).
+    fn save(&self, id: String, rank: usize) {
+        let Ok(mut ranks) = self.ranks.lock() else {
+            return;
+        };
+        ranks.insert(id, rank);
+        if let Some(path) = &self.path {
+            let mut lines: Vec<String> = ranks.iter().map(|(k, r)| format!("{k}\t{r}\n")).collect();
+            lines.sort();
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = crate::io::write_atomic(path, lines.concat().as_bytes());
+        }
+    }
+}
+
+/// The tuning file's "key<TAB>rank" lines; others are skipped.
+fn parse_ranks(text: &str) -> HashMap<String, usize> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, r) = l.rsplit_once('\t')?;
+            Some((k.to_string(), r.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// One matmul's descriptors and device pointers, in cuBLASLt's operand order.
+struct Call<'a> {
+    desc: &'a Desc,
+    first: &'a Layout,
+    second: &'a Layout,
+    out: &'a Layout,
+    first_ptr: u64,
+    second_ptr: u64,
+    out_ptr: u64,
+    workspace: u64,
+    alpha: f32,
+    beta: f32,
+}
+
+/// Bytes of a (strided-batched) output: the last matrix's end.
+fn out_bytes<O>(batch: usize, m: usize, n: usize, strides: Option<BatchStrides>) -> usize {
+    let stride = strides.map_or(0, |s| s.c as usize);
+    ((batch - 1) * stride + m * n) * std::mem::size_of::<O>()
 }
 
 // SAFETY: the handle is only used through &self methods that enqueue on one stream; cuBLASLt
@@ -100,6 +194,7 @@ impl Blas {
             workspace,
             stream: gpu.stream.clone(),
             algos: Mutex::new(HashMap::new()),
+            tuning: Tuning::load(&gpu.name),
         })
     }
 
@@ -261,6 +356,18 @@ impl Blas {
             beta_zero: beta == 0.0,
             align,
         };
+        let call = Call {
+            desc: &desc,
+            first: &first,
+            second: &second,
+            out: &out,
+            first_ptr: bp,
+            second_ptr: ap,
+            out_ptr: cp,
+            workspace: wp,
+            alpha,
+            beta,
+        };
         let cached = self
             .algos
             .lock()
@@ -270,9 +377,8 @@ impl Blas {
         let algo = match cached {
             Some(a) => a,
             None => {
-                let a = self
-                    .heuristic(&desc, &first, &second, &out, align)
-                    .with_context(what)?;
+                let bytes = out_bytes::<O>(batch, m, n, strides);
+                let a = self.choose(&key, &call, align, what, bytes)?;
                 self.algos
                     .lock()
                     .map_err(|_| anyhow!("cuBLASLt algorithm cache poisoned"))?
@@ -280,39 +386,130 @@ impl Blas {
                 a
             }
         };
-        // SAFETY: every pointer is a live device buffer checked against the layouts above; alpha
-        // and beta are host fp32 scalars (the default pointer mode), read during the call.
+        self.launch(&call, &algo).with_context(what)
+    }
+
+    /// The algorithm for a new problem: the one the tuning file names, else with tuning on (and
+    /// the stream not capturing a graph) the fastest of the heuristic's first
+    /// `TUNE_CANDIDATES`, else the heuristic's first. With beta ≠ 0 the output is an input too,
+    /// so it is copied aside before the timing runs and put back after; where that copy cannot be
+    /// allocated the heuristic's first choice stands.
+    fn choose(
+        &self,
+        key: &AlgoKey,
+        call: &Call,
+        align: [u32; 3],
+        what: impl Fn() -> String,
+        out_bytes: usize,
+    ) -> Result<sys::cublasLtMatmulAlgo_t> {
+        let id = self.tuning.id(key);
+        if let Some(rank) = self.tuning.rank(&id) {
+            let cands = self.heuristic(call, align, rank + 1).with_context(&what)?;
+            return Ok(*cands.get(rank).unwrap_or(&cands[0]));
+        }
+        let want = if self.tuning.on { TUNE_CANDIDATES } else { 1 };
+        let cands = self.heuristic(call, align, want).with_context(&what)?;
+        if cands.len() == 1 || self.capturing()? {
+            return Ok(cands[0]);
+        }
+        let s = &*self.stream;
+        let saved = if call.beta != 0.0 {
+            // SAFETY: filled by the copy below before it is read.
+            match unsafe { self.stream.alloc::<u8>(out_bytes) } {
+                Ok(buf) => Some(buf),
+                Err(_) => return Ok(cands[0]),
+            }
+        } else {
+            None
+        };
+        let copy = |dst: u64, src: u64| -> Result<()> {
+            // SAFETY: both ranges are `out_bytes` long: the call's output and `saved`.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, out_bytes, s.cu_stream()) }
+                .map_err(|e| anyhow!("copying a matmul output aside for tuning: {e:?}"))
+        };
+        if let Some(buf) = &saved {
+            let (sp, _g) = buf.device_ptr(s);
+            copy(sp, call.out_ptr)?;
+        }
+        let ctx = s.context();
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (e0, e1) = (ctx.new_event(flags)?, ctx.new_event(flags)?);
+        let mut times = Vec::with_capacity(cands.len());
+        for algo in &cands {
+            // An algorithm the heuristic offers may still refuse this problem: skip it.
+            if self.launch(call, algo).is_err() {
+                times.push(f32::INFINITY);
+                continue;
+            }
+            e0.record(s)?;
+            for _ in 0..TUNE_REPS {
+                self.launch(call, algo)?;
+            }
+            e1.record(s)?;
+            e1.synchronize()?;
+            times.push(e0.elapsed_ms(&e1)? / TUNE_REPS as f32);
+        }
+        if let Some(buf) = &saved {
+            let (sp, _g) = buf.device_ptr(s);
+            copy(call.out_ptr, sp)?;
+        }
+        let best = (0..cands.len())
+            .min_by(|&i, &j| times[i].total_cmp(&times[j]))
+            .unwrap_or(0);
+        if std::env::var_os("GDN_MATMUL_TUNE_LOG").is_some() {
+            eprintln!(
+                "tuned {}: heuristic's first {:.4} ms, its #{best} of {} {:.4} ms",
+                what(),
+                times[0],
+                cands.len(),
+                times[best]
+            );
+        }
+        self.tuning.save(id, best);
+        Ok(cands[best])
+    }
+
+    fn capturing(&self) -> Result<bool> {
+        let st = self
+            .stream
+            .capture_status()
+            .map_err(|e| anyhow!("querying the stream's capture status: {e:?}"))?;
+        Ok(st != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
+    fn launch(&self, call: &Call, algo: &sys::cublasLtMatmulAlgo_t) -> Result<()> {
+        // SAFETY: every pointer is a live device buffer checked against the layouts (see `run`);
+        // alpha and beta are host fp32 scalars (the default pointer mode), read during the call.
         let st = unsafe {
             sys::cublasLtMatmul(
                 self.handle,
-                desc.0,
-                &alpha as *const f32 as *const c_void,
-                bp as *const c_void,
-                first.0,
-                ap as *const c_void,
-                second.0,
-                &beta as *const f32 as *const c_void,
-                cp as *const c_void,
-                out.0,
-                cp as *mut c_void,
-                out.0,
-                &algo,
-                wp as *mut c_void,
+                call.desc.0,
+                &call.alpha as *const f32 as *const c_void,
+                call.first_ptr as *const c_void,
+                call.first.0,
+                call.second_ptr as *const c_void,
+                call.second.0,
+                &call.beta as *const f32 as *const c_void,
+                call.out_ptr as *const c_void,
+                call.out.0,
+                call.out_ptr as *mut c_void,
+                call.out.0,
+                algo,
+                call.workspace as *mut c_void,
                 WORKSPACE_BYTES,
-                s.cu_stream() as sys::cudaStream_t,
+                self.stream.cu_stream() as sys::cudaStream_t,
             )
         };
-        status("cublasLtMatmul", st).with_context(what)
+        status("cublasLtMatmul", st)
     }
 
+    /// Up to `want` algorithms, in the heuristic's order of preference.
     fn heuristic(
         &self,
-        desc: &Desc,
-        first: &Layout,
-        second: &Layout,
-        out: &Layout,
+        call: &Call,
         align: [u32; 3],
-    ) -> Result<sys::cublasLtMatmulAlgo_t> {
+        want: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>> {
         let mut pref = std::ptr::null_mut();
         // SAFETY: creates a fresh preference descriptor, destroyed below.
         status("cublasLtMatmulPreferenceCreate", unsafe {
@@ -328,25 +525,30 @@ impl Blas {
         pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align[2])?;
         pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align[2])?;
         // SAFETY: zeroed plain-data output structs, filled by the call.
-        let mut result: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+        let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
+            (0..want).map(|_| unsafe { std::mem::zeroed() }).collect();
         let mut count = 0i32;
         status("cublasLtMatmulAlgoGetHeuristic", unsafe {
             sys::cublasLtMatmulAlgoGetHeuristic(
                 self.handle,
-                desc.0,
-                first.0,
-                second.0,
-                out.0,
-                out.0,
+                call.desc.0,
+                call.first.0,
+                call.second.0,
+                call.out.0,
+                call.out.0,
                 pref.0,
-                1,
-                &mut result,
+                want as i32,
+                results.as_mut_ptr(),
                 &mut count,
             )
         })?;
         ensure!(count > 0, "cuBLASLt found no algorithm for this problem");
-        status("the heuristic's algorithm", result.state)?;
-        Ok(result.algo)
+        status("the heuristic's algorithm", results[0].state)?;
+        Ok(results[..count as usize]
+            .iter()
+            .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|r| r.algo)
+            .collect())
     }
 }
 
@@ -487,7 +689,16 @@ impl Drop for Pref {
 
 #[cfg(test)]
 mod tests {
-    use super::alignment;
+    use super::{alignment, parse_ranks};
+
+    #[test]
+    fn tuning_file_lines_parse_and_bad_ones_are_skipped() {
+        let key = "NVIDIA H200|cuBLASLt 130000|AlgoKey { m: 8, k: 4 }";
+        let text = format!("{key}\t3\nno tab\n{key}x\tthree\n\n");
+        let ranks = parse_ranks(&text);
+        assert_eq!(ranks.len(), 1);
+        assert_eq!(ranks[key], 3);
+    }
 
     #[test]
     fn alignment_is_the_largest_power_of_two_dividing_every_matrix_start() {

@@ -32,11 +32,16 @@ fn options(arch: &'static str) -> CompileOptions {
     }
 }
 
-fn cache_path(source: &KernelSource, arch: &'static str) -> Option<PathBuf> {
-    let base = std::env::var_os("GDN_CACHE_DIR")
+/// gdn's cache folder: `GDN_CACHE_DIR`, else `$XDG_CACHE_HOME/gdn`, else `~/.cache/gdn`.
+pub(crate) fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("GDN_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("gdn")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/gdn")))?;
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/gdn")))
+}
+
+fn cache_path(source: &KernelSource, arch: &'static str) -> Option<PathBuf> {
+    let base = cache_dir()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (source.code, arch, format!("{:?}", options_key(arch))).hash(&mut h);
     Some(
