@@ -12,7 +12,7 @@ use half::bf16;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// cuBLASLt's workspace: 32 MiB, NVIDIA's recommendation for Hopper.
 pub(crate) const WORKSPACE_BYTES: usize = 32 << 20;
@@ -81,25 +81,31 @@ struct Tuning {
     on: bool,
     /// "<GPU name>|cuBLASLt <version>|", the start of every key in the file.
     prefix: String,
-    path: Option<PathBuf>,
-    ranks: Mutex<HashMap<String, usize>>,
+}
+
+/// The tuning file's choices, one table for the process: two `Blas` (a trainer's model and its
+/// evaluation, say) then never choose differently for one problem, nor drop each other's entries
+/// when they rewrite the file.
+static TUNED: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+
+fn tune_path() -> Option<PathBuf> {
+    super::compile::cache_dir().map(|d| d.join("matmul-tune.txt"))
+}
+
+fn tuned() -> &'static Mutex<HashMap<String, usize>> {
+    TUNED.get_or_init(|| {
+        let text = tune_path().and_then(|p| std::fs::read_to_string(p).ok());
+        Mutex::new(text.map(|t| parse_ranks(&t)).unwrap_or_default())
+    })
 }
 
 impl Tuning {
-    fn load(gpu_name: &str) -> Tuning {
+    fn new(gpu_name: &str) -> Tuning {
         // SAFETY: a plain query of the loaded library's version.
         let version = unsafe { sys::cublasLtGetVersion() };
-        let path = super::compile::cache_dir().map(|d| d.join("matmul-tune.txt"));
-        let ranks = path
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|text| parse_ranks(&text))
-            .unwrap_or_default();
         Tuning {
             on: std::env::var("GDN_MATMUL_TUNE").map_or(true, |v| v != "0"),
             prefix: format!("{gpu_name}|cuBLASLt {version}|"),
-            path,
-            ranks: Mutex::new(ranks),
         }
     }
 
@@ -108,23 +114,25 @@ impl Tuning {
     }
 
     fn rank(&self, id: &str) -> Option<usize> {
-        self.ranks.lock().ok()?.get(id).copied()
+        tuned().lock().ok()?.get(id).copied()
     }
 
-    /// Records a winner and rewrites the file (a failed write only costs a later run the timing).
+    /// Records a winner and rewrites the file, with what other processes have added to it since
+    /// (a failed write only costs a later run the timing).
     fn save(&self, id: String, rank: usize) {
-        let Ok(mut ranks) = self.ranks.lock() else {
+        let Ok(mut ranks) = tuned().lock() else {
             return;
         };
         ranks.insert(id, rank);
-        if let Some(path) = &self.path {
-            let mut lines: Vec<String> = ranks.iter().map(|(k, r)| format!("{k}\t{r}\n")).collect();
-            lines.sort();
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = crate::io::write_atomic(path, lines.concat().as_bytes());
+        let Some(path) = tune_path() else {
+            return;
+        };
+        let on_disk = std::fs::read_to_string(&path).ok();
+        let text = merge_ranks(&mut ranks, on_disk.as_deref());
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
         }
+        let _ = crate::io::write_atomic(&path, text.as_bytes());
     }
 }
 
@@ -136,6 +144,17 @@ fn parse_ranks(text: &str) -> HashMap<String, usize> {
             Some((k.to_string(), r.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// Adds to `ours` the entries of the file's `on_disk` text that it lacks (ours stand where both
+/// have a problem: this process has used them) and renders the union as the file, sorted.
+fn merge_ranks(ours: &mut HashMap<String, usize>, on_disk: Option<&str>) -> String {
+    for (k, r) in on_disk.map(parse_ranks).unwrap_or_default() {
+        ours.entry(k).or_insert(r);
+    }
+    let mut lines: Vec<String> = ours.iter().map(|(k, r)| format!("{k}\t{r}\n")).collect();
+    lines.sort();
+    lines.concat()
 }
 
 /// One matmul's descriptors and device pointers, in cuBLASLt's operand order.
@@ -194,7 +213,7 @@ impl Blas {
             workspace,
             stream: gpu.stream.clone(),
             algos: Mutex::new(HashMap::new()),
-            tuning: Tuning::load(&gpu.name),
+            tuning: Tuning::new(&gpu.name),
         })
     }
 
@@ -689,7 +708,7 @@ impl Drop for Pref {
 
 #[cfg(test)]
 mod tests {
-    use super::{alignment, parse_ranks};
+    use super::{alignment, merge_ranks, parse_ranks};
 
     #[test]
     fn tuning_file_lines_parse_and_bad_ones_are_skipped() {
@@ -698,6 +717,15 @@ mod tests {
         let ranks = parse_ranks(&text);
         assert_eq!(ranks.len(), 1);
         assert_eq!(ranks[key], 3);
+    }
+
+    #[test]
+    fn tuning_file_merges_keep_both_and_ours_where_both_have_a_problem() {
+        let mut ours = parse_ranks("a\t1\nc\t2\n");
+        let text = merge_ranks(&mut ours, Some("b\t5\nc\t7\n"));
+        assert_eq!(text, "a\t1\nb\t5\nc\t2\n");
+        assert_eq!(ours["b"], 5);
+        assert_eq!(merge_ranks(&mut parse_ranks("x\t0\n"), None), "x\t0\n");
     }
 
     #[test]
