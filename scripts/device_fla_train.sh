@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# FLA's 1.3B training step (the peer's fla_train.py: B8·T4096, pure bf16) on the GPU machine, with
+# Triton's compile cache kept across device calls and sessions. On a fresh machine Triton compiles
+# for more than 330 s before FLA's first step (session 10, call 6), which leaves no room in a call
+# for gdn's own runs beside it. So:
+#   1. one call runs this alone with a long limit (TIMEOUT=560). The cache comes back as
+#      $OUT/fla_triton_cache.tgz;
+#   2. unpack it here (`mkdir -p .fla_cache && tar xzf <files_at>/fla_triton_cache.tgz -C
+#      .fla_cache`) and carry ".fla_cache" (and ".whl") in later calls: FLA then starts at once,
+#      and its step can be timed beside `gdn bench train` in the same call.
+# The peer script is looked for in .peer/bench, ../shared/bench and shared/bench; the wheels in .whl.
+# Usage: OUT=folder [TIMEOUT=s] bash scripts/device_fla_train.sh [1.3B|small]
+set -u
+OUT=${OUT:-/tmp/gdn-out}
+mkdir -p "$OUT" .fla_cache
+PEER=$(for d in .peer/bench ../shared/bench shared/bench; do [ -f "$d/fla_train.py" ] && realpath "$d" && break; done)
+[ -n "$PEER" ] || { echo "fla_train.py not found (copy the peer's script into .peer/bench/)"; exit 2; }
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > /dev/null 2>&1
+cached=$(find .fla_cache -type f | wc -l)
+t0=$(date +%s)
+(
+  export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$(realpath .fla_cache)
+  cd "$OUT" && timeout "${TIMEOUT:-560}" python3 "$PEER/fla_train.py" "${1:-1.3B}" > "$OUT/fla_train.log" 2>&1
+)
+rc=$?
+echo "fla_train.py: exit $rc after $(( $(date +%s) - t0 )) s, with $cached cached Triton files at the start"
+grep -v Warning "$OUT/fla_train.log" | tail -4
+tar czf "$OUT/fla_triton_cache.tgz" -C .fla_cache . && du -h "$OUT/fla_triton_cache.tgz"
