@@ -85,6 +85,9 @@ pub(super) enum DhStore {
     Bf16,
     /// dh_c stored in bf16, ⟨h_c, dh_c⟩ from bf16 h_c (FLA: the dot in its dq/dk/dg kernel).
     Bf16HBf16,
+    /// dh_c stored in bf16, ⟨h_c, dh_c⟩ from bf16 h_c and the f32 dh_c: what a reverse pass that
+    /// reads h_c (the recompute run before it) and forms the dot before rounding would give.
+    Bf16DotInReverse,
 }
 
 thread_local! {
@@ -385,6 +388,8 @@ fn backward_pair(
     };
     let mut ds: Vec<f32> = d_fin.map_or(vec![0f32; dk * dv], |x| x.to_vec());
     let mut dh_all = vec![Vec::new(); nc];
+    // The f32 dh_c, for the ⟨h_c, dh_c⟩ of `DhStore::Bf16DotInReverse`.
+    let mut dhf_all = vec![Vec::new(); nc];
     let mut dvn_all = vec![Vec::new(); nc];
     // state_bwd (with dvloc)
     for c in (0..nc).rev() {
@@ -422,9 +427,12 @@ fn backward_pair(
         }
         // dh_c = dS leaving the chunk, as the reverse pass stores it.
         dh_all[c] = match DH_STORE.with(|d| d.get()) {
-            DhStore::Kernels | DhStore::F32Dot => dsf,
-            DhStore::Bf16 | DhStore::Bf16HBf16 => dsf.iter().map(|&x| bf16r(x)).collect(),
+            DhStore::Kernels | DhStore::F32Dot => dsf.clone(),
+            DhStore::Bf16 | DhStore::Bf16HBf16 | DhStore::Bf16DotInReverse => {
+                dsf.iter().map(|&x| bf16r(x)).collect()
+            }
         };
+        dhf_all[c] = dsf;
         dvn_all[c] = dvb;
     }
     gr.dh0 = ds;
@@ -455,13 +463,14 @@ fn backward_pair(
         let dq1 = mm(doc, false, hb, true, l, dv, dk);
         let dki = mm(vn, false, dh, true, l, dv, dk);
         // ⟨h_c, dh_c⟩ from bf16 h_c (kernel 6); dKi from f32 dh (hi + lo).
-        let hdot = match DH_STORE.with(|d| d.get()) {
-            DhStore::Kernels | DhStore::Bf16HBf16 => hb,
-            DhStore::F32Dot | DhStore::Bf16 => &ch[c].hf,
+        let (hdot, dhdot) = match DH_STORE.with(|d| d.get()) {
+            DhStore::Kernels | DhStore::Bf16HBf16 => (hb, dh),
+            DhStore::F32Dot | DhStore::Bf16 => (&ch[c].hf, dh),
+            DhStore::Bf16DotInReverse => (hb, &dhf_all[c]),
         };
         let sdot: f32 = hdot
             .iter()
-            .zip(dh)
+            .zip(dhdot)
             .map(|(a, b)| *a as f64 * *b as f64)
             .sum::<f64>() as f32;
         let mut pb2 = vec![0f32; l * l];
@@ -713,6 +722,7 @@ fn dh_store_precision() {
         DhStore::F32Dot,
         DhStore::Bf16,
         DhStore::Bf16HBf16,
+        DhStore::Bf16DotInReverse,
     ] {
         let mut worst: Vec<(&str, f64)> = vec![];
         for (i, (lens, dims, h0, dfin)) in cases.iter().enumerate() {
@@ -1065,6 +1075,13 @@ fn dg_precision_breakdown() {
         .dh(DhStore::Bf16HBf16),
         own("own error, dh_c stored bf16", Fold::Both).dh(DhStore::Bf16),
         own("own error, dh_c bf16, <h,dh> from bf16 h", Fold::Both).dh(DhStore::Bf16HBf16),
+        mi(
+            "mirror, bf16 inputs, dh_c bf16, <h,dh> in reverse",
+            ALL_INPUTS,
+            Fold::Both,
+        )
+        .dh(DhStore::Bf16DotInReverse),
+        own("own error, dh_c bf16, <h,dh> in reverse", Fold::Both).dh(DhStore::Bf16DotInReverse),
         mi(
             "mirror, bf16 inputs, no internal rounding",
             ALL_INPUTS,
