@@ -408,9 +408,9 @@ impl Blas {
         self.launch(&call, &algo).with_context(what)
     }
 
-    /// The algorithm for a new problem: the one the tuning file names, else with tuning on (and
-    /// the stream not capturing a graph) the fastest of the heuristic's first
-    /// `TUNE_CANDIDATES`, else the heuristic's first. With beta ≠ 0 the output is an input too,
+    /// The algorithm for a new problem: with tuning off the heuristic's first; else the one the
+    /// tuning file names, else (the stream not capturing a graph) the fastest of the heuristic's
+    /// first `TUNE_CANDIDATES`. With beta ≠ 0 the output is an input too,
     /// so it is copied aside before the timing runs and put back after; where that copy cannot be
     /// allocated the heuristic's first choice stands.
     fn choose(
@@ -421,13 +421,17 @@ impl Blas {
         what: impl Fn() -> String,
         out_bytes: usize,
     ) -> Result<sys::cublasLtMatmulAlgo_t> {
+        if !self.tuning.on {
+            return Ok(self.heuristic(call, align, 1).with_context(&what)?[0]);
+        }
         let id = self.tuning.id(key);
         if let Some(rank) = self.tuning.rank(&id) {
             let cands = self.heuristic(call, align, rank + 1).with_context(&what)?;
             return Ok(*cands.get(rank).unwrap_or(&cands[0]));
         }
-        let want = if self.tuning.on { TUNE_CANDIDATES } else { 1 };
-        let cands = self.heuristic(call, align, want).with_context(&what)?;
+        let cands = self
+            .heuristic(call, align, TUNE_CANDIDATES)
+            .with_context(&what)?;
         if cands.len() == 1 || self.capturing()? {
             return Ok(cands[0]);
         }
