@@ -51,11 +51,9 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 
-    /// Standard normal (Box–Muller).
+    /// Standard normal: the first value of a Box–Muller pair.
     pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform();
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        self.normal_pair().0
     }
 
     /// Two independent standard normals (both values of one Box–Muller pair).
