@@ -8,13 +8,15 @@
 #   2. unpack it here (`mkdir -p .fla_cache && tar xzf <files_at>/fla_triton_cache.tgz -C
 #      .fla_cache`) and carry ".fla_cache" (and ".whl") in later calls: FLA then starts at once,
 #      and its step can be timed beside `gdn bench train` in the same call.
-# The peer script is looked for in .peer/bench, ../shared/bench and shared/bench; the wheels in .whl.
+# The peer script is looked for in .peer/bench, ../shared/bench and shared/bench (../shared does not
+# travel to the GPU machine: copy ../shared/bench/fla_train.py into .peer/bench/ and carry ".peer");
+# the wheels in .whl.
 # Usage: OUT=folder [TIMEOUT=s] bash scripts/device_fla_train.sh [1.3B|small]
 set -u
 OUT=${OUT:-/tmp/gdn-out}
 mkdir -p "$OUT" .fla_cache
 PEER=$(for d in .peer/bench ../shared/bench shared/bench; do [ -f "$d/fla_train.py" ] && realpath "$d" && break; done)
-[ -n "$PEER" ] || { echo "fla_train.py not found (copy the peer's script into .peer/bench/)"; exit 2; }
+[ -n "$PEER" ] || { echo "fla_train.py not found: copy ../shared/bench/fla_train.py into .peer/bench/ and carry .peer"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > /dev/null 2>&1
 cached=$(find .fla_cache -type f | wc -l)
 t0=$(date +%s)
