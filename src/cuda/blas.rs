@@ -117,8 +117,7 @@ impl Tuning {
         tuned().lock().ok()?.get(id).copied()
     }
 
-    /// Records a winner and rewrites the file, with what other processes have added to it since
-    /// (a failed write only costs a later run the timing).
+    /// Records a winner and rewrites the file, with what other processes have added to it since.
     fn save(&self, id: String, rank: usize) {
         let Ok(mut ranks) = tuned().lock() else {
             return;
@@ -129,10 +128,7 @@ impl Tuning {
         };
         let on_disk = std::fs::read_to_string(&path).ok();
         let text = merge_ranks(&mut ranks, on_disk.as_deref());
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = crate::io::write_atomic(&path, text.as_bytes());
+        super::compile::write_cache_file(&path, text.as_bytes());
     }
 }
 

@@ -1,7 +1,7 @@
 //! NVRTC compilation of the project's `.cu` sources, with an on-disk cache keyed by the source,
 //! the architecture and the options, so that only the first run pays for compilation.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -104,11 +104,16 @@ pub fn compile_ptx(source: &KernelSource, arch: &'static str) -> Result<Ptx> {
         other => anyhow::anyhow!("NVRTC failed on `{}.cu`: {other:?}", source.name),
     })?;
     if let Some(path) = cached {
-        // The cache is an optimisation: failing to write it is not an error.
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = crate::io::write_atomic(&path, ptx.to_src().as_bytes()).context("kernel cache");
+        write_cache_file(&path, ptx.to_src().as_bytes());
     }
     Ok(ptx)
+}
+
+/// Writes a file of gdn's cache folder (atomically, its folder created as needed). The cache is
+/// an optimisation: failing to write it is not an error, only a later run's lost time.
+pub(crate) fn write_cache_file(path: &std::path::Path, bytes: &[u8]) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = crate::io::write_atomic(path, bytes);
 }
