@@ -2,8 +2,9 @@
 // emu.h: the unsplit kernel (KS = 1) against a double-precision reference of the reverse
 // recurrence with the kernel's bf16 roundings, and the K splits KS = 2 and 4 against KS = 1 on
 // the same inputs (only the f32 summation order of dṼ differs). Catches piece ownership of the
-// loads and scalings, slice indexing, the partial-sum reduction, the share of the dṼ stores and
-// varlen (partial chunk) mistakes.
+// loads and scalings, slice indexing, the partial-sum reduction, the share of the dṼ and dh_c
+// stores, the ⟨h_c, dh_c⟩ partials (compared as their sum per chunk and head) and varlen
+// (partial chunk) mistakes.
 #include "emu.h"
 
 #include <algorithm>
@@ -13,8 +14,9 @@
 using dr::CH;
 
 struct Out {
-  std::vector<float> dh, dh0;
-  std::vector<bf16> dv;
+  std::vector<float> dh0;
+  std::vector<bf16> dh, dv;
+  std::vector<double> sd;  // ⟨h_c, dS⟩ per chunk and head (the kernel's partials summed)
 };
 
 struct BwdCase {
@@ -26,7 +28,7 @@ struct BwdCase {
 template <int K>
 struct Inputs : Chunks {
   int N = 0, H = 0, V = 0;
-  std::vector<bf16> q, k, w, d_o, dvl;
+  std::vector<bf16> q, k, w, d_o, dvl, hs;
   std::vector<float> gc, rec, dht;
 };
 
@@ -46,6 +48,7 @@ static Inputs<K> make(const BwdCase& c, unsigned seed) {
   in.w = bfv(tk);
   in.d_o = bfv(tv);
   in.dvl = bfv(tv);
+  in.hs = bfv((size_t)in.NC * c.H * K * c.V);
   in.gc = make_gc(in, c.H, rng, 0.01f, 0.2f);
   in.rec = make_rec(in, in.gc, c.H);
   if (c.final_grad) {
@@ -57,14 +60,16 @@ static Inputs<K> make(const BwdCase& c, unsigned seed) {
 
 
 // dh, dṼ, dh0 by the recurrence of kernel 5 in double, rounding where it rounds: bf16(δ K),
-// bf16(dS) as the dṼ operand, bf16(s γ Q), bf16(dṼ) (stored and used in the update).
+// bf16(dS) as the dṼ operand and as dh_c, bf16(s γ Q), bf16(dṼ) (stored and used in the
+// update); ⟨h_c, dS⟩ from the unrounded dS.
 template <int K>
 static Out reference(const Inputs<K>& in) {
   const int H = in.H, V = in.V;
   Out o;
-  o.dh.assign((size_t)in.NC * H * K * V, 0.f);
+  o.dh.assign((size_t)in.NC * H * K * V, __float2bfloat16(0.f));
   o.dh0.assign((size_t)in.N * H * K * V, 0.f);
   o.dv.assign((size_t)in.T * H * V, __float2bfloat16(std::nanf("")));
+  o.sd.assign((size_t)in.NC * H, 0.0);
   const float scale = 1.f / sqrtf((float)K);
   auto f = [](bf16 x) { return __bfloat162float(x); };
   for (int n = 0; n < in.N; ++n)
@@ -74,7 +79,11 @@ static Out reference(const Inputs<K>& in) {
         for (size_t i = 0; i < dS.size(); ++i) dS[i] = in.dht[((size_t)n * H + hh) * K * V + i];
       for (int c = in.seq_chunk[n + 1] - 1; c >= in.seq_chunk[n]; --c) {
         const int st = in.ctab[2 * c], len = in.ctab[2 * c + 1];
-        for (size_t i = 0; i < dS.size(); ++i) o.dh[((size_t)c * H + hh) * K * V + i] = (float)dS[i];
+        for (size_t i = 0; i < dS.size(); ++i) {
+          const size_t e = ((size_t)c * H + hh) * K * V + i;
+          o.dh[e] = __float2bfloat16((float)dS[i]);
+          o.sd[(size_t)c * H + hh] += (double)f(in.hs[e]) * dS[i];
+        }
         std::vector<float> G(len);
         for (int t = 0; t < len; ++t) G[t] = in.gc[(size_t)(st + t) * H + hh];
         std::vector<double> dvb((size_t)len * V);
@@ -114,18 +123,23 @@ static Out run(const Inputs<K>& in) {
   const int H = in.H, V = in.V;
   const float nanv = std::nanf("");
   Out o;
-  o.dh.assign((size_t)in.NC * H * K * V, nanv);
+  o.dh.assign((size_t)in.NC * H * K * V, __float2bfloat16(nanv));
   o.dh0.assign((size_t)in.N * H * K * V, nanv);
   o.dv.assign((size_t)in.T * H * V, __float2bfloat16(nanv));
+  const int npart = V / 16 * KS;
+  std::vector<float> sdp((size_t)in.NC * H * npart, nanv);
   const float scale = 1.f / sqrtf((float)K);
   run_grid<dr::StateBwdSm<K, NWC, KS>>(
       NWC * KS, {(unsigned)in.N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
         dr::state_bwd_impl<K, NWC, KS>(in.q.data(), in.k.data(), in.w.data(), in.rec.data(),
-                                       in.d_o.data(), in.dvl.data(), in.ctab.data(),
+                                       in.d_o.data(), in.dvl.data(), in.hs.data(), in.ctab.data(),
                                        in.seq_chunk.data(),
                                        in.dht.empty() ? nullptr : in.dht.data(), H, V, scale,
-                                       o.dh.data(), o.dv.data(), o.dh0.data());
+                                       o.dh.data(), sdp.data(), o.dv.data(), o.dh0.data());
       });
+  o.sd.assign((size_t)in.NC * H, 0.0);
+  for (size_t i = 0; i < o.sd.size(); ++i)
+    for (int x = 0; x < npart; ++x) o.sd[i] += sdp[i * npart + x];
   return o;
 }
 
@@ -148,13 +162,14 @@ static bool check(const BwdCase& c, const Inputs<K>& in, const Out& ref, const c
   const Out o = run<K, NWC, KS>(in);
   const auto f = [](float x) { return (double)x; };
   const auto b = [](bf16 x) { return (double)__bfloat162float(x); };
-  const double e_dh = rel(o.dh, ref.dh, f), e_dh0 = rel(o.dh0, ref.dh0, f),
-               e_dv = rel(o.dv, ref.dv, b);
-  const bool ok = e_dh < 2e-2 && e_dh0 < 2e-2 && e_dv < 2e-2;
+  const auto d = [](double x) { return x; };
+  const double e_dh = rel(o.dh, ref.dh, b), e_dh0 = rel(o.dh0, ref.dh0, f),
+               e_dv = rel(o.dv, ref.dv, b), e_sd = rel(o.sd, ref.sd, d);
+  const bool ok = e_dh < 2e-2 && e_dh0 < 2e-2 && e_dv < 2e-2 && e_sd < 2e-2;
   printf("K=%d V=%d H=%d NWC=%d KS=%d seqlens=", K, c.V, c.H, NWC, KS);
   for (int L : c.seqlens) printf("%d,", L);
-  printf("%s  dh %.2e  dv %.2e  dh0 %.2e (vs %s, max err / max |ref|)  %s\n",
-         c.final_grad ? " dht" : "", e_dh, e_dv, e_dh0, what, ok ? "ok" : "FAIL");
+  printf("%s  dh %.2e  dv %.2e  dh0 %.2e  <h,dh> %.2e (vs %s, max err / max |ref|)  %s\n",
+         c.final_grad ? " dht" : "", e_dh, e_dv, e_dh0, e_sd, what, ok ? "ok" : "FAIL");
   return ok;
 }
 

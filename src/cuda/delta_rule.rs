@@ -412,7 +412,8 @@ impl PassKind {
     /// cp.async. Split: reads W and K (64 × K bf16 each, whatever the width) and U (64 × width
     /// bf16), writes Ṽ (64 × width) and h_c (K × width, bf16); Fused reads Q too and writes O
     /// (64 × width) instead of Ṽ and h_c. Bwd: reads Q, K and W (64 × K bf16 each), dO and
-    /// dṼ_loc (64 × width bf16 each), writes dh_c (K × width f32) and dṼ (64 × width bf16).
+    /// dṼ_loc (64 × width bf16 each) and h_c (K × width bf16), writes dh_c (K × width bf16) and
+    /// dṼ (64 × width bf16).
     fn chunk_bytes(self, k: usize, width: usize) -> (usize, usize) {
         let (loads, stores) = match self {
             PassKind::Split => (
@@ -421,8 +422,8 @@ impl PassKind {
             ),
             PassKind::Fused => (3 * 64 * k * 2 + 64 * width * 2, 64 * width * 2),
             PassKind::Bwd => (
-                3 * 64 * k * 2 + 64 * width * (2 + 2),
-                k * width * 4 + 64 * width * 2,
+                3 * 64 * k * 2 + 64 * width * (2 + 2) + k * width * 2,
+                k * width * 2 + 64 * width * 2,
             ),
         };
         (loads + stores, loads)
@@ -647,8 +648,11 @@ struct BwdBuffers {
     tmat: Option<CudaSlice<f32>>,
     /// dṼ_loc, bf16 [T, H, V].
     dvloc: CudaSlice<bf16>,
-    /// dS leaving each chunk, f32 [NC, H, K, V].
-    dh: CudaSlice<f32>,
+    /// dS leaving each chunk, bf16 [NC, H, K, V].
+    dh: CudaSlice<bf16>,
+    /// The reverse pass's partials of ⟨h_c, dh_c⟩ (from the f32 dS), f32 [NC, H, (V/16)·KS]
+    /// (one per warp; at most 4 K splits).
+    sdp: CudaSlice<f32>,
     /// dṼ, bf16 [T, H, V].
     dvnew: CudaSlice<bf16>,
 }
@@ -837,6 +841,7 @@ impl DeltaRuleWorkspace {
                 },
                 dvloc: al(gpu, t * h * v, "dvloc")?,
                 dh: al(gpu, max_chunks * h * k * v, "dh")?,
+                sdp: al(gpu, max_chunks * h * (v / 16) * 4, "sdp")?,
                 dvnew: al(gpu, t * h * v, "dvnew")?,
             })
         } else {
@@ -1266,8 +1271,8 @@ pub fn chunk_backward(
         "delta rule: the workspace was created without backward buffers"
     );
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
-    // Order: wu from the saved T, or prep (with T) → dṼ_loc → reverse state pass (dh f32, dṼ,
-    // dh0) → forward state recompute (h, Ṽ) → dqk (with ⟨h_c, dh_c⟩) → wy.
+    // Order: wu from the saved T, or prep (with T) → dṼ_loc → forward state recompute (h, Ṽ) →
+    // reverse state pass (dh bf16, its ⟨h_c, dh_c⟩ partials, dṼ, dh0; it reads h) → dqk → wy.
     match saved_t {
         Some(st) => check_saved_t(ws, "saved_t", st.len())?,
         None => ensure!(
@@ -1310,6 +1315,7 @@ pub fn chunk_backward(
     let bwd = ws.bwd.as_mut().unwrap();
     let dvloc = ptr_mut(gpu, &mut bwd.dvloc);
     let dh = ptr_mut(gpu, &mut bwd.dh);
+    let sdp = ptr_mut(gpu, &mut bwd.sdp);
     let dvnew = ptr_mut(gpu, &mut bwd.dvnew);
     let dht = d_final.map_or(0, |d| ptr(gpu, d));
     let (dq, dk, dv, dg, dbeta, dh0) = (
@@ -1342,6 +1348,10 @@ pub fn chunk_backward(
             )?;
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
+    }
+    run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
+    probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
+    let npart = {
         let (sb, _) = ws.state_kern(n, PassKind::Bwd);
         launch_state(
             gpu,
@@ -1355,6 +1365,7 @@ pub fn chunk_backward(
                 Arg::P(rec),
                 Arg::P(pdo),
                 Arg::P(dvloc),
+                Arg::P(hs),
                 Arg::P(ctab),
                 Arg::P(seq_chunk),
                 Arg::P(dht),
@@ -1362,14 +1373,15 @@ pub fn chunk_backward(
                 Arg::I(vi),
                 Arg::F(inp.scale),
                 Arg::P(dh),
+                Arg::P(sdp),
                 Arg::P(dvnew),
                 Arg::P(dh0),
             ],
         )?;
         probe_mark(gpu, ws, "bwd: state_bwd")?;
-    }
-    run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
-    probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
+        // One partial per warp: (V / 16) column groups × its K split.
+        (v / 16 * sb.ks) as i32
+    };
     if nc == 0 {
         return Ok(());
     }
@@ -1391,6 +1403,8 @@ pub fn chunk_backward(
             Arg::P(dvnew),
             Arg::P(hs),
             Arg::P(dh),
+            Arg::P(sdp),
+            Arg::I(npart),
             Arg::P(ctab),
             Arg::I(hi),
             Arg::I(vi),

@@ -2466,10 +2466,11 @@ mod tests {
             3 * t * 4 + t * 64 * 2 + t * 64 * 2 + 16
         );
         // Chunks: ⌈100/64⌉ + 3 = 5. Backward (T is saved per block, not here): dvloc bf16
-        // [t, 2, 64], dh f32 [5, 2, 64, 64], dvnew bf16 [t, 2, 64];
-        // forward: ctab i32 [10], seq_chunk i32 [4], gc f32 [t, 2], the decay record f32
-        // [5, 2, 132], w, u, vnew bf16 [t, 2, 64], h bf16 [5, 2, 64, 64].
-        let rule = 5 * 2 * 4096 * 4
+        // [t, 2, 64], dh bf16 [5, 2, 64, 64], the ⟨h, dh⟩ partials f32 [5, 2, 64/16 · 4],
+        // dvnew bf16 [t, 2, 64]; forward: ctab i32 [10], seq_chunk i32 [4], gc f32 [t, 2], the
+        // decay record f32 [5, 2, 132], w, u, vnew bf16 [t, 2, 64], h bf16 [5, 2, 64, 64].
+        let rule = 5 * 2 * 4096 * 2
+            + 5 * 2 * 16 * 4
             + t * 128 * 2
             + t * 128 * 2
             + 10 * 4

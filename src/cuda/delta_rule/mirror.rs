@@ -75,9 +75,13 @@ pub(super) enum Fold {
 /// dG_last) comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DhStore {
-    /// The kernels: dh_c stored in f32; ⟨h_c, dh_c⟩ from the bf16 h_c (kernel 6 forms it from
-    /// the tiles it loads for its products).
+    /// The kernels (session 11 on): dh_c stored in bf16, ⟨h_c, dh_c⟩ from bf16 h_c and the f32
+    /// dh_c (the reverse pass reads h_c, the recompute run before it, and forms the dot before
+    /// the rounding).
     Kernels,
+    /// dh_c stored in f32; ⟨h_c, dh_c⟩ from the bf16 h_c (the kernels of sessions 7–10: kernel 6
+    /// formed it from the tiles it loaded for its products).
+    F32,
     /// dh_c stored in f32; ⟨h_c, dh_c⟩ from the f32 state (the kernels until session 7: the
     /// recompute read dh_c for it).
     F32Dot,
@@ -85,9 +89,6 @@ pub(super) enum DhStore {
     Bf16,
     /// dh_c stored in bf16, ⟨h_c, dh_c⟩ from bf16 h_c (FLA: the dot in its dq/dk/dg kernel).
     Bf16HBf16,
-    /// dh_c stored in bf16, ⟨h_c, dh_c⟩ from bf16 h_c and the f32 dh_c: what a reverse pass that
-    /// reads h_c (the recompute run before it) and forms the dot before rounding would give.
-    Bf16DotInReverse,
 }
 
 thread_local! {
@@ -388,7 +389,7 @@ fn backward_pair(
     };
     let mut ds: Vec<f32> = d_fin.map_or(vec![0f32; dk * dv], |x| x.to_vec());
     let mut dh_all = vec![Vec::new(); nc];
-    // The f32 dh_c, for the ⟨h_c, dh_c⟩ of `DhStore::Bf16DotInReverse`.
+    // The f32 dh_c, for the ⟨h_c, dh_c⟩ of `DhStore::Kernels`.
     let mut dhf_all = vec![Vec::new(); nc];
     let mut dvn_all = vec![Vec::new(); nc];
     // state_bwd (with dvloc)
@@ -427,8 +428,8 @@ fn backward_pair(
         }
         // dh_c = dS leaving the chunk, as the reverse pass stores it.
         dh_all[c] = match DH_STORE.with(|d| d.get()) {
-            DhStore::Kernels | DhStore::F32Dot => dsf.clone(),
-            DhStore::Bf16 | DhStore::Bf16HBf16 | DhStore::Bf16DotInReverse => {
+            DhStore::F32 | DhStore::F32Dot => dsf.clone(),
+            DhStore::Kernels | DhStore::Bf16 | DhStore::Bf16HBf16 => {
                 dsf.iter().map(|&x| bf16r(x)).collect()
             }
         };
@@ -462,11 +463,11 @@ fn backward_pair(
         let dp = mm(doc, false, vn, true, l, dv, l);
         let dq1 = mm(doc, false, hb, true, l, dv, dk);
         let dki = mm(vn, false, dh, true, l, dv, dk);
-        // ⟨h_c, dh_c⟩ from bf16 h_c (kernel 6); dKi from f32 dh (hi + lo).
+        // ⟨h_c, dh_c⟩: the kernels' from bf16 h_c and the f32 dh_c (in the reverse pass).
         let (hdot, dhdot) = match DH_STORE.with(|d| d.get()) {
-            DhStore::Kernels | DhStore::Bf16HBf16 => (hb, dh),
+            DhStore::F32 | DhStore::Bf16HBf16 => (hb, dh),
             DhStore::F32Dot | DhStore::Bf16 => (&ch[c].hf, dh),
-            DhStore::Bf16DotInReverse => (hb, &dhf_all[c]),
+            DhStore::Kernels => (hb, &dhf_all[c]),
         };
         let sdot: f32 = hdot
             .iter()
@@ -719,10 +720,10 @@ fn dh_store_precision() {
     let seeds = mirror_seeds(8);
     for mode in [
         DhStore::Kernels,
+        DhStore::F32,
         DhStore::F32Dot,
         DhStore::Bf16,
         DhStore::Bf16HBf16,
-        DhStore::Bf16DotInReverse,
     ] {
         let mut worst: Vec<(&str, f64)> = vec![];
         for (i, (lens, dims, h0, dfin)) in cases.iter().enumerate() {
@@ -1056,7 +1057,13 @@ fn dg_precision_breakdown() {
         own("own error, β folded into U only", Fold::U),
         own("own error, β also on T's diagonal", Fold::Plain),
         mi(
-            "mirror, bf16 inputs, <h,dh> from f32 h",
+            "mirror, bf16 inputs, dh_c stored f32",
+            ALL_INPUTS,
+            Fold::Both,
+        )
+        .dh(DhStore::F32),
+        mi(
+            "mirror, bf16 inputs, dh_c f32, <h,dh> from f32 h",
             ALL_INPUTS,
             Fold::Both,
         )
@@ -1073,15 +1080,9 @@ fn dg_precision_breakdown() {
             Fold::Both,
         )
         .dh(DhStore::Bf16HBf16),
+        own("own error, dh_c stored f32", Fold::Both).dh(DhStore::F32),
         own("own error, dh_c stored bf16", Fold::Both).dh(DhStore::Bf16),
         own("own error, dh_c bf16, <h,dh> from bf16 h", Fold::Both).dh(DhStore::Bf16HBf16),
-        mi(
-            "mirror, bf16 inputs, dh_c bf16, <h,dh> in reverse",
-            ALL_INPUTS,
-            Fold::Both,
-        )
-        .dh(DhStore::Bf16DotInReverse),
-        own("own error, dh_c bf16, <h,dh> in reverse", Fold::Both).dh(DhStore::Bf16DotInReverse),
         mi(
             "mirror, bf16 inputs, no internal rounding",
             ALL_INPUTS,

@@ -336,6 +336,27 @@ __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int l
   }
 }
 
+// This lane's share of Σ x ⊙ Y over one warp's NT (even) accumulator tiles x[nt] (laid out as for
+// load_tiles_t) and bf16 rows [0, 8 NT) of Y, by ldmatrix.trans: the same element positions as
+// load_tiles_t, four registers live at a time instead of 4 NT.
+template <int NT>
+__device__ __forceinline__ float dot_tiles_t(const float (*x)[4], const bf16* y, int ld) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const unsigned y0 = smem_u32(y + (8 * lm_hi + lr) * ld + 8 * lm_lo);
+  float a = 0.f;
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    unsigned r[4];
+    ldsm_x4_t(r, y0 + 2 * 16 * np * ld);
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      a = fmaf(x[2 * np + (m >> 1)][2 * (m & 1)], bf_lo(r[m]), a);
+      a = fmaf(x[2 * np + (m >> 1)][2 * (m & 1) + 1], bf_hi(r[m]), a);
+    }
+  }
+  return a;
+}
+
 // ------------------------------------------------------------------------------------------
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
@@ -1503,8 +1524,17 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 // ------------------------------------------------------------------------------------------
 // Kernel 5: reverse state pass per (sequence, head, tile of 16·NWC columns of V), NWC warps. dS
 // is the gradient of the state leaving the current chunk. For each chunk, last to first:
-//   dh_c = dS (f32, global);  dṼ = dṼ_loc + (δK) dS (bf16, global);
+//   dh_c = bf16(dS) (global);  per warp ⟨h_c, dS⟩ over its share of dS (f32, global: `sdp`);
+//   dṼ = dṼ_loc + (δK) dS (bf16, global);
 //   dS ← γ_last dS + (sγQ)ᵀ dO + (−W)ᵀ dṼ;  at the end dh0 = dS (f32).
+// dh_c leaves in bf16, half of the f32 bytes it was (written here, read by kernel 6). The state
+// term of dG_last, γ_last ⟨h_c, dh_c⟩, cancels heavily against the other dG terms: from a bf16
+// dh_c it costs 2.0–2.4e-2 relative error in dg (the CPU mirror, `dh_store_precision`), so it is
+// formed here from the f32 dS, before the rounding, with the bf16 h_c that the recompute (run
+// before this pass) wrote: 1.08e-2, against 8.1e-3 with the f32 dh_c of sessions 7–10. The
+// h_c tile of the chunk ([K][16·NWC] bf16) travels with k and dṼ_loc; ldmatrix.trans of it puts
+// h_c at the positions of the dSᵀ accumulators (`dot_tiles_t`). Kernel 6 sums the partials of
+// a chunk and head in a fixed order (deterministic).
 // v5, the layout of kernel 2 v5: each warp keeps dSᵀ of its 16 value columns, [16 × K] f32, in
 // registers as K/8 accumulator tiles and does all of a chunk's products itself:
 //   dṼᵀ = dṼ_locᵀ + dSᵀ (δK)ᵀ  (the accumulators start from dṼ_loc, read from shared memory in
@@ -1562,6 +1592,7 @@ struct StateBwdSm {
   bf16* k;     // [64][WLD]  K, then δ·K
   bf16* dos;   // [64][OLD]  dO
   bf16* dvl;   // [64][DLD]  dṼ_loc
+  bf16* hc;    // [K][OLD]   h_c (this CTA's columns)
   float* R;    // 2 x [RECW]  decay records
   float* red;  // KS > 1: [KS·NWC warps][8 tiles][32 lanes] float4, partial dṼᵀ per warp
   __device__ void carve(Carve& c) {
@@ -1570,6 +1601,7 @@ struct StateBwdSm {
     k = c.take<bf16>(CH * WLD);
     dos = c.take<bf16>(CH * OLD);
     dvl = c.take<bf16>(CH * DLD);
+    hc = c.take<bf16>(K * OLD);
     R = c.take<float>(2 * RECW);
     red = KS > 1 ? c.take<float>(KS * NWC * 8 * 32 * 4) : nullptr;
   }
@@ -1579,9 +1611,10 @@ template <int K, int NWC, int KS>
 __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ w, const float* __restrict__ rec,
                                const bf16* __restrict__ d_o, const bf16* __restrict__ dvl,
-                               const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
-                               const float* __restrict__ dht, int H, int V, float scale,
-                               float* __restrict__ dh, bf16* __restrict__ dvnew,
+                               const bf16* __restrict__ hs, const int* __restrict__ ctab,
+                               const int* __restrict__ seq_chunk, const float* __restrict__ dht,
+                               int H, int V, float scale, bf16* __restrict__ dh,
+                               float* __restrict__ sdp, bf16* __restrict__ dvnew,
                                float* __restrict__ dh0) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
@@ -1610,9 +1643,14 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       ds[j][e] = dht ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  auto issue_kd = [&](int s0, int l) {
+  // k, dṼ_loc and h_c of chunk ci (first token s0, length l).
+  auto issue_kd = [&](int ci, int s0, int l) {
     load_rows_async<K, NTH>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
     load_rows_async<L::BVC, NTH>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, l);
+    const bf16* hsrc = hs + ((long)ci * H + h) * K * V + v0;
+#pragma unroll
+    for (int r = 0; r < K; r += CH)
+      load_rows_async<L::BVC, NTH>(S.hc + r * L::OLD, L::OLD, hsrc + (long)r * V, V, CH);
     cp_commit();
   };
   // q, w, dO of a chunk and, when gci >= 0, the decay record of chunk gci (the one before it)
@@ -1638,7 +1676,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // The last chunk's decay record: plain loads, published by the barrier below.
     for (int i = tid; i < RECW; i += NTH)
       S.R[((ce - 1) & 1) * RECW + i] = rec[((long)(ce - 1) * H + h) * RECW + i];
-    issue_kd(start, len);
+    issue_kd(ce - 1, start, len);
     issue_qwo(start, len, ce - 2 >= cs ? ce - 2 : -1, (ce - 2) & 1);
     __syncthreads();
   }
@@ -1651,19 +1689,17 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     }
     const float* R = S.R + (c & 1) * RECW;
 
-    // dh_c = dS (f32) to global.
-    {
-      float* dhc = dh + ((long)c * H + h) * K * V + (long)k0 * V + vw;
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          dhc[(long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] = ds[j][e];
-    }
     // Pending groups: KD(c), QWO(c). Wait for KD(c), fold δ into this thread's pieces of k.
     cp_wait<1>();
     scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return R[r]; });
     __syncthreads();
+
+    // This warp's ⟨h_c, dS⟩ (f32 dS, before its rounding) to global, by lane 0.
+    {
+      const float x = warp_sum(dot_tiles_t<NJ>(ds, S.hc + k0 * L::OLD + vl, L::OLD));
+      if (lane == 0)
+        sdp[((long)c * H + h) * (V / 16 * KS) + (v0 / 16 + cw) * KS + kp] = x;
+    }
 
     // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk (with a K
     // split, this warp's rows' share; dṼ_loc in kp = 0's).
@@ -1682,12 +1718,31 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     constexpr bool STAGE = KS == 1;
     bf16* dstage = S.dvl + vl;
     const unsigned kl = smem_u32(S.k + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
+    // dh_c = bf16(dS) to global ([K][V], rows k, this warp's 16 columns): the A operands below
+    // are those bf16 values. Unsplit, each k-step's 16 × 16 block goes transposed into one of four
+    // 16-row slots of the stage (stmatrix.trans), then leaves as one 16-byte store per lane; a
+    // slot is written again four k-steps later, past three __syncwarp. A K split has no stage
+    // and stores tile by tile.
+    bf16* dhc = dh + ((long)c * H + h) * K * V + (long)k0 * V + vw;
+    const unsigned dst0 = smem_u32(dstage + (8 * lm_hi + lr) * L::DLD + 8 * lm_lo);
+    const int drow = lane >> 1, dhalf = lane & 1;
+    if constexpr (STAGE) __syncwarp();  // load_tiles_t's reads of the stage are done
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(ds[2 * kk][0], ds[2 * kk][1]),
                              pack_bf2(ds[2 * kk][2], ds[2 * kk][3]),
                              pack_bf2(ds[2 * kk + 1][0], ds[2 * kk + 1][1]),
                              pack_bf2(ds[2 * kk + 1][2], ds[2 * kk + 1][3])};
+      if constexpr (STAGE) {
+        const int slot = 16 * (kk % 4);
+        stsm_x4_t(dst0 + 2 * slot * L::DLD, a);
+        __syncwarp();
+        *reinterpret_cast<uint4*>(dhc + (long)(16 * kk + drow) * V + 8 * dhalf) =
+            *reinterpret_cast<const uint4*>(dstage + (slot + drow) * L::DLD + 8 * dhalf);
+      } else {
+        store_tile_t(ds[2 * kk], dhc + (long)16 * kk * V, V, [](int) { return true; });
+        store_tile_t(ds[2 * kk + 1], dhc + (long)(16 * kk + 8) * V, V, [](int) { return true; });
+      }
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         unsigned r[4];
@@ -1727,7 +1782,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     cp_wait<0>();
     scale_own_rows<K, NTH>(S.q, L::WLD, len, [&](int r) { return scale * R[REC_GAM + r]; });
     __syncthreads();
-    if (more) issue_kd(pstart, plen);
+    if (more) issue_kd(c - 1, pstart, plen);
     if constexpr (KS > 1) {
       const float4* part = reinterpret_cast<const float4*>(S.red) + cw * 8 * 32 + lane;
 #pragma unroll
@@ -1819,11 +1874,8 @@ __device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, 
 
 // ------------------------------------------------------------------------------------------
 // Kernel 6: per (chunk, head), looping over V in slices of 32 columns:
-//   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh in f32, split into bf16 hi + lo: the dG terms
-//   built from dKi cancel heavily and bf16 dh alone costs ~1e-2 relative error in dg);
-//   ⟨h_c, dh_c⟩ from the same bf16 h_c and f32 dh_c (mirror::dh_store_precision, worst dg over
-//   96 selftest-like cases: 8.1e-3, against 6.1e-3 for the f32 state's dot, which took a dh_c
-//   read of its own in the recompute; a bf16 dh_c would be 2.0–2.4e-2);
+//   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh_c in bf16, as kernel 5 stores it);
+//   ⟨h_c, dh_c⟩ as the sum of kernel 5's partials (formed from its f32 dS; see there why);
 // then, with pb = bf16(s dP ⊙ Γ) on j <= i < len (zero elsewhere) and E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L),
 //   dq = s diag(γ) dQ1 + pb K (final),  dk = diag(δ) dKi + pbᵀ Q (partial, completed by kernel 7),
 //   dG_i = Σ_j E_ij − Σ_j E_ji + q_i·(s γ_i dQ1)_i − k_i·(δ_i dKi)_i, at i = len − 1 also
@@ -1833,17 +1885,15 @@ __device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, 
 // (NS = 2; 4 at K = 256, 512 threads): warp w owns the rows t ∈ [16 rb, 16 rb + 16), rb = w mod 4,
 // and, with sp = w / 4, the columns [sp·K/NS, +K/NS) of dQ1 and dKi and [sp·64/NS, +64/NS) of dP,
 // as m16n8 accumulator tiles that stay in registers across the V loop (64 f32 registers for dQ1 and
-// dKi, 16 or 8 for dP). Loop operands: A = dO and Ṽ rows by ldmatrix, B = Ṽ and h_c rows by
-// ldmatrix, B = dh_c from f32 pairs in shared memory, split into hi and lo in registers (each
-// B element is split by the 4 warps that use it; the split is v4's, value for value). dP tiles
-// above the diagonal block are not formed (they are masked out anyway).
+// dKi, 16 or 8 for dP). Loop operands: A = dO and Ṽ rows by ldmatrix, B = Ṽ, h_c and dh_c rows
+// by ldmatrix. dP tiles above the diagonal block are not formed (they are masked out anyway).
 // After the loop: pb tiles (bf16) go to shared memory, the only product operand that crosses
 // warps; then each warp forms its dq and dk rows from its accumulators (row scale, row-dot partial
 // by quad shuffles, + pb K resp. pbᵀ Q with A = pb by ldmatrix(.trans), B = K, Q by
 // ldmatrix.trans, f32 straight to global), then QKᵀ on its dP tiles, E in registers, E's row sums
 // over its columns (quad shuffles) and column sums over its 16 rows (shuffles across g). Warp 0
 // adds the per-warp partials in a fixed order for dG (no atomics: deterministic).
-// The V slices (dO, Ṽ, h_c bf16 and dh_c f32) go through NBUF shared buffers by cp.async, one
+// The V slices (dO, Ṽ, h_c and dh_c, bf16) go through NBUF shared buffers by cp.async, one
 // group per slice issued NBUF − 1 slices ahead, one barrier per slice; q and k load into the
 // buffer the slice after the last would use, during the last slices; pb goes into the last
 // slice's buffer. Rows t >= len of a partial chunk are zero-filled (dO, Ṽ, q, k), have γ = δ = 0
@@ -1858,11 +1908,11 @@ struct DqkSm {
   static constexpr int KW = K / NS, PW = CH / NS;    // dQ1/dKi and dP columns per warp
   static constexpr int SW = 32, SLD = SW + 8;        // slice width; row stride (elements)
   static constexpr int QLD = K + 8;                  // row stride of q and k
-  // A slice buffer: dO [64][SLD], Ṽ [64][SLD], h_c [K][SLD] (bf16), dh_c [K][SLD] (f32; a row
-  // stride of 40 words keeps the f32-pair reads conflict-free).
+  // A slice buffer: dO [64][SLD], Ṽ [64][SLD], h_c [K][SLD], dh_c [K][SLD] (bf16); q and k
+  // ([64][QLD] each) take one buffer too, which sets its size at K >= 128.
   static constexpr unsigned OFF_V = CH * SLD * 2, OFF_H = 2 * CH * SLD * 2,
-                            OFF_D = OFF_H + K * SLD * 2, BUF = OFF_D + K * SLD * 4;
-  static_assert(2 * CH * QLD * 2 <= BUF, "q and k share one slice buffer");
+                            OFF_D = OFF_H + K * SLD * 2, SLICE = OFF_D + K * SLD * 2,
+                            QK = 2 * CH * QLD * 2, BUF = SLICE > QK ? SLICE : QK;
   static_assert(CH * LD64 * 2 <= BUF, "pb fits one slice buffer");
   static_assert(OFF_V % 128 == 0 && OFF_H % 128 == 0 && OFF_D % 128 == 0 && BUF % 128 == 0,
                 "slice arrays start at 128-byte boundaries");
@@ -1870,7 +1920,6 @@ struct DqkSm {
   float *G, *gam, *dec;        // [64]
   float *rsp, *qp, *kp;        // [NS][64]: per-split partials of E's row sums, q·dq, k·dk
   float* csp;                  // [4][64]: per-row-block partials of E's column sums
-  float* sdp;                  // [NW]: per-warp partials of ⟨h_c, dh_c⟩
   __device__ void carve(Carve& c) {
     buf = c.take<char>(NBUF * BUF);
     G = c.take<float>(CH);
@@ -1880,7 +1929,6 @@ struct DqkSm {
     qp = c.take<float>(NS * CH);
     kp = c.take<float>(NS * CH);
     csp = c.take<float>(4 * CH);
-    sdp = c.take<float>(NW);
   }
 };
 
@@ -1889,7 +1937,7 @@ template <int K>
 __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
-                         const float* __restrict__ dh,
+                         const bf16* __restrict__ dh, const float* __restrict__ sdp, int npart,
                          const int* __restrict__ ctab, int H, int V, float scale,
                          float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dg) {
   extern __shared__ __align__(128) char smem[];
@@ -1924,7 +1972,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
       load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_V), SLD, vn0 + v0, (long)H * V, CH, SW,
                       len);
       load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_H), SLD, hst + hoff + v0, V, K, SW, K);
-      load_f32_async(reinterpret_cast<float*>(b + L::OFF_D), SLD, dh + hoff + v0, V, K, SW, K);
+      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_D), SLD, dh + hoff + v0, V, K, SW, K);
     } else if (it == nsl) {
       bf16* qb = reinterpret_cast<bf16*>(S.buf + (nsl % NBUF) * L::BUF);
       load_bf16_async(qb, QLD, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
@@ -1944,10 +1992,6 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
     S.gam[tid] = ok ? __expf(gt) : 0.f;
     S.dec[tid] = ok ? __expf(gl - gt) : 0.f;
   }
-  // This lane's share of ⟨h_c, dh_c⟩: of the dh_c elements it reads for dKi, those of the tiles
-  // nt ≡ rb (mod 4) (the four row-block warps of a column split read the same ones).
-  float sd = 0.f;
-
   // Accumulators: tile nt of dq1/dki is columns kc0 + 8nt.., of dp columns pc0 + 8nt..; element
   // e is row i0 + 8 (e >> 1), column + 2qd + (e & 1).
   float dp[NPT][4], dq1[NKT][4], dki[NKT][4];
@@ -1973,7 +2017,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
     const bf16* dos = reinterpret_cast<const bf16*>(b);
     const bf16* vns = reinterpret_cast<const bf16*>(b + L::OFF_V);
     const bf16* hs = reinterpret_cast<const bf16*>(b + L::OFF_H);
-    const float* dhs = reinterpret_cast<const float*>(b + L::OFF_D);
+    const bf16* dhs = reinterpret_cast<const bf16*>(b + L::OFF_D);
 #pragma unroll
     for (int ks = 0; ks < SW / 16; ++ks) {
       // A = dO and Ṽ rows r0..: matrices (rows +0, v +0), (rows +8, v +0), (+0, +8), (+8, +8).
@@ -1989,38 +2033,17 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
         mma_bf16(dp[2 * jp], ao, r[0], r[1]);
         mma_bf16(dp[2 * jp + 1], ao, r[2], r[3]);
       }
-      // dQ1 += dO h_cᵀ (B = h_c rows kc0 + 16 jp..), then for the tiles nt = 2jp, 2jp + 1 of
-      // those rows dKi += Ṽ dh_hiᵀ + Ṽ dh_loᵀ: B = dh_c[kc0 + 8nt + g][v = 16ks + 2qd (+1),
-      // (+8, +9)], the same elements of h_c as this lane's h_c registers r[2(nt & 1)], r[2(nt & 1)
-      // + 1], so the ⟨h_c, dh_c⟩ share needs no loads of its own. At most one of the two tiles is
-      // this warp's (nt ≡ rb mod 4): only its two registers stay live (all four spilled at K =
-      // 128).
+      // dQ1 += dO h_cᵀ and dKi += Ṽ dh_cᵀ (B = h_c and dh_c rows kc0 + 16 jp..).
 #pragma unroll
       for (int jp = 0; jp < NKT / 2; ++jp) {
-        unsigned r[4];
-        ldsm_x4(r, hs + (kc0 + 16 * jp + 8 * lm_hi + lr) * SLD + 16 * ks + 8 * lm_lo);
+        const int off = (kc0 + 16 * jp + 8 * lm_hi + lr) * SLD + 16 * ks + 8 * lm_lo;
+        unsigned r[4], d[4];
+        ldsm_x4(r, hs + off);
         mma_bf16(dq1[2 * jp], ao, r[0], r[1]);
         mma_bf16(dq1[2 * jp + 1], ao, r[2], r[3]);
-        const bool first = (2 * jp) % 4 == rb;
-        const unsigned y0 = first ? r[0] : r[2], y1 = first ? r[1] : r[3];
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int nt = 2 * jp + hf;
-          const float* d = dhs + (kc0 + 8 * nt + g) * SLD + 16 * ks + 2 * qd;
-          const float2 x0 = *reinterpret_cast<const float2*>(d);
-          const float2 x1 = *reinterpret_cast<const float2*>(d + 8);
-          const unsigned h0 = pack_bf2(x0.x, x0.y), h1 = pack_bf2(x1.x, x1.y);
-          const unsigned l0 = pack_bf2(x0.x - bf_lo(h0), x0.y - bf_hi(h0));
-          const unsigned l1 = pack_bf2(x1.x - bf_lo(h1), x1.y - bf_hi(h1));
-          mma_bf16(dki[nt], av, h0, h1);
-          mma_bf16(dki[nt], av, l0, l1);
-          if (nt % 4 == rb) {
-            sd = fmaf(bf_lo(y0), x0.x, sd);
-            sd = fmaf(bf_hi(y0), x0.y, sd);
-            sd = fmaf(bf_lo(y1), x1.x, sd);
-            sd = fmaf(bf_hi(y1), x1.y, sd);
-          }
-        }
+        ldsm_x4(d, dhs + off);
+        mma_bf16(dki[2 * jp], av, d[0], d[1]);
+        mma_bf16(dki[2 * jp + 1], av, d[2], d[3]);
       }
     }
   }
@@ -2125,8 +2148,6 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
         mma_bf16(pa[2 * jp + 1], aq, r[2], r[3]);
       }
     }
-    sd = warp_sum(sd);
-    if (lane == 0) S.sdp[warp] = sd;
     float rs[2] = {0.f, 0.f};
 #pragma unroll
     for (int nt = 0; nt < NPT; ++nt) {
@@ -2174,8 +2195,11 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
       ksum += kd;
     }
     ksum = warp_sum(ksum);
-    sd = 0.f;
-    for (int x = 0; x < L::NW; ++x) sd += S.sdp[x];
+    // ⟨h_c, dh_c⟩: kernel 5's npart partials of this chunk and head, lane-strided, then a warp
+    // sum (a fixed order).
+    float sd = 0.f;
+    for (int x = lane; x < npart; x += 32) sd += sdp[((long)cg * H + h) * npart + x];
+    sd = warp_sum(sd);
     for (int i = lane; i < len; i += 32) {
       float rsum = 0.f, csum = 0.f, qdt = 0.f, kdt = 0.f;
 #pragma unroll
@@ -2998,10 +3022,10 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
       dr_dqkwy_k##K(const bf16* q, const bf16* k, const bf16* v, const float* beta,                \
                     const float* gc, const float* tmat, const bf16* d_o, const bf16* vnew,         \
-                    const bf16* dvnew, const bf16* hs, const float* dh, const int* ctab, int H,    \
-                    int V, float scale, float* dq, float* dk, float* dv, float* dg,                \
-                    float* dbeta) {                                                                \
-    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, ctab, H, V, scale, dq, dk, dg);                   \
+                    const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,           \
+                    int npart, const int* ctab, int H, int V, float scale, float* dq, float* dk,   \
+                    float* dv, float* dg, float* dbeta) {                                          \
+    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg);       \
     dr::dqk_then_wy();                                                                             \
     dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
   }
@@ -3038,11 +3062,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(NWC * KS * 32)                                      \
       dr_state_bwd_k##K##_nw##NWC##SUFFIX(const bf16* q, const bf16* k, const bf16* w,             \
                                           const float* rec, const bf16* d_o, const bf16* dvl,      \
-                                          const int* ctab, const int* seq_chunk, const float* dht, \
-                                          int H, int V, float scale, float* dh, bf16* dvnew,       \
-                                          float* dh0) {                                            \
-    dr::state_bwd_impl<K, NWC, KS>(q, k, w, rec, d_o, dvl, ctab, seq_chunk, dht, H, V, scale, dh,  \
-                                   dvnew, dh0);                                                    \
+                                          const bf16* hs, const int* ctab, const int* seq_chunk,   \
+                                          const float* dht, int H, int V, float scale, bf16* dh,   \
+                                          float* sdp, bf16* dvnew, float* dh0) {                   \
+    dr::state_bwd_impl<K, NWC, KS>(q, k, w, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, scale,  \
+                                   dh, sdp, dvnew, dh0);                                           \
   }
 #define DR_STATE_BWD_KERNELS(K)                                                                    \
   DR_STATE_BWD_KERNEL(K, 1, 1, )                                                                   \

@@ -263,7 +263,12 @@ pub fn delta_rule_workspace(
     }
     if backward != Backward::No {
         add("rule dvloc", t * h * v, 2);
-        add("rule dh (f32 states)", max_chunks * h * k * v, 4);
+        add("rule dh (bf16 states)", max_chunks * h * k * v, 2);
+        add(
+            "rule <h, dh> partials (f32)",
+            max_chunks * h * (v / 16) * 4,
+            4,
+        );
         add("rule dvnew", t * h * v, 2);
     }
     add("rule ctab (i32)", 2 * max_chunks, 4);

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Registers, spills and shared memory of delta_rule.cu's kernels, from ptxas -v through NVRTC
+(no GPU needed): the check that a kernel change still fits before it goes to the GPU machine.
+
+Usage: scripts/ptxas_report.py K [NAME_FILTER]   (K = 64, 128 or 256; e.g. `256 state_bwd`)
+Needs libnvrtc (LD_LIBRARY_PATH or /opt/nvcu/nvidia/cu13/lib) and CUDA_HOME for cuda_bf16.h.
+"""
+import ctypes
+import os
+import re
+import sys
+
+
+def load_nvrtc():
+    names = ["libnvrtc.so.13", "libnvrtc.so"]
+    dirs = [""] + [os.path.join(os.environ.get("CUDA_HOME", "/opt/nvcu/nvidia/cu13"), "lib")]
+    for d in dirs:
+        for n in names:
+            try:
+                return ctypes.CDLL(os.path.join(d, n) if d else n)
+            except OSError:
+                pass
+    sys.exit("ptxas_report: libnvrtc not found (set LD_LIBRARY_PATH or CUDA_HOME)")
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] not in ("64", "128", "256"):
+        sys.exit(__doc__)
+    k, filt = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
+    here = os.path.dirname(os.path.abspath(__file__))
+    src = open(os.path.join(here, "../src/cuda/kernels/delta_rule.cu")).read()
+    src = f"#define DR_ONLY_K {k}\n" + src
+    home = os.environ.get("CUDA_HOME", "/opt/nvcu/nvidia/cu13")
+    nv = load_nvrtc()
+    prog = ctypes.c_void_p()
+    rc = nv.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"delta_rule.cu", 0, None, None)
+    assert rc == 0, rc
+    opts = [b"--std=c++17", b"-default-device", b"-arch=sm_90a", b"--ptxas-options=-v",
+            f"-I{home}/include".encode()]
+    arr = (ctypes.c_char_p * len(opts))(*opts)
+    rc = nv.nvrtcCompileProgram(prog, len(opts), arr)
+    size = ctypes.c_size_t()
+    nv.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nv.nvrtcGetProgramLog(prog, log)
+    text = log.value.decode(errors="replace")
+    if rc != 0:
+        sys.exit(text)
+    # ptxas prints, per function: "Compiling entry function 'X'", then "N bytes stack frame, A
+    # bytes spill stores, B bytes spill loads", then "Used R registers, ...".
+    name, spill = None, ""
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            spill = f"spill st {m.group(1)} ld {m.group(2)}"
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name and filt in name:
+            print(f"{name:48s} {m.group(1):>4s} regs  {spill}")
+            name, spill = None, ""
+
+
+if __name__ == "__main__":
+    main()
