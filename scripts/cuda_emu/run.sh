@@ -9,7 +9,7 @@ cu=${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}
 out=${TMPDIR:-/tmp}/gdn_cuda_emu
 mkdir -p "$out/chunk" "$out/fwd_o" "$out/state" "$out/state_bwd" "$out/prep"
 common="'struct Carve' ' b2f(' ' f2b(' ' load_bf16_async(' ' load_f32_async(' ' pack_bf2(float' \
-  ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void store_tiles_staged(' ' load_tiles_t(' ' dot_tiles_t(' 'struct Pieces'"
+  ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void store_tiles_staged(' ' load_tiles_t(' 'struct Pieces'"
 # extract DIR NAME...: the common helpers and the named items into $out/DIR/extracted.h.
 extract() {
   dir=$1

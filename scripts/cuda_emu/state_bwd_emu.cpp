@@ -126,7 +126,7 @@ static Out run(const Inputs<K>& in) {
   o.dh.assign((size_t)in.NC * H * K * V, __float2bfloat16(nanv));
   o.dh0.assign((size_t)in.N * H * K * V, nanv);
   o.dv.assign((size_t)in.T * H * V, __float2bfloat16(nanv));
-  const int npart = V / 16 * KS;
+  const int npart = V / 16 * KS;  // one partial per warp
   std::vector<float> sdp((size_t)in.NC * H * npart, nanv);
   const float scale = 1.f / sqrtf((float)K);
   run_grid<dr::StateBwdSm<K, NWC, KS>>(

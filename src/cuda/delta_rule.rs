@@ -15,10 +15,10 @@
 //!   V tile: each chunk's entering state h_c, Ṽ = U − W h_c and the output O, kept on the SM; the
 //!   final state);
 //! - backward: `wu` (W, U and G from the T the forward saved; without a saved T, `prep` again,
-//!   storing T in the workspace) → `dvloc` → `state_bwd` (reverse: dh_c in f32, dṼ, dh0) →
-//!   `state_split` (recompute h_c, Ṽ into the workspace) → `dqkwy`, one kernel: per chunk and
-//!   head `dqk` (dq, partial dk and dG, with ⟨h_c, dh_c⟩), then `wy` (WY backward, dv, dβ, dk,
-//!   dg).
+//!   storing T in the workspace) → `state_split` (recompute h_c, Ṽ into the workspace) →
+//!   `dvloc` → `state_bwd` (reverse: dh_c in bf16, its partials of ⟨h_c, dh_c⟩ from the f32 dS,
+//!   dṼ, dh0) → `dqkwy`, one kernel: per chunk and head `dqk` (dq, partial dk and dG), then
+//!   `wy` (WY backward, dv, dβ, dk, dg).
 //!
 //! `prep` and `wu` also write G, the decay record (δ_t = exp(G_last − G_t), γ_last, γ_t per
 //! chunk and head, `REC_WIDTH` f32) that the state passes read instead of forming exps, and W
@@ -1271,7 +1271,7 @@ pub fn chunk_backward(
         "delta rule: the workspace was created without backward buffers"
     );
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
-    // Order: wu from the saved T, or prep (with T) → dṼ_loc → forward state recompute (h, Ṽ) →
+    // Order: wu from the saved T, or prep (with T) → forward state recompute (h, Ṽ) → dṼ_loc →
     // reverse state pass (dh bf16, its ⟨h_c, dh_c⟩ partials, dṼ, dh0; it reads h) → dqk → wy.
     match saved_t {
         Some(st) => check_saved_t(ws, "saved_t", st.len())?,
@@ -1326,6 +1326,10 @@ pub fn chunk_backward(
         ptr_mut(gpu, &mut grads.dbeta),
         ptr_mut(gpu, &mut grads.dh0),
     );
+    // The recompute first: dṼ_loc, written just before the reverse pass, is then still in L2
+    // (mostly its last chunks, which the reverse pass reads first).
+    run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
+    probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     {
         let kern = &ws.kern;
         if nc > 0 {
@@ -1349,8 +1353,6 @@ pub fn chunk_backward(
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
     }
-    run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
-    probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     let npart = {
         let (sb, _) = ws.state_kern(n, PassKind::Bwd);
         launch_state(

@@ -336,27 +336,6 @@ __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int l
   }
 }
 
-// This lane's share of Σ x ⊙ Y over one warp's NT (even) accumulator tiles x[nt] (laid out as for
-// load_tiles_t) and bf16 rows [0, 8 NT) of Y, by ldmatrix.trans: the same element positions as
-// load_tiles_t, four registers live at a time instead of 4 NT.
-template <int NT>
-__device__ __forceinline__ float dot_tiles_t(const float (*x)[4], const bf16* y, int ld) {
-  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  const unsigned y0 = smem_u32(y + (8 * lm_hi + lr) * ld + 8 * lm_lo);
-  float a = 0.f;
-#pragma unroll
-  for (int np = 0; np < NT / 2; ++np) {
-    unsigned r[4];
-    ldsm_x4_t(r, y0 + 2 * 16 * np * ld);
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      a = fmaf(x[2 * np + (m >> 1)][2 * (m & 1)], bf_lo(r[m]), a);
-      a = fmaf(x[2 * np + (m >> 1)][2 * (m & 1) + 1], bf_hi(r[m]), a);
-    }
-  }
-  return a;
-}
-
 // ------------------------------------------------------------------------------------------
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
 // (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
@@ -1533,7 +1512,7 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 // formed here from the f32 dS, before the rounding, with the bf16 h_c that the recompute (run
 // before this pass) wrote: 1.08e-2, against 8.1e-3 with the f32 dh_c of sessions 7–10. The
 // h_c tile of the chunk ([K][16·NWC] bf16) travels with k and dṼ_loc; ldmatrix.trans of it puts
-// h_c at the positions of the dSᵀ accumulators (`dot_tiles_t`). Kernel 6 sums the partials of
+// h_c at the positions of the dSᵀ accumulators. Kernel 6 sums the partials of
 // a chunk and head in a fixed order (deterministic).
 // v5, the layout of kernel 2 v5: each warp keeps dSᵀ of its 16 value columns, [16 × K] f32, in
 // registers as K/8 accumulator tiles and does all of a chunk's products itself:
@@ -1694,13 +1673,6 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return R[r]; });
     __syncthreads();
 
-    // This warp's ⟨h_c, dS⟩ (f32 dS, before its rounding) to global, by lane 0.
-    {
-      const float x = warp_sum(dot_tiles_t<NJ>(ds, S.hc + k0 * L::OLD + vl, L::OLD));
-      if (lane == 0)
-        sdp[((long)c * H + h) * (V / 16 * KS) + (v0 / 16 + cw) * KS + kp] = x;
-    }
-
     // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk (with a K
     // split, this warp's rows' share; dṼ_loc in kp = 0's).
     float p[8][4];
@@ -1719,29 +1691,50 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     bf16* dstage = S.dvl + vl;
     const unsigned kl = smem_u32(S.k + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
     // dh_c = bf16(dS) to global ([K][V], rows k, this warp's 16 columns): the A operands below
-    // are those bf16 values. Unsplit, each k-step's 16 × 16 block goes transposed into one of four
-    // 16-row slots of the stage (stmatrix.trans), then leaves as one 16-byte store per lane; a
-    // slot is written again four k-steps later, past three __syncwarp. A K split has no stage
-    // and stores tile by tile.
+    // are those bf16 values. Each k-step's 16 × 16 block goes transposed into one of four 16-row
+    // slots of a stage (stmatrix.trans), then leaves as one 16-byte store per lane; a slot is
+    // written again four k-steps later, past three __syncwarp. The stage: unsplit, the warp's
+    // dṼ_loc columns (read into p above); with a K split, the warp's own `red` partials (free
+    // from the first barrier, where the other warps' reads of them ended, to its write below).
+    // (Stored tile by tile instead, with shuffles, the K splits took 2–3 % longer fwd+bwd at
+    // B1·T16384 and B2·T8192, session 11, call 5. A stage of its own per warp, copied out after
+    // the middle barrier, took more shared memory than K = 256 had room for beside a second CTA:
+    // 3.13 → 3.52 ms at B4·T4096·H6, call 3.)
+    // This warp's ⟨h_c, dS⟩ (f32 dS) along the way: per k-step, ldmatrix.trans of the h_c rows
+    // puts them at the positions of the two dSᵀ tiles (as load_tiles_t). The FMAs run beside the
+    // products (two partial sums; formed before the dṼ product as one chain they cost the pass
+    // 11 % at B4·T4096, session 11, call 1), then one warp sum (a partial per lane instead was
+    // no faster, call 4).
     bf16* dhc = dh + ((long)c * H + h) * K * V + (long)k0 * V + vw;
-    const unsigned dst0 = smem_u32(dstage + (8 * lm_hi + lr) * L::DLD + 8 * lm_lo);
+    constexpr int HLD = STAGE ? L::DLD : 24;  // 48-byte rows: conflict-free 16-byte pieces
+    bf16* hst = STAGE ? dstage : reinterpret_cast<bf16*>(S.red + warp * 8 * 32 * 4);
+    const unsigned dst0 = smem_u32(hst + (8 * lm_hi + lr) * HLD + 8 * lm_lo);
     const int drow = lane >> 1, dhalf = lane & 1;
     if constexpr (STAGE) __syncwarp();  // load_tiles_t's reads of the stage are done
+    const unsigned hl = smem_u32(S.hc + (k0 + 8 * lm_hi + lr) * L::OLD + vl + 8 * lm_lo);
+    float sd[2] = {0.f, 0.f};
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
       const unsigned a[4] = {pack_bf2(ds[2 * kk][0], ds[2 * kk][1]),
                              pack_bf2(ds[2 * kk][2], ds[2 * kk][3]),
                              pack_bf2(ds[2 * kk + 1][0], ds[2 * kk + 1][1]),
                              pack_bf2(ds[2 * kk + 1][2], ds[2 * kk + 1][3])};
-      if constexpr (STAGE) {
+      {
         const int slot = 16 * (kk % 4);
-        stsm_x4_t(dst0 + 2 * slot * L::DLD, a);
+        stsm_x4_t(dst0 + 2 * slot * HLD, a);
         __syncwarp();
         *reinterpret_cast<uint4*>(dhc + (long)(16 * kk + drow) * V + 8 * dhalf) =
-            *reinterpret_cast<const uint4*>(dstage + (slot + drow) * L::DLD + 8 * dhalf);
-      } else {
-        store_tile_t(ds[2 * kk], dhc + (long)16 * kk * V, V, [](int) { return true; });
-        store_tile_t(ds[2 * kk + 1], dhc + (long)(16 * kk + 8) * V, V, [](int) { return true; });
+            *reinterpret_cast<const uint4*>(hst + (slot + drow) * HLD + 8 * dhalf);
+      }
+      {
+        unsigned r[4];
+        ldsm_x4_t(r, hl + 2 * 16 * kk * L::OLD);
+        float& a = sd[kk % 2];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          a = fmaf(ds[2 * kk + (m >> 1)][2 * (m & 1)], bf_lo(r[m]), a);
+          a = fmaf(ds[2 * kk + (m >> 1)][2 * (m & 1) + 1], bf_hi(r[m]), a);
+        }
       }
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
@@ -1751,7 +1744,12 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
         mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
     }
+    {
+      const float x = warp_sum(sd[0] + sd[1]);
+      if (lane == 0) sdp[((long)c * H + h) * (V / 16 * KS) + (v0 / 16 + cw) * KS + kp] = x;
+    }
     if constexpr (KS > 1) {
+      __syncwarp();  // every lane's reads of the dh stage are done
       float4* mine = reinterpret_cast<float4*>(S.red) + warp * 8 * 32 + lane;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) mine[nt * 32] = make_float4(p[nt][0], p[nt][1], p[nt][2], p[nt][3]);
@@ -2195,8 +2193,8 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
       ksum += kd;
     }
     ksum = warp_sum(ksum);
-    // ⟨h_c, dh_c⟩: kernel 5's npart partials of this chunk and head, lane-strided, then a warp
-    // sum (a fixed order).
+    // ⟨h_c, dh_c⟩: kernel 5's npart partials of this chunk and head (one per warp), lane-strided,
+    // then a warp sum (a fixed order).
     float sd = 0.f;
     for (int x = lane; x < npart; x += 32) sd += sdp[((long)cg * H + h) * npart + x];
     sd = warp_sum(sd);
