@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Registers, spills and shared memory of delta_rule.cu's kernels, from ptxas -v through NVRTC
-(no GPU needed): the check that a kernel change still fits before it goes to the GPU machine.
+"""Registers and spills of delta_rule.cu's kernels for sm_90a, from ptxas -v through NVRTC (no GPU
+needed): the check that a kernel change still fits before it goes to the GPU machine.
 
 Usage: scripts/ptxas_report.py K [NAME_FILTER]   (K = 64, 128 or 256; e.g. `256 state_bwd`)
-Needs libnvrtc (LD_LIBRARY_PATH or /opt/nvcu/nvidia/cu13/lib) and CUDA_HOME for cuda_bf16.h.
+Needs LD_LIBRARY_PATH to hold libnvrtc and its builtins (e.g. /opt/nvcu/nvidia/cu13/lib) and
+CUDA_HOME for cuda_bf16.h.
 """
 import ctypes
 import os
