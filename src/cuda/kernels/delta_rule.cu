@@ -1512,8 +1512,8 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 // formed here from the f32 dS, before the rounding, with the bf16 h_c that the recompute (run
 // before this pass) wrote: 1.08e-2, against 8.1e-3 with the f32 dh_c of sessions 7–10. The
 // h_c tile of the chunk ([K][16·NWC] bf16) travels with k and dṼ_loc; ldmatrix.trans of it puts
-// h_c at the positions of the dSᵀ accumulators. Kernel 6 sums the partials of
-// a chunk and head in a fixed order (deterministic).
+// h_c at the positions of the dSᵀ accumulators. Kernel 6 sums the partials of a chunk and head
+// in a fixed order (deterministic).
 // v5, the layout of kernel 2 v5: each warp keeps dSᵀ of its 16 value columns, [16 × K] f32, in
 // registers as K/8 accumulator tiles and does all of a chunk's products itself:
 //   dṼᵀ = dṼ_locᵀ + dSᵀ (δK)ᵀ  (the accumulators start from dṼ_loc, read from shared memory in
@@ -1695,11 +1695,12 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // slots of a stage (stmatrix.trans), then leaves as one 16-byte store per lane; a slot is
     // written again four k-steps later, past three __syncwarp. The stage: unsplit, the warp's
     // dṼ_loc columns (read into p above); with a K split, the warp's own `red` partials (free
-    // from the first barrier, where the other warps' reads of them ended, to its write below).
-    // (Stored tile by tile instead, with shuffles, the K splits took 2–3 % longer fwd+bwd at
-    // B1·T16384 and B2·T8192, session 11, call 5. A stage of its own per warp, copied out after
-    // the middle barrier, took more shared memory than K = 256 had room for beside a second CTA:
-    // 3.13 → 3.52 ms at B4·T4096·H6, call 3.)
+    // from the first barrier, where the other warps' reads of them ended, to its write below),
+    // so that both take one store path. (Stored tile by tile with shuffles instead, call 5, the
+    // K splits were no faster: fwd+bwd 2–3 % over session 10's f32 stores at B1·T16384 and
+    // B2·T8192 either way. A stage of its own per warp, copied out after the middle barrier,
+    // took more shared memory than K = 256 had room for beside a second CTA: 3.13 → 3.52 ms at
+    // B4·T4096·H6, call 3.)
     // This warp's ⟨h_c, dS⟩ (f32 dS) along the way: per k-step, ldmatrix.trans of the h_c rows
     // puts them at the positions of the two dSᵀ tiles (as load_tiles_t). The FMAs run beside the
     // products (two partial sums; formed before the dṼ product as one chain they cost the pass
