@@ -5,9 +5,13 @@
 # for gdn's own runs beside it. So:
 #   1. one call runs this alone with a long limit (TIMEOUT=560). The cache comes back as
 #      $OUT/fla_triton_cache.tgz;
-#   2. unpack it here (`mkdir -p .fla_cache && tar xzf <files_at>/fla_triton_cache.tgz -C
-#      .fla_cache`) and carry ".fla_cache" (and ".whl") in later calls: FLA then starts at once,
-#      and its step can be timed beside `gdn bench train` in the same call.
+#   2. keep the tarball in .peer/fla_cache/ (any name ending .tgz; several merge) and carry
+#      ".peer/fla_cache" (and ".whl") in later calls: they are unpacked into .fla_cache first, so
+#      FLA starts at once and its step can be timed beside `gdn bench train` in the same call.
+#      Tarballs, not the unpacked folder, travel: the kernel bench's and the training step's
+#      caches unpacked exceed the 64 MiB a call carries.
+#   A run cut short by TIMEOUT still returns what Triton compiled so far (session 11: 200 s of it,
+#   .peer/fla_cache/train-partial-s11.tgz); the next run continues from there.
 # The peer script is looked for in .peer/bench, ../shared/bench and shared/bench (../shared does not
 # travel to the GPU machine: copy ../shared/bench/fla_train.py into .peer/bench/ and carry ".peer");
 # the wheels in .whl.
@@ -15,6 +19,7 @@
 set -u
 OUT=${OUT:-/tmp/gdn-out}
 mkdir -p "$OUT" .fla_cache
+for t in .peer/fla_cache/*.tgz; do [ -f "$t" ] && tar xzf "$t" -C .fla_cache; done
 PEER=$(for d in .peer/bench ../shared/bench shared/bench; do [ -f "$d/fla_train.py" ] && realpath "$d" && break; done)
 [ -n "$PEER" ] || { echo "fla_train.py not found: copy ../shared/bench/fla_train.py into .peer/bench/ and carry .peer"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > /dev/null 2>&1
