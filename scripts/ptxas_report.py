@@ -11,10 +11,13 @@ import os
 import re
 import sys
 
+# The CUDA toolkit (headers, libnvrtc): CUDA_HOME, else where this machine has it.
+CUDA_HOME = os.environ.get("CUDA_HOME", "/opt/nvcu/nvidia/cu13")
+
 
 def load_nvrtc():
     names = ["libnvrtc.so.13", "libnvrtc.so"]
-    dirs = [""] + [os.path.join(os.environ.get("CUDA_HOME", "/opt/nvcu/nvidia/cu13"), "lib")]
+    dirs = ["", os.path.join(CUDA_HOME, "lib")]
     for d in dirs:
         for n in names:
             try:
@@ -31,13 +34,12 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     src = open(os.path.join(here, "../src/cuda/kernels/delta_rule.cu")).read()
     src = f"#define DR_ONLY_K {k}\n" + src
-    home = os.environ.get("CUDA_HOME", "/opt/nvcu/nvidia/cu13")
     nv = load_nvrtc()
     prog = ctypes.c_void_p()
     rc = nv.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"delta_rule.cu", 0, None, None)
     assert rc == 0, rc
     opts = [b"--std=c++17", b"-default-device", b"-arch=sm_90a", b"--ptxas-options=-v",
-            f"-I{home}/include".encode()]
+            f"-I{CUDA_HOME}/include".encode()]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = nv.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()

@@ -680,6 +680,13 @@ pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
 /// (δ_t = exp(G_last − G_t), γ_last and padding, γ_t = exp(G_t): `RECW` in delta_rule.cu).
 pub(crate) const REC_WIDTH: usize = 2 * CHUNK + 4;
 
+/// Elements of the reverse pass's ⟨h_c, dh_c⟩ partials for `max_chunks` chunks: one per warp,
+/// (V / 16) column groups times the largest K split of [`STATE_KS`].
+pub(crate) fn sdp_len(max_chunks: usize, h: usize, v: usize) -> usize {
+    let max_ks = STATE_KS.iter().map(|&(_, ks)| ks).max().unwrap_or(1);
+    max_chunks * h * (v / 16) * max_ks
+}
+
 /// Device scratch for the chunked kernels, sized once for up to `max_tokens` tokens in up to
 /// `max_seqs` sequences; reused by every call (no allocation per call).
 pub struct DeltaRuleWorkspace {
@@ -841,7 +848,7 @@ impl DeltaRuleWorkspace {
                 },
                 dvloc: al(gpu, t * h * v, "dvloc")?,
                 dh: al(gpu, max_chunks * h * k * v, "dh")?,
-                sdp: al(gpu, max_chunks * h * (v / 16) * 4, "sdp")?,
+                sdp: al(gpu, sdp_len(max_chunks, h, v), "sdp")?,
                 dvnew: al(gpu, t * h * v, "dvnew")?,
             })
         } else {

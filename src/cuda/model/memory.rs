@@ -7,7 +7,7 @@
 //! `cuda::delta_rule` allocates itself ([`delta_rule_workspace`] mirrors its sizes), and the
 //! cuBLASLt workspace (a constant of `cuda::blas`).
 
-use super::super::delta_rule::{Backward, REC_WIDTH};
+use super::super::delta_rule::{sdp_len, Backward, REC_WIDTH};
 use super::super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{Context, Result};
@@ -264,11 +264,7 @@ pub fn delta_rule_workspace(
     if backward != Backward::No {
         add("rule dvloc", t * h * v, 2);
         add("rule dh (bf16 states)", max_chunks * h * k * v, 2);
-        add(
-            "rule <h, dh> partials (f32)",
-            max_chunks * h * (v / 16) * 4,
-            4,
-        );
+        add("rule <h, dh> partials (f32)", sdp_len(max_chunks, h, v), 4);
         add("rule dvnew", t * h * v, 2);
     }
     add("rule ctab (i32)", 2 * max_chunks, 4);
