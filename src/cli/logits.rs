@@ -154,12 +154,12 @@ fn gpu(
     cu: &[usize],
     targets: Option<&[u32]>,
 ) -> Result<Outputs> {
-    use gdn::cuda::buffer::{download_bf16, download_f32};
+    use gdn::cuda::buffer::download_f32;
     let gpu = gdn::cuda::Gpu::open(0)?;
     let mut gm = gdn::cuda::model::GpuModel::new(&gpu, model, params, tokens.len(), cu.len() - 1)?;
     gm.zero_grads(&gpu)?;
     gm.forward(&gpu, tokens, cu)?;
-    let logits = download_bf16(&gpu, &gm.logits_view())?;
+    let logits = gm.download_logits(&gpu)?;
     let Some(targets) = targets else {
         return Ok((logits, None));
     };

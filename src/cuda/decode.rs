@@ -131,8 +131,8 @@ impl<'g> GpuDecoder<'g> {
     }
 
     /// The logits of the last step, [N, vocab] (bf16 values, widened).
-    pub fn logits(&self) -> Result<Vec<f32>> {
-        let l = download_bf16(self.gpu, &self.model.logits_view())?;
+    pub fn logits(&mut self) -> Result<Vec<f32>> {
+        let l = self.model.download_logits(self.gpu)?;
         ensure!(
             l.len() == self.n_seqs * self.vocab,
             "GpuDecoder::logits: no step has run"

@@ -805,12 +805,38 @@ fn buffers<A: Alloc>(
         tmp_d: al.buf(C::BlockWork, "embedding / mlp down output", t * d)?,
         rstd_f: al.buf(C::Logits, "final rstd (f32)", t)?,
         normed_f: al.buf(C::Logits, "final normed", t * d)?,
-        logits: al.buf(C::Logits, "logits / dlogits", t * sz.vocab)?,
+        logits: al.buf(
+            C::Logits,
+            "logits / dlogits",
+            logit_rows(t, sz.vocab) * sz.vocab,
+        )?,
         lse: al.buf(C::Logits, "lse (f32)", t)?,
         losses: al.buf(C::Logits, "losses (f32)", t)?,
         stats: al.buf(C::Logits, "loss stats (f64)", 2)?,
         bwd: BwdTemps::new_in(al, sz, t, seqs)?,
     })
+}
+
+/// The most logits (elements) the logits buffer holds: 256 Mi, 512 MiB of bf16. A forward over
+/// more tokens than `logit_rows` forms them a block of rows at a time where they are consumed
+/// (the cross-entropy and its backward, evaluation, downloads); at the 1.3B preset's 32,768
+/// tokens × 32,000 that is 4 blocks, 1.6 GB less than the whole [tokens, vocab].
+const LOGITS_BUDGET: usize = 1 << 28;
+
+/// Rows of the logits buffer for forwards of up to `max_tokens` tokens: all of them when they fit
+/// [`LOGITS_BUDGET`], else the fewest equal blocks (a multiple of 64 rows) that do.
+fn logit_rows(max_tokens: usize, vocab: usize) -> usize {
+    let per = (LOGITS_BUDGET / vocab.max(1)).max(1);
+    if max_tokens <= per {
+        return max_tokens;
+    }
+    let blocks = max_tokens.div_ceil(per);
+    let rows = max_tokens.div_ceil(blocks).next_multiple_of(64);
+    if rows <= per {
+        rows
+    } else {
+        per
+    }
 }
 
 /// The model on one GPU, with its parameters, gradients and every activation buffer.
@@ -849,8 +875,10 @@ pub struct GpuModel {
     tmp_d: CudaSlice<bf16>,
     rstd_f: CudaSlice<f32>,
     normed_f: CudaSlice<bf16>,
-    /// [max_tokens, vocab] bf16; after the backward, the logits' gradient.
-    pub logits: CudaSlice<bf16>,
+    /// [logit_rows, vocab] bf16: the logits of a forward over at most `logit_rows` tokens, else
+    /// of one block of rows at a time; after the backward, the logits' gradient.
+    logits: CudaSlice<bf16>,
+    logit_rows: usize,
     lse: CudaSlice<f32>,
     losses: CudaSlice<f32>,
     stats: CudaSlice<f64>,
@@ -1552,6 +1580,7 @@ impl GpuModel {
             rstd_f,
             normed_f,
             logits,
+            logit_rows: logit_rows(max_tokens, sz.vocab),
             lse,
             losses,
             stats,
@@ -1576,9 +1605,51 @@ impl GpuModel {
         self.n
     }
 
-    /// The logits of the last forward, [tokens, vocab] bf16 (valid until the backward).
-    pub fn logits_view(&self) -> CudaView<'_, bf16> {
-        self.logits.slice(..self.n * self.sz.vocab)
+    /// The logits of the pending forward, [tokens, vocab] (bf16 values, widened), downloaded a
+    /// block of rows at a time (see [`LOGITS_BUDGET`]). The forward stays pending.
+    pub fn download_logits(&mut self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let (n, vocab) = (self.n, self.sz.vocab);
+        ensure!(n > 0, "GpuModel::download_logits: no forward pending");
+        let mut out = Vec::with_capacity(n * vocab);
+        for (r0, m) in self.logit_blocks(n) {
+            self.head_block(r0, m, n)?;
+            out.extend(super::buffer::download_bf16(
+                gpu,
+                &self.logits.slice(..m * vocab),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Forms the logits in blocks of at most `rows` rows even where the buffer holds more (the
+    /// self-test's check of the blocked path at small sizes).
+    pub fn limit_logit_rows(&mut self, rows: usize) {
+        self.logit_rows = self.logit_rows.min(rows.max(1));
+    }
+
+    /// The blocks of rows (start, rows) in which the logits of an `n`-token forward are formed:
+    /// one when they fit the buffer.
+    fn logit_blocks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> {
+        let rows = self.logit_rows;
+        (0..n).step_by(rows).map(move |r0| (r0, rows.min(n - r0)))
+    }
+
+    /// Forms the logits of rows [r0, r0 + m) of an `n`-token forward in the logits buffer. A
+    /// forward that fits the buffer formed them all already.
+    fn head_block(&mut self, r0: usize, m: usize, n: usize) -> Result<()> {
+        if n <= self.logit_rows {
+            return Ok(());
+        }
+        let Sz { d, vocab, .. } = self.sz;
+        lin_fwd(
+            &self.blas,
+            &self.normed_f.slice(r0 * d..(r0 + m) * d),
+            &self.params_bf16.slice(self.head.clone()),
+            &mut self.logits.slice_mut(..m * vocab),
+            m,
+            d,
+            vocab,
+        )
     }
 
     /// Zeroes the gradient buffer.
@@ -1838,15 +1909,18 @@ impl GpuModel {
             d,
             eps,
         )?;
-        lin_fwd(
-            blas,
-            &self.normed_f.slice(..n * d),
-            &pv(&self.head),
-            &mut self.logits.slice_mut(..n * vocab),
-            n,
-            d,
-            vocab,
-        )?;
+        // The logits now when they fit the buffer, else a block at a time where they are read.
+        if n <= self.logit_rows {
+            lin_fwd(
+                blas,
+                &self.normed_f.slice(..n * d),
+                &pv(&self.head),
+                &mut self.logits.slice_mut(..n * vocab),
+                n,
+                d,
+                vocab,
+            )?;
+        }
         mark(ctx.prof, gpu, "fwd final norm, lm head")?;
         self.n = n;
         Ok(())
@@ -1870,22 +1944,35 @@ impl GpuModel {
         );
         self.upload_targets(gpu, targets, n)?;
         self.n = 0;
-        self.ce_forward(gpu, n)?;
+        for (r0, m) in self.logit_blocks(n) {
+            self.head_block(r0, m, n)?;
+            self.ce_rows(gpu, r0, m)?;
+        }
+        self.ce_finalize(gpu, n, true)?;
         Ok(n)
     }
 
-    /// Per-token losses, lse and `stats` of the pending forward against the uploaded targets.
-    fn ce_forward(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+    /// Per-token losses and lse of rows [r0, r0 + m) (whose logits are in the buffer) against
+    /// the uploaded targets.
+    fn ce_rows(&mut self, gpu: &Gpu, r0: usize, m: usize) -> Result<()> {
         let vocab = self.sz.vocab;
-        ops::cross_entropy_fwd(
+        let r = r0..r0 + m;
+        ops::cross_entropy_rows(
             gpu,
-            &self.logits.slice(..n * vocab),
-            &self.targets.slice(..n),
-            &mut self.lse.slice_mut(..n),
-            &mut self.losses.slice_mut(..n),
-            &mut self.stats,
+            &self.logits.slice(..m * vocab),
+            &self.targets.slice(r.clone()),
+            &mut self.lse.slice_mut(r.clone()),
+            &mut self.losses.slice_mut(r),
             vocab,
         )
+    }
+
+    /// `stats` of the `n` rows: [mean loss, count] when `mean` (every row's loss formed), else
+    /// [0, count].
+    fn ce_finalize(&mut self, gpu: &Gpu, n: usize, mean: bool) -> Result<()> {
+        let tg = self.targets.slice(..n);
+        let losses = self.losses.slice(..n);
+        ops::cross_entropy_finalize(gpu, mean.then_some(&losses), &tg, &mut self.stats)
     }
 
     /// Mean cross-entropy of the last forward against `targets` (IGNORE skipped), and its
@@ -1965,18 +2052,58 @@ impl GpuModel {
             ..
         } = sz;
         self.n = 0;
-        self.ce_forward(gpu, n)?;
-        let tg = self.targets.slice(..n);
-        ops::cross_entropy_bwd_inplace(
-            gpu,
-            &mut self.logits.slice_mut(..n * vocab),
-            &tg,
-            &self.lse.slice(..n),
-            &self.stats,
-            vocab,
-            scale,
-        )?;
-        mark(self.profile.as_ref(), gpu, "cross-entropy")?;
+        // Cross-entropy and the LM head's backward, a block of logit rows at a time: with more
+        // than one block, the count of the mean first (from the targets alone) and the mean
+        // after the last block.
+        let blocks: Vec<_> = self.logit_blocks(n).collect();
+        let one_block = blocks.len() == 1;
+        if !one_block {
+            self.ce_finalize(gpu, n, false)?;
+        }
+        for (r0, m) in blocks {
+            self.head_block(r0, m, n)?;
+            mark(self.profile.as_ref(), gpu, "fwd final norm, lm head")?;
+            self.ce_rows(gpu, r0, m)?;
+            if one_block {
+                self.ce_finalize(gpu, n, true)?;
+            }
+            let r = r0..r0 + m;
+            ops::cross_entropy_bwd_inplace(
+                gpu,
+                &mut self.logits.slice_mut(..m * vocab),
+                &self.targets.slice(r.clone()),
+                &self.lse.slice(r),
+                &self.stats,
+                vocab,
+                scale,
+            )?;
+            mark(self.profile.as_ref(), gpu, "cross-entropy")?;
+            let dl = self.logits.slice(..m * vocab);
+            let head = self.params_bf16.slice(self.head.clone());
+            lin_dx::<f32>(
+                &self.blas,
+                &dl,
+                &head,
+                &mut self.bwd.dacc.slice_mut(r0 * d..(r0 + m) * d),
+                m,
+                d,
+                vocab,
+                0.0,
+            )?;
+            lin_dw(
+                &self.blas,
+                &dl,
+                &self.normed_f.slice(r0 * d..(r0 + m) * d),
+                &mut self.grads.slice_mut(self.head.clone()),
+                m,
+                d,
+                vocab,
+            )?;
+            mark(self.profile.as_ref(), gpu, "bwd lm head, final norm")?;
+        }
+        if !one_block {
+            self.ce_finalize(gpu, n, true)?;
+        }
         let p16 = &self.params_bf16;
         let p32 = &self.params;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
@@ -1988,27 +2115,7 @@ impl GpuModel {
         let cu_seqlens = &self.cu_host[..];
         let nseq = cu_seqlens.len() - 1;
 
-        // LM head and final norm.
-        let dl = self.logits.slice(..n * vocab);
-        lin_dx::<f32>(
-            blas,
-            &dl,
-            &pv(&self.head),
-            &mut b.dacc.slice_mut(..nd),
-            n,
-            d,
-            vocab,
-            0.0,
-        )?;
-        lin_dw(
-            blas,
-            &dl,
-            &self.normed_f.slice(..nd),
-            &mut grads.slice_mut(self.head.clone()),
-            n,
-            d,
-            vocab,
-        )?;
+        // The final norm.
         rmsnorm_bwd_f32(
             gpu,
             &self.xs[self.layers.len()].slice(..nd),

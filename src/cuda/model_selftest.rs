@@ -4,7 +4,7 @@
 //! configurations: untied head without b_proj bias, tied head with b_proj bias. Activation
 //! buffers are poisoned with NaN before the first forward, so unwritten elements fail.
 
-use super::buffer::{download_bf16, download_f32, round_bf16};
+use super::buffer::{download_f32, round_bf16};
 use super::model::GpuModel;
 use super::selftest::Row;
 use super::Gpu;
@@ -207,7 +207,8 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
     gm.poison_activations(gpu)?;
     gm.zero_grads(gpu)?;
     gm.forward(gpu, tokens, cu)?;
-    let logits: Vec<f64> = download_bf16(gpu, &gm.logits_view())?
+    let logits: Vec<f64> = gm
+        .download_logits(gpu)?
         .into_iter()
         .map(|v| v as f64)
         .collect();
@@ -266,7 +267,88 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
             .max(rel(loss2, ref_loss) / TOL_LOSS),
         tolerance: 1.0,
     });
+    rows.extend(check_logit_blocks(
+        gpu,
+        &batch,
+        &shape,
+        &ref_logits,
+        ref_loss,
+        &ref_grads,
+        &tols,
+    )?);
     Ok(rows)
+}
+
+/// The logits formed a block of rows at a time (as at the 1.3B preset, where they exceed the
+/// logits buffer), here in blocks of 24 rows (the last one partial), against the CPU reference:
+/// logits, loss and gradients of a training step, and the evaluation's loss.
+fn check_logit_blocks(
+    gpu: &Gpu,
+    batch: &TestBatch,
+    shape: &str,
+    ref_logits: &[f64],
+    ref_loss: f64,
+    ref_grads: &[f64],
+    tols: &[f64],
+) -> Result<Vec<Row>> {
+    let TestBatch {
+        model,
+        params,
+        tokens,
+        targets,
+        cu,
+    } = batch;
+    let shape = format!("{shape} blocks of 24 rows");
+    let mut gm = GpuModel::new(gpu, model, params, 128, 4)?;
+    gm.limit_logit_rows(24);
+    gm.poison_activations(gpu)?;
+    gm.zero_grads(gpu)?;
+    gm.forward(gpu, tokens, cu)?;
+    let logits: Vec<f64> = gm
+        .download_logits(gpu)?
+        .into_iter()
+        .map(|v| v as f64)
+        .collect();
+    let loss = gm.loss_and_backward(gpu, targets)?;
+    let grads: Vec<f64> = download_f32(gpu, &gm.grads)?
+        .into_iter()
+        .map(|v| v as f64)
+        .collect();
+    gm.forward(gpu, tokens, cu)?;
+    let losses = gm.position_losses(gpu, targets)?;
+    let counted: Vec<f64> = losses
+        .iter()
+        .zip(targets)
+        .filter(|(_, &t)| t != IGNORE)
+        .map(|(&l, _)| l as f64)
+        .collect();
+    let eval_loss = counted.iter().sum::<f64>() / counted.len() as f64;
+    Ok(vec![
+        Row {
+            op: "model logits".into(),
+            shape: shape.clone(),
+            max_rel_err: max_rel_err(&logits, ref_logits),
+            tolerance: TOL_BF16,
+        },
+        Row {
+            op: "model loss".into(),
+            shape: shape.clone(),
+            max_rel_err: rel(loss, ref_loss),
+            tolerance: TOL_LOSS,
+        },
+        Row {
+            op: "model grads (all), worst err/tol".into(),
+            shape: shape.clone(),
+            max_rel_err: worst_ratio(model, &grads, ref_grads, tols),
+            tolerance: 1.0,
+        },
+        Row {
+            op: "model eval loss (position_losses)".into(),
+            shape,
+            max_rel_err: rel(eval_loss, ref_loss),
+            tolerance: TOL_LOSS,
+        },
+    ])
 }
 
 #[cfg(test)]

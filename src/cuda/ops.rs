@@ -17,7 +17,9 @@
 
 use super::{Gpu, KernelSource};
 use anyhow::{anyhow, bail, ensure, Result};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    sys::CUdeviceptr, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
 macro_rules! kernel_source {
@@ -998,17 +1000,32 @@ pub fn conv_step(
 
 /// Cross-entropy over bf16 logits [n, vocab] (`nn::cross_entropy`): per row lse and loss (fp32,
 /// loss 0 where the target is IGNORE, NaN where it is ≥ vocab), and `stats` = [mean loss over the
-/// counted rows (0 when none), count] in fp64 on the device.
+/// counted rows (0 when none), count] in fp64 on the device. [`cross_entropy_rows`], then
+/// [`cross_entropy_finalize`].
 pub fn cross_entropy_fwd(
     gpu: &Gpu,
     logits: &impl DevicePtr<bf16>,
     targets: &impl DevicePtr<u32>,
     lse: &mut impl DevicePtrMut<f32>,
-    losses: &mut impl DevicePtrMut<f32>,
+    losses: &mut (impl DevicePtr<f32> + DevicePtrMut<f32>),
     stats: &mut impl DevicePtrMut<f64>,
     vocab: usize,
 ) -> Result<()> {
-    let op = "cross_entropy_fwd";
+    cross_entropy_rows(gpu, logits, targets, lse, losses, vocab)?;
+    cross_entropy_finalize(gpu, Some(&*losses), targets, stats)
+}
+
+/// The per-row half of [`cross_entropy_fwd`]: lse and loss of each row (rows are independent, so
+/// a block of rows may be done at a time).
+pub fn cross_entropy_rows(
+    gpu: &Gpu,
+    logits: &impl DevicePtr<bf16>,
+    targets: &impl DevicePtr<u32>,
+    lse: &mut impl DevicePtrMut<f32>,
+    losses: &mut impl DevicePtrMut<f32>,
+    vocab: usize,
+) -> Result<()> {
+    let op = "cross_entropy_rows";
     let n = rows_of(op, "logits", logits.len(), vocab)?;
     expect_len(
         op,
@@ -1019,7 +1036,9 @@ pub fn cross_entropy_fwd(
     )?;
     expect_len(op, "lse", lse.len(), n, "rows")?;
     expect_len(op, "losses", losses.len(), n, "rows")?;
-    expect_len(op, "stats", stats.len(), 2, "[mean loss, count]")?;
+    if n == 0 {
+        return Ok(());
+    }
     let n_ = to_i32(op, "rows", n)?;
     let v_ = to_i32(op, "vocab", vocab)?;
     let s = &*gpu.stream;
@@ -1027,15 +1046,36 @@ pub fn cross_entropy_fwd(
     let (tp, _t) = targets.device_ptr(s);
     let (lsep, _lse) = lse.device_ptr_mut(s);
     let (lossp, _loss) = losses.device_ptr_mut(s);
-    let (sp, _s) = stats.device_ptr_mut(s);
-    if n > 0 {
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (512, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(gpu, CROSS_ENTROPY, "ce_fwd", cfg; lp, tp, lsep, lossp, n_, v_);
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (512, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(gpu, CROSS_ENTROPY, "ce_fwd", cfg; lp, tp, lsep, lossp, n_, v_);
+    Ok(())
+}
+
+/// `stats` = [mean of `losses` over the rows whose target is not IGNORE (0 when none), their
+/// count]; with `losses` None, [0, count] (the count is all that
+/// [`cross_entropy_bwd_inplace`] reads, and it depends on the targets alone).
+pub fn cross_entropy_finalize<L: DevicePtr<f32>>(
+    gpu: &Gpu,
+    losses: Option<&L>,
+    targets: &impl DevicePtr<u32>,
+    stats: &mut impl DevicePtrMut<f64>,
+) -> Result<()> {
+    let op = "cross_entropy_finalize";
+    let n = targets.len();
+    if let Some(l) = losses {
+        expect_len(op, "losses", l.len(), n, "targets.len()")?;
     }
+    expect_len(op, "stats", stats.len(), 2, "[mean loss, count]")?;
+    let n_ = to_i32(op, "rows", n)?;
+    let s = &*gpu.stream;
+    let (tp, _t) = targets.device_ptr(s);
+    let (sp, _s) = stats.device_ptr_mut(s);
+    let lp = losses.map(|l| l.device_ptr(s));
+    let lossp: CUdeviceptr = lp.as_ref().map_or(0, |(p, _)| *p);
     let one = LaunchConfig {
         grid_dim: (1, 1, 1),
         block_dim: (1024, 1, 1),

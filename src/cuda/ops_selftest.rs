@@ -1019,6 +1019,17 @@ impl Ctx<'_> {
                 &[want_count as f64],
                 0.0,
             );
+            // The count alone, before any loss exists (the blocked logits' backward).
+            let mut count_only = upload(gpu, &[f64::NAN, f64::NAN])?;
+            ops::cross_entropy_finalize::<CudaSlice<f32>>(gpu, None, &td, &mut count_only)?;
+            let got = download(gpu, &count_only)?;
+            self.check(
+                "cross_entropy_finalize count only [0, count]",
+                &shape,
+                &[got[0] as f32, got[1] as f32],
+                &[0.0, want_count as f64],
+                0.0,
+            );
 
             let mut want_d = l64.clone();
             nn::cross_entropy_bwd_inplace(&mut want_d, &targets, vocab, want_count, scale as f64);

@@ -451,7 +451,7 @@ impl GpuTrainer {
         let cu = uniform_cu_seqlens(batch.batch, batch.seq_len);
         self.model.forward(&self.gpu, &batch.inputs, &cu)?;
         let preds = if predictions {
-            let logits = super::buffer::download_bf16(&self.gpu, &self.model.logits_view())?;
+            let logits = self.model.download_logits(&self.gpu)?;
             let vocab = logits.len() / batch.targets.len();
             Some(crate::train::trainer::argmax_at_targets(
                 &logits,

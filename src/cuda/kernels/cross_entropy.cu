@@ -23,13 +23,15 @@ extern "C" __global__ void ce_fwd(const bf16* logits, const unsigned* targets, f
     }
 }
 
-// One block: stats[0] = mean loss over counted rows (0 when none), stats[1] = their count.
+// One block: stats[0] = mean loss over counted rows (0 when none), stats[1] = their count. With
+// loss null, the count only (stats[0] = 0): what a backward over logits formed in row chunks
+// needs before the first chunk's losses exist.
 extern "C" __global__ void ce_finalize(const float* loss, const unsigned* targets, int n, double* stats) {
     __shared__ double sh[33];
     double sum = 0.0, cnt = 0.0;
     for (int r = threadIdx.x; r < n; r += blockDim.x) {
         if (targets[r] != GDN_IGNORE) {
-            sum += (double)loss[r];
+            if (loss) sum += (double)loss[r];
             cnt += 1.0;
         }
     }
