@@ -551,9 +551,9 @@ impl<K: BufKind> Saved<K> {
 /// bit the values its forward computed), except the last block, whose forward wrote the shared
 /// copy last (and, with `recompute`, every block, whose forward was just re-run).
 ///
-/// The mixer's backward reuses the block's MLP buffers once the MLP backward is done: `mg`
-/// holds d_gate, `mu` dq_pre‖dk_pre, `act` (after dmg) dv_pre, and `x_mid` the delta rule's fp32
-/// dq (a block's own copies are dead by then too).
+/// The mixer's backward reuses the block's MLP buffers once the MLP backward is done: the first
+/// half of gate‖up holds d_gate, the second dq_pre‖dk_pre, `act` dv_pre, and `x_mid` the delta
+/// rule's fp32 dq (a block's own copies are dead by then too).
 ///
 /// The mixer group: the convs, SiLU / L2 norm, gated norm and attention norm outputs.
 struct MixWork<K: BufKind = OnGpu> {
@@ -582,10 +582,19 @@ struct MlpWork<K: BufKind = OnGpu> {
     act: K::Buf<bf16>,
 }
 
-/// The MLP's gate and up projections ([T, slot] each): the one recomputation with matmuls.
+/// The MLP's gate and up projections, side by side ([n, 2·intermediate]: one matmul, and one
+/// back to the MLP's input), in a buffer of 2 × [T, slot]: the one recomputation with matmuls.
+/// Its backward turns them in place into d gate ‖ d up. The mixer's backward then borrows the
+/// two halves ([`GateUp::half`]).
 struct GateUp<K: BufKind = OnGpu> {
-    mg: K::Buf<bf16>,
-    mu: K::Buf<bf16>,
+    buf: K::Buf<bf16>,
+}
+
+impl GateUp {
+    /// Where the second half starts.
+    fn half(&self) -> usize {
+        self.buf.len() / 2
+    }
 }
 
 /// The category of copy `i` of `sets`: the last is the shared work copy, the others are kept
@@ -624,17 +633,15 @@ impl<K: BufKind> MlpWork<K> {
             x_mid: al.buf(c, "x_mid (f32) / rule dq", t * sz.d.max(sz.kd))?,
             rstd2: al.buf(c, "rstd2 (f32)", t)?,
             h2: al.buf(c, "h2", t * sz.d)?,
-            act: al.buf(c, "mlp act / dmg, dv_pre", t * sz.slot())?,
+            act: al.buf(c, "mlp act / dv_pre", t * sz.slot())?,
         })
     }
 }
 
 impl<K: BufKind> GateUp<K> {
     fn new_in<A: Alloc<K = K>>(al: &mut A, c: MemCategory, sz: Sz, t: usize) -> Result<Self> {
-        let ts = t * sz.slot();
         Ok(GateUp {
-            mg: al.buf(c, "mlp gate / d_gate", ts)?,
-            mu: al.buf(c, "mlp up / dq_pre, dk_pre", ts)?,
+            buf: al.buf(c, "mlp gate‖up / d_gate, dq_pre‖dk_pre", 2 * t * sz.slot())?,
         })
     }
 }
@@ -701,8 +708,8 @@ struct BwdTemps<K: BufKind = OnGpu> {
     dacc: K::Buf<f32>,
     /// [T, slot]: the MLP's dact; in the mixer d_normed, then dq_conv‖dk_conv.
     dact: K::Buf<bf16>,
-    /// [T, slot]: the MLP's dmu; in the mixer d_o, then dv_conv.
-    dmu: K::Buf<bf16>,
+    /// [T, vd]: the mixer's d_o, then dv_conv.
+    d_o: K::Buf<bf16>,
     /// The delta rule's other gradients (f32).
     rule_dv: K::Buf<f32>,
     rule_dg: K::Buf<f32>,
@@ -741,7 +748,7 @@ impl<K: BufKind> BwdTemps<K> {
             dres_bf: al.buf(c, "dres_bf", t * d)?,
             dacc: al.buf(c, "dacc (f32) / rule dk", t * d.max(kd))?,
             dact: al.buf(c, "dact / d_normed, dq_conv, dk_conv", ts)?,
-            dmu: al.buf(c, "dmu / d_o, dv_conv", ts)?,
+            d_o: al.buf(c, "d_o / dv_conv", t * vd)?,
             rule_dv: al.buf(c, "rule dv (f32)", t * vd)?,
             rule_dg: al.buf(c, "rule dg (f32)", t * h)?,
             rule_dbeta: al.buf(c, "rule dbeta (f32)", t * h)?,
@@ -1094,41 +1101,30 @@ fn mlp_norm(
     ctx.mark(fwd, "fwd rmsnorm")
 }
 
-/// mg, mu = gate/up(h2).
+/// gate‖up = h2 · [gate; up]ᵀ: one matmul (the two weights are adjacent in the layout).
 fn mlp_gate_up(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
     let BlockCtx { blas, sz, n, .. } = *ctx;
     let Sz { d, inter, .. } = sz;
-    let h2 = wk.mlp.h2.slice(..n * d);
-    let ni = n * inter;
     lin_fwd(
         blas,
-        &h2,
-        &ctx.pv(&lr.gate_proj),
-        &mut wk.gu.mg.slice_mut(..ni),
+        &wk.mlp.h2.slice(..n * d),
+        &ctx.pv(&(lr.gate_proj.start..lr.up_proj.end)),
+        &mut wk.gu.buf.slice_mut(..2 * n * inter),
         n,
         d,
-        inter,
-    )?;
-    lin_fwd(
-        blas,
-        &h2,
-        &ctx.pv(&lr.up_proj),
-        &mut wk.gu.mu.slice_mut(..ni),
-        n,
-        d,
-        inter,
+        2 * inter,
     )?;
     ctx.mark(fwd, "fwd mlp gate/up")
 }
 
-/// act = SiLU(mg)·mu.
+/// act = SiLU(gate)·up.
 fn mlp_swiglu(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
-    let ni = ctx.n * ctx.sz.inter;
+    let (n, inter) = (ctx.n, ctx.sz.inter);
     ops::swiglu_fwd(
         ctx.gpu,
-        &wk.gu.mg.slice(..ni),
-        &wk.gu.mu.slice(..ni),
-        &mut wk.mlp.act.slice_mut(..ni),
+        &wk.gu.buf.slice(..2 * n * inter),
+        &mut wk.mlp.act.slice_mut(..n * inter),
+        inter,
     )?;
     ctx.mark(fwd, "fwd swiglu")
 }
@@ -1499,11 +1495,13 @@ impl GpuModel {
                     r.a_log.end <= r.dt_bias.start,
                     "GpuModel: layer {i}: A_log must precede dt_bias in the layout"
                 );
-                // The backward takes q‖k and a‖b as one weight matrix each.
+                // q‖k, a‖b and gate‖up are taken as one weight matrix each.
                 ensure!(
-                    r.q_proj.end == r.k_proj.start && r.a_proj.end == r.b_proj.start,
-                    "GpuModel: layer {i}: k_proj must follow q_proj, and b_proj a_proj, in the \
-                     layout"
+                    r.q_proj.end == r.k_proj.start
+                        && r.a_proj.end == r.b_proj.start
+                        && r.gate_proj.end == r.up_proj.start,
+                    "GpuModel: layer {i}: k_proj must follow q_proj, b_proj a_proj and up_proj \
+                     gate_proj in the layout"
                 );
                 Ok(r)
             })
@@ -1712,8 +1710,7 @@ impl GpuModel {
             poison(gpu, &mut m.rstd2)?;
         }
         for g in &mut a.gu {
-            poison(gpu, &mut g.mg)?;
-            poison(gpu, &mut g.mu)?;
+            poison(gpu, &mut g.buf)?;
         }
         for b in [&mut self.tmp_d, &mut self.normed_f, &mut self.logits] {
             poison(gpu, b)?;
@@ -1722,7 +1719,7 @@ impl GpuModel {
             poison(gpu, b)?;
         }
         let b = &mut self.bwd;
-        for x in [&mut b.dres_bf, &mut b.dact, &mut b.dmu, &mut b.dab] {
+        for x in [&mut b.dres_bf, &mut b.dact, &mut b.d_o, &mut b.dab] {
             poison(gpu, x)?;
         }
         for x in [
@@ -2206,55 +2203,35 @@ impl GpuModel {
                 d,
             )?;
             mark(ctx.prof, gpu, "bwd mlp down")?;
-            // dmg into `act` (read for the last time just above).
+            // d gate ‖ d up over gate ‖ up, then one matmul each for dx and dW.
+            let ngu = 2 * ni;
             ops::swiglu_bwd(
                 gpu,
-                &wk.gu.mg.slice(..ni),
-                &wk.gu.mu.slice(..ni),
+                &mut wk.gu.buf.slice_mut(..ngu),
                 &b.dact.slice(..ni),
-                &mut wk.mlp.act.slice_mut(..ni),
-                &mut b.dmu.slice_mut(..ni),
+                inter,
             )?;
             mark(ctx.prof, gpu, "bwd swiglu")?;
-            let h2 = wk.mlp.h2.slice(..nd);
-            let (dmg, dmu) = (wk.mlp.act.slice(..ni), b.dmu.slice(..ni));
+            let dgu = wk.gu.buf.slice(..ngu);
+            let gate_up = lr.gate_proj.start..lr.up_proj.end;
             lin_dx::<f32>(
                 blas,
-                &dmg,
-                &pv(&lr.gate_proj),
+                &dgu,
+                &pv(&gate_up),
                 &mut b.dacc.slice_mut(..nd),
                 n,
                 d,
-                inter,
+                2 * inter,
                 0.0,
             )?;
-            lin_dx::<f32>(
-                blas,
-                &dmu,
-                &pv(&lr.up_proj),
-                &mut b.dacc.slice_mut(..nd),
-                n,
-                d,
-                inter,
-                1.0,
-            )?;
             lin_dw(
                 blas,
-                &dmg,
-                &h2,
-                &mut grads.slice_mut(lr.gate_proj.clone()),
+                &dgu,
+                &wk.mlp.h2.slice(..nd),
+                &mut grads.slice_mut(gate_up),
                 n,
                 d,
-                inter,
-            )?;
-            lin_dw(
-                blas,
-                &dmu,
-                &h2,
-                &mut grads.slice_mut(lr.up_proj.clone()),
-                n,
-                d,
-                inter,
+                2 * inter,
             )?;
             mark(ctx.prof, gpu, "bwd mlp gate/up")?;
             rmsnorm_bwd_f32(
@@ -2274,8 +2251,8 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd rmsnorm")?;
 
             // Mixer: x_mid = x_in + o_proj(gated_norm(delta_rule(...))). From here on the MLP's
-            // buffers are free: mg, mu, act, x_mid (work) and dact, dmu (temporaries) hold the
-            // mixer's gradients (see `Work`).
+            // buffers are free: gate‖up, act, x_mid (work) and dact (temporary) hold the mixer's
+            // gradients (see `Work`).
             if redo_mix {
                 mixer_convs(&ctx, lr, s, wk, false)?;
                 mixer_silu_norm(&ctx, wk, false)?;
@@ -2307,7 +2284,7 @@ impl GpuModel {
                 d,
             )?;
             mark(ctx.prof, gpu, "bwd o_proj")?;
-            // d_o in dmu, d_gate in mg.
+            // d_o, and d_gate in the first half of gate‖up.
             ops::gated_rmsnorm_bwd(
                 gpu,
                 &s.o.slice(..nv),
@@ -2315,8 +2292,8 @@ impl GpuModel {
                 &pv(&lr.o_norm),
                 &wk.mix.o_rstd.slice(..n * h),
                 &b.dact.slice(..nv),
-                &mut b.dmu.slice_mut(..nv),
-                &mut wk.gu.mg.slice_mut(..nv),
+                &mut b.d_o.slice_mut(..nv),
+                &mut wk.gu.buf.slice_mut(..nv),
                 &mut grads.slice_mut(lr.o_norm.clone()),
                 &mut b.scratch,
             )?;
@@ -2346,7 +2323,7 @@ impl GpuModel {
                     gpu,
                     &mut self.ws,
                     &inp,
-                    &b.dmu.slice(..nv),
+                    &b.d_o.slice(..nv),
                     None,
                     Some(&st),
                     &mut rg,
@@ -2385,7 +2362,7 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd gates")?;
             // dq, dk through L2 norm and SiLU; dv through SiLU; all from the fp32 delta-rule
             // gradients (one bf16 rounding, after the cancelling l2norm projection).
-            // dq_conv‖dk_conv in dact (d_normed is dead), dv_conv in dmu (d_o is dead).
+            // dq_conv‖dk_conv in dact (d_normed is dead), dv_conv in d_o (d_o is dead).
             {
                 let (mut dq_conv, mut rest) = b.dact.split_at_mut(nk);
                 let mut dk_conv = rest.slice_mut(..nk);
@@ -2408,16 +2385,17 @@ impl GpuModel {
                 gpu,
                 &wk.mix.v_conv.slice(..nv),
                 &b.rule_dv.slice(..nv),
-                &mut b.dmu.slice_mut(..nv),
+                &mut b.d_o.slice_mut(..nv),
             )?;
             mark(ctx.prof, gpu, "bwd silu, l2norm")?;
             // dq_pre‖dk_pre side by side in mu ([n, 2·kd]: q and k projections as one matmul),
             // dv_pre in act.
             let nqk = 2 * nk;
+            let hf = wk.gu.half();
             {
                 let (dq_conv, rest) = b.dact.split_at(nk);
                 let dk_conv = rest.slice(..nk);
-                let dv_conv = b.dmu.slice(..nv);
+                let dv_conv = b.d_o.slice(..nv);
                 // Rows 2·kd apart: q's columns from 0, k's from kd (the views overlap, so each
                 // is taken in turn).
                 let strided = if n == 0 { 0 } else { (n - 1) * 2 * kd + kd };
@@ -2428,7 +2406,7 @@ impl GpuModel {
                     (&s.v_pre, &lr.v_conv, &dv_conv, vd, None),
                 ] {
                     let (mut dpre, ld) = match col {
-                        Some(off) => (wk.gu.mu.slice_mut(off..off + strided), 2 * kd),
+                        Some(off) => (wk.gu.buf.slice_mut(hf + off..hf + off + strided), 2 * kd),
                         None => (wk.mlp.act.slice_mut(..nv), vd),
                     };
                     ops::conv_bwd(
@@ -2453,9 +2431,9 @@ impl GpuModel {
             let qk = lr.q_proj.start..lr.k_proj.end;
             let ab = lr.a_proj.start..lr.b_proj.end;
             for (i, (wr, dpv, out)) in [
-                (&qk, wk.gu.mu.slice(..nqk), 2 * kd),
+                (&qk, wk.gu.buf.slice(hf..hf + nqk), 2 * kd),
                 (&lr.v_proj, wk.mlp.act.slice(..nv), vd),
-                (&lr.g_proj, wk.gu.mg.slice(..nv), vd),
+                (&lr.g_proj, wk.gu.buf.slice(..nv), vd),
             ]
             .into_iter()
             .enumerate()
@@ -2544,7 +2522,7 @@ mod tests {
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =
-        // max(d, kd)); mg, mu, act (bf16 [t, 256] = max(inter, vd, 2 kd)).
+        // max(d, kd)); gate‖up (bf16 [t, 2 × 256]), act (bf16 [t, 256] = max(inter, vd, 2 kd)).
         let work = 2 * t * 4
             + 3 * t * 64 * 2
             + t * 2 * 2
@@ -2553,13 +2531,14 @@ mod tests {
             + t * 128 * 4
             + 3 * t * 256 * 2;
         assert_eq!(acc.category(C::BlockWork), work);
-        // dres (f32 [t, 64]), dres_bf (bf16 [t, 64]), dacc (f32 [t, 128]), dact, dmu (bf16
-        // [t, 256]), rule dv (f32 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64, 64]),
+        // dres (f32 [t, 64]), dres_bf (bf16 [t, 64]), dacc (f32 [t, 128]), dact (bf16 [t, 256]),
+        // d_o (bf16 [t, 128]), rule dv (f32 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64, 64]),
         // da, db (bf16 [t, 2]), scratch (f32: the conv backward's partial sums, the largest).
         let bwd = t * 64 * 4
             + t * 64 * 2
             + t * 128 * 4
-            + 2 * t * 256 * 2
+            + t * 256 * 2
+            + t * 128 * 2
             + t * 128 * 4
             + 2 * t * 2 * 4
             + seqs * 2 * 64 * 64 * 4
@@ -2618,7 +2597,7 @@ mod tests {
         assert_eq!(au.total(), acc.total() + gu);
         assert!(au
             .table()
-            .contains("| KeptPerBlock | mlp gate / d_gate | 1 |"));
+            .contains("| KeptPerBlock | mlp gate‖up / d_gate, dq_pre‖dk_pre | 1 |"));
 
         // `all`: block 0 owns a copy of every group, block 1 the shared one.
         let all = GpuModel::memory_account(&model, t, seqs, SavePlan::all(2)).unwrap();

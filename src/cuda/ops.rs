@@ -301,54 +301,48 @@ pub fn silu_bwd(
     Ok(())
 }
 
-/// y = silu(gate) ⊙ up (the MLP's SwiGLU).
+/// y [rows, w] = silu(gate) ⊙ up (the MLP's SwiGLU), from `gu` [rows, 2w]: the gate and up
+/// projections side by side (one matmul), gate in columns [0, w).
 pub fn swiglu_fwd(
     gpu: &Gpu,
-    gate: &impl DevicePtr<bf16>,
-    up: &impl DevicePtr<bf16>,
+    gu: &impl DevicePtr<bf16>,
     y: &mut impl DevicePtrMut<bf16>,
+    w: usize,
 ) -> Result<()> {
     let op = "swiglu_fwd";
-    expect_len(op, "up", up.len(), gate.len(), "same as gate")?;
-    expect_len(op, "y", y.len(), gate.len(), "same as gate")?;
-    let n = gate.len() as i64;
-    if n == 0 {
+    let rows = rows_of(op, "gu", gu.len(), 2 * w)?;
+    expect_len(op, "y", y.len(), rows * w, "rows × w")?;
+    if rows == 0 {
         return Ok(());
     }
+    let (rows_, w_) = (rows as i64, to_i32(op, "w", w)?);
     let s = &*gpu.stream;
-    let (gp, _g) = gate.device_ptr(s);
-    let (up_, _u) = up.device_ptr(s);
+    let (gp, _g) = gu.device_ptr(s);
     let (yp, _y) = y.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "swiglu_fwd", vec8_cfg(n as usize); gp, up_, yp, n);
+    launch!(gpu, ELEMENTWISE, "swiglu_fwd", vec8_cfg(rows * w); gp, yp, rows_, w_);
     Ok(())
 }
 
-/// d gate = dy · up · silu'(gate), d up = dy · silu(gate).
+/// The backward of [`swiglu_fwd`] in place: `gu` (gate ‖ up, [rows, 2w]) becomes d gate ‖ d up,
+/// d gate = dy · up · silu'(gate), d up = dy · silu(gate), with dy [rows, w] (the layout one
+/// matmul then takes back to the MLP's input).
 pub fn swiglu_bwd(
     gpu: &Gpu,
-    gate: &impl DevicePtr<bf16>,
-    up: &impl DevicePtr<bf16>,
+    gu: &mut impl DevicePtrMut<bf16>,
     dy: &impl DevicePtr<bf16>,
-    dgate: &mut impl DevicePtrMut<bf16>,
-    dup: &mut impl DevicePtrMut<bf16>,
+    w: usize,
 ) -> Result<()> {
     let op = "swiglu_bwd";
-    let n = gate.len();
-    expect_len(op, "up", up.len(), n, "same as gate")?;
-    expect_len(op, "dy", dy.len(), n, "same as gate")?;
-    expect_len(op, "dgate", dgate.len(), n, "same as gate")?;
-    expect_len(op, "dup", dup.len(), n, "same as gate")?;
-    if n == 0 {
+    let rows = rows_of(op, "gu", gu.len(), 2 * w)?;
+    expect_len(op, "dy", dy.len(), rows * w, "rows × w")?;
+    if rows == 0 {
         return Ok(());
     }
-    let n_ = n as i64;
+    let (rows_, w_) = (rows as i64, to_i32(op, "w", w)?);
     let s = &*gpu.stream;
-    let (gp, _g) = gate.device_ptr(s);
-    let (up_, _u) = up.device_ptr(s);
+    let (gp, _g) = gu.device_ptr_mut(s);
     let (dyp, _dy) = dy.device_ptr(s);
-    let (dgp, _dg) = dgate.device_ptr_mut(s);
-    let (dup_, _du) = dup.device_ptr_mut(s);
-    launch!(gpu, ELEMENTWISE, "swiglu_bwd", vec8_cfg(n); gp, up_, dyp, dgp, dup_, n_);
+    launch!(gpu, ELEMENTWISE, "swiglu_bwd", vec8_cfg(rows * w); gp, dyp, rows_, w_);
     Ok(())
 }
 

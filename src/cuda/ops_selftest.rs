@@ -384,29 +384,38 @@ impl Ctx<'_> {
 
     fn swiglu(&mut self) -> Result<()> {
         let gpu = self.gpu;
-        // The MLP width 5632 over 37 rows; 3333: a scalar tail.
-        for n in [1000usize, 3333, 5632 * 37] {
-            let shape = format!("n={n}");
+        // gate ‖ up side by side, [rows, 2w]: the MLP width 5632 over 37 rows and a narrow one
+        // (8 values at a time); odd widths take the scalar path.
+        for (rows, w) in [(125usize, 8usize), (3, 1111), (40, 25), (37, 5632)] {
+            let shape = format!("rows={rows} w={w}");
+            let n = rows * w;
             let g = self.randn_bf(n, 2.0);
             let u = self.randn_bf(n, 1.0);
             let dy = self.randn_bf(n, 1.0);
             let (g64, u64_, dy64) = (f64s(&g), f64s(&u), f64s(&dy));
-            let (gd, ud, dyd) = (self.bf(&g)?, self.bf(&u)?, self.bf(&dy)?);
+            let gu: Vec<f32> = (0..rows)
+                .flat_map(|r| g[r * w..(r + 1) * w].iter().chain(&u[r * w..(r + 1) * w]))
+                .copied()
+                .collect();
+            let (mut gud, dyd) = (self.bf(&gu)?, self.bf(&dy)?);
             let mut y = self.nan_bf16(n)?;
-            ops::swiglu_fwd(gpu, &gd, &ud, &mut y)?;
+            ops::swiglu_fwd(gpu, &gud, &mut y, w)?;
             let want: Vec<f64> = (0..n).map(|i| nn::silu(g64[i]) * u64_[i]).collect();
             let got = download_bf16(gpu, &y)?;
             self.check("swiglu_fwd", &shape, &got, &want, TOL_BF16);
-            let (mut dg, mut du) = (self.nan_bf16(n)?, self.nan_bf16(n)?);
-            ops::swiglu_bwd(gpu, &gd, &ud, &dyd, &mut dg, &mut du)?;
+            ops::swiglu_bwd(gpu, &mut gud, &dyd, w)?;
+            let got = download_bf16(gpu, &gud)?;
+            let half = |hi: bool| -> Vec<f32> {
+                (0..n)
+                    .map(|i| got[(i / w) * 2 * w + usize::from(hi) * w + i % w])
+                    .collect()
+            };
             let want_dg: Vec<f64> = (0..n)
                 .map(|i| dy64[i] * u64_[i] * nn::silu_grad(g64[i]))
                 .collect();
             let want_du: Vec<f64> = (0..n).map(|i| dy64[i] * nn::silu(g64[i])).collect();
-            let got = download_bf16(gpu, &dg)?;
-            self.check("swiglu_bwd dgate", &shape, &got, &want_dg, TOL_BF16);
-            let got = download_bf16(gpu, &du)?;
-            self.check("swiglu_bwd dup", &shape, &got, &want_du, TOL_BF16);
+            self.check("swiglu_bwd dgate", &shape, &half(false), &want_dg, TOL_BF16);
+            self.check("swiglu_bwd dup", &shape, &half(true), &want_du, TOL_BF16);
         }
         Ok(())
     }

@@ -48,20 +48,31 @@ extern "C" __global__ void silu_fwd(const bf16* x, bf16* y, i64 n) {
 
 extern "C" __global__ void silu_bwd(const bf16* x, const bf16* dy, bf16* dx, i64 n) { silu_bwd_body(x, dy, dx, n); }
 
-// y = silu(gate) * up
-extern "C" __global__ void swiglu_fwd(const bf16* gate, const bf16* up, bf16* y, i64 n) {
-    if (aligned_to(gate, 16) && aligned_to(up, 16) && aligned_to(y, 16)) {
+// The MLP's gate and up projections come from one matmul, side by side: gu [rows, 2w], gate in
+// columns [0, w), up in [w, 2w). Element i of a [rows, w] tensor is at gu + row·2w + column.
+__device__ __forceinline__ i64 gu_at(i64 i, int w) {
+    const i64 r = i / w;
+    return i + r * w;
+}
+
+// y [rows, w] = silu(gate) * up
+extern "C" __global__ void swiglu_fwd(const bf16* gu, bf16* y, i64 rows, int w) {
+    const i64 n = rows * w;
+    if (w % 8 == 0 && aligned_to(gu, 16) && aligned_to(y, 16)) {
         GRID_STRIDE(v, n >> 3) {
+            const bf16* p = gu + gu_at(8 * v, w);
             float g[8], u[8];
-            ld8(gate + 8 * v, g);
-            ld8(up + 8 * v, u);
+            ld8(p, g);
+            ld8(p + w, u);
 #pragma unroll
             for (int k = 0; k < 8; ++k) g[k] = siluf_(g[k]) * u[k];
             st8(y + 8 * v, g);
         }
-        TAIL8(i, n) y[i] = tobf(siluf_(ldf(gate, i)) * ldf(up, i));
     } else {
-        GRID_STRIDE(i, n) y[i] = tobf(siluf_(ldf(gate, i)) * ldf(up, i));
+        GRID_STRIDE(i, n) {
+            const bf16* p = gu + gu_at(i, w);
+            y[i] = tobf(siluf_(ldf(p, 0)) * ldf(p, w));
+        }
     }
 }
 
@@ -72,32 +83,29 @@ __device__ __forceinline__ void swiglu_bwd1(float g, float u, float d, float& dg
     du = d * sl;
 }
 
-extern "C" __global__ void swiglu_bwd(const bf16* gate, const bf16* up, const bf16* dy, bf16* dgate,
-                                      bf16* dup, i64 n) {
-    if (aligned_to(gate, 16) && aligned_to(up, 16) && aligned_to(dy, 16) && aligned_to(dgate, 16) &&
-        aligned_to(dup, 16)) {
+// In place: gu (gate ‖ up) becomes d gate ‖ d up, with dy [rows, w]; d gate = dy · up ·
+// silu'(gate), d up = dy · silu(gate). Each element is read and written by one thread.
+extern "C" __global__ void swiglu_bwd(bf16* gu, const bf16* dy, i64 rows, int w) {
+    const i64 n = rows * w;
+    if (w % 8 == 0 && aligned_to(gu, 16) && aligned_to(dy, 16)) {
         GRID_STRIDE(v, n >> 3) {
+            bf16* p = gu + gu_at(8 * v, w);
             float g[8], u[8], d[8], dg[8], du[8];
-            ld8(gate + 8 * v, g);
-            ld8(up + 8 * v, u);
+            ld8(p, g);
+            ld8(p + w, u);
             ld8(dy + 8 * v, d);
 #pragma unroll
             for (int k = 0; k < 8; ++k) swiglu_bwd1(g[k], u[k], d[k], dg[k], du[k]);
-            st8(dgate + 8 * v, dg);
-            st8(dup + 8 * v, du);
-        }
-        TAIL8(i, n) {
-            float dg, du;
-            swiglu_bwd1(ldf(gate, i), ldf(up, i), ldf(dy, i), dg, du);
-            dgate[i] = tobf(dg);
-            dup[i] = tobf(du);
+            st8(p, dg);
+            st8(p + w, du);
         }
     } else {
         GRID_STRIDE(i, n) {
+            bf16* p = gu + gu_at(i, w);
             float dg, du;
-            swiglu_bwd1(ldf(gate, i), ldf(up, i), ldf(dy, i), dg, du);
-            dgate[i] = tobf(dg);
-            dup[i] = tobf(du);
+            swiglu_bwd1(ldf(p, 0), ldf(p, w), ldf(dy, i), dg, du);
+            p[0] = tobf(dg);
+            p[w] = tobf(du);
         }
     }
 }
