@@ -486,10 +486,16 @@ impl Sz {
         }
     }
 
-    /// Width of the MLP buffers, which the mixer's backward reuses (see [`Work`]):
-    /// max(intermediate, value dim, 2 × key dim).
+    /// Width of `dact`, which the mixer's backward reuses (see [`BwdTemps`]): max(intermediate,
+    /// value dim, 2 × key dim).
     fn slot(&self) -> usize {
         self.inter.max(self.vd).max(2 * self.kd)
+    }
+
+    /// Width of the gate‖up buffer: the MLP's 2 × intermediate, or what the mixer's backward keeps
+    /// there (d_gate, then dq_pre‖dk_pre‖dv_pre), whichever is wider.
+    fn gate_up_width(&self) -> usize {
+        (2 * self.inter).max(2 * (self.kd + self.vd))
     }
 }
 
@@ -551,9 +557,9 @@ impl<K: BufKind> Saved<K> {
 /// bit the values its forward computed), except the last block, whose forward wrote the shared
 /// copy last (and, with `recompute`, every block, whose forward was just re-run).
 ///
-/// The mixer's backward reuses the block's MLP buffers once the MLP backward is done: the first
-/// half of gate‖up holds d_gate, the second dq_pre‖dk_pre, `act` dv_pre, and `x_mid` the delta
-/// rule's fp32 dq (a block's own copies are dead by then too).
+/// The mixer's backward reuses the block's MLP buffers once the MLP backward is done: gate‖up
+/// holds d_gate ([T, vd] from its start) and dq_pre‖dk_pre‖dv_pre ([T, 2·kd + vd] after that),
+/// and `x_mid` the delta rule's fp32 dq (a block's own copies are dead by then too).
 ///
 /// The mixer group: the convs, SiLU / L2 norm, gated norm and attention norm outputs.
 struct MixWork<K: BufKind = OnGpu> {
@@ -578,23 +584,16 @@ struct MlpWork<K: BufKind = OnGpu> {
     x_mid: K::Buf<f32>,
     rstd2: K::Buf<f32>,
     h2: K::Buf<bf16>,
-    /// [T, slot] (see [`Sz::slot`]).
+    /// The SwiGLU product [T, intermediate].
     act: K::Buf<bf16>,
 }
 
 /// The MLP's gate and up projections, side by side ([n, 2·intermediate]: one matmul, and one
-/// back to the MLP's input), in a buffer of 2 × [T, slot]: the one recomputation with matmuls.
-/// Its backward turns them in place into d gate ‖ d up. The mixer's backward then borrows the
-/// two halves ([`GateUp::half`]).
+/// back to the MLP's input), in a buffer of [T, `Sz::gate_up_width`]: the one recomputation with
+/// matmuls. Its backward turns them in place into d gate ‖ d up. The mixer's backward then
+/// borrows the buffer (see [`MixWork`]).
 struct GateUp<K: BufKind = OnGpu> {
     buf: K::Buf<bf16>,
-}
-
-impl GateUp {
-    /// Where the second half starts.
-    fn half(&self) -> usize {
-        self.buf.len() / 2
-    }
 }
 
 /// The category of copy `i` of `sets`: the last is the shared work copy, the others are kept
@@ -633,7 +632,7 @@ impl<K: BufKind> MlpWork<K> {
             x_mid: al.buf(c, "x_mid (f32) / rule dq", t * sz.d.max(sz.kd))?,
             rstd2: al.buf(c, "rstd2 (f32)", t)?,
             h2: al.buf(c, "h2", t * sz.d)?,
-            act: al.buf(c, "mlp act / dv_pre", t * sz.slot())?,
+            act: al.buf(c, "mlp act", t * sz.inter)?,
         })
     }
 }
@@ -641,7 +640,11 @@ impl<K: BufKind> MlpWork<K> {
 impl<K: BufKind> GateUp<K> {
     fn new_in<A: Alloc<K = K>>(al: &mut A, c: MemCategory, sz: Sz, t: usize) -> Result<Self> {
         Ok(GateUp {
-            buf: al.buf(c, "mlp gate‖up / d_gate, dq_pre‖dk_pre", 2 * t * sz.slot())?,
+            buf: al.buf(
+                c,
+                "mlp gate‖up / d_gate, dq_pre‖dk_pre‖dv_pre",
+                t * sz.gate_up_width(),
+            )?,
         })
     }
 }
@@ -1495,13 +1498,14 @@ impl GpuModel {
                     r.a_log.end <= r.dt_bias.start,
                     "GpuModel: layer {i}: A_log must precede dt_bias in the layout"
                 );
-                // q‖k, a‖b and gate‖up are taken as one weight matrix each.
+                // q‖k‖v, a‖b and gate‖up are taken as one weight matrix each.
                 ensure!(
                     r.q_proj.end == r.k_proj.start
+                        && r.k_proj.end == r.v_proj.start
                         && r.a_proj.end == r.b_proj.start
                         && r.gate_proj.end == r.up_proj.start,
-                    "GpuModel: layer {i}: k_proj must follow q_proj, b_proj a_proj and up_proj \
-                     gate_proj in the layout"
+                    "GpuModel: layer {i}: k_proj must follow q_proj, v_proj k_proj, b_proj \
+                     a_proj and up_proj gate_proj in the layout"
                 );
                 Ok(r)
             })
@@ -2049,6 +2053,8 @@ impl GpuModel {
             ..
         } = sz;
         self.n = 0;
+        // Where dq_pre‖dk_pre‖dv_pre go in the gate‖up buffer: behind d_gate (see `MixWork`).
+        let dpre_at = self.max_tokens * vd;
         // Cross-entropy and the LM head's backward, a block of logit rows at a time: with more
         // than one block, the count of the mean first (from the targets alone) and the mean
         // after the last block.
@@ -2388,33 +2394,29 @@ impl GpuModel {
                 &mut b.d_o.slice_mut(..nv),
             )?;
             mark(ctx.prof, gpu, "bwd silu, l2norm")?;
-            // dq_pre‖dk_pre side by side in mu ([n, 2·kd]: q and k projections as one matmul),
-            // dv_pre in act.
-            let nqk = 2 * nk;
-            let hf = wk.gu.half();
+            // dq_pre‖dk_pre‖dv_pre side by side ([n, 2·kd + vd]: the q, k and v projections as
+            // one matmul, their weights being adjacent), behind d_gate in gate‖up.
+            let nqkv = 2 * nk + nv;
+            let ld = 2 * kd + vd;
             {
                 let (dq_conv, rest) = b.dact.split_at(nk);
                 let dk_conv = rest.slice(..nk);
                 let dv_conv = b.d_o.slice(..nv);
-                // Rows 2·kd apart: q's columns from 0, k's from kd (the views overlap, so each
-                // is taken in turn).
-                let strided = if n == 0 { 0 } else { (n - 1) * 2 * kd + kd };
-                // Where each dpre goes: Some(column offset) in mu, None for act.
                 for (pre, wr, dconv, ch, col) in [
-                    (&s.q_pre, &lr.q_conv, &dq_conv, kd, Some(0)),
-                    (&s.k_pre, &lr.k_conv, &dk_conv, kd, Some(kd)),
-                    (&s.v_pre, &lr.v_conv, &dv_conv, vd, None),
+                    (&s.q_pre, &lr.q_conv, &dq_conv, kd, 0),
+                    (&s.k_pre, &lr.k_conv, &dk_conv, kd, kd),
+                    (&s.v_pre, &lr.v_conv, &dv_conv, vd, 2 * kd),
                 ] {
-                    let (mut dpre, ld) = match col {
-                        Some(off) => (wk.gu.buf.slice_mut(hf + off..hf + off + strided), 2 * kd),
-                        None => (wk.mlp.act.slice_mut(..nv), vd),
-                    };
+                    // Rows `ld` apart from column `col` (the views overlap, so each is taken in
+                    // turn).
+                    let at = dpre_at + col;
+                    let strided = if n == 0 { 0 } else { (n - 1) * ld + ch };
                     ops::conv_bwd(
                         gpu,
                         &pre.slice(..n * ch),
                         &pv(wr),
                         &dconv.slice(..n * ch),
-                        &mut dpre,
+                        &mut wk.gu.buf.slice_mut(at..at + strided),
                         ld,
                         &mut grads.slice_mut(wr.clone()),
                         &mut b.scratch,
@@ -2425,20 +2427,15 @@ impl GpuModel {
                 }
             }
             mark(ctx.prof, gpu, "bwd short conv")?;
-            // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1. q‖k is one matmul (their
-            // weights are adjacent); a and b (rank H each) join the norm's backward below.
+            // Projections: dh1 = Σ dproj · W (fp32), dW += dprojᵀ · h1, q‖k‖v as one; a and b
+            // (rank H each) join the norm's backward below.
             let h1 = wk.mix.h1.slice(..nd);
-            let qk = lr.q_proj.start..lr.k_proj.end;
+            let qkv = lr.q_proj.start..lr.v_proj.end;
             let ab = lr.a_proj.start..lr.b_proj.end;
-            for (i, (wr, dpv, out)) in [
-                (&qk, wk.gu.buf.slice(hf..hf + nqk), 2 * kd),
-                (&lr.v_proj, wk.mlp.act.slice(..nv), vd),
-                (&lr.g_proj, wk.gu.buf.slice(..nv), vd),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let beta = if i == 0 { 0.0 } else { 1.0 };
+            for (wr, dpv, out, beta) in [
+                (&qkv, wk.gu.buf.slice(dpre_at..dpre_at + nqkv), ld, 0.0),
+                (&lr.g_proj, wk.gu.buf.slice(..nv), vd, 1.0),
+            ] {
                 lin_dx::<f32>(
                     blas,
                     &dpv,
@@ -2522,14 +2519,15 @@ mod tests {
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =
-        // max(d, kd)); gate‖up (bf16 [t, 2 × 256]), act (bf16 [t, 256] = max(inter, vd, 2 kd)).
+        // max(d, kd)); gate‖up (bf16 [t, 512] = max(2 inter, 2 (kd + vd))), act (bf16 [t, 128]).
         let work = 2 * t * 4
             + 3 * t * 64 * 2
             + t * 2 * 2
             + 7 * t * 128 * 2
             + 3 * t * 2 * 4
             + t * 128 * 4
-            + 3 * t * 256 * 2;
+            + t * 512 * 2
+            + t * 128 * 2;
         assert_eq!(acc.category(C::BlockWork), work);
         // dres (f32 [t, 64]), dres_bf (bf16 [t, 64]), dacc (f32 [t, 128]), dact (bf16 [t, 256]),
         // d_o (bf16 [t, 128]), rule dv (f32 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64, 64]),
@@ -2582,11 +2580,11 @@ mod tests {
         // The three groups of `Work`, one copy each: the mixer's rstd1 (f32 [t]), h1 (bf16
         // [t, 64]), q/k/v conv, q, k, v, normed (bf16 [t, 128]), qr, kr, o_rstd (f32 [t, 2]);
         // the MLP's x_mid (f32 [t, 128]), rstd2 (f32 [t]), h2 (bf16 [t, 64]), act (bf16
-        // [t, 256]); gate/up mg, mu (bf16 [t, 256]). With b (bf16 [t, 2]) and tmp_d (bf16
-        // [t, 64]) they are the block work above.
+        // [t, 128]); gate‖up (bf16 [t, 512]). With b (bf16 [t, 2]) and tmp_d (bf16 [t, 64]) they
+        // are the block work above.
         let mix = t * 4 + t * 64 * 2 + 7 * t * 128 * 2 + 3 * t * 2 * 4;
-        let mlp = t * 128 * 4 + t * 4 + t * 64 * 2 + t * 256 * 2;
-        let gu = 2 * t * 256 * 2;
+        let mlp = t * 128 * 4 + t * 4 + t * 64 * 2 + t * 128 * 2;
+        let gu = t * 512 * 2;
         assert_eq!(mix + mlp + gu + t * 2 * 2 + t * 64 * 2, work);
 
         // `auto` with both blocks' gate/up kept: one more gate/up copy (block 0's), the rest as
@@ -2597,7 +2595,7 @@ mod tests {
         assert_eq!(au.total(), acc.total() + gu);
         assert!(au
             .table()
-            .contains("| KeptPerBlock | mlp gate‖up / d_gate, dq_pre‖dk_pre | 1 |"));
+            .contains("| KeptPerBlock | mlp gate‖up / d_gate, dq_pre‖dk_pre‖dv_pre | 1 |"));
 
         // `all`: block 0 owns a copy of every group, block 1 the shared one.
         let all = GpuModel::memory_account(&model, t, seqs, SavePlan::all(2)).unwrap();
