@@ -5,6 +5,7 @@
 // copies synchronously. wmma (kernel 1's KKᵀ) keeps the whole 16x16 tile in every lane.
 #pragma once
 #include <barrier>
+#include <bit>
 #include <cassert>
 #include <cmath>
 #include <cstdint>
@@ -73,6 +74,7 @@ struct uint2 {
 struct uint4 {
   unsigned x, y, z, w;
 };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 struct Warp {
   std::barrier<> bar{32};
@@ -100,6 +102,9 @@ inline float shfl_from(float v, F src) {
 }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
   return shfl_from(v, [o](int l) { return l ^ o; });
+}
+inline unsigned __shfl_xor_sync(unsigned m, unsigned v, int o) {
+  return std::bit_cast<unsigned>(__shfl_xor_sync(m, std::bit_cast<float>(v), o));
 }
 inline float __shfl_up_sync(unsigned, float v, int o) {
   return shfl_from(v, [o](int l) { return l - o; });

@@ -441,6 +441,54 @@ __device__ __forceinline__ bf16* tw_at(bf16* tw, int i, int c) {
   return tw + (ti * (ti + 1) / 2 + kk) * TWSZ + (i & 15) * TWLD + (c & 15);
 }
 
+// The four 32-bit words x[0..3] of each lane of a quad (lanes 4g .. 4g+3) transposed across the
+// quad: lane q ends with word q of each lane, x[j] = (lane j's word q). Two exchanges (lanes q^1,
+// then q^2), each keeping the words bound for this lane's half and sending the others.
+__device__ __forceinline__ void quad_transpose(unsigned (&x)[4]) {
+  const int q = threadIdx.x & 3;
+  const bool b0 = q & 1, b1 = q & 2;
+  // Words n0 = q & 1 and n0 + 2 stay; the partner q^1 sends its words of those indices.
+  const unsigned o0 = b0 ? x[1] : x[0], o1 = b0 ? x[3] : x[2];
+  const unsigned r0 = __shfl_xor_sync(0xffffffffu, b0 ? x[0] : x[1], 1);
+  const unsigned r1 = __shfl_xor_sync(0xffffffffu, b0 ? x[2] : x[3], 1);
+  // Index q is kept (from this lane and q^1); index q^2 goes to lane q^2, which sends back its
+  // and q^3's words of index q.
+  const unsigned k_own = b1 ? o1 : o0, k_par = b1 ? r1 : r0;
+  const unsigned t_own = __shfl_xor_sync(0xffffffffu, b1 ? o0 : o1, 2);
+  const unsigned t_par = __shfl_xor_sync(0xffffffffu, b1 ? r0 : r1, 2);
+  // x[j] comes from lane j = q ^ d: d = 0 k_own, 1 k_par, 2 t_own, 3 t_par.
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const bool d0 = ((j & 1) != 0) != b0, d1 = ((j & 2) != 0) != b1;
+    x[j] = d1 ? (d0 ? t_par : t_own) : (d0 ? k_par : k_own);
+  }
+}
+
+// A warp's 16-row accumulator tile of 8·NT columns (NT = 2 or 4; acc[nt] in the mma C layout)
+// stored as bf16, each word XORed with `flip` (a sign flip, or 0), to rows dst(r) (r = 0..15 of
+// the tile, each a pointer to the tile's first column; rows with !ok(r) are skipped). A quad
+// transpose gives each lane 8 contiguous columns, so each warp store writes whole 32-byte
+// sectors: stores of 4 bytes straight from the fragment fill half of each (ncu on prep, session
+// 12: 15.8 of 32 bytes per sector, and prep bound by L1 throughput).
+template <int NT, class Dst, class Ok>
+__device__ __forceinline__ void store_rows16(const float (*acc)[4], unsigned flip, Dst dst, Ok ok) {
+  static_assert(NT == 2 || NT == 4, "16 or 32 columns");
+  const int lane = threadIdx.x & 31, gr = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int p = 0; p < NT / 2; ++p) {
+    // Word n: NT = 4, columns 8n.. of row gr + 8p; NT = 2, columns 8(n & 1).. of row gr + 8(n >> 1).
+    unsigned x[4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      const int nt = NT == 4 ? n : (n & 1), hf = NT == 4 ? p : (n >> 1);
+      x[n] = pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]) ^ flip;
+    }
+    quad_transpose(x);
+    const int r = gr + 8 * (NT == 4 ? p : (q >> 1)), c = 8 * (NT == 4 ? q : (q & 1));
+    if (ok(r)) *reinterpret_cast<uint4*>(dst(r) + c) = make_uint4(x[0], x[1], x[2], x[3]);
+  }
+}
+
 // Kernels 1 and 1b: W = tw · K and U = tb · V + diag(β) V by raw mma.sync, written to global
 // (rows < len), W negated: its only readers, the state passes, use −W (Ṽ = U + S(−W),
 // dS += (−W)ᵀ dṼ), and a sign flip of the stored bf16 is exact where negating their register
@@ -482,17 +530,10 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
             mma_bf16(acc[2 * jp + 1], a, r[2], r[3]);
           }
         }
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int row = ti * 16 + gr + 8 * hf;
-          if (row < len) {
-            bf16* dst = w + ((long)(start + row) * H + h) * K + c0 + 2 * qd;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]) ^ NEG_BF2;
-          }
-        }
+        store_rows16<NT>(
+            acc, NEG_BF2,
+            [&](int r) { return w + ((long)(start + ti * 16 + r) * H + h) * K + c0; },
+            [&](int r) { return ti * 16 + r < len; });
       }
     }
   }
@@ -523,21 +564,23 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
         mma_bf16(acc[1], a, r[2], r[3]);
       }
       // + diag(β) V in f32: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
+      // Rows ≥ len hold zeros in V and bs, and are not stored.
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int row = ti * 16 + gr + 8 * hf;
-        if (row < len) {
-          const float bb = bs[row];
-          bf16* dst = u + ((long)(start + row) * H + h) * V + s * 64 + c0 + 2 * qd;
+        const float bb = bs[row];
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const unsigned x =
-                *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
-            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
-          }
+        for (int nt = 0; nt < 2; ++nt) {
+          const unsigned x =
+              *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
+          acc[nt][2 * hf] += bb * bf_lo(x);
+          acc[nt][2 * hf + 1] += bb * bf_hi(x);
         }
       }
+      store_rows16<2>(
+          acc, 0u,
+          [&](int r) { return u + ((long)(start + ti * 16 + r) * H + h) * V + s * 64 + c0; },
+          [&](int r) { return ti * 16 + r < len; });
     }
     if (s + 2 < nslice) {
       __syncthreads();  // every warp is done with this buffer
@@ -1389,17 +1432,9 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
         mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
       }
     }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = i0 + 8 * hf;
-      if (i < len) {
-        bf16* dst = o + ((long)(start + i) * H + h) * V + s * BV + c0 + 2 * qd;
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-          *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-              pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
-      }
-    }
+    store_rows16<4>(
+        acc, 0u, [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + s * BV + c0; },
+        [&](int r) { return r0 + r < len; });
   }
 }
 
@@ -1480,17 +1515,10 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
         mma_bf16(acc[0], a, r[0], r[1]);
         mma_bf16(acc[1], a, r[2], r[3]);
       }
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int row = ti * 16 + gr + 8 * hf;
-        if (row < len) {
-          bf16* dst = dvl + ((long)(start + row) * H + h) * V + v0 + c0 + 2 * qd;
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt)
-            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
-        }
-      }
+      store_rows16<2>(
+          acc, 0u,
+          [&](int r) { return dvl + ((long)(start + ti * 16 + r) * H + h) * V + v0 + c0; },
+          [&](int r) { return ti * 16 + r < len; });
     }
     if (s + 2 < ns) {
       __syncthreads();  // every warp is done with this slice's buffer
