@@ -21,7 +21,7 @@ extract() {
     >"$out/$dir/extracted.h"
 }
 extract prep ' pack8(' ' qk_lower(' 'void chunk_gates' 'void write_rec' ' tb_piece(' ' tw_piece(' ' tw_at(' \
-  'void quad_transpose' 'void store_rows16' 'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
+  'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
 extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
 extract fwd_o 'void quad_transpose' 'void store_rows16' 'void for_own_pieces' 'void load_rows_async' 'struct FwdOSm' 'void fwd_o_impl'
 extract state 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' p_rows(' 'void state_fwd_impl'

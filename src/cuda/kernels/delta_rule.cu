@@ -465,13 +465,14 @@ __device__ __forceinline__ void quad_transpose(unsigned (&x)[4]) {
 }
 
 // A warp's 16-row accumulator tile of 8·NT columns (NT = 2 or 4; acc[nt] in the mma C layout)
-// stored as bf16, each word XORed with `flip` (a sign flip, or 0), to rows dst(r) (r = 0..15 of
-// the tile, each a pointer to the tile's first column; rows with !ok(r) are skipped). A quad
-// transpose gives each lane 8 contiguous columns, so each warp store writes whole 32-byte
-// sectors: stores of 4 bytes straight from the fragment fill half of each (ncu on prep, session
-// 12: 15.8 of 32 bytes per sector, and prep bound by L1 throughput).
+// stored as bf16 to rows dst(r) (r = 0..15 of the tile, each a pointer to the tile's first
+// column; rows with !ok(r) are skipped). A quad transpose gives each lane 8 contiguous columns,
+// so each warp store writes whole 32-byte sectors, where 4-byte stores straight from the fragment
+// fill half of each (ncu, session 12: 16 of 32 bytes per stored sector in fwd_o). Measured
+// (call 4, B4·T4096·H16 / B8·T4096·H6·K256): fwd_o 0.148 → 0.144 / 0.488 → 0.470 ms, dvloc
+// 0.102 → 0.100 / 0.229 → 0.221; in kernels 1 and 1b (W, U) slower, so not used there.
 template <int NT, class Dst, class Ok>
-__device__ __forceinline__ void store_rows16(const float (*acc)[4], unsigned flip, Dst dst, Ok ok) {
+__device__ __forceinline__ void store_rows16(const float (*acc)[4], Dst dst, Ok ok) {
   static_assert(NT == 2 || NT == 4, "16 or 32 columns");
   const int lane = threadIdx.x & 31, gr = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -481,7 +482,7 @@ __device__ __forceinline__ void store_rows16(const float (*acc)[4], unsigned fli
 #pragma unroll
     for (int n = 0; n < 4; ++n) {
       const int nt = NT == 4 ? n : (n & 1), hf = NT == 4 ? p : (n >> 1);
-      x[n] = pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]) ^ flip;
+      x[n] = pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
     }
     quad_transpose(x);
     const int r = gr + 8 * (NT == 4 ? p : (q >> 1)), c = 8 * (NT == 4 ? q : (q & 1));
@@ -530,10 +531,20 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
             mma_bf16(acc[2 * jp + 1], a, r[2], r[3]);
           }
         }
-        store_rows16<NT>(
-            acc, NEG_BF2,
-            [&](int r) { return w + ((long)(start + ti * 16 + r) * H + h) * K + c0; },
-            [&](int r) { return ti * 16 + r < len; });
+        // Stored straight from the fragment (4 bytes a lane, half sectors): the quad transpose of
+        // store_rows16 made kernels 1 and 1b slower (session 12, call 4: prep 0.205 → 0.230 ms,
+        // wu 0.118 → 0.139 at B4·T4096·H16).
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int row = ti * 16 + gr + 8 * hf;
+          if (row < len) {
+            bf16* dst = w + ((long)(start + row) * H + h) * K + c0 + 2 * qd;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]) ^ NEG_BF2;
+          }
+        }
       }
     }
   }
@@ -564,23 +575,21 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
         mma_bf16(acc[1], a, r[2], r[3]);
       }
       // + diag(β) V in f32: T's unit diagonal, kept out of tb (β_i would be rounded to bf16 there).
-      // Rows ≥ len hold zeros in V and bs, and are not stored.
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int row = ti * 16 + gr + 8 * hf;
-        const float bb = bs[row];
+        if (row < len) {
+          const float bb = bs[row];
+          bf16* dst = u + ((long)(start + row) * H + h) * V + s * 64 + c0 + 2 * qd;
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const unsigned x =
-              *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
-          acc[nt][2 * hf] += bb * bf_lo(x);
-          acc[nt][2 * hf + 1] += bb * bf_hi(x);
+          for (int nt = 0; nt < 2; ++nt) {
+            const unsigned x =
+                *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
+            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
+                pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
+          }
         }
       }
-      store_rows16<2>(
-          acc, 0u,
-          [&](int r) { return u + ((long)(start + ti * 16 + r) * H + h) * V + s * 64 + c0; },
-          [&](int r) { return ti * 16 + r < len; });
     }
     if (s + 2 < nslice) {
       __syncthreads();  // every warp is done with this buffer
@@ -1433,7 +1442,7 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
       }
     }
     store_rows16<4>(
-        acc, 0u, [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + s * BV + c0; },
+        acc, [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + s * BV + c0; },
         [&](int r) { return r0 + r < len; });
   }
 }
@@ -1516,8 +1525,7 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
         mma_bf16(acc[1], a, r[2], r[3]);
       }
       store_rows16<2>(
-          acc, 0u,
-          [&](int r) { return dvl + ((long)(start + ti * 16 + r) * H + h) * V + v0 + c0; },
+          acc, [&](int r) { return dvl + ((long)(start + ti * 16 + r) * H + h) * V + v0 + c0; },
           [&](int r) { return ti * 16 + r < len; });
     }
     if (s + 2 < ns) {
