@@ -1740,7 +1740,8 @@ impl GpuModel {
     }
 
     /// Forward over `tokens` packed by `cu_seqlens`: computes the logits (bf16, see
-    /// [`GpuModel::logits_view`]) and keeps what [`GpuModel::loss_and_backward`] needs.
+    /// [`GpuModel::download_logits`]; a block of rows at a time where they exceed the logits
+    /// buffer) and keeps what [`GpuModel::loss_and_backward`] needs.
     /// [`GpuModel::upload_inputs`] then [`GpuModel::forward_device`].
     pub fn forward(&mut self, gpu: &Gpu, tokens: &[u32], cu_seqlens: &[usize]) -> Result<()> {
         let n = self.upload_inputs(gpu, tokens, cu_seqlens)?;
@@ -1800,7 +1801,7 @@ impl GpuModel {
 
     /// One decode step for N = `tokens.len()` sequences, one token each: the forward with each
     /// block's mixer core replaced by `conv_step` on `caches[layer]` and the fused decode kernel
-    /// (advancing the caches). The logits [N, vocab] are then in [`GpuModel::logits_view`]. No
+    /// (advancing the caches). The logits [N, vocab] are then [`GpuModel::download_logits`]. No
     /// backward may follow (crate-internal: `cuda::decode::GpuDecoder` owns its model).
     pub(crate) fn decode_forward(
         &mut self,
