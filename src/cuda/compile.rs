@@ -24,10 +24,16 @@ pub fn cuda_include_dir() -> PathBuf {
 }
 
 fn options(arch: &'static str) -> CompileOptions {
+    let mut options = vec!["--std=c++17".into(), "-default-device".into()];
+    // Source lines in the PTX, for a profiler's per-line counters (`GDN_NVRTC_LINEINFO=1`; part
+    // of the cache key like every option, so such a build never serves a plain run).
+    if std::env::var_os("GDN_NVRTC_LINEINFO").is_some_and(|v| v == "1") {
+        options.push("-lineinfo".into());
+    }
     CompileOptions {
         arch: Some(arch),
         include_paths: vec![cuda_include_dir().display().to_string()],
-        options: vec!["--std=c++17".into(), "-default-device".into()],
+        options,
         ..Default::default()
     }
 }

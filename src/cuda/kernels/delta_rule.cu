@@ -418,22 +418,36 @@ __device__ __forceinline__ void chunk_gates(const float* __restrict__ g,
 // 1b, so that both round the same values the same way: row i, columns c..c+7 (c a multiple of 8,
 // so the 8 lie in one 16x16 block) of
 // - tb = bf16(strictLower(T) diag(β)), from x = T's values, 0 in blocks above the diagonal;
-// - tw = bf16(T diag(βγ)), lower blocks only; t(e) = T[i][c + e] is read only there.
+// - tw = bf16(T diag(βγ)), lower blocks only (x is read only there);
+// with b, g = β, γ of columns c..c+7 (`ld8_swz`).
 // tw is kept compact: lower tile (ti, kk) at (ti(ti+1)/2 + kk)·TWSZ, row stride TWLD.
 constexpr int TWLD = 24, TWSZ = 16 * TWLD;
-__device__ __forceinline__ uint4 tb_piece(const float* x, int i, int c, const float* bs) {
+__device__ __forceinline__ uint4 tb_piece(const float* x, int i, int c, const float* b) {
   float y[8];
 #pragma unroll
-  for (int e = 0; e < 8; ++e) y[e] = (c + e == i) ? 0.f : x[e] * bs[c + e];
+  for (int e = 0; e < 8; ++e) y[e] = (c + e == i) ? 0.f : x[e] * b[e];
   return pack8(y);
 }
-template <class F>
-__device__ __forceinline__ uint4 tw_piece(F t, int i, int c, const float* bs, const float* gam) {
+__device__ __forceinline__ uint4 tw_piece(const float* x, int i, int c, const float* b,
+                                          const float* g) {
   float y[8];
 #pragma unroll
-  for (int e = 0; e < 8; ++e)
-    y[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : t(e) * (bs[c + e] * gam[c + e]);
+  for (int e = 0; e < 8; ++e) y[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : x[e] * (b[e] * g[e]);
   return pack8(y);
+}
+
+// Columns c..c+7 (c a multiple of 8) of an f32 row in shared memory, as two 16-byte loads, the
+// half at c + 4·((c >> 5) & 1) first. The pieces of T, β and γ are read 8 threads per row (c =
+// 0, 8, .., 56): in natural order threads c and c + 32 meet in the same banks (2-way; 4-way
+// across the 4 rows a warp covers at T's row stride of 68 words). ncu on prep (session 12, call
+// 6): these reads and the tw stores were 4.7 M of its 35.5 M shared-memory wavefronts too many.
+__device__ __forceinline__ void ld8_swz(const float* row, int c, float (&x)[8]) {
+  const bool h = (c >> 5) & 1;
+  const float4 a = *reinterpret_cast<const float4*>(row + c + (h ? 4 : 0));
+  const float4 b = *reinterpret_cast<const float4*>(row + c + (h ? 0 : 4));
+  const float4 lo = h ? b : a, hi = h ? a : b;
+  x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w;
+  x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
 }
 // Where tw's row i, columns c..c+7 go (only for c <= i's block: (c >> 4) <= (i >> 4)).
 __device__ __forceinline__ bf16* tw_at(bf16* tw, int i, int c) {
@@ -723,14 +737,16 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     const bf16* vsrc = v + ((long)start * H + h) * V;
     for (int idx = tid; idx < CH * CH / 8; idx += blockDim.x) {
       const int i = idx >> 3, c = (idx & 7) << 3;
-      float x[8];
+      float x[8], b[8];
+      ld8_swz(S.A + i * LF64, c, x);
+      ld8_swz(S.bs, c, b);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) x[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : S.A[i * LF64 + c + e];
+      for (int e = 0; e < 8; ++e) x[e] = ((c + e) >> 4) > (i >> 4) ? 0.f : x[e];
       if (tg) {
         *reinterpret_cast<float4*>(tg + i * CH + c) = make_float4(x[0], x[1], x[2], x[3]);
         *reinterpret_cast<float4*>(tg + i * CH + c + 4) = make_float4(x[4], x[5], x[6], x[7]);
       }
-      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = tb_piece(x, i, c, S.bs);
+      *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = tb_piece(x, i, c, b);
     }
     // tw = bf16(T diag(βγ)), lower tiles only, 2 steps of 8 columns per thread. tw overwrites T
     // rows 33–62: each thread holds its packed values in registers across the barrier, then
@@ -741,7 +757,11 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
 #pragma unroll
     for (int it = 0; it < 2; ++it) {
       const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
-      pw[it] = tw_piece([&](int e) { return S.A[i * LF64 + c + e]; }, i, c, S.bs, S.gam);
+      float x[8], b[8], g[8];
+      ld8_swz(S.A + i * LF64, c, x);
+      ld8_swz(S.bs, c, b);
+      ld8_swz(S.gam, c, g);
+      pw[it] = tw_piece(x, i, c, b, g);
     }
     __syncthreads();  // T (f32) is dead: V slice 0 and tw take its place
     load_bf16_async(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, CH, 64, len);
@@ -841,11 +861,12 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
 #pragma unroll
   for (int it = 0; it < 2; ++it) {
     const int idx = tid + it * 256, i = idx >> 3, c = (idx & 7) << 3;
-    const float* xi = x[it];
+    float b[8], g[8];
+    ld8_swz(S.bs, c, b);
+    ld8_swz(S.gam, c, g);
     if ((c >> 4) <= (i >> 4))
-      *reinterpret_cast<uint4*>(tw_at(S.tw, i, c)) =
-          tw_piece([&](int e) { return xi[e]; }, i, c, S.bs, S.gam);
-    *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = tb_piece(xi, i, c, S.bs);
+      *reinterpret_cast<uint4*>(tw_at(S.tw, i, c)) = tw_piece(x[it], i, c, b, g);
+    *reinterpret_cast<uint4*>(S.tb + i * LD64 + c) = tb_piece(x[it], i, c, b);
   }
   cp_wait<1>();  // K (V slice 0 may still be in flight)
   __syncthreads();
