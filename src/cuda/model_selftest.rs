@@ -203,20 +203,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
     let noise = grad_noise(&batch, &ref_grads, &mut Rng::new(rng.next_u64()))?;
 
     // GPU.
-    let mut gm = GpuModel::new(gpu, model, params, 128, 4)?;
-    gm.poison_activations(gpu)?;
-    gm.zero_grads(gpu)?;
-    gm.forward(gpu, tokens, cu)?;
-    let logits: Vec<f64> = gm
-        .download_logits(gpu)?
-        .into_iter()
-        .map(|v| v as f64)
-        .collect();
-    let loss = gm.loss_and_backward(gpu, targets)?;
-    let grads: Vec<f64> = download_f32(gpu, &gm.grads)?
-        .into_iter()
-        .map(|v| v as f64)
-        .collect();
+    let (mut gm, logits, loss, grads) = gpu_step(gpu, &batch, None)?;
 
     let mut rows = vec![
         Row {
@@ -279,6 +266,40 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
     Ok(rows)
 }
 
+/// One GPU training step on `batch` from poisoned activations and zero gradients (logits in
+/// blocks of `logit_rows` when given): the model, its logits, loss and gradients.
+fn gpu_step(
+    gpu: &Gpu,
+    batch: &TestBatch,
+    logit_rows: Option<usize>,
+) -> Result<(GpuModel, Vec<f64>, f64, Vec<f64>)> {
+    let TestBatch {
+        model,
+        params,
+        tokens,
+        targets,
+        cu,
+    } = batch;
+    let mut gm = GpuModel::new(gpu, model, params, 128, 4)?;
+    if let Some(rows) = logit_rows {
+        gm.limit_logit_rows(rows);
+    }
+    gm.poison_activations(gpu)?;
+    gm.zero_grads(gpu)?;
+    gm.forward(gpu, tokens, cu)?;
+    let logits = gm
+        .download_logits(gpu)?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let loss = gm.loss_and_backward(gpu, targets)?;
+    let grads = download_f32(gpu, &gm.grads)?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    Ok((gm, logits, loss, grads))
+}
+
 /// The logits formed a block of rows at a time (as at the 1.3B preset, where they exceed the
 /// logits buffer), here in blocks of 24 rows (the last one partial), against the CPU reference:
 /// logits, loss and gradients of a training step, and the evaluation's loss.
@@ -293,27 +314,13 @@ fn check_logit_blocks(
 ) -> Result<Vec<Row>> {
     let TestBatch {
         model,
-        params,
         tokens,
         targets,
         cu,
+        ..
     } = batch;
     let shape = format!("{shape} blocks of 24 rows");
-    let mut gm = GpuModel::new(gpu, model, params, 128, 4)?;
-    gm.limit_logit_rows(24);
-    gm.poison_activations(gpu)?;
-    gm.zero_grads(gpu)?;
-    gm.forward(gpu, tokens, cu)?;
-    let logits: Vec<f64> = gm
-        .download_logits(gpu)?
-        .into_iter()
-        .map(|v| v as f64)
-        .collect();
-    let loss = gm.loss_and_backward(gpu, targets)?;
-    let grads: Vec<f64> = download_f32(gpu, &gm.grads)?
-        .into_iter()
-        .map(|v| v as f64)
-        .collect();
+    let (mut gm, logits, loss, grads) = gpu_step(gpu, batch, Some(24))?;
     gm.forward(gpu, tokens, cu)?;
     let losses = gm.position_losses(gpu, targets)?;
     let counted: Vec<f64> = losses
