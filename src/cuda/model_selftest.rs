@@ -205,20 +205,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
     // GPU.
     let (mut gm, logits, loss, grads) = gpu_step(gpu, &batch, None)?;
 
-    let mut rows = vec![
-        Row {
-            op: "model logits".into(),
-            shape: shape.clone(),
-            max_rel_err: max_rel_err(&logits, &ref_logits),
-            tolerance: TOL_BF16,
-        },
-        Row {
-            op: "model loss".into(),
-            shape: shape.clone(),
-            max_rel_err: rel(loss, ref_loss),
-            tolerance: TOL_LOSS,
-        },
-    ];
+    let mut rows = logits_loss_rows(&shape, &logits, &ref_logits, loss, ref_loss);
     let tols: Vec<f64> = noise
         .iter()
         .map(|&probe| TOL_BF16.max(PROBE_ROUNDINGS * probe))
@@ -330,19 +317,8 @@ fn check_logit_blocks(
         .map(|(&l, _)| l as f64)
         .collect();
     let eval_loss = counted.iter().sum::<f64>() / counted.len() as f64;
-    Ok(vec![
-        Row {
-            op: "model logits".into(),
-            shape: shape.clone(),
-            max_rel_err: max_rel_err(&logits, ref_logits),
-            tolerance: TOL_BF16,
-        },
-        Row {
-            op: "model loss".into(),
-            shape: shape.clone(),
-            max_rel_err: rel(loss, ref_loss),
-            tolerance: TOL_LOSS,
-        },
+    let mut rows = logits_loss_rows(&shape, &logits, ref_logits, loss, ref_loss);
+    rows.extend([
         Row {
             op: "model grads (all), worst err/tol".into(),
             shape: shape.clone(),
@@ -355,7 +331,32 @@ fn check_logit_blocks(
             max_rel_err: rel(eval_loss, ref_loss),
             tolerance: TOL_LOSS,
         },
-    ])
+    ]);
+    Ok(rows)
+}
+
+/// The rows of a step's logits and loss against the CPU reference.
+fn logits_loss_rows(
+    shape: &str,
+    logits: &[f64],
+    ref_logits: &[f64],
+    loss: f64,
+    ref_loss: f64,
+) -> Vec<Row> {
+    vec![
+        Row {
+            op: "model logits".into(),
+            shape: shape.to_string(),
+            max_rel_err: max_rel_err(logits, ref_logits),
+            tolerance: TOL_BF16,
+        },
+        Row {
+            op: "model loss".into(),
+            shape: shape.to_string(),
+            max_rel_err: rel(loss, ref_loss),
+            tolerance: TOL_LOSS,
+        },
+    ]
 }
 
 #[cfg(test)]
