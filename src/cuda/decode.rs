@@ -38,7 +38,6 @@ pub struct GpuDecoder<'g> {
     step: DecodeStep,
     caches: Vec<LayerCache>,
     n_seqs: usize,
-    vocab: usize,
     /// (H·K, H·V, W) of the conv caches.
     conv_dims: (usize, usize, usize),
     positions: Vec<usize>,
@@ -84,7 +83,6 @@ impl<'g> GpuDecoder<'g> {
             step,
             caches,
             n_seqs,
-            vocab: model.config.vocab_size,
             conv_dims: (kd, vd, w),
             positions: vec![0; n_seqs],
         })
@@ -132,12 +130,11 @@ impl<'g> GpuDecoder<'g> {
 
     /// The logits of the last step, [N, vocab] (bf16 values, widened).
     pub fn logits(&mut self) -> Result<Vec<f32>> {
-        let l = self.model.download_logits(self.gpu)?;
         ensure!(
-            l.len() == self.n_seqs * self.vocab,
+            self.model.tokens_in_flight() == self.n_seqs,
             "GpuDecoder::logits: no step has run"
         );
-        Ok(l)
+        self.model.download_logits(self.gpu)
     }
 
     /// Resets, then runs the prompts (one per sequence, all of the same non-zero length)

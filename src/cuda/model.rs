@@ -841,12 +841,7 @@ fn logit_rows(max_tokens: usize, vocab: usize) -> usize {
         return max_tokens;
     }
     let blocks = max_tokens.div_ceil(per);
-    let rows = max_tokens.div_ceil(blocks).next_multiple_of(64);
-    if rows <= per {
-        rows
-    } else {
-        per
-    }
+    max_tokens.div_ceil(blocks).next_multiple_of(64).min(per)
 }
 
 /// The model on one GPU, with its parameters, gradients and every activation buffer.
@@ -1642,6 +1637,11 @@ impl GpuModel {
         if n <= self.logit_rows {
             return Ok(());
         }
+        self.head_rows(r0, m)
+    }
+
+    /// The logits of rows [r0, r0 + m) into the start of the logits buffer.
+    fn head_rows(&mut self, r0: usize, m: usize) -> Result<()> {
         let Sz { d, vocab, .. } = self.sz;
         lin_fwd(
             &self.blas,
@@ -1849,7 +1849,7 @@ impl GpuModel {
         mut decode: Option<(&DecodeStep, &mut [LayerCache])>,
     ) -> Result<()> {
         let sz = self.sz;
-        let Sz { d, vocab, eps, .. } = sz;
+        let Sz { d, eps, .. } = sz;
         let cu_seqlens: &[usize] = if decode.is_some() { &[] } else { &self.cu_host };
         let p16 = &self.params_bf16;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
@@ -1913,17 +1913,9 @@ impl GpuModel {
         )?;
         // The logits now when they fit the buffer, else a block at a time where they are read.
         if n <= self.logit_rows {
-            lin_fwd(
-                blas,
-                &self.normed_f.slice(..n * d),
-                &pv(&self.head),
-                &mut self.logits.slice_mut(..n * vocab),
-                n,
-                d,
-                vocab,
-            )?;
+            self.head_rows(0, n)?;
         }
-        mark(ctx.prof, gpu, "fwd final norm, lm head")?;
+        mark(self.profile.as_ref(), gpu, "fwd final norm, lm head")?;
         self.n = n;
         Ok(())
     }
