@@ -236,6 +236,42 @@ __device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, unsigned b
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// D += A B in 3xTF32 (about f32 accuracy on the tensor cores): each operand x splits into tf32
+// parts big = tf32(x) and small = tf32(x − big), and D accumulates a_s b_b, a_b b_s and a_b b_b
+// (the a_s b_s term, about 2^-22 of the product, is dropped). A: 16 × 8KS f32, B: 8KS × 8 f32,
+// both row-major in shared memory (row strides lda, ldb); D a 16x8 accumulator tile.
+template <int KS>
+__device__ __forceinline__ void mma3_tf32(float* d, const float* A, int lda, const float* B,
+                                          int ldb) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int s = 0; s < KS; ++s) {
+    const float* a = A + g * lda + 8 * s + q;
+    const float* b = B + (8 * s + q) * ldb + g;
+    const float av[4] = {a[0], a[8 * lda], a[4], a[8 * lda + 4]}, bv[2] = {b[0], b[4 * ldb]};
+    unsigned ab[4], as[4], bb[2], bs[2];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      ab[e] = tf32_rna(av[e]);
+      as[e] = tf32_rna(av[e] - __uint_as_float(ab[e]));
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      bb[e] = tf32_rna(bv[e]);
+      bs[e] = tf32_rna(bv[e] - __uint_as_float(bb[e]));
+    }
+    mma_tf32(d, as, bb[0], bb[1]);
+    mma_tf32(d, ab, bs[0], bs[1]);
+    mma_tf32(d, ab, bb[0], bb[1]);
+  }
+}
+// A 16x8 accumulator tile times sc, stored as f32 rows of Y (row stride ld).
+__device__ __forceinline__ void store_acc_f32(const float* x, float* y, int ld, float sc) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  *reinterpret_cast<float2*>(y + g * ld + 2 * q) = make_float2(sc * x[0], sc * x[1]);
+  *reinterpret_cast<float2*>(y + (g + 8) * ld + 2 * q) = make_float2(sc * x[2], sc * x[3]);
+}
+
 // Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the 16-byte rows of matrix i.
 // Without .trans lane (g, q) gets row g, columns 2q, 2q+1 of each; with .trans, rows 2q, 2q+1 of
 // column g. From a 32-bit shared-memory address: a loop that adds compile-time offsets to one
@@ -613,13 +649,16 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
   }
 }
 
+// Row stride of kernel 1's f32 scratch for the T solve's partial products (their B-fragment
+// loads, row q and column g of lane (g, q), then hit 32 distinct banks: 40 ≡ 8 mod 32).
+constexpr int ZLD = 40;
+
 template <int K>
 struct PrepSm {
   bf16* ks;     // [64][K+8]  K rows; after the W product: V slice buffer 1
   float* A;     // [64][68]   KKᵀ, then M, then T in place (f32); after tb: V slice buffer 0
                 //            ([64][72] bf16) and tw (T diag(βγ), 10 tiles [16][24] bf16)
   bf16* tb;     // [64][72]   strictLower(T) diag(β)
-  float* X;     // [3][16][16] the T solve's partial products
   float* G;     // [64]
   float* bs;    // [64]
   float* gam;   // [64]
@@ -627,7 +666,6 @@ struct PrepSm {
     ks = c.take<bf16>(CH * (K + 8));
     A = c.take<float>(CH * LF64);
     tb = c.take<bf16>(CH * LD64);
-    X = c.take<float>(3 * 256);
     G = c.take<float>(CH);
     bs = c.take<float>(CH);
     gam = c.take<float>(CH);
@@ -650,7 +688,6 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
-  float* X = S.X;
 
   load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
   cp_commit();
@@ -669,11 +706,22 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   }
   __syncthreads();
 
-  // T = (I + M)^{-1} in f32, by 16x16 blocks, in place over M. Diagonal blocks: T_bb =
-  // (I + M_bb)^{-1} by forward substitution, 64 threads (block b, column c; a block's 16 threads
-  // are in one warp), 16-long chains in registers, written over M_bb after a __syncwarp.
-  // Off-diagonal, block row by block row: X_j = Σ_{k=j}^{i−1} M_ik T_kj, then T_ij = −T_ii X_j
-  // over M_ij.
+  // T = (I + M)^{-1} in f32, by 16x16 blocks, in place over M, as a recursive doubling of the
+  // blocked inverse (T of [[A, 0], [C, B]] is [[A⁻¹, 0], [−B⁻¹ C A⁻¹, B⁻¹]]), the products on the
+  // tensor cores in 3xTF32 (`mma3_tf32`):
+  // 1. diagonal blocks: T_bb = (I + M_bb)^{-1} by forward substitution, 64 threads (block b,
+  //    column c; warp 0 holds blocks 0 and 1, warp 1 blocks 2 and 3), 16-long chains in
+  //    registers, written over M_bb after a __syncwarp;
+  // 2. 32x32 diagonal blocks, by the warp that solved their two halves (no CTA barrier):
+  //    T_10 = −T_11 (M_10 T_00) (warp 0) and T_32 = −T_33 (M_32 T_22) (warp 1);
+  // 3. the 32x32 block below: Z = M_[2:4,0:2] T_[0:2,0:2], then T_[2:4,0:2] = −T_[2:4,2:4] Z,
+  //    one 16x8 tile of each per warp.
+  // Three barriers where the FMA solve by block rows had seven, and the products' shared-memory
+  // reads are fragment loads (ncu, session 12, call 6: the FMA solve was 9.1 M of prep's 35.5 M
+  // shared-memory wavefronts and its barriers the largest stall). The partial products live in
+  // the tb array, dead until the T pass below.
+  float* scratch = reinterpret_cast<float*>(S.tb);
+  static_assert(CH * LD64 * 2 >= 4 * (32 * ZLD), "Z and the pair scratch fit in tb");
   if (tid < CH) {
     const int bb = tid >> 4, c = tid & 15;
     float* Ab = S.A + (16 * bb) * LF64 + 16 * bb;
@@ -688,47 +736,47 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
     __syncwarp();
 #pragma unroll
     for (int r = 0; r < 16; ++r) Ab[r * LF64 + c] = t[r];
+    __syncwarp();
+    // Step 2: warp p (0 or 1) forms T_(2p+1, 2p); its X = M T_cc goes through its own 16x16
+    // stretch of scratch (C layout out, B layout in).
+    const int p = tid >> 5, r0 = 32 * p + 16, c0 = 32 * p;
+    float* xs = scratch + p * (16 * ZLD);
+    float x[2][4] = {};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+      mma3_tf32<2>(x[nt], S.A + r0 * LF64 + c0, LF64, S.A + c0 * LF64 + c0 + 8 * nt, LF64);
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) store_acc_f32(x[nt], xs + 8 * nt, ZLD, 1.f);
+    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      float y[4] = {};
+      mma3_tf32<2>(y, S.A + r0 * LF64 + r0, LF64, xs + 8 * nt, ZLD);
+      store_acc_f32(y, S.A + r0 * LF64 + c0 + 8 * nt, LF64, -1.f);
+    }
   }
   __syncthreads();
-  // Off-diagonal block rows: each thread forms 4 adjacent columns of one row (float4 loads of
-  // T's rows, broadcast over the warp's 8 rows; one M element per step), so a step is 2
-  // shared-memory wavefronts for 128 FMAs per warp. v4 gave each thread one element (2
-  // wavefronts per 32 FMAs): with 4 CTAs per SM, prep was bound by shared-memory wavefronts
-  // (ncu: L1/shared throughput 88 %, DRAM 17 %), the T solve about half of them.
-  for (int bi = 1; bi < 4; ++bi) {
-    const int bj = tid >> 6, r = (tid >> 2) & 15, c4 = (tid & 3) << 2;
-    if (tid < 64 * bi) {
-      const float* Mr = S.A + (16 * bi + r) * LF64;
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int m = 16 * bj; m < 16 * bi; ++m) {
-        const float a = Mr[m];
-        const float4 t = *reinterpret_cast<const float4*>(S.A + m * LF64 + 16 * bj + c4);
-        acc.x += a * t.x;
-        acc.y += a * t.y;
-        acc.z += a * t.z;
-        acc.w += a * t.w;
-      }
-      *reinterpret_cast<float4*>(X + bj * 256 + r * 16 + c4) = acc;
-    }
+  {
+    // Step 3: warp w forms rows 32 + 16 (w >> 2) .. + 15, columns 8 (w & 3) .. + 7 of Z and then
+    // of T. Zero blocks are skipped: T_01 (Z's columns 16–31 take k from 16) and T_23 (T's row
+    // block 2 takes k from 32 to 47 only).
+    const int warp = tid >> 5, m = warp >> 2, nt = warp & 3, kz = nt >= 2 ? 16 : 0;
+    const int rz = 16 * m;
+    float z[4] = {};
+    if (kz == 0)
+      mma3_tf32<4>(z, S.A + (32 + rz) * LF64, LF64, S.A + 8 * nt, LF64);
+    else
+      mma3_tf32<2>(z, S.A + (32 + rz) * LF64 + 16, LF64, S.A + 16 * LF64 + 8 * nt, LF64);
+    store_acc_f32(z, scratch + rz * ZLD + 8 * nt, ZLD, 1.f);
     __syncthreads();
-    if (tid < 64 * bi) {
-      const float* Tr = S.A + (16 * bi + r) * LF64 + 16 * bi;
-      const float* Xj = X + bj * 256 + c4;
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int m = 0; m < 16; ++m) {
-        const float a = Tr[m];
-        const float4 x = *reinterpret_cast<const float4*>(Xj + m * 16);
-        acc.x += a * x.x;
-        acc.y += a * x.y;
-        acc.z += a * x.z;
-        acc.w += a * x.w;
-      }
-      *reinterpret_cast<float4*>(S.A + (16 * bi + r) * LF64 + 16 * bj + c4) =
-          make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
-    }
-    __syncthreads();
+    float y[4] = {};
+    if (m == 0)
+      mma3_tf32<2>(y, S.A + 32 * LF64 + 32, LF64, scratch + 8 * nt, ZLD);
+    else
+      mma3_tf32<4>(y, S.A + 48 * LF64 + 32, LF64, scratch + 8 * nt, ZLD);
+    store_acc_f32(y, S.A + (32 + rz) * LF64 + 8 * nt, LF64, -1.f);
   }
+  __syncthreads();
   {
     // T (f32) to tmat and tb = bf16(strictLower(T) diag(β)), 8 columns per thread and step;
     // blocks above the diagonal are 0. The unit diagonal is applied in f32 by the U epilogue.
