@@ -2,7 +2,7 @@
 // text (extracted by extract.py) runs on the host: one std::thread per CUDA thread, __syncthreads
 // as a CTA barrier, and the warp-collective operations (shuffles, ldmatrix, mma.sync m16n8k16 bf16
 // and m16n8k8 tf32) as exchanges through a per-warp table between two warp barriers. cp.async
-// copies synchronously. wmma (kernel 1's KKᵀ) keeps the whole 16x16 tile in every lane.
+// copies synchronously.
 #pragma once
 #include <barrier>
 #include <bit>
@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <random>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
 #define __device__
@@ -112,56 +111,6 @@ inline float __shfl_up_sync(unsigned, float v, int o) {
 inline float __shfl_down_sync(unsigned, float v, int o) {
   return shfl_from(v, [o](int l) { return l + o; });
 }
-
-// nvcuda::wmma 16x16x16 with the whole tile in every lane (f32; bf16 inputs are exact): loads
-// read it, mma_sync sums over k in order, stores are done by lane 0 between two warp barriers.
-namespace wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  float x[16][16];
-};
-template <class Use, class T, class L>
-inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, L>& f, const T* p, unsigned ld) {
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) {
-      const T v = std::is_same_v<L, col_major> ? p[c * ld + r] : p[r * ld + c];
-      if constexpr (std::is_same_v<T, bf16>)
-        f.x[r][c] = __bfloat162float(v);
-      else
-        f.x[r][c] = v;
-    }
-}
-template <class FA, class FB, class FC>
-inline void mma_sync(FC& d, const FA& a, const FB& b, const FC& c) {
-  FC t;
-  for (int r = 0; r < 16; ++r)
-    for (int n = 0; n < 16; ++n) {
-      float s = c.x[r][n];
-      for (int k = 0; k < 16; ++k) s += a.x[r][k] * b.x[k][n];
-      t.x[r][n] = s;
-    }
-  d = t;
-}
-template <class F>
-inline void fill_fragment(F& f, float v) {
-  for (auto& row : f.x)
-    for (auto& e : row) e = v;
-}
-template <class F>
-inline void store_matrix_sync(float* p, const F& f, unsigned ld, layout_t l) {
-  tw->bar.arrive_and_wait();
-  if ((threadIdx.x & 31) == 0)
-    for (int r = 0; r < 16; ++r)
-      for (int c = 0; c < 16; ++c) p[l == mem_row_major ? r * ld + c : c * ld + r] = f.x[r][c];
-  tw->bar.arrive_and_wait();
-}
-}  // namespace wmma
 
 namespace dr {
 constexpr int CH = 64;

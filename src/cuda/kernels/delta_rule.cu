@@ -10,19 +10,15 @@
 // order; `seq_chunk` [N+1] gives each sequence's first chunk. Rows of a partial chunk past the
 // sequence end are zero-filled on load, get γ = δ = 0 and are never written.
 //
-// Matrix products: nvcuda::wmma bf16 16x16x16 with f32 accumulators for kernel 1's KKᵀ only;
-// everything else (the state passes 2 and 5, the output 3, dvloc 4, dq/dk 6 and WY 7, the W/U
-// products of kernels 1 and 1b) uses mma.sync m16n8k16 (m16n8k8 tf32 for the WY T-chain) +
-// ldmatrix directly (operands in registers: see the helpers before kernel 1; scripts/cuda_emu
-// runs kernels 1b, 2, 3, 5, 6 and 7 on the CPU, 1b against kernel 1, the others against a
-// reference). Every wmma pointer is 32-byte aligned: shared arrays are carved at 128-byte
-// boundaries, bf16 row strides are multiples of 8 elements, f32 strides multiples of 4, and
-// tiles start at multiples of 16 rows/columns.
+// Matrix products: mma.sync m16n8k16 bf16 with f32 accumulators (m16n8k8 tf32 for the WY T-chain
+// and, in 3xTF32, kernel 1's T solve) + ldmatrix, operands in registers (see the helpers before
+// kernel 1). scripts/cuda_emu runs kernels 1, 1b, 2, 3, 5, 6 and 7 on the CPU, 1b against kernel
+// 1, the others against a reference. Shared arrays are carved at 128-byte boundaries, bf16 row
+// strides are multiples of 8 elements and f32 strides multiples of 4, so every ldmatrix row and
+// 16-byte access is aligned.
 
 #include <cuda_bf16.h>
-#include <mma.h>
 
-using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
 
 namespace dr {
@@ -30,12 +26,6 @@ namespace dr {
 constexpr int CH = 64;     // chunk length
 constexpr int LD64 = 72;   // bf16 row stride of a 64-wide tile
 constexpr int LF64 = 68;   // f32 row stride of a 64-wide tile
-
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FAr;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> FAc;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FBr;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FBc;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FC;
 
 // ------------------------------------------------------------------------------------------
 // Small helpers
@@ -169,28 +159,6 @@ __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-// P = QKᵀ on the lower 16x16 tiles (i-block >= j-block) into f32 P (row stride LF64). The upper
-// tiles are left unwritten; callers mask them. One tile per warp at a time.
-template <int K>
-__device__ __forceinline__ void qk_lower(const bf16* q, const bf16* k, float* P) {
-  const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  for (int t = warp; t < 16; t += nw) {
-    const int ti = t >> 2, tj = t & 3;
-    if (tj > ti) continue;
-    FC acc;
-    wmma::fill_fragment(acc, 0.f);
-#pragma unroll 4
-    for (int kk = 0; kk < K / 16; ++kk) {
-      FAr a;
-      FBc b;
-      wmma::load_matrix_sync(a, q + ti * 16 * (K + 8) + kk * 16, K + 8);
-      wmma::load_matrix_sync(b, k + tj * 16 * (K + 8) + kk * 16, K + 8);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    wmma::store_matrix_sync(P + ti * 16 * LF64 + tj * 16, acc, LF64, wmma::mem_row_major);
-  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -653,6 +621,49 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
 // loads, row q and column g of lane (g, q), then hit 32 distinct banks: 40 ≡ 8 mod 32).
 constexpr int ZLD = 40;
 
+// Kernel 1's M = β_i (k_i · k_j) e^(G_i − G_j) (j < i < len; 0 elsewhere) on the 10 lower 16x16
+// tiles, f32 into M (row stride LF64), formed from the mma accumulators where they are: KKᵀ by
+// mma.sync from ldmatrix (ks: K's rows, stride K + 8). Tiles above the diagonal are not written
+// (nothing reads them: the T solve skips them and the T pass masks them). One tile per warp at a
+// time. Until session 13 wmma stored KKᵀ and a second pass over shared memory, after a barrier,
+// read it back to form M (ncu, session 12, call 6: 4.8 M of prep's 35.5 M shared wavefronts and
+// 5 % of its stall samples).
+template <int K>
+__device__ __forceinline__ void kk_m_lower(const bf16* ks, const float* G, const float* bs,
+                                           int len, float* M) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4, g = lane >> 2, q = lane & 3;
+  for (int t = warp; t < 10; t += blockDim.x >> 5) {
+    // Lower tile t, row by row: (0,0) (1,0) (1,1) (2,0) (2,1) (2,2) (3,0) ...
+    const int ti = t < 1 ? 0 : t < 3 ? 1 : t < 6 ? 2 : 3, tj = t - ti * (ti + 1) / 2;
+    const unsigned a0 = smem_u32(ks + (16 * ti + 8 * lm_lo + lr) * (K + 8) + 8 * lm_hi);
+    const unsigned b0 = smem_u32(ks + (16 * tj + 8 * lm_hi + lr) * (K + 8) + 8 * lm_lo);
+    float acc[2][4] = {};
+#pragma unroll 4
+    for (int kk = 0; kk < K / 16; ++kk) {
+      unsigned a[4], b[4];
+      ldsm_x4(a, a0 + 32 * kk);
+      ldsm_x4(b, b0 + 32 * kk);
+      mma_bf16(acc[0], a, b[0], b[1]);
+      mma_bf16(acc[1], a, b[2], b[3]);
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = 16 * ti + g + 8 * hf;
+      const float bi = bs[i], gi = G[i];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int j = 16 * tj + 8 * nt + 2 * q;
+        float m[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          m[e] = (j + e < i && i < len) ? bi * acc[nt][2 * hf + e] * __expf(gi - G[j + e]) : 0.f;
+        *reinterpret_cast<float2*>(M + i * LF64 + j) = make_float2(m[0], m[1]);
+      }
+    }
+  }
+}
+
 template <int K>
 struct PrepSm {
   bf16* ks;     // [64][K+8]  K rows; after the W product: V slice buffer 1
@@ -696,14 +707,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   __syncthreads();
   if (tid < 32) write_rec(S.G, S.gam, len, rec + ((long)cg * H + h) * RECW);
 
-  qk_lower<K>(S.ks, S.ks, S.A);
-  __syncthreads();
-  for (int idx = tid; idx < CH * CH; idx += blockDim.x) {
-    const int i = idx >> 6, j = idx & 63;
-    float m = 0.f;
-    if (j < i && i < len) m = S.bs[i] * S.A[i * LF64 + j] * __expf(S.G[i] - S.G[j]);
-    S.A[i * LF64 + j] = m;
-  }
+  kk_m_lower<K>(S.ks, S.G, S.bs, len, S.A);
   __syncthreads();
 
   // T = (I + M)^{-1} in f32, by 16x16 blocks, in place over M, as a recursive doubling of the
