@@ -359,14 +359,15 @@ __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int l
 // "Gradient precision through dg") and rescaled them in place in shared memory (a pass over K
 // and one per V slice, each with a barrier; both are gone).
 //
-// v4 (4 CTAs/SM at K = 64, 128: 53.8 KB at K = 128, was 83 KB and 2/SM): M and T share one f32
-// array (T is solved in place: a block row of M is dead once its partial products X are formed;
-// diagonal blocks are solved in registers and written after a __syncwarp); X lives in the W/U
-// staging area; the V slices go to the dead T array and, after the W product, the dead K array,
-// so slice s + 1 is loaded while slice s is multiplied (the first is loaded during the W
-// product). G by a shuffle scan on warp 0; the T → bf16 pass is vectorised (8 elements per
-// thread and step). bf16(T diag(βγ)) for the W product is kept compact (its 10 lower 16x16
-// tiles, row stride 24) in the tail of the dead T array, behind V slice 0.
+// Layout (4 CTAs/SM at K = 64, 128: 44.8 KB at K = 128): M and T share one f32 array (M is
+// formed from the KKᵀ accumulators, `kk_m_lower`; T is solved in place over it, `prep_impl`,
+// its partial products in the tb array, dead until the T pass); the V slices go to the dead T
+// array and, after the W product, the dead K array, so slice s + 1 is loaded while slice s is
+// multiplied (the first is loaded during the W product). G by a shuffle scan on warp 0; the
+// T → bf16 pass is vectorised (8 elements per thread and step). bf16(T diag(βγ)) for the W
+// product is kept compact (its 10 lower 16x16 tiles, row stride 24) in the tail of the dead T
+// array, behind V slice 0. Session 13 moved the T solve and the M formation onto the tensor
+// cores: 0.203 → 0.158 ms at B4·T4096·H16 (docs/perf.md, "Session 13").
 
 // Kernels 1 and 1b: G (the in-chunk cumsum of g, also written to gc), γ = e^G and β of one chunk
 // into shared memory, rows >= len zero. Warp 0 scans g (lane l holds rows 2l, 2l+1), warps 1–2
