@@ -208,9 +208,14 @@ __device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, unsigned b
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// D += A B in 3xTF32 (about f32 accuracy on the tensor cores): each operand x splits into tf32
-// parts big = tf32(x) and small = tf32(x − big), and D accumulates a_s b_b, a_b b_s and a_b b_b
-// (the a_s b_s term, about 2^-22 of the product, is dropped). A: 16 × 8KS f32, B: 8KS × 8 f32,
+// x as a tf32 part and a tf32 remainder: big + small = x to about 2^-22 relative.
+__device__ __forceinline__ void tf32_split(float x, unsigned& big, unsigned& small) {
+  big = tf32_rna(x);
+  small = tf32_rna(x - __uint_as_float(big));
+}
+// D += A B in 3xTF32 (about f32 accuracy on the tensor cores): each operand splits into big and
+// small tf32 parts (`tf32_split`), and D accumulates a_s b_b, a_b b_s and a_b b_b (the a_s b_s
+// term, about 2^-22 of the product, is dropped). A: 16 × 8KS f32, B: 8KS × 8 f32,
 // both row-major in shared memory (row strides lda, ldb); D a 16x8 accumulator tile.
 template <int KS>
 __device__ __forceinline__ void mma3_tf32(float* d, const float* A, int lda, const float* B,
@@ -223,15 +228,9 @@ __device__ __forceinline__ void mma3_tf32(float* d, const float* A, int lda, con
     const float av[4] = {a[0], a[8 * lda], a[4], a[8 * lda + 4]}, bv[2] = {b[0], b[4 * ldb]};
     unsigned ab[4], as[4], bb[2], bs[2];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      ab[e] = tf32_rna(av[e]);
-      as[e] = tf32_rna(av[e] - __uint_as_float(ab[e]));
-    }
+    for (int e = 0; e < 4; ++e) tf32_split(av[e], ab[e], as[e]);
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      bb[e] = tf32_rna(bv[e]);
-      bs[e] = tf32_rna(bv[e] - __uint_as_float(bb[e]));
-    }
+    for (int e = 0; e < 2; ++e) tf32_split(bv[e], bb[e], bs[e]);
     mma_tf32(d, as, bb[0], bb[1]);
     mma_tf32(d, ab, bs[0], bs[1]);
     mma_tf32(d, ab, bb[0], bb[1]);
