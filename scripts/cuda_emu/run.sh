@@ -15,7 +15,7 @@ extract() {
   dir=$1
   shift
   {
-    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int ZLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2' "$cu"
+    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int ZLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2\|^template <int K> constexpr bool STATE_VIA_L1' "$cu"
     eval python3 "$here/extract.py" "$cu" "$common" '"$@"'
   } | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
     >"$out/$dir/extracted.h"

@@ -64,16 +64,28 @@ __device__ __forceinline__ uint4 pack8(const float* s) {
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return (unsigned)__cvta_generic_to_shared(p);
 }
-// 16-byte async copy, bypassing L1, with L2 asked to fetch the whole 128-byte line (.L2::128B):
-// measured on H200 (session 13, call 7), dq/dk + WY went 0.620 → 0.597 ms at B4·T4096·H16 and
-// 0.932 → 0.825 at B4·T4096·H6·K256·V512; the other kernels did not change.
+// 16-byte async copy with L2 asked to fetch the whole 128-byte line (.L2::128B): measured on
+// H200 (session 13, call 7), dq/dk + WY went 0.620 → 0.597 ms at B4·T4096·H16 and 0.932 → 0.825
+// at B4·T4096·H6·K256·V512; the other kernels did not change.
+// VIA_L1 picks .ca (through L1) over .cg (L1 bypassed). Alone on a kernel's access pattern
+// (scripts/cp_async_probe.cu, session 14 call 1), .cg sends 2.6 L2 requests and 1.5× the sectors
+// per 512 bytes a warp copies where .ca sends one request and exactly the sectors; in the
+// kernels (call 2) .ca made the K ≤ 128 state passes 3–5 % faster (B1·T16384 forward 0.744 →
+// 0.703 ms) but dq/dk + WY 13 % slower, wu 8 %, fwd_o 3 %, and the K = 256 state passes 6–13 %
+// slower, so only the K ≤ 128 state passes take it.
+template <bool VIA_L1 = false>
 __device__ __forceinline__ void cp16(unsigned s, const void* gmem, bool ok) {
   int n = ok ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
-               "r"(n));
+  if constexpr (VIA_L1)
+    asm volatile("cp.async.ca.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(n));
+  else
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(n));
 }
+template <bool VIA_L1 = false>
 __device__ __forceinline__ void cp16(void* smem, const void* gmem, bool ok) {
-  cp16(smem_u32(smem), gmem, ok);
+  cp16<VIA_L1>(smem_u32(smem), gmem, ok);
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -83,13 +95,14 @@ __device__ __forceinline__ void cp_wait() {
 
 // rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
 // dld); rows >= valid are zero-filled and not read.
+template <bool VIA_L1 = false>
 __device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* src, long sld,
                                                 int rows, int cols, int valid) {
   const int per_row = cols >> 3;
   for (int idx = threadIdx.x; idx < rows * per_row; idx += blockDim.x) {
     const int r = idx / per_row, c = (idx - r * per_row) << 3;
     const bool ok = r < valid;
-    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+    cp16<VIA_L1>(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
   }
 }
 
@@ -145,7 +158,7 @@ struct IntC {
 // reads nothing there, so no select is needed.
 // The destination is one 32-bit shared address plus a per-piece constant (folded into the
 // instruction), as for ldmatrix.
-template <int COLS, int NTH, class T>
+template <int COLS, int NTH, class T, bool VIA_L1 = false>
 __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
                                                 int valid) {
   typedef Pieces<COLS, NTH, T> P;
@@ -154,7 +167,7 @@ __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, l
   const unsigned d0 = smem_u32(dst + r0 * dld + P::c0());
   const long step = P::RS * sld;
   for_own_pieces<COLS, NTH, T>([&](int r, int) {
-    cp16(d0 + (unsigned)((r - r0) * dld * sizeof(T)), s, r < valid);
+    cp16<VIA_L1>(d0 + (unsigned)((r - r0) * dld * sizeof(T)), s, r < valid);
     s += step;
   });
 }
@@ -966,6 +979,9 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
 }
 
 constexpr int MODE_FUSED = 0, MODE_SPLIT = 1;
+// The state passes' per-chunk tiles come through L1 (cp16's VIA_L1) at K <= 128 only, where it
+// was measured faster (session 14, call 2); at K = 256 it was slower.
+template <int K> constexpr bool STATE_VIA_L1 = K <= 128;
 
 template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
@@ -1103,7 +1119,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld) {
       constexpr int COLS = decltype(cols)::value;
       if constexpr (!(FUSED && K >= 256))
-        load_rows_async<COLS, L::NW * 32>(dst, dld, src, sld, l);
+        load_rows_async<COLS, L::NW * 32, bf16, STATE_VIA_L1<K>>(dst, dld, src, sld, l);
       else
         load_bf16_async(dst, dld, src, sld, CH, COLS, l);
     };
@@ -1736,21 +1752,25 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       ds[j][e] = dht ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
   // k, dṼ_loc and h_c of chunk ci (first token s0, length l).
+  constexpr bool VL1 = STATE_VIA_L1<K>;
   auto issue_kd = [&](int ci, int s0, int l) {
-    load_rows_async<K, NTH>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
-    load_rows_async<L::BVC, NTH>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0, (long)H * V, l);
+    load_rows_async<K, NTH, bf16, VL1>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<L::BVC, NTH, bf16, VL1>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0,
+                                            (long)H * V, l);
     const bf16* hsrc = hs + ((long)ci * H + h) * K * V + v0;
 #pragma unroll
     for (int r = 0; r < K; r += CH)
-      load_rows_async<L::BVC, NTH>(S.hc + r * L::OLD, L::OLD, hsrc + (long)r * V, V, CH);
+      load_rows_async<L::BVC, NTH, bf16, VL1>(S.hc + r * L::OLD, L::OLD, hsrc + (long)r * V, V,
+                                              CH);
     cp_commit();
   };
   // q, w, dO of a chunk and, when gci >= 0, the decay record of chunk gci (the one before it)
   // into record buffer gb.
   auto issue_qwo = [&](int s0, int l, int gci, int gb) {
-    load_rows_async<K, NTH>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
-    load_rows_async<K, NTH>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
-    load_rows_async<L::BVC, NTH>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l);
+    load_rows_async<K, NTH, bf16, VL1>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<K, NTH, bf16, VL1>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<L::BVC, NTH, bf16, VL1>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0,
+                                            (long)H * V, l);
     for (int i = tid; gci >= 0 && i < RECW / 4; i += NTH)
       cp16(S.R + gb * RECW + 4 * i, rec + ((long)gci * H + h) * RECW + 4 * i, true);
     cp_commit();
