@@ -7,8 +7,9 @@
 //! non-default stream and replayed; only the kernels and their gaps remain. Median of `reps`.
 
 use super::delta_rule::{
-    chunk_backward, chunk_forward, decode_configs, saved_t_len, Backward, ChunkInputs,
-    DecodeInputs, DecodeStep, DeltaRuleWorkspace, GradBuffers, StageProbe,
+    chunk_backward, chunk_backward_kept, chunk_forward, chunk_forward_keep, decode_configs,
+    saved_t_len, Backward, ChunkInputs, DecodeInputs, DecodeStep, DeltaRuleWorkspace, GradBuffers,
+    KeptForward, StageProbe,
 };
 use super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
@@ -217,6 +218,11 @@ struct ChunkRow {
     fwd_graph_ms: f64,
     fwdbwd_ms: f64,
     fwdbwd_graph_ms: f64,
+    /// fwd+bwd with the forward's intermediates kept for the backward (`chunk_forward_keep`,
+    /// `chunk_backward_kept`: no `wu`, no recompute state pass), and the device bytes kept.
+    fwdbwd_kept_ms: f64,
+    fwdbwd_kept_graph_ms: f64,
+    kept_bytes: usize,
     fwd_flops: f64,
     fwdbwd_flops: f64,
     fwd_bytes: f64,
@@ -398,6 +404,17 @@ fn bench_chunk(
     };
     let fwdbwd_ms = or_nan("fwd+bwd eager", time_eager(gpu, reps, &mut fb));
     let fwdbwd_graph_ms = or_nan("fwd+bwd graph", time_graph(gpu, reps, &mut fb));
+    // The same with the forward's intermediates kept (T, G, W, h_c, Ṽ): what that memory buys.
+    let mut kept = KeptForward::new(gpu, &ws)?;
+    let kept_bytes = kept.bytes();
+    let mut fbk = || -> Result<()> {
+        chunk_forward_keep(gpu, &mut ws, &inp, &mut o.as_view_mut(), None, &mut kept)?;
+        let mut gv = grads.views(dims, nt, b);
+        chunk_backward_kept(gpu, &mut ws, &inp, &dov, None, &mut kept, &mut gv)
+    };
+    let fwdbwd_kept_ms = or_nan("fwd+bwd kept eager", time_eager(gpu, reps, &mut fbk));
+    let fwdbwd_kept_graph_ms = or_nan("fwd+bwd kept graph", time_graph(gpu, reps, &mut fbk));
+    drop(kept);
     gpu.sync()?;
     let state_plan = ws.state_plan(b, b * t);
     let breakdown = if breakdown {
@@ -432,6 +449,9 @@ fn bench_chunk(
         fwd_graph_ms,
         fwdbwd_ms,
         fwdbwd_graph_ms,
+        fwdbwd_kept_ms,
+        fwdbwd_kept_graph_ms,
+        kept_bytes,
         fwd_flops: ff,
         fwdbwd_flops: fbf,
         fwd_bytes: fby,
@@ -593,6 +613,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "| {b} | {t} | {} | {} | {} | failed: {e:#} |",
                 dims.heads, dims.dk, dims.dv
             ),
+        }
+    }
+    if !chunk_rows.is_empty() {
+        println!();
+        println!("fwd+bwd with the forward's intermediates kept for the backward (T, G, W, h_c, Ṽ; no wu, no recompute state pass):");
+        println!(
+            "| B | T | H | K | V | fwd+bwd kept ms (graph/eager) | recompute / kept | kept MB |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &chunk_rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.2} | {:.0} |",
+                r.b,
+                r.t,
+                r.h,
+                r.k,
+                r.v,
+                r.fwdbwd_kept_graph_ms,
+                r.fwdbwd_kept_ms,
+                r.fwdbwd_graph_ms / r.fwdbwd_kept_graph_ms,
+                r.kept_bytes as f64 / 1e6
+            );
         }
     }
     if a.breakdown {

@@ -800,6 +800,91 @@ impl GradBuffers {
     }
 }
 
+/// What [`chunk_forward_keep`] keeps of a forward for [`chunk_backward_kept`]: T, G, the decay
+/// records, W, h_c and Ṽ, sized like the workspace it is used with (same dims, `max_tokens` and
+/// `max_seqs`). The buffers trade places with the workspace's, so keeping costs no copy.
+pub struct KeptForward {
+    dims: Dims,
+    max_tokens: usize,
+    max_seqs: usize,
+    /// T, f32 [max chunks, H, 64, 64].
+    tmat: CudaSlice<f32>,
+    gc: CudaSlice<f32>,
+    rec: CudaSlice<f32>,
+    w: CudaSlice<bf16>,
+    h: CudaSlice<bf16>,
+    vnew: CudaSlice<bf16>,
+    /// The cu_seqlens of the forward whose intermediates these are; `None` before the first.
+    filled: Option<Vec<usize>>,
+}
+
+impl KeptForward {
+    /// Buffers for the forwards that `ws` can run (its dims, `max_tokens` and `max_seqs`).
+    pub fn new(gpu: &Gpu, ws: &DeltaRuleWorkspace) -> Result<Self> {
+        let (dims, max_tokens, max_seqs) = (ws.dims, ws.max_tokens, ws.max_seqs);
+        let (h, k, v) = (dims.heads, dims.dk, dims.dv);
+        let (t, max_chunks) = KeptForward::extents(max_tokens, max_seqs);
+        Ok(KeptForward {
+            dims,
+            max_tokens,
+            max_seqs,
+            tmat: alloc_ws(gpu, saved_t_len(dims, max_tokens, max_seqs), "kept T")?,
+            gc: alloc_ws(gpu, t * h, "kept gc")?,
+            rec: alloc_ws(gpu, max_chunks * h * REC_WIDTH, "kept rec")?,
+            w: alloc_ws(gpu, t * h * k, "kept w")?,
+            h: alloc_ws(gpu, max_chunks * h * k * v, "kept h")?,
+            vnew: alloc_ws(gpu, t * h * v, "kept vnew")?,
+            filled: None,
+        })
+    }
+
+    /// (tokens, chunks) that the buffers hold at most: the workspace's extents.
+    fn extents(max_tokens: usize, max_seqs: usize) -> (usize, usize) {
+        (max_tokens.max(1), max_tokens.div_ceil(CHUNK) + max_seqs)
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.tmat.len() + self.gc.len() + self.rec.len())
+            + 2 * (self.w.len() + self.h.len() + self.vnew.len())
+    }
+
+    fn check_fits(&self, ws: &DeltaRuleWorkspace) -> Result<()> {
+        ensure!(
+            (self.dims, self.max_tokens, self.max_seqs) == (ws.dims, ws.max_tokens, ws.max_seqs),
+            "delta rule: kept forward buffers for {:?}, {} tokens, {} sequences used with a \
+             workspace for {:?}, {} tokens, {} sequences",
+            self.dims,
+            self.max_tokens,
+            self.max_seqs,
+            ws.dims,
+            ws.max_tokens,
+            ws.max_seqs
+        );
+        Ok(())
+    }
+
+    /// Trades the kept buffers with the workspace's (same sizes: `check_fits`).
+    fn exchange(&mut self, ws: &mut DeltaRuleWorkspace) {
+        std::mem::swap(&mut self.gc, &mut ws.gc);
+        std::mem::swap(&mut self.rec, &mut ws.rec);
+        std::mem::swap(&mut self.w, &mut ws.w);
+        std::mem::swap(&mut self.h, &mut ws.h);
+        std::mem::swap(&mut self.vnew, &mut ws.vnew);
+    }
+}
+
+/// A zeroed device buffer of `n` elements (at least one) for the workspace or kept buffers.
+fn alloc_ws<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    n: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    gpu.stream
+        .alloc_zeros::<T>(n.max(1))
+        .with_context(|| format!("allocating delta rule workspace `{what}` ({n} elements)"))
+}
+
 impl DeltaRuleWorkspace {
     /// Allocates the scratch for calls of up to `max_tokens` tokens in up to `max_seqs`
     /// sequences; with `backward` other than [`Backward::No`], also what [`chunk_backward`]
@@ -828,28 +913,18 @@ impl DeltaRuleWorkspace {
             num_sms
         };
         let (h, k, v) = (dims.heads, dims.dk, dims.dv);
-        let max_chunks = max_tokens.div_ceil(CHUNK) + max_seqs;
-        let t = max_tokens.max(1);
-        fn al<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-            gpu: &Gpu,
-            n: usize,
-            what: &str,
-        ) -> Result<CudaSlice<T>> {
-            gpu.stream
-                .alloc_zeros::<T>(n.max(1))
-                .with_context(|| format!("allocating delta rule workspace `{what}` ({n} elements)"))
-        }
+        let (t, max_chunks) = KeptForward::extents(max_tokens, max_seqs);
         let bwd = if backward != Backward::No {
             Some(BwdBuffers {
                 tmat: if backward == Backward::RecomputeT {
-                    Some(al(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?)
+                    Some(alloc_ws(gpu, max_chunks * h * CHUNK * CHUNK, "tmat")?)
                 } else {
                     None
                 },
-                dvloc: al(gpu, t * h * v, "dvloc")?,
-                dh: al(gpu, max_chunks * h * k * v, "dh")?,
-                sdp: al(gpu, sdp_len(max_chunks, h, v), "sdp")?,
-                dvnew: al(gpu, t * h * v, "dvnew")?,
+                dvloc: alloc_ws(gpu, t * h * v, "dvloc")?,
+                dh: alloc_ws(gpu, max_chunks * h * k * v, "dh")?,
+                sdp: alloc_ws(gpu, sdp_len(max_chunks, h, v), "sdp")?,
+                dvnew: alloc_ws(gpu, t * h * v, "dvnew")?,
             })
         } else {
             None
@@ -861,16 +936,16 @@ impl DeltaRuleWorkspace {
             max_chunks,
             num_sms,
             spread_up_to,
-            ctab: al(gpu, 2 * max_chunks, "ctab")?,
-            seq_chunk: al(gpu, max_seqs + 1, "seq_chunk")?,
+            ctab: alloc_ws(gpu, 2 * max_chunks, "ctab")?,
+            seq_chunk: alloc_ws(gpu, max_seqs + 1, "seq_chunk")?,
             cu_cached: Vec::new(),
             n_chunks: 0,
-            gc: al(gpu, t * h, "gc")?,
-            rec: al(gpu, max_chunks * h * REC_WIDTH, "rec")?,
-            w: al(gpu, t * h * k, "w")?,
-            u: al(gpu, t * h * v, "u")?,
-            h: al(gpu, max_chunks * h * k * v, "h")?,
-            vnew: al(gpu, t * h * v, "vnew")?,
+            gc: alloc_ws(gpu, t * h, "gc")?,
+            rec: alloc_ws(gpu, max_chunks * h * REC_WIDTH, "rec")?,
+            w: alloc_ws(gpu, t * h * k, "w")?,
+            u: alloc_ws(gpu, t * h * v, "u")?,
+            h: alloc_ws(gpu, max_chunks * h * k * v, "h")?,
+            vnew: alloc_ws(gpu, t * h * v, "vnew")?,
             bwd,
             kern,
             probe: None,
@@ -1098,8 +1173,13 @@ fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> 
 /// What a state pass writes besides advancing the state (device pointers; 0 = none).
 enum StateOut {
     /// The forward over `tokens` tokens: the output `o` (by the fused pass, or the split pass and
-    /// `fwd_o`) and, when `ht` is non-null, the final state.
-    Forward { o: u64, ht: u64, tokens: usize },
+    /// `fwd_o`; `split` forces the latter) and, when `ht` is non-null, the final state.
+    Forward {
+        o: u64,
+        ht: u64,
+        tokens: usize,
+        split: bool,
+    },
     /// The backward's recompute: h_c and Ṽ into the workspace.
     Recompute,
 }
@@ -1128,8 +1208,12 @@ fn run_state_pass(
     let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
     let (kind, sk) = match out {
-        StateOut::Forward { tokens, .. } => ws.forward_pass(n, tokens),
-        StateOut::Recompute => (PassKind::Split, ws.state_kern(n, PassKind::Split).0),
+        StateOut::Forward {
+            tokens,
+            split: false,
+            ..
+        } => ws.forward_pass(n, tokens),
+        _ => (PassKind::Split, ws.state_kern(n, PassKind::Split).0),
     };
     let fused = kind == PassKind::Fused;
     let (q, o, ht) = match out {
@@ -1218,6 +1302,50 @@ pub fn chunk_forward(
     final_state: Option<&mut CudaViewMut<f32>>,
     save_t: Option<&mut CudaViewMut<f32>>,
 ) -> Result<()> {
+    let tmat = match save_t {
+        Some(st) => {
+            let len = st.len();
+            Some((ptr_mut(gpu, st), len))
+        }
+        None => None,
+    };
+    forward_impl(gpu, ws, inp, o, final_state, tmat, false)
+}
+
+/// [`chunk_forward`] that also keeps what its backward would recompute: T, G, the decay records,
+/// W, h_c and Ṽ move into `kept` (the workspace takes `kept`'s buffers in exchange, no copy), for
+/// a [`chunk_backward_kept`] on the same inputs, which then skips `wu` and the recompute state
+/// pass. The forward runs split (the state pass writes h_c and Ṽ; the fused pass keeps them on
+/// chip). Costs `kept`'s memory ([`KeptForward::bytes`]) for as long as it is held.
+pub fn chunk_forward_keep(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    o: &mut CudaViewMut<bf16>,
+    final_state: Option<&mut CudaViewMut<f32>>,
+    kept: &mut KeptForward,
+) -> Result<()> {
+    kept.check_fits(ws)?;
+    kept.filled = None;
+    let len = kept.tmat.len();
+    let tmat = ptr_mut(gpu, &mut kept.tmat);
+    forward_impl(gpu, ws, inp, o, final_state, Some((tmat, len)), true)?;
+    kept.exchange(ws);
+    kept.filled = Some(inp.cu_seqlens.to_vec());
+    Ok(())
+}
+
+/// The forward, T to `tmat` (device pointer and length) when given; `split` forces the split
+/// pass.
+fn forward_impl(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    o: &mut CudaViewMut<bf16>,
+    final_state: Option<&mut CudaViewMut<f32>>,
+    tmat: Option<(u64, usize)>,
+    split: bool,
+) -> Result<()> {
     let (t, n) = check_inputs(ws, inp)?;
     let Dims {
         heads: h,
@@ -1230,16 +1358,26 @@ pub fn chunk_forward(
         check_len("final_state", f.len(), n * h * k * v, &what)?;
     }
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
-    if let Some(st) = &save_t {
-        check_saved_t(ws, "save_t", st.len())?;
+    if let Some((_, len)) = tmat {
+        check_saved_t(ws, "save_t", len)?;
     }
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
-    let tmat = save_t.map_or(0, |st| ptr_mut(gpu, st));
     let o = ptr_mut(gpu, o);
     probe_start(gpu, ws)?;
-    run_w_u(gpu, ws, inp, tmat, false)?;
+    run_w_u(gpu, ws, inp, tmat.map_or(0, |(p, _)| p), false)?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, tokens: t })
+    run_state_pass(
+        gpu,
+        ws,
+        inp,
+        n,
+        StateOut::Forward {
+            o,
+            ht,
+            tokens: t,
+            split,
+        },
+    )
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -1254,6 +1392,68 @@ pub fn chunk_backward(
     d_o: &CudaView<bf16>,
     d_final: Option<&CudaView<f32>>,
     saved_t: Option<&CudaView<f32>>,
+    grads: &mut ChunkGrads,
+) -> Result<()> {
+    let src = match saved_t {
+        Some(st) => Intermediates::SavedT(ptr(gpu, st), st.len()),
+        None => Intermediates::RecomputeT,
+    };
+    backward_impl(gpu, ws, inp, d_o, d_final, src, grads)
+}
+
+/// [`chunk_backward`] from the intermediates that [`chunk_forward_keep`] kept for these inputs:
+/// no `wu` and no recompute state pass; the same bits as the other two ways. `kept` is left as it
+/// was (another backward from it may follow).
+pub fn chunk_backward_kept(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    d_o: &CudaView<bf16>,
+    d_final: Option<&CudaView<f32>>,
+    kept: &mut KeptForward,
+    grads: &mut ChunkGrads,
+) -> Result<()> {
+    kept.check_fits(ws)?;
+    ensure!(
+        kept.filled.as_deref() == Some(inp.cu_seqlens),
+        "delta rule: the kept forward intermediates are not those of these inputs ({})",
+        match &kept.filled {
+            None => "nothing was kept: run chunk_forward_keep first".to_string(),
+            Some(cu) => format!(
+                "kept for {} sequences of {} tokens in all, called with {} of {}",
+                cu.len() - 1,
+                cu.last().unwrap_or(&0),
+                inp.cu_seqlens.len().saturating_sub(1),
+                inp.cu_seqlens.last().unwrap_or(&0)
+            ),
+        }
+    );
+    let tmat = ptr(gpu, &kept.tmat);
+    kept.exchange(ws);
+    let r = backward_impl(gpu, ws, inp, d_o, d_final, Intermediates::Kept(tmat), grads);
+    kept.exchange(ws);
+    r
+}
+
+/// Where the backward finds the forward's intermediates.
+#[derive(Clone, Copy)]
+enum Intermediates {
+    /// T at this device pointer (the forward's), of this many elements; W, U, G by `wu`, h_c
+    /// and Ṽ recomputed.
+    SavedT(u64, usize),
+    /// Nothing: T, W, U, G by `prep` into the workspace, h_c and Ṽ recomputed.
+    RecomputeT,
+    /// T at this device pointer; G, the records, W, h_c and Ṽ already in the workspace.
+    Kept(u64),
+}
+
+fn backward_impl(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    d_o: &CudaView<bf16>,
+    d_final: Option<&CudaView<f32>>,
+    src: Intermediates,
     grads: &mut ChunkGrads,
 ) -> Result<()> {
     let (t, n) = check_inputs(ws, inp)?;
@@ -1278,30 +1478,32 @@ pub fn chunk_backward(
         "delta rule: the workspace was created without backward buffers"
     );
     ws.set_seqlens(gpu, inp.cu_seqlens, t)?;
-    // Order: wu from the saved T, or prep (with T) → forward state recompute (h, Ṽ) → dṼ_loc →
-    // reverse state pass (dh bf16, its ⟨h_c, dh_c⟩ partials, dṼ, dh0; it reads h) → dqk → wy.
-    match saved_t {
-        Some(st) => check_saved_t(ws, "saved_t", st.len())?,
-        None => ensure!(
+    // Order: wu from the saved T, or prep (with T), or nothing (kept) → forward state recompute
+    // (h, Ṽ; not when kept) → dṼ_loc → reverse state pass (dh bf16, its ⟨h_c, dh_c⟩ partials,
+    // dṼ, dh0; it reads h) → dqk → wy.
+    match src {
+        Intermediates::SavedT(_, len) => check_saved_t(ws, "saved_t", len)?,
+        Intermediates::RecomputeT => ensure!(
             ws.bwd.as_ref().is_some_and(|b| b.tmat.is_some()),
             "delta rule: a backward without the forward's T needs a workspace created with \
              Backward::RecomputeT"
         ),
+        Intermediates::Kept(_) => {}
     }
     probe_start(gpu, ws)?;
-    let tmat = match saved_t {
-        Some(st) => {
-            let tmat = ptr(gpu, st);
+    let tmat = match src {
+        Intermediates::SavedT(tmat, _) => {
             run_w_u(gpu, ws, inp, tmat, true)?;
             probe_mark(gpu, ws, "bwd: wu (saved T)")?;
             tmat
         }
-        None => {
+        Intermediates::RecomputeT => {
             let tmat = ptr_mut(gpu, ws.bwd.as_mut().unwrap().tmat.as_mut().unwrap());
             run_w_u(gpu, ws, inp, tmat, false)?;
             probe_mark(gpu, ws, "bwd: prep (+T)")?;
             tmat
         }
+        Intermediates::Kept(tmat) => tmat,
     };
     let nc = ws.n_chunks;
     let (hi, vi) = (h as i32, v as i32);
@@ -1335,8 +1537,10 @@ pub fn chunk_backward(
     );
     // The recompute first: dṼ_loc, written just before the reverse pass, is then still in L2
     // (mostly its last chunks, which the reverse pass reads first).
-    run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
-    probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
+    if !matches!(src, Intermediates::Kept(_)) {
+        run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
+        probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
+    }
     {
         let kern = &ws.kern;
         if nc > 0 {

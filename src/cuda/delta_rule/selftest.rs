@@ -151,6 +151,17 @@ fn nan_bf16(gpu: &Gpu, n: usize) -> Result<CudaSlice<bf16>> {
     upload(gpu, &vec![bf16::NAN; n.max(1)])
 }
 
+/// Replaces the workspace's G, records, W, h_c and Ṽ with NaN, so that a backward that should
+/// read kept ones fails if it reads these.
+fn poison_intermediates(gpu: &Gpu, ws: &mut DeltaRuleWorkspace) -> Result<()> {
+    ws.gc = nan_f32(gpu, ws.gc.len())?;
+    ws.rec = nan_f32(gpu, ws.rec.len())?;
+    ws.w = nan_bf16(gpu, ws.w.len())?;
+    ws.h = nan_bf16(gpu, ws.h.len())?;
+    ws.vnew = nan_bf16(gpu, ws.vnew.len())?;
+    Ok(())
+}
+
 fn row(op: &str, shape: &str, err: f64, tol: f64) -> Row {
     Row {
         op: op.to_string(),
@@ -301,8 +312,11 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let d_o = up(&c.d_o);
     let d_fin = c.d_final.as_ref().map(|x| up(x));
     let gref = naive::backward(&inp, c.dims, &d_o, d_fin.as_deref());
-    // The backward from the forward's T (as training runs it), or recomputing T (`prep`).
-    let backward = |ws: &mut DeltaRuleWorkspace, saved: Option<&CudaSlice<f32>>| {
+    // The backward from the forward's T (as training runs it), recomputing T (`prep`), or from
+    // the intermediates a keeping forward left in `kept`.
+    let backward = |ws: &mut DeltaRuleWorkspace,
+                    saved: Option<&CudaSlice<f32>>,
+                    kept: Option<&mut KeptForward>| {
         let mut gb = GradBuffers {
             dq: nan_f32(gpu, t * h * dk)?,
             dk: nan_f32(gpu, t * h * dk)?,
@@ -316,20 +330,20 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             let dov = d.d_o.as_view();
             let dfv = d.d_final.as_ref().map(|x| x.as_view());
             let stv = saved.map(|x| x.as_view());
-            chunk_backward(
-                gpu,
-                ws,
-                &d.inputs(c),
-                &dov,
-                dfv.as_ref(),
-                stv.as_ref(),
-                &mut views,
-            )?;
+            let inp = d.inputs(c);
+            match kept {
+                Some(kept) => {
+                    chunk_backward_kept(gpu, ws, &inp, &dov, dfv.as_ref(), kept, &mut views)?
+                }
+                None => {
+                    chunk_backward(gpu, ws, &inp, &dov, dfv.as_ref(), stv.as_ref(), &mut views)?
+                }
+            }
         }
         gpu.sync().context("after the chunked backward")?;
         anyhow::Ok(gb)
     };
-    let gb = backward(ws, Some(&saved_t))?;
+    let gb = backward(ws, Some(&saved_t), None)?;
     let cmp = |x: &CudaSlice<f32>, len: usize, r: &[f64]| -> Result<f64> {
         Ok(max_rel_err(&up(&download(gpu, x)?[..len]), r))
     };
@@ -350,31 +364,59 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     }
     // The backward that recomputes T must give the same bits: its T (the workspace's) is the
     // one the forward saved, and every gradient is the same.
-    let gr = backward(ws, None)?;
+    let gr = backward(ws, None, None)?;
     let nt = ws.n_chunks * h * CHUNK * CHUNK;
     let ws_t = download(gpu, ws.bwd.as_ref().unwrap().tmat.as_ref().unwrap())?;
     let same_t = download(gpu, &saved_t)?[..nt]
         .iter()
         .zip(&ws_t[..nt])
         .all(|(a, b)| a.to_bits() == b.to_bits());
-    let mut same_g = true;
-    for (a, b, len) in [
-        (&gb.dq, &gr.dq, t * h * dk),
-        (&gb.dk, &gr.dk, t * h * dk),
-        (&gb.dv, &gr.dv, t * h * dv),
-        (&gb.dg, &gr.dg, t * h),
-        (&gb.dbeta, &gr.dbeta, t * h),
-        (&gb.dh0, &gr.dh0, n * h * dk * dv),
-    ] {
-        let (a, b) = (download(gpu, a)?, download(gpu, b)?);
-        same_g &= a[..len]
-            .iter()
-            .zip(&b[..len])
-            .all(|(x, y)| x.to_bits() == y.to_bits());
-    }
+    // The keeping forward (split pass), then the backward from what it kept, with the workspace's
+    // own buffers poisoned in between (they are not the kept ones after the exchange).
+    let mut kept = KeptForward::new(gpu, ws)?;
+    let mut ok = nan_bf16(gpu, t * h * dv)?;
+    chunk_forward_keep(
+        gpu,
+        ws,
+        &d.inputs(c),
+        &mut ok.slice_mut(..t * h * dv),
+        None,
+        &mut kept,
+    )?;
+    poison_intermediates(gpu, ws)?;
+    let gk = backward(ws, None, Some(&mut kept))?;
+    let refused = backward(ws, None, Some(&mut KeptForward::new(gpu, ws)?)).is_err();
+    rows.push(row(
+        "delta_rule.chunk_bwd from an empty KeptForward refused",
+        &c.label,
+        if refused { 0.0 } else { f64::INFINITY },
+        0.0,
+    ));
+    let ok = up_bf16(&download(gpu, &ok)?[..t * h * dv]);
+    rows.push(row(
+        "delta_rule.chunk_fwd o, keeping forward",
+        &c.label,
+        max_rel_err(&ok, &fref.o),
+        TOL_BF16,
+    ));
+    let lens = [
+        t * h * dk,
+        t * h * dk,
+        t * h * dv,
+        t * h,
+        t * h,
+        n * h * dk * dv,
+    ];
     for (what, same) in [
         ("T saved by the forward = T of the backward's prep", same_t),
-        ("grads from saved T = grads recomputing T", same_g),
+        (
+            "grads from saved T = grads recomputing T",
+            same_grads(gpu, &gb, &gr, lens)?,
+        ),
+        (
+            "grads from saved T = grads from the kept forward",
+            same_grads(gpu, &gb, &gk, lens)?,
+        ),
     ] {
         rows.push(row(
             &format!("delta_rule.chunk_bwd {what}, bitwise"),
@@ -384,6 +426,28 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         ));
     }
     Ok(rows)
+}
+
+/// Whether two backwards' gradients (dq, dk, dv, dg, dβ, dh0, the first `lens` of each) are the
+/// same bits.
+fn same_grads(gpu: &Gpu, a: &GradBuffers, b: &GradBuffers, lens: [usize; 6]) -> Result<bool> {
+    let pairs = [
+        (&a.dq, &b.dq),
+        (&a.dk, &b.dk),
+        (&a.dv, &b.dv),
+        (&a.dg, &b.dg),
+        (&a.dbeta, &b.dbeta),
+        (&a.dh0, &b.dh0),
+    ];
+    let mut same = true;
+    for ((x, y), len) in pairs.into_iter().zip(lens) {
+        let (x, y) = (download(gpu, x)?, download(gpu, y)?);
+        same &= x[..len]
+            .iter()
+            .zip(&y[..len])
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+    }
+    Ok(same)
 }
 
 fn softplus(z: f64) -> f64 {
