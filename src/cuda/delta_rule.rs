@@ -985,20 +985,7 @@ impl DeltaRuleWorkspace {
         if self.cu_cached == cu {
             return Ok(());
         }
-        let mut ctab = Vec::new();
-        let mut seq_chunk = Vec::with_capacity(n + 1);
-        for s in 0..n {
-            seq_chunk.push((ctab.len() / 2) as i32);
-            let (bos, eos) = (cu[s], cu[s + 1]);
-            let mut t = bos;
-            while t < eos {
-                let l = (eos - t).min(CHUNK);
-                ctab.push(t as i32);
-                ctab.push(l as i32);
-                t += l;
-            }
-        }
-        seq_chunk.push((ctab.len() / 2) as i32);
+        let (ctab, seq_chunk) = chunk_table(cu);
         let nc = ctab.len() / 2;
         ensure!(nc <= self.max_chunks, "delta rule: chunk table overflow");
         if !ctab.is_empty() {
@@ -1074,6 +1061,28 @@ impl DeltaRuleWorkspace {
             (PassKind::Split, sk)
         }
     }
+}
+
+/// The chunk table of `cu_seqlens`: (first token, length) per chunk, i32 pairs, each sequence cut
+/// into chunks of 64 from its first token (the last one partial), and the first chunk of each
+/// sequence ([N + 1], the last entry the number of chunks). The state passes rely on that layout
+/// (`SeqChunks` in delta_rule.cu forms a chunk's row from its sequence's first and last).
+fn chunk_table(cu: &[usize]) -> (Vec<i32>, Vec<i32>) {
+    let mut ctab = Vec::new();
+    let mut seq_chunk = Vec::with_capacity(cu.len());
+    for s in cu.windows(2) {
+        seq_chunk.push((ctab.len() / 2) as i32);
+        let (bos, eos) = (s[0], s[1]);
+        let mut t = bos;
+        while t < eos {
+            let l = (eos - t).min(CHUNK);
+            ctab.push(t as i32);
+            ctab.push(l as i32);
+            t += l;
+        }
+    }
+    seq_chunk.push((ctab.len() / 2) as i32);
+    (ctab, seq_chunk)
 }
 
 /// Validates the inputs against the workspace; returns (T, N).
@@ -1885,6 +1894,52 @@ mod decode_tests {
                     !decode_configs(k, v).is_empty(),
                     "no decode kernel for K={k} V={v}"
                 );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod chunk_table_tests {
+    use super::{chunk_table, CHUNK};
+
+    /// Every chunk's row is what `SeqChunks` (delta_rule.cu) forms from its sequence's first and
+    /// last rows: start = bos + 64 (c − cs), len = min(64, eos − start); empty sequences have no
+    /// chunks.
+    #[test]
+    fn rows_follow_from_each_sequences_bounds() {
+        let cus: [&[usize]; 4] = [
+            &[0, 150],
+            &[0, 1, 64, 128, 193, 393, 393, 523],
+            &[0, 0, 0],
+            &[0, 4096, 8192],
+        ];
+        for cu in cus {
+            let (ctab, seq_chunk) = chunk_table(cu);
+            assert_eq!(seq_chunk.len(), cu.len());
+            assert_eq!(*seq_chunk.last().unwrap() as usize * 2, ctab.len());
+            for (s, w) in cu.windows(2).enumerate() {
+                let (cs, ce) = (seq_chunk[s] as usize, seq_chunk[s + 1] as usize);
+                assert_eq!(
+                    ce - cs,
+                    (w[1] - w[0]).div_ceil(CHUNK),
+                    "{cu:?} sequence {s}"
+                );
+                if cs == ce {
+                    continue;
+                }
+                let bos = ctab[2 * cs] as usize;
+                let eos = (ctab[2 * (ce - 1)] + ctab[2 * (ce - 1) + 1]) as usize;
+                assert_eq!((bos, eos), (w[0], w[1]));
+                for c in cs..ce {
+                    let start = bos + CHUNK * (c - cs);
+                    let len = CHUNK.min(eos - start);
+                    assert_eq!(
+                        (ctab[2 * c] as usize, ctab[2 * c + 1] as usize),
+                        (start, len),
+                        "{cu:?} chunk {c}"
+                    );
+                }
             }
         }
     }
