@@ -69,10 +69,10 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 // at B4·T4096·H6·K256·V512; the other kernels did not change.
 // VIA_L1 picks .ca (through L1) over .cg (L1 bypassed). Alone on a kernel's access pattern
 // (scripts/cp_async_probe.cu, session 14 call 1), .cg sends 2.6 L2 requests and 1.5× the sectors
-// per 512 bytes a warp copies where .ca sends one request and exactly the sectors; in the
-// kernels (call 2) .ca made the K ≤ 128 state passes 3–5 % faster (B1·T16384 forward 0.744 →
-// 0.703 ms) but dq/dk + WY 13 % slower, wu 8 %, fwd_o 3 %, and the K = 256 state passes 6–13 %
-// slower, so only the K ≤ 128 state passes take it.
+// per 512 bytes a warp copies where .ca sends one request and exactly the sectors. In the
+// kernels (calls 2–3) .ca made the K ≤ 128 state passes 2–3 % faster at B4·T4096·H16 and 8–11 %
+// at B1·T16384 (its forward 0.744 → 0.703 ms), but dq/dk + WY 13 % slower, wu 8 %, fwd_o 3 %, and
+// the K = 256 state passes 6–13 % slower, so only the K ≤ 128 state passes take it.
 template <bool VIA_L1 = false>
 __device__ __forceinline__ void cp16(unsigned s, const void* gmem, bool ok) {
   int n = ok ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
