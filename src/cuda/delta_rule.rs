@@ -819,28 +819,25 @@ pub struct KeptForward {
 }
 
 impl KeptForward {
-    /// Buffers for the forwards that `ws` can run (its dims, `max_tokens` and `max_seqs`).
+    /// Buffers for the forwards that `ws` can run (its dims, `max_tokens` and `max_seqs`), each
+    /// the size of the workspace buffer it trades places with.
     pub fn new(gpu: &Gpu, ws: &DeltaRuleWorkspace) -> Result<Self> {
-        let (dims, max_tokens, max_seqs) = (ws.dims, ws.max_tokens, ws.max_seqs);
-        let (h, k, v) = (dims.heads, dims.dk, dims.dv);
-        let (t, max_chunks) = KeptForward::extents(max_tokens, max_seqs);
         Ok(KeptForward {
-            dims,
-            max_tokens,
-            max_seqs,
-            tmat: alloc_ws(gpu, saved_t_len(dims, max_tokens, max_seqs), "kept T")?,
-            gc: alloc_ws(gpu, t * h, "kept gc")?,
-            rec: alloc_ws(gpu, max_chunks * h * REC_WIDTH, "kept rec")?,
-            w: alloc_ws(gpu, t * h * k, "kept w")?,
-            h: alloc_ws(gpu, max_chunks * h * k * v, "kept h")?,
-            vnew: alloc_ws(gpu, t * h * v, "kept vnew")?,
+            dims: ws.dims,
+            max_tokens: ws.max_tokens,
+            max_seqs: ws.max_seqs,
+            tmat: alloc_ws(
+                gpu,
+                saved_t_len(ws.dims, ws.max_tokens, ws.max_seqs),
+                "kept T",
+            )?,
+            gc: alloc_ws(gpu, ws.gc.len(), "kept gc")?,
+            rec: alloc_ws(gpu, ws.rec.len(), "kept rec")?,
+            w: alloc_ws(gpu, ws.w.len(), "kept w")?,
+            h: alloc_ws(gpu, ws.h.len(), "kept h")?,
+            vnew: alloc_ws(gpu, ws.vnew.len(), "kept vnew")?,
             filled: None,
         })
-    }
-
-    /// (tokens, chunks) that the buffers hold at most: the workspace's extents.
-    fn extents(max_tokens: usize, max_seqs: usize) -> (usize, usize) {
-        (max_tokens.max(1), max_tokens.div_ceil(CHUNK) + max_seqs)
     }
 
     /// Device bytes held.
@@ -864,7 +861,7 @@ impl KeptForward {
         Ok(())
     }
 
-    /// Trades the kept buffers with the workspace's (same sizes: `check_fits`).
+    /// Trades the kept buffers with the workspace's (the same sizes: `new`, `check_fits`).
     fn exchange(&mut self, ws: &mut DeltaRuleWorkspace) {
         std::mem::swap(&mut self.gc, &mut ws.gc);
         std::mem::swap(&mut self.rec, &mut ws.rec);
@@ -913,7 +910,8 @@ impl DeltaRuleWorkspace {
             num_sms
         };
         let (h, k, v) = (dims.heads, dims.dk, dims.dv);
-        let (t, max_chunks) = KeptForward::extents(max_tokens, max_seqs);
+        let max_chunks = max_tokens.div_ceil(CHUNK) + max_seqs;
+        let t = max_tokens.max(1);
         let bwd = if backward != Backward::No {
             Some(BwdBuffers {
                 tmat: if backward == Backward::RecomputeT {
@@ -1429,7 +1427,8 @@ pub fn chunk_backward_kept(
         match &kept.filled {
             None => "nothing was kept: run chunk_forward_keep first".to_string(),
             Some(cu) => format!(
-                "kept for {} sequences of {} tokens in all, called with {} of {}",
+                "their cu_seqlens differ: kept for {} sequences of {} tokens in all, called \
+                 with {} of {}",
                 cu.len() - 1,
                 cu.last().unwrap_or(&0),
                 inp.cu_seqlens.len().saturating_sub(1),
