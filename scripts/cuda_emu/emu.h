@@ -122,8 +122,6 @@ inline unsigned smem_u32(const void* p) {
   assert((const char*)p >= g_smem && (const char*)p <= g_smem + g_smem_size);
   return (unsigned)((const char*)p - g_smem);
 }
-// VIA_L1 (.ca or .cg) changes no value.
-template <bool VIA_L1 = false>
 inline void cp16(void* s, const void* g, bool ok) {
   assert((char*)s >= g_smem && (char*)s + 16 <= g_smem + g_smem_size && ((uintptr_t)s & 15) == 0);
   if (ok)
@@ -138,6 +136,7 @@ inline void cp4(void* s, const void* g, bool ok) {
   else
     memset(s, 0, 4);
 }
+// VIA_L1 (.ca or .cg) changes no value.
 template <bool VIA_L1 = false>
 inline void cp16(unsigned s, const void* g, bool ok) {
   cp16(g_smem + s, g, ok);

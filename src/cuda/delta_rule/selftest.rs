@@ -367,10 +367,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let gr = backward(ws, None, None)?;
     let nt = ws.n_chunks * h * CHUNK * CHUNK;
     let ws_t = download(gpu, ws.bwd.as_ref().unwrap().tmat.as_ref().unwrap())?;
-    let same_t = download(gpu, &saved_t)?[..nt]
-        .iter()
-        .zip(&ws_t[..nt])
-        .all(|(a, b)| a.to_bits() == b.to_bits());
+    let same_t = same_bits(&download(gpu, &saved_t)?[..nt], &ws_t[..nt]);
     // The keeping forward (split pass), then the backward from what it kept, with the workspace's
     // own buffers poisoned in between (they are not the kept ones after the exchange).
     let mut kept = KeptForward::new(gpu, ws)?;
@@ -441,13 +438,14 @@ fn same_grads(gpu: &Gpu, a: &GradBuffers, b: &GradBuffers, lens: [usize; 6]) -> 
     ];
     let mut same = true;
     for ((x, y), len) in pairs.into_iter().zip(lens) {
-        let (x, y) = (download(gpu, x)?, download(gpu, y)?);
-        same &= x[..len]
-            .iter()
-            .zip(&y[..len])
-            .all(|(p, q)| p.to_bits() == q.to_bits());
+        same &= same_bits(&download(gpu, x)?[..len], &download(gpu, y)?[..len]);
     }
     Ok(same)
+}
+
+/// Whether two f32 slices are the same bits, element for element.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
 }
 
 fn softplus(z: f64) -> f64 {

@@ -83,9 +83,8 @@ __device__ __forceinline__ void cp16(unsigned s, const void* gmem, bool ok) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
                  "r"(n));
 }
-template <bool VIA_L1 = false>
 __device__ __forceinline__ void cp16(void* smem, const void* gmem, bool ok) {
-  cp16<VIA_L1>(smem_u32(smem), gmem, ok);
+  cp16(smem_u32(smem), gmem, ok);
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -95,14 +94,13 @@ __device__ __forceinline__ void cp_wait() {
 
 // rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
 // dld); rows >= valid are zero-filled and not read.
-template <bool VIA_L1 = false>
 __device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* src, long sld,
                                                 int rows, int cols, int valid) {
   const int per_row = cols >> 3;
   for (int idx = threadIdx.x; idx < rows * per_row; idx += blockDim.x) {
     const int r = idx / per_row, c = (idx - r * per_row) << 3;
     const bool ok = r < valid;
-    cp16<VIA_L1>(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
+    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
   }
 }
 
