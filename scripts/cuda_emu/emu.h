@@ -5,6 +5,8 @@
 // copies synchronously.
 #pragma once
 #include <barrier>
+#include <condition_variable>
+#include <mutex>
 #include <bit>
 #include <cassert>
 #include <cmath>
@@ -87,6 +89,33 @@ inline char* g_smem;
 inline size_t g_smem_size;
 
 inline void __syncthreads() { g_cta_bar->arrive_and_wait(); }
+// Named barriers (bar.sync / bar.arrive id, n): n arrivals complete a generation; bar_sync waits
+// for the generation it arrived in to complete, bar_arrive does not wait. One set per CTA.
+struct NamedBar {
+  std::mutex m;
+  std::condition_variable cv;
+  int count = 0;
+  unsigned gen = 0;
+};
+inline NamedBar* g_named;
+inline unsigned named_arrive(int id, int n) {
+  NamedBar& b = g_named[id];
+  std::unique_lock l(b.m);
+  const unsigned g0 = b.gen;
+  if (++b.count == n) {
+    b.count = 0;
+    ++b.gen;
+    b.cv.notify_all();
+  }
+  return g0;
+}
+inline void bar_arrive(int id, int n) { named_arrive(id, n); }
+inline void bar_sync(int id, int n) {
+  const unsigned g0 = named_arrive(id, n);
+  NamedBar& b = g_named[id];
+  std::unique_lock l(b.m);
+  b.cv.wait(l, [&] { return b.gen != g0; });
+}
 inline void __syncwarp() { tw->bar.arrive_and_wait(); }
 // A warp shuffle: every lane posts v and reads the lane src(lane) posted (its own v where src
 // gives a lane outside the warp).
@@ -326,6 +355,8 @@ inline void run_grid(int nwarps, dim3e grid, bool reverse_x, F kernel) {
         memset(g_smem, 0xff, g_smem_size);
         std::barrier<> cta(nth);
         g_cta_bar = &cta;
+        std::vector<NamedBar> named(16);
+        g_named = named.data();
         std::vector<Warp> warps(nwarps);
         std::vector<std::thread> th;
         for (int t = 0; t < nth; ++t)

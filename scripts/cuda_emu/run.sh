@@ -9,13 +9,14 @@ cu=${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}
 out=${TMPDIR:-/tmp}/gdn_cuda_emu
 mkdir -p "$out/chunk" "$out/fwd_o" "$out/state" "$out/state_bwd" "$out/prep"
 common="'struct Carve' ' b2f(' ' f2b(' ' load_bf16_async(' ' load_f32_async(' ' pack_bf2(float' \
-  ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void store_tiles_staged(' ' load_tiles_t(' 'struct Pieces'"
+  ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void stage_tiles_t(' 'void store_tiles_staged(' \
+  ' load_tiles_t(' 'struct Pieces'"
 # extract DIR NAME...: the common helpers and the named items into $out/DIR/extracted.h.
 extract() {
   dir=$1
   shift
   {
-    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int ZLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2\|^template <int K> constexpr bool STATE_VIA_L1' "$cu"
+    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int ZLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2\|^template <int K> constexpr bool STATE_VIA_L1\|^constexpr int BAR_STATE' "$cu"
     eval python3 "$here/extract.py" "$cu" "$common" '"$@"'
   } | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
     >"$out/$dir/extracted.h"
@@ -24,7 +25,8 @@ extract prep ' pack8(' ' kk_m_lower(' ' tf32_split(' ' mma3_tf32(' ' store_acc_f
   'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
 extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
 extract fwd_o 'void quad_transpose' 'void store_rows16' 'void for_own_pieces' 'void load_rows_async' 'struct FwdOSm' 'void fwd_o_impl'
-extract state 'struct SeqChunks' 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' p_rows(' 'void state_fwd_impl'
+extract state 'struct SeqChunks' 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' p_rows(' \
+  'void quad_transpose' 'void store_rows16' 'void ws_output' 'void state_fwd_impl'
 extract state_bwd 'struct SeqChunks' 'void for_own_pieces' 'void load_rows_async' 'void scale_own_rows' \
   'struct StateBwdSm' 'void state_bwd_impl'
 # The builds run in parallel; an old binary is removed first and every build's status checked,

@@ -58,10 +58,11 @@ static Out run_kernel(const Problem& p) {
       o((size_t)p.T * H * V, bnan);
   Out r;
   r.ht.assign((size_t)N * H * K * V, nanv);
-  const bool fused = MODE == dr::MODE_FUSED;
+  // The fused and the warp-specialised pass write O; the split pass h_c and Ṽ.
+  const bool fused = MODE != dr::MODE_SPLIT;
 
   typedef dr::StateFwdSm<K, NWC, MODE, KS> L;
-  run_grid<L>(L::NW, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
+  run_grid<L>(L::NW + L::NWO, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
     dr::state_fwd_impl<K, NWC, MODE, KS>(
         p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr, p.gc.data(),
         p.rec.data(), p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H,
@@ -161,7 +162,7 @@ static double rel(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 static const char* mode_name(int m) {
-  return m == dr::MODE_FUSED ? "fused" : "split";
+  return m == dr::MODE_FUSED ? "fused" : m == dr::MODE_WS ? "warp-specialised" : "split";
 }
 
 // Worst of the pass's outputs against `b`; prints them.
@@ -173,7 +174,7 @@ static double compare(const Out& a, const Out& b, int mode) {
     printf(" %s %.1e", name, e);
     worst = std::max(worst, e);
   };
-  if (mode == dr::MODE_FUSED) {
+  if (mode != dr::MODE_SPLIT) {
     one("o", a.o, b.o);
   } else {
     one("h", a.hout, b.hout);
@@ -216,7 +217,30 @@ static void check_k(unsigned seed) {
   }
 }
 
+// The warp-specialised forward (4 state warps on 64 columns, 4 output warps): O against the
+// reference of the fused pass (the same roundings), the final state bit for bit against the
+// split pass's (the state warps' products are the split pass's). Two column groups (V = 128), a
+// sequence of many chunks so that both hand-off buffers are refilled.
+template <int K>
+static void check_ws(unsigned seed) {
+  for (int h0 = 0; h0 < 2; ++h0) {
+    const Problem p = make_problem(K, 128, 2, {64, 100, 37, 330}, h0, seed + h0);
+    const Out ref = reference(p, dr::MODE_FUSED);
+    const Out ws = run_kernel<K, 4, dr::MODE_WS, 1>(p);
+    const Out split = run_kernel<K, 4, dr::MODE_SPLIT, 1>(p);
+    printf("K=%3d NWC=4 warp-specialised h0=%d  vs ref:", K, h0);
+    bool ok = compare(ws, ref, dr::MODE_WS) < 3e-2;
+    const double ht = rel(ws.ht, split.ht);
+    printf("   ht vs split %.1e", ht);
+    ok &= ht == 0.0;
+    printf("  %s\n", ok ? "ok" : "FAIL");
+    all_ok &= ok;
+  }
+}
+
 int main(int argc, char** argv) {
+  check_ws<64>(40);
+  check_ws<128>(50);
   check_k<64>(10);
   check_k<128>(20);
   if (argc > 1 && !strcmp(argv[1], "k256")) check_k<256>(30);

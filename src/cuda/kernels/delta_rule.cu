@@ -127,13 +127,15 @@ struct Pieces {
   static constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
   static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
   static constexpr int N = (CH + RS - 1) / RS;  // pieces per thread
-  static __device__ __forceinline__ int r0() { return threadIdx.x / PER_ROW; }
-  static __device__ __forceinline__ int c0() { return (threadIdx.x % PER_ROW) * EP; }
+  // t: the thread's index among the NTH (threadIdx.x unless a warp-specialised CTA gives a
+  // group of its warps a tile of their own).
+  static __device__ __forceinline__ int r0(int t) { return t / PER_ROW; }
+  static __device__ __forceinline__ int c0(int t) { return (t % PER_ROW) * EP; }
 };
 template <int COLS, int NTH, class T, class F>
-__device__ __forceinline__ void for_own_pieces(F f) {
+__device__ __forceinline__ void for_own_pieces(F f, int t = threadIdx.x) {
   typedef Pieces<COLS, NTH, T> P;
-  const int r0 = P::r0(), c0 = P::c0();
+  const int r0 = P::r0(t), c0 = P::c0(t);
   if constexpr (P::N <= 8) {
 #pragma unroll
     for (int i = 0; i < P::N; ++i)
@@ -158,16 +160,28 @@ struct IntC {
 // instruction), as for ldmatrix.
 template <int COLS, int NTH, class T, bool VIA_L1 = false>
 __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
-                                                int valid) {
+                                                int valid, int t = threadIdx.x) {
   typedef Pieces<COLS, NTH, T> P;
-  const int r0 = P::r0();
-  const T* s = src + r0 * sld + P::c0();
-  const unsigned d0 = smem_u32(dst + r0 * dld + P::c0());
+  const int r0 = P::r0(t);
+  const T* s = src + r0 * sld + P::c0(t);
+  const unsigned d0 = smem_u32(dst + r0 * dld + P::c0(t));
   const long step = P::RS * sld;
-  for_own_pieces<COLS, NTH, T>([&](int r, int) {
-    cp16<VIA_L1>(d0 + (unsigned)((r - r0) * dld * sizeof(T)), s, r < valid);
-    s += step;
-  });
+  for_own_pieces<COLS, NTH, T>(
+      [&](int r, int) {
+        cp16<VIA_L1>(d0 + (unsigned)((r - r0) * dld * sizeof(T)), s, r < valid);
+        s += step;
+      },
+      t);
+}
+
+// Named barriers (ids 1–15; 0 is __syncthreads), n threads in all (a multiple of 32). A
+// producer's bar_arrive does not wait; its consumers' bar_sync completes the barrier and orders
+// the producer's earlier shared-memory writes before their reads.
+__device__ __forceinline__ void bar_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -308,12 +322,13 @@ __device__ __forceinline__ void stsm_x4_t(unsigned s, const unsigned* r) {
 // memory (row stride sld elements, rows 16-byte aligned). stmatrix.trans writes the stage, then
 // each row leaves as two 16-byte stores, whole 32-byte sectors: store_tile_t's shuffles and
 // selects are gone and its 4-byte stores filled half sectors.
+// The first half of store_tiles_staged: the NT tiles transposed as bf16 into rows [0, 8 NT) ×
+// 16 columns of `stage` (row stride sld), by stmatrix.trans. The warp-specialised forward hands
+// h_c and Ṽ to its output warps this way, in the layout kernel 3 reads them from global.
 template <int NT>
-__device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* stage, int sld,
-                                                   bf16* y, long ld, int valid) {
+__device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, int sld) {
   static_assert(NT % 2 == 0 && NT <= 8, "pairs of tiles, one 64-row stage");
   const int lane = threadIdx.x & 31, i = lane >> 3, j = lane & 7;
-  __syncwarp();  // the stage's earlier readers are done
   const unsigned st0 = smem_u32(stage + (8 * (i >> 1) + j) * sld + 8 * (i & 1));
 #pragma unroll
   for (int np = 0; np < NT / 2; ++np) {
@@ -323,6 +338,14 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
       r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
     stsm_x4_t(st0 + 2 * 16 * np * sld, r);
   }
+}
+
+template <int NT>
+__device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* stage, int sld,
+                                                   bf16* y, long ld, int valid) {
+  const int lane = threadIdx.x & 31;
+  __syncwarp();  // the stage's earlier readers are done
+  stage_tiles_t<NT>(x, stage, sld);
   __syncwarp();
   // Lane: row lane / 2 + 16 it, half lane % 2; one pointer advanced by 16 rows per piece.
   const int row0 = lane >> 1, half = lane & 1;
@@ -996,14 +1019,16 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 
-constexpr int MODE_FUSED = 0, MODE_SPLIT = 1;
+constexpr int MODE_FUSED = 0, MODE_SPLIT = 1, MODE_WS = 2;
 // The state passes' per-chunk tiles come through L1 (cp16's VIA_L1) at K <= 128 only, where it
 // was measured faster (session 14, call 2); at K = 256 it was slower.
 template <int K> constexpr bool STATE_VIA_L1 = K <= 128;
 
 template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
+  // NW: the state warps (the warp-specialised forward adds NWO output warps behind them).
   static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
+  static constexpr int NWO = MODE == MODE_WS ? 4 : 0;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
   // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
@@ -1012,21 +1037,37 @@ struct StateFwdSm {
   bf16* k;     // 2 x [64][WLD]
   bf16* u;     // 2 x [64][ULD]
   float* R;    // 2 x [REC_FWD]: δ_t, γ_last (the decay record)
-  float* G;    // fused: 2 x [64]
+  float* G;    // fused: 2 x [64]; warp-specialised: [64], the output warps' chunk
   bf16* q;     // forward: [64][WLD]
-  bf16* pb;    // forward: [64][LD64]  P, bf16
+  bf16* pb;    // fused: [64][LD64]  P, bf16
   float* red;  // K split: RED_SZ
+  // Warp-specialised: the output warps' K tile, and the state warps' hand-off of chunk c to
+  // them in buffer c mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's layout).
+  bf16* ko;    // [64][WLD]
+  bf16* hx;    // 2 x [K][LD64]
+  bf16* vx;    // 2 x [64][LD64]
   __device__ void carve(Carve& c) {
+    constexpr bool WS = MODE == MODE_WS;
     w = c.take<bf16>(2 * W_SZ);
     k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     R = c.take<float>(2 * REC_FWD);
-    G = MODE == MODE_FUSED ? c.take<float>(2 * CH) : nullptr;
-    q = MODE == MODE_FUSED ? c.take<bf16>(W_SZ) : nullptr;
+    G = MODE == MODE_FUSED ? c.take<float>(2 * CH) : WS ? c.take<float>(CH) : nullptr;
+    q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>(W_SZ);
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
+    ko = WS ? c.take<bf16>(W_SZ) : nullptr;
+    hx = WS ? c.take<bf16>(2 * K * LD64) : nullptr;
+    vx = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
   }
 };
+
+// The warp-specialised forward's named barriers: the state warps' own (they never meet the
+// output warps at __syncthreads), the output warps' own, and per hand-off buffer b "full"
+// (the state warps arrive once h_c and Ṽ of its chunk are in, the output warps wait) and
+// "empty" (the output warps arrive once they have read it, the state warps wait before
+// refilling it).
+constexpr int BAR_STATE = 1, BAR_OUT = 2, BAR_FULL = 3, BAR_EMPTY = 5;
 
 // One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
 // pb, the column tiles up to the diagonal block (the output products read no others).
@@ -1070,6 +1111,121 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
+// The warp-specialised forward's output warps (MODE_WS, behind the state warps): kernel 3's
+// products for the CTA's 64 columns of V, chunk by chunk, from h_c and Ṽ that the state warps
+// hand over in shared memory (`hx`, `vx`) instead of through global memory. Output warp ow forms
+// rows [16 ow, +16) of the chunk's O: its Q rows as A fragments, its P rows s (QKᵀ ⊙ Γ ⊙ L) as
+// bf16 A fragments, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in
+// kernel 3's order (so O is kernel 3's, bit for bit). Q, K and G of chunk c + 1 load while the
+// warps wait for chunk c's hand-off and multiply.
+template <int K, class L>
+__device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                          const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
+                          int h, int H, int V, int v0, float scale, bf16* __restrict__ o) {
+  constexpr int WLD = L::WLD, NTH = L::NWO * 32, NT = 32 * (L::NW + L::NWO);
+  const int t = threadIdx.x - 32 * L::NW, ow = t >> 5, lane = t & 31, g = lane >> 2;
+  const int qd = lane & 3, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
+  auto issue = [&](int c) {
+    const int s0 = sq.start(c), l = sq.len(c);
+    load_rows_async<K, NTH>(S.q, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, t);
+    load_rows_async<K, NTH>(S.ko, WLD, k + ((long)s0 * H + h) * K, (long)H * K, l, t);
+    if (t < CH) {
+      const bool ok = t < l;
+      cp4(S.G + t, ok ? (const void*)(gc + (long)(s0 + t) * H + h) : (const void*)gc, ok);
+    }
+    cp_commit();
+  };
+  if (cs < ce) issue(cs);
+  for (int c = cs; c < ce; ++c) {
+    const int b = (c - cs) & 1, start = sq.start(c), len = sq.len(c);
+    cp_wait<0>();
+    bar_sync(BAR_OUT, NTH);  // Q, K, G of chunk c
+    unsigned qa[K / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk)
+      ldsm_x4(qa[kk], S.q + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
+    unsigned pa[4][4];
+    {
+      float acc[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < K / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          if (np > rb) break;
+          unsigned r[4];
+          ldsm_x4(r, S.ko + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
+          mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
+          mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
+        }
+      }
+      const float gi[2] = {S.G[i0], S.G[i0 + 8]};
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
+          const float x0 =
+              (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi[hf] - S.G[j]) : 0.f;
+          const float x1 = (j + 1 <= i && i < len)
+                               ? scale * acc[nt][2 * hf + 1] * __expf(gi[hf] - S.G[j + 1])
+                               : 0.f;
+          pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
+        }
+      }
+    }
+    const float fs[2] = {i0 < len ? scale * __expf(S.G[i0]) : 0.f,
+                         i0 + 8 < len ? scale * __expf(S.G[i0 + 8]) : 0.f};
+    bar_sync(BAR_OUT, NTH);  // every output warp is done with Q, K and G
+    if (c + 1 < ce) issue(c + 1);
+
+    bar_sync(BAR_FULL + b, NT);  // h_c and Ṽ of chunk c
+    const bf16* hs = S.hx + b * K * LD64;
+    const bf16* vs = S.vx + b * CH * LD64;
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk)
+#pragma unroll
+      for (int jp = 0; jp < 4; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
+        mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
+        mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
+      }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      if (ks > rb) break;
+#pragma unroll
+      for (int jp = 0; jp < 4; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
+        mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
+        mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
+      }
+    }
+    // The state warps refill buffer b for chunk c + 2 only.
+    if (c + 2 < ce) bar_arrive(BAR_EMPTY + b, NT);
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      store_rows16<4>(
+          acc + 4 * half,
+          [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + v0 + 32 * half; },
+          [&](int r) { return r0 + r < len; });
+  }
+}
+
 template <int K, int NWC, int MODE, int KS = 1>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
@@ -1082,7 +1238,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateFwdSm<K, NWC, MODE, KS> L;
-  constexpr bool FUSED = MODE == MODE_FUSED;
+  constexpr bool FUSED = MODE == MODE_FUSED, WS = MODE == MODE_WS;
+  static_assert(!WS || (KS == 1 && NWC == 4), "the output warps take 64 columns, unsplit");
   constexpr int KR = K / KS;   // state rows of a warp
   constexpr int NJ = KR / 8;   // accumulator tiles of a warp's state rows
   static_assert(KR % 16 == 0, "a warp's state rows must make whole k-steps of the A operand");
@@ -1095,6 +1252,19 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int k0 = kp * KR;                // the warp's first state row
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
+  if constexpr (WS) {
+    if (warp >= NWC) {
+      ws_output<K>(S, qg, k, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
+      return;
+    }
+  }
+  // The state warps' barrier: the whole CTA, or (warp-specialised) the state warps alone.
+  auto sync_state = [] {
+    if constexpr (WS)
+      bar_sync(BAR_STATE, 32 * NWC);
+    else
+      __syncthreads();
+  };
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   // The K slice that finishes column pair np (tiles 2np, 2np+1) of the chunk: stores Ṽ or O
@@ -1182,7 +1352,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // h_c = S (bf16) to global: tile j is rows k = k0 + 8j.., columns vw.. of h_c [K][V]
     // (unsplit: after U is read, staged through this warp's U columns); the fused pass has no
     // h_c output (hout is null there).
-    bf16* hc = FUSED ? nullptr : hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
+    bf16* hc = MODE != MODE_SPLIT ? nullptr : hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
     if (!FUSED && KS > 1) {
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
@@ -1190,7 +1360,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     // The only pending group is chunk c's.
     cp_wait<0>();
-    __syncthreads();
+    sync_state();
 
     const bf16* wb = S.w + b * L::W_SZ;
     const bf16* kb = S.k + b * L::W_SZ;
@@ -1234,7 +1404,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     float p[8][4];
     if (KS == 1 || kp == 0) {
       load_tiles_t(p, ub + vl, L::ULD);
-      if (!FUSED && KS == 1) {
+      if (MODE == MODE_SPLIT && KS == 1) {
 #pragma unroll
         for (int r = 0; r < NJ / 8; ++r)
           store_tiles_staged<8>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V, CH);
@@ -1316,9 +1486,20 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
-    if (!FUSED && KS == 1)
+    if (MODE == MODE_SPLIT && KS == 1)
       store_tiles_staged<8>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
                             (long)H * V, len);
+    if constexpr (WS) {
+      // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
+      // buffer b once they are done with chunk c − 2.
+      constexpr int NT = 32 * (L::NW + L::NWO);
+      if (c - cs >= 2) bar_sync(BAR_EMPTY + b, NT);
+      bf16* hxb = S.hx + b * K * LD64 + vl;
+#pragma unroll
+      for (int r = 0; r < NJ / 8; ++r) stage_tiles_t<8>(st + 8 * r, hxb + 64 * r * LD64, LD64);
+      stage_tiles_t<8>(p, S.vx + b * CH * LD64 + vl, LD64);
+      bar_arrive(BAR_FULL + b, NT);
+    }
 
     if (FUSED) {
       // Oᵀ += Ṽᵀ Pᵀ (B = P rows by ldmatrix; P is zero above the diagonal, so output tile nt
@@ -3095,7 +3276,8 @@ __device__ __forceinline__ void dqk_then_wy() {
 // src/cuda/delta_rule.rs `SLOT_*`): for K in (64, 128, 256): prep, fwd_o, dvloc, dqk, wy,
 // state_fwd (fused with the output), state_split (h_c and Ṽ for fwd_o and the backward),
 // state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_split and
-// state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu.
+// state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu; then the
+// warp-specialised forward (NWC = 4; K <= 128 only has the kernel).
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -3136,6 +3318,7 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[27] = smem_of<StateBwdSm<K, 2, 2>>();
   out[28] = smem_of<StateBwdSm<K, 2, 4>>();
   out[29] = smem_of<WuSm<K>>();
+  out[30] = smem_of<StateFwdSm<K, 4, MODE_WS>>();
 }
 
 }  // namespace dr
@@ -3143,8 +3326,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 30);
-    dr::smem_sizes_k<256>(out + 60);
+    dr::smem_sizes_k<128>(out + 31);
+    dr::smem_sizes_k<256>(out + 62);
   }
 }
 
@@ -3210,6 +3393,18 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
   DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
+// The warp-specialised forward (state pass and output in one kernel): 4 state warps, 4 output
+// warps, one CTA per SM (its shared memory allows no second).
+#define DR_STATE_WS_KERNEL(K)                                                                      \
+  extern "C" __global__ void __launch_bounds__(256, 1)                                            \
+      dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
+                       const float* gc, const float* rec, const int* ctab, const int* seq_chunk,   \
+                       const float* h0, int H, int V, float scale, bf16* hout, bf16* vnew,         \
+                       bf16* o, float* ht) {                                                       \
+    dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, gc, rec, ctab, seq_chunk, h0, H, V,       \
+                                             scale, hout, vnew, o, ht);                            \
+  }
+
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
   extern "C" __global__ void __launch_bounds__(NWC * KS * 32)                                      \
       dr_state_bwd_k##K##_nw##NWC##SUFFIX(const bf16* q, const bf16* k, const bf16* w,             \
@@ -3251,6 +3446,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #if DR_WANTS_K(64)
 DR_CHUNK_KERNELS(64)
 DR_STATE_FWD_KERNELS(64)
+DR_STATE_WS_KERNEL(64)
 DR_STATE_BWD_KERNELS(64)
 DR_DECODE_KERNEL(64, 64, 16, 64, 16)
 DR_DECODE_KERNEL(64, 64, 64, 128, 8)
@@ -3261,6 +3457,7 @@ DR_DECODE_KERNEL(64, 128, 128, 256, 4)
 #if DR_WANTS_K(128)
 DR_CHUNK_KERNELS(128)
 DR_STATE_FWD_KERNELS(128)
+DR_STATE_WS_KERNEL(128)
 DR_STATE_BWD_KERNELS(128)
 DR_DECODE_KERNEL(128, 128, 16, 128, 8)
 DR_DECODE_KERNEL(128, 128, 32, 128, 8)
