@@ -168,7 +168,7 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (30 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (31 per K, K = 64, 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
@@ -181,7 +181,8 @@ const SLOT_STATE_FWD_KS: usize = 17; // + index into STATE_KS
 const SLOT_STATE_SPLIT_KS: usize = 21; // + index into STATE_KS
 const SLOT_STATE_BWD_KS: usize = 25; // + index into STATE_KS
 const SLOT_WU: usize = 29;
-const SLOTS_PER_K: usize = 30;
+const SLOT_STATE_WS: usize = 30;
+const SLOTS_PER_K: usize = 31;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -242,12 +243,14 @@ fn load_kern(
 }
 
 /// A state-pass variant: the kernel, its column groups of 16 (`nw`), the K slices each group is
-/// split into (`ks`, 1 = unsplit; `nw · ks` warps per CTA) and how many CTAs of it fit on one SM
+/// split into (`ks`, 1 = unsplit; `nw · ks` state warps per CTA), the output warps behind them
+/// (`out_warps`: the warp-specialised forward's) and how many CTAs of it fit on one SM
 /// (registers, shared memory and threads, as the driver computes it).
 struct StateKern {
     k: Kern,
     nw: usize,
     ks: usize,
+    out_warps: usize,
     per_sm: usize,
     /// Dynamic shared memory that keeps the CTA alone on its SM (see `launch_state`).
     spread_smem: u32,
@@ -259,24 +262,26 @@ fn load_state_kern(
     name: String,
     smem: u32,
     limit: usize,
-    (nw, ks): (usize, usize),
+    (nw, ks, out_warps): (usize, usize, usize),
 ) -> Result<Option<StateKern>> {
     // Just over half an SM's shared memory: no two such CTAs fit on one SM (`launch_state`).
     let spread_smem = ((limit / 2 + 1024) as u32).max(smem);
     let Some(k) = load_kern(gpu, dk, name, (smem, spread_smem), limit)? else {
         return Ok(None);
     };
-    let threads = (nw * ks * 32) as u32;
-    let per_sm =
-        k.f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)
-            .with_context(|| format!("occupancy of {}", k.name))? as usize;
-    Ok((per_sm > 0).then_some(StateKern {
+    let mut sk = StateKern {
         k,
         nw,
         ks,
-        per_sm,
+        out_warps,
+        per_sm: 0,
         spread_smem,
-    }))
+    };
+    sk.per_sm =
+        sk.k.f
+            .occupancy_max_active_blocks_per_multiprocessor(sk.threads(), smem as usize, None)
+            .with_context(|| format!("occupancy of {}", sk.k.name))? as usize;
+    Ok((sk.per_sm > 0).then_some(sk))
 }
 
 /// Queues a state pass over `grid`. When the grid has at most `spread_up_to` CTAs (the GPU's
@@ -297,18 +302,22 @@ fn launch_state(
     } else {
         sk.k.smem
     };
-    let threads = (sk.nw * sk.ks * 32) as u32;
-    launch(gpu, &sk.k.f, &sk.k.name, grid, threads, smem, args)
+    launch(gpu, &sk.k.f, &sk.k.name, grid, sk.threads(), smem, args)
 }
 
 impl StateKern {
-    /// Warps per CTA as `state_plan` prints them: `nw`, or `nw×ks` where K-split.
+    /// Warps per CTA as `state_plan` prints them: `nw`, `nw×ks` where K-split, `nw+out` with
+    /// output warps.
     fn shape(&self) -> String {
-        if self.ks == 1 {
-            self.nw.to_string()
-        } else {
-            format!("{}×{}", self.nw, self.ks)
+        match (self.ks, self.out_warps) {
+            (1, 0) => self.nw.to_string(),
+            (ks, 0) => format!("{}×{ks}", self.nw),
+            (_, out) => format!("{}+{out}", self.nw),
         }
+    }
+
+    fn threads(&self) -> u32 {
+        ((self.nw * self.ks + self.out_warps) * 32) as u32
     }
 }
 
@@ -332,6 +341,8 @@ struct ChunkKernels {
     state_fwd: Vec<StateKern>,
     state_split: Vec<StateKern>,
     state_bwd: Vec<StateKern>,
+    /// The warp-specialised forward (4 state warps on 64 columns of V, 4 output warps), K <= 128.
+    state_ws: Option<StateKern>,
     /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
 }
@@ -351,7 +362,7 @@ impl ChunkKernels {
             let mut v = vec![];
             for (i, &nw) in STATE_NWS.iter().enumerate() {
                 let name = format!("dr_{n}_k{dk}_nw{nw}");
-                v.extend(load_state_kern(gpu, dk, name, s(base + i), limit, (nw, 1))?);
+                v.extend(load_state_kern(gpu, dk, name, s(base + i), limit, (nw, 1, 0))?);
             }
             if let Some(ks_base) = ks_base {
                 for (i, &(nw, ks)) in STATE_KS.iter().enumerate() {
@@ -362,7 +373,7 @@ impl ChunkKernels {
                         name,
                         s(ks_base + i),
                         limit,
-                        (nw, ks),
+                        (nw, ks, 0),
                     )?);
                 }
             }
@@ -387,6 +398,12 @@ impl ChunkKernels {
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
             state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
             state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
+            state_ws: if dk <= 128 {
+                let name = format!("dr_state_ws_k{dk}");
+                load_state_kern(gpu, dk, name, s(SLOT_STATE_WS), limit, (4, 1, 4))?
+            } else {
+                None
+            },
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
     }
@@ -718,8 +735,30 @@ pub struct DeltaRuleWorkspace {
     vnew: CudaSlice<bf16>,
     bwd: Option<BwdBuffers>,
     probe: Option<StageProbe>,
-    /// The forward's pass when forced ([`DeltaRuleWorkspace::force_forward`]): fused if true.
-    forward_forced: Option<bool>,
+    /// The forward's path when forced ([`DeltaRuleWorkspace::force_forward`]).
+    forward_forced: Option<ForwardPath>,
+}
+
+/// How the forward forms the output alongside the state pass.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ForwardPath {
+    /// The output products inside the state pass's sequential loop (`state_fwd`).
+    Fused,
+    /// The state pass writes h_c and Ṽ (`state_split`), then `fwd_o` forms the output.
+    Split,
+    /// State warps and output warps in one kernel (`state_ws`): h_c and Ṽ pass through shared
+    /// memory, and the output products run beside the sequential loop, not in it.
+    WarpSpecialised,
+}
+
+impl ForwardPath {
+    fn name(self) -> &'static str {
+        match self {
+            ForwardPath::Fused => "fused",
+            ForwardPath::Split => "split",
+            ForwardPath::WarpSpecialised => "warp-specialised",
+        }
+    }
 }
 
 /// Inputs of the chunked forward and backward.
@@ -1008,11 +1047,7 @@ impl DeltaRuleWorkspace {
         let nw = |p: PassKind| self.state_kern(n, p).0.shape();
         format!(
             "forward {} {} warps, recompute {}, backward {}",
-            if fwd == PassKind::Fused {
-                "fused"
-            } else {
-                "split"
-            },
+            fwd.name(),
             f.shape(),
             nw(PassKind::Split),
             nw(PassKind::Bwd)
@@ -1029,34 +1064,48 @@ impl DeltaRuleWorkspace {
         pick_state_nw(vars, n * d.heads, (d.dk, d.dv), pass, self.num_sms)
     }
 
-    /// Forces the forward's pass of the calls that follow: `Some(true)` fused with the output,
-    /// `Some(false)` split (state pass, then `fwd_o`), `None` the cost model's choice. The
-    /// selftest runs every case through both, whichever the model would pick at its shapes.
-    pub fn force_forward(&mut self, fused: Option<bool>) {
-        self.forward_forced = fused;
+    /// Forces the forward's path of the calls that follow (`None`: the cost model's choice). The
+    /// selftest runs every case through each path, whichever the model would pick at its shapes.
+    /// A warp-specialised path where this head size has none falls back to the model's choice.
+    pub fn force_forward(&mut self, path: Option<ForwardPath>) {
+        self.forward_forced = path;
     }
 
-    /// The forward's pass for `n` sequences of `tokens` in all: fused with the output, or split
-    /// (state pass, then `fwd_o`), whichever the cost model expects faster (the fused pass does
-    /// the output products inside the sequential pass, which pays when its CTAs fill the GPU;
-    /// `fwd_o` is parallel over chunks). [`DeltaRuleWorkspace::force_forward`] or, for
-    /// experiments, `GDN_DR_FWD=fused|split` forces one.
-    fn forward_pass(&self, n: usize, tokens: usize) -> (PassKind, &StateKern) {
+    /// The warp-specialised kernel, where it serves these dimensions (K <= 128, V a multiple of
+    /// its 64 columns).
+    fn ws_kern(&self) -> Option<&StateKern> {
+        self.kern.state_ws.as_ref().filter(|_| self.dims.dv % 64 == 0)
+    }
+
+    /// Whether [`ForwardPath::WarpSpecialised`] serves these dimensions.
+    pub fn has_warp_specialised(&self) -> bool {
+        self.ws_kern().is_some()
+    }
+
+    /// The forward's path for `n` sequences of `tokens` in all, and its state kernel: fused with
+    /// the output or split (state pass, then `fwd_o`), whichever the cost model expects faster
+    /// (the fused pass does the output products inside the sequential pass, which pays when its
+    /// CTAs fill the GPU; `fwd_o` is parallel over chunks). The warp-specialised path runs only
+    /// when forced: [`DeltaRuleWorkspace::force_forward`] or, for experiments,
+    /// `GDN_DR_FWD=fused|split|ws`.
+    fn forward_pass(&self, n: usize, tokens: usize) -> (ForwardPath, &StateKern) {
         let d = self.dims;
         let steps = tokens.div_ceil(CHUNK).div_ceil(n.max(1)) as f64;
         let (fk, fc) = self.state_kern(n, PassKind::Fused);
         let (sk, sc) = self.state_kern(n, PassKind::Split);
         let split_s = sc * steps + fwd_o_cost(tokens, d.heads, d.dk, d.dv);
-        let fused = match (self.forward_forced, std::env::var("GDN_DR_FWD").as_deref()) {
-            (Some(f), _) => f,
-            (None, Ok("fused")) => true,
-            (None, Ok("split")) => false,
-            _ => fc * steps <= split_s,
-        };
-        if fused {
-            (PassKind::Fused, fk)
-        } else {
-            (PassKind::Split, sk)
+        let forced = self.forward_forced.or(match std::env::var("GDN_DR_FWD").as_deref() {
+            Ok("fused") => Some(ForwardPath::Fused),
+            Ok("split") => Some(ForwardPath::Split),
+            Ok("ws") => Some(ForwardPath::WarpSpecialised),
+            _ => None,
+        });
+        match (forced, self.ws_kern()) {
+            (Some(ForwardPath::WarpSpecialised), Some(wk)) => (ForwardPath::WarpSpecialised, wk),
+            (Some(ForwardPath::Fused), _) => (ForwardPath::Fused, fk),
+            (Some(ForwardPath::Split), _) => (ForwardPath::Split, sk),
+            _ if fc * steps <= split_s => (ForwardPath::Fused, fk),
+            _ => (ForwardPath::Split, sk),
         }
     }
 }
@@ -1214,21 +1263,22 @@ fn run_state_pass(
     let u = ptr(gpu, &ws.u);
     let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
-    let (kind, sk) = match out {
+    let (path, sk) = match out {
         StateOut::Forward {
             tokens,
             split: false,
             ..
         } => ws.forward_pass(n, tokens),
-        _ => (PassKind::Split, ws.state_kern(n, PassKind::Split).0),
+        _ => (ForwardPath::Split, ws.state_kern(n, PassKind::Split).0),
     };
-    let fused = kind == PassKind::Fused;
+    // The fused and warp-specialised passes write O themselves and keep h_c and Ṽ on chip.
+    let writes_o = path != ForwardPath::Split;
     let (q, o, ht) = match out {
-        StateOut::Forward { o, ht, .. } if fused => (ptr(gpu, &inp.q), o, ht),
+        StateOut::Forward { o, ht, .. } if writes_o => (ptr(gpu, &inp.q), o, ht),
         StateOut::Forward { ht, .. } => (0, 0, ht),
         StateOut::Recompute => (0, 0, 0),
     };
-    let (hs, vnew) = if fused { (0, 0) } else { (hs, vnew) };
+    let (hs, vnew) = if writes_o { (0, 0) } else { (hs, vnew) };
     launch_state(
         gpu,
         sk,
@@ -1253,9 +1303,12 @@ fn run_state_pass(
             Arg::P(ht),
         ],
     )?;
-    match (out, kind) {
-        (StateOut::Forward { .. }, PassKind::Fused) => {
+    match (out, path) {
+        (StateOut::Forward { .. }, ForwardPath::Fused) => {
             probe_mark(gpu, ws, "fwd: state_fwd (+ output)")
+        }
+        (StateOut::Forward { .. }, ForwardPath::WarpSpecialised) => {
+            probe_mark(gpu, ws, "fwd: state_ws (+ output)")
         }
         (StateOut::Forward { o, .. }, _) => {
             probe_mark(gpu, ws, "fwd: state_split")?;

@@ -277,14 +277,20 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         max_rel_err(&fs, &fref.final_state),
         TOL_F32,
     ));
-    // Both forward passes, whichever the cost model picks above: at these small shapes it picks
-    // the split one, and the fused one would otherwise go unchecked.
-    for (pass, fused) in [("fused", true), ("split", false)] {
+    // Every forward path, whichever the cost model picks above: at these small shapes it picks
+    // the split one, and the others would otherwise go unchecked.
+    let mut paths = vec![ForwardPath::Fused, ForwardPath::Split];
+    if ws.has_warp_specialised() {
+        paths.push(ForwardPath::WarpSpecialised);
+    }
+    let mut split_bits = None;
+    for path in paths {
         let mut t_scratch = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
-        ws.force_forward(Some(fused));
+        ws.force_forward(Some(path));
         let forced = gpu_forward(gpu, ws, c, &d, &mut t_scratch);
         ws.force_forward(None);
-        let (o2, fs2, _) = forced?;
+        let (o2, fs2, bits2) = forced?;
+        let pass = path.name();
         rows.push(row(
             &format!("delta_rule.chunk_fwd o, {pass} pass"),
             &c.label,
@@ -297,6 +303,22 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             max_rel_err(&fs2, &fref.final_state),
             TOL_F32,
         ));
+        match path {
+            ForwardPath::Split => split_bits = Some((bits2, fs2)),
+            // Its output warps form kernel 3's products in kernel 3's order from the same h_c
+            // and Ṽ, and its state warps are the split pass's: the same bits.
+            ForwardPath::WarpSpecialised => {
+                let (sb, sfs) = split_bits.as_ref().expect("the split pass runs first");
+                let same = *sb == bits2 && same_bits(sfs, &fs2);
+                rows.push(row(
+                    "delta_rule.chunk_fwd warp-specialised = split, bitwise",
+                    &c.label,
+                    if same { 0.0 } else { f64::INFINITY },
+                    0.0,
+                ));
+            }
+            ForwardPath::Fused => {}
+        }
     }
     if repeat {
         let (_, _, bits2) = gpu_forward(gpu, ws, c, &d, &mut saved_t)?;
@@ -444,8 +466,13 @@ fn same_grads(gpu: &Gpu, a: &GradBuffers, b: &GradBuffers, lens: [usize; 6]) -> 
 }
 
 /// Whether two f32 slices are the same bits, element for element.
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+/// Bit for bit (through f64, which holds every f32 exactly).
+fn same_bits<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> bool {
+    a.len() == b.len()
+        && a
+            .iter()
+            .zip(b)
+            .all(|(&p, &q)| p.into().to_bits() == q.into().to_bits())
 }
 
 fn softplus(z: f64) -> f64 {
