@@ -341,7 +341,7 @@ struct ChunkKernels {
     state_fwd: Vec<StateKern>,
     state_split: Vec<StateKern>,
     state_bwd: Vec<StateKern>,
-    /// The warp-specialised forward (4 state warps on 64 columns of V, 4 output warps), K <= 128.
+    /// The warp-specialised forward (4 state warps on 64 columns of V, 8 output warps), K <= 128.
     state_ws: Option<StateKern>,
     /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
@@ -400,7 +400,7 @@ impl ChunkKernels {
             state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
             state_ws: if dk <= 128 {
                 let name = format!("dr_state_ws_k{dk}");
-                load_state_kern(gpu, dk, name, s(SLOT_STATE_WS), limit, (4, 1, 4))?
+                load_state_kern(gpu, dk, name, s(SLOT_STATE_WS), limit, (4, 1, 8))?
             } else {
                 None
             },
@@ -1075,6 +1075,12 @@ impl DeltaRuleWorkspace {
     /// its 64 columns).
     fn ws_kern(&self) -> Option<&StateKern> {
         self.kern.state_ws.as_ref().filter(|_| self.dims.dv % 64 == 0)
+    }
+
+    /// K slices per column group of the split pass that the cost model picks for `n` sequences
+    /// (1: unsplit; a K split sums Ṽ's partials in another order than the unsplit pass).
+    fn split_pass_ks(&self, n: usize) -> usize {
+        self.state_kern(n, PassKind::Split).0.ks
     }
 
     /// Whether [`ForwardPath::WarpSpecialised`] serves these dimensions.

@@ -306,8 +306,8 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         match path {
             ForwardPath::Split => split_bits = Some((bits2, fs2)),
             // Its output warps form kernel 3's products in kernel 3's order from the same h_c
-            // and Ṽ, and its state warps are the split pass's: the same bits.
-            ForwardPath::WarpSpecialised => {
+            // and Ṽ, and its state warps are the unsplit split pass's: the same bits.
+            ForwardPath::WarpSpecialised if ws.split_pass_ks(n) == 1 => {
                 let (sb, sfs) = split_bits.as_ref().expect("the split pass runs first");
                 let same = *sb == bits2 && same_bits(sfs, &fs2);
                 rows.push(row(
@@ -317,7 +317,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
                     0.0,
                 ));
             }
-            ForwardPath::Fused => {}
+            _ => {}
         }
     }
     if repeat {

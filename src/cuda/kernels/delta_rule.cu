@@ -1028,7 +1028,7 @@ template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
   // NW: the state warps (the warp-specialised forward adds NWO output warps behind them).
   static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
-  static constexpr int NWO = MODE == MODE_WS ? 4 : 0;
+  static constexpr int NWO = MODE == MODE_WS ? 8 : 0;
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
   // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
@@ -1113,11 +1113,15 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
 
 // The warp-specialised forward's output warps (MODE_WS, behind the state warps): kernel 3's
 // products for the CTA's 64 columns of V, chunk by chunk, from h_c and Ṽ that the state warps
-// hand over in shared memory (`hx`, `vx`) instead of through global memory. Output warp ow forms
-// rows [16 ow, +16) of the chunk's O: its Q rows as A fragments, its P rows s (QKᵀ ⊙ Γ ⊙ L) as
-// bf16 A fragments, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in
-// kernel 3's order (so O is kernel 3's, bit for bit). Q, K and G of chunk c + 1 load while the
-// warps wait for chunk c's hand-off and multiply.
+// hand over in shared memory (`hx`, `vx`) instead of through global memory. The 8 output warps
+// split the chunk's O as kernel 3's 8 warps split a 64-column slice (rows [16 rb, +16), columns
+// [32 sp, +32); warps ow and ow + 4 share an SM sub-partition, one short and one long row block
+// of the triangular P work): Q rows as A fragments, P rows s (QKᵀ ⊙ Γ ⊙ L) as bf16 A fragments,
+// then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in kernel 3's order (so O is
+// kernel 3's, bit for bit). Q, K and G of chunk c + 1 load while the warps wait for chunk c's
+// hand-off and multiply. With 4 output warps (one per sub-partition, each its row block of all
+// 64 columns) the pass took 0.341 ms at B4·T4096·H16·K128 against 0.280 for the split pass and
+// kernel 3 (session 15, call 1).
 template <int K, class L>
 __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
@@ -1125,7 +1129,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   constexpr int WLD = L::WLD, NTH = L::NWO * 32, NT = 32 * (L::NW + L::NWO);
   const int t = threadIdx.x - 32 * L::NW, ow = t >> 5, lane = t & 31, g = lane >> 2;
   const int qd = lane & 3, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
+  const int sp = ow >> 2, rb = sp ? 3 - (ow & 3) : (ow & 3), r0 = 16 * rb, i0 = r0 + g, c0 = 32 * sp;
   auto issue = [&](int c) {
     const int s0 = sq.start(c), l = sq.len(c);
     load_rows_async<K, NTH>(S.q, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, t);
@@ -1186,43 +1190,40 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     bar_sync(BAR_FULL + b, NT);  // h_c and Ṽ of chunk c
     const bf16* hs = S.hx + b * K * LD64;
     const bf16* vs = S.vx + b * CH * LD64;
-    float acc[8][4];
+    float acc[4][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk)
 #pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
+      for (int jp = 0; jp < 2; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
+        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 16 * jp + 8 * lm_hi);
         mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
         mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
       }
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
       if (ks > rb) break;
 #pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
+      for (int jp = 0; jp < 2; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
+        ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * LD64 + c0 + 16 * jp + 8 * lm_hi);
         mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
         mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
       }
     }
     // The state warps refill buffer b for chunk c + 2 only.
     if (c + 2 < ce) bar_arrive(BAR_EMPTY + b, NT);
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-      store_rows16<4>(
-          acc + 4 * half,
-          [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + v0 + 32 * half; },
-          [&](int r) { return r0 + r < len; });
+    store_rows16<4>(
+        acc, [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + v0 + c0; },
+        [&](int r) { return r0 + r < len; });
   }
 }
 
@@ -3393,10 +3394,10 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
   DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
-// The warp-specialised forward (state pass and output in one kernel): 4 state warps, 4 output
+// The warp-specialised forward (state pass and output in one kernel): 4 state warps, 8 output
 // warps, one CTA per SM (its shared memory allows no second).
 #define DR_STATE_WS_KERNEL(K)                                                                      \
-  extern "C" __global__ void __launch_bounds__(256, 1)                                            \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                            \
       dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
                        const float* gc, const float* rec, const int* ctab, const int* seq_chunk,   \
                        const float* h0, int H, int V, float scale, bf16* hout, bf16* vnew,         \
