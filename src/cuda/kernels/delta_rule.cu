@@ -1028,7 +1028,9 @@ template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
   // NW: the state warps (the warp-specialised forward adds NWO output warps behind them).
   static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
-  static constexpr int NWO = MODE == MODE_WS ? 8 : 0;
+  // Warp-specialised: NWO output warps in two groups of NWG; a hand-off barrier joins the state
+  // warps and one group.
+  static constexpr int NWO = MODE == MODE_WS ? 8 : 0, NWG = NWO / 2, HANDOFF = 32 * (NW + NWG);
   static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
   // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
@@ -1037,13 +1039,13 @@ struct StateFwdSm {
   bf16* k;     // 2 x [64][WLD]
   bf16* u;     // 2 x [64][ULD]
   float* R;    // 2 x [REC_FWD]: δ_t, γ_last (the decay record)
-  float* G;    // fused: 2 x [64]; warp-specialised: [64], the output warps' chunk
-  bf16* q;     // forward: [64][WLD]
+  float* G;    // fused: 2 x [64]; warp-specialised: 2 x [64], an output group's chunk each
+  bf16* q;     // forward: [64][WLD]; warp-specialised: 2 x (one per output group)
   bf16* pb;    // fused: [64][LD64]  P, bf16
   float* red;  // K split: RED_SZ
-  // Warp-specialised: the output warps' K tile, and the state warps' hand-off of chunk c to
-  // them in buffer c mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's layout).
-  bf16* ko;    // [64][WLD]
+  // Warp-specialised: the output groups' K tiles, and the state warps' hand-off of chunk c to
+  // them in buffer (c − cs) mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's layout).
+  bf16* ko;    // 2 x [64][WLD]
   bf16* hx;    // 2 x [K][LD64]
   bf16* vx;    // 2 x [64][LD64]
   __device__ void carve(Carve& c) {
@@ -1052,22 +1054,21 @@ struct StateFwdSm {
     k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     R = c.take<float>(2 * REC_FWD);
-    G = MODE == MODE_FUSED ? c.take<float>(2 * CH) : WS ? c.take<float>(CH) : nullptr;
-    q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>(W_SZ);
+    G = MODE == MODE_SPLIT ? nullptr : c.take<float>(2 * CH);
+    q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>((WS ? 2 : 1) * W_SZ);
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
-    ko = WS ? c.take<bf16>(W_SZ) : nullptr;
+    ko = WS ? c.take<bf16>(2 * W_SZ) : nullptr;
     hx = WS ? c.take<bf16>(2 * K * LD64) : nullptr;
     vx = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
   }
 };
 
 // The warp-specialised forward's named barriers: the state warps' own (they never meet the
-// output warps at __syncthreads), the output warps' own, and per hand-off buffer b "full"
-// (the state warps arrive once h_c and Ṽ of its chunk are in, the output warps wait) and
-// "empty" (the output warps arrive once they have read it, the state warps wait before
-// refilling it).
-constexpr int BAR_STATE = 1, BAR_OUT = 2, BAR_FULL = 3, BAR_EMPTY = 5;
+// output warps at __syncthreads), each output group's own, and per hand-off buffer b "full"
+// (the state warps arrive once h_c and Ṽ of its chunk are in, the group waits) and "empty"
+// (the group arrives once it has read it, the state warps wait before refilling it).
+constexpr int BAR_STATE = 1, BAR_OUT = 2, BAR_FULL = 4, BAR_EMPTY = 6;
 
 // One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
 // pb, the column tiles up to the diagonal block (the output products read no others).
@@ -1112,43 +1113,48 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
 }
 
 // The warp-specialised forward's output warps (MODE_WS, behind the state warps): kernel 3's
-// products for the CTA's 64 columns of V, chunk by chunk, from h_c and Ṽ that the state warps
-// hand over in shared memory (`hx`, `vx`) instead of through global memory. The 8 output warps
-// split the chunk's O as kernel 3's 8 warps split a 64-column slice (rows [16 rb, +16), columns
-// [32 sp, +32); warps ow and ow + 4 share an SM sub-partition, one short and one long row block
-// of the triangular P work): Q rows as A fragments, P rows s (QKᵀ ⊙ Γ ⊙ L) as bf16 A fragments,
-// then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in kernel 3's order (so O is
-// kernel 3's, bit for bit). Q, K and G of chunk c + 1 load while the warps wait for chunk c's
-// hand-off and multiply. With 4 output warps (one per sub-partition, each its row block of all
-// 64 columns) the pass took 0.341 ms at B4·T4096·H16·K128 against 0.280 for the split pass and
-// kernel 3 (session 15, call 1).
+// products for the CTA's 64 columns of V, from h_c and Ṽ that the state warps hand over in
+// shared memory (`hx`, `vx`) instead of through global memory. Two groups of 4 warps take the
+// chunks in turn (group gi the chunks cs + gi, cs + gi + 2, ..., which use hand-off buffer gi),
+// each with its own Q, K and G: one chunk's output is a chain of dependent steps (Q and K in, P,
+// then Q h_c and P Ṽ after the hand-off) about twice as long as a state step, so one group
+// alone set the pace (session 15: 0.33–0.34 ms at B4·T4096·H16·K128 with 4 or 8 warps on every
+// chunk, against 0.28 for the split pass and kernel 3). Output warp w of a group forms rows
+// [16 w, +16) of the chunk's O: Q rows as A fragments, P rows s (QKᵀ ⊙ Γ ⊙ L) as bf16 A
+// fragments, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in kernel 3's
+// order (so O is kernel 3's, bit for bit). The group's next Q, K and G load while it waits for
+// its hand-off and multiplies.
 template <int K, class L>
 __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
                           int h, int H, int V, int v0, float scale, bf16* __restrict__ o) {
-  constexpr int WLD = L::WLD, NTH = L::NWO * 32, NT = 32 * (L::NW + L::NWO);
-  const int t = threadIdx.x - 32 * L::NW, ow = t >> 5, lane = t & 31, g = lane >> 2;
-  const int qd = lane & 3, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  const int sp = ow >> 2, rb = sp ? 3 - (ow & 3) : (ow & 3), r0 = 16 * rb, i0 = r0 + g, c0 = 32 * sp;
+  constexpr int WLD = L::WLD, NTH = L::NWG * 32;
+  const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
+  const int lane = t & 31, g = lane >> 2, qd = lane & 3;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
+  bf16* qs = S.q + gi * L::W_SZ;
+  bf16* ks = S.ko + gi * L::W_SZ;
+  float* G = S.G + gi * CH;
   auto issue = [&](int c) {
     const int s0 = sq.start(c), l = sq.len(c);
-    load_rows_async<K, NTH>(S.q, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, t);
-    load_rows_async<K, NTH>(S.ko, WLD, k + ((long)s0 * H + h) * K, (long)H * K, l, t);
-    if (t < CH) {
-      const bool ok = t < l;
-      cp4(S.G + t, ok ? (const void*)(gc + (long)(s0 + t) * H + h) : (const void*)gc, ok);
+    load_rows_async<K, NTH>(qs, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, tg);
+    load_rows_async<K, NTH>(ks, WLD, k + ((long)s0 * H + h) * K, (long)H * K, l, tg);
+    if (tg < CH) {
+      const bool ok = tg < l;
+      cp4(G + tg, ok ? (const void*)(gc + (long)(s0 + tg) * H + h) : (const void*)gc, ok);
     }
     cp_commit();
   };
-  if (cs < ce) issue(cs);
-  for (int c = cs; c < ce; ++c) {
-    const int b = (c - cs) & 1, start = sq.start(c), len = sq.len(c);
+  if (cs + gi < ce) issue(cs + gi);
+  for (int c = cs + gi; c < ce; c += 2) {
+    const int start = sq.start(c), len = sq.len(c);
     cp_wait<0>();
-    bar_sync(BAR_OUT, NTH);  // Q, K, G of chunk c
+    bar_sync(BAR_OUT + gi, NTH);  // Q, K, G of chunk c
     unsigned qa[K / 16][4];
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk)
-      ldsm_x4(qa[kk], S.q + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
+      ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
     unsigned pa[4][4];
     {
       float acc[8][4];
@@ -1162,68 +1168,71 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
         for (int np = 0; np < 4; ++np) {
           if (np > rb) break;
           unsigned r[4];
-          ldsm_x4(r, S.ko + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
+          ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
           mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
           mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
         }
       }
-      const float gi[2] = {S.G[i0], S.G[i0 + 8]};
+      const float gi2[2] = {G[i0], G[i0 + 8]};
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
           const float x0 =
-              (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi[hf] - S.G[j]) : 0.f;
+              (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi2[hf] - G[j]) : 0.f;
           const float x1 = (j + 1 <= i && i < len)
-                               ? scale * acc[nt][2 * hf + 1] * __expf(gi[hf] - S.G[j + 1])
+                               ? scale * acc[nt][2 * hf + 1] * __expf(gi2[hf] - G[j + 1])
                                : 0.f;
           pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
         }
       }
     }
-    const float fs[2] = {i0 < len ? scale * __expf(S.G[i0]) : 0.f,
-                         i0 + 8 < len ? scale * __expf(S.G[i0 + 8]) : 0.f};
-    bar_sync(BAR_OUT, NTH);  // every output warp is done with Q, K and G
-    if (c + 1 < ce) issue(c + 1);
+    const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
+                         i0 + 8 < len ? scale * __expf(G[i0 + 8]) : 0.f};
+    bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, K and G
+    if (c + 2 < ce) issue(c + 2);
 
-    bar_sync(BAR_FULL + b, NT);  // h_c and Ṽ of chunk c
-    const bf16* hs = S.hx + b * K * LD64;
-    const bf16* vs = S.vx + b * CH * LD64;
-    float acc[4][4];
+    bar_sync(BAR_FULL + gi, L::HANDOFF);  // h_c and Ṽ of chunk c
+    const bf16* hs = S.hx + gi * K * LD64;
+    const bf16* vs = S.vx + gi * CH * LD64;
+    float acc[8][4];
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk)
 #pragma unroll
-      for (int jp = 0; jp < 2; ++jp) {
+      for (int jp = 0; jp < 4; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 16 * jp + 8 * lm_hi);
+        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
         mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
         mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
       }
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      if (ks > rb) break;
+    for (int ks2 = 0; ks2 < 4; ++ks2) {
+      if (ks2 > rb) break;
 #pragma unroll
-      for (int jp = 0; jp < 2; ++jp) {
+      for (int jp = 0; jp < 4; ++jp) {
         unsigned r[4];
-        ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * LD64 + c0 + 16 * jp + 8 * lm_hi);
-        mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
-        mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
+        ldsm_x4_t(r, vs + (16 * ks2 + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
+        mma_bf16(acc[2 * jp], pa[ks2], r[0], r[1]);
+        mma_bf16(acc[2 * jp + 1], pa[ks2], r[2], r[3]);
       }
     }
-    // The state warps refill buffer b for chunk c + 2 only.
-    if (c + 2 < ce) bar_arrive(BAR_EMPTY + b, NT);
-    store_rows16<4>(
-        acc, [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + v0 + c0; },
-        [&](int r) { return r0 + r < len; });
+    // The state warps refill this buffer for chunk c + 2 only.
+    if (c + 2 < ce) bar_arrive(BAR_EMPTY + gi, L::HANDOFF);
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      store_rows16<4>(
+          acc + 4 * half,
+          [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + v0 + 32 * half; },
+          [&](int r) { return r0 + r < len; });
   }
 }
 
@@ -1493,13 +1502,12 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     if constexpr (WS) {
       // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
       // buffer b once they are done with chunk c − 2.
-      constexpr int NT = 32 * (L::NW + L::NWO);
-      if (c - cs >= 2) bar_sync(BAR_EMPTY + b, NT);
+      if (c - cs >= 2) bar_sync(BAR_EMPTY + b, L::HANDOFF);
       bf16* hxb = S.hx + b * K * LD64 + vl;
 #pragma unroll
       for (int r = 0; r < NJ / 8; ++r) stage_tiles_t<8>(st + 8 * r, hxb + 64 * r * LD64, LD64);
       stage_tiles_t<8>(p, S.vx + b * CH * LD64 + vl, LD64);
-      bar_arrive(BAR_FULL + b, NT);
+      bar_arrive(BAR_FULL + b, L::HANDOFF);
     }
 
     if (FUSED) {
