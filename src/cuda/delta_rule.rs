@@ -362,7 +362,14 @@ impl ChunkKernels {
             let mut v = vec![];
             for (i, &nw) in STATE_NWS.iter().enumerate() {
                 let name = format!("dr_{n}_k{dk}_nw{nw}");
-                v.extend(load_state_kern(gpu, dk, name, s(base + i), limit, (nw, 1, 0))?);
+                v.extend(load_state_kern(
+                    gpu,
+                    dk,
+                    name,
+                    s(base + i),
+                    limit,
+                    (nw, 1, 0),
+                )?);
             }
             if let Some(ks_base) = ks_base {
                 for (i, &(nw, ks)) in STATE_KS.iter().enumerate() {
@@ -544,6 +551,18 @@ fn state_step_cost(
 /// ms at 4·4096 × 6 heads, K = 256, V = 512, 1.40e-14 each; v4 took 2.6e-14).
 fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
     1.5e-14 * (tokens * h) as f64 * (k * v + 64 * v + 64 * k) as f64
+}
+
+/// Estimated seconds of the warp-specialised forward (one CTA per SM on 64 columns of V, 4 state
+/// and 8 output warps) over `steps` chunk steps for `cols` = N·H·V columns on `sms` SMs, per wave
+/// of CTAs, in the units of the split pass's model: the pass measured 3.6 µs a step at K = 128
+/// (H200, session 15 call 3: 0.237 ms for 64 steps at B4·T4096·H16), the output groups' pace,
+/// about 1.0 + 0.021·K µs; the split model ([`state_step_cost`] and [`fwd_o_cost`], fitted to the
+/// session-4 kernels) overestimates today's split pass and `fwd_o` by 13–33 % at the bench
+/// shapes, so this step is scaled by 1.2 to compare with it.
+fn ws_cost(steps: f64, cols: usize, k: usize, sms: usize) -> f64 {
+    let waves = cols.div_ceil(64).div_ceil(sms) as f64;
+    waves * steps * 1.2 * (1.0 + 0.021 * k as f64) * 1e-6
 }
 
 /// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
@@ -1074,7 +1093,10 @@ impl DeltaRuleWorkspace {
     /// The warp-specialised kernel, where it serves these dimensions (K <= 128, V a multiple of
     /// its 64 columns).
     fn ws_kern(&self) -> Option<&StateKern> {
-        self.kern.state_ws.as_ref().filter(|_| self.dims.dv % 64 == 0)
+        self.kern
+            .state_ws
+            .as_ref()
+            .filter(|_| self.dims.dv % 64 == 0)
     }
 
     /// K slices per column group of the split pass that the cost model picks for `n` sequences
@@ -1089,27 +1111,34 @@ impl DeltaRuleWorkspace {
     }
 
     /// The forward's path for `n` sequences of `tokens` in all, and its state kernel: fused with
-    /// the output or split (state pass, then `fwd_o`), whichever the cost model expects faster
-    /// (the fused pass does the output products inside the sequential pass, which pays when its
-    /// CTAs fill the GPU; `fwd_o` is parallel over chunks). The warp-specialised path runs only
-    /// when forced: [`DeltaRuleWorkspace::force_forward`] or, for experiments,
-    /// `GDN_DR_FWD=fused|split|ws`.
+    /// the output, split (state pass, then `fwd_o`) or warp-specialised, whichever the cost model
+    /// expects fastest (the fused pass does the output products inside the sequential pass,
+    /// which pays when its CTAs fill the GPU; `fwd_o` is parallel over chunks; the
+    /// warp-specialised pass runs them beside the sequential loop, which pays when its CTAs
+    /// fill the GPU's SMs). [`DeltaRuleWorkspace::force_forward`] or, for experiments,
+    /// `GDN_DR_FWD=fused|split|ws` forces one.
     fn forward_pass(&self, n: usize, tokens: usize) -> (ForwardPath, &StateKern) {
         let d = self.dims;
         let steps = tokens.div_ceil(CHUNK).div_ceil(n.max(1)) as f64;
         let (fk, fc) = self.state_kern(n, PassKind::Fused);
         let (sk, sc) = self.state_kern(n, PassKind::Split);
         let split_s = sc * steps + fwd_o_cost(tokens, d.heads, d.dk, d.dv);
-        let forced = self.forward_forced.or(match std::env::var("GDN_DR_FWD").as_deref() {
-            Ok("fused") => Some(ForwardPath::Fused),
-            Ok("split") => Some(ForwardPath::Split),
-            Ok("ws") => Some(ForwardPath::WarpSpecialised),
-            _ => None,
-        });
+        let ws_s = ws_cost(steps, n * d.heads * d.dv, d.dk, self.num_sms);
+        let forced = self
+            .forward_forced
+            .or(match std::env::var("GDN_DR_FWD").as_deref() {
+                Ok("fused") => Some(ForwardPath::Fused),
+                Ok("split") => Some(ForwardPath::Split),
+                Ok("ws") => Some(ForwardPath::WarpSpecialised),
+                _ => None,
+            });
         match (forced, self.ws_kern()) {
             (Some(ForwardPath::WarpSpecialised), Some(wk)) => (ForwardPath::WarpSpecialised, wk),
             (Some(ForwardPath::Fused), _) => (ForwardPath::Fused, fk),
             (Some(ForwardPath::Split), _) => (ForwardPath::Split, sk),
+            (None, Some(wk)) if ws_s < split_s.min(fc * steps) => {
+                (ForwardPath::WarpSpecialised, wk)
+            }
             _ if fc * steps <= split_s => (ForwardPath::Fused, fk),
             _ => (ForwardPath::Split, sk),
         }
@@ -2005,7 +2034,7 @@ mod chunk_table_tests {
 
 #[cfg(test)]
 mod state_cost_tests {
-    use super::{fwd_o_cost, state_step_cost, PassKind};
+    use super::{fwd_o_cost, state_step_cost, ws_cost, PassKind};
 
     /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model, ties
     /// to the wider, as `pick_state_nw`.
@@ -2155,5 +2184,39 @@ mod state_cost_tests {
         assert!(!fused(4, 4096, 16, (128, 128)));
         assert!(!fused(2, 8192, 16, (128, 128)));
         assert!(!fused(1, 16384, 16, (128, 128)));
+    }
+
+    /// The warp-specialised forward where it measured faster than the split pass and `fwd_o`
+    /// (H200, session 15 call 3, graph-replayed forwards, split / warp-specialised ms): B8·T2048
+    /// 0.413 / 0.400, B4·T4096 0.430 / 0.389, K64 V64 0.290 / 0.271, K64 V128 0.340 / 0.292; and
+    /// the split one where it did: B2·T8192 0.550 / 0.604, B1·T16384 (call 4) 0.690 / 1.104.
+    #[test]
+    fn warp_specialised_where_it_measured_faster() {
+        let ws = |b: usize, t: usize, h: usize, (k, v): (usize, usize)| {
+            let steps = t.div_ceil(64) as f64;
+            // The split pass's best variant, K splits (one CTA per SM) included.
+            let split_step = [(1, 2), (1, 4), (2, 2), (2, 4)]
+                .iter()
+                .filter(|&&(nw, _)| v % (16 * nw) == 0)
+                .map(|&ks| state_step_cost(ks, 1, b * h * v, k, PassKind::Split, 132))
+                .fold(
+                    best(&SPLIT_K128, b * h, (k, v), PassKind::Split).1,
+                    f64::min,
+                );
+            let s = split_step * steps + fwd_o_cost(b * t, h, k, v);
+            let w = ws_cost(steps, b * h * v, k, 132);
+            eprintln!(
+                "B{b} T{t} K{k} V{v}: split {:.3} ms, ws {:.3} ms",
+                s * 1e3,
+                w * 1e3
+            );
+            w < s
+        };
+        assert!(ws(8, 2048, 16, (128, 128)));
+        assert!(ws(4, 4096, 16, (128, 128)));
+        assert!(ws(4, 4096, 16, (64, 64)));
+        assert!(ws(4, 4096, 16, (64, 128)));
+        assert!(!ws(2, 8192, 16, (128, 128)));
+        assert!(!ws(1, 16384, 16, (128, 128)));
     }
 }

@@ -469,8 +469,7 @@ fn same_grads(gpu: &Gpu, a: &GradBuffers, b: &GradBuffers, lens: [usize; 6]) -> 
 /// Bit for bit (through f64, which holds every f32 exactly).
 fn same_bits<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|(&p, &q)| p.into().to_bits() == q.into().to_bits())
 }

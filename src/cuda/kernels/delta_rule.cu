@@ -184,18 +184,6 @@ __device__ __forceinline__ void bar_arrive(int id, int n) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 
-// Registers handed between warpgroups (setmaxnreg, sm_90; every thread of the warpgroup runs it):
-// the warp-specialised forward's state warps take what its output warps leave (both at the
-// launch's 168 a thread, ptxas spilled 72 bytes there).
-template <int N>
-__device__ __forceinline__ void regs_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-template <int N>
-__device__ __forceinline__ void regs_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -1275,13 +1263,13 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int k0 = kp * KR;                // the warp's first state row
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   if constexpr (WS) {
-    // Registers from the output warpgroups to the state warpgroup (launch cap 168 a thread).
+    // (Registers handed from the output warpgroups to the state warpgroup by setmaxnreg, 144 and
+    // 216 a thread, removed ptxas's 72 bytes of spills at K = 128 and made the pass slower: 0.250
+    // against 0.237 ms at B4·T4096·H16, session 15 calls 3–4.)
     if (warp >= NWC) {
-      regs_dec<144>();
       ws_output<K>(S, qg, k, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
       return;
     }
-    regs_inc<216>();
   }
   // The state warps' barrier: the whole CTA, or (warp-specialised) the state warps alone.
   auto sync_state = [] {
