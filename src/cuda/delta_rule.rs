@@ -1096,7 +1096,7 @@ impl DeltaRuleWorkspace {
         self.kern
             .state_ws
             .as_ref()
-            .filter(|_| self.dims.dv % 64 == 0)
+            .filter(|_| self.dims.dv.is_multiple_of(64))
     }
 
     /// K slices per column group of the split pass that the cost model picks for `n` sequences
