@@ -1035,43 +1035,40 @@ struct StateFwdSm {
   // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
   static constexpr int RED_SZ = KS > 1 ? NPART * NW * PART : 0;
-  // Buffers of the K, Q and G tiles: the warp-specialised output groups read them after the
-  // state warps, for up to two chunk steps more, so they rotate through three there.
-  static constexpr int NKB = MODE == MODE_WS ? 3 : 2;
   bf16* w;     // 2 x [64][WLD]
-  bf16* k;     // NKB x [64][WLD]
+  bf16* k;     // 2 x [64][WLD]
   bf16* u;     // 2 x [64][ULD]
   float* R;    // 2 x [REC_FWD]: δ_t, γ_last (the decay record)
-  float* G;    // fused, warp-specialised: NKB x [64]
-  bf16* q;     // fused: [64][WLD]; warp-specialised: NKB x
+  float* G;    // fused: 2 x [64]; warp-specialised: 2 x [64], an output group's chunk each
+  bf16* q;     // forward: [64][WLD]; warp-specialised: 2 x (one per output group)
   bf16* pb;    // fused: [64][LD64]  P, bf16
   float* red;  // K split: RED_SZ
-  // Warp-specialised: the state warps' hand-off of chunk c to its output group, in buffer
-  // (c − cs) mod 2: diag(s γ) Q h_c (f32 [64][LF64], row t, column v) and Ṽ ([64][LD64] bf16).
-  float* sq;   // 2 x [64][LF64]
+  // Warp-specialised: the output groups' K tiles, and the state warps' hand-off of chunk c to
+  // them in buffer (c − cs) mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's layout).
+  bf16* ko;    // 2 x [64][WLD]
+  bf16* hx;    // 2 x [K][LD64]
   bf16* vx;    // 2 x [64][LD64]
   __device__ void carve(Carve& c) {
     constexpr bool WS = MODE == MODE_WS;
     w = c.take<bf16>(2 * W_SZ);
-    k = c.take<bf16>(NKB * W_SZ);
+    k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     R = c.take<float>(2 * REC_FWD);
-    G = MODE == MODE_SPLIT ? nullptr : c.take<float>(NKB * CH);
-    q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>((WS ? NKB : 1) * W_SZ);
+    G = MODE == MODE_SPLIT ? nullptr : c.take<float>(2 * CH);
+    q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>((WS ? 2 : 1) * W_SZ);
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
-    sq = WS ? c.take<float>(2 * CH * LF64) : nullptr;
+    ko = WS ? c.take<bf16>(2 * W_SZ) : nullptr;
+    hx = WS ? c.take<bf16>(2 * K * LD64) : nullptr;
     vx = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
   }
 };
 
 // The warp-specialised forward's named barriers: the state warps' own (they never meet the
-// output warps at __syncthreads); per output group gi "loaded" (the state warps arrive once the
-// K, Q and G tiles of the group's next chunk are in), "full" (once the hand-off buffer gi holds
-// its diag(s γ) Q h_c and Ṽ) and "empty" (the group arrives once it has read the buffer, the
-// state warps wait before refilling it); per K/Q/G slot "free" (the group arrives once it has
-// formed P from the slot, the state warps wait before loading a later chunk into it).
-constexpr int BAR_STATE = 1, BAR_LOADED = 2, BAR_FULL = 4, BAR_EMPTY = 6, BAR_FREE = 8;
+// output warps at __syncthreads), each output group's own, and per hand-off buffer b "full"
+// (the state warps arrive once h_c and Ṽ of its chunk are in, the group waits) and "empty"
+// (the group arrives once it has read it, the state warps wait before refilling it).
+constexpr int BAR_STATE = 1, BAR_OUT = 2, BAR_FULL = 4, BAR_EMPTY = 6;
 
 // One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
 // pb, the column tiles up to the diagonal block (the output products read no others).
@@ -1115,30 +1112,51 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
-// The warp-specialised forward's output warps (MODE_WS, behind the state warps): two groups of 4
-// warps take the chunks in turn (group gi the chunks cs + gi, cs + gi + 2, ..., hand-off buffer
-// gi). The state warps form diag(s γ) Q h_c themselves, from the bf16 state in their registers
-// (the fused pass's Sᵀ Qᵀ), and hand it over with Ṽ; a group forms P = s (QKᵀ ⊙ Γ ⊙ L) from the
-// state warps' own K, Q and G tiles as soon as they are in, then O = diag(s γ) Q h_c + P Ṽ
-// once the hand-off is. Output warp w of a group forms rows [16 w, +16) of the chunk's O.
-// Session 15 had the groups form Q h_c from a bf16 h_c handed over, and load K, Q and G
-// themselves: 0.237 ms at B4·T4096·H16·K128 (against 0.28 for the split pass and kernel 3), the
-// groups' chain of dependent products setting the pace; before that one group of 4 or 8 warps on
-// every chunk: 0.33–0.34 ms.
+// The warp-specialised forward's output warps (MODE_WS, behind the state warps): kernel 3's
+// products for the CTA's 64 columns of V, from h_c and Ṽ that the state warps hand over in
+// shared memory (`hx`, `vx`) instead of through global memory. Two groups of 4 warps take the
+// chunks in turn (group gi the chunks cs + gi, cs + gi + 2, ..., which use hand-off buffer gi),
+// each with its own Q, K and G: one chunk's output is a chain of dependent steps (Q and K in, P,
+// then Q h_c and P Ṽ after the hand-off) about twice as long as a state step, so one group
+// alone set the pace (session 15: 0.33–0.34 ms at B4·T4096·H16·K128 with 4 or 8 warps on every
+// chunk, against 0.28 for the split pass and kernel 3). Output warp w of a group forms rows
+// [16 w, +16) of the chunk's O: Q rows as A fragments, P rows s (QKᵀ ⊙ Γ ⊙ L) as bf16 A
+// fragments, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in kernel 3's
+// order (so O is kernel 3's, bit for bit). The group's next Q, K and G load while it waits for
+// its hand-off and multiplies. (Session 15, call 5: the state warps forming diag(s γ) Q h_c from
+// their registers instead, the groups reading the state warps' K, Q and G, made the state step
+// 4.2 µs and the pass 0.270 ms, against 0.237 ms this way.)
 template <int K, class L>
-__device__ void ws_output(const L& S, const SeqChunks& sq, int cs, int ce, int h, int H, int V,
-                          int v0, float scale, bf16* __restrict__ o) {
+__device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                          const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
+                          int h, int H, int V, int v0, float scale, bf16* __restrict__ o) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
-  const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, ow = (t % NTH) >> 5;
+  const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
   const int lane = t & 31, g = lane >> 2, qd = lane & 3;
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
+  bf16* qs = S.q + gi * L::W_SZ;
+  bf16* ks = S.ko + gi * L::W_SZ;
+  float* G = S.G + gi * CH;
+  auto issue = [&](int c) {
+    const int s0 = sq.start(c), l = sq.len(c);
+    load_rows_async<K, NTH>(qs, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, tg);
+    load_rows_async<K, NTH>(ks, WLD, k + ((long)s0 * H + h) * K, (long)H * K, l, tg);
+    if (tg < CH) {
+      const bool ok = tg < l;
+      cp4(G + tg, ok ? (const void*)(gc + (long)(s0 + tg) * H + h) : (const void*)gc, ok);
+    }
+    cp_commit();
+  };
+  if (cs + gi < ce) issue(cs + gi);
   for (int c = cs + gi; c < ce; c += 2) {
-    const int slot = (c - cs) % L::NKB, start = sq.start(c), len = sq.len(c);
-    const bf16* qs = S.q + slot * L::W_SZ;
-    const bf16* ks = S.k + slot * L::W_SZ;
-    const float* G = S.G + slot * CH;
-    bar_sync(BAR_LOADED + gi, L::HANDOFF);  // K, Q, G of chunk c
+    const int start = sq.start(c), len = sq.len(c);
+    cp_wait<0>();
+    bar_sync(BAR_OUT + gi, NTH);  // Q, K, G of chunk c
+    unsigned qa[K / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk)
+      ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
     unsigned pa[4][4];
     {
       float acc[8][4];
@@ -1148,15 +1166,13 @@ __device__ void ws_output(const L& S, const SeqChunks& sq, int cs, int ce, int h
         for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < K / 16; ++kk) {
-        unsigned qa[4];
-        ldsm_x4(qa, qs + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
 #pragma unroll
         for (int np = 0; np < 4; ++np) {
           if (np > rb) break;
           unsigned r[4];
           ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
-          mma_bf16(acc[2 * np], qa, r[0], r[1]);
-          mma_bf16(acc[2 * np + 1], qa, r[2], r[3]);
+          mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
+          mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
         }
       }
       const float gi2[2] = {G[i0], G[i0 + 8]};
@@ -1174,21 +1190,32 @@ __device__ void ws_output(const L& S, const SeqChunks& sq, int cs, int ce, int h
         }
       }
     }
-    // The slot takes chunk c + 3 (the state warps load it two steps on).
-    if (c + 3 < ce) bar_arrive(BAR_FREE + slot, L::HANDOFF);
+    const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
+                         i0 + 8 < len ? scale * __expf(G[i0 + 8]) : 0.f};
+    bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, K and G
+    if (c + 2 < ce) issue(c + 2);
 
-    bar_sync(BAR_FULL + gi, L::HANDOFF);  // diag(s γ) Q h_c and Ṽ of chunk c
-    const float* sqb = S.sq + gi * CH * LF64;
+    bar_sync(BAR_FULL + gi, L::HANDOFF);  // h_c and Ṽ of chunk c
+    const bf16* hs = S.hx + gi * K * LD64;
     const bf16* vs = S.vx + gi * CH * LD64;
     float acc[8][4];
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const float2 x = *reinterpret_cast<const float2*>(sqb + (i0 + 8 * hf) * LF64 + 8 * nt + 2 * qd);
-        acc[nt][2 * hf] = x.x;
-        acc[nt][2 * hf + 1] = x.y;
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk)
+#pragma unroll
+      for (int jp = 0; jp < 4; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
+        mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
+        mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
       }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
 #pragma unroll
     for (int ks2 = 0; ks2 < 4; ++ks2) {
       if (ks2 > rb) break;
@@ -1242,7 +1269,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // 216 a thread, removed ptxas's 72 bytes of spills at K = 128 and made the pass slower: 0.250
     // against 0.237 ms at B4·T4096·H16, session 15 calls 3–4.)
     if (warp >= NWC) {
-      ws_output<K>(S, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
+      ws_output<K>(S, qg, k, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
       return;
     }
   }
@@ -1288,10 +1315,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int e = 0; e < 4; ++e)
       st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
 
-  // Chunk ci's group: W, U and its decay record into buffer b, K (and, fused or
-  // warp-specialised, Q and G) into K buffer kb (b, or warp-specialised (ci − cs) mod 3).
+  // Chunk ci's group: W, K, U, its decay record (and fused G) into buffer b, and Q (fused).
   auto issue = [&](int ci, int s0, int l, int b) {
-    const int kb = WS ? (ci - cs) % L::NKB : b;
     // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
     // so it keeps the generic loop.
     auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld) {
@@ -1304,18 +1329,17 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     using KC = IntC<K>;
     using VC = IntC<L::BVC>;
     rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K);
-    rows(KC{}, S.k + kb * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K);
+    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K);
     rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V);
     if (tid < REC_FWD / 4)
       cp16(S.R + b * REC_FWD + 4 * tid, rec + ((long)ci * H + h) * RECW + 4 * tid, true);
-    if (FUSED || WS)
+    if (FUSED)
       for (int i = tid; i < CH; i += L::NW * 32) {
         const bool ok = i < l;
-        cp4(S.G + kb * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc,
+        cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc,
             ok);
       }
-    if (FUSED || WS)
-      rows(KC{}, S.q + (WS ? kb * L::W_SZ : 0), L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K);
+    if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K);
     cp_commit();
   };
 
@@ -1353,28 +1377,17 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     cp_wait<0>();
     sync_state();
 
-    const int slot = WS ? (c - cs) % L::NKB : b;  // K, Q, G
     const bf16* wb = S.w + b * L::W_SZ;
-    const bf16* kb = S.k + slot * L::W_SZ;
+    const bf16* kb = S.k + b * L::W_SZ;
     const bf16* ub = S.u + b * L::U_SZ;
-    const bf16* qs = S.q + (WS ? slot * L::W_SZ : 0);
     // Unsplit, this warp's columns of U are dead once read: the stage of its stores.
     bf16* ustage = S.u + b * L::U_SZ + vl;
-    const float* G = FUSED || WS ? S.G + slot * CH : nullptr;
+    const float* G = FUSED ? S.G + b * CH : nullptr;
     const float* R = S.R + b * REC_FWD;
 
-    if constexpr (WS) {
-      // The group of chunk c − 2 has formed its P from the K/Q/G slot chunk c + 1 takes, and
-      // has read hand-off buffer b; then chunk c's tiles are the group's to read.
-      if (more && c + 1 - cs >= L::NKB) bar_sync(BAR_FREE + (c + 1 - cs) % L::NKB, L::HANDOFF);
-      if (more) issue(c + 1, nstart, nlen, b ^ 1);
-      if (c - cs >= 2) bar_sync(BAR_EMPTY + b, L::HANDOFF);
-      bar_arrive(BAR_LOADED + b, L::HANDOFF);
-    }
-
-    // Forward: Oᵀ's first term, Sᵀ Qᵀ (this warp's K slice), and (fused) P; then Q is dead.
+    // Forward: Oᵀ's first term, Sᵀ Qᵀ (this warp's K slice), and P; then Q is dead.
     float ot[8][4];
-    if (FUSED || WS) {
+    if (FUSED) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -1388,33 +1401,18 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
         for (int np = 0; np < 4; ++np) {
           unsigned r[4];
-          ldsm_x4(r, qs + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
+          ldsm_x4(r, S.q + (8 * (2 * np + lm_hi) + lr) * L::WLD + k0 + 16 * kk + 8 * lm_lo);
           mma_bf16(ot[2 * np], a, r[0], r[1]);
           mma_bf16(ot[2 * np + 1], a, r[2], r[3]);
         }
       }
       if (KS == 1) scale_sq(ot, G, len);
-      if constexpr (FUSED) {
-        for (int rb = warp; rb < 4; rb += L::NW) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
-        if (KS == 1) __syncthreads();  // P complete; every warp is done with Q
-      }
-    }
-    if constexpr (WS) {
-      // diag(s γ) Q h_c to the hand-off buffer as rows t, columns v (4-byte stores; lanes
-      // (g, q) meet banks 8q + g: none shared).
-      float* sqb = S.sq + b * CH * LF64 + vl + g;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int t0 = 8 * nt + 2 * q;
-        sqb[t0 * LF64] = ot[nt][0];
-        sqb[(t0 + 1) * LF64] = ot[nt][1];
-        sqb[t0 * LF64 + 8] = ot[nt][2];
-        sqb[(t0 + 1) * LF64 + 8] = ot[nt][3];
-      }
+      for (int rb = warp; rb < 4; rb += L::NW) p_rows<K>(S.q, kb, G, len, scale, rb, S.pb);
+      if (KS == 1) __syncthreads();  // P complete; every warp is done with Q
     }
     // Buffer b^1 was last read in chunk c-1, before the first barrier above; fused with a K split,
     // Q is read until the barrier of the reduction.
-    if (!WS && more && (KS == 1 || !FUSED)) issue(c + 1, nstart, nlen, b ^ 1);
+    if (more && (KS == 1 || !FUSED)) issue(c + 1, nstart, nlen, b ^ 1);
 
     // Ṽᵀ [16 × 64] = Uᵀ + Sᵀ (−W)ᵀ: p[nt] is columns t = 8nt.. of the chunk; with a K split, this
     // warp's partial (U counted by slice 0).
@@ -1507,8 +1505,14 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       store_tiles_staged<8>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
                             (long)H * V, len);
     if constexpr (WS) {
+      // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
+      // buffer b once they are done with chunk c − 2.
+      if (c - cs >= 2) bar_sync(BAR_EMPTY + b, L::HANDOFF);
+      bf16* hxb = S.hx + b * K * LD64 + vl;
+#pragma unroll
+      for (int r = 0; r < NJ / 8; ++r) stage_tiles_t<8>(st + 8 * r, hxb + 64 * r * LD64, LD64);
       stage_tiles_t<8>(p, S.vx + b * CH * LD64 + vl, LD64);
-      bar_arrive(BAR_FULL + b, L::HANDOFF);  // chunk c's diag(s γ) Q h_c and Ṽ
+      bar_arrive(BAR_FULL + b, L::HANDOFF);
     }
 
     if (FUSED) {

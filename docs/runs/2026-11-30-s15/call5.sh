@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 15, call 5: the warp-specialised forward v2 — the state warps form diag(s γ) Q h_c (the
-# warpgroups to the state warpgroup (setmaxnreg 144 / 216; no spills) — the selftest, split / ws
-# slots). The selftest, split / ws alternating, breakdown, Nsight Compute on state_ws at B4.
+# fused pass's Sᵀ Qᵀ) and hand it over; the output groups read K, Q and G from the state warps'
+# slots. The selftest, split / ws alternating, breakdown, Nsight Compute on state_ws at B4.
 set -u
 export GDN_CACHE_DIR=/tmp/gdn_cache GDN_NVRTC_LINEINFO=1
 . scripts/device_env.sh
