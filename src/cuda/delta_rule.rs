@@ -11,9 +11,12 @@
 //! allocate and copy nothing, so they can be captured in a CUDA graph.
 //!
 //! Pipeline (spec §B), per call:
-//! - forward: `prep` (per chunk, head: G, T = (I+M)^{-1}, W, U) → `state_fwd` (per sequence, head,
-//!   V tile: each chunk's entering state h_c, Ṽ = U − W h_c and the output O, kept on the SM; the
-//!   final state);
+//! - forward: `prep` (per chunk, head: G, T = (I+M)^{-1}, W, U) → the state pass (per sequence,
+//!   head, V tile: each chunk's entering state h_c, Ṽ = U − W h_c, the output O and the final
+//!   state) on one of three paths ([`ForwardPath`], chosen by the cost model): `state_fwd` (O
+//!   formed in the sequential loop), `state_split` then `fwd_o` (h_c and Ṽ through global
+//!   memory, O per chunk), or `state_ws` (K ≤ 128: state warps hand h_c and Ṽ to output warps
+//!   in the same CTA);
 //! - backward: `wu` (W, U and G from the T the forward saved; without a saved T, `prep` again,
 //!   storing T in the workspace) → `state_split` (recompute h_c, Ṽ into the workspace) →
 //!   `dvloc` → `state_bwd` (reverse: dh_c in bf16, its partials of ⟨h_c, dh_c⟩ from the f32 dS,
