@@ -1112,6 +1112,85 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
+// One warp's rows [16 rb, +16) of P = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments:
+// pa[ks] is columns [16 ks, +16), formed for ks ≤ rb only (P is zero above the diagonal block).
+// qa: the warp's Q rows as A fragments (k-step kk); ks: K's 64 rows (row stride K + 8); G: the
+// chunk's in-chunk cumulative gates. Kernel 3 and the warp-specialised forward's output warps.
+template <int K>
+__device__ __forceinline__ void p_frags(const unsigned (*qa)[4], const bf16* ks, const float* G,
+                                        int rb, int len, float scale, unsigned (*pa)[4]) {
+  constexpr int LD = K + 8;
+  const int lane = threadIdx.x & 31, i0 = 16 * rb + (lane >> 2), qd = lane & 3;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  float acc[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      if (np > rb) break;
+      unsigned r[4];  // B = K rows j = 16 np.. (k-dimension: features 16 kk..)
+      ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * LD + 16 * kk + 8 * lm_lo);
+      mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
+      mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
+    }
+  }
+  const float gi[2] = {G[i0], G[i0 + 8]};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
+      const float x0 = (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi[hf] - G[j]) : 0.f;
+      const float x1 =
+          (j + 1 <= i && i < len) ? scale * acc[nt][2 * hf + 1] * __expf(gi[hf] - G[j + 1]) : 0.f;
+      pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
+    }
+  }
+}
+
+// One warp's output tiles, rows [16 rb, +16) and 16·NJP columns from c0: acc = diag(fs) Q h_c +
+// P Ṽ, with qa and pa as p_frags takes and forms them, h_c [K][ld] and Ṽ [64][ld] bf16 in shared
+// memory (B operands by ldmatrix.trans; P Ṽ's k-steps up to the diagonal block). Kernel 3 and the
+// warp-specialised forward's output warps: the same products in the same order.
+template <int K, int NJP>
+__device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[4],
+                                          const unsigned (*pa)[4], const bf16* hs, const bf16* vs,
+                                          int ld, int c0, int rb, const float* fs) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+#pragma unroll
+  for (int nt = 0; nt < 2 * NJP; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk)
+#pragma unroll
+    for (int jp = 0; jp < NJP; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
+      mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
+    }
+#pragma unroll
+  for (int nt = 0; nt < 2 * NJP; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    if (ks > rb) break;
+#pragma unroll
+    for (int jp = 0; jp < NJP; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
+      mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
+    }
+  }
+}
+
 // The warp-specialised forward's output warps (MODE_WS, behind the state warps): kernel 3's
 // products for the CTA's 64 columns of V, from h_c and Ṽ that the state warps hand over in
 // shared memory (`hx`, `vx`) instead of through global memory. Two groups of 4 warps take the
@@ -1132,7 +1211,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
                           int h, int H, int V, int v0, float scale, bf16* __restrict__ o) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
-  const int lane = t & 31, g = lane >> 2, qd = lane & 3;
+  const int lane = t & 31, g = lane >> 2;
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
   bf16* qs = S.q + gi * L::W_SZ;
@@ -1158,75 +1237,15 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     for (int kk = 0; kk < K / 16; ++kk)
       ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
     unsigned pa[4][4];
-    {
-      float acc[8][4];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < K / 16; ++kk) {
-#pragma unroll
-        for (int np = 0; np < 4; ++np) {
-          if (np > rb) break;
-          unsigned r[4];
-          ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
-          mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
-          mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
-        }
-      }
-      const float gi2[2] = {G[i0], G[i0 + 8]};
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
-          const float x0 =
-              (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi2[hf] - G[j]) : 0.f;
-          const float x1 = (j + 1 <= i && i < len)
-                               ? scale * acc[nt][2 * hf + 1] * __expf(gi2[hf] - G[j + 1])
-                               : 0.f;
-          pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
-        }
-      }
-    }
+    p_frags<K>(qa, ks, G, rb, len, scale, pa);
     const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
                          i0 + 8 < len ? scale * __expf(G[i0 + 8]) : 0.f};
     bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, K and G
     if (c + 2 < ce) issue(c + 2);
 
     bar_sync(BAR_FULL + gi, L::HANDOFF);  // h_c and Ṽ of chunk c
-    const bf16* hs = S.hx + gi * K * LD64;
-    const bf16* vs = S.vx + gi * CH * LD64;
     float acc[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk)
-#pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
-        unsigned r[4];
-        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
-        mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
-        mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
-      }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
-#pragma unroll
-    for (int ks2 = 0; ks2 < 4; ++ks2) {
-      if (ks2 > rb) break;
-#pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
-        unsigned r[4];
-        ldsm_x4_t(r, vs + (16 * ks2 + 8 * lm_lo + lr) * LD64 + 16 * jp + 8 * lm_hi);
-        mma_bf16(acc[2 * jp], pa[ks2], r[0], r[1]);
-        mma_bf16(acc[2 * jp + 1], pa[ks2], r[2], r[3]);
-      }
-    }
+    out_tiles<K, 4>(acc, qa, pa, S.hx + gi * K * LD64, S.vx + gi * CH * LD64, LD64, 0, rb, fs);
     // The state warps refill this buffer for chunk c + 2 only.
     if (c + 2 < ce) bar_arrive(BAR_EMPTY + gi, L::HANDOFF);
 #pragma unroll
@@ -1627,7 +1646,7 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   constexpr int NTH = L::NW * 32;
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   // This warp: rows r0.., slice columns c0..; this lane: rows i0, i0 + 8.
@@ -1669,41 +1688,9 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   for (int kk = 0; kk < K / 16; ++kk)
     ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * QLD + 16 * kk + 8 * lm_hi);
 
-  // P rows r0.. = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments: pa[ks] is columns
-  // [16 ks, +16), formed for ks ≤ rb only (P is zero above the diagonal block).
+  // P rows r0.. = s (QKᵀ ⊙ Γ ⊙ L) as bf16 A fragments.
   unsigned pa[4][4];
-  {
-    float acc[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) {
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        if (np > rb) break;
-        unsigned r[4];  // B = K rows j = 16 np.. (k-dimension: features 16 kk..)
-        ldsm_x4(r, kls + (8 * (2 * np + lm_hi) + lr) * QLD + 16 * kk + 8 * lm_lo);
-        mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
-        mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
-      }
-    }
-    const float gi[2] = {S.G[i0], S.G[i0 + 8]};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
-        const float x0 =
-            (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi[hf] - S.G[j]) : 0.f;
-        const float x1 =
-            (j + 1 <= i && i < len) ? scale * acc[nt][2 * hf + 1] * __expf(gi[hf] - S.G[j + 1])
-                                    : 0.f;
-        pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
-      }
-    }
-  }
+  p_frags<K>(qa, kls, S.G, rb, len, scale, pa);
   // The row scales s γ_i of Q h_c (zero at rows ≥ len).
   const float fs[2] = {i0 < len ? scale * __expf(S.G[i0]) : 0.f,
                        i0 + 8 < len ? scale * __expf(S.G[i0 + 8]) : 0.f};
@@ -1718,36 +1705,7 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
     const bf16* hs = reinterpret_cast<const bf16*>(b);
     const bf16* vs = reinterpret_cast<const bf16*>(b + L::OFF_V);
     float acc[4][4];
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-    // Q h_c: B = h_c rows (k) 16 kk.., columns c0 + 16 jp.. by ldmatrix.trans.
-#pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk)
-#pragma unroll
-      for (int jp = 0; jp < 2; ++jp) {
-        unsigned r[4];
-        ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * SLD + c0 + 16 * jp + 8 * lm_hi);
-        mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
-        mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
-      }
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
-    // + P Ṽ: B = Ṽ rows (k = token) 16 ks.., ks ≤ rb.
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      if (ks > rb) break;
-#pragma unroll
-      for (int jp = 0; jp < 2; ++jp) {
-        unsigned r[4];
-        ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * SLD + c0 + 16 * jp + 8 * lm_hi);
-        mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
-        mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
-      }
-    }
+    out_tiles<K, 2>(acc, qa, pa, hs, vs, SLD, c0, rb, fs);
     store_rows16<4>(
         acc, [&](int r) { return o + ((long)(start + r0 + r) * H + h) * V + s * BV + c0; },
         [&](int r) { return r0 + r < len; });
