@@ -570,19 +570,20 @@ fn ws_cost(steps: f64, cols: usize, k: usize, sms: usize) -> f64 {
 
 /// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
 /// for `seq_heads` = N·H, and that cost, among the unsplit and K-split ones (fused K splits
-/// only when forced); `GDN_DR_KS` / `GDN_DR_SB_KS` force the K split and `GDN_DR_SF_NW`
-/// (forward passes) or `GDN_DR_SB_NW` (backward) the column groups, 1, 2, 4 or 8, where such a
-/// variant fits, for experiments.
+/// only when forced); `force_ks` (else `GDN_DR_KS` / `GDN_DR_SB_KS`) forces the K split and
+/// `GDN_DR_SF_NW` (forward passes) or `GDN_DR_SB_NW` (backward) the column groups, 1, 2, 4 or 8,
+/// where such a variant fits, for experiments.
 fn pick_state_nw(
     vars: &[StateKern],
     seq_heads: usize,
     (k, v): (usize, usize),
     pass: PassKind,
     sms: usize,
+    force_ks: Option<usize>,
 ) -> (&StateKern, f64) {
     let divides = |s: &&StateKern| v % (16 * s.nw) == 0;
-    let forced_ks = pass
-        .forced_ks()
+    let forced_ks = force_ks
+        .or_else(|| pass.forced_ks())
         .filter(|&ks| vars.iter().filter(divides).any(|s| s.ks == ks));
     let fits = |s: &&StateKern| {
         divides(s)
@@ -759,6 +760,8 @@ pub struct DeltaRuleWorkspace {
     probe: Option<StageProbe>,
     /// The forward's path when forced ([`DeltaRuleWorkspace::force_forward`]).
     forward_forced: Option<ForwardPath>,
+    /// The split pass's K split when forced ([`DeltaRuleWorkspace::force_split_ks`]).
+    split_ks_forced: Option<usize>,
 }
 
 /// How the forward forms the output alongside the state pass.
@@ -1009,6 +1012,7 @@ impl DeltaRuleWorkspace {
             kern,
             probe: None,
             forward_forced: None,
+            split_ks_forced: None,
         })
     }
 
@@ -1083,7 +1087,22 @@ impl DeltaRuleWorkspace {
             PassKind::Split => &self.kern.state_split,
             PassKind::Bwd => &self.kern.state_bwd,
         };
-        pick_state_nw(vars, n * d.heads, (d.dk, d.dv), pass, self.num_sms)
+        let force_ks = self.split_ks_forced.filter(|_| pass == PassKind::Split);
+        pick_state_nw(
+            vars,
+            n * d.heads,
+            (d.dk, d.dv),
+            pass,
+            self.num_sms,
+            force_ks,
+        )
+    }
+
+    /// Forces the K split of the split pass (forward and recompute) in the calls that follow
+    /// (`None`: the cost model's choice). The selftest runs the split forward unsplit to compare
+    /// the warp-specialised one with it bit for bit.
+    pub fn force_split_ks(&mut self, ks: Option<usize>) {
+        self.split_ks_forced = ks;
     }
 
     /// Forces the forward's path of the calls that follow (`None`: the cost model's choice). The
@@ -1100,12 +1119,6 @@ impl DeltaRuleWorkspace {
             .state_ws
             .as_ref()
             .filter(|_| self.dims.dv.is_multiple_of(64))
-    }
-
-    /// K slices per column group of the split pass that the cost model picks for `n` sequences
-    /// (1: unsplit; a K split sums Ṽ's partials in another order than the unsplit pass).
-    fn split_pass_ks(&self, n: usize) -> usize {
-        self.state_kern(n, PassKind::Split).0.ks
     }
 
     /// Whether [`ForwardPath::WarpSpecialised`] serves these dimensions.

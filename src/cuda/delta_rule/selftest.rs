@@ -278,17 +278,21 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         TOL_F32,
     ));
     // Every forward path, whichever the cost model picks above: at these small shapes it picks
-    // the split one, and the others would otherwise go unchecked.
+    // the split one (K-split), and the others would otherwise go unchecked. Where the
+    // warp-specialised path exists the split pass runs unsplit here, as its state warps do.
+    let has_ws = ws.has_warp_specialised();
     let mut paths = vec![ForwardPath::Fused, ForwardPath::Split];
-    if ws.has_warp_specialised() {
+    if has_ws {
         paths.push(ForwardPath::WarpSpecialised);
     }
     let mut split_bits = None;
     for path in paths {
         let mut t_scratch = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
         ws.force_forward(Some(path));
+        ws.force_split_ks(has_ws.then_some(1));
         let forced = gpu_forward(gpu, ws, c, &d, &mut t_scratch);
         ws.force_forward(None);
+        ws.force_split_ks(None);
         let (o2, fs2, bits2) = forced?;
         let pass = path.name();
         rows.push(row(
@@ -307,17 +311,17 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             ForwardPath::Split => split_bits = Some((bits2, fs2)),
             // Its output warps form kernel 3's products in kernel 3's order from the same h_c
             // and Ṽ, and its state warps are the unsplit split pass's: the same bits.
-            ForwardPath::WarpSpecialised if ws.split_pass_ks(n) == 1 => {
+            ForwardPath::WarpSpecialised => {
                 let (sb, sfs) = split_bits.as_ref().expect("the split pass runs first");
                 let same = *sb == bits2 && same_bits(sfs, &fs2);
                 rows.push(row(
-                    "delta_rule.chunk_fwd warp-specialised = split, bitwise",
+                    "delta_rule.chunk_fwd warp-specialised = unsplit split pass, bitwise",
                     &c.label,
                     if same { 0.0 } else { f64::INFINITY },
                     0.0,
                 ));
             }
-            _ => {}
+            ForwardPath::Fused => {}
         }
     }
     if repeat {
