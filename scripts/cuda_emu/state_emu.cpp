@@ -217,10 +217,10 @@ static void check_k(unsigned seed) {
   }
 }
 
-// The warp-specialised forward (4 state warps on 64 columns, 4 output warps): O against the
-// reference of the fused pass (the same roundings), the final state bit for bit against the
-// split pass's (the state warps' products are the split pass's). Two column groups (V = 128), a
-// sequence of many chunks so that both hand-off buffers are refilled.
+// The warp-specialised forward (4 state warps on 64 columns, two groups of 4 output warps): O
+// against the reference of the fused pass (the same roundings), the final state bit for bit
+// against the split pass's (the state warps' products are the split pass's). Two column groups
+// (V = 128), a sequence of many chunks so that both hand-off buffers are refilled.
 template <int K>
 static void check_ws(unsigned seed) {
   for (int h0 = 0; h0 < 2; ++h0) {

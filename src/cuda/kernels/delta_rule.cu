@@ -316,14 +316,9 @@ __device__ __forceinline__ void stsm_x4_t(unsigned s, const unsigned* r) {
                : "memory");
 }
 
-// One warp's NT (even, ≤ 8) 16×8 accumulator tiles x[nt] (rows g, g + 8: 16 columns of Y;
-// columns 8nt + 2q + {0, 1}: rows of Y) stored transposed as bf16 rows [0, 8 NT) of Y (row
-// stride ld), only rows < valid, through `stage`: this warp's own 8 NT × 16 bf16 of shared
-// memory (row stride sld elements, rows 16-byte aligned). stmatrix.trans writes the stage, then
-// each row leaves as two 16-byte stores, whole 32-byte sectors: store_tile_t's shuffles and
-// selects are gone and its 4-byte stores filled half sectors.
-// The first half of store_tiles_staged: the NT tiles transposed as bf16 into rows [0, 8 NT) ×
-// 16 columns of `stage` (row stride sld), by stmatrix.trans. The warp-specialised forward hands
+// The first half of store_tiles_staged (below): one warp's NT (even, ≤ 8) accumulator tiles
+// transposed as bf16 into rows [0, 8 NT) × 16 columns of `stage` (row stride sld), by
+// stmatrix.trans. The warp-specialised forward hands
 // h_c and Ṽ to its output warps this way, in the layout kernel 3 reads them from global.
 template <int NT>
 __device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, int sld) {
@@ -340,6 +335,12 @@ __device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, 
   }
 }
 
+// One warp's NT (even, ≤ 8) 16×8 accumulator tiles x[nt] (rows g, g + 8: 16 columns of Y;
+// columns 8nt + 2q + {0, 1}: rows of Y) stored transposed as bf16 rows [0, 8 NT) of Y (row
+// stride ld), only rows < valid, through `stage`: this warp's own 8 NT × 16 bf16 of shared
+// memory (row stride sld elements, rows 16-byte aligned). stmatrix.trans writes the stage, then
+// each row leaves as two 16-byte stores, whole 32-byte sectors: store_tile_t's shuffles and
+// selects are gone and its 4-byte stores filled half sectors.
 template <int NT>
 __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* stage, int sld,
                                                    bf16* y, long ld, int valid) {
