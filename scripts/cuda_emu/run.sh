@@ -2,7 +2,7 @@
 # CPU emulation checks (no GPU): extract a kernel's own text from src/cuda/kernels/delta_rule.cu,
 # compile it against emu.h and compare with a reference. wu: kernel 1b against kernel 1 (bit for
 # bit); fwd_o: kernel 3; dqk: kernel 6; wy: kernel 7; state: kernel 2 (all modes and K splits;
-# `run.sh k256` adds K = 256); state_bwd: kernel 5 (K splits).
+# `run.sh k256` adds K = 256); state_bwd: kernels 4 and 5 (K splits, warp-specialised).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 cu=${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}
@@ -24,12 +24,13 @@ extract() {
 extract prep ' pack8(' ' kk_m_lower(' ' tf32_split(' ' mma3_tf32(' ' store_acc_f32(' 'void chunk_gates' 'void write_rec' ' tb_piece(' ' tw_piece(' 'void ld8_swz' ' tw_at(' \
   'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
 extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
-extract fwd_o 'void quad_transpose' 'void store_rows16' 'void for_own_pieces' 'void load_rows_async' ' p_frags(' ' out_tiles(' \
+extract fwd_o 'void quad_transpose' 'void store_rows16' 'void for_own_pieces' 'void load_rows_async' ' row_frags(' ' p_frags(' ' p_times(' ' out_tiles(' \
   'struct FwdOSm' 'void fwd_o_impl'
-extract state 'struct SeqChunks' 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' ' p_rows(' \
-  'void quad_transpose' 'void store_rows16' ' p_frags(' ' out_tiles(' 'void ws_output' 'void state_fwd_impl'
+extract state 'struct SeqChunks' 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' 'void state_sync' ' p_rows(' \
+  'void quad_transpose' 'void store_rows16' ' row_frags(' ' p_frags(' ' p_times(' ' out_tiles(' 'void ws_output' 'void state_fwd_impl'
 extract state_bwd 'struct SeqChunks' 'void for_own_pieces' 'void load_rows_async' 'void scale_own_rows' \
-  'struct StateBwdSm' 'void state_bwd_impl'
+  'void state_sync' 'void quad_transpose' 'void store_rows16' ' row_frags(' ' p_frags(' ' p_times(' 'struct DvlocSm' \
+  'void dvloc_impl' 'struct StateBwdSm' 'void ws_dvloc' 'void state_bwd_impl'
 # The builds run in parallel; an old binary is removed first and every build's status checked,
 # so a failed build cannot leave a stale emulation to pass in its place.
 build() {

@@ -4,7 +4,9 @@
 // the same inputs (only the f32 summation order of dṼ differs). Catches piece ownership of the
 // loads and scalings, slice indexing, the partial-sum reduction, the share of the dṼ and dh_c
 // stores, the ⟨h_c, dh_c⟩ partials (compared as their sum per chunk and head) and varlen
-// (partial chunk) mistakes.
+// (partial chunk) mistakes. Kernel 4 (dṼ_loc) against a double-precision reference, and the
+// warp-specialised reverse pass (dṼ_loc formed by its own warps) against kernel 4 followed by the
+// unsplit 4-warp pass, bit for bit.
 #include "emu.h"
 
 #include <algorithm>
@@ -118,8 +120,9 @@ static Out reference(const Inputs<K>& in) {
   return o;
 }
 
-template <int K, int NWC, int KS>
+template <int K, int NWC, int KS, int NG = 0>
 static Out run(const Inputs<K>& in) {
+  constexpr bool WS = NG > 0;
   const int H = in.H, V = in.V;
   const float nanv = std::nanf("");
   Out o;
@@ -129,13 +132,14 @@ static Out run(const Inputs<K>& in) {
   const int npart = V / 16 * KS;  // one partial per warp
   std::vector<float> sdp((size_t)in.NC * H * npart, nanv);
   const float scale = 1.f / sqrtf((float)K);
-  run_grid<dr::StateBwdSm<K, NWC, KS>>(
-      NWC * KS, {(unsigned)in.N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
-        dr::state_bwd_impl<K, NWC, KS>(in.q.data(), in.k.data(), in.w.data(), in.rec.data(),
-                                       in.d_o.data(), in.dvl.data(), in.hs.data(), in.ctab.data(),
-                                       in.seq_chunk.data(),
-                                       in.dht.empty() ? nullptr : in.dht.data(), H, V, scale,
-                                       o.dh.data(), sdp.data(), o.dv.data(), o.dh0.data());
+  run_grid<dr::StateBwdSm<K, NWC, KS, NG>>(
+      NWC * KS + 4 * NG, {(unsigned)in.N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false,
+      [&] {
+        dr::state_bwd_impl<K, NWC, KS, NG>(
+            in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.rec.data(), in.d_o.data(),
+            WS ? nullptr : in.dvl.data(), in.hs.data(), in.ctab.data(), in.seq_chunk.data(),
+            in.dht.empty() ? nullptr : in.dht.data(), H, V, scale, o.dh.data(), sdp.data(),
+            o.dv.data(), o.dh0.data());
       });
   o.sd.assign((size_t)in.NC * H, 0.0);
   for (size_t i = 0; i < o.sd.size(); ++i)
@@ -191,8 +195,73 @@ static bool run_case(const BwdCase& c, unsigned seed) {
   return ok;
 }
 
+// Kernel 4: dṼ_loc = Pᵀ dO, P = s (QKᵀ ⊙ Γ ⊙ L) rounded to bf16, per chunk and head.
+template <int K>
+static std::vector<bf16> dvloc(const Inputs<K>& in) {
+  std::vector<bf16> d((size_t)in.T * in.H * in.V, __float2bfloat16(std::nanf("")));
+  const float scale = 1.f / sqrtf((float)K);
+  run_grid<dr::DvlocSm<K>>(8, {(unsigned)in.NC, (unsigned)in.H, 1}, true, [&] {
+    dr::dvloc_impl<K>(in.q.data(), in.k.data(), in.gc.data(), in.d_o.data(), in.ctab.data(), in.H,
+                      in.V, scale, d.data());
+  });
+  return d;
+}
+
+template <int K>
+static std::vector<bf16> dvloc_reference(const Inputs<K>& in) {
+  const int H = in.H, V = in.V;
+  const float scale = 1.f / sqrtf((float)K);
+  auto f = [](bf16 x) { return (double)__bfloat162float(x); };
+  std::vector<bf16> d((size_t)in.T * H * V);
+  for (int c = 0; c < in.NC; ++c)
+    for (int hh = 0; hh < H; ++hh) {
+      const int st = in.ctab[2 * c], len = in.ctab[2 * c + 1];
+      for (int j = 0; j < len; ++j)
+        for (int v = 0; v < V; ++v) {
+          double a = 0;
+          for (int i = j; i < len; ++i) {
+            const size_t ri = (size_t)(st + i) * H + hh, rj = (size_t)(st + j) * H + hh;
+            double qk = 0;
+            for (int x = 0; x < K; ++x) qk += f(in.q[ri * K + x]) * f(in.k[rj * K + x]);
+            const float p = scale * (float)qk * __expf(in.gc[ri] - in.gc[rj]);
+            a += (double)bfr(p) * f(in.d_o[ri * V + v]);
+          }
+          d[((size_t)(st + j) * H + hh) * V + v] = __float2bfloat16((float)a);
+        }
+    }
+  return d;
+}
+
+// Kernel 4 against its reference; the warp-specialised pass against kernel 4 + the 4-warp pass.
+template <int K>
+static bool check_ws(const BwdCase& c, unsigned seed) {
+  Inputs<K> in = make<K>(c, seed);
+  in.dvl = dvloc<K>(in);
+  const auto b = [](bf16 x) { return (double)__bfloat162float(x); };
+  const double e = rel(in.dvl, dvloc_reference<K>(in), b);
+  const Out plain = run<K, 4, 1>(in), ws1 = run<K, 4, 1, 1>(in), ws2 = run<K, 4, 1, 2>(in);
+  auto same = [](const auto& x, const auto& y) {
+    return x.size() == y.size() && !memcmp(x.data(), y.data(), x.size() * sizeof(x[0]));
+  };
+  auto same_out = [&](const Out& ws) {
+    return same(ws.dh, plain.dh) && same(ws.dv, plain.dv) && same(ws.dh0, plain.dh0) &&
+           same(ws.sd, plain.sd);
+  };
+  const bool bits = same_out(ws1) && same_out(ws2);
+  const bool ok = e < 2e-2 && bits;
+  printf("K=%d V=%d H=%d seqlens=", K, c.V, c.H);
+  for (int L : c.seqlens) printf("%d,", L);
+  printf("%s  dvloc %.2e (vs reference)  warp-specialised (1 and 2 groups) = dvloc + NWC=4 "
+         "bitwise: %s  %s\n",
+         c.final_grad ? " dht" : "", e, bits ? "yes" : "NO", ok ? "ok" : "FAIL");
+  return ok;
+}
+
 int main() {
   bool ok = true;
+  // Many chunks in one sequence, so that both hand-off buffers are refilled; two column groups.
+  ok &= check_ws<64>({2, 128, {330, 37}, true}, 5);
+  ok &= check_ws<128>({1, 128, {64 + 20, 300}, true}, 6);
   ok &= run_case<64>({2, 64, {100, 37}, true}, 1);
   ok &= run_case<128>({1, 64, {64 + 64 + 20, 64}, false}, 2);
   ok &= run_case<128>({2, 32, {37, 130}, true}, 3);

@@ -20,8 +20,9 @@
 //! - backward: `wu` (W, U and G from the T the forward saved; without a saved T, `prep` again,
 //!   storing T in the workspace) → `state_split` (recompute h_c, Ṽ into the workspace) →
 //!   `dvloc` → `state_bwd` (reverse: dh_c in bf16, its partials of ⟨h_c, dh_c⟩ from the f32 dS,
-//!   dṼ, dh0) → `dqkwy`, one kernel: per chunk and head `dqk` (dq, partial dk and dG), then
-//!   `wy` (WY backward, dv, dβ, dk, dg).
+//!   dṼ, dh0), or instead of those two `state_bwd_ws` (K ≤ 128: dṼ_loc warps hand dṼ_loc to the
+//!   reverse pass's warps in the same CTA) → `dqkwy`, one kernel: per chunk and head `dqk` (dq,
+//!   partial dk and dG), then `wy` (WY backward, dv, dβ, dk, dg).
 //!
 //! `prep` and `wu` also write G, the decay record (δ_t = exp(G_last − G_t), γ_last, γ_t per
 //! chunk and head, `REC_WIDTH` f32) that the state passes read instead of forming exps, and W
@@ -185,7 +186,8 @@ const SLOT_STATE_SPLIT_KS: usize = 21; // + index into STATE_KS
 const SLOT_STATE_BWD_KS: usize = 25; // + index into STATE_KS
 const SLOT_WU: usize = 29;
 const SLOT_STATE_WS: usize = 30;
-const SLOTS_PER_K: usize = 31;
+const SLOT_STATE_BWD_WS: usize = 31;
+const SLOTS_PER_K: usize = 32;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -346,6 +348,9 @@ struct ChunkKernels {
     state_bwd: Vec<StateKern>,
     /// The warp-specialised forward (4 state warps on 64 columns of V, 8 output warps), K <= 128.
     state_ws: Option<StateKern>,
+    /// The warp-specialised reverse pass (4 state warps on 64 columns of V, [`bwd_ws_groups`]
+    /// groups of 4 dṼ_loc warps), K <= 128.
+    state_bwd_ws: Option<StateKern>,
     /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
 }
@@ -393,6 +398,20 @@ impl ChunkKernels {
             );
             Ok(v)
         };
+        // The warp-specialised passes: 4 state warps and 8 others, K <= 128 only.
+        let ws = |n: &str, slot: usize, others: usize| -> Result<Option<StateKern>> {
+            if dk > 128 {
+                return Ok(None);
+            }
+            load_state_kern(
+                gpu,
+                dk,
+                format!("dr_{n}_k{dk}"),
+                s(slot),
+                limit,
+                (4, 1, others),
+            )
+        };
         // dqk and wy run in one kernel, one after the other on the same shared memory.
         let dqkwy = s(SLOT_DQK).max(s(SLOT_WY));
         Ok(ChunkKernels {
@@ -408,12 +427,8 @@ impl ChunkKernels {
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
             state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
             state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
-            state_ws: if dk <= 128 {
-                let name = format!("dr_state_ws_k{dk}");
-                load_state_kern(gpu, dk, name, s(SLOT_STATE_WS), limit, (4, 1, 8))?
-            } else {
-                None
-            },
+            state_ws: ws("state_ws", SLOT_STATE_WS, 8)?,
+            state_bwd_ws: ws("state_bwd_ws", SLOT_STATE_BWD_WS, 4 * bwd_ws_groups(dk))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
     }
@@ -566,6 +581,27 @@ fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
 fn ws_cost(steps: f64, cols: usize, k: usize, sms: usize) -> f64 {
     let waves = cols.div_ceil(64).div_ceil(sms) as f64;
     waves * steps * 1.2 * (1.0 + 0.021 * k as f64) * 1e-6
+}
+
+/// The dṼ_loc groups of the warp-specialised reverse pass at head size `k` (`BWD_WS_GROUPS` in
+/// delta_rule.cu, where the numbers behind it are).
+fn bwd_ws_groups(k: usize) -> usize {
+    if k <= 64 {
+        2
+    } else {
+        1
+    }
+}
+
+/// Whether the warp-specialised reverse pass beats `dvloc` and the plain reverse pass: where the
+/// cost model runs the plain pass unsplit (`ks` = 1; its K splits win where CTAs are too few to
+/// fill the SMs) and the warp-specialised pass's `ctas` (one per 64 columns of V, sequence and
+/// head) fit in one wave of one per SM (with more, the plain pass runs two CTAs per SM). H200,
+/// session 16 call 2, fwd+bwd graph ms, plain / warp-specialised: B4·T4096·H16·K128 1.551 /
+/// 1.530 and K = 64, V = 64 0.965 / 0.942, V = 128 1.137 / 1.085; B8·T2048·K128 (256 CTAs)
+/// 1.510 / 1.533; B2·T8192 (K split) 2.004 / 2.108.
+fn bwd_ws_pays(ks: usize, ctas: usize, sms: usize) -> bool {
+    ks == 1 && ctas <= sms
 }
 
 /// The variant of a state pass whose tile width divides V with the lowest [`state_step_cost`]
@@ -760,8 +796,10 @@ pub struct DeltaRuleWorkspace {
     probe: Option<StageProbe>,
     /// The forward's path when forced ([`DeltaRuleWorkspace::force_forward`]).
     forward_forced: Option<ForwardPath>,
-    /// The split pass's K split when forced ([`DeltaRuleWorkspace::force_split_ks`]).
-    split_ks_forced: Option<usize>,
+    /// The K split of the split and reverse passes when forced ([`DeltaRuleWorkspace::force_ks`]).
+    ks_forced: Option<usize>,
+    /// The reverse pass's path when forced ([`DeltaRuleWorkspace::force_backward`]).
+    backward_forced: Option<BackwardPath>,
 }
 
 /// How the forward forms the output alongside the state pass.
@@ -782,6 +820,25 @@ impl ForwardPath {
             ForwardPath::Fused => "fused",
             ForwardPath::Split => "split",
             ForwardPath::WarpSpecialised => "warp-specialised",
+        }
+    }
+}
+
+/// How the backward's reverse pass gets dṼ_loc = Pᵀ dO.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BackwardPath {
+    /// `dvloc` writes it to global memory, then `state_bwd` reads it.
+    Plain,
+    /// dṼ_loc warps in the reverse pass's CTA (`state_bwd_ws`) form it beside the sequential
+    /// loop and hand it over through shared memory.
+    WarpSpecialised,
+}
+
+impl BackwardPath {
+    fn name(self) -> &'static str {
+        match self {
+            BackwardPath::Plain => "plain",
+            BackwardPath::WarpSpecialised => "warp-specialised",
         }
     }
 }
@@ -1012,7 +1069,8 @@ impl DeltaRuleWorkspace {
             kern,
             probe: None,
             forward_forced: None,
-            split_ks_forced: None,
+            ks_forced: None,
+            backward_forced: None,
         })
     }
 
@@ -1070,13 +1128,14 @@ impl DeltaRuleWorkspace {
     /// per CTA of each pass (column groups × K slices where split).
     pub fn state_plan(&self, n: usize, tokens: usize) -> String {
         let (fwd, f) = self.forward_pass(n, tokens);
-        let nw = |p: PassKind| self.state_kern(n, p).0.shape();
+        let (bwd, b) = self.reverse_pass(n);
         format!(
-            "forward {} {} warps, recompute {}, backward {}",
+            "forward {} {} warps, recompute {}, backward {} {}",
             fwd.name(),
             f.shape(),
-            nw(PassKind::Split),
-            nw(PassKind::Bwd)
+            self.state_kern(n, PassKind::Split).0.shape(),
+            bwd.name(),
+            b.shape()
         )
     }
 
@@ -1087,7 +1146,7 @@ impl DeltaRuleWorkspace {
             PassKind::Split => &self.kern.state_split,
             PassKind::Bwd => &self.kern.state_bwd,
         };
-        let force_ks = self.split_ks_forced.filter(|_| pass == PassKind::Split);
+        let force_ks = self.ks_forced.filter(|_| pass != PassKind::Fused);
         pick_state_nw(
             vars,
             n * d.heads,
@@ -1098,11 +1157,11 @@ impl DeltaRuleWorkspace {
         )
     }
 
-    /// Forces the K split of the split pass (forward and recompute) in the calls that follow
-    /// (`None`: the cost model's choice). The selftest runs the split forward unsplit to compare
-    /// the warp-specialised one with it bit for bit.
-    pub fn force_split_ks(&mut self, ks: Option<usize>) {
-        self.split_ks_forced = ks;
+    /// Forces the K split of the split pass (forward and recompute) and of the reverse pass in
+    /// the calls that follow (`None`: the cost model's choice). The selftest runs them unsplit
+    /// to compare the warp-specialised passes with them bit for bit.
+    pub fn force_ks(&mut self, ks: Option<usize>) {
+        self.ks_forced = ks;
     }
 
     /// Forces the forward's path of the calls that follow (`None`: the cost model's choice). The
@@ -1119,6 +1178,47 @@ impl DeltaRuleWorkspace {
             .state_ws
             .as_ref()
             .filter(|_| self.dims.dv.is_multiple_of(64))
+    }
+
+    /// Forces the reverse pass's path of the calls that follow (`None`: the cost model's choice),
+    /// as [`DeltaRuleWorkspace::force_forward`] does the forward's.
+    pub fn force_backward(&mut self, path: Option<BackwardPath>) {
+        self.backward_forced = path;
+    }
+
+    /// The warp-specialised reverse pass, where it serves these dimensions (as [`Self::ws_kern`]).
+    fn bwd_ws_kern(&self) -> Option<&StateKern> {
+        self.kern
+            .state_bwd_ws
+            .as_ref()
+            .filter(|_| self.dims.dv.is_multiple_of(64))
+    }
+
+    /// The reverse pass's path for `n` sequences and its kernel: warp-specialised where it serves
+    /// and [`bwd_ws_pays`], else `dvloc` and the model's reverse pass. [`DeltaRuleWorkspace::force_backward`] or, for experiments,
+    /// `GDN_DR_BWD=plain|ws` forces one.
+    fn reverse_pass(&self, n: usize) -> (BackwardPath, &StateKern) {
+        let d = self.dims;
+        let (sb, _) = self.state_kern(n, PassKind::Bwd);
+        let forced = self
+            .backward_forced
+            .or(match std::env::var("GDN_DR_BWD").as_deref() {
+                Ok("plain") => Some(BackwardPath::Plain),
+                Ok("ws") => Some(BackwardPath::WarpSpecialised),
+                _ => None,
+            });
+        match (forced, self.bwd_ws_kern()) {
+            (Some(BackwardPath::WarpSpecialised), Some(wk)) => (BackwardPath::WarpSpecialised, wk),
+            (None, Some(wk)) if bwd_ws_pays(sb.ks, n * d.heads * d.dv / 64, self.num_sms) => {
+                (BackwardPath::WarpSpecialised, wk)
+            }
+            _ => (BackwardPath::Plain, sb),
+        }
+    }
+
+    /// Whether [`BackwardPath::WarpSpecialised`] serves these dimensions.
+    pub fn has_bwd_warp_specialised(&self) -> bool {
+        self.bwd_ws_kern().is_some()
     }
 
     /// Whether [`ForwardPath::WarpSpecialised`] serves these dimensions.
@@ -1653,7 +1753,8 @@ fn backward_impl(
         run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
         probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     }
-    {
+    let (path, sb) = ws.reverse_pass(n);
+    if path == BackwardPath::Plain {
         let kern = &ws.kern;
         if nc > 0 {
             launch_kern(
@@ -1677,7 +1778,6 @@ fn backward_impl(
         probe_mark(gpu, ws, "bwd: dvloc")?;
     }
     let npart = {
-        let (sb, _) = ws.state_kern(n, PassKind::Bwd);
         launch_state(
             gpu,
             sb,
@@ -1687,6 +1787,7 @@ fn backward_impl(
                 Arg::P(pq),
                 Arg::P(pk),
                 Arg::P(w),
+                Arg::P(gc),
                 Arg::P(rec),
                 Arg::P(pdo),
                 Arg::P(dvloc),
@@ -1703,7 +1804,14 @@ fn backward_impl(
                 Arg::P(dh0),
             ],
         )?;
-        probe_mark(gpu, ws, "bwd: state_bwd")?;
+        probe_mark(
+            gpu,
+            ws,
+            match path {
+                BackwardPath::Plain => "bwd: state_bwd",
+                BackwardPath::WarpSpecialised => "bwd: state_bwd_ws (+ dvloc)",
+            },
+        )?;
         // One partial per warp: (V / 16) column groups × its K split.
         (v / 16 * sb.ks) as i32
     };
@@ -2050,7 +2158,7 @@ mod chunk_table_tests {
 
 #[cfg(test)]
 mod state_cost_tests {
-    use super::{fwd_o_cost, state_step_cost, ws_cost, PassKind};
+    use super::{bwd_ws_pays, fwd_o_cost, state_step_cost, ws_cost, PassKind};
 
     /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model, ties
     /// to the wider, as `pick_state_nw`.
@@ -2175,6 +2283,20 @@ mod state_cost_tests {
             assert_eq!(best_ks(vars, 64, (128, 128), pass).1, 1, "{pass:?} B4");
             assert_eq!(best_ks(vars, 128, (128, 128), pass).1, 1, "{pass:?} B8");
         }
+    }
+
+    /// The warp-specialised reverse pass where it measured faster (see [`bwd_ws_pays`]): at K = 128
+    /// B4·T4096, not B8·T2048 (two waves) nor B2·T8192 and B1·T16384 (the model splits K).
+    #[test]
+    fn warp_specialised_reverse_pass_where_it_measured_faster() {
+        let ws = |b: usize, h: usize, v: usize| {
+            let (_, ks) = best_ks(&BWD_KS_K128, b * h, (128, v), PassKind::Bwd);
+            bwd_ws_pays(ks, b * h * v / 64, 132)
+        };
+        assert!(ws(4, 16, 128));
+        assert!(!ws(8, 16, 128));
+        assert!(!ws(2, 16, 128));
+        assert!(!ws(1, 16, 128));
     }
 
     /// Fused or split forward as measured. With fwd_o v4 (session 4, call 5 against call 4,

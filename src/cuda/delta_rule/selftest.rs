@@ -289,10 +289,10 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     for path in paths {
         let mut t_scratch = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
         ws.force_forward(Some(path));
-        ws.force_split_ks(has_ws.then_some(1));
+        ws.force_ks(has_ws.then_some(1));
         let forced = gpu_forward(gpu, ws, c, &d, &mut t_scratch);
         ws.force_forward(None);
-        ws.force_split_ks(None);
+        ws.force_ks(None);
         let (o2, fs2, bits2) = forced?;
         let pass = path.name();
         rows.push(row(
@@ -370,24 +370,27 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         anyhow::Ok(gb)
     };
     let gb = backward(ws, Some(&saved_t), None)?;
-    let cmp = |x: &CudaSlice<f32>, len: usize, r: &[f64]| -> Result<f64> {
-        Ok(max_rel_err(&up(&download(gpu, x)?[..len]), r))
+    // A row per gradient against the reference, named "delta_rule.chunk_bwd {name}{how}".
+    let grad_rows = |rows: &mut Vec<Row>, g: &GradBuffers, how: &str| -> Result<()> {
+        for (name, buf, len, r) in [
+            ("dq", &g.dq, t * h * dk, &gref.dq),
+            ("dk", &g.dk, t * h * dk, &gref.dk),
+            ("dv", &g.dv, t * h * dv, &gref.dv),
+            ("dg", &g.dg, t * h, &gref.dg),
+            ("dbeta", &g.dbeta, t * h, &gref.dbeta),
+            ("dh0", &g.dh0, n * h * dk * dv, &gref.dh0),
+        ] {
+            let err = max_rel_err(&up(&download(gpu, buf)?[..len]), r);
+            rows.push(row(
+                &format!("delta_rule.chunk_bwd {name}{how}"),
+                &c.label,
+                err,
+                tolerance(name),
+            ));
+        }
+        Ok(())
     };
-    for (name, buf, len, r) in [
-        ("dq", &gb.dq, t * h * dk, &gref.dq),
-        ("dk", &gb.dk, t * h * dk, &gref.dk),
-        ("dv", &gb.dv, t * h * dv, &gref.dv),
-        ("dg", &gb.dg, t * h, &gref.dg),
-        ("dbeta", &gb.dbeta, t * h, &gref.dbeta),
-        ("dh0", &gb.dh0, n * h * dk * dv, &gref.dh0),
-    ] {
-        rows.push(row(
-            &format!("delta_rule.chunk_bwd {name}"),
-            &c.label,
-            cmp(buf, len, r)?,
-            tolerance(name),
-        ));
-    }
+    grad_rows(&mut rows, &gb, "")?;
     // The backward that recomputes T must give the same bits: its T (the workspace's) is the
     // one the forward saved, and every gradient is the same.
     let gr = backward(ws, None, None)?;
@@ -430,6 +433,27 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         t * h,
         n * h * dk * dv,
     ];
+    // Both reverse-pass paths, whichever the cost model picks above, the plain one unsplit: the
+    // warp-specialised pass's state warps are the unsplit pass's, and its dṼ_loc warps form
+    // kernel 4's tiles with kernel 4's helpers, so the gradients must be the same bits.
+    let mut same_rev = vec![];
+    if ws.has_bwd_warp_specialised() {
+        let mut by_path = vec![];
+        for path in [BackwardPath::Plain, BackwardPath::WarpSpecialised] {
+            ws.force_backward(Some(path));
+            ws.force_ks(Some(1));
+            let g = backward(ws, Some(&saved_t), None);
+            ws.force_backward(None);
+            ws.force_ks(None);
+            by_path.push(g?);
+        }
+        let gw = &by_path[1];
+        grad_rows(&mut rows, gw, ", warp-specialised reverse pass")?;
+        same_rev.push((
+            "grads warp-specialised reverse pass = dvloc + unsplit reverse pass",
+            same_grads(gpu, &by_path[0], gw, lens)?,
+        ));
+    }
     for (what, same) in [
         ("T saved by the forward = T of the backward's prep", same_t),
         (
@@ -440,7 +464,10 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             "grads from saved T = grads from the kept forward",
             same_grads(gpu, &gb, &gk, lens)?,
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(same_rev)
+    {
         rows.push(row(
             &format!("delta_rule.chunk_bwd {what}, bitwise"),
             &c.label,

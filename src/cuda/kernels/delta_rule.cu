@@ -1065,11 +1065,23 @@ struct StateFwdSm {
   }
 };
 
-// The warp-specialised forward's named barriers: the state warps' own (they never meet the
-// output warps at __syncthreads), each output group's own, and per hand-off buffer b "full"
-// (the state warps arrive once h_c and Ṽ of its chunk are in, the group waits) and "empty"
-// (the group arrives once it has read it, the state warps wait before refilling it).
+// The warp-specialised passes' named barriers: the state warps' own (they never meet the other
+// warps at __syncthreads), each group's own, and per hand-off buffer b "full" (its writer
+// arrives once a chunk's tiles are in, its reader waits) and "empty" (the reader arrives once it
+// has read them, the writer waits before refilling it). Forward: the state warps write h_c and
+// Ṽ, an output group reads them; reverse pass: a dṼ_loc group writes dṼ_loc, the state warps
+// read it.
 constexpr int BAR_STATE = 1, BAR_OUT = 2, BAR_FULL = 4, BAR_EMPTY = 6;
+
+// The state warps' barrier: the whole CTA, or (warp-specialised, WS) the N threads of the state
+// warps alone, which never meet the other warps at __syncthreads.
+template <bool WS, int N>
+__device__ __forceinline__ void state_sync() {
+  if constexpr (WS)
+    bar_sync(BAR_STATE, N);
+  else
+    __syncthreads();
+}
 
 // One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
 // pb, the column tiles up to the diagonal block (the output products read no others).
@@ -1113,11 +1125,23 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
+// A warp's rows [16 rb, +16) of x ([64][K + 8] bf16) as A fragments (k-step kk).
+template <int K>
+__device__ __forceinline__ void row_frags(unsigned (*fa)[4], const bf16* x, int rb) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk)
+    ldsm_x4(fa[kk], x + (16 * rb + 8 * lm_lo + lr) * (K + 8) + 16 * kk + 8 * lm_hi);
+}
+
 // One warp's rows [16 rb, +16) of P = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments:
 // pa[ks] is columns [16 ks, +16), formed for ks ≤ rb only (P is zero above the diagonal block).
 // qa: the warp's Q rows as A fragments (k-step kk); ks: K's 64 rows (row stride K + 8); G: the
 // chunk's in-chunk cumulative gates. Kernel 3 and the warp-specialised forward's output warps.
-template <int K>
+// TR: rows [16 rb, +16) of Pᵀ instead (qa: K's rows, ks: Q's), zero at columns ≥ len and below
+// the diagonal block (pa[ks] formed for ks ≥ rb): kernel 4 and the warp-specialised reverse
+// pass's dṼ_loc warps, which thus need no P in shared memory.
+template <int K, bool TR = false>
 __device__ __forceinline__ void p_frags(const unsigned (*qa)[4], const bf16* ks, const float* G,
                                         int rb, int len, float scale, unsigned (*pa)[4]) {
   constexpr int LD = K + 8;
@@ -1132,31 +1156,55 @@ __device__ __forceinline__ void p_frags(const unsigned (*qa)[4], const bf16* ks,
   for (int kk = 0; kk < K / 16; ++kk) {
 #pragma unroll
     for (int np = 0; np < 4; ++np) {
-      if (np > rb) break;
-      unsigned r[4];  // B = K rows j = 16 np.. (k-dimension: features 16 kk..)
+      if (TR ? np < rb : np > rb) continue;
+      unsigned r[4];  // B = rows 16 np.. of ks (k-dimension: features 16 kk..)
       ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * LD + 16 * kk + 8 * lm_lo);
       mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
       mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
     }
   }
-  const float gi[2] = {G[i0], G[i0 + 8]};
+  const float gr[2] = {G[i0], G[i0 + 8]};
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int i = i0 + 8 * hf, j = 8 * nt + 2 * qd;
-      const float x0 = (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi[hf] - G[j]) : 0.f;
-      const float x1 =
-          (j + 1 <= i && i < len) ? scale * acc[nt][2 * hf + 1] * __expf(gi[hf] - G[j + 1]) : 0.f;
-      pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x0, x1);
+      float x[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        // P's (query i, key j) at this fragment position.
+        const int r = i0 + 8 * hf, c = 8 * nt + 2 * qd + e, i = TR ? c : r, j = TR ? r : c;
+        const float d = TR ? __expf(G[c] - gr[hf]) : __expf(gr[hf] - G[c]);
+        x[e] = (j <= i && i < len) ? scale * acc[nt][2 * hf + e] * d : 0.f;
+      }
+      pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x[0], x[1]);
+    }
+  }
+}
+
+// acc (one warp's 16 rows, 16·NJP columns from c0) += P Ṽ with pa as p_frags forms it (k-steps up
+// to the diagonal block; TR: Pᵀ's, from it) and the B rows [64][ld] bf16 in shared memory by
+// ldmatrix.trans.
+template <int NJP, bool TR = false>
+__device__ __forceinline__ void p_times(float (*acc)[4], const unsigned (*pa)[4], const bf16* vs,
+                                        int ld, int c0, int rb) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    if (TR ? ks < rb : ks > rb) continue;
+#pragma unroll
+    for (int jp = 0; jp < NJP; ++jp) {
+      unsigned r[4];
+      ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
+      mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
     }
   }
 }
 
 // One warp's output tiles, rows [16 rb, +16) and 16·NJP columns from c0: acc = diag(fs) Q h_c +
 // P Ṽ, with qa and pa as p_frags takes and forms them, h_c [K][ld] and Ṽ [64][ld] bf16 in shared
-// memory (B operands by ldmatrix.trans; P Ṽ's k-steps up to the diagonal block). Kernel 3 and the
-// warp-specialised forward's output warps: the same products in the same order.
+// memory (B operands by ldmatrix.trans). Kernel 3 and the warp-specialised forward's output warps:
+// the same products in the same order.
 template <int K, int NJP>
 __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[4],
                                           const unsigned (*pa)[4], const bf16* hs, const bf16* vs,
@@ -1179,17 +1227,7 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
   for (int nt = 0; nt < 2 * NJP; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-    if (ks > rb) break;
-#pragma unroll
-    for (int jp = 0; jp < NJP; ++jp) {
-      unsigned r[4];
-      ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
-      mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
-      mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
-    }
-  }
+  p_times<NJP>(acc, pa, vs, ld, c0, rb);
 }
 
 // The warp-specialised forward's output warps (MODE_WS, behind the state warps): kernel 3's
@@ -1213,7 +1251,6 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
   const int lane = t & 31, g = lane >> 2;
-  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
   bf16* qs = S.q + gi * L::W_SZ;
   bf16* ks = S.ko + gi * L::W_SZ;
@@ -1234,9 +1271,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     cp_wait<0>();
     bar_sync(BAR_OUT + gi, NTH);  // Q, K, G of chunk c
     unsigned qa[K / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk)
-      ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
+    row_frags<K>(qa, qs, rb);
     unsigned pa[4][4];
     p_frags<K>(qa, ks, G, rb, len, scale, pa);
     const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
@@ -1293,13 +1328,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       return;
     }
   }
-  // The state warps' barrier: the whole CTA, or (warp-specialised) the state warps alone.
-  auto sync_state = [] {
-    if constexpr (WS)
-      bar_sync(BAR_STATE, 32 * NWC);
-    else
-      __syncthreads();
-  };
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   // The K slice that finishes column pair np (tiles 2np, 2np+1) of the chunk: stores Ṽ or O
@@ -1395,7 +1423,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     // The only pending group is chunk c's.
     cp_wait<0>();
-    sync_state();
+    state_sync<WS, 32 * NWC>();
 
     const bf16* wb = S.w + b * L::W_SZ;
     const bf16* kb = S.k + b * L::W_SZ;
@@ -1648,8 +1676,6 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
-  // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
-  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
   // This warp: rows r0.., slice columns c0..; this lane: rows i0, i0 + 8.
   const int sp = warp >> 2, rb = sp ? 3 - (warp & 3) : (warp & 3);
   const int r0 = 16 * rb, i0 = r0 + g, c0 = 32 * sp;
@@ -1683,11 +1709,9 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   cp_wait<NB>();  // q and k (the NB slices may still be in flight)
   __syncthreads();
 
-  // Q rows r0.. as A fragments, k-step kk: matrices (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8).
+  // Q rows r0.. as A fragments.
   unsigned qa[K / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk)
-    ldsm_x4(qa[kk], qs + (r0 + 8 * lm_lo + lr) * QLD + 16 * kk + 8 * lm_hi);
+  row_frags<K>(qa, qs, rb);
 
   // P rows r0.. = s (QKᵀ ⊙ Γ ⊙ L) as bf16 A fragments.
   unsigned pa[4][4];
@@ -1713,29 +1737,28 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   }
 }
 
-// Kernel 4 (v5): dṼ_loc = Pᵀ dO (bf16), P = s (QKᵀ ⊙ Γ ⊙ L), per (chunk, head), 8 warps. P by
-// p_rows (the fused forward's routine, warps 0–3, one row block each), then the 64-column slices
-// of dO through two buffers (slice s + 2 loads while s + 1 is multiplied) by raw mma.sync: warp w
-// forms output row blocks p = w / 4 and 3 − p (Pᵀ is upper triangular: 4 − p and p + 1 products)
-// of 16 columns, written as bf16 straight from the accumulators (f32 until session 7: the
-// rounding is below the mirror's resolution, dg 8.2e-3 → 8.1e-3 worst over 80 cases, and it
-// halves this kernel's store and the reverse pass's read of it). v4 formed P through wmma into a
-// 64 × 64 f32 array and every output tile through a per-warp staging tile (89 KB at K = 128, 2
-// CTAs per SM, single-buffered at K = 256; now 61 KB, 3 per SM, and 93 KB, 2, at K = 256).
+// Kernel 4 (v6): dṼ_loc = Pᵀ dO (bf16), P = s (QKᵀ ⊙ Γ ⊙ L), per (chunk, head), 8 warps. Warp w
+// forms rows [16 rb, +16) of Pᵀ (rb = w mod 4) as A fragments in its registers (p_frags, TR),
+// then for each 64-column slice of dO (two buffers: slice s + 2 loads while s + 1 is multiplied)
+// its 16 × 32 tile (columns 32 (w / 4)..), written as bf16 straight from the accumulators. The
+// warp-specialised reverse pass's dṼ_loc warps form the same tiles by the same helpers, bit for
+// bit. (v5 formed P once into shared memory with warps 0–3 and balanced the product by giving
+// each warp row blocks p and 3 − p; v6 forms each warp's Pᵀ rows twice, once per column half, and
+// needs neither P's buffer nor the barrier after it.) bf16 out since session 7: the rounding is
+// below the mirror's resolution (dg 8.2e-3 → 8.1e-3 worst over 80 cases), and it halves this
+// kernel's store and the reverse pass's read of it.
 template <int K>
 struct DvlocSm {
   bf16* q;   // [64][K+8]
   bf16* k;   // [64][K+8]
   bf16* x0;  // [64][72]  dO slices s even
   bf16* x1;  // [64][72]  dO slices s odd
-  bf16* pb;  // [64][72]  P, bf16
   float* G;  // [64]
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * (K + 8));
     k = c.take<bf16>(CH * (K + 8));
     x0 = c.take<bf16>(CH * LD64);
     x1 = c.take<bf16>(CH * LD64);
-    pb = c.take<bf16>(CH * LD64);
     G = c.take<float>(CH);
   }
 };
@@ -1751,9 +1774,7 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   S.carve(cv);
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  const int gr = lane >> 2, qd = lane & 3;
+  const int tid = threadIdx.x, warp = tid >> 5, rb = warp & 3, c0 = 32 * (warp >> 2);
   const bf16* do0 = d_o + ((long)start * H + h) * V;
   const long ld = (long)H * V;
   const int ns = V / 64;
@@ -1765,9 +1786,12 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
   cp_wait<0>();
   __syncthreads();
-  if (warp < 4) p_rows<K>(S.q, S.k, S.G, len, scale, warp, S.pb);
-  __syncthreads();
-  const int c0 = 16 * (warp & 3);
+  unsigned pa[4][4];
+  {
+    unsigned ka[K / 16][4];
+    row_frags<K>(ka, S.k, rb);
+    p_frags<K, true>(ka, S.q, S.G, rb, len, scale, pa);
+  }
   for (int s = 0; s < ns; ++s) {
     const int v0 = s * 64;
     bf16* xs = (s & 1) ? S.x1 : S.x0;
@@ -1779,21 +1803,11 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
         cp_wait<0>();
       __syncthreads();
     }
-    for (int half = 0; half < 2; ++half) {
-      const int ti = half ? 3 - (warp >> 2) : (warp >> 2);  // output rows: the key index j
-      float acc[2][4] = {};
-      for (int kk = ti; kk < 4; ++kk) {
-        unsigned a[4], r[4];
-        // A = Pᵀ rows 16 ti.. (ldmatrix.trans of P's columns), B = dO rows 16 kk.. (.trans).
-        ldsm_x4_t(a, S.pb + (16 * kk + 8 * lm_hi + lr) * LD64 + 16 * ti + 8 * lm_lo);
-        ldsm_x4_t(r, xs + (16 * kk + 8 * lm_lo + lr) * LD64 + c0 + 8 * lm_hi);
-        mma_bf16(acc[0], a, r[0], r[1]);
-        mma_bf16(acc[1], a, r[2], r[3]);
-      }
-      store_rows16<2>(
-          acc, [&](int r) { return dvl + ((long)(start + ti * 16 + r) * H + h) * V + v0 + c0; },
-          [&](int r) { return ti * 16 + r < len; });
-    }
+    float acc[4][4] = {};
+    p_times<2, true>(acc, pa, xs, LD64, c0, rb);
+    store_rows16<4>(
+        acc, [&](int r) { return dvl + ((long)(start + 16 * rb + r) * H + h) * V + v0 + c0; },
+        [&](int r) { return 16 * rb + r < len; });
     if (s + 2 < ns) {
       __syncthreads();  // every warp is done with this slice's buffer
       load_bf16_async(xs, LD64, do0 + v0 + 128, ld, CH, 64, len);
@@ -1865,17 +1879,30 @@ __device__ __forceinline__ void scale_own_rows(bf16* t, int ld, int len, F f) {
 // the middle barrier, and after it every warp of the group sums the KS partials in kp order (the
 // same bits in each), stores its share of dṼ's column tiles and updates its own dS rows. `red` is
 // written again only after the next chunk's first barrier, which each warp passes after its reads.
-template <int K, int NWC, int KS>
+template <int K, int NWC, int KS, int NG = 0>
 struct StateBwdSm {
   static constexpr int BVC = 16 * NWC, WLD = K + 8, OLD = BVC + 8, DLD = BVC + 8;
+  // Warp-specialised (NG > 0, see ws_dvloc): the state warps, then NG groups of NWG dṼ_loc
+  // warps; a hand-off barrier joins the state warps and one group.
+  static constexpr bool WS = NG > 0;
+  static constexpr int GROUPS = NG;
+  static constexpr int NW = NWC * KS, NWG = WS ? 4 : 0, HANDOFF = 32 * (NW + NWG);
+  static constexpr int W_SZ = CH * WLD;
   bf16* q;     // [64][WLD]  Q, then s·γ·Q
   bf16* w;     // [64][WLD]  W
   bf16* k;     // [64][WLD]  K, then δ·K
   bf16* dos;   // [64][OLD]  dO
-  bf16* dvl;   // [64][DLD]  dṼ_loc
+  bf16* dvl;   // [64][DLD]  dṼ_loc (warp-specialised: only the stage of the dh and dṼ stores)
   bf16* hc;    // [K][OLD]   h_c (this CTA's columns)
   float* R;    // 2 x [RECW]  decay records
   float* red;  // KS > 1: [KS·NWC warps][8 tiles][32 lanes] float4, partial dṼᵀ per warp
+  // Warp-specialised: two sets of the dṼ_loc warps' Q, K, dO and G, and two hand-off buffers of
+  // dṼ_loc ([64][DLD] bf16), set and buffer b for the chunks ce − 1 − b, ce − 3 − b, ....
+  bf16* qo;   // 2 x [64][WLD]
+  bf16* ko;   // 2 x [64][WLD]
+  bf16* oo;   // 2 x [64][OLD]
+  float* G;   // 2 x [64]
+  bf16* dx;   // 2 x [64][DLD]
   __device__ void carve(Carve& c) {
     q = c.take<bf16>(CH * WLD);
     w = c.take<bf16>(CH * WLD);
@@ -1885,21 +1912,107 @@ struct StateBwdSm {
     hc = c.take<bf16>(K * OLD);
     R = c.take<float>(2 * RECW);
     red = KS > 1 ? c.take<float>(KS * NWC * 8 * 32 * 4) : nullptr;
+    qo = WS ? c.take<bf16>(2 * W_SZ) : nullptr;
+    ko = WS ? c.take<bf16>(2 * W_SZ) : nullptr;
+    oo = WS ? c.take<bf16>(2 * CH * OLD) : nullptr;
+    G = WS ? c.take<float>(2 * CH) : nullptr;
+    dx = WS ? c.take<bf16>(2 * CH * DLD) : nullptr;
   }
 };
 
-template <int K, int NWC, int KS>
+// The warp-specialised reverse pass's dṼ_loc warps (behind the state warps): kernel 4's tiles
+// for the CTA's 64 columns of V, handed to the state warps in shared memory instead of through
+// global memory. dṼ_loc does not depend on the state, so these warps run ahead of the state
+// warps by up to two chunks. NG groups of 4 warps take the chunks in turn from the last (group
+// gi the chunks ce − 1 − gi, ce − 1 − gi − NG, ...); chunk c uses input set and hand-off buffer
+// b = (ce − 1 − c) mod 2, and its set is refilled with chunk c − 2 right after (one group: two
+// chunks in flight; two: one each). Warp rb of a group forms rows [16 rb, +16) of Pᵀ as A
+// fragments and its 16 × 64 tile of Pᵀ dO with kernel 4's helpers in kernel 4's order (bit for
+// bit kernel 4's values), waits until the state warps have read the buffer's previous chunk
+// ("empty"), stores the tile as bf16 in kernel 4's row-major layout and arrives on "full".
+// The warp-specialised reverse pass's dṼ_loc groups per head size (the host's
+// `bwd_ws_groups`): two at K = 64, one at K = 128, as measured (H200, session 16 call 2, fwd+bwd
+// graph ms at B4·T4096·H16, plain / one group / two: K = 128 1.551 / 1.530 / 1.553; K = 64,
+// V = 128 1.137 / 1.125 / 1.088). At K = 128 a second group's Pᵀ products slow the state warps
+// more than its parallelism gains (12 warps cap registers at 168: 16 bytes of spills).
+template <int K> constexpr int BWD_WS_GROUPS = K <= 64 ? 2 : 1;
+
+template <int K, class L>
+__device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                         const float* __restrict__ gc, const bf16* __restrict__ d_o,
+                         const SeqChunks& sq, int cs, int ce, int h, int H, int V, int v0,
+                         float scale) {
+  constexpr int WLD = L::WLD, NTH = L::NWG * 32, NG = L::GROUPS, PF = 2 / NG;
+  const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, rb = tg >> 5;
+  const int lane = t & 31, g = lane >> 2, qd = lane & 3;
+  // Chunk c's set (beyond the sequence an empty group: uniform wait counts).
+  auto issue = [&](int c) {
+    if (c >= cs) {
+      const int s0 = sq.start(c), l = sq.len(c), b = (ce - 1 - c) & 1;
+      load_rows_async<K, NTH>(S.qo + b * L::W_SZ, WLD, q + ((long)s0 * H + h) * K, (long)H * K,
+                              l, tg);
+      load_rows_async<K, NTH>(S.ko + b * L::W_SZ, WLD, k + ((long)s0 * H + h) * K, (long)H * K,
+                              l, tg);
+      load_rows_async<L::BVC, NTH>(S.oo + b * CH * L::OLD, L::OLD,
+                                   d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l, tg);
+      if (tg < CH) {
+        const bool ok = tg < l;
+        cp4(S.G + b * CH + tg,
+            ok ? (const void*)(gc + (long)(s0 + tg) * H + h) : (const void*)gc, ok);
+      }
+    }
+    cp_commit();
+  };
+  const int c1 = ce - 1 - gi;
+  for (int j = 0; j < PF; ++j) issue(c1 - j * NG);
+  for (int c = c1; c >= cs; c -= NG) {
+    const int len = sq.len(c), b = (ce - 1 - c) & 1;
+    const bf16* qs = S.qo + b * L::W_SZ;
+    const bf16* ks = S.ko + b * L::W_SZ;
+    const bf16* os = S.oo + b * CH * L::OLD;
+    const float* G = S.G + b * CH;
+    bf16* dx = S.dx + b * CH * L::DLD;
+    cp_wait<PF - 1>();
+    bar_sync(BAR_OUT + gi, NTH);  // Q, K, dO, G of chunk c
+    unsigned pa[4][4];
+    {
+      unsigned ka[K / 16][4];
+      row_frags<K>(ka, ks, rb);
+      p_frags<K, true>(ka, qs, G, rb, len, scale, pa);
+    }
+    float acc[8][4] = {};
+    p_times<4, true>(acc, pa, os, L::OLD, 0, rb);
+    bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, K, dO and G of set b
+    issue(c - 2);
+    if (c + 2 < ce) bar_sync(BAR_EMPTY + b, L::HANDOFF);  // the state warps read chunk c + 2
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+        *reinterpret_cast<unsigned*>(dx + (16 * rb + g + 8 * hf) * L::DLD + 8 * nt + 2 * qd) =
+            pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]);
+    bar_arrive(BAR_FULL + b, L::HANDOFF);
+  }
+}
+
+// Warp-specialised (NG > 0 groups of dṼ_loc warps, 4 state warps, KS = 1): dṼ_loc comes from
+// the CTA's own dṼ_loc warps (ws_dvloc) through shared memory, not from kernel 4 through global
+// memory; gc (the in-chunk gates, which they need) is read only then. The state warps'
+// arithmetic is unchanged.
+template <int K, int NWC, int KS, int NG = 0>
 __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                               const bf16* __restrict__ w, const float* __restrict__ rec,
-                               const bf16* __restrict__ d_o, const bf16* __restrict__ dvl,
-                               const bf16* __restrict__ hs, const int* __restrict__ ctab,
-                               const int* __restrict__ seq_chunk, const float* __restrict__ dht,
-                               int H, int V, float scale, bf16* __restrict__ dh,
-                               float* __restrict__ sdp, bf16* __restrict__ dvnew,
-                               float* __restrict__ dh0) {
+                               const bf16* __restrict__ w, const float* __restrict__ gc,
+                               const float* __restrict__ rec, const bf16* __restrict__ d_o,
+                               const bf16* __restrict__ dvl, const bf16* __restrict__ hs,
+                               const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
+                               const float* __restrict__ dht, int H, int V, float scale,
+                               bf16* __restrict__ dh, float* __restrict__ sdp,
+                               bf16* __restrict__ dvnew, float* __restrict__ dh0) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  typedef StateBwdSm<K, NWC, KS> L;
+  typedef StateBwdSm<K, NWC, KS, NG> L;
+  constexpr bool WS = L::WS;
+  static_assert(!WS || (KS == 1 && NWC == 4), "the dṼ_loc warps take 64 columns, unsplit");
   L S;
   S.carve(cv);
   constexpr int KW = K / KS;      // a warp's dS rows
@@ -1911,6 +2024,12 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   const int cw = warp % NWC, kp = warp / NWC, k0 = kp * KW;
   const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
+  if constexpr (WS) {
+    if (warp >= NWC) {
+      ws_dvloc<K>(S, q, k, gc, d_o, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale);
+      return;
+    }
+  }
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
 
@@ -1928,8 +2047,9 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   constexpr bool VL1 = STATE_VIA_L1<K>;
   auto issue_kd = [&](int ci, int s0, int l) {
     load_rows_async<K, NTH, bf16, VL1>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
-    load_rows_async<L::BVC, NTH, bf16, VL1>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0,
-                                            (long)H * V, l);
+    if constexpr (!WS)
+      load_rows_async<L::BVC, NTH, bf16, VL1>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0,
+                                              (long)H * V, l);
     const bf16* hsrc = hs + ((long)ci * H + h) * K * V + v0;
 #pragma unroll
     for (int r = 0; r < K; r += CH)
@@ -1964,7 +2084,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       S.R[((ce - 1) & 1) * RECW + i] = rec[((long)(ce - 1) * H + h) * RECW + i];
     issue_kd(ce - 1, start, len);
     issue_qwo(start, len, ce - 2 >= cs ? ce - 2 : -1, (ce - 2) & 1);
-    __syncthreads();
+    state_sync<WS, 32 * NWC>();
   }
   for (int c = ce - 1; c >= cs; --c) {
     const bool more = c > cs;
@@ -1978,12 +2098,19 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // Pending groups: KD(c), QWO(c). Wait for KD(c), fold δ into this thread's pieces of k.
     cp_wait<1>();
     scale_own_rows<K, NTH>(S.k, L::WLD, len, [&](int r) { return R[r]; });
-    __syncthreads();
+    state_sync<WS, 32 * NWC>();
 
     // dṼᵀ [16 × 64] = dṼ_locᵀ + dSᵀ (δK)ᵀ: p[nt] is columns t = 8nt.. of the chunk (with a K
     // split, this warp's rows' share; dṼ_loc in kp = 0's).
     float p[8][4];
-    if (kp == 0) {
+    if constexpr (WS) {
+      // Chunk c's dṼ_loc from its group's hand-off buffer, which that group refills for chunk
+      // c − 2 once every state warp has read it.
+      const int b = (ce - 1 - c) & 1;
+      bar_sync(BAR_FULL + b, L::HANDOFF);
+      load_tiles_t(p, S.dx + b * CH * L::DLD + vl, L::DLD);
+      if (c - 2 >= cs) bar_arrive(BAR_EMPTY + b, L::HANDOFF);
+    } else if (kp == 0) {
       load_tiles_t(p, S.dvl + vl, L::DLD);
     } else {
 #pragma unroll
@@ -2087,7 +2214,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // q, w, dO, R(c−1) and the partials, and ends every warp's reads of k and dṼ_loc.
     cp_wait<0>();
     scale_own_rows<K, NTH>(S.q, L::WLD, len, [&](int r) { return scale * R[REC_GAM + r]; });
-    __syncthreads();
+    state_sync<WS, 32 * NWC>();
     if (more) issue_kd(c - 1, pstart, plen);
     if constexpr (KS > 1) {
       const float4* part = reinterpret_cast<const float4*>(S.red) + cw * 8 * 32 + lane;
@@ -2137,7 +2264,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
       }
     }
     // Every warp is done with q, w, dO and R(c): refill them (R(c−2) into R(c)'s buffer).
-    __syncthreads();
+    state_sync<WS, 32 * NWC>();
     if (more) issue_qwo(pstart, plen, c - 2 >= cs ? c - 2 : -1, c & 1);
     start = pstart;
     len = plen;
@@ -3250,7 +3377,7 @@ __device__ __forceinline__ void dqk_then_wy() {
 // state_fwd (fused with the output), state_split (h_c and Ṽ for fwd_o and the backward),
 // state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_split and
 // state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu; then the
-// warp-specialised forward (NWC = 4; K <= 128 only has the kernel).
+// warp-specialised forward and reverse pass (NWC = 4; K <= 128 only has the kernels).
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -3292,6 +3419,7 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[28] = smem_of<StateBwdSm<K, 2, 4>>();
   out[29] = smem_of<WuSm<K>>();
   out[30] = smem_of<StateFwdSm<K, 4, MODE_WS>>();
+  out[31] = smem_of<StateBwdSm<K, 4, 1, BWD_WS_GROUPS<K>>>();
 }
 
 }  // namespace dr
@@ -3299,8 +3427,8 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 31);
-    dr::smem_sizes_k<256>(out + 62);
+    dr::smem_sizes_k<128>(out + 32);
+    dr::smem_sizes_k<256>(out + 64);
   }
 }
 
@@ -3378,16 +3506,23 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                                              scale, hout, vnew, o, ht);                            \
   }
 
-#define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
-  extern "C" __global__ void __launch_bounds__(NWC * KS * 32)                                      \
-      dr_state_bwd_k##K##_nw##NWC##SUFFIX(const bf16* q, const bf16* k, const bf16* w,             \
-                                          const float* rec, const bf16* d_o, const bf16* dvl,      \
-                                          const bf16* hs, const int* ctab, const int* seq_chunk,   \
-                                          const float* dht, int H, int V, float scale, bf16* dh,   \
-                                          float* sdp, bf16* dvnew, float* dh0) {                   \
-    dr::state_bwd_impl<K, NWC, KS>(q, k, w, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, scale,  \
-                                   dh, sdp, dvnew, dh0);                                           \
+// The reverse passes, and (NAME state_bwd_ws, 4 state warps and 8 dṼ_loc warps, one CTA per SM)
+// the warp-specialised one; all take the same arguments (dvl unread by the latter, gc by the
+// others).
+#define DR_STATE_BWD_NAMED(K, NWC, KS, NG, NT, MINB, NAME)                                         \
+  extern "C" __global__ void __launch_bounds__(NT, MINB)                                          \
+      NAME(const bf16* q, const bf16* k, const bf16* w, const float* gc, const float* rec,         \
+           const bf16* d_o, const bf16* dvl, const bf16* hs, const int* ctab,                      \
+           const int* seq_chunk, const float* dht, int H, int V, float scale, bf16* dh,            \
+           float* sdp, bf16* dvnew, float* dh0) {                                                  \
+    dr::state_bwd_impl<K, NWC, KS, NG>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, \
+                                       scale, dh, sdp, dvnew, dh0);                                \
   }
+#define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
+  DR_STATE_BWD_NAMED(K, NWC, KS, 0, NWC * KS * 32, 0, dr_state_bwd_k##K##_nw##NWC##SUFFIX)
+#define DR_STATE_BWD_WS_KERNEL(K)                                                                  \
+  DR_STATE_BWD_NAMED(K, 4, 1, dr::BWD_WS_GROUPS<K>, 128 * (1 + dr::BWD_WS_GROUPS<K>), 1,            \
+                     dr_state_bwd_ws_k##K)
 #define DR_STATE_BWD_KERNELS(K)                                                                    \
   DR_STATE_BWD_KERNEL(K, 1, 1, )                                                                   \
   DR_STATE_BWD_KERNEL(K, 2, 1, )                                                                   \
@@ -3421,6 +3556,7 @@ DR_CHUNK_KERNELS(64)
 DR_STATE_FWD_KERNELS(64)
 DR_STATE_WS_KERNEL(64)
 DR_STATE_BWD_KERNELS(64)
+DR_STATE_BWD_WS_KERNEL(64)
 DR_DECODE_KERNEL(64, 64, 16, 64, 16)
 DR_DECODE_KERNEL(64, 64, 64, 128, 8)
 DR_DECODE_KERNEL(64, 128, 16, 64, 16)
@@ -3432,6 +3568,7 @@ DR_CHUNK_KERNELS(128)
 DR_STATE_FWD_KERNELS(128)
 DR_STATE_WS_KERNEL(128)
 DR_STATE_BWD_KERNELS(128)
+DR_STATE_BWD_WS_KERNEL(128)
 DR_DECODE_KERNEL(128, 128, 16, 128, 8)
 DR_DECODE_KERNEL(128, 128, 32, 128, 8)
 DR_DECODE_KERNEL(128, 128, 64, 128, 4)
