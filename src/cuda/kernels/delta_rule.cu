@@ -1083,67 +1083,42 @@ __device__ __forceinline__ void state_sync() {
     __syncthreads();
 }
 
-// One warp: rows [16 rb, 16 rb + 16) of P = s (QKᵀ ⊙ Γ ⊙ L) (zero at rows ≥ len) as bf16 into
-// pb, the column tiles up to the diagonal block (the output products read no others).
+// The A operand of p_frags read as it goes: the warp's rows [16 rb, +16) of x ([64][K + 8] bf16),
+// k-step kk, by ldmatrix (matrices (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8)).
 template <int K>
-__device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const float* G, int len,
-                                       float scale, int rb, bf16* pb) {
-  constexpr int WLD = K + 8;
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float acc[8][4];
+__device__ __forceinline__ auto rows_from(const bf16* x, int rb) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const bf16* p = x + (16 * rb + 8 * lm_lo + lr) * (K + 8) + 8 * lm_hi;
+  return [p](int kk, unsigned (&a)[4]) { ldsm_x4(a, p + 16 * kk); };
+}
+
+// The A operand of p_frags from fragments already in registers (row_frags).
+__device__ __forceinline__ auto frags_in(const unsigned (*fa)[4]) {
+  return [fa](int kk, unsigned (&a)[4]) {
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    unsigned a[4];
-    // A = Q rows 16 rb..: matrices (rows +0, k +0), (rows +8, k +0), (rows +0, k +8), (+8, +8).
-    ldsm_x4(a, qs + (16 * rb + 8 * lm_lo + lr) * WLD + 16 * kk + 8 * lm_hi);
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      if (np > rb) break;
-      unsigned r[4];
-      ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * WLD + 16 * kk + 8 * lm_lo);
-      mma_bf16(acc[2 * np], a, r[0], r[1]);
-      mma_bf16(acc[2 * np + 1], a, r[2], r[3]);
-    }
-  }
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    if (nt > 2 * rb + 1) break;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = 16 * rb + g + 8 * hf, j = 8 * nt + 2 * q;
-      const float gi = G[i];
-      const float x0 = (j <= i && i < len) ? scale * acc[nt][2 * hf] * __expf(gi - G[j]) : 0.f;
-      const float x1 =
-          (j + 1 <= i && i < len) ? scale * acc[nt][2 * hf + 1] * __expf(gi - G[j + 1]) : 0.f;
-      *reinterpret_cast<unsigned*>(pb + i * LD64 + j) = pack_bf2(x0, x1);
-    }
-  }
+    for (int e = 0; e < 4; ++e) a[e] = fa[kk][e];
+  };
 }
 
 // A warp's rows [16 rb, +16) of x ([64][K + 8] bf16) as A fragments (k-step kk).
 template <int K>
 __device__ __forceinline__ void row_frags(unsigned (*fa)[4], const bf16* x, int rb) {
-  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const auto at = rows_from<K>(x, rb);
 #pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk)
-    ldsm_x4(fa[kk], x + (16 * rb + 8 * lm_lo + lr) * (K + 8) + 16 * kk + 8 * lm_hi);
+  for (int kk = 0; kk < K / 16; ++kk) at(kk, fa[kk]);
 }
 
 // One warp's rows [16 rb, +16) of P = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments:
-// pa[ks] is columns [16 ks, +16), formed for ks ≤ rb only (P is zero above the diagonal block).
-// qa: the warp's Q rows as A fragments (k-step kk); ks: K's 64 rows (row stride K + 8); G: the
-// chunk's in-chunk cumulative gates. Kernel 3 and the warp-specialised forward's output warps.
+// pa[ks] is columns [16 ks, +16), zero for ks > rb (P is zero above the diagonal block). qa(kk, a)
+// gives the warp's Q rows as the A fragment of k-step kk (rows_from, frags_in); ks: K's 64 rows
+// (row stride K + 8); G: the chunk's in-chunk cumulative gates. Kernel 3, the fused pass (through
+// p_rows) and the warp-specialised forward's output warps.
 // TR: rows [16 rb, +16) of Pᵀ instead (qa: K's rows, ks: Q's), zero at columns ≥ len and below
-// the diagonal block (pa[ks] formed for ks ≥ rb): kernel 4 and the warp-specialised reverse
-// pass's dṼ_loc warps, which thus need no P in shared memory.
-template <int K, bool TR = false>
-__device__ __forceinline__ void p_frags(const unsigned (*qa)[4], const bf16* ks, const float* G,
-                                        int rb, int len, float scale, unsigned (*pa)[4]) {
+// the diagonal block (pa[ks] zero for ks < rb): kernel 4 and the warp-specialised reverse pass's
+// dṼ_loc warps, which thus need no P in shared memory.
+template <int K, bool TR = false, class QA>
+__device__ __forceinline__ void p_frags(QA qa, const bf16* ks, const float* G, int rb, int len,
+                                        float scale, unsigned (*pa)[4]) {
   constexpr int LD = K + 8;
   const int lane = threadIdx.x & 31, i0 = 16 * rb + (lane >> 2), qd = lane & 3;
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
@@ -1154,18 +1129,22 @@ __device__ __forceinline__ void p_frags(const unsigned (*qa)[4], const bf16* ks,
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk) {
+    unsigned a[4];
+    qa(kk, a);
 #pragma unroll
     for (int np = 0; np < 4; ++np) {
       if (TR ? np < rb : np > rb) continue;
       unsigned r[4];  // B = rows 16 np.. of ks (k-dimension: features 16 kk..)
       ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * LD + 16 * kk + 8 * lm_lo);
-      mma_bf16(acc[2 * np], qa[kk], r[0], r[1]);
-      mma_bf16(acc[2 * np + 1], qa[kk], r[2], r[3]);
+      mma_bf16(acc[2 * np], a, r[0], r[1]);
+      mma_bf16(acc[2 * np + 1], a, r[2], r[3]);
     }
   }
   const float gr[2] = {G[i0], G[i0 + 8]};
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
+    // (Skipping the wholly masked tiles made the warp-specialised reverse pass 3 % slower, 0.311
+    // → 0.321 ms at B4·T4096·H16, and kernel 3 1 % slower: session 16, calls 6–7.)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       float x[2];
@@ -1178,6 +1157,24 @@ __device__ __forceinline__ void p_frags(const unsigned (*qa)[4], const bf16* ks,
       }
       pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x[0], x[1]);
     }
+  }
+}
+
+// One warp: rows [16 rb, +16) of P (p_frags' values) as bf16 into pb ([64][LD64]), the column
+// tiles up to the diagonal block (the fused pass's output products read no others).
+template <int K>
+__device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const float* G, int len,
+                                       float scale, int rb, bf16* pb) {
+  const int lane = threadIdx.x & 31, i0 = 16 * rb + (lane >> 2), j0 = 2 * (lane & 3);
+  unsigned pa[4][4];
+  p_frags<K>(rows_from<K>(qs, rb), ks, G, rb, len, scale, pa);
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    if (ks > rb) break;
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      *reinterpret_cast<unsigned*>(pb + (i0 + 8 * (e & 1)) * LD64 + 16 * ks + 8 * (e >> 1) + j0) =
+          pa[ks][e];
   }
 }
 
@@ -1273,7 +1270,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     unsigned qa[K / 16][4];
     row_frags<K>(qa, qs, rb);
     unsigned pa[4][4];
-    p_frags<K>(qa, ks, G, rb, len, scale, pa);
+    p_frags<K>(frags_in(qa), ks, G, rb, len, scale, pa);
     const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
                          i0 + 8 < len ? scale * __expf(G[i0 + 8]) : 0.f};
     bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, K and G
@@ -1715,7 +1712,7 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
 
   // P rows r0.. = s (QKᵀ ⊙ Γ ⊙ L) as bf16 A fragments.
   unsigned pa[4][4];
-  p_frags<K>(qa, kls, S.G, rb, len, scale, pa);
+  p_frags<K>(frags_in(qa), kls, S.G, rb, len, scale, pa);
   // The row scales s γ_i of Q h_c (zero at rows ≥ len).
   const float fs[2] = {i0 < len ? scale * __expf(S.G[i0]) : 0.f,
                        i0 + 8 < len ? scale * __expf(S.G[i0 + 8]) : 0.f};
@@ -1787,10 +1784,16 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   cp_wait<0>();
   __syncthreads();
   unsigned pa[4][4];
-  {
+  if constexpr (K >= 256) {
+    // K's rows as fragments up front. At K <= 128 they are read as the products go instead,
+    // which frees the registers for a fourth CTA per SM (80 → 58 registers; 0.090 → 0.085 ms
+    // at B2·T8192·H16); at K = 256 shared memory allows two CTAs per SM either way, and that
+    // was slower (0.105 → 0.112 ms at B4·T4096·H6·V512; session 16, call 6).
     unsigned ka[K / 16][4];
     row_frags<K>(ka, S.k, rb);
-    p_frags<K, true>(ka, S.q, S.G, rb, len, scale, pa);
+    p_frags<K, true>(frags_in(ka), S.q, S.G, rb, len, scale, pa);
+  } else {
+    p_frags<K, true>(rows_from<K>(S.k, rb), S.q, S.G, rb, len, scale, pa);
   }
   for (int s = 0; s < ns; ++s) {
     const int v0 = s * 64;
@@ -1976,9 +1979,11 @@ __device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __r
     bar_sync(BAR_OUT + gi, NTH);  // Q, K, dO, G of chunk c
     unsigned pa[4][4];
     {
+      // (Read as the products go, as kernel 4 does at K <= 128, ptxas spilled 12 bytes at
+      // K = 128 and the pass took 0.321 against 0.311 ms at B4·T4096·H16: session 16, call 6.)
       unsigned ka[K / 16][4];
       row_frags<K>(ka, ks, rb);
-      p_frags<K, true>(ka, qs, G, rb, len, scale, pa);
+      p_frags<K, true>(frags_in(ka), qs, G, rb, len, scale, pa);
     }
     float acc[8][4] = {};
     p_times<4, true>(acc, pa, os, L::OLD, 0, rb);
