@@ -398,7 +398,7 @@ impl ChunkKernels {
             );
             Ok(v)
         };
-        // The warp-specialised passes: 4 state warps and 8 others, K <= 128 only.
+        // The warp-specialised passes: 4 state warps and `others` warps beside them, K <= 128 only.
         let ws = |n: &str, slot: usize, others: usize| -> Result<Option<StateKern>> {
             if dk > 128 {
                 return Ok(None);
@@ -1195,8 +1195,9 @@ impl DeltaRuleWorkspace {
     }
 
     /// The reverse pass's path for `n` sequences and its kernel: warp-specialised where it serves
-    /// and [`bwd_ws_pays`], else `dvloc` and the model's reverse pass. [`DeltaRuleWorkspace::force_backward`] or, for experiments,
-    /// `GDN_DR_BWD=plain|ws` forces one.
+    /// and [`bwd_ws_pays`], else `dvloc` and the model's reverse pass.
+    /// [`DeltaRuleWorkspace::force_backward`] or, for experiments, `GDN_DR_BWD=plain|ws` forces
+    /// one.
     fn reverse_pass(&self, n: usize) -> (BackwardPath, &StateKern) {
         let d = self.dims;
         let (sb, _) = self.state_kern(n, PassKind::Bwd);
