@@ -8,9 +8,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 cu=${DR_CU:-$here/../../src/cuda/kernels/delta_rule.cu}
 out=${TMPDIR:-/tmp}/gdn_cuda_emu
 mkdir -p "$out/chunk" "$out/fwd_o" "$out/state" "$out/state_bwd" "$out/prep"
-common="'struct Carve' ' b2f(' ' f2b(' ' load_bf16_async(' ' load_f32_async(' ' pack_bf2(float' \
+common="'struct Carve' ' b2f(' ' f2b(' ' load_bf16_async(' 'struct Pieces' 'void for_own_pieces' 'void load_rows_async' ' pack_bf2(float' \
   ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void stage_tiles_t(' 'void store_tiles_staged(' \
-  ' load_tiles_t(' 'struct Pieces'"
+  ' load_tiles_t('"
 # extract DIR NAME...: the common helpers and the named items into $out/DIR/extracted.h.
 extract() {
   dir=$1
@@ -23,12 +23,12 @@ extract() {
 }
 extract prep ' pack8(' ' kk_m_lower(' ' tf32_split(' ' mma3_tf32(' ' store_acc_f32(' 'void chunk_gates' 'void write_rec' ' tb_piece(' ' tw_piece(' 'void ld8_swz' ' tw_at(' \
   'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
-extract chunk ' tf32r(' 'void scale_rows_dot' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
-extract fwd_o 'void quad_transpose' 'void store_rows16' 'void for_own_pieces' 'void load_rows_async' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_times(' ' out_tiles(' \
+extract chunk ' tf32r(' 'void scale_rows_dot' 'struct KTile' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
+extract fwd_o 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_times(' ' out_tiles(' \
   'struct FwdOSm' 'void fwd_o_impl'
-extract state 'struct SeqChunks' 'void for_own_pieces' 'struct IntC' 'void load_rows_async' 'struct StateFwdSm' 'void state_sync' \
+extract state 'struct SeqChunks' 'struct IntC' 'struct StateFwdSm' 'void state_sync' \
   'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' p_times(' ' out_tiles(' 'void ws_output' 'void state_fwd_impl'
-extract state_bwd 'struct SeqChunks' 'void for_own_pieces' 'void load_rows_async' 'void scale_own_rows' \
+extract state_bwd 'struct SeqChunks' 'void scale_own_rows' \
   'void state_sync' 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_times(' 'struct DvlocSm' \
   'void dvloc_impl' 'struct StateBwdSm' 'void ws_dvloc' 'void state_bwd_impl'
 # The builds run in parallel; an old binary is removed first and every build's status checked,

@@ -39,7 +39,16 @@ static bool run_case(const Case& c, unsigned seed) {
   std::vector<float> dk = dkp, dg = dgp, dv((size_t)T * H * V, nanv), db((size_t)T * H, nanv);
 
   run_grid<dr::WySm<K>>(dr::WySm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
-    dr::wy_impl<K>(k.data(), v.data(), beta.data(), gc.data(), tmat.data(), dvn.data(), hs.data(),
+    // k where the fused kernel's dqk leaves it (KTile), past a partial chunk's end zero-filled.
+    dr::Carve cv(g_smem);
+    dr::WySm<K> S;
+    S.carve(cv);
+    const int st = ctab[2 * blockIdx.x], l = ctab[2 * blockIdx.x + 1];
+    dr::load_rows_async<K, dr::WySm<K>::NW * 32>(S.k, dr::KTile<K>::LD,
+                                                 k.data() + ((size_t)st * H + blockIdx.y) * K,
+                                                 (long)H * K, l);
+    __syncthreads();
+    dr::wy_impl<K>(v.data(), beta.data(), gc.data(), tmat.data(), dvn.data(), hs.data(),
                    ctab.data(), H, V, dk.data(), dv.data(), dg.data(), db.data());
   });
 

@@ -93,7 +93,8 @@ __device__ __forceinline__ void cp_wait() {
 }
 
 // rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
-// dld); rows >= valid are zero-filled and not read.
+// dld); rows >= valid are zero-filled and not read. Only the fused state pass at K = 256 keeps
+// this generic loop (see there); every other tile load is load_rows_async below.
 __device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* src, long sld,
                                                 int rows, int cols, int valid) {
   const int per_row = cols >> 3;
@@ -104,42 +105,31 @@ __device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* 
   }
 }
 
-// Same for f32 (cols a multiple of 4).
-__device__ __forceinline__ void load_f32_async(float* dst, int dld, const float* src, long sld,
-                                               int rows, int cols, int valid) {
-  const int per_row = cols >> 2;
-  for (int idx = threadIdx.x; idx < rows * per_row; idx += blockDim.x) {
-    const int r = idx / per_row, c = (idx - r * per_row) << 2;
-    const bool ok = r < valid;
-    cp16(dst + r * dld + c, ok ? (const void*)(src + r * sld + c) : (const void*)src, ok);
-  }
-}
-
-// A chunk tile of 64 rows × COLS elements of T (bf16 or f32; 16-byte pieces) by a compile-time
-// NTH threads, rows >= valid zero-filled and not read. The state passes issue one per operand
-// every chunk step; the generic loops above (run-time thread count, index divisions, a branch
-// per piece) made up about a fifth of their instructions. Here the loop is unrolled and a
+// A tile of ROWS (64, a chunk, unless given) rows × COLS elements of T (bf16 or f32; 16-byte
+// pieces) by a compile-time NTH threads, rows >= valid zero-filled and not read. The state passes
+// issue one per operand every chunk step; the generic loop above (run-time thread count, index
+// divisions, a branch per piece) made up about a fifth of their instructions. Here the loop is unrolled and a
 // thread's pieces are fixed (rows r0 + i·RS, column c0: `Pieces`), so a piece costs an address
 // add, a compare and the copy; `for_own_pieces` walks them in order of i (also for
 // scale_own_rows).
-template <int COLS, int NTH, class T>
+template <int COLS, int NTH, class T, int ROWS = CH>
 struct Pieces {
   static constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
   static_assert(COLS % EP == 0 && NTH % PER_ROW == 0, "whole rows per pass");
-  static constexpr int N = (CH + RS - 1) / RS;  // pieces per thread
+  static constexpr int N = (ROWS + RS - 1) / RS;  // pieces per thread
   // t: the thread's index among the NTH (threadIdx.x unless a warp-specialised CTA gives a
   // group of its warps a tile of their own).
   static __device__ __forceinline__ int r0(int t) { return t / PER_ROW; }
   static __device__ __forceinline__ int c0(int t) { return (t % PER_ROW) * EP; }
 };
-template <int COLS, int NTH, class T, class F>
+template <int COLS, int NTH, class T, int ROWS = CH, class F>
 __device__ __forceinline__ void for_own_pieces(F f, int t = threadIdx.x) {
-  typedef Pieces<COLS, NTH, T> P;
+  typedef Pieces<COLS, NTH, T, ROWS> P;
   const int r0 = P::r0(t), c0 = P::c0(t);
   if constexpr (P::N <= 8) {
 #pragma unroll
     for (int i = 0; i < P::N; ++i)
-      if (CH % P::RS == 0 || r0 + i * P::RS < CH) f(r0 + i * P::RS, c0);
+      if (ROWS % P::RS == 0 || r0 + i * P::RS < ROWS) f(r0 + i * P::RS, c0);
   } else {
     // One or two warps at K >= 128: unrolled, the addresses spilled (state passes at 255
     // registers).
@@ -158,15 +148,15 @@ struct IntC {
 // reads nothing there, so no select is needed.
 // The destination is one 32-bit shared address plus a per-piece constant (folded into the
 // instruction), as for ldmatrix.
-template <int COLS, int NTH, class T, bool VIA_L1 = false>
+template <int COLS, int NTH, class T, bool VIA_L1 = false, int ROWS = CH>
 __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, long sld,
                                                 int valid, int t = threadIdx.x) {
-  typedef Pieces<COLS, NTH, T> P;
+  typedef Pieces<COLS, NTH, T, ROWS> P;
   const int r0 = P::r0(t);
   const T* s = src + r0 * sld + P::c0(t);
   const unsigned d0 = smem_u32(dst + r0 * dld + P::c0(t));
   const long step = P::RS * sld;
-  for_own_pieces<COLS, NTH, T>(
+  for_own_pieces<COLS, NTH, T, ROWS>(
       [&](int r, int) {
         cp16<VIA_L1>(d0 + (unsigned)((r - r0) * dld * sizeof(T)), s, r < valid);
         s += step;
@@ -607,7 +597,7 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
   }
   __syncthreads();  // K is dead: it becomes V slice buffer 1
   if (nslice > 1) {
-    load_bf16_async(ks, LD64, vsrc + 64, (long)H * V, CH, 64, len);
+    load_rows_async<64, 256>(ks, LD64, vsrc + 64, (long)H * V, len);
     cp_commit();
   }
 
@@ -739,7 +729,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
 
-  load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
   cp_commit();
   chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
   cp_wait<0>();
@@ -855,7 +845,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
       pw[it] = tw_piece(x, i, c, b, g);
     }
     __syncthreads();  // T (f32) is dead: V slice 0 and tw take its place
-    load_bf16_async(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, CH, 64, len);
+    load_rows_async<64, 256>(reinterpret_cast<bf16*>(S.A), LD64, vsrc, (long)H * V, len);
     cp_commit();
 #pragma unroll
     for (int it = 0; it < 2; ++it) {
@@ -925,9 +915,9 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   const int tid = threadIdx.x;
   const bf16* vsrc = v + ((long)start * H + h) * V;
 
-  load_bf16_async(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+  load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
   cp_commit();
-  load_bf16_async(S.vb, LD64, vsrc, (long)H * V, CH, 64, len);
+  load_rows_async<64, 256>(S.vb, LD64, vsrc, (long)H * V, len);
   cp_commit();
   // This thread's pieces of T (row i, columns c..c+7, step it), read before the gates so that
   // the loads are in flight during the scan; pieces above the diagonal blocks are 0 (not read).
@@ -1775,10 +1765,10 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   const bf16* do0 = d_o + ((long)start * H + h) * V;
   const long ld = (long)H * V;
   const int ns = V / 64;
-  load_bf16_async(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-  load_bf16_async(S.x0, LD64, do0, ld, CH, 64, len);
-  if (ns > 1) load_bf16_async(S.x1, LD64, do0 + 64, ld, CH, 64, len);
+  load_rows_async<K, 256>(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<K, 256>(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<64, 256>(S.x0, LD64, do0, ld, len);
+  if (ns > 1) load_rows_async<64, 256>(S.x1, LD64, do0 + 64, ld, len);
   cp_commit();
   if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
   cp_wait<0>();
@@ -1813,7 +1803,7 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
         [&](int r) { return 16 * rb + r < len; });
     if (s + 2 < ns) {
       __syncthreads();  // every warp is done with this slice's buffer
-      load_bf16_async(xs, LD64, do0 + v0 + 128, ld, CH, 64, len);
+      load_rows_async<64, 256>(xs, LD64, do0 + v0 + 128, ld, len);
       cp_commit();
     }
   }
@@ -2311,6 +2301,15 @@ __device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, 
 }
 
 // ------------------------------------------------------------------------------------------
+// The chunk's k rows ([64][K + 8] bf16), carved first by kernels 6 (DqkSm) and 7 (WySm): as one
+// kernel (dr_dqkwy) kernel 6 loads them and kernel 7 reads them where kernel 6 left them.
+template <int K>
+struct KTile {
+  static constexpr int LD = K + 8;
+  // Taken first by both carves, so that both layouts put it at offset 0.
+  static __device__ bf16* take(Carve& c) { return c.take<bf16>(CH * LD); }
+};
+
 // Kernel 6: per (chunk, head), looping over V in slices of 32 columns:
 //   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh_c in bf16, as kernel 5 stores it);
 //   ⟨h_c, dh_c⟩ as the sum of kernel 5's partials (formed from its f32 dS; see there why);
@@ -2332,9 +2331,9 @@ __device__ __forceinline__ void scale_rows_dot(float (*acc)[4], const float* f, 
 // over its columns (quad shuffles) and column sums over its 16 rows (shuffles across g). Warp 0
 // adds the per-warp partials in a fixed order for dG (no atomics: deterministic).
 // The V slices (dO, Ṽ, h_c and dh_c, bf16) go through NBUF shared buffers by cp.async, one
-// group per slice issued NBUF − 1 slices ahead, one barrier per slice; q and k load into the
-// buffer the slice after the last would use, during the last slices; pb goes into the last
-// slice's buffer. Rows t >= len of a partial chunk are zero-filled (dO, Ṽ, q, k), have γ = δ = 0
+// group per slice issued NBUF − 1 slices ahead, one barrier per slice; q loads into the buffer
+// the slice after the last would use, and k into its own tile (KTile, where kernel 7 reads it),
+// during the last slices; pb goes into the last slice's buffer. Rows t >= len of a partial chunk are zero-filled (dO, Ṽ, q, k), have γ = δ = 0
 // and are never written.
 
 template <int K>
@@ -2345,20 +2344,22 @@ struct DqkSm {
   static constexpr int NBUF = (K == 128) ? 2 : 3;    // slice buffers (K = 128: 2 CTAs per SM)
   static constexpr int KW = K / NS, PW = CH / NS;    // dQ1/dKi and dP columns per warp
   static constexpr int SW = 32, SLD = SW + 8;        // slice width; row stride (elements)
-  static constexpr int QLD = K + 8;                  // row stride of q and k
-  // A slice buffer: dO [64][SLD], Ṽ [64][SLD], h_c [K][SLD], dh_c [K][SLD] (bf16); q and k
-  // ([64][QLD] each) take one buffer too, which sets its size at K >= 128.
+  static constexpr int QLD = KTile<K>::LD;           // row stride of q and k
+  // A slice buffer: dO [64][SLD], Ṽ [64][SLD], h_c [K][SLD], dh_c [K][SLD] (bf16); q ([64][QLD])
+  // takes one buffer too. k has its own tile, at the front, where wy finds it (KTile).
   static constexpr unsigned OFF_V = CH * SLD * 2, OFF_H = 2 * CH * SLD * 2,
                             OFF_D = OFF_H + K * SLD * 2, SLICE = OFF_D + K * SLD * 2,
-                            QK = 2 * CH * QLD * 2, BUF = SLICE > QK ? SLICE : QK;
+                            QB = CH * QLD * 2, BUF = SLICE > QB ? SLICE : QB;
   static_assert(CH * LD64 * 2 <= BUF, "pb fits one slice buffer");
   static_assert(OFF_V % 128 == 0 && OFF_H % 128 == 0 && OFF_D % 128 == 0 && BUF % 128 == 0,
                 "slice arrays start at 128-byte boundaries");
+  bf16* k;                     // [64][QLD]
   char* buf;                   // NBUF x BUF
   float *G, *gam, *dec;        // [64]
   float *rsp, *qp, *kp;        // [NS][64]: per-split partials of E's row sums, q·dq, k·dk
   float* csp;                  // [4][64]: per-row-block partials of E's column sums
   __device__ void carve(Carve& c) {
+    k = KTile<K>::take(c);
     buf = c.take<char>(NBUF * BUF);
     G = c.take<float>(CH);
     gam = c.take<float>(CH);
@@ -2384,6 +2385,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
   L S;
   S.carve(cv);
   constexpr int SW = L::SW, SLD = L::SLD, QLD = L::QLD, KW = L::KW, PW = L::PW, NBUF = L::NBUF;
+  constexpr int NTH = L::NW * 32;
   constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dQ1 (and dKi) rows
   constexpr int NPT = PW / 8;  // of its dP rows
   const int cg = blockIdx.x, h = blockIdx.y;
@@ -2400,27 +2402,37 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
   const bf16* vn0 = vnew + ((long)start * H + h) * V;
   const long hoff = ((long)cg * H + h) * K * V;
 
-  // Item it: slice it into buffer it mod NBUF; it == nsl: q and k into buffer nsl mod NBUF (last
-  // read by slice nsl − NBUF, and by no later one); beyond: an empty group (uniform wait counts).
+  // Item it: slice it into buffer it mod NBUF; it == nsl: q into buffer nsl mod NBUF (last read
+  // by slice nsl − NBUF, and by no later one) and k into S.k; beyond: an empty group (uniform
+  // wait counts).
   auto issue = [&](int it) {
     if (it < nsl) {
       char* b = S.buf + (it % NBUF) * L::BUF;
       const int v0 = it * SW;
-      load_bf16_async(reinterpret_cast<bf16*>(b), SLD, do0 + v0, (long)H * V, CH, SW, len);
-      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_V), SLD, vn0 + v0, (long)H * V, CH, SW,
-                      len);
-      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_H), SLD, hst + hoff + v0, V, K, SW, K);
-      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_D), SLD, dh + hoff + v0, V, K, SW, K);
+      load_rows_async<SW, NTH>(reinterpret_cast<bf16*>(b), SLD, do0 + v0, (long)H * V, len);
+      load_rows_async<SW, NTH>(reinterpret_cast<bf16*>(b + L::OFF_V), SLD, vn0 + v0, (long)H * V,
+                               len);
+      load_rows_async<SW, NTH, bf16, false, K>(reinterpret_cast<bf16*>(b + L::OFF_H), SLD,
+                                               hst + hoff + v0, V, K);
+      load_rows_async<SW, NTH, bf16, false, K>(reinterpret_cast<bf16*>(b + L::OFF_D), SLD,
+                                               dh + hoff + v0, V, K);
     } else if (it == nsl) {
       bf16* qb = reinterpret_cast<bf16*>(S.buf + (nsl % NBUF) * L::BUF);
-      load_bf16_async(qb, QLD, q + ((long)start * H + h) * K, (long)H * K, CH, K, len);
-      load_bf16_async(qb + CH * QLD, QLD, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
+      load_rows_async<K, NTH>(qb, QLD, q + ((long)start * H + h) * K, (long)H * K, len);
+      load_rows_async<K, NTH>(S.k, QLD, k + ((long)start * H + h) * K, (long)H * K, len);
     }
     cp_commit();
   };
 #pragma unroll
   for (int it = 0; it < NBUF - 1; ++it) issue(it);
 
+  // ⟨h_c, dh_c⟩ for dG: kernel 5's npart partials of this chunk and head (one per warp),
+  // lane-strided in warp 0, then a warp sum after the loop (a fixed order). Read here, where the
+  // slices' loads hide their latency; read at the end, warp 0 waited for them while the other
+  // warps waited for warp 0.
+  float sd = 0.f;
+  if (warp == 0)
+    for (int x = lane; x < npart; x += 32) sd += sdp[((long)cg * H + h) * npart + x];
   // G, γ, δ (published by the loop's first barrier).
   if (tid < CH) {
     const bool ok = tid < len;
@@ -2486,9 +2498,9 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
     }
   }
   cp_wait<0>();     // q and k
-  __syncthreads();  // every slice buffer but q/k's is dead
+  __syncthreads();  // every slice buffer but q's is dead
   const bf16* qs = reinterpret_cast<const bf16*>(S.buf + (nsl % NBUF) * L::BUF);
-  const bf16* kls = qs + CH * QLD;
+  const bf16* kls = S.k;
   bf16* pb = reinterpret_cast<bf16*>(S.buf + ((nsl - 1) % NBUF) * L::BUF);
   const float gi[2] = {S.G[i0], S.G[i0 + 8]};
 
@@ -2633,10 +2645,6 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
       ksum += kd;
     }
     ksum = warp_sum(ksum);
-    // ⟨h_c, dh_c⟩: kernel 5's npart partials of this chunk and head (one per warp), lane-strided,
-    // then a warp sum (a fixed order).
-    float sd = 0.f;
-    for (int x = lane; x < npart; x += 32) sd += sdp[((long)cg * H + h) * npart + x];
     sd = warp_sum(sd);
     for (int i = lane; i < len; i += 32) {
       float rsum = 0.f, csum = 0.f, qdt = 0.f, kdt = 0.f;
@@ -2716,7 +2724,7 @@ struct WySm {
   // them, and at K = 256, whose one CTA per SM would otherwise have at most one slice in flight.
   static constexpr int NBUF = (K == 128) ? 2 : 3;
   static constexpr int KW = K / NS, PW = CH / NS;  // dW'/dk and 64×64 columns per warp
-  static constexpr int KLD = K + 8;                // row stride of k and dW (bf16)
+  static constexpr int KLD = KTile<K>::LD;         // row stride of k and dW (bf16)
   static constexpr int MLD = 72;                   // f32 row stride of TMP (column reads)
   // A slice buffer: dṼ, V [64][LD64], h_c [K][LD64] (bf16).
   static constexpr unsigned OFF_V = CH * LD64 * 2, OFF_H = 2 * CH * LD64 * 2,
@@ -2730,14 +2738,14 @@ struct WySm {
   static_assert(BUF % 128 == 0 && OFF_DT % 128 == 0 && OFF_TMP % 128 == 0 && OFF_TF % 128 == 0,
                 "arrays start at 128-byte boundaries");
   char* buf;                      // NBUF x BUF
-  bf16* k;                        // [64][KLD]
+  bf16* k;                        // [64][KLD], loaded by kernel 6 (KTile)
   bf16* tb;                       // [64][LD64] T (bf16)
   float *G, *bs, *gam, *bg, *dgp;  // [64]: G, β, γ, βγ, kernel 6's partial dG
   float *dbp, *zp, *rsp, *dbmp;   // [NS][64]: per-split partials of dβ_V, z, Σ_j x, Σ_j y
   float* csp;                     // [4][64]: per-row-block partials of Σ_i x
   __device__ void carve(Carve& c) {
+    k = KTile<K>::take(c);
     buf = c.take<char>(NBUF * BUF);
-    k = c.take<bf16>(CH * KLD);
     tb = c.take<bf16>(CH * LD64);
     G = c.take<float>(CH);
     bs = c.take<float>(CH);
@@ -2758,8 +2766,7 @@ static_assert(DqkSm<64>::NW == WySm<64>::NW && DqkSm<128>::NW == WySm<128>::NW &
 
 // Not inlined: see dqk_then_wy.
 template <int K>
-__device__ __noinline__ void wy_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
-                        const float* __restrict__ beta, const float* __restrict__ gc,
+__device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __restrict__ beta, const float* __restrict__ gc,
                         const float* __restrict__ tmat, const bf16* __restrict__ dvnew,
                         const bf16* __restrict__ hst, const int* __restrict__ ctab, int H, int V,
                         float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dg,
@@ -2770,6 +2777,7 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ k, const bf16* __r
   L S;
   S.carve(cv);
   constexpr int NS = L::NS, KW = L::KW, PW = L::PW, NBUF = L::NBUF, KLD = L::KLD, MLD = L::MLD;
+  constexpr int NTH = L::NW * 32;
   constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dW' (and dk) rows
   constexpr int NPT = PW / 8;  // of its rows of a 64×64 matrix (and of a slice's dVβ)
   const int cg = blockIdx.x, h = blockIdx.y;
@@ -2788,18 +2796,18 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ k, const bf16* __r
   const float* tsrc = tmat + ((long)cg * H + h) * (CH * CH);
 
   // Item it: slice it into buffer it mod NBUF; beyond the last slice an empty group (uniform
-  // wait counts). k joins slice 0's group.
+  // wait counts). k is in place already: kernel 6 loaded it (KTile).
   auto issue = [&](int it) {
     if (it < nsl) {
       char* b = S.buf + (it % NBUF) * L::BUF;
       const int v0 = it * 64;
-      load_bf16_async(reinterpret_cast<bf16*>(b), LD64, dv0 + v0, vld, CH, 64, len);
-      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_V), LD64, vv0 + v0, vld, CH, 64, len);
-      load_bf16_async(reinterpret_cast<bf16*>(b + L::OFF_H), LD64, hc0 + v0, V, K, 64, K);
+      load_rows_async<64, NTH>(reinterpret_cast<bf16*>(b), LD64, dv0 + v0, vld, len);
+      load_rows_async<64, NTH>(reinterpret_cast<bf16*>(b + L::OFF_V), LD64, vv0 + v0, vld, len);
+      load_rows_async<64, NTH, bf16, false, K>(reinterpret_cast<bf16*>(b + L::OFF_H), LD64,
+                                               hc0 + v0, V, K);
     }
     cp_commit();
   };
-  load_bf16_async(S.k, KLD, k + ((long)start * H + h) * K, (long)H * K, CH, K, len);
 #pragma unroll
   for (int it = 0; it < NBUF - 1; ++it) issue(it);
 
@@ -2920,7 +2928,7 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ k, const bf16* __r
   float* DT = reinterpret_cast<float*>(S.buf + L::OFF_DT);
   float* TMP = reinterpret_cast<float*>(S.buf + L::OFF_TMP);
   float* TF = reinterpret_cast<float*>(S.buf + L::OFF_TF);
-  load_f32_async(TF, LF64, tsrc, CH, CH, CH, CH);  // T (f32), waited for before the T-chain
+  load_rows_async<CH, NTH, float>(TF, LF64, tsrc, CH, CH);  // T (f32), waited for before the T-chain
   cp_commit();
   // dW = −dW' (bf16) for the other warps; dTv diag(β) stays here.
 #pragma unroll
@@ -3367,9 +3375,10 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 // grid (chunk, head), same threads (DqkSm::NW = WySm::NW), and wy reads only what its own
 // chunk's dqk wrote (the partial dk and dG rows) and what dqk read (k, h_c): as one kernel those
 // reads are L2 hits instead of HBM traffic (≈ 0.5 GB at B4·T4096·H16·K128), and the shared
-// memory is reused (the launch takes the larger of the two). Between them: no cp.async still in
-// flight into the shared memory wy takes over, and a barrier, which also makes dqk's global
-// writes visible to the whole CTA. Both are compiled as functions of their own (__noinline__):
+// memory is reused (the launch takes the larger of the two). k is not read again at all: wy
+// finds dqk's tile in shared memory (KTile). Between them: no cp.async still in flight into the
+// shared memory wy takes over, and a barrier, which also makes dqk's global writes and its k
+// tile visible to the whole CTA. Both are compiled as functions of their own (__noinline__):
 // inlined into one body, ptxas kept values common to both live across the barrier and spilled
 // (88 bytes at K = 128, 128 registers for 2 CTAs per SM); apart, neither spills.
 __device__ __forceinline__ void dqk_then_wy() {
@@ -3468,7 +3477,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                     float* dv, float* dg, float* dbeta) {                                          \
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg);       \
     dr::dqk_then_wy();                                                                             \
-    dr::wy_impl<K>(k, v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                \
+    dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                   \
   }
 
 // The state passes of kernel 2: state_fwd (MODE_FUSED) and state_split (MODE_SPLIT); each uses
