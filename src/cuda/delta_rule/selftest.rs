@@ -15,8 +15,11 @@ pub const TOL_BF16: f64 = 2e-2;
 pub const TOL_F32: f64 = 1e-2;
 /// … for dg and dβ: sums of many terms that cancel, so the bf16 roundings of the intra-chunk
 /// attention matrices and scaled q (as in FLA) show more. The CPU mirror of the kernels'
-/// arithmetic (`mirror.rs`) sees up to ~1.4e-2 over many seeds at K = 64 with a N(0,1) h0.
-pub const TOL_DG_DBETA: f64 = 2e-2;
+/// arithmetic (`mirror.rs`) sees a heavy tail at K = 64 with a N(0,1) h0: over 400 seeds p99
+/// 1.3e-2, max 1.95e-2, and one seed of a GPU selftest gave 2.43e-2 (session 17; the mirror
+/// reproduces it to four digits, and so does the binary before that session's changes), hence
+/// 3e-2 (it was 2e-2). A kernel error shows far above it: the emulators' mutations give 0.4–0.9.
+pub const TOL_DG_DBETA: f64 = 3e-2;
 
 /// The tolerance of a named output.
 pub fn tolerance(name: &str) -> f64 {

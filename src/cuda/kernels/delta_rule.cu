@@ -2504,15 +2504,17 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
   bf16* pb = reinterpret_cast<bf16*>(S.buf + ((nsl - 1) % NBUF) * L::BUF);
   const float gi[2] = {S.G[i0], S.G[i0 + 8]};
 
-  // pb = s dP ⊙ Γ on j <= i < len (bf16), every element of this warp's tiles.
+  // pb = s dP ⊙ Γ on j <= i < len (bf16), every element of this warp's tiles. The f32 values
+  // replace dP in its registers (0 off the mask): E below is them times QKᵀ, no second e^.
 #pragma unroll
   for (int nt = 0; nt < NPT; ++nt)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = i0 + 8 * hf, j = pc0 + 8 * nt + 2 * qd;
-      const float x0 = (j <= i && i < len) ? scale * dp[nt][2 * hf] * __expf(gi[hf] - S.G[j]) : 0.f;
-      const float x1 =
-          (j + 1 <= i && i < len) ? scale * dp[nt][2 * hf + 1] * __expf(gi[hf] - S.G[j + 1]) : 0.f;
+      float& x0 = dp[nt][2 * hf];
+      float& x1 = dp[nt][2 * hf + 1];
+      x0 = (j <= i && i < len) ? scale * x0 * __expf(gi[hf] - S.G[j]) : 0.f;
+      x1 = (j + 1 <= i && i < len) ? scale * x1 * __expf(gi[hf] - S.G[j + 1]) : 0.f;
       *reinterpret_cast<unsigned*>(pb + i * LD64 + j) = pack_bf2(x0, x1);
     }
   __syncthreads();  // pb complete
@@ -2577,8 +2579,9 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
     }
   }
 
-  // E = s dP ⊙ (QKᵀ ⊙ Γ) on j <= i < len over this warp's dP tiles (QKᵀ from bf16 q, k, f32
-  // accumulation); row sums over its columns and column sums over its rows.
+  // E = (s dP ⊙ Γ) ⊙ QKᵀ on j <= i < len over this warp's dP tiles (the f32 pb values in dp, 0
+  // off the mask; QKᵀ from bf16 q, k, f32 accumulation); row sums over its columns and column
+  // sums over its rows.
   {
     float pa[NPT][4];
 #pragma unroll
@@ -2606,12 +2609,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
       for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int i = i0 + 8 * hf, j = pc0 + 8 * nt + 2 * qd + e;
-          float x = 0.f;
-          if (j <= i && i < len) {
-            const float p = pa[nt][2 * hf + e] * __expf(gi[hf] - S.G[j]);
-            x = scale * dp[nt][2 * hf + e] * p;
-          }
+          const float x = dp[nt][2 * hf + e] * pa[nt][2 * hf + e];
           rs[hf] += x;
           cs[e] += x;
         }
