@@ -1171,13 +1171,15 @@ impl DeltaRuleWorkspace {
         self.forward_forced = path;
     }
 
-    /// The warp-specialised kernel, where it serves these dimensions (K <= 128, V a multiple of
-    /// its 64 columns).
+    /// A warp-specialised kernel (forward or reverse pass), where it serves these dimensions:
+    /// loaded (K <= 128) and V a multiple of its 64 columns.
+    fn ws_serving<'a>(&self, kern: &'a Option<StateKern>) -> Option<&'a StateKern> {
+        kern.as_ref().filter(|_| self.dims.dv.is_multiple_of(64))
+    }
+
+    /// The warp-specialised forward, where it serves these dimensions.
     fn ws_kern(&self) -> Option<&StateKern> {
-        self.kern
-            .state_ws
-            .as_ref()
-            .filter(|_| self.dims.dv.is_multiple_of(64))
+        self.ws_serving(&self.kern.state_ws)
     }
 
     /// Forces the reverse pass's path of the calls that follow (`None`: the cost model's choice),
@@ -1186,12 +1188,9 @@ impl DeltaRuleWorkspace {
         self.backward_forced = path;
     }
 
-    /// The warp-specialised reverse pass, where it serves these dimensions (as [`Self::ws_kern`]).
+    /// The warp-specialised reverse pass, where it serves these dimensions.
     fn bwd_ws_kern(&self) -> Option<&StateKern> {
-        self.kern
-            .state_bwd_ws
-            .as_ref()
-            .filter(|_| self.dims.dv.is_multiple_of(64))
+        self.ws_serving(&self.kern.state_bwd_ws)
     }
 
     /// The reverse pass's path for `n` sequences and its kernel: warp-specialised where it serves

@@ -93,8 +93,9 @@ __device__ __forceinline__ void cp_wait() {
 }
 
 // rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
-// dld); rows >= valid are zero-filled and not read. Only the fused state pass at K = 256 keeps
-// this generic loop (see there); every other tile load is load_rows_async below.
+// dld); rows >= valid are zero-filled and not read. Two users keep this generic loop, where
+// load_rows_async below measured worse: the fused state pass at K = 256 and the U loop of
+// wu_products (see both); every other tile load is load_rows_async.
 __device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* src, long sld,
                                                 int rows, int cols, int valid) {
   const int per_row = cols >> 3;
@@ -108,10 +109,10 @@ __device__ __forceinline__ void load_bf16_async(bf16* dst, int dld, const bf16* 
 // A tile of ROWS (64, a chunk, unless given) rows × COLS elements of T (bf16 or f32; 16-byte
 // pieces) by a compile-time NTH threads, rows >= valid zero-filled and not read. The state passes
 // issue one per operand every chunk step; the generic loop above (run-time thread count, index
-// divisions, a branch per piece) made up about a fifth of their instructions. Here the loop is unrolled and a
-// thread's pieces are fixed (rows r0 + i·RS, column c0: `Pieces`), so a piece costs an address
-// add, a compare and the copy; `for_own_pieces` walks them in order of i (also for
-// scale_own_rows).
+// divisions, a branch per piece) made up about a fifth of their instructions. Here the loop is
+// unrolled and a thread's pieces are fixed (rows r0 + i·RS, column c0: `Pieces`), so a piece
+// costs an address add, a compare and the copy; `for_own_pieces` walks them in order of i (also
+// for scale_own_rows).
 template <int COLS, int NTH, class T, int ROWS = CH>
 struct Pieces {
   static constexpr int EP = 16 / sizeof(T), PER_ROW = COLS / EP, RS = NTH / PER_ROW;
@@ -640,6 +641,8 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
     }
     if (s + 2 < nslice) {
       __syncthreads();  // every warp is done with this buffer
+      // The generic loop: as load_rows_async, its addresses live beside the U accumulators and
+      // wu (48-register cap) spilled at K = 128, 0.116 → 0.120 ms (session 17, call 3).
       load_bf16_async(vs, LD64, vsrc + (s + 2) * 64, (long)H * V, CH, 64, len);
       cp_commit();
     }
@@ -2333,8 +2336,8 @@ struct KTile {
 // The V slices (dO, Ṽ, h_c and dh_c, bf16) go through NBUF shared buffers by cp.async, one
 // group per slice issued NBUF − 1 slices ahead, one barrier per slice; q loads into the buffer
 // the slice after the last would use, and k into its own tile (KTile, where kernel 7 reads it),
-// during the last slices; pb goes into the last slice's buffer. Rows t >= len of a partial chunk are zero-filled (dO, Ṽ, q, k), have γ = δ = 0
-// and are never written.
+// during the last slices; pb goes into the last slice's buffer. Rows t >= len of a partial chunk
+// are zero-filled (dO, Ṽ, q, k), have γ = δ = 0 and are never written.
 
 template <int K>
 struct DqkSm {
@@ -2764,11 +2767,12 @@ static_assert(DqkSm<64>::NW == WySm<64>::NW && DqkSm<128>::NW == WySm<128>::NW &
 
 // Not inlined: see dqk_then_wy.
 template <int K>
-__device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __restrict__ beta, const float* __restrict__ gc,
-                        const float* __restrict__ tmat, const bf16* __restrict__ dvnew,
-                        const bf16* __restrict__ hst, const int* __restrict__ ctab, int H, int V,
-                        float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dg,
-                        float* __restrict__ dbeta) {
+__device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __restrict__ beta,
+                                     const float* __restrict__ gc, const float* __restrict__ tmat,
+                                     const bf16* __restrict__ dvnew, const bf16* __restrict__ hst,
+                                     const int* __restrict__ ctab, int H, int V,
+                                     float* __restrict__ dk, float* __restrict__ dv,
+                                     float* __restrict__ dg, float* __restrict__ dbeta) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef WySm<K> L;
