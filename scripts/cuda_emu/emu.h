@@ -72,6 +72,7 @@ inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c,
 struct uint2 {
   unsigned x, y;
 };
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 struct uint4 {
   unsigned x, y, z, w;
 };

@@ -22,14 +22,14 @@ extract() {
     >"$out/$dir/extracted.h"
 }
 extract prep ' pack8(' ' kk_m_lower(' ' tf32_split(' ' mma3_tf32(' ' store_acc_f32(' 'void chunk_gates' 'void write_rec' ' tb_piece(' ' tw_piece(' 'void ld8_swz' ' tw_at(' \
-  'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
+  'void pair_store' 'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
 extract chunk ' tf32r(' 'void scale_rows_dot' 'struct KTile' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
-extract fwd_o 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_times(' ' out_tiles(' \
+extract fwd_o 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' ' out_tiles(' \
   'struct FwdOSm' 'void fwd_o_impl'
 extract state 'struct SeqChunks' 'struct IntC' 'struct StateFwdSm' 'void state_sync' \
-  'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' p_times(' ' out_tiles(' 'void ws_output' 'void state_fwd_impl'
+  'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' frags_times(' ' p_times(' ' out_tiles(' 'void ws_output' 'void state_fwd_impl'
 extract state_bwd 'struct SeqChunks' 'void scale_own_rows' \
-  'void state_sync' 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_times(' 'struct DvlocSm' \
+  'void state_sync' 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' 'struct DvlocSm' \
   'void dvloc_impl' 'struct StateBwdSm' 'void ws_dvloc' 'void state_bwd_impl'
 # The builds run in parallel; an old binary is removed first and every build's status checked,
 # so a failed build cannot leave a stale emulation to pass in its place.

@@ -538,6 +538,21 @@ __device__ __forceinline__ void store_rows16(const float (*acc)[4], Dst dst, Ok 
   }
 }
 
+// One row of two adjacent 8-column accumulator tiles A, B (mma C layout) stored as bf16 to
+// dst[0, 16) in one 8-byte store a lane: xa, xb are this lane's packed columns 2q, 2q+1 of A and
+// of B. One shuffle within the quad gives lane q four contiguous columns (q even: A's [2q, 2q+4);
+// odd: B's [2q−2, 2q+2)), so the quad writes the row's 32 bytes, a whole sector, where 4-byte
+// stores straight from the fragment fill half a sector each. Every lane of the warp must call it
+// (the shuffle); ok masks the store only.
+__device__ __forceinline__ void pair_store(bf16* dst, bool ok, unsigned xa, unsigned xb) {
+  const int q = threadIdx.x & 3;
+  const bool odd = q & 1;
+  const unsigned got = __shfl_xor_sync(0xffffffffu, odd ? xa : xb, 1);
+  if (ok)
+    *reinterpret_cast<uint2*>(dst + 2 * (q & 2) + 8 * (q & 1)) =
+        odd ? make_uint2(got, xb) : make_uint2(xa, got);
+}
+
 // Kernels 1 and 1b: W = tw · K and U = tb · V + diag(β) V by raw mma.sync, written to global
 // (rows < len), W negated: its only readers, the state passes, use −W (Ṽ = U + S(−W),
 // dS += (−W)ᵀ dṼ), and a sign flip of the stored bf16 is exact where negating their register
@@ -579,19 +594,17 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
             mma_bf16(acc[2 * jp + 1], a, r[2], r[3]);
           }
         }
-        // Stored straight from the fragment (4 bytes a lane, half sectors): the quad transpose of
-        // store_rows16 made kernels 1 and 1b slower (session 12, call 4: prep 0.205 → 0.230 ms,
-        // wu 0.118 → 0.139 at B4·T4096·H16).
+        // Whole sectors by pair_store (the quad transpose of store_rows16 made kernels 1 and 1b
+        // slower: session 12, call 4, prep 0.205 → 0.230 ms, wu 0.118 → 0.139 at B4·T4096·H16).
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int row = ti * 16 + gr + 8 * hf;
-          if (row < len) {
-            bf16* dst = w + ((long)(start + row) * H + h) * K + c0 + 2 * qd;
+          bf16* dst = w + ((long)(start + row) * H + h) * K + c0;
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                  pack_bf2(acc[nt][2 * hf], acc[nt][2 * hf + 1]) ^ NEG_BF2;
-          }
+          for (int m = 0; m < NT / 2; ++m)
+            pair_store(dst + 16 * m, row < len,
+                       pack_bf2(acc[2 * m][2 * hf], acc[2 * m][2 * hf + 1]) ^ NEG_BF2,
+                       pack_bf2(acc[2 * m + 1][2 * hf], acc[2 * m + 1][2 * hf + 1]) ^ NEG_BF2);
         }
       }
     }
@@ -626,17 +639,16 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int row = ti * 16 + gr + 8 * hf;
-        if (row < len) {
-          const float bb = bs[row];
-          bf16* dst = u + ((long)(start + row) * H + h) * V + s * 64 + c0 + 2 * qd;
+        // Rows ≥ len: bs is 0 there and vs zero-filled, so the values are finite; not stored.
+        const float bb = bs[row];
+        unsigned y[2];
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const unsigned x =
-                *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
-            *reinterpret_cast<unsigned*>(dst + 8 * nt) =
-                pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
-          }
+        for (int nt = 0; nt < 2; ++nt) {
+          const unsigned x =
+              *reinterpret_cast<const unsigned*>(vs + row * LD64 + c0 + 8 * nt + 2 * qd);
+          y[nt] = pack_bf2(acc[nt][2 * hf] + bb * bf_lo(x), acc[nt][2 * hf + 1] + bb * bf_hi(x));
         }
+        pair_store(u + ((long)(start + row) * H + h) * V + s * 64 + c0, row < len, y[0], y[1]);
       }
     }
     if (s + 2 < nslice) {
@@ -1171,24 +1183,32 @@ __device__ __forceinline__ void p_rows(const bf16* qs, const bf16* ks, const flo
   }
 }
 
-// acc (one warp's 16 rows, 16·NJP columns from c0) += P Ṽ with pa as p_frags forms it (k-steps up
-// to the diagonal block; TR: Pᵀ's, from it) and the B rows [64][ld] bf16 in shared memory by
-// ldmatrix.trans.
-template <int NJP, bool TR = false>
-__device__ __forceinline__ void p_times(float (*acc)[4], const unsigned (*pa)[4], const bf16* vs,
-                                        int ld, int c0, int rb) {
+// acc (one warp's 16 rows, 16·NJP columns from c0) += A B over the k-steps ks < NKS with
+// use(ks): a[ks], the A fragments of k-step ks (rows of the warp, columns [16 ks, +16)), and B's
+// rows [16 ks, +16) from b ([·][ld] bf16 in shared memory) by ldmatrix.trans.
+template <int NKS, int NJP, class Use>
+__device__ __forceinline__ void frags_times(float (*acc)[4], const unsigned (*a)[4], const bf16* b,
+                                            int ld, int c0, Use use) {
   const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
 #pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-    if (TR ? ks < rb : ks > rb) continue;
+  for (int ks = 0; ks < NKS; ++ks) {
+    if (!use(ks)) continue;
 #pragma unroll
     for (int jp = 0; jp < NJP; ++jp) {
       unsigned r[4];
-      ldsm_x4_t(r, vs + (16 * ks + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
-      mma_bf16(acc[2 * jp], pa[ks], r[0], r[1]);
-      mma_bf16(acc[2 * jp + 1], pa[ks], r[2], r[3]);
+      ldsm_x4_t(r, b + (16 * ks + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
+      mma_bf16(acc[2 * jp], a[ks], r[0], r[1]);
+      mma_bf16(acc[2 * jp + 1], a[ks], r[2], r[3]);
     }
   }
+}
+
+// acc += P Ṽ with pa as p_frags forms it (k-steps up to the diagonal block; TR: Pᵀ's, from it)
+// and the B rows [64][ld] in vs.
+template <int NJP, bool TR = false>
+__device__ __forceinline__ void p_times(float (*acc)[4], const unsigned (*pa)[4], const bf16* vs,
+                                        int ld, int c0, int rb) {
+  frags_times<4, NJP>(acc, pa, vs, ld, c0, [rb](int ks) { return TR ? ks >= rb : ks <= rb; });
 }
 
 // One warp's output tiles, rows [16 rb, +16) and 16·NJP columns from c0: acc = diag(fs) Q h_c +
@@ -1199,20 +1219,11 @@ template <int K, int NJP>
 __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[4],
                                           const unsigned (*pa)[4], const bf16* hs, const bf16* vs,
                                           int ld, int c0, int rb, const float* fs) {
-  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
 #pragma unroll
   for (int nt = 0; nt < 2 * NJP; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk)
-#pragma unroll
-    for (int jp = 0; jp < NJP; ++jp) {
-      unsigned r[4];
-      ldsm_x4_t(r, hs + (16 * kk + 8 * lm_lo + lr) * ld + c0 + 16 * jp + 8 * lm_hi);
-      mma_bf16(acc[2 * jp], qa[kk], r[0], r[1]);
-      mma_bf16(acc[2 * jp + 1], qa[kk], r[2], r[3]);
-    }
+  frags_times<K / 16, NJP>(acc, qa, hs, ld, c0, [](int) { return true; });
 #pragma unroll
   for (int nt = 0; nt < 2 * NJP; ++nt)
 #pragma unroll
