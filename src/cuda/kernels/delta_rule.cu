@@ -518,7 +518,7 @@ __device__ __forceinline__ void quad_transpose(unsigned (&x)[4]) {
 // so each warp store writes whole 32-byte sectors, where 4-byte stores straight from the fragment
 // fill half of each (ncu, session 12: 16 of 32 bytes per stored sector in fwd_o). Measured
 // (call 4, B4·T4096·H16 / B8·T4096·H6·K256): fwd_o 0.148 → 0.144 / 0.488 → 0.470 ms, dvloc
-// 0.102 → 0.100 / 0.229 → 0.221; in kernels 1 and 1b (W, U) slower, so not used there.
+// 0.102 → 0.100 / 0.229 → 0.221; in kernels 1 and 1b (W, U) slower: they use pair_store.
 template <int NT, class Dst, class Ok>
 __device__ __forceinline__ void store_rows16(const float (*acc)[4], Dst dst, Ok ok) {
   static_assert(NT == 2 || NT == 4, "16 or 32 columns");
