@@ -1468,11 +1468,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     float p[8][4];
     if (KS == 1 || kp == 0) {
       load_tiles_t(p, ub + vl, L::ULD);
-      if (MODE == MODE_SPLIT && KS == 1) {
-#pragma unroll
-        for (int r = 0; r < NJ / 8; ++r)
-          store_tiles_staged<8>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V, CH);
-      }
     } else {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
@@ -1550,9 +1545,15 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
-    if (MODE == MODE_SPLIT && KS == 1)
+    if (MODE == MODE_SPLIT && KS == 1) {
+      // h_c, then Ṽ, through this warp's U columns (read into p above). h_c goes after the Ṽ
+      // product, so that the product's first ldmatrix and mma issue right after the barrier.
+#pragma unroll
+      for (int r = 0; r < NJ / 8; ++r)
+        store_tiles_staged<8>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V, CH);
       store_tiles_staged<8>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
                             (long)H * V, len);
+    }
     if constexpr (WS) {
       // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
       // buffer b once they are done with chunk c − 2.
