@@ -55,6 +55,9 @@ inline bf16 __float2bfloat16(float f) {  // round to nearest even (no NaN inputs
   return bf16{(uint16_t)(x >> 16)};
 }
 inline float __bfloat162float(bf16 b) { return __uint_as_float((unsigned)b.u << 16); }
+// An output element as float, bf16 or f32 alike (the checks' NaN scans).
+inline float as_float(bf16 b) { return __bfloat162float(b); }
+inline float as_float(float x) { return x; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {__float2bfloat16(a), __float2bfloat16(b)};
 }

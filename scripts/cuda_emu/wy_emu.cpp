@@ -23,10 +23,10 @@ static bool run_case(const Case& c, unsigned seed) {
   auto bfv = [&](size_t n) { return rand_bf16(n, rng); };
   std::vector<bf16> k = bfv((size_t)T * H * K), v = bfv((size_t)T * H * V);
   std::vector<bf16> dvn = bfv((size_t)T * H * V), hs = bfv((size_t)NC * H * K * V);
-  std::vector<float> beta((size_t)T * H), dkp((size_t)T * H * K),
-      dgp((size_t)T * H), tmat((size_t)NC * H * CH * CH);
+  // Kernel 6's partial dk, bf16 as it stores it.
+  const std::vector<bf16> dkp = bfv((size_t)T * H * K);
+  std::vector<float> beta((size_t)T * H), dgp((size_t)T * H), tmat((size_t)NC * H * CH * CH);
   for (auto& x : beta) x = Ub(rng);
-  for (auto& x : dkp) x = U(rng);
   for (auto& x : dgp) x = U(rng);
   // T: lower triangular with a unit diagonal over all 64 rows (kernel 1 writes identity rows
   // past the end of a partial chunk; random ones here check that they do not matter).
@@ -36,7 +36,8 @@ static bool run_case(const Case& c, unsigned seed) {
         tmat[m * CH * CH + i * CH + j] = j < i ? Ut(rng) : (j == i ? 1.f : 0.f);
   const std::vector<float> gc = make_gc(ch, H, rng, 0.01f, 0.3f);
   const float nanv = std::nanf("");
-  std::vector<float> dk = dkp, dg = dgp, dv((size_t)T * H * V, nanv), db((size_t)T * H, nanv);
+  std::vector<bf16> dk = dkp, dv((size_t)T * H * V, __float2bfloat16(nanv));
+  std::vector<float> dg = dgp, db((size_t)T * H, nanv);
 
   run_grid<dr::WySm<K>>(dr::WySm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
     // k where the fused kernel's dqk leaves it (KTile), past a partial chunk's end zero-filled.
@@ -93,7 +94,7 @@ static bool run_case(const Case& c, unsigned seed) {
         for (int y = 0; y < V; ++y) {
           double s = 0;
           for (int t = 0; t < l; ++t) s += tb[t * l + i] * DV(t, y);
-          cmp(1, be[i] * s, dv[((size_t)(st + i) * H + hh) * V + y]);
+          cmp(1, be[i] * s, __bfloat162float(dv[((size_t)(st + i) * H + hh) * V + y]));
           dbv[i] += s * Vv(i, y);
         }
       }
@@ -109,7 +110,7 @@ static bool run_case(const Case& c, unsigned seed) {
           double s = 0;
           for (int t = 0; t < l; ++t) s += tb[t * l + i] * dwb[t * K + x];
           z[i] += s * Kk(i, x);
-          xk[i * K + x] = dkp[((size_t)(st + i) * H + hh) * K + x] + bg[i] * s;
+          xk[i * K + x] = f(dkp[((size_t)(st + i) * H + hh) * K + x]) + bg[i] * s;
         }
       std::vector<double> tmp = M(l, l), pbm = M(l, l), rs(l, 0.0), cs(l, 0.0), dbm(l, 0.0);
       for (int i = 0; i < l; ++i)
@@ -133,7 +134,7 @@ static bool run_case(const Case& c, unsigned seed) {
         for (int x = 0; x < K; ++x) {
           double s = xk[i * K + x];
           for (int j = 0; j < l; ++j) s += (pbm[i * l + j] + pbm[j * l + i]) * Kk(j, x);
-          cmp(0, s, dk[((size_t)(st + i) * H + hh) * K + x]);
+          cmp(0, s, __bfloat162float(dk[((size_t)(st + i) * H + hh) * K + x]));
         }
       double acc = 0;
       for (int i = l - 1; i >= 0; --i) {
@@ -144,15 +145,17 @@ static bool run_case(const Case& c, unsigned seed) {
       }
     }
   // Every output row belongs to some chunk, so no NaN may remain anywhere.
-  auto has_nan = [](const std::vector<float>& x) {
-    return std::any_of(x.begin(), x.end(), [](float y) { return std::isnan(y); });
+  auto has_nan = [](const auto& x) {
+    return std::any_of(x.begin(), x.end(), [](auto y) { return std::isnan(as_float(y)); });
   };
   const bool nan_left = has_nan(dk) || has_nan(dv) || has_nan(dg) || has_nan(db);
   bool ok = !nan_left;
   double r[4];
+  // dk and dv leave in bf16: up to half an ulp (2^-8 ≈ 3.9e-3 relative) of max |ref| on top of
+  // the f32 path's (< 2e-3 before session 19); a layout mistake is O(1).
   for (int o = 0; o < 4; ++o) {
     r[o] = e[o] / m[o];
-    ok = ok && r[o] < 2e-3;
+    ok = ok && r[o] < (o < 2 ? 6e-3 : 2e-3);
   }
   printf("K=%d V=%d H=%d chunks=%d smem=%zu seqlens=", K, V, H, NC, g_smem_size);
   for (int L : c.seqlens) printf("%d,", L);

@@ -99,11 +99,11 @@ pub fn fwd_bytes(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
 }
 
 /// Fewest bytes of forward + backward: q, k, v, g, β, dO read once; o written (bf16); dq, dk,
-/// dv, dg, dβ written (f32, as this implementation returns them).
+/// dv (bf16), dg, dβ (f32) written, as this implementation returns them.
 pub fn fwdbwd_bytes(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
     let (k, v) = (k as f64, v as f64);
     (tokens * h) as f64
-        * ((2.0 * k * 2.0 + v * 2.0 + 8.0 + v * 2.0) + v * 2.0 + (2.0 * k + v) * 4.0 + 8.0)
+        * ((2.0 * k * 2.0 + v * 2.0 + 8.0 + v * 2.0) + v * 2.0 + (2.0 * k + v) * 2.0 + 8.0)
 }
 
 fn floor_ms(flops: f64, bytes: f64) -> f64 {

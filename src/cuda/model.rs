@@ -111,13 +111,13 @@ pub fn colsum_acc(
     Ok(())
 }
 
-/// The backward of y = l2norm(silu(c)) over rows of width `d`, from the fp32 gradient `dy`:
-/// dc = silu'(c)·r(dy − y(y·dy)), with silu and the norm recomputed in fp32 from `c` (no bf16
-/// rounding of dy, silu(c) or y before the cancelling projection).
+/// The backward of y = l2norm(silu(c)) over rows of width `d`, from the gradient `dy` (the delta
+/// rule's, bf16): dc = silu'(c)·r(dy − y(y·dy)), with silu and the norm recomputed in fp32 from
+/// `c` (no bf16 rounding of silu(c) or y before the cancelling projection).
 pub fn l2norm_silu_bwd(
     gpu: &Gpu,
     c: &impl DevicePtr<bf16>,
-    dy: &impl DevicePtr<f32>,
+    dy: &impl DevicePtr<bf16>,
     dc: &mut impl DevicePtrMut<bf16>,
     d: usize,
 ) -> Result<()> {
@@ -145,7 +145,7 @@ pub fn l2norm_silu_bwd(
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // arguments match `mx_l2norm_silu_bwd_warp(const bf16*, const float*, bf16*, int, int)`;
+        // arguments match `mx_l2norm_silu_bwd_warp(const bf16*, const bf16*, bf16*, int, int)`;
         // lengths checked; rows of 32·e elements, e ≤ 8.
         launch!(gpu, MODEL_EXTRA, "mx_l2norm_silu_bwd_warp", cfg; cp, yp, op, rows, e);
         return Ok(());
@@ -155,37 +155,9 @@ pub fn l2norm_silu_bwd(
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    // arguments match `mx_l2norm_silu_bwd(const bf16*, const float*, bf16*, int, int)`;
+    // arguments match `mx_l2norm_silu_bwd(const bf16*, const bf16*, bf16*, int, int)`;
     // lengths checked; one block of at most 256 threads per row.
     launch!(gpu, MODEL_EXTRA, "mx_l2norm_silu_bwd", cfg; cp, yp, op, rows, d_);
-    Ok(())
-}
-
-/// dx = dy·silu'(x), dy fp32.
-pub fn silu_bwd_f32dy(
-    gpu: &Gpu,
-    x: &impl DevicePtr<bf16>,
-    dy: &impl DevicePtr<f32>,
-    dx: &mut impl DevicePtrMut<bf16>,
-) -> Result<()> {
-    ensure!(
-        dy.len() == x.len() && dx.len() == x.len(),
-        "silu_bwd_f32dy: lengths differ (x {}, dy {}, dx {})",
-        x.len(),
-        dy.len(),
-        dx.len()
-    );
-    let n = x.len() as i64;
-    if n == 0 {
-        return Ok(());
-    }
-    let s = &*gpu.stream;
-    let (xp, _x) = x.device_ptr(s);
-    let (yp, _y) = dy.device_ptr(s);
-    let (op, _o) = dx.device_ptr_mut(s);
-    // arguments match `mx_silu_bwd_f32dy(const bf16*, const float*, bf16*, i64)`;
-    // lengths checked.
-    launch!(gpu, MODEL_EXTRA, "mx_silu_bwd_f32dy", ew_cfg(n as usize); xp, yp, op, n);
     Ok(())
 }
 
@@ -408,6 +380,20 @@ pub fn rmsnorm_bwd_f32(
     Ok(())
 }
 
+/// The first `n` bf16 of an f32 buffer's bytes: the backward borrows f32 buffers that are dead
+/// at that point for the delta rule's bf16 dq and dk. Panics if the buffer holds fewer than
+/// `n` bf16 (the callers size both from the same tokens and widths).
+fn bf16_in_f32_mut(buf: &mut CudaSlice<f32>, n: usize) -> CudaViewMut<'_, bf16> {
+    // SAFETY: every bit pattern is a valid bf16, and the view stays within the buffer.
+    unsafe { buf.transmute_mut::<bf16>(n) }.expect("a bf16 view within its f32 buffer")
+}
+
+/// The read-only view of [`bf16_in_f32_mut`].
+fn bf16_in_f32(buf: &CudaSlice<f32>, n: usize) -> CudaView<'_, bf16> {
+    // SAFETY: as in bf16_in_f32_mut.
+    unsafe { buf.transmute::<bf16>(n) }.expect("a bf16 view within its f32 buffer")
+}
+
 /// Fills a buffer with all-ones bytes: NaN as bf16 and as f32 (for poisoning in tests).
 pub fn poison<T>(gpu: &Gpu, buf: &mut CudaSlice<T>) -> Result<()> {
     let bytes = buf.num_bytes();
@@ -559,7 +545,7 @@ impl<K: BufKind> Saved<K> {
 ///
 /// The mixer's backward reuses the block's MLP buffers once the MLP backward is done: gate‖up
 /// holds d_gate ([T, vd] from its start) and dq_pre‖dk_pre‖dv_pre ([T, 2·kd + vd] after that),
-/// and `x_mid` the delta rule's fp32 dq (a block's own copies are dead by then too).
+/// and `x_mid` the delta rule's bf16 dq (a block's own copies are dead by then too).
 ///
 /// The mixer group: the convs, SiLU / L2 norm, gated norm and attention norm outputs.
 struct MixWork<K: BufKind = OnGpu> {
@@ -629,7 +615,7 @@ impl<K: BufKind> MixWork<K> {
 impl<K: BufKind> MlpWork<K> {
     fn new_in<A: Alloc<K = K>>(al: &mut A, c: MemCategory, sz: Sz, t: usize) -> Result<Self> {
         Ok(MlpWork {
-            x_mid: al.buf(c, "x_mid (f32) / rule dq", t * sz.d.max(sz.kd))?,
+            x_mid: al.buf(c, "x_mid (f32) / rule dq (bf16)", t * sz.d.max(sz.kd))?,
             rstd2: al.buf(c, "rstd2 (f32)", t)?,
             h2: al.buf(c, "h2", t * sz.d)?,
             act: al.buf(c, "mlp act", t * sz.inter)?,
@@ -707,14 +693,14 @@ struct Work<'a> {
 struct BwdTemps<K: BufKind = OnGpu> {
     dres: K::Buf<f32>,
     dres_bf: K::Buf<bf16>,
-    /// fp32 [T, max(d, kd)]: also the delta rule's dk.
+    /// fp32 [T, max(d, kd)]: also the delta rule's dk (bf16).
     dacc: K::Buf<f32>,
     /// [T, slot]: the MLP's dact; in the mixer d_normed, then dq_conv‖dk_conv.
     dact: K::Buf<bf16>,
     /// [T, vd]: the mixer's d_o, then dv_conv.
     d_o: K::Buf<bf16>,
-    /// The delta rule's other gradients (f32).
-    rule_dv: K::Buf<f32>,
+    /// The delta rule's other gradients (dv bf16, the rest f32).
+    rule_dv: K::Buf<bf16>,
     rule_dg: K::Buf<f32>,
     rule_dbeta: K::Buf<f32>,
     rule_dh0: K::Buf<f32>,
@@ -749,10 +735,10 @@ impl<K: BufKind> BwdTemps<K> {
         Ok(BwdTemps {
             dres: al.buf(c, "dres (f32)", t * d)?,
             dres_bf: al.buf(c, "dres_bf", t * d)?,
-            dacc: al.buf(c, "dacc (f32) / rule dk", t * d.max(kd))?,
+            dacc: al.buf(c, "dacc (f32) / rule dk (bf16)", t * d.max(kd))?,
             dact: al.buf(c, "dact / d_normed, dq_conv, dk_conv", ts)?,
             d_o: al.buf(c, "d_o / dv_conv", t * vd)?,
-            rule_dv: al.buf(c, "rule dv (f32)", t * vd)?,
+            rule_dv: al.buf(c, "rule dv", t * vd)?,
             rule_dg: al.buf(c, "rule dg (f32)", t * h)?,
             rule_dbeta: al.buf(c, "rule dbeta (f32)", t * h)?,
             rule_dh0: al.buf(c, "rule dh0 (f32)", seqs * h * dk * dv)?,
@@ -1723,13 +1709,18 @@ impl GpuModel {
             poison(gpu, b)?;
         }
         let b = &mut self.bwd;
-        for x in [&mut b.dres_bf, &mut b.dact, &mut b.d_o, &mut b.dab] {
+        for x in [
+            &mut b.dres_bf,
+            &mut b.dact,
+            &mut b.d_o,
+            &mut b.rule_dv,
+            &mut b.dab,
+        ] {
             poison(gpu, x)?;
         }
         for x in [
             &mut b.dres,
             &mut b.dacc,
-            &mut b.rule_dv,
             &mut b.rule_dg,
             &mut b.rule_dbeta,
             &mut b.rule_dh0,
@@ -2308,10 +2299,10 @@ impl GpuModel {
                 cu_seqlens,
             };
             {
-                // dq in x_mid, dk in dacc.
+                // dq in x_mid, dk in dacc (bf16 in f32 buffers).
                 let mut rg = ChunkGrads {
-                    dq: wk.mlp.x_mid.slice_mut(..nk),
-                    dk: b.dacc.slice_mut(..nk),
+                    dq: bf16_in_f32_mut(&mut wk.mlp.x_mid, nk),
+                    dk: bf16_in_f32_mut(&mut b.dacc, nk),
                     dv: b.rule_dv.slice_mut(..nv),
                     dg: b.rule_dg.slice_mut(..n * h),
                     dbeta: b.rule_dbeta.slice_mut(..n * h),
@@ -2359,8 +2350,7 @@ impl GpuModel {
                 )?;
             }
             mark(ctx.prof, gpu, "bwd gates")?;
-            // dq, dk through L2 norm and SiLU; dv through SiLU; all from the fp32 delta-rule
-            // gradients (one bf16 rounding, after the cancelling l2norm projection).
+            // dq, dk through L2 norm and SiLU; dv through SiLU (the delta rule's gradients, bf16).
             // dq_conv‖dk_conv in dact (d_normed is dead), dv_conv in d_o (d_o is dead).
             {
                 let (mut dq_conv, mut rest) = b.dact.split_at_mut(nk);
@@ -2368,19 +2358,19 @@ impl GpuModel {
                 l2norm_silu_bwd(
                     gpu,
                     &wk.mix.q_conv.slice(..nk),
-                    &wk.mlp.x_mid.slice(..nk),
+                    &bf16_in_f32(&wk.mlp.x_mid, nk),
                     &mut dq_conv,
                     dk,
                 )?;
                 l2norm_silu_bwd(
                     gpu,
                     &wk.mix.k_conv.slice(..nk),
-                    &b.dacc.slice(..nk),
+                    &bf16_in_f32(&b.dacc, nk),
                     &mut dk_conv,
                     dk,
                 )?;
             }
-            silu_bwd_f32dy(
+            ops::silu_bwd(
                 gpu,
                 &wk.mix.v_conv.slice(..nv),
                 &b.rule_dv.slice(..nv),

@@ -703,16 +703,15 @@ impl Ctx<'_> {
             let got = download_bf16(gpu, &dx)?;
             self.check("l2norm_bwd dx", &shape, &got, &want, TOL_BF16);
 
-            // The model's fused backward of l2norm(silu(c)) from an fp32 gradient (warp-per-row
-            // kernel for d = 64, 128, 256; block-per-row otherwise).
-            let dy32 = self.randn(rows * d, 1.0);
+            // The model's fused backward of l2norm(silu(c)) from the delta rule's bf16 gradient
+            // (warp-per-row kernel for d = 64, 128, 256; block-per-row otherwise).
             let c64 = f64s(&x);
             let s = nn::silu_fwd(&c64);
             let (sy, sr) = nn::l2norm_fwd(&s, d);
-            let ds = nn::l2norm_bwd(&sy, &sr, &f64s(&dy32), d);
+            let ds = nn::l2norm_bwd(&sy, &sr, &f64s(&dy), d);
             let want = nn::silu_bwd(&c64, &ds);
             let mut dc = self.nan_bf16(rows * d)?;
-            super::model::l2norm_silu_bwd(gpu, &xd, &self.f32(&dy32)?, &mut dc, d)?;
+            super::model::l2norm_silu_bwd(gpu, &xd, &dyd, &mut dc, d)?;
             let got = download_bf16(gpu, &dc)?;
             self.check("l2norm_silu_bwd dc", &shape, &got, &want, TOL_BF16);
 

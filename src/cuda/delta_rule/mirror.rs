@@ -54,6 +54,9 @@ pub(super) enum Stage {
     DM,
     /// The tf32 inputs of the T-inverse backward (dT and T).
     Tf32,
+    /// dq, dv, and dk (its dq/dk part, stored for wy, and the sum), as the kernels store them
+    /// (session 19 on; f32 before).
+    Grad,
 }
 
 /// Where β (and β e^G) enter the `prep` products W = T·diag(βγ)·K and U = T·diag(β)·V.
@@ -489,12 +492,12 @@ fn backward_pair(
         let qdot = rowdot(&x, qc, l, dk);
         let t = mm(&pb2, false, kc, false, l, l, dk);
         for e in 0..l * dk {
-            gr.dq[r0 * dk + e] = x[e] + t[e];
+            gr.dq[r0 * dk + e] = bf(Stage::Grad, x[e] + t[e]);
         }
         let x2: Vec<f32> = (0..l * dk).map(|e| dki[e] * dec[e / dk]).collect();
         let kdot = rowdot(&x2, kc, l, dk);
         let t = mm(&pb2, true, qc, false, l, l, dk);
-        let dkp: Vec<f32> = (0..l * dk).map(|e| x2[e] + t[e]).collect();
+        let dkp: Vec<f32> = (0..l * dk).map(|e| bf(Stage::Grad, x2[e] + t[e])).collect();
         let mut dgp: Vec<f32> = (0..l)
             .map(|i| rsum[i] - csum[i] + qdot[i] - kdot[i])
             .collect();
@@ -507,7 +510,7 @@ fn backward_pair(
         let dtv = mm(dvb, false, vc, true, l, dv, l);
         let dvbeta = mm(&tb, true, dvb, false, l, l, dv);
         for e in 0..l * dv {
-            gr.dv[r0 * dv + e] = bc[e / dv] * dvbeta[e];
+            gr.dv[r0 * dv + e] = bf(Stage::Grad, bc[e / dv] * dvbeta[e]);
         }
         let dbv = rowdot(&dvbeta, vc, l, dv);
         let dwb: Vec<f32> = dwp.iter().map(|&x| bf(Stage::DW, -x)).collect();
@@ -545,7 +548,7 @@ fn backward_pair(
         let a1 = mm(&pbm, false, kc, false, l, l, dk);
         let a2 = mm(&pbm, true, kc, false, l, l, dk);
         for e in 0..l * dk {
-            gr.dk[r0 * dk + e] = xk[e] + a1[e] + a2[e];
+            gr.dk[r0 * dk + e] = bf(Stage::Grad, xk[e] + a1[e] + a2[e]);
         }
         let mut acc = 0f32;
         for i in (0..l).rev() {
@@ -710,13 +713,30 @@ fn mirror_of_cuda_kernels_matches_oracle_within_selftest_tolerances() {
     eprintln!("worst error / tolerance: {worst:.3}");
 }
 
+/// The selftest-shaped cases' worst error per output over `seeds` seeds, each case run by `run`.
+fn worst_errors(seeds: u64, run: impl Fn(&Case) -> Vec<(&'static str, f64)>) -> String {
+    let mut worst: Vec<(&str, f64)> = vec![];
+    for (i, (lens, dims, h0, dfin)) in selftest_like_cases().iter().enumerate() {
+        for sd in 0..seeds {
+            let c = random_case(1000 + i as u64 + 7919 * sd, lens, *dims, *h0, *dfin);
+            for (j, (name, e)) in run(&c).into_iter().enumerate() {
+                if worst.len() <= j {
+                    worst.push((name, 0.0));
+                }
+                worst[j].1 = worst[j].1.max(e);
+            }
+        }
+    }
+    let row: Vec<String> = worst.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
+    row.join(", ")
+}
+
 /// The selftest-shaped cases' worst error per output (over GDN_MIRROR_SEEDS seeds, default 8)
 /// with dh_c stored as each [`DhStore`] says: what a bf16 dh would cost.
 /// Run: `cargo test --release dh_store_precision -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn dh_store_precision() {
-    let cases = selftest_like_cases();
     let seeds = mirror_seeds(8);
     for mode in [
         DhStore::Kernels,
@@ -725,22 +745,22 @@ fn dh_store_precision() {
         DhStore::Bf16,
         DhStore::Bf16HBf16,
     ] {
-        let mut worst: Vec<(&str, f64)> = vec![];
-        for (i, (lens, dims, h0, dfin)) in cases.iter().enumerate() {
-            for sd in 0..seeds {
-                let c = random_case(1000 + i as u64 + 7919 * sd, lens, *dims, *h0, *dfin);
-                let errs = with_dh_store(mode, || errors(&c));
-                for (j, (name, e)) in errs.into_iter().enumerate() {
-                    if worst.len() <= j {
-                        worst.push((name, 0.0));
-                    }
-                    worst[j].1 = worst[j].1.max(e);
-                }
-            }
-        }
-        let row: Vec<String> = worst.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
-        eprintln!("{mode:?}: {}", row.join(", "));
+        let row = worst_errors(seeds, |c| with_dh_store(mode, || errors(c)));
+        eprintln!("{mode:?}: {row}");
     }
+}
+
+/// What storing dq, dk (and dq/dk's part of dk) and dv in bf16 costs: the selftest-shaped
+/// cases' worst error per output (over GDN_MIRROR_SEEDS seeds, default 8), as the kernels store
+/// them and with them kept in f32 (the kernels before session 19).
+/// Run: `cargo test --release grad_store_precision -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn grad_store_precision() {
+    let seeds = mirror_seeds(8);
+    eprintln!("bf16 (kernels): {}", worst_errors(seeds, errors));
+    let row = worst_errors(seeds, |c| with_exact(&[Stage::Grad], || errors(c)));
+    eprintln!("f32: {row}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -976,7 +996,7 @@ fn stats(x: impl Iterator<Item = f64>) -> [f64; 3] {
 }
 
 /// The kernels' rounding points ([`Fold::Both`]; KBetaG and VBeta exist only before beta-t).
-const STAGES: [Stage; 18] = [
+const STAGES: [Stage; 19] = [
     Stage::T,
     Stage::TBetaG,
     Stage::W,
@@ -995,6 +1015,7 @@ const STAGES: [Stage; 18] = [
     Stage::DW,
     Stage::DM,
     Stage::Tf32,
+    Stage::Grad,
 ];
 
 /// Where the dg error of the model self-test comes from. For the self-test's problem (both

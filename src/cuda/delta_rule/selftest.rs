@@ -9,9 +9,12 @@ use crate::ops::delta_rule::{naive, Inputs};
 use crate::tensor::{max_rel_err, Rng};
 use std::collections::HashMap;
 
-/// max|gpu − cpu| / max|cpu| allowed for bf16 outputs (o).
+/// max|gpu − cpu| / max|cpu| allowed for bf16 outputs (o; dq, dk, dv since session 19, when
+/// they went from f32 to bf16: the CPU mirror's worst over 240 draws of each selftest case went
+/// from 4.5e-3 to 1.01e-2 for dk, whose dq/dk part is rounded to bf16 once more on its way to
+/// wy, 4.5e-3 to 6.2e-3 for dq and 6.2e-3 to 7.2e-3 for dv: `grad_store_precision`).
 pub const TOL_BF16: f64 = 2e-2;
-/// … and for f32 outputs computed from bf16 inputs (states, gradients).
+/// … and for f32 outputs computed from bf16 inputs (states, dh0).
 pub const TOL_F32: f64 = 1e-2;
 /// … for dg and dβ: sums of many terms that cancel, so the bf16 roundings of the intra-chunk
 /// attention matrices and scaled q (as in FLA) show more. The CPU mirror of the kernels'
@@ -24,7 +27,7 @@ pub const TOL_DG_DBETA: f64 = 3e-2;
 /// The tolerance of a named output.
 pub fn tolerance(name: &str) -> f64 {
     match name {
-        "o" => TOL_BF16,
+        "o" | "dq" | "dk" | "dv" => TOL_BF16,
         "dg" | "dbeta" => TOL_DG_DBETA,
         _ => TOL_F32,
     }
@@ -347,9 +350,9 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
                     saved: Option<&CudaSlice<f32>>,
                     kept: Option<&mut KeptForward>| {
         let mut gb = GradBuffers {
-            dq: nan_f32(gpu, t * h * dk)?,
-            dk: nan_f32(gpu, t * h * dk)?,
-            dv: nan_f32(gpu, t * h * dv)?,
+            dq: nan_bf16(gpu, t * h * dk)?,
+            dk: nan_bf16(gpu, t * h * dk)?,
+            dv: nan_bf16(gpu, t * h * dv)?,
             dg: nan_f32(gpu, t * h)?,
             dbeta: nan_f32(gpu, t * h)?,
             dh0: nan_f32(gpu, n * h * dk * dv)?,
@@ -375,15 +378,23 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let gb = backward(ws, Some(&saved_t), None)?;
     // A row per gradient against the reference, named "delta_rule.chunk_bwd {name}{how}".
     let grad_rows = |rows: &mut Vec<Row>, g: &GradBuffers, how: &str| -> Result<()> {
+        let mut got = Vec::new();
         for (name, buf, len, r) in [
             ("dq", &g.dq, t * h * dk, &gref.dq),
             ("dk", &g.dk, t * h * dk, &gref.dk),
             ("dv", &g.dv, t * h * dv, &gref.dv),
+        ] {
+            got.push((name, up_bf16(&download(gpu, buf)?[..len]), r));
+        }
+        for (name, buf, len, r) in [
             ("dg", &g.dg, t * h, &gref.dg),
             ("dbeta", &g.dbeta, t * h, &gref.dbeta),
             ("dh0", &g.dh0, n * h * dk * dv, &gref.dh0),
         ] {
-            let err = max_rel_err(&up(&download(gpu, buf)?[..len]), r);
+            got.push((name, up(&download(gpu, buf)?[..len]), r));
+        }
+        for (name, x, r) in got {
+            let err = max_rel_err(&x, r);
             rows.push(row(
                 &format!("delta_rule.chunk_bwd {name}{how}"),
                 &c.label,
@@ -484,22 +495,23 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
 /// Whether two backwards' gradients (dq, dk, dv, dg, dβ, dh0, the first `lens` of each) are the
 /// same bits.
 fn same_grads(gpu: &Gpu, a: &GradBuffers, b: &GradBuffers, lens: [usize; 6]) -> Result<bool> {
-    let pairs = [
-        (&a.dq, &b.dq),
-        (&a.dk, &b.dk),
-        (&a.dv, &b.dv),
-        (&a.dg, &b.dg),
-        (&a.dbeta, &b.dbeta),
-        (&a.dh0, &b.dh0),
-    ];
+    let (lb, lf) = lens.split_at(3);
     let mut same = true;
-    for ((x, y), len) in pairs.into_iter().zip(lens) {
+    for ((x, y), &len) in [(&a.dq, &b.dq), (&a.dk, &b.dk), (&a.dv, &b.dv)]
+        .into_iter()
+        .zip(lb)
+    {
+        same &= same_bits(&download(gpu, x)?[..len], &download(gpu, y)?[..len]);
+    }
+    for ((x, y), &len) in [(&a.dg, &b.dg), (&a.dbeta, &b.dbeta), (&a.dh0, &b.dh0)]
+        .into_iter()
+        .zip(lf)
+    {
         same &= same_bits(&download(gpu, x)?[..len], &download(gpu, y)?[..len]);
     }
     Ok(same)
 }
 
-/// Whether two f32 slices are the same bits, element for element.
 /// Bit for bit (through f64, which holds every f32 exactly).
 fn same_bits<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> bool {
     a.len() == b.len()

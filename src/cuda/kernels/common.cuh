@@ -92,11 +92,6 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-__device__ __forceinline__ void ld8any(const bf16* p, float* f) { ld8(p, f); }
-__device__ __forceinline__ void ld8any(const float* p, float* f) { ld8f(p, f); }
-__device__ __forceinline__ float ld1(const bf16* p, i64 i) { return ldf(p, i); }
-__device__ __forceinline__ float ld1(const float* p, i64 i) { return p[i]; }
-
 // Sum over aligned groups of L lanes (L a power of two <= 32), returned to every lane of the group.
 template <int L>
 __device__ __forceinline__ float group_sum(float v) {
@@ -215,24 +210,5 @@ extern "C" __global__ void __launch_bounds__(256) reduce_partials_wide(const flo
 #pragma unroll
         for (int i = 1; i < 8; ++i) t += sh[i][lane];
         out[j] += t;
-    }
-}
-
-// dx = dy * silu'(x), dy bf16 (ops::silu_bwd) or fp32 (model::silu_bwd_f32dy, the delta rule's
-// gradient, not rounded before the product): one body for both kernels.
-template <typename DY>
-__device__ __forceinline__ void silu_bwd_body(const bf16* x, const DY* dy, bf16* dx, i64 n) {
-    if (aligned_to(x, 16) && aligned_to(dy, 16) && aligned_to(dx, 16)) {
-        GRID_STRIDE(v, n >> 3) {
-            float f[8], g[8];
-            ld8(x + 8 * v, f);
-            ld8any(dy + 8 * v, g);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) f[k] = g[k] * silu_gradf_(f[k]);
-            st8(dx + 8 * v, f);
-        }
-        TAIL8(i, n) dx[i] = tobf(ld1(dy, i) * silu_gradf_(ldf(x, i)));
-    } else {
-        GRID_STRIDE(i, n) dx[i] = tobf(ld1(dy, i) * silu_gradf_(ldf(x, i)));
     }
 }

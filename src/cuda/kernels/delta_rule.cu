@@ -553,6 +553,25 @@ __device__ __forceinline__ void pair_store(bf16* dst, bool ok, unsigned xa, unsi
         odd ? make_uint2(got, xb) : make_uint2(xa, got);
 }
 
+// A warp's two accumulator rows i0 and i0 + 8 (NT tiles of 8 columns, NT even) of a gradient
+// stored as bf16 by pair_store: row t of the chunk at dst + (start + t)·ld, rows >= len not
+// written. The kernels' dq, dk and dv leave this way (session 19: in f32 they were a third of
+// dq/dk + WY's bytes).
+template <int NT>
+__device__ __forceinline__ void store_grad_rows(const float (*acc)[4], bf16* dst, int ld,
+                                                int start, int i0, int len) {
+  static_assert(NT % 2 == 0, "tiles in pairs");
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = i0 + 8 * hf;
+    bf16* row = dst + (long)(start + i) * ld;
+#pragma unroll
+    for (int m = 0; m < NT / 2; ++m)
+      pair_store(row + 16 * m, i < len, pack_bf2(acc[2 * m][2 * hf], acc[2 * m][2 * hf + 1]),
+                 pack_bf2(acc[2 * m + 1][2 * hf], acc[2 * m + 1][2 * hf + 1]));
+  }
+}
+
 // Kernels 1 and 1b: W = tw · K and U = tb · V + diag(β) V by raw mma.sync, written to global
 // (rows < len), W negated: its only readers, the state passes, use −W (Ṽ = U + S(−W),
 // dS += (−W)ᵀ dṼ), and a sign flip of the stored bf16 is exact where negating their register
@@ -2329,7 +2348,8 @@ struct KTile {
 //   dP = dO Ṽᵀ, dQ1 = dO h_cᵀ, dKi = Ṽ dh_cᵀ (dh_c in bf16, as kernel 5 stores it);
 //   ⟨h_c, dh_c⟩ as the sum of kernel 5's partials (formed from its f32 dS; see there why);
 // then, with pb = bf16(s dP ⊙ Γ) on j <= i < len (zero elsewhere) and E = s dP ⊙ (QKᵀ ⊙ Γ ⊙ L),
-//   dq = s diag(γ) dQ1 + pb K (final),  dk = diag(δ) dKi + pbᵀ Q (partial, completed by kernel 7),
+//   dq = s diag(γ) dQ1 + pb K (final),  dk = diag(δ) dKi + pbᵀ Q (partial, completed by kernel 7;
+//   both leave in bf16, as FLA's do: the partial is rounded once more than the rest of dk),
 //   dG_i = Σ_j E_ij − Σ_j E_ji + q_i·(s γ_i dQ1)_i − k_i·(δ_i dKi)_i, at i = len − 1 also
 //          + Σ_r k_r·(δ_r dKi)_r + γ_last ⟨h_c, dh_c⟩ (partial, completed by kernel 7, into dg).
 //
@@ -2342,7 +2362,7 @@ struct KTile {
 // After the loop: pb tiles (bf16) go to shared memory, the only product operand that crosses
 // warps; then each warp forms its dq and dk rows from its accumulators (row scale, row-dot partial
 // by quad shuffles, + pb K resp. pbᵀ Q with A = pb by ldmatrix(.trans), B = K, Q by
-// ldmatrix.trans, f32 straight to global), then QKᵀ on its dP tiles, E in registers, E's row sums
+// ldmatrix.trans, bf16 to global by store_grad_rows), then QKᵀ on its dP tiles, E in registers, E's row sums
 // over its columns (quad shuffles) and column sums over its 16 rows (shuffles across g). Warp 0
 // adds the per-warp partials in a fixed order for dG (no atomics: deterministic).
 // The V slices (dO, Ṽ, h_c and dh_c, bf16) go through NBUF shared buffers by cp.async, one
@@ -2393,7 +2413,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
                          const bf16* __restrict__ dh, const float* __restrict__ sdp, int npart,
                          const int* __restrict__ ctab, int H, int V, float scale,
-                         float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dg) {
+                         bf16* __restrict__ dq, bf16* __restrict__ dk, float* __restrict__ dg) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef DqkSm<K> L;
@@ -2551,17 +2571,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
         mma_bf16(dq1[2 * jp + 1], ap, r[2], r[3]);
       }
     }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = i0 + 8 * hf;
-      if (i < len) {
-        float* dst = dq + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
-#pragma unroll
-        for (int nt = 0; nt < NKT; ++nt)
-          *reinterpret_cast<float2*>(dst + 8 * nt) =
-              make_float2(dq1[nt][2 * hf], dq1[nt][2 * hf + 1]);
-      }
-    }
+    store_grad_rows<NKT>(dq1, dq + (long)h * K + kc0, H * K, start, i0, len);
   }
 
   // dk (partial) = δ_i dKi + pbᵀ Q; kdot_i = k_i · (δ_i dKi)_i over this warp's columns.
@@ -2581,17 +2591,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
         mma_bf16(dki[2 * jp + 1], ap, r[2], r[3]);
       }
     }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = i0 + 8 * hf;
-      if (i < len) {
-        float* dst = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
-#pragma unroll
-        for (int nt = 0; nt < NKT; ++nt)
-          *reinterpret_cast<float2*>(dst + 8 * nt) =
-              make_float2(dki[nt][2 * hf], dki[nt][2 * hf + 1]);
-      }
-    }
+    store_grad_rows<NKT>(dki, dk + (long)h * K + kc0, H * K, start, i0, len);
   }
 
   // E = (s dP ⊙ Γ) ⊙ QKᵀ on j <= i < len over this warp's dP tiles (the f32 pb values in dp, 0
@@ -2717,7 +2717,7 @@ __device__ __forceinline__ void tt_rows(float (*acc)[4], const bf16* tb, int rb,
 //   Loop (64-column slices of dṼ, V, h_c through NBUF cp.async buffers, one group per slice
 //   issued NBUF − 1 ahead, one barrier per slice): dW' and dTv accumulate in registers; dVβ is
 //   formed per slice (A = Tᵀ by ldmatrix.trans of bf16 T, B = dṼ by ldmatrix.trans) and leaves
-//   at once as β dVβ (f32 to global) and the row dot with V (registers, summed over slices).
+//   at once as β dVβ (bf16 to global) and the row dot with V (registers, summed over slices).
 //   After the loop the slice buffers hold dW (bf16, the only loop result other warps need), the
 //   tf32 dT and TMP, and T in f32. dKβγ = Tᵀ dW and dT (with KKᵀ, sharing the B = K fragments)
 //   are formed from registers; dk's accumulators start as dk_partial + βγ dKβγ and receive
@@ -2783,7 +2783,7 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
                                      const float* __restrict__ gc, const float* __restrict__ tmat,
                                      const bf16* __restrict__ dvnew, const bf16* __restrict__ hst,
                                      const int* __restrict__ ctab, int H, int V,
-                                     float* __restrict__ dk, float* __restrict__ dv,
+                                     bf16* __restrict__ dk, bf16* __restrict__ dv,
                                      float* __restrict__ dg, float* __restrict__ dbeta) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
@@ -2896,7 +2896,7 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
     // (t +8, i +0), (t +8, i +8)); B = dṼ rows t by ldmatrix.trans.
     float dvb[NPT][4];
     tt_rows<NPT>(dvb, S.tb, rb, dvs + pc0, LD64);
-    // dv = β_i dVβ (f32, global); dβ_V += dVβ ⊙ V over this lane's columns.
+    // dv = β_i dVβ (bf16, global); dβ_V += dVβ ⊙ V over this lane's columns.
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = i0 + 8 * hf;
@@ -2909,26 +2909,26 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
         a += dvb[nt][2 * hf + 1] * bf_hi(x);
       }
       dbv[hf] += a;
-      if (i < len) {
-        const float be = S.bs[i];
-        float* dst = dv + ((long)(start + i) * H + h) * V + s * 64 + pc0 + 2 * qd;
+      const float be = S.bs[i];
 #pragma unroll
-        for (int nt = 0; nt < NPT; ++nt)
-          *reinterpret_cast<float2*>(dst + 8 * nt) =
-              make_float2(be * dvb[nt][2 * hf], be * dvb[nt][2 * hf + 1]);
+      for (int nt = 0; nt < NPT; ++nt) {
+        dvb[nt][2 * hf] *= be;
+        dvb[nt][2 * hf + 1] *= be;
       }
     }
+    store_grad_rows<NPT>(dvb, dv + (long)h * V + s * 64 + pc0, H * V, start, i0, len);
   }
 
-  // Kernel 6's partial dk for this lane's elements: loads issued now, added after Tᵀ dW.
-  float2 pv[NKT][2];
+  // Kernel 6's partial dk (bf16 pairs) for this lane's elements: loads issued now, added after
+  // Tᵀ dW.
+  unsigned pv[NKT][2];
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const int i = i0 + 8 * hf;
-    const float* src = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
+    const bf16* src = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
 #pragma unroll
     for (int nt = 0; nt < NKT; ++nt)
-      pv[nt][hf] = i < len ? *reinterpret_cast<const float2*>(src + 8 * nt) : make_float2(0.f, 0.f);
+      pv[nt][hf] = i < len ? *reinterpret_cast<const unsigned*>(src + 8 * nt) : 0u;
   }
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
@@ -2977,8 +2977,8 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
       const unsigned x = *reinterpret_cast<const unsigned*>(S.k + i * KLD + kc0 + 8 * nt + 2 * qd);
       a += xk[nt][2 * hf] * bf_lo(x);
       a += xk[nt][2 * hf + 1] * bf_hi(x);
-      xk[nt][2 * hf] = pv[nt][hf].x + f * xk[nt][2 * hf];
-      xk[nt][2 * hf + 1] = pv[nt][hf].y + f * xk[nt][2 * hf + 1];
+      xk[nt][2 * hf] = bf_lo(pv[nt][hf]) + f * xk[nt][2 * hf];
+      xk[nt][2 * hf + 1] = bf_hi(pv[nt][hf]) + f * xk[nt][2 * hf + 1];
     }
     a += __shfl_xor_sync(0xffffffffu, a, 1);
     a += __shfl_xor_sync(0xffffffffu, a, 2);
@@ -3189,16 +3189,7 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
       mma_bf16(xk[2 * jp + 1], ap, r[2], r[3]);
     }
   }
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int i = i0 + 8 * hf;
-    if (i < len) {
-      float* dst = dk + ((long)(start + i) * H + h) * K + kc0 + 2 * qd;
-#pragma unroll
-      for (int nt = 0; nt < NKT; ++nt)
-        *reinterpret_cast<float2*>(dst + 8 * nt) = make_float2(xk[nt][2 * hf], xk[nt][2 * hf + 1]);
-    }
-  }
+  store_grad_rows<NKT>(xk, dk + (long)h * K + kc0, H * K, start, i0, len);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -3487,8 +3478,8 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_dqkwy_k##K(const bf16* q, const bf16* k, const bf16* v, const float* beta,                \
                     const float* gc, const float* tmat, const bf16* d_o, const bf16* vnew,         \
                     const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,           \
-                    int npart, const int* ctab, int H, int V, float scale, float* dq, float* dk,   \
-                    float* dv, float* dg, float* dbeta) {                                          \
+                    int npart, const int* ctab, int H, int V, float scale, bf16* dq, bf16* dk,     \
+                    bf16* dv, float* dg, float* dbeta) {                                           \
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg);       \
     dr::dqk_then_wy();                                                                             \
     dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                   \

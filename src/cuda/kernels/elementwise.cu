@@ -46,7 +46,22 @@ extern "C" __global__ void silu_fwd(const bf16* x, bf16* y, i64 n) {
     }
 }
 
-extern "C" __global__ void silu_bwd(const bf16* x, const bf16* dy, bf16* dx, i64 n) { silu_bwd_body(x, dy, dx, n); }
+// dx = dy * silu'(x)
+extern "C" __global__ void silu_bwd(const bf16* x, const bf16* dy, bf16* dx, i64 n) {
+    if (aligned_to(x, 16) && aligned_to(dy, 16) && aligned_to(dx, 16)) {
+        GRID_STRIDE(v, n >> 3) {
+            float f[8], g[8];
+            ld8(x + 8 * v, f);
+            ld8(dy + 8 * v, g);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) f[k] = g[k] * silu_gradf_(f[k]);
+            st8(dx + 8 * v, f);
+        }
+        TAIL8(i, n) dx[i] = tobf(ldf(dy, i) * silu_gradf_(ldf(x, i)));
+    } else {
+        GRID_STRIDE(i, n) dx[i] = tobf(ldf(dy, i) * silu_gradf_(ldf(x, i)));
+    }
+}
 
 // The MLP's gate and up projections come from one matmul, side by side: gu [rows, 2w], gate in
 // columns [0, w), up in [w, 2w). Element i of a [rows, w] tensor is at gu + row·2w + column.

@@ -27,13 +27,14 @@ extern "C" __global__ void mx_colsum_acc(const bf16* x, float* out, int rows, in
     out[j] += s;
 }
 
-// The backward of y = l2norm(silu(c)) per row of width d, from the fp32 gradient dy (the delta
-// rule's), with s = silu(c), r = 1/sqrt(|s|² + 1e-6) and y = s·r recomputed in fp32 from c, so
-// that neither dy nor s nor y is rounded to bf16 before the projection dy − y(y·dy), which
-// cancels most of dy when dy is nearly parallel to y. ds = r(dy − y(y·dy)), dc = ds·silu'(c).
+// The backward of y = l2norm(silu(c)) per row of width d, from the delta rule's bf16 gradient dy
+// (bf16 since session 19, as FLA's; see docs/design-notes.md), with s = silu(c),
+// r = 1/sqrt(|s|² + 1e-6) and y = s·r recomputed in fp32 from c, so that neither s nor y is
+// rounded to bf16 before the projection dy − y(y·dy), which cancels most of dy when dy is nearly
+// parallel to y. ds = r(dy − y(y·dy)), dc = ds·silu'(c).
 // One block per row; both sums share one block reduction, the row stays in registers when it
 // has at most 4 elements per thread.
-extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf16* dc, int rows, int d) {
+extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const bf16* dy, bf16* dc, int rows, int d) {
     __shared__ float sh[64];
     const int r = blockIdx.x;
     if (r >= rows) return;
@@ -45,7 +46,7 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf
         for (int k = 0; k < 4; ++k) {
             const int j = threadIdx.x + k * nt;
             cv[k] = j < d ? ldf(c, base + j) : 0.0f;
-            gv[k] = j < d ? dy[base + j] : 0.0f;
+            gv[k] = j < d ? ldf(dy, base + j) : 0.0f;
             const float s = siluf_(cv[k]);
             sums[0] += s * s;
             sums[1] += s * gv[k];
@@ -68,7 +69,7 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf
     for (int j = threadIdx.x; j < d; j += nt) {
         const float s = siluf_(ldf(c, base + j));
         sums[0] += s * s;
-        sums[1] += s * dy[base + j];
+        sums[1] += s * ldf(dy, base + j);
     }
     block_sum_n<2>(sums, sh);
     const float rr = 1.0f / sqrtf(sums[0] + 1e-6f);
@@ -76,7 +77,7 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf
     for (int j = threadIdx.x; j < d; j += nt) {
         const float x = ldf(c, base + j);
         const float y = siluf_(x) * rr;
-        dc[base + j] = tobf(rr * (dy[base + j] - y * dot) * silu_gradf_(x));
+        dc[base + j] = tobf(rr * (ldf(dy, base + j) - y * dot) * silu_gradf_(x));
     }
 }
 
@@ -84,9 +85,8 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const float* dy, bf
 // block barrier and eight rows per 256-thread block, where the block-per-row form above spent
 // most of its time waiting on one barrier per 256-element row (measured: 28 ms of the 1.3B step
 // for ≈ 8 GB of traffic). With E = 4 or 8 and 16-byte aligned tensors, lane l holds the E
-// contiguous elements E·l … (one 8- or 16-byte load of c and one or two float4 loads of dy, one
-// store); otherwise elements l, l + 32, … (each scalar access coalesced across the warp).
-extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const float* dy, bf16* dc, int rows,
+// contiguous elements E·l … (one 8- or 16-byte load each of c and dy, one store); otherwise elements l, l + 32, … (each scalar access coalesced across the warp).
+extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const bf16* dy, bf16* dc, int rows,
                                                    int e) {
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
@@ -96,9 +96,9 @@ extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const float* d
     float cv[8], gv[8], ss = 0.0f, sg = 0.0f;
     if (vec && e == 8) {
         ld8(c + base, cv);
-        ld8f(dy + base, gv);
+        ld8(dy + base, gv);
     } else if (vec) {
-        const float4 a = ld4bf(c + base), b = *reinterpret_cast<const float4*>(dy + base);
+        const float4 a = ld4bf(c + base), b = ld4bf(dy + base);
         cv[0] = a.x, cv[1] = a.y, cv[2] = a.z, cv[3] = a.w;
         gv[0] = b.x, gv[1] = b.y, gv[2] = b.z, gv[3] = b.w;
     } else {
@@ -106,7 +106,7 @@ extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const float* d
         for (int k = 0; k < 8; ++k) {
             if (k < e) {
                 cv[k] = ldf(c, base + 32 * k);
-                gv[k] = dy[base + 32 * k];
+                gv[k] = ldf(dy, base + 32 * k);
             }
         }
     }
@@ -140,11 +140,6 @@ extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const float* d
         for (int k = 0; k < 8; ++k)
             if (k < e) dc[base + 32 * k] = tobf(out[k]);
     }
-}
-
-// dx = dy * silu'(x), dy fp32 (the body is ops' silu_bwd's).
-extern "C" __global__ void mx_silu_bwd_f32dy(const bf16* x, const float* dy, bf16* dx, i64 n) {
-    silu_bwd_body(x, dy, dx, n);
 }
 
 // y = a + b with the fp32 residual stream a, y (b a bf16 block output).
