@@ -2513,14 +2513,14 @@ mod tests {
             + t * 128 * 2;
         assert_eq!(acc.category(C::BlockWork), work);
         // dres (f32 [t, 64]), dres_bf (bf16 [t, 64]), dacc (f32 [t, 128]), dact (bf16 [t, 256]),
-        // d_o (bf16 [t, 128]), rule dv (f32 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64, 64]),
-        // da, db (bf16 [t, 2]), scratch (f32: the conv backward's partial sums, the largest).
+        // d_o (bf16 [t, 128]), rule dv (bf16 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64,
+        // 64]), da, db (bf16 [t, 2]), scratch (f32: the conv backward's partial sums, the largest).
         let bwd = t * 64 * 4
             + t * 64 * 2
             + t * 128 * 4
             + t * 256 * 2
             + t * 128 * 2
-            + t * 128 * 4
+            + t * 128 * 2
             + 2 * t * 2 * 4
             + seqs * 2 * 64 * 64 * 4
             + 2 * t * 2 * 2
