@@ -2826,14 +2826,16 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
   for (int it = 0; it < NBUF - 1; ++it) issue(it);
 
   // T (bf16) straight from global, and the per-row scalars (published by the loop's first
-  // barrier).
-  for (int idx = tid; idx < CH * CH / 4; idx += L::NW * 32) {
-    const int i = idx >> 4, j = (idx & 15) << 2;
-    const float4 t = *reinterpret_cast<const float4*>(tsrc + i * CH + j);
-    uint2 u;
-    u.x = pack_bf2(t.x, t.y);
-    u.y = pack_bf2(t.z, t.w);
-    *reinterpret_cast<uint2*>(S.tb + i * LD64 + j) = u;
+  // barrier). All of this thread's T loads are issued before any is used, and the scalars' loads
+  // go out before T is converted: as a loop of load-then-store, the T loads were four DRAM
+  // latencies in a row, the largest long-scoreboard stall of the kernel (session 19, call 4).
+  constexpr int TPT = CH * CH / 4 / NTH;  // float4 pieces of T per thread
+  static_assert(TPT * 4 * NTH == CH * CH, "T splits evenly over the threads");
+  float4 tv[TPT];
+#pragma unroll
+  for (int p = 0; p < TPT; ++p) {
+    const int idx = tid + p * NTH;
+    tv[p] = *reinterpret_cast<const float4*>(tsrc + (idx >> 4) * CH + ((idx & 15) << 2));
   }
   if (tid < CH) {
     const bool ok = tid < len;
@@ -2844,6 +2846,12 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
     S.gam[tid] = ga;
     S.bg[tid] = b * ga;
     S.dgp[tid] = ok ? dg[o] : 0.f;  // partial dG of kernel 6
+  }
+#pragma unroll
+  for (int p = 0; p < TPT; ++p) {
+    const int idx = tid + p * NTH, i = idx >> 4, j = (idx & 15) << 2;
+    *reinterpret_cast<uint2*>(S.tb + i * LD64 + j) =
+        make_uint2(pack_bf2(tv[p].x, tv[p].y), pack_bf2(tv[p].z, tv[p].w));
   }
 
   // Accumulators: tile nt of dw is columns kc0 + 8nt.., of dtv columns pc0 + 8nt..; element e
