@@ -332,7 +332,13 @@ __device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, 
 // memory (row stride sld elements, rows 16-byte aligned). stmatrix.trans writes the stage, then
 // each row leaves as two 16-byte stores, whole 32-byte sectors: store_tile_t's shuffles and
 // selects are gone and its 4-byte stores filled half sectors.
-template <int NT>
+// BATCH: every piece is read from the stage before any is stored. y is a generic pointer that
+// might alias the stage, so in the load-store loop each shared load waits behind the previous
+// global store: at K = 256 that was a quarter of the split pass's stall samples (session 19,
+// call 4), and batching made the K = 256 split pass and recompute 1.4 % (B4) to 3.4 % (B8)
+// faster. At K = 128 it made the recompute 1.7 % and the reverse pass 1 % slower (call 6), so
+// the other callers keep the loop.
+template <int NT, bool BATCH = false>
 __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* stage, int sld,
                                                    bf16* y, long ld, int valid) {
   const int lane = threadIdx.x & 31;
@@ -343,10 +349,17 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
   const int row0 = lane >> 1, half = lane & 1;
   bf16* yp = y + row0 * ld + 8 * half;
   const bf16* sp = stage + row0 * sld + 8 * half;
+  uint4 piece[BATCH ? NT / 2 : 1];
+  if constexpr (BATCH) {
+#pragma unroll
+    for (int it = 0; it < NT / 2; ++it)
+      piece[it] = *reinterpret_cast<const uint4*>(sp + 16 * it * sld);
+  }
 #pragma unroll
   for (int it = 0; it < NT / 2; ++it) {
     if (row0 + 16 * it < valid)
-      *reinterpret_cast<uint4*>(yp) = *reinterpret_cast<const uint4*>(sp + 16 * it * sld);
+      *reinterpret_cast<uint4*>(yp) =
+          BATCH ? piece[BATCH ? it : 0] : *reinterpret_cast<const uint4*>(sp + 16 * it * sld);
     yp += 16 * ld;
   }
 }
@@ -1569,9 +1582,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       // product, so that the product's first ldmatrix and mma issue right after the barrier.
 #pragma unroll
       for (int r = 0; r < NJ / 8; ++r)
-        store_tiles_staged<8>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V, CH);
-      store_tiles_staged<8>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
-                            (long)H * V, len);
+        store_tiles_staged<8, (K >= 256)>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V,
+                                          CH);
+      store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
+                                        (long)H * V, len);
     }
     if constexpr (WS) {
       // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
