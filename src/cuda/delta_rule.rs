@@ -893,23 +893,13 @@ pub struct GradBuffers {
 impl GradBuffers {
     pub fn new(gpu: &Gpu, dims: Dims, tokens: usize, seqs: usize) -> Result<Self> {
         let (h, k, v) = (dims.heads, dims.dk, dims.dv);
-        let z = |n: usize| {
-            gpu.stream
-                .alloc_zeros::<f32>(n.max(1))
-                .with_context(|| format!("allocating {n} f32 for delta rule gradients"))
-        };
-        let zb = |n: usize| {
-            gpu.stream
-                .alloc_zeros::<bf16>(n.max(1))
-                .with_context(|| format!("allocating {n} bf16 for delta rule gradients"))
-        };
         Ok(GradBuffers {
-            dq: zb(tokens * h * k)?,
-            dk: zb(tokens * h * k)?,
-            dv: zb(tokens * h * v)?,
-            dg: z(tokens * h)?,
-            dbeta: z(tokens * h)?,
-            dh0: z(seqs * h * k * v)?,
+            dq: alloc_ws(gpu, tokens * h * k, "dq")?,
+            dk: alloc_ws(gpu, tokens * h * k, "dk")?,
+            dv: alloc_ws(gpu, tokens * h * v, "dv")?,
+            dg: alloc_ws(gpu, tokens * h, "dg")?,
+            dbeta: alloc_ws(gpu, tokens * h, "dbeta")?,
+            dh0: alloc_ws(gpu, seqs * h * k * v, "dh0")?,
         })
     }
 
@@ -998,7 +988,8 @@ impl KeptForward {
     }
 }
 
-/// A zeroed device buffer of `n` elements (at least one) for the workspace or kept buffers.
+/// A zeroed device buffer of `n` elements (at least one) for the workspace, the kept
+/// intermediates or the gradients.
 fn alloc_ws<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     gpu: &Gpu,
     n: usize,
@@ -1006,7 +997,7 @@ fn alloc_ws<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
 ) -> Result<CudaSlice<T>> {
     gpu.stream
         .alloc_zeros::<T>(n.max(1))
-        .with_context(|| format!("allocating delta rule workspace `{what}` ({n} elements)"))
+        .with_context(|| format!("allocating delta rule buffer `{what}` ({n} elements)"))
 }
 
 impl DeltaRuleWorkspace {
