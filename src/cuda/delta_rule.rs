@@ -474,16 +474,19 @@ impl PassKind {
     /// (L, T) in µs at head size `k`: a CTA's chunk step takes L when each of its warps has an SM
     /// sub-partition to itself, and w × T when w warps share one. Split measured on H200
     /// (session 4, call 4), Fused in call 5, all with every warp
-    /// count forced on the five bench shapes; Bwd taken as 1.5 × Split (its products per chunk),
-    /// which picks the measured best of call 6 on every bench shape (its L measured 6.3 µs at
-    /// K = 128 against the 5.1 assumed).
+    /// count forced on the five bench shapes; Bwd taken as 1.5 × Split's L (its products per
+    /// chunk), which picks the measured best of call 6 on every bench shape (its L measured
+    /// 6.3 µs at K = 128 against the 5.1 assumed), and 1.4 × Split's T: with 1.5 the model put
+    /// 4 warps on the reverse pass at B8·T4096·H6·K256, where 8 measured 10 % faster (session
+    /// 19, call 9: 1.406 against 1.552–1.562 ms; 22 µs a step with two warps per
+    /// sub-partition over two waves against 24.3 with one over three).
     fn step_us(self, k: usize) -> (f64, f64) {
         let kf = k as f64;
         let split = (1.2 + 0.0172 * kf, 0.7 + 0.0141 * kf);
         match self {
             PassKind::Split => split,
             PassKind::Fused => (5.6 + 0.027 * kf, 3.05 + 0.0148 * kf),
-            PassKind::Bwd => (1.5 * split.0, 1.5 * split.1),
+            PassKind::Bwd => (1.5 * split.0, 1.4 * split.1),
         }
     }
 
@@ -2215,6 +2218,8 @@ mod state_cost_tests {
         }
         let bwd_k256 = [(1, 2), (2, 1), (4, 1), (8, 1)];
         assert_eq!(best(&bwd_k256, 24, (256, 512), PassKind::Bwd).0, 8);
+        // B8·T4096·H6·K256 (session 19, call 9): 8 1.406, 4 1.552–1.562.
+        assert_eq!(best(&bwd_k256, 48, (256, 512), PassKind::Bwd).0, 8);
     }
 
     /// The cheapest (nw, ks) among (nw, ks, CTAs per SM), ties as `pick_state_nw`.
