@@ -495,21 +495,26 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
 /// Whether two backwards' gradients (dq, dk, dv, dg, dβ, dh0, the first `lens` of each) are the
 /// same bits.
 fn same_grads(gpu: &Gpu, a: &GradBuffers, b: &GradBuffers, lens: [usize; 6]) -> Result<bool> {
-    let (lb, lf) = lens.split_at(3);
-    let mut same = true;
-    for ((x, y), &len) in [(&a.dq, &b.dq), (&a.dk, &b.dk), (&a.dv, &b.dv)]
-        .into_iter()
-        .zip(lb)
-    {
-        same &= same_bits(&download(gpu, x)?[..len], &download(gpu, y)?[..len]);
-    }
-    for ((x, y), &len) in [(&a.dg, &b.dg), (&a.dbeta, &b.dbeta), (&a.dh0, &b.dh0)]
-        .into_iter()
-        .zip(lf)
-    {
-        same &= same_bits(&download(gpu, x)?[..len], &download(gpu, y)?[..len]);
-    }
-    Ok(same)
+    let [lq, lk, lv, lg, lb, lh] = lens;
+    Ok(same_on_device(gpu, &a.dq, &b.dq, lq)?
+        & same_on_device(gpu, &a.dk, &b.dk, lk)?
+        & same_on_device(gpu, &a.dv, &b.dv, lv)?
+        & same_on_device(gpu, &a.dg, &b.dg, lg)?
+        & same_on_device(gpu, &a.dbeta, &b.dbeta, lb)?
+        & same_on_device(gpu, &a.dh0, &b.dh0, lh)?)
+}
+
+/// Whether the first `len` elements of two device buffers are the same bits.
+fn same_on_device<T: cudarc::driver::DeviceRepr + Default + Copy + Into<f64>>(
+    gpu: &Gpu,
+    a: &CudaSlice<T>,
+    b: &CudaSlice<T>,
+    len: usize,
+) -> Result<bool> {
+    Ok(same_bits(
+        &download(gpu, a)?[..len],
+        &download(gpu, b)?[..len],
+    ))
 }
 
 /// Bit for bit (through f64, which holds every f32 exactly).

@@ -349,17 +349,15 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
   const int row0 = lane >> 1, half = lane & 1;
   bf16* yp = y + row0 * ld + 8 * half;
   const bf16* sp = stage + row0 * sld + 8 * half;
-  uint4 piece[BATCH ? NT / 2 : 1];
+  auto piece_at = [&](int it) { return *reinterpret_cast<const uint4*>(sp + 16 * it * sld); };
+  uint4 piece[NT / 2];
   if constexpr (BATCH) {
 #pragma unroll
-    for (int it = 0; it < NT / 2; ++it)
-      piece[it] = *reinterpret_cast<const uint4*>(sp + 16 * it * sld);
+    for (int it = 0; it < NT / 2; ++it) piece[it] = piece_at(it);
   }
 #pragma unroll
   for (int it = 0; it < NT / 2; ++it) {
-    if (row0 + 16 * it < valid)
-      *reinterpret_cast<uint4*>(yp) =
-          BATCH ? piece[BATCH ? it : 0] : *reinterpret_cast<const uint4*>(sp + 16 * it * sld);
+    if (row0 + 16 * it < valid) *reinterpret_cast<uint4*>(yp) = BATCH ? piece[it] : piece_at(it);
     yp += 16 * ld;
   }
 }
@@ -2376,9 +2374,9 @@ struct KTile {
 // After the loop: pb tiles (bf16) go to shared memory, the only product operand that crosses
 // warps; then each warp forms its dq and dk rows from its accumulators (row scale, row-dot partial
 // by quad shuffles, + pb K resp. pbᵀ Q with A = pb by ldmatrix(.trans), B = K, Q by
-// ldmatrix.trans, bf16 to global by store_grad_rows), then QKᵀ on its dP tiles, E in registers, E's row sums
-// over its columns (quad shuffles) and column sums over its 16 rows (shuffles across g). Warp 0
-// adds the per-warp partials in a fixed order for dG (no atomics: deterministic).
+// ldmatrix.trans, bf16 to global by store_grad_rows), then QKᵀ on its dP tiles, E in registers,
+// E's row sums over its columns (quad shuffles) and column sums over its 16 rows (shuffles across
+// g). Warp 0 adds the per-warp partials in a fixed order for dG (no atomics: deterministic).
 // The V slices (dO, Ṽ, h_c and dh_c, bf16) go through NBUF shared buffers by cp.async, one
 // group per slice issued NBUF − 1 slices ahead, one barrier per slice; q loads into the buffer
 // the slice after the last would use, and k into its own tile (KTile, where kernel 7 reads it),

@@ -85,7 +85,8 @@ extern "C" __global__ void mx_l2norm_silu_bwd(const bf16* c, const bf16* dy, bf1
 // block barrier and eight rows per 256-thread block, where the block-per-row form above spent
 // most of its time waiting on one barrier per 256-element row (measured: 28 ms of the 1.3B step
 // for ≈ 8 GB of traffic). With E = 4 or 8 and 16-byte aligned tensors, lane l holds the E
-// contiguous elements E·l … (one 8- or 16-byte load each of c and dy, one store); otherwise elements l, l + 32, … (each scalar access coalesced across the warp).
+// contiguous elements E·l … (one 8- or 16-byte load each of c and dy, one store); otherwise
+// elements l, l + 32, … (each scalar access coalesced across the warp).
 extern "C" __global__ void mx_l2norm_silu_bwd_warp(const bf16* c, const bf16* dy, bf16* dc, int rows,
                                                    int e) {
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
