@@ -186,10 +186,11 @@ inline void post_row(const void* p) {
   tw->addr[threadIdx.x & 31] = p;
   tw->bar.arrive_and_wait();
 }
-inline void ldsm_impl(unsigned* r, const bf16* p, bool trans) {
+// ldmatrix of n (2 or 4) 8x8 matrices: lanes 8i .. 8i + 7 give matrix i's rows.
+inline void ldsm_impl(unsigned* r, const bf16* p, bool trans, int n = 4) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   post_row(p);
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < n; ++i) {
     if (!trans) {
       const bf16* row = (const bf16*)tw->addr[8 * i + g];
       r[i] = pk(row[2 * q], row[2 * q + 1]);
@@ -217,6 +218,7 @@ inline void ldsm_x4(unsigned* r, const bf16* p) { ldsm_impl(r, p, false); }
 inline void ldsm_x4_t(unsigned* r, const bf16* p) { ldsm_impl(r, p, true); }
 inline void ldsm_x4(unsigned* r, unsigned s) { ldsm_impl(r, (const bf16*)(g_smem + s), false); }
 inline void ldsm_x4_t(unsigned* r, unsigned s) { ldsm_impl(r, (const bf16*)(g_smem + s), true); }
+inline void ldsm_x2(unsigned* r, unsigned s) { ldsm_impl(r, (const bf16*)(g_smem + s), false, 2); }
 
 inline float half_of(unsigned reg, int hi) {
   return __uint_as_float(hi ? (reg & 0xffff0000u) : (reg << 16));

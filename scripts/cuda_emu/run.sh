@@ -21,7 +21,7 @@ extract() {
   } | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
     >"$out/$dir/extracted.h"
 }
-extract prep ' pack8(' ' kk_m_lower(' ' tf32_split(' ' mma3_tf32(' ' store_acc_f32(' 'void chunk_gates' 'void write_rec' ' tb_piece(' ' tw_piece(' 'void ld8_swz' ' tw_at(' \
+extract prep ' pack8(' ' rows_from(' ' p_frags(' ' m_elem(' ' kk_m_lower(' ' kk_m_p_rows(' ' tf32_split(' ' mma3_tf32(' ' store_acc_f32(' 'void chunk_gates' 'void write_rec' ' tb_piece(' ' tw_piece(' 'void ld8_swz' ' tw_at(' \
   'void pair_store' 'void wu_products' 'struct PrepSm' 'void prep_impl' 'struct WuSm' 'void wu_impl'
 extract chunk ' tf32r(' 'void pair_store' ' store_grad_rows(' 'void scale_rows_dot' 'struct KTile' 'struct DqkSm' 'void dqk_impl' 'void tt_rows' 'struct WySm' 'void wy_impl'
 extract fwd_o 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' ' out_tiles(' \

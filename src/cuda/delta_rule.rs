@@ -187,7 +187,9 @@ const SLOT_STATE_BWD_KS: usize = 25; // + index into STATE_KS
 const SLOT_WU: usize = 29;
 const SLOT_STATE_WS: usize = 30;
 const SLOT_STATE_BWD_WS: usize = 31;
-const SLOTS_PER_K: usize = 32;
+/// `prep` forming P: its shared memory with Q's rows (`SLOT_PREP` is without them).
+const SLOT_PREP_P: usize = 32;
+const SLOTS_PER_K: usize = 33;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -334,7 +336,9 @@ fn need(k: Option<Kern>, what: &str, limit: usize) -> Result<Kern> {
 
 /// The chunk kernels for one key head size.
 struct ChunkKernels {
+    /// Launched with `smem` bytes, or `prep_p_smem` when it forms P.
     prep: Kern,
+    prep_p_smem: u32,
     /// W, U and G from a saved T (the backward when the forward kept T).
     wu: Kern,
     fwd_o: Kern,
@@ -415,7 +419,18 @@ impl ChunkKernels {
         // dqk and wy run in one kernel, one after the other on the same shared memory.
         let dqkwy = s(SLOT_DQK).max(s(SLOT_WY));
         Ok(ChunkKernels {
-            prep: need(ld("prep", SLOT_PREP)?, "prep", limit)?,
+            prep: need(
+                load_kern(
+                    gpu,
+                    dk,
+                    format!("dr_prep_k{dk}"),
+                    (s(SLOT_PREP), s(SLOT_PREP_P)),
+                    limit,
+                )?,
+                "prep",
+                limit,
+            )?,
+            prep_p_smem: s(SLOT_PREP_P),
             wu: need(ld("wu", SLOT_WU)?, "wu", limit)?,
             fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
@@ -431,6 +446,21 @@ impl ChunkKernels {
             state_bwd_ws: ws("state_bwd_ws", SLOT_STATE_BWD_WS, 4 * bwd_ws_groups(dk))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
         })
+    }
+}
+
+/// Whether the warp-specialised passes (forward and reverse) serve these dimensions: K <= 128
+/// (their kernels exist only there) and V a multiple of their 64 columns.
+pub(crate) fn warp_specialised_serves(dims: Dims) -> bool {
+    dims.dk <= 128 && dims.dv.is_multiple_of(64)
+}
+
+/// Elements of the workspace's P (`prep` writes it for the warp-specialised forward only).
+pub(crate) fn p_len(dims: Dims, max_chunks: usize) -> usize {
+    if warp_specialised_serves(dims) {
+        max_chunks * dims.heads * CHUNK * CHUNK
+    } else {
+        0
     }
 }
 
@@ -793,6 +823,9 @@ pub struct DeltaRuleWorkspace {
     u: CudaSlice<bf16>,
     /// State entering each chunk, bf16 [NC, H, K, V].
     h: CudaSlice<bf16>,
+    /// P = s (QKᵀ ⊙ Γ ⊙ L) per chunk and head, bf16 [NC, H, 64, 64]: `prep` writes it for the
+    /// warp-specialised forward's output warps.
+    p: CudaSlice<bf16>,
     /// Ṽ, bf16 [T, H, V].
     vnew: CudaSlice<bf16>,
     bwd: Option<BwdBuffers>,
@@ -1064,6 +1097,7 @@ impl DeltaRuleWorkspace {
             w: alloc_ws(gpu, t * h * k, "w")?,
             u: alloc_ws(gpu, t * h * v, "u")?,
             h: alloc_ws(gpu, max_chunks * h * k * v, "h")?,
+            p: alloc_ws(gpu, p_len(dims, max_chunks), "p")?,
             vnew: alloc_ws(gpu, t * h * v, "vnew")?,
             bwd,
             kern,
@@ -1174,7 +1208,7 @@ impl DeltaRuleWorkspace {
     /// A warp-specialised kernel (forward or reverse pass), where it serves these dimensions:
     /// loaded (K <= 128) and V a multiple of its 64 columns.
     fn ws_serving<'a>(&self, kern: &'a Option<StateKern>) -> Option<&'a StateKern> {
-        kern.as_ref().filter(|_| self.dims.dv.is_multiple_of(64))
+        kern.as_ref().filter(|_| warp_specialised_serves(self.dims))
     }
 
     /// The warp-specialised forward, where it serves these dimensions.
@@ -1314,15 +1348,18 @@ fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, us
     Ok((t, n))
 }
 
-/// Queues G, W and U for the state passes: by `prep`, which solves T and writes it to `tmat`
-/// unless that is null, or, with `saved_t`, by `wu`, which reads the forward's T from `tmat`.
-fn run_w_u(
-    gpu: &Gpu,
-    ws: &mut DeltaRuleWorkspace,
-    inp: &ChunkInputs,
-    tmat: u64,
-    saved_t: bool,
-) -> Result<()> {
+/// Where `run_w_u` gets T.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TSource {
+    /// `prep` solves it (and writes it to `tmat` unless that is null); with `p`, it also writes
+    /// P into the workspace for the warp-specialised forward.
+    Solve { tmat: u64, p: bool },
+    /// `wu` reads the forward's T from `tmat`.
+    Saved { tmat: u64 },
+}
+
+/// Queues G, W and U for the state passes, by `prep` or `wu` as `src` says.
+fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSource) -> Result<()> {
     let Dims {
         heads: h,
         dk: _,
@@ -1337,31 +1374,71 @@ fn run_w_u(
     let rec = ptr_mut(gpu, &mut ws.rec);
     let w = ptr_mut(gpu, &mut ws.w);
     let u = ptr_mut(gpu, &mut ws.u);
-    // The kernels' argument lists differ only in where T goes: wu reads it after β, prep
-    // writes it last.
-    let (kern, t_in, t_out) = if saved_t {
-        (&ws.kern.wu, Some(tmat), None)
-    } else {
-        (&ws.kern.prep, None, Some(tmat))
-    };
-    let mut args = vec![
+    let (k, vv, g, beta) = (
         Arg::P(ptr(gpu, &inp.k)),
         Arg::P(ptr(gpu, &inp.v)),
         Arg::P(ptr(gpu, &inp.g)),
         Arg::P(ptr(gpu, &inp.beta)),
-    ];
-    args.extend(t_in.map(Arg::P));
-    args.extend([
-        Arg::P(ctab),
-        Arg::I(h as i32),
-        Arg::I(v as i32),
-        Arg::P(gc),
-        Arg::P(rec),
-        Arg::P(w),
-        Arg::P(u),
-    ]);
-    args.extend(t_out.map(Arg::P));
-    launch_kern(gpu, kern, (nc as u32, h as u32, 1), 256, &args)
+    );
+    let grid = (nc as u32, h as u32, 1);
+    let (hi, vi) = (Arg::I(h as i32), Arg::I(v as i32));
+    match src {
+        TSource::Saved { tmat } => launch_kern(
+            gpu,
+            &ws.kern.wu,
+            grid,
+            256,
+            &[
+                k,
+                vv,
+                g,
+                beta,
+                Arg::P(tmat),
+                Arg::P(ctab),
+                hi,
+                vi,
+                Arg::P(gc),
+                Arg::P(rec),
+                Arg::P(w),
+                Arg::P(u),
+            ],
+        ),
+        TSource::Solve { tmat, p } => {
+            let (q, pm) = if p {
+                (ptr(gpu, &inp.q), ptr_mut(gpu, &mut ws.p))
+            } else {
+                (0, 0)
+            };
+            // Forming P, prep needs Q's rows in shared memory too.
+            let kp = &ws.kern.prep;
+            let smem = if p { ws.kern.prep_p_smem } else { kp.smem };
+            launch(
+                gpu,
+                &kp.f,
+                &kp.name,
+                grid,
+                256,
+                smem,
+                &[
+                    k,
+                    vv,
+                    g,
+                    beta,
+                    Arg::P(q),
+                    Arg::P(ctab),
+                    hi,
+                    vi,
+                    Arg::F(inp.scale),
+                    Arg::P(gc),
+                    Arg::P(rec),
+                    Arg::P(w),
+                    Arg::P(u),
+                    Arg::P(tmat),
+                    Arg::P(pm),
+                ],
+            )
+        }
+    }
 }
 
 /// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64.
@@ -1379,14 +1456,9 @@ fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> 
 
 /// What a state pass writes besides advancing the state (device pointers; 0 = none).
 enum StateOut {
-    /// The forward over `tokens` tokens: the output `o` (by the fused pass, or the split pass and
-    /// `fwd_o`; `split` forces the latter) and, when `ht` is non-null, the final state.
-    Forward {
-        o: u64,
-        ht: u64,
-        tokens: usize,
-        split: bool,
-    },
+    /// The forward: the output `o` by `path` (the warp-specialised one reads the P that `prep`
+    /// wrote) and, when `ht` is non-null, the final state.
+    Forward { o: u64, ht: u64, path: ForwardPath },
     /// The backward's recompute: h_c and Ṽ into the workspace.
     Recompute,
 }
@@ -1414,13 +1486,16 @@ fn run_state_pass(
     let u = ptr(gpu, &ws.u);
     let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
-    let (path, sk) = match out {
-        StateOut::Forward {
-            tokens,
-            split: false,
-            ..
-        } => ws.forward_pass(n, tokens),
-        _ => (ForwardPath::Split, ws.state_kern(n, PassKind::Split).0),
+    let path = match out {
+        StateOut::Forward { path, .. } => path,
+        StateOut::Recompute => ForwardPath::Split,
+    };
+    let sk = match path {
+        ForwardPath::WarpSpecialised => ws.ws_kern().with_context(|| {
+            format!("delta rule: no warp-specialised forward for {:?}", ws.dims)
+        })?,
+        ForwardPath::Fused => ws.state_kern(n, PassKind::Fused).0,
+        ForwardPath::Split => ws.state_kern(n, PassKind::Split).0,
     };
     // The fused and warp-specialised passes write O themselves and keep h_c and Ṽ on chip.
     let writes_o = path != ForwardPath::Split;
@@ -1430,6 +1505,11 @@ fn run_state_pass(
         StateOut::Recompute => (0, 0, 0),
     };
     let (hs, vnew) = if writes_o { (0, 0) } else { (hs, vnew) };
+    let pm = if path == ForwardPath::WarpSpecialised {
+        ptr(gpu, &ws.p)
+    } else {
+        0
+    };
     launch_state(
         gpu,
         sk,
@@ -1440,6 +1520,7 @@ fn run_state_pass(
             Arg::P(u),
             Arg::P(ptr(gpu, &inp.k)),
             Arg::P(q),
+            Arg::P(pm),
             Arg::P(gc),
             Arg::P(rec),
             Arg::P(ctab),
@@ -1575,20 +1656,16 @@ fn forward_impl(
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
     let o = ptr_mut(gpu, o);
     probe_start(gpu, ws)?;
-    run_w_u(gpu, ws, inp, tmat.map_or(0, |(p, _)| p), false)?;
+    let path = if split {
+        ForwardPath::Split
+    } else {
+        ws.forward_pass(n, t).0
+    };
+    let tmat = tmat.map_or(0, |(p, _)| p);
+    let p = path == ForwardPath::WarpSpecialised;
+    run_w_u(gpu, ws, inp, TSource::Solve { tmat, p })?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    run_state_pass(
-        gpu,
-        ws,
-        inp,
-        n,
-        StateOut::Forward {
-            o,
-            ht,
-            tokens: t,
-            split,
-        },
-    )
+    run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, path })
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -1705,13 +1782,13 @@ fn backward_impl(
     probe_start(gpu, ws)?;
     let tmat = match src {
         Intermediates::SavedT(tmat, _) => {
-            run_w_u(gpu, ws, inp, tmat, true)?;
+            run_w_u(gpu, ws, inp, TSource::Saved { tmat })?;
             probe_mark(gpu, ws, "bwd: wu (saved T)")?;
             tmat
         }
         Intermediates::RecomputeT => {
             let tmat = ptr_mut(gpu, ws.bwd.as_mut().unwrap().tmat.as_mut().unwrap());
-            run_w_u(gpu, ws, inp, tmat, false)?;
+            run_w_u(gpu, ws, inp, TSource::Solve { tmat, p: false })?;
             probe_mark(gpu, ws, "bwd: prep (+T)")?;
             tmat
         }

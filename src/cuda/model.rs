@@ -2535,7 +2535,8 @@ mod tests {
         // Chunks: ⌈100/64⌉ + 3 = 5. Backward (T is saved per block, not here): dvloc bf16
         // [t, 2, 64], dh bf16 [5, 2, 64, 64], the ⟨h, dh⟩ partials f32 [5, 2, 64/16 · 4],
         // dvnew bf16 [t, 2, 64]; forward: ctab i32 [10], seq_chunk i32 [4], gc f32 [t, 2], the
-        // decay record f32 [5, 2, 132], w, u, vnew bf16 [t, 2, 64], h bf16 [5, 2, 64, 64].
+        // decay record f32 [5, 2, 132], w, u, vnew bf16 [t, 2, 64], h bf16 [5, 2, 64, 64], and
+        // (the warp-specialised forward serves K = V = 64) P bf16 [5, 2, 64, 64].
         let rule = 5 * 2 * 4096 * 2
             + 5 * 2 * 16 * 4
             + t * 128 * 2
@@ -2545,6 +2546,7 @@ mod tests {
             + t * 2 * 4
             + 5 * 2 * 132 * 4
             + 3 * t * 128 * 2
+            + 5 * 2 * 4096 * 2
             + 5 * 2 * 4096 * 2;
         assert_eq!(acc.category(C::DeltaRule), rule);
         // tokens, targets (u32 [t]), cu_seqlens (i32 [4]), cuBLASLt's 32 MiB.

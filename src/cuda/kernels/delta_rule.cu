@@ -271,6 +271,12 @@ __device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned s) {
                : "r"(s)
                : "memory");
 }
+__device__ __forceinline__ void ldsm_x2(unsigned* r, unsigned s) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(s)
+               : "memory");
+}
 __device__ __forceinline__ void ldsm_x4_t(unsigned* r, unsigned s) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -381,8 +387,88 @@ __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int l
 }
 
 // ------------------------------------------------------------------------------------------
+// The A operand of p_frags read as it goes: the warp's rows [16 rb, +16) of x ([64][K + 8] bf16),
+// k-step kk, by ldmatrix (matrices (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8)).
+template <int K>
+__device__ __forceinline__ auto rows_from(const bf16* x, int rb) {
+  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  const bf16* p = x + (16 * rb + 8 * lm_lo + lr) * (K + 8) + 8 * lm_hi;
+  return [p](int kk, unsigned (&a)[4]) { ldsm_x4(a, p + 16 * kk); };
+}
+
+// The A operand of p_frags from fragments already in registers (row_frags).
+__device__ __forceinline__ auto frags_in(const unsigned (*fa)[4]) {
+  return [fa](int kk, unsigned (&a)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) a[e] = fa[kk][e];
+  };
+}
+
+// A warp's rows [16 rb, +16) of x ([64][K + 8] bf16) as A fragments (k-step kk).
+template <int K>
+__device__ __forceinline__ void row_frags(unsigned (*fa)[4], const bf16* x, int rb) {
+  const auto at = rows_from<K>(x, rb);
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) at(kk, fa[kk]);
+}
+
+// One warp's rows [16 rb, +16) of P = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments:
+// pa[ks] is columns [16 ks, +16), zero for ks > rb (P is zero above the diagonal block). qa(kk, a)
+// gives the warp's Q rows as the A fragment of k-step kk (rows_from, frags_in); ks: K's 64 rows
+// (row stride K + 8); G: the chunk's in-chunk cumulative gates. Kernel 3, the fused pass (through
+// p_rows) and the warp-specialised forward's output warps.
+// TR: rows [16 rb, +16) of Pᵀ instead (qa: K's rows, ks: Q's), zero at columns ≥ len and below
+// the diagonal block (pa[ks] zero for ks < rb): kernel 4 and the warp-specialised reverse pass's
+// dṼ_loc warps, which thus need no P in shared memory.
+template <int K, bool TR = false, class QA>
+__device__ __forceinline__ void p_frags(QA qa, const bf16* ks, const float* G, int rb, int len,
+                                        float scale, unsigned (*pa)[4]) {
+  constexpr int LD = K + 8;
+  const int lane = threadIdx.x & 31, i0 = 16 * rb + (lane >> 2), qd = lane & 3;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+  float acc[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    unsigned a[4];
+    qa(kk, a);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      if (TR ? np < rb : np > rb) continue;
+      unsigned r[4];  // B = rows 16 np.. of ks (k-dimension: features 16 kk..)
+      ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * LD + 16 * kk + 8 * lm_lo);
+      mma_bf16(acc[2 * np], a, r[0], r[1]);
+      mma_bf16(acc[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+  const float gr[2] = {G[i0], G[i0 + 8]};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    // (Skipping the wholly masked tiles made the warp-specialised reverse pass 3 % slower, 0.311
+    // → 0.321 ms at B4·T4096·H16, and kernel 3 1 % slower: session 16, calls 6–7.)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float x[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        // P's (query i, key j) at this fragment position.
+        const int r = i0 + 8 * hf, c = 8 * nt + 2 * qd + e, i = TR ? c : r, j = TR ? r : c;
+        const float d = TR ? __expf(G[c] - gr[hf]) : __expf(gr[hf] - G[c]);
+        x[e] = (j <= i && i < len) ? scale * acc[nt][2 * hf + e] * d : 0.f;
+      }
+      pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x[0], x[1]);
+    }
+  }
+}
+
 // Kernel 1: per (chunk, head): G = in-chunk cumsum of g (written to gc), T = (I+M)^{-1}
-// (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16).
+// (optionally written to tmat as f32 [NC,H,64,64]), W = T diag(βγ) K and U = T diag(β) V (bf16),
+// and, when pm is not null (K <= 128 only), the chunk's P = s (QKᵀ ⊙ Γ ⊙ L) as bf16 [NC,H,64,64]
+// (p_frags' values; zero above the diagonal and at rows >= len) for the warp-specialised forward's
+// output warps.
 // 256 threads. The forward saves T when its caller keeps it for the backward, which then runs
 // kernel 1b (W, U and G from the saved T, no solve) instead of this kernel.
 //
@@ -395,9 +481,10 @@ __device__ __forceinline__ void load_tiles_t(float (*x)[4], const bf16* y, int l
 // "Gradient precision through dg") and rescaled them in place in shared memory (a pass over K
 // and one per V slice, each with a barrier; both are gone).
 //
-// Layout (4 CTAs/SM at K = 64, 128: 44.8 KB at K = 128): M and T share one f32 array (M is
-// formed from the KKᵀ accumulators, `kk_m_lower`; T is solved in place over it, `prep_impl`,
-// its partial products in the tb array, dead until the T pass); the V slices go to the dead T
+// Layout (60.75 KB at K = 128 with Q's rows for P, 3 CTAs/SM; 44.75 KB at K = 64; 59.75 KB at
+// K = 256, which forms no P): M and T share one f32 array (M is formed from the KKᵀ accumulators,
+// `kk_m_lower` or `kk_m_p_rows`; T is solved in place over it, `prep_impl`, its partial
+// products in the tb array, dead until the T pass); the V slices go to the dead T
 // array and, after the W product, the dead K array, so slice s + 1 is loaded while slice s is
 // multiplied (the first is loaded during the W product). G by a shuffle scan on warp 0; the
 // T → bf16 pass is vectorised (8 elements per thread and step). bf16(T diag(βγ)) for the W
@@ -695,13 +782,19 @@ __device__ __forceinline__ void wu_products(bf16* ks, bf16* vb0, const bf16* tw,
 // loads, row q and column g of lane (g, q), then hit 32 distinct banks: 40 ≡ 8 mod 32).
 constexpr int ZLD = 40;
 
+// Kernel 1's M_ij from the KKᵀ accumulator x: β_i x e^(G_i − G_j) for j < i < len, else 0.
+__device__ __forceinline__ float m_elem(float x, float bi, float gi, const float* G, int i, int j,
+                                       int len) {
+  return (j < i && i < len) ? bi * x * __expf(gi - G[j]) : 0.f;
+}
+
 // Kernel 1's M = β_i (k_i · k_j) e^(G_i − G_j) (j < i < len; 0 elsewhere) on the 10 lower 16x16
 // tiles, f32 into M (row stride LF64), formed from the mma accumulators where they are: KKᵀ by
 // mma.sync from ldmatrix (ks: K's rows, stride K + 8). Tiles above the diagonal are not written
 // (nothing reads them: the T solve skips them and the T pass masks them). One tile per warp at a
-// time. Until session 13 wmma stored KKᵀ and a second pass over shared memory, after a barrier,
-// read it back to form M (ncu, session 12, call 6: 4.8 M of prep's 35.5 M shared wavefronts and
-// 5 % of its stall samples).
+// time; kk_m_p_rows forms M beside P. Until session 13 wmma stored KKᵀ and a second pass over
+// shared memory, after a barrier, read it back to form M (ncu, session 12, call 6: 4.8 M of
+// prep's 35.5 M shared wavefronts and 5 % of its stall samples).
 template <int K>
 __device__ __forceinline__ void kk_m_lower(const bf16* ks, const float* G, const float* bs,
                                            int len, float* M) {
@@ -731,14 +824,75 @@ __device__ __forceinline__ void kk_m_lower(const bf16* ks, const float* G, const
         float m[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-          m[e] = (j + e < i && i < len) ? bi * acc[nt][2 * hf + e] * __expf(gi - G[j + e]) : 0.f;
+          m[e] = m_elem(acc[nt][2 * hf + e], bi, gi, G, i, j + e, len);
         *reinterpret_cast<float2*>(M + i * LF64 + j) = make_float2(m[0], m[1]);
       }
     }
   }
 }
 
+// Kernel 1's M as kk_m_lower forms it and P = s (q_i · k_j) e^(G_i − G_j) (j <= i < len; 0
+// elsewhere) as bf16 into pm (the chunk's [64][64] block, every element), both from the mma
+// accumulators where they are (ks, qs: K's and Q's rows, stride K + 8). 8 warps: warp w takes the
+// row block rb = w & 3 and, of every tile j <= rb, the 8 columns 16 j + 8 nh (nh = w >> 2); per
+// k-step it loads its A fragments (K's rows, and Q's) once and each tile's B fragment (K's rows
+// 16 j + 8 nh ..) by one ldmatrix.x2 that both products share. M's and P's values are those of
+// a whole-tile product in the same k order, and P's are p_frags' bits (the same epilogue
+// expression), so the warp-specialised forward's output is kernel 3's. (P formed by p_frags
+// beside kk_m_lower cost prep 56 µs at B4·T4096·H16·K128, this way 43: session 20, calls 2–4.
+// Without P, kk_m_lower's whole tiles spread over all warps measured 5 % faster at K = 256.)
 template <int K>
+__device__ __forceinline__ void kk_m_p_rows(const bf16* ks, const bf16* qs, const float* G,
+                                          const float* bs, int len, float scale, float* M,
+                                          bf16* pm) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, rb = warp & 3, nh = warp >> 2;
+  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4, g = lane >> 2, q = lane & 3;
+  const int arow = (16 * rb + 8 * lm_lo + lr) * (K + 8) + 8 * lm_hi;
+  const unsigned ak = smem_u32(ks + arow);
+  const unsigned aq = smem_u32(qs + arow);
+  // ldmatrix.x2 takes lanes 0–15's addresses (rows 8 nh + lr of the tile, k + 8 lm_lo); lanes
+  // 16–31 repeat them.
+  const unsigned b0 = smem_u32(ks + (8 * nh + lr) * (K + 8) + 8 * lm_lo);
+  float mk[4][4] = {}, mp[4][4] = {};
+#pragma unroll 4
+  for (int kk = 0; kk < K / 16; ++kk) {
+    unsigned a[4], aqf[4];
+    ldsm_x4(a, ak + 32 * kk);
+    ldsm_x4(aqf, aq + 32 * kk);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j > rb) continue;
+      unsigned b[2];
+      ldsm_x2(b, b0 + 2 * 16 * j * (K + 8) + 32 * kk);
+      mma_bf16(mk[j], a, b[0], b[1]);
+      mma_bf16(mp[j], aqf, b[0], b[1]);
+    }
+  }
+  bf16* prow = pm + (16 * rb + g) * CH + 8 * nh + 2 * q;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = 16 * rb + g + 8 * hf;
+    const float bi = bs[i], gi = G[i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int c = 16 * j + 8 * nh + 2 * q;
+      float m[2], x[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        // P's e^(G_i − G_j), as p_frags forms it (columns past the diagonal block: masked).
+        const float d = j <= rb ? __expf(gi - G[c + e]) : 0.f;
+        m[e] = m_elem(mk[j][2 * hf + e], bi, gi, G, i, c + e, len);
+        x[e] = (c + e <= i && i < len) ? scale * mp[j][2 * hf + e] * d : 0.f;
+      }
+      if (j <= rb) *reinterpret_cast<float2*>(M + i * LF64 + c) = make_float2(m[0], m[1]);
+      *reinterpret_cast<unsigned*>(prow + 8 * hf * CH + 16 * j) = pack_bf2(x[0], x[1]);
+    }
+  }
+}
+
+// WITH_Q: the carve includes Q's rows (last, so a launch without P, whose shared memory the
+// host sizes without them, never touches them: 4 CTAs per SM at K = 128 instead of 3).
+template <int K, bool WITH_Q = (K <= 128)>
 struct PrepSm {
   bf16* ks;     // [64][K+8]  K rows; after the W product: V slice buffer 1
   float* A;     // [64][68]   KKᵀ, then M, then T in place (f32); after tb: V slice buffer 0
@@ -747,6 +901,7 @@ struct PrepSm {
   float* G;     // [64]
   float* bs;    // [64]
   float* gam;   // [64]
+  bf16* qs;     // [64][K+8]  Q rows, for P (K <= 128, where the warp-specialised forward is)
   __device__ void carve(Carve& c) {
     ks = c.take<bf16>(CH * (K + 8));
     A = c.take<float>(CH * LF64);
@@ -754,15 +909,17 @@ struct PrepSm {
     G = c.take<float>(CH);
     bs = c.take<float>(CH);
     gam = c.take<float>(CH);
+    qs = WITH_Q ? c.take<bf16>(CH * (K + 8)) : nullptr;
   }
 };
 
 template <int K>
 __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                           const float* __restrict__ g, const float* __restrict__ beta,
-                          const int* __restrict__ ctab, int H, int V, float* __restrict__ gc,
-                          float* __restrict__ rec, bf16* __restrict__ w, bf16* __restrict__ u,
-                          float* __restrict__ tmat) {
+                          const bf16* __restrict__ q, const int* __restrict__ ctab, int H, int V,
+                          float scale, float* __restrict__ gc, float* __restrict__ rec,
+                          bf16* __restrict__ w, bf16* __restrict__ u, float* __restrict__ tmat,
+                          bf16* __restrict__ pm) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   PrepSm<K> S;
@@ -775,13 +932,18 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   const int tid = threadIdx.x;
 
   load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
+  if (K <= 128 && pm)
+    load_rows_async<K, 256>(S.qs, K + 8, q + ((long)start * H + h) * K, (long)H * K, len);
   cp_commit();
   chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
   cp_wait<0>();
   __syncthreads();
   if (tid < 32) write_rec(S.G, S.gam, len, rec + ((long)cg * H + h) * RECW);
 
-  kk_m_lower<K>(S.ks, S.G, S.bs, len, S.A);
+  if (K <= 128 && pm)
+    kk_m_p_rows<K>(S.ks, S.qs, S.G, S.bs, len, scale, S.A, pm + ((long)cg * H + h) * (CH * CH));
+  else
+    kk_m_lower<K>(S.ks, S.G, S.bs, len, S.A);
   __syncthreads();
 
   // T = (I + M)^{-1} in f32, by 16x16 blocks, in place over M, as a recursive doubling of the
@@ -1079,9 +1241,10 @@ struct StateFwdSm {
   bf16* q;     // forward: [64][WLD]; warp-specialised: 2 x (one per output group)
   bf16* pb;    // fused: [64][LD64]  P, bf16
   float* red;  // K split: RED_SZ
-  // Warp-specialised: the output groups' K tiles, and the state warps' hand-off of chunk c to
-  // them in buffer (c − cs) mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's layout).
-  bf16* ko;    // 2 x [64][WLD]
+  // Warp-specialised: the output groups' P tiles (kernel 1's), and the state warps' hand-off of
+  // chunk c to them in buffer (c − cs) mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's
+  // layout).
+  bf16* po;    // 2 x [64][LD64]
   bf16* hx;    // 2 x [K][LD64]
   bf16* vx;    // 2 x [64][LD64]
   __device__ void carve(Carve& c) {
@@ -1094,7 +1257,7 @@ struct StateFwdSm {
     q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>((WS ? 2 : 1) * W_SZ);
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
-    ko = WS ? c.take<bf16>(2 * W_SZ) : nullptr;
+    po = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
     hx = WS ? c.take<bf16>(2 * K * LD64) : nullptr;
     vx = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
   }
@@ -1116,83 +1279,6 @@ __device__ __forceinline__ void state_sync() {
     bar_sync(BAR_STATE, N);
   else
     __syncthreads();
-}
-
-// The A operand of p_frags read as it goes: the warp's rows [16 rb, +16) of x ([64][K + 8] bf16),
-// k-step kk, by ldmatrix (matrices (rows +0, k +0), (+8, +0), (+0, +8), (+8, +8)).
-template <int K>
-__device__ __forceinline__ auto rows_from(const bf16* x, int rb) {
-  const int lane = threadIdx.x & 31, lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  const bf16* p = x + (16 * rb + 8 * lm_lo + lr) * (K + 8) + 8 * lm_hi;
-  return [p](int kk, unsigned (&a)[4]) { ldsm_x4(a, p + 16 * kk); };
-}
-
-// The A operand of p_frags from fragments already in registers (row_frags).
-__device__ __forceinline__ auto frags_in(const unsigned (*fa)[4]) {
-  return [fa](int kk, unsigned (&a)[4]) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) a[e] = fa[kk][e];
-  };
-}
-
-// A warp's rows [16 rb, +16) of x ([64][K + 8] bf16) as A fragments (k-step kk).
-template <int K>
-__device__ __forceinline__ void row_frags(unsigned (*fa)[4], const bf16* x, int rb) {
-  const auto at = rows_from<K>(x, rb);
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) at(kk, fa[kk]);
-}
-
-// One warp's rows [16 rb, +16) of P = s (QKᵀ ⊙ Γ ⊙ L), zero at rows ≥ len, as bf16 A fragments:
-// pa[ks] is columns [16 ks, +16), zero for ks > rb (P is zero above the diagonal block). qa(kk, a)
-// gives the warp's Q rows as the A fragment of k-step kk (rows_from, frags_in); ks: K's 64 rows
-// (row stride K + 8); G: the chunk's in-chunk cumulative gates. Kernel 3, the fused pass (through
-// p_rows) and the warp-specialised forward's output warps.
-// TR: rows [16 rb, +16) of Pᵀ instead (qa: K's rows, ks: Q's), zero at columns ≥ len and below
-// the diagonal block (pa[ks] zero for ks < rb): kernel 4 and the warp-specialised reverse pass's
-// dṼ_loc warps, which thus need no P in shared memory.
-template <int K, bool TR = false, class QA>
-__device__ __forceinline__ void p_frags(QA qa, const bf16* ks, const float* G, int rb, int len,
-                                        float scale, unsigned (*pa)[4]) {
-  constexpr int LD = K + 8;
-  const int lane = threadIdx.x & 31, i0 = 16 * rb + (lane >> 2), qd = lane & 3;
-  const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
-  float acc[8][4];
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    unsigned a[4];
-    qa(kk, a);
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      if (TR ? np < rb : np > rb) continue;
-      unsigned r[4];  // B = rows 16 np.. of ks (k-dimension: features 16 kk..)
-      ldsm_x4(r, ks + (8 * (2 * np + lm_hi) + lr) * LD + 16 * kk + 8 * lm_lo);
-      mma_bf16(acc[2 * np], a, r[0], r[1]);
-      mma_bf16(acc[2 * np + 1], a, r[2], r[3]);
-    }
-  }
-  const float gr[2] = {G[i0], G[i0 + 8]};
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    // (Skipping the wholly masked tiles made the warp-specialised reverse pass 3 % slower, 0.311
-    // → 0.321 ms at B4·T4096·H16, and kernel 3 1 % slower: session 16, calls 6–7.)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float x[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        // P's (query i, key j) at this fragment position.
-        const int r = i0 + 8 * hf, c = 8 * nt + 2 * qd + e, i = TR ? c : r, j = TR ? r : c;
-        const float d = TR ? __expf(G[c] - gr[hf]) : __expf(gr[hf] - G[c]);
-        x[e] = (j <= i && i < len) ? scale * acc[nt][2 * hf + e] * d : 0.f;
-      }
-      pa[nt >> 1][2 * (nt & 1) + hf] = pack_bf2(x[0], x[1]);
-    }
-  }
 }
 
 // One warp: rows [16 rb, +16) of P (p_frags' values) as bf16 into pb ([64][LD64]), the column
@@ -1265,18 +1351,19 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
 // products for the CTA's 64 columns of V, from h_c and Ṽ that the state warps hand over in
 // shared memory (`hx`, `vx`) instead of through global memory. Two groups of 4 warps take the
 // chunks in turn (group gi the chunks cs + gi, cs + gi + 2, ..., which use hand-off buffer gi),
-// each with its own Q, K and G: one chunk's output is a chain of dependent steps (Q and K in, P,
-// then Q h_c and P Ṽ after the hand-off) about twice as long as a state step, so one group
-// alone set the pace (session 15: 0.33–0.34 ms at B4·T4096·H16·K128 with 4 or 8 warps on every
-// chunk, against 0.28 for the split pass and kernel 3). Output warp w of a group forms rows
-// [16 w, +16) of the chunk's O: Q rows as A fragments, P rows s (QKᵀ ⊙ Γ ⊙ L) as bf16 A
-// fragments, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in kernel 3's
-// order (so O is kernel 3's, bit for bit). The group's next Q, K and G load while it waits for
-// its hand-off and multiplies. (Session 15, call 5: the state warps forming diag(s γ) Q h_c from
-// their registers instead, the groups reading the state warps' K, Q and G, made the state step
-// 4.2 µs and the pass 0.270 ms, against 0.237 ms this way.)
+// each with its own Q, P and G. Output warp w of a group forms rows [16 w, +16) of the chunk's
+// O: Q rows as A fragments, P rows (kernel 1's P, pm, the bits kernel 3's p_frags forms) as A
+// fragments by ldmatrix, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in
+// kernel 3's order (so O is kernel 3's, bit for bit). The group's next Q, P and G load while it
+// waits for its hand-off and multiplies. Until session 20 the groups formed P themselves from Q
+// and K: one chunk's output was then a chain (Q and K in, P, then Q h_c and P Ṽ after the
+// hand-off) about twice as long as a state step, and the row block rb = 3 formed 4 of P's 10
+// tiles while the group waited for it at its barrier (session 15: a fifth of the stall samples,
+// with the state warps waiting on "empty"). (Session 15, call 5: the state warps forming diag(s γ)
+// Q h_c from their registers instead made the state step 4.2 µs and the pass 0.270 ms, against
+// 0.237 ms.)
 template <int K, class L>
-__device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
+__device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ pm,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
                           int h, int H, int V, int v0, float scale, bf16* __restrict__ o) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
@@ -1284,12 +1371,13 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   const int lane = t & 31, g = lane >> 2;
   const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
   bf16* qs = S.q + gi * L::W_SZ;
-  bf16* ks = S.ko + gi * L::W_SZ;
+  bf16* ps = S.po + gi * CH * LD64;
   float* G = S.G + gi * CH;
   auto issue = [&](int c) {
     const int s0 = sq.start(c), l = sq.len(c);
     load_rows_async<K, NTH>(qs, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, tg);
-    load_rows_async<K, NTH>(ks, WLD, k + ((long)s0 * H + h) * K, (long)H * K, l, tg);
+    // Every row of P (kernel 1 wrote zeros at rows >= len).
+    load_rows_async<CH, NTH>(ps, LD64, pm + ((long)c * H + h) * (CH * CH), CH, CH, tg);
     if (tg < CH) {
       const bool ok = tg < l;
       cp4(G + tg, ok ? (const void*)(gc + (long)(s0 + tg) * H + h) : (const void*)gc, ok);
@@ -1300,14 +1388,18 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   for (int c = cs + gi; c < ce; c += 2) {
     const int start = sq.start(c), len = sq.len(c);
     cp_wait<0>();
-    bar_sync(BAR_OUT + gi, NTH);  // Q, K, G of chunk c
+    bar_sync(BAR_OUT + gi, NTH);  // Q, P, G of chunk c
     unsigned qa[K / 16][4];
     row_frags<K>(qa, qs, rb);
+    // P's k-steps up to the diagonal block (p_times reads no others).
     unsigned pa[4][4];
-    p_frags<K>(frags_in(qa), ks, G, rb, len, scale, pa);
+    const auto prow = rows_from<CH>(ps, rb);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      if (ks <= rb) prow(ks, pa[ks]);
     const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
                          i0 + 8 < len ? scale * __expf(G[i0 + 8]) : 0.f};
-    bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, K and G
+    bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, P and G
     if (c + 2 < ce) issue(c + 2);
 
     bar_sync(BAR_FULL + gi, L::HANDOFF);  // h_c and Ṽ of chunk c
@@ -1327,7 +1419,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
 template <int K, int NWC, int MODE, int KS = 1>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
-                               const float* __restrict__ gc, const float* __restrict__ rec,
+                               const bf16* __restrict__ pm, const float* __restrict__ gc, const float* __restrict__ rec,
                                const int* __restrict__ ctab,
                                const int* __restrict__ seq_chunk, const float* __restrict__ h0,
                                int H, int V, float scale, bf16* __restrict__ hout,
@@ -1355,7 +1447,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // 216 a thread, removed ptxas's 72 bytes of spills at K = 128 and made the pass slower: 0.250
     // against 0.237 ms at B4·T4096·H16, session 15 calls 3–4.)
     if (warp >= NWC) {
-      ws_output<K>(S, qg, k, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
+      ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
       return;
     }
   }
@@ -3431,9 +3523,12 @@ __device__ void smem_state_ks(unsigned* out) {
   out[2] = smem_of<StateFwdSm<K, 2, MODE, 2>>();
   out[3] = smem_of<StateFwdSm<K, 2, MODE, 4>>();
 }
+// Entries of smem_sizes_k's table per K (the host's SLOTS_PER_K).
+constexpr int SMEM_SLOTS = 33;
+
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
-  out[0] = smem_of<PrepSm<K>>();
+  out[0] = smem_of<PrepSm<K, false>>();
   out[1] = smem_of<FwdOSm<K>>();
   out[2] = smem_of<DvlocSm<K>>();
   out[3] = smem_of<DqkSm<K>>();
@@ -3459,6 +3554,7 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[29] = smem_of<WuSm<K>>();
   out[30] = smem_of<StateFwdSm<K, 4, MODE_WS>>();
   out[31] = smem_of<StateBwdSm<K, 4, 1, BWD_WS_GROUPS<K>>>();
+  out[32] = smem_of<PrepSm<K>>();  // prep forming P (Q's rows in shared memory)
 }
 
 }  // namespace dr
@@ -3466,17 +3562,17 @@ __device__ void smem_sizes_k(unsigned* out) {
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
-    dr::smem_sizes_k<128>(out + 32);
-    dr::smem_sizes_k<256>(out + 64);
+    dr::smem_sizes_k<128>(out + dr::SMEM_SLOTS);
+    dr::smem_sizes_k<256>(out + 2 * dr::SMEM_SLOTS);
   }
 }
 
 #define DR_CHUNK_KERNELS(K)                                                                         \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
-                   const int* ctab, int H, int V, float* gc, float* rec, bf16* w, bf16* u,       \
-                   float* tmat) {                                                                  \
-    dr::prep_impl<K>(k, v, g, beta, ctab, H, V, gc, rec, w, u, tmat);                              \
+                   const bf16* q, const int* ctab, int H, int V, float scale, float* gc,           \
+                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm) {                          \
+    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, V, scale, gc, rec, w, u, tmat, pm);                \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                          \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
@@ -3512,11 +3608,12 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                            \
   extern "C" __global__ void __launch_bounds__(NWC * KS * 32, KS > 1 ? 1 : 0)                     \
       dr_##NAME##_k##K##_nw##NWC##SFX(const bf16* w, const bf16* u, const bf16* k, const bf16* q,  \
-                                      const float* gc, const float* rec, const int* ctab,          \
-                                      const int* seq_chunk, const float* h0, int H, int V,         \
-                                      float scale, bf16* hout, bf16* vnew, bf16* o, float* ht) {   \
-    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, gc, rec, ctab, seq_chunk, h0, H, V, scale,    \
-                                         hout, vnew, o, ht);                                       \
+                                      const bf16* pm, const float* gc, const float* rec,           \
+                                      const int* ctab, const int* seq_chunk, const float* h0,      \
+                                      int H, int V, float scale, bf16* hout, bf16* vnew, bf16* o,  \
+                                      float* ht) {                                                 \
+    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,       \
+                                         scale, hout, vnew, o, ht);                                \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
@@ -3538,10 +3635,10 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #define DR_STATE_WS_KERNEL(K)                                                                      \
   extern "C" __global__ void __launch_bounds__(384, 1)                                            \
       dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
-                       const float* gc, const float* rec, const int* ctab, const int* seq_chunk,   \
-                       const float* h0, int H, int V, float scale, bf16* hout, bf16* vnew,         \
-                       bf16* o, float* ht) {                                                       \
-    dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, gc, rec, ctab, seq_chunk, h0, H, V,       \
+                       const bf16* pm, const float* gc, const float* rec, const int* ctab,         \
+                       const int* seq_chunk, const float* h0, int H, int V, float scale,           \
+                       bf16* hout, bf16* vnew, bf16* o, float* ht) {                               \
+    dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,   \
                                              scale, hout, vnew, o, ht);                            \
   }
 

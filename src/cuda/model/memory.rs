@@ -7,7 +7,7 @@
 //! `cuda::delta_rule` allocates itself ([`delta_rule_workspace`] mirrors its sizes), and the
 //! cuBLASLt workspace (a constant of `cuda::blas`).
 
-use super::super::delta_rule::{sdp_len, Backward, REC_WIDTH};
+use super::super::delta_rule::{p_len, sdp_len, Backward, REC_WIDTH};
 use super::super::Gpu;
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{Context, Result};
@@ -274,5 +274,8 @@ pub fn delta_rule_workspace(
     add("rule w", t * h * k, 2);
     add("rule u", t * h * v, 2);
     add("rule h (chunk states)", max_chunks * h * k * v, 2);
+    if p_len(dims, max_chunks) > 0 {
+        add("rule p (chunk P)", p_len(dims, max_chunks), 2);
+    }
     add("rule vnew", t * h * v, 2);
 }

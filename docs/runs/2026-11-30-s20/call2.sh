@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Session 20, call 2: P formed once by prep (kernel 1) and read by the warp-specialised forward's
+# output warps (gdn-p) against main (gdn-main, 451f2a9): full selftest of p, breakdowns
+# alternating at the shapes where the warp-specialised forward runs, and the README bench of p.
+set -u
+export GDN_CACHE_DIR=/tmp/gdn_cache
+. scripts/device_env.sh
+O=$OUT; BASE=target/device/gdn-main; C=target/device/gdn-p
+T0=$(date +%s); ts() { echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
+for b in $BASE $C; do
+timeout 150 $b bench kernels --shapes 1x1024x16x128x128,1x1024x16x64x64 --reps 1 > /dev/null 2>&1 &
+done
+wait
+ts compiled
+timeout 200 $C selftest --device cuda > $O/selftest_p.log 2>&1; echo "selftest exit $?" >> $O/selftest_p.log
+tail -2 $O/selftest_p.log
+grep -i "bitwise\|FAIL" $O/selftest_p.log | head -20
+{
+S=4x4096x16x128x128,8x2048x16x128x128,4x4096x16x64x64,4x4096x16x64x128
+for r in 1 2; do
+ for b in $BASE $C; do
+  ts "$b breakdown run $r"; timeout 100 $b bench kernels --shapes $S --breakdown 2>&1 | grep "^| [0-9]\|fwd: \|bwd: "
+ done
+done
+ts done
+} > $O/bench.log 2>&1
+grep "===\|fwd: \|^| [0-9]* | [0-9]* | [0-9]* | [0-9]* | [0-9]* | [0-9.]* / [0-9.]* | [0-9.]* / [0-9.]* | [0-9]" $O/bench.log
