@@ -139,7 +139,7 @@ static Out run(const Inputs<K>& in) {
             in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.rec.data(), in.d_o.data(),
             WS ? nullptr : in.dvl.data(), in.hs.data(), in.ctab.data(), in.seq_chunk.data(),
             in.dht.empty() ? nullptr : in.dht.data(), H, V, scale, o.dh.data(), sdp.data(),
-            o.dv.data(), o.dh0.data());
+            o.dv.data(), o.dh0.data(), nullptr, nullptr);
       });
   o.sd.assign((size_t)in.NC * H, 0.0);
   for (size_t i = 0; i < o.sd.size(); ++i)

@@ -34,7 +34,10 @@
 //! solve: `wu` (0.08 ms predicted at B4·T4096·H16·K128, FLA's recompute_w_u 0.079 ms) instead of
 //! `prep` (0.203 ms). Both give the same W, U, G and T bit for bit (`wu` and `prep` share the
 //! code of the products; scripts/cuda_emu checks it), so the gradients do not depend on the
-//! choice.
+//! choice. Where the warp-specialised passes serve (K <= 128), the buffer also holds the
+//! forward's P behind T, and a flag saying whether that forward formed it (it does when its own
+//! path or the reverse pass it expects is warp-specialised); the warp-specialised reverse pass
+//! then reads P instead of forming Pᵀ from Q and K (the same bits).
 
 #[cfg(test)]
 mod mirror;
@@ -780,9 +783,25 @@ pub enum Backward {
 
 /// Elements of a saved T for `tokens` tokens in `seqs` sequences, at most (every chunk of 64,
 /// partial ones included, holds a 64 × 64 f32 block per head; a forward over fewer tokens or
-/// sequences uses a prefix).
+/// sequences uses a prefix). Where the warp-specialised passes serve the dimensions, the buffer
+/// also keeps the forward's P for the reverse pass ([`saved_p`]): bf16 64 × 64 per chunk and
+/// head behind T, and one flag.
 pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
-    (tokens.div_ceil(CHUNK) + seqs) * dims.heads * CHUNK * CHUNK
+    let blocks = (tokens.div_ceil(CHUNK) + seqs) * dims.heads;
+    let p = if warp_specialised_serves(dims) {
+        blocks * CHUNK * CHUNK / 2 + 1
+    } else {
+        0
+    };
+    blocks * CHUNK * CHUNK + p
+}
+
+/// Where, in a saved-T buffer at `tmat` (a device address) for `chunks` chunks, the forward keeps
+/// its P (bf16, behind T) and the flag that says whether it formed one (f32 1 or 0, behind P):
+/// `None` where the warp-specialised passes do not serve `dims`.
+fn saved_p(dims: Dims, chunks: usize, tmat: u64) -> Option<(u64, u64)> {
+    let blocks = (chunks * dims.heads * CHUNK * CHUNK) as u64;
+    warp_specialised_serves(dims).then_some((tmat + 4 * blocks, tmat + 6 * blocks))
 }
 
 /// f32 per chunk and head of the decay record that `prep`/`wu` write for the state passes
@@ -1351,9 +1370,10 @@ fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, us
 /// Where `run_w_u` gets T.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TSource {
-    /// `prep` solves it (and writes it to `tmat` unless that is null); with `p`, it also writes
-    /// P into the workspace for the warp-specialised forward.
-    Solve { tmat: u64, p: bool },
+    /// `prep` solves it (and writes it to `tmat` unless that is null); with `pm` not null, it
+    /// also writes P there (the warp-specialised passes read it); with `pflag` not null, it
+    /// writes there whether it did.
+    Solve { tmat: u64, pm: u64, pflag: u64 },
     /// `wu` reads the forward's T from `tmat`.
     Saved { tmat: u64 },
 }
@@ -1403,15 +1423,15 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
                 Arg::P(u),
             ],
         ),
-        TSource::Solve { tmat, p } => {
-            let (q, pm) = if p {
-                (ptr(gpu, &inp.q), ptr_mut(gpu, &mut ws.p))
-            } else {
-                (0, 0)
-            };
+        TSource::Solve { tmat, pm, pflag } => {
+            let q = if pm != 0 { ptr(gpu, &inp.q) } else { 0 };
             // Forming P, prep needs Q's rows in shared memory too.
             let kp = &ws.kern.prep;
-            let smem = if p { ws.kern.prep_p_smem } else { kp.smem };
+            let smem = if pm != 0 {
+                ws.kern.prep_p_smem
+            } else {
+                kp.smem
+            };
             launch(
                 gpu,
                 &kp.f,
@@ -1435,15 +1455,23 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
                     Arg::P(u),
                     Arg::P(tmat),
                     Arg::P(pm),
+                    Arg::P(pflag),
                 ],
             )
         }
     }
 }
 
-/// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64.
+/// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64, and
+/// where the warp-specialised passes serve, the P and flag behind it ([`saved_p`]).
 fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> {
-    let want = ws.n_chunks * ws.dims.heads * CHUNK * CHUNK;
+    let blocks = ws.n_chunks * ws.dims.heads * CHUNK * CHUNK;
+    let p = if warp_specialised_serves(ws.dims) {
+        blocks / 2 + 1
+    } else {
+        0
+    };
+    let want = blocks + p;
     ensure!(
         len >= want,
         "delta rule (CUDA): `{name}` has {len} elements; T of {} chunks × {} heads needs {want} \
@@ -1457,8 +1485,13 @@ fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> 
 /// What a state pass writes besides advancing the state (device pointers; 0 = none).
 enum StateOut {
     /// The forward: the output `o` by `path` (the warp-specialised one reads the P that `prep`
-    /// wrote) and, when `ht` is non-null, the final state.
-    Forward { o: u64, ht: u64, path: ForwardPath },
+    /// wrote at `pm`) and, when `ht` is non-null, the final state.
+    Forward {
+        o: u64,
+        ht: u64,
+        path: ForwardPath,
+        pm: u64,
+    },
     /// The backward's recompute: h_c and Ṽ into the workspace.
     Recompute,
 }
@@ -1505,10 +1538,9 @@ fn run_state_pass(
         StateOut::Recompute => (0, 0, 0),
     };
     let (hs, vnew) = if writes_o { (0, 0) } else { (hs, vnew) };
-    let pm = if path == ForwardPath::WarpSpecialised {
-        ptr(gpu, &ws.p)
-    } else {
-        0
+    let pm = match out {
+        StateOut::Forward { pm, .. } if path == ForwardPath::WarpSpecialised => pm,
+        _ => 0,
     };
     launch_state(
         gpu,
@@ -1661,11 +1693,24 @@ fn forward_impl(
     } else {
         ws.forward_pass(n, t).0
     };
-    let tmat = tmat.map_or(0, |(p, _)| p);
-    let p = path == ForwardPath::WarpSpecialised;
-    run_w_u(gpu, ws, inp, TSource::Solve { tmat, p })?;
+    // P: formed for the warp-specialised forward, and, with the T this forward saves, for a
+    // warp-specialised reverse pass, into the saved buffer behind T with its flag; else into
+    // the workspace.
+    let fwd_ws = path == ForwardPath::WarpSpecialised;
+    let (tmat, (pm, pflag)) = match tmat {
+        Some((t, _)) => match saved_p(ws.dims, ws.n_chunks, t) {
+            Some((pm, pflag)) => {
+                let bwd_ws = ws.reverse_pass(n).0 == BackwardPath::WarpSpecialised;
+                (t, (if fwd_ws || bwd_ws { pm } else { 0 }, pflag))
+            }
+            None => (t, (0, 0)),
+        },
+        None if fwd_ws => (0, (ptr(gpu, &ws.p), 0)),
+        None => (0, (0, 0)),
+    };
+    run_w_u(gpu, ws, inp, TSource::Solve { tmat, pm, pflag })?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, path })
+    run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, path, pm })
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -1780,20 +1825,29 @@ fn backward_impl(
         Intermediates::Kept(_) => {}
     }
     probe_start(gpu, ws)?;
-    let tmat = match src {
+    // The forward's P for a warp-specialised reverse pass: behind the saved (or kept) T, with
+    // the flag that says whether that forward formed it; recomputing T, prep forms it here.
+    let rev_ws = ws.reverse_pass(n).0 == BackwardPath::WarpSpecialised;
+    let (tmat, pm, pflag) = match src {
         Intermediates::SavedT(tmat, _) => {
             run_w_u(gpu, ws, inp, TSource::Saved { tmat })?;
             probe_mark(gpu, ws, "bwd: wu (saved T)")?;
-            tmat
+            let (pm, pflag) = saved_p(ws.dims, ws.n_chunks, tmat).unwrap_or((0, 0));
+            (tmat, pm, pflag)
         }
         Intermediates::RecomputeT => {
             let tmat = ptr_mut(gpu, ws.bwd.as_mut().unwrap().tmat.as_mut().unwrap());
-            run_w_u(gpu, ws, inp, TSource::Solve { tmat, p: false })?;
+            let pm = if rev_ws { ptr(gpu, &ws.p) } else { 0 };
+            run_w_u(gpu, ws, inp, TSource::Solve { tmat, pm, pflag: 0 })?;
             probe_mark(gpu, ws, "bwd: prep (+T)")?;
-            tmat
+            (tmat, pm, 0)
         }
-        Intermediates::Kept(tmat) => tmat,
+        Intermediates::Kept(tmat) => {
+            let (pm, pflag) = saved_p(ws.dims, ws.n_chunks, tmat).unwrap_or((0, 0));
+            (tmat, pm, pflag)
+        }
     };
+    let (pm, pflag) = if rev_ws { (pm, pflag) } else { (0, 0) };
     let nc = ws.n_chunks;
     let (hi, vi) = (h as i32, v as i32);
     let (pq, pk, pv, pb) = (
@@ -1879,6 +1933,8 @@ fn backward_impl(
                 Arg::P(sdp),
                 Arg::P(dvnew),
                 Arg::P(dh0),
+                Arg::P(pm),
+                Arg::P(pflag),
             ],
         )?;
         probe_mark(

@@ -504,8 +504,8 @@ struct Saved<K: BufKind = OnGpu> {
     /// Delta-rule output (gated-norm backward; `normed` redone).
     o: K::Buf<bf16>,
     /// The delta rule's T = (I+M)^{-1}, f32 [chunks, H, 64, 64] (`saved_t_len`: 64 f32 per token
-    /// and head, plus partial chunks): its backward then recomputes W and U only, not the T
-    /// solve. Kept where the delta rule's forward output is (every block; with `recompute`, the
+    /// and head, plus partial chunks; at K <= 128 also the forward's P for the reverse pass): its
+    /// backward then recomputes W and U only, not the T solve. Kept where the delta rule's forward output is (every block; with `recompute`, the
     /// one set, written by the block's re-run forward just before its backward).
     t: K::Buf<f32>,
     /// o_proj output [T, D]: x_mid = x_in + mix redone (then h2, the MLP's gate/up, SwiGLU).
@@ -527,7 +527,7 @@ impl<K: BufKind> Saved<K> {
             o: al.buf(c, "o (delta rule)", tv)?,
             t: al.buf(
                 c,
-                "T (delta rule, f32 [chunks, H, 64, 64])",
+                "T (delta rule, f32 [chunks, H, 64, 64]; P behind it at K <= 128)",
                 saved_t_len(sz.rule(), t, seqs),
             )?,
             mix: al.buf(c, "mix (o_proj)", t * sz.d)?,
@@ -2496,9 +2496,15 @@ mod tests {
         // fp32 residual at the 3 block boundaries.
         assert_eq!(acc.category(C::Residual), 3 * t * 64 * 4);
         // q_pre, k_pre, v_pre, gate, o (bf16 [t, 128]), a (bf16 [t, 2]), g, β (f32 [t, 2]),
-        // mix (bf16 [t, 64]), the delta rule's T (f32 [⌈100/64⌉ + 3 = 5 chunks, 2, 64, 64]),
-        // per block.
-        let saved = 5 * t * 128 * 2 + t * 2 * 2 + 2 * t * 2 * 4 + t * 64 * 2 + 5 * 2 * 4096 * 4;
+        // mix (bf16 [t, 64]), the delta rule's T (f32 [⌈100/64⌉ + 3 = 5 chunks, 2, 64, 64]) and
+        // behind it the forward's P (bf16, the same shape) and its flag (one f32), per block.
+        let saved = 5 * t * 128 * 2
+            + t * 2 * 2
+            + 2 * t * 2 * 4
+            + t * 64 * 2
+            + 5 * 2 * 4096 * 4
+            + 5 * 2 * 4096 * 2
+            + 4;
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =

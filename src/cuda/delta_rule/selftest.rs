@@ -467,6 +467,19 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             "grads warp-specialised reverse pass = dvloc + unsplit reverse pass",
             same_grads(gpu, &by_path[0], gw, lens)?,
         ));
+        // A forward that expects the warp-specialised reverse pass keeps its P behind the saved T
+        // (the one above, split, formed none); that pass then reads P instead of forming Pᵀ.
+        let mut saved_tp = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+        ws.force_backward(Some(BackwardPath::WarpSpecialised));
+        ws.force_ks(Some(1));
+        let g = gpu_forward(gpu, ws, c, &d, &mut saved_tp)
+            .and_then(|_| backward(ws, Some(&saved_tp), None));
+        ws.force_backward(None);
+        ws.force_ks(None);
+        same_rev.push((
+            "grads warp-specialised reverse pass from the forward's P = dvloc + unsplit reverse pass",
+            same_grads(gpu, &by_path[0], &g?, lens)?,
+        ));
     }
     for (what, same) in [
         ("T saved by the forward = T of the backward's prep", same_t),

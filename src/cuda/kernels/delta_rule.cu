@@ -919,7 +919,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
                           const bf16* __restrict__ q, const int* __restrict__ ctab, int H, int V,
                           float scale, float* __restrict__ gc, float* __restrict__ rec,
                           bf16* __restrict__ w, bf16* __restrict__ u, float* __restrict__ tmat,
-                          bf16* __restrict__ pm) {
+                          bf16* __restrict__ pm, float* __restrict__ pflag) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   PrepSm<K> S;
@@ -930,6 +930,8 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
+  // Whether this call formed P, for the reverse pass that reads it with the saved T.
+  if (pflag && cg == 0 && h == 0 && tid == 0) *pflag = K <= 128 && pm ? 1.f : 0.f;
 
   load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
   if (K <= 128 && pm)
@@ -2061,6 +2063,10 @@ struct StateBwdSm {
 // fragments and its 16 × 64 tile of Pᵀ dO with kernel 4's helpers in kernel 4's order (bit for
 // bit kernel 4's values), waits until the state warps have read the buffer's previous chunk
 // ("empty"), stores the tile as bf16 in kernel 4's row-major layout and arrives on "full".
+// Where the forward formed P (kernel 1, kept with the saved T; pflag, when given, says whether
+// it did), the warps load P (8 KB a chunk, into the Q tile's place; no K tile) and take Pᵀ's
+// fragments from it by ldmatrix.trans: the same bits, and the P formation that took a third of
+// this pass's stall samples is gone (session 20: 0.322 → 0.257 ms at B4·T4096·H16·K128, call 9).
 // The warp-specialised reverse pass's dṼ_loc groups per head size (the host's
 // `bwd_ws_groups`): two at K = 64, one at K = 128, as measured (H200, session 16 call 2, fwd+bwd
 // graph ms at B4·T4096·H16, plain / one group / two: K = 128 1.551 / 1.530 / 1.553; K = 64,
@@ -2071,19 +2077,27 @@ template <int K> constexpr int BWD_WS_GROUPS = K <= 64 ? 2 : 1;
 template <int K, class L>
 __device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
+                         const bf16* __restrict__ pmp, const float* __restrict__ pflag,
                          const SeqChunks& sq, int cs, int ce, int h, int H, int V, int v0,
                          float scale) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32, NG = L::GROUPS, PF = 2 / NG;
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, rb = tg >> 5;
   const int lane = t & 31, g = lane >> 2, qd = lane & 3;
+  // The forward's P where it formed one (pflag, when given, says so), else Pᵀ from Q and K.
+  const bf16* pm = pmp && (!pflag || *pflag != 0.f) ? pmp : nullptr;
   // Chunk c's set (beyond the sequence an empty group: uniform wait counts).
   auto issue = [&](int c) {
     if (c >= cs) {
       const int s0 = sq.start(c), l = sq.len(c), b = (ce - 1 - c) & 1;
-      load_rows_async<K, NTH>(S.qo + b * L::W_SZ, WLD, q + ((long)s0 * H + h) * K, (long)H * K,
-                              l, tg);
-      load_rows_async<K, NTH>(S.ko + b * L::W_SZ, WLD, k + ((long)s0 * H + h) * K, (long)H * K,
-                              l, tg);
+      if (pm) {
+        load_rows_async<CH, NTH>(S.qo + b * L::W_SZ, LD64, pm + ((long)c * H + h) * (CH * CH), CH,
+                                 CH, tg);
+      } else {
+        load_rows_async<K, NTH>(S.qo + b * L::W_SZ, WLD, q + ((long)s0 * H + h) * K,
+                                (long)H * K, l, tg);
+        load_rows_async<K, NTH>(S.ko + b * L::W_SZ, WLD, k + ((long)s0 * H + h) * K,
+                                (long)H * K, l, tg);
+      }
       load_rows_async<L::BVC, NTH>(S.oo + b * CH * L::OLD, L::OLD,
                                    d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l, tg);
       if (tg < CH) {
@@ -2105,8 +2119,16 @@ __device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __r
     bf16* dx = S.dx + b * CH * L::DLD;
     cp_wait<PF - 1>();
     bar_sync(BAR_OUT + gi, NTH);  // Q, K, dO, G of chunk c
-    unsigned pa[4][4];
-    {
+    unsigned pa[4][4] = {};
+    if (pm) {
+      // Pᵀ's rows [16 rb, +16) are P's columns: A fragments by ldmatrix.trans of P's rows
+      // [16 ks, +16) (matrix i: rows + 8 (i >> 1), columns 16 rb + 8 (i & 1)), k-steps ks >= rb.
+      const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
+      const bf16* pt = qs + (8 * lm_hi + lr) * LD64 + 16 * rb + 8 * lm_lo;
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        if (ks >= rb) ldsm_x4_t(pa[ks], pt + 16 * ks * LD64);
+    } else {
       // (Read as the products go, as kernel 4 does at K <= 128, ptxas spilled 12 bytes at
       // K = 128 and the pass took 0.321 against 0.311 ms at B4·T4096·H16: session 16, call 6.)
       unsigned ka[K / 16][4];
@@ -2140,7 +2162,8 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
                                const float* __restrict__ dht, int H, int V, float scale,
                                bf16* __restrict__ dh, float* __restrict__ sdp,
-                               bf16* __restrict__ dvnew, float* __restrict__ dh0) {
+                               bf16* __restrict__ dvnew, float* __restrict__ dh0,
+                               const bf16* __restrict__ pm, const float* __restrict__ pflag) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateBwdSm<K, NWC, KS, NG> L;
@@ -2159,7 +2182,8 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   if constexpr (WS) {
     if (warp >= NWC) {
-      ws_dvloc<K>(S, q, k, gc, d_o, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale);
+      ws_dvloc<K>(S, q, k, gc, d_o, pm, pflag, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0,
+                  scale);
       return;
     }
   }
@@ -3571,8 +3595,8 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
                    const bf16* q, const int* ctab, int H, int V, float scale, float* gc,           \
-                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm) {                          \
-    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, V, scale, gc, rec, w, u, tmat, pm);                \
+                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm, float* pflag) {            \
+    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, V, scale, gc, rec, w, u, tmat, pm, pflag);         \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                          \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
@@ -3650,9 +3674,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       NAME(const bf16* q, const bf16* k, const bf16* w, const float* gc, const float* rec,         \
            const bf16* d_o, const bf16* dvl, const bf16* hs, const int* ctab,                      \
            const int* seq_chunk, const float* dht, int H, int V, float scale, bf16* dh,            \
-           float* sdp, bf16* dvnew, float* dh0) {                                                  \
+           float* sdp, bf16* dvnew, float* dh0, const bf16* pm, const float* pflag) {              \
     dr::state_bwd_impl<K, NWC, KS, NG>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, \
-                                       scale, dh, sdp, dvnew, dh0);                                \
+                                       scale, dh, sdp, dvnew, dh0, pm, pflag);                     \
   }
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
   DR_STATE_BWD_NAMED(K, NWC, KS, 0, NWC * KS * 32, 0, dr_state_bwd_k##K##_nw##NWC##SUFFIX)
