@@ -787,13 +787,18 @@ pub enum Backward {
 /// also keeps the forward's P for the reverse pass ([`saved_p`]): bf16 64 × 64 per chunk and
 /// head behind T, and one flag.
 pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
-    let blocks = (tokens.div_ceil(CHUNK) + seqs) * dims.heads;
-    let p = if warp_specialised_serves(dims) {
-        blocks * CHUNK * CHUNK / 2 + 1
+    saved_t_elems(dims, tokens.div_ceil(CHUNK) + seqs)
+}
+
+/// f32 elements of a saved-T buffer for `chunks` chunks: T, and where the warp-specialised
+/// passes serve, P (bf16, half as many f32 words) and the flag behind it ([`saved_p`]).
+fn saved_t_elems(dims: Dims, chunks: usize) -> usize {
+    let t = chunks * dims.heads * CHUNK * CHUNK;
+    t + if warp_specialised_serves(dims) {
+        t / 2 + 1
     } else {
         0
-    };
-    blocks * CHUNK * CHUNK + p
+    }
 }
 
 /// Where, in a saved-T buffer at `tmat` (a device address) for `chunks` chunks, the forward keeps
@@ -1465,13 +1470,7 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
 /// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64, and
 /// where the warp-specialised passes serve, the P and flag behind it ([`saved_p`]).
 fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> {
-    let blocks = ws.n_chunks * ws.dims.heads * CHUNK * CHUNK;
-    let p = if warp_specialised_serves(ws.dims) {
-        blocks / 2 + 1
-    } else {
-        0
-    };
-    let want = blocks + p;
+    let want = saved_t_elems(ws.dims, ws.n_chunks);
     ensure!(
         len >= want,
         "delta rule (CUDA): `{name}` has {len} elements; T of {} chunks × {} heads needs {want} \

@@ -505,8 +505,9 @@ struct Saved<K: BufKind = OnGpu> {
     o: K::Buf<bf16>,
     /// The delta rule's T = (I+M)^{-1}, f32 [chunks, H, 64, 64] (`saved_t_len`: 64 f32 per token
     /// and head, plus partial chunks; at K <= 128 also the forward's P for the reverse pass): its
-    /// backward then recomputes W and U only, not the T solve. Kept where the delta rule's forward output is (every block; with `recompute`, the
-    /// one set, written by the block's re-run forward just before its backward).
+    /// backward then recomputes W and U only, not the T solve. Kept where the delta rule's
+    /// forward output is (every block; with `recompute`, the one set, written by the block's
+    /// re-run forward just before its backward).
     t: K::Buf<f32>,
     /// o_proj output [T, D]: x_mid = x_in + mix redone (then h2, the MLP's gate/up, SwiGLU).
     mix: K::Buf<bf16>,
