@@ -607,16 +607,19 @@ fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
     1.5e-14 * (tokens * h) as f64 * (k * v + 64 * v + 64 * k) as f64
 }
 
-/// Estimated seconds of the warp-specialised forward (one CTA per SM on 64 columns of V, 4 state
-/// and 8 output warps) over `steps` chunk steps for `cols` = N·H·V columns on `sms` SMs, per wave
-/// of CTAs, in the units of the split pass's model: the pass measured 3.6 µs a step at K = 128
-/// (H200, session 15 call 3: 0.237 ms for 64 steps at B4·T4096·H16), the output groups' pace,
-/// about 1.0 + 0.021·K µs; the split model ([`state_step_cost`] and [`fwd_o_cost`], fitted to the
-/// session-4 kernels) overestimates today's split pass and `fwd_o` by 13–33 % at the bench
-/// shapes, so this step is scaled by 1.2 to compare with it.
-fn ws_cost(steps: f64, cols: usize, k: usize, sms: usize) -> f64 {
-    let waves = cols.div_ceil(64).div_ceil(sms) as f64;
-    waves * steps * 1.2 * (1.0 + 0.021 * k as f64) * 1e-6
+/// Whether the warp-specialised forward (one CTA per SM on 64 columns of V, 4 state and 8 output
+/// warps; `ctas` of them) beats the split pass and `fwd_o`. Its state warps set its pace, about
+/// 2.1–2.2 µs a step at K = 128 and 1.4–1.5 at K = 64 (H200, session 21 call 2, with
+/// setmaxnreg), and it has no K split: where its CTAs fill less than a quarter of the SMs, the
+/// split pass's K splits run four times the CTAs at 1.5 µs a step, and `fwd_o` runs beside
+/// nothing. Measured there (graph-replayed forwards, split / warp-specialised ms): B1·T16384·H16
+/// (32 CTAs) 0.672 / 0.716 at K = 128, but 0.550 / 0.511 at K = 64, V = 128, whose steps are
+/// short enough. Everywhere else it measured faster: B2·T8192 0.531 / 0.446, B16·T1024 0.401 /
+/// 0.341, B32·T512 0.403 / 0.349, K64 V64 at B2·T8192 0.354 / 0.314 (and B8·T2048, B4·T4096,
+/// K = 64 at B4 in session 15). (The split pass's cost model, fitted to the session-4 kernels,
+/// overestimates today's split pass by 13 % at B4 but 47 % at B1, too unevenly to weigh the two.)
+fn ws_fwd_pays(ctas: usize, k: usize, sms: usize) -> bool {
+    k <= 64 || 4 * ctas > sms
 }
 
 /// The dṼ_loc groups of the warp-specialised reverse pass at head size `k` (`BWD_WS_GROUPS` in
@@ -1285,11 +1288,11 @@ impl DeltaRuleWorkspace {
     }
 
     /// The forward's path for `n` sequences of `tokens` in all, and its state kernel: fused with
-    /// the output, split (state pass, then `fwd_o`) or warp-specialised, whichever the cost model
-    /// expects fastest (the fused pass does the output products inside the sequential pass,
-    /// which pays when its CTAs fill the GPU; `fwd_o` is parallel over chunks; the
-    /// warp-specialised pass runs them beside the sequential loop, which pays when its CTAs
-    /// fill the GPU's SMs). [`DeltaRuleWorkspace::force_forward`] or, for experiments,
+    /// the output, split (state pass, then `fwd_o`) or warp-specialised: the last where it serves
+    /// and [`ws_fwd_pays`] (it runs the output products beside the sequential loop), else the
+    /// faster of the other two by the cost model (the fused pass does the output products inside
+    /// the sequential pass, which pays when its CTAs fill the GPU; `fwd_o` is parallel over
+    /// chunks). [`DeltaRuleWorkspace::force_forward`] or, for experiments,
     /// `GDN_DR_FWD=fused|split|ws` forces one.
     fn forward_pass(&self, n: usize, tokens: usize) -> (ForwardPath, &StateKern) {
         let d = self.dims;
@@ -1297,7 +1300,7 @@ impl DeltaRuleWorkspace {
         let (fk, fc) = self.state_kern(n, PassKind::Fused);
         let (sk, sc) = self.state_kern(n, PassKind::Split);
         let split_s = sc * steps + fwd_o_cost(tokens, d.heads, d.dk, d.dv);
-        let ws_s = ws_cost(steps, n * d.heads * d.dv, d.dk, self.num_sms);
+        let ws_pays = ws_fwd_pays(n * d.heads * d.dv.div_ceil(64), d.dk, self.num_sms);
         let forced = self
             .forward_forced
             .or(match std::env::var("GDN_DR_FWD").as_deref() {
@@ -1310,9 +1313,7 @@ impl DeltaRuleWorkspace {
             (Some(ForwardPath::WarpSpecialised), Some(wk)) => (ForwardPath::WarpSpecialised, wk),
             (Some(ForwardPath::Fused), _) => (ForwardPath::Fused, fk),
             (Some(ForwardPath::Split), _) => (ForwardPath::Split, sk),
-            (None, Some(wk)) if ws_s < split_s.min(fc * steps) => {
-                (ForwardPath::WarpSpecialised, wk)
-            }
+            (None, Some(wk)) if ws_pays => (ForwardPath::WarpSpecialised, wk),
             _ if fc * steps <= split_s => (ForwardPath::Fused, fk),
             _ => (ForwardPath::Split, sk),
         }
@@ -2290,7 +2291,7 @@ mod chunk_table_tests {
 
 #[cfg(test)]
 mod state_cost_tests {
-    use super::{bwd_ws_pays, fwd_o_cost, state_step_cost, ws_cost, PassKind};
+    use super::{bwd_ws_pays, fwd_o_cost, state_step_cost, ws_fwd_pays, PassKind};
 
     /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model, ties
     /// to the wider, as `pick_state_nw`.
@@ -2459,36 +2460,19 @@ mod state_cost_tests {
     }
 
     /// The warp-specialised forward where it measured faster than the split pass and `fwd_o`
-    /// (H200, session 15 call 3, graph-replayed forwards, split / warp-specialised ms): B8·T2048
-    /// 0.413 / 0.400, B4·T4096 0.430 / 0.389, K64 V64 0.290 / 0.271, K64 V128 0.340 / 0.292; and
-    /// the split one where it did: B2·T8192 0.550 / 0.604, B1·T16384 (call 4) 0.690 / 1.104.
+    /// (`ws_fwd_pays` has the figures), and the split one where that did.
     #[test]
     fn warp_specialised_where_it_measured_faster() {
-        let ws = |b: usize, t: usize, h: usize, (k, v): (usize, usize)| {
-            let steps = t.div_ceil(64) as f64;
-            // The split pass's best variant, K splits (one CTA per SM) included.
-            let split_step = [(1, 2), (1, 4), (2, 2), (2, 4)]
-                .iter()
-                .filter(|&&(nw, _)| v % (16 * nw) == 0)
-                .map(|&ks| state_step_cost(ks, 1, b * h * v, k, PassKind::Split, 132))
-                .fold(
-                    best(&SPLIT_K128, b * h, (k, v), PassKind::Split).1,
-                    f64::min,
-                );
-            let s = split_step * steps + fwd_o_cost(b * t, h, k, v);
-            let w = ws_cost(steps, b * h * v, k, 132);
-            eprintln!(
-                "B{b} T{t} K{k} V{v}: split {:.3} ms, ws {:.3} ms",
-                s * 1e3,
-                w * 1e3
-            );
-            w < s
-        };
-        assert!(ws(8, 2048, 16, (128, 128)));
-        assert!(ws(4, 4096, 16, (128, 128)));
-        assert!(ws(4, 4096, 16, (64, 64)));
-        assert!(ws(4, 4096, 16, (64, 128)));
-        assert!(!ws(2, 8192, 16, (128, 128)));
-        assert!(!ws(1, 16384, 16, (128, 128)));
+        let ws = |b: usize, h: usize, (k, v): (usize, usize)| ws_fwd_pays(b * h * v / 64, k, 132);
+        assert!(ws(8, 16, (128, 128)));
+        assert!(ws(4, 16, (128, 128)));
+        assert!(ws(2, 16, (128, 128)));
+        assert!(ws(16, 16, (128, 128)));
+        assert!(ws(32, 16, (128, 128)));
+        assert!(ws(4, 16, (64, 64)));
+        assert!(ws(4, 16, (64, 128)));
+        assert!(ws(2, 16, (64, 64)));
+        assert!(ws(1, 16, (64, 128)));
+        assert!(!ws(1, 16, (128, 128)));
     }
 }

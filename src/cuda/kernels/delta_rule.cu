@@ -175,6 +175,16 @@ __device__ __forceinline__ void bar_arrive(int id, int n) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 
+// Registers handed between warpgroups (setmaxnreg, sm_90; every warp of the warpgroup runs it).
+template <int N>
+__device__ __forceinline__ void regs_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void regs_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -1445,13 +1455,16 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int k0 = kp * KR;                // the warp's first state row
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
   if constexpr (WS) {
-    // (Registers handed from the output warpgroups to the state warpgroup by setmaxnreg, 144 and
-    // 216 a thread, removed ptxas's 72 bytes of spills at K = 128 and made the pass slower: 0.250
-    // against 0.237 ms at B4·T4096·H16, session 15 calls 3–4.)
+    // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
+    // a thread, and at 168 the state warps spilled (ptxas: 56 bytes) where the split pass takes
+    // 210. 128 × (2 · 136 + 232) = 64,512 of the SM's 65,536.
+    constexpr int OUT_REGS = 136, STATE_REGS = 232;
     if (warp >= NWC) {
+      regs_dec<OUT_REGS>();
       ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
       return;
     }
+    regs_inc<STATE_REGS>();
   }
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
   const int lr = lane & 7, lm_lo = (lane >> 3) & 1, lm_hi = lane >> 4;
