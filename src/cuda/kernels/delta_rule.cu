@@ -900,26 +900,29 @@ __device__ __forceinline__ void kk_m_p_rows(const bf16* ks, const bf16* qs, cons
   }
 }
 
-// WITH_Q: the carve includes Q's rows (last, so a launch without P, whose shared memory the
-// host sizes without them, never touches them: 4 CTAs per SM at K = 128 instead of 3).
+// WITH_Q: Q's rows share the last region with tb: Q is dead once P is formed (kk_m_p_rows),
+// before tb's first use (the T solve's scratch). A launch without P, whose shared memory the host
+// sizes for tb alone, never touches the rest: 4 CTAs per SM at K = 128 either way (with Q's rows
+// in a region of their own, prep forming P ran 3).
 template <int K, bool WITH_Q = (K <= 128)>
 struct PrepSm {
   bf16* ks;     // [64][K+8]  K rows; after the W product: V slice buffer 1
   float* A;     // [64][68]   KKᵀ, then M, then T in place (f32); after tb: V slice buffer 0
                 //            ([64][72] bf16) and tw (T diag(βγ), 10 tiles [16][24] bf16)
-  bf16* tb;     // [64][72]   strictLower(T) diag(β)
   float* G;     // [64]
   float* bs;    // [64]
   float* gam;   // [64]
   bf16* qs;     // [64][K+8]  Q rows, for P (K <= 128, where the warp-specialised forward is)
+  bf16* tb;     // [64][72]   strictLower(T) diag(β), in Q's place
   __device__ void carve(Carve& c) {
+    constexpr int QN = CH * (K + 8), TN = CH * LD64;
     ks = c.take<bf16>(CH * (K + 8));
     A = c.take<float>(CH * LF64);
-    tb = c.take<bf16>(CH * LD64);
     G = c.take<float>(CH);
     bs = c.take<float>(CH);
     gam = c.take<float>(CH);
-    qs = WITH_Q ? c.take<bf16>(CH * (K + 8)) : nullptr;
+    tb = c.take<bf16>(WITH_Q && QN > TN ? QN : TN);
+    qs = WITH_Q ? tb : nullptr;
   }
 };
 
