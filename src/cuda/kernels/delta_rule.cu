@@ -3181,33 +3181,55 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
   cp_wait<0>();     // T (f32)
   __syncthreads();  // dT complete
 
-  // TMP = dT Tᵀ (tf32) on this warp's tiles on or below the diagonal block (the only ones the
-  // next product reads): dT_ic = 0 for c >= i, so c < 16 (rb + 1). A = dT rows, B = (Tᵀ)_cj =
-  // T_jc, both scalar f32 reads (row stride 68: conflict-free).
+  // TMP = dT Tᵀ (tf32) on the tiles on or below the diagonal block (the only ones the next
+  // product reads): dT_ic = 0 for c >= i, so c < 16 (r + 1) for row block r. A = dT rows, B =
+  // (Tᵀ)_cj = T_jc, both scalar f32 reads (row stride 68: conflict-free). TMP goes through shared
+  // memory, so its tiles need not follow the ownership above: row block r costs 2 (r + 1) k-steps
+  // a tile, and by ownership the warps of row block 3 had 8 of them on 4 tiles while others had
+  // none. With 8 warps (NS = 2) each takes one or two 16 × 16 units instead (rows 3: warps 0–3;
+  // rows 2: warps 4–6; rows 1 and 0: warps 7 and 4), 16 products each where the busiest warps
+  // had 32. Each element is the same sum in the same order either way.
   {
-    float tm[NPT][4];
+    // Row block r, n8 column tiles j0 .. j0 + nj − 1 (nj <= 4).
+    auto tmp_tiles = [&](int r, int j0, int nj) {
+      const int ri = 16 * r + g;
+      float tm[4][4];
 #pragma unroll
-    for (int nt = 0; nt < NPT; ++nt)
+      for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) tm[nt][e] = 0.f;
-    for (int ks = 0; ks < 2 * (rb + 1); ++ks) {
-      const float* a = DT + i0 * LF64 + 8 * ks + qd;
-      const unsigned af[4] = {__float_as_uint(a[0]), __float_as_uint(a[8 * LF64]),
-                              __float_as_uint(a[4]), __float_as_uint(a[8 * LF64 + 4])};
+        for (int e = 0; e < 4; ++e) tm[nt][e] = 0.f;
+      for (int ks = 0; ks < 2 * (r + 1); ++ks) {
+        const float* a = DT + ri * LF64 + 8 * ks + qd;
+        const unsigned af[4] = {__float_as_uint(a[0]), __float_as_uint(a[8 * LF64]),
+                                __float_as_uint(a[4]), __float_as_uint(a[8 * LF64 + 4])};
 #pragma unroll
-      for (int nt = 0; nt < NPT; ++nt) {
-        if (nt / 2 > pdiag) break;
-        const float* bp = TF + (pc0 + 8 * nt + g) * LF64 + 8 * ks + qd;
-        mma_tf32(tm[nt], af, tf32_rna(bp[0]), tf32_rna(bp[4]));
+        for (int nt = 0; nt < 4; ++nt) {
+          if (nt >= nj) break;
+          const float* bp = TF + (8 * (j0 + nt) + g) * LF64 + 8 * ks + qd;
+          mma_tf32(tm[nt], af, tf32_rna(bp[0]), tf32_rna(bp[4]));
+        }
       }
-    }
 #pragma unroll
-    for (int nt = 0; nt < NPT; ++nt) {
-      if (nt / 2 > pdiag) break;
+      for (int nt = 0; nt < 4; ++nt) {
+        if (nt >= nj) break;
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-        *reinterpret_cast<float2*>(TMP + (i0 + 8 * hf) * MLD + pc0 + 8 * nt + 2 * qd) =
-            make_float2(tf32r(tm[nt][2 * hf]), tf32r(tm[nt][2 * hf + 1]));
+        for (int hf = 0; hf < 2; ++hf)
+          *reinterpret_cast<float2*>(TMP + (ri + 8 * hf) * MLD + 8 * (j0 + nt) + 2 * qd) =
+              make_float2(tf32r(tm[nt][2 * hf]), tf32r(tm[nt][2 * hf + 1]));
+      }
+    };
+    if constexpr (NS == 2) {
+      if (warp < 4) {
+        tmp_tiles(3, 2 * warp, 2);
+      } else if (warp < 7) {
+        tmp_tiles(2, 2 * (warp - 4), 2);
+        if (warp == 4) tmp_tiles(0, 0, 2);
+      } else {
+        tmp_tiles(1, 0, 4);
+      }
+    } else if (pdiag >= 0) {
+      // 16 warps, one unit each (row block rb, columns pc0..): at most 8 k-steps already.
+      tmp_tiles(rb, pc0 / 8, 2 * (pdiag + 1) < NPT ? 2 * (pdiag + 1) : NPT);
     }
   }
   __syncthreads();  // TMP complete
