@@ -617,7 +617,8 @@ fn fwd_o_cost(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
 /// short enough. Everywhere else it measured faster: B2·T8192 0.531 / 0.446, B16·T1024 0.401 /
 /// 0.341, B32·T512 0.403 / 0.349, K64 V64 at B2·T8192 0.354 / 0.314 (and B8·T2048, B4·T4096,
 /// K = 64 at B4 in session 15). (The split pass's cost model, fitted to the session-4 kernels,
-/// overestimates today's split pass by 13 % at B4 but 47 % at B1, too unevenly to weigh the two.)
+/// overestimates today's split pass and `fwd_o` by 47 % at B1·T16384·K128 but 21 % at K = 64,
+/// V = 128 (eager, same call), too unevenly to weigh the two.)
 fn ws_fwd_pays(ctas: usize, k: usize, sms: usize) -> bool {
     k <= 64 || 4 * ctas > sms
 }
