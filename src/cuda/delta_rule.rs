@@ -360,6 +360,8 @@ struct ChunkKernels {
     state_bwd_ws: Option<StateKern>,
     /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
+    /// The segments' start states of a sequence-parallel plan (`seg_combine`, 256 threads).
+    seg_combine: Kern,
 }
 
 impl ChunkKernels {
@@ -448,6 +450,18 @@ impl ChunkKernels {
             state_ws: ws("state_ws", SLOT_STATE_WS, 8)?,
             state_bwd_ws: ws("state_bwd_ws", SLOT_STATE_BWD_WS, 4 * bwd_ws_groups(dk))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
+            seg_combine: need(
+                // X_p's [K][16] f32 column block (`SegCombineSm`).
+                load_kern(
+                    gpu,
+                    dk,
+                    format!("dr_seg_combine_k{dk}"),
+                    (64 * dk as u32, 64 * dk as u32),
+                    limit,
+                )?,
+                "seg_combine",
+                limit,
+            )?,
         })
     }
 }
@@ -864,6 +878,87 @@ pub struct DeltaRuleWorkspace {
     ks_forced: Option<usize>,
     /// The reverse pass's path when forced ([`DeltaRuleWorkspace::force_backward`]).
     backward_forced: Option<BackwardPath>,
+    /// The sequence-parallel plan of the uploaded `cu_seqlens`, where there is one.
+    seg: Option<SegPlan>,
+    /// The segment length in chunks when forced ([`DeltaRuleWorkspace::force_segments`]).
+    seg_forced: Option<usize>,
+}
+
+/// Sequence-parallel state passes (the forward's and the backward's recompute) for sequences too
+/// few to fill the GPU: each long sequence is cut into segments of `len` chunks, and
+/// - `state_split` runs over all segments at once, from a zero state (→ B_p, the state after
+///   segment p) and, in CTAs of their own, from S = I with U = 0 (→ A_p, its transition: the
+///   state is affine in the entering one, S_out = A_p S_in + B_p);
+/// - `seg_combine` chains them per sequence (X_0 = h0, X_{p+1} = A_p X_p + B_p, f32) into each
+///   segment's start state X_p and the final state;
+/// - the pass itself then walks the segments, each from its X_p, as if they were sequences.
+///
+/// Three passes of work instead of one, over a quarter of the steps or less, on CTAs that
+/// would otherwise idle. The reverse pass walks the sequences.
+struct SegPlan {
+    len: usize,
+    n_segs: usize,
+    /// First chunk of each segment, i32 [n_segs + 1] (the layout of `seq_chunk`).
+    seg_chunk: CudaSlice<i32>,
+    /// First segment of each sequence, i32 [N + 1].
+    seq_seg: CudaSlice<i32>,
+    /// A_p, f32 [n_segs, H, K, K]; B_p and X_p, f32 [n_segs, H, K, V].
+    a: CudaSlice<f32>,
+    b: CudaSlice<f32>,
+    x: CudaSlice<f32>,
+}
+
+/// The shortest segment of a sequence-parallel plan, in chunks: its transition costs a pass of
+/// its own, which shorter segments do not repay.
+const SEG_MIN_CHUNKS: usize = 16;
+
+/// The segment length (chunks) of a sequence-parallel plan for sequences of `chunks` chunks
+/// each, or `None` where none pays: the warp-specialised forward's CTAs (one per sequence, head
+/// and 64 columns of V) already fill a quarter of the `sms`, or no sequence is longer than a
+/// segment. The segments number at most what keeps the transition pass (a CTA per segment, head
+/// and 64 columns of V + K) at two CTAs per SM and the forward over them (V's columns) at one.
+fn seg_len(chunks: &[usize], dims: Dims, sms: usize) -> Option<usize> {
+    let ctas = |cols: usize| dims.heads * cols.div_ceil(64);
+    if 4 * chunks.len() * ctas(dims.dv) > sms {
+        return None;
+    }
+    let segs = (2 * sms / ctas(dims.dv + dims.dk))
+        .min(sms / ctas(dims.dv))
+        .max(1);
+    let total: usize = chunks.iter().sum();
+    let len = total.div_ceil(segs).max(SEG_MIN_CHUNKS);
+    chunks.iter().any(|&c| c > len).then_some(len)
+}
+
+/// The segment tables of `seq_chunk` (first chunk of each sequence, [N + 1]) cut every `len`
+/// chunks: (first chunk of each segment [S + 1], first segment of each sequence [N + 1]). An
+/// empty sequence keeps one empty segment.
+fn seg_tables(seq_chunk: &[i32], len: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut seg_chunk = Vec::new();
+    let mut seq_seg = Vec::with_capacity(seq_chunk.len());
+    for w in seq_chunk.windows(2) {
+        seq_seg.push(seg_chunk.len() as i32);
+        let mut c = w[0];
+        loop {
+            seg_chunk.push(c);
+            c += len as i32;
+            if c >= w[1] {
+                break;
+            }
+        }
+    }
+    seq_seg.push(seg_chunk.len() as i32);
+    seg_chunk.push(*seq_chunk.last().unwrap_or(&0));
+    (seg_chunk, seq_seg)
+}
+
+/// What a state pass walks: the sequences (their chunk table and initial states), or the
+/// segments of a [`SegPlan`] from their start states.
+#[derive(Clone, Copy)]
+struct Walk {
+    n: usize,
+    table: u64,
+    h0: u64,
 }
 
 /// How the forward forms the output alongside the state pass.
@@ -1133,6 +1228,8 @@ impl DeltaRuleWorkspace {
             forward_forced: None,
             ks_forced: None,
             backward_forced: None,
+            seg: None,
+            seg_forced: None,
         })
     }
 
@@ -1179,23 +1276,112 @@ impl DeltaRuleWorkspace {
         gpu.stream
             .memcpy_htod(&seq_chunk, &mut self.seq_chunk.slice_mut(..n + 1))
             .context("uploading the delta rule sequence table")?;
+        self.plan_segments(gpu, &seq_chunk)?;
         gpu.sync()?;
         self.cu_cached = cu.to_vec();
         self.n_chunks = nc;
         Ok(())
     }
 
+    /// The sequence-parallel plan for `seq_chunk` ([`seg_len`], or the forced length; only where
+    /// the transition pass's kernel, `state_split` with 4 column groups, fits), its tables
+    /// uploaded and its buffers (re)allocated where too small.
+    fn plan_segments(&mut self, gpu: &Gpu, seq_chunk: &[i32]) -> Result<()> {
+        let chunks: Vec<usize> = seq_chunk
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .collect();
+        let forced = self.seg_forced.or_else(|| {
+            std::env::var("GDN_DR_SEG")
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+        });
+        let len = match forced {
+            Some(0) => None,
+            Some(l) => chunks.iter().any(|&c| c > l).then_some(l),
+            None => seg_len(&chunks, self.dims, self.num_sms),
+        };
+        let Some(len) = len.filter(|_| self.seg_kern().is_some()) else {
+            self.seg = None;
+            return Ok(());
+        };
+        let (seg_chunk, seq_seg) = seg_tables(seq_chunk, len);
+        let n_segs = seg_chunk.len() - 1;
+        let Dims {
+            heads: h,
+            dk: k,
+            dv: v,
+        } = self.dims;
+        let mut plan = match self.seg.take() {
+            Some(p) if p.seg_chunk.len() >= seg_chunk.len() && p.seq_seg.len() >= seq_seg.len() => {
+                p
+            }
+            _ => SegPlan {
+                len,
+                n_segs,
+                seg_chunk: alloc_ws(gpu, seg_chunk.len(), "seg_chunk")?,
+                seq_seg: alloc_ws(gpu, seq_seg.len(), "seq_seg")?,
+                a: alloc_ws(gpu, n_segs * h * k * k, "seg_a")?,
+                b: alloc_ws(gpu, n_segs * h * k * v, "seg_b")?,
+                x: alloc_ws(gpu, n_segs * h * k * v, "seg_x")?,
+            },
+        };
+        if plan.a.len() < n_segs * h * k * k {
+            plan.a = alloc_ws(gpu, n_segs * h * k * k, "seg_a")?;
+            plan.b = alloc_ws(gpu, n_segs * h * k * v, "seg_b")?;
+            plan.x = alloc_ws(gpu, n_segs * h * k * v, "seg_x")?;
+        }
+        plan.len = len;
+        plan.n_segs = n_segs;
+        gpu.stream
+            .memcpy_htod(&seg_chunk, &mut plan.seg_chunk.slice_mut(..seg_chunk.len()))
+            .context("uploading the delta rule segment table")?;
+        gpu.stream
+            .memcpy_htod(&seq_seg, &mut plan.seq_seg.slice_mut(..seq_seg.len()))
+            .context("uploading the delta rule segment table")?;
+        self.seg = Some(plan);
+        Ok(())
+    }
+
+    /// The transition pass's kernel: `state_split`, 4 column groups (64 columns, which divide
+    /// both K and V), unsplit.
+    fn seg_kern(&self) -> Option<&StateKern> {
+        self.kern
+            .state_split
+            .iter()
+            .find(|s| s.nw == 4 && s.ks == 1)
+    }
+
+    /// Forces the sequence-parallel plan of the calls that follow: segments of `len` chunks
+    /// (`Some(0)`: none; `None`: [`seg_len`]'s choice, or `GDN_DR_SEG` for experiments).
+    pub fn force_segments(&mut self, len: Option<usize>) {
+        self.seg_forced = len;
+        // The plan is made with the chunk table: the next call rebuilds both.
+        self.cu_cached.clear();
+    }
+
+    /// The segments the state passes walk instead of the `n` sequences, if any: (count, length
+    /// in chunks).
+    pub fn segments(&self) -> Option<(usize, usize)> {
+        self.seg.as_ref().map(|p| (p.n_segs, p.len))
+    }
+
     /// The state passes' plan for `n` sequences of `tokens` in all (as `bench kernels` prints
     /// it): the forward (fused with the output, or split: state pass then `fwd_o`) and the warps
     /// per CTA of each pass (column groups × K slices where split).
     pub fn state_plan(&self, n: usize, tokens: usize) -> String {
-        let (fwd, f) = self.forward_pass(n, tokens);
+        // The forward and the recompute walk the segments of a sequence-parallel plan.
+        let (walked, segs) = match self.segments() {
+            Some((s, len)) => (s, format!(" over {s} segments of {len} chunks")),
+            None => (n, String::new()),
+        };
+        let (fwd, f) = self.forward_pass(walked, tokens);
         let (bwd, b) = self.reverse_pass(n);
         format!(
-            "forward {} {} warps, recompute {}, backward {} {}",
+            "forward {} {} warps, recompute {}{segs}, backward {} {}",
             fwd.name(),
             f.shape(),
-            self.state_kern(n, PassKind::Split).0.shape(),
+            self.state_kern(walked, PassKind::Split).0.shape(),
             bwd.name(),
             b.shape()
         )
@@ -1504,7 +1690,7 @@ fn run_state_pass(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     inp: &ChunkInputs,
-    n: usize,
+    walk: Walk,
     out: StateOut,
 ) -> Result<()> {
     let Dims {
@@ -1512,14 +1698,17 @@ fn run_state_pass(
         dk: _,
         dv: v,
     } = ws.dims;
+    let Walk {
+        n,
+        table: seq_chunk,
+        h0,
+    } = walk;
     let ctab = ptr(gpu, &ws.ctab);
-    let seq_chunk = ptr(gpu, &ws.seq_chunk);
     let gc = ptr(gpu, &ws.gc);
     let rec = ptr(gpu, &ws.rec);
     let w = ptr(gpu, &ws.w);
     let u = ptr(gpu, &ws.u);
     let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
-    let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
     let path = match out {
         StateOut::Forward { path, .. } => path,
         StateOut::Recompute => ForwardPath::Split,
@@ -1566,6 +1755,7 @@ fn run_state_pass(
             Arg::P(vnew),
             Arg::P(o),
             Arg::P(ht),
+            Arg::P(0),
         ],
     )?;
     match (out, path) {
@@ -1582,6 +1772,88 @@ fn run_state_pass(
         }
         (StateOut::Recompute, _) => Ok(()),
     }
+}
+
+/// The walk of the state pass that follows for the `n` sequences of the uploaded table: without a
+/// [`SegPlan`] the sequences from their initial states; with one the segments from their start
+/// states, which this queues first (the transition pass, then `seg_combine`, which also writes
+/// the final states to `ht` when given: the pass over the segments is then given none).
+fn segment_walk(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    n: usize,
+    ht: u64,
+    stage: &'static str,
+) -> Result<(Walk, u64)> {
+    let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
+    let Some(plan) = ws.seg.as_ref() else {
+        let table = ptr(gpu, &ws.seq_chunk);
+        return Ok((Walk { n, table, h0 }, ht));
+    };
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = ws.dims;
+    let n_segs = plan.n_segs;
+    let (seg_chunk, seq_seg) = (ptr(gpu, &plan.seg_chunk), ptr(gpu, &plan.seq_seg));
+    let (a, b, x) = (ptr(gpu, &plan.a), ptr(gpu, &plan.b), ptr(gpu, &plan.x));
+    let sk = ws
+        .seg_kern()
+        .context("delta rule: a segment plan without its transition kernel")?;
+    let (hi, vi) = (h as i32, v as i32);
+    launch_state(
+        gpu,
+        sk,
+        (n_segs as u32, h as u32, ((v + k) / (16 * sk.nw)) as u32),
+        ws.spread_up_to,
+        &[
+            Arg::P(ptr(gpu, &ws.w)),
+            Arg::P(ptr(gpu, &ws.u)),
+            Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::P(ptr(gpu, &ws.gc)),
+            Arg::P(ptr(gpu, &ws.rec)),
+            Arg::P(ptr(gpu, &ws.ctab)),
+            Arg::P(seg_chunk),
+            Arg::P(0),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::F(inp.scale),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::P(b),
+            Arg::P(a),
+        ],
+    )?;
+    launch_kern(
+        gpu,
+        &ws.kern.seg_combine,
+        (n as u32, h as u32, (v / 16) as u32),
+        256,
+        &[
+            Arg::P(a),
+            Arg::P(b),
+            Arg::P(seq_seg),
+            Arg::P(h0),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::P(x),
+            Arg::P(ht),
+        ],
+    )?;
+    probe_mark(gpu, ws, stage)?;
+    Ok((
+        Walk {
+            n: n_segs,
+            table: seg_chunk,
+            h0: x,
+        },
+        0,
+    ))
 }
 
 /// Queues `fwd_o` (kernel 3: O from h_c and Ṽ in the workspace, per chunk and head).
@@ -1689,10 +1961,12 @@ fn forward_impl(
     let ht = final_state.map_or(0, |f| ptr_mut(gpu, f));
     let o = ptr_mut(gpu, o);
     probe_start(gpu, ws)?;
+    // The pass walks the segments of a sequence-parallel plan where there is one.
+    let walked = ws.seg.as_ref().map_or(n, |p| p.n_segs);
     let path = if split {
         ForwardPath::Split
     } else {
-        ws.forward_pass(n, t).0
+        ws.forward_pass(walked, t).0
     };
     // P: formed for the warp-specialised forward, and, with the T this forward saves, for a
     // warp-specialised reverse pass, into the saved buffer behind T with its flag; else into
@@ -1711,7 +1985,8 @@ fn forward_impl(
     };
     run_w_u(gpu, ws, inp, TSource::Solve { tmat, pm, pflag })?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    run_state_pass(gpu, ws, inp, n, StateOut::Forward { o, ht, path, pm })
+    let (walk, ht) = segment_walk(gpu, ws, inp, n, ht, "fwd: segment starts")?;
+    run_state_pass(gpu, ws, inp, walk, StateOut::Forward { o, ht, path, pm })
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -1882,7 +2157,8 @@ fn backward_impl(
     // The recompute first: dṼ_loc, written just before the reverse pass, is then still in L2
     // (mostly its last chunks, which the reverse pass reads first).
     if !matches!(src, Intermediates::Kept(_)) {
-        run_state_pass(gpu, ws, inp, n, StateOut::Recompute)?;
+        let (walk, _) = segment_walk(gpu, ws, inp, n, 0, "bwd: segment starts")?;
+        run_state_pass(gpu, ws, inp, walk, StateOut::Recompute)?;
         probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     }
     let (path, sb) = ws.reverse_pass(n);
@@ -2292,7 +2568,10 @@ mod chunk_table_tests {
 
 #[cfg(test)]
 mod state_cost_tests {
-    use super::{bwd_ws_pays, fwd_o_cost, state_step_cost, ws_fwd_pays, PassKind};
+    use super::{
+        bwd_ws_pays, fwd_o_cost, seg_len, seg_tables, state_step_cost, ws_fwd_pays, PassKind,
+    };
+    use crate::ops::delta_rule::Dims;
 
     /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model, ties
     /// to the wider, as `pick_state_nw`.
@@ -2462,6 +2741,29 @@ mod state_cost_tests {
 
     /// The warp-specialised forward where it measured faster than the split pass and `fwd_o`
     /// (`ws_fwd_pays` has the figures), and the split one where that did.
+    #[test]
+    fn segment_tables_cut_each_sequence() {
+        // Sequences of 5, 0, 1 and 7 chunks, cut every 2 (the empty one keeps an empty segment).
+        let (seg_chunk, seq_seg) = seg_tables(&[0, 5, 5, 6, 13], 2);
+        assert_eq!(seg_chunk, vec![0, 2, 4, 5, 5, 6, 8, 10, 12, 13]);
+        assert_eq!(seq_seg, vec![0, 3, 4, 5, 9]);
+    }
+
+    #[test]
+    fn sequence_parallel_only_for_few_long_sequences() {
+        let d = |heads, dk, dv| Dims { heads, dk, dv };
+        // B1·T16384·H16·K128: 32 CTAs of the warp-specialised forward, 256 chunks → 4 segments
+        // (128 such CTAs; 256 of the transition pass).
+        assert_eq!(seg_len(&[256], d(16, 128, 128), 132), Some(64));
+        // B2·T8192 has 64 CTAs already: none.
+        assert_eq!(seg_len(&[128, 128], d(16, 128, 128), 132), None);
+        // K64·V64: 16 CTAs → 8 segments.
+        assert_eq!(seg_len(&[256], d(16, 64, 64), 132), Some(32));
+        // Short sequences: no segment shorter than SEG_MIN_CHUNKS.
+        assert_eq!(seg_len(&[20], d(2, 64, 64), 132), Some(16));
+        assert_eq!(seg_len(&[16, 3], d(2, 64, 64), 132), None);
+    }
+
     #[test]
     fn warp_specialised_where_it_measured_faster() {
         let ws = |b: usize, h: usize, (k, v): (usize, usize)| ws_fwd_pays(b * h * v / 64, k, 132);

@@ -405,6 +405,33 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         Ok(())
     };
     grad_rows(&mut rows, &gb, "")?;
+    // Sequence-parallel state passes (the forward's and the recompute), every sequence of more
+    // than one chunk cut into one-chunk segments: the plan picks them only for a few long
+    // sequences, which these shapes are not.
+    ws.force_segments(Some(1));
+    let seg = (|| -> Result<_> {
+        let mut ts = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+        let fwd = gpu_forward(gpu, ws, c, &d, &mut ts)?;
+        let planned = ws.segments().is_some();
+        Ok((fwd, backward(ws, Some(&ts), None)?, planned))
+    })();
+    ws.force_segments(None);
+    let ((so, sfs, _), sg, planned) = seg?;
+    if planned {
+        rows.push(row(
+            "delta_rule.chunk_fwd o, sequence-parallel",
+            &c.label,
+            max_rel_err(&so, &fref.o),
+            TOL_BF16,
+        ));
+        rows.push(row(
+            "delta_rule.chunk_fwd final_state, sequence-parallel",
+            &c.label,
+            max_rel_err(&sfs, &fref.final_state),
+            TOL_F32,
+        ));
+        grad_rows(&mut rows, &sg, ", sequence-parallel recompute")?;
+    }
     // The backward that recomputes T must give the same bits: its T (the workspace's) is the
     // one the forward saved, and every gradient is the same.
     let gr = backward(ws, None, None)?;

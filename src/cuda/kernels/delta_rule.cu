@@ -1439,7 +1439,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                const int* __restrict__ seq_chunk, const float* __restrict__ h0,
                                int H, int V, float scale, bf16* __restrict__ hout,
                                bf16* __restrict__ vnew, bf16* __restrict__ o,
-                               float* __restrict__ ht) {
+                               float* __restrict__ ht, float* __restrict__ at) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateFwdSm<K, NWC, MODE, KS> L;
@@ -1457,6 +1457,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int k0 = kp * KR;                // the warp's first state row
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
+  // Sequence-parallel (split pass with `at`, over the segments of long sequences, h_c and Ṽ not
+  // stored): the CTAs past V's columns form their segment's transition A (the state after it
+  // from S = I with U = 0; K × K, to at) beside the others' state from zero (to ht), for
+  // seg_combine_impl. Same products, same roundings.
+  const bool trans = MODE == MODE_SPLIT && at != nullptr && v0 >= V;
   if constexpr (WS) {
     // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
     // a thread, and at 168 the state warps spilled (ptxas: 56 bytes) where the split pass takes
@@ -1501,25 +1506,31 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
   for (int j = 0; j < NJ; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      st[j][e] = h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
+    for (int e = 0; e < 4; ++e) {
+      const int kr = k0 + 8 * j + 2 * q + (e & 1), vc = vw + g + 8 * (e >> 1);
+      st[j][e] = trans ? (kr == vc - V ? 1.f : 0.f)
+                       : (h0 ? h0[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)]
+                             : 0.f);
+    }
 
   // Chunk ci's group: W, K, U, its decay record (and fused G) into buffer b, and Q (fused).
   auto issue = [&](int ci, int s0, int l, int b) {
     // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
     // so it keeps the generic loop.
-    auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld) {
+    auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld, int valid) {
       constexpr int COLS = decltype(cols)::value;
       if constexpr (!(FUSED && K >= 256))
-        load_rows_async<COLS, L::NW * 32, bf16, STATE_VIA_L1<K>>(dst, dld, src, sld, l);
+        load_rows_async<COLS, L::NW * 32, bf16, STATE_VIA_L1<K>>(dst, dld, src, sld, valid);
       else
-        load_bf16_async(dst, dld, src, sld, CH, COLS, l);
+        load_bf16_async(dst, dld, src, sld, CH, COLS, valid);
     };
     using KC = IntC<K>;
     using VC = IntC<L::BVC>;
-    rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K);
-    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K);
-    rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V);
+    rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    // A transition's U is zero: no row is read (the address is never dereferenced).
+    rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
+         trans ? 0 : l);
     if (tid < REC_FWD / 4)
       cp16(S.R + b * REC_FWD + 4 * tid, rec + ((long)ci * H + h) * RECW + 4 * tid, true);
     if (FUSED)
@@ -1528,7 +1539,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc,
             ok);
       }
-    if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K);
+    if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K, l);
     cp_commit();
   };
 
@@ -1557,7 +1568,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // (unsplit: after U is read, staged through this warp's U columns); the fused pass has no
     // h_c output (hout is null there).
     bf16* hc = MODE != MODE_SPLIT ? nullptr : hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
-    if (!FUSED && KS > 1) {
+    if (!FUSED && KS > 1 && hout) {
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
         store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
@@ -1675,7 +1686,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const float d0 = dd.x, d1 = dd.y;
       if (!FUSED) {
         const int lim = len - 8 * nt;
-        if (KS > 1 && owns(nt >> 1))
+        if (KS > 1 && vnew && owns(nt >> 1))
           store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
                        [lim](int col) { return col < lim; });
       } else {
@@ -1685,7 +1696,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
-    if (MODE == MODE_SPLIT && KS == 1) {
+    if (MODE == MODE_SPLIT && KS == 1 && hout) {
       // h_c, then Ṽ, through this warp's U columns (read into p above). h_c goes after the Ṽ
       // product, so that the product's first ldmatrix and mma issue right after the barrier.
 #pragma unroll
@@ -1757,13 +1768,80 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     nstart = nnstart;
     nlen = nnlen;
   }
-  if (ht) {
+  if (trans) {
+    const long abase = (long)(n * H + h) * K * K + (long)k0 * K + vw - V;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        at[abase + (long)(8 * j + 2 * q + (e & 1)) * K + g + 8 * (e >> 1)] = st[j][e];
+  } else if (ht) {
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         ht[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] = st[j][e];
   }
+}
+
+// Sequence-parallel state passes: the start state X_p of each segment p of a sequence cut into
+// segments (the host's `SegPlan`, segments seq_seg[n] .. seq_seg[n + 1] − 1 of sequence n):
+// X_0 = h0 (0 without one), X_{p+1} = A_p X_p + B_p, with A_p (K × K, at) and B_p (K × V, ht)
+// from the split pass over the segments (see `trans` there). X_p to X [segments, H, K, V], the
+// sequence's final state to ht when given; f32 throughout, each sum in the order of k. One CTA
+// per (sequence, head, 16 columns of V), 256 threads: thread (r, c) forms rows r + 16 i of
+// column c; X_p's column block in shared memory (K · 64 bytes, the host's launch).
+template <int K>
+struct SegCombineSm {
+  float* xs;  // [K][16]
+  __device__ void carve(Carve& c) { xs = c.take<float>(K * 16); }
+};
+
+template <int K>
+__device__ void seg_combine_impl(const float* __restrict__ A, const float* __restrict__ B,
+                                 const int* __restrict__ seq_seg, const float* __restrict__ h0,
+                                 int H, int V, float* __restrict__ X, float* __restrict__ ht) {
+  extern __shared__ __align__(128) char smem[];
+  Carve cv(smem);
+  SegCombineSm<K> S;
+  S.carve(cv);
+  float(*xs)[16] = reinterpret_cast<float(*)[16]>(S.xs);
+  constexpr int NR = K / 16;
+  const int n = blockIdx.x, h = blockIdx.y, c0 = 16 * blockIdx.z;
+  const int c = threadIdx.x & 15, r0 = threadIdx.x >> 4;
+  float x[NR];
+#pragma unroll
+  for (int i = 0; i < NR; ++i)
+    x[i] = h0 ? h0[((long)n * H + h) * K * V + (long)(r0 + 16 * i) * V + c0 + c] : 0.f;
+  for (int s = seq_seg[n]; s < seq_seg[n + 1]; ++s) {
+    const long xb = ((long)s * H + h) * K * V + c0 + c;
+#pragma unroll
+    for (int i = 0; i < NR; ++i) {
+      X[xb + (long)(r0 + 16 * i) * V] = x[i];
+      xs[r0 + 16 * i][c] = x[i];
+    }
+    __syncthreads();
+    const float* a = A + ((long)s * H + h) * K * K;
+#pragma unroll
+    for (int i = 0; i < NR; ++i) {
+      const float* ar = a + (long)(r0 + 16 * i) * K;
+      float y = 0.f;
+#pragma unroll 4
+      for (int kk = 0; kk < K; kk += 4) {
+        const float4 av = *reinterpret_cast<const float4*>(ar + kk);
+        y += av.x * xs[kk][c];
+        y += av.y * xs[kk + 1][c];
+        y += av.z * xs[kk + 2][c];
+        y += av.w * xs[kk + 3][c];
+      }
+      x[i] = y + B[xb + (long)(r0 + 16 * i) * V];
+    }
+    __syncthreads();  // xs is rewritten by the next segment
+  }
+  if (ht)
+#pragma unroll
+    for (int i = 0; i < NR; ++i)
+      ht[((long)n * H + h) * K * V + (long)(r0 + 16 * i) * V + c0 + c] = x[i];
 }
 
 // Kernel 3 (v5): O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ] per (chunk, head), in the register-resident
@@ -3661,6 +3739,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg);       \
     dr::dqk_then_wy();                                                                             \
     dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                               \
+      dr_seg_combine_k##K(const float* A, const float* B, const int* seq_seg, const float* h0,     \
+                          int H, int V, float* X, float* ht) {                                     \
+    dr::seg_combine_impl<K>(A, B, seq_seg, h0, H, V, X, ht);                                       \
   }
 
 // The state passes of kernel 2: state_fwd (MODE_FUSED) and state_split (MODE_SPLIT); each uses
@@ -3673,9 +3756,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                                       const bf16* pm, const float* gc, const float* rec,           \
                                       const int* ctab, const int* seq_chunk, const float* h0,      \
                                       int H, int V, float scale, bf16* hout, bf16* vnew, bf16* o,  \
-                                      float* ht) {                                                 \
+                                      float* ht, float* at) {                                      \
     dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,       \
-                                         scale, hout, vnew, o, ht);                                \
+                                         scale, hout, vnew, o, ht, at);                            \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
@@ -3699,9 +3782,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
                        const bf16* pm, const float* gc, const float* rec, const int* ctab,         \
                        const int* seq_chunk, const float* h0, int H, int V, float scale,           \
-                       bf16* hout, bf16* vnew, bf16* o, float* ht) {                               \
+                       bf16* hout, bf16* vnew, bf16* o, float* ht, float* at) {                    \
     dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,   \
-                                             scale, hout, vnew, o, ht);                            \
+                                             scale, hout, vnew, o, ht, at);                        \
   }
 
 // The reverse passes, and (NAME state_bwd_ws, 4 state warps and 8 dṼ_loc warps, one CTA per SM)
