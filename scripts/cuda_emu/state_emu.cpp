@@ -286,7 +286,7 @@ static void check_seg(unsigned seed) {
     std::vector<float> A((size_t)S * H * K * K, nanv), B((size_t)S * H * K * V, nanv),
         X((size_t)S * H * K * V, nanv);
     run_grid<Lay>(4, {S, (unsigned)H, (unsigned)((V + K) / 64)}, false, [&] {
-      dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1>(
+      dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
           p.ctab.data(), seg_chunk.data(), nullptr, H, V, p.scale, nullptr, nullptr, nullptr,
           B.data(), A.data());
@@ -335,7 +335,10 @@ int main(int argc, char** argv) {
   }
   check_k<64>(10);
   check_k<128>(20);
-  if (argc > 1 && !strcmp(argv[1], "k256")) check_k<256>(30);
+  if (argc > 1 && !strcmp(argv[1], "k256")) {
+    check_k<256>(30);
+    check_seg<256>(80);
+  }
   printf(all_ok ? "all ok\n" : "FAILED\n");
   return all_ok ? 0 : 1;
 }

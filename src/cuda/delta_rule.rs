@@ -360,7 +360,9 @@ struct ChunkKernels {
     state_bwd_ws: Option<StateKern>,
     /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
-    /// The segments' start states of a sequence-parallel plan (`seg_combine`, 256 threads).
+    /// A sequence-parallel plan's transition pass (`state_seg`: `state_split`'s layout, 4
+    /// column groups, unsplit) and its segments' start states (`seg_combine`, 256 threads).
+    state_seg: Option<StateKern>,
     seg_combine: Kern,
 }
 
@@ -450,6 +452,14 @@ impl ChunkKernels {
             state_ws: ws("state_ws", SLOT_STATE_WS, 8)?,
             state_bwd_ws: ws("state_bwd_ws", SLOT_STATE_BWD_WS, 4 * bwd_ws_groups(dk))?,
             bwd_threads: if dk >= 256 { 512 } else { 256 },
+            state_seg: load_state_kern(
+                gpu,
+                dk,
+                format!("dr_state_seg_k{dk}"),
+                s(SLOT_STATE_SPLIT + STATE_NWS.iter().position(|&w| w == 4).unwrap_or(0)),
+                limit,
+                (4, 1, 0),
+            )?,
             seg_combine: need(
                 // X_p's [K][16] f32 column block (`SegCombineSm`).
                 load_kern(
@@ -1284,7 +1294,7 @@ impl DeltaRuleWorkspace {
     }
 
     /// The sequence-parallel plan for `seq_chunk` ([`seg_len`], or the forced length; only where
-    /// the transition pass's kernel, `state_split` with 4 column groups, fits), its tables
+    /// the transition pass's kernel fits), its tables
     /// uploaded and its buffers (re)allocated where too small.
     fn plan_segments(&mut self, gpu: &Gpu, seq_chunk: &[i32]) -> Result<()> {
         let chunks: Vec<usize> = seq_chunk
@@ -1343,13 +1353,9 @@ impl DeltaRuleWorkspace {
         Ok(())
     }
 
-    /// The transition pass's kernel: `state_split`, 4 column groups (64 columns, which divide
-    /// both K and V), unsplit.
+    /// The transition pass's kernel (64 columns, which divide both K and V), where it fits.
     fn seg_kern(&self) -> Option<&StateKern> {
-        self.kern
-            .state_split
-            .iter()
-            .find(|s| s.nw == 4 && s.ks == 1)
+        self.kern.state_seg.as_ref()
     }
 
     /// Forces the sequence-parallel plan of the calls that follow: segments of `len` chunks
@@ -1784,7 +1790,7 @@ fn segment_walk(
     inp: &ChunkInputs,
     n: usize,
     ht: u64,
-    stage: &'static str,
+    (trans_stage, combine_stage): (&'static str, &'static str),
 ) -> Result<(Walk, u64)> {
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
     let Some(plan) = ws.seg.as_ref() else {
@@ -1829,6 +1835,7 @@ fn segment_walk(
             Arg::P(a),
         ],
     )?;
+    probe_mark(gpu, ws, trans_stage)?;
     launch_kern(
         gpu,
         &ws.kern.seg_combine,
@@ -1845,7 +1852,7 @@ fn segment_walk(
             Arg::P(ht),
         ],
     )?;
-    probe_mark(gpu, ws, stage)?;
+    probe_mark(gpu, ws, combine_stage)?;
     Ok((
         Walk {
             n: n_segs,
@@ -1985,7 +1992,14 @@ fn forward_impl(
     };
     run_w_u(gpu, ws, inp, TSource::Solve { tmat, pm, pflag })?;
     probe_mark(gpu, ws, "fwd: prep")?;
-    let (walk, ht) = segment_walk(gpu, ws, inp, n, ht, "fwd: segment starts")?;
+    let (walk, ht) = segment_walk(
+        gpu,
+        ws,
+        inp,
+        n,
+        ht,
+        ("fwd: segment transitions", "fwd: segment starts"),
+    )?;
     run_state_pass(gpu, ws, inp, walk, StateOut::Forward { o, ht, path, pm })
 }
 
@@ -2157,7 +2171,14 @@ fn backward_impl(
     // The recompute first: dṼ_loc, written just before the reverse pass, is then still in L2
     // (mostly its last chunks, which the reverse pass reads first).
     if !matches!(src, Intermediates::Kept(_)) {
-        let (walk, _) = segment_walk(gpu, ws, inp, n, 0, "bwd: segment starts")?;
+        let (walk, _) = segment_walk(
+            gpu,
+            ws,
+            inp,
+            n,
+            0,
+            ("bwd: segment transitions", "bwd: segment starts"),
+        )?;
         run_state_pass(gpu, ws, inp, walk, StateOut::Recompute)?;
         probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     }

@@ -1431,7 +1431,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   }
 }
 
-template <int K, int NWC, int MODE, int KS = 1>
+template <int K, int NWC, int MODE, int KS = 1, bool SEG = false>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
                                const bf16* __restrict__ pm, const float* __restrict__ gc, const float* __restrict__ rec,
@@ -1457,11 +1457,14 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int k0 = kp * KR;                // the warp's first state row
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
-  // Sequence-parallel (split pass with `at`, over the segments of long sequences, h_c and Ṽ not
-  // stored): the CTAs past V's columns form their segment's transition A (the state after it
-  // from S = I with U = 0; K × K, to at) beside the others' state from zero (to ht), for
-  // seg_combine_impl. Same products, same roundings.
-  const bool trans = MODE == MODE_SPLIT && at != nullptr && v0 >= V;
+  // SEG, the sequence-parallel transition pass (split, unsplit, over the segments of long
+  // sequences; h_c and Ṽ not stored): the CTAs past V's columns form their segment's transition
+  // A (the state after it from S = I with U = 0; K × K, to at) beside the others' state from
+  // zero (to ht), for seg_combine_impl. Same products, same roundings. A template parameter:
+  // as a run-time flag in every split pass it cost the recompute 10 % at B4·T4096·H16·K128
+  // (session 22, call 1: ptxas scheduled the loop differently).
+  static_assert(!SEG || (MODE == MODE_SPLIT && KS == 1), "the transition pass is split, unsplit");
+  const bool trans = SEG && v0 >= V;
   if constexpr (WS) {
     // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
     // a thread, and at 168 the state warps spilled (ptxas: 56 bytes) where the split pass takes
@@ -1530,7 +1533,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
     // A transition's U is zero: no row is read (the address is never dereferenced).
     rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
-         trans ? 0 : l);
+         SEG && trans ? 0 : l);
     if (tid < REC_FWD / 4)
       cp16(S.R + b * REC_FWD + 4 * tid, rec + ((long)ci * H + h) * RECW + 4 * tid, true);
     if (FUSED)
@@ -1568,7 +1571,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // (unsplit: after U is read, staged through this warp's U columns); the fused pass has no
     // h_c output (hout is null there).
     bf16* hc = MODE != MODE_SPLIT ? nullptr : hout + ((long)c * H + h) * K * V + (long)k0 * V + vw;
-    if (!FUSED && KS > 1 && hout) {
+    if (!FUSED && KS > 1) {
 #pragma unroll
       for (int j = 0; j < NJ; ++j)
         store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
@@ -1686,7 +1689,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       const float d0 = dd.x, d1 = dd.y;
       if (!FUSED) {
         const int lim = len - 8 * nt;
-        if (KS > 1 && vnew && owns(nt >> 1))
+        if (KS > 1 && owns(nt >> 1))
           store_tile_t(p[nt], vnew + ((long)(start + 8 * nt) * H + h) * V + vw, (long)H * V,
                        [lim](int col) { return col < lim; });
       } else {
@@ -1696,7 +1699,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0] * d0, p[nt][1] * d1);
       av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2] * d0, p[nt][3] * d1);
     }
-    if (MODE == MODE_SPLIT && KS == 1 && hout) {
+    if (MODE == MODE_SPLIT && KS == 1 && !SEG) {
       // h_c, then Ṽ, through this warp's U columns (read into p above). h_c goes after the Ṽ
       // product, so that the product's first ldmatrix and mma issue right after the barrier.
 #pragma unroll
@@ -1768,7 +1771,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     nstart = nnstart;
     nlen = nnlen;
   }
-  if (trans) {
+  if (SEG && trans) {
     const long abase = (long)(n * H + h) * K * K + (long)k0 * K + vw - V;
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
@@ -1787,10 +1790,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 // Sequence-parallel state passes: the start state X_p of each segment p of a sequence cut into
 // segments (the host's `SegPlan`, segments seq_seg[n] .. seq_seg[n + 1] − 1 of sequence n):
 // X_0 = h0 (0 without one), X_{p+1} = A_p X_p + B_p, with A_p (K × K, at) and B_p (K × V, ht)
-// from the split pass over the segments (see `trans` there). X_p to X [segments, H, K, V], the
-// sequence's final state to ht when given; f32 throughout, each sum in the order of k. One CTA
-// per (sequence, head, 16 columns of V), 256 threads: thread (r, c) forms rows r + 16 i of
-// column c; X_p's column block in shared memory (K · 64 bytes, the host's launch).
+// from the transition pass over the segments (SEG in state_fwd_impl). X_p to X [segments, H, K,
+// V], the sequence's final state to ht when given; f32 throughout, each sum in the order of k.
+// One CTA per (sequence, head, 16 columns of V), 256 threads: TPR threads per row of X, each
+// with CPT adjacent columns, so that a thread reads its row of A_p once (float4 along k) and
+// X_p's rows from shared memory (the same address across the CTA: a broadcast).
 template <int K>
 struct SegCombineSm {
   float* xs;  // [K][16]
@@ -1805,43 +1809,50 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
   Carve cv(smem);
   SegCombineSm<K> S;
   S.carve(cv);
-  float(*xs)[16] = reinterpret_cast<float(*)[16]>(S.xs);
-  constexpr int NR = K / 16;
-  const int n = blockIdx.x, h = blockIdx.y, c0 = 16 * blockIdx.z;
-  const int c = threadIdx.x & 15, r0 = threadIdx.x >> 4;
-  float x[NR];
+  constexpr int TPR = 256 / K, CPT = 16 / TPR;
+  static_assert(256 % K == 0 && CPT % 4 == 0, "whole float4s of columns per thread");
+  const int n = blockIdx.x, h = blockIdx.y;
+  const int r = threadIdx.x / TPR, cl = (threadIdx.x % TPR) * CPT, c0 = 16 * blockIdx.z + cl;
+  float x[CPT];
+  const long sb = ((long)n * H + h) * K * V + (long)r * V + c0;
 #pragma unroll
-  for (int i = 0; i < NR; ++i)
-    x[i] = h0 ? h0[((long)n * H + h) * K * V + (long)(r0 + 16 * i) * V + c0 + c] : 0.f;
+  for (int j = 0; j < CPT; ++j) x[j] = h0 ? h0[sb + j] : 0.f;
   for (int s = seq_seg[n]; s < seq_seg[n + 1]; ++s) {
-    const long xb = ((long)s * H + h) * K * V + c0 + c;
+    const long xb = ((long)s * H + h) * K * V + (long)r * V + c0;
 #pragma unroll
-    for (int i = 0; i < NR; ++i) {
-      X[xb + (long)(r0 + 16 * i) * V] = x[i];
-      xs[r0 + 16 * i][c] = x[i];
+    for (int j = 0; j < CPT; ++j) {
+      X[xb + j] = x[j];
+      S.xs[r * 16 + cl + j] = x[j];
     }
     __syncthreads();
-    const float* a = A + ((long)s * H + h) * K * K;
+    const float* ar = A + ((long)s * H + h) * K * K + (long)r * K;
+    float y[CPT];
 #pragma unroll
-    for (int i = 0; i < NR; ++i) {
-      const float* ar = a + (long)(r0 + 16 * i) * K;
-      float y = 0.f;
-#pragma unroll 4
-      for (int kk = 0; kk < K; kk += 4) {
-        const float4 av = *reinterpret_cast<const float4*>(ar + kk);
-        y += av.x * xs[kk][c];
-        y += av.y * xs[kk + 1][c];
-        y += av.z * xs[kk + 2][c];
-        y += av.w * xs[kk + 3][c];
+    for (int j = 0; j < CPT; ++j) y[j] = 0.f;
+#pragma unroll 2
+    for (int kk = 0; kk < K; kk += 4) {
+      const float4 av = *reinterpret_cast<const float4*>(ar + kk);
+      const float a4[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float4* xr = reinterpret_cast<const float4*>(S.xs + (kk + e) * 16 + cl);
+#pragma unroll
+        for (int j4 = 0; j4 < CPT / 4; ++j4) {
+          const float4 xv = xr[j4];
+          y[4 * j4] += a4[e] * xv.x;
+          y[4 * j4 + 1] += a4[e] * xv.y;
+          y[4 * j4 + 2] += a4[e] * xv.z;
+          y[4 * j4 + 3] += a4[e] * xv.w;
+        }
       }
-      x[i] = y + B[xb + (long)(r0 + 16 * i) * V];
     }
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) x[j] = y[j] + B[xb + j];
     __syncthreads();  // xs is rewritten by the next segment
   }
   if (ht)
 #pragma unroll
-    for (int i = 0; i < NR; ++i)
-      ht[((long)n * H + h) * K * V + (long)(r0 + 16 * i) * V + c0 + c] = x[i];
+    for (int j = 0; j < CPT; ++j) ht[sb + j] = x[j];
 }
 
 // Kernel 3 (v5): O = s[diag(γ) Q h_c + (QKᵀ ⊙ Γ ⊙ L) Ṽ] per (chunk, head), in the register-resident
@@ -3775,6 +3786,17 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
   DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
+// The sequence-parallel transition pass (SEG): the split pass's layout with 4 column groups.
+#define DR_STATE_SEG_KERNEL(K)                                                                     \
+  extern "C" __global__ void __launch_bounds__(128)                                               \
+      dr_state_seg_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                \
+                        const bf16* pm, const float* gc, const float* rec, const int* ctab,        \
+                        const int* seq_chunk, const float* h0, int H, int V, float scale,          \
+                        bf16* hout, bf16* vnew, bf16* o, float* ht, float* at) {                   \
+    dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(w, u, k, q, pm, gc, rec, ctab, seq_chunk,    \
+                                                      h0, H, V, scale, hout, vnew, o, ht, at);     \
+  }
+
 // The warp-specialised forward (state pass and output in one kernel): 4 state warps, 8 output
 // warps, one CTA per SM (its shared memory allows no second).
 #define DR_STATE_WS_KERNEL(K)                                                                      \
@@ -3835,6 +3857,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 #if DR_WANTS_K(64)
 DR_CHUNK_KERNELS(64)
 DR_STATE_FWD_KERNELS(64)
+DR_STATE_SEG_KERNEL(64)
 DR_STATE_WS_KERNEL(64)
 DR_STATE_BWD_KERNELS(64)
 DR_STATE_BWD_WS_KERNEL(64)
@@ -3847,6 +3870,7 @@ DR_DECODE_KERNEL(64, 128, 128, 256, 4)
 #if DR_WANTS_K(128)
 DR_CHUNK_KERNELS(128)
 DR_STATE_FWD_KERNELS(128)
+DR_STATE_SEG_KERNEL(128)
 DR_STATE_WS_KERNEL(128)
 DR_STATE_BWD_KERNELS(128)
 DR_STATE_BWD_WS_KERNEL(128)
@@ -3862,6 +3886,7 @@ DR_DECODE_KERNEL(128, 256, 64, 256, 4)
 #if DR_WANTS_K(256)
 DR_CHUNK_KERNELS(256)
 DR_STATE_FWD_KERNELS(256)
+DR_STATE_SEG_KERNEL(256)
 DR_STATE_BWD_KERNELS(256)
 DR_DECODE_KERNEL(256, 256, 16, 128, 8)
 DR_DECODE_KERNEL(256, 256, 64, 256, 2)
