@@ -360,9 +360,11 @@ struct ChunkKernels {
     state_bwd_ws: Option<StateKern>,
     /// Threads of the dqkwy kernel (`DqkSm::NW` = `WySm::NW` warps, asserted in the .cu).
     bwd_threads: u32,
-    /// A sequence-parallel plan's transition pass (`state_seg`: `state_split`'s layout, 4
-    /// column groups, unsplit) and its segments' start states (`seg_combine`, 256 threads).
+    /// A sequence-parallel plan's transition passes (`state_seg`: `state_split`'s layout, 4
+    /// column groups, unsplit; `state_bwd_seg` the plain reverse pass's) and its segments' start
+    /// states (`seg_combine`, 256 threads).
     state_seg: Option<StateKern>,
+    state_bwd_seg: Option<StateKern>,
     seg_combine: Kern,
 }
 
@@ -425,6 +427,8 @@ impl ChunkKernels {
         };
         // dqk and wy run in one kernel, one after the other on the same shared memory.
         let dqkwy = s(SLOT_DQK).max(s(SLOT_WY));
+        // The transition passes take the layouts of the 4-column-group passes.
+        let nw4 = STATE_NWS.iter().position(|&w| w == 4).unwrap_or(0);
         Ok(ChunkKernels {
             prep: need(
                 load_kern(
@@ -456,7 +460,15 @@ impl ChunkKernels {
                 gpu,
                 dk,
                 format!("dr_state_seg_k{dk}"),
-                s(SLOT_STATE_SPLIT + STATE_NWS.iter().position(|&w| w == 4).unwrap_or(0)),
+                s(SLOT_STATE_SPLIT + nw4),
+                limit,
+                (4, 1, 0),
+            )?,
+            state_bwd_seg: load_state_kern(
+                gpu,
+                dk,
+                format!("dr_state_bwd_seg_k{dk}"),
+                s(SLOT_STATE_BWD + nw4),
                 limit,
                 (4, 1, 0),
             )?,
@@ -1358,6 +1370,13 @@ impl DeltaRuleWorkspace {
         self.kern.state_seg.as_ref()
     }
 
+    /// Whether the reverse pass walks the segments of the plan too (its transition kernel fits;
+    /// `GDN_DR_SEG_BWD=0` keeps it on the sequences, for experiments).
+    fn seg_reverse(&self) -> bool {
+        self.kern.state_bwd_seg.is_some()
+            && std::env::var("GDN_DR_SEG_BWD").map_or(true, |v| v != "0")
+    }
+
     /// Forces the sequence-parallel plan of the calls that follow: segments of `len` chunks
     /// (`Some(0)`: none; `None`: [`seg_len`]'s choice, or `GDN_DR_SEG` for experiments).
     pub fn force_segments(&mut self, len: Option<usize>) {
@@ -1376,15 +1395,22 @@ impl DeltaRuleWorkspace {
     /// it): the forward (fused with the output, or split: state pass then `fwd_o`) and the warps
     /// per CTA of each pass (column groups × K slices where split).
     pub fn state_plan(&self, n: usize, tokens: usize) -> String {
-        // The forward and the recompute walk the segments of a sequence-parallel plan.
+        // The forward and the recompute (and the reverse pass, `seg_reverse`) walk the segments
+        // of a sequence-parallel plan.
         let (walked, segs) = match self.segments() {
-            Some((s, len)) => (s, format!(" over {s} segments of {len} chunks")),
+            Some((s, len)) => (
+                s,
+                format!(
+                    "; {s} segments of {len} chunks (forward, recompute{})",
+                    if self.seg_reverse() { ", reverse" } else { "" }
+                ),
+            ),
             None => (n, String::new()),
         };
         let (fwd, f) = self.forward_pass(walked, tokens);
         let (bwd, b) = self.reverse_pass(n);
         format!(
-            "forward {} {} warps, recompute {}{segs}, backward {} {}",
+            "forward {} {} warps, recompute {}, backward {} {}{segs}",
             fwd.name(),
             f.shape(),
             self.state_kern(walked, PassKind::Split).0.shape(),
@@ -1452,6 +1478,14 @@ impl DeltaRuleWorkspace {
     /// [`DeltaRuleWorkspace::force_backward`] or, for experiments, `GDN_DR_BWD=plain|ws` forces
     /// one.
     fn reverse_pass(&self, n: usize) -> (BackwardPath, &StateKern) {
+        // Over a sequence-parallel plan's segments: the plain pass (its transition pass reads
+        // dṼ_loc from `dvloc`).
+        if let Some(p) = self.seg.as_ref().filter(|_| self.seg_reverse()) {
+            return (
+                BackwardPath::Plain,
+                self.state_kern(p.n_segs, PassKind::Bwd).0,
+            );
+        }
         let d = self.dims;
         let (sb, _) = self.state_kern(n, PassKind::Bwd);
         let forced = self
@@ -1848,6 +1882,7 @@ fn segment_walk(
             Arg::P(h0),
             Arg::I(hi),
             Arg::I(vi),
+            Arg::I(0),
             Arg::P(x),
             Arg::P(ht),
         ],
@@ -1860,6 +1895,103 @@ fn segment_walk(
             h0: x,
         },
         0,
+    ))
+}
+
+/// The reverse pass's walk, as [`segment_walk`] the forward's: without a [`SegPlan`] (or with
+/// the reverse pass on the sequences) the sequences from `dht` (the dS leaving them) with dh0 to
+/// `dh0`; with one the segments from the dS leaving each, which this queues first (the reverse
+/// transition pass, which reads dṼ_loc from `dvl`, then `seg_combine` backwards, which also
+/// writes dh0), the pass's own dh0 going to scratch. Returns the walk and where its dh0 goes.
+#[allow(clippy::too_many_arguments)]
+fn reverse_walk(
+    gpu: &Gpu,
+    ws: &DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    n: usize,
+    (d_o, dvl): (u64, u64),
+    dht: u64,
+    dh0: u64,
+) -> Result<(Walk, u64)> {
+    let plan = match ws.seg.as_ref() {
+        Some(p) if ws.seg_reverse() => p,
+        _ => {
+            let table = ptr(gpu, &ws.seq_chunk);
+            return Ok((Walk { n, table, h0: dht }, dh0));
+        }
+    };
+    let Dims {
+        heads: h,
+        dk: k,
+        dv: v,
+    } = ws.dims;
+    let (seg_chunk, seq_seg) = (ptr(gpu, &plan.seg_chunk), ptr(gpu, &plan.seq_seg));
+    let (a, b, x) = (ptr(gpu, &plan.a), ptr(gpu, &plan.b), ptr(gpu, &plan.x));
+    let sk = ws
+        .kern
+        .state_bwd_seg
+        .as_ref()
+        .context("delta rule: a segment plan without its reverse transition kernel")?;
+    let (hi, vi) = (h as i32, v as i32);
+    launch_state(
+        gpu,
+        sk,
+        (
+            plan.n_segs as u32,
+            h as u32,
+            ((v + k) / (16 * sk.nw)) as u32,
+        ),
+        ws.spread_up_to,
+        &[
+            Arg::P(ptr(gpu, &inp.q)),
+            Arg::P(ptr(gpu, &inp.k)),
+            Arg::P(ptr(gpu, &ws.w)),
+            Arg::P(ptr(gpu, &ws.gc)),
+            Arg::P(ptr(gpu, &ws.rec)),
+            Arg::P(d_o),
+            Arg::P(dvl),
+            Arg::P(0),
+            Arg::P(ptr(gpu, &ws.ctab)),
+            Arg::P(seg_chunk),
+            Arg::P(0),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::F(inp.scale),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::P(b),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::P(a),
+        ],
+    )?;
+    probe_mark(gpu, ws, "bwd: reverse segment transitions")?;
+    launch_kern(
+        gpu,
+        &ws.kern.seg_combine,
+        (n as u32, h as u32, (v / 16) as u32),
+        256,
+        &[
+            Arg::P(a),
+            Arg::P(b),
+            Arg::P(seq_seg),
+            Arg::P(dht),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::I(1),
+            Arg::P(x),
+            Arg::P(dh0),
+        ],
+    )?;
+    probe_mark(gpu, ws, "bwd: reverse segment starts")?;
+    Ok((
+        Walk {
+            n: plan.n_segs,
+            table: seg_chunk,
+            h0: x,
+        },
+        b,
     ))
 }
 
@@ -2148,7 +2280,6 @@ fn backward_impl(
     );
     let pdo = ptr(gpu, d_o);
     let ctab = ptr(gpu, &ws.ctab);
-    let seq_chunk = ptr(gpu, &ws.seq_chunk);
     let gc = ptr(gpu, &ws.gc);
     let rec = ptr(gpu, &ws.rec);
     let w = ptr(gpu, &ws.w);
@@ -2206,11 +2337,12 @@ fn backward_impl(
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
     }
+    let (walk, dh0) = reverse_walk(gpu, ws, inp, n, (pdo, dvloc), dht, dh0)?;
     let npart = {
         launch_state(
             gpu,
             sb,
-            (n as u32, h as u32, (v / (16 * sb.nw)) as u32),
+            (walk.n as u32, h as u32, (v / (16 * sb.nw)) as u32),
             ws.spread_up_to,
             &[
                 Arg::P(pq),
@@ -2222,8 +2354,8 @@ fn backward_impl(
                 Arg::P(dvloc),
                 Arg::P(hs),
                 Arg::P(ctab),
-                Arg::P(seq_chunk),
-                Arg::P(dht),
+                Arg::P(walk.table),
+                Arg::P(walk.h0),
                 Arg::I(hi),
                 Arg::I(vi),
                 Arg::F(inp.scale),

@@ -405,9 +405,9 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         Ok(())
     };
     grad_rows(&mut rows, &gb, "")?;
-    // Sequence-parallel state passes (the forward's and the recompute), every sequence of more
-    // than one chunk cut into one-chunk segments: the plan picks them only for a few long
-    // sequences, which these shapes are not.
+    // Sequence-parallel state passes (the forward's, the recompute and the reverse pass), every
+    // sequence of more than one chunk cut into one-chunk segments: the plan picks them only for
+    // a few long sequences, which these shapes are not.
     ws.force_segments(Some(1));
     let seg = (|| -> Result<_> {
         let mut ts = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
@@ -430,7 +430,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             max_rel_err(&sfs, &fref.final_state),
             TOL_F32,
         ));
-        grad_rows(&mut rows, &sg, ", sequence-parallel recompute")?;
+        grad_rows(&mut rows, &sg, ", sequence-parallel")?;
     }
     // The backward that recomputes T must give the same bits: its T (the workspace's) is the
     // one the forward saved, and every gradient is the same.

@@ -1792,6 +1792,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 // X_0 = h0 (0 without one), X_{p+1} = A_p X_p + B_p, with A_p (K × K, at) and B_p (K × V, ht)
 // from the transition pass over the segments (SEG in state_fwd_impl). X_p to X [segments, H, K,
 // V], the sequence's final state to ht when given; f32 throughout, each sum in the order of k.
+// `reverse` (the reverse pass's, SEG in state_bwd_impl): the segments last to first, h0 the dS
+// leaving the sequence, X_p the dS leaving segment p, ht the dS entering the sequence (dh0).
 // One CTA per (sequence, head, 16 columns of V), 256 threads: TPR threads per row of X, each
 // with CPT adjacent columns, so that a thread reads its row of A_p once (float4 along k) and
 // X_p's rows from shared memory (the same address across the CTA: a broadcast).
@@ -1804,7 +1806,8 @@ struct SegCombineSm {
 template <int K>
 __device__ void seg_combine_impl(const float* __restrict__ A, const float* __restrict__ B,
                                  const int* __restrict__ seq_seg, const float* __restrict__ h0,
-                                 int H, int V, float* __restrict__ X, float* __restrict__ ht) {
+                                 int H, int V, int reverse, float* __restrict__ X,
+                                 float* __restrict__ ht) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   SegCombineSm<K> S;
@@ -1817,7 +1820,9 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
   const long sb = ((long)n * H + h) * K * V + (long)r * V + c0;
 #pragma unroll
   for (int j = 0; j < CPT; ++j) x[j] = h0 ? h0[sb + j] : 0.f;
-  for (int s = seq_seg[n]; s < seq_seg[n + 1]; ++s) {
+  const int s0 = seq_seg[n], ns = seq_seg[n + 1] - s0;
+  for (int i = 0; i < ns; ++i) {
+    const int s = reverse ? s0 + ns - 1 - i : s0 + i;
     const long xb = ((long)s * H + h) * K * V + (long)r * V + c0;
 #pragma unroll
     for (int j = 0; j < CPT; ++j) {
@@ -2259,7 +2264,7 @@ __device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __r
 // the CTA's own dṼ_loc warps (ws_dvloc) through shared memory, not from kernel 4 through global
 // memory; gc (the in-chunk gates, which they need) is read only then. The state warps'
 // arithmetic is unchanged.
-template <int K, int NWC, int KS, int NG = 0>
+template <int K, int NWC, int KS, int NG = 0, bool SEG = false>
 __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                const bf16* __restrict__ w, const float* __restrict__ gc,
                                const float* __restrict__ rec, const bf16* __restrict__ d_o,
@@ -2268,7 +2273,8 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                const float* __restrict__ dht, int H, int V, float scale,
                                bf16* __restrict__ dh, float* __restrict__ sdp,
                                bf16* __restrict__ dvnew, float* __restrict__ dh0,
-                               const bf16* __restrict__ pm, const float* __restrict__ pflag) {
+                               const bf16* __restrict__ pm, const float* __restrict__ pflag,
+                               float* __restrict__ at = nullptr) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateBwdSm<K, NWC, KS, NG> L;
@@ -2285,6 +2291,12 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   const int cw = warp % NWC, kp = warp / NWC, k0 = kp * KW;
   const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
   const int cs = seq_chunk[n], ce = seq_chunk[n + 1];
+  // SEG, the sequence-parallel transition pass of the reverse pass (as the forward's, see
+  // state_fwd_impl): over the segments of long sequences, dS from zero at each segment's end
+  // (its dS at the start to dh0) and, in the CTAs past V's columns, from dS = I with dO = 0 and
+  // dṼ_loc = 0 (the transition, K × K, to at); no dh_c, ⟨h_c, dh_c⟩ or dṼ stored, no h_c read.
+  static_assert(!SEG || (KS == 1 && NG == 0), "the transition pass is plain, unsplit");
+  const bool trans = SEG && v0 >= V;
   if constexpr (WS) {
     if (warp >= NWC) {
       ws_dvloc<K>(S, q, k, gc, d_o, pm, pflag, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0,
@@ -2302,8 +2314,12 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
 #pragma unroll
   for (int j = 0; j < NJ; ++j)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      ds[j][e] = dht ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] : 0.f;
+    for (int e = 0; e < 4; ++e) {
+      const int kr = k0 + 8 * j + 2 * qd + (e & 1), vc = vw + g + 8 * (e >> 1);
+      ds[j][e] = SEG && trans ? (kr == vc - V ? 1.f : 0.f)
+                 : dht        ? dht[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)]
+                              : 0.f;
+    }
 
   // k, dṼ_loc and h_c of chunk ci (first token s0, length l).
   constexpr bool VL1 = STATE_VIA_L1<K>;
@@ -2311,12 +2327,14 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     load_rows_async<K, NTH, bf16, VL1>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
     if constexpr (!WS)
       load_rows_async<L::BVC, NTH, bf16, VL1>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0,
-                                              (long)H * V, l);
-    const bf16* hsrc = hs + ((long)ci * H + h) * K * V + v0;
+                                              (long)H * V, SEG && trans ? 0 : l);
+    if constexpr (!SEG) {
+      const bf16* hsrc = hs + ((long)ci * H + h) * K * V + v0;
 #pragma unroll
-    for (int r = 0; r < K; r += CH)
-      load_rows_async<L::BVC, NTH, bf16, VL1>(S.hc + r * L::OLD, L::OLD, hsrc + (long)r * V, V,
-                                              CH);
+      for (int r = 0; r < K; r += CH)
+        load_rows_async<L::BVC, NTH, bf16, VL1>(S.hc + r * L::OLD, L::OLD, hsrc + (long)r * V, V,
+                                                CH);
+    }
     cp_commit();
   };
   // q, w, dO of a chunk and, when gci >= 0, the decay record of chunk gci (the one before it)
@@ -2325,7 +2343,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     load_rows_async<K, NTH, bf16, VL1>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
     load_rows_async<K, NTH, bf16, VL1>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
     load_rows_async<L::BVC, NTH, bf16, VL1>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0,
-                                            (long)H * V, l);
+                                            (long)H * V, SEG && trans ? 0 : l);
     for (int i = tid; gci >= 0 && i < RECW / 4; i += NTH)
       cp16(S.R + gb * RECW + 4 * i, rec + ((long)gci * H + h) * RECW + 4 * i, true);
     cp_commit();
@@ -2416,14 +2434,14 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                              pack_bf2(ds[2 * kk][2], ds[2 * kk][3]),
                              pack_bf2(ds[2 * kk + 1][0], ds[2 * kk + 1][1]),
                              pack_bf2(ds[2 * kk + 1][2], ds[2 * kk + 1][3])};
-      {
+      if constexpr (!SEG) {
         const int slot = 16 * (kk % 4);
         stsm_x4_t(dst0 + 2 * slot * HLD, a);
         __syncwarp();
         *reinterpret_cast<uint4*>(dhc + (long)(16 * kk + drow) * V + 8 * dhalf) =
             *reinterpret_cast<const uint4*>(hst + (slot + drow) * HLD + 8 * dhalf);
       }
-      {
+      if constexpr (!SEG) {
         unsigned r[4];
         ldsm_x4_t(r, hl + 2 * 16 * kk * L::OLD);
         float& a = sd[kk % 2];
@@ -2441,7 +2459,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
         mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
     }
-    {
+    if constexpr (!SEG) {
       const float x = warp_sum(sd[0] + sd[1]);
       if (lane == 0) sdp[((long)c * H + h) * (V / 16 * KS) + (v0 / 16 + cw) * KS + kp] = x;
     }
@@ -2466,7 +2484,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
         av[nt >> 1][2 * (nt & 1)] = pack_bf2(p[nt][0], p[nt][1]);
         av[nt >> 1][2 * (nt & 1) + 1] = pack_bf2(p[nt][2], p[nt][3]);
       }
-      if (STAGE)
+      if (STAGE && !SEG)
         store_tiles_staged<8>(p, dstage, L::DLD,
                               dvnew + ((long)start * H + h) * V + vw, (long)H * V, len);
     };
@@ -2532,6 +2550,15 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     len = plen;
     pstart = ppstart;
     plen = pplen;
+  }
+  if (SEG && trans) {
+    const long abase = (long)(n * H + h) * K * K + (long)k0 * K + vw - V;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        at[abase + (long)(8 * j + 2 * qd + (e & 1)) * K + g + 8 * (e >> 1)] = ds[j][e];
+    return;
   }
 #pragma unroll
   for (int j = 0; j < NJ; ++j)
@@ -3753,8 +3780,8 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_seg_combine_k##K(const float* A, const float* B, const int* seq_seg, const float* h0,     \
-                          int H, int V, float* X, float* ht) {                                     \
-    dr::seg_combine_impl<K>(A, B, seq_seg, h0, H, V, X, ht);                                       \
+                          int H, int V, int reverse, float* X, float* ht) {                        \
+    dr::seg_combine_impl<K>(A, B, seq_seg, h0, H, V, reverse, X, ht);                              \
   }
 
 // The state passes of kernel 2: state_fwd (MODE_FUSED) and state_split (MODE_SPLIT); each uses
@@ -3821,6 +3848,18 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::state_bwd_impl<K, NWC, KS, NG>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, \
                                        scale, dh, sdp, dvnew, dh0, pm, pflag);                     \
   }
+// The reverse pass's sequence-parallel transition pass (SEG): the plain pass with 4 column
+// groups, the transitions to `at`.
+#define DR_STATE_BWD_SEG_KERNEL(K)                                                                 \
+  extern "C" __global__ void __launch_bounds__(128)                                               \
+      dr_state_bwd_seg_k##K(const bf16* q, const bf16* k, const bf16* w, const float* gc,          \
+                            const float* rec, const bf16* d_o, const bf16* dvl, const bf16* hs,    \
+                            const int* ctab, const int* seq_chunk, const float* dht, int H, int V, \
+                            float scale, bf16* dh, float* sdp, bf16* dvnew, float* dh0,            \
+                            const bf16* pm, const float* pflag, float* at) {                       \
+    dr::state_bwd_impl<K, 4, 1, 0, true>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H,  \
+                                         V, scale, dh, sdp, dvnew, dh0, pm, pflag, at);            \
+  }
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
   DR_STATE_BWD_NAMED(K, NWC, KS, 0, NWC * KS * 32, 0, dr_state_bwd_k##K##_nw##NWC##SUFFIX)
 #define DR_STATE_BWD_WS_KERNEL(K)                                                                  \
@@ -3860,6 +3899,7 @@ DR_STATE_FWD_KERNELS(64)
 DR_STATE_SEG_KERNEL(64)
 DR_STATE_WS_KERNEL(64)
 DR_STATE_BWD_KERNELS(64)
+DR_STATE_BWD_SEG_KERNEL(64)
 DR_STATE_BWD_WS_KERNEL(64)
 DR_DECODE_KERNEL(64, 64, 16, 64, 16)
 DR_DECODE_KERNEL(64, 64, 64, 128, 8)
@@ -3873,6 +3913,7 @@ DR_STATE_FWD_KERNELS(128)
 DR_STATE_SEG_KERNEL(128)
 DR_STATE_WS_KERNEL(128)
 DR_STATE_BWD_KERNELS(128)
+DR_STATE_BWD_SEG_KERNEL(128)
 DR_STATE_BWD_WS_KERNEL(128)
 DR_DECODE_KERNEL(128, 128, 16, 128, 8)
 DR_DECODE_KERNEL(128, 128, 32, 128, 8)
@@ -3888,6 +3929,7 @@ DR_CHUNK_KERNELS(256)
 DR_STATE_FWD_KERNELS(256)
 DR_STATE_SEG_KERNEL(256)
 DR_STATE_BWD_KERNELS(256)
+DR_STATE_BWD_SEG_KERNEL(256)
 DR_DECODE_KERNEL(256, 256, 16, 128, 8)
 DR_DECODE_KERNEL(256, 256, 64, 256, 2)
 DR_DECODE_KERNEL(256, 256, 64, 512, 2)
