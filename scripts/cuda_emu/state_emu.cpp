@@ -295,7 +295,8 @@ static void check_seg(unsigned seed) {
     r.ht.assign((size_t)N * H * K * V, nanv);
     run_grid<dr::SegCombineSm<K>>(8, {(unsigned)N, (unsigned)H, (unsigned)(V / 16)}, false, [&] {
       dr::seg_combine_impl<K>(A.data(), B.data(), seq_seg.data(),
-                              p.with_h0 ? p.h0.data() : nullptr, H, V, X.data(), r.ht.data());
+                              p.with_h0 ? p.h0.data() : nullptr, H, V, 0, X.data(),
+                              r.ht.data());
     });
     std::vector<bf16> hout((size_t)p.NC * H * K * V, bnan), vnew((size_t)p.T * H * V, bnan);
     run_grid<Lay>(4, {S, (unsigned)H, (unsigned)(V / 64)}, false, [&] {
