@@ -24,6 +24,10 @@
 //!   reverse pass's warps in the same CTA) → `dqkwy`, one kernel: per chunk and head `dqk` (dq,
 //!   partial dk and dG), then `wy` (WY backward, dv, dβ, dk, dg).
 //!
+//! With sequences too few to fill the GPU, the forward's state pass, the recompute and the
+//! reverse pass walk segments of the long sequences instead, after a transition pass and
+//! `seg_combine` have formed each segment's start state (`SegPlan`).
+//!
 //! `prep` and `wu` also write G, the decay record (δ_t = exp(G_last − G_t), γ_last, γ_t per
 //! chunk and head, `REC_WIDTH` f32) that the state passes read instead of forming exps, and W
 //! negated (−W, the sign the state passes use).
@@ -1378,7 +1382,7 @@ impl DeltaRuleWorkspace {
     }
 
     /// Forces the sequence-parallel plan of the calls that follow: segments of `len` chunks
-    /// (`Some(0)`: none; `None`: [`seg_len`]'s choice, or `GDN_DR_SEG` for experiments).
+    /// (`Some(0)`: none; `None`: `seg_len`'s choice, or `GDN_DR_SEG` for experiments).
     pub fn force_segments(&mut self, len: Option<usize>) {
         self.seg_forced = len;
         // The plan is made with the chunk table: the next call rebuilds both.
