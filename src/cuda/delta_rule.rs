@@ -1906,7 +1906,10 @@ fn segment_walk(
 /// the reverse pass on the sequences) the sequences from `dht` (the dS leaving them) with dh0 to
 /// `dh0`; with one the segments from the dS leaving each, which this queues first (the reverse
 /// transition pass, which reads dṼ_loc from `dvl`, then `seg_combine` backwards, which also
-/// writes dh0), the pass's own dh0 going to scratch. Returns the walk and where its dh0 goes.
+/// writes dh0), the pass's own dh0 going to scratch. A segment's reverse transition is its
+/// forward one transposed: when the recompute has just left those in the plan (`forward_a`),
+/// the transition pass forms only the segments' dS from zero (V's columns, not V + K).
+/// Returns the walk and where its dh0 goes.
 #[allow(clippy::too_many_arguments)]
 fn reverse_walk(
     gpu: &Gpu,
@@ -1916,6 +1919,7 @@ fn reverse_walk(
     (d_o, dvl): (u64, u64),
     dht: u64,
     dh0: u64,
+    forward_a: bool,
 ) -> Result<(Walk, u64)> {
     let plan = match ws.seg.as_ref() {
         Some(p) if ws.seg_reverse() => p,
@@ -1937,14 +1941,11 @@ fn reverse_walk(
         .as_ref()
         .context("delta rule: a segment plan without its reverse transition kernel")?;
     let (hi, vi) = (h as i32, v as i32);
+    let cols = if forward_a { v } else { v + k };
     launch_state(
         gpu,
         sk,
-        (
-            plan.n_segs as u32,
-            h as u32,
-            ((v + k) / (16 * sk.nw)) as u32,
-        ),
+        (plan.n_segs as u32, h as u32, (cols / (16 * sk.nw)) as u32),
         ws.spread_up_to,
         &[
             Arg::P(ptr(gpu, &inp.q)),
@@ -2341,7 +2342,10 @@ fn backward_impl(
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
     }
-    let (walk, dh0) = reverse_walk(gpu, ws, inp, n, (pdo, dvloc), dht, dh0)?;
+    // The recompute over segments (not from kept intermediates) left their transitions in the
+    // plan.
+    let forward_a = !matches!(src, Intermediates::Kept(_)) && ws.seg.is_some();
+    let (walk, dh0) = reverse_walk(gpu, ws, inp, n, (pdo, dvloc), dht, dh0, forward_a)?;
     let npart = {
         launch_state(
             gpu,

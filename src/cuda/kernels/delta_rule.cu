@@ -1793,7 +1793,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 // from the transition pass over the segments (SEG in state_fwd_impl). X_p to X [segments, H, K,
 // V], the sequence's final state to ht when given; f32 throughout, each sum in the order of k.
 // `reverse` (the reverse pass's, SEG in state_bwd_impl): the segments last to first, h0 the dS
-// leaving the sequence, X_p the dS leaving segment p, ht the dS entering the sequence (dh0).
+// leaving the sequence, X_p the dS leaving segment p, ht the dS entering the sequence (dh0), and
+// A_p read transposed (the reverse transition of a segment is the forward one's transpose; the
+// reverse transition pass stores its own transposed, so both sources read alike).
 // One CTA per (sequence, head, 16 columns of V), 256 threads: TPR threads per row of X, each
 // with CPT adjacent columns, so that a thread reads its row of A_p once (float4 along k) and
 // X_p's rows from shared memory (the same address across the CTA: a broadcast).
@@ -1830,7 +1832,9 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
       S.xs[r * 16 + cl + j] = x[j];
     }
     __syncthreads();
-    const float* ar = A + ((long)s * H + h) * K * K + (long)r * K;
+    // Row r of A_p, or (reverse) its column r: consecutive rows of a warp read adjacent words.
+    const float* ar = A + ((long)s * H + h) * K * K + (reverse ? r : (long)r * K);
+    const long ak = reverse ? K : 1;
     float y[CPT];
 #pragma unroll
     for (int j = 0; j < CPT; ++j) y[j] = 0.f;
@@ -1840,7 +1844,10 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
     for (int k8 = 0; k8 < K; k8 += 32) {
       float4 av[8];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) av[u] = *reinterpret_cast<const float4*>(ar + k8 + 4 * u);
+      for (int u = 0; u < 8; ++u)
+        av[u] = reverse ? make_float4(ar[(k8 + 4 * u) * ak], ar[(k8 + 4 * u + 1) * ak],
+                                      ar[(k8 + 4 * u + 2) * ak], ar[(k8 + 4 * u + 3) * ak])
+                        : *reinterpret_cast<const float4*>(ar + k8 + 4 * u);
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         const float a4[4] = {av[u].x, av[u].y, av[u].z, av[u].w};
@@ -2559,12 +2566,15 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     plen = pplen;
   }
   if (SEG && trans) {
-    const long abase = (long)(n * H + h) * K * K + (long)k0 * K + vw - V;
+    // Stored transposed: a chunk's reverse transition γI − Wᵀ diag(δ) K is the forward's
+    // γI − Kᵀ diag(δ) W transposed, and so is a segment's, and seg_combine reads the reverse
+    // pass's transitions as the forward pass's, transposed (the recompute's serve as they are).
+    const long abase = (long)(n * H + h) * K * K + (long)(vw - V) * K + k0;
 #pragma unroll
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        at[abase + (long)(8 * j + 2 * qd + (e & 1)) * K + g + 8 * (e >> 1)] = ds[j][e];
+        at[abase + (long)(g + 8 * (e >> 1)) * K + 8 * j + 2 * qd + (e & 1)] = ds[j][e];
     return;
   }
 #pragma unroll
