@@ -477,12 +477,12 @@ impl ChunkKernels {
                 (4, 1, 0),
             )?,
             seg_combine: need(
-                // X_p's [K][16] f32 column block (`SegCombineSm`).
+                // X_p's [K][16] f32 column block and a [32][K] tile of A (`SegCombineSm`).
                 load_kern(
                     gpu,
                     dk,
                     format!("dr_seg_combine_k{dk}"),
-                    (64 * dk as u32, 64 * dk as u32),
+                    (192 * dk as u32, 192 * dk as u32),
                     limit,
                 )?,
                 "seg_combine",

@@ -1798,11 +1798,16 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 // reverse transition pass stores its own transposed, so both sources read alike).
 // One CTA per (sequence, head, 16 columns of V), 256 threads: TPR threads per row of X, each
 // with CPT adjacent columns, so that a thread reads its row of A_p once (float4 along k) and
-// X_p's rows from shared memory (the same address across the CTA: a broadcast).
+// X_p's rows from shared memory (the same address across the CTA: a broadcast). Shared memory:
+// K · 192 bytes (the host's launch).
 template <int K>
 struct SegCombineSm {
   float* xs;  // [K][16]
-  __device__ void carve(Carve& c) { xs = c.take<float>(K * 16); }
+  float* at;  // [32][K]: going backwards, 32 rows of A_p at a time
+  __device__ void carve(Carve& c) {
+    xs = c.take<float>(K * 16);
+    at = c.take<float>(32 * K);
+  }
 };
 
 template <int K>
@@ -1832,9 +1837,12 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
       S.xs[r * 16 + cl + j] = x[j];
     }
     __syncthreads();
-    // Row r of A_p, or (reverse) its column r: consecutive rows of a warp read adjacent words.
-    const float* ar = A + ((long)s * H + h) * K * K + (reverse ? r : (long)r * K);
-    const long ak = reverse ? K : 1;
+    // Row r of A_p from global memory, or (reverse) its column r from 32-row tiles in shared
+    // memory, where a warp's rows read adjacent words. (Read from global memory a float at a
+    // time, the column cost the combine at K = 64 about what the shorter reverse transition
+    // pass saved: session 22, call 7.)
+    const float* as = A + ((long)s * H + h) * K * K;
+    const float* ar = as + (long)r * K;
     float y[CPT];
 #pragma unroll
     for (int j = 0; j < CPT; ++j) y[j] = 0.f;
@@ -1842,11 +1850,17 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
     // beside the products (two in flight), the L2 latency of A's loads set the pace (0.038 ms
     // for 4 segments at B1·T16384·H16·K128, session 22 call 2).
     for (int k8 = 0; k8 < K; k8 += 32) {
+      if (reverse) {
+        __syncthreads();  // every thread is done with the previous tile
+        const float4* src = reinterpret_cast<const float4*>(as + (long)k8 * K);
+        for (int i = threadIdx.x; i < 8 * K; i += 256) reinterpret_cast<float4*>(S.at)[i] = src[i];
+        __syncthreads();
+      }
       float4 av[8];
 #pragma unroll
       for (int u = 0; u < 8; ++u)
-        av[u] = reverse ? make_float4(ar[(k8 + 4 * u) * ak], ar[(k8 + 4 * u + 1) * ak],
-                                      ar[(k8 + 4 * u + 2) * ak], ar[(k8 + 4 * u + 3) * ak])
+        av[u] = reverse ? make_float4(S.at[(4 * u) * K + r], S.at[(4 * u + 1) * K + r],
+                                      S.at[(4 * u + 2) * K + r], S.at[(4 * u + 3) * K + r])
                         : *reinterpret_cast<const float4*>(ar + k8 + 4 * u);
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
