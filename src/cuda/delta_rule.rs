@@ -1841,7 +1841,7 @@ fn segment_walk(
         dv: v,
     } = ws.dims;
     let n_segs = plan.n_segs;
-    let (seg_chunk, seq_seg) = (ptr(gpu, &plan.seg_chunk), ptr(gpu, &plan.seq_seg));
+    let seg_chunk = ptr(gpu, &plan.seg_chunk);
     let (a, b, x) = (ptr(gpu, &plan.a), ptr(gpu, &plan.b), ptr(gpu, &plan.x));
     let sk = ws
         .seg_kern()
@@ -1874,23 +1874,7 @@ fn segment_walk(
         ],
     )?;
     probe_mark(gpu, ws, trans_stage)?;
-    launch_kern(
-        gpu,
-        &ws.kern.seg_combine,
-        (n as u32, h as u32, (v / 16) as u32),
-        256,
-        &[
-            Arg::P(a),
-            Arg::P(b),
-            Arg::P(seq_seg),
-            Arg::P(h0),
-            Arg::I(hi),
-            Arg::I(vi),
-            Arg::I(0),
-            Arg::P(x),
-            Arg::P(ht),
-        ],
-    )?;
+    launch_combine(gpu, ws, plan, n, (h0, ht), false)?;
     probe_mark(gpu, ws, combine_stage)?;
     Ok((
         Walk {
@@ -1933,7 +1917,7 @@ fn reverse_walk(
         dk: k,
         dv: v,
     } = ws.dims;
-    let (seg_chunk, seq_seg) = (ptr(gpu, &plan.seg_chunk), ptr(gpu, &plan.seq_seg));
+    let seg_chunk = ptr(gpu, &plan.seg_chunk);
     let (a, b, x) = (ptr(gpu, &plan.a), ptr(gpu, &plan.b), ptr(gpu, &plan.x));
     let sk = ws
         .kern
@@ -1972,23 +1956,7 @@ fn reverse_walk(
         ],
     )?;
     probe_mark(gpu, ws, "bwd: reverse segment transitions")?;
-    launch_kern(
-        gpu,
-        &ws.kern.seg_combine,
-        (n as u32, h as u32, (v / 16) as u32),
-        256,
-        &[
-            Arg::P(a),
-            Arg::P(b),
-            Arg::P(seq_seg),
-            Arg::P(dht),
-            Arg::I(hi),
-            Arg::I(vi),
-            Arg::I(1),
-            Arg::P(x),
-            Arg::P(dh0),
-        ],
-    )?;
+    launch_combine(gpu, ws, plan, n, (dht, dh0), true)?;
     probe_mark(gpu, ws, "bwd: reverse segment starts")?;
     Ok((
         Walk {
@@ -1998,6 +1966,39 @@ fn reverse_walk(
         },
         b,
     ))
+}
+
+/// Queues `seg_combine` for the `n` sequences of `plan` (its A and B in, each segment's start
+/// into its X): from `first` (h0, or with `reverse` the dS leaving each sequence; 0 for none),
+/// the state after the last segment to `last` (when given).
+fn launch_combine(
+    gpu: &Gpu,
+    ws: &DeltaRuleWorkspace,
+    plan: &SegPlan,
+    n: usize,
+    (first, last): (u64, u64),
+    reverse: bool,
+) -> Result<()> {
+    let Dims {
+        heads: h, dv: v, ..
+    } = ws.dims;
+    launch_kern(
+        gpu,
+        &ws.kern.seg_combine,
+        (n as u32, h as u32, (v / 16) as u32),
+        256,
+        &[
+            Arg::P(ptr(gpu, &plan.a)),
+            Arg::P(ptr(gpu, &plan.b)),
+            Arg::P(ptr(gpu, &plan.seq_seg)),
+            Arg::P(first),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::I(reverse as i32),
+            Arg::P(ptr(gpu, &plan.x)),
+            Arg::P(last),
+        ],
+    )
 }
 
 /// Queues `fwd_o` (kernel 3: O from h_c and Ṽ in the workspace, per chunk and head).

@@ -298,6 +298,21 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16* p) {
   ldsm_x4_t(r, smem_u32(p));
 }
 
+// A warp's NJ accumulator tiles of an f32 state (the state passes' layout: element (j, e) is
+// row 8j + 2q + (e & 1), column g + 8 (e >> 1) of the warp's block) to dst, row stride ld, or
+// with TR the transpose (column stride ld): the final states and the segments' transitions.
+template <int NJ, bool TR = false>
+__device__ __forceinline__ void store_state(const float (*x)[4], float* dst, long ld) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const long r = 8 * j + 2 * q + (e & 1), c = g + 8 * (e >> 1);
+      dst[TR ? c * ld + r : r * ld + c] = x[j][e];
+    }
+}
+
 // One warp's 16x8 accumulator tile x stored transposed as bf16, Y[c][r] = X[r][c] with Y
 // row-major (row stride ld): lanes g and g^1 swap one value of each row pair so that every lane
 // stores two adjacent r of one column (4-byte stores). Column c is written only where ok(c);
@@ -1771,20 +1786,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     nstart = nnstart;
     nlen = nnlen;
   }
-  if (SEG && trans) {
-    const long abase = (long)(n * H + h) * K * K + (long)k0 * K + vw - V;
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        at[abase + (long)(8 * j + 2 * q + (e & 1)) * K + g + 8 * (e >> 1)] = st[j][e];
-  } else if (ht) {
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        ht[sbase + (long)(8 * j + 2 * q + (e & 1)) * V + g + 8 * (e >> 1)] = st[j][e];
-  }
+  if (SEG && trans)
+    store_state<NJ>(st, at + (long)(n * H + h) * K * K + (long)k0 * K + vw - V, K);
+  else if (ht)
+    store_state<NJ>(st, ht + sbase, V);
 }
 
 // Sequence-parallel state passes: the start state X_p of each segment p of a sequence cut into
@@ -2583,19 +2588,10 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
     // Stored transposed: a chunk's reverse transition γI − Wᵀ diag(δ) K is the forward's
     // γI − Kᵀ diag(δ) W transposed, and so is a segment's, and seg_combine reads the reverse
     // pass's transitions as the forward pass's, transposed (the recompute's serve as they are).
-    const long abase = (long)(n * H + h) * K * K + (long)(vw - V) * K + k0;
-#pragma unroll
-    for (int j = 0; j < NJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        at[abase + (long)(g + 8 * (e >> 1)) * K + 8 * j + 2 * qd + (e & 1)] = ds[j][e];
+    store_state<NJ, true>(ds, at + (long)(n * H + h) * K * K + (long)(vw - V) * K + k0, K);
     return;
   }
-#pragma unroll
-  for (int j = 0; j < NJ; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      dh0[sbase + (long)(8 * j + 2 * qd + (e & 1)) * V + g + 8 * (e >> 1)] = ds[j][e];
+  store_state<NJ>(ds, dh0 + sbase, V);
 }
 
 // One warp's accumulator rows i0 + g and i0 + g + 8 (NKT 16 × 8 tiles, lane (g, q) as in the
