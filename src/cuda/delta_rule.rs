@@ -910,17 +910,19 @@ pub struct DeltaRuleWorkspace {
     seg_forced: Option<usize>,
 }
 
-/// Sequence-parallel state passes (the forward's and the backward's recompute) for sequences too
-/// few to fill the GPU: each long sequence is cut into segments of `len` chunks, and
-/// - `state_split` runs over all segments at once, from a zero state (→ B_p, the state after
-///   segment p) and, in CTAs of their own, from S = I with U = 0 (→ A_p, its transition: the
-///   state is affine in the entering one, S_out = A_p S_in + B_p);
+/// Sequence-parallel state passes (the forward's, the backward's recompute and its reverse pass)
+/// for sequences too few to fill the GPU: each long sequence is cut into segments of `len`
+/// chunks, and
+/// - a transition pass (`state_seg`; the reverse pass's `state_bwd_seg`) runs over all segments
+///   at once, from a zero state (→ B_p, the state after segment p) and, in CTAs of their own,
+///   from S = I with U = 0 (→ A_p, its transition: the state is affine in the entering one,
+///   S_out = A_p S_in + B_p; the reverse pass's A_p is the forward one's transpose);
 /// - `seg_combine` chains them per sequence (X_0 = h0, X_{p+1} = A_p X_p + B_p, f32) into each
-///   segment's start state X_p and the final state;
+///   segment's start state X_p and the final state (backwards: dS, ending in dh0);
 /// - the pass itself then walks the segments, each from its X_p, as if they were sequences.
 ///
-/// Three passes of work instead of one, over a quarter of the steps or less, on CTAs that
-/// would otherwise idle. The reverse pass walks the sequences.
+/// About three passes of work instead of one, over a quarter of the steps or less, on CTAs that
+/// would otherwise idle.
 struct SegPlan {
     len: usize,
     n_segs: usize,
@@ -1310,8 +1312,8 @@ impl DeltaRuleWorkspace {
     }
 
     /// The sequence-parallel plan for `seq_chunk` ([`seg_len`], or the forced length; only where
-    /// the transition pass's kernel fits), its tables
-    /// uploaded and its buffers (re)allocated where too small.
+    /// the transition pass's kernel fits): its tables uploaded, its buffers (re)allocated where
+    /// too small.
     fn plan_segments(&mut self, gpu: &Gpu, seq_chunk: &[i32]) -> Result<()> {
         let chunks: Vec<usize> = seq_chunk
             .windows(2)
