@@ -302,6 +302,29 @@ inline Chunks make_chunks(const std::vector<int>& seqlens) {
   return c;
 }
 
+// The host's segment tables (`seg_tables` in src/cuda/delta_rule.rs) of the chunks' sequence
+// table cut every len chunks: first chunk of each segment [S + 1] (seg_chunk), first segment of
+// each sequence [N + 1] (seq_seg).
+struct Segments {
+  std::vector<int> seg_chunk, seq_seg;
+  unsigned count() const { return (unsigned)seg_chunk.size() - 1; }
+};
+inline Segments make_segments(const Chunks& c, int len) {
+  Segments s;
+  const int N = (int)c.seq_chunk.size() - 1;
+  for (int n = 0; n < N; ++n) {
+    s.seq_seg.push_back((int)s.seg_chunk.size());
+    int ci = c.seq_chunk[n];
+    do {
+      s.seg_chunk.push_back(ci);
+      ci += len;
+    } while (ci < c.seq_chunk[n + 1]);
+  }
+  s.seq_seg.push_back((int)s.seg_chunk.size());
+  s.seg_chunk.push_back(c.seq_chunk[N]);
+  return s;
+}
+
 // n bf16 values s·u, u uniform in [−1, 1).
 inline std::vector<bf16> rand_bf16(size_t n, std::mt19937& rng, float s = 1.f) {
   std::uniform_real_distribution<float> u(-1.f, 1.f);

@@ -280,18 +280,9 @@ static bool check_seg(const BwdCase& c, unsigned seed) {
   const int H = in.H, V = in.V, N = in.N;
   const float nanv = std::nanf("");
   const float scale = 1.f / sqrtf((float)K);
-  std::vector<int> seg_chunk, seq_seg;
-  for (int n = 0; n < N; ++n) {
-    seq_seg.push_back((int)seg_chunk.size());
-    int ci = in.seq_chunk[n];
-    do {
-      seg_chunk.push_back(ci);
-      ci += L;
-    } while (ci < in.seq_chunk[n + 1]);
-  }
-  seq_seg.push_back((int)seg_chunk.size());
-  seg_chunk.push_back(in.seq_chunk[N]);
-  const unsigned S = (unsigned)seg_chunk.size() - 1;
+  const Segments sg = make_segments(in, L);
+  const std::vector<int>&seg_chunk = sg.seg_chunk, &seq_seg = sg.seq_seg;
+  const unsigned S = sg.count();
   std::vector<float> A((size_t)S * H * K * K, nanv), B((size_t)S * H * K * V, nanv),
       X((size_t)S * H * K * V, nanv), scratch((size_t)S * H * K * V, nanv);
   typedef dr::StateBwdSm<K, 4, 1, 0> Lay;

@@ -271,18 +271,9 @@ static void check_seg(unsigned seed) {
   for (int h0 = 0; h0 < 2; ++h0) {
     const Problem p = make_problem(K, V, H, {64, 700, 37, 330}, h0, seed + h0);
     const int N = (int)p.seqlens.size();
-    std::vector<int> seg_chunk, seq_seg;
-    for (int n = 0; n < N; ++n) {
-      seq_seg.push_back((int)seg_chunk.size());
-      int c = p.seq_chunk[n];
-      do {
-        seg_chunk.push_back(c);
-        c += L;
-      } while (c < p.seq_chunk[n + 1]);
-    }
-    seq_seg.push_back((int)seg_chunk.size());
-    seg_chunk.push_back(p.seq_chunk[N]);
-    const unsigned S = (unsigned)seg_chunk.size() - 1;
+    const Segments sg = make_segments(p, L);
+    const std::vector<int>&seg_chunk = sg.seg_chunk, &seq_seg = sg.seq_seg;
+    const unsigned S = sg.count();
     std::vector<float> A((size_t)S * H * K * K, nanv), B((size_t)S * H * K * V, nanv),
         X((size_t)S * H * K * V, nanv);
     run_grid<Lay>(4, {S, (unsigned)H, (unsigned)((V + K) / 64)}, false, [&] {
