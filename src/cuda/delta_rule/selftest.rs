@@ -408,16 +408,39 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     // Sequence-parallel state passes (the forward's, the recompute and the reverse pass), every
     // sequence of more than one chunk cut into one-chunk segments: the plan picks them only for
     // a few long sequences, which these shapes are not.
+    // The keeping forward and the backward from what it kept walk the same segments (that
+    // backward forms its own reverse transitions: it has no recompute to take them from).
     ws.force_segments(Some(1));
     let seg = (|| -> Result<_> {
         let mut ts = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
         let fwd = gpu_forward(gpu, ws, c, &d, &mut ts)?;
         let planned = ws.segments().is_some();
-        Ok((fwd, backward(ws, Some(&ts), None)?, planned))
+        let grads = backward(ws, Some(&ts), None)?;
+        let mut kept = KeptForward::new(gpu, ws)?;
+        let mut ko = nan_bf16(gpu, t * h * dv)?;
+        chunk_forward_keep(
+            gpu,
+            ws,
+            &d.inputs(c),
+            &mut ko.slice_mut(..t * h * dv),
+            None,
+            &mut kept,
+        )?;
+        poison_intermediates(gpu, ws)?;
+        let kept_grads = backward(ws, None, Some(&mut kept))?;
+        let ko = up_bf16(&download(gpu, &ko)?[..t * h * dv]);
+        Ok((fwd, grads, (ko, kept_grads), planned))
     })();
     ws.force_segments(None);
-    let ((so, sfs, _), sg, planned) = seg?;
+    let ((so, sfs, _), sg, (sko, skg), planned) = seg?;
     if planned {
+        rows.push(row(
+            "delta_rule.chunk_fwd o, keeping forward, sequence-parallel",
+            &c.label,
+            max_rel_err(&sko, &fref.o),
+            TOL_BF16,
+        ));
+        grad_rows(&mut rows, &skg, ", kept forward, sequence-parallel")?;
         rows.push(row(
             "delta_rule.chunk_fwd o, sequence-parallel",
             &c.label,
