@@ -179,7 +179,8 @@ fn device_attr(gpu: &Gpu, a: CUdevice_attribute) -> Result<usize> {
         .with_context(|| format!("reading device attribute {a:?}"))? as usize)
 }
 
-/// Order of the shared-memory table written by `dr_smem_sizes` (31 per K, K = 64, 128, 256).
+/// Order of the shared-memory table written by `dr_smem_sizes` (`SLOTS_PER_K` per K, K = 64,
+/// 128, 256).
 const SLOT_PREP: usize = 0;
 const SLOT_FWD_O: usize = 1;
 const SLOT_DVLOC: usize = 2;
@@ -196,7 +197,8 @@ const SLOT_STATE_WS: usize = 30;
 const SLOT_STATE_BWD_WS: usize = 31;
 /// `prep` forming P: its shared memory with Q's rows (`SLOT_PREP` is without them).
 const SLOT_PREP_P: usize = 32;
-const SLOTS_PER_K: usize = 33;
+const SLOT_SEG_COMBINE: usize = 33;
+const SLOTS_PER_K: usize = 34;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
@@ -476,18 +478,7 @@ impl ChunkKernels {
                 limit,
                 (4, 1, 0),
             )?,
-            seg_combine: need(
-                // X_p's [K][16] f32 column block and a [32][K] tile of A (`SegCombineSm`).
-                load_kern(
-                    gpu,
-                    dk,
-                    format!("dr_seg_combine_k{dk}"),
-                    (192 * dk as u32, 192 * dk as u32),
-                    limit,
-                )?,
-                "seg_combine",
-                limit,
-            )?,
+            seg_combine: need(ld("seg_combine", SLOT_SEG_COMBINE)?, "seg_combine", limit)?,
         })
     }
 }

@@ -1805,13 +1805,22 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 // with CPT adjacent columns, so that a thread reads its row of A_p once (float4 along k) and
 // X_p's rows from shared memory (the same address across the CTA: a broadcast). Shared memory:
 // K · 192 bytes (the host's launch).
+// seg_combine streams A through shared memory in k-tiles of 32 (forward: columns k0..k0+31 of
+// every row, [K][36]; reverse: rows k0..k0+31, [32][K+4]), NB tiles in flight by cp.async across
+// the segments of a sequence: A does not depend on the chain, so the next segment's tiles load
+// while this one's products run. (Loaded a row per thread before each product, 8 float4s in
+// flight, the L2 latency set the pace: 0.036 ms for 4 segments at B1·T16384·H16·K128, about 9 µs
+// a segment; session 22, call 5.)
 template <int K>
 struct SegCombineSm {
-  float* xs;  // [K][16]
-  float* at;  // [32][K]: going backwards, 32 rows of A_p at a time
+  static constexpr int NB = 4, KT = 32, NKT = K / KT;
+  static constexpr int FLD = KT + 4, RLD = K + 4;  // row strides of the forward / reverse tiles
+  static constexpr int TILE = K * FLD > KT * RLD ? K * FLD : KT * RLD;
+  float* xs;  // [K][16]: X_p's column block
+  float* at;  // NB x TILE
   __device__ void carve(Carve& c) {
     xs = c.take<float>(K * 16);
-    at = c.take<float>(32 * K);
+    at = c.take<float>(NB * TILE);
   }
 };
 
@@ -1822,57 +1831,75 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
                                  float* __restrict__ ht) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  SegCombineSm<K> S;
+  typedef SegCombineSm<K> L;
+  L S;
   S.carve(cv);
-  constexpr int TPR = 256 / K, CPT = 16 / TPR;
+  constexpr int TPR = 256 / K, CPT = 16 / TPR, NB = L::NB, KT = L::KT, NKT = L::NKT;
   static_assert(256 % K == 0 && CPT % 4 == 0, "whole float4s of columns per thread");
-  const int n = blockIdx.x, h = blockIdx.y;
-  const int r = threadIdx.x / TPR, cl = (threadIdx.x % TPR) * CPT, c0 = 16 * blockIdx.z + cl;
+  const int n = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int r = tid / TPR, cl = (tid % TPR) * CPT, c0 = 16 * blockIdx.z + cl;
+  const int s0 = seq_seg[n], ns = seq_seg[n + 1] - s0;
+  // Tile t: k-tile t mod NKT of the (t / NKT)-th segment walked; beyond the last, an empty group
+  // (uniform wait counts).
+  auto issue = [&](int t) {
+    if (t < ns * NKT) {
+      const int i = t / NKT, k0 = (t % NKT) * KT;
+      const float* as = A + ((long)(reverse ? s0 + ns - 1 - i : s0 + i) * H + h) * K * K;
+      float* dst = S.at + (t % NB) * L::TILE;
+      if (reverse) {
+        for (int e = tid; e < KT * K / 4; e += 256) {
+          const int row = e / (K / 4), c4 = 4 * (e % (K / 4));
+          cp16(dst + row * L::RLD + c4, as + (long)(k0 + row) * K + c4, true);
+        }
+      } else {
+        for (int e = tid; e < K * KT / 4; e += 256) {
+          const int row = e / (KT / 4), c4 = 4 * (e % (KT / 4));
+          cp16(dst + row * L::FLD + c4, as + (long)row * K + k0 + c4, true);
+        }
+      }
+    }
+    cp_commit();
+  };
+#pragma unroll
+  for (int t = 0; t < NB - 1; ++t) issue(t);
+
   float x[CPT];
   const long sb = ((long)n * H + h) * K * V + (long)r * V + c0;
 #pragma unroll
   for (int j = 0; j < CPT; ++j) x[j] = h0 ? h0[sb + j] : 0.f;
-  const int s0 = seq_seg[n], ns = seq_seg[n + 1] - s0;
   for (int i = 0; i < ns; ++i) {
     const int s = reverse ? s0 + ns - 1 - i : s0 + i;
     const long xb = ((long)s * H + h) * K * V + (long)r * V + c0;
+    float bv[CPT];
 #pragma unroll
     for (int j = 0; j < CPT; ++j) {
       X[xb + j] = x[j];
       S.xs[r * 16 + cl + j] = x[j];
+      bv[j] = B[xb + j];  // in flight during the products
     }
-    __syncthreads();
-    // Row r of A_p from global memory, or (reverse) its column r from 32-row tiles in shared
-    // memory, where a warp's rows read adjacent words. (Read from global memory a float at a
-    // time, the column cost the combine at K = 64 about what the shorter reverse transition
-    // pass saved: session 22, call 7.)
-    const float* as = A + ((long)s * H + h) * K * K;
-    const float* ar = as + (long)r * K;
     float y[CPT];
 #pragma unroll
     for (int j = 0; j < CPT; ++j) y[j] = 0.f;
-    // Eight float4s of the row in flight a thread, loaded before they are used: with the loads
-    // beside the products (two in flight), the L2 latency of A's loads set the pace (0.038 ms
-    // for 4 segments at B1·T16384·H16·K128, session 22 call 2).
-    for (int k8 = 0; k8 < K; k8 += 32) {
-      if (reverse) {
-        __syncthreads();  // every thread is done with the previous tile
-        const float4* src = reinterpret_cast<const float4*>(as + (long)k8 * K);
-        for (int i = threadIdx.x; i < 8 * K; i += 256) reinterpret_cast<float4*>(S.at)[i] = src[i];
-        __syncthreads();
-      }
-      float4 av[8];
+    for (int kt = 0; kt < NKT; ++kt) {
+      const int t = i * NKT + kt;
+      // Tile t landed for every thread, and every thread is done with tile t − 1 (whose buffer
+      // tile t + NB − 1 takes) and, at kt = 0, has written its part of xs.
+      cp_wait<NB - 2>();
+      __syncthreads();
+      issue(t + NB - 1);
+      const float* tile = S.at + (t % NB) * L::TILE;
+      const int k0 = kt * KT;
 #pragma unroll
-      for (int u = 0; u < 8; ++u)
-        av[u] = reverse ? make_float4(S.at[(4 * u) * K + r], S.at[(4 * u + 1) * K + r],
-                                      S.at[(4 * u + 2) * K + r], S.at[(4 * u + 3) * K + r])
-                        : *reinterpret_cast<const float4*>(ar + k8 + 4 * u);
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const float a4[4] = {av[u].x, av[u].y, av[u].z, av[u].w};
+      for (int u = 0; u < KT / 4; ++u) {
+        // A[r][k0 + 4u ..] (forward), or Aᵀ's: column r of rows k0 + 4u .. (reverse).
+        const float4 av =
+            reverse ? make_float4(tile[(4 * u) * L::RLD + r], tile[(4 * u + 1) * L::RLD + r],
+                                  tile[(4 * u + 2) * L::RLD + r], tile[(4 * u + 3) * L::RLD + r])
+                    : *reinterpret_cast<const float4*>(tile + r * L::FLD + 4 * u);
+        const float a4[4] = {av.x, av.y, av.z, av.w};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float4* xr = reinterpret_cast<const float4*>(S.xs + (k8 + 4 * u + e) * 16 + cl);
+          const float4* xr = reinterpret_cast<const float4*>(S.xs + (k0 + 4 * u + e) * 16 + cl);
 #pragma unroll
           for (int j4 = 0; j4 < CPT / 4; ++j4) {
             const float4 xv = xr[j4];
@@ -1885,9 +1912,10 @@ __device__ void seg_combine_impl(const float* __restrict__ A, const float* __res
       }
     }
 #pragma unroll
-    for (int j = 0; j < CPT; ++j) x[j] = y[j] + B[xb + j];
+    for (int j = 0; j < CPT; ++j) x[j] = y[j] + bv[j];
     __syncthreads();  // xs is rewritten by the next segment
   }
+  cp_wait<0>();
   if (ht)
 #pragma unroll
     for (int j = 0; j < CPT; ++j) ht[sb + j] = x[j];
@@ -3729,7 +3757,7 @@ __device__ void smem_state_ks(unsigned* out) {
   out[3] = smem_of<StateFwdSm<K, 2, MODE, 4>>();
 }
 // Entries of smem_sizes_k's table per K (the host's SLOTS_PER_K).
-constexpr int SMEM_SLOTS = 33;
+constexpr int SMEM_SLOTS = 34;
 
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
@@ -3760,6 +3788,7 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[30] = smem_of<StateFwdSm<K, 4, MODE_WS>>();
   out[31] = smem_of<StateBwdSm<K, 4, 1, BWD_WS_GROUPS<K>>>();
   out[32] = smem_of<PrepSm<K>>();  // prep forming P (Q's rows in shared memory)
+  out[33] = smem_of<SegCombineSm<K>>();
 }
 
 }  // namespace dr
