@@ -822,7 +822,29 @@ pub enum Backward {
 /// also keeps the forward's P for the reverse pass ([`saved_p`]): bf16 64 × 64 per chunk and
 /// head behind T, and one flag.
 pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
-    saved_t_elems(dims, tokens.div_ceil(CHUNK) + seqs)
+    let chunks = tokens.div_ceil(CHUNK) + seqs;
+    saved_t_elems(dims, chunks) + saved_seg_room(dims, chunks, seqs)
+}
+
+/// The most SMs a device is assumed to have where a saved-T buffer reserves room for a
+/// sequence-parallel plan's segment states: a plan on a larger device may have more segments
+/// than the room holds, and its backward then forms them again (slower, the same bits).
+const SEG_SAVE_SMS: usize = 160;
+
+/// f32 elements that a saved-T buffer for `chunks` chunks in `seqs` sequences reserves behind T
+/// (and P) for the forward's segment states ([`SavedSeg`]): none where `seqs` sequences are too
+/// many for a plan on a device of [`SEG_SAVE_SMS`] SMs (fewer sequences in a call may still make
+/// one: its backward then forms the states again), else 4 (alignment) + A and X of as many
+/// segments as [`seg_len`] can make there: its count for the device, plus one partial segment
+/// per sequence.
+fn saved_seg_room(dims: Dims, chunks: usize, seqs: usize) -> usize {
+    let ctas = |cols: usize| dims.heads * cols.div_ceil(64);
+    if 4 * seqs * ctas(dims.dv) > SEG_SAVE_SMS {
+        return 0;
+    }
+    let segs =
+        (2 * SEG_SAVE_SMS / ctas(dims.dv + dims.dk)).min(SEG_SAVE_SMS / ctas(dims.dv)) + seqs;
+    4 + segs.min(chunks) * dims.heads * dims.dk * (dims.dk + dims.dv)
 }
 
 /// f32 elements of a saved-T buffer for `chunks` chunks: T, and where the warp-specialised
@@ -842,6 +864,17 @@ fn saved_t_elems(dims: Dims, chunks: usize) -> usize {
 fn saved_p(dims: Dims, chunks: usize, tmat: u64) -> Option<(u64, u64)> {
     let blocks = (chunks * dims.heads * CHUNK * CHUNK) as u64;
     warp_specialised_serves(dims).then_some((tmat + 4 * blocks, tmat + 6 * blocks))
+}
+
+/// Where a forward that saves T keeps its sequence-parallel plan's segment states (device
+/// pointers): X_p, the state entering each segment (f32 [S, H, K, V]), and A_p, each segment's
+/// transition (f32 [S, H, K, K]), behind T and P. Its backward then walks the segments from
+/// them: no transition pass, no `seg_combine` for the recompute, and the reverse pass reads the
+/// A_p transposed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SavedSeg {
+    x: u64,
+    a: u64,
 }
 
 /// f32 per chunk and head of the decay record that `prep`/`wu` write for the state passes
@@ -897,6 +930,10 @@ pub struct DeltaRuleWorkspace {
     backward_forced: Option<BackwardPath>,
     /// The sequence-parallel plan of the uploaded `cu_seqlens`, where there is one.
     seg: Option<SegPlan>,
+    /// Saved-T buffers (device address) whose forward left its segment states in them, with
+    /// (segments, segment length) of its plan: a backward walks its segments from them only
+    /// under the same plan (a forced length, `force_segments`, may have changed it since).
+    seg_saved: Vec<(u64, (usize, usize))>,
     /// The segment length in chunks when forced ([`DeltaRuleWorkspace::force_segments`]).
     seg_forced: Option<usize>,
 }
@@ -1248,6 +1285,7 @@ impl DeltaRuleWorkspace {
             ks_forced: None,
             backward_forced: None,
             seg: None,
+            seg_saved: Vec::new(),
             seg_forced: None,
         })
     }
@@ -1386,6 +1424,41 @@ impl DeltaRuleWorkspace {
     /// in chunks).
     pub fn segments(&self) -> Option<(usize, usize)> {
         self.seg.as_ref().map(|p| (p.n_segs, p.len))
+    }
+
+    /// Where this call's segment states go in the saved-T buffer at `tmat` (`len` elements):
+    /// behind T and P, where the room ([`saved_seg_room`]) holds this plan's A and X.
+    fn saved_seg_at(&self, tmat: u64, len: usize) -> Option<SavedSeg> {
+        let p = self.seg.as_ref()?;
+        let Dims {
+            heads: h,
+            dk: k,
+            dv: v,
+        } = self.dims;
+        let x0 = saved_t_elems(self.dims, self.n_chunks).next_multiple_of(4);
+        let a0 = x0 + p.n_segs * h * k * v;
+        (a0 + p.n_segs * h * k * k <= len).then_some(SavedSeg {
+            x: tmat + 4 * x0 as u64,
+            a: tmat + 4 * a0 as u64,
+        })
+    }
+
+    /// Records whether the forward that saved T at `tmat` left this call's segment states there.
+    fn note_saved_seg(&mut self, tmat: u64, saved: bool) {
+        self.seg_saved.retain(|&(t, _)| t != tmat);
+        if let (true, Some(key)) = (saved, self.segments()) {
+            self.seg_saved.push((tmat, key));
+        }
+    }
+
+    /// The segment states that the forward which saved T at `tmat` (`len` elements) left there
+    /// for this call's plan, if it did.
+    fn saved_seg(&self, tmat: u64, len: usize) -> Option<SavedSeg> {
+        let key = self.segments()?;
+        self.seg_saved
+            .contains(&(tmat, key))
+            .then(|| self.saved_seg_at(tmat, len))
+            .flatten()
     }
 
     /// The state passes' plan for `n` sequences of `tokens` in all (as `bench kernels` prints
@@ -1814,7 +1887,8 @@ fn run_state_pass(
 /// The walk of the state pass that follows for the `n` sequences of the uploaded table: without a
 /// [`SegPlan`] the sequences from their initial states; with one the segments from their start
 /// states, which this queues first (the transition pass, then `seg_combine`, which also writes
-/// the final states to `ht` when given: the pass over the segments is then given none).
+/// the final states to `ht` when given: the pass over the segments is then given none). The
+/// segments' A and start states go to `dst` when given (a saved-T buffer), else to the plan.
 fn segment_walk(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
@@ -1822,6 +1896,7 @@ fn segment_walk(
     n: usize,
     ht: u64,
     (trans_stage, combine_stage): (&'static str, &'static str),
+    dst: Option<SavedSeg>,
 ) -> Result<(Walk, u64)> {
     let h0 = inp.initial_state.as_ref().map_or(0, |s| ptr(gpu, s));
     let Some(plan) = ws.seg.as_ref() else {
@@ -1835,7 +1910,11 @@ fn segment_walk(
     } = ws.dims;
     let n_segs = plan.n_segs;
     let seg_chunk = ptr(gpu, &plan.seg_chunk);
-    let (a, b, x) = (ptr(gpu, &plan.a), ptr(gpu, &plan.b), ptr(gpu, &plan.x));
+    let SavedSeg { a, x } = dst.unwrap_or(SavedSeg {
+        a: ptr(gpu, &plan.a),
+        x: ptr(gpu, &plan.x),
+    });
+    let b = ptr(gpu, &plan.b);
     let sk = ws
         .seg_kern()
         .context("delta rule: a segment plan without its transition kernel")?;
@@ -1867,7 +1946,7 @@ fn segment_walk(
         ],
     )?;
     probe_mark(gpu, ws, trans_stage)?;
-    launch_combine(gpu, ws, plan, n, (h0, ht), false)?;
+    launch_combine(gpu, ws, plan, n, (a, x), (h0, ht), false)?;
     probe_mark(gpu, ws, combine_stage)?;
     Ok((
         Walk {
@@ -1884,9 +1963,9 @@ fn segment_walk(
 /// `dh0`; with one the segments from the dS leaving each, which this queues first (the reverse
 /// transition pass, which reads dṼ_loc from `dvl`, then `seg_combine` backwards, which also
 /// writes dh0), the pass's own dh0 going to scratch. A segment's reverse transition is its
-/// forward one transposed: when the recompute has just left those in the plan (`forward_a`),
-/// the transition pass forms only the segments' dS from zero (V's columns, not V + K).
-/// Returns the walk and where its dh0 goes.
+/// forward one transposed: where the forward's are at hand (`forward_a`: the recompute's in the
+/// plan, or the ones the forward saved), the transition pass forms only the segments' dS from
+/// zero (V's columns, not V + K). Returns the walk and where its dh0 goes.
 #[allow(clippy::too_many_arguments)]
 fn reverse_walk(
     gpu: &Gpu,
@@ -1896,7 +1975,7 @@ fn reverse_walk(
     (d_o, dvl): (u64, u64),
     dht: u64,
     dh0: u64,
-    forward_a: bool,
+    forward_a: Option<u64>,
 ) -> Result<(Walk, u64)> {
     let plan = match ws.seg.as_ref() {
         Some(p) if ws.seg_reverse() => p,
@@ -1911,14 +1990,15 @@ fn reverse_walk(
         dv: v,
     } = ws.dims;
     let seg_chunk = ptr(gpu, &plan.seg_chunk);
-    let (a, b, x) = (ptr(gpu, &plan.a), ptr(gpu, &plan.b), ptr(gpu, &plan.x));
+    let a = forward_a.unwrap_or(ptr(gpu, &plan.a));
+    let (b, x) = (ptr(gpu, &plan.b), ptr(gpu, &plan.x));
     let sk = ws
         .kern
         .state_bwd_seg
         .as_ref()
         .context("delta rule: a segment plan without its reverse transition kernel")?;
     let (hi, vi) = (h as i32, v as i32);
-    let cols = if forward_a { v } else { v + k };
+    let cols = if forward_a.is_some() { v } else { v + k };
     launch_state(
         gpu,
         sk,
@@ -1949,7 +2029,7 @@ fn reverse_walk(
         ],
     )?;
     probe_mark(gpu, ws, "bwd: reverse segment transitions")?;
-    launch_combine(gpu, ws, plan, n, (dht, dh0), true)?;
+    launch_combine(gpu, ws, plan, n, (a, x), (dht, dh0), true)?;
     probe_mark(gpu, ws, "bwd: reverse segment starts")?;
     Ok((
         Walk {
@@ -1961,14 +2041,15 @@ fn reverse_walk(
     ))
 }
 
-/// Queues `seg_combine` for the `n` sequences of `plan` (its A and B in, each segment's start
-/// into its X): from `first` (h0, or with `reverse` the dS leaving each sequence; 0 for none),
-/// the state after the last segment to `last` (when given).
+/// Queues `seg_combine` for the `n` sequences of `plan` (A at `a` and the plan's B in, each
+/// segment's start into `x`): from `first` (h0, or with `reverse` the dS leaving each
+/// sequence; 0 for none), the state after the last segment to `last` (when given).
 fn launch_combine(
     gpu: &Gpu,
     ws: &DeltaRuleWorkspace,
     plan: &SegPlan,
     n: usize,
+    (a, x): (u64, u64),
     (first, last): (u64, u64),
     reverse: bool,
 ) -> Result<()> {
@@ -1981,14 +2062,14 @@ fn launch_combine(
         (n as u32, h as u32, (v / 16) as u32),
         256,
         &[
-            Arg::P(ptr(gpu, &plan.a)),
+            Arg::P(a),
             Arg::P(ptr(gpu, &plan.b)),
             Arg::P(ptr(gpu, &plan.seq_seg)),
             Arg::P(first),
             Arg::I(h as i32),
             Arg::I(v as i32),
             Arg::I(reverse as i32),
-            Arg::P(ptr(gpu, &plan.x)),
+            Arg::P(x),
             Arg::P(last),
         ],
     )
@@ -2110,6 +2191,7 @@ fn forward_impl(
     // warp-specialised reverse pass, into the saved buffer behind T with its flag; else into
     // the workspace.
     let fwd_ws = path == ForwardPath::WarpSpecialised;
+    let saved = tmat;
     let (tmat, (pm, pflag)) = match tmat {
         Some((t, _)) => match saved_p(ws.dims, ws.n_chunks, t) {
             Some((pm, pflag)) => {
@@ -2123,6 +2205,11 @@ fn forward_impl(
     };
     run_w_u(gpu, ws, inp, TSource::Solve { tmat, pm, pflag })?;
     probe_mark(gpu, ws, "fwd: prep")?;
+    // With T saved, the segment states go behind it for the backward, where there is room.
+    let seg_dst = saved.and_then(|(t, len)| ws.saved_seg_at(t, len));
+    if let Some((t, _)) = saved {
+        ws.note_saved_seg(t, seg_dst.is_some());
+    }
     let (walk, ht) = segment_walk(
         gpu,
         ws,
@@ -2130,6 +2217,7 @@ fn forward_impl(
         n,
         ht,
         ("fwd: segment transitions", "fwd: segment starts"),
+        seg_dst,
     )?;
     run_state_pass(gpu, ws, inp, walk, StateOut::Forward { o, ht, path, pm })
 }
@@ -2183,9 +2271,9 @@ pub fn chunk_backward_kept(
             ),
         }
     );
-    let tmat = ptr(gpu, &kept.tmat);
+    let src = Intermediates::Kept(ptr(gpu, &kept.tmat), kept.tmat.len());
     kept.exchange(ws);
-    let r = backward_impl(gpu, ws, inp, d_o, d_final, Intermediates::Kept(tmat), grads);
+    let r = backward_impl(gpu, ws, inp, d_o, d_final, src, grads);
     kept.exchange(ws);
     r
 }
@@ -2198,8 +2286,9 @@ enum Intermediates {
     SavedT(u64, usize),
     /// Nothing: T, W, U, G by `prep` into the workspace, h_c and Ṽ recomputed.
     RecomputeT,
-    /// T at this device pointer; G, the records, W, h_c and Ṽ already in the workspace.
-    Kept(u64),
+    /// T at this device pointer, of this many elements; G, the records, W, h_c and Ṽ already in
+    /// the workspace.
+    Kept(u64, usize),
 }
 
 fn backward_impl(
@@ -2243,7 +2332,7 @@ fn backward_impl(
             "delta rule: a backward without the forward's T needs a workspace created with \
              Backward::RecomputeT"
         ),
-        Intermediates::Kept(_) => {}
+        Intermediates::Kept(..) => {}
     }
     probe_start(gpu, ws)?;
     // The forward's P for a warp-specialised reverse pass: behind the saved (or kept) T, with
@@ -2263,7 +2352,7 @@ fn backward_impl(
             probe_mark(gpu, ws, "bwd: prep (+T)")?;
             (tmat, pm, 0)
         }
-        Intermediates::Kept(tmat) => {
+        Intermediates::Kept(tmat, _) => {
             let (pm, pflag) = saved_p(ws.dims, ws.n_chunks, tmat).unwrap_or((0, 0));
             (tmat, pm, pflag)
         }
@@ -2300,15 +2389,32 @@ fn backward_impl(
     );
     // The recompute first: dṼ_loc, written just before the reverse pass, is then still in L2
     // (mostly its last chunks, which the reverse pass reads first).
-    if !matches!(src, Intermediates::Kept(_)) {
-        let (walk, _) = segment_walk(
-            gpu,
-            ws,
-            inp,
-            n,
-            0,
-            ("bwd: segment transitions", "bwd: segment starts"),
-        )?;
+    // The segment states the forward saved behind T, if it did: the recompute walks the
+    // segments from them, and the reverse pass reads their A transposed.
+    let saved_seg = match src {
+        Intermediates::SavedT(t, len) | Intermediates::Kept(t, len) => ws.saved_seg(t, len),
+        Intermediates::RecomputeT => None,
+    };
+    if !matches!(src, Intermediates::Kept(..)) {
+        let walk = match (saved_seg, ws.seg.as_ref()) {
+            (Some(sv), Some(plan)) => Walk {
+                n: plan.n_segs,
+                table: ptr(gpu, &plan.seg_chunk),
+                h0: sv.x,
+            },
+            _ => {
+                segment_walk(
+                    gpu,
+                    ws,
+                    inp,
+                    n,
+                    0,
+                    ("bwd: segment transitions", "bwd: segment starts"),
+                    None,
+                )?
+                .0
+            }
+        };
         run_state_pass(gpu, ws, inp, walk, StateOut::Recompute)?;
         probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     }
@@ -2336,9 +2442,13 @@ fn backward_impl(
         }
         probe_mark(gpu, ws, "bwd: dvloc")?;
     }
-    // The recompute over segments (not from kept intermediates) left their transitions in the
-    // plan.
-    let forward_a = !matches!(src, Intermediates::Kept(_)) && ws.seg.is_some();
+    // The forward's transitions: saved behind T, or left in the plan by the recompute over
+    // segments (not from kept intermediates).
+    let forward_a = match (saved_seg, &ws.seg) {
+        (Some(sv), _) => Some(sv.a),
+        (None, Some(plan)) if !matches!(src, Intermediates::Kept(..)) => Some(ptr(gpu, &plan.a)),
+        _ => None,
+    };
     let (walk, dh0) = reverse_walk(gpu, ws, inp, n, (pdo, dvloc), dht, dh0, forward_a)?;
     let npart = {
         launch_state(
@@ -2724,7 +2834,8 @@ mod chunk_table_tests {
 #[cfg(test)]
 mod state_cost_tests {
     use super::{
-        bwd_ws_pays, fwd_o_cost, seg_len, seg_tables, state_step_cost, ws_fwd_pays, PassKind,
+        bwd_ws_pays, fwd_o_cost, saved_seg_room, seg_len, seg_tables, state_step_cost, ws_fwd_pays,
+        PassKind, CHUNK, SEG_SAVE_SMS,
     };
     use crate::ops::delta_rule::Dims;
 
@@ -2917,6 +3028,53 @@ mod state_cost_tests {
         // Short sequences: no segment shorter than SEG_MIN_CHUNKS.
         assert_eq!(seg_len(&[20], d(2, 64, 64), 132), Some(16));
         assert_eq!(seg_len(&[16, 3], d(2, 64, 64), 132), None);
+    }
+
+    /// The room a saved-T buffer reserves holds the segment states of every plan `seg_len` makes
+    /// on devices of up to SEG_SAVE_SMS SMs for at most the sequences it was sized for, and is
+    /// none where those are too many for any plan (FLA's 1.3B shape).
+    #[test]
+    fn saved_room_holds_every_plan_it_serves() {
+        let d = |heads, dk, dv| Dims { heads, dk, dv };
+        assert_eq!(saved_seg_room(d(6, 256, 512), 512 + 8, 8), 0);
+        assert!(saved_seg_room(d(16, 128, 128), 256 + 1, 1) > 0);
+        assert_eq!(saved_seg_room(d(16, 128, 128), 256 + 2, 2), 0);
+        for dims in [
+            d(16, 128, 128),
+            d(16, 64, 64),
+            d(2, 64, 64),
+            d(4, 128, 256),
+            d(1, 256, 512),
+        ] {
+            for seqs in 1..=4 {
+                for tokens in [1000usize, 4096, 16384, 65536] {
+                    let chunks = tokens.div_ceil(CHUNK) + seqs;
+                    let room = saved_seg_room(dims, chunks, seqs);
+                    // Sized for more sequences than a plan allows: none kept (a call with fewer
+                    // forms its segment states again).
+                    if room == 0 {
+                        continue;
+                    }
+                    for sms in [78, 108, 132, 148, SEG_SAVE_SMS] {
+                        for n in 1..=seqs {
+                            // n sequences: one long, the rest short (the most segments).
+                            let mut lens = vec![1; n];
+                            lens[0] = tokens.div_ceil(CHUNK) - (n - 1);
+                            let Some(len) = seg_len(&lens, dims, sms) else {
+                                continue;
+                            };
+                            let segs: usize = lens.iter().map(|&c| c.div_ceil(len).max(1)).sum();
+                            let need = 4 + segs * dims.heads * dims.dk * (dims.dk + dims.dv);
+                            assert!(
+                                need <= room,
+                                "{dims:?} seqs {seqs} tokens {tokens} sms {sms} n {n}: \
+                                 {segs} segments need {need}, room {room}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -405,6 +405,14 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         Ok(())
     };
     grad_rows(&mut rows, &gb, "")?;
+    let lens = [
+        t * h * dk,
+        t * h * dk,
+        t * h * dv,
+        t * h,
+        t * h,
+        n * h * dk * dv,
+    ];
     // Sequence-parallel state passes (the forward's, the recompute and the reverse pass), every
     // sequence of more than one chunk cut into one-chunk segments: the plan picks them only for
     // a few long sequences, which these shapes are not.
@@ -416,6 +424,14 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         let fwd = gpu_forward(gpu, ws, c, &d, &mut ts)?;
         let planned = ws.segments().is_some();
         let grads = backward(ws, Some(&ts), None)?;
+        // The same T in a buffer without room for the segment states: that backward forms them
+        // again, and must give the same bits as the one that walks from the forward's.
+        let short = upload(
+            gpu,
+            &download(gpu, &ts)?[..super::saved_t_elems(c.dims, ws.n_chunks)],
+        )?;
+        let from_saved = ws.segments().is_some() && ws.saved_seg(ptr(gpu, &ts), ts.len()).is_some();
+        let regrads = backward(ws, Some(&short), None)?;
         let mut kept = KeptForward::new(gpu, ws)?;
         let mut ko = nan_bf16(gpu, t * h * dv)?;
         chunk_forward_keep(
@@ -429,10 +445,20 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         poison_intermediates(gpu, ws)?;
         let kept_grads = backward(ws, None, Some(&mut kept))?;
         let ko = up_bf16(&download(gpu, &ko)?[..t * h * dv]);
-        Ok((fwd, grads, (ko, kept_grads), planned))
+        let same = same_grads(gpu, &grads, &regrads, lens)?;
+        Ok((fwd, grads, (ko, kept_grads), planned, (from_saved, same)))
     })();
     ws.force_segments(None);
-    let ((so, sfs, _), sg, (sko, skg), planned) = seg?;
+    let ((so, sfs, _), sg, (sko, skg), planned, (from_saved, same_seg)) = seg?;
+    if from_saved {
+        rows.push(row(
+            "delta_rule.chunk_bwd grads from the forward's segment states = forming them again, \
+             bitwise",
+            &c.label,
+            if same_seg { 0.0 } else { f64::INFINITY },
+            0.0,
+        ));
+    }
     if planned {
         rows.push(row(
             "delta_rule.chunk_fwd o, keeping forward, sequence-parallel",
@@ -489,14 +515,6 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         max_rel_err(&ok, &fref.o),
         TOL_BF16,
     ));
-    let lens = [
-        t * h * dk,
-        t * h * dk,
-        t * h * dv,
-        t * h,
-        t * h,
-        n * h * dk * dv,
-    ];
     // Both reverse-pass paths, whichever the cost model picks above, the plain one unsplit: the
     // warp-specialised pass's state warps are the unsplit pass's, and its dṼ_loc warps form
     // kernel 4's tiles with kernel 4's helpers, so the gradients must be the same bits.
