@@ -835,15 +835,18 @@ const SEG_SAVE_SMS: usize = 160;
 /// (and P) for the forward's segment states ([`SavedSeg`]): none where `seqs` sequences are too
 /// many for a plan on a device of [`SEG_SAVE_SMS`] SMs (fewer sequences in a call may still make
 /// one: its backward then forms the states again), else 4 (alignment) + A and X of as many
-/// segments as [`seg_len`] can make there: its count for the device, plus one partial segment
-/// per sequence.
+/// segments as [`seg_len`] can make there: its count for the device, and at most one per
+/// [`SEG_MIN_CHUNKS`] chunks, plus one partial segment per sequence. (A plan forced shorter,
+/// `force_segments`, saves its states only into a buffer made larger by the caller.)
 fn saved_seg_room(dims: Dims, chunks: usize, seqs: usize) -> usize {
     let ctas = |cols: usize| dims.heads * cols.div_ceil(64);
     if 4 * seqs * ctas(dims.dv) > SEG_SAVE_SMS {
         return 0;
     }
-    let segs =
-        (2 * SEG_SAVE_SMS / ctas(dims.dv + dims.dk)).min(SEG_SAVE_SMS / ctas(dims.dv)) + seqs;
+    let segs = (2 * SEG_SAVE_SMS / ctas(dims.dv + dims.dk))
+        .min(SEG_SAVE_SMS / ctas(dims.dv))
+        .min(chunks / SEG_MIN_CHUNKS)
+        + seqs;
     4 + segs.min(chunks) * dims.heads * dims.dk * (dims.dk + dims.dv)
 }
 

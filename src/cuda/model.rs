@@ -2498,14 +2498,17 @@ mod tests {
         assert_eq!(acc.category(C::Residual), 3 * t * 64 * 4);
         // q_pre, k_pre, v_pre, gate, o (bf16 [t, 128]), a (bf16 [t, 2]), g, β (f32 [t, 2]),
         // mix (bf16 [t, 64]), the delta rule's T (f32 [⌈100/64⌉ + 3 = 5 chunks, 2, 64, 64]) and
-        // behind it the forward's P (bf16, the same shape) and its flag (one f32), per block.
+        // behind it the forward's P (bf16, the same shape), its flag (one f32) and room for the
+        // segment states of a plan (4 f32 + A and X of 5 / 16 + 3 = 3 segments: f32 [3, 2, 64,
+        // 64 + 64]), per block.
         let saved = 5 * t * 128 * 2
             + t * 2 * 2
             + 2 * t * 2 * 4
             + t * 64 * 2
             + 5 * 2 * 4096 * 4
             + 5 * 2 * 4096 * 2
-            + 4;
+            + 4
+            + (4 + 3 * 2 * 64 * 128) * 4;
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =

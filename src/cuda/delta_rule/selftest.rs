@@ -420,7 +420,10 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     // backward forms its own reverse transitions: it has no recompute to take them from).
     ws.force_segments(Some(1));
     let seg = (|| -> Result<_> {
-        let mut ts = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+        // Room for the states of one-chunk segments: `saved_t_len` reserves it only for the plans
+        // `seg_len` makes (segments of 16 chunks or more).
+        let room = 4 + ws.n_chunks * h * dk * (dk + dv);
+        let mut ts = nan_f32(gpu, saved_t_len(c.dims, t, n) + room)?;
         let fwd = gpu_forward(gpu, ws, c, &d, &mut ts)?;
         let planned = ws.segments().is_some();
         let grads = backward(ws, Some(&ts), None)?;
@@ -433,6 +436,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         let from_saved = ws.segments().is_some() && ws.saved_seg(ptr(gpu, &ts), ts.len()).is_some();
         let regrads = backward(ws, Some(&short), None)?;
         let mut kept = KeptForward::new(gpu, ws)?;
+        kept.tmat = nan_f32(gpu, kept.tmat.len() + room)?;
         let mut ko = nan_bf16(gpu, t * h * dv)?;
         chunk_forward_keep(
             gpu,
