@@ -405,6 +405,27 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         Ok(())
     };
     grad_rows(&mut rows, &gb, "")?;
+    // The keeping forward, then the backward from what it kept, with the workspace's own buffers
+    // poisoned in between (they are not the kept ones after the exchange): o and the gradients.
+    // `room`: f32 elements more in the kept T than `saved_t_len` gives it.
+    let keep_then_backward = |ws: &mut DeltaRuleWorkspace, room: usize| -> Result<_> {
+        let mut kept = KeptForward::new(gpu, ws)?;
+        if room > 0 {
+            kept.tmat = nan_f32(gpu, kept.tmat.len() + room)?;
+        }
+        let mut ko = nan_bf16(gpu, t * h * dv)?;
+        chunk_forward_keep(
+            gpu,
+            ws,
+            &d.inputs(c),
+            &mut ko.slice_mut(..t * h * dv),
+            None,
+            &mut kept,
+        )?;
+        poison_intermediates(gpu, ws)?;
+        let grads = backward(ws, None, Some(&mut kept))?;
+        Ok((up_bf16(&download(gpu, &ko)?[..t * h * dv]), grads))
+    };
     let lens = [
         t * h * dk,
         t * h * dk,
@@ -435,22 +456,9 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         )?;
         let from_saved = ws.segments().is_some() && ws.saved_seg(ptr(gpu, &ts), ts.len()).is_some();
         let regrads = backward(ws, Some(&short), None)?;
-        let mut kept = KeptForward::new(gpu, ws)?;
-        kept.tmat = nan_f32(gpu, kept.tmat.len() + room)?;
-        let mut ko = nan_bf16(gpu, t * h * dv)?;
-        chunk_forward_keep(
-            gpu,
-            ws,
-            &d.inputs(c),
-            &mut ko.slice_mut(..t * h * dv),
-            None,
-            &mut kept,
-        )?;
-        poison_intermediates(gpu, ws)?;
-        let kept_grads = backward(ws, None, Some(&mut kept))?;
-        let ko = up_bf16(&download(gpu, &ko)?[..t * h * dv]);
+        let kept = keep_then_backward(ws, room)?;
         let same = same_grads(gpu, &grads, &regrads, lens)?;
-        Ok((fwd, grads, (ko, kept_grads), planned, (from_saved, same)))
+        Ok((fwd, grads, kept, planned, (from_saved, same)))
     })();
     ws.force_segments(None);
     let ((so, sfs, _), sg, (sko, skg), planned, (from_saved, same_seg)) = seg?;
@@ -491,20 +499,8 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let nt = ws.n_chunks * h * CHUNK * CHUNK;
     let ws_t = download(gpu, ws.bwd.as_ref().unwrap().tmat.as_ref().unwrap())?;
     let same_t = same_bits(&download(gpu, &saved_t)?[..nt], &ws_t[..nt]);
-    // The keeping forward (split pass), then the backward from what it kept, with the workspace's
-    // own buffers poisoned in between (they are not the kept ones after the exchange).
-    let mut kept = KeptForward::new(gpu, ws)?;
-    let mut ok = nan_bf16(gpu, t * h * dv)?;
-    chunk_forward_keep(
-        gpu,
-        ws,
-        &d.inputs(c),
-        &mut ok.slice_mut(..t * h * dv),
-        None,
-        &mut kept,
-    )?;
-    poison_intermediates(gpu, ws)?;
-    let gk = backward(ws, None, Some(&mut kept))?;
+    // The keeping forward (split pass) and the backward from what it kept.
+    let (ok, gk) = keep_then_backward(ws, 0)?;
     let refused = backward(ws, None, Some(&mut KeptForward::new(gpu, ws)?)).is_err();
     rows.push(row(
         "delta_rule.chunk_bwd from an empty KeptForward refused",
@@ -512,7 +508,6 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         if refused { 0.0 } else { f64::INFINITY },
         0.0,
     ));
-    let ok = up_bf16(&download(gpu, &ok)?[..t * h * dv]);
     rows.push(row(
         "delta_rule.chunk_fwd o, keeping forward",
         &c.label,
