@@ -880,6 +880,34 @@ struct SavedSeg {
     a: u64,
 }
 
+/// f32 offsets in a saved-T buffer for `chunks` chunks of X (16-byte aligned, behind T and P)
+/// and A for `segs` segments, and the end of A.
+fn saved_seg_offsets(dims: Dims, chunks: usize, segs: usize) -> (usize, usize, usize) {
+    let x0 = saved_t_elems(dims, chunks).next_multiple_of(4);
+    let a0 = x0 + segs * dims.heads * dims.dk * dims.dv;
+    (x0, a0, a0 + segs * dims.heads * dims.dk * dims.dk)
+}
+
+/// The saved-T buffers (device addresses) whose forward left its segment states in them, each
+/// with the plan it had ((segments, segment length)): a backward walks from them only under the
+/// same plan (a forced length, `force_segments`, may have changed it since).
+#[derive(Default)]
+struct SegStatesSaved(Vec<(u64, (usize, usize))>);
+
+impl SegStatesSaved {
+    /// A forward saved T at `tmat` with its states under `plan`, or (`None`) without them.
+    fn note(&mut self, tmat: u64, plan: Option<(usize, usize)>) {
+        self.0.retain(|&(t, _)| t != tmat);
+        if let Some(p) = plan {
+            self.0.push((tmat, p));
+        }
+    }
+
+    fn holds(&self, tmat: u64, plan: (usize, usize)) -> bool {
+        self.0.contains(&(tmat, plan))
+    }
+}
+
 /// f32 per chunk and head of the decay record that `prep`/`wu` write for the state passes
 /// (δ_t = exp(G_last − G_t), γ_last and padding, γ_t = exp(G_t): `RECW` in delta_rule.cu).
 pub(crate) const REC_WIDTH: usize = 2 * CHUNK + 4;
@@ -933,10 +961,8 @@ pub struct DeltaRuleWorkspace {
     backward_forced: Option<BackwardPath>,
     /// The sequence-parallel plan of the uploaded `cu_seqlens`, where there is one.
     seg: Option<SegPlan>,
-    /// Saved-T buffers (device address) whose forward left its segment states in them, with
-    /// (segments, segment length) of its plan: a backward walks its segments from them only
-    /// under the same plan (a forced length, `force_segments`, may have changed it since).
-    seg_saved: Vec<(u64, (usize, usize))>,
+    /// The saved-T buffers that hold their forward's segment states.
+    seg_saved: SegStatesSaved,
     /// The segment length in chunks when forced ([`DeltaRuleWorkspace::force_segments`]).
     seg_forced: Option<usize>,
 }
@@ -1288,7 +1314,7 @@ impl DeltaRuleWorkspace {
             ks_forced: None,
             backward_forced: None,
             seg: None,
-            seg_saved: Vec::new(),
+            seg_saved: SegStatesSaved::default(),
             seg_forced: None,
         })
     }
@@ -1433,33 +1459,19 @@ impl DeltaRuleWorkspace {
     /// behind T and P, where the room ([`saved_seg_room`]) holds this plan's A and X.
     fn saved_seg_at(&self, tmat: u64, len: usize) -> Option<SavedSeg> {
         let p = self.seg.as_ref()?;
-        let Dims {
-            heads: h,
-            dk: k,
-            dv: v,
-        } = self.dims;
-        let x0 = saved_t_elems(self.dims, self.n_chunks).next_multiple_of(4);
-        let a0 = x0 + p.n_segs * h * k * v;
-        (a0 + p.n_segs * h * k * k <= len).then_some(SavedSeg {
+        let (x0, a0, end) = saved_seg_offsets(self.dims, self.n_chunks, p.n_segs);
+        (end <= len).then_some(SavedSeg {
             x: tmat + 4 * x0 as u64,
             a: tmat + 4 * a0 as u64,
         })
     }
 
-    /// Records whether the forward that saved T at `tmat` left this call's segment states there.
-    fn note_saved_seg(&mut self, tmat: u64, saved: bool) {
-        self.seg_saved.retain(|&(t, _)| t != tmat);
-        if let (true, Some(key)) = (saved, self.segments()) {
-            self.seg_saved.push((tmat, key));
-        }
-    }
-
     /// The segment states that the forward which saved T at `tmat` (`len` elements) left there
     /// for this call's plan, if it did.
     fn saved_seg(&self, tmat: u64, len: usize) -> Option<SavedSeg> {
-        let key = self.segments()?;
+        let plan = self.segments()?;
         self.seg_saved
-            .contains(&(tmat, key))
+            .holds(tmat, plan)
             .then(|| self.saved_seg_at(tmat, len))
             .flatten()
     }
@@ -2211,7 +2223,8 @@ fn forward_impl(
     // With T saved, the segment states go behind it for the backward, where there is room.
     let seg_dst = saved.and_then(|(t, len)| ws.saved_seg_at(t, len));
     if let Some((t, _)) = saved {
-        ws.note_saved_seg(t, seg_dst.is_some());
+        let plan = ws.segments().filter(|_| seg_dst.is_some());
+        ws.seg_saved.note(t, plan);
     }
     let (walk, ht) = segment_walk(
         gpu,
@@ -2840,6 +2853,7 @@ mod state_cost_tests {
         bwd_ws_pays, fwd_o_cost, saved_seg_room, seg_len, seg_tables, state_step_cost, ws_fwd_pays,
         PassKind, CHUNK, SEG_SAVE_SMS,
     };
+    use super::{saved_seg_offsets, saved_t_len, SegStatesSaved};
     use crate::ops::delta_rule::Dims;
 
     /// The cheapest (warps, cost per step) among (warps, CTAs per SM) for the cost model, ties
@@ -3031,6 +3045,43 @@ mod state_cost_tests {
         // Short sequences: no segment shorter than SEG_MIN_CHUNKS.
         assert_eq!(seg_len(&[20], d(2, 64, 64), 132), Some(16));
         assert_eq!(seg_len(&[16, 3], d(2, 64, 64), 132), None);
+    }
+
+    /// X and A sit behind T and P, 16-byte aligned, without overlap, and the room `saved_t_len`
+    /// reserves for a plan ends at or after their end.
+    #[test]
+    fn segment_states_sit_behind_t_and_p() {
+        let dims = Dims {
+            heads: 16,
+            dk: 128,
+            dv: 128,
+        };
+        // B1·T16384: 257 chunks, 4 segments.
+        let (x0, a0, end) = saved_seg_offsets(dims, 257, 4);
+        let t_and_p = 257 * 16 * 4096 * 3 / 2 + 1;
+        assert!(x0 >= t_and_p && x0 % 4 == 0 && x0 - t_and_p < 4);
+        assert_eq!(a0 - x0, 4 * 16 * 128 * 128);
+        assert_eq!(end - a0, 4 * 16 * 128 * 128);
+        assert!(end <= saved_t_len(dims, 16384, 1));
+    }
+
+    /// A backward finds the states only in the buffer a forward noted, under that forward's plan;
+    /// a later forward into the same buffer without them (or under another plan) replaces the
+    /// note.
+    #[test]
+    fn segment_states_are_found_only_under_their_plan() {
+        let mut saved = SegStatesSaved::default();
+        saved.note(0x1000, Some((4, 64)));
+        saved.note(0x2000, Some((4, 64)));
+        assert!(saved.holds(0x1000, (4, 64)));
+        assert!(!saved.holds(0x1000, (8, 32)));
+        assert!(!saved.holds(0x3000, (4, 64)));
+        saved.note(0x1000, None);
+        assert!(!saved.holds(0x1000, (4, 64)));
+        assert!(saved.holds(0x2000, (4, 64)));
+        saved.note(0x2000, Some((257, 1)));
+        assert!(!saved.holds(0x2000, (4, 64)));
+        assert!(saved.holds(0x2000, (257, 1)));
     }
 
     /// The room a saved-T buffer reserves holds the segment states of every plan `seg_len` makes
