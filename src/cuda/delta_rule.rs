@@ -820,7 +820,8 @@ pub enum Backward {
 /// partial ones included, holds a 64 × 64 f32 block per head; a forward over fewer tokens or
 /// sequences uses a prefix). Where the warp-specialised passes serve the dimensions, the buffer
 /// also keeps the forward's P for the reverse pass ([`saved_p`]): bf16 64 × 64 per chunk and
-/// head behind T, and one flag.
+/// head behind T, and one flag; where few sequences may make a sequence-parallel plan, room for
+/// its segment states behind those ([`saved_seg_room`]).
 pub fn saved_t_len(dims: Dims, tokens: usize, seqs: usize) -> usize {
     let chunks = tokens.div_ceil(CHUNK) + seqs;
     saved_t_elems(dims, chunks) + saved_seg_room(dims, chunks, seqs)
@@ -839,15 +840,10 @@ const SEG_SAVE_SMS: usize = 160;
 /// [`SEG_MIN_CHUNKS`] chunks, plus one partial segment per sequence. (A plan forced shorter,
 /// `force_segments`, saves its states only into a buffer made larger by the caller.)
 fn saved_seg_room(dims: Dims, chunks: usize, seqs: usize) -> usize {
-    let ctas = |cols: usize| dims.heads * cols.div_ceil(64);
-    if 4 * seqs * ctas(dims.dv) > SEG_SAVE_SMS {
-        return 0;
-    }
-    let segs = (2 * SEG_SAVE_SMS / ctas(dims.dv + dims.dk))
-        .min(SEG_SAVE_SMS / ctas(dims.dv))
-        .min(chunks / SEG_MIN_CHUNKS)
-        + seqs;
-    4 + segs.min(chunks) * dims.heads * dims.dk * (dims.dk + dims.dv)
+    seg_count(dims, seqs, SEG_SAVE_SMS).map_or(0, |segs| {
+        let segs = segs.min(chunks / SEG_MIN_CHUNKS) + seqs;
+        4 + segs.min(chunks) * dims.heads * dims.dk * (dims.dk + dims.dv)
+    })
 }
 
 /// f32 elements of a saved-T buffer for `chunks` chunks: T, and where the warp-specialised
@@ -997,19 +993,24 @@ struct SegPlan {
 /// its own, which shorter segments do not repay.
 const SEG_MIN_CHUNKS: usize = 16;
 
+/// The segments of a sequence-parallel plan for `seqs` sequences on `sms` SMs ([`seg_len`]), or
+/// `None` where the warp-specialised forward's CTAs already fill a quarter of them.
+fn seg_count(dims: Dims, seqs: usize, sms: usize) -> Option<usize> {
+    let ctas = |cols: usize| dims.heads * cols.div_ceil(64);
+    (4 * seqs * ctas(dims.dv) <= sms).then(|| {
+        (2 * sms / ctas(dims.dv + dims.dk))
+            .min(sms / ctas(dims.dv))
+            .max(1)
+    })
+}
+
 /// The segment length (chunks) of a sequence-parallel plan for sequences of `chunks` chunks
 /// each, or `None` where none pays: the warp-specialised forward's CTAs (one per sequence, head
 /// and 64 columns of V) already fill a quarter of the `sms`, or no sequence is longer than a
 /// segment. The segments number at most what keeps the transition pass (a CTA per segment, head
 /// and 64 columns of V + K) at two CTAs per SM and the forward over them (V's columns) at one.
 fn seg_len(chunks: &[usize], dims: Dims, sms: usize) -> Option<usize> {
-    let ctas = |cols: usize| dims.heads * cols.div_ceil(64);
-    if 4 * chunks.len() * ctas(dims.dv) > sms {
-        return None;
-    }
-    let segs = (2 * sms / ctas(dims.dv + dims.dk))
-        .min(sms / ctas(dims.dv))
-        .max(1);
+    let segs = seg_count(dims, chunks.len(), sms)?;
     let total: usize = chunks.iter().sum();
     let len = total.div_ceil(segs).max(SEG_MIN_CHUNKS);
     chunks.iter().any(|&c| c > len).then_some(len)

@@ -438,7 +438,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     // sequence of more than one chunk cut into one-chunk segments: the plan picks them only for
     // a few long sequences, which these shapes are not.
     // The keeping forward and the backward from what it kept walk the same segments (that
-    // backward forms its own reverse transitions: it has no recompute to take them from).
+    // backward has no recompute: it reads the transitions its forward saved).
     ws.force_segments(Some(1));
     let seg = (|| -> Result<_> {
         // Room for the states of one-chunk segments: `saved_t_len` reserves it only for the plans
@@ -454,7 +454,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             gpu,
             &download(gpu, &ts)?[..super::saved_t_elems(c.dims, ws.n_chunks)],
         )?;
-        let from_saved = ws.segments().is_some() && ws.saved_seg(ptr(gpu, &ts), ts.len()).is_some();
+        let from_saved = ws.saved_seg(ptr(gpu, &ts), ts.len()).is_some();
         let regrads = backward(ws, Some(&short), None)?;
         let kept = keep_then_backward(ws, room)?;
         let same = same_grads(gpu, &grads, &regrads, lens)?;
