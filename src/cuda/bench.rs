@@ -584,13 +584,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             decode_shapes.clear();
         }
     }
-    let mut gpu = Gpu::open(a.device)?;
+    // `Gpu::open` gives the non-default streams, without cudarc's event bookkeeping, that
+    // graph capture needs.
+    let gpu = Gpu::open(a.device)?;
     super::warm_kernel_cache(&gpu);
-    // Graph capture needs a non-default stream and no cudarc event bookkeeping (all work is on
-    // one stream; every buffer is allocated before capture).
-    // SAFETY: only this stream is used from here on.
-    unsafe { gpu.ctx.disable_event_tracking() };
-    gpu.stream = gpu.ctx.new_stream().context("creating a stream")?;
     println!("device: {} ({})", gpu.name, gpu.arch);
     let reps = a.reps.max(5);
     let mut chunk_rows = Vec::new();

@@ -54,7 +54,7 @@ use anyhow::{ensure, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaEvent, CudaFunction, CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
     LaunchConfig, PushKernelArg,
 };
 use half::bf16;
@@ -139,7 +139,20 @@ fn launch(
     smem: u32,
     args: &[Arg],
 ) -> Result<()> {
-    let mut b = gpu.stream.launch_builder(f);
+    launch_on(&gpu.stream, f, name, grid, block, smem, args)
+}
+
+/// [`launch`] on a given stream: the GPU's, or its side stream between a fork and a join.
+fn launch_on(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    args: &[Arg],
+) -> Result<()> {
+    let mut b = stream.launch_builder(f);
     for a in args {
         match a {
             Arg::P(p) => b.arg(p),
@@ -161,7 +174,17 @@ fn launch(
 
 /// [`launch`] of a chunk kernel with its own name and shared-memory size.
 fn launch_kern(gpu: &Gpu, k: &Kern, grid: (u32, u32, u32), block: u32, args: &[Arg]) -> Result<()> {
-    launch(gpu, &k.f, &k.name, grid, block, k.smem, args)
+    launch_kern_on(&gpu.stream, k, grid, block, args)
+}
+
+fn launch_kern_on(
+    stream: &CudaStream,
+    k: &Kern,
+    grid: (u32, u32, u32),
+    block: u32,
+    args: &[Arg],
+) -> Result<()> {
+    launch_on(stream, &k.f, &k.name, grid, block, k.smem, args)
 }
 
 fn ptr<T, S: DevicePtr<T>>(gpu: &Gpu, x: &S) -> u64 {
@@ -1781,6 +1804,39 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
     }
 }
 
+/// dṼ_loc, the within-chunk part of dṼ (from Q, K, the gates and dO), on `stream`.
+fn run_dvloc(
+    stream: &CudaStream,
+    ws: &DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    (d_o, dvloc): (u64, u64),
+) -> Result<()> {
+    let nc = ws.n_chunks;
+    if nc == 0 {
+        return Ok(());
+    }
+    let Dims {
+        heads: h, dv: v, ..
+    } = ws.dims;
+    launch_kern_on(
+        stream,
+        &ws.kern.dvloc,
+        (nc as u32, h as u32, 1),
+        256,
+        &[
+            Arg::P(inp.q.device_ptr(stream).0),
+            Arg::P(inp.k.device_ptr(stream).0),
+            Arg::P(ws.gc.device_ptr(stream).0),
+            Arg::P(d_o),
+            Arg::P(ws.ctab.device_ptr(stream).0),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::F(inp.scale),
+            Arg::P(dvloc),
+        ],
+    )
+}
+
 /// Checks a saved T's length against the chunks of the current call: at least NC·H·64·64, and
 /// where the warp-specialised passes serve, the P and flag behind it ([`saved_p`]).
 fn check_saved_t(ws: &DeltaRuleWorkspace, name: &str, len: usize) -> Result<()> {
@@ -2404,8 +2460,15 @@ fn backward_impl(
         ptr_mut(gpu, &mut grads.dbeta),
         ptr_mut(gpu, &mut grads.dh0),
     );
-    // The recompute first: dṼ_loc, written just before the reverse pass, is then still in L2
-    // (mostly its last chunks, which the reverse pass reads first).
+    // dṼ_loc needs only Q, K, the gates (wu or prep formed them) and dO. Beside the recompute,
+    // on the side stream, its blocks take the SMs the state pass leaves idle (at B4·H6·K256 the
+    // pass has 96 CTAs for 132 SMs). With a stage probe it runs alone, after the recompute, so
+    // that each stage is timed by itself; it is then still in L2 (mostly its last chunks, which
+    // the reverse pass reads first).
+    let beside = !rev_ws && ws.probe().is_none() && !matches!(src, Intermediates::Kept(..));
+    if beside {
+        run_dvloc(gpu.fork()?, ws, inp, (pdo, dvloc))?;
+    }
     // The segment states the forward saved behind T, if it did: the recompute walks the
     // segments from them, and the reverse pass reads their A transposed.
     let saved_seg = match src {
@@ -2436,27 +2499,10 @@ fn backward_impl(
         probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     }
     let (path, sb) = ws.reverse_pass(n);
-    if path == BackwardPath::Plain {
-        let kern = &ws.kern;
-        if nc > 0 {
-            launch_kern(
-                gpu,
-                &kern.dvloc,
-                (nc as u32, h as u32, 1),
-                256,
-                &[
-                    Arg::P(pq),
-                    Arg::P(pk),
-                    Arg::P(gc),
-                    Arg::P(pdo),
-                    Arg::P(ctab),
-                    Arg::I(hi),
-                    Arg::I(vi),
-                    Arg::F(inp.scale),
-                    Arg::P(dvloc),
-                ],
-            )?;
-        }
+    if beside {
+        gpu.join()?;
+    } else if path == BackwardPath::Plain {
+        run_dvloc(&gpu.stream, ws, inp, (pdo, dvloc))?;
         probe_mark(gpu, ws, "bwd: dvloc")?;
     }
     // The forward's transitions: saved behind T, or left in the plan by the recompute over

@@ -22,7 +22,7 @@ pub fn capture<R>(gpu: &Gpu, f: impl FnOnce() -> Result<R>) -> Result<(CudaGraph
     let r = f();
     let g = gpu
         .stream
-        .end_capture(CUgraphInstantiate_flags(0))
+        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY)
         .map_err(|e| anyhow!("end_capture: {e:?}"));
     let r = r.context("the captured call failed")?;
     let g = g?.ok_or_else(|| anyhow!("the capture produced no graph"))?;

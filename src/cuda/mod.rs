@@ -1,5 +1,5 @@
-//! The CUDA device (part of the tensor layer): a context and one stream, kernels compiled from
-//! `.cu` sources by NVRTC for the device's architecture and cached, and device buffers.
+//! The CUDA device (part of the tensor layer): a context, its stream (and a side stream for work
+//! that runs beside it), kernels compiled from `.cu` sources by NVRTC for the device's architecture and cached, and device buffers.
 //!
 //! Nothing CUDA is linked at build time (cudarc's dynamic loading): the same binary runs
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
@@ -39,15 +39,21 @@ pub use compile::{compile_ptx, cuda_include_dir, KernelSource};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut,
+    SyncOnDrop,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// One GPU: its context, the stream all work goes on, and the kernels loaded so far.
+/// One GPU: its context, the stream all work goes on, a side stream for work that runs beside
+/// it (see [`Gpu::fork`]), and the kernels loaded so far.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    /// Lower priority than `stream`: its blocks take only the SMs that `stream`'s leave idle.
+    side: Arc<CudaStream>,
+    fork_ev: CudaEvent,
+    join_ev: CudaEvent,
     /// NVRTC target, e.g. `sm_90a` on an H200.
     pub arch: &'static str,
     pub name: String,
@@ -83,15 +89,29 @@ impl Gpu {
             .context("cannot read the compute capability")?;
         let arch = arch_name(major, minor);
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        // One non-default stream for all work: the legacy default stream cannot be captured
-        // into a CUDA graph, and with a single stream cudarc's per-buffer event tracking only
-        // adds work (and breaks capture), so it is off.
-        // SAFETY: gdn queues everything on this one stream, so ordering is the stream's order.
+        // Non-default streams: the legacy default stream cannot be captured into a CUDA graph.
+        // cudarc's per-buffer event tracking only adds work (and breaks capture), so it is off.
+        // SAFETY: work goes on `stream`, and on `side` only between `fork` and `join`, whose
+        // events order it against `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().context("cannot create a CUDA stream")?;
+        ctx.bind_to_thread()
+            .context("cannot bind the CUDA context")?;
+        let (least, greatest) = cudarc::driver::result::stream::get_priority_range()
+            .context("cannot read the stream priority range")?;
+        let stream = ctx
+            .new_stream_with_priority(greatest)
+            .context("cannot create a CUDA stream")?;
+        let side = ctx
+            .new_stream_with_priority(least)
+            .context("cannot create the side CUDA stream")?;
+        let event = || ctx.new_event(None).context("cannot create a CUDA event");
+        let (fork_ev, join_ev) = (event()?, event()?);
         Ok(Gpu {
             ctx,
             stream,
+            side,
+            fork_ev,
+            join_ev,
             arch,
             name,
             modules: Mutex::new(HashMap::new()),
@@ -116,6 +136,25 @@ impl Gpu {
         module
             .load_function(func)
             .with_context(|| format!("kernel `{func}` not found in `{}`", source.name))
+    }
+
+    /// The side stream, after everything queued so far on `stream`: work queued on it runs
+    /// beside what is queued on `stream` next, until [`Gpu::join`]. In a CUDA graph capture the
+    /// two become parallel branches.
+    pub fn fork(&self) -> Result<&Arc<CudaStream>> {
+        self.fork_ev
+            .record(&self.stream)
+            .context("fork: event record")?;
+        self.side.wait(&self.fork_ev).context("fork: stream wait")?;
+        Ok(&self.side)
+    }
+
+    /// `stream` waits for everything queued on the side stream (every fork must be joined).
+    pub fn join(&self) -> Result<()> {
+        self.join_ev
+            .record(&self.side)
+            .context("join: event record")?;
+        self.stream.wait(&self.join_ev).context("join: stream wait")
     }
 
     /// Waits for all queued work and surfaces any asynchronous error.

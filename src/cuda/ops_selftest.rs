@@ -1231,13 +1231,7 @@ impl Ctx<'_> {
     /// (event tracking off, as the trainer will do) from the same starting state: the results
     /// must agree bit for bit, which checks both that the ops are capturable and deterministic.
     fn graph(&mut self) -> Result<()> {
-        let mut g = Gpu::open(self.gpu.ctx.ordinal())?;
-        // SAFETY: this Gpu's buffers are used on its one stream only.
-        unsafe { g.ctx.disable_event_tracking() };
-        g.stream = g
-            .ctx
-            .new_stream()
-            .map_err(|e| anyhow::anyhow!("creating a stream: {e:?}"))?;
+        let g = Gpu::open(self.gpu.ctx.ordinal())?;
         let gpu = &g;
         let blas = Blas::new(gpu)?;
         let (rows, d, vocab) = (STEP_ROWS, STEP_D, STEP_VOCAB);
