@@ -1,5 +1,6 @@
 //! The CUDA device (part of the tensor layer): a context, its stream (and a side stream for work
-//! that runs beside it), kernels compiled from `.cu` sources by NVRTC for the device's architecture and cached, and device buffers.
+//! that runs beside it), kernels compiled from `.cu` sources by NVRTC for the device's
+//! architecture and cached, and device buffers.
 //!
 //! Nothing CUDA is linked at build time (cudarc's dynamic loading): the same binary runs
 //! everywhere and finds the driver, NVRTC and cuBLASLt at run time where they exist.
