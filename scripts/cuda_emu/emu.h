@@ -126,6 +126,9 @@ inline void bar_sync(int id, int n) {
   b.cv.wait(l, [&] { return b.gen != g0; });
 }
 inline void __syncwarp() { tw->bar.arrive_and_wait(); }
+// The split pass's publish() (followed passes only; the emulations give it no counts).
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned x) { return __atomic_fetch_add(p, x, __ATOMIC_SEQ_CST); }
 // A warp shuffle: every lane posts v and reads the lane src(lane) posted (its own v where src
 // gives a lane outside the warp).
 template <class F>

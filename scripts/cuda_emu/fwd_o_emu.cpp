@@ -37,7 +37,7 @@ static bool run_case(const Case& c, unsigned seed) {
 
   run_grid<dr::FwdOSm<K>>(dr::FwdOSm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
     dr::fwd_o_impl<K>(q.data(), k.data(), gc.data(), hs.data(), vn.data(), ctab.data(), H, V,
-                      scale, o.data());
+                      scale, o.data(), (int)blockIdx.x, (int)blockIdx.y);
   });
 
   auto f = [](bf16 x) { return (double)__bfloat162float(x); };

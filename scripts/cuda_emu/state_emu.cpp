@@ -86,7 +86,7 @@ static Out run_kernel(const Problem& p) {
         MODE == dr::MODE_WS ? p.pm.data() : nullptr, p.gc.data(),
         p.rec.data(), p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H,
         V, p.scale, fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(),
-        fused ? o.data() : nullptr, r.ht.data(), nullptr);
+        fused ? o.data() : nullptr, r.ht.data(), nullptr, nullptr);
   });
   auto tof = [](const std::vector<bf16>& v) {
     std::vector<float> f(v.size());
@@ -280,7 +280,7 @@ static void check_seg(unsigned seed) {
       dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
           p.ctab.data(), seg_chunk.data(), nullptr, H, V, p.scale, nullptr, nullptr, nullptr,
-          B.data(), A.data());
+          B.data(), A.data(), nullptr);
     });
     Out r;
     r.ht.assign((size_t)N * H * K * V, nanv);
@@ -294,7 +294,7 @@ static void check_seg(unsigned seed) {
       dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
           p.ctab.data(), seg_chunk.data(), X.data(), H, V, p.scale, hout.data(), vnew.data(),
-          nullptr, nullptr, nullptr);
+          nullptr, nullptr, nullptr, nullptr);
     });
     auto tof = [](const std::vector<bf16>& v) {
       std::vector<float> f(v.size());

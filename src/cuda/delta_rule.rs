@@ -374,6 +374,8 @@ struct ChunkKernels {
     /// W, U and G from a saved T (the backward when the forward kept T).
     wu: Kern,
     fwd_o: Kern,
+    /// fwd_o taking its (chunk, head) items by ticket as a split pass forms them ([`FwdFollow`]).
+    fwd_o_follow: Kern,
     dvloc: Kern,
     /// Kernels 6 and 7 as one (`dr_dqkwy`: dqk, then wy, per chunk and head).
     dqkwy: Kern,
@@ -473,6 +475,7 @@ impl ChunkKernels {
             prep_p_smem: s(SLOT_PREP_P),
             wu: need(ld("wu", SLOT_WU)?, "wu", limit)?,
             fwd_o: need(ld("fwd_o", SLOT_FWD_O)?, "fwd_o", limit)?,
+            fwd_o_follow: need(ld("fwd_o_follow", SLOT_FWD_O)?, "fwd_o_follow", limit)?,
             dvloc: need(ld("dvloc", SLOT_DVLOC)?, "dvloc", limit)?,
             dqkwy: need(
                 load_kern(gpu, dk, format!("dr_dqkwy_k{dk}"), (dqkwy, dqkwy), limit)?,
@@ -953,6 +956,11 @@ pub struct DeltaRuleWorkspace {
     ctab: CudaSlice<i32>,
     /// First chunk of each sequence, i32 [max_seqs + 1].
     seq_chunk: CudaSlice<i32>,
+    /// The chunks in the order a state pass forms them ([`step_order`]), i32 [max_chunks].
+    order: CudaSlice<i32>,
+    /// Per (chunk, head) the split pass's CTAs that have stored it, then the followers' ticket:
+    /// u32 [max_chunks · H + 1] ([`FwdFollow`]).
+    done: CudaSlice<u32>,
     cu_cached: Vec<usize>,
     n_chunks: usize,
     /// In-chunk cumulative log decay G, f32 [T, H].
@@ -1322,6 +1330,8 @@ impl DeltaRuleWorkspace {
             spread_up_to,
             ctab: alloc_ws(gpu, 2 * max_chunks, "ctab")?,
             seq_chunk: alloc_ws(gpu, max_seqs + 1, "seq_chunk")?,
+            order: alloc_ws(gpu, max_chunks, "order")?,
+            done: alloc_ws(gpu, max_chunks * h + 1, "done")?,
             cu_cached: Vec::new(),
             n_chunks: 0,
             gc: alloc_ws(gpu, t * h, "gc")?,
@@ -1382,6 +1392,9 @@ impl DeltaRuleWorkspace {
             gpu.stream
                 .memcpy_htod(&ctab, &mut self.ctab.slice_mut(..ctab.len()))
                 .context("uploading the delta rule chunk table")?;
+            gpu.stream
+                .memcpy_htod(&step_order(&seq_chunk), &mut self.order.slice_mut(..nc))
+                .context("uploading the delta rule chunk order")?;
         }
         gpu.stream
             .memcpy_htod(&seq_chunk, &mut self.seq_chunk.slice_mut(..n + 1))
@@ -1678,6 +1691,21 @@ fn chunk_table(cu: &[usize]) -> (Vec<i32>, Vec<i32>) {
     (ctab, seq_chunk)
 }
 
+/// The chunks in the order a state pass over whole sequences forms them: every sequence's first
+/// chunk, then every second one, and so on.
+fn step_order(seq_chunk: &[i32]) -> Vec<i32> {
+    let spans: Vec<(i32, i32)> = seq_chunk.windows(2).map(|w| (w[0], w[1])).collect();
+    let longest = spans.iter().map(|(a, b)| b - a).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|step| {
+            spans
+                .iter()
+                .filter(move |(a, b)| a + step < *b)
+                .map(move |(a, _)| a + step)
+        })
+        .collect()
+}
+
 /// Validates the inputs against the workspace; returns (T, N).
 fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, usize)> {
     let Dims {
@@ -1895,13 +1923,7 @@ fn run_state_pass(
         StateOut::Forward { path, .. } => path,
         StateOut::Recompute => ForwardPath::Split,
     };
-    let sk = match path {
-        ForwardPath::WarpSpecialised => ws.ws_kern().with_context(|| {
-            format!("delta rule: no warp-specialised forward for {:?}", ws.dims)
-        })?,
-        ForwardPath::Fused => ws.state_kern(n, PassKind::Fused).0,
-        ForwardPath::Split => ws.state_kern(n, PassKind::Split).0,
-    };
+    let nw = ws.pass_kern(path, n)?.nw;
     // The fused and warp-specialised passes write O themselves and keep h_c and Ṽ on chip.
     let writes_o = path != ForwardPath::Split;
     let (q, o, ht) = match out {
@@ -1914,10 +1936,27 @@ fn run_state_pass(
         StateOut::Forward { pm, .. } if path == ForwardPath::WarpSpecialised => pm,
         _ => 0,
     };
+    let grid = (n as u32, h as u32, (v / (16 * nw)) as u32);
+    let follow = match out {
+        StateOut::Forward { o, .. } if path == ForwardPath::Split => ws.fwd_follow(grid, o),
+        _ => None,
+    };
+    let done = match &follow {
+        Some(f) => {
+            let nc = ws.n_chunks;
+            gpu.stream
+                .memset_zeros(&mut ws.done.slice_mut(..nc * h + 1))
+                .context("delta rule: zeroing the chunk counts")?;
+            run_fwd_o_follow(gpu.fork()?, ws, inp, f, f.followers)?;
+            ptr(gpu, &ws.done)
+        }
+        None => 0,
+    };
+    let sk = ws.pass_kern(path, n)?;
     launch_state(
         gpu,
         sk,
-        (n as u32, h as u32, (v / (16 * sk.nw)) as u32),
+        grid,
         ws.spread_up_to,
         &[
             Arg::P(w),
@@ -1938,6 +1977,7 @@ fn run_state_pass(
             Arg::P(o),
             Arg::P(ht),
             Arg::P(0),
+            Arg::P(done),
         ],
     )?;
     match (out, path) {
@@ -1947,11 +1987,19 @@ fn run_state_pass(
         (StateOut::Forward { .. }, ForwardPath::WarpSpecialised) => {
             probe_mark(gpu, ws, "fwd: state_ws (+ output)")
         }
-        (StateOut::Forward { o, .. }, _) => {
-            probe_mark(gpu, ws, "fwd: state_split")?;
-            run_fwd_o(gpu, ws, inp, o)?;
-            probe_mark(gpu, ws, "fwd: fwd_o")
-        }
+        (StateOut::Forward { o, .. }, _) => match follow {
+            Some(f) => {
+                // The rest of the items, on every SM the pass has left.
+                let grid = ws.n_chunks * h;
+                run_fwd_o_follow(&gpu.stream, ws, inp, &f, grid.min(2 * ws.num_sms))?;
+                gpu.join()
+            }
+            None => {
+                probe_mark(gpu, ws, "fwd: state_split")?;
+                run_fwd_o(gpu, ws, inp, o)?;
+                probe_mark(gpu, ws, "fwd: fwd_o")
+            }
+        },
         (StateOut::Recompute, _) => Ok(()),
     }
 }
@@ -2015,6 +2063,7 @@ fn segment_walk(
             Arg::P(0),
             Arg::P(b),
             Arg::P(a),
+            Arg::P(0),
         ],
     )?;
     probe_mark(gpu, ws, trans_stage)?;
@@ -2175,6 +2224,97 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
             Arg::I(v as i32),
             Arg::F(inp.scale),
             Arg::P(o),
+        ],
+    )
+}
+
+/// fwd_o beside the split pass that feeds it: `followers` CTAs on the side stream take the
+/// (chunk, head) items by ticket, in the order the pass stores them, each once the pass's `need`
+/// CTAs of that head have stored it (the pass counts them in `done`). They run on the SMs the
+/// pass's grid leaves idle; after the pass a grid on the main stream takes the items left.
+///
+/// Only where the pass runs one CTA per SM and leaves `followers` SMs idle: even if every
+/// follower took an SM first, the pass's CTAs would all still be resident, so a follower never
+/// waits on a CTA that cannot run (`wait_count` traps rather than hangs if one ever did).
+struct FwdFollow {
+    o: u64,
+    followers: usize,
+    need: usize,
+}
+
+/// Fewer idle SMs than this and the followers are not worth their barrier and counts.
+const MIN_FOLLOWERS: usize = 8;
+
+impl DeltaRuleWorkspace {
+    /// The forward state pass's kernel on `path` for a walk of `n` sequences.
+    fn pass_kern(&self, path: ForwardPath, n: usize) -> Result<&StateKern> {
+        Ok(match path {
+            ForwardPath::WarpSpecialised => self.ws_kern().with_context(|| {
+                format!(
+                    "delta rule: no warp-specialised forward for {:?}",
+                    self.dims
+                )
+            })?,
+            ForwardPath::Fused => self.state_kern(n, PassKind::Fused).0,
+            ForwardPath::Split => self.state_kern(n, PassKind::Split).0,
+        })
+    }
+
+    /// Whether fwd_o follows the forward's split pass of `grid` (see [`FwdFollow`]): not over
+    /// segments (their chunks come in another order), not under a stage probe (each stage is then
+    /// timed alone), not with `GDN_DR_FOLLOW=0`.
+    fn fwd_follow(&self, grid: (u32, u32, u32), o: u64) -> Option<FwdFollow> {
+        let ctas = (grid.0 * grid.1 * grid.2) as usize;
+        let off = std::env::var("GDN_DR_FOLLOW").is_ok_and(|v| v == "0");
+        let free = self.num_sms.saturating_sub(ctas);
+        (!off
+            && self.seg.is_none()
+            && self.probe.is_none()
+            && self.n_chunks > 0
+            && ctas <= self.spread_up_to
+            && free >= MIN_FOLLOWERS)
+            .then_some(FwdFollow {
+                o,
+                followers: free,
+                need: grid.2 as usize,
+            })
+    }
+}
+
+/// [`FwdFollow`]'s fwd_o, `ctas` CTAs on `stream`.
+fn run_fwd_o_follow(
+    stream: &CudaStream,
+    ws: &DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    f: &FwdFollow,
+    ctas: usize,
+) -> Result<()> {
+    let Dims {
+        heads: h, dv: v, ..
+    } = ws.dims;
+    let items = ws.n_chunks * h;
+    let done = ws.done.device_ptr(stream).0;
+    launch_kern_on(
+        stream,
+        &ws.kern.fwd_o_follow,
+        (ctas as u32, 1, 1),
+        256,
+        &[
+            Arg::P(inp.q.device_ptr(stream).0),
+            Arg::P(inp.k.device_ptr(stream).0),
+            Arg::P(ws.gc.device_ptr(stream).0),
+            Arg::P(ws.h.device_ptr(stream).0),
+            Arg::P(ws.vnew.device_ptr(stream).0),
+            Arg::P(ws.ctab.device_ptr(stream).0),
+            Arg::I(h as i32),
+            Arg::I(v as i32),
+            Arg::F(inp.scale),
+            Arg::P(f.o),
+            Arg::P(ws.order.device_ptr(stream).0),
+            Arg::I(items as i32),
+            Arg::P(done + 4 * items as u64),
+            Arg::P(done),
+            Arg::I(f.need as i32),
         ],
     )
 }
@@ -2850,7 +2990,14 @@ mod decode_tests {
 
 #[cfg(test)]
 mod chunk_table_tests {
-    use super::{chunk_table, CHUNK};
+    use super::{chunk_table, step_order, CHUNK};
+
+    #[test]
+    fn chunks_in_the_order_the_pass_forms_them() {
+        // Sequences of 3, 0, 1 and 2 chunks: first chunks, then second ones, then the third.
+        assert_eq!(step_order(&[0, 3, 3, 4, 6]), vec![0, 3, 4, 1, 5, 2]);
+        assert_eq!(step_order(&[0, 0]), Vec::<i32>::new());
+    }
 
     /// Every chunk's row is what `SeqChunks` (delta_rule.cu) forms from its sequence's first and
     /// last rows: start = bos + 64 (c − cs), len = min(64, eos − start); empty sequences have no
@@ -3069,8 +3216,6 @@ mod state_cost_tests {
         assert!(!fused(1, 16384, 16, (128, 128)));
     }
 
-    /// The warp-specialised forward where it measured faster than the split pass and `fwd_o`
-    /// (`ws_fwd_pays` has the figures), and the split one where that did.
     #[test]
     fn segment_tables_cut_each_sequence() {
         // Sequences of 5, 0, 1 and 7 chunks, cut every 2 (the empty one keeps an empty segment).
@@ -3178,6 +3323,8 @@ mod state_cost_tests {
         }
     }
 
+    /// The warp-specialised forward where it measured faster than the split pass and `fwd_o`
+    /// (`ws_fwd_pays` has the figures), and the split one where that did.
     #[test]
     fn warp_specialised_where_it_measured_faster() {
         let ws = |b: usize, h: usize, (k, v): (usize, usize)| ws_fwd_pays(b * h * v / 64, k, 132);

@@ -1250,6 +1250,50 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
 constexpr int MODE_FUSED = 0, MODE_SPLIT = 1, MODE_WS = 2;
 // The state passes' per-chunk tiles come through L1 (cp16's VIA_L1) at K <= 128 only, where it
 // was measured faster (session 14, call 2); at K = 256 it was slower.
+// A split pass followed by fwd_o running beside it (the host's `FwdFollow`): the pass counts, per
+// (chunk, head), its CTAs that have stored the chunk's h_c and Ṽ (publish); fwd_o CTAs take
+// (chunk, head) items by ticket in the order the pass forms them and wait for each one's count.
+// The release is cumulative: thread 0 fences after the CTA barrier that follows every warp's
+// stores, as a grid-wide barrier does.
+__device__ __forceinline__ void publish(unsigned* count) {
+  __threadfence();
+  atomicAdd(count, 1u);
+}
+
+// Waits until *count >= need. A pass that never comes (its CTAs could not all be resident: the
+// host launches the followers only where they fit beside them) ends in a trap, a launch error,
+// after some seconds, rather than a hang.
+__device__ __forceinline__ void wait_count(const unsigned* count, unsigned need) {
+  for (unsigned spins = 0;; ++spins) {
+    unsigned x;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(x) : "l"(count) : "memory");
+    if (x >= need) return;
+    if (spins >= (1u << 25)) __trap();
+    __nanosleep(128);
+  }
+}
+
+// The items (chunk order[i / H], head i mod H), i < items, by ticket (ticket[0]); each once its
+// count in done reaches need; body(chunk, head) with the whole CTA.
+template <class F>
+__device__ __forceinline__ void follow(const int* __restrict__ order, int items, int H,
+                                       unsigned* ticket, const unsigned* done, unsigned need,
+                                       F body) {
+  __shared__ int item;
+  for (;;) {
+    __syncthreads();  // the last item's shared memory is free, and so is `item`
+    if (threadIdx.x == 0) {
+      const int i = (int)atomicAdd(ticket, 1u);
+      if (i < items) wait_count(done + (long)order[i / H] * H + i % H, need);
+      item = i;
+    }
+    __syncthreads();
+    const int i = item;
+    if (i >= items) return;
+    body(order[i / H], i % H);
+  }
+}
+
 template <int K> constexpr bool STATE_VIA_L1 = K <= 128;
 
 template <int K, int NWC, int MODE, int KS = 1>
@@ -1454,7 +1498,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                const int* __restrict__ seq_chunk, const float* __restrict__ h0,
                                int H, int V, float scale, bf16* __restrict__ hout,
                                bf16* __restrict__ vnew, bf16* __restrict__ o,
-                               float* __restrict__ ht, float* __restrict__ at) {
+                               float* __restrict__ ht, float* __restrict__ at,
+                               unsigned* __restrict__ done) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateFwdSm<K, NWC, MODE, KS> L;
@@ -1479,6 +1524,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   // as a run-time flag in every split pass it cost the recompute 10 % at B4·T4096·H16·K128
   // (session 22, call 1: ptxas scheduled the loop differently).
   static_assert(!SEG || (MODE == MODE_SPLIT && KS == 1), "the transition pass is split, unsplit");
+  constexpr bool PUBLISH = MODE == MODE_SPLIT && !SEG;
   const bool trans = SEG && v0 >= V;
   if constexpr (WS) {
     // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
@@ -1594,6 +1640,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     // The only pending group is chunk c's.
     cp_wait<0>();
     state_sync<WS, 32 * NWC>();
+    // Every warp stored chunk c − 1's h_c and Ṽ before this barrier: a following fwd_o may take
+    // that chunk (`done`, split pass only; see follow()).
+    if (PUBLISH && done && c > cs && tid == 0) publish(done + (long)(c - 1) * H + h);
 
     const bf16* wb = S.w + b * L::W_SZ;
     const bf16* kb = S.k + b * L::W_SZ;
@@ -1786,6 +1835,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     nstart = nnstart;
     nlen = nnlen;
   }
+  if (PUBLISH && done && cs < ce) {
+    __syncthreads();
+    if (tid == 0) publish(done + (long)(ce - 1) * H + h);
+  }
   if (SEG && trans)
     store_state<NJ>(st, at + (long)(n * H + h) * K * K + (long)k0 * K + vw - V, K);
   else if (ht)
@@ -1963,7 +2016,7 @@ template <int K>
 __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                            const float* __restrict__ gc, const bf16* __restrict__ hstates,
                            const bf16* __restrict__ vnew, const int* __restrict__ ctab, int H,
-                           int V, float scale, bf16* __restrict__ o) {
+                           int V, float scale, bf16* __restrict__ o, int cg, int h) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef FwdOSm<K> L;
@@ -1971,7 +2024,6 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   S.carve(cv);
   constexpr int BV = L::BV, SLD = L::SLD, QLD = L::QLD, NB = L::NB, NBUF = L::NBUF;
   constexpr int NTH = L::NW * 32;
-  const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2;
   // This warp: rows r0.., slice columns c0..; this lane: rows i0, i0 + 8.
@@ -3817,7 +3869,16 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
                     const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o) {       \
-    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o);                                   \
+    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o, blockIdx.x, blockIdx.y);           \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
+      dr_fwd_o_follow_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,          \
+                           const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o,  \
+                           const int* order, int items, unsigned* ticket, const unsigned* done,    \
+                           unsigned need) {                                                        \
+    dr::follow(order, items, H, ticket, done, need, [&](int cg, int h) {                           \
+      dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o, cg, h);                          \
+    });                                                                                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_dvloc_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                \
@@ -3850,9 +3911,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                                       const bf16* pm, const float* gc, const float* rec,           \
                                       const int* ctab, const int* seq_chunk, const float* h0,      \
                                       int H, int V, float scale, bf16* hout, bf16* vnew, bf16* o,  \
-                                      float* ht, float* at) {                                      \
+                                      float* ht, float* at, unsigned* done) {                      \
     dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,       \
-                                         scale, hout, vnew, o, ht, at);                            \
+                                         scale, hout, vnew, o, ht, at, done);                      \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
@@ -3875,9 +3936,10 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_state_seg_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                \
                         const bf16* pm, const float* gc, const float* rec, const int* ctab,        \
                         const int* seq_chunk, const float* h0, int H, int V, float scale,          \
-                        bf16* hout, bf16* vnew, bf16* o, float* ht, float* at) {                   \
+                        bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done) {   \
     dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(w, u, k, q, pm, gc, rec, ctab, seq_chunk,    \
-                                                      h0, H, V, scale, hout, vnew, o, ht, at);     \
+                                                      h0, H, V, scale, hout, vnew, o, ht, at,      \
+                                                      done);                                       \
   }
 
 // The warp-specialised forward (state pass and output in one kernel): 4 state warps, 8 output
@@ -3887,9 +3949,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
                        const bf16* pm, const float* gc, const float* rec, const int* ctab,         \
                        const int* seq_chunk, const float* h0, int H, int V, float scale,           \
-                       bf16* hout, bf16* vnew, bf16* o, float* ht, float* at) {                    \
+                       bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done) {    \
     dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,   \
-                                             scale, hout, vnew, o, ht, at);                        \
+                                             scale, hout, vnew, o, ht, at, done);                  \
   }
 
 // The reverse passes, and (NAME state_bwd_ws, 4 state warps and 8 dṼ_loc warps, one CTA per SM)
