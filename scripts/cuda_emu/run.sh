@@ -31,7 +31,7 @@ extract state 'struct SeqChunks' 'struct IntC' 'struct StateFwdSm' 'void state_s
   'struct SegCombineSm' 'void seg_combine_impl'
 extract state_bwd 'struct SeqChunks' 'void scale_own_rows' \
   'void state_sync' 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' 'struct DvlocSm' \
-  'void dvloc_impl' 'struct StateBwdSm' 'void ws_dvloc' 'void state_bwd_impl' 'struct SegCombineSm' \
+  'void dvloc_impl' 'struct StateBwdSm' 'void ws_dvloc' 'void publish' 'void state_bwd_impl' 'struct SegCombineSm' \
   'void seg_combine_impl'
 # The builds run in parallel; an old binary is removed first and every build's status checked,
 # so a failed build cannot leave a stale emulation to pass in its place.

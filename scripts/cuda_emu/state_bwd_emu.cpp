@@ -139,7 +139,7 @@ static Out run(const Inputs<K>& in) {
             in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.rec.data(), in.d_o.data(),
             WS ? nullptr : in.dvl.data(), in.hs.data(), in.ctab.data(), in.seq_chunk.data(),
             in.dht.empty() ? nullptr : in.dht.data(), H, V, scale, o.dh.data(), sdp.data(),
-            o.dv.data(), o.dh0.data(), nullptr, nullptr);
+            o.dv.data(), o.dh0.data(), nullptr, nullptr, nullptr, nullptr);
       });
   o.sd.assign((size_t)in.NC * H, 0.0);
   for (size_t i = 0; i < o.sd.size(); ++i)
@@ -290,7 +290,7 @@ static bool check_seg(const BwdCase& c, unsigned seed) {
     dr::state_bwd_impl<K, 4, 1, 0, true>(
         in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.rec.data(), in.d_o.data(),
         in.dvl.data(), nullptr, in.ctab.data(), seg_chunk.data(), nullptr, H, V, scale, nullptr,
-        nullptr, nullptr, B.data(), nullptr, nullptr, A.data());
+        nullptr, nullptr, B.data(), nullptr, nullptr, A.data(), nullptr);
   });
   Out o;
   o.dh.assign((size_t)in.NC * H * K * V, __float2bfloat16(nanv));
@@ -308,7 +308,7 @@ static bool check_seg(const BwdCase& c, unsigned seed) {
                                    in.rec.data(), in.d_o.data(), in.dvl.data(), in.hs.data(),
                                    in.ctab.data(), seg_chunk.data(), X.data(), H, V, scale,
                                    o.dh.data(), sdp.data(), o.dv.data(), scratch.data(), nullptr,
-                                   nullptr);
+                                   nullptr, nullptr, nullptr);
   });
   o.sd.assign((size_t)in.NC * H, 0.0);
   for (size_t i = 0; i < o.sd.size(); ++i)

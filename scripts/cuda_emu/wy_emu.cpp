@@ -50,7 +50,8 @@ static bool run_case(const Case& c, unsigned seed) {
                                                  (long)H * K, l);
     __syncthreads();
     dr::wy_impl<K>(v.data(), beta.data(), gc.data(), tmat.data(), dvn.data(), hs.data(),
-                   ctab.data(), H, V, dk.data(), dv.data(), dg.data(), db.data());
+                   ctab.data(), H, V, dk.data(), dv.data(), dg.data(), db.data(), (int)blockIdx.x,
+                   (int)blockIdx.y);
   });
 
   // Reference, per chunk and head, in double with the kernel's rounding points.

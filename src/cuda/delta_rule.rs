@@ -124,6 +124,7 @@ fn check_len(name: &str, len: usize, want: usize, what: &str) -> Result<()> {
 }
 
 /// One kernel argument.
+#[derive(Clone, Copy)]
 enum Arg {
     P(u64),
     I(i32),
@@ -379,6 +380,8 @@ struct ChunkKernels {
     dvloc: Kern,
     /// Kernels 6 and 7 as one (`dr_dqkwy`: dqk, then wy, per chunk and head).
     dqkwy: Kern,
+    /// dqkwy taking its (chunk, head) items by ticket as the reverse pass forms them ([`Follow`]).
+    dqkwy_follow: Kern,
     /// The state passes (see [`PassKind`]), for each of [`STATE_NWS`] (and, forward-type, of
     /// [`STATE_KS`]) that fits.
     state_fwd: Vec<StateKern>,
@@ -480,6 +483,17 @@ impl ChunkKernels {
             dqkwy: need(
                 load_kern(gpu, dk, format!("dr_dqkwy_k{dk}"), (dqkwy, dqkwy), limit)?,
                 "dqkwy",
+                limit,
+            )?,
+            dqkwy_follow: need(
+                load_kern(
+                    gpu,
+                    dk,
+                    format!("dr_dqkwy_follow_k{dk}"),
+                    (dqkwy, dqkwy),
+                    limit,
+                )?,
+                "dqkwy_follow",
                 limit,
             )?,
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
@@ -956,7 +970,8 @@ pub struct DeltaRuleWorkspace {
     ctab: CudaSlice<i32>,
     /// First chunk of each sequence, i32 [max_seqs + 1].
     seq_chunk: CudaSlice<i32>,
-    /// The chunks in the order a state pass forms them ([`step_order`]), i32 [max_chunks].
+    /// The chunks in the order a forward state pass forms them ([`step_order`]), then in the
+    /// order a reverse pass does ([`reverse_step_order`]), i32 [2 · max_chunks] (NC each).
     order: CudaSlice<i32>,
     /// Per (chunk, head) the split pass's CTAs that have stored it, then the followers' ticket:
     /// u32 [max_chunks · H + 1] ([`FwdFollow`]).
@@ -1330,7 +1345,7 @@ impl DeltaRuleWorkspace {
             spread_up_to,
             ctab: alloc_ws(gpu, 2 * max_chunks, "ctab")?,
             seq_chunk: alloc_ws(gpu, max_seqs + 1, "seq_chunk")?,
-            order: alloc_ws(gpu, max_chunks, "order")?,
+            order: alloc_ws(gpu, 2 * max_chunks, "order")?,
             done: alloc_ws(gpu, max_chunks * h + 1, "done")?,
             cu_cached: Vec::new(),
             n_chunks: 0,
@@ -1392,9 +1407,11 @@ impl DeltaRuleWorkspace {
             gpu.stream
                 .memcpy_htod(&ctab, &mut self.ctab.slice_mut(..ctab.len()))
                 .context("uploading the delta rule chunk table")?;
+            let mut order = step_order(&seq_chunk);
+            order.extend(reverse_step_order(&seq_chunk));
             gpu.stream
-                .memcpy_htod(&step_order(&seq_chunk), &mut self.order.slice_mut(..nc))
-                .context("uploading the delta rule chunk order")?;
+                .memcpy_htod(&order, &mut self.order.slice_mut(..2 * nc))
+                .context("uploading the delta rule chunk orders")?;
         }
         gpu.stream
             .memcpy_htod(&seq_chunk, &mut self.seq_chunk.slice_mut(..n + 1))
@@ -1706,6 +1723,16 @@ fn step_order(seq_chunk: &[i32]) -> Vec<i32> {
         .collect()
 }
 
+/// The chunks in the order a reverse pass over whole sequences forms them: every sequence's last
+/// chunk, then every last but one, and so on.
+fn reverse_step_order(seq_chunk: &[i32]) -> Vec<i32> {
+    let last = |c: i32| {
+        let s = seq_chunk.partition_point(|&first| first <= c) - 1;
+        seq_chunk[s] + seq_chunk[s + 1] - 1 - c
+    };
+    step_order(seq_chunk).into_iter().map(last).collect()
+}
+
 /// Validates the inputs against the workspace; returns (T, N).
 fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, usize)> {
     let Dims {
@@ -1938,17 +1965,16 @@ fn run_state_pass(
     };
     let grid = (n as u32, h as u32, (v / (16 * nw)) as u32);
     let follow = match out {
-        StateOut::Forward { o, .. } if path == ForwardPath::Split => ws.fwd_follow(grid, o),
+        StateOut::Forward { o, .. } if path == ForwardPath::Split => {
+            ws.follow_plan(grid).map(|f| (o, f))
+        }
         _ => None,
     };
     let done = match &follow {
-        Some(f) => {
-            let nc = ws.n_chunks;
-            gpu.stream
-                .memset_zeros(&mut ws.done.slice_mut(..nc * h + 1))
-                .context("delta rule: zeroing the chunk counts")?;
-            run_fwd_o_follow(gpu.fork()?, ws, inp, f, f.followers)?;
-            ptr(gpu, &ws.done)
+        Some((o, f)) => {
+            let done = zero_counts(gpu, ws)?;
+            run_fwd_o_follow(gpu.fork()?, ws, inp, (*o, f), f.followers)?;
+            done
         }
         None => 0,
     };
@@ -1988,10 +2014,10 @@ fn run_state_pass(
             probe_mark(gpu, ws, "fwd: state_ws (+ output)")
         }
         (StateOut::Forward { o, .. }, _) => match follow {
-            Some(f) => {
+            Some((_, f)) => {
                 // The rest of the items, on every SM the pass has left.
-                let grid = ws.n_chunks * h;
-                run_fwd_o_follow(&gpu.stream, ws, inp, &f, grid.min(2 * ws.num_sms))?;
+                let ctas = (ws.n_chunks * h).min(2 * ws.num_sms);
+                run_fwd_o_follow(&gpu.stream, ws, inp, (o, &f), ctas)?;
                 gpu.join()
             }
             None => {
@@ -2228,7 +2254,8 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
     )
 }
 
-/// fwd_o beside the split pass that feeds it: `followers` CTAs on the side stream take the
+/// A chunk-parallel kernel beside the state pass that feeds it (fwd_o after the forward's split
+/// pass, dqkwy after the plain reverse pass): `followers` CTAs on the side stream take the
 /// (chunk, head) items by ticket, in the order the pass stores them, each once the pass's `need`
 /// CTAs of that head have stored it (the pass counts them in `done`). They run on the SMs the
 /// pass's grid leaves idle; after the pass a grid on the main stream takes the items left.
@@ -2236,8 +2263,7 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
 /// Only where the pass runs one CTA per SM and leaves `followers` SMs idle: even if every
 /// follower took an SM first, the pass's CTAs would all still be resident, so a follower never
 /// waits on a CTA that cannot run (`wait_count` traps rather than hangs if one ever did).
-struct FwdFollow {
-    o: u64,
+struct Follow {
     followers: usize,
     need: usize,
 }
@@ -2260,10 +2286,10 @@ impl DeltaRuleWorkspace {
         })
     }
 
-    /// Whether fwd_o follows the forward's split pass of `grid` (see [`FwdFollow`]): not over
-    /// segments (their chunks come in another order), not under a stage probe (each stage is then
-    /// timed alone), not with `GDN_DR_FOLLOW=0`.
-    fn fwd_follow(&self, grid: (u32, u32, u32), o: u64) -> Option<FwdFollow> {
+    /// Whether a kernel follows the state pass of `grid` (see [`Follow`]): not over segments
+    /// (their chunks come in another order), not under a stage probe (each stage is then timed
+    /// alone), not with `GDN_DR_FOLLOW=0`.
+    fn follow_plan(&self, grid: (u32, u32, u32)) -> Option<Follow> {
         let ctas = (grid.0 * grid.1 * grid.2) as usize;
         let off = std::env::var("GDN_DR_FOLLOW").is_ok_and(|v| v == "0");
         let free = self.num_sms.saturating_sub(ctas);
@@ -2273,49 +2299,73 @@ impl DeltaRuleWorkspace {
             && self.n_chunks > 0
             && ctas <= self.spread_up_to
             && free >= MIN_FOLLOWERS)
-            .then_some(FwdFollow {
-                o,
+            .then_some(Follow {
                 followers: free,
                 need: grid.2 as usize,
             })
     }
 }
 
-/// [`FwdFollow`]'s fwd_o, `ctas` CTAs on `stream`.
+/// The arguments a following kernel takes after its own: the chunk order (forward, or reverse
+/// from NC on), the item count, the ticket, the counts, and how many make a chunk ready.
+fn follow_args(
+    stream: &CudaStream,
+    ws: &DeltaRuleWorkspace,
+    f: &Follow,
+    reverse: bool,
+) -> [Arg; 5] {
+    let items = ws.n_chunks * ws.dims.heads;
+    let done = ws.done.device_ptr(stream).0;
+    let order = ws.order.device_ptr(stream).0 + if reverse { 4 * ws.n_chunks as u64 } else { 0 };
+    [
+        Arg::P(order),
+        Arg::I(items as i32),
+        Arg::P(done + 4 * items as u64),
+        Arg::P(done),
+        Arg::I(f.need as i32),
+    ]
+}
+
+/// Zeroes the counts and the ticket that a [`Follow`] starts from, on the main stream; returns
+/// the counts' address for the state pass.
+fn zero_counts(gpu: &Gpu, ws: &mut DeltaRuleWorkspace) -> Result<u64> {
+    let len = ws.n_chunks * ws.dims.heads + 1;
+    gpu.stream
+        .memset_zeros(&mut ws.done.slice_mut(..len))
+        .context("delta rule: zeroing the chunk counts")?;
+    Ok(ptr(gpu, &ws.done))
+}
+
+/// [`Follow`]'s fwd_o (output `o`), `ctas` CTAs on `stream`.
 fn run_fwd_o_follow(
     stream: &CudaStream,
     ws: &DeltaRuleWorkspace,
     inp: &ChunkInputs,
-    f: &FwdFollow,
+    (o, f): (u64, &Follow),
     ctas: usize,
 ) -> Result<()> {
     let Dims {
         heads: h, dv: v, ..
     } = ws.dims;
-    let items = ws.n_chunks * h;
-    let done = ws.done.device_ptr(stream).0;
+    let mut args = vec![
+        Arg::P(inp.q.device_ptr(stream).0),
+        Arg::P(inp.k.device_ptr(stream).0),
+        Arg::P(ws.gc.device_ptr(stream).0),
+        Arg::P(ws.h.device_ptr(stream).0),
+        Arg::P(ws.vnew.device_ptr(stream).0),
+        Arg::P(ws.ctab.device_ptr(stream).0),
+        Arg::I(h as i32),
+        Arg::I(v as i32),
+        Arg::F(inp.scale),
+        Arg::P(o),
+    ];
+    args.extend(follow_args(stream, ws, f, false));
     launch_kern_on(
         stream,
         &ws.kern.fwd_o_follow,
         (ctas as u32, 1, 1),
         256,
-        &[
-            Arg::P(inp.q.device_ptr(stream).0),
-            Arg::P(inp.k.device_ptr(stream).0),
-            Arg::P(ws.gc.device_ptr(stream).0),
-            Arg::P(ws.h.device_ptr(stream).0),
-            Arg::P(ws.vnew.device_ptr(stream).0),
-            Arg::P(ws.ctab.device_ptr(stream).0),
-            Arg::I(h as i32),
-            Arg::I(v as i32),
-            Arg::F(inp.scale),
-            Arg::P(f.o),
-            Arg::P(ws.order.device_ptr(stream).0),
-            Arg::I(items as i32),
-            Arg::P(done + 4 * items as u64),
-            Arg::P(done),
-            Arg::I(f.need as i32),
-        ],
+        &args,
     )
 }
 
@@ -2653,46 +2703,90 @@ fn backward_impl(
         _ => None,
     };
     let (walk, dh0) = reverse_walk(gpu, ws, inp, n, (pdo, dvloc), dht, dh0, forward_a)?;
-    let npart = {
-        launch_state(
-            gpu,
-            sb,
-            (walk.n as u32, h as u32, (v / (16 * sb.nw)) as u32),
-            ws.spread_up_to,
-            &[
-                Arg::P(pq),
-                Arg::P(pk),
-                Arg::P(w),
-                Arg::P(gc),
-                Arg::P(rec),
-                Arg::P(pdo),
-                Arg::P(dvloc),
-                Arg::P(hs),
-                Arg::P(ctab),
-                Arg::P(walk.table),
-                Arg::P(walk.h0),
-                Arg::I(hi),
-                Arg::I(vi),
-                Arg::F(inp.scale),
-                Arg::P(dh),
-                Arg::P(sdp),
-                Arg::P(dvnew),
-                Arg::P(dh0),
-                Arg::P(pm),
-                Arg::P(pflag),
-            ],
-        )?;
-        probe_mark(
-            gpu,
-            ws,
-            match path {
-                BackwardPath::Plain => "bwd: state_bwd",
-                BackwardPath::WarpSpecialised => "bwd: state_bwd_ws (+ dvloc)",
-            },
-        )?;
-        // One partial per warp: (V / 16) column groups × its K split.
-        (v / 16 * sb.ks) as i32
+    let grid = (walk.n as u32, h as u32, (v / (16 * sb.nw)) as u32);
+    // One partial per warp: (V / 16) column groups × its K split.
+    let npart = (v / 16 * sb.ks) as i32;
+    let follow = match path {
+        BackwardPath::Plain => ws.follow_plan(grid),
+        BackwardPath::WarpSpecialised => None,
     };
+    // dqk + wy's own arguments (a following launch adds `follow_args`).
+    let dqkwy = [
+        Arg::P(pq),
+        Arg::P(pk),
+        Arg::P(pv),
+        Arg::P(pb),
+        Arg::P(gc),
+        Arg::P(tmat),
+        Arg::P(pdo),
+        Arg::P(vnew),
+        Arg::P(dvnew),
+        Arg::P(hs),
+        Arg::P(dh),
+        Arg::P(sdp),
+        Arg::I(npart),
+        Arg::P(ctab),
+        Arg::I(hi),
+        Arg::I(vi),
+        Arg::F(inp.scale),
+        Arg::P(dq),
+        Arg::P(dk),
+        Arg::P(dv),
+        Arg::P(dg),
+        Arg::P(dbeta),
+    ];
+    let done = match &follow {
+        Some(f) => {
+            let done = zero_counts(gpu, ws)?;
+            run_dqkwy_follow(gpu.fork()?, ws, &dqkwy, f, f.followers)?;
+            done
+        }
+        None => 0,
+    };
+    let sb = ws.reverse_pass(n).1;
+    launch_state(
+        gpu,
+        sb,
+        grid,
+        ws.spread_up_to,
+        &[
+            Arg::P(pq),
+            Arg::P(pk),
+            Arg::P(w),
+            Arg::P(gc),
+            Arg::P(rec),
+            Arg::P(pdo),
+            Arg::P(dvloc),
+            Arg::P(hs),
+            Arg::P(ctab),
+            Arg::P(walk.table),
+            Arg::P(walk.h0),
+            Arg::I(hi),
+            Arg::I(vi),
+            Arg::F(inp.scale),
+            Arg::P(dh),
+            Arg::P(sdp),
+            Arg::P(dvnew),
+            Arg::P(dh0),
+            Arg::P(pm),
+            Arg::P(pflag),
+            Arg::P(done),
+        ],
+    )?;
+    if let Some(f) = follow {
+        // The rest of the items, on every SM the pass has left.
+        let ctas = (nc * h).min(2 * ws.num_sms);
+        run_dqkwy_follow(&gpu.stream, ws, &dqkwy, &f, ctas)?;
+        return gpu.join();
+    }
+    probe_mark(
+        gpu,
+        ws,
+        match path {
+            BackwardPath::Plain => "bwd: state_bwd",
+            BackwardPath::WarpSpecialised => "bwd: state_bwd_ws (+ dvloc)",
+        },
+    )?;
     if nc == 0 {
         return Ok(());
     }
@@ -2702,32 +2796,29 @@ fn backward_impl(
         &kern.dqkwy,
         (nc as u32, h as u32, 1),
         kern.bwd_threads,
-        &[
-            Arg::P(pq),
-            Arg::P(pk),
-            Arg::P(pv),
-            Arg::P(pb),
-            Arg::P(gc),
-            Arg::P(tmat),
-            Arg::P(pdo),
-            Arg::P(vnew),
-            Arg::P(dvnew),
-            Arg::P(hs),
-            Arg::P(dh),
-            Arg::P(sdp),
-            Arg::I(npart),
-            Arg::P(ctab),
-            Arg::I(hi),
-            Arg::I(vi),
-            Arg::F(inp.scale),
-            Arg::P(dq),
-            Arg::P(dk),
-            Arg::P(dv),
-            Arg::P(dg),
-            Arg::P(dbeta),
-        ],
+        &dqkwy,
     )?;
     probe_mark(gpu, ws, "bwd: dqk + wy")
+}
+
+/// [`Follow`]'s dqk + wy (its own arguments `own`), `ctas` CTAs on `stream`.
+fn run_dqkwy_follow(
+    stream: &CudaStream,
+    ws: &DeltaRuleWorkspace,
+    own: &[Arg],
+    f: &Follow,
+    ctas: usize,
+) -> Result<()> {
+    let mut args = own.to_vec();
+    args.extend(follow_args(stream, ws, f, true));
+    let k = &ws.kern;
+    launch_kern_on(
+        stream,
+        &k.dqkwy_follow,
+        (ctas as u32, 1, 1),
+        k.bwd_threads,
+        &args,
+    )
 }
 
 /// Inputs of one decode step (one token per sequence), all raw: the kernel L2-normalises q and k
@@ -2990,13 +3081,15 @@ mod decode_tests {
 
 #[cfg(test)]
 mod chunk_table_tests {
-    use super::{chunk_table, step_order, CHUNK};
+    use super::{chunk_table, reverse_step_order, step_order, CHUNK};
 
     #[test]
     fn chunks_in_the_order_the_pass_forms_them() {
         // Sequences of 3, 0, 1 and 2 chunks: first chunks, then second ones, then the third.
         assert_eq!(step_order(&[0, 3, 3, 4, 6]), vec![0, 3, 4, 1, 5, 2]);
         assert_eq!(step_order(&[0, 0]), Vec::<i32>::new());
+        // The reverse pass: last chunks first.
+        assert_eq!(reverse_step_order(&[0, 3, 3, 4, 6]), vec![2, 3, 5, 1, 4, 0]);
     }
 
     /// Every chunk's row is what `SeqChunks` (delta_rule.cu) forms from its sequence's first and

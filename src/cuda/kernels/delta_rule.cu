@@ -2387,7 +2387,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                bf16* __restrict__ dh, float* __restrict__ sdp,
                                bf16* __restrict__ dvnew, float* __restrict__ dh0,
                                const bf16* __restrict__ pm, const float* __restrict__ pflag,
-                               float* __restrict__ at = nullptr) {
+                               float* __restrict__ at, unsigned* __restrict__ done) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateBwdSm<K, NWC, KS, NG> L;
@@ -2410,6 +2410,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   // dṼ_loc = 0 (the transition, K × K, to at); no dh_c, ⟨h_c, dh_c⟩ or dṼ stored, no h_c read.
   static_assert(!SEG || (KS == 1 && NG == 0), "the transition pass is plain, unsplit");
   const bool trans = SEG && v0 >= V;
+  constexpr bool PUBLISH = !WS && !SEG;
   if constexpr (WS) {
     if (warp >= NWC) {
       ws_dvloc<K>(S, q, k, gc, d_o, pm, pflag, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0,
@@ -2656,8 +2657,11 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
         mma_bf16(ds[2 * jp + 1], av[ks], rw[2], rw[3]);
       }
     }
-    // Every warp is done with q, w, dO and R(c): refill them (R(c−2) into R(c)'s buffer).
+    // Every warp is done with q, w, dO and R(c): refill them (R(c−2) into R(c)'s buffer). Every
+    // warp stored chunk c's dh_c, dṼ and partials before this barrier: a following dqkwy may
+    // take that chunk (`done`, the plain pass only; see follow()).
     state_sync<WS, 32 * NWC>();
+    if (PUBLISH && done && tid == 0) publish(done + (long)c * H + h);
     if (more) issue_qwo(pstart, plen, c - 2 >= cs ? c - 2 : -1, c & 1);
     start = pstart;
     len = plen;
@@ -2780,7 +2784,8 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
                          const bf16* __restrict__ dh, const float* __restrict__ sdp, int npart,
                          const int* __restrict__ ctab, int H, int V, float scale,
-                         bf16* __restrict__ dq, bf16* __restrict__ dk, float* __restrict__ dg) {
+                         bf16* __restrict__ dq, bf16* __restrict__ dk, float* __restrict__ dg,
+                         int cg, int h) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef DqkSm<K> L;
@@ -2790,7 +2795,6 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
   constexpr int NTH = L::NW * 32;
   constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dQ1 (and dKi) rows
   constexpr int NPT = PW / 8;  // of its dP rows
-  const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
@@ -3151,7 +3155,8 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
                                      const bf16* __restrict__ dvnew, const bf16* __restrict__ hst,
                                      const int* __restrict__ ctab, int H, int V,
                                      bf16* __restrict__ dk, bf16* __restrict__ dv,
-                                     float* __restrict__ dg, float* __restrict__ dbeta) {
+                                     float* __restrict__ dg, float* __restrict__ dbeta, int cg,
+                                     int h) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef WySm<K> L;
@@ -3161,7 +3166,6 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
   constexpr int NTH = L::NW * 32;
   constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dW' (and dk) rows
   constexpr int NPT = PW / 8;  // of its rows of a 64×64 matrix (and of a slice's dVβ)
-  const int cg = blockIdx.x, h = blockIdx.y;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
   // ldmatrix row addresses: lane → (matrix lane >> 3, row lane & 7).
@@ -3891,9 +3895,25 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                     const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,           \
                     int npart, const int* ctab, int H, int V, float scale, bf16* dq, bf16* dk,     \
                     bf16* dv, float* dg, float* dbeta) {                                           \
-    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg);       \
+    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg,        \
+                    blockIdx.x, blockIdx.y);                                                       \
     dr::dqk_then_wy();                                                                             \
-    dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta);                   \
+    dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta, blockIdx.x,        \
+                   blockIdx.y);                                                                    \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
+      dr_dqkwy_follow_k##K(const bf16* q, const bf16* k, const bf16* v, const float* beta,         \
+                           const float* gc, const float* tmat, const bf16* d_o, const bf16* vnew,  \
+                           const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,    \
+                           int npart, const int* ctab, int H, int V, float scale, bf16* dq,        \
+                           bf16* dk, bf16* dv, float* dg, float* dbeta, const int* order,          \
+                           int items, unsigned* ticket, const unsigned* done, unsigned need) {     \
+    dr::follow(order, items, H, ticket, done, need, [&](int cg, int h) {                           \
+      dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg, cg,  \
+                      h);                                                                          \
+      dr::dqk_then_wy();                                                                           \
+      dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta, cg, h);          \
+    });                                                                                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256)                                               \
       dr_seg_combine_k##K(const float* A, const float* B, const int* seq_seg, const float* h0,     \
@@ -3962,9 +3982,10 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       NAME(const bf16* q, const bf16* k, const bf16* w, const float* gc, const float* rec,         \
            const bf16* d_o, const bf16* dvl, const bf16* hs, const int* ctab,                      \
            const int* seq_chunk, const float* dht, int H, int V, float scale, bf16* dh,            \
-           float* sdp, bf16* dvnew, float* dh0, const bf16* pm, const float* pflag) {              \
+           float* sdp, bf16* dvnew, float* dh0, const bf16* pm, const float* pflag,                \
+           unsigned* done) {                                                                       \
     dr::state_bwd_impl<K, NWC, KS, NG>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, \
-                                       scale, dh, sdp, dvnew, dh0, pm, pflag);                     \
+                                       scale, dh, sdp, dvnew, dh0, pm, pflag, nullptr, done);      \
   }
 // The reverse pass's sequence-parallel transition pass (SEG): the plain pass with 4 column
 // groups, the transitions to `at`.
@@ -3976,7 +3997,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                             float scale, bf16* dh, float* sdp, bf16* dvnew, float* dh0,            \
                             const bf16* pm, const float* pflag, float* at) {                       \
     dr::state_bwd_impl<K, 4, 1, 0, true>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H,  \
-                                         V, scale, dh, sdp, dvnew, dh0, pm, pflag, at);            \
+                                         V, scale, dh, sdp, dvnew, dh0, pm, pflag, at, nullptr);   \
   }
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
   DR_STATE_BWD_NAMED(K, NWC, KS, 0, NWC * KS * 32, 0, dr_state_bwd_k##K##_nw##NWC##SUFFIX)
