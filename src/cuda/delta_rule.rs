@@ -1007,6 +1007,11 @@ pub struct DeltaRuleWorkspace {
     seg_saved: SegStatesSaved,
     /// The segment length in chunks when forced ([`DeltaRuleWorkspace::force_segments`]).
     seg_forced: Option<usize>,
+    /// No kernel follows a state pass ([`Follow`]): `GDN_DR_FOLLOW=0`, or
+    /// [`DeltaRuleWorkspace::force_no_follow`].
+    no_follow: bool,
+    /// State passes run with a kernel following them, since [`DeltaRuleWorkspace::take_follows`].
+    follows: usize,
 }
 
 /// Sequence-parallel state passes (the forward's, the backward's recompute and its reverse pass)
@@ -1365,6 +1370,8 @@ impl DeltaRuleWorkspace {
             seg: None,
             seg_saved: SegStatesSaved::default(),
             seg_forced: None,
+            no_follow: std::env::var("GDN_DR_FOLLOW").is_ok_and(|v| v == "0"),
+            follows: 0,
         })
     }
 
@@ -2288,12 +2295,11 @@ impl DeltaRuleWorkspace {
 
     /// Whether a kernel follows the state pass of `grid` (see [`Follow`]): not over segments
     /// (their chunks come in another order), not under a stage probe (each stage is then timed
-    /// alone), not with `GDN_DR_FOLLOW=0`.
-    fn follow_plan(&self, grid: (u32, u32, u32)) -> Option<Follow> {
+    /// alone), not when turned off. Counted in `follows`.
+    fn follow_plan(&mut self, grid: (u32, u32, u32)) -> Option<Follow> {
         let ctas = (grid.0 * grid.1 * grid.2) as usize;
-        let off = std::env::var("GDN_DR_FOLLOW").is_ok_and(|v| v == "0");
         let free = self.num_sms.saturating_sub(ctas);
-        (!off
+        let f = (!self.no_follow
             && self.seg.is_none()
             && self.probe.is_none()
             && self.n_chunks > 0
@@ -2302,7 +2308,19 @@ impl DeltaRuleWorkspace {
             .then_some(Follow {
                 followers: free,
                 need: grid.2 as usize,
-            })
+            });
+        self.follows += usize::from(f.is_some());
+        f
+    }
+
+    /// Turns the kernels that follow state passes ([`Follow`]) off, or back on.
+    pub fn force_no_follow(&mut self, off: bool) {
+        self.no_follow = off;
+    }
+
+    /// How many state passes ran with a kernel following them since the last call.
+    pub fn take_follows(&mut self) -> usize {
+        std::mem::take(&mut self.follows)
     }
 }
 

@@ -434,6 +434,32 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         t * h,
         n * h * dk * dv,
     ];
+    // The kernels that follow state passes (fwd_o, dqk + wy: `Follow`) take the items their own
+    // grids take, in another order and beside the pass: the same bits. Checked where they ran.
+    ws.take_follows();
+    let mut t_on = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+    let (_, fs_on, bits_on) = gpu_forward(gpu, ws, c, &d, &mut t_on)?;
+    let g_on = backward(ws, Some(&t_on), None)?;
+    let followed = ws.take_follows();
+    if followed > 0 {
+        let mut t_off = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+        ws.force_no_follow(true);
+        let off = gpu_forward(gpu, ws, c, &d, &mut t_off)
+            .and_then(|(_, fs, bits)| Ok((fs, bits, backward(ws, Some(&t_off), None)?)));
+        ws.force_no_follow(false);
+        let (fs_off, bits_off, g_off) = off?;
+        let same = bits_on == bits_off
+            && same_bits(&fs_on, &fs_off)
+            && same_grads(gpu, &g_on, &g_off, lens)?;
+        rows.push(row(
+            &format!(
+                "delta_rule.chunk_fwd + bwd with {followed} following kernel(s) = without, bitwise"
+            ),
+            &c.label,
+            if same { 0.0 } else { f64::INFINITY },
+            0.0,
+        ));
+    }
     // Sequence-parallel state passes (the forward's, the recompute and the reverse pass), every
     // sequence of more than one chunk cut into one-chunk segments: the plan picks them only for
     // a few long sequences, which these shapes are not.
