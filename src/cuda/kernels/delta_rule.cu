@@ -1262,7 +1262,7 @@ __device__ __forceinline__ void publish(unsigned* count) {
 
 // Waits until *count >= need. A pass that never comes (its CTAs could not all be resident: the
 // host launches the followers only where they fit beside them) ends in a trap, a launch error,
-// after some seconds, rather than a hang.
+// after some tens of seconds, rather than a hang.
 __device__ __forceinline__ void wait_count(const unsigned* count, unsigned need) {
   for (unsigned spins = 0;; ++spins) {
     unsigned x;
