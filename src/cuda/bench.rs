@@ -638,7 +638,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         for r in &chunk_rows {
             println!();
             println!(
-                "breakdown B={} T={} H={} K={} V={} (state passes: {}; eager, median of {reps}; graph fwd {:.3} ms, fwd+bwd {:.3} ms)",
+                "breakdown B={} T={} H={} K={} V={} (state passes: {}; eager, median of {reps}, each stage alone: nothing beside or following a pass; graph fwd {:.3} ms, fwd+bwd {:.3} ms)",
                 r.b, r.t, r.h, r.k, r.v, r.state_plan,
                 r.fwd_graph_ms, r.fwdbwd_graph_ms
             );

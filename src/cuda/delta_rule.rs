@@ -1555,8 +1555,24 @@ impl DeltaRuleWorkspace {
         };
         let (fwd, f) = self.forward_pass(walked, tokens);
         let (bwd, b) = self.reverse_pass(n);
+        let (h, v) = (self.dims.heads as u32, self.dims.dv);
+        let follows = |nw: usize| self.follow_for((walked as u32, h, (v / (16 * nw)) as u32));
+        let followers = [
+            (
+                fwd == ForwardPath::Split && follows(f.nw).is_some(),
+                "fwd_o",
+            ),
+            (
+                bwd == BackwardPath::Plain && follows(b.nw).is_some(),
+                "dqk + wy",
+            ),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| format!("; {name} follows its pass"))
+        .collect::<String>();
         format!(
-            "forward {} {} warps, recompute {}, backward {} {}{segs}",
+            "forward {} {} warps, recompute {}, backward {} {}{segs}{followers}",
             fwd.name(),
             f.shape(),
             self.state_kern(walked, PassKind::Split).0.shape(),
@@ -2293,22 +2309,26 @@ impl DeltaRuleWorkspace {
         })
     }
 
-    /// Whether a kernel follows the state pass of `grid` (see [`Follow`]): not over segments
-    /// (their chunks come in another order), not under a stage probe (each stage is then timed
-    /// alone), not when turned off. Counted in `follows`.
-    fn follow_plan(&mut self, grid: (u32, u32, u32)) -> Option<Follow> {
+    /// Whether a kernel can follow the state pass of `grid` (see [`Follow`]): not over segments
+    /// (their chunks come in another order), not when turned off.
+    fn follow_for(&self, grid: (u32, u32, u32)) -> Option<Follow> {
         let ctas = (grid.0 * grid.1 * grid.2) as usize;
         let free = self.num_sms.saturating_sub(ctas);
-        let f = (!self.no_follow
+        (!self.no_follow
             && self.seg.is_none()
-            && self.probe.is_none()
             && self.n_chunks > 0
             && ctas <= self.spread_up_to
             && free >= MIN_FOLLOWERS)
             .then_some(Follow {
                 followers: free,
                 need: grid.2 as usize,
-            });
+            })
+    }
+
+    /// [`Self::follow_for`], and not under a stage probe (each stage is then timed alone);
+    /// counted in `follows`.
+    fn follow_plan(&mut self, grid: (u32, u32, u32)) -> Option<Follow> {
+        let f = self.follow_for(grid).filter(|_| self.probe.is_none());
         self.follows += usize::from(f.is_some());
         f
     }
