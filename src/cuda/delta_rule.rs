@@ -971,10 +971,11 @@ pub struct DeltaRuleWorkspace {
     /// First chunk of each sequence, i32 [max_seqs + 1].
     seq_chunk: CudaSlice<i32>,
     /// The chunks in the order a forward state pass forms them ([`step_order`]), then in the
-    /// order a reverse pass does ([`reverse_step_order`]), i32 [2 · max_chunks] (NC each).
+    /// order a reverse pass does ([`reverse_step_order`]), each group's chunks in place, i32
+    /// [2 · max_chunks] (NC each).
     order: CudaSlice<i32>,
-    /// Per (chunk, head) the split pass's CTAs that have stored it, then the followers' ticket:
-    /// u32 [max_chunks · H + 1] ([`FwdFollow`]).
+    /// Per (chunk, head) the pass's CTAs that have stored it, then the followers' ticket of
+    /// each sequence group: u32 [max_chunks · H + MAX_GROUPS] ([`Follow`]).
     done: CudaSlice<u32>,
     cu_cached: Vec<usize>,
     n_chunks: usize,
@@ -1012,6 +1013,10 @@ pub struct DeltaRuleWorkspace {
     no_follow: bool,
     /// State passes run with a kernel following them, since [`DeltaRuleWorkspace::take_follows`].
     follows: usize,
+    /// The sequence groups of the uploaded `cu_seqlens` ([`SeqGroup`]).
+    groups: Vec<SeqGroup>,
+    /// Sequences a group when forced ([`DeltaRuleWorkspace::force_groups`]).
+    groups_forced: Option<usize>,
 }
 
 /// Sequence-parallel state passes (the forward's, the backward's recompute and its reverse pass)
@@ -1351,7 +1356,7 @@ impl DeltaRuleWorkspace {
             ctab: alloc_ws(gpu, 2 * max_chunks, "ctab")?,
             seq_chunk: alloc_ws(gpu, max_seqs + 1, "seq_chunk")?,
             order: alloc_ws(gpu, 2 * max_chunks, "order")?,
-            done: alloc_ws(gpu, max_chunks * h + 1, "done")?,
+            done: alloc_ws(gpu, max_chunks * h + MAX_GROUPS, "done")?,
             cu_cached: Vec::new(),
             n_chunks: 0,
             gc: alloc_ws(gpu, t * h, "gc")?,
@@ -1372,6 +1377,8 @@ impl DeltaRuleWorkspace {
             seg_forced: None,
             no_follow: std::env::var("GDN_DR_FOLLOW").is_ok_and(|v| v == "0"),
             follows: 0,
+            groups: Vec::new(),
+            groups_forced: None,
         })
     }
 
@@ -1414,16 +1421,24 @@ impl DeltaRuleWorkspace {
             gpu.stream
                 .memcpy_htod(&ctab, &mut self.ctab.slice_mut(..ctab.len()))
                 .context("uploading the delta rule chunk table")?;
-            let mut order = step_order(&seq_chunk);
-            order.extend(reverse_step_order(&seq_chunk));
-            gpu.stream
-                .memcpy_htod(&order, &mut self.order.slice_mut(..2 * nc))
-                .context("uploading the delta rule chunk orders")?;
         }
         gpu.stream
             .memcpy_htod(&seq_chunk, &mut self.seq_chunk.slice_mut(..n + 1))
             .context("uploading the delta rule sequence table")?;
         self.plan_segments(gpu, &seq_chunk)?;
+        self.groups = self.plan_groups(&seq_chunk);
+        if nc > 0 {
+            // Each group's chunks in the order its passes form them.
+            let orders = |f: fn(&[i32]) -> Vec<i32>| -> Vec<i32> {
+                let g = self.groups.iter();
+                g.flat_map(|g| f(&seq_chunk[g.s0..=g.s1])).collect()
+            };
+            let mut order = orders(step_order);
+            order.extend(orders(reverse_step_order));
+            gpu.stream
+                .memcpy_htod(&order, &mut self.order.slice_mut(..2 * nc))
+                .context("uploading the delta rule chunk orders")?;
+        }
         gpu.sync()?;
         self.cu_cached = cu.to_vec();
         self.n_chunks = nc;
@@ -1555,21 +1570,25 @@ impl DeltaRuleWorkspace {
         };
         let (fwd, f) = self.forward_pass(walked, tokens);
         let (bwd, b) = self.reverse_pass(n);
-        let (h, v) = (self.dims.heads as u32, self.dims.dv);
-        let follows = |nw: usize| self.follow_for((walked as u32, h, (v / (16 * nw)) as u32));
+        let groups = match self.groups.len() {
+            1 => String::new(),
+            g => format!(", in {g} groups of sequences"),
+        };
+        let split = |ws: &Self, len| ws.state_kern(len, PassKind::Split).0.nw;
+        let reverse = |ws: &Self, len| ws.reverse_pass(len).1.nw;
         let followers = [
             (
-                fwd == ForwardPath::Split && follows(f.nw).is_some(),
+                fwd == ForwardPath::Split && self.group_follows(split).is_some(),
                 "fwd_o",
             ),
             (
-                bwd == BackwardPath::Plain && follows(b.nw).is_some(),
+                bwd == BackwardPath::Plain && self.group_follows(reverse).is_some(),
                 "dqk + wy",
             ),
         ]
         .iter()
         .filter(|(on, _)| *on)
-        .map(|(_, name)| format!("; {name} follows its pass"))
+        .map(|(_, name)| format!("; {name} follows its pass{groups}"))
         .collect::<String>();
         format!(
             "forward {} {} warps, recompute {}, backward {} {}{segs}{followers}",
@@ -1955,7 +1974,7 @@ fn run_state_pass(
 ) -> Result<()> {
     let Dims {
         heads: h,
-        dk: _,
+        dk: k,
         dv: v,
     } = ws.dims;
     let Walk {
@@ -1973,7 +1992,6 @@ fn run_state_pass(
         StateOut::Forward { path, .. } => path,
         StateOut::Recompute => ForwardPath::Split,
     };
-    let nw = ws.pass_kern(path, n)?.nw;
     // The fused and warp-specialised passes write O themselves and keep h_c and Ṽ on chip.
     let writes_o = path != ForwardPath::Split;
     let (q, o, ht) = match out {
@@ -1986,49 +2004,66 @@ fn run_state_pass(
         StateOut::Forward { pm, .. } if path == ForwardPath::WarpSpecialised => pm,
         _ => 0,
     };
-    let grid = (n as u32, h as u32, (v / (16 * nw)) as u32);
     let follow = match out {
-        StateOut::Forward { o, .. } if path == ForwardPath::Split => {
-            ws.follow_plan(grid).map(|f| (o, f))
-        }
+        StateOut::Forward { o, .. } if path == ForwardPath::Split => ws
+            .follow_groups(|ws, len| ws.state_kern(len, PassKind::Split).0.nw)
+            .map(|f| (o, f)),
         _ => None,
     };
-    let done = match &follow {
-        Some((o, f)) => {
-            let done = zero_counts(gpu, ws)?;
-            run_fwd_o_follow(gpu.fork()?, ws, inp, (*o, f), f.followers)?;
-            done
-        }
-        None => 0,
+    // The pass over sequences s0..s0 + len (a group's, or all), counting into `done` where given.
+    let state = (h * k * v * 4) as u64;
+    let at = |p: u64, s0: usize| if p == 0 { 0 } else { p + s0 as u64 * state };
+    let pass = |ws: &DeltaRuleWorkspace, sk: &StateKern, s0: usize, len: usize, done: u64| {
+        launch_state(
+            gpu,
+            sk,
+            ws.pass_grid(len, sk.nw),
+            ws.spread_up_to,
+            &[
+                Arg::P(w),
+                Arg::P(u),
+                Arg::P(ptr(gpu, &inp.k)),
+                Arg::P(q),
+                Arg::P(pm),
+                Arg::P(gc),
+                Arg::P(rec),
+                Arg::P(ctab),
+                Arg::P(seq_chunk + 4 * s0 as u64),
+                Arg::P(at(h0, s0)),
+                Arg::I(h as i32),
+                Arg::I(v as i32),
+                Arg::F(inp.scale),
+                Arg::P(hs),
+                Arg::P(vnew),
+                Arg::P(o),
+                Arg::P(at(ht, s0)),
+                Arg::P(0),
+                Arg::P(done),
+            ],
+        )
     };
-    let sk = ws.pass_kern(path, n)?;
-    launch_state(
-        gpu,
-        sk,
-        grid,
-        ws.spread_up_to,
-        &[
-            Arg::P(w),
-            Arg::P(u),
-            Arg::P(ptr(gpu, &inp.k)),
-            Arg::P(q),
-            Arg::P(pm),
-            Arg::P(gc),
-            Arg::P(rec),
-            Arg::P(ctab),
-            Arg::P(seq_chunk),
-            Arg::P(h0),
-            Arg::I(h as i32),
-            Arg::I(v as i32),
-            Arg::F(inp.scale),
-            Arg::P(hs),
-            Arg::P(vnew),
-            Arg::P(o),
-            Arg::P(ht),
-            Arg::P(0),
-            Arg::P(done),
-        ],
-    )?;
+    if let Some((o, plan)) = &follow {
+        // Each group: its followers on the side stream (after the last group's), its pass on
+        // the main one; then the items left, on every SM the passes have left.
+        let done = zero_counts(gpu, ws)?;
+        for f in plan {
+            run_fwd_o_follow(gpu.fork()?, ws, inp, (*o, f), f.followers)?;
+            let len = f.group.s1 - f.group.s0;
+            pass(
+                ws,
+                ws.state_kern(len, PassKind::Split).0,
+                f.group.s0,
+                len,
+                done,
+            )?;
+        }
+        for f in plan {
+            let ctas = ((f.group.c1 - f.group.c0) * h).clamp(1, 2 * ws.num_sms);
+            run_fwd_o_follow(&gpu.stream, ws, inp, (*o, f), ctas)?;
+        }
+        return gpu.join();
+    }
+    pass(ws, ws.pass_kern(path, n)?, 0, n, 0)?;
     match (out, path) {
         (StateOut::Forward { .. }, ForwardPath::Fused) => {
             probe_mark(gpu, ws, "fwd: state_fwd (+ output)")
@@ -2036,19 +2071,11 @@ fn run_state_pass(
         (StateOut::Forward { .. }, ForwardPath::WarpSpecialised) => {
             probe_mark(gpu, ws, "fwd: state_ws (+ output)")
         }
-        (StateOut::Forward { o, .. }, _) => match follow {
-            Some((_, f)) => {
-                // The rest of the items, on every SM the pass has left.
-                let ctas = (ws.n_chunks * h).min(2 * ws.num_sms);
-                run_fwd_o_follow(&gpu.stream, ws, inp, (o, &f), ctas)?;
-                gpu.join()
-            }
-            None => {
-                probe_mark(gpu, ws, "fwd: state_split")?;
-                run_fwd_o(gpu, ws, inp, o)?;
-                probe_mark(gpu, ws, "fwd: fwd_o")
-            }
-        },
+        (StateOut::Forward { o, .. }, _) => {
+            probe_mark(gpu, ws, "fwd: state_split")?;
+            run_fwd_o(gpu, ws, inp, o)?;
+            probe_mark(gpu, ws, "fwd: fwd_o")
+        }
         (StateOut::Recompute, _) => Ok(()),
     }
 }
@@ -2289,7 +2316,24 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
 struct Follow {
     followers: usize,
     need: usize,
+    /// The group's sequences and chunks, and its ticket (the group's index).
+    group: SeqGroup,
+    ticket: usize,
 }
+
+/// Consecutive sequences `s0..s1` (their chunks `c0..c1`) whose state passes run as one grid.
+/// One group holds every sequence unless its grids would leave no SMs for followers and equal
+/// groups of fewer sequences would, in no more rounds of the GPU ([`DeltaRuleWorkspace::plan_groups`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SeqGroup {
+    s0: usize,
+    s1: usize,
+    c0: usize,
+    c1: usize,
+}
+
+/// The most groups a pass is cut into.
+const MAX_GROUPS: usize = 4;
 
 /// Fewer idle SMs than this and the followers are not worth their barrier and counts.
 const MIN_FOLLOWERS: usize = 8;
@@ -2309,9 +2353,10 @@ impl DeltaRuleWorkspace {
         })
     }
 
-    /// Whether a kernel can follow the state pass of `grid` (see [`Follow`]): not over segments
-    /// (their chunks come in another order), not when turned off.
-    fn follow_for(&self, grid: (u32, u32, u32)) -> Option<Follow> {
+    /// Whether a kernel can follow a state pass of `grid` (see [`Follow`]): not over segments
+    /// (their chunks come in another order), not when turned off. The followers, and the count
+    /// that makes a chunk ready.
+    fn follow_for(&self, grid: (u32, u32, u32)) -> Option<(usize, usize)> {
         let ctas = (grid.0 * grid.1 * grid.2) as usize;
         let free = self.num_sms.saturating_sub(ctas);
         (!self.no_follow
@@ -2319,18 +2364,95 @@ impl DeltaRuleWorkspace {
             && self.n_chunks > 0
             && ctas <= self.spread_up_to
             && free >= MIN_FOLLOWERS)
-            .then_some(Follow {
-                followers: free,
-                need: grid.2 as usize,
-            })
+            .then_some((free, grid.2 as usize))
     }
 
-    /// [`Self::follow_for`], and not under a stage probe (each stage is then timed alone);
-    /// counted in `follows`.
-    fn follow_plan(&mut self, grid: (u32, u32, u32)) -> Option<Follow> {
-        let f = self.follow_for(grid).filter(|_| self.probe.is_none());
-        self.follows += usize::from(f.is_some());
-        f
+    /// The pass's grid for `n` sequences with `nw` warps a CTA (16 columns of V each).
+    fn pass_grid(&self, n: usize, nw: usize) -> (u32, u32, u32) {
+        let Dims {
+            heads: h, dv: v, ..
+        } = self.dims;
+        (n as u32, h as u32, (v / (16 * nw)) as u32)
+    }
+
+    /// Each group's pass with the kernel that follows it ([`Follow`]), where every group's can
+    /// be followed (its kernel has `nw_of(len)` warps a CTA), and not under a stage probe (each
+    /// stage is then timed alone); counted in `follows`.
+    fn follow_groups(&mut self, nw_of: impl Fn(&Self, usize) -> usize) -> Option<Vec<Follow>> {
+        let plan = self.group_follows(nw_of).filter(|_| self.probe.is_none());
+        self.follows += usize::from(plan.is_some());
+        plan
+    }
+
+    /// [`Self::follow_groups`] whatever the probe, uncounted.
+    fn group_follows(&self, nw_of: impl Fn(&Self, usize) -> usize) -> Option<Vec<Follow>> {
+        self.groups
+            .iter()
+            .enumerate()
+            .map(|(ticket, &group)| {
+                let len = group.s1 - group.s0;
+                let (followers, need) = self.follow_for(self.pass_grid(len, nw_of(self, len)))?;
+                Some(Follow {
+                    followers,
+                    need,
+                    group,
+                    ticket,
+                })
+            })
+            .collect()
+    }
+
+    /// The sequence groups of the chunk table `seq_chunk` ([`SeqGroup`]): one, unless (K = 256:
+    /// the passes with no warp-specialised form, one CTA per SM) the split and reverse passes over
+    /// every sequence leave fewer than [`MIN_FOLLOWERS`] SMs, and the fewest equal groups whose
+    /// passes leave them take no more rounds of the GPU than one grid over all (B8·H6·K256: two
+    /// groups of 96 CTAs where one grid of 192 takes two rounds).
+    fn plan_groups(&self, seq_chunk: &[i32]) -> Vec<SeqGroup> {
+        let n = seq_chunk.len() - 1;
+        let group = |s0: usize, s1: usize| SeqGroup {
+            s0,
+            s1,
+            c0: seq_chunk[s0] as usize,
+            c1: seq_chunk[s1] as usize,
+        };
+        let ctas = |g: usize| -> [usize; 2] {
+            let nws = [
+                self.state_kern(g, PassKind::Split).0.nw,
+                self.reverse_pass(g).1.nw,
+            ];
+            nws.map(|nw| {
+                let (x, y, z) = self.pass_grid(g, nw);
+                (x * y * z) as usize
+            })
+        };
+        let fits = |c: usize| c <= self.spread_up_to && c + MIN_FOLLOWERS <= self.num_sms;
+        if let Some(g) = self.groups_forced.filter(|_| self.seg.is_none()) {
+            let g = g.max(1);
+            return (0..n)
+                .step_by(g)
+                .map(|s| group(s, (s + g).min(n)))
+                .collect();
+        }
+        let grouped = self.dims.dk >= 256 && self.seg.is_none() && !ctas(n).into_iter().all(fits);
+        let size = (2..=MAX_GROUPS).map(|k| n.div_ceil(k)).find(|&g| {
+            let (each, all) = (ctas(g), ctas(n));
+            let rounds = |c: usize| c.div_ceil(self.num_sms);
+            each.into_iter().all(fits) && all.into_iter().all(|c| n.div_ceil(g) <= rounds(c))
+        });
+        match size.filter(|_| grouped && n > 1) {
+            Some(g) => (0..n)
+                .step_by(g)
+                .map(|s| group(s, (s + g).min(n)))
+                .collect(),
+            None => vec![group(0, n)],
+        }
+    }
+
+    /// Cuts the sequences into groups of `seqs` ([`SeqGroup`]; `None`: as planned), from the
+    /// next call on.
+    pub fn force_groups(&mut self, seqs: Option<usize>) {
+        self.groups_forced = seqs;
+        self.cu_cached.clear();
     }
 
     /// Turns the kernels that follow state passes ([`Follow`]) off, or back on.
@@ -2352,13 +2474,15 @@ fn follow_args(
     f: &Follow,
     reverse: bool,
 ) -> [Arg; 5] {
-    let items = ws.n_chunks * ws.dims.heads;
+    let (nc, h) = (ws.n_chunks, ws.dims.heads);
+    let items = (f.group.c1 - f.group.c0) * h;
     let done = ws.done.device_ptr(stream).0;
-    let order = ws.order.device_ptr(stream).0 + if reverse { 4 * ws.n_chunks as u64 } else { 0 };
+    let first = f.group.c0 + if reverse { nc } else { 0 };
+    let order = ws.order.device_ptr(stream).0 + 4 * first as u64;
     [
         Arg::P(order),
         Arg::I(items as i32),
-        Arg::P(done + 4 * items as u64),
+        Arg::P(done + 4 * (nc * h + f.ticket) as u64),
         Arg::P(done),
         Arg::I(f.need as i32),
     ]
@@ -2367,7 +2491,7 @@ fn follow_args(
 /// Zeroes the counts and the ticket that a [`Follow`] starts from, on the main stream; returns
 /// the counts' address for the state pass.
 fn zero_counts(gpu: &Gpu, ws: &mut DeltaRuleWorkspace) -> Result<u64> {
-    let len = ws.n_chunks * ws.dims.heads + 1;
+    let len = ws.n_chunks * ws.dims.heads + ws.groups.len();
     gpu.stream
         .memset_zeros(&mut ws.done.slice_mut(..len))
         .context("delta rule: zeroing the chunk counts")?;
@@ -2741,11 +2865,17 @@ fn backward_impl(
         _ => None,
     };
     let (walk, dh0) = reverse_walk(gpu, ws, inp, n, (pdo, dvloc), dht, dh0, forward_a)?;
-    let grid = (walk.n as u32, h as u32, (v / (16 * sb.nw)) as u32);
-    // One partial per warp: (V / 16) column groups × its K split.
+    // One partial per warp: (V / 16) column groups × its K split; followed in groups, every
+    // group's kernel must split K alike (dqk + wy reads one layout).
     let npart = (v / 16 * sb.ks) as i32;
+    let ks = sb.ks;
     let follow = match path {
-        BackwardPath::Plain => ws.follow_plan(grid),
+        BackwardPath::Plain => ws
+            .follow_groups(|ws, len| ws.reverse_pass(len).1.nw)
+            .filter(|plan| {
+                let len = |f: &Follow| f.group.s1 - f.group.s0;
+                plan.iter().all(|f| ws.reverse_pass(len(f)).1.ks == ks)
+            }),
         BackwardPath::WarpSpecialised => None,
     };
     // dqk + wy's own arguments (a following launch adds `follow_args`).
@@ -2773,50 +2903,57 @@ fn backward_impl(
         Arg::P(dg),
         Arg::P(dbeta),
     ];
-    let done = match &follow {
-        Some(f) => {
-            let done = zero_counts(gpu, ws)?;
-            run_dqkwy_follow(gpu.fork()?, ws, &dqkwy, f, f.followers)?;
-            done
-        }
-        None => 0,
+    // The reverse pass over sequences s0..s0 + len (a group's, or all), counting into `done`
+    // where given.
+    let state = (h * k * v * 4) as u64;
+    let at = |p: u64, s0: usize| if p == 0 { 0 } else { p + s0 as u64 * state };
+    let pass = |ws: &DeltaRuleWorkspace, sb: &StateKern, s0: usize, len: usize, done: u64| {
+        launch_state(
+            gpu,
+            sb,
+            ws.pass_grid(len, sb.nw),
+            ws.spread_up_to,
+            &[
+                Arg::P(pq),
+                Arg::P(pk),
+                Arg::P(w),
+                Arg::P(gc),
+                Arg::P(rec),
+                Arg::P(pdo),
+                Arg::P(dvloc),
+                Arg::P(hs),
+                Arg::P(ctab),
+                Arg::P(walk.table + 4 * s0 as u64),
+                Arg::P(at(walk.h0, s0)),
+                Arg::I(hi),
+                Arg::I(vi),
+                Arg::F(inp.scale),
+                Arg::P(dh),
+                Arg::P(sdp),
+                Arg::P(dvnew),
+                Arg::P(at(dh0, s0)),
+                Arg::P(pm),
+                Arg::P(pflag),
+                Arg::P(done),
+            ],
+        )
     };
-    let sb = ws.reverse_pass(n).1;
-    launch_state(
-        gpu,
-        sb,
-        grid,
-        ws.spread_up_to,
-        &[
-            Arg::P(pq),
-            Arg::P(pk),
-            Arg::P(w),
-            Arg::P(gc),
-            Arg::P(rec),
-            Arg::P(pdo),
-            Arg::P(dvloc),
-            Arg::P(hs),
-            Arg::P(ctab),
-            Arg::P(walk.table),
-            Arg::P(walk.h0),
-            Arg::I(hi),
-            Arg::I(vi),
-            Arg::F(inp.scale),
-            Arg::P(dh),
-            Arg::P(sdp),
-            Arg::P(dvnew),
-            Arg::P(dh0),
-            Arg::P(pm),
-            Arg::P(pflag),
-            Arg::P(done),
-        ],
-    )?;
-    if let Some(f) = follow {
-        // The rest of the items, on every SM the pass has left.
-        let ctas = (nc * h).min(2 * ws.num_sms);
-        run_dqkwy_follow(&gpu.stream, ws, &dqkwy, &f, ctas)?;
+    if let Some(plan) = follow {
+        // Each group: its followers on the side stream (after the last group's), its pass on
+        // the main one; then the items left, on every SM the passes have left.
+        let done = zero_counts(gpu, ws)?;
+        for f in &plan {
+            run_dqkwy_follow(gpu.fork()?, ws, &dqkwy, f, f.followers)?;
+            let len = f.group.s1 - f.group.s0;
+            pass(ws, ws.reverse_pass(len).1, f.group.s0, len, done)?;
+        }
+        for f in &plan {
+            let ctas = ((f.group.c1 - f.group.c0) * h).clamp(1, 2 * ws.num_sms);
+            run_dqkwy_follow(&gpu.stream, ws, &dqkwy, f, ctas)?;
+        }
         return gpu.join();
     }
+    pass(ws, ws.reverse_pass(n).1, 0, walk.n, 0)?;
     probe_mark(
         gpu,
         ws,

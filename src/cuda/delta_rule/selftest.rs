@@ -459,6 +459,33 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             if same { 0.0 } else { f64::INFINITY },
             0.0,
         ));
+        // Each sequence a group of its own: a pass and its followers per group, one after the
+        // other (at these sizes the plan keeps one group).
+        if n > 1 {
+            let mut t_grp = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
+            ws.force_groups(Some(1));
+            let grp = gpu_forward(gpu, ws, c, &d, &mut t_grp)
+                .and_then(|(_, fs, bits)| Ok((fs, bits, backward(ws, Some(&t_grp), None)?)));
+            ws.force_groups(None);
+            let (fs_g, bits_g, g_g) = grp?;
+            let grouped = ws.take_follows();
+            let same = bits_g == bits_off
+                && same_bits(&fs_g, &fs_off)
+                && same_grads(gpu, &g_g, &g_off, lens)?;
+            rows.push(row(
+                &format!(
+                    "delta_rule.chunk_fwd + bwd followed in {n} groups of one sequence \
+                     ({grouped} passes) = without, bitwise"
+                ),
+                &c.label,
+                if same && grouped > 0 {
+                    0.0
+                } else {
+                    f64::INFINITY
+                },
+                0.0,
+            ));
+        }
     }
     // Sequence-parallel state passes (the forward's, the recompute and the reverse pass), every
     // sequence of more than one chunk cut into one-chunk segments: the plan picks them only for
