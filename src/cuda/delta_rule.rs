@@ -1974,7 +1974,7 @@ fn run_state_pass(
 ) -> Result<()> {
     let Dims {
         heads: h,
-        dk: k,
+        dk: _,
         dv: v,
     } = ws.dims;
     let Walk {
@@ -2011,8 +2011,8 @@ fn run_state_pass(
         _ => None,
     };
     // The pass over sequences s0..s0 + len (a group's, or all), counting into `done` where given.
-    let state = (h * k * v * 4) as u64;
-    let at = |p: u64, s0: usize| if p == 0 { 0 } else { p + s0 as u64 * state };
+    let dims = ws.dims;
+    let at = |p: u64, s0: usize| seq_state(dims, p, s0);
     let pass = |ws: &DeltaRuleWorkspace, sk: &StateKern, s0: usize, len: usize, done: u64| {
         launch_state(
             gpu,
@@ -2043,25 +2043,18 @@ fn run_state_pass(
         )
     };
     if let Some((o, plan)) = &follow {
-        // Each group: its followers on the side stream (after the last group's), its pass on
-        // the main one; then the items left, on every SM the passes have left.
         let done = zero_counts(gpu, ws)?;
-        for f in plan {
-            run_fwd_o_follow(gpu.fork()?, ws, inp, (*o, f), f.followers)?;
-            let len = f.group.s1 - f.group.s0;
-            pass(
-                ws,
-                ws.state_kern(len, PassKind::Split).0,
-                f.group.s0,
-                len,
-                done,
-            )?;
-        }
-        for f in plan {
-            let ctas = ((f.group.c1 - f.group.c0) * h).clamp(1, 2 * ws.num_sms);
-            run_fwd_o_follow(&gpu.stream, ws, inp, (*o, f), ctas)?;
-        }
-        return gpu.join();
+        let ws = &*ws;
+        return run_followed(
+            gpu,
+            ws,
+            plan,
+            |stream, f, ctas| run_fwd_o_follow(stream, ws, inp, (*o, f), ctas),
+            |g| {
+                let len = g.s1 - g.s0;
+                pass(ws, ws.state_kern(len, PassKind::Split).0, g.s0, len, done)
+            },
+        );
     }
     pass(ws, ws.pass_kern(path, n)?, 0, n, 0)?;
     match (out, path) {
@@ -2488,6 +2481,37 @@ fn follow_args(
     ]
 }
 
+/// Queues each group's followers (`follower` on the side stream, after the previous group's) and
+/// its pass (`pass`, on the main stream); then, on the main stream, every group's items left, on
+/// every SM the passes have left; then the join ([`Follow`]).
+fn run_followed(
+    gpu: &Gpu,
+    ws: &DeltaRuleWorkspace,
+    plan: &[Follow],
+    follower: impl Fn(&CudaStream, &Follow, usize) -> Result<()>,
+    pass: impl Fn(&SeqGroup) -> Result<()>,
+) -> Result<()> {
+    for f in plan {
+        follower(gpu.fork()?, f, f.followers)?;
+        pass(&f.group)?;
+    }
+    for f in plan {
+        let ctas = (f.group.c1 - f.group.c0) * ws.dims.heads;
+        follower(&gpu.stream, f, ctas.clamp(1, 2 * ws.num_sms))?;
+    }
+    gpu.join()
+}
+
+/// The address of sequence `s0`'s f32 state in the [N, H, K, V] buffer at `p` (null stays null).
+fn seq_state(dims: Dims, p: u64, s0: usize) -> u64 {
+    let bytes = (dims.heads * dims.dk * dims.dv * 4) as u64;
+    if p == 0 {
+        0
+    } else {
+        p + s0 as u64 * bytes
+    }
+}
+
 /// Zeroes the counts and the ticket that a [`Follow`] starts from, on the main stream; returns
 /// the counts' address for the state pass.
 fn zero_counts(gpu: &Gpu, ws: &mut DeltaRuleWorkspace) -> Result<u64> {
@@ -2905,8 +2929,8 @@ fn backward_impl(
     ];
     // The reverse pass over sequences s0..s0 + len (a group's, or all), counting into `done`
     // where given.
-    let state = (h * k * v * 4) as u64;
-    let at = |p: u64, s0: usize| if p == 0 { 0 } else { p + s0 as u64 * state };
+    let dims = ws.dims;
+    let at = |p: u64, s0: usize| seq_state(dims, p, s0);
     let pass = |ws: &DeltaRuleWorkspace, sb: &StateKern, s0: usize, len: usize, done: u64| {
         launch_state(
             gpu,
@@ -2939,19 +2963,18 @@ fn backward_impl(
         )
     };
     if let Some(plan) = follow {
-        // Each group: its followers on the side stream (after the last group's), its pass on
-        // the main one; then the items left, on every SM the passes have left.
         let done = zero_counts(gpu, ws)?;
-        for f in &plan {
-            run_dqkwy_follow(gpu.fork()?, ws, &dqkwy, f, f.followers)?;
-            let len = f.group.s1 - f.group.s0;
-            pass(ws, ws.reverse_pass(len).1, f.group.s0, len, done)?;
-        }
-        for f in &plan {
-            let ctas = ((f.group.c1 - f.group.c0) * h).clamp(1, 2 * ws.num_sms);
-            run_dqkwy_follow(&gpu.stream, ws, &dqkwy, f, ctas)?;
-        }
-        return gpu.join();
+        let ws = &*ws;
+        return run_followed(
+            gpu,
+            ws,
+            &plan,
+            |stream, f, ctas| run_dqkwy_follow(stream, ws, &dqkwy, f, ctas),
+            |g| {
+                let len = g.s1 - g.s0;
+                pass(ws, ws.reverse_pass(len).1, g.s0, len, done)
+            },
+        );
     }
     pass(ws, ws.reverse_pass(n).1, 0, walk.n, 0)?;
     probe_mark(
