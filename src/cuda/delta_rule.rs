@@ -2377,8 +2377,11 @@ impl DeltaRuleWorkspace {
         plan
     }
 
-    /// [`Self::follow_groups`] whatever the probe, uncounted.
+    /// [`Self::follow_groups`] whatever the probe, uncounted; none before a chunk table.
     fn group_follows(&self, nw_of: impl Fn(&Self, usize) -> usize) -> Option<Vec<Follow>> {
+        if self.groups.is_empty() {
+            return None;
+        }
         self.groups
             .iter()
             .enumerate()
