@@ -375,7 +375,7 @@ struct ChunkKernels {
     /// W, U and G from a saved T (the backward when the forward kept T).
     wu: Kern,
     fwd_o: Kern,
-    /// fwd_o taking its (chunk, head) items by ticket as a split pass forms them ([`FwdFollow`]).
+    /// fwd_o taking its (chunk, head) items by ticket as a split pass forms them ([`Follow`]).
     fwd_o_follow: Kern,
     dvloc: Kern,
     /// Kernels 6 and 7 as one (`dr_dqkwy`: dqk, then wy, per chunk and head).

@@ -1250,7 +1250,7 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
 constexpr int MODE_FUSED = 0, MODE_SPLIT = 1, MODE_WS = 2;
 // The state passes' per-chunk tiles come through L1 (cp16's VIA_L1) at K <= 128 only, where it
 // was measured faster (session 14, call 2); at K = 256 it was slower.
-// A split pass followed by fwd_o running beside it (the host's `FwdFollow`): the pass counts, per
+// A split pass followed by fwd_o running beside it (the host's `Follow`): the pass counts, per
 // (chunk, head), its CTAs that have stored the chunk's h_c and Ṽ (publish); fwd_o CTAs take
 // (chunk, head) items by ticket in the order the pass forms them and wait for each one's count.
 // The release is cumulative: thread 0 fences after the CTA barrier that follows every warp's
