@@ -2051,7 +2051,7 @@ fn run_state_pass(
             plan,
             |stream, f, ctas| run_fwd_o_follow(stream, ws, inp, (*o, f), ctas),
             |g| {
-                let len = g.s1 - g.s0;
+                let len = g.seqs();
                 pass(ws, ws.state_kern(len, PassKind::Split).0, g.s0, len, done)
             },
         );
@@ -2325,6 +2325,16 @@ struct SeqGroup {
     c1: usize,
 }
 
+impl SeqGroup {
+    fn seqs(&self) -> usize {
+        self.s1 - self.s0
+    }
+
+    fn chunks(&self) -> usize {
+        self.c1 - self.c0
+    }
+}
+
 /// The most groups a pass is cut into.
 const MAX_GROUPS: usize = 4;
 
@@ -2386,7 +2396,7 @@ impl DeltaRuleWorkspace {
             .iter()
             .enumerate()
             .map(|(ticket, &group)| {
-                let len = group.s1 - group.s0;
+                let len = group.seqs();
                 let (followers, need) = self.follow_for(self.pass_grid(len, nw_of(self, len)))?;
                 Some(Follow {
                     followers,
@@ -2422,20 +2432,24 @@ impl DeltaRuleWorkspace {
             })
         };
         let fits = |c: usize| c <= self.spread_up_to && c + MIN_FOLLOWERS <= self.num_sms;
-        if let Some(g) = self.groups_forced.filter(|_| self.seg.is_none()) {
-            let g = g.max(1);
-            return (0..n)
-                .step_by(g)
-                .map(|s| group(s, (s + g).min(n)))
-                .collect();
-        }
-        let grouped = self.dims.dk >= 256 && self.seg.is_none() && !ctas(n).into_iter().all(fits);
-        let size = (2..=MAX_GROUPS).map(|k| n.div_ceil(k)).find(|&g| {
-            let (each, all) = (ctas(g), ctas(n));
+        let planned = || {
+            let all = ctas(n);
             let rounds = |c: usize| c.div_ceil(self.num_sms);
-            each.into_iter().all(fits) && all.into_iter().all(|c| n.div_ceil(g) <= rounds(c))
-        });
-        match size.filter(|_| grouped && n > 1) {
+            let grouped = self.dims.dk >= 256 && n > 1 && !all.into_iter().all(fits);
+            (2..=MAX_GROUPS)
+                .map(|k| n.div_ceil(k))
+                .filter(|_| grouped)
+                .find(|&g| {
+                    ctas(g).into_iter().all(fits)
+                        && all.into_iter().all(|c| n.div_ceil(g) <= rounds(c))
+                })
+        };
+        let size = match self.groups_forced {
+            _ if self.seg.is_some() => None,
+            Some(g) => Some(g.max(1)),
+            None => planned(),
+        };
+        match size {
             Some(g) => (0..n)
                 .step_by(g)
                 .map(|s| group(s, (s + g).min(n)))
@@ -2471,7 +2485,7 @@ fn follow_args(
     reverse: bool,
 ) -> [Arg; 5] {
     let (nc, h) = (ws.n_chunks, ws.dims.heads);
-    let items = (f.group.c1 - f.group.c0) * h;
+    let items = f.group.chunks() * h;
     let done = ws.done.device_ptr(stream).0;
     let first = f.group.c0 + if reverse { nc } else { 0 };
     let order = ws.order.device_ptr(stream).0 + 4 * first as u64;
@@ -2499,7 +2513,7 @@ fn run_followed(
         pass(&f.group)?;
     }
     for f in plan {
-        let ctas = (f.group.c1 - f.group.c0) * ws.dims.heads;
+        let ctas = f.group.chunks() * ws.dims.heads;
         follower(&gpu.stream, f, ctas.clamp(1, 2 * ws.num_sms))?;
     }
     gpu.join()
@@ -2900,8 +2914,8 @@ fn backward_impl(
         BackwardPath::Plain => ws
             .follow_groups(|ws, len| ws.reverse_pass(len).1.nw)
             .filter(|plan| {
-                let len = |f: &Follow| f.group.s1 - f.group.s0;
-                plan.iter().all(|f| ws.reverse_pass(len(f)).1.ks == ks)
+                plan.iter()
+                    .all(|f| ws.reverse_pass(f.group.seqs()).1.ks == ks)
             }),
         BackwardPath::WarpSpecialised => None,
     };
@@ -2974,7 +2988,7 @@ fn backward_impl(
             &plan,
             |stream, f, ctas| run_dqkwy_follow(stream, ws, &dqkwy, f, ctas),
             |g| {
-                let len = g.s1 - g.s0;
+                let len = g.seqs();
                 pass(ws, ws.reverse_pass(len).1, g.s0, len, done)
             },
         );
