@@ -263,7 +263,8 @@ inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
 // A warp's rows of D depend only on its own A fragments, so the warp's exchange serves.
 inline void wg_fence() {}
 inline void wg_commit() {}
-inline void wg_wait_all() {}
+template <int N>
+inline void wg_wait() {}
 inline void fence_async_smem() {}
 // D[64 × 64] += A[64 × 16] B[16 × 64] for this warp's 16 rows: B from g_smem through the
 // descriptor (start, lbo, sbo in 16-byte units; no-swizzle core matrices of 8 rows × 16 bytes),

@@ -166,10 +166,11 @@ __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, l
 }
 
 // A chunk's 64 rows × COLS bf16 as wgmma's no-swizzle core matrices (`wg_desc`): column block cb
-// (8 elements) of row r, 16 bytes, at byte cb·1024 + r·16, so core matrices lie 128 bytes apart
-// along the rows and 1024 along the columns. Each warp copies 8 rows × 4 column blocks per
-// instruction: every row's 64 bytes are whole sectors of global memory, and the four 128-byte
-// runs it writes to shared memory meet no bank twice. Rows >= valid are zero-filled, not read.
+// (8 elements) of row r, 16 bytes, at byte (r / 8)·COLS·16 + cb·128 + (r % 8)·16, so core
+// matrices lie 128 bytes apart along the columns and COLS·16 along the rows (a product that reads
+// 8 column blocks of a row block reads 1 KB in one run). Each warp copies 8 rows × 4 column blocks
+// per instruction: every row's 64 bytes are whole sectors of global memory, and the 512 bytes it
+// writes to shared memory are one run. Rows >= valid are zero-filled, not read.
 template <int COLS, int NTH, bool VIA_L1 = false>
 __device__ __forceinline__ void load_core_async(bf16* dst, const bf16* src, long sld, int valid) {
   constexpr int NWP = NTH / 32, GROUPS = (CH / 8) * (COLS / 32);
@@ -180,7 +181,8 @@ __device__ __forceinline__ void load_core_async(bf16* dst, const bf16* src, long
   for (int i = 0; i < GROUPS / NWP; ++i) {
     const int gi = warp + i * NWP;
     const int r = 8 * (gi % 8) + (lane & 7), cb = 4 * (gi / 8) + (lane >> 3);
-    cp16<VIA_L1>(d0 + (unsigned)(cb * 1024 + r * 16), src + r * sld + 8 * cb, r < valid);
+    cp16<VIA_L1>(d0 + (unsigned)((r >> 3) * COLS * 16 + cb * 128 + (r & 7) * 16),
+                 src + r * sld + 8 * cb, r < valid);
   }
 }
 
@@ -261,8 +263,10 @@ __device__ __forceinline__ void wg_fence() {
 __device__ __forceinline__ void wg_commit() {
   DR_WG_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void wg_wait_all() {
-  DR_WG_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Waits until at most N of this warpgroup's committed groups are pending.
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  DR_WG_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 // Shared-memory writes of this thread (cp.async's included) made visible to the async proxy that
 // wgmma reads B through; a barrier after it covers the other threads'.
@@ -1373,12 +1377,12 @@ template <int K> constexpr bool STATE_VIA_L1 = K <= 128;
 template <int K, int NWC, int MODE, int KS = 1, bool WG = false>
 struct StateFwdSm {
   // NW: the state warps (the warp-specialised forward adds NWO output warps behind them). WG
-  // (the split pass on wgmma): W and K as core matrices (`load_core_async`), unpadded.
-  static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = WG ? K : K + 8, ULD = BVC + 8;
+  // (the split pass's update on wgmma): K as core matrices (`load_core_async`), unpadded.
+  static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   // Warp-specialised: NWO output warps in two groups of NWG; a hand-off barrier joins the state
   // warps and one group.
   static constexpr int NWO = MODE == MODE_WS ? 8 : 0, NWG = NWO / 2, HANDOFF = 32 * (NW + NWG);
-  static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
+  static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD, K_SZ = WG ? CH * K : W_SZ;
   // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
   static constexpr int RED_SZ = KS > 1 ? NPART * NW * PART : 0;
@@ -1399,7 +1403,7 @@ struct StateFwdSm {
   __device__ void carve(Carve& c) {
     constexpr bool WS = MODE == MODE_WS;
     w = c.take<bf16>(2 * W_SZ);
-    k = c.take<bf16>(2 * W_SZ);
+    k = c.take<bf16>(2 * K_SZ);
     u = c.take<bf16>(2 * U_SZ);
     R = c.take<float>(2 * REC_FWD);
     G = MODE == MODE_SPLIT ? nullptr : c.take<float>(2 * CH);
@@ -1579,7 +1583,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   Carve cv(smem);
   typedef StateFwdSm<K, NWC, MODE, KS, WG> L;
   constexpr bool FUSED = MODE == MODE_FUSED, WS = MODE == MODE_WS;
-  // WG: the split pass with its two products on wgmma, one warpgroup per 64 columns of V.
+  // WG: the split pass with its update on wgmma, one warpgroup per 64 columns of V.
   static_assert(!WG || (MODE == MODE_SPLIT && KS == 1 && !SEG && NWC % 4 == 0),
                 "wgmma serves the unsplit split pass, whole warpgroups");
   static_assert(!WS || (KS == 1 && NWC == 4), "the output warps take 64 columns, unsplit");
@@ -1668,15 +1672,12 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     };
     using KC = IntC<K>;
     using VC = IntC<L::BVC>;
-    if constexpr (WG) {
-      load_core_async<K, L::NW * 32, STATE_VIA_L1<K>>(S.w + b * L::W_SZ,
-                                                      w + ((long)s0 * H + h) * K, (long)H * K, l);
-      load_core_async<K, L::NW * 32, STATE_VIA_L1<K>>(S.k + b * L::W_SZ,
+    rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    if constexpr (WG)
+      load_core_async<K, L::NW * 32, STATE_VIA_L1<K>>(S.k + b * L::K_SZ,
                                                       k + ((long)s0 * H + h) * K, (long)H * K, l);
-    } else {
-      rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    else
       rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
-    }
     // A transition's U is zero: no row is read (the address is never dereferenced).
     rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
          SEG && trans ? 0 : l);
@@ -1731,7 +1732,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     if (PUBLISH && done && c > cs && tid == 0) publish(done + (long)(c - 1) * H + h);
 
     const bf16* wb = S.w + b * L::W_SZ;
-    const bf16* kb = S.k + b * L::W_SZ;
+    const bf16* kb = S.k + b * L::K_SZ;
     const bf16* ub = S.u + b * L::U_SZ;
     // Unsplit, this warp's columns of U are dead once read: the stage of its stores.
     bf16* ustage = S.u + b * L::U_SZ + vl;
@@ -1778,42 +1779,20 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 #pragma unroll
         for (int e = 0; e < 4; ++e) p[nt][e] = 0.f;
     }
-    // B is −W (kernel 1 stores it negated).
-    auto sa = [&](int kk, unsigned* a) {
-      a[0] = pack_bf2(st[2 * kk][0], st[2 * kk][1]);
-      a[1] = pack_bf2(st[2 * kk][2], st[2 * kk][3]);
-      a[2] = pack_bf2(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      a[3] = pack_bf2(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-    };
-    if constexpr (WG) {
-      // Wᵀ K-major: k-step kk is column blocks 2kk, 2kk + 1. Groups of 4 k-steps, each waited
-      // for before the next packs its A: their registers stay live until the wgmma are done.
-      const unsigned wb0 = smem_u32(wb);
+    const unsigned wl = smem_u32(wb + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
 #pragma unroll
-      for (int k4 = 0; k4 < KR / 64; ++k4) {
-        unsigned a[4][4];
+    for (int kk = 0; kk < KR / 16; ++kk) {
+      // B is −W (kernel 1 stores it negated).
+      const unsigned a[4] = {pack_bf2(st[2 * kk][0], st[2 * kk][1]),
+                             pack_bf2(st[2 * kk][2], st[2 * kk][3]),
+                             pack_bf2(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                             pack_bf2(st[2 * kk + 1][2], st[2 * kk + 1][3])};
 #pragma unroll
-        for (int i = 0; i < 4; ++i) sa(4 * k4 + i, a[i]);
-        wg_fence();
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          wg_mma64<false>(p, a[i], wg_desc(wb0 + (4 * k4 + i) * 2048, 1024, 128));
-        wg_commit();
-        wg_wait_all();
-      }
-    } else {
-      const unsigned wl = smem_u32(wb + (8 * lm_hi + lr) * L::WLD + k0 + 8 * lm_lo);
-#pragma unroll
-      for (int kk = 0; kk < KR / 16; ++kk) {
-        unsigned a[4];
-        sa(kk, a);
-#pragma unroll
-        for (int np = 0; np < 4; ++np) {
-          unsigned r[4];
-          ldsm_x4(r, wl + 2 * (16 * np * L::WLD + 16 * kk));
-          mma_bf16(p[2 * np], a, r[0], r[1]);
-          mma_bf16(p[2 * np + 1], a, r[2], r[3]);
-        }
+      for (int np = 0; np < 4; ++np) {
+        unsigned r[4];
+        ldsm_x4(r, wl + 2 * (16 * np * L::WLD + 16 * kk));
+        mma_bf16(p[2 * np], a, r[0], r[1]);
+        mma_bf16(p[2 * np + 1], a, r[2], r[3]);
       }
     }
 
@@ -1873,13 +1852,15 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     if (MODE == MODE_SPLIT && KS == 1 && !SEG) {
       // h_c, then Ṽ, through this warp's U columns (read into p above). h_c goes after the Ṽ
-      // product, so that the product's first ldmatrix and mma issue right after the barrier.
+      // product, so that the product's first ldmatrix and mma issue right after the barrier;
+      // on wgmma, Ṽ goes out while the update runs.
 #pragma unroll
       for (int r = 0; r < NJ / 8; ++r)
         store_tiles_staged<8, (K >= 256)>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V,
                                           CH);
-      store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
-                                        (long)H * V, len);
+      if (!WG)
+        store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD,
+                                          vnew + ((long)start * H + h) * V + vw, (long)H * V, len);
     }
     if constexpr (WS) {
       // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
@@ -1928,15 +1909,20 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int e = 0; e < 4; ++e) st[j][e] *= gl;
     if constexpr (WG) {
       // K MN-major: k-step ks is row blocks 2ks, 2ks + 1; output block nb column blocks 8nb..
+      // Ṽ goes out while they run (p is not theirs); they are done before the next step's
+      // barrier, after which the loads of chunk c + 2 may overwrite this K.
       const unsigned kb0 = smem_u32(kb);
       wg_fence();
 #pragma unroll
       for (int nb = 0; nb < K / 64; ++nb)
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks)
-          wg_mma64<true>(st + 8 * nb, av[ks], wg_desc(kb0 + nb * 8192 + ks * 256, 128, 1024));
+          wg_mma64<true>(st + 8 * nb, av[ks],
+                         wg_desc(kb0 + ks * 2 * K * 16 + nb * 1024, K * 16, 128));
       wg_commit();
-      wg_wait_all();
+      store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
+                                        (long)H * V, len);
+      wg_wait<0>();
     } else {
       const unsigned kl = smem_u32(kb + (8 * lm_lo + lr) * L::WLD + k0 + 8 * lm_hi);
 #pragma unroll
