@@ -222,13 +222,9 @@ const SLOT_STATE_BWD_WS: usize = 31;
 /// `prep` forming P: its shared memory with Q's rows (`SLOT_PREP` is without them).
 const SLOT_PREP_P: usize = 32;
 const SLOT_SEG_COMBINE: usize = 33;
-/// The split pass on wgmma: + index into [`WG_NWS`].
-const SLOT_STATE_SPLIT_WG: usize = 34;
-const SLOTS_PER_K: usize = 36;
+const SLOTS_PER_K: usize = 34;
 /// Column groups per CTA of the state passes (16 columns of V each, one warp each unsplit).
 const STATE_NWS: [usize; 4] = [1, 2, 4, 8];
-/// Column groups of the split pass on wgmma: one and two warpgroups.
-const WG_NWS: [usize; 2] = [4, 8];
 /// The K-split variants of the forward-type state passes, (column groups, K slices): a CTA has
 /// column groups × slices warps (kernel names `…_nw{groups}_ks{slices}`).
 const STATE_KS: [(usize, usize); 4] = [(1, 2), (1, 4), (2, 2), (2, 4)];
@@ -295,8 +291,6 @@ struct StateKern {
     nw: usize,
     ks: usize,
     out_warps: usize,
-    /// Its products run on wgmma (`dr_state_split_wg`).
-    wg: bool,
     per_sm: usize,
     /// Dynamic shared memory that keeps the CTA alone on its SM (see `launch_state`).
     spread_smem: u32,
@@ -320,7 +314,6 @@ fn load_state_kern(
         nw,
         ks,
         out_warps,
-        wg: false,
         per_sm: 0,
         spread_smem,
     };
@@ -356,9 +349,8 @@ impl StateKern {
     /// Warps per CTA as `state_plan` prints them: `nw`, `nw×ks` where K-split, `nw+out` with
     /// output warps.
     fn shape(&self) -> String {
-        let wg = if self.wg { " (wgmma)" } else { "" };
         match (self.ks, self.out_warps) {
-            (1, 0) => format!("{}{wg}", self.nw),
+            (1, 0) => self.nw.to_string(),
             (ks, 0) => format!("{}×{ks}", self.nw),
             (_, out) => format!("{}+{out}", self.nw),
         }
@@ -394,8 +386,6 @@ struct ChunkKernels {
     /// [`STATE_KS`]) that fits.
     state_fwd: Vec<StateKern>,
     state_split: Vec<StateKern>,
-    /// The split pass on wgmma, for each of [`WG_NWS`] (sm_90a only; empty elsewhere).
-    state_split_wg: Vec<StateKern>,
     state_bwd: Vec<StateKern>,
     /// The warp-specialised forward (4 state warps on 64 columns of V, 8 output warps), K <= 128.
     state_ws: Option<StateKern>,
@@ -508,24 +498,6 @@ impl ChunkKernels {
             )?,
             state_fwd: sf("state_fwd", SLOT_STATE_FWD, Some(SLOT_STATE_FWD_KS))?,
             state_split: sf("state_split", SLOT_STATE_SPLIT, Some(SLOT_STATE_SPLIT_KS))?,
-            state_split_wg: if gpu.arch == "sm_90a" {
-                let mut v = vec![];
-                for (i, &nw) in WG_NWS.iter().enumerate() {
-                    let name = format!("dr_state_split_wg_k{dk}_nw{nw}");
-                    let sk = load_state_kern(
-                        gpu,
-                        dk,
-                        name,
-                        s(SLOT_STATE_SPLIT_WG + i),
-                        limit,
-                        (nw, 1, 0),
-                    )?;
-                    v.extend(sk.map(|sk| StateKern { wg: true, ..sk }));
-                }
-                v
-            } else {
-                vec![]
-            },
             state_bwd: sf("state_bwd", SLOT_STATE_BWD, Some(SLOT_STATE_BWD_KS))?,
             state_ws: ws("state_ws", SLOT_STATE_WS, 8)?,
             state_bwd_ws: ws("state_bwd_ws", SLOT_STATE_BWD_WS, 4 * bwd_ws_groups(dk))?,
@@ -1028,12 +1000,6 @@ pub struct DeltaRuleWorkspace {
     forward_forced: Option<ForwardPath>,
     /// The K split of the split and reverse passes when forced ([`DeltaRuleWorkspace::force_ks`]).
     ks_forced: Option<usize>,
-    /// Whether the split pass runs on wgmma where the cost model's pick has a wgmma twin
-    /// (`GDN_DR_WG=0` turns it off).
-    wg: bool,
-    /// The split pass on wgmma forced on (among its variants only) or off
-    /// ([`DeltaRuleWorkspace::force_wg`]).
-    wg_forced: Option<bool>,
     /// The reverse pass's path when forced ([`DeltaRuleWorkspace::force_backward`]).
     backward_forced: Option<BackwardPath>,
     /// The sequence-parallel plan of the uploaded `cu_seqlens`, where there is one.
@@ -1405,8 +1371,6 @@ impl DeltaRuleWorkspace {
             probe: None,
             forward_forced: None,
             ks_forced: None,
-            wg: std::env::var("GDN_DR_WG").map_or(true, |v| v != "0"),
-            wg_forced: None,
             backward_forced: None,
             seg: None,
             seg_saved: SegStatesSaved::default(),
@@ -1644,39 +1608,14 @@ impl DeltaRuleWorkspace {
             PassKind::Bwd => &self.kern.state_bwd,
         };
         let force_ks = self.ks_forced.filter(|_| pass != PassKind::Fused);
-        let pick = |vars| {
-            pick_state_nw(
-                vars,
-                n * d.heads,
-                (d.dk, d.dv),
-                pass,
-                self.num_sms,
-                force_ks,
-            )
-        };
-        if pass == PassKind::Split && self.wg_forced == Some(true) && self.wg_serves() {
-            return pick(&self.kern.state_split_wg);
-        }
-        let (sk, cost) = pick(vars);
-        // The unsplit split pass has a wgmma twin for whole warpgroups: the same CTAs and the
-        // same work, its products on wgmma.
-        let twin = (pass == PassKind::Split && sk.ks == 1 && self.wg_forced.unwrap_or(self.wg))
-            .then(|| self.kern.state_split_wg.iter().find(|t| t.nw == sk.nw))
-            .flatten();
-        (twin.unwrap_or(sk), cost)
-    }
-
-    /// Whether a split pass on wgmma serves these dimensions (sm_90a, V a multiple of a
-    /// warpgroup's 64 columns).
-    pub fn wg_serves(&self) -> bool {
-        self.kern.state_split_wg.iter().any(|t| self.dims.dv % (16 * t.nw) == 0)
-    }
-
-    /// Forces the split pass (forward and recompute) onto its wgmma variants (`Some(true)`,
-    /// where [`DeltaRuleWorkspace::wg_serves`]) or off them (`Some(false)`) in the calls that
-    /// follow; `None`: the twin of the cost model's pick, unless `GDN_DR_WG=0`.
-    pub fn force_wg(&mut self, on: Option<bool>) {
-        self.wg_forced = on;
+        pick_state_nw(
+            vars,
+            n * d.heads,
+            (d.dk, d.dv),
+            pass,
+            self.num_sms,
+            force_ks,
+        )
     }
 
     /// Forces the K split of the split pass (forward and recompute) and of the reverse pass in

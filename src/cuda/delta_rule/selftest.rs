@@ -285,8 +285,7 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     ));
     // Every forward path, whichever the cost model picks above: at these small shapes it picks
     // the split one (K-split), and the others would otherwise go unchecked. Where the
-    // warp-specialised path exists the split pass runs unsplit here, as its state warps do, and
-    // on mma.sync.
+    // warp-specialised path exists the split pass runs unsplit here, as its state warps do.
     let has_ws = ws.has_warp_specialised();
     let mut paths = vec![ForwardPath::Fused, ForwardPath::Split];
     if has_ws {
@@ -297,13 +296,9 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         let mut t_scratch = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
         ws.force_forward(Some(path));
         ws.force_ks(has_ws.then_some(1));
-        // On mma.sync, as the warp-specialised pass's state warps (the wgmma twin has rows of its
-        // own below).
-        ws.force_wg(Some(false));
         let forced = gpu_forward(gpu, ws, c, &d, &mut t_scratch);
         ws.force_forward(None);
         ws.force_ks(None);
-        ws.force_wg(None);
         let (o2, fs2, bits2) = forced?;
         let pass = path.name();
         rows.push(row(
@@ -605,34 +600,6 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
             "grads warp-specialised reverse pass from the forward's P = dvloc + unsplit reverse pass",
             same_grads(gpu, &by_path[0], &g?, lens)?,
         ));
-    }
-    // The split pass on wgmma, forced (the cost model takes it only where a whole warpgroup's
-    // columns per CTA pay): the forward's o and final state, and the gradients of a backward
-    // whose recompute runs it.
-    if ws.wg_serves() {
-        ws.force_forward(Some(ForwardPath::Split));
-        ws.force_ks(Some(1));
-        ws.force_wg(Some(true));
-        let mut tw = nan_f32(gpu, saved_t_len(c.dims, t, n))?;
-        let r = gpu_forward(gpu, ws, c, &d, &mut tw)
-            .and_then(|(o, fs, _)| Ok((o, fs, backward(ws, Some(&tw), None)?)));
-        ws.force_forward(None);
-        ws.force_ks(None);
-        ws.force_wg(None);
-        let (wo, wfs, wg) = r?;
-        rows.push(row(
-            "delta_rule.chunk_fwd o, split pass on wgmma",
-            &c.label,
-            max_rel_err(&wo, &fref.o),
-            TOL_BF16,
-        ));
-        rows.push(row(
-            "delta_rule.chunk_fwd final_state, split pass on wgmma",
-            &c.label,
-            max_rel_err(&wfs, &fref.final_state),
-            TOL_F32,
-        ));
-        grad_rows(&mut rows, &wg, ", recompute on wgmma")?;
     }
     for (what, same) in [
         ("T saved by the forward = T of the backward's prep", same_t),

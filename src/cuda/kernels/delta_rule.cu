@@ -165,27 +165,6 @@ __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, l
       t);
 }
 
-// A chunk's 64 rows × COLS bf16 as wgmma's no-swizzle core matrices (`wg_desc`): column block cb
-// (8 elements) of row r, 16 bytes, at byte (r / 8)·COLS·16 + cb·128 + (r % 8)·16, so core
-// matrices lie 128 bytes apart along the columns and COLS·16 along the rows (a product that reads
-// 8 column blocks of a row block reads 1 KB in one run). Each warp copies 8 rows × 4 column blocks
-// per instruction: every row's 64 bytes are whole sectors of global memory, and the 512 bytes it
-// writes to shared memory are one run. Rows >= valid are zero-filled, not read.
-template <int COLS, int NTH, bool VIA_L1 = false>
-__device__ __forceinline__ void load_core_async(bf16* dst, const bf16* src, long sld, int valid) {
-  constexpr int NWP = NTH / 32, GROUPS = (CH / 8) * (COLS / 32);
-  static_assert(COLS % 32 == 0 && NTH % 32 == 0 && GROUPS % NWP == 0, "whole groups per warp");
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const unsigned d0 = smem_u32(dst);
-#pragma unroll
-  for (int i = 0; i < GROUPS / NWP; ++i) {
-    const int gi = warp + i * NWP;
-    const int r = 8 * (gi % 8) + (lane & 7), cb = 4 * (gi / 8) + (lane >> 3);
-    cp16<VIA_L1>(d0 + (unsigned)((r >> 3) * COLS * 16 + cb * 128 + (r & 7) * 16),
-                 src + r * sld + 8 * cb, r < valid);
-  }
-}
-
 // Named barriers (ids 1–15; 0 is __syncthreads), n threads in all (a multiple of 32). A
 // producer's bar_arrive does not wait; its consumers' bar_sync completes the barrier and orders
 // the producer's earlier shared-memory writes before their reads.
@@ -235,63 +214,6 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Hopper's warpgroup MMA (wgmma, sm_90a only: elsewhere the helpers trap, and the host never
-// launches a kernel that uses them). The four warps of a warpgroup issue it together; warp w of
-// the group holds rows 16w.. of the 64-row A (registers, as mma.sync's A fragment) and of D (as
-// mma.sync's accumulator tiles, one per 8 columns), so a warp's registers keep the layout of the
-// mma.sync code. B is read from shared memory once for the whole group, where mma.sync's warps
-// each read their own copy: the state passes' ldmatrix traffic, 8 warps × (W + K) per step, was
-// what they waited on (session 14).
-// B's tile is "no swizzle": core matrices of 8 rows × 16 bytes, `lbo` bytes apart along the
-// product's k dimension and `sbo` along n (both K-major and MN-major; session 6 probed this).
-__device__ __forceinline__ unsigned long long wg_desc(unsigned saddr, unsigned lbo,
-                                                     unsigned sbo) {
-  return (unsigned long long)((saddr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
-         ((unsigned long long)(sbo >> 4) << 32);
-}
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DR_WG_ASM(...) asm volatile(__VA_ARGS__)
-#else
-#define DR_WG_ASM(...) __trap()
-#endif
-// Orders the warpgroup's register writes before the wgmma that follow (accumulators, A).
-__device__ __forceinline__ void wg_fence() {
-  DR_WG_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_commit() {
-  DR_WG_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-// Waits until at most N of this warpgroup's committed groups are pending.
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-  DR_WG_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Shared-memory writes of this thread (cp.async's included) made visible to the async proxy that
-// wgmma reads B through; a barrier after it covers the other threads'.
-__device__ __forceinline__ void fence_async_smem() {
-  DR_WG_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// D[64 × 64] += A[64 × 16] B[16 × 64], bf16 in, f32 accumulators (d: 8 accumulator tiles of
-// this warp's 16 rows). MN: B stored MN-major (n contiguous in a core matrix' rows), else K-major.
-template <bool MN>
-__device__ __forceinline__ void wg_mma64(float (*d)[4], const unsigned* a,
-                                         unsigned long long desc) {
-  DR_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(MN ? 1 : 0), "r"(1));
 }
 
 // cvt.rna.tf32.f32 (nearest, ties away: what wmma::__float_to_tf32 does and the CPU mirror models),
@@ -1374,15 +1296,14 @@ __device__ __forceinline__ void follow(const int* __restrict__ order, int items,
 
 template <int K> constexpr bool STATE_VIA_L1 = K <= 128;
 
-template <int K, int NWC, int MODE, int KS = 1, bool WG = false>
+template <int K, int NWC, int MODE, int KS = 1>
 struct StateFwdSm {
-  // NW: the state warps (the warp-specialised forward adds NWO output warps behind them). WG
-  // (the split pass's update on wgmma): K as core matrices (`load_core_async`), unpadded.
+  // NW: the state warps (the warp-specialised forward adds NWO output warps behind them).
   static constexpr int NW = NWC * KS, BVC = 16 * NWC, WLD = K + 8, ULD = BVC + 8;
   // Warp-specialised: NWO output warps in two groups of NWG; a hand-off barrier joins the state
   // warps and one group.
   static constexpr int NWO = MODE == MODE_WS ? 8 : 0, NWG = NWO / 2, HANDOFF = 32 * (NW + NWG);
-  static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD, K_SZ = WG ? CH * K : W_SZ;
+  static constexpr int W_SZ = CH * WLD, U_SZ = CH * ULD;
   // K split: one [16 × 64] f32 partial per warp (Ṽᵀ; fused also Sᵀ Qᵀ) in accumulator order.
   static constexpr int PART = 16 * CH, NPART = MODE == MODE_FUSED ? 2 : 1;
   static constexpr int RED_SZ = KS > 1 ? NPART * NW * PART : 0;
@@ -1403,7 +1324,7 @@ struct StateFwdSm {
   __device__ void carve(Carve& c) {
     constexpr bool WS = MODE == MODE_WS;
     w = c.take<bf16>(2 * W_SZ);
-    k = c.take<bf16>(2 * K_SZ);
+    k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     R = c.take<float>(2 * REC_FWD);
     G = MODE == MODE_SPLIT ? nullptr : c.take<float>(2 * CH);
@@ -1569,7 +1490,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   }
 }
 
-template <int K, int NWC, int MODE, int KS = 1, bool SEG = false, bool WG = false>
+template <int K, int NWC, int MODE, int KS = 1, bool SEG = false>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
                                const bf16* __restrict__ pm, const float* __restrict__ gc, const float* __restrict__ rec,
@@ -1581,11 +1502,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                unsigned* __restrict__ done) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
-  typedef StateFwdSm<K, NWC, MODE, KS, WG> L;
+  typedef StateFwdSm<K, NWC, MODE, KS> L;
   constexpr bool FUSED = MODE == MODE_FUSED, WS = MODE == MODE_WS;
-  // WG: the split pass with its update on wgmma, one warpgroup per 64 columns of V.
-  static_assert(!WG || (MODE == MODE_SPLIT && KS == 1 && !SEG && NWC % 4 == 0),
-                "wgmma serves the unsplit split pass, whole warpgroups");
   static_assert(!WS || (KS == 1 && NWC == 4), "the output warps take 64 columns, unsplit");
   constexpr int KR = K / KS;   // state rows of a warp
   constexpr int NJ = KR / 8;   // accumulator tiles of a warp's state rows
@@ -1673,11 +1591,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     using KC = IntC<K>;
     using VC = IntC<L::BVC>;
     rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
-    if constexpr (WG)
-      load_core_async<K, L::NW * 32, STATE_VIA_L1<K>>(S.k + b * L::K_SZ,
-                                                      k + ((long)s0 * H + h) * K, (long)H * K, l);
-    else
-      rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
     // A transition's U is zero: no row is read (the address is never dereferenced).
     rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
          SEG && trans ? 0 : l);
@@ -1725,14 +1639,13 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     // The only pending group is chunk c's.
     cp_wait<0>();
-    if constexpr (WG) fence_async_smem();
     state_sync<WS, 32 * NWC>();
     // Every warp stored chunk c − 1's h_c and Ṽ before this barrier: a following fwd_o may take
     // that chunk (`done`, split pass only; see follow()).
     if (PUBLISH && done && c > cs && tid == 0) publish(done + (long)(c - 1) * H + h);
 
     const bf16* wb = S.w + b * L::W_SZ;
-    const bf16* kb = S.k + b * L::K_SZ;
+    const bf16* kb = S.k + b * L::W_SZ;
     const bf16* ub = S.u + b * L::U_SZ;
     // Unsplit, this warp's columns of U are dead once read: the stage of its stores.
     bf16* ustage = S.u + b * L::U_SZ + vl;
@@ -1852,15 +1765,13 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     }
     if (MODE == MODE_SPLIT && KS == 1 && !SEG) {
       // h_c, then Ṽ, through this warp's U columns (read into p above). h_c goes after the Ṽ
-      // product, so that the product's first ldmatrix and mma issue right after the barrier;
-      // on wgmma, Ṽ goes out while the update runs.
+      // product, so that the product's first ldmatrix and mma issue right after the barrier.
 #pragma unroll
       for (int r = 0; r < NJ / 8; ++r)
         store_tiles_staged<8, (K >= 256)>(st + 8 * r, ustage, L::ULD, hc + (long)64 * r * V, V,
                                           CH);
-      if (!WG)
-        store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD,
-                                          vnew + ((long)start * H + h) * V + vw, (long)H * V, len);
+      store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
+                                        (long)H * V, len);
     }
     if constexpr (WS) {
       // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
@@ -1907,33 +1818,15 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[j][e] *= gl;
-    if constexpr (WG) {
-      // K MN-major: k-step ks is row blocks 2ks, 2ks + 1; output block nb column blocks 8nb..
-      // Ṽ goes out while they run (p is not theirs); they are done before the next step's
-      // barrier, after which the loads of chunk c + 2 may overwrite this K.
-      const unsigned kb0 = smem_u32(kb);
-      wg_fence();
+    const unsigned kl = smem_u32(kb + (8 * lm_lo + lr) * L::WLD + k0 + 8 * lm_hi);
 #pragma unroll
-      for (int nb = 0; nb < K / 64; ++nb)
+    for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wg_mma64<true>(st + 8 * nb, av[ks],
-                         wg_desc(kb0 + ks * 2 * K * 16 + nb * 1024, K * 16, 128));
-      wg_commit();
-      store_tiles_staged<8, (K >= 256)>(p, ustage, L::ULD, vnew + ((long)start * H + h) * V + vw,
-                                        (long)H * V, len);
-      wg_wait<0>();
-    } else {
-      const unsigned kl = smem_u32(kb + (8 * lm_lo + lr) * L::WLD + k0 + 8 * lm_hi);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-#pragma unroll
-        for (int jp = 0; jp < NJ / 2; ++jp) {
-          unsigned r[4];
-          ldsm_x4_t(r, kl + 2 * (16 * ks * L::WLD + 16 * jp));
-          mma_bf16(st[2 * jp], av[ks], r[0], r[1]);
-          mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
-        }
+      for (int jp = 0; jp < NJ / 2; ++jp) {
+        unsigned r[4];
+        ldsm_x4_t(r, kl + 2 * (16 * ks * L::WLD + 16 * jp));
+        mma_bf16(st[2 * jp], av[ks], r[0], r[1]);
+        mma_bf16(st[2 * jp + 1], av[ks], r[2], r[3]);
       }
     }
     // Buffer b (and P) are rewritten only after the next chunk's first barrier.
@@ -3904,8 +3797,7 @@ __device__ __forceinline__ void dqk_then_wy() {
 // state_fwd (fused with the output), state_split (h_c and Ṽ for fwd_o and the backward),
 // state_bwd, each for NWC = 1, 2, 4, 8; then the K splits of state_fwd, state_split and
 // state_bwd, each for (NWC, KS) = (1, 2), (1, 4), (2, 2), (2, 4); then wu; then the
-// warp-specialised forward and reverse pass (NWC = 4; K <= 128 only has the kernels); prep
-// forming P; seg_combine; the split pass on wgmma (NWC = 4, 8).
+// warp-specialised forward and reverse pass (NWC = 4; K <= 128 only has the kernels).
 template <class L>
 __device__ unsigned smem_of() {
   Carve c(nullptr);
@@ -3921,7 +3813,7 @@ __device__ void smem_state_ks(unsigned* out) {
   out[3] = smem_of<StateFwdSm<K, 2, MODE, 4>>();
 }
 // Entries of smem_sizes_k's table per K (the host's SLOTS_PER_K).
-constexpr int SMEM_SLOTS = 36;
+constexpr int SMEM_SLOTS = 34;
 
 template <int K>
 __device__ void smem_sizes_k(unsigned* out) {
@@ -3953,8 +3845,6 @@ __device__ void smem_sizes_k(unsigned* out) {
   out[31] = smem_of<StateBwdSm<K, 4, 1, BWD_WS_GROUPS<K>>>();
   out[32] = smem_of<PrepSm<K>>();  // prep forming P (Q's rows in shared memory)
   out[33] = smem_of<SegCombineSm<K>>();
-  out[34] = smem_of<StateFwdSm<K, 4, MODE_SPLIT, 1, true>>();  // the split pass on wgmma
-  out[35] = smem_of<StateFwdSm<K, 8, MODE_SPLIT, 1, true>>();
 }
 
 }  // namespace dr
@@ -4056,24 +3946,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   DR_STATE_FWD_KERNEL(K, 1, 4, _ks4, NAME, MODE)                                                    \
   DR_STATE_FWD_KERNEL(K, 2, 2, _ks2, NAME, MODE)                                                    \
   DR_STATE_FWD_KERNEL(K, 2, 4, _ks4, NAME, MODE)
-
-// The split pass on wgmma (sm_90a), one or two warpgroups (NWC = 4, 8).
-#define DR_STATE_SPLIT_WG_KERNEL(K, NWC)                                                           \
-  extern "C" __global__ void __launch_bounds__(NWC * 32)                                          \
-      dr_state_split_wg_k##K##_nw##NWC(const bf16* w, const bf16* u, const bf16* k, const bf16* q, \
-                                       const bf16* pm, const float* gc, const float* rec,          \
-                                       const int* ctab, const int* seq_chunk, const float* h0,     \
-                                       int H, int V, float scale, bf16* hout, bf16* vnew, bf16* o, \
-                                       float* ht, float* at, unsigned* done) {                     \
-    dr::state_fwd_impl<K, NWC, dr::MODE_SPLIT, 1, false, true>(w, u, k, q, pm, gc, rec, ctab,      \
-                                                               seq_chunk, h0, H, V, scale, hout,   \
-                                                               vnew, o, ht, at, done);             \
-  }
 #define DR_STATE_FWD_KERNELS(K)                                                                     \
   DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
-  DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)                                                 \
-  DR_STATE_SPLIT_WG_KERNEL(K, 4)                                                                    \
-  DR_STATE_SPLIT_WG_KERNEL(K, 8)
+  DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
 // The sequence-parallel transition pass (SEG): the split pass's layout with 4 column groups.
 #define DR_STATE_SEG_KERNEL(K)                                                                     \
