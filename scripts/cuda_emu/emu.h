@@ -259,17 +259,6 @@ inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
       [](int k, int n) { return half_of(tw->b[n * 4 + ((k & 7) >> 1)][k >> 3], k & 1); });
 }
 
-// Bulk copies complete at once here, so their mbarriers have nothing to count.
-#define DR_EMU 1
-inline void mbar_init(unsigned) {}
-inline void mbar_expect(unsigned, unsigned) {}
-inline void mbar_wait(unsigned, unsigned) {}
-inline void fence_proxy_async() {}
-inline void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned) {
-  assert(dst + bytes <= g_smem_size && (dst & 15) == 0 && (bytes & 15) == 0);
-  memcpy(g_smem + dst, src, bytes);
-}
-
 // cvt.rna.tf32.f32: nearest, ties away from zero, 10 mantissa bits (as the CPU mirror's tf()).
 inline unsigned tf32_rna(float x) { return (__float_as_uint(x) + 0x1000u) & ~0x1fffu; }
 // D = A B + D, m16n8k8 tf32 (PTX fragment layouts; the low 13 bits of each input are ignored).

@@ -165,57 +165,6 @@ __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, l
       t);
 }
 
-// Bulk copies (cp.async.bulk, sm_90): one thread moves a whole contiguous run global → shared,
-// and an mbarrier counts the bytes in. A state pass's chunk tiles are 64 rows of 256–512 bytes:
-// one copy a row where cp.async took 16–32 pieces a row, each with its own address arithmetic.
-// A count of one arrival, made by the thread that announces the bytes (`mbar_expect`).
-__device__ __forceinline__ void mbar_init(unsigned bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-__device__ __forceinline__ void mbar_expect(unsigned bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-// Waits for the phase of the given parity to complete.
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nLAB_WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra LAB_WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-// Orders this thread's earlier shared-memory accesses (generic proxy) before its later bulk
-// copies (async proxy) into the same memory.
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes,
-                                          unsigned bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-}
-// ROWS rows of BYTES bytes (a multiple of 16) from src (row stride sld elements) into dst (row
-// stride dld elements) by bulk copies of one warp, rows >= valid zero-filled (16-byte stores; the
-// barrier before their readers orders them).
-template <int BYTES, class T>
-__device__ __forceinline__ void bulk_rows(T* dst, int dld, const T* src, long sld, int valid,
-                                          unsigned bar, int lane) {
-  for (int r = lane; r < CH; r += 32) {
-    if (r < valid) {
-      bulk_copy(smem_u32(dst + r * dld), src + r * sld, BYTES, bar);
-    } else {
-      uint4* z = reinterpret_cast<uint4*>(dst + r * dld);
-#pragma unroll
-      for (int i = 0; i < BYTES / 16; ++i) z[i] = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-
 // Named barriers (ids 1–15; 0 is __syncthreads), n threads in all (a multiple of 32). A
 // producer's bar_arrive does not wait; its consumers' bar_sync completes the barrier and orders
 // the producer's earlier shared-memory writes before their reads.
@@ -1362,7 +1311,6 @@ struct StateFwdSm {
   bf16* k;     // 2 x [64][WLD]
   bf16* u;     // 2 x [64][ULD]
   float* R;    // 2 x [REC_FWD]: δ_t, γ_last (the decay record)
-  unsigned long long* mbar;  // split pass (bulk copies): one mbarrier per buffer
   float* G;    // fused: 2 x [64]; warp-specialised: 2 x [64], an output group's chunk each
   bf16* q;     // forward: [64][WLD]; warp-specialised: 2 x (one per output group)
   bf16* pb;    // fused: [64][LD64]  P, bf16
@@ -1379,7 +1327,6 @@ struct StateFwdSm {
     k = c.take<bf16>(2 * W_SZ);
     u = c.take<bf16>(2 * U_SZ);
     R = c.take<float>(2 * REC_FWD);
-    mbar = MODE == MODE_SPLIT && KS == 1 ? c.take<unsigned long long>(2) : nullptr;
     G = MODE == MODE_SPLIT ? nullptr : c.take<float>(2 * CH);
     q = MODE == MODE_SPLIT ? nullptr : c.take<bf16>((WS ? 2 : 1) * W_SZ);
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
@@ -1579,21 +1526,6 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   static_assert(!SEG || (MODE == MODE_SPLIT && KS == 1), "the transition pass is split, unsplit");
   constexpr bool PUBLISH = MODE == MODE_SPLIT && !SEG;
   const bool trans = SEG && v0 >= V;
-  // BULK: the split pass's W, K and U arrive by bulk copies of warp 0, one per row, counted on
-  // the buffer's mbarrier (sm_90; the CPU emulation copies at once).
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(DR_EMU)
-  constexpr bool BULK = MODE == MODE_SPLIT && KS == 1 && !SEG;
-#else
-  constexpr bool BULK = false;
-#endif
-  const unsigned bar0 = BULK ? smem_u32(S.mbar) : 0u;
-  if constexpr (BULK) {
-    if (tid == 0) {
-      mbar_init(bar0);
-      mbar_init(bar0 + 8);
-    }
-    __syncthreads();
-  }
   if constexpr (WS) {
     // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
     // a thread, and at 168 the state warps spilled (ptxas: 56 bytes) where the split pass takes
@@ -1658,28 +1590,11 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     };
     using KC = IntC<K>;
     using VC = IntC<L::BVC>;
-    if constexpr (BULK) {
-      if (warp == 0) {
-        const unsigned bar = bar0 + 8 * b;
-        // The buffer's last readers passed the barrier before this; their reads go before the
-        // copies' writes.
-        fence_proxy_async();
-        if (lane == 0) mbar_expect(bar, (unsigned)l * (2 * K + L::BVC) * 2);
-        __syncwarp();
-        bulk_rows<K * 2>(S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l,
-                         bar, lane);
-        bulk_rows<K * 2>(S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l,
-                         bar, lane);
-        bulk_rows<L::BVC * 2>(S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0,
-                              (long)H * V, l, bar, lane);
-      }
-    } else {
-      rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
-      rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
-      // A transition's U is zero: no row is read (the address is never dereferenced).
-      rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
-           SEG && trans ? 0 : l);
-    }
+    rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
+    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    // A transition's U is zero: no row is read (the address is never dereferenced).
+    rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
+         SEG && trans ? 0 : l);
     if (tid < REC_FWD / 4)
       cp16(S.R + b * REC_FWD + 4 * tid, rec + ((long)ci * H + h) * RECW + 4 * tid, true);
     if (FUSED)
@@ -1722,10 +1637,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       for (int j = 0; j < NJ; ++j)
         store_tile_t(st[j], hc + (long)8 * j * V, V, [](int) { return true; });
     }
-    // The only pending group is chunk c's (with bulk copies, its record; the tiles' bytes are
-    // counted on the buffer's mbarrier, in its ((c − cs) / 2)-th phase).
+    // The only pending group is chunk c's.
     cp_wait<0>();
-    if constexpr (BULK) mbar_wait(bar0 + 8 * b, ((c - cs) >> 1) & 1);
     state_sync<WS, 32 * NWC>();
     // Every warp stored chunk c − 1's h_c and Ṽ before this barrier: a following fwd_o may take
     // that chunk (`done`, split pass only; see follow()).
