@@ -3824,6 +3824,30 @@ __device__ __forceinline__ void wy_prefetch(const bf16* __restrict__ v,
 // tile visible to the whole CTA. Both are compiled as functions of their own (__noinline__):
 // inlined into one body, ptxas kept values common to both live across the barrier and spilled
 // (88 bytes at K = 128, 128 registers for 2 CTAs per SM); apart, neither spills.
+// The item most likely to take this CTA's place when it ends: the resident CTAs (SMs × MINB)
+// later in launch order. Its dqk's first slices (dO and Ṽ rows, the first 64 columns of h_c and
+// dh_c) asked of L2 as this CTA starts wy, so that CTA's prologue does not wait on DRAM.
+template <int K>
+__device__ __forceinline__ void dqk_prefetch_next(const bf16* __restrict__ d_o,
+                                                  const bf16* __restrict__ vnew,
+                                                  const bf16* __restrict__ hst,
+                                                  const bf16* __restrict__ dh,
+                                                  const int* __restrict__ ctab, int H, int V) {
+  constexpr int NTH = DqkSm<K>::NW * 32;
+  unsigned nsm;
+  asm("mov.u32 %0, %%nsmid;" : "=r"(nsm));
+  const long next = (long)blockIdx.y * gridDim.x + blockIdx.x + (long)nsm * DqkSm<K>::MINB;
+  const int cg = (int)(next % gridDim.x), h = (int)(next / gridDim.x);
+  if (h >= (int)gridDim.y) return;
+  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
+  const long row = ((long)start * H + h) * V, ld = (long)H * V * 2;
+  prefetch_rows_l2<NTH>(d_o + row, ld, 64, len);
+  prefetch_rows_l2<NTH>(vnew + row, ld, 64, len);
+  const long hoff = ((long)cg * H + h) * K * V;
+  prefetch_rows_l2<NTH>(hst + hoff, V * 2, 128, K);
+  prefetch_rows_l2<NTH>(dh + hoff, V * 2, 128, K);
+}
+
 __device__ __forceinline__ void dqk_then_wy() {
   cp_wait<0>();
   __syncthreads();
@@ -3936,6 +3960,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg,        \
                     blockIdx.x, blockIdx.y);                                                       \
     dr::dqk_then_wy();                                                                             \
+    dr::dqk_prefetch_next<K>(d_o, vnew, hs, dh, ctab, H, V);                                       \
     dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta, blockIdx.x,        \
                    blockIdx.y);                                                                    \
   }                                                                                                \
