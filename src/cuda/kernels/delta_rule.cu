@@ -165,20 +165,6 @@ __device__ __forceinline__ void load_rows_async(T* dst, int dld, const T* src, l
       t);
 }
 
-// Asks L2 for rows [0, rows) of a strided array (row_bytes each, in 128-byte lines), one
-// prefetch per line spread over the CTA's NTH threads, without waiting: what a later phase of the
-// CTA loads by cp.async then comes from L2. Only rows that exist are asked for.
-template <int NTH>
-__device__ __forceinline__ void prefetch_rows_l2(const void* base, long stride_bytes,
-                                                 int row_bytes, int rows) {
-  const int lines = (row_bytes + 127) >> 7;
-  for (int i = threadIdx.x; i < rows * lines; i += NTH) {
-    const int r = i / lines;
-    const char* p = static_cast<const char*>(base) + r * stride_bytes + ((i - r * lines) << 7);
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-  }
-}
-
 // Named barriers (ids 1–15; 0 is __syncthreads), n threads in all (a multiple of 32). A
 // producer's bar_arrive does not wait; its consumers' bar_sync completes the barrier and orders
 // the producer's earlier shared-memory writes before their reads.
@@ -976,9 +962,6 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   if (pflag && cg == 0 && h == 0 && tid == 0) *pflag = K <= 128 && pm ? 1.f : 0.f;
 
   load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
-  // V's slices are issued only after the T solve: their rows asked of L2 now. (Not at K = 64,
-  // where it took prep from 64 to 70 registers, one CTA per SM less.)
-  if (K >= 128) prefetch_rows_l2<256>(v + ((long)start * H + h) * V, (long)H * V * 2, V * 2, len);
   if (K <= 128 && pm)
     load_rows_async<K, 256>(S.qs, K + 8, q + ((long)start * H + h) * K, (long)H * K, len);
   cp_commit();
@@ -1173,8 +1156,6 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   cp_commit();
   load_rows_async<64, 256>(S.vb, LD64, vsrc, (long)H * V, len);
   cp_commit();
-  // V's later slices are issued after the W product: their rows asked of L2 now.
-  if (V > 64) prefetch_rows_l2<256>(vsrc + 64, (long)H * V * 2, (V - 64) * 2, len);
   // This thread's pieces of T (row i, columns c..c+7, step it), read before the gates so that
   // the loads are in flight during the scan; pieces above the diagonal blocks are 0 (not read).
   const float* tg = tmat + ((long)cg * H + h) * (CH * CH);
@@ -2152,8 +2133,6 @@ __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
   load_rows_async<64, 256>(S.x0, LD64, do0, ld, len);
   if (ns > 1) load_rows_async<64, 256>(S.x1, LD64, do0 + 64, ld, len);
   cp_commit();
-  // dO's later slices are issued one slice ahead of their use: their rows asked of L2 now.
-  if (ns > 2) prefetch_rows_l2<256>(do0 + 128, ld * 2, (V - 128) * 2, len);
   if (tid < CH) S.G[tid] = tid < len ? gc[(long)(start + tid) * H + h] : 0.f;
   cp_wait<0>();
   __syncthreads();
@@ -3798,22 +3777,6 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
   }
 }
 
-// wy's inputs that dqk does not read (dṼ and V rows, T), asked of L2 as the CTA starts: wy's
-// first slices and T otherwise wait a DRAM latency after dqk, with nothing else in flight.
-template <int K>
-__device__ __forceinline__ void wy_prefetch(const bf16* __restrict__ v,
-                                            const float* __restrict__ tmat,
-                                            const bf16* __restrict__ dvnew,
-                                            const int* __restrict__ ctab, int H, int V, int cg,
-                                            int h) {
-  constexpr int NTH = WySm<K>::NW * 32;
-  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const long row = ((long)start * H + h) * V, ld = (long)H * V * 2;
-  prefetch_rows_l2<NTH>(dvnew + row, ld, V * 2, len);
-  prefetch_rows_l2<NTH>(v + row, ld, V * 2, len);
-  prefetch_rows_l2<NTH>(tmat + ((long)cg * H + h) * (CH * CH), CH * 4, CH * 4, CH);
-}
-
 // Kernels 6 and 7 run as one (`dr_dqkwy`): each CTA does its chunk's dqk, then its wy. Same
 // grid (chunk, head), same threads (DqkSm::NW = WySm::NW), and wy reads only what its own
 // chunk's dqk wrote (the partial dk and dG rows) and what dqk read (k, h_c): as one kernel those
@@ -3824,30 +3787,6 @@ __device__ __forceinline__ void wy_prefetch(const bf16* __restrict__ v,
 // tile visible to the whole CTA. Both are compiled as functions of their own (__noinline__):
 // inlined into one body, ptxas kept values common to both live across the barrier and spilled
 // (88 bytes at K = 128, 128 registers for 2 CTAs per SM); apart, neither spills.
-// The item most likely to take this CTA's place when it ends: the resident CTAs (SMs × MINB)
-// later in launch order. Its dqk's first slices (dO and Ṽ rows, the first 64 columns of h_c and
-// dh_c) asked of L2 as this CTA starts wy, so that CTA's prologue does not wait on DRAM.
-template <int K>
-__device__ __forceinline__ void dqk_prefetch_next(const bf16* __restrict__ d_o,
-                                                  const bf16* __restrict__ vnew,
-                                                  const bf16* __restrict__ hst,
-                                                  const bf16* __restrict__ dh,
-                                                  const int* __restrict__ ctab, int H, int V) {
-  constexpr int NTH = DqkSm<K>::NW * 32;
-  unsigned nsm;
-  asm("mov.u32 %0, %%nsmid;" : "=r"(nsm));
-  const long next = (long)blockIdx.y * gridDim.x + blockIdx.x + (long)nsm * DqkSm<K>::MINB;
-  const int cg = (int)(next % gridDim.x), h = (int)(next / gridDim.x);
-  if (h >= (int)gridDim.y) return;
-  const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
-  const long row = ((long)start * H + h) * V, ld = (long)H * V * 2;
-  prefetch_rows_l2<NTH>(d_o + row, ld, 64, len);
-  prefetch_rows_l2<NTH>(vnew + row, ld, 64, len);
-  const long hoff = ((long)cg * H + h) * K * V;
-  prefetch_rows_l2<NTH>(hst + hoff, V * 2, 128, K);
-  prefetch_rows_l2<NTH>(dh + hoff, V * 2, 128, K);
-}
-
 __device__ __forceinline__ void dqk_then_wy() {
   cp_wait<0>();
   __syncthreads();
@@ -3956,11 +3895,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                     const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,           \
                     int npart, const int* ctab, int H, int V, float scale, bf16* dq, bf16* dk,     \
                     bf16* dv, float* dg, float* dbeta) {                                           \
-    dr::wy_prefetch<K>(v, tmat, dvnew, ctab, H, V, blockIdx.x, blockIdx.y);                        \
     dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg,        \
                     blockIdx.x, blockIdx.y);                                                       \
     dr::dqk_then_wy();                                                                             \
-    dr::dqk_prefetch_next<K>(d_o, vnew, hs, dh, ctab, H, V);                                       \
     dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta, blockIdx.x,        \
                    blockIdx.y);                                                                    \
   }                                                                                                \
@@ -3972,7 +3909,6 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                            bf16* dk, bf16* dv, float* dg, float* dbeta, const int* order,          \
                            int items, unsigned* ticket, const unsigned* done, unsigned need) {     \
     dr::follow(order, items, H, ticket, done, need, [&](int cg, int h) {                           \
-      dr::wy_prefetch<K>(v, tmat, dvnew, ctab, H, V, cg, h);                                      \
       dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg, cg,  \
                       h);                                                                          \
       dr::dqk_then_wy();                                                                           \
