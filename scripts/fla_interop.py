@@ -1,7 +1,8 @@
 """Checkpoint interoperability with FLA's GatedDeltaNetForCausalLM (run on the GPU machine).
 
   fla_interop.py gdn2fla CKPT GDN_LOGITS     load a gdn checkpoint in FLA, compare logits with gdn's
-  fla_interop.py make_fla DIR TOKENS         build a random FLA model, save it (safetensors) and its logits
+  fla_interop.py make_fla DIR TOKENS [neg]   build a random FLA model, save it (safetensors) and its logits
+                                             (neg: allow_neg_eigval=True, β = 2·sigmoid(b))
   fla_interop.py compare REF OURS            compare two logits files
 
 FLA's chunk kernels are replaced by its naive fp32 recurrence (plus the L2 norm, β sigmoid and
@@ -20,14 +21,14 @@ from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
 
 def naive_rule(q, k, v, g, beta, initial_state=None, output_final_state=False, A_log=None, dt_bias=None,
                use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True, use_gate_in_kernel=True,
-               scale=None, **_):
+               allow_neg_eigval=False, scale=None, **_):
     dtype = v.dtype
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
     if use_qk_l2norm_in_kernel:
         q = q / torch.sqrt((q * q).sum(-1, keepdim=True) + 1e-6)
         k = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-6)
     if use_beta_sigmoid_in_kernel:
-        beta = beta.sigmoid()
+        beta = beta.sigmoid() * (2.0 if allow_neg_eigval else 1.0)
     if use_gate_in_kernel:
         g = -A_log.float().exp() * F.softplus(g + dt_bias.float())
     o, s = naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
@@ -64,9 +65,10 @@ def main():
                  ok=(not missing and not unexpected and err < 1e-3))
     elif cmd == "make_fla":
         out, tokens = sys.argv[2], [int(t) for t in sys.argv[3].split(",")]
+        neg = sys.argv[4:5] == ["neg"]
         torch.manual_seed(0)
         cfg = GatedDeltaNetConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_heads=2, head_dim=64,
-                                  expand_v=2.0, tie_word_embeddings=False)
+                                  expand_v=2.0, tie_word_embeddings=False, allow_neg_eigval=neg)
         model = GatedDeltaNetForCausalLM(cfg).float()
         with torch.no_grad():  # move the norms off 1.0 so that a mis-mapped weight shows
             for n, p in model.named_parameters():
@@ -75,11 +77,11 @@ def main():
         model.save_pretrained(out, safe_serialization=True)
         model = model.cuda().eval()
         save_file({"logits": fla_logits(model, tokens).cpu().contiguous()}, f"{out}/fla_logits.safetensors")
-        r = dict(check="FLA checkpoint written", dir=out)
+        r = dict(check="FLA checkpoint written", dir=out, allow_neg_eigval=neg)
     elif cmd == "compare":
         ref, ours = load_file(sys.argv[2]), load_file(sys.argv[3])
         err = rel(ours["logits"], ref["logits"])
-        r = dict(check="FLA checkpoint loaded by gdn", logits_rel_err=err, ok=err < 1e-3)
+        r = dict(check="FLA checkpoint loaded by gdn", ref=sys.argv[2], logits_rel_err=err, ok=err < 1e-3)
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(r), flush=True)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Logits and gradient parity of gdn (CPU f32 and CUDA) with PyTorch autograd through FLA's
 # GatedDeltaNetForCausalLM (naive fp32 rule), on the GPU machine (FLA wheels in .whl/), from the same
-# weights and batch: a gdn-trained checkpoint (untied) and a random FLA one (tied), two sequences of
-# 150 and 77 tokens (varlen). The reference is computed twice: with FLA's own Triton fp32 norm / conv /
-# SwiGLU kernels, and all in plain PyTorch (--plain). Prints a table per check and JSON lines; exits
+# weights and batch: a gdn-trained checkpoint (untied) and random FLA ones (tied; untied with
+# allow_neg_eigval), two sequences of 150 and 77 tokens (varlen). The reference is computed twice:
+# with FLA's own Triton fp32 norm / conv / SwiGLU kernels, and all in plain PyTorch (--plain). Prints a table per check and JSON lines; exits
 # non-zero when an fp32 check fails or a step does not run (the CUDA rows are informative).
 # Usage: GDN_BIN=path/to/gdn bash scripts/grad_parity.sh
 set -u
@@ -46,5 +46,8 @@ step "gdn train" timeout 300 "$B" train --data "$W/corpus.txt" --preset small --
 # FLA → gdn: a random FLA model with tied embeddings, saved by save_pretrained.
 step "make_fla" timeout 300 python3 scripts/grad_parity.py make_fla "$W/fla" --tie \
   && check fla-random-tied "$W/fla"
+# FLA → gdn under allow_neg_eigval (β = 2·sigmoid(b)).
+step "make_fla --neg" timeout 300 python3 scripts/grad_parity.py make_fla "$W/fla-neg" --neg \
+  && check fla-random-neg "$W/fla-neg"
 echo "{\"check\": \"grad parity (all)\", \"ok\": $([ $fail = 0 ] && echo true || echo false)}"
 exit $fail

@@ -31,7 +31,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let heads = if c.tie_word_embeddings { 0 } else { emb };
     println!("{name}");
     println!(
-        "  layers {} | width {} | GDN heads {} × K {} / V {} | MLP {} | vocab {} | {}",
+        "  layers {} | width {} | GDN heads {} × K {} / V {} | MLP {} | vocab {} | {}{}",
         c.num_hidden_layers,
         c.hidden_size,
         c.num_heads,
@@ -43,6 +43,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
             "tied embeddings"
         } else {
             "untied embeddings"
+        },
+        if c.allow_neg_eigval {
+            " | β = 2·sigmoid(b) (allow_neg_eigval)"
+        } else {
+            ""
         }
     );
     println!(

@@ -1,12 +1,15 @@
 //! The GPU decoder (`cuda::decode::GpuDecoder`) against the CPU recurrent decode
 //! (`Model::prefill` / `Model::decode_step`, f64 on the same bf16-rounded parameters): for N = 3
 //! sequences, the logits after a 20-token prompt and after each of 10 decoded tokens (the CPU's
-//! greedy choices, fed to both), then the conv caches and recurrent states. The two
-//! configurations of `model_selftest` (untied without b_proj bias, tied with it).
+//! greedy choices, fed to both), then the conv caches and recurrent states. The configurations
+//! of `model_selftest` (`VARIANTS`: untied without b_proj bias, tied with it, and untied with it
+//! under allow_neg_eigval).
 //! `gdn selftest --device cuda --filter decode_model`.
 
 use super::decode::GpuDecoder;
-use super::model_selftest::{logits_noise, logits_row, test_config, test_params};
+use super::model_selftest::{
+    logits_noise, logits_row, test_config, test_params, variant_tag, VARIANTS,
+};
 use super::selftest::Row;
 use super::Gpu;
 use crate::model::lm::Model;
@@ -33,8 +36,8 @@ const STEPS: usize = 10;
 pub fn run_with(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = vec![];
     let mut rng = Rng::new(seed ^ 0xdec0de);
-    for (tie, bias) in [(false, false), (true, true)] {
-        rows.extend(check(gpu, &mut rng, tie, bias)?);
+    for (tie, bias, neg) in VARIANTS {
+        rows.extend(check(gpu, &mut rng, tie, bias, neg)?);
     }
     Ok(rows)
 }
@@ -43,8 +46,8 @@ fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
 
-fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> {
-    let cfg = test_config(tie, b_bias)?;
+fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result<Vec<Row>> {
+    let cfg = test_config(tie, b_bias, neg)?;
     let model = Model::new(cfg.clone())?;
     let params = test_params(&model, rng);
     let p64 = f64s(&params);
@@ -53,14 +56,13 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
         .map(|_| (0..PROMPT).map(|_| rng.below(vocab) as u32).collect())
         .collect();
     let tag = format!(
-        "N={N} T={PROMPT}+{STEPS} d={} L={} H={} K={} V={} {} {}",
+        "N={N} T={PROMPT}+{STEPS} d={} L={} H={} K={} V={} {}",
         cfg.hidden_size,
         cfg.num_hidden_layers,
         cfg.num_heads,
         cfg.head_dim,
         cfg.head_v_dim(),
-        if tie { "tied" } else { "untied" },
-        if b_bias { "b_bias" } else { "no_bias" }
+        variant_tag(tie, b_bias, neg)
     );
 
     // CPU reference (chunked prefill, then recurrent steps), f64.
@@ -157,10 +159,10 @@ mod tests {
     /// check `gdn generate --device auto` falls back to the CPU on).
     #[test]
     fn check_model_accepts_the_test_models_and_refuses_other_head_dims() {
-        for (tie, bias) in [(false, false), (true, true)] {
-            check_model(&Model::new(test_config(tie, bias).unwrap()).unwrap()).unwrap();
+        for (tie, bias, neg) in VARIANTS {
+            check_model(&Model::new(test_config(tie, bias, neg).unwrap()).unwrap()).unwrap();
         }
-        let mut c = test_config(false, false).unwrap();
+        let mut c = test_config(false, false, false).unwrap();
         c.head_dim = 32;
         let err = check_model(&Model::new(c).unwrap()).err().unwrap();
         assert!(err.to_string().contains("K=32"), "{err}");

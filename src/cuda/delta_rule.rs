@@ -3037,7 +3037,7 @@ fn run_dqkwy_follow(
 }
 
 /// Inputs of one decode step (one token per sequence), all raw: the kernel L2-normalises q and k
-/// (eps 1e-6), computes β = sigmoid(b) and g = −exp(A_log)·softplus(a + dt_bias).
+/// (eps 1e-6), computes β = beta_scale·sigmoid(b) and g = −exp(A_log)·softplus(a + dt_bias).
 pub struct DecodeInputs<'a> {
     /// [N, H, K] bf16, not normalised.
     pub q: CudaView<'a, bf16>,
@@ -3055,6 +3055,8 @@ pub struct DecodeInputs<'a> {
     pub dt_bias: CudaView<'a, f32>,
     /// Read-out scale (K^{-1/2} in the model).
     pub scale: f32,
+    /// β's scale: 1, or 2 under allow_neg_eigval (`nn::beta_scale`).
+    pub beta_scale: f32,
 }
 
 /// The decode kernels built in `delta_rule.cu`: (K, V, BV, threads), each `dr_decode_k{K}_v{V}_bv{BV}_t{threads}`.
@@ -3243,6 +3245,7 @@ impl DecodeStep {
                 Arg::P(po),
                 Arg::I(h as i32),
                 Arg::F(inp.scale),
+                Arg::F(inp.beta_scale),
             ],
         )
     }

@@ -444,6 +444,8 @@ struct Sz {
     vd: usize,
     w: usize,
     eps: f32,
+    /// β = beta_scale · sigmoid(b) (2 under allow_neg_eigval).
+    beta_scale: f64,
 }
 
 impl Sz {
@@ -461,6 +463,7 @@ impl Sz {
             vd: md.heads * md.dv,
             w: md.width,
             eps: md.eps as f32,
+            beta_scale: md.beta_scale,
         }
     }
 
@@ -1235,6 +1238,7 @@ fn chunk_mixer(
         &p32.slice(lr.dt_bias.clone()),
         &mut s.g.slice_mut(..n * h),
         &mut s.beta.slice_mut(..n * h),
+        sz.beta_scale,
     )?;
     mark(ctx.prof, gpu, "fwd gates")?;
     let inp = ChunkInputs {
@@ -1330,6 +1334,7 @@ fn decode_mixer(
         a_log: p32.slice(lr.a_log.clone()),
         dt_bias: p32.slice(lr.dt_bias.clone()),
         scale: 1.0 / (dk as f32).sqrt(),
+        beta_scale: sz.beta_scale as f32,
     };
     let nn = cache.state.len();
     step.run(
@@ -2341,6 +2346,7 @@ impl GpuModel {
                     &mut d_a_log,
                     &mut d_dt,
                     &mut b.scratch,
+                    sz.beta_scale,
                 )?;
             }
             if let Some(bias) = &lr.b_bias {
@@ -2483,7 +2489,8 @@ mod tests {
     #[test]
     fn memory_account_matches_hand_computed_sizes() {
         let model =
-            Model::new(super::super::model_selftest::test_config(false, false).unwrap()).unwrap();
+            Model::new(super::super::model_selftest::test_config(false, false, false).unwrap())
+                .unwrap();
         // Embeddings 64·64 + head 64·64 + final norm 64 + 2 blocks of: norms 3·64, q/k/v/g/o
         // projections 5·128·64, a/b 2·2·64, A_log and dt_bias 2·2, convs 3·128·4, MLP 3·128·64.
         let per_block = 3 * 64 + 5 * 128 * 64 + 2 * 2 * 64 + 2 * 2 + 3 * 128 * 4 + 3 * 128 * 64;
@@ -2652,7 +2659,8 @@ mod tests {
     fn auto_save_plan_fits_the_budget() {
         use crate::cuda::train::GpuTrainer;
         let model =
-            Model::new(super::super::model_selftest::test_config(false, false).unwrap()).unwrap();
+            Model::new(super::super::model_selftest::test_config(false, false, false).unwrap())
+                .unwrap();
         let opt = crate::train::adamw::AdamW::new(
             crate::train::adamw::AdamWConfig::default(),
             &model.layout,

@@ -43,15 +43,23 @@ pub fn run(gpu: &Gpu) -> Result<Vec<Row>> {
 pub fn run_with(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = vec![];
     let mut rng = Rng::new(seed);
-    for (tie, bias) in [(false, false), (true, true)] {
-        rows.extend(check(gpu, &mut rng, tie, bias)?);
+    for (tie, bias, neg) in VARIANTS {
+        rows.extend(check(gpu, &mut rng, tie, bias, neg)?);
     }
     Ok(rows)
 }
 
+/// The configurations the model and decode selftests run, as (tied embeddings, b_proj bias,
+/// allow_neg_eigval) for [`test_config`].
+pub const VARIANTS: [(bool, bool, bool); 3] = [
+    (false, false, false),
+    (true, true, false),
+    (false, true, true),
+];
+
 /// The small test configuration: vocab 64, hidden 64, 2 layers, 2 heads of K = V = 64,
-/// intermediate 128, conv width 4.
-pub fn test_config(tie: bool, b_bias: bool) -> Result<ModelConfig> {
+/// intermediate 128, conv width 4; `neg`: β = 2·sigmoid(b) (allow_neg_eigval).
+pub fn test_config(tie: bool, b_bias: bool, neg: bool) -> Result<ModelConfig> {
     let mut c = ModelConfig::preset("tiny")?;
     c.vocab_size = 64;
     c.hidden_size = 64;
@@ -63,6 +71,7 @@ pub fn test_config(tie: bool, b_bias: bool) -> Result<ModelConfig> {
     c.conv_size = 4;
     c.tie_word_embeddings = tie;
     c.b_proj_bias = b_bias;
+    c.allow_neg_eigval = neg;
     c.validate()?;
     Ok(c)
 }
@@ -225,8 +234,18 @@ pub(crate) struct TestBatch {
     pub(crate) cu: Vec<usize>,
 }
 
-pub(crate) fn test_batch(rng: &mut Rng, tie: bool, b_bias: bool) -> Result<TestBatch> {
-    let cfg = test_config(tie, b_bias)?;
+/// A test configuration's label in the selftest rows.
+pub(crate) fn variant_tag(tie: bool, b_bias: bool, neg: bool) -> String {
+    format!(
+        "{} {}{}",
+        if tie { "tied" } else { "untied" },
+        if b_bias { "b_bias" } else { "no_bias" },
+        if neg { " allow_neg_eigval" } else { "" }
+    )
+}
+
+pub(crate) fn test_batch(rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result<TestBatch> {
+    let cfg = test_config(tie, b_bias, neg)?;
     let model = Model::new(cfg.clone())?;
     let params = test_params(&model, rng);
     let cu = vec![0usize, 70, 100];
@@ -261,8 +280,8 @@ struct Reference {
     tols: Vec<f64>,
 }
 
-fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> {
-    let batch = test_batch(rng, tie, b_bias)?;
+fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result<Vec<Row>> {
+    let batch = test_batch(rng, tie, b_bias, neg)?;
     let TestBatch {
         model,
         params,
@@ -271,11 +290,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool) -> Result<Vec<Row>> 
         cu,
     } = &batch;
     let n = *cu.last().unwrap();
-    let tag = format!(
-        "{} {}",
-        if tie { "tied" } else { "untied" },
-        if b_bias { "b_bias" } else { "no_bias" }
-    );
+    let tag = variant_tag(tie, b_bias, neg);
     let shape = format!("T={n} N=2 d=64 L=2 H=2 K=V=64 {tag}");
 
     // CPU reference, f64 on the bf16-rounded parameters.
@@ -462,8 +477,8 @@ mod tests {
 
     #[test]
     fn test_config_is_valid_and_fits_the_kernels() {
-        for (tie, bias) in [(false, false), (true, true)] {
-            let c = test_config(tie, bias).unwrap();
+        for (tie, bias, neg) in VARIANTS {
+            let c = test_config(tie, bias, neg).unwrap();
             let m = Model::new(c.clone()).unwrap();
             let d = m.mixer_dims();
             crate::cuda::delta_rule::check_dims(crate::ops::delta_rule::Dims {
@@ -500,7 +515,7 @@ mod tests {
     /// draws.
     #[test]
     fn logits_noise_is_positive_and_reproducible() {
-        let b = test_batch(&mut Rng::new(7), false, false).unwrap();
+        let b = test_batch(&mut Rng::new(7), false, false, false).unwrap();
         let p64: Vec<f64> = b.params.iter().map(|&v| v as f64).collect();
         let r = b.model.forward(&p64, &b.tokens, &b.cu).unwrap().logits;
         let probe = |seed| {
@@ -519,7 +534,7 @@ mod tests {
     /// The CPU reference of the self-test runs and gives finite, non-trivial gradients.
     #[test]
     fn cpu_reference_gives_nonzero_gradients_everywhere() {
-        let c = test_config(true, true).unwrap();
+        let c = test_config(true, true, false).unwrap();
         let m = Model::new(c).unwrap();
         let mut rng = Rng::new(5);
         let p: Vec<f64> = test_params(&m, &mut rng)

@@ -695,8 +695,10 @@ pub fn l2norm_bwd(
 // ---------------------------------------------------------------------------------------------
 // GDN gates
 
-/// The gates over [n, H] (`nn::gates_fwd`): β = sigmoid(b), g = −exp(A_log)·softplus(a + dt_bias),
-/// with H = a_log.len(). a, b bf16 (projection outputs); A_log, dt_bias, g, β fp32.
+/// The gates over [n, H] (`nn::gates_fwd`): β = beta_scale·sigmoid(b) (`nn::beta_scale`),
+/// g = −exp(A_log)·softplus(a + dt_bias), with H = a_log.len(). a, b bf16 (projection outputs);
+/// A_log, dt_bias, g, β fp32.
+#[allow(clippy::too_many_arguments)]
 pub fn gates_fwd(
     gpu: &Gpu,
     a: &impl DevicePtr<bf16>,
@@ -705,8 +707,10 @@ pub fn gates_fwd(
     dt_bias: &impl DevicePtr<f32>,
     g: &mut impl DevicePtrMut<f32>,
     beta: &mut impl DevicePtrMut<f32>,
+    beta_scale: f64,
 ) -> Result<()> {
     let op = "gates_fwd";
+    check_beta_scale(op, beta_scale)?;
     let h = a_log.len();
     rows_of(op, "a", a.len(), h)?;
     expect_len(op, "dt_bias", dt_bias.len(), h, "heads = a_log.len()")?;
@@ -726,12 +730,22 @@ pub fn gates_fwd(
     let (dtp, _dt) = dt_bias.device_ptr(s);
     let (gp, _g) = g.device_ptr_mut(s);
     let (betap, _be) = beta.device_ptr_mut(s);
-    launch!(gpu, GATES, "gates_fwd", elementwise_cfg(n); ap, bp, alp, dtp, gp, betap, n_, h_);
+    let bs = beta_scale as f32;
+    launch!(gpu, GATES, "gates_fwd", elementwise_cfg(n); ap, bp, alp, dtp, gp, betap, n_, h_, bs);
+    Ok(())
+}
+
+/// β's scale is 1 or 2 (`nn::beta_scale`): the backward divides β by it, exactly only for those.
+fn check_beta_scale(op: &str, beta_scale: f64) -> Result<()> {
+    ensure!(
+        beta_scale == 1.0 || beta_scale == 2.0,
+        "{op}: beta_scale {beta_scale} (1, or 2 under allow_neg_eigval)"
+    );
     Ok(())
 }
 
 /// Gates backward (`nn::gates_bwd`): writes da, db (bf16, the projections' input gradients) and
-/// accumulates d A_log, d dt_bias (fp32, deterministic).
+/// accumulates d A_log, d dt_bias (fp32, deterministic). `beta_scale` is the forward's.
 #[allow(clippy::too_many_arguments)]
 pub fn gates_bwd(
     gpu: &Gpu,
@@ -747,8 +761,10 @@ pub fn gates_bwd(
     d_a_log: &mut impl DevicePtrMut<f32>,
     d_dt_bias: &mut impl DevicePtrMut<f32>,
     scratch: &mut impl DevicePtrMut<f32>,
+    beta_scale: f64,
 ) -> Result<()> {
     let op = "gates_bwd";
+    check_beta_scale(op, beta_scale)?;
     let h = a_log.len();
     ensure!(
         (1..=1024).contains(&h),
@@ -797,7 +813,8 @@ pub fn gates_bwd(
     let (dalp, _dal) = d_a_log.device_ptr_mut(s);
     let (ddtp, _ddt) = d_dt_bias.device_ptr_mut(s);
     let (sp, _s) = scratch.device_ptr_mut(s);
-    launch!(gpu, GATES, "gates_bwd", cfg; ap, bep, gp, alp, dtp, dgp, dbep, dap, dbp, sp, rows_, h_);
+    let bs = beta_scale as f32;
+    launch!(gpu, GATES, "gates_bwd", cfg; ap, bep, gp, alp, dtp, dgp, dbep, dap, dbp, sp, rows_, h_, bs);
     reduce_partials(gpu, &GATES, PARTS, sp, 2 * h, h, dalp)?;
     reduce_partials(gpu, &GATES, PARTS, sp + (h * 4) as u64, 2 * h, h, ddtp)
 }

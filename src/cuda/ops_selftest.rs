@@ -753,8 +753,19 @@ impl Ctx<'_> {
 
     fn gates(&mut self) -> Result<()> {
         let gpu = self.gpu;
-        for (n, h) in [(300usize, 16usize), (77, 6), (1000, 3)] {
-            let shape = format!("tokens={n} H={h}");
+        // The last case also with β = 2·sigmoid(b) (allow_neg_eigval).
+        for (n, h, neg) in [
+            (300usize, 16usize, false),
+            (77, 6, false),
+            (1000, 3, false),
+            (1000, 3, true),
+        ] {
+            let bs = nn::beta_scale(neg);
+            let shape = if neg {
+                format!("tokens={n} H={h} allow_neg_eigval")
+            } else {
+                format!("tokens={n} H={h}")
+            };
             let len = n * h;
             let mut a = self.randn(len, 2.0);
             // Some entries in softplus's linear branch (a + dt_bias > 20).
@@ -770,9 +781,9 @@ impl Ctx<'_> {
             let (ad, bd) = (self.bf(&a)?, self.bf(&b)?);
             let (ald, dtd) = (self.f32(&a_log)?, self.f32(&dt_bias)?);
             let (mut g, mut beta) = (self.nan_f32(len)?, self.nan_f32(len)?);
-            ops::gates_fwd(gpu, &ad, &bd, &ald, &dtd, &mut g, &mut beta)?;
+            ops::gates_fwd(gpu, &ad, &bd, &ald, &dtd, &mut g, &mut beta, bs)?;
             let (want_g, want_b) =
-                nn::gates_fwd(&f64s(&a), &f64s(&b), &f64s(&a_log), &f64s(&dt_bias));
+                nn::gates_fwd(&f64s(&a), &f64s(&b), &f64s(&a_log), &f64s(&dt_bias), bs);
             let got_g = download_f32(gpu, &g)?;
             self.check("gates_fwd g", &shape, &got_g, &want_g, TOL_F32);
             let got_b = download_f32(gpu, &beta)?;
@@ -793,6 +804,7 @@ impl Ctx<'_> {
                 &f64s(&dbeta),
                 &mut want_dal,
                 &mut want_ddt,
+                bs,
             );
             let (dgd, dbd) = (self.f32(&dg)?, self.f32(&dbeta)?);
             let (mut da, mut db) = (self.nan_bf16(len)?, self.nan_bf16(len)?);
@@ -812,6 +824,7 @@ impl Ctx<'_> {
                 &mut dal,
                 &mut ddt,
                 &mut scratch,
+                bs,
             )?;
             let got = download_bf16(gpu, &da)?;
             self.check("gates_bwd da", &shape, &got, &want_da, TOL_BF16);

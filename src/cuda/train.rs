@@ -558,7 +558,8 @@ mod tests {
     #[test]
     fn trainer_memory_account_adds_the_optimizer() {
         let model =
-            Model::new(crate::cuda::model_selftest::test_config(false, false).unwrap()).unwrap();
+            Model::new(crate::cuda::model_selftest::test_config(false, false, false).unwrap())
+                .unwrap();
         let opt = AdamW::new(crate::train::adamw::AdamWConfig::default(), &model.layout);
         let acc = GpuTrainer::memory_account(&model, &opt, 100, 3, SavePlan::lean()).unwrap();
         let base = GpuModel::memory_account(&model, 100, 3, SavePlan::lean()).unwrap();

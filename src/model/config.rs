@@ -35,6 +35,10 @@ pub struct ModelConfig {
     /// NVlabs' b_proj has a bias; FLA's does not.
     #[serde(default)]
     pub b_proj_bias: bool,
+    /// FLA's `allow_neg_eigval`: β = 2·sigmoid(b) ∈ (0, 2), so that the state transition
+    /// I − β k kᵀ can have a negative eigenvalue (spec §A, step 6). Off by default, as in FLA.
+    #[serde(default)]
+    pub allow_neg_eigval: bool,
     #[serde(default = "default_init")]
     pub init: Init,
     #[serde(default = "default_initializer_range")]
@@ -84,6 +88,7 @@ impl ModelConfig {
             norm_eps: 1e-6,
             tie_word_embeddings: false,
             b_proj_bias: false,
+            allow_neg_eigval: false,
             init: Init::Fla,
             initializer_range: 0.02,
         };
@@ -100,6 +105,7 @@ impl ModelConfig {
             norm_eps: 1e-5,
             tie_word_embeddings: true,
             b_proj_bias: true,
+            allow_neg_eigval: false,
             init: Init::Nvlabs,
             initializer_range: 0.02,
         };
@@ -192,7 +198,6 @@ impl ModelConfig {
             "attn_mode": "chunk",
             "use_gate": true,
             "use_short_conv": true,
-            "allow_neg_eigval": false,
             "num_v_heads": null,
             "hidden_act": "swish",
             "hidden_ratio": 4,
@@ -233,7 +238,6 @@ impl ModelConfig {
         for (field, want) in [
             ("use_gate", serde_json::json!(true)),
             ("use_short_conv", serde_json::json!(true)),
-            ("allow_neg_eigval", serde_json::json!(false)),
             ("conv_bias", serde_json::json!(false)),
             ("output_gate_activation", serde_json::json!("swish")),
             ("hidden_act", serde_json::json!("swish")),
@@ -307,6 +311,33 @@ mod tests {
         assert_eq!((nv.head_dim, nv.head_v_dim()), (128, 256));
         let nv13 = ModelConfig::preset("nvlabs-1.3b").unwrap();
         assert_eq!((nv13.head_dim, nv13.head_v_dim()), (200, 400));
+    }
+
+    #[test]
+    fn allow_neg_eigval_reads_and_round_trips() {
+        let c = ModelConfig::from_hf_json(
+            r#"{"model_type": "gated_deltanet", "hidden_size": 256, "num_heads": 2, "head_dim": 96, "allow_neg_eigval": true}"#,
+            "c.json",
+        )
+        .unwrap();
+        assert!(c.allow_neg_eigval);
+        let j: serde_json::Value = serde_json::from_str(&c.to_hf_json()).unwrap();
+        assert_eq!(j["allow_neg_eigval"], serde_json::json!(true));
+        assert_eq!(
+            ModelConfig::from_hf_json(&c.to_hf_json(), "c.json").unwrap(),
+            c
+        );
+        // Written by FLA as false or absent (gdn configs before the field): off.
+        for text in [
+            r#"{"hidden_size": 256, "num_heads": 2, "head_dim": 96, "allow_neg_eigval": false}"#,
+            r#"{"hidden_size": 256, "num_heads": 2, "head_dim": 96}"#,
+        ] {
+            assert!(
+                !ModelConfig::from_hf_json(text, "c.json")
+                    .unwrap()
+                    .allow_neg_eigval
+            );
+        }
     }
 
     #[test]

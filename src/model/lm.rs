@@ -383,10 +383,11 @@ mod tests {
     use crate::model::nn::tests::fd;
     use crate::tensor::max_rel_err;
 
-    fn fd_check(tie: bool, b_bias: bool) {
+    fn fd_check(tie: bool, b_bias: bool, neg: bool) {
         let mut cfg = ModelConfig::preset("tiny").unwrap();
         cfg.tie_word_embeddings = tie;
         cfg.b_proj_bias = b_bias;
+        cfg.allow_neg_eigval = neg;
         let model = Model::new(cfg).unwrap();
         let mut rng = Rng::new(21);
         let mut params: Vec<f64> = model.init_params(&mut rng);
@@ -410,18 +411,26 @@ mod tests {
             assert!(e < 1e-6, "{}: rel err {e}", info.name);
             worst = worst.max(e);
         }
-        eprintln!("whole model (tie={tie}, b_bias={b_bias}): worst per-tensor rel err {worst:.2e}");
+        eprintln!(
+            "whole model (tie={tie}, b_bias={b_bias}, neg={neg}): worst per-tensor rel err {worst:.2e}"
+        );
         assert!(max_rel_err(&grads, &numeric) < 1e-6);
     }
 
     #[test]
     fn whole_model_gradient_matches_finite_differences_untied() {
-        fd_check(false, false);
+        fd_check(false, false, false);
     }
 
     #[test]
     fn whole_model_gradient_matches_finite_differences_tied_with_b_bias() {
-        fd_check(true, true);
+        fd_check(true, true, false);
+    }
+
+    /// β = 2·sigmoid(b) (FLA's allow_neg_eigval) through the whole model.
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_with_neg_eigval() {
+        fd_check(false, true, true);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct MixerDims {
     pub dv: usize,
     pub width: usize,
     pub eps: f64,
+    /// β = beta_scale · sigmoid(b) (`nn::beta_scale` of the config's `allow_neg_eigval`).
+    pub beta_scale: f64,
 }
 
 impl MixerDims {
@@ -47,6 +49,7 @@ impl MixerDims {
             dv: c.head_v_dim(),
             width: c.conv_size,
             eps: c.norm_eps,
+            beta_scale: nn::beta_scale(c.allow_neg_eigval),
         }
     }
     fn key_dim(&self) -> usize {
@@ -176,6 +179,7 @@ pub fn forward<F: Elem>(
         &s.b,
         &params[mp.a_log.clone()],
         &params[mp.dt_bias.clone()],
+        dims.beta_scale,
     );
     let inputs = delta_rule::Inputs {
         q: &q,
@@ -275,6 +279,7 @@ pub fn backward<F: Elem>(
         &rg.dbeta,
         d_a_log,
         rest,
+        dims.beta_scale,
     );
     if let Some(bias) = &mp.b_bias {
         for (i, &v) in db.iter().enumerate() {
@@ -395,6 +400,7 @@ pub fn decode_step<F: Elem>(
         &s.b,
         &params[mp.a_log.clone()],
         &params[mp.dt_bias.clone()],
+        dims.beta_scale,
     );
     let scale = F::of(1.0 / (dk as f64).sqrt());
     let mut o = vec![F::zero(); nseq * vd];

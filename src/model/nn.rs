@@ -229,10 +229,27 @@ pub fn l2norm_bwd<F: Elem>(y: &[F], r: &[F], dy: &[F], d: usize) -> Vec<F> {
     dx
 }
 
-/// The GDN gates over [n, H]: β = sigmoid(b), g = −exp(A_log)·softplus(a + dt_bias).
-pub fn gates_fwd<F: Elem>(a: &[F], b: &[F], a_log: &[F], dt_bias: &[F]) -> (Vec<F>, Vec<F>) {
+/// β's range: sigmoid(b) times this (2 under FLA's `allow_neg_eigval`, else 1).
+pub fn beta_scale(allow_neg_eigval: bool) -> f64 {
+    if allow_neg_eigval {
+        2.0
+    } else {
+        1.0
+    }
+}
+
+/// The GDN gates over [n, H]: β = bs·sigmoid(b) (bs from [`beta_scale`]),
+/// g = −exp(A_log)·softplus(a + dt_bias).
+pub fn gates_fwd<F: Elem>(
+    a: &[F],
+    b: &[F],
+    a_log: &[F],
+    dt_bias: &[F],
+    bs: f64,
+) -> (Vec<F>, Vec<F>) {
     let h = a_log.len();
-    let beta = b.iter().map(|&v| sigmoid(v)).collect();
+    let bs = F::of(bs);
+    let beta = b.iter().map(|&v| bs * sigmoid(v)).collect();
     let g = a
         .iter()
         .enumerate()
@@ -241,7 +258,8 @@ pub fn gates_fwd<F: Elem>(a: &[F], b: &[F], a_log: &[F], dt_bias: &[F]) -> (Vec<
     (g, beta)
 }
 
-/// Returns (d a, d b); accumulates d A_log and d dt_bias.
+/// Returns (d a, d b); accumulates d A_log and d dt_bias. `bs` is the forward's β scale: with
+/// s = β / bs = sigmoid(b), d b = d β · bs · s(1 − s).
 #[allow(clippy::too_many_arguments)]
 pub fn gates_bwd<F: Elem>(
     a: &[F],
@@ -253,6 +271,7 @@ pub fn gates_bwd<F: Elem>(
     dbeta: &[F],
     d_a_log: &mut [F],
     d_dt_bias: &mut [F],
+    bs: f64,
 ) -> (Vec<F>, Vec<F>) {
     let h = a_log.len();
     let mut da = vec![F::zero(); a.len()];
@@ -269,10 +288,14 @@ pub fn gates_bwd<F: Elem>(
         d_a_log[j] += dg[i] * g[i];
         d_dt_bias[j] += da[i];
     }
+    let bs = F::of(bs);
     let db = beta
         .iter()
         .zip(dbeta)
-        .map(|(&s, &d)| d * s * (F::one() - s))
+        .map(|(&b, &d)| {
+            let s = b / bs;
+            d * bs * s * (F::one() - s)
+        })
         .collect();
     (da, db)
 }
@@ -448,19 +471,24 @@ pub(crate) mod tests {
         let a_log = vec![0.3, -0.7];
         let dt_bias = vec![-2.0, 0.5];
         let (rg, rb) = (randn(&mut rng, 6), randn(&mut rng, 6));
-        let f = |a: &[f64], b: &[f64], al: &[f64], dt: &[f64]| {
-            let (g, beta) = gates_fwd(a, b, al, dt);
-            dot(&g, &rg) + dot(&beta, &rb)
-        };
-        let (g, beta) = gates_fwd(&a, &b, &a_log, &dt_bias);
-        let (mut dal, mut ddt) = (vec![0.0; h], vec![0.0; h]);
-        let (da, db) = gates_bwd(
-            &a, &beta, &g, &a_log, &dt_bias, &rg, &rb, &mut dal, &mut ddt,
-        );
-        assert!(max_rel_err(&da, &fd(&a, &|a| f(a, &b, &a_log, &dt_bias))) < TOL);
-        assert!(max_rel_err(&db, &fd(&b, &|b| f(&a, b, &a_log, &dt_bias))) < TOL);
-        assert!(max_rel_err(&dal, &fd(&a_log, &|al| f(&a, &b, al, &dt_bias))) < TOL);
-        assert!(max_rel_err(&ddt, &fd(&dt_bias, &|dt| f(&a, &b, &a_log, dt))) < TOL);
+        for neg in [false, true] {
+            let bs = beta_scale(neg);
+            let f = |a: &[f64], b: &[f64], al: &[f64], dt: &[f64]| {
+                let (g, beta) = gates_fwd(a, b, al, dt, bs);
+                dot(&g, &rg) + dot(&beta, &rb)
+            };
+            let (g, beta) = gates_fwd(&a, &b, &a_log, &dt_bias, bs);
+            // β = bs·sigmoid(b): in (0, 2) with allow_neg_eigval, else in (0, 1).
+            assert!(beta.iter().zip(&b).all(|(&x, &v)| x == bs * sigmoid(v)));
+            let (mut dal, mut ddt) = (vec![0.0; h], vec![0.0; h]);
+            let (da, db) = gates_bwd(
+                &a, &beta, &g, &a_log, &dt_bias, &rg, &rb, &mut dal, &mut ddt, bs,
+            );
+            assert!(max_rel_err(&da, &fd(&a, &|a| f(a, &b, &a_log, &dt_bias))) < TOL);
+            assert!(max_rel_err(&db, &fd(&b, &|b| f(&a, b, &a_log, &dt_bias))) < TOL);
+            assert!(max_rel_err(&dal, &fd(&a_log, &|al| f(&a, &b, al, &dt_bias))) < TOL);
+            assert!(max_rel_err(&ddt, &fd(&dt_bias, &|dt| f(&a, &b, &a_log, dt))) < TOL);
+        }
     }
 
     #[test]

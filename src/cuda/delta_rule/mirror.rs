@@ -805,7 +805,7 @@ fn selftest_rule_calls(seed: u64) -> Vec<(RuleIo, [f64; 2])> {
     let mut rng = Rng::new(seed);
     let mut calls = vec![];
     for (tie, bias) in [(false, false), (true, true)] {
-        let b = test_batch(&mut rng, tie, bias).unwrap();
+        let b = test_batch(&mut rng, tie, bias, false).unwrap();
         let model = &b.model;
         let p64: Vec<f64> = b.params.iter().map(|&v| v as f64).collect();
         let acts = model.forward(&p64, &b.tokens, &b.cu).unwrap();

@@ -666,7 +666,8 @@ fn softplus(z: f64) -> f64 {
     }
 }
 
-fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims) -> Result<Vec<Row>> {
+/// `bs`: β's scale (2 under allow_neg_eigval).
+fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims, bs: f64) -> Result<Vec<Row>> {
     let Dims { heads: h, dk, dv } = dims;
     let mut rng = Rng::new(seed);
     let q = randn_bf16(&mut rng, n * h * dk);
@@ -681,7 +682,8 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims) -> Result<Vec<Row>> {
     let dt_bias: Vec<f32> = (0..h).map(|_| (0.5 * rng.normal() - 2.0) as f32).collect();
     let state = randn_f32(&mut rng, n * h * dk * dv);
     let scale = (dk as f32).powf(-0.5);
-    let label = format!("N={n} H={h} K={dk} V={dv} seed={seed}");
+    let neg = if bs == 2.0 { " allow_neg_eigval" } else { "" };
+    let label = format!("N={n} H={h} K={dk} V={dv}{neg} seed={seed}");
 
     // CPU: normalise, gate, then one token of the naive recurrence per sequence.
     let norm = |x: &[f32]| -> Vec<f64> {
@@ -700,7 +702,7 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims) -> Result<Vec<Row>> {
         for j in 0..h {
             let z = a[i * h + j] as f64 + dt_bias[j] as f64;
             g[i * h + j] = -(a_log[j] as f64).exp() * softplus(z);
-            beta[i * h + j] = sigmoid(b[i * h + j] as f64);
+            beta[i * h + j] = bs * sigmoid(b[i * h + j] as f64);
         }
     }
     let cu: Vec<usize> = (0..=n).collect();
@@ -735,6 +737,7 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims) -> Result<Vec<Row>> {
         a_log: dal.as_view(),
         dt_bias: ddt.as_view(),
         scale,
+        beta_scale: bs as f32,
     };
     // Every kernel variant built for (K, V), each on a fresh copy of the state.
     let mut rows = Vec::new();
@@ -781,20 +784,22 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims) -> Result<Vec<Row>> {
 pub fn selftest_decode_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let d = |heads, dk, dv| Dims { heads, dk, dv };
     let mut rows = Vec::new();
-    for (i, (n, dims)) in [
-        (3, d(2, 64, 128)),
-        (5, d(2, 128, 128)),
-        (2, d(2, 256, 512)),
-        (64, d(4, 128, 128)),
-        (3, d(2, 64, 64)),
-        (2, d(3, 128, 256)),
-        (2, d(2, 256, 256)),
+    // The last case with β = 2·sigmoid(b) (allow_neg_eigval).
+    for (i, (n, dims, bs)) in [
+        (3, d(2, 64, 128), 1.0),
+        (5, d(2, 128, 128), 1.0),
+        (2, d(2, 256, 512), 1.0),
+        (64, d(4, 128, 128), 1.0),
+        (3, d(2, 64, 64), 1.0),
+        (2, d(3, 128, 256), 1.0),
+        (2, d(2, 256, 256), 1.0),
+        (5, d(2, 128, 128), 2.0),
     ]
     .into_iter()
     .enumerate()
     {
         let sd = seed.wrapping_add(100 + i as u64);
-        match decode_rows(gpu, sd, n, dims) {
+        match decode_rows(gpu, sd, n, dims, bs) {
             Ok(r) => rows.extend(r),
             Err(e) => rows.push(row(
                 "delta_rule.decode ERROR",
@@ -834,6 +839,7 @@ fn decode_refuses_misaligned(gpu: &Gpu) -> Result<Row> {
             a_log: x.as_view(),
             dt_bias: x.as_view(),
             scale: 1.0,
+            beta_scale: 1.0,
         },
         &mut st.slice_mut(1..len + 1),
         &mut o.as_view_mut(),

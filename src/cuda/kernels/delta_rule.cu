@@ -3595,7 +3595,7 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
 
 // ------------------------------------------------------------------------------------------
 // Decode: one token per sequence, one block of NT threads per (V-slice of BV columns, head,
-// sequence). Fuses the L2 norm of q and k (eps 1e-6), β = sigmoid(b) and
+// sequence). Fuses the L2 norm of q and k (eps 1e-6), β = bscale·sigmoid(b) (2 under allow_neg_eigval) and
 // α = exp(−exp(A_log)·softplus(a + dt_bias)). The [K, BV] state slice is read once into
 // registers (RPT float4 rows per thread, all loads issued before anything else) and written once,
 // in place. With q̂, k̂ the normalised vectors and s the read-out scale:
@@ -3643,7 +3643,7 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
                                             const float* __restrict__ a_log,
                                             const float* __restrict__ dt_bias,
                                             float* __restrict__ state, bf16* __restrict__ o, int H,
-                                            float scale) {
+                                            float scale, float bscale) {
   constexpr int TPR = BV / 4;    // threads across one row of the slice (4 columns each)
   constexpr int RG = NT / TPR;   // row groups
   constexpr int RPT = K / RG;    // rows per thread
@@ -3689,7 +3689,7 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
   }
   const float iq = scale * rsqrtf(sq + 1e-6f);  // s / |q|
   const float ik = rsqrtf(sk + 1e-6f);          // 1 / |k|
-  const float beta = __frcp_rn(1.f + __expf(-zb));
+  const float beta = bscale * __frcp_rn(1.f + __expf(-zb));
   const float z = za + db;
   const float spl = z > 20.f ? z : log1pf(__expf(z));
   const float alpha = __expf(-__expf(al) * spl);
@@ -4022,8 +4022,8 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_decode_k##K##_v##V##_bv##BV##_t##NT(const bf16* q, const bf16* k, const bf16* v,          \
                                              const float* a, const float* b, const float* a_log,   \
                                              const float* dt_bias, float* state, bf16* o, int H,   \
-                                             float scale) {                                        \
-    dr::decode_impl<K, V, BV, NT>(q, k, v, a, b, a_log, dt_bias, state, o, H, scale);              \
+                                             float scale, float bscale) {                          \
+    dr::decode_impl<K, V, BV, NT>(q, k, v, a, b, a_log, dt_bias, state, o, H, scale, bscale);      \
   }
 
 // One NVRTC module per key head size: the host compiles this file with DR_ONLY_K = 64, 128 or

@@ -1,13 +1,14 @@
-// The GDN gates over [n, H] (head fastest): beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias),
-// softplus(z) = z above 20 (as FLA). Gates are fp32; a and b come from bf16 projections.
+// The GDN gates over [n, H] (head fastest): beta = bscale * sigmoid(b) (bscale 2 under FLA's
+// allow_neg_eigval, else 1), g = -exp(A_log) * softplus(a + dt_bias), softplus(z) = z above 20 (as
+// FLA). Gates are fp32; a and b come from bf16 projections.
 
 __device__ __forceinline__ float softplusf_(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
 
 extern "C" __global__ void gates_fwd(const bf16* a, const bf16* b, const float* a_log, const float* dt_bias,
-                                     float* g, float* beta, i64 n, int h) {
+                                     float* g, float* beta, i64 n, int h, float bscale) {
     GRID_STRIDE(i, n) {
         const int j = (int)(i % h);
-        beta[i] = sigmoidf_(ldf(b, i));
+        beta[i] = bscale * sigmoidf_(ldf(b, i));
         g[i] = -expf(a_log[j]) * softplusf_(ldf(a, i) + dt_bias[j]);
     }
 }
@@ -17,7 +18,7 @@ extern "C" __global__ void gates_fwd(const bf16* a, const bf16* b, const float* 
 // always sees the same head (tid % H); the per-head sums then run over threads in a fixed order.
 extern "C" __global__ void gates_bwd(const bf16* a, const float* beta, const float* g, const float* a_log,
                                      const float* dt_bias, const float* dg, const float* dbeta, bf16* da,
-                                     bf16* db, float* partial, int rows, int h) {
+                                     bf16* db, float* partial, int rows, int h, float bscale) {
     __shared__ float s_al[1024];
     __shared__ float s_dt[1024];
     const int per = (rows + gridDim.x - 1) / gridDim.x;
@@ -36,8 +37,8 @@ extern "C" __global__ void gates_bwd(const bf16* a, const float* beta, const flo
         da[e] = tobf(dav);
         acc_al += dge * g[e];
         acc_dt += dav;
-        const float s = beta[e];
-        db[e] = tobf(dbeta[e] * s * (1.0f - s));
+        const float s = beta[e] / bscale;  // sigmoid(b); bscale is 1 or 2, so exact
+        db[e] = tobf(dbeta[e] * bscale * s * (1.0f - s));
     }
     s_al[threadIdx.x] = acc_al;
     s_dt[threadIdx.x] = acc_dt;
