@@ -21,8 +21,12 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
-    /// GDN heads (q/k heads = value heads).
+    /// GDN q/k heads (also the value heads unless `num_v_heads` is set).
     pub num_heads: usize,
+    /// FLA's `num_v_heads`: value heads, a multiple of `num_heads` (GVA: value head i reads q/k
+    /// head i / (num_v_heads / num_heads); spec §A). `None` (null): as many as `num_heads`.
+    #[serde(default)]
+    pub num_v_heads: Option<usize>,
     /// Key/query head dimension K.
     pub head_dim: usize,
     /// V = K · expand_v.
@@ -70,8 +74,12 @@ impl ModelConfig {
     pub fn key_dim(&self) -> usize {
         self.num_heads * self.head_dim
     }
+    /// Value heads HV (`num_v_heads`, else `num_heads`).
+    pub fn v_heads(&self) -> usize {
+        self.num_v_heads.unwrap_or(self.num_heads)
+    }
     pub fn value_dim(&self) -> usize {
-        self.num_heads * self.head_v_dim()
+        self.v_heads() * self.head_v_dim()
     }
 
     /// A named preset (spec §C).
@@ -81,6 +89,7 @@ impl ModelConfig {
             hidden_size: d,
             num_hidden_layers: layers,
             num_heads: heads,
+            num_v_heads: None,
             head_dim: k,
             expand_v,
             intermediate_size: inter,
@@ -98,6 +107,7 @@ impl ModelConfig {
             hidden_size: d,
             num_hidden_layers: layers,
             num_heads: 9,
+            num_v_heads: None,
             head_dim: d * 3 / 4 / 9,
             expand_v: 2.0,
             intermediate_size: inter,
@@ -169,6 +179,14 @@ impl ModelConfig {
         for (name, v) in nonzero {
             ensure!(v > 0, "config field `{name}` must be positive, got {v}");
         }
+        if let Some(hv) = self.num_v_heads {
+            ensure!(
+                hv > 0 && hv.is_multiple_of(self.num_heads),
+                "config field `num_v_heads` = {hv} must be a positive multiple of `num_heads` = {} \
+                 (each q/k head serves num_v_heads / num_heads value heads)",
+                self.num_heads
+            );
+        }
         let v = self.head_dim as f64 * self.expand_v;
         ensure!(
             self.expand_v > 0.0 && (v - v.round()).abs() < 1e-9,
@@ -198,7 +216,6 @@ impl ModelConfig {
             "attn_mode": "chunk",
             "use_gate": true,
             "use_short_conv": true,
-            "num_v_heads": null,
             "hidden_act": "swish",
             "hidden_ratio": 4,
             "max_position_embeddings": 2048,
@@ -248,12 +265,6 @@ impl ModelConfig {
                     "{origin}: `{field}` = {v} is not supported (gdn implements {want})"
                 );
             }
-        }
-        if let Some(nv) = given(o, "num_v_heads") {
-            ensure!(
-                Some(&nv) == o.get("num_heads"),
-                "{origin}: `num_v_heads` different from `num_heads` (GVA) is not supported"
-            );
         }
         for unsupported in ["attn", "attnres_block_size"] {
             if let Some(v) = given(o, unsupported) {

@@ -142,7 +142,7 @@ impl Model {
             conv_q: vec![F::zero(); num_seqs * w * cq],
             conv_k: vec![F::zero(); num_seqs * w * ck],
             conv_v: vec![F::zero(); num_seqs * w * cv],
-            state: vec![F::zero(); num_seqs * dims.heads * dims.dk * dims.dv],
+            state: vec![F::zero(); num_seqs * dims.v_heads * dims.dk * dims.dv],
         };
         DecodeState {
             layers: vec![layer; self.config.num_hidden_layers],
@@ -319,9 +319,15 @@ mod tests {
     use crate::tensor::max_rel_err;
 
     fn tiny_model(width: usize) -> (Model, Vec<f64>) {
+        tiny_model_gva(width, None)
+    }
+
+    /// `v_heads`: the config's num_v_heads (GVA when more than the 2 q/k heads).
+    fn tiny_model_gva(width: usize, v_heads: Option<usize>) -> (Model, Vec<f64>) {
         let mut cfg = ModelConfig::preset("tiny").unwrap();
         cfg.conv_size = width;
         cfg.b_proj_bias = true;
+        cfg.num_v_heads = v_heads;
         let model = Model::new(cfg).unwrap();
         let mut rng = Rng::new(77);
         let mut params: Vec<f64> = model.init_params(&mut rng);
@@ -336,10 +342,17 @@ mod tests {
 
     /// Prefill of a prefix of each sequence, then decode steps over the rest, reproduces the
     /// full-sequence forward logits at every position, for sequences of different lengths at
-    /// once (the longest crosses a chunk boundary; the shortest prefix is shorter than W).
+    /// once (the longest crosses a chunk boundary; the shortest prefix is shorter than W); also
+    /// under GVA (2 q/k heads, 4 value heads).
     #[test]
     fn prefill_then_decode_matches_the_full_forward() {
-        let (model, params) = tiny_model(4);
+        for v_heads in [None, Some(4)] {
+            prefill_then_decode(v_heads);
+        }
+    }
+
+    fn prefill_then_decode(v_heads: Option<usize>) {
+        let (model, params) = tiny_model_gva(4, v_heads);
         let vocab = model.config.vocab_size;
         let mut rng = Rng::new(5);
         let lens = [70usize, 9, 13];

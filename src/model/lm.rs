@@ -383,13 +383,13 @@ mod tests {
     use crate::model::nn::tests::fd;
     use crate::tensor::max_rel_err;
 
-    fn fd_check(tie: bool, b_bias: bool, neg: bool) {
+    /// The tiny preset as `edit` leaves it, parameters drawn from `seed`.
+    fn fd_check(seed: u64, edit: impl Fn(&mut ModelConfig)) {
         let mut cfg = ModelConfig::preset("tiny").unwrap();
-        cfg.tie_word_embeddings = tie;
-        cfg.b_proj_bias = b_bias;
-        cfg.allow_neg_eigval = neg;
+        edit(&mut cfg);
+        let label = format!("{cfg:?}");
         let model = Model::new(cfg).unwrap();
-        let mut rng = Rng::new(21);
+        let mut rng = Rng::new(seed);
         let mut params: Vec<f64> = model.init_params(&mut rng);
         // Larger than the init scale so every path carries a visible gradient.
         params.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
@@ -411,26 +411,101 @@ mod tests {
             assert!(e < 1e-6, "{}: rel err {e}", info.name);
             worst = worst.max(e);
         }
-        eprintln!(
-            "whole model (tie={tie}, b_bias={b_bias}, neg={neg}): worst per-tensor rel err {worst:.2e}"
-        );
+        eprintln!("whole model ({label}): worst per-tensor rel err {worst:.2e}");
         assert!(max_rel_err(&grads, &numeric) < 1e-6);
     }
 
     #[test]
     fn whole_model_gradient_matches_finite_differences_untied() {
-        fd_check(false, false, false);
+        fd_check(21, |_| {});
     }
 
     #[test]
     fn whole_model_gradient_matches_finite_differences_tied_with_b_bias() {
-        fd_check(true, true, false);
+        fd_check(21, |c| {
+            c.tie_word_embeddings = true;
+            c.b_proj_bias = true;
+        });
     }
 
     /// β = 2·sigmoid(b) (FLA's allow_neg_eigval) through the whole model.
     #[test]
     fn whole_model_gradient_matches_finite_differences_with_neg_eigval() {
-        fd_check(false, true, true);
+        fd_check(21, |c| {
+            c.b_proj_bias = true;
+            c.allow_neg_eigval = true;
+        });
+    }
+
+    /// GVA: 2 q/k heads serving 6 value heads (3 each), so dq and dk sum over groups. (Seed 21
+    /// draws a layer-0 q row of K = 4 with a near-zero norm, where the L2 norm's finite
+    /// differences lose five digits; seed 22 does not.)
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_with_gva() {
+        fd_check(22, |c| c.num_v_heads = Some(6));
+    }
+
+    /// GVA is the plain model with each q/k head's weights repeated per value head: the same
+    /// logits, and each q/k weight's gradient is the sum of its copies' gradients.
+    #[test]
+    fn gva_equals_the_model_with_repeated_qk_heads() {
+        let mut gva_cfg = ModelConfig::preset("tiny").unwrap();
+        gva_cfg.num_v_heads = Some(4);
+        let gva = Model::new(gva_cfg.clone()).unwrap();
+        let mut plain_cfg = gva_cfg;
+        plain_cfg.num_heads = 4;
+        plain_cfg.num_v_heads = None;
+        let plain = Model::new(plain_cfg).unwrap();
+        let mut rng = Rng::new(5);
+        let mut p_gva: Vec<f64> = gva.init_params(&mut rng);
+        p_gva.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
+        // The plain model's parameters: q/k rows (projections, convs) repeated per value head.
+        let (dk, g) = (gva.config.head_dim, 2);
+        let mut p_plain = vec![0.0; plain.layout.total];
+        for info in &plain.layout.params {
+            let src = gva.layout.params.iter().find(|p| p.name == info.name).unwrap();
+            let from = &p_gva[src.range()];
+            let to = &mut p_plain[info.range()];
+            if info.shape == src.shape {
+                to.copy_from_slice(from);
+            } else {
+                // [H·dk, ...] → [H·g·dk, ...]: head blocks of dk rows, each repeated g times.
+                let block = from.len() / gva.config.num_heads;
+                for (i, dst) in to.chunks_mut(block).enumerate() {
+                    dst.copy_from_slice(&from[(i / g) * block..(i / g + 1) * block]);
+                }
+                assert_eq!(block % dk, 0);
+            }
+        }
+        let tokens = [3u32, 1, 16, 2, 7, 7, 0, 5, 9, 11];
+        let targets = [1u32, 16, IGNORE, 7, 7, 0, 5, 9, 11, 3];
+        let cu = [0, 4, 10];
+        let run = |m: &Model, p: &[f64]| {
+            let acts = m.forward(p, &tokens, &cu).unwrap();
+            let logits = acts.logits.clone();
+            let (_, count) = m.loss(&acts, &targets);
+            let mut grads = vec![0.0; p.len()];
+            m.backward(p, acts, &targets, count, 1.0, &mut grads);
+            (logits, grads)
+        };
+        let (l_gva, g_gva) = run(&gva, &p_gva);
+        let (l_plain, g_plain) = run(&plain, &p_plain);
+        assert!(max_rel_err(&l_gva, &l_plain) < 1e-12);
+        for info in &gva.layout.params {
+            let dst = plain.layout.params.iter().find(|p| p.name == info.name).unwrap();
+            let want: Vec<f64> = if info.shape == dst.shape {
+                g_plain[dst.range()].to_vec()
+            } else {
+                let block = info.range().len() / gva.config.num_heads;
+                let copies: Vec<&[f64]> = g_plain[dst.range()].chunks(block).collect();
+                (0..gva.config.num_heads)
+                    .flat_map(|h| (0..block).map(move |e| (h, e)))
+                    .map(|(h, e)| (0..g).map(|c| copies[h * g + c][e]).sum())
+                    .collect()
+            };
+            let e = max_rel_err(&g_gva[info.range()], &want);
+            assert!(e < 1e-10, "{}: rel err {e}", info.name);
+        }
     }
 
     #[test]

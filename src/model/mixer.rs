@@ -6,6 +6,7 @@ use super::nn;
 use super::params::{Kind, ParamLayout};
 use crate::ops::{conv, delta_rule};
 use crate::tensor::Elem;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Where one mixer's parameters live in the flat buffer.
@@ -31,7 +32,11 @@ pub struct MixerParams {
 #[derive(Clone, Copy, Debug)]
 pub struct MixerDims {
     pub d: usize,
+    /// q/k heads H.
     pub heads: usize,
+    /// Value heads HV, a multiple of H (GVA when larger): the delta rule, the gates and the state
+    /// run per value head, value head i reading q/k head i / (HV / H).
+    pub v_heads: usize,
     pub dk: usize,
     pub dv: usize,
     pub width: usize,
@@ -45,6 +50,7 @@ impl MixerDims {
         MixerDims {
             d: c.hidden_size,
             heads: c.num_heads,
+            v_heads: c.v_heads(),
             dk: c.head_dim,
             dv: c.head_v_dim(),
             width: c.conv_size,
@@ -56,11 +62,16 @@ impl MixerDims {
         self.heads * self.dk
     }
     fn value_dim(&self) -> usize {
-        self.heads * self.dv
+        self.v_heads * self.dv
     }
-    fn rule(&self) -> delta_rule::Dims {
+    /// Value heads per q/k head (1 without GVA).
+    pub fn group(&self) -> usize {
+        self.v_heads / self.heads
+    }
+    /// The delta rule's sizes: it runs per value head.
+    pub fn rule(&self) -> delta_rule::Dims {
         delta_rule::Dims {
-            heads: self.heads,
+            heads: self.v_heads,
             dk: self.dk,
             dv: self.dv,
         }
@@ -75,7 +86,7 @@ impl MixerParams {
             dims.d,
             dims.key_dim(),
             dims.value_dim(),
-            dims.heads,
+            dims.v_heads,
             dims.width,
         );
         MixerParams {
@@ -139,7 +150,7 @@ fn project<F: Elem>(
     x: &[F],
     n: usize,
 ) -> Streams<F> {
-    let (d, kd, vd, h) = (dims.d, dims.key_dim(), dims.value_dim(), dims.heads);
+    let (d, kd, vd, h) = (dims.d, dims.key_dim(), dims.value_dim(), dims.v_heads);
     let lin = |r: &Range<usize>, out| nn::linear_fwd(x, &params[r.clone()], n, d, out);
     let mut b = lin(&mp.b_proj, h);
     if let Some(bias) = &mp.b_bias {
@@ -181,9 +192,13 @@ pub fn forward<F: Elem>(
         &params[mp.dt_bias.clone()],
         dims.beta_scale,
     );
+    let (qr, kr) = (
+        repeat_heads(&q, dims.dk, dims.group()),
+        repeat_heads(&k, dims.dk, dims.group()),
+    );
     let inputs = delta_rule::Inputs {
-        q: &q,
-        k: &k,
+        q: &qr,
+        k: &kr,
         v: &v,
         g: &g,
         beta: &beta,
@@ -233,7 +248,7 @@ pub fn backward<F: Elem>(
         dims.d,
         dims.key_dim(),
         dims.value_dim(),
-        dims.heads,
+        dims.v_heads,
         dims.width,
     );
     let n = c.x.len() / d;
@@ -255,9 +270,13 @@ pub fn backward<F: Elem>(
         &d_normed,
         &mut grads[mp.o_norm.clone()],
     );
+    let (qr, kr) = (
+        repeat_heads(&c.q, dims.dk, dims.group()),
+        repeat_heads(&c.k, dims.dk, dims.group()),
+    );
     let inputs = delta_rule::Inputs {
-        q: &c.q,
-        k: &c.k,
+        q: &qr,
+        k: &kr,
         v: &c.v,
         g: &c.g,
         beta: &c.beta,
@@ -286,8 +305,13 @@ pub fn backward<F: Elem>(
             grads[bias.start + i % h] += v;
         }
     }
-    let dq_conv = nn::silu_bwd(&c.q_conv, &nn::l2norm_bwd(&c.q, &c.q_r, &rg.dq, dims.dk));
-    let dk_conv = nn::silu_bwd(&c.k_conv, &nn::l2norm_bwd(&c.k, &c.k_r, &rg.dk, dims.dk));
+    // GVA: the value heads that share a q/k head add their dq, dk (spec §B, item 10).
+    let (dq, dk) = (
+        sum_head_groups(&rg.dq, dims.dk, dims.group()),
+        sum_head_groups(&rg.dk, dims.dk, dims.group()),
+    );
+    let dq_conv = nn::silu_bwd(&c.q_conv, &nn::l2norm_bwd(&c.q, &c.q_r, &dq, dims.dk));
+    let dk_conv = nn::silu_bwd(&c.k_conv, &nn::l2norm_bwd(&c.k, &c.k_r, &dk, dims.dk));
     let dv_conv = nn::silu_bwd(&c.v_conv, &rg.dv);
     let [dq_pre, dk_pre, dv_pre] = [
         (&c.q_pre, &mp.q_conv, dq_conv, kd),
@@ -320,6 +344,38 @@ pub fn backward<F: Elem>(
     dx
 }
 
+/// GVA: rows [n, H·dk] → [n, H·g·dk], each head repeated `g` times in place (value head i reads
+/// q/k head i / g). Borrowed as is when g = 1.
+pub fn repeat_heads<F: Elem>(x: &[F], dk: usize, g: usize) -> Cow<'_, [F]> {
+    if g == 1 {
+        return Cow::Borrowed(x);
+    }
+    let mut y = Vec::with_capacity(x.len() * g);
+    for head in x.chunks(dk) {
+        for _ in 0..g {
+            y.extend_from_slice(head);
+        }
+    }
+    Cow::Owned(y)
+}
+
+/// The backward of [`repeat_heads`]: [n, H·g·dk] → [n, H·dk], each head's g copies summed (in
+/// order).
+pub fn sum_head_groups<F: Elem>(dx: &[F], dk: usize, g: usize) -> Cow<'_, [F]> {
+    if g == 1 {
+        return Cow::Borrowed(dx);
+    }
+    let mut y = Vec::with_capacity(dx.len() / g);
+    for group in dx.chunks(g * dk) {
+        let mut acc = group[..dk].to_vec();
+        for copy in group[dk..].chunks(dk) {
+            acc.iter_mut().zip(copy).for_each(|(a, &b)| *a += b);
+        }
+        y.extend(acc);
+    }
+    Cow::Owned(y)
+}
+
 /// Two disjoint mutable views of the gradient buffer (`a` must come before `b`).
 fn split_two<'g, F>(
     g: &'g mut [F],
@@ -346,7 +402,7 @@ impl MixerDims {
 
 /// Inference forward over `x` [n, d] packed by `cu_seqlens` (every sequence from a zero state).
 /// Returns the output [n, d] and each sequence's decode state: the last W raw conv inputs of
-/// q, k, v (oldest first, zero-filled) and the final recurrent state [N, H, K, V].
+/// q, k, v (oldest first, zero-filled) and the final recurrent state [N, HV, K, V].
 pub fn prefill<F: Elem>(
     mp: &MixerParams,
     dims: MixerDims,
@@ -375,11 +431,11 @@ pub fn decode_step<F: Elem>(
     st: &mut LayerState<F>,
 ) -> Vec<F> {
     let nseq = x.len() / dims.d;
-    let (kd, vd, w, h, dk, dv) = (
+    let (kd, vd, w, hv, dk, dv) = (
         dims.key_dim(),
         dims.value_dim(),
         dims.width,
-        dims.heads,
+        dims.v_heads,
         dims.dk,
         dims.dv,
     );
@@ -405,11 +461,13 @@ pub fn decode_step<F: Elem>(
     let scale = F::of(1.0 / (dk as f64).sqrt());
     let mut o = vec![F::zero(); nseq * vd];
     for (i, s_h) in st.state.chunks_mut(dk * dv).enumerate() {
-        // i = sequence · H + head; q, k, v, g, β are [N, H, ·] so the same index works.
+        // i = sequence · HV + value head; v, g, β are [N, HV, ·] so the same index works, and
+        // q, k [N, H, K] are read at q/k head i / group (GVA; the same row without it).
+        let j = i / dims.group();
         dec::recurrent_step(
             s_h,
-            &q[i * dk..(i + 1) * dk],
-            &k[i * dk..(i + 1) * dk],
+            &q[j * dk..(j + 1) * dk],
+            &k[j * dk..(j + 1) * dk],
             &v[i * dv..(i + 1) * dv],
             g[i].exp(),
             beta[i],
@@ -417,7 +475,7 @@ pub fn decode_step<F: Elem>(
             &mut o[i * dv..(i + 1) * dv],
         );
     }
-    debug_assert_eq!(st.state.len(), nseq * h * dk * dv);
+    debug_assert_eq!(st.state.len(), nseq * hv * dk * dv);
     let (normed, _) = nn::gated_rmsnorm_fwd(&o, &s.gate, &params[mp.o_norm.clone()], dims.eps);
     nn::linear_fwd(&normed, &params[mp.o_proj.clone()], nseq, vd, dims.d)
 }

@@ -398,12 +398,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         .with_context(|| format!("cannot open {}", opts.out.join(METRICS_FILE).display()))?;
 
     let md = model.mixer_dims();
-    let unsupported = crate::cuda::delta_rule::check_dims(crate::ops::delta_rule::Dims {
-        heads: md.heads,
-        dk: md.dk,
-        dv: md.dv,
-    })
-    .err();
+    let unsupported = crate::cuda::delta_rule::check_dims(md.rule()).err();
     let gpu = match (opts.gpu, unsupported) {
         (Some(_), Some(why)) if opts.gpu_optional => {
             if !opts.quiet {
