@@ -1,8 +1,9 @@
 """Checkpoint interoperability with FLA's GatedDeltaNetForCausalLM (run on the GPU machine).
 
   fla_interop.py gdn2fla CKPT GDN_LOGITS     load a gdn checkpoint in FLA, compare logits with gdn's
-  fla_interop.py make_fla DIR TOKENS [neg]   build a random FLA model, save it (safetensors) and its logits
-                                             (neg: allow_neg_eigval=True, β = 2·sigmoid(b))
+  fla_interop.py make_fla DIR TOKENS [neg|gva]  build a random FLA model, save it (safetensors) and its
+                                             logits (neg: allow_neg_eigval=True, β = 2·sigmoid(b);
+                                             gva: num_v_heads=4 on 2 q/k heads)
   fla_interop.py compare REF OURS            compare two logits files
 
 FLA's chunk kernels are replaced by its naive fp32 recurrence (plus the L2 norm, β sigmoid and
@@ -24,6 +25,8 @@ def naive_rule(q, k, v, g, beta, initial_state=None, output_final_state=False, A
                allow_neg_eigval=False, scale=None, **_):
     dtype = v.dtype
     q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
+    if v.shape[2] > q.shape[2]:  # GVA: value head i reads q/k head i // (HV / H)
+        q, k = (x.repeat_interleave(v.shape[2] // q.shape[2], dim=2) for x in (q, k))
     if use_qk_l2norm_in_kernel:
         q = q / torch.sqrt((q * q).sum(-1, keepdim=True) + 1e-6)
         k = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-6)
@@ -65,10 +68,11 @@ def main():
                  ok=(not missing and not unexpected and err < 1e-3))
     elif cmd == "make_fla":
         out, tokens = sys.argv[2], [int(t) for t in sys.argv[3].split(",")]
-        neg = sys.argv[4:5] == ["neg"]
+        neg, gva = sys.argv[4:5] == ["neg"], sys.argv[4:5] == ["gva"]
         torch.manual_seed(0)
         cfg = GatedDeltaNetConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_heads=2, head_dim=64,
-                                  expand_v=2.0, tie_word_embeddings=False, allow_neg_eigval=neg)
+                                  expand_v=2.0, tie_word_embeddings=False, allow_neg_eigval=neg,
+                                  num_v_heads=4 if gva else None)
         model = GatedDeltaNetForCausalLM(cfg).float()
         with torch.no_grad():  # move the norms off 1.0 so that a mis-mapped weight shows
             for n, p in model.named_parameters():
@@ -77,7 +81,7 @@ def main():
         model.save_pretrained(out, safe_serialization=True)
         model = model.cuda().eval()
         save_file({"logits": fla_logits(model, tokens).cpu().contiguous()}, f"{out}/fla_logits.safetensors")
-        r = dict(check="FLA checkpoint written", dir=out, allow_neg_eigval=neg)
+        r = dict(check="FLA checkpoint written", dir=out, allow_neg_eigval=neg, num_v_heads=cfg.num_v_heads)
     elif cmd == "compare":
         ref, ours = load_file(sys.argv[2]), load_file(sys.argv[3])
         err = rel(ours["logits"], ref["logits"])

@@ -13,11 +13,11 @@ TOK=$(python3 -c "print(','.join(str((i * 37 + 11) % 256) for i in range(150)))"
 timeout 300 $B train --data "$W/corpus.txt" --preset small --steps 20 --out "$W/run" --quiet \
   && timeout 60 $B logits --checkpoint "$W/run/checkpoint" --tokens "$TOK" --out "$W/gdn_logits.safetensors" \
   && timeout 300 python3 scripts/fla_interop.py gdn2fla "$W/run/checkpoint" "$W/gdn_logits.safetensors"
-# FLA → gdn: random FLA models saved by save_pretrained (β = sigmoid(b), and 2·sigmoid(b) under
-# allow_neg_eigval).
-for neg in "" neg; do
-  D="$W/fla$neg"
-  timeout 300 python3 scripts/fla_interop.py make_fla "$D" "$TOK" $neg \
+# FLA → gdn: random FLA models saved by save_pretrained (β = sigmoid(b); 2·sigmoid(b) under
+# allow_neg_eigval; GVA with 4 value heads on 2 q/k heads).
+for opt in "" neg gva; do
+  D="$W/fla$opt"
+  timeout 300 python3 scripts/fla_interop.py make_fla "$D" "$TOK" $opt \
     && timeout 60 $B logits --checkpoint "$D" --tokens "$TOK" --out "$D/gdn_on_fla.safetensors" \
     && timeout 120 python3 scripts/fla_interop.py compare "$D/fla_logits.safetensors" "$D/gdn_on_fla.safetensors"
 done

@@ -1,7 +1,8 @@
 """Gradient parity with FLA's GatedDeltaNetForCausalLM (issue 4; run by grad_parity.sh on the GPU machine).
 
-  grad_parity.py make_fla DIR [--tie] [--neg]
-      a random FLA model (float32, norms moved off 1.0), saved by save_pretrained; --neg: allow_neg_eigval
+  grad_parity.py make_fla DIR [--tie] [--neg] [--gva]
+      a random FLA model (float32, norms moved off 1.0), saved by save_pretrained; --neg: allow_neg_eigval;
+      --gva: num_v_heads=4 on the 2 q/k heads
   grad_parity.py compare CKPT CPU.safetensors [--cuda CUDA.safetensors] [--device cuda|cpu] [--plain] [--name N]
       CPU.safetensors / CUDA.safetensors: `gdn logits --grads --device cpu|cuda` on CKPT. Loads CKPT in FLA
       (float32), computes the logits of the same token sequences (each sequence alone, batch 1), the mean
@@ -65,18 +66,19 @@ def use_plain_torch():
     return dict(fuse_norm=False, fuse_swiglu=False)
 
 
-def make_fla(out, tie, neg):
+def make_fla(out, tie, neg, gva):
     torch.manual_seed(0)
     cfg = GatedDeltaNetConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_heads=2, head_dim=64,
-                              expand_v=2.0, tie_word_embeddings=tie, allow_neg_eigval=neg)
+                              expand_v=2.0, tie_word_embeddings=tie, allow_neg_eigval=neg,
+                              num_v_heads=4 if gva else None)
     model = GatedDeltaNetForCausalLM(cfg).float()
     with torch.no_grad():  # move the norms off 1.0 so that a mis-mapped weight or gradient shows
         for n, p in model.named_parameters():
             if "norm" in n:
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
-    print(json.dumps(dict(check="FLA checkpoint written", dir=out, tie_word_embeddings=tie, allow_neg_eigval=neg)),
-          flush=True)
+    print(json.dumps(dict(check="FLA checkpoint written", dir=out, tie_word_embeddings=tie, allow_neg_eigval=neg,
+                          num_v_heads=cfg.num_v_heads)), flush=True)
 
 
 def reference(ckpt, tokens, cu, device, overrides):
@@ -200,6 +202,7 @@ def main():
     m.add_argument("out")
     m.add_argument("--tie", action="store_true")
     m.add_argument("--neg", action="store_true", help="allow_neg_eigval (β = 2·sigmoid(b))")
+    m.add_argument("--gva", action="store_true", help="num_v_heads=4 on the 2 q/k heads")
     c = sub.add_parser("compare")
     c.add_argument("ckpt")
     c.add_argument("cpu")
@@ -209,7 +212,7 @@ def main():
     c.add_argument("--name", default="checkpoint")
     a = ap.parse_args()
     if a.cmd == "make_fla":
-        make_fla(a.out, a.tie, a.neg)
+        make_fla(a.out, a.tie, a.neg, a.gva)
         return 0
     return compare(a)
 

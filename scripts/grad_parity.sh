@@ -2,7 +2,7 @@
 # Logits and gradient parity of gdn (CPU f32 and CUDA) with PyTorch autograd through FLA's
 # GatedDeltaNetForCausalLM (naive fp32 rule), on the GPU machine (FLA wheels in .whl/), from the same
 # weights and batch: a gdn-trained checkpoint (untied) and random FLA ones (tied; untied with
-# allow_neg_eigval), two sequences of 150 and 77 tokens (varlen). The reference is computed twice:
+# allow_neg_eigval; untied with GVA), two sequences of 150 and 77 tokens (varlen). The reference is computed twice:
 # with FLA's own Triton fp32 norm / conv / SwiGLU kernels, and all in plain PyTorch (--plain). Prints a table per check and JSON lines; exits
 # non-zero when an fp32 check fails or a step does not run (the CUDA rows are informative).
 # Usage: GDN_BIN=path/to/gdn bash scripts/grad_parity.sh
@@ -49,5 +49,8 @@ step "make_fla" timeout 300 python3 scripts/grad_parity.py make_fla "$W/fla" --t
 # FLA → gdn under allow_neg_eigval (β = 2·sigmoid(b)).
 step "make_fla --neg" timeout 300 python3 scripts/grad_parity.py make_fla "$W/fla-neg" --neg \
   && check fla-random-neg "$W/fla-neg"
+# FLA → gdn with GVA (4 value heads on 2 q/k heads).
+step "make_fla --gva" timeout 300 python3 scripts/grad_parity.py make_fla "$W/fla-gva" --gva \
+  && check fla-random-gva "$W/fla-gva"
 echo "{\"check\": \"grad parity (all)\", \"ok\": $([ $fail = 0 ] && echo true || echo false)}"
 exit $fail

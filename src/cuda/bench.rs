@@ -507,6 +507,7 @@ fn bench_decode(
         dt_bias: dt_bias.as_view(),
         scale: (k as f32).powf(-0.5),
         beta_scale: 1.0,
+        group: 1,
     };
     let mut run =
         || -> Result<()> { step.run(gpu, &inp, &mut state.as_view_mut(), &mut o.as_view_mut()) };

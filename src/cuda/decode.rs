@@ -14,7 +14,6 @@ use super::model::GpuModel;
 use super::Gpu;
 use crate::model::decode::{DecodeState, LayerState, Stepper};
 use crate::model::lm::Model;
-use crate::ops::delta_rule::Dims;
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -51,13 +50,8 @@ impl<'g> GpuDecoder<'g> {
         // (GpuModel also allocates its training buffers; fine at decode batch sizes.)
         let gm = GpuModel::new(gpu, model, params, n_seqs, n_seqs)?;
         let md = model.mixer_dims();
-        let dims = Dims {
-            heads: md.heads,
-            dk: md.dk,
-            dv: md.dv,
-        };
-        let step = DecodeStep::new(gpu, dims, n_seqs)?;
-        let (kd, vd, w) = (md.heads * md.dk, md.heads * md.dv, md.width);
+        let step = DecodeStep::new(gpu, md.rule(), n_seqs)?;
+        let (kd, vd, w) = (md.heads * md.dk, md.v_heads * md.dv, md.width);
         let zeros = |n: usize, what: &str| -> Result<CudaSlice<bf16>> {
             gpu.stream
                 .alloc_zeros::<bf16>(n)
@@ -71,7 +65,7 @@ impl<'g> GpuDecoder<'g> {
                     conv_v: zeros(n_seqs * vd * w, "conv_v")?,
                     state: gpu
                         .stream
-                        .alloc_zeros::<f32>(n_seqs * md.heads * md.dk * md.dv)
+                        .alloc_zeros::<f32>(n_seqs * md.v_heads * md.dk * md.dv)
                         .context("GpuDecoder: allocating the recurrent state")?,
                 })
             })

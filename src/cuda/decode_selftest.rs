@@ -2,13 +2,13 @@
 //! (`Model::prefill` / `Model::decode_step`, f64 on the same bf16-rounded parameters): for N = 3
 //! sequences, the logits after a 20-token prompt and after each of 10 decoded tokens (the CPU's
 //! greedy choices, fed to both), then the conv caches and recurrent states. The configurations
-//! of `model_selftest` (`VARIANTS`: untied without b_proj bias, tied with it, and untied with it
-//! under allow_neg_eigval).
+//! of `model_selftest` (`VARIANTS`: untied without b_proj bias, tied with it, untied with it
+//! under allow_neg_eigval, and GVA).
 //! `gdn selftest --device cuda --filter decode_model`.
 
 use super::decode::GpuDecoder;
 use super::model_selftest::{
-    logits_noise, logits_row, test_config, test_params, variant_tag, VARIANTS,
+    logits_noise, logits_row, test_config, test_params, ModelVariant, VARIANTS,
 };
 use super::selftest::Row;
 use super::Gpu;
@@ -36,8 +36,8 @@ const STEPS: usize = 10;
 pub fn run_with(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = vec![];
     let mut rng = Rng::new(seed ^ 0xdec0de);
-    for (tie, bias, neg) in VARIANTS {
-        rows.extend(check(gpu, &mut rng, tie, bias, neg)?);
+    for v in VARIANTS {
+        rows.extend(check(gpu, &mut rng, v)?);
     }
     Ok(rows)
 }
@@ -46,8 +46,8 @@ fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
 
-fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result<Vec<Row>> {
-    let cfg = test_config(tie, b_bias, neg)?;
+fn check(gpu: &Gpu, rng: &mut Rng, v: ModelVariant) -> Result<Vec<Row>> {
+    let cfg = test_config(v)?;
     let model = Model::new(cfg.clone())?;
     let params = test_params(&model, rng);
     let p64 = f64s(&params);
@@ -62,7 +62,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result
         cfg.num_heads,
         cfg.head_dim,
         cfg.head_v_dim(),
-        variant_tag(tie, b_bias, neg)
+        v
     );
 
     // CPU reference (chunked prefill, then recurrent steps), f64.
@@ -159,10 +159,10 @@ mod tests {
     /// check `gdn generate --device auto` falls back to the CPU on).
     #[test]
     fn check_model_accepts_the_test_models_and_refuses_other_head_dims() {
-        for (tie, bias, neg) in VARIANTS {
-            check_model(&Model::new(test_config(tie, bias, neg).unwrap()).unwrap()).unwrap();
+        for v in VARIANTS {
+            check_model(&Model::new(test_config(v).unwrap()).unwrap()).unwrap();
         }
-        let mut c = test_config(false, false, false).unwrap();
+        let mut c = test_config(ModelVariant::default()).unwrap();
         c.head_dim = 32;
         let err = check_model(&Model::new(c).unwrap()).err().unwrap();
         assert!(err.to_string().contains("K=32"), "{err}");

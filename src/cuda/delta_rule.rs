@@ -3039,9 +3039,9 @@ fn run_dqkwy_follow(
 /// Inputs of one decode step (one token per sequence), all raw: the kernel L2-normalises q and k
 /// (eps 1e-6), computes β = beta_scale·sigmoid(b) and g = −exp(A_log)·softplus(a + dt_bias).
 pub struct DecodeInputs<'a> {
-    /// [N, H, K] bf16, not normalised.
+    /// [N, H / group, K] bf16, not normalised.
     pub q: CudaView<'a, bf16>,
-    /// [N, H, K] bf16, not normalised.
+    /// [N, H / group, K] bf16, not normalised.
     pub k: CudaView<'a, bf16>,
     /// [N, H, V] bf16.
     pub v: CudaView<'a, bf16>,
@@ -3057,6 +3057,8 @@ pub struct DecodeInputs<'a> {
     pub scale: f32,
     /// β's scale: 1, or 2 under allow_neg_eigval (`nn::beta_scale`).
     pub beta_scale: f32,
+    /// Value heads per q/k head (GVA: value head h reads q/k head h / group); 1 without GVA.
+    pub group: usize,
 }
 
 /// The decode kernels built in `delta_rule.cu`: (K, V, BV, threads), each `dr_decode_k{K}_v{V}_bv{BV}_t{threads}`.
@@ -3200,9 +3202,14 @@ impl DecodeStep {
             dv: v,
         } = self.dims;
         let n = self.n_seqs;
-        let what = format!("decode N={n}, H={h}, K={k}, V={v}");
-        check_len("q", inp.q.len(), n * h * k, &what)?;
-        check_len("k", inp.k.len(), n * h * k, &what)?;
+        let g = inp.group;
+        let what = format!("decode N={n}, H={h}, K={k}, V={v}, group={g}");
+        ensure!(
+            g >= 1 && h.is_multiple_of(g),
+            "delta rule decode: group {g} must divide the {h} value heads ({what})"
+        );
+        check_len("q", inp.q.len(), n * (h / g) * k, &what)?;
+        check_len("k", inp.k.len(), n * (h / g) * k, &what)?;
         check_len("v", inp.v.len(), n * h * v, &what)?;
         check_len("a", inp.a.len(), n * h, &what)?;
         check_len("b", inp.b.len(), n * h, &what)?;
@@ -3246,6 +3253,7 @@ impl DecodeStep {
                 Arg::I(h as i32),
                 Arg::F(inp.scale),
                 Arg::F(inp.beta_scale),
+                Arg::I(g as i32),
             ],
         )
     }

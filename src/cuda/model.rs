@@ -437,10 +437,17 @@ struct Sz {
     d: usize,
     inter: usize,
     vocab: usize,
+    /// Value heads HV: the gates, β, the delta rule and the gated norm run per value head.
     h: usize,
+    /// q/k heads H (HV / H value heads each: GVA when more than one).
+    hq: usize,
     dk: usize,
     dv: usize,
+    /// q/k width H·K (projections, convs, L2 norm).
     kd: usize,
+    /// The delta rule's q/k width HV·K: kd, or under GVA q and k repeated per value head.
+    kx: usize,
+    /// Value width HV·V.
     vd: usize,
     w: usize,
     eps: f32,
@@ -456,11 +463,13 @@ impl Sz {
             d: c.hidden_size,
             inter: c.intermediate_size,
             vocab: c.vocab_size,
-            h: md.heads,
+            h: md.v_heads,
+            hq: md.heads,
             dk: md.dk,
             dv: md.dv,
             kd: md.heads * md.dk,
-            vd: md.heads * md.dv,
+            kx: md.v_heads * md.dk,
+            vd: md.v_heads * md.dv,
             w: md.width,
             eps: md.eps as f32,
             beta_scale: md.beta_scale,
@@ -472,6 +481,21 @@ impl Sz {
             heads: self.h,
             dk: self.dk,
             dv: self.dv,
+        }
+    }
+
+    /// Value heads per q/k head (1 without GVA).
+    fn group(&self) -> usize {
+        self.h / self.hq
+    }
+
+    /// Elements of the buffers that hold q and k, or dq and dk, repeated per value head: 2·T·kx
+    /// under GVA, else none (the mixer's own buffers serve).
+    fn qkx_len(&self, t: usize) -> usize {
+        if self.group() > 1 {
+            2 * t * self.kx
+        } else {
+            0
         }
     }
 
@@ -607,8 +631,8 @@ impl<K: BufKind> MixWork<K> {
             v_conv: al.buf(c, "v_conv", tv)?,
             q: al.buf(c, "q", tk)?,
             k: al.buf(c, "k", tk)?,
-            qr: al.buf(c, "qr (f32)", th)?,
-            kr: al.buf(c, "kr (f32)", th)?,
+            qr: al.buf(c, "qr (f32)", t * sz.hq)?,
+            kr: al.buf(c, "kr (f32)", t * sz.hq)?,
             v: al.buf(c, "v", tv)?,
             o_rstd: al.buf(c, "o_rstd (f32)", th)?,
             normed: al.buf(c, "normed", t * sz.vd)?,
@@ -648,6 +672,9 @@ struct Acts<K: BufKind = OnGpu> {
     gu: Vec<GateUp<K>>,
     /// b_proj output [T, H] (gates forward only).
     b: K::Buf<bf16>,
+    /// Under GVA, q‖k repeated per value head for the delta rule ([T, kx] each; `Sz::qkx_len`),
+    /// formed before each forward and backward of the rule.
+    qkx: K::Buf<bf16>,
 }
 
 impl<K: BufKind> Acts<K> {
@@ -667,6 +694,11 @@ impl<K: BufKind> Acts<K> {
             mlp,
             gu,
             b: al.buf(MemCategory::BlockWork, "b (b_proj)", t * sz.h)?,
+            qkx: al.buf(
+                MemCategory::BlockWork,
+                "q, k per value head (GVA)",
+                sz.qkx_len(t),
+            )?,
         })
     }
 }
@@ -680,6 +712,7 @@ impl Acts {
             mlp: &mut self.mlp[SavePlan::set_of(p.mlp, l)],
             gu: &mut self.gu[SavePlan::set_of(p.gate_up, l)],
             b: &mut self.b,
+            qkx: &mut self.qkx,
         }
     }
 }
@@ -690,6 +723,7 @@ struct Work<'a> {
     mlp: &'a mut MlpWork,
     gu: &'a mut GateUp,
     b: &'a mut CudaSlice<bf16>,
+    qkx: &'a mut CudaSlice<bf16>,
 }
 
 /// Backward temporaries (shared by all layers; see [`Work`] for the buffers the mixer's backward
@@ -703,6 +737,9 @@ struct BwdTemps<K: BufKind = OnGpu> {
     dact: K::Buf<bf16>,
     /// [T, vd]: the mixer's d_o, then dv_conv.
     d_o: K::Buf<bf16>,
+    /// Under GVA, the delta rule's dq‖dk per value head ([T, kx] each; `Sz::qkx_len`), summed
+    /// per q/k head into the buffers that otherwise receive them (x_mid, dacc).
+    rule_dqk: K::Buf<bf16>,
     /// The delta rule's other gradients (dv bf16, the rest f32).
     rule_dv: K::Buf<bf16>,
     rule_dg: K::Buf<f32>,
@@ -742,6 +779,7 @@ impl<K: BufKind> BwdTemps<K> {
             dacc: al.buf(c, "dacc (f32) / rule dk (bf16)", t * d.max(kd))?,
             dact: al.buf(c, "dact / d_normed, dq_conv, dk_conv", ts)?,
             d_o: al.buf(c, "d_o / dv_conv", t * vd)?,
+            rule_dqk: al.buf(c, "rule dq, dk per value head (GVA)", sz.qkx_len(t))?,
             rule_dv: al.buf(c, "rule dv", t * vd)?,
             rule_dg: al.buf(c, "rule dg (f32)", t * h)?,
             rule_dbeta: al.buf(c, "rule dbeta (f32)", t * h)?,
@@ -1034,7 +1072,7 @@ fn mixer_silu_norm(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
             gpu,
             &conv.slice(..n * kd),
             &mut y.slice_mut(..n * kd),
-            &mut r.slice_mut(..n * sz.h),
+            &mut r.slice_mut(..n * sz.hq),
             dk,
         )?;
     }
@@ -1227,7 +1265,7 @@ fn chunk_mixer(
         cu_seqlens,
         ..
     } = *ctx;
-    let Sz { h, dk, kd, vd, .. } = sz;
+    let Sz { h, dk, vd, .. } = sz;
     mixer_convs(ctx, lr, s, wk, true)?;
     mixer_silu_norm(ctx, wk, true)?;
     ops::gates_fwd(
@@ -1241,9 +1279,10 @@ fn chunk_mixer(
         sz.beta_scale,
     )?;
     mark(ctx.prof, gpu, "fwd gates")?;
+    let (q, k) = rule_qk(gpu, sz, n, wk.mix, wk.qkx)?;
     let inp = ChunkInputs {
-        q: wk.mix.q.slice(..n * kd),
-        k: wk.mix.k.slice(..n * kd),
+        q,
+        k,
         v: wk.mix.v.slice(..n * vd),
         g: s.g.slice(..n * h),
         beta: s.beta.slice(..n * h),
@@ -1258,6 +1297,28 @@ fn chunk_mixer(
     chunk_forward(gpu, ws, &inp, &mut s.o.slice_mut(..n * vd), None, save_t)?;
     mark(ctx.prof, gpu, "fwd delta rule")?;
     Ok(())
+}
+
+/// The delta rule's q and k ([n, kx] each): the mixer's own, or under GVA those repeated per
+/// value head into `qkx`.
+fn rule_qk<'a>(
+    gpu: &Gpu,
+    sz: Sz,
+    n: usize,
+    mix: &'a MixWork,
+    qkx: &'a mut CudaSlice<bf16>,
+) -> Result<(CudaView<'a, bf16>, CudaView<'a, bf16>)> {
+    let (nk, nx, g) = (n * sz.kd, n * sz.kx, sz.group());
+    if g == 1 {
+        return Ok((mix.q.slice(..nk), mix.k.slice(..nk)));
+    }
+    {
+        let (mut qx, mut rest) = qkx.split_at_mut(nx);
+        ops::repeat_heads(gpu, &mix.q.slice(..nk), &mut qx, sz.dk, g)?;
+        ops::repeat_heads(gpu, &mix.k.slice(..nk), &mut rest.slice_mut(..nx), sz.dk, g)?;
+    }
+    let qkx: &'a CudaSlice<bf16> = qkx;
+    Ok((qkx.slice(..nx), qkx.slice(nx..2 * nx)))
 }
 
 /// The decode mixer core of [`block_forward`] (one token per sequence, n = N): each conv steps
@@ -1335,6 +1396,7 @@ fn decode_mixer(
         dt_bias: p32.slice(lr.dt_bias.clone()),
         scale: 1.0 / (dk as f32).sqrt(),
         beta_scale: sz.beta_scale as f32,
+        group: sz.group(),
     };
     let nn = cache.state.len();
     step.run(
@@ -1351,11 +1413,7 @@ fn decode_mixer(
 /// heads); the error says which does not fit.
 pub fn check_model(model: &Model) -> Result<()> {
     let md = model.mixer_dims();
-    super::delta_rule::check_dims(Dims {
-        heads: md.heads,
-        dk: md.dk,
-        dv: md.dv,
-    })?;
+    super::delta_rule::check_dims(md.rule())?;
     ensure!(
         (1..=ops::MAX_CONV_WIDTH).contains(&md.width),
         "GpuModel: conv width {} is outside 1..={}",
@@ -1370,9 +1428,9 @@ pub fn check_model(model: &Model) -> Result<()> {
         ops::MAX_NORM_WIDTH
     );
     ensure!(
-        md.heads <= 1024,
-        "GpuModel: {} heads exceed the gates kernel's limit of 1024",
-        md.heads
+        md.v_heads <= 1024,
+        "GpuModel: {} value heads exceed the gates kernel's limit of 1024",
+        md.v_heads
     );
     Ok(())
 }
@@ -2294,9 +2352,10 @@ impl GpuModel {
                 &mut b.scratch,
             )?;
             mark(ctx.prof, gpu, "bwd gated rmsnorm")?;
+            let (q, k) = rule_qk(gpu, sz, n, wk.mix, wk.qkx)?;
             let inp = ChunkInputs {
-                q: wk.mix.q.slice(..nk),
-                k: wk.mix.k.slice(..nk),
+                q,
+                k,
                 v: wk.mix.v.slice(..nv),
                 g: s.g.slice(..n * h),
                 beta: s.beta.slice(..n * h),
@@ -2304,11 +2363,22 @@ impl GpuModel {
                 initial_state: None,
                 cu_seqlens,
             };
+            let (nx, gva) = (n * sz.kx, sz.group() > 1);
             {
-                // dq in x_mid, dk in dacc (bf16 in f32 buffers).
+                // dq in x_mid, dk in dacc (bf16 in f32 buffers); under GVA per value head in
+                // rule_dqk, summed into those below.
+                let (dq_x, mut dk_x) = b.rule_dqk.split_at_mut(nx);
+                let (dq_out, dk_out) = if gva {
+                    (dq_x, dk_x.slice_mut(..nx))
+                } else {
+                    (
+                        bf16_in_f32_mut(&mut wk.mlp.x_mid, nk),
+                        bf16_in_f32_mut(&mut b.dacc, nk),
+                    )
+                };
                 let mut rg = ChunkGrads {
-                    dq: bf16_in_f32_mut(&mut wk.mlp.x_mid, nk),
-                    dk: bf16_in_f32_mut(&mut b.dacc, nk),
+                    dq: dq_out,
+                    dk: dk_out,
                     dv: b.rule_dv.slice_mut(..nv),
                     dg: b.rule_dg.slice_mut(..n * h),
                     dbeta: b.rule_dbeta.slice_mut(..n * h),
@@ -2324,6 +2394,14 @@ impl GpuModel {
                     Some(&st),
                     &mut rg,
                 )?;
+            }
+            if gva {
+                // GVA: the value heads that share a q/k head add their dq, dk (spec §B item 10).
+                let g = sz.group();
+                let mut dq = bf16_in_f32_mut(&mut wk.mlp.x_mid, nk);
+                ops::sum_head_groups(gpu, &b.rule_dqk.slice(..nx), &mut dq, dk, g)?;
+                let mut dkv = bf16_in_f32_mut(&mut b.dacc, nk);
+                ops::sum_head_groups(gpu, &b.rule_dqk.slice(nx..2 * nx), &mut dkv, dk, g)?;
             }
             mark(ctx.prof, gpu, "bwd delta rule")?;
             {
@@ -2489,7 +2567,7 @@ mod tests {
     #[test]
     fn memory_account_matches_hand_computed_sizes() {
         let model =
-            Model::new(super::super::model_selftest::test_config(false, false, false).unwrap())
+            Model::new(super::super::model_selftest::test_config(Default::default()).unwrap())
                 .unwrap();
         // Embeddings 64·64 + head 64·64 + final norm 64 + 2 blocks of: norms 3·64, q/k/v/g/o
         // projections 5·128·64, a/b 2·2·64, A_log and dt_bias 2·2, convs 3·128·4, MLP 3·128·64.
@@ -2519,8 +2597,10 @@ mod tests {
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =
-        // max(d, kd)); gate‖up (bf16 [t, 512] = max(2 inter, 2 (kd + vd))), act (bf16 [t, 128]).
-        let work = 2 * t * 4
+        // max(d, kd)); gate‖up (bf16 [t, 512] = max(2 inter, 2 (kd + vd))), act (bf16 [t, 128]);
+        // the GVA q‖k buffer, unused here: its one-element placeholder (2 bytes).
+        let work = 2
+            + 2 * t * 4
             + 3 * t * 64 * 2
             + t * 2 * 2
             + 7 * t * 128 * 2
@@ -2531,8 +2611,10 @@ mod tests {
         assert_eq!(acc.category(C::BlockWork), work);
         // dres (f32 [t, 64]), dres_bf (bf16 [t, 64]), dacc (f32 [t, 128]), dact (bf16 [t, 256]),
         // d_o (bf16 [t, 128]), rule dv (bf16 [t, 128]), dg, dβ (f32 [t, 2]), dh0 (f32 [3, 2, 64,
-        // 64]), da, db (bf16 [t, 2]), scratch (f32: the conv backward's partial sums, the largest).
-        let bwd = t * 64 * 4
+        // 64]), da, db (bf16 [t, 2]), scratch (f32: the conv backward's partial sums, the largest);
+        // the GVA dq‖dk buffer's placeholder (2 bytes).
+        let bwd = 2
+            + t * 64 * 4
             + t * 64 * 2
             + t * 128 * 4
             + t * 256 * 2
@@ -2582,12 +2664,12 @@ mod tests {
         // The three groups of `Work`, one copy each: the mixer's rstd1 (f32 [t]), h1 (bf16
         // [t, 64]), q/k/v conv, q, k, v, normed (bf16 [t, 128]), qr, kr, o_rstd (f32 [t, 2]);
         // the MLP's x_mid (f32 [t, 128]), rstd2 (f32 [t]), h2 (bf16 [t, 64]), act (bf16
-        // [t, 128]); gate‖up (bf16 [t, 512]). With b (bf16 [t, 2]) and tmp_d (bf16 [t, 64]) they
-        // are the block work above.
+        // [t, 128]); gate‖up (bf16 [t, 512]). With b (bf16 [t, 2]), tmp_d (bf16 [t, 64]) and the
+        // GVA placeholder they are the block work above.
         let mix = t * 4 + t * 64 * 2 + 7 * t * 128 * 2 + 3 * t * 2 * 4;
         let mlp = t * 128 * 4 + t * 4 + t * 64 * 2 + t * 128 * 2;
         let gu = t * 512 * 2;
-        assert_eq!(mix + mlp + gu + t * 2 * 2 + t * 64 * 2, work);
+        assert_eq!(mix + mlp + gu + t * 2 * 2 + t * 64 * 2 + 2, work);
 
         // `auto` with both blocks' gate/up kept: one more gate/up copy (block 0's), the rest as
         // lean.
@@ -2659,7 +2741,7 @@ mod tests {
     fn auto_save_plan_fits_the_budget() {
         use crate::cuda::train::GpuTrainer;
         let model =
-            Model::new(super::super::model_selftest::test_config(false, false, false).unwrap())
+            Model::new(super::super::model_selftest::test_config(Default::default()).unwrap())
                 .unwrap();
         let opt = crate::train::adamw::AdamW::new(
             crate::train::adamw::AdamWConfig::default(),

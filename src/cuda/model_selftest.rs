@@ -43,23 +43,63 @@ pub fn run(gpu: &Gpu) -> Result<Vec<Row>> {
 pub fn run_with(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = vec![];
     let mut rng = Rng::new(seed);
-    for (tie, bias, neg) in VARIANTS {
-        rows.extend(check(gpu, &mut rng, tie, bias, neg)?);
+    for v in VARIANTS {
+        rows.extend(check(gpu, &mut rng, v)?);
     }
     Ok(rows)
 }
 
-/// The configurations the model and decode selftests run, as (tied embeddings, b_proj bias,
-/// allow_neg_eigval) for [`test_config`].
-pub const VARIANTS: [(bool, bool, bool); 3] = [
-    (false, false, false),
-    (true, true, false),
-    (false, true, true),
+/// Options of the test configuration ([`test_config`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModelVariant {
+    /// Tied embeddings.
+    pub tie: bool,
+    /// NVlabs' b_proj bias.
+    pub b_bias: bool,
+    /// β = 2·sigmoid(b) (allow_neg_eigval).
+    pub neg_eigval: bool,
+    /// GVA: 4 value heads on the 2 q/k heads.
+    pub gva: bool,
+}
+
+const fn variant(tie: bool, b_bias: bool, neg_eigval: bool, gva: bool) -> ModelVariant {
+    ModelVariant {
+        tie,
+        b_bias,
+        neg_eigval,
+        gva,
+    }
+}
+
+/// The configurations the model and decode selftests run.
+pub const VARIANTS: [ModelVariant; 4] = [
+    variant(false, false, false, false),
+    variant(true, true, false, false),
+    variant(false, true, true, false),
+    variant(false, false, false, true),
 ];
 
-/// The small test configuration: vocab 64, hidden 64, 2 layers, 2 heads of K = V = 64,
-/// intermediate 128, conv width 4; `neg`: β = 2·sigmoid(b) (allow_neg_eigval).
-pub fn test_config(tie: bool, b_bias: bool, neg: bool) -> Result<ModelConfig> {
+impl std::fmt::Display for ModelVariant {
+    /// The configuration's label in the selftest rows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}{}{}",
+            if self.tie { "tied" } else { "untied" },
+            if self.b_bias { "b_bias" } else { "no_bias" },
+            if self.neg_eigval {
+                " allow_neg_eigval"
+            } else {
+                ""
+            },
+            if self.gva { " GVA HV=4" } else { "" }
+        )
+    }
+}
+
+/// The small test configuration: vocab 64, hidden 64, 2 layers, 2 heads of K = V = 64 (4 value
+/// heads under GVA), intermediate 128, conv width 4.
+pub fn test_config(v: ModelVariant) -> Result<ModelConfig> {
     let mut c = ModelConfig::preset("tiny")?;
     c.vocab_size = 64;
     c.hidden_size = 64;
@@ -69,9 +109,10 @@ pub fn test_config(tie: bool, b_bias: bool, neg: bool) -> Result<ModelConfig> {
     c.expand_v = 1.0;
     c.intermediate_size = 128;
     c.conv_size = 4;
-    c.tie_word_embeddings = tie;
-    c.b_proj_bias = b_bias;
-    c.allow_neg_eigval = neg;
+    c.tie_word_embeddings = v.tie;
+    c.b_proj_bias = v.b_bias;
+    c.allow_neg_eigval = v.neg_eigval;
+    c.num_v_heads = v.gva.then_some(4);
     c.validate()?;
     Ok(c)
 }
@@ -234,18 +275,8 @@ pub(crate) struct TestBatch {
     pub(crate) cu: Vec<usize>,
 }
 
-/// A test configuration's label in the selftest rows.
-pub(crate) fn variant_tag(tie: bool, b_bias: bool, neg: bool) -> String {
-    format!(
-        "{} {}{}",
-        if tie { "tied" } else { "untied" },
-        if b_bias { "b_bias" } else { "no_bias" },
-        if neg { " allow_neg_eigval" } else { "" }
-    )
-}
-
-pub(crate) fn test_batch(rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result<TestBatch> {
-    let cfg = test_config(tie, b_bias, neg)?;
+pub(crate) fn test_batch(rng: &mut Rng, v: ModelVariant) -> Result<TestBatch> {
+    let cfg = test_config(v)?;
     let model = Model::new(cfg.clone())?;
     let params = test_params(&model, rng);
     let cu = vec![0usize, 70, 100];
@@ -280,8 +311,8 @@ struct Reference {
     tols: Vec<f64>,
 }
 
-fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result<Vec<Row>> {
-    let batch = test_batch(rng, tie, b_bias, neg)?;
+fn check(gpu: &Gpu, rng: &mut Rng, v: ModelVariant) -> Result<Vec<Row>> {
+    let batch = test_batch(rng, v)?;
     let TestBatch {
         model,
         params,
@@ -290,7 +321,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, tie: bool, b_bias: bool, neg: bool) -> Result
         cu,
     } = &batch;
     let n = *cu.last().unwrap();
-    let tag = variant_tag(tie, b_bias, neg);
+    let tag = v;
     let shape = format!("T={n} N=2 d=64 L=2 H=2 K=V=64 {tag}");
 
     // CPU reference, f64 on the bf16-rounded parameters.
@@ -477,8 +508,8 @@ mod tests {
 
     #[test]
     fn test_config_is_valid_and_fits_the_kernels() {
-        for (tie, bias, neg) in VARIANTS {
-            let c = test_config(tie, bias, neg).unwrap();
+        for v in VARIANTS {
+            let c = test_config(v).unwrap();
             let m = Model::new(c.clone()).unwrap();
             let d = m.mixer_dims();
             crate::cuda::delta_rule::check_dims(crate::ops::delta_rule::Dims {
@@ -515,7 +546,7 @@ mod tests {
     /// draws.
     #[test]
     fn logits_noise_is_positive_and_reproducible() {
-        let b = test_batch(&mut Rng::new(7), false, false, false).unwrap();
+        let b = test_batch(&mut Rng::new(7), ModelVariant::default()).unwrap();
         let p64: Vec<f64> = b.params.iter().map(|&v| v as f64).collect();
         let r = b.model.forward(&p64, &b.tokens, &b.cu).unwrap().logits;
         let probe = |seed| {
@@ -534,7 +565,7 @@ mod tests {
     /// The CPU reference of the self-test runs and gives finite, non-trivial gradients.
     #[test]
     fn cpu_reference_gives_nonzero_gradients_everywhere() {
-        let c = test_config(true, true, false).unwrap();
+        let c = test_config(variant(true, true, false, false)).unwrap();
         let m = Model::new(c).unwrap();
         let mut rng = Rng::new(5);
         let p: Vec<f64> = test_params(&m, &mut rng)

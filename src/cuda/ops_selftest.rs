@@ -13,8 +13,8 @@ use super::buffer::{
 use super::selftest::Row;
 use super::{ops, Gpu};
 use crate::data::IGNORE;
-use crate::model::nn;
 use crate::model::params::{Kind, ParamLayout};
+use crate::model::{mixer, nn};
 use crate::ops::conv;
 use crate::tensor::{gemm, max_rel_err, Rng};
 use crate::train::adamw::{self, AdamW, AdamWConfig};
@@ -83,6 +83,9 @@ pub fn run_with(gpu: &Gpu, seed: u64, filter: Option<&str>) -> Result<Vec<Row>> 
     }
     if wanted("swiglu") {
         c.swiglu()?;
+    }
+    if wanted("head_groups") {
+        c.head_groups()?;
     }
     if wanted("rmsnorm") {
         c.rmsnorm()?;
@@ -337,6 +340,33 @@ impl Ctx<'_> {
             ops::embedding_bwd(gpu, &kd, &dyd, &mut dt, d)?;
             let got = download_f32(gpu, &dt)?;
             self.check("embedding_bwd dtable", &shape, &got, &want, TOL_RED);
+        }
+        Ok(())
+    }
+
+    /// GVA's q/k repeat per value head and its backward, against `mixer`'s CPU forms.
+    fn head_groups(&mut self) -> Result<()> {
+        let gpu = self.gpu;
+        for (n, h, dk, g) in [
+            (70usize, 2usize, 64usize, 2usize),
+            (33, 3, 128, 4),
+            (5, 1, 256, 3),
+        ] {
+            let shape = format!("tokens={n} H={h} K={dk} group={g}");
+            let x = self.randn_bf(n * h * dk, 1.0);
+            let xd = self.bf(&x)?;
+            let mut y = self.nan_bf16(n * h * dk * g)?;
+            ops::repeat_heads(gpu, &xd, &mut y, dk, g)?;
+            let got = download_bf16(gpu, &y)?;
+            let want = mixer::repeat_heads(&f64s(&x), dk, g).into_owned();
+            self.check("repeat_heads", &shape, &got, &want, 0.0);
+            let dy = self.randn_bf(n * h * dk * g, 1.0);
+            let dyd = self.bf(&dy)?;
+            let mut dx = self.nan_bf16(n * h * dk)?;
+            ops::sum_head_groups(gpu, &dyd, &mut dx, dk, g)?;
+            let got = download_bf16(gpu, &dx)?;
+            let want = mixer::sum_head_groups(&f64s(&dy), dk, g).into_owned();
+            self.check("sum_head_groups", &shape, &got, &want, TOL_BF16);
         }
         Ok(())
     }

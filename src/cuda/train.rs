@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn trainer_memory_account_adds_the_optimizer() {
         let model =
-            Model::new(crate::cuda::model_selftest::test_config(false, false, false).unwrap())
+            Model::new(crate::cuda::model_selftest::test_config(Default::default()).unwrap())
                 .unwrap();
         let opt = AdamW::new(crate::train::adamw::AdamWConfig::default(), &model.layout);
         let acc = GpuTrainer::memory_account(&model, &opt, 100, 3, SavePlan::lean()).unwrap();

@@ -768,7 +768,7 @@ fn grad_store_precision() {
 // the delta-rule calls of `cuda::model_selftest`'s CPU reference, replayed with the inputs
 // rounded as the GPU model holds them and with the kernels' rounding points switched on and off.
 
-use crate::cuda::model_selftest::{grad_noise, test_batch};
+use crate::cuda::model_selftest::{grad_noise, test_batch, ModelVariant};
 use crate::model::mixer::capture::{self, RuleIo};
 use crate::tensor::Rng;
 
@@ -804,8 +804,13 @@ const NO_INPUTS: InputRounding = InputRounding {
 fn selftest_rule_calls(seed: u64) -> Vec<(RuleIo, [f64; 2])> {
     let mut rng = Rng::new(seed);
     let mut calls = vec![];
-    for (tie, bias) in [(false, false), (true, true)] {
-        let b = test_batch(&mut rng, tie, bias, false).unwrap();
+    for (tie, b_bias) in [(false, false), (true, true)] {
+        let v = ModelVariant {
+            tie,
+            b_bias,
+            ..Default::default()
+        };
+        let b = test_batch(&mut rng, v).unwrap();
         let model = &b.model;
         let p64: Vec<f64> = b.params.iter().map(|&v| v as f64).collect();
         let acts = model.forward(&p64, &b.tokens, &b.cu).unwrap();

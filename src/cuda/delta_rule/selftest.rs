@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::cuda::selftest::Row;
+use crate::model::mixer;
 use crate::ops::delta_rule::{naive, Inputs};
 use crate::tensor::{max_rel_err, Rng};
 use std::collections::HashMap;
@@ -666,12 +667,19 @@ fn softplus(z: f64) -> f64 {
     }
 }
 
-/// `bs`: β's scale (2 under allow_neg_eigval).
-fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims, bs: f64) -> Result<Vec<Row>> {
+/// `bs`: β's scale (2 under allow_neg_eigval); `group`: value heads per q/k head (GVA).
+fn decode_rows(
+    gpu: &Gpu,
+    seed: u64,
+    n: usize,
+    dims: Dims,
+    bs: f64,
+    group: usize,
+) -> Result<Vec<Row>> {
     let Dims { heads: h, dk, dv } = dims;
     let mut rng = Rng::new(seed);
-    let q = randn_bf16(&mut rng, n * h * dk);
-    let k = randn_bf16(&mut rng, n * h * dk);
+    let q = randn_bf16(&mut rng, n * (h / group) * dk);
+    let k = randn_bf16(&mut rng, n * (h / group) * dk);
     let v = randn_bf16(&mut rng, n * h * dv);
     let mut a = randn_f32(&mut rng, n * h);
     a[0] = 25.0; // softplus's linear branch
@@ -683,7 +691,12 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims, bs: f64) -> Result<Ve
     let state = randn_f32(&mut rng, n * h * dk * dv);
     let scale = (dk as f32).powf(-0.5);
     let neg = if bs == 2.0 { " allow_neg_eigval" } else { "" };
-    let label = format!("N={n} H={h} K={dk} V={dv}{neg} seed={seed}");
+    let gva = if group > 1 {
+        format!(" GVA group={group}")
+    } else {
+        String::new()
+    };
+    let label = format!("N={n} H={h} K={dk} V={dv}{neg}{gva} seed={seed}");
 
     // CPU: normalise, gate, then one token of the naive recurrence per sequence.
     let norm = |x: &[f32]| -> Vec<f64> {
@@ -695,7 +708,11 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims, bs: f64) -> Result<Ve
         }
         out
     };
-    let (qn, kn) = (norm(&q), norm(&k));
+    // The reference reads q and k per value head (repeated for GVA).
+    let (qn, kn) = (
+        mixer::repeat_heads(&norm(&q), dk, group).into_owned(),
+        mixer::repeat_heads(&norm(&k), dk, group).into_owned(),
+    );
     let mut g = vec![0f64; n * h];
     let mut beta = vec![0f64; n * h];
     for i in 0..n {
@@ -738,6 +755,7 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims, bs: f64) -> Result<Ve
         dt_bias: ddt.as_view(),
         scale,
         beta_scale: bs as f32,
+        group,
     };
     // Every kernel variant built for (K, V), each on a fresh copy of the state.
     let mut rows = Vec::new();
@@ -784,22 +802,25 @@ fn decode_rows(gpu: &Gpu, seed: u64, n: usize, dims: Dims, bs: f64) -> Result<Ve
 pub fn selftest_decode_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let d = |heads, dk, dv| Dims { heads, dk, dv };
     let mut rows = Vec::new();
-    // The last case with β = 2·sigmoid(b) (allow_neg_eigval).
-    for (i, (n, dims, bs)) in [
-        (3, d(2, 64, 128), 1.0),
-        (5, d(2, 128, 128), 1.0),
-        (2, d(2, 256, 512), 1.0),
-        (64, d(4, 128, 128), 1.0),
-        (3, d(2, 64, 64), 1.0),
-        (2, d(3, 128, 256), 1.0),
-        (2, d(2, 256, 256), 1.0),
-        (5, d(2, 128, 128), 2.0),
+    // The last cases with β = 2·sigmoid(b) (allow_neg_eigval) and with GVA (value heads per
+    // q/k head).
+    for (i, (n, dims, bs, group)) in [
+        (3, d(2, 64, 128), 1.0, 1),
+        (5, d(2, 128, 128), 1.0, 1),
+        (2, d(2, 256, 512), 1.0, 1),
+        (64, d(4, 128, 128), 1.0, 1),
+        (3, d(2, 64, 64), 1.0, 1),
+        (2, d(3, 128, 256), 1.0, 1),
+        (2, d(2, 256, 256), 1.0, 1),
+        (5, d(2, 128, 128), 2.0, 1),
+        (3, d(4, 128, 128), 1.0, 2),
+        (2, d(6, 64, 128), 1.0, 3),
     ]
     .into_iter()
     .enumerate()
     {
         let sd = seed.wrapping_add(100 + i as u64);
-        match decode_rows(gpu, sd, n, dims, bs) {
+        match decode_rows(gpu, sd, n, dims, bs, group) {
             Ok(r) => rows.extend(r),
             Err(e) => rows.push(row(
                 "delta_rule.decode ERROR",
@@ -840,6 +861,7 @@ fn decode_refuses_misaligned(gpu: &Gpu) -> Result<Row> {
             dt_bias: x.as_view(),
             scale: 1.0,
             beta_scale: 1.0,
+            group: 1,
         },
         &mut st.slice_mut(1..len + 1),
         &mut o.as_view_mut(),

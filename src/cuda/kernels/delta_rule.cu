@@ -3643,7 +3643,7 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
                                             const float* __restrict__ a_log,
                                             const float* __restrict__ dt_bias,
                                             float* __restrict__ state, bf16* __restrict__ o, int H,
-                                            float scale, float bscale) {
+                                            float scale, float bscale, int group) {
   constexpr int TPR = BV / 4;    // threads across one row of the slice (4 columns each)
   constexpr int RG = NT / TPR;   // row groups
   constexpr int RPT = K / RG;    // rows per thread
@@ -3656,6 +3656,8 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 
   const int v0 = blockIdx.x * BV, h = blockIdx.y, n = blockIdx.z;
   const long nh = (long)n * H + h;
+  // q and k: [N, H / group, K] (GVA: value head h reads q/k head h / group), so row nh / group.
+  const long nq = nh / group;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int c = (tid % TPR) * 4, r0 = (tid / TPR) * RPT;
 
@@ -3665,10 +3667,10 @@ __device__ __forceinline__ void decode_impl(const bf16* __restrict__ q, const bf
 #pragma unroll
   for (int i = 0; i < RPT; ++i) s[i] = *reinterpret_cast<const float4*>(sp + i * V);
   unsigned kr[RPT / 2], qr[RPT / 2], kw[KL / 2], qw[KL / 2];
-  ld_bf16x<RPT>(k + nh * K + r0, kr);
-  ld_bf16x<RPT>(q + nh * K + r0, qr);
-  ld_bf16x<KL>(k + nh * K + lane * KL, kw);
-  ld_bf16x<KL>(q + nh * K + lane * KL, qw);
+  ld_bf16x<RPT>(k + nq * K + r0, kr);
+  ld_bf16x<RPT>(q + nq * K + r0, qr);
+  ld_bf16x<KL>(k + nq * K + lane * KL, kw);
+  ld_bf16x<KL>(q + nq * K + lane * KL, qw);
   const uint2 vraw = *reinterpret_cast<const uint2*>(v + nh * V + v0 + c);
   const float za = a_in[nh], zb = b_in[nh], al = a_log[h], db = dt_bias[h];
 
@@ -4022,8 +4024,9 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_decode_k##K##_v##V##_bv##BV##_t##NT(const bf16* q, const bf16* k, const bf16* v,          \
                                              const float* a, const float* b, const float* a_log,   \
                                              const float* dt_bias, float* state, bf16* o, int H,   \
-                                             float scale, float bscale) {                          \
-    dr::decode_impl<K, V, BV, NT>(q, k, v, a, b, a_log, dt_bias, state, o, H, scale, bscale);      \
+                                             float scale, float bscale, int group) {               \
+    dr::decode_impl<K, V, BV, NT>(q, k, v, a, b, a_log, dt_bias, state, o, H, scale, bscale,       \
+                                  group);                                                          \
   }
 
 // One NVRTC module per key head size: the host compiles this file with DR_ONLY_K = 64, 128 or

@@ -204,6 +204,26 @@ extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, c
     }
 }
 
+// GVA: y [n, H·g·dk] from x [n, H·dk], each head's dk values repeated g times (value head i reads
+// q/k head i / g). i runs over y; i / dk = token · H·g + value head, and / g gives the q/k row.
+extern "C" __global__ void repeat_heads(const bf16* x, bf16* y, i64 n_out, int dk, int g) {
+    GRID_STRIDE(i, n_out) {
+        const i64 vh = i / dk;
+        y[i] = x[(vh / g) * dk + (i - vh * dk)];
+    }
+}
+
+// Its backward: dx [n, H·dk] = the sum over the g copies of dy [n, H·g·dk], in copy order, f32.
+extern "C" __global__ void sum_head_groups(const bf16* dy, bf16* dx, i64 n_out, int dk, int g) {
+    GRID_STRIDE(i, n_out) {
+        const i64 qh = i / dk;
+        const i64 at = qh * g * dk + (i - qh * dk);
+        float acc = 0.0f;
+        for (int c = 0; c < g; ++c) acc += ldf(dy, at + (i64)c * dk);
+        dx[i] = tobf(acc);
+    }
+}
+
 // Stage 1 of the global gradient norm: partial[block] = sum of squares (fp64) of a fixed,
 // grid-strided share of the elements. The grid size is fixed by the caller, so the result does
 // not depend on the device.
