@@ -2367,7 +2367,8 @@ impl GpuModel {
             {
                 // dq in x_mid, dk in dacc (bf16 in f32 buffers); under GVA per value head in
                 // rule_dqk, summed into those below.
-                let (dq_x, mut dk_x) = b.rule_dqk.split_at_mut(nx);
+                // (Split at 0 without GVA, where rule_dqk is a one-element placeholder.)
+                let (dq_x, mut dk_x) = b.rule_dqk.split_at_mut(if gva { nx } else { 0 });
                 let (dq_out, dk_out) = if gva {
                     (dq_x, dk_x.slice_mut(..nx))
                 } else {
