@@ -31,12 +31,20 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let heads = if c.tie_word_embeddings { 0 } else { emb };
     println!("{name}");
     println!(
-        "  layers {} | width {} | GDN heads {} × K {} / V {} | MLP {} | vocab {} | {}{}",
+        "  layers {} | width {} | GDN heads {} | MLP {} | vocab {} | {}{}",
         c.num_hidden_layers,
         c.hidden_size,
-        c.num_heads,
-        c.head_dim,
-        c.head_v_dim(),
+        if c.v_heads() == c.num_heads {
+            format!("{} × K {} / V {}", c.num_heads, c.head_dim, c.head_v_dim())
+        } else {
+            format!(
+                "{} q/k × K {}, {} value × V {} (GVA)",
+                c.num_heads,
+                c.head_dim,
+                c.v_heads(),
+                c.head_v_dim()
+            )
+        },
         c.intermediate_size,
         c.vocab_size,
         if c.tie_word_embeddings {
