@@ -43,6 +43,13 @@ enum Command {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`gdn info | head -1`) panicked with
+    // a backtrace; with the default action the process just ends, as other tools do.
+    #[cfg(unix)]
+    // SAFETY: sets a signal's action to the default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
