@@ -463,12 +463,7 @@ mod tests {
         let (dk, g) = (gva.config.head_dim, 2);
         let mut p_plain = vec![0.0; plain.layout.total];
         for info in &plain.layout.params {
-            let src = gva
-                .layout
-                .params
-                .iter()
-                .find(|p| p.name == info.name)
-                .unwrap();
+            let src = gva.layout.get(&info.name).unwrap();
             let from = &p_gva[src.range()];
             let to = &mut p_plain[info.range()];
             if info.shape == src.shape {
@@ -497,12 +492,7 @@ mod tests {
         let (l_plain, g_plain) = run(&plain, &p_plain);
         assert!(max_rel_err(&l_gva, &l_plain) < 1e-12);
         for info in &gva.layout.params {
-            let dst = plain
-                .layout
-                .params
-                .iter()
-                .find(|p| p.name == info.name)
-                .unwrap();
+            let dst = plain.layout.get(&info.name).unwrap();
             let want: Vec<f64> = if info.shape == dst.shape {
                 g_plain[dst.range()].to_vec()
             } else {
