@@ -33,10 +33,18 @@ pub struct TrainArgs {
     /// Number of GDN heads.
     #[arg(long)]
     pub heads: Option<usize>,
+    /// Value heads (FLA's num_v_heads), a multiple of the heads: GVA, each q/k head serving
+    /// v-heads / heads value heads.
+    #[arg(long)]
+    pub v_heads: Option<usize>,
+    /// β = 2·sigmoid(b) instead of sigmoid(b) (FLA's allow_neg_eigval).
+    #[arg(long)]
+    pub allow_neg_eigval: bool,
     /// The run folder (config, metrics.jsonl, checkpoint/). Default: runs/mqar or runs/<file stem>.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run saved in --out exactly where its checkpoint left it.
+    /// Continue the run saved in --out exactly where its checkpoint left it (its saved
+    /// configuration decides the model, data and steps; those options are not read again).
     #[arg(long)]
     pub resume: bool,
     /// Optimiser steps.
@@ -151,7 +159,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
     } else {
         Some(train_config(&a)?)
     };
+    let out = opts.out.clone();
     let o = gdn::train::train(config, &opts)?;
+    if a.resume && o.last_loss.is_nan() && o.eval.is_none() {
+        // No step ran: the saved run had already reached its last step (its saved config
+        // decides the steps; the options given beside --resume do not change it).
+        println!(
+            "nothing to resume: the run in {} had already finished its {} steps; checkpoint {}",
+            out.display(),
+            o.steps,
+            o.checkpoint.display()
+        );
+        return Ok(());
+    }
     let eval = o.eval.as_ref().map_or("no evaluation".into(), |e| {
         format!("held-out {}", e.summary())
     });
@@ -195,6 +215,11 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         c.model = super::read_model_config(p)?;
     }
     c.model = c.model.clone().resized(a.hidden_size, a.layers, a.heads)?;
+    if a.v_heads.is_some() {
+        c.model.num_v_heads = a.v_heads;
+    }
+    c.model.allow_neg_eigval |= a.allow_neg_eigval;
+    c.model.validate()?;
     if let Some(t) = &a.tokenizer {
         anyhow::ensure!(
             matches!(c.data, DataSpec::Shards { .. }),
@@ -240,4 +265,38 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         c.seed = s;
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        a: TrainArgs,
+    }
+
+    fn config_of(args: &[&str]) -> Result<TrainConfig> {
+        let cmd = Cmd::try_parse_from(std::iter::once("gdn").chain(args.iter().copied()))?;
+        train_config(&cmd.a)
+    }
+
+    #[test]
+    fn gva_and_neg_eigval_options_reach_the_model() {
+        let c = config_of(&["--preset", "small", "--v-heads", "4", "--allow-neg-eigval"]).unwrap();
+        assert_eq!(
+            (c.model.num_v_heads, c.model.allow_neg_eigval),
+            (Some(4), true)
+        );
+        let c = config_of(&["--preset", "small"]).unwrap();
+        assert_eq!(
+            (c.model.num_v_heads, c.model.allow_neg_eigval),
+            (None, false)
+        );
+        // 3 value heads do not split over the preset's 2 q/k heads: the field is named.
+        let err = config_of(&["--preset", "small", "--v-heads", "3"]).unwrap_err();
+        assert!(format!("{err:#}").contains("num_v_heads"), "{err:#}");
+    }
 }
