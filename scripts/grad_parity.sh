@@ -2,9 +2,10 @@
 # Logits and gradient parity of gdn (CPU f32 and CUDA) with PyTorch autograd through FLA's
 # GatedDeltaNetForCausalLM (naive fp32 rule), on the GPU machine (FLA wheels in .whl/), from the same
 # weights and batch: a gdn-trained checkpoint (untied) and random FLA ones (tied; untied with
-# allow_neg_eigval; untied with GVA), two sequences of 150 and 77 tokens (varlen). The reference is computed twice:
-# with FLA's own Triton fp32 norm / conv / SwiGLU kernels, and all in plain PyTorch (--plain). Prints a table per check and JSON lines; exits
-# non-zero when an fp32 check fails or a step does not run (the CUDA rows are informative).
+# allow_neg_eigval; untied with GVA), two sequences of 150 and 77 tokens (varlen). The reference is
+# computed twice: with FLA's own Triton fp32 norm / conv / SwiGLU kernels, and all in plain PyTorch
+# (--plain). Prints a table per check and JSON lines; exits non-zero when an fp32 check fails or a
+# step does not run (the CUDA rows are informative).
 # Usage: GDN_BIN=path/to/gdn bash scripts/grad_parity.sh
 set -u
 B=${GDN_BIN:-./target/release/gdn}

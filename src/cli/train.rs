@@ -161,9 +161,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let out = opts.out.clone();
     let o = gdn::train::train(config, &opts)?;
-    if a.resume && o.last_loss.is_nan() && o.eval.is_none() {
-        // No step ran: the saved run had already reached its last step (its saved config
-        // decides the steps; the options given beside --resume do not change it).
+    let Some(last_loss) = o.last_loss else {
+        // The saved run had already reached its last step (its saved config decides the steps;
+        // the options given beside --resume do not change it).
         println!(
             "nothing to resume: the run in {} had already finished its {} steps; checkpoint {}",
             out.display(),
@@ -171,7 +171,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             o.checkpoint.display()
         );
         return Ok(());
-    }
+    };
     let eval = o.eval.as_ref().map_or("no evaluation".into(), |e| {
         format!("held-out {}", e.summary())
     });
@@ -179,7 +179,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "done: {} steps in {:.0}s, last loss {:.4}, {eval}; checkpoint {}",
         o.steps,
         o.seconds,
-        o.last_loss,
+        last_loss,
         o.checkpoint.display()
     );
     Ok(())

@@ -91,7 +91,8 @@ impl EvalResult {
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
     pub steps: usize,
-    pub last_loss: f64,
+    /// The last step's loss; None when no step ran (a resumed run that had already finished).
+    pub last_loss: Option<f64>,
     pub eval: Option<EvalResult>,
     pub checkpoint: PathBuf,
     pub seconds: f64,
@@ -510,7 +511,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         }
     }
     let started = Instant::now();
-    let mut last_loss = f64::NAN;
+    let mut last_loss = None;
     let mut last_eval = None;
     let mut saved_step = state.step;
     while state.step < end {
@@ -548,7 +549,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         engine.update(&mut params, &mut opt, lr)?;
         state.step += 1;
         state.tokens_seen += tokens;
-        last_loss = loss;
+        last_loss = Some(loss);
         let tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
         let memory = engine.memory();
 

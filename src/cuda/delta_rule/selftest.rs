@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::cuda::selftest::Row;
-use crate::model::mixer;
+use crate::model::{mixer, nn};
 use crate::ops::delta_rule::{naive, Inputs};
 use crate::tensor::{max_rel_err, Rng};
 use std::collections::HashMap;
@@ -667,13 +667,13 @@ fn softplus(z: f64) -> f64 {
     }
 }
 
-/// `bs`: β's scale (2 under allow_neg_eigval); `group`: value heads per q/k head (GVA).
+/// `neg`: β = 2·sigmoid(b) (allow_neg_eigval); `group`: value heads per q/k head (GVA).
 fn decode_rows(
     gpu: &Gpu,
     seed: u64,
     n: usize,
     dims: Dims,
-    bs: f64,
+    neg: bool,
     group: usize,
 ) -> Result<Vec<Row>> {
     let Dims { heads: h, dk, dv } = dims;
@@ -690,13 +690,14 @@ fn decode_rows(
     let dt_bias: Vec<f32> = (0..h).map(|_| (0.5 * rng.normal() - 2.0) as f32).collect();
     let state = randn_f32(&mut rng, n * h * dk * dv);
     let scale = (dk as f32).powf(-0.5);
-    let neg = if bs == 2.0 { " allow_neg_eigval" } else { "" };
+    let bs = nn::beta_scale(neg);
+    let neg_tag = if neg { " allow_neg_eigval" } else { "" };
     let gva = if group > 1 {
         format!(" GVA group={group}")
     } else {
         String::new()
     };
-    let label = format!("N={n} H={h} K={dk} V={dv}{neg}{gva} seed={seed}");
+    let label = format!("N={n} H={h} K={dk} V={dv}{neg_tag}{gva} seed={seed}");
 
     // CPU: normalise, gate, then one token of the naive recurrence per sequence.
     let norm = |x: &[f32]| -> Vec<f64> {
@@ -804,23 +805,23 @@ pub fn selftest_decode_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     // The last cases with β = 2·sigmoid(b) (allow_neg_eigval) and with GVA (value heads per
     // q/k head).
-    for (i, (n, dims, bs, group)) in [
-        (3, d(2, 64, 128), 1.0, 1),
-        (5, d(2, 128, 128), 1.0, 1),
-        (2, d(2, 256, 512), 1.0, 1),
-        (64, d(4, 128, 128), 1.0, 1),
-        (3, d(2, 64, 64), 1.0, 1),
-        (2, d(3, 128, 256), 1.0, 1),
-        (2, d(2, 256, 256), 1.0, 1),
-        (5, d(2, 128, 128), 2.0, 1),
-        (3, d(4, 128, 128), 1.0, 2),
-        (2, d(6, 64, 128), 1.0, 3),
+    for (i, (n, dims, neg, group)) in [
+        (3, d(2, 64, 128), false, 1),
+        (5, d(2, 128, 128), false, 1),
+        (2, d(2, 256, 512), false, 1),
+        (64, d(4, 128, 128), false, 1),
+        (3, d(2, 64, 64), false, 1),
+        (2, d(3, 128, 256), false, 1),
+        (2, d(2, 256, 256), false, 1),
+        (5, d(2, 128, 128), true, 1),
+        (3, d(4, 128, 128), false, 2),
+        (2, d(6, 64, 128), false, 3),
     ]
     .into_iter()
     .enumerate()
     {
         let sd = seed.wrapping_add(100 + i as u64);
-        match decode_rows(gpu, sd, n, dims, bs, group) {
+        match decode_rows(gpu, sd, n, dims, neg, group) {
             Ok(r) => rows.extend(r),
             Err(e) => rows.push(row(
                 "delta_rule.decode ERROR",

@@ -3595,8 +3595,8 @@ __device__ __noinline__ void wy_impl(const bf16* __restrict__ v, const float* __
 
 // ------------------------------------------------------------------------------------------
 // Decode: one token per sequence, one block of NT threads per (V-slice of BV columns, head,
-// sequence). Fuses the L2 norm of q and k (eps 1e-6), β = bscale·sigmoid(b) (2 under allow_neg_eigval) and
-// α = exp(−exp(A_log)·softplus(a + dt_bias)). The [K, BV] state slice is read once into
+// sequence). Fuses the L2 norm of q and k (eps 1e-6), β = bscale·sigmoid(b) (bscale 2 under
+// allow_neg_eigval) and α = exp(−exp(A_log)·softplus(a + dt_bias)). The [K, BV] state slice is read once into
 // registers (RPT float4 rows per thread, all loads issued before anything else) and written once,
 // in place. With q̂, k̂ the normalised vectors and s the read-out scale:
 //   u = β (v − α k̂ᵀS),  S' = α S + k̂ uᵀ,  o = s q̂ᵀS' = s (α q̂ᵀS + (q̂·k̂) u),
