@@ -47,7 +47,9 @@ def main():
     if g is None:
         return 1
     rows = g.get("rows", [])
-    fla_chunk = {(r["B"], r["T"], r["H"], r["K"], r["V"]): r for r in f if "T" in r}
+    # HV: value heads under GVA (absent from older files: H).
+    chunk_key = lambda r: (r["B"], r["T"], r["H"], r["K"], r["V"], r.get("HV", r["H"]))
+    fla_chunk = {chunk_key(r): r for r in f if "T" in r}
     fla_dec = {(r["decode_B"], r["H"], r["K"], r["V"]): r for r in f if "decode_B" in r}
     print(f"device: {g.get('device')}, reps {g.get('reps')}")
     print()
@@ -56,13 +58,14 @@ def main():
     for r in rows:
         if "T" not in r:
             continue
-        key = (r["B"], r["T"], r["H"], r["K"], r["V"])
+        key = chunk_key(r)
         fr = fla_chunk.get(key, {})
+        heads = key[2] if key[5] == key[2] else f"{key[2]}/{key[5]}"
         for mode, gk, fk in (("graph", "_graph_ms", "_graph_ms"), ("eager", "_ms", "_ms")):
             gf, gfb = r.get("fwd" + gk), r.get("fwdbwd" + gk)
             ff, ffb = fr.get("fla_fwd" + fk), fr.get("fla_fwdbwd" + fk)
             frac = r.get("fwd_graph_frac_of_floor") if mode == "graph" else None
-            print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {mode} | {fmt(gf)} | {fmt(ff)} | "
+            print(f"| {key[0]} | {key[1]} | {heads} | {key[3]} | {key[4]} | {mode} | {fmt(gf)} | {fmt(ff)} | "
                   f"{fmt(ratio(ff, gf), 2)} | {fmt(gfb)} | {fmt(ffb)} | {fmt(ratio(ffb, gfb), 2)} | {fmt(frac, 2)} |")
     print()
     print("| decode B | H | K | V | mode | gdn step ms | FLA step ms | FLA/gdn | gdn state TB/s |")

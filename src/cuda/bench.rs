@@ -63,7 +63,9 @@ pub struct BenchArgs {
     pub reps: usize,
     /// `all` (the five FLA shapes and three decode shapes), `quick` (one of each), `decode`
     /// (the three decode shapes only), or chunked shapes of your own as a comma-separated list of
-    /// BxTxHxKxV, e.g. `8x4096x6x256x512` (the 1.3B training shape; no decode shapes then).
+    /// BxTxHxKxV, e.g. `8x4096x6x256x512` (the 1.3B training shape; no decode shapes then), or
+    /// BxTxHxKxVxHV for GVA (HV value heads sharing the H q/k heads, e.g.
+    /// `4x4096x16x128x128x32`; fwd+bwd then includes summing dq, dk per q/k head).
     #[arg(long, default_value = "all")]
     pub shapes: String,
     /// CUDA device ordinal.
@@ -93,17 +95,19 @@ pub fn bwd_flops(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
     (tokens * h) as f64 * (22.0 * c * k + 10.0 * c * v + 16.0 * k * v + 4.0 * c * c)
 }
 
-/// Fewest bytes of the forward: q, k, v, g, β read once, o written once.
-pub fn fwd_bytes(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
-    (tokens * h) as f64 * (2.0 * k as f64 * 2.0 + v as f64 * 2.0 * 2.0 + 8.0)
+/// Fewest bytes of the forward: q, k (at `hq` heads), v, g, β (at `h`) read once, o written
+/// once.
+pub fn fwd_bytes(tokens: usize, hq: usize, h: usize, k: usize, v: usize) -> f64 {
+    let (t, k, v) = (tokens as f64, k as f64, v as f64);
+    t * hq as f64 * 2.0 * k * 2.0 + t * h as f64 * (v * 2.0 * 2.0 + 8.0)
 }
 
-/// Fewest bytes of forward + backward: q, k, v, g, β, dO read once; o written (bf16); dq, dk,
-/// dv (bf16), dg, dβ (f32) written, as this implementation returns them.
-pub fn fwdbwd_bytes(tokens: usize, h: usize, k: usize, v: usize) -> f64 {
-    let (k, v) = (k as f64, v as f64);
-    (tokens * h) as f64
-        * ((2.0 * k * 2.0 + v * 2.0 + 8.0 + v * 2.0) + v * 2.0 + (2.0 * k + v) * 2.0 + 8.0)
+/// Fewest bytes of forward + backward: q, k, v, g, β, dO read once; o written (bf16); dq, dk
+/// (bf16, at `hq` heads), dv (bf16), dg, dβ (f32) written, as this implementation returns them.
+pub fn fwdbwd_bytes(tokens: usize, hq: usize, h: usize, k: usize, v: usize) -> f64 {
+    let (t, k, v) = (tokens as f64, k as f64, v as f64);
+    t * hq as f64 * 2.0 * (2.0 * k * 2.0)
+        + t * h as f64 * ((v * 2.0 + 8.0 + v * 2.0) + v * 2.0 + v * 2.0 + 8.0)
 }
 
 fn floor_ms(flops: f64, bytes: f64) -> f64 {
@@ -208,8 +212,12 @@ struct ChunkRow {
     b: usize,
     #[serde(rename = "T")]
     t: usize,
+    /// q/k heads (FLA's H).
     #[serde(rename = "H")]
     h: usize,
+    /// Value heads (FLA's HV; H without GVA).
+    #[serde(rename = "HV")]
+    hv: usize,
     #[serde(rename = "K")]
     k: usize,
     #[serde(rename = "V")]
@@ -330,23 +338,17 @@ struct DecodeRow {
     graph_frac_of_floor: f64,
 }
 
-fn bench_chunk(
-    gpu: &Gpu,
-    reps: usize,
-    b: usize,
-    t: usize,
-    dims: Dims,
-    breakdown: bool,
-) -> Result<ChunkRow> {
+fn bench_chunk(gpu: &Gpu, reps: usize, shape: ChunkShape, breakdown: bool) -> Result<ChunkRow> {
+    let ChunkShape { b, t, dims, group } = shape;
     let Dims {
         heads: h,
         dk: k,
         dv: v,
     } = dims;
-    let nt = b * t;
+    let (nt, hq) = (b * t, h / group);
     let mut r = Fast(0x9E37_79B9_7F4A_7C15 ^ (nt * h * k) as u64);
-    let q = up(gpu, &rows_unit_bf16(&mut r, nt * h, k))?;
-    let kk = up(gpu, &rows_unit_bf16(&mut r, nt * h, k))?;
+    let q = up(gpu, &rows_unit_bf16(&mut r, nt * hq, k))?;
+    let kk = up(gpu, &rows_unit_bf16(&mut r, nt * hq, k))?;
     let vv: Vec<bf16> = (0..nt * h * v).map(|_| bf16::from_f32(r.next())).collect();
     let vv = up(gpu, &vv)?;
     // g = logsigmoid(x), β = sigmoid(x), x roughly N(0,1) (sum of 3 uniforms).
@@ -371,6 +373,7 @@ fn bench_chunk(
     let inp = ChunkInputs {
         q: q.as_view(),
         k: kk.as_view(),
+        group,
         v: vv.as_view(),
         g: g.as_view(),
         beta: beta.as_view(),
@@ -388,12 +391,26 @@ fn bench_chunk(
         let save = if keep_t { Some(&mut stv) } else { None };
         chunk_forward(gpu, ws, &inp, &mut o.as_view_mut(), None, save)
     };
-    let bwd_call =
+    // Under GVA dq and dk come per value head; the timed backward sums each group into the q/k
+    // heads' (as the model does, and as FLA's backward returns them).
+    let mut dqk_sum = gpu.stream.alloc_zeros::<bf16>(nt * hq * k * 2)?;
+    let mut sum_groups = |grads: &GradBuffers| -> Result<()> {
+        if group == 1 {
+            return Ok(());
+        }
+        let (mut sq, mut sk) = dqk_sum.split_at_mut(nt * hq * k);
+        super::ops::sum_head_groups(gpu, &grads.dq.slice(..nt * h * k), &mut sq, k, group)?;
+        super::ops::sum_head_groups(gpu, &grads.dk.slice(..nt * h * k), &mut sk, k, group)
+    };
+    let mut bwd_call =
         |ws: &mut DeltaRuleWorkspace, grads: &mut GradBuffers, st: &CudaSlice<f32>| -> Result<()> {
-            let mut gv = grads.views(dims, nt, b);
-            let stv = st.as_view();
-            let saved = keep_t.then_some(&stv);
-            chunk_backward(gpu, ws, &inp, &dov, None, saved, &mut gv)
+            {
+                let mut gv = grads.views(dims, nt, b);
+                let stv = st.as_view();
+                let saved = keep_t.then_some(&stv);
+                chunk_backward(gpu, ws, &inp, &dov, None, saved, &mut gv)?;
+            }
+            sum_groups(grads)
         };
     let mut fwd = || -> Result<()> { fwd_call(&mut ws, &mut o, &mut saved_t) };
     let fwd_ms = or_nan("fwd eager", time_eager(gpu, reps, &mut fwd));
@@ -436,13 +453,14 @@ fn bench_chunk(
     };
     let ff = fwd_flops(nt, h, k, v);
     let fbf = ff + bwd_flops(nt, h, k, v);
-    let fby = fwd_bytes(nt, h, k, v);
-    let fbby = fwdbwd_bytes(nt, h, k, v);
+    let fby = fwd_bytes(nt, hq, h, k, v);
+    let fbby = fwdbwd_bytes(nt, hq, h, k, v);
     let (f1, f2) = (floor_ms(ff, fby), floor_ms(fbf, fbby));
     Ok(ChunkRow {
         b,
         t,
-        h,
+        h: hq,
+        hv: h,
         k,
         v,
         fwd_ms,
@@ -531,13 +549,43 @@ fn bench_decode(
     })
 }
 
+/// One chunked shape: sequences, tokens per sequence, the delta rule's dims (value heads) and
+/// value heads per q/k head (GVA; 1 without).
+#[derive(Clone, Copy, Debug)]
+struct ChunkShape {
+    b: usize,
+    t: usize,
+    dims: Dims,
+    group: usize,
+}
+
+impl ChunkShape {
+    fn new(b: usize, t: usize, heads: usize, dk: usize, dv: usize) -> Self {
+        ChunkShape {
+            b,
+            t,
+            dims: Dims { heads, dk, dv },
+            group: 1,
+        }
+    }
+
+    /// "H" or, under GVA, "H/HV".
+    fn heads(&self) -> String {
+        let hv = self.dims.heads;
+        match self.group {
+            1 => hv.to_string(),
+            g => format!("{}/{hv}", hv / g),
+        }
+    }
+}
+
 /// One chunked shape of `--shapes`, `BxTxHxKxV` (sequences, tokens per sequence, heads, key and
-/// value head sizes).
-fn parse_chunk_shape(s: &str) -> Result<(usize, usize, Dims)> {
+/// value head sizes) or `BxTxHxKxVxHV` (GVA: HV value heads, a multiple of the H q/k heads).
+fn parse_chunk_shape(s: &str) -> Result<ChunkShape> {
     let bad = || {
         format!(
-            "--shapes: `{s}` is not `all`, `quick`, `decode` or a shape BxTxHxKxV of positive \
-             integers (e.g. 8x4096x6x256x512)"
+            "--shapes: `{s}` is not `all`, `quick`, `decode` or a shape BxTxHxKxV or BxTxHxKxVxHV \
+             of positive integers, HV a multiple of H (e.g. 8x4096x6x256x512)"
         )
     };
     let f: Vec<usize> = s
@@ -546,10 +594,15 @@ fn parse_chunk_shape(s: &str) -> Result<(usize, usize, Dims)> {
         .map(|x| x.parse::<usize>().ok().filter(|&v| v > 0))
         .collect::<Option<_>>()
         .with_context(bad)?;
-    let [b, t, heads, dk, dv] = f[..] else {
-        bail!(bad())
+    let (b, t, h, dk, dv, hv) = match f[..] {
+        [b, t, h, dk, dv] => (b, t, h, dk, dv, h),
+        [b, t, h, dk, dv, hv] if hv % h == 0 => (b, t, h, dk, dv, hv),
+        _ => bail!(bad()),
     };
-    Ok((b, t, Dims { heads, dk, dv }))
+    Ok(ChunkShape {
+        group: hv / h,
+        ..ChunkShape::new(b, t, hv, dk, dv)
+    })
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -560,11 +613,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let d = |heads, dk, dv| Dims { heads, dk, dv };
     let mut chunk_shapes = vec![
-        (8, 2048, d(16, 128, 128)),
-        (4, 4096, d(16, 128, 128)),
-        (2, 8192, d(16, 128, 128)),
-        (1, 16384, d(16, 128, 128)),
-        (4, 4096, d(6, 256, 512)),
+        ChunkShape::new(8, 2048, 16, 128, 128),
+        ChunkShape::new(4, 4096, 16, 128, 128),
+        ChunkShape::new(2, 8192, 16, 128, 128),
+        ChunkShape::new(1, 16384, 16, 128, 128),
+        ChunkShape::new(4, 4096, 6, 256, 512),
     ];
     let mut decode_shapes = vec![
         (64, d(16, 128, 128)),
@@ -597,21 +650,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("| B | T | H | K | V | fwd ms (graph/eager) | fwd+bwd ms (graph/eager) | fwd TFLOP/s | fwd GB/s | fwd floor ms | fwd frac | fwd+bwd floor ms | fwd+bwd frac |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
-    for (b, t, dims) in chunk_shapes {
-        match bench_chunk(&gpu, reps, b, t, dims, a.breakdown) {
+    for shape in chunk_shapes {
+        let heads = shape.heads();
+        match bench_chunk(&gpu, reps, shape, a.breakdown) {
             Ok(r) => {
                 println!(
                     "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.1} | {:.0} | {:.3} | {:.2} | {:.3} | {:.2} |",
-                    r.b, r.t, r.h, r.k, r.v, r.fwd_graph_ms, r.fwd_ms, r.fwdbwd_graph_ms, r.fwdbwd_ms,
+                    r.b, r.t, heads, r.k, r.v, r.fwd_graph_ms, r.fwd_ms, r.fwdbwd_graph_ms, r.fwdbwd_ms,
                     r.fwd_graph_tflops, r.fwd_graph_gbps, r.fwd_floor_ms, r.fwd_graph_frac_of_floor,
                     r.fwdbwd_floor_ms, r.fwdbwd_graph_frac_of_floor
                 );
                 chunk_rows.push(r);
             }
-            Err(e) => println!(
-                "| {b} | {t} | {} | {} | {} | failed: {e:#} |",
-                dims.heads, dims.dk, dims.dv
-            ),
+            Err(e) => {
+                let ChunkShape { b, t, dims, .. } = shape;
+                println!(
+                    "| {b} | {t} | {heads} | {} | {} | failed: {e:#} |",
+                    dims.dk, dims.dv
+                )
+            }
         }
     }
     if !chunk_rows.is_empty() {
@@ -779,11 +836,22 @@ mod tests {
 
     #[test]
     fn chunk_shapes_parse_and_bad_ones_are_named() {
-        let (b, t, d) = parse_chunk_shape(" 8x4096x6x256x512").unwrap();
-        assert_eq!((b, t, d.heads, d.dk, d.dv), (8, 4096, 6, 256, 512));
+        let s = parse_chunk_shape(" 8x4096x6x256x512").unwrap();
+        let d = s.dims;
+        assert_eq!(
+            (s.b, s.t, d.heads, d.dk, d.dv, s.group),
+            (8, 4096, 6, 256, 512, 1)
+        );
+        // GVA: the sixth field is the value heads.
+        let s = parse_chunk_shape("4x4096x16x128x128x32").unwrap();
+        assert_eq!(
+            (s.dims.heads, s.group, s.heads()),
+            (32, 2, "16/32".to_string())
+        );
         for bad in [
             "8x4096x6x256",
-            "8x4096x6x256x512x1",
+            "8x4096x6x256x512x9",
+            "8x4096x6x256x512x12x1",
             "8x0x6x256x512",
             "8xTx6x256x512",
             "",

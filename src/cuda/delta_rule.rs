@@ -1146,10 +1146,14 @@ impl BackwardPath {
 
 /// Inputs of the chunked forward and backward.
 pub struct ChunkInputs<'a> {
-    /// [T, H, K] bf16, L2-normalised by the caller.
+    /// [T, H / group, K] bf16, L2-normalised by the caller.
     pub q: CudaView<'a, bf16>,
-    /// [T, H, K] bf16, L2-normalised by the caller.
+    /// [T, H / group, K] bf16, L2-normalised by the caller.
     pub k: CudaView<'a, bf16>,
+    /// Value heads per q/k head: under GVA (FLA's `num_v_heads`) the workspace's H heads are
+    /// value heads and head h reads q/k head h / group; 1 without GVA. The kernels index q and k
+    /// by group, so nothing is repeated per value head.
+    pub group: usize,
     /// [T, H, V] bf16.
     pub v: CudaView<'a, bf16>,
     /// Per-token log decay g = ln α, [T, H] f32 (not cumsummed).
@@ -1167,9 +1171,10 @@ pub struct ChunkInputs<'a> {
 /// Gradient outputs of [`chunk_backward`], every element written: dq, dk, dv in bf16 (as FLA's;
 /// in f32 they were a third of the bytes of the dq/dk + WY kernel), the rest in f32.
 pub struct ChunkGrads<'a> {
-    /// [T, H, K]
+    /// [T, H, K], per value head: under GVA the caller sums each group's heads into dq of the
+    /// q heads (`ops::sum_head_groups`).
     pub dq: CudaViewMut<'a, bf16>,
-    /// [T, H, K]
+    /// [T, H, K], per value head as dq.
     pub dk: CudaViewMut<'a, bf16>,
     /// [T, H, V]
     pub dv: CudaViewMut<'a, bf16>,
@@ -1782,17 +1787,23 @@ fn check_inputs(ws: &DeltaRuleWorkspace, inp: &ChunkInputs) -> Result<(usize, us
         dk: k,
         dv: v,
     } = ws.dims;
+    let g = inp.group;
     ensure!(
-        inp.q.len() % (h * k) == 0,
-        "delta rule (CUDA): `q` has {} elements, not a multiple of H·K = {}",
-        inp.q.len(),
-        h * k
+        g >= 1 && h % g == 0,
+        "delta rule (CUDA): group {g} does not divide the {h} value heads"
     );
-    let t = inp.q.len() / (h * k);
+    let hq = h / g;
+    ensure!(
+        inp.q.len() % (hq * k) == 0,
+        "delta rule (CUDA): `q` has {} elements, not a multiple of (H / group)·K = {}",
+        inp.q.len(),
+        hq * k
+    );
+    let t = inp.q.len() / (hq * k);
     check_cu_seqlens(inp.cu_seqlens, t)?;
     let n = inp.cu_seqlens.len() - 1;
-    let what = format!("T={t}, H={h}, K={k}, V={v}, N={n}");
-    check_len("k", inp.k.len(), t * h * k, &what)?;
+    let what = format!("T={t}, H={h}, q/k heads {hq}, K={k}, V={v}, N={n}");
+    check_len("k", inp.k.len(), t * hq * k, &what)?;
     check_len("v", inp.v.len(), t * h * v, &what)?;
     check_len("g", inp.g.len(), t * h, &what)?;
     check_len("beta", inp.beta.len(), t * h, &what)?;
@@ -1855,6 +1866,7 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
                 Arg::P(tmat),
                 Arg::P(ctab),
                 hi,
+                Arg::I(inp.group as i32),
                 vi,
                 Arg::P(gc),
                 Arg::P(rec),
@@ -1886,6 +1898,7 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
                     Arg::P(q),
                     Arg::P(ctab),
                     hi,
+                    Arg::I(inp.group as i32),
                     vi,
                     Arg::F(inp.scale),
                     Arg::P(gc),
@@ -1927,6 +1940,7 @@ fn run_dvloc(
             Arg::P(d_o),
             Arg::P(ws.ctab.device_ptr(stream).0),
             Arg::I(h as i32),
+            Arg::I(inp.group as i32),
             Arg::I(v as i32),
             Arg::F(inp.scale),
             Arg::P(dvloc),
@@ -2031,6 +2045,7 @@ fn run_state_pass(
                 Arg::P(seq_chunk + 4 * s0 as u64),
                 Arg::P(at(h0, s0)),
                 Arg::I(h as i32),
+                Arg::I(inp.group as i32),
                 Arg::I(v as i32),
                 Arg::F(inp.scale),
                 Arg::P(hs),
@@ -2125,6 +2140,7 @@ fn segment_walk(
             Arg::P(seg_chunk),
             Arg::P(0),
             Arg::I(hi),
+            Arg::I(inp.group as i32),
             Arg::I(vi),
             Arg::F(inp.scale),
             Arg::P(0),
@@ -2207,6 +2223,7 @@ fn reverse_walk(
             Arg::P(seg_chunk),
             Arg::P(0),
             Arg::I(hi),
+            Arg::I(inp.group as i32),
             Arg::I(vi),
             Arg::F(inp.scale),
             Arg::P(0),
@@ -2290,6 +2307,7 @@ fn run_fwd_o(gpu: &Gpu, ws: &DeltaRuleWorkspace, inp: &ChunkInputs, o: u64) -> R
             Arg::P(ptr(gpu, &ws.vnew)),
             Arg::P(ptr(gpu, &ws.ctab)),
             Arg::I(h as i32),
+            Arg::I(inp.group as i32),
             Arg::I(v as i32),
             Arg::F(inp.scale),
             Arg::P(o),
@@ -2558,6 +2576,7 @@ fn run_fwd_o_follow(
         Arg::P(ws.vnew.device_ptr(stream).0),
         Arg::P(ws.ctab.device_ptr(stream).0),
         Arg::I(h as i32),
+        Arg::I(inp.group as i32),
         Arg::I(v as i32),
         Arg::F(inp.scale),
         Arg::P(o),
@@ -2936,6 +2955,7 @@ fn backward_impl(
         Arg::I(npart),
         Arg::P(ctab),
         Arg::I(hi),
+        Arg::I(inp.group as i32),
         Arg::I(vi),
         Arg::F(inp.scale),
         Arg::P(dq),
@@ -2967,6 +2987,7 @@ fn backward_impl(
                 Arg::P(walk.table + 4 * s0 as u64),
                 Arg::P(at(walk.h0, s0)),
                 Arg::I(hi),
+                Arg::I(inp.group as i32),
                 Arg::I(vi),
                 Arg::F(inp.scale),
                 Arg::P(dh),

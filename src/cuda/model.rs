@@ -489,9 +489,9 @@ impl Sz {
         self.h / self.hq
     }
 
-    /// Elements of the buffers that hold q and k, or dq and dk, repeated per value head: 2·T·kx
-    /// under GVA, else none (the mixer's own buffers serve).
-    fn qkx_len(&self, t: usize) -> usize {
+    /// Elements of the buffer that holds the delta rule's dq and dk per value head: 2·T·kx under
+    /// GVA, else none (the mixer's own buffers receive them).
+    fn rule_dqk_len(&self, t: usize) -> usize {
         if self.group() > 1 {
             2 * t * self.kx
         } else {
@@ -672,9 +672,6 @@ struct Acts<K: BufKind = OnGpu> {
     gu: Vec<GateUp<K>>,
     /// b_proj output [T, H] (gates forward only).
     b: K::Buf<bf16>,
-    /// Under GVA, q‖k repeated per value head for the delta rule ([T, kx] each; `Sz::qkx_len`),
-    /// formed before each forward and backward of the rule.
-    qkx: K::Buf<bf16>,
 }
 
 impl<K: BufKind> Acts<K> {
@@ -694,11 +691,6 @@ impl<K: BufKind> Acts<K> {
             mlp,
             gu,
             b: al.buf(MemCategory::BlockWork, "b (b_proj)", t * sz.h)?,
-            qkx: al.buf(
-                MemCategory::BlockWork,
-                "q, k per value head (GVA)",
-                sz.qkx_len(t),
-            )?,
         })
     }
 }
@@ -712,7 +704,6 @@ impl Acts {
             mlp: &mut self.mlp[SavePlan::set_of(p.mlp, l)],
             gu: &mut self.gu[SavePlan::set_of(p.gate_up, l)],
             b: &mut self.b,
-            qkx: &mut self.qkx,
         }
     }
 }
@@ -723,7 +714,6 @@ struct Work<'a> {
     mlp: &'a mut MlpWork,
     gu: &'a mut GateUp,
     b: &'a mut CudaSlice<bf16>,
-    qkx: &'a mut CudaSlice<bf16>,
 }
 
 /// Backward temporaries (shared by all layers; see [`Work`] for the buffers the mixer's backward
@@ -737,7 +727,7 @@ struct BwdTemps<K: BufKind = OnGpu> {
     dact: K::Buf<bf16>,
     /// [T, vd]: the mixer's d_o, then dv_conv.
     d_o: K::Buf<bf16>,
-    /// Under GVA, the delta rule's dq‖dk per value head ([T, kx] each; `Sz::qkx_len`), summed
+    /// Under GVA, the delta rule's dq‖dk per value head ([T, kx] each; `Sz::rule_dqk_len`), summed
     /// per q/k head into the buffers that otherwise receive them (x_mid, dacc).
     rule_dqk: K::Buf<bf16>,
     /// The delta rule's other gradients (dv bf16, the rest f32).
@@ -779,7 +769,7 @@ impl<K: BufKind> BwdTemps<K> {
             dacc: al.buf(c, "dacc (f32) / rule dk (bf16)", t * d.max(kd))?,
             dact: al.buf(c, "dact / d_normed, dq_conv, dk_conv", ts)?,
             d_o: al.buf(c, "d_o / dv_conv", t * vd)?,
-            rule_dqk: al.buf(c, "rule dq, dk per value head (GVA)", sz.qkx_len(t))?,
+            rule_dqk: al.buf(c, "rule dq, dk per value head (GVA)", sz.rule_dqk_len(t))?,
             rule_dv: al.buf(c, "rule dv", t * vd)?,
             rule_dg: al.buf(c, "rule dg (f32)", t * h)?,
             rule_dbeta: al.buf(c, "rule dbeta (f32)", t * h)?,
@@ -1279,10 +1269,11 @@ fn chunk_mixer(
         sz.beta_scale,
     )?;
     mark(ctx.prof, gpu, "fwd gates")?;
-    let (q, k) = rule_qk(gpu, sz, n, wk.mix, wk.qkx)?;
+    let nk = n * sz.kd;
     let inp = ChunkInputs {
-        q,
-        k,
+        q: wk.mix.q.slice(..nk),
+        k: wk.mix.k.slice(..nk),
+        group: sz.group(),
         v: wk.mix.v.slice(..n * vd),
         g: s.g.slice(..n * h),
         beta: s.beta.slice(..n * h),
@@ -1297,28 +1288,6 @@ fn chunk_mixer(
     chunk_forward(gpu, ws, &inp, &mut s.o.slice_mut(..n * vd), None, save_t)?;
     mark(ctx.prof, gpu, "fwd delta rule")?;
     Ok(())
-}
-
-/// The delta rule's q and k ([n, kx] each): the mixer's own, or under GVA those repeated per
-/// value head into `qkx`.
-fn rule_qk<'a>(
-    gpu: &Gpu,
-    sz: Sz,
-    n: usize,
-    mix: &'a MixWork,
-    qkx: &'a mut CudaSlice<bf16>,
-) -> Result<(CudaView<'a, bf16>, CudaView<'a, bf16>)> {
-    let (nk, nx, g) = (n * sz.kd, n * sz.kx, sz.group());
-    if g == 1 {
-        return Ok((mix.q.slice(..nk), mix.k.slice(..nk)));
-    }
-    {
-        let (mut qx, mut rest) = qkx.split_at_mut(nx);
-        ops::repeat_heads(gpu, &mix.q.slice(..nk), &mut qx, sz.dk, g)?;
-        ops::repeat_heads(gpu, &mix.k.slice(..nk), &mut rest.slice_mut(..nx), sz.dk, g)?;
-    }
-    let qkx: &'a CudaSlice<bf16> = qkx;
-    Ok((qkx.slice(..nx), qkx.slice(nx..2 * nx)))
 }
 
 /// The decode mixer core of [`block_forward`] (one token per sequence, n = N): each conv steps
@@ -2352,10 +2321,10 @@ impl GpuModel {
                 &mut b.scratch,
             )?;
             mark(ctx.prof, gpu, "bwd gated rmsnorm")?;
-            let (q, k) = rule_qk(gpu, sz, n, wk.mix, wk.qkx)?;
             let inp = ChunkInputs {
-                q,
-                k,
+                q: wk.mix.q.slice(..nk),
+                k: wk.mix.k.slice(..nk),
+                group: sz.group(),
                 v: wk.mix.v.slice(..nv),
                 g: s.g.slice(..n * h),
                 beta: s.beta.slice(..n * h),
@@ -2598,10 +2567,8 @@ mod tests {
         assert_eq!(acc.category(C::SavedPerBlock), 2 * saved);
         // rstd1, rstd2 (f32 [t]); h1, h2, tmp_d (bf16 [t, 64]); b (bf16 [t, 2]); q/k/v conv and
         // q, k, v, normed (bf16 [t, 128]); qr, kr, o_rstd (f32 [t, 2]); x_mid (f32 [t, 128] =
-        // max(d, kd)); gate‖up (bf16 [t, 512] = max(2 inter, 2 (kd + vd))), act (bf16 [t, 128]);
-        // the GVA q‖k buffer, unused here: its one-element placeholder (2 bytes).
-        let work = 2
-            + 2 * t * 4
+        // max(d, kd)); gate‖up (bf16 [t, 512] = max(2 inter, 2 (kd + vd))), act (bf16 [t, 128]).
+        let work = 2 * t * 4
             + 3 * t * 64 * 2
             + t * 2 * 2
             + 7 * t * 128 * 2
@@ -2665,12 +2632,12 @@ mod tests {
         // The three groups of `Work`, one copy each: the mixer's rstd1 (f32 [t]), h1 (bf16
         // [t, 64]), q/k/v conv, q, k, v, normed (bf16 [t, 128]), qr, kr, o_rstd (f32 [t, 2]);
         // the MLP's x_mid (f32 [t, 128]), rstd2 (f32 [t]), h2 (bf16 [t, 64]), act (bf16
-        // [t, 128]); gate‖up (bf16 [t, 512]). With b (bf16 [t, 2]), tmp_d (bf16 [t, 64]) and the
-        // GVA placeholder they are the block work above.
+        // [t, 128]); gate‖up (bf16 [t, 512]). With b (bf16 [t, 2]) and tmp_d (bf16 [t, 64]) they
+        // are the block work above.
         let mix = t * 4 + t * 64 * 2 + 7 * t * 128 * 2 + 3 * t * 2 * 4;
         let mlp = t * 128 * 4 + t * 4 + t * 64 * 2 + t * 128 * 2;
         let gu = t * 512 * 2;
-        assert_eq!(mix + mlp + gu + t * 2 * 2 + t * 64 * 2 + 2, work);
+        assert_eq!(mix + mlp + gu + t * 2 * 2 + t * 64 * 2, work);
 
         // `auto` with both blocks' gate/up kept: one more gate/up copy (block 0's), the rest as
         // lean.

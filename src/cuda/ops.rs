@@ -346,20 +346,9 @@ pub fn swiglu_bwd(
     Ok(())
 }
 
-/// GVA (`mixer::repeat_heads`): y [n, H·g·dk] from x [n, H·dk], each head repeated g times.
-pub fn repeat_heads(
-    gpu: &Gpu,
-    x: &impl DevicePtr<bf16>,
-    y: &mut impl DevicePtrMut<bf16>,
-    dk: usize,
-    g: usize,
-) -> Result<()> {
-    expect_len("repeat_heads", "y", y.len(), x.len() * g, "x.len() × g")?;
-    head_groups(gpu, "repeat_heads", x, y, dk, g)
-}
-
-/// The backward of [`repeat_heads`] (`mixer::sum_head_groups`): dx [n, H·dk] = the sum of dy's
-/// g copies [n, H·g·dk] of each head (f32 sums in copy order, rounded once).
+/// GVA's dq/dk (`mixer::sum_head_groups`): dx [n, H·dk] = the sum of dy's g copies
+/// [n, H·g·dk] of each q/k head, one per value head that reads it (f32 sums in copy order,
+/// rounded once).
 pub fn sum_head_groups(
     gpu: &Gpu,
     dy: &impl DevicePtr<bf16>,
@@ -367,44 +356,31 @@ pub fn sum_head_groups(
     dk: usize,
     g: usize,
 ) -> Result<()> {
-    expect_len(
-        "sum_head_groups",
-        "dy",
-        dy.len(),
-        dx.len() * g,
-        "dx.len() × g",
-    )?;
-    head_groups(gpu, "sum_head_groups", dy, dx, dk, g)
-}
-
-/// Launches `kernel` (repeat_heads or sum_head_groups) over dst, whose length the caller checked
-/// against src's.
-fn head_groups(
-    gpu: &Gpu,
-    kernel: &str,
-    src: &impl DevicePtr<bf16>,
-    dst: &mut impl DevicePtrMut<bf16>,
-    dk: usize,
-    g: usize,
-) -> Result<()> {
+    let op = "sum_head_groups";
+    expect_len(op, "dy", dy.len(), dx.len() * g, "dx.len() × g")?;
     ensure!(
         g >= 1 && dk >= 1,
-        "{kernel}: group {g} and head dim {dk} must be positive"
+        "{op}: group {g} and head dim {dk} must be positive"
     );
     ensure!(
-        dst.len().is_multiple_of(dk),
-        "{kernel}: {} elements are not whole heads of {dk}",
-        dst.len()
+        dx.len().is_multiple_of(dk),
+        "{op}: {} elements are not whole heads of {dk}",
+        dx.len()
     );
-    let n = dst.len();
+    let n = dx.len();
     if n == 0 {
         return Ok(());
     }
-    let (n_, dk_, g_) = (n as i64, to_i32(kernel, "dk", dk)?, to_i32(kernel, "g", g)?);
+    let (n_, dk_, g_) = (n as i64, to_i32(op, "dk", dk)?, to_i32(op, "g", g)?);
     let s = &*gpu.stream;
-    let (sp, _s) = src.device_ptr(s);
-    let (dp, _d) = dst.device_ptr_mut(s);
-    launch_named!(gpu, ELEMENTWISE, kernel, elementwise_cfg(n); sp, dp, n_, dk_, g_);
+    let (sp, _s) = dy.device_ptr(s);
+    let (dp, _d) = dx.device_ptr_mut(s);
+    let cfg = if dk.is_multiple_of(8) {
+        vec8_cfg(n)
+    } else {
+        elementwise_cfg(n)
+    };
+    launch!(gpu, ELEMENTWISE, "sum_head_groups", cfg; sp, dp, n_, dk_, g_);
     Ok(())
 }
 

@@ -879,6 +879,7 @@ fn case_of(io: &RuleIo, r: InputRounding) -> (Case, Vec<f64>, Vec<f64>) {
         .collect();
     let case = Case {
         dims: Dims { heads: h, dk, dv },
+        group: 1,
         cu: io.cu_seqlens.clone(),
         q: cast(&io.q, r.q),
         k: cast(&io.k, r.k),

@@ -37,6 +37,8 @@ pub fn tolerance(name: &str) -> f64 {
 /// One random problem, every value exactly representable in the precision the GPU receives.
 pub(super) struct Case {
     pub(super) dims: Dims,
+    /// Value heads per q/k head (GVA); q and k have `dims.heads / group` heads.
+    pub(super) group: usize,
     pub(super) cu: Vec<usize>,
     pub(super) q: Vec<f32>,
     pub(super) k: Vec<f32>,
@@ -77,10 +79,23 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+#[cfg(test)]
 pub(super) fn random_case(
     seed: u64,
     lens: &[usize],
     dims: Dims,
+    with_h0: bool,
+    with_dfinal: bool,
+) -> Case {
+    random_case_grouped(seed, lens, dims, 1, with_h0, with_dfinal)
+}
+
+/// [`random_case`] with `dims.heads / group` q/k heads (GVA); group 1 draws the same case.
+pub(super) fn random_case_grouped(
+    seed: u64,
+    lens: &[usize],
+    dims: Dims,
+    group: usize,
     with_h0: bool,
     with_dfinal: bool,
 ) -> Case {
@@ -91,8 +106,8 @@ pub(super) fn random_case(
     }
     let (t, n) = (*cu.last().unwrap(), lens.len());
     let Dims { heads: h, dk, dv } = dims;
-    let q = unit_rows_bf16(&mut rng, t * h, dk);
-    let k = unit_rows_bf16(&mut rng, t * h, dk);
+    let q = unit_rows_bf16(&mut rng, t * (h / group), dk);
+    let k = unit_rows_bf16(&mut rng, t * (h / group), dk);
     let v = randn_bf16(&mut rng, t * h * dv);
     // g = logsigmoid(x), x ~ N(0,1), as FLA's benchmark draws it; β = sigmoid(x).
     let g = (0..t * h)
@@ -103,12 +118,18 @@ pub(super) fn random_case(
     let d_o = randn_bf16(&mut rng, t * h * dv);
     let d_final = with_dfinal.then(|| randn_f32(&mut rng, n * h * dk * dv));
     let label = format!(
-        "lens={lens:?} H={h} K={dk} V={dv}{}{} seed={seed}",
+        "lens={lens:?} H={h} K={dk} V={dv}{}{}{} seed={seed}",
+        if group > 1 {
+            format!(" GVA group={group}")
+        } else {
+            String::new()
+        },
         if with_h0 { " h0" } else { "" },
         if with_dfinal { " dfinal" } else { "" }
     );
     Case {
         dims,
+        group,
         cu,
         q,
         k,
@@ -208,6 +229,7 @@ impl DevCase {
         ChunkInputs {
             q: self.q.as_view(),
             k: self.k.as_view(),
+            group: c.group,
             v: self.v.as_view(),
             g: self.g.as_view(),
             beta: self.beta.as_view(),
@@ -253,8 +275,13 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
     let Dims { heads: h, dk, dv } = c.dims;
     let (t, n) = (*c.cu.last().unwrap(), c.cu.len() - 1);
     let d = DevCase::new(gpu, c)?;
-    // CPU oracle in f64.
-    let (q, k, v, g, beta) = (up(&c.q), up(&c.k), up(&c.v), up(&c.g), up(&c.beta));
+    // CPU oracle in f64, reading q and k per value head (repeated under GVA): its dq and dk are
+    // per value head, as the GPU's are.
+    let (q, k) = (
+        mixer::repeat_heads(&up(&c.q), dk, c.group).into_owned(),
+        mixer::repeat_heads(&up(&c.k), dk, c.group).into_owned(),
+    );
+    let (v, g, beta) = (up(&c.v), up(&c.g), up(&c.beta));
     let h0 = c.h0.as_ref().map(|x| up(x));
     let inp = Inputs {
         q: &q,
@@ -884,15 +911,16 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut workspaces: HashMap<(usize, usize, usize), DeltaRuleWorkspace> = HashMap::new();
     let d = |heads, dk, dv| Dims { heads, dk, dv };
-    // (lens, dims, h0, d_final, repeat)
-    let mut cases: Vec<(Vec<usize>, Dims, bool, bool, bool)> = vec![
-        (vec![150], d(2, 64, 64), true, true, false),
+    // (lens, dims, h0, d_final, repeat, group)
+    let mut cases: Vec<(Vec<usize>, Dims, bool, bool, bool, usize)> = vec![
+        (vec![150], d(2, 64, 64), true, true, false, 1),
         (
             vec![1, 63, 64, 65, 200, 130],
             d(2, 128, 128),
             true,
             true,
             true,
+            1,
         ),
     ];
     for (dk, dv) in [
@@ -904,10 +932,16 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
         (256, 512),
     ] {
         let full = dv == 2 * dk;
-        cases.push((vec![100, 37], d(1, dk, dv), full, full, false));
+        cases.push((vec![100, 37], d(1, dk, dv), full, full, false, 1));
     }
-    for (i, (lens, dims, h0, dfin, repeat)) in cases.into_iter().enumerate() {
-        let c = random_case(seed.wrapping_add(i as u64), &lens, dims, h0, dfin);
+    // GVA: value head h reads q/k head h / group.
+    cases.extend([
+        (vec![130, 70], d(4, 128, 128), true, true, false, 2),
+        (vec![90, 65], d(6, 64, 128), false, true, false, 3),
+        (vec![100, 37], d(2, 256, 512), true, false, false, 2),
+    ]);
+    for (i, (lens, dims, h0, dfin, repeat, group)) in cases.into_iter().enumerate() {
+        let c = random_case_grouped(seed.wrapping_add(i as u64), &lens, dims, group, h0, dfin);
         let key = (dims.heads, dims.dk, dims.dv);
         let r = (|| -> Result<Vec<Row>> {
             let ws =

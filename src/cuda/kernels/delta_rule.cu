@@ -517,6 +517,20 @@ __device__ __forceinline__ void p_frags(QA qa, const bf16* ks, const float* G, i
 // array, behind V slice 0. Session 13 moved the T solve and the M formation onto the tensor
 // cores: 0.203 → 0.158 ms at B4·T4096·H16 (docs/perf.md, "Session 13").
 
+// q and k under GVA (FLA's num_v_heads): the H heads of every other tensor are value heads, and
+// q and k have H / VG heads, value head h reading head h / VG (VG = 1 without GVA). QkHead is
+// where that head's rows are, in elements, formed once per CTA: two 32-bit registers, and the
+// state passes' chunk steps do no division (with the divisions in the steps, the B1·T16384
+// forward was 3 % slower; with a pointer and a 64-bit stride per tensor, K = 256 passes spilled).
+struct QkHead {
+  int off, ld;  // head h / VG's offset within a token's row, and the token stride (H / VG)·K
+  __device__ __forceinline__ long at(long t) const { return t * ld + off; }
+};
+template <int K>
+__device__ __forceinline__ QkHead qk_head(int h, int H, int VG) {
+  return {h / VG * K, H / VG * K};
+}
+
 // Kernels 1 and 1b: G (the in-chunk cumsum of g, also written to gc), γ = e^G and β of one chunk
 // into shared memory, rows >= len zero. Warp 0 scans g (lane l holds rows 2l, 2l+1), warps 1–2
 // load β; the caller's barrier publishes them.
@@ -944,8 +958,8 @@ struct PrepSm {
 template <int K>
 __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                           const float* __restrict__ g, const float* __restrict__ beta,
-                          const bf16* __restrict__ q, const int* __restrict__ ctab, int H, int V,
-                          float scale, float* __restrict__ gc, float* __restrict__ rec,
+                          const bf16* __restrict__ q, const int* __restrict__ ctab, int H, int VG,
+                          int V, float scale, float* __restrict__ gc, float* __restrict__ rec,
                           bf16* __restrict__ w, bf16* __restrict__ u, float* __restrict__ tmat,
                           bf16* __restrict__ pm, float* __restrict__ pflag) {
   extern __shared__ __align__(128) char smem[];
@@ -956,14 +970,15 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   static_assert(CH * LD64 * 2 + 10 * TWSZ * 2 <= CH * LF64 * 4, "tw must fit behind V slice 0");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
   const int cg = blockIdx.x, h = blockIdx.y;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
   // Whether this call formed P, for the reverse pass that reads it with the saved T.
   if (pflag && cg == 0 && h == 0 && tid == 0) *pflag = K <= 128 && pm ? 1.f : 0.f;
 
-  load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<K, 256>(S.ks, K + 8, k + qh.at(start), qh.ld, len);
   if (K <= 128 && pm)
-    load_rows_async<K, 256>(S.qs, K + 8, q + ((long)start * H + h) * K, (long)H * K, len);
+    load_rows_async<K, 256>(S.qs, K + 8, q + qh.at(start), qh.ld, len);
   cp_commit();
   chunk_gates(g, beta, start, len, h, H, S.G, S.gam, S.bs, gc);
   cp_wait<0>();
@@ -1138,9 +1153,9 @@ struct WuSm {
 template <int K>
 __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ g, const float* __restrict__ beta,
-                        const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int V,
-                        float* __restrict__ gc, float* __restrict__ rec, bf16* __restrict__ w,
-                        bf16* __restrict__ u) {
+                        const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int VG,
+                        int V, float* __restrict__ gc, float* __restrict__ rec,
+                        bf16* __restrict__ w, bf16* __restrict__ u) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   WuSm<K> S;
@@ -1148,11 +1163,12 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
   static_assert(K + 8 >= LD64, "V slice 1 must fit in K's buffer");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
   const int cg = blockIdx.x, h = blockIdx.y;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
   const bf16* vsrc = v + ((long)start * H + h) * V;
 
-  load_rows_async<K, 256>(S.ks, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<K, 256>(S.ks, K + 8, k + qh.at(start), qh.ld, len);
   cp_commit();
   load_rows_async<64, 256>(S.vb, LD64, vsrc, (long)H * V, len);
   cp_commit();
@@ -1439,8 +1455,10 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
 template <int K, class L>
 __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ pm,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
-                          int h, int H, int V, int v0, float scale, bf16* __restrict__ o) {
+                          int h, int H, int VG, int V, int v0, float scale,
+                          bf16* __restrict__ o) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
   const int lane = t & 31, g = lane >> 2;
   const int rb = ow, r0 = 16 * rb, i0 = r0 + g;
@@ -1449,7 +1467,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   float* G = S.G + gi * CH;
   auto issue = [&](int c) {
     const int s0 = sq.start(c), l = sq.len(c);
-    load_rows_async<K, NTH>(qs, WLD, q + ((long)s0 * H + h) * K, (long)H * K, l, tg);
+    load_rows_async<K, NTH>(qs, WLD, q + qh.at(s0), qh.ld, l, tg);
     // Every row of P (kernel 1 wrote zeros at rows >= len).
     load_rows_async<CH, NTH>(ps, LD64, pm + ((long)c * H + h) * (CH * CH), CH, CH, tg);
     if (tg < CH) {
@@ -1496,7 +1514,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                const bf16* __restrict__ pm, const float* __restrict__ gc, const float* __restrict__ rec,
                                const int* __restrict__ ctab,
                                const int* __restrict__ seq_chunk, const float* __restrict__ h0,
-                               int H, int V, float scale, bf16* __restrict__ hout,
+                               int H, int VG, int V, float scale, bf16* __restrict__ hout,
                                bf16* __restrict__ vnew, bf16* __restrict__ o,
                                float* __restrict__ ht, float* __restrict__ at,
                                unsigned* __restrict__ done) {
@@ -1511,6 +1529,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   L S;
   S.carve(cv);
   const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * L::BVC;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   // Column group and K slice of the warp (KS = 1: the warp's column group only).
   const int cw = KS == 1 ? warp : warp % NWC, kp = KS == 1 ? 0 : warp / NWC;
@@ -1533,7 +1552,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     constexpr int OUT_REGS = 136, STATE_REGS = 232;
     if (warp >= NWC) {
       regs_dec<OUT_REGS>();
-      ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0, scale, o);
+      ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, VG, V, v0, scale, o);
       return;
     }
     regs_inc<STATE_REGS>();
@@ -1591,7 +1610,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     using KC = IntC<K>;
     using VC = IntC<L::BVC>;
     rows(KC{}, S.w + b * L::W_SZ, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
-    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    rows(KC{}, S.k + b * L::W_SZ, L::WLD, k + qh.at(s0), qh.ld, l);
     // A transition's U is zero: no row is read (the address is never dereferenced).
     rows(VC{}, S.u + b * L::U_SZ, L::ULD, u + ((long)s0 * H + h) * V + v0, (long)H * V,
          SEG && trans ? 0 : l);
@@ -1603,7 +1622,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
         cp4(S.G + b * CH + i, ok ? (const void*)(gc + (long)(s0 + i) * H + h) : (const void*)gc,
             ok);
       }
-    if (FUSED) rows(KC{}, S.q, L::WLD, qg + ((long)s0 * H + h) * K, (long)H * K, l);
+    if (FUSED) rows(KC{}, S.q, L::WLD, qg + qh.at(s0), qh.ld, l);
     cp_commit();
   };
 
@@ -2016,12 +2035,13 @@ template <int K>
 __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                            const float* __restrict__ gc, const bf16* __restrict__ hstates,
                            const bf16* __restrict__ vnew, const int* __restrict__ ctab, int H,
-                           int V, float scale, bf16* __restrict__ o, int cg, int h) {
+                           int VG, int V, float scale, bf16* __restrict__ o, int cg, int h) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef FwdOSm<K> L;
   L S;
   S.carve(cv);
+  const QkHead qh = qk_head<K>(h, H, VG);
   constexpr int BV = L::BV, SLD = L::SLD, QLD = L::QLD, NB = L::NB, NBUF = L::NBUF;
   constexpr int NTH = L::NW * 32;
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
@@ -2050,8 +2070,8 @@ __device__ void fwd_o_impl(const bf16* __restrict__ q, const bf16* __restrict__ 
     }
     cp_commit();
   };
-  load_rows_async<K, NTH>(qs, QLD, q + ((long)start * H + h) * K, (long)H * K, len);
-  load_rows_async<K, NTH>(kls, QLD, k + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<K, NTH>(qs, QLD, q + qh.at(start), qh.ld, len);
+  load_rows_async<K, NTH>(kls, QLD, k + qh.at(start), qh.ld, len);
   cp_commit();
 #pragma unroll
   for (int it = 0; it < NB; ++it) issue(it);
@@ -2116,20 +2136,21 @@ struct DvlocSm {
 template <int K>
 __device__ void dvloc_impl(const bf16* __restrict__ q, const bf16* __restrict__ k,
                            const float* __restrict__ gc, const bf16* __restrict__ d_o,
-                           const int* __restrict__ ctab, int H, int V, float scale,
+                           const int* __restrict__ ctab, int H, int VG, int V, float scale,
                            bf16* __restrict__ dvl) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   DvlocSm<K> S;
   S.carve(cv);
   const int cg = blockIdx.x, h = blockIdx.y;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x, warp = tid >> 5, rb = warp & 3, c0 = 32 * (warp >> 2);
   const bf16* do0 = d_o + ((long)start * H + h) * V;
   const long ld = (long)H * V;
   const int ns = V / 64;
-  load_rows_async<K, 256>(S.q, K + 8, q + ((long)start * H + h) * K, (long)H * K, len);
-  load_rows_async<K, 256>(S.k, K + 8, k + ((long)start * H + h) * K, (long)H * K, len);
+  load_rows_async<K, 256>(S.q, K + 8, q + qh.at(start), qh.ld, len);
+  load_rows_async<K, 256>(S.k, K + 8, k + qh.at(start), qh.ld, len);
   load_rows_async<64, 256>(S.x0, LD64, do0, ld, len);
   if (ns > 1) load_rows_async<64, 256>(S.x1, LD64, do0 + 64, ld, len);
   cp_commit();
@@ -2301,9 +2322,10 @@ template <int K, class L>
 __device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
                          const bf16* __restrict__ pmp, const float* __restrict__ pflag,
-                         const SeqChunks& sq, int cs, int ce, int h, int H, int V, int v0,
-                         float scale) {
+                         const SeqChunks& sq, int cs, int ce, int h, int H, int VG, int V,
+                         int v0, float scale) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32, NG = L::GROUPS, PF = 2 / NG;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, rb = tg >> 5;
   const int lane = t & 31, g = lane >> 2, qd = lane & 3;
   // The forward's P where it formed one (pflag, when given, says so), else Pᵀ from Q and K.
@@ -2316,10 +2338,8 @@ __device__ void ws_dvloc(const L& S, const bf16* __restrict__ q, const bf16* __r
         load_rows_async<CH, NTH>(S.qo + b * L::W_SZ, LD64, pm + ((long)c * H + h) * (CH * CH), CH,
                                  CH, tg);
       } else {
-        load_rows_async<K, NTH>(S.qo + b * L::W_SZ, WLD, q + ((long)s0 * H + h) * K,
-                                (long)H * K, l, tg);
-        load_rows_async<K, NTH>(S.ko + b * L::W_SZ, WLD, k + ((long)s0 * H + h) * K,
-                                (long)H * K, l, tg);
+        load_rows_async<K, NTH>(S.qo + b * L::W_SZ, WLD, q + qh.at(s0), qh.ld, l, tg);
+        load_rows_async<K, NTH>(S.ko + b * L::W_SZ, WLD, k + qh.at(s0), qh.ld, l, tg);
       }
       load_rows_async<L::BVC, NTH>(S.oo + b * CH * L::OLD, L::OLD,
                                    d_o + ((long)s0 * H + h) * V + v0, (long)H * V, l, tg);
@@ -2383,7 +2403,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
                                const float* __restrict__ rec, const bf16* __restrict__ d_o,
                                const bf16* __restrict__ dvl, const bf16* __restrict__ hs,
                                const int* __restrict__ ctab, const int* __restrict__ seq_chunk,
-                               const float* __restrict__ dht, int H, int V, float scale,
+                               const float* __restrict__ dht, int H, int VG, int V, float scale,
                                bf16* __restrict__ dh, float* __restrict__ sdp,
                                bf16* __restrict__ dvnew, float* __restrict__ dh0,
                                const bf16* __restrict__ pm, const float* __restrict__ pflag,
@@ -2400,6 +2420,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   constexpr int NTH = NWC * KS * 32;
   constexpr int NTW = 8 / KS;     // dṼ column tiles a warp stores
   const int n = blockIdx.x, h = blockIdx.y, v0 = blockIdx.z * L::BVC;
+  const QkHead qh = qk_head<K>(h, H, VG);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
   const int cw = warp % NWC, kp = warp / NWC, k0 = kp * KW;
   const int vl = 16 * cw, vw = v0 + vl;  // the warp's first value column (CTA tile, global)
@@ -2413,7 +2434,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   constexpr bool PUBLISH = !WS && !SEG;
   if constexpr (WS) {
     if (warp >= NWC) {
-      ws_dvloc<K>(S, q, k, gc, d_o, pm, pflag, SeqChunks(ctab, cs, ce), cs, ce, h, H, V, v0,
+      ws_dvloc<K>(S, q, k, gc, d_o, pm, pflag, SeqChunks(ctab, cs, ce), cs, ce, h, H, VG, V, v0,
                   scale);
       return;
     }
@@ -2438,7 +2459,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   // k, dṼ_loc and h_c of chunk ci (first token s0, length l).
   constexpr bool VL1 = STATE_VIA_L1<K>;
   auto issue_kd = [&](int ci, int s0, int l) {
-    load_rows_async<K, NTH, bf16, VL1>(S.k, L::WLD, k + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<K, NTH, bf16, VL1>(S.k, L::WLD, k + qh.at(s0), qh.ld, l);
     if constexpr (!WS)
       load_rows_async<L::BVC, NTH, bf16, VL1>(S.dvl, L::DLD, dvl + ((long)s0 * H + h) * V + v0,
                                               (long)H * V, SEG && trans ? 0 : l);
@@ -2454,7 +2475,7 @@ __device__ void state_bwd_impl(const bf16* __restrict__ q, const bf16* __restric
   // q, w, dO of a chunk and, when gci >= 0, the decay record of chunk gci (the one before it)
   // into record buffer gb.
   auto issue_qwo = [&](int s0, int l, int gci, int gb) {
-    load_rows_async<K, NTH, bf16, VL1>(S.q, L::WLD, q + ((long)s0 * H + h) * K, (long)H * K, l);
+    load_rows_async<K, NTH, bf16, VL1>(S.q, L::WLD, q + qh.at(s0), qh.ld, l);
     load_rows_async<K, NTH, bf16, VL1>(S.w, L::WLD, w + ((long)s0 * H + h) * K, (long)H * K, l);
     load_rows_async<L::BVC, NTH, bf16, VL1>(S.dos, L::OLD, d_o + ((long)s0 * H + h) * V + v0,
                                             (long)H * V, SEG && trans ? 0 : l);
@@ -2783,7 +2804,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
                          const float* __restrict__ gc, const bf16* __restrict__ d_o,
                          const bf16* __restrict__ vnew, const bf16* __restrict__ hst,
                          const bf16* __restrict__ dh, const float* __restrict__ sdp, int npart,
-                         const int* __restrict__ ctab, int H, int V, float scale,
+                         const int* __restrict__ ctab, int H, int VG, int V, float scale,
                          bf16* __restrict__ dq, bf16* __restrict__ dk, float* __restrict__ dg,
                          int cg, int h) {
   extern __shared__ __align__(128) char smem[];
@@ -2791,6 +2812,7 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
   typedef DqkSm<K> L;
   L S;
   S.carve(cv);
+  const QkHead qh = qk_head<K>(h, H, VG);
   constexpr int SW = L::SW, SLD = L::SLD, QLD = L::QLD, KW = L::KW, PW = L::PW, NBUF = L::NBUF;
   constexpr int NTH = L::NW * 32;
   constexpr int NKT = KW / 8;  // accumulator tiles of a warp's dQ1 (and dKi) rows
@@ -2824,8 +2846,8 @@ __device__ __noinline__ void dqk_impl(const bf16* __restrict__ q, const bf16* __
                                                dh + hoff + v0, V, K);
     } else if (it == nsl) {
       bf16* qb = reinterpret_cast<bf16*>(S.buf + (nsl % NBUF) * L::BUF);
-      load_rows_async<K, NTH>(qb, QLD, q + ((long)start * H + h) * K, (long)H * K, len);
-      load_rows_async<K, NTH>(S.k, QLD, k + ((long)start * H + h) * K, (long)H * K, len);
+      load_rows_async<K, NTH>(qb, QLD, q + qh.at(start), qh.ld, len);
+      load_rows_async<K, NTH>(S.k, QLD, k + qh.at(start), qh.ld, len);
     }
     cp_commit();
   };
@@ -3859,65 +3881,67 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   }
 }
 
-#define DR_CHUNK_KERNELS(K)                                                                         \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
+#define DR_CHUNK_KERNELS(K)                                                                        \
+  extern "C" __global__ void __launch_bounds__(256)                                                \
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
-                   const bf16* q, const int* ctab, int H, int V, float scale, float* gc,           \
+                   const bf16* q, const int* ctab, int H, int VG, int V, float scale, float* gc,   \
                    float* rec, bf16* w, bf16* u, float* tmat, bf16* pm, float* pflag) {            \
-    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, V, scale, gc, rec, w, u, tmat, pm, pflag);         \
+    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, VG, V, scale, gc, rec, w, u, tmat, pm, pflag);     \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                          \
+  extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                             \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
-                 const float* tmat, const int* ctab, int H, int V, float* gc, float* rec, bf16* w, \
-                 bf16* u) {                                                                        \
-    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, V, gc, rec, w, u);                                \
+                 const float* tmat, const int* ctab, int H, int VG, int V, float* gc, float* rec,  \
+                 bf16* w, bf16* u) {                                                               \
+    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u);                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
-                    const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o) {       \
-    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o, blockIdx.x, blockIdx.y);           \
+                    const bf16* vnew, const int* ctab, int H, int VG, int V, float scale,          \
+                    bf16* o) {                                                                     \
+    dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, VG, V, scale, o, blockIdx.x, blockIdx.y);       \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_follow_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,          \
-                           const bf16* vnew, const int* ctab, int H, int V, float scale, bf16* o,  \
-                           const int* order, int items, unsigned* ticket, const unsigned* done,    \
-                           unsigned need) {                                                        \
+                           const bf16* vnew, const int* ctab, int H, int VG, int V, float scale,   \
+                           bf16* o, const int* order, int items, unsigned* ticket,                 \
+                           const unsigned* done, unsigned need) {                                  \
     dr::follow(order, items, H, ticket, done, need, [&](int cg, int h) {                           \
-      dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, V, scale, o, cg, h);                          \
+      dr::fwd_o_impl<K>(q, k, gc, hs, vnew, ctab, H, VG, V, scale, o, cg, h);                      \
     });                                                                                            \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
+  extern "C" __global__ void __launch_bounds__(256)                                                \
       dr_dvloc_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* d_o,                \
-                    const int* ctab, int H, int V, float scale, bf16* dvl) {                       \
-    dr::dvloc_impl<K>(q, k, gc, d_o, ctab, H, V, scale, dvl);                                      \
+                    const int* ctab, int H, int VG, int V, float scale, bf16* dvl) {               \
+    dr::dvloc_impl<K>(q, k, gc, d_o, ctab, H, VG, V, scale, dvl);                                  \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
+  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)          \
       dr_dqkwy_k##K(const bf16* q, const bf16* k, const bf16* v, const float* beta,                \
                     const float* gc, const float* tmat, const bf16* d_o, const bf16* vnew,         \
                     const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,           \
-                    int npart, const int* ctab, int H, int V, float scale, bf16* dq, bf16* dk,     \
-                    bf16* dv, float* dg, float* dbeta) {                                           \
-    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg,        \
+                    int npart, const int* ctab, int H, int VG, int V, float scale, bf16* dq,       \
+                    bf16* dk, bf16* dv, float* dg, float* dbeta) {                                 \
+    dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, VG, V, scale, dq, dk, dg,    \
                     blockIdx.x, blockIdx.y);                                                       \
     dr::dqk_then_wy();                                                                             \
     dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta, blockIdx.x,        \
                    blockIdx.y);                                                                    \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)       \
+  extern "C" __global__ void __launch_bounds__(dr::DqkSm<K>::NW * 32, dr::DqkSm<K>::MINB)          \
       dr_dqkwy_follow_k##K(const bf16* q, const bf16* k, const bf16* v, const float* beta,         \
                            const float* gc, const float* tmat, const bf16* d_o, const bf16* vnew,  \
                            const bf16* dvnew, const bf16* hs, const bf16* dh, const float* sdp,    \
-                           int npart, const int* ctab, int H, int V, float scale, bf16* dq,        \
-                           bf16* dk, bf16* dv, float* dg, float* dbeta, const int* order,          \
-                           int items, unsigned* ticket, const unsigned* done, unsigned need) {     \
+                           int npart, const int* ctab, int H, int VG, int V, float scale,          \
+                           bf16* dq, bf16* dk, bf16* dv, float* dg, float* dbeta,                  \
+                           const int* order, int items, unsigned* ticket, const unsigned* done,    \
+                           unsigned need) {                                                        \
     dr::follow(order, items, H, ticket, done, need, [&](int cg, int h) {                           \
-      dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, V, scale, dq, dk, dg, cg,  \
-                      h);                                                                          \
+      dr::dqk_impl<K>(q, k, gc, d_o, vnew, hs, dh, sdp, npart, ctab, H, VG, V, scale, dq, dk, dg,  \
+                      cg, h);                                                                      \
       dr::dqk_then_wy();                                                                           \
       dr::wy_impl<K>(v, beta, gc, tmat, dvnew, hs, ctab, H, V, dk, dv, dg, dbeta, cg, h);          \
     });                                                                                            \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256)                                               \
+  extern "C" __global__ void __launch_bounds__(256)                                                \
       dr_seg_combine_k##K(const float* A, const float* B, const int* seq_seg, const float* h0,     \
                           int H, int V, int reverse, float* X, float* ht) {                        \
     dr::seg_combine_impl<K>(A, B, seq_seg, h0, H, V, reverse, X, ht);                              \
@@ -3927,84 +3951,86 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 // only its own pointers (the others are null).
 // K splits state one CTA per SM as the minimum (without it ptxas held k64 nw2 ks4 fused to 128
 // registers and spilled); 0 leaves the unsplit kernels' bound unstated, as before.
-#define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                            \
-  extern "C" __global__ void __launch_bounds__(NWC * KS * 32, KS > 1 ? 1 : 0)                     \
+#define DR_STATE_FWD_KERNEL(K, NWC, KS, SFX, NAME, MODE)                                           \
+  extern "C" __global__ void __launch_bounds__(NWC * KS * 32, KS > 1 ? 1 : 0)                      \
       dr_##NAME##_k##K##_nw##NWC##SFX(const bf16* w, const bf16* u, const bf16* k, const bf16* q,  \
                                       const bf16* pm, const float* gc, const float* rec,           \
                                       const int* ctab, const int* seq_chunk, const float* h0,      \
-                                      int H, int V, float scale, bf16* hout, bf16* vnew, bf16* o,  \
-                                      float* ht, float* at, unsigned* done) {                      \
-    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,       \
+                                      int H, int VG, int V, float scale, bf16* hout, bf16* vnew,   \
+                                      bf16* o, float* ht, float* at, unsigned* done) {             \
+    dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, VG, V,   \
                                          scale, hout, vnew, o, ht, at, done);                      \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
-#define DR_STATE_FWD_PASS(K, NAME, MODE)                                                            \
-  DR_STATE_FWD_KERNEL(K, 1, 1, , NAME, MODE)                                                        \
-  DR_STATE_FWD_KERNEL(K, 2, 1, , NAME, MODE)                                                        \
-  DR_STATE_FWD_KERNEL(K, 4, 1, , NAME, MODE)                                                        \
-  DR_STATE_FWD_KERNEL(K, 8, 1, , NAME, MODE)                                                        \
-  DR_STATE_FWD_KERNEL(K, 1, 2, _ks2, NAME, MODE)                                                    \
-  DR_STATE_FWD_KERNEL(K, 1, 4, _ks4, NAME, MODE)                                                    \
-  DR_STATE_FWD_KERNEL(K, 2, 2, _ks2, NAME, MODE)                                                    \
+#define DR_STATE_FWD_PASS(K, NAME, MODE)                                                           \
+  DR_STATE_FWD_KERNEL(K, 1, 1, , NAME, MODE)                                                       \
+  DR_STATE_FWD_KERNEL(K, 2, 1, , NAME, MODE)                                                       \
+  DR_STATE_FWD_KERNEL(K, 4, 1, , NAME, MODE)                                                       \
+  DR_STATE_FWD_KERNEL(K, 8, 1, , NAME, MODE)                                                       \
+  DR_STATE_FWD_KERNEL(K, 1, 2, _ks2, NAME, MODE)                                                   \
+  DR_STATE_FWD_KERNEL(K, 1, 4, _ks4, NAME, MODE)                                                   \
+  DR_STATE_FWD_KERNEL(K, 2, 2, _ks2, NAME, MODE)                                                   \
   DR_STATE_FWD_KERNEL(K, 2, 4, _ks4, NAME, MODE)
-#define DR_STATE_FWD_KERNELS(K)                                                                     \
-  DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                   \
+#define DR_STATE_FWD_KERNELS(K)                                                                    \
+  DR_STATE_FWD_PASS(K, state_fwd, dr::MODE_FUSED)                                                  \
   DR_STATE_FWD_PASS(K, state_split, dr::MODE_SPLIT)
 
 // The sequence-parallel transition pass (SEG): the split pass's layout with 4 column groups.
 #define DR_STATE_SEG_KERNEL(K)                                                                     \
-  extern "C" __global__ void __launch_bounds__(128)                                               \
+  extern "C" __global__ void __launch_bounds__(128)                                                \
       dr_state_seg_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                \
                         const bf16* pm, const float* gc, const float* rec, const int* ctab,        \
-                        const int* seq_chunk, const float* h0, int H, int V, float scale,          \
+                        const int* seq_chunk, const float* h0, int H, int VG, int V, float scale,  \
                         bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done) {   \
     dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(w, u, k, q, pm, gc, rec, ctab, seq_chunk,    \
-                                                      h0, H, V, scale, hout, vnew, o, ht, at,      \
+                                                      h0, H, VG, V, scale, hout, vnew, o, ht, at,  \
                                                       done);                                       \
   }
 
 // The warp-specialised forward (state pass and output in one kernel): 4 state warps, 8 output
 // warps, one CTA per SM (its shared memory allows no second).
 #define DR_STATE_WS_KERNEL(K)                                                                      \
-  extern "C" __global__ void __launch_bounds__(384, 1)                                            \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                             \
       dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
                        const bf16* pm, const float* gc, const float* rec, const int* ctab,         \
-                       const int* seq_chunk, const float* h0, int H, int V, float scale,           \
+                       const int* seq_chunk, const float* h0, int H, int VG, int V, float scale,   \
                        bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done) {    \
-    dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, V,   \
-                                             scale, hout, vnew, o, ht, at, done);                  \
+    dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H,      \
+                                             VG, V, scale, hout, vnew, o, ht, at, done);           \
   }
 
 // The reverse passes, and (NAME state_bwd_ws, 4 state warps and 8 dṼ_loc warps, one CTA per SM)
 // the warp-specialised one; all take the same arguments (dvl unread by the latter, gc by the
 // others).
 #define DR_STATE_BWD_NAMED(K, NWC, KS, NG, NT, MINB, NAME)                                         \
-  extern "C" __global__ void __launch_bounds__(NT, MINB)                                          \
+  extern "C" __global__ void __launch_bounds__(NT, MINB)                                           \
       NAME(const bf16* q, const bf16* k, const bf16* w, const float* gc, const float* rec,         \
            const bf16* d_o, const bf16* dvl, const bf16* hs, const int* ctab,                      \
-           const int* seq_chunk, const float* dht, int H, int V, float scale, bf16* dh,            \
+           const int* seq_chunk, const float* dht, int H, int VG, int V, float scale, bf16* dh,    \
            float* sdp, bf16* dvnew, float* dh0, const bf16* pm, const float* pflag,                \
            unsigned* done) {                                                                       \
-    dr::state_bwd_impl<K, NWC, KS, NG>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H, V, \
-                                       scale, dh, sdp, dvnew, dh0, pm, pflag, nullptr, done);      \
+    dr::state_bwd_impl<K, NWC, KS, NG>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H,    \
+                                       VG, V, scale, dh, sdp, dvnew, dh0, pm, pflag, nullptr,      \
+                                       done);                                                      \
   }
 // The reverse pass's sequence-parallel transition pass (SEG): the plain pass with 4 column
 // groups, the transitions to `at`.
 #define DR_STATE_BWD_SEG_KERNEL(K)                                                                 \
-  extern "C" __global__ void __launch_bounds__(128)                                               \
+  extern "C" __global__ void __launch_bounds__(128)                                                \
       dr_state_bwd_seg_k##K(const bf16* q, const bf16* k, const bf16* w, const float* gc,          \
                             const float* rec, const bf16* d_o, const bf16* dvl, const bf16* hs,    \
-                            const int* ctab, const int* seq_chunk, const float* dht, int H, int V, \
-                            float scale, bf16* dh, float* sdp, bf16* dvnew, float* dh0,            \
-                            const bf16* pm, const float* pflag, float* at) {                       \
+                            const int* ctab, const int* seq_chunk, const float* dht, int H,        \
+                            int VG, int V, float scale, bf16* dh, float* sdp, bf16* dvnew,         \
+                            float* dh0, const bf16* pm, const float* pflag, float* at) {           \
     dr::state_bwd_impl<K, 4, 1, 0, true>(q, k, w, gc, rec, d_o, dvl, hs, ctab, seq_chunk, dht, H,  \
-                                         V, scale, dh, sdp, dvnew, dh0, pm, pflag, at, nullptr);   \
+                                         VG, V, scale, dh, sdp, dvnew, dh0, pm, pflag, at,         \
+                                         nullptr);                                                 \
   }
 #define DR_STATE_BWD_KERNEL(K, NWC, KS, SUFFIX)                                                    \
   DR_STATE_BWD_NAMED(K, NWC, KS, 0, NWC * KS * 32, 0, dr_state_bwd_k##K##_nw##NWC##SUFFIX)
 #define DR_STATE_BWD_WS_KERNEL(K)                                                                  \
-  DR_STATE_BWD_NAMED(K, 4, 1, dr::BWD_WS_GROUPS<K>, 128 * (1 + dr::BWD_WS_GROUPS<K>), 1,            \
+  DR_STATE_BWD_NAMED(K, 4, 1, dr::BWD_WS_GROUPS<K>, 128 * (1 + dr::BWD_WS_GROUPS<K>), 1,           \
                      dr_state_bwd_ws_k##K)
 #define DR_STATE_BWD_KERNELS(K)                                                                    \
   DR_STATE_BWD_KERNEL(K, 1, 1, )                                                                   \
@@ -4020,7 +4046,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 // src/cuda/delta_rule.rs lists the same ones. The minimum-blocks bound caps the registers so that
 // about half the register file holds state: 64 registers a thread for RPT <= 8, 128 for RPT = 16.
 #define DR_DECODE_KERNEL(K, V, BV, NT, MINB)                                                       \
-  extern "C" __global__ void __launch_bounds__(NT, MINB)                                          \
+  extern "C" __global__ void __launch_bounds__(NT, MINB)                                           \
       dr_decode_k##K##_v##V##_bv##BV##_t##NT(const bf16* q, const bf16* k, const bf16* v,          \
                                              const float* a, const float* b, const float* a_log,   \
                                              const float* dt_bias, float* state, bf16* o, int H,   \

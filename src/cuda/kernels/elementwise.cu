@@ -204,23 +204,33 @@ extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, c
     }
 }
 
-// GVA: y [n, H·g·dk] from x [n, H·dk], each head's dk values repeated g times (value head i reads
-// q/k head i / g). i runs over y; i / dk = token · H·g + value head, and / g gives the q/k row.
-extern "C" __global__ void repeat_heads(const bf16* x, bf16* y, i64 n_out, int dk, int g) {
-    GRID_STRIDE(i, n_out) {
-        const i64 vh = i / dk;
-        y[i] = x[(vh / g) * dk + (i - vh * dk)];
-    }
-}
-
-// Its backward: dx [n, H·dk] = the sum over the g copies of dy [n, H·g·dk], in copy order, f32.
+// GVA: dx [n, H·dk] = the sum over the g value heads' copies dy [n, H·g·dk] of each q/k head's
+// gradient (value head i reads q/k head i / g), in copy order, f32. 8 elements per thread when dk
+// is a multiple of 8 and both pointers 16-byte aligned (one element per thread moved 2-byte
+// scalars through a 64-bit division each: 0.17 ms for [16k, 16·128] at g = 2, 15× its bytes).
 extern "C" __global__ void sum_head_groups(const bf16* dy, bf16* dx, i64 n_out, int dk, int g) {
-    GRID_STRIDE(i, n_out) {
-        const i64 qh = i / dk;
-        const i64 at = qh * g * dk + (i - qh * dk);
-        float acc = 0.0f;
-        for (int c = 0; c < g; ++c) acc += ldf(dy, at + (i64)c * dk);
-        dx[i] = tobf(acc);
+    if ((dk & 7) == 0 && aligned_to(dy, 16) && aligned_to(dx, 16)) {
+        const int dk8 = dk >> 3;
+        GRID_STRIDE(v, n_out >> 3) {
+            const i64 qh = v / dk8;
+            const bf16* src = dy + 8 * (qh * g * dk8 + (v - qh * dk8));
+            float acc[8], f[8];
+            ld8(src, acc);
+            for (int c = 1; c < g; ++c) {
+                ld8(src + (i64)c * dk, f);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[e] += f[e];
+            }
+            st8(dx + 8 * v, acc);
+        }
+    } else {
+        GRID_STRIDE(i, n_out) {
+            const i64 qh = i / dk;
+            const i64 at = qh * g * dk + (i - qh * dk);
+            float acc = 0.0f;
+            for (int c = 0; c < g; ++c) acc += ldf(dy, at + (i64)c * dk);
+            dx[i] = tobf(acc);
+        }
     }
 }
 
