@@ -569,13 +569,17 @@ impl ChunkShape {
         }
     }
 
-    /// "H" or, under GVA, "H/HV".
     fn heads(&self) -> String {
-        let hv = self.dims.heads;
-        match self.group {
-            1 => hv.to_string(),
-            g => format!("{}/{hv}", hv / g),
-        }
+        heads_label(self.dims.heads / self.group, self.dims.heads)
+    }
+}
+
+/// The tables' H column: "H", or under GVA "H/HV" (q/k heads / value heads).
+fn heads_label(h: usize, hv: usize) -> String {
+    if h == hv {
+        h.to_string()
+    } else {
+        format!("{h}/{hv}")
     }
 }
 
@@ -683,7 +687,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.2} | {:.0} |",
                 r.b,
                 r.t,
-                r.h,
+                heads_label(r.h, r.hv),
                 r.k,
                 r.v,
                 r.fwdbwd_kept_graph_ms,
@@ -698,7 +702,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!();
             println!(
                 "breakdown B={} T={} H={} K={} V={} (state passes: {}; eager, median of {reps}, each stage alone: nothing beside or following a pass; graph fwd {:.3} ms, fwd+bwd {:.3} ms)",
-                r.b, r.t, r.h, r.k, r.v, r.state_plan,
+                r.b, r.t, heads_label(r.h, r.hv), r.k, r.v, r.state_plan,
                 r.fwd_graph_ms, r.fwdbwd_graph_ms
             );
             println!("| stage | ms | share |");
