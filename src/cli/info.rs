@@ -18,7 +18,7 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> Result<()> {
     let (name, config) = match (&a.preset, &a.config) {
         (Some(p), _) => (p.clone(), ModelConfig::preset(p)?),
-        (None, Some(path)) => (path.display().to_string(), super::read_model_config(path)?),
+        (None, Some(path)) => (path.display().to_string(), ModelConfig::read(path)?),
         (None, None) => anyhow::bail!(
             "give --preset NAME (one of: {}) or --config FILE",
             PRESETS.join(", ")

@@ -11,10 +11,8 @@ pub mod selftest;
 pub mod tokenizer;
 pub mod train;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::ValueEnum;
-use gdn::model::ModelConfig;
-use std::path::Path;
 
 /// `--device`, shared by every command that can run on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -53,16 +51,4 @@ impl DeviceArg {
             },
         })
     }
-}
-
-/// Reads a model `config.json`, given as the file or as the checkpoint folder holding it.
-pub fn read_model_config(path: &Path) -> Result<ModelConfig> {
-    let file = if path.is_dir() {
-        path.join("config.json")
-    } else {
-        path.to_path_buf()
-    };
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("failed to read model config {}", file.display()))?;
-    ModelConfig::from_hf_json(&text, &file.display().to_string())
 }

@@ -212,7 +212,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         c.model = ModelConfig::preset(p)?;
     }
     if let Some(p) = &a.config {
-        c.model = super::read_model_config(p)?;
+        c.model = ModelConfig::read(p)?;
     }
     c.model = c.model.clone().resized(a.hidden_size, a.layers, a.heads)?;
     if a.v_heads.is_some() {

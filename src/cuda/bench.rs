@@ -12,6 +12,7 @@ use super::delta_rule::{
     KeptForward, StageProbe,
 };
 use super::Gpu;
+use crate::model::ModelConfig;
 use crate::ops::delta_rule::{Dims, CHUNK};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
@@ -32,6 +33,9 @@ pub struct BenchArgs {
     /// train: the model preset.
     #[arg(long, default_value = "fla-1.3b")]
     pub preset: String,
+    /// train: a model config.json (FLA's format, or a checkpoint folder) instead of --preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// train: tokens per sequence.
     #[arg(long, default_value_t = 4096)]
     pub seq_len: usize,
@@ -780,8 +784,17 @@ fn run_train(a: &BenchArgs) -> Result<()> {
     use super::model::SaveMode;
     let gpu = Gpu::open(a.device)?;
     println!("device: {} ({})", gpu.name, gpu.arch);
+    let (name, model) = match &a.config {
+        Some(p) => (
+            p.file_stem()
+                .map_or("config".into(), |s| s.to_string_lossy().into_owned()),
+            ModelConfig::read(p)?,
+        ),
+        None => (a.preset.clone(), ModelConfig::preset(&a.preset)?),
+    };
     let b = super::bench_train::TrainBench {
-        preset: a.preset.clone(),
+        name,
+        model,
         seq_len: a.seq_len,
         batch_size: a.batch_size,
         steps: a.steps,

@@ -17,7 +17,9 @@ use std::time::Instant;
 /// What to time.
 #[derive(Clone, Debug)]
 pub struct TrainBench {
-    pub preset: String,
+    /// The model's name in the results (the preset's, or the config file's stem).
+    pub name: String,
+    pub model: ModelConfig,
     pub seq_len: usize,
     pub batch_size: usize,
     pub steps: usize,
@@ -64,7 +66,7 @@ pub struct TrainBenchResult {
 
 pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
     ensure!(b.steps > 0, "bench train: --steps must be > 0");
-    let model = Model::new(ModelConfig::preset(&b.preset)?)?;
+    let model = Model::new(b.model.clone())?;
     let mut rng = Rng::new(0);
     let params: Vec<f32> = model.init_params(&mut rng);
     let opt = AdamW::new(AdamWConfig::default(), &model.layout);
@@ -131,7 +133,7 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
     let tokens_per_s = n as f64 / step_s;
     let num = model.num_params() as f64;
     Ok(TrainBenchResult {
-        name: format!("gdn_{}", b.preset),
+        name: format!("gdn_{}", b.name),
         params_m: num / 1e6,
         batch: b.batch_size,
         seq_len: b.seq_len,

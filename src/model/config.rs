@@ -234,6 +234,19 @@ impl ModelConfig {
         serde_json::to_string_pretty(&j).expect("json")
     }
 
+    /// Reads a model `config.json`, given as the file or as the checkpoint folder holding it
+    /// ([`ModelConfig::from_hf_json`]).
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("failed to read model config {}", file.display()))?;
+        Self::from_hf_json(&text, &file.display().to_string())
+    }
+
     /// Reads a `config.json` written by gdn or by FLA. Fields FLA would default are defaulted
     /// as FLA does (including `intermediate_size` from `hidden_ratio`); options gdn does not
     /// implement are refused by name. `origin` names the file in errors.

@@ -906,6 +906,50 @@ fn decode_refuses_misaligned(gpu: &Gpu) -> Result<Row> {
     ))
 }
 
+/// A GVA group that does not divide the value heads must be refused with an error naming it,
+/// before any launch.
+fn chunk_refuses_bad_group(gpu: &Gpu) -> Result<Row> {
+    let dims = Dims {
+        heads: 4,
+        dk: 64,
+        dv: 64,
+    };
+    let t = 64;
+    let mut ws = DeltaRuleWorkspace::new(gpu, dims, t, 1, Backward::RecomputeT)?;
+    let qk = upload(gpu, &vec![bf16::ZERO; t * 64])?;
+    let v = upload(gpu, &vec![bf16::ZERO; t * 4 * 64])?;
+    let gb = upload(gpu, &vec![0f32; t * 4])?;
+    let mut o = nan_bf16(gpu, t * 4 * 64)?;
+    let r = chunk_forward(
+        gpu,
+        &mut ws,
+        &ChunkInputs {
+            q: qk.as_view(),
+            k: qk.as_view(),
+            group: 3,
+            v: v.as_view(),
+            g: gb.as_view(),
+            beta: gb.as_view(),
+            scale: 1.0,
+            initial_state: None,
+            cu_seqlens: &[0, t],
+        },
+        &mut o.as_view_mut(),
+        None,
+        None,
+    );
+    gpu.sync()?;
+    let refused = r
+        .as_ref()
+        .is_err_and(|e| format!("{e:#}").contains("group 3"));
+    Ok(row(
+        "delta_rule.chunk_fwd GVA group not dividing the heads refused",
+        "T=64 H=4 K=64 V=64 group=3",
+        if refused { 0.0 } else { f64::INFINITY },
+        0.0,
+    ))
+}
+
 /// Runs every check with inputs drawn from `seed`.
 pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
@@ -964,6 +1008,7 @@ pub fn selftest_seeded(gpu: &Gpu, seed: u64) -> Result<Vec<Row>> {
             )),
         }
     }
+    rows.push(chunk_refuses_bad_group(gpu)?);
     rows.extend(selftest_decode_seeded(gpu, seed)?);
     Ok(rows)
 }
