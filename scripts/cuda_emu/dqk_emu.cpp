@@ -35,7 +35,7 @@ static bool run_case(const Case& c, unsigned seed) {
 
   run_grid<dr::DqkSm<K>>(dr::DqkSm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
     dr::dqk_impl<K>(q.data(), k.data(), gc.data(), dO.data(), vn.data(), hs.data(), dh.data(),
-                    sdp.data(), npart, ctab.data(), H, V, scale, dq.data(), dk.data(), dg.data(),
+                    sdp.data(), npart, ctab.data(), H, 1, V, scale, dq.data(), dk.data(), dg.data(),
                     (int)blockIdx.x, (int)blockIdx.y);
   });
 

@@ -36,7 +36,7 @@ static bool run_case(const Case& c, unsigned seed) {
   std::vector<bf16> o((size_t)TP * H * V, bnan);
 
   run_grid<dr::FwdOSm<K>>(dr::FwdOSm<K>::NW, {(unsigned)NC, (unsigned)H, 1}, true, [&] {
-    dr::fwd_o_impl<K>(q.data(), k.data(), gc.data(), hs.data(), vn.data(), ctab.data(), H, V,
+    dr::fwd_o_impl<K>(q.data(), k.data(), gc.data(), hs.data(), vn.data(), ctab.data(), H, 1, V,
                       scale, o.data(), (int)blockIdx.x, (int)blockIdx.y);
   });
 

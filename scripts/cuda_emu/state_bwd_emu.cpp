@@ -138,7 +138,7 @@ static Out run(const Inputs<K>& in) {
         dr::state_bwd_impl<K, NWC, KS, NG>(
             in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.rec.data(), in.d_o.data(),
             WS ? nullptr : in.dvl.data(), in.hs.data(), in.ctab.data(), in.seq_chunk.data(),
-            in.dht.empty() ? nullptr : in.dht.data(), H, V, scale, o.dh.data(), sdp.data(),
+            in.dht.empty() ? nullptr : in.dht.data(), H, 1, V, scale, o.dh.data(), sdp.data(),
             o.dv.data(), o.dh0.data(), nullptr, nullptr, nullptr, nullptr);
       });
   o.sd.assign((size_t)in.NC * H, 0.0);
@@ -202,7 +202,7 @@ static std::vector<bf16> dvloc(const Inputs<K>& in) {
   const float scale = 1.f / sqrtf((float)K);
   run_grid<dr::DvlocSm<K>>(8, {(unsigned)in.NC, (unsigned)in.H, 1}, true, [&] {
     dr::dvloc_impl<K>(in.q.data(), in.k.data(), in.gc.data(), in.d_o.data(), in.ctab.data(), in.H,
-                      in.V, scale, d.data());
+                      1, in.V, scale, d.data());
   });
   return d;
 }
@@ -289,7 +289,7 @@ static bool check_seg(const BwdCase& c, unsigned seed) {
   run_grid<Lay>(4, {S, (unsigned)H, (unsigned)((V + K) / 64)}, false, [&] {
     dr::state_bwd_impl<K, 4, 1, 0, true>(
         in.q.data(), in.k.data(), in.w.data(), in.gc.data(), in.rec.data(), in.d_o.data(),
-        in.dvl.data(), nullptr, in.ctab.data(), seg_chunk.data(), nullptr, H, V, scale, nullptr,
+        in.dvl.data(), nullptr, in.ctab.data(), seg_chunk.data(), nullptr, H, 1, V, scale, nullptr,
         nullptr, nullptr, B.data(), nullptr, nullptr, A.data(), nullptr);
   });
   Out o;
@@ -306,7 +306,7 @@ static bool check_seg(const BwdCase& c, unsigned seed) {
   run_grid<Lay>(4, {S, (unsigned)H, (unsigned)(V / 64)}, false, [&] {
     dr::state_bwd_impl<K, 4, 1, 0>(in.q.data(), in.k.data(), in.w.data(), in.gc.data(),
                                    in.rec.data(), in.d_o.data(), in.dvl.data(), in.hs.data(),
-                                   in.ctab.data(), seg_chunk.data(), X.data(), H, V, scale,
+                                   in.ctab.data(), seg_chunk.data(), X.data(), H, 1, V, scale,
                                    o.dh.data(), sdp.data(), o.dv.data(), scratch.data(), nullptr,
                                    nullptr, nullptr, nullptr);
   });

@@ -84,7 +84,7 @@ static Out run_kernel(const Problem& p) {
     dr::state_fwd_impl<K, NWC, MODE, KS>(
         p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr,
         MODE == dr::MODE_WS ? p.pm.data() : nullptr, p.gc.data(),
-        p.rec.data(), p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H,
+        p.rec.data(), p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, 1,
         V, p.scale, fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(),
         fused ? o.data() : nullptr, r.ht.data(), nullptr, nullptr);
   });
@@ -279,7 +279,7 @@ static void check_seg(unsigned seed) {
     run_grid<Lay>(4, {S, (unsigned)H, (unsigned)((V + K) / 64)}, false, [&] {
       dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
-          p.ctab.data(), seg_chunk.data(), nullptr, H, V, p.scale, nullptr, nullptr, nullptr,
+          p.ctab.data(), seg_chunk.data(), nullptr, H, 1, V, p.scale, nullptr, nullptr, nullptr,
           B.data(), A.data(), nullptr);
     });
     Out r;
@@ -293,7 +293,7 @@ static void check_seg(unsigned seed) {
     run_grid<Lay>(4, {S, (unsigned)H, (unsigned)(V / 64)}, false, [&] {
       dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
-          p.ctab.data(), seg_chunk.data(), X.data(), H, V, p.scale, hout.data(), vnew.data(),
+          p.ctab.data(), seg_chunk.data(), X.data(), H, 1, V, p.scale, hout.data(), vnew.data(),
           nullptr, nullptr, nullptr, nullptr);
     });
     auto tof = [](const std::vector<bf16>& v) {

@@ -53,7 +53,7 @@ static bool run_case(const Case& c, unsigned seed) {
   float flag1 = nanv, flag0 = nanv;
   const dim3e grid{(unsigned)NC, (unsigned)H, 1};
   run_grid<dr::PrepSm<K>>(8, grid, true, [&] {
-    dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), q.data(), ctab.data(), H, V,
+    dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), q.data(), ctab.data(), H, 1, V,
                      scale, gc1.data(), rec1.data(), w1.data(), u1.data(), tmat.data(),
                      with_p ? pm.data() : nullptr, &flag1);
   });
@@ -63,12 +63,12 @@ static bool run_case(const Case& c, unsigned seed) {
   std::vector<float> tmat0(tmat.size(), nanv), gc0(gc1.size(), nanv), rec0(rec1.size(), nanv);
   std::vector<bf16> w0(w1.size(), nanb), u0(u1.size(), nanb);
   run_grid<dr::PrepSm<K, false>>(8, grid, true, [&] {
-    dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), nullptr, ctab.data(), H, V, scale,
-                     gc0.data(), rec0.data(), w0.data(), u0.data(), tmat0.data(), nullptr,
+    dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), nullptr, ctab.data(), H, 1, V,
+                     scale, gc0.data(), rec0.data(), w0.data(), u0.data(), tmat0.data(), nullptr,
                      &flag0);
   });
   run_grid<dr::WuSm<K>>(8, grid, true, [&] {
-    dr::wu_impl<K>(k.data(), v.data(), g.data(), beta.data(), tmat.data(), ctab.data(), H, V,
+    dr::wu_impl<K>(k.data(), v.data(), g.data(), beta.data(), tmat.data(), ctab.data(), H, 1, V,
                    gc2.data(), rec2.data(), w2.data(), u2.data());
   });
   const size_t smem_wu = g_smem_size;
