@@ -894,13 +894,23 @@ fn decode_refuses_misaligned(gpu: &Gpu) -> Result<Row> {
         &mut st.slice_mut(1..len + 1),
         &mut o.as_view_mut(),
     );
-    gpu.sync()?;
-    let refused = r
-        .as_ref()
-        .is_err_and(|e| format!("{e:#}").contains("aligned"));
-    Ok(row(
+    refusal_row(
+        gpu,
+        r,
+        "aligned",
         "delta_rule.decode misaligned state refused",
         "N=1 H=1 K=64 V=64, state at +4 bytes",
+    )
+}
+
+/// A pass row when `r` is an error whose message contains `needle` (after the stream has
+/// synchronised: nothing launched may fault later), a failing one otherwise.
+fn refusal_row(gpu: &Gpu, r: Result<()>, needle: &str, op: &str, shape: &str) -> Result<Row> {
+    gpu.sync()?;
+    let refused = r.is_err_and(|e| format!("{e:#}").contains(needle));
+    Ok(row(
+        op,
+        shape,
         if refused { 0.0 } else { f64::INFINITY },
         0.0,
     ))
@@ -938,16 +948,13 @@ fn chunk_refuses_bad_group(gpu: &Gpu) -> Result<Row> {
         None,
         None,
     );
-    gpu.sync()?;
-    let refused = r
-        .as_ref()
-        .is_err_and(|e| format!("{e:#}").contains("group 3"));
-    Ok(row(
+    refusal_row(
+        gpu,
+        r,
+        "group 3",
         "delta_rule.chunk_fwd GVA group not dividing the heads refused",
         "T=64 H=4 K=64 V=64 group=3",
-        if refused { 0.0 } else { f64::INFINITY },
-        0.0,
-    ))
+    )
 }
 
 /// Runs every check with inputs drawn from `seed`.
