@@ -395,17 +395,21 @@ fn bench_chunk(gpu: &Gpu, reps: usize, shape: ChunkShape, breakdown: bool) -> Re
         let save = if keep_t { Some(&mut stv) } else { None };
         chunk_forward(gpu, ws, &inp, &mut o.as_view_mut(), None, save)
     };
-    // Under GVA dq and dk come per value head; the timed backward sums each group into the q/k
-    // heads' (as the model does, and as FLA's backward returns them).
-    let mut dqk_sum = gpu.stream.alloc_zeros::<bf16>(nt * hq * k * 2)?;
-    let mut sum_groups = |grads: &GradBuffers| -> Result<()> {
+    // Under GVA dq and dk come per value head; the timed backwards sum each group into the q/k
+    // heads' (as the model does, and as FLA's backward returns them), into `out` (dq‖dk).
+    let sum_groups = |grads: &GradBuffers, out: &mut CudaSlice<bf16>| -> Result<()> {
         if group == 1 {
             return Ok(());
         }
-        let (mut sq, mut sk) = dqk_sum.split_at_mut(nt * hq * k);
+        let (mut sq, mut sk) = out.split_at_mut(nt * hq * k);
         super::ops::sum_head_groups(gpu, &grads.dq.slice(..nt * h * k), &mut sq, k, group)?;
         super::ops::sum_head_groups(gpu, &grads.dk.slice(..nt * h * k), &mut sk, k, group)
     };
+    let sum_len = if group == 1 { 1 } else { nt * hq * k * 2 };
+    let (mut dqk_sum, mut dqk_sum_kept) = (
+        gpu.stream.alloc_zeros::<bf16>(sum_len)?,
+        gpu.stream.alloc_zeros::<bf16>(sum_len)?,
+    );
     let mut bwd_call =
         |ws: &mut DeltaRuleWorkspace, grads: &mut GradBuffers, st: &CudaSlice<f32>| -> Result<()> {
             {
@@ -414,7 +418,7 @@ fn bench_chunk(gpu: &Gpu, reps: usize, shape: ChunkShape, breakdown: bool) -> Re
                 let saved = keep_t.then_some(&stv);
                 chunk_backward(gpu, ws, &inp, &dov, None, saved, &mut gv)?;
             }
-            sum_groups(grads)
+            sum_groups(grads, &mut dqk_sum)
         };
     let mut fwd = || -> Result<()> { fwd_call(&mut ws, &mut o, &mut saved_t) };
     let fwd_ms = or_nan("fwd eager", time_eager(gpu, reps, &mut fwd));
@@ -430,8 +434,11 @@ fn bench_chunk(gpu: &Gpu, reps: usize, shape: ChunkShape, breakdown: bool) -> Re
     let kept_bytes = kept.bytes();
     let mut fbk = || -> Result<()> {
         chunk_forward_keep(gpu, &mut ws, &inp, &mut o.as_view_mut(), None, &mut kept)?;
-        let mut gv = grads.views(dims, nt, b);
-        chunk_backward_kept(gpu, &mut ws, &inp, &dov, None, &mut kept, &mut gv)
+        {
+            let mut gv = grads.views(dims, nt, b);
+            chunk_backward_kept(gpu, &mut ws, &inp, &dov, None, &mut kept, &mut gv)?;
+        }
+        sum_groups(&grads, &mut dqk_sum_kept)
     };
     let fwdbwd_kept_ms = or_nan("fwd+bwd kept eager", time_eager(gpu, reps, &mut fbk));
     let fwdbwd_kept_graph_ms = or_nan("fwd+bwd kept graph", time_graph(gpu, reps, &mut fbk));
