@@ -271,6 +271,43 @@ inline void mma_tf32(float* d, const unsigned* a, unsigned b0, unsigned b1) {
       [](int k, int n) { return __uint_as_float(tw->b[n * 4 + (k & 3)][k >> 2] & ~0x1fffu); });
 }
 
+// wgmma (warpgroup MMA) runs synchronously here: its fences, commits and waits change nothing.
+// A warp's rows of D depend only on its own A fragments, so a warp's exchange serves.
+inline void wg_fence() {}
+inline void wg_commit() {}
+inline void wg_wait_all() {}
+inline void fence_async_smem() {}
+// D[64 × 64] += A[64 × 16] B[16 × 64] for this warp's 16 rows, in mma_bf16's k order: B from
+// g_smem through the descriptor (start, lbo, sbo in 16-byte units; no-swizzle core matrices of 8
+// rows × 16 bytes), element (k, n) of a K-major B at k / 8 · lbo + n / 8 · sbo + (n % 8) · 16 +
+// (k % 8) · 2 bytes, of an MN-major B with the roles of k % 8 and n % 8 swapped.
+template <bool MN>
+inline void wg_mma64(float (*d)[4], const unsigned* a, unsigned long long desc) {
+  const unsigned start = (unsigned)(desc & 0x3FFFu) << 4,
+                 lbo = (unsigned)((desc >> 16) & 0x3FFFu) << 4,
+                 sbo = (unsigned)((desc >> 32) & 0x3FFFu) << 4;
+  auto B = [&](int k, int n) {
+    const unsigned off = start + (k / 8) * lbo + (n / 8) * sbo +
+                         (MN ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2);
+    assert(off + 2 <= g_smem_size);
+    return __bfloat162float(*(const bf16*)(g_smem + off));
+  };
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  for (int i = 0; i < 4; ++i) tw->a[lane][i] = a[i];
+  tw->bar.arrive_and_wait();
+  auto A = [](int r, int k) {
+    return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
+  };
+  for (int i = 0; i < 8; ++i)
+    for (int e = 0; e < 4; ++e) {
+      const int r = g + 8 * (e >> 1), n = 8 * i + 2 * q + (e & 1);
+      float s = d[i][e];
+      for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+      d[i][e] = s;
+    }
+  tw->bar.arrive_and_wait();
+}
+
 #include "extracted.h"
 }  // namespace dr
 

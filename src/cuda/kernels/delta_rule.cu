@@ -216,6 +216,60 @@ __device__ __forceinline__ void mma_bf16(float* d, const unsigned* a, unsigned b
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Hopper's warpgroup MMA (wgmma, sm_90a; elsewhere the helpers trap, and the host launches no
+// kernel that uses them there). The four warps of a warpgroup issue it together; warp w of the
+// group holds rows 16w.. of the 64-row A (registers, as mma.sync's A fragment) and of D (as
+// mma.sync's accumulator tiles, one per 8 columns), so the registers keep the mma.sync layout.
+// B is read from shared memory once for the whole group, where each mma.sync warp reads its own
+// copy by ldmatrix. B's tile is "no swizzle": core matrices of 8 rows × 16 bytes, `lbo` bytes
+// apart along the product's k and `sbo` along n (session 25 checked this on the GPU for both
+// majors).
+__device__ __forceinline__ unsigned long long wg_desc(unsigned saddr, unsigned lbo,
+                                                     unsigned sbo) {
+  return (unsigned long long)((saddr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+         ((unsigned long long)(sbo >> 4) << 32);
+}
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DR_WG_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define DR_WG_ASM(...) __trap()
+#endif
+// Orders the warpgroup's register writes (accumulators, A) before the wgmma that follow.
+__device__ __forceinline__ void wg_fence() {
+  DR_WG_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit() {
+  DR_WG_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_wait_all() {
+  DR_WG_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// This thread's shared-memory writes made visible to the async proxy that wgmma reads B through;
+// a barrier after it covers the reading threads.
+__device__ __forceinline__ void fence_async_smem() {
+  DR_WG_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// D[64 × 64] += A[64 × 16] B[16 × 64], bf16 in, f32 accumulators (d: this warp's 8 accumulator
+// tiles of its 16 rows). MN: B stored MN-major (n contiguous in a core matrix's rows).
+template <bool MN>
+__device__ __forceinline__ void wg_mma64(float (*d)[4], const unsigned* a,
+                                         unsigned long long desc) {
+  DR_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+            : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+              "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+              "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+              "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+              "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+              "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+              "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+              "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(MN ? 1 : 0), "r"(1));
+}
+
 // cvt.rna.tf32.f32 (nearest, ties away: what wmma::__float_to_tf32 does and the CPU mirror models),
 // as the bits of an mma operand and as a float.
 __device__ __forceinline__ unsigned tf32_rna(float x) {
@@ -354,6 +408,25 @@ __device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, 
     for (int m = 0; m < 4; ++m)
       r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
     stsm_x4_t(st0 + 2 * 16 * np * sld, r);
+  }
+}
+
+// stage_tiles_t into wgmma's no-swizzle core matrices instead of padded rows: row r, column
+// block cb (8 elements) at byte cb·cbs + r·16 of `stage` (this warp's first row and column block
+// there), so that the rows are an MN-major B operand with lbo = 128 and sbo = cbs. Each 8 × 8
+// matrix of a stmatrix is one 128-byte run: no bank is met twice.
+template <int NT>
+__device__ __forceinline__ void stage_tiles_core(const float (*x)[4], bf16* stage, int cbs) {
+  static_assert(NT % 2 == 0 && NT <= 8, "pairs of tiles, one 64-row stage");
+  const int lane = threadIdx.x & 31, i = lane >> 3, j = lane & 7;
+  const unsigned st0 = smem_u32(stage) + (i & 1) * cbs + (8 * (i >> 1) + j) * 16;
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    unsigned r[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+      r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
+    stsm_x4_t(st0 + 16 * 16 * np, r);
   }
 }
 
@@ -1332,11 +1405,12 @@ struct StateFwdSm {
   bf16* pb;    // fused: [64][LD64]  P, bf16
   float* red;  // K split: RED_SZ
   // Warp-specialised: the output groups' P tiles (kernel 1's), and the state warps' hand-off of
-  // chunk c to them in buffer (c − cs) mod 2: h_c [K][LD64] and Ṽ [64][LD64] (bf16, kernel 3's
-  // layout).
+  // chunk c to them in buffer (c − cs) mod 2: h_c (K × 64) and Ṽ (64 × 64), bf16, as the output
+  // products' B operands: wgmma's core matrices (`stage_tiles_core`, column blocks K·16 and
+  // 64·16 bytes apart).
   bf16* po;    // 2 x [64][LD64]
-  bf16* hx;    // 2 x [K][LD64]
-  bf16* vx;    // 2 x [64][LD64]
+  bf16* hx;    // 2 x K·64
+  bf16* vx;    // 2 x 64·64
   __device__ void carve(Carve& c) {
     constexpr bool WS = MODE == MODE_WS;
     w = c.take<bf16>(2 * W_SZ);
@@ -1348,8 +1422,8 @@ struct StateFwdSm {
     pb = MODE == MODE_FUSED ? c.take<bf16>(CH * LD64) : nullptr;
     red = KS > 1 ? c.take<float>(RED_SZ) : nullptr;
     po = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
-    hx = WS ? c.take<bf16>(2 * K * LD64) : nullptr;
-    vx = WS ? c.take<bf16>(2 * CH * LD64) : nullptr;
+    hx = WS ? c.take<bf16>(2 * K * 64) : nullptr;
+    vx = WS ? c.take<bf16>(2 * CH * 64) : nullptr;
   }
 };
 
@@ -1441,10 +1515,13 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
 // products for the CTA's 64 columns of V, from h_c and Ṽ that the state warps hand over in
 // shared memory (`hx`, `vx`) instead of through global memory. Two groups of 4 warps take the
 // chunks in turn (group gi the chunks cs + gi, cs + gi + 2, ..., which use hand-off buffer gi),
-// each with its own Q, P and G. Output warp w of a group forms rows [16 w, +16) of the chunk's
-// O: Q rows as A fragments, P rows (kernel 1's P, pm, the bits kernel 3's p_frags forms) as A
-// fragments by ldmatrix, then O = diag(s γ) Q h_c + P Ṽ, each tile with kernel 3's products in
-// kernel 3's order (so O is kernel 3's, bit for bit). The group's next Q, P and G load while it
+// each with its own Q, P and G. A group is one warpgroup, and output warp w of it forms rows
+// [16 w, +16) of the chunk's O: Q rows as A fragments, P rows (kernel 1's P, pm, the bits kernel
+// 3's p_frags forms) as A fragments by ldmatrix, then O = diag(s γ) Q h_c + P Ṽ on wgmma (A from
+// those registers, B the hand-off buffers), the k-steps in kernel 3's order. On the H200 that gives
+// kernel 3's mma.sync bits (the selftest's bitwise row); the group reads h_c and Ṽ once where
+// each mma.sync warp read its own copy, and the forward's pass took 5–7 % less (session 28,
+// call 4: its output warps had cost the state warps 17 %, call 2). The group's next Q, P and G load while it
 // waits for its hand-off and multiplies. Until session 20 the groups formed P themselves from Q
 // and K: one chunk's output was then a chain (Q and K in, P, then Q h_c and P Ṽ after the
 // hand-off) about twice as long as a state step, and the row block rb = 3 formed 4 of P's 10
@@ -1487,16 +1564,42 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     unsigned pa[4][4];
     const auto prow = rows_from<CH>(ps, rb);
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      if (ks <= rb) prow(ks, pa[ks]);
+    for (int ks = 0; ks < 4; ++ks) {
+      if (ks <= rb) {
+        prow(ks, pa[ks]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pa[ks][e] = 0u;  // P is zero above the diagonal block
+      }
+    }
     const float fs[2] = {i0 < len ? scale * __expf(G[i0]) : 0.f,
                          i0 + 8 < len ? scale * __expf(G[i0 + 8]) : 0.f};
     bar_sync(BAR_OUT + gi, NTH);  // the group is done with Q, P and G
     if (c + 2 < ce) issue(c + 2);
 
     bar_sync(BAR_FULL + gi, L::HANDOFF);  // h_c and Ṽ of chunk c
+    // O = diag(s γ) Q h_c + P Ṽ, the group's 64 rows on wgmma (the group is one warpgroup): kernel
+    // 3's products in kernel 3's order, h_c and Ṽ read once by the group.
     float acc[8][4];
-    out_tiles<K, 4>(acc, qa, pa, S.hx + gi * K * LD64, S.vx + gi * CH * LD64, LD64, 0, rb, fs);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    const unsigned hxs = smem_u32(S.hx + gi * K * 64), vxs = smem_u32(S.vx + gi * CH * 64);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) wg_mma64<true>(acc, qa[kk], wg_desc(hxs + kk * 256, 128, K * 16));
+    wg_commit();
+    wg_wait_all();
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wg_mma64<true>(acc, pa[ks], wg_desc(vxs + ks * 256, 128, CH * 16));
+    wg_commit();
+    wg_wait_all();
     // The state warps refill this buffer for chunk c + 2 only.
     if (c + 2 < ce) bar_arrive(BAR_EMPTY + gi, L::HANDOFF);
 #pragma unroll
@@ -1796,10 +1899,12 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       // Chunk c to the output warps: h_c (the state before this chunk's update) and Ṽ, into
       // buffer b once they are done with chunk c − 2.
       if (c - cs >= 2) bar_sync(BAR_EMPTY + b, L::HANDOFF);
-      bf16* hxb = S.hx + b * K * LD64 + vl;
+      // This warp's columns vl.. are column blocks vl / 8, + 1 of each operand.
+      bf16* hxb = S.hx + b * K * 64 + (vl / 8) * (K * 8);
 #pragma unroll
-      for (int r = 0; r < NJ / 8; ++r) stage_tiles_t<8>(st + 8 * r, hxb + 64 * r * LD64, LD64);
-      stage_tiles_t<8>(p, S.vx + b * CH * LD64 + vl, LD64);
+      for (int r = 0; r < NJ / 8; ++r) stage_tiles_core<8>(st + 8 * r, hxb + 64 * r * 8, K * 16);
+      stage_tiles_core<8>(p, S.vx + b * CH * 64 + (vl / 8) * (CH * 8), CH * 16);
+      fence_async_smem();  // the output group reads them through wgmma
       bar_arrive(BAR_FULL + b, L::HANDOFF);
     }
 
