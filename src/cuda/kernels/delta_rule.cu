@@ -1521,8 +1521,8 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
 // those registers, B the hand-off buffers), the k-steps in kernel 3's order. On the H200 that gives
 // kernel 3's mma.sync bits (the selftest's bitwise row); the group reads h_c and Ṽ once where
 // each mma.sync warp read its own copy, and the forward's pass took 5–7 % less (session 28,
-// call 4: its output warps had cost the state warps 17 %, call 2). The group's next Q, P and G load while it
-// waits for its hand-off and multiplies. Until session 20 the groups formed P themselves from Q
+// call 4: its output warps had cost the state warps 17 %, call 2). The group's next Q, P and G
+// load while it waits for its hand-off and multiplies. Until session 20 the groups formed P themselves from Q
 // and K: one chunk's output was then a chain (Q and K in, P, then Q h_c and P Ṽ after the
 // hand-off) about twice as long as a state step, and the row block rb = 3 formed 4 of P's 10
 // tiles while the group waited for it at its barrier (session 15: a fifth of the stall samples,
@@ -1588,7 +1588,8 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     const unsigned hxs = smem_u32(S.hx + gi * K * 64), vxs = smem_u32(S.vx + gi * CH * 64);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) wg_mma64<true>(acc, qa[kk], wg_desc(hxs + kk * 256, 128, K * 16));
+    for (int kk = 0; kk < K / 16; ++kk)
+      wg_mma64<true>(acc, qa[kk], wg_desc(hxs + kk * 256, 128, K * 16));
     wg_commit();
     wg_wait_all();
 #pragma unroll
@@ -1597,7 +1598,8 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
       for (int e = 0; e < 4; ++e) acc[nt][e] *= fs[e >> 1];
     wg_fence();
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wg_mma64<true>(acc, pa[ks], wg_desc(vxs + ks * 256, 128, CH * 16));
+    for (int ks = 0; ks < 4; ++ks)
+      wg_mma64<true>(acc, pa[ks], wg_desc(vxs + ks * 256, 128, CH * 16));
     wg_commit();
     wg_wait_all();
     // The state warps refill this buffer for chunk c + 2 only.
