@@ -10,7 +10,7 @@ out=${TMPDIR:-/tmp}/gdn_cuda_emu
 mkdir -p "$out/chunk" "$out/fwd_o" "$out/state" "$out/state_bwd" "$out/prep"
 common="'void store_state' 'struct Carve' ' b2f(' ' f2b(' ' load_bf16_async(' 'struct Pieces' 'void for_own_pieces' 'void load_rows_async' ' pack_bf2(float' \
   ' bf_lo(' ' bf_hi(' ' warp_sum(' ' store_tile_t(' 'void stage_tiles_t(' 'void store_tiles_staged(' \
-  ' load_tiles_t(' 'struct QkHead' ' qk_head(' ' wg_desc(' 'void stage_tiles_core('"
+  ' load_tiles_t(' 'struct QkHead' ' qk_head(' ' wg_desc('"
 # extract DIR NAME...: the common helpers and the named items into $out/DIR/extracted.h.
 extract() {
   dir=$1

@@ -392,41 +392,26 @@ __device__ __forceinline__ void stsm_x4_t(unsigned s, const unsigned* r) {
                : "memory");
 }
 
-// The first half of store_tiles_staged (below): one warp's NT (even, ≤ 8) accumulator tiles
-// transposed as bf16 into rows [0, 8 NT) × 16 columns of `stage` (row stride sld), by
-// stmatrix.trans. The warp-specialised forward hands
-// h_c and Ṽ to its output warps this way, in the layout kernel 3 reads them from global.
+// One warp's NT (even, ≤ 8) accumulator tiles transposed as bf16 into rows [0, 8 NT) × 16
+// columns of `stage` by stmatrix.trans: row r, column block cb (8 elements) at element
+// r · rowe + cb · cbe. Padded rows (rowe = the row stride, cbe = 8): the first half of
+// store_tiles_staged (below). wgmma's no-swizzle core matrices (rowe = 8, cbe = the column
+// blocks' stride): the warp-specialised forward's hand-off of h_c and Ṽ to its output warps, an
+// MN-major B operand with lbo = 128 bytes and sbo = 2 cbe bytes; each 8 × 8 matrix is then one
+// 128-byte run, so no bank is met twice.
 template <int NT>
-__device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, int sld) {
+__device__ __forceinline__ void stage_tiles_t(const float (*x)[4], bf16* stage, int rowe,
+                                              int cbe) {
   static_assert(NT % 2 == 0 && NT <= 8, "pairs of tiles, one 64-row stage");
   const int lane = threadIdx.x & 31, i = lane >> 3, j = lane & 7;
-  const unsigned st0 = smem_u32(stage + (8 * (i >> 1) + j) * sld + 8 * (i & 1));
+  const unsigned st0 = smem_u32(stage + (8 * (i >> 1) + j) * rowe + (i & 1) * cbe);
 #pragma unroll
   for (int np = 0; np < NT / 2; ++np) {
     unsigned r[4];
 #pragma unroll
     for (int m = 0; m < 4; ++m)
       r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
-    stsm_x4_t(st0 + 2 * 16 * np * sld, r);
-  }
-}
-
-// stage_tiles_t into wgmma's no-swizzle core matrices instead of padded rows: row r, column
-// block cb (8 elements) at byte cb·cbs + r·16 of `stage` (this warp's first row and column block
-// there), so that the rows are an MN-major B operand with lbo = 128 and sbo = cbs. Each 8 × 8
-// matrix of a stmatrix is one 128-byte run: no bank is met twice.
-template <int NT>
-__device__ __forceinline__ void stage_tiles_core(const float (*x)[4], bf16* stage, int cbs) {
-  static_assert(NT % 2 == 0 && NT <= 8, "pairs of tiles, one 64-row stage");
-  const int lane = threadIdx.x & 31, i = lane >> 3, j = lane & 7;
-  const unsigned st0 = smem_u32(stage) + (i & 1) * cbs + (8 * (i >> 1) + j) * 16;
-#pragma unroll
-  for (int np = 0; np < NT / 2; ++np) {
-    unsigned r[4];
-#pragma unroll
-    for (int m = 0; m < 4; ++m)
-      r[m] = pack_bf2(x[2 * np + (m >> 1)][2 * (m & 1)], x[2 * np + (m >> 1)][2 * (m & 1) + 1]);
-    stsm_x4_t(st0 + 16 * 16 * np, r);
+    stsm_x4_t(st0 + 2 * 16 * np * rowe, r);
   }
 }
 
@@ -447,7 +432,7 @@ __device__ __forceinline__ void store_tiles_staged(const float (*x)[4], bf16* st
                                                    bf16* y, long ld, int valid) {
   const int lane = threadIdx.x & 31;
   __syncwarp();  // the stage's earlier readers are done
-  stage_tiles_t<NT>(x, stage, sld);
+  stage_tiles_t<NT>(x, stage, sld, 8);
   __syncwarp();
   // Lane: row lane / 2 + 16 it, half lane % 2; one pointer advanced by 16 rows per piece.
   const int row0 = lane >> 1, half = lane & 1;
@@ -1406,7 +1391,7 @@ struct StateFwdSm {
   float* red;  // K split: RED_SZ
   // Warp-specialised: the output groups' P tiles (kernel 1's), and the state warps' hand-off of
   // chunk c to them in buffer (c − cs) mod 2: h_c (K × 64) and Ṽ (64 × 64), bf16, as the output
-  // products' B operands: wgmma's core matrices (`stage_tiles_core`, column blocks K·16 and
+  // products' B operands: wgmma's core matrices (`stage_tiles_t`, column blocks K·16 and
   // 64·16 bytes apart).
   bf16* po;    // 2 x [64][LD64]
   bf16* hx;    // 2 x K·64
@@ -1904,8 +1889,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
       // This warp's columns vl.. are column blocks vl / 8, + 1 of each operand.
       bf16* hxb = S.hx + b * K * 64 + (vl / 8) * (K * 8);
 #pragma unroll
-      for (int r = 0; r < NJ / 8; ++r) stage_tiles_core<8>(st + 8 * r, hxb + 64 * r * 8, K * 16);
-      stage_tiles_core<8>(p, S.vx + b * CH * 64 + (vl / 8) * (CH * 8), CH * 16);
+      for (int r = 0; r < NJ / 8; ++r)
+        stage_tiles_t<8>(st + 8 * r, hxb + 64 * r * 8, 8, K * 8);
+      stage_tiles_t<8>(p, S.vx + b * CH * 64 + (vl / 8) * (CH * 8), 8, CH * 8);
       fence_async_smem();  // the output group reads them through wgmma
       bar_arrive(BAR_FULL + b, L::HANDOFF);
     }
