@@ -249,13 +249,14 @@ inline void mma_exchange(float* d, const unsigned* a, unsigned b0, unsigned b1, 
   }
   tw->bar.arrive_and_wait();
 }
+// Element (r, k) of a warp's posted 16 × 16 bf16 A fragments (PTX layout): mma_bf16 and wgmma.
+inline float posted_a_bf16(int r, int k) {
+  return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
+}
 // D = A B + D, m16n8k16 bf16 (PTX fragment layouts).
 inline void mma_bf16(float* d, const unsigned* a, unsigned b0, unsigned b1) {
   mma_exchange<16>(
-      d, a, b0, b1,
-      [](int r, int k) {
-        return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
-      },
+      d, a, b0, b1, posted_a_bf16,
       [](int k, int n) { return half_of(tw->b[n * 4 + ((k & 7) >> 1)][k >> 3], k & 1); });
 }
 
@@ -295,14 +296,11 @@ inline void wg_mma64(float (*d)[4], const unsigned* a, unsigned long long desc) 
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   for (int i = 0; i < 4; ++i) tw->a[lane][i] = a[i];
   tw->bar.arrive_and_wait();
-  auto A = [](int r, int k) {
-    return half_of(tw->a[(r & 7) * 4 + ((k & 7) >> 1)][(r >> 3) + 2 * (k >> 3)], k & 1);
-  };
   for (int i = 0; i < 8; ++i)
     for (int e = 0; e < 4; ++e) {
       const int r = g + 8 * (e >> 1), n = 8 * i + 2 * q + (e & 1);
       float s = d[i][e];
-      for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+      for (int k = 0; k < 16; ++k) s += posted_a_bf16(r, k) * B(k, n);
       d[i][e] = s;
     }
   tw->bar.arrive_and_wait();

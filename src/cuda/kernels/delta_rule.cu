@@ -1478,8 +1478,8 @@ __device__ __forceinline__ void p_times(float (*acc)[4], const unsigned (*pa)[4]
 
 // One warp's output tiles, rows [16 rb, +16) and 16·NJP columns from c0: acc = diag(fs) Q h_c +
 // P Ṽ, with qa and pa as p_frags takes and forms them, h_c [K][ld] and Ṽ [64][ld] bf16 in shared
-// memory (B operands by ldmatrix.trans). Kernel 3 and the warp-specialised forward's output warps:
-// the same products in the same order.
+// memory (B operands by ldmatrix.trans). Kernel 3; the warp-specialised forward's output warps
+// form the same products in the same order on wgmma (ws_output).
 template <int K, int NJP>
 __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[4],
                                           const unsigned (*pa)[4], const bf16* hs, const bf16* vs,
@@ -1507,13 +1507,13 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
 // kernel 3's mma.sync bits (the selftest's bitwise row); the group reads h_c and Ṽ once where
 // each mma.sync warp read its own copy, and the forward's pass took 5–7 % less (session 28,
 // call 4: its output warps had cost the state warps 17 %, call 2). The group's next Q, P and G
-// load while it waits for its hand-off and multiplies. Until session 20 the groups formed P themselves from Q
-// and K: one chunk's output was then a chain (Q and K in, P, then Q h_c and P Ṽ after the
-// hand-off) about twice as long as a state step, and the row block rb = 3 formed 4 of P's 10
-// tiles while the group waited for it at its barrier (session 15: a fifth of the stall samples,
-// with the state warps waiting on "empty"). (Session 15, call 5: the state warps forming diag(s γ)
-// Q h_c from their registers instead made the state step 4.2 µs and the pass 0.270 ms, against
-// 0.237 ms.)
+// load while it waits for its hand-off and multiplies. Until session 20 the groups formed P
+// themselves from Q and K: one chunk's output was then a chain (Q and K in, P, then Q h_c and P
+// Ṽ after the hand-off) about twice as long as a state step, and the row block rb = 3 formed 4
+// of P's 10 tiles while the group waited for it at its barrier (session 15: a fifth of the stall
+// samples, with the state warps waiting on "empty"). (Session 15, call 5: the state warps forming
+// diag(s γ) Q h_c from their registers instead made the state step 4.2 µs and the pass 0.270 ms,
+// against 0.237 ms.)
 template <int K, class L>
 __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ pm,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
@@ -1563,8 +1563,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
     if (c + 2 < ce) issue(c + 2);
 
     bar_sync(BAR_FULL + gi, L::HANDOFF);  // h_c and Ṽ of chunk c
-    // O = diag(s γ) Q h_c + P Ṽ, the group's 64 rows on wgmma (the group is one warpgroup): kernel
-    // 3's products in kernel 3's order, h_c and Ṽ read once by the group.
+    // O = diag(s γ) Q h_c + P Ṽ, the group's 64 rows on wgmma (see above).
     float acc[8][4];
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
