@@ -26,20 +26,22 @@ pub const PEAK_BYTES: f64 = 4.3e12;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to time: `kernels` (the delta rule kernels at FLA's benchmark shapes) or `train`
-    /// (whole training steps of `--preset` on random tokens, as the peer's fla_train.py).
+    /// What to time: `kernels` (the delta rule kernels at FLA's benchmark shapes), `train`
+    /// (whole training steps of `--preset` on random tokens, as the peer's fla_train.py) or
+    /// `matmul` (the linear layers of `--preset` at batch × seq-len tokens, bf16 against FP8).
     #[arg(default_value = "kernels")]
     pub kind: String,
-    /// train: the model preset.
+    /// train, matmul: the model preset.
     #[arg(long, default_value = "fla-1.3b")]
     pub preset: String,
-    /// train: a model config.json (FLA's format, or a checkpoint folder) instead of --preset.
+    /// train, matmul: a model config.json (FLA's format, or a checkpoint folder) instead of
+    /// --preset.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// train: tokens per sequence.
+    /// train, matmul: tokens per sequence.
     #[arg(long, default_value_t = 4096)]
     pub seq_len: usize,
-    /// train: sequences per step.
+    /// train, matmul: sequences per step.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// train: timed steps (after 2 warm-up steps).
@@ -59,7 +61,7 @@ pub struct BenchArgs {
     /// --graph`); the JSON goes to gdn_train[_recompute]_graph.json.
     #[arg(long)]
     pub graph: bool,
-    /// Folder for gdn_bench.json (created if missing).
+    /// Folder for gdn_bench.json (gdn_bench_matmul.json for `matmul`), created if missing.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Timed repetitions per measurement (median reported).
@@ -160,7 +162,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Median ms of `f` run eagerly, each repetition bracketed by events and waited for.
-fn time_eager(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn time_eager(gpu: &Gpu, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..3 {
         f()?;
     }
@@ -624,7 +626,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.kind.as_str() {
         "kernels" => {}
         "train" => return run_train(&a),
-        k => bail!("unknown bench kind `{k}` (known: kernels, train)"),
+        "matmul" => return super::bench_matmul::run(&a),
+        k => bail!("unknown bench kind `{k}` (known: kernels, train, matmul)"),
     }
     let d = |heads, dk, dv| Dims { heads, dk, dv };
     let mut chunk_shapes = vec![

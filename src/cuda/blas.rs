@@ -1,9 +1,11 @@
 //! Matrix products through cuBLASLt with the row-major semantics of `tensor::gemm`: bf16 inputs,
-//! fp32 accumulation (CUBLAS_COMPUTE_32F), bf16 or fp32 output, plain or strided-batched.
+//! fp32 accumulation (CUBLAS_COMPUTE_32F), bf16 or fp32 output, plain or strided-batched; and FP8
+//! inputs (E4M3/E5M2 codes with per-tensor scales, `matmul_fp8`) in the one layout Hopper takes.
 //!
 //! cuBLASLt is column-major; a row-major C = op(A)·op(B) is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ,
 //! so B is passed as cuBLASLt's first operand and A as its second, with their transposes kept.
 
+use super::fp8::Fp8;
 use super::Gpu;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::cublaslt::sys;
@@ -45,9 +47,43 @@ pub struct BatchStrides {
     pub c: i64,
 }
 
+/// A matmul's inputs as `run` takes them: our A and B (device pointers, transposes), their
+/// element types, and for FP8 the device pointers of the f32 factors that scale each operand.
+struct Operands {
+    a: u64,
+    ta: bool,
+    b: u64,
+    tb: bool,
+    types: [sys::cudaDataType; 2],
+    /// Bytes per element of A and B.
+    elem: usize,
+    scales: Option<(u64, u64)>,
+    fast_accum: bool,
+    name: &'static str,
+}
+
+impl Operands {
+    fn bf16(a: u64, ta: bool, b: u64, tb: bool) -> Operands {
+        let t = sys::cudaDataType::CUDA_R_16BF;
+        Operands {
+            a,
+            ta,
+            b,
+            tb,
+            types: [t, t],
+            elem: 2,
+            scales: None,
+            fast_accum: false,
+            name: "bf16",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct AlgoKey {
     out: u32,
+    inputs: [u32; 2],
+    fast_accum: bool,
     batch: usize,
     m: usize,
     k: usize,
@@ -232,7 +268,69 @@ impl Blas {
         self.check("matmul", "A", a.len(), 1, 0, m * k)?;
         self.check("matmul", "B", b.len(), 1, 0, k * n)?;
         self.check("matmul", "C", c.len(), 1, 0, m * n)?;
-        self.run(1, m, k, n, a, ta, b, tb, c, None, alpha, beta)
+        let s = &*self.stream;
+        let ((ap, _ga), (bp, _gb)) = (a.device_ptr(s), b.device_ptr(s));
+        let ops = Operands::bf16(ap, ta, bp, tb);
+        self.run(1, m, k, n, &ops, c, None, alpha, beta)
+    }
+
+    /// C [m×n] = alpha·(sa·A)·(sb·B)ᵀ + beta·C, row-major, from FP8 codes: A stored m×k and B
+    /// n×k (the one layout Hopper's FP8 tensor cores take: both operands k-major), `sa` and `sb`
+    /// device pointers to one f32 each (the inverse of the scales the casts applied). E5M2 times
+    /// E5M2 is not supported. `fast_accum` keeps the products' partial sums in the tensor cores'
+    /// own accumulators (faster, less precise over long k); without it they are promoted to
+    /// fp32 along the way. m, k and n must be multiples of 16, and every matrix start 16-byte
+    /// aligned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_fp8<O: MatmulOut>(
+        &self,
+        m: usize,
+        k: usize,
+        n: usize,
+        (a, fa, sa): (&impl DevicePtr<u8>, Fp8, &impl DevicePtr<f32>),
+        (b, fb, sb): (&impl DevicePtr<u8>, Fp8, &impl DevicePtr<f32>),
+        c: &mut impl DevicePtrMut<O>,
+        alpha: f32,
+        beta: f32,
+        fast_accum: bool,
+    ) -> Result<()> {
+        let op = "matmul_fp8";
+        ensure!(
+            [m, k, n].iter().all(|v| v.is_multiple_of(16)),
+            "{op}: m={m} k={k} n={n}: FP8 matmuls need multiples of 16"
+        );
+        ensure!(
+            !(fa == Fp8::E5M2 && fb == Fp8::E5M2),
+            "{op}: E5M2 × E5M2 is not supported by cuBLASLt (make one operand E4M3)"
+        );
+        self.check(op, "A", a.len(), 1, 0, m * k)?;
+        self.check(op, "B", b.len(), 1, 0, k * n)?;
+        self.check(op, "C", c.len(), 1, 0, m * n)?;
+        self.check(op, "A's scale", sa.len(), 1, 0, 1)?;
+        self.check(op, "B's scale", sb.len(), 1, 0, 1)?;
+        let s = &*self.stream;
+        let ((ap, _ga), (bp, _gb)) = (a.device_ptr(s), b.device_ptr(s));
+        let ((sap, _gsa), (sbp, _gsb)) = (sa.device_ptr(s), sb.device_ptr(s));
+        let ty = |f: Fp8| match f {
+            Fp8::E4M3 => sys::cudaDataType::CUDA_R_8F_E4M3,
+            Fp8::E5M2 => sys::cudaDataType::CUDA_R_8F_E5M2,
+        };
+        let ops = Operands {
+            a: ap,
+            ta: false,
+            b: bp,
+            tb: true,
+            types: [ty(fa), ty(fb)],
+            elem: 1,
+            scales: Some((sap, sbp)),
+            fast_accum,
+            name: match (fa, fb) {
+                (Fp8::E4M3, Fp8::E4M3) => "e4m3×e4m3",
+                (Fp8::E5M2, _) => "e5m2×e4m3",
+                _ => "e4m3×e5m2",
+            },
+        };
+        self.run(1, m, k, n, &ops, c, None, alpha, beta)
     }
 
     /// `batch` independent products; matrix i of A, B, C starts `strides.{a,b,c}·i` elements
@@ -266,7 +364,10 @@ impl Blas {
         self.check(op, "A", a.len(), batch, strides.a as usize, m * k)?;
         self.check(op, "B", b.len(), batch, strides.b as usize, k * n)?;
         self.check(op, "C", c.len(), batch, strides.c as usize, m * n)?;
-        self.run(batch, m, k, n, a, ta, b, tb, c, Some(strides), alpha, beta)
+        let s = &*self.stream;
+        let ((ap, _ga), (bp, _gb)) = (a.device_ptr(s), b.device_ptr(s));
+        let ops = Operands::bf16(ap, ta, bp, tb);
+        self.run(batch, m, k, n, &ops, c, Some(strides), alpha, beta)
     }
 
     fn check(
@@ -297,10 +398,7 @@ impl Blas {
         m: usize,
         k: usize,
         n: usize,
-        a: &impl DevicePtr<bf16>,
-        ta: bool,
-        b: &impl DevicePtr<bf16>,
-        tb: bool,
+        ops: &Operands,
         c: &mut impl DevicePtrMut<O>,
         strides: Option<BatchStrides>,
         alpha: f32,
@@ -309,16 +407,16 @@ impl Blas {
         if batch == 0 || m == 0 || n == 0 {
             return Ok(());
         }
+        let (ap, ta, bp, tb) = (ops.a, ops.ta, ops.b, ops.tb);
         let what = || {
             format!(
-                "matmul m={m} k={k} n={n} ta={ta} tb={tb} batch={batch} out={}",
+                "matmul m={m} k={k} n={n} ta={ta} tb={tb} batch={batch} in={} out={}",
+                ops.name,
                 O::NAME
             )
         };
         ensure!(k > 0, "{}: k must be positive", what());
         let s = &*self.stream;
-        let (ap, _ga) = a.device_ptr(s);
-        let (bp, _gb) = b.device_ptr(s);
         let (cp, _gc) = c.device_ptr_mut(s);
         let (wp, _gw) = self.workspace.device_ptr(s);
 
@@ -334,9 +432,8 @@ impl Blas {
         } else {
             (k_, n_, k as i64)
         };
-        let bf = sys::cudaDataType::CUDA_R_16BF;
-        let first = Layout::new(bf, first_rows, first_cols, first_ld)?;
-        let second = Layout::new(bf, second_rows, second_cols, second_ld)?;
+        let first = Layout::new(ops.types[1], first_rows, first_cols, first_ld)?;
+        let second = Layout::new(ops.types[0], second_rows, second_cols, second_ld)?;
         let out = Layout::new(O::DTYPE, m_, n_, n as i64)?;
         if let Some(st) = strides {
             first.set_batch(batch, st.b)?;
@@ -352,15 +449,24 @@ impl Blas {
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
             ta,
         )?;
+        if let Some((sa, sb)) = ops.scales {
+            use sys::cublasLtMatmulDescAttributes_t as D;
+            // cuBLASLt's A is our B and its B our A.
+            desc.set(D::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sb)?;
+            desc.set(D::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sa)?;
+            desc.set(D::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &(ops.fast_accum as i8))?;
+        }
 
         let st = strides.map(|s| (s.b, s.a, s.c));
         let align = [
-            alignment(bp, 2, st.map(|s| s.0)),
-            alignment(ap, 2, st.map(|s| s.1)),
+            alignment(bp, ops.elem, st.map(|s| s.0)),
+            alignment(ap, ops.elem, st.map(|s| s.1)),
             alignment(cp, std::mem::size_of::<O>(), st.map(|s| s.2)),
         ];
         let key = AlgoKey {
             out: O::DTYPE as u32,
+            inputs: [ops.types[0] as u32, ops.types[1] as u32],
+            fast_accum: ops.fast_accum,
             batch,
             m,
             k,
@@ -659,14 +765,20 @@ impl Desc {
     }
 
     fn set_op(&self, attr: sys::cublasLtMatmulDescAttributes_t, transpose: bool) -> Result<()> {
-        let op: i32 = if transpose { 1 } else { 0 }; // CUBLAS_OP_T / CUBLAS_OP_N
-                                                     // SAFETY: TRANSA/TRANSB hold a cublasOperation_t (int32).
-        status("setting a transpose", unsafe {
+        // CUBLAS_OP_T / CUBLAS_OP_N, a cublasOperation_t (int32).
+        self.set(attr, &(transpose as i32))
+    }
+
+    /// Sets `attr` to `value`, which must have the attribute's C type (int32 for a transpose,
+    /// int8 for FAST_ACCUM, a device pointer for the scales).
+    fn set<T>(&self, attr: sys::cublasLtMatmulDescAttributes_t, value: &T) -> Result<()> {
+        // SAFETY: `value` is a live T of size_of::<T>() bytes, read during the call.
+        status("setting a matmul attribute", unsafe {
             sys::cublasLtMatmulDescSetAttribute(
                 self.0,
                 attr,
-                &op as *const i32 as *const c_void,
-                std::mem::size_of::<i32>(),
+                value as *const T as *const c_void,
+                std::mem::size_of::<T>(),
             )
         })
     }

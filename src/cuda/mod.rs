@@ -18,7 +18,22 @@ macro_rules! launch {
     }};
 }
 
+/// [`launch!`] with a kernel name computed at run time (the per-geometry kernels).
+macro_rules! launch_named {
+    ($gpu:expr, $src:expr, $kernel:expr, $cfg:expr; $($arg:ident),+ $(,)?) => {{
+        let name: &str = &$kernel;
+        let func = $gpu.function(&$src, name)?;
+        let mut builder = $gpu.stream.launch_builder(&func);
+        $( builder.arg(&$arg); )+
+        // SAFETY: the arguments match the kernel's parameter list in order and type, and every
+        // buffer was checked against the sizes the kernel is given.
+        unsafe { builder.launch($cfg) }
+            .map_err(|e| anyhow::anyhow!("launching CUDA kernel `{name}` failed: {e:?}"))?;
+    }};
+}
+
 pub mod bench;
+mod bench_matmul;
 pub mod bench_train;
 pub mod blas;
 pub mod buffer;
@@ -26,6 +41,7 @@ mod compile;
 pub mod decode;
 pub mod decode_selftest;
 pub mod delta_rule;
+pub mod fp8;
 pub mod graph;
 pub mod model;
 pub mod model_selftest;
@@ -194,6 +210,7 @@ pub fn all_sources() -> Vec<&'static KernelSource> {
     v.extend(ops::sources());
     v.extend(delta_rule::sources());
     v.extend(model::sources());
+    v.push(&fp8::FP8);
     v
 }
 

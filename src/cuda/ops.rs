@@ -34,20 +34,6 @@ macro_rules! kernel_source {
     };
 }
 
-/// [`launch!`] with a kernel name computed at run time (the per-geometry kernels).
-macro_rules! launch_named {
-    ($gpu:expr, $src:expr, $kernel:expr, $cfg:expr; $($arg:ident),+ $(,)?) => {{
-        let name: &str = &$kernel;
-        let func = $gpu.function(&$src, name)?;
-        let mut builder = $gpu.stream.launch_builder(&func);
-        $( builder.arg(&$arg); )+
-        // SAFETY: the arguments match the kernel's parameter list in order and type, and every
-        // buffer was checked against the sizes the kernel is given.
-        unsafe { builder.launch($cfg) }
-            .map_err(|e| anyhow::anyhow!("launching CUDA kernel `{name}` failed: {e:?}"))?;
-    }};
-}
-
 pub static ELEMENTWISE: KernelSource = kernel_source!("ops_elementwise", "elementwise.cu");
 pub static NORMS: KernelSource = kernel_source!("ops_norms", "norms.cu");
 pub static GATES: KernelSource = kernel_source!("ops_gates", "gates.cu");

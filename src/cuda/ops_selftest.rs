@@ -6,6 +6,8 @@
 //! Backward references consume the very tensors the GPU forward saved (downloaded), so each row
 //! checks one kernel.
 
+mod fp8_rows;
+
 use super::blas::{BatchStrides, Blas};
 use super::buffer::{
     download, download_bf16, download_f32, round_bf16, upload, upload_bf16, upload_f32,
@@ -33,6 +35,7 @@ const TOL_BF16: f64 = 1e-2;
 pub const GROUPS: &[&str] = &[
     "cast",
     "matmul",
+    "fp8",
     "embedding",
     "silu",
     "swiglu",
@@ -74,6 +77,10 @@ pub fn run_with(gpu: &Gpu, seed: u64, filter: Option<&str>) -> Result<Vec<Row>> 
     if wanted("matmul") {
         let blas = Blas::new(gpu)?;
         c.matmul(&blas)?;
+    }
+    if wanted("fp8") {
+        let blas = Blas::new(gpu)?;
+        c.fp8(&blas)?;
     }
     if wanted("embedding") {
         c.embedding()?;

@@ -1,0 +1,228 @@
+//! The FP8 rows: the casts and the scale update bit for bit against the host codec
+//! (`Fp8::encode`), and the FP8 matmuls against an f64 product of the decoded operands.
+
+use super::{f64s, Ctx, TOL_BF16};
+use crate::cuda::blas::Blas;
+use crate::cuda::buffer::{download, download_bf16, download_f32, upload};
+use crate::cuda::fp8::{self, Fp8};
+use crate::cuda::selftest::Row;
+use crate::tensor::gemm;
+use anyhow::Result;
+use half::bf16;
+
+/// FP8 products into fp32. Hopper's FP8 tensor cores keep fewer bits than fp32 in their partial
+/// sums (about 14, as DeepSeek-V3 §3.3.2 measured), and without `fast_accum` cuBLASLt only
+/// promotes them to fp32 every few k-steps: the H200 gave 1.6–3.6e-4 of max |C| with and without
+/// it at these k (session 29, call 1), where an fp32 sum would give ~1e-7.
+const TOL_FP8_ACCUM: f64 = 1e-3;
+/// The same with `fast_accum` (never promoted; not worse at these k, looser for long k).
+const TOL_FAST_ACCUM: f64 = 5e-3;
+
+impl Ctx<'_> {
+    fn exact(&mut self, op: &str, shape: &str, same: bool) {
+        self.rows.push(Row {
+            op: op.to_string(),
+            shape: shape.to_string(),
+            max_rel_err: if same { 0.0 } else { f64::INFINITY },
+            tolerance: 0.0,
+        });
+    }
+
+    /// bf16 values spanning FP8's range at `scale`: most normal, some past the format's max
+    /// (saturated), some below its smallest normal (subnormal codes or zero).
+    fn fp8_inputs(&mut self, n: usize, f: Fp8, scale: f32) -> Vec<f32> {
+        let top = f.max() / scale;
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                let v = self.rng.normal() as f32;
+                match i % 16 {
+                    0 => v * 2.0 * top,
+                    1 => v * top * 2f32.powi(-14),
+                    _ => v * top / 8.0,
+                }
+            })
+            .collect();
+        crate::cuda::buffer::round_bf16(&x)
+    }
+
+    pub(super) fn fp8(&mut self, blas: &Blas) -> Result<()> {
+        self.fp8_casts()?;
+        self.fp8_scale_update()?;
+        self.fp8_matmuls(blas)
+    }
+
+    fn fp8_casts(&mut self) -> Result<()> {
+        let gpu = self.gpu;
+        for f in [Fp8::E4M3, Fp8::E5M2] {
+            let scale = 0.75f32;
+            let codes = |x: &[f32]| x.iter().map(|&v| f.encode(v * scale)).collect::<Vec<u8>>();
+            let amax_of = |x: &[f32]| x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let sd = upload(gpu, &[scale])?;
+
+            let n = 8 * 1031;
+            let shape = format!("{f:?} n={n}");
+            let x = self.fp8_inputs(n, f, scale);
+            let xd = self.bf(&x)?;
+            let mut y = upload(gpu, &vec![0x7fu8; n])?;
+            let mut amax = upload(gpu, &[0u32])?;
+            fp8::cast(gpu, f, &xd, &mut y, &sd, &mut amax)?;
+            self.exact(
+                "fp8 cast (bit-exact)",
+                &shape,
+                download(gpu, &y)? == codes(&x),
+            );
+            let got = f32::from_bits(download(gpu, &amax)?[0]);
+            self.exact("fp8 cast amax (exact)", &shape, got == amax_of(&x));
+
+            // Edges of the 64 × 256 blocks: a partial column strip and a partial row tile.
+            for (rows, cols) in [(48usize, 200usize), (272, 128)] {
+                let shape = format!("{f:?} {rows}×{cols}");
+                let x = self.fp8_inputs(rows * cols, f, scale);
+                let xd = self.bf(&x)?;
+                let mut y = upload(gpu, &vec![0x7fu8; rows * cols])?;
+                let mut yt = upload(gpu, &vec![0x7fu8; rows * cols])?;
+                let mut amax = upload(gpu, &[0u32])?;
+                let mut yv = y.slice_mut(..);
+                fp8::cast_transposed(
+                    gpu,
+                    f,
+                    &xd,
+                    rows,
+                    cols,
+                    Some(&mut yv),
+                    &mut yt,
+                    &sd,
+                    &mut amax,
+                )?;
+                let want = codes(&x);
+                let want_t: Vec<u8> = (0..rows * cols)
+                    .map(|i| want[(i % rows) * cols + i / rows])
+                    .collect();
+                self.exact("fp8 cast_transposed y (bit-exact)", &shape, {
+                    download(gpu, &y)? == want
+                });
+                self.exact("fp8 cast_transposed yᵀ (bit-exact)", &shape, {
+                    download(gpu, &yt)? == want_t
+                });
+                let got = f32::from_bits(download(gpu, &amax)?[0]);
+                self.exact("fp8 cast_transposed amax", &shape, got == amax_of(&x));
+            }
+        }
+        Ok(())
+    }
+
+    fn fp8_scale_update(&mut self) -> Result<()> {
+        let gpu = self.gpu;
+        let (n, hist) = (3usize, 4usize);
+        let f = Fp8::E4M3;
+        // Tensor 2 has seen only zeros: it keeps its scale.
+        let amax = [3.5f32, 0.25, 0.0];
+        let mut history: Vec<f32> = (0..n * hist)
+            .map(|_| self.rng.uniform() as f32 * 4.0)
+            .collect();
+        history[2 * hist..].fill(0.0);
+        let (scale0, inv0) = ([1.0f32, 2.0, 8.0], [1.0f32, 0.5, 0.125]);
+        let mut ad = upload(gpu, &amax.map(f32::to_bits))?;
+        let mut hd = upload(gpu, &history)?;
+        let mut sd = upload(gpu, &scale0)?;
+        let mut id = upload(gpu, &inv0)?;
+        fp8::update_scales(gpu, f, &mut ad, &mut hd, &mut sd, &mut id)?;
+        let (mut scale, mut inv) = (scale0, inv0);
+        for i in 0..n {
+            let h = &mut history[i * hist..(i + 1) * hist];
+            h.rotate_right(1);
+            h[0] = amax[i];
+            let top = h.iter().fold(0f32, |m, &v| m.max(v));
+            if top > 0.0 {
+                scale[i] = f.max() / top;
+                inv[i] = 1.0 / scale[i];
+            }
+        }
+        let same = download(gpu, &ad)? == [0u32; 3]
+            && download_f32(gpu, &hd)? == history
+            && download_f32(gpu, &sd)? == scale
+            && download_f32(gpu, &id)? == inv;
+        self.exact("fp8 update_scales (exact)", "3 tensors, history 4", same);
+        Ok(())
+    }
+
+    fn fp8_matmuls(&mut self, blas: &Blas) -> Result<()> {
+        let gpu = self.gpu;
+        type Case = (usize, usize, usize, Fp8, Fp8, bool, f32, f32);
+        let cases: &[Case] = &[
+            (64, 96, 80, Fp8::E4M3, Fp8::E4M3, false, 1.0, 0.0),
+            (64, 96, 80, Fp8::E4M3, Fp8::E4M3, true, 1.0, 0.0),
+            (128, 512, 48, Fp8::E5M2, Fp8::E4M3, false, 0.5, 1.0),
+            (48, 256, 160, Fp8::E4M3, Fp8::E5M2, false, 1.0, 1.0),
+        ];
+        for &(m, k, n, fa, fb, fast, alpha, beta) in cases {
+            let shape = format!(
+                "m={m} k={k} n={n} {fa:?}×{fb:?}{} a={alpha} b={beta}",
+                if fast { " fast" } else { "" }
+            );
+            let (sa, sb) = (0.37f32, 1.9f32);
+            let mut codes = |len: usize, f: Fp8| -> Vec<u8> {
+                (0..len)
+                    .map(|_| f.encode((self.rng.normal() * f.max() as f64 / 8.0) as f32))
+                    .collect()
+            };
+            let (a, b) = (codes(m * k, fa), codes(n * k, fb));
+            let dec = |c: &[u8], f: Fp8, s: f32| -> Vec<f64> {
+                c.iter().map(|&v| f.decode(v) as f64 * s as f64).collect()
+            };
+            let c0 = self.randn(m * n, 100.0);
+            let mut want = f64s(&c0);
+            let (ad, bd) = (dec(&a, fa, sa), dec(&b, fb, sb));
+            gemm(
+                m,
+                k,
+                n,
+                &ad,
+                false,
+                &bd,
+                true,
+                &mut want,
+                alpha as f64,
+                beta as f64,
+            );
+            let (a_d, b_d) = (upload(gpu, &a)?, upload(gpu, &b)?);
+            let (sa_d, sb_d) = (upload(gpu, &[sa])?, upload(gpu, &[sb])?);
+            let tol = if fast { TOL_FAST_ACCUM } else { TOL_FP8_ACCUM };
+            let mut c = if beta == 0.0 {
+                self.nan_f32(m * n)?
+            } else {
+                self.f32(&c0)?
+            };
+            blas.matmul_fp8(
+                m,
+                k,
+                n,
+                (&a_d, fa, &sa_d),
+                (&b_d, fb, &sb_d),
+                &mut c,
+                alpha,
+                beta,
+                fast,
+            )?;
+            let got = download_f32(gpu, &c)?;
+            self.check("matmul_fp8 (→f32)", &shape, &got, &want, tol);
+            if beta == 0.0 {
+                let mut c16 = self.nan_bf16(m * n)?;
+                blas.matmul_fp8::<bf16>(
+                    m,
+                    k,
+                    n,
+                    (&a_d, fa, &sa_d),
+                    (&b_d, fb, &sb_d),
+                    &mut c16,
+                    alpha,
+                    beta,
+                    fast,
+                )?;
+                let got = download_bf16(gpu, &c16)?;
+                self.check("matmul_fp8 (→bf16)", &shape, &got, &want, TOL_BF16);
+            }
+        }
+        Ok(())
+    }
+}
