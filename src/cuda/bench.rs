@@ -61,6 +61,9 @@ pub struct BenchArgs {
     /// --graph`); the JSON goes to gdn_train[_recompute]_graph.json.
     #[arg(long)]
     pub graph: bool,
+    /// train: the blocks' linear layers as FP8 matmuls (see `gdn train --fp8`).
+    #[arg(long)]
+    pub fp8: bool,
     /// Folder for gdn_bench.json (gdn_bench_matmul.json for `matmul`), created if missing.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -816,16 +819,18 @@ fn run_train(a: &BenchArgs) -> Result<()> {
         },
         memory_limit_gb: a.memory_limit,
         graph: a.graph,
+        fp8: a.fp8,
         breakdown: a.breakdown,
     };
     let r = super::bench_train::bench_train(gpu, &b)?;
     let mode = format!(
-        "{}{}",
+        "{}{}{}",
         match r.save {
             SaveMode::Lean => String::new(),
             s => format!(", save {}", s.name()),
         },
-        if r.graph { ", CUDA graph" } else { "" }
+        if r.graph { ", CUDA graph" } else { "" },
+        if r.fp8 { ", FP8 matmuls" } else { "" }
     );
     println!(
         "{}: {:.1}M parameters, {}×{} tokens{mode}: {:.3} s/step, {:.0} tokens/s, {:.0} model \
@@ -842,12 +847,13 @@ fn run_train(a: &BenchArgs) -> Result<()> {
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let name = format!(
-            "gdn_train{}{}.json",
+            "gdn_train{}{}{}.json",
             match r.save {
                 SaveMode::Lean => String::new(),
                 s => format!("_{}", s.name()),
             },
-            if r.graph { "_graph" } else { "" }
+            if r.graph { "_graph" } else { "" },
+            if r.fp8 { "_fp8" } else { "" }
         );
         crate::io::write_atomic(
             &dir.join(name),

@@ -3,7 +3,8 @@
 //! `bench/fla_train.py` times FLA's model: tokens/s, step time, model TFLOP/s (6 · parameters ·
 //! tokens/s) and the GPU memory in use.
 
-use super::model::{MemoryAccount, SaveMode, SavePlan};
+use super::model::memory::MemCategory;
+use super::model::{GpuModel, MemoryAccount, SaveMode, SavePlan};
 use super::train::{memory_in_use, GpuTrainer};
 use super::Gpu;
 use crate::data::Batch;
@@ -30,6 +31,8 @@ pub struct TrainBench {
     pub memory_limit_gb: Option<f64>,
     /// Replay each step's forward and backward from a CUDA graph (`gdn train --graph`).
     pub graph: bool,
+    /// FP8 matmuls in the blocks' linear layers (`gdn train --fp8`).
+    pub fp8: bool,
     /// Also time one more step op group by op group (events between groups).
     pub breakdown: bool,
 }
@@ -47,6 +50,8 @@ pub struct TrainBenchResult {
     pub save_plan: SavePlan,
     /// Forward and backward replayed from a CUDA graph.
     pub graph: bool,
+    /// FP8 matmuls in the blocks' linear layers.
+    pub fp8: bool,
     /// Micro-batches replayed from the graph (timed steps, warm-up and breakdown).
     pub graph_replays: u64,
     pub step_s: f64,
@@ -76,7 +81,12 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         None if b.save == SaveMode::Auto => Some(GpuTrainer::free_budget(&gpu)?),
         None => None,
     };
-    let (plan, account) = GpuTrainer::save_plan(&model, &opt, n, b.batch_size, b.save, budget)?;
+    let fp8_bytes = b.fp8.then(|| GpuModel::fp8_bytes(&model, n));
+    let budget = budget.map(|x| x.saturating_sub(fp8_bytes.unwrap_or(0)));
+    let (plan, mut account) = GpuTrainer::save_plan(&model, &opt, n, b.batch_size, b.save, budget)?;
+    if let Some(bytes) = fp8_bytes {
+        account.add(MemCategory::Misc, "FP8 codes and scales", 1, bytes, 1);
+    }
     println!(
         "memory account ({} × {} tokens, --save {}: {}{}):\n{}",
         b.batch_size,
@@ -91,6 +101,9 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
     );
     let before = memory_in_use(&gpu)?;
     let mut t = GpuTrainer::new(gpu, &model, &params, &opt, 1.0, n, b.batch_size, plan)?;
+    if b.fp8 {
+        t.enable_fp8()?;
+    }
     if b.graph {
         // A graph needs one eager micro-batch first; the second is captured: warm up both.
         ensure!(
@@ -141,6 +154,7 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         save: b.save,
         save_plan: plan,
         graph: b.graph,
+        fp8: b.fp8,
         graph_replays: t.graph_replays(),
         step_s,
         tokens_per_s,

@@ -230,9 +230,16 @@ pub fn cast_transposed(
     Ok(())
 }
 
+/// Floats between consecutive tensors' scales in `update_scales`' outputs: 256 bytes, so that
+/// each scale_inv can be handed to cuBLASLt as a pointer of its own (it refuses FP8 products
+/// whose scale pointers sit 16 bytes apart in one buffer: CUBLAS_STATUS_NOT_SUPPORTED on the H200,
+/// session 29, call 2).
+pub const SCALE_STRIDE: usize = 64;
+
 /// Delayed scaling of `n` tensors of format `f`: each amax gathered since the last update is
 /// pushed into its history ([n, hist], newest first) and reset to 0; scale = f's max / the
 /// history's max and scale_inv = 1 / scale (a tensor whose history is all zeros keeps both).
+/// Tensor i's scale and scale_inv are at i · `SCALE_STRIDE` (n · `SCALE_STRIDE` floats each).
 pub fn update_scales(
     gpu: &Gpu,
     f: Fp8,
@@ -248,8 +255,15 @@ pub fn update_scales(
         "{op}: `history` has {} elements, not a whole number of histories for {n} tensors",
         history.len()
     );
-    expect_len(op, "scale", scale.len(), n, "one per tensor")?;
-    expect_len(op, "scale_inv", scale_inv.len(), n, "one per tensor")?;
+    let strided = n * SCALE_STRIDE;
+    expect_len(op, "scale", scale.len(), strided, "SCALE_STRIDE per tensor")?;
+    expect_len(
+        op,
+        "scale_inv",
+        scale_inv.len(),
+        strided,
+        "SCALE_STRIDE per tensor",
+    )?;
     let hist = (history.len() / n) as i32;
     let s = &*gpu.stream;
     let (ap, _a) = amax.device_ptr_mut(s);
@@ -261,8 +275,8 @@ pub fn update_scales(
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (n, fmax) = (n as i32, f.max());
-    launch!(gpu, FP8, "fp8_scale_update", cfg; ap, hp, sp, ip, n, hist, fmax);
+    let (n, stride, fmax) = (n as i32, SCALE_STRIDE as i32, f.max());
+    launch!(gpu, FP8, "fp8_scale_update", cfg; ap, hp, sp, ip, n, hist, stride, fmax);
     Ok(())
 }
 

@@ -31,8 +31,10 @@ use cudarc::driver::{
 use half::bf16;
 use std::ops::Range;
 
+pub mod linear;
 pub mod memory;
 pub mod save;
+use linear::{dw_bf16, dx_bf16, fwd_bf16, DySite, Linears, WSite, XSite};
 use memory::{Alloc, BufKind, CountAlloc, GpuAlloc, MemCategory, OnGpu};
 pub use memory::{MemEntry, MemoryAccount};
 pub use save::{SaveMode, SavePlan};
@@ -410,6 +412,8 @@ pub fn poison<T>(gpu: &Gpu, buf: &mut CudaSlice<T>) -> Result<()> {
 /// Where one block's parameters live in the flat buffer (looked up by name in the layout).
 #[derive(Clone, Debug)]
 struct LayerRanges {
+    /// The block's number.
+    index: usize,
     attn_norm: Range<usize>,
     q_proj: Range<usize>,
     k_proj: Range<usize>,
@@ -882,7 +886,7 @@ pub struct GpuModel {
     pub params_bf16: CudaSlice<bf16>,
     /// fp32 parameter gradients, accumulated by [`GpuModel::loss_and_backward`].
     pub grads: CudaSlice<f32>,
-    blas: Blas,
+    lin: Linears,
     ws: DeltaRuleWorkspace,
     tokens: CudaSlice<u32>,
     targets: CudaSlice<u32>,
@@ -916,53 +920,11 @@ fn lookup(model: &Model, name: &str) -> Result<Range<usize>> {
         .ok_or_else(|| anyhow!("GpuModel: the model has no parameter `{name}`"))
 }
 
-/// y [n, out] = x [n, in] · Wᵀ (W [out, in]).
-#[allow(clippy::too_many_arguments)]
-fn lin_fwd(
-    blas: &Blas,
-    x: &impl DevicePtr<bf16>,
-    w: &impl DevicePtr<bf16>,
-    y: &mut impl DevicePtrMut<bf16>,
-    n: usize,
-    inp: usize,
-    out: usize,
-) -> Result<()> {
-    blas.matmul::<bf16>(n, inp, out, x, false, w, true, y, 1.0, 0.0)
-}
-
-/// dx [n, in] (= or +=, by `beta`) dy [n, out] · W [out, in].
-#[allow(clippy::too_many_arguments)]
-fn lin_dx<O: super::blas::MatmulOut>(
-    blas: &Blas,
-    dy: &impl DevicePtr<bf16>,
-    w: &impl DevicePtr<bf16>,
-    dx: &mut impl DevicePtrMut<O>,
-    n: usize,
-    inp: usize,
-    out: usize,
-    beta: f32,
-) -> Result<()> {
-    blas.matmul::<O>(n, out, inp, dy, false, w, false, dx, 1.0, beta)
-}
-
-/// dW [out, in] += dyᵀ · x.
-fn lin_dw(
-    blas: &Blas,
-    dy: &impl DevicePtr<bf16>,
-    x: &impl DevicePtr<bf16>,
-    dw: &mut impl DevicePtrMut<f32>,
-    n: usize,
-    inp: usize,
-    out: usize,
-) -> Result<()> {
-    blas.matmul::<f32>(out, n, inp, dy, true, x, false, dw, 1.0, 1.0)
-}
-
 /// What every block's forward reads besides its own buffers.
 struct BlockCtx<'a> {
     gpu: &'a Gpu,
     prof: Option<&'a OpProfile>,
-    blas: &'a Blas,
+    lin: &'a Linears,
     p16: &'a CudaSlice<bf16>,
     p32: &'a CudaSlice<f32>,
     sz: Sz,
@@ -1119,10 +1081,13 @@ fn mlp_norm(
 
 /// gate‖up = h2 · [gate; up]ᵀ: one matmul (the two weights are adjacent in the layout).
 fn mlp_gate_up(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
-    let BlockCtx { blas, sz, n, .. } = *ctx;
+    let BlockCtx {
+        gpu, lin, sz, n, ..
+    } = *ctx;
     let Sz { d, inter, .. } = sz;
-    lin_fwd(
-        blas,
+    lin.fwd(
+        gpu,
+        Some((lr.index, XSite::H2, WSite::GateUp)),
         &wk.mlp.h2.slice(..n * d),
         &ctx.pv(&(lr.gate_proj.start..lr.up_proj.end)),
         &mut wk.gu.buf.slice_mut(..2 * n * inter),
@@ -1160,7 +1125,7 @@ fn block_forward(
     tmp_d: &mut CudaSlice<bf16>,
 ) -> Result<()> {
     let BlockCtx {
-        gpu, blas, sz, n, ..
+        gpu, lin, sz, n, ..
     } = *ctx;
     let Sz {
         d,
@@ -1174,15 +1139,18 @@ fn block_forward(
     mark(ctx.prof, gpu, "fwd rmsnorm")?;
     // Mixer projections.
     let h1 = wk.mix.h1.slice(..n * d);
-    for (wr, y, out) in [
-        (&lr.q_proj, &mut s.q_pre, kd),
-        (&lr.k_proj, &mut s.k_pre, kd),
-        (&lr.v_proj, &mut s.v_pre, vd),
-        (&lr.a_proj, &mut s.a, h),
-        (&lr.b_proj, &mut *wk.b, h),
+    let at = |w| Some((lr.index, XSite::H1, w));
+    for (wr, site, y, out) in [
+        (&lr.q_proj, at(WSite::Q), &mut s.q_pre, kd),
+        (&lr.k_proj, at(WSite::K), &mut s.k_pre, kd),
+        (&lr.v_proj, at(WSite::V), &mut s.v_pre, vd),
+        // Rank H: bf16 always.
+        (&lr.a_proj, None, &mut s.a, h),
+        (&lr.b_proj, None, &mut *wk.b, h),
     ] {
-        lin_fwd(
-            blas,
+        lin.fwd(
+            gpu,
+            site,
             &h1,
             &ctx.pv(wr),
             &mut y.slice_mut(..n * out),
@@ -1194,8 +1162,9 @@ fn block_forward(
     if let Some(bias) = &lr.b_bias {
         add_bias_bf16(gpu, &mut wk.b.slice_mut(..n * h), &ctx.pv(bias))?;
     }
-    lin_fwd(
-        blas,
+    lin.fwd(
+        gpu,
+        at(WSite::G),
         &h1,
         &ctx.pv(&lr.g_proj),
         &mut s.gate.slice_mut(..n * vd),
@@ -1209,8 +1178,9 @@ fn block_forward(
         Core::Decode(step, cache) => decode_mixer(ctx, lr, s, wk, step, cache)?,
     }
     out_norm(ctx, lr, s, wk, true)?;
-    lin_fwd(
-        blas,
+    lin.fwd(
+        gpu,
+        Some((lr.index, XSite::Normed, WSite::O)),
         &wk.mix.normed.slice(..n * vd),
         &ctx.pv(&lr.o_proj),
         &mut s.mix.slice_mut(..n * d),
@@ -1224,8 +1194,9 @@ fn block_forward(
     mlp_gate_up(ctx, lr, wk, true)?;
     mlp_swiglu(ctx, wk, true)?;
     let mut down = tmp_d.slice_mut(..n * d);
-    lin_fwd(
-        blas,
+    lin.fwd(
+        gpu,
+        Some((lr.index, XSite::Act, WSite::Down)),
         &wk.mlp.act.slice(..n * inter),
         &ctx.pv(&lr.down_proj),
         &mut down,
@@ -1484,6 +1455,7 @@ impl GpuModel {
                 let a = |s: &str| lookup(model, &format!("model.layers.{i}.attn.{s}"));
                 let m = |s: &str| lookup(model, &format!("model.layers.{i}.{s}"));
                 let r = LayerRanges {
+                    index: i,
                     attn_norm: m("attn_norm.weight")?,
                     q_proj: a("q_proj.weight")?,
                     k_proj: a("k_proj.weight")?,
@@ -1582,7 +1554,7 @@ impl GpuModel {
             params: master,
             params_bf16,
             grads,
-            blas,
+            lin: Linears::new(blas),
             ws,
             tokens,
             targets,
@@ -1662,8 +1634,8 @@ impl GpuModel {
     /// The logits of rows [r0, r0 + m) into the start of the logits buffer.
     fn head_rows(&mut self, r0: usize, m: usize) -> Result<()> {
         let Sz { d, vocab, .. } = self.sz;
-        lin_fwd(
-            &self.blas,
+        fwd_bf16(
+            &self.lin.blas,
             &self.normed_f.slice(r0 * d..(r0 + m) * d),
             &self.params_bf16.slice(self.head.clone()),
             &mut self.logits.slice_mut(..m * vocab),
@@ -1877,11 +1849,12 @@ impl GpuModel {
         let cu_seqlens: &[usize] = if decode.is_some() { &[] } else { &self.cu_host };
         let p16 = &self.params_bf16;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
-        let blas = &self.blas;
+        let lin = &self.lin;
+        lin.new_pass();
         let ctx = BlockCtx {
             gpu,
             prof: self.profile.as_ref(),
-            blas,
+            lin,
             p16,
             p32: &self.params,
             sz,
@@ -2100,8 +2073,8 @@ impl GpuModel {
             mark(self.profile.as_ref(), gpu, "cross-entropy")?;
             let dl = self.logits.slice(..m * vocab);
             let head = self.params_bf16.slice(self.head.clone());
-            lin_dx::<f32>(
-                &self.blas,
+            dx_bf16::<f32>(
+                &self.lin.blas,
                 &dl,
                 &head,
                 &mut self.bwd.dacc.slice_mut(r0 * d..(r0 + m) * d),
@@ -2110,8 +2083,8 @@ impl GpuModel {
                 vocab,
                 0.0,
             )?;
-            lin_dw(
-                &self.blas,
+            dw_bf16(
+                &self.lin.blas,
                 &dl,
                 &self.normed_f.slice(r0 * d..(r0 + m) * d),
                 &mut self.grads.slice_mut(self.head.clone()),
@@ -2128,7 +2101,7 @@ impl GpuModel {
         let p32 = &self.params;
         let pv = |r: &Range<usize>| p16.slice(r.clone());
         let grads = &mut self.grads;
-        let blas = &self.blas;
+        let lin = &self.lin;
         let b = &mut self.bwd;
         let nd = n * d;
         let cu = self.cu_dev.slice(..self.cu_host.len());
@@ -2155,7 +2128,7 @@ impl GpuModel {
         let ctx = BlockCtx {
             gpu,
             prof: self.profile.as_ref(),
-            blas,
+            lin,
             p16,
             p32,
             sz,
@@ -2206,20 +2179,13 @@ impl GpuModel {
             }
             // MLP: x_out = x_mid + down(silu(gate) ⊙ up).
             let dy = b.dres_bf.slice(..nd);
-            lin_dx::<bf16>(
-                blas,
+            lin.bwd::<bf16>(
+                gpu,
+                (lr.index, DySite::Down, WSite::Down, XSite::Act),
                 &dy,
                 &pv(&lr.down_proj),
-                &mut b.dact.slice_mut(..ni),
-                n,
-                inter,
-                d,
-                0.0,
-            )?;
-            lin_dw(
-                blas,
-                &dy,
                 &wk.mlp.act.slice(..ni),
+                (&mut b.dact.slice_mut(..ni), 0.0),
                 &mut grads.slice_mut(lr.down_proj.clone()),
                 n,
                 inter,
@@ -2237,20 +2203,13 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd swiglu")?;
             let dgu = wk.gu.buf.slice(..ngu);
             let gate_up = lr.gate_proj.start..lr.up_proj.end;
-            lin_dx::<f32>(
-                blas,
+            lin.bwd::<f32>(
+                gpu,
+                (lr.index, DySite::GateUp, WSite::GateUp, XSite::H2),
                 &dgu,
                 &pv(&gate_up),
-                &mut b.dacc.slice_mut(..nd),
-                n,
-                d,
-                2 * inter,
-                0.0,
-            )?;
-            lin_dw(
-                blas,
-                &dgu,
                 &wk.mlp.h2.slice(..nd),
+                (&mut b.dacc.slice_mut(..nd), 0.0),
                 &mut grads.slice_mut(gate_up),
                 n,
                 d,
@@ -2287,20 +2246,13 @@ impl GpuModel {
             let nv = n * vd;
             let nk = n * kd;
             // d_normed in dact.
-            lin_dx::<bf16>(
-                blas,
+            lin.bwd::<bf16>(
+                gpu,
+                (lr.index, DySite::O, WSite::O, XSite::Normed),
                 &dy,
                 &pv(&lr.o_proj),
-                &mut b.dact.slice_mut(..nv),
-                n,
-                vd,
-                d,
-                0.0,
-            )?;
-            lin_dw(
-                blas,
-                &dy,
                 &wk.mix.normed.slice(..nv),
+                (&mut b.dact.slice_mut(..nv), 0.0),
                 &mut grads.slice_mut(lr.o_proj.clone()),
                 n,
                 vd,
@@ -2470,27 +2422,43 @@ impl GpuModel {
             let h1 = wk.mix.h1.slice(..nd);
             let qkv = lr.q_proj.start..lr.v_proj.end;
             let ab = lr.a_proj.start..lr.b_proj.end;
-            for (wr, dpv, out, beta) in [
-                (&qkv, wk.gu.buf.slice(dpre_at..dpre_at + nqkv), ld, 0.0),
-                (&lr.g_proj, wk.gu.buf.slice(..nv), vd, 1.0),
+            for (wr, ds, ws, dpv, out, beta) in [
+                (
+                    &qkv,
+                    DySite::Qkv,
+                    WSite::Qkv,
+                    wk.gu.buf.slice(dpre_at..dpre_at + nqkv),
+                    ld,
+                    0.0,
+                ),
+                (
+                    &lr.g_proj,
+                    DySite::G,
+                    WSite::G,
+                    wk.gu.buf.slice(..nv),
+                    vd,
+                    1.0,
+                ),
             ] {
-                lin_dx::<f32>(
-                    blas,
+                lin.bwd::<f32>(
+                    gpu,
+                    (lr.index, ds, ws, XSite::H1),
                     &dpv,
                     &pv(wr),
-                    &mut b.dacc.slice_mut(..nd),
+                    &h1,
+                    (&mut b.dacc.slice_mut(..nd), beta),
+                    &mut grads.slice_mut(wr.clone()),
                     n,
                     d,
                     out,
-                    beta,
                 )?;
-                lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, out)?;
             }
             for (wr, dpv) in [
                 (&lr.a_proj, b.dab.slice(..n * h)),
                 (&lr.b_proj, b.dab.slice(n * h..2 * n * h)),
             ] {
-                lin_dw(blas, &dpv, &h1, &mut grads.slice_mut(wr.clone()), n, d, h)?;
+                let dw = &mut grads.slice_mut(wr.clone());
+                dw_bf16(&lin.blas, &dpv, &h1, dw, n, d, h)?;
             }
             mark(ctx.prof, gpu, "bwd mixer projections")?;
             rmsnorm_bwd_f32(
@@ -2522,7 +2490,38 @@ impl GpuModel {
             d,
         )?;
         mark(ctx.prof, gpu, "bwd embedding")?;
+        lin.update_scales(gpu)?;
         Ok(())
+    }
+
+    /// The blocks' linear layers in FP8 from now on (`gdn train --fp8`; see `linear`).
+    pub fn enable_fp8(&mut self, gpu: &Gpu) -> Result<()> {
+        let z = fp8_sizes(self.sz, self.layers.len(), self.max_tokens);
+        self.lin.enable_fp8(gpu, z)
+    }
+
+    /// FP8 matmuls queued so far (see [`Linears::fp8_products`]).
+    pub fn fp8_products(&self) -> u64 {
+        self.lin.fp8_products()
+    }
+
+    /// The bytes [`GpuModel::enable_fp8`] allocates (for the memory account).
+    pub fn fp8_bytes(model: &Model, max_tokens: usize) -> usize {
+        let sz = Sz::of(model);
+        Linears::fp8_bytes(&fp8_sizes(sz, model.config.num_hidden_layers, max_tokens))
+    }
+}
+
+/// The largest FP8 operands of the blocks' products, for up to `t` tokens.
+fn fp8_sizes(sz: Sz, layers: usize, t: usize) -> linear::Fp8Sizes {
+    let Sz {
+        d, kd, vd, inter, ..
+    } = sz;
+    linear::Fp8Sizes {
+        layers,
+        max_x: t * d.max(vd).max(inter),
+        max_w: d * (2 * kd + vd).max(2 * inter),
+        max_dy: t * (2 * kd + vd).max(2 * inter).max(d),
     }
 }
 

@@ -335,6 +335,12 @@ impl GpuTrainer {
     /// shape from the shape's second micro-batch on (`gdn train --graph`). Evaluation, the
     /// gradient norm and the update stay eager. Results are bit for bit those of the eager path:
     /// the same kernels with the same arguments on the same buffers.
+    /// The blocks' linear layers in FP8 from now on (`--fp8`; see `cuda::model::linear`). Call
+    /// it before `enable_graphs`.
+    pub fn enable_fp8(&mut self) -> Result<()> {
+        self.model.enable_fp8(&self.gpu).map_err(explain_oom)
+    }
+
     pub fn enable_graphs(&mut self) -> Result<()> {
         ensure!(
             self.model.profile().is_none(),

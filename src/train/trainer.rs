@@ -5,7 +5,8 @@
 use super::adamw::{clip_grad_norm, AdamW};
 use super::checkpoint::{self, TrainerState};
 use super::config::{DataSpec, TrainConfig};
-use crate::cuda::model::SaveMode;
+use crate::cuda::model::memory::MemCategory;
+use crate::cuda::model::{GpuModel, SaveMode};
 use crate::cuda::train::{memory_in_use, GpuTrainer};
 use crate::cuda::Gpu;
 use crate::data::bytes::{ByteDataset, BYTE_VOCAB};
@@ -62,6 +63,8 @@ pub struct RunOptions {
     /// On the GPU: replay each micro-batch's forward and backward from a CUDA graph captured
     /// once per shape (bit for bit the eager results, fewer launches).
     pub graph: bool,
+    /// On the GPU: the blocks' linear layers in FP8 (`--fp8`; see `cuda::model::linear`).
+    pub fp8: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -437,13 +440,26 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                 None if opts.save == SaveMode::Auto => Some(GpuTrainer::free_budget(&gpu)?),
                 None => None,
             };
-            let (plan, account) =
-                GpuTrainer::save_plan(&model, &opt, max_tokens, max_seqs, opts.save, budget)?;
+            let fp8_bytes = opts.fp8.then(|| GpuModel::fp8_bytes(&model, max_tokens));
+            let (plan, mut account) = GpuTrainer::save_plan(
+                &model,
+                &opt,
+                max_tokens,
+                max_seqs,
+                opts.save,
+                budget.map(|b| b.saturating_sub(fp8_bytes.unwrap_or(0))),
+            )?;
+            if let Some(bytes) = fp8_bytes {
+                account.add(MemCategory::Misc, "FP8 codes and scales", 1, bytes, 1);
+            }
             save_plan = Some(plan.describe(model.config.num_hidden_layers));
             gpu_memory = Some(account);
             let mut t = GpuTrainer::new(
                 gpu, &model, &params, &opt, c.clip, max_tokens, max_seqs, plan,
             )?;
+            if opts.fp8 {
+                t.enable_fp8()?;
+            }
             if opts.graph {
                 t.enable_graphs()?;
             }
@@ -471,6 +487,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     if opts.graph && matches!(engine, Engine::Cpu { .. }) {
         say("--graph applies to GPU training; the CPU runs eagerly".into());
     }
+    if opts.fp8 && matches!(engine, Engine::Cpu { .. }) {
+        say("--fp8 applies to GPU training; the CPU computes in fp32".into());
+    }
     if !opts.quiet {
         say(format!(
             "gdn train: {} parameters on {}, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
@@ -478,14 +497,15 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
             match &engine {
                 Engine::Cpu { .. } => "the CPU".to_string(),
                 Engine::Gpu(t) => format!(
-                    "{}{}{}",
+                    "{}{}{}{}",
                     t.gpu.name,
                     if opts.save == SaveMode::Recompute {
                         " (recompute)"
                     } else {
                         ""
                     },
-                    if opts.graph { " (CUDA graph)" } else { "" }
+                    if opts.graph { " (CUDA graph)" } else { "" },
+                    if opts.fp8 { " (FP8 matmuls)" } else { "" }
                 ),
             },
             c.batch_size,

@@ -120,9 +120,10 @@ extern "C" __global__ void __launch_bounds__(256) fp8_cast_t_e5m2(const bf16* x,
 // Delayed scaling for n tensors: history [n, hist] keeps each tensor's amax over the last hist
 // updates, newest first. The amax gathered since the last update is pushed in and reset to 0;
 // scale = fmax / (the history's max), and scale_inv = 1 / scale is what the matmul multiplies its
-// products by. A tensor that has been all zeros (or not finite) keeps its scale.
+// products by. A tensor that has been all zeros (or not finite) keeps its scale. Tensor i's
+// scale and scale_inv are at i · stride (cuBLASLt reads each scale_inv through its own pointer).
 extern "C" __global__ void fp8_scale_update(unsigned* amax, float* history, float* scale, float* scale_inv, int n,
-                                            int hist, float fmax) {
+                                            int hist, int stride, float fmax) {
     GRID_STRIDE(i, n) {
         float* h = history + i * hist;
         for (int j = hist - 1; j > 0; --j) h[j] = h[j - 1];
@@ -132,8 +133,8 @@ extern "C" __global__ void fp8_scale_update(unsigned* amax, float* history, floa
         for (int j = 0; j < hist; ++j) top = fmaxf(top, h[j]);
         if (top > 0.0f && top < __int_as_float(0x7f800000)) {  // not 0, not ∞ or NaN
             const float sc = fmax / top;
-            scale[i] = sc;
-            scale_inv[i] = 1.0f / sc;
+            scale[i * stride] = sc;
+            scale_inv[i * stride] = 1.0f / sc;
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::{f64s, Ctx, TOL_BF16};
 use crate::cuda::blas::Blas;
 use crate::cuda::buffer::{download, download_bf16, download_f32, upload};
-use crate::cuda::fp8::{self, Fp8};
+use crate::cuda::fp8::{self, Fp8, SCALE_STRIDE};
 use crate::cuda::selftest::Row;
 use crate::tensor::gemm;
 use anyhow::Result;
@@ -121,21 +121,33 @@ impl Ctx<'_> {
             .map(|_| self.rng.uniform() as f32 * 4.0)
             .collect();
         history[2 * hist..].fill(0.0);
-        let (scale0, inv0) = ([1.0f32, 2.0, 8.0], [1.0f32, 0.5, 0.125]);
+        // Scales SCALE_STRIDE apart; the floats between them must stay as they are.
+        let strided = |v: [f32; 3]| -> Vec<f32> {
+            (0..n * SCALE_STRIDE)
+                .map(|j| {
+                    if j % SCALE_STRIDE == 0 {
+                        v[j / SCALE_STRIDE]
+                    } else {
+                        -7.0
+                    }
+                })
+                .collect()
+        };
+        let (mut scale, mut inv) = (strided([1.0, 2.0, 8.0]), strided([1.0, 0.5, 0.125]));
         let mut ad = upload(gpu, &amax.map(f32::to_bits))?;
         let mut hd = upload(gpu, &history)?;
-        let mut sd = upload(gpu, &scale0)?;
-        let mut id = upload(gpu, &inv0)?;
+        let mut sd = upload(gpu, &scale)?;
+        let mut id = upload(gpu, &inv)?;
         fp8::update_scales(gpu, f, &mut ad, &mut hd, &mut sd, &mut id)?;
-        let (mut scale, mut inv) = (scale0, inv0);
         for i in 0..n {
             let h = &mut history[i * hist..(i + 1) * hist];
             h.rotate_right(1);
             h[0] = amax[i];
             let top = h.iter().fold(0f32, |m, &v| m.max(v));
             if top > 0.0 {
-                scale[i] = f.max() / top;
-                inv[i] = 1.0 / scale[i];
+                let j = i * SCALE_STRIDE;
+                scale[j] = f.max() / top;
+                inv[j] = 1.0 / scale[j];
             }
         }
         let same = download(gpu, &ad)? == [0u32; 3]
@@ -186,7 +198,14 @@ impl Ctx<'_> {
                 beta as f64,
             );
             let (a_d, b_d) = (upload(gpu, &a)?, upload(gpu, &b)?);
-            let (sa_d, sb_d) = (upload(gpu, &[sa])?, upload(gpu, &[sb])?);
+            // Both scales in one buffer, SCALE_STRIDE apart, as the model keeps them.
+            let mut scales = vec![0.0f32; 2 * SCALE_STRIDE];
+            (scales[0], scales[SCALE_STRIDE]) = (sa, sb);
+            let scales = upload(gpu, &scales)?;
+            let (sa_d, sb_d) = (
+                scales.slice(..1),
+                scales.slice(SCALE_STRIDE..SCALE_STRIDE + 1),
+            );
             let tol = if fast { TOL_FAST_ACCUM } else { TOL_FP8_ACCUM };
             let mut c = if beta == 0.0 {
                 self.nan_f32(m * n)?

@@ -1,0 +1,428 @@
+//! The blocks' linear layers: bf16 matmuls (fp32 accumulation), or with `--fp8` FP8 ones, as
+//! Transformer Engine's hybrid recipe does them: activations and weights in E4M3, output
+//! gradients in E5M2, one scale per tensor by delayed scaling (`cuda::fp8`), fp32 accumulation
+//! and outputs in bf16 or fp32 as in bf16 mode. The master weights, the optimizer, the norms,
+//! the delta rule, the a/b projections and the lm head stay as they are.
+//!
+//! Per product of a block (forward y = x·Wᵀ; backward dx = dy·W, dW += dyᵀ·x):
+//! - forward: x and W cast to E4M3 (x once for the products that share it), then the FP8 matmul
+//!   with the tensor cores' fast accumulation (as TE's forward);
+//! - backward: dy cast to E5M2 with its transpose in one pass, W transposed to E4M3 for dx, x
+//!   transposed to E4M3 for dW; both matmuls promote their partial sums to fp32.
+//!
+//! Every tensor (site) keeps its own scale. `update_scales`, at the end of each backward, sets
+//! them from the amaxes of the last `HISTORY` steps; a site's first use measures its amax first.
+//! Products whose sizes are not multiples of 16 (FP8's requirement) run in bf16.
+
+use super::super::blas::{Blas, MatmulOut};
+use super::super::fp8::{self, Fp8, SCALE_STRIDE};
+use super::super::Gpu;
+use anyhow::Result;
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
+use half::bf16;
+use std::cell::RefCell;
+
+/// Steps of amax history behind each scale.
+pub const HISTORY: usize = 16;
+
+/// An activation that enters products (E4M3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum XSite {
+    /// The mixer's normed input (q, k, v and the output gate read it).
+    H1,
+    /// The gated norm's output (o_proj's input).
+    Normed,
+    /// The MLP's normed input.
+    H2,
+    /// SwiGLU's output (down's input).
+    Act,
+}
+
+/// A weight (E4M3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WSite {
+    Q,
+    K,
+    V,
+    G,
+    O,
+    GateUp,
+    Down,
+    /// q‖k‖v as one product in the backward.
+    Qkv,
+}
+
+/// An output gradient (E5M2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DySite {
+    Qkv,
+    G,
+    O,
+    GateUp,
+    Down,
+}
+
+const X_SITES: usize = 4;
+const W_SITES: usize = 8;
+const E4M3_SITES: usize = X_SITES + W_SITES;
+const E5M2_SITES: usize = 5;
+
+/// The scales of one format's tensors (see `fp8::update_scales`).
+struct Scales {
+    f: Fp8,
+    amax: CudaSlice<u32>,
+    history: CudaSlice<f32>,
+    scale: CudaSlice<f32>,
+    scale_inv: CudaSlice<f32>,
+    /// Host-side: whether each tensor has had its first amax measured.
+    seen: Vec<bool>,
+}
+
+impl Scales {
+    fn new(gpu: &Gpu, f: Fp8, n: usize) -> Result<Scales> {
+        let s = &gpu.stream;
+        Ok(Scales {
+            f,
+            amax: s.alloc_zeros(n)?,
+            history: s.alloc_zeros(n * HISTORY)?,
+            scale: s.clone_htod(&vec![1.0f32; n * SCALE_STRIDE])?,
+            scale_inv: s.clone_htod(&vec![1.0f32; n * SCALE_STRIDE])?,
+            seen: vec![false; n],
+        })
+    }
+
+    /// Before tensor i's first cast: its own amax and a scale from it, so that the first step
+    /// does not cast at scale 1 (E5M2 would flush most gradients to zero).
+    fn first_use(&mut self, gpu: &Gpu, i: usize, x: &impl DevicePtr<bf16>) -> Result<()> {
+        if self.seen[i] {
+            return Ok(());
+        }
+        self.seen[i] = true;
+        fp8::amax(
+            gpu,
+            x,
+            &mut self.amax.slice_mut(i..i + 1),
+            &at(&self.scale, i),
+        )?;
+        fp8::update_scales(
+            gpu,
+            self.f,
+            &mut self.amax.slice_mut(i..i + 1),
+            &mut self.history.slice_mut(i * HISTORY..(i + 1) * HISTORY),
+            &mut self
+                .scale
+                .slice_mut(i * SCALE_STRIDE..(i + 1) * SCALE_STRIDE),
+            &mut self
+                .scale_inv
+                .slice_mut(i * SCALE_STRIDE..(i + 1) * SCALE_STRIDE),
+        )
+    }
+
+    fn update(&mut self, gpu: &Gpu) -> Result<()> {
+        fp8::update_scales(
+            gpu,
+            self.f,
+            &mut self.amax,
+            &mut self.history,
+            &mut self.scale,
+            &mut self.scale_inv,
+        )
+    }
+}
+
+/// The FP8 state: scales and the codes' scratch buffers (sized for the largest product).
+struct Fp8State {
+    e4m3: Scales,
+    e5m2: Scales,
+    x8: CudaSlice<u8>,
+    xt8: CudaSlice<u8>,
+    w8: CudaSlice<u8>,
+    dy8: CudaSlice<u8>,
+    dyt8: CudaSlice<u8>,
+    /// (site index, device address) of the activation `x8` now holds: the products that read
+    /// one activation in a row (q, k, v, gate) cast it once.
+    x8_holds: Option<(usize, u64)>,
+    /// FP8 matmuls queued so far (a check that FP8 is in use).
+    products: u64,
+}
+
+/// The largest sizes the FP8 scratch must hold, in elements.
+pub struct Fp8Sizes {
+    pub layers: usize,
+    pub max_x: usize,
+    pub max_w: usize,
+    pub max_dy: usize,
+}
+
+/// The blocks' matmuls (see the module doc).
+pub struct Linears {
+    pub blas: Blas,
+    fp8: Option<RefCell<Fp8State>>,
+}
+
+fn fits_fp8(n: usize, inp: usize, out: usize) -> bool {
+    [n, inp, out].iter().all(|v| v.is_multiple_of(16))
+}
+
+impl Linears {
+    pub fn new(blas: Blas) -> Linears {
+        Linears { blas, fp8: None }
+    }
+
+    /// Turns FP8 on, allocating its scales and scratch.
+    pub fn enable_fp8(&mut self, gpu: &Gpu, z: Fp8Sizes) -> Result<()> {
+        let s = &gpu.stream;
+        let st = Fp8State {
+            e4m3: Scales::new(gpu, Fp8::E4M3, z.layers * E4M3_SITES)?,
+            e5m2: Scales::new(gpu, Fp8::E5M2, z.layers * E5M2_SITES)?,
+            x8: s.alloc_zeros(z.max_x)?,
+            xt8: s.alloc_zeros(z.max_x)?,
+            w8: s.alloc_zeros(z.max_w)?,
+            dy8: s.alloc_zeros(z.max_dy)?,
+            dyt8: s.alloc_zeros(z.max_dy)?,
+            x8_holds: None,
+            products: 0,
+        };
+        self.fp8 = Some(RefCell::new(st));
+        Ok(())
+    }
+
+    /// FP8 matmuls queued so far (0 without FP8, or when every product fell back to bf16).
+    pub fn fp8_products(&self) -> u64 {
+        self.fp8.as_ref().map_or(0, |st| st.borrow().products)
+    }
+
+    /// Bytes of FP8 state for these sizes (the memory account).
+    pub fn fp8_bytes(z: &Fp8Sizes) -> usize {
+        let scales = z.layers * (E4M3_SITES + E5M2_SITES) * 4 * (1 + 2 * SCALE_STRIDE + HISTORY);
+        2 * z.max_x + z.max_w + 2 * z.max_dy + scales
+    }
+
+    /// y [n, out] = x [n, in] · Wᵀ (W [out, in]); FP8 at `site` (layer, activation, weight)
+    /// when enabled and the sizes allow, bf16 otherwise (and always for `site` None).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fwd(
+        &self,
+        gpu: &Gpu,
+        site: Option<(usize, XSite, WSite)>,
+        x: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+        y: &mut impl DevicePtrMut<bf16>,
+        n: usize,
+        inp: usize,
+        out: usize,
+    ) -> Result<()> {
+        let (Some(st), Some((layer, xs, ws))) = (&self.fp8, site) else {
+            return fwd_bf16(&self.blas, x, w, y, n, inp, out);
+        };
+        if !fits_fp8(n, inp, out) {
+            return fwd_bf16(&self.blas, x, w, y, n, inp, out);
+        }
+        let st = &mut *st.borrow_mut();
+        let (xi, wi) = (x_index(layer, xs), w_index(layer, ws));
+        let xp = x.device_ptr(&gpu.stream).0;
+        if st.x8_holds != Some((xi, xp)) {
+            st.e4m3.first_use(gpu, xi, x)?;
+            let e = &mut st.e4m3;
+            fp8::cast(
+                gpu,
+                Fp8::E4M3,
+                x,
+                &mut st.x8.slice_mut(..n * inp),
+                &at(&e.scale, xi),
+                &mut e.amax.slice_mut(xi..xi + 1),
+            )?;
+            st.x8_holds = Some((xi, xp));
+        }
+        st.products += 1;
+        st.e4m3.first_use(gpu, wi, w)?;
+        let e = &mut st.e4m3;
+        fp8::cast(
+            gpu,
+            Fp8::E4M3,
+            w,
+            &mut st.w8.slice_mut(..out * inp),
+            &at(&e.scale, wi),
+            &mut e.amax.slice_mut(wi..wi + 1),
+        )?;
+        self.blas.matmul_fp8::<bf16>(
+            n,
+            inp,
+            out,
+            (&st.x8.slice(..n * inp), Fp8::E4M3, &at(&e.scale_inv, xi)),
+            (&st.w8.slice(..out * inp), Fp8::E4M3, &at(&e.scale_inv, wi)),
+            y,
+            1.0,
+            0.0,
+            true,
+        )
+    }
+
+    /// The backward of `fwd`: dx [n, in] (= or +=, by `beta`) dy · W, and dW [out, in] += dyᵀ · x. FP8 at `site` (layer, output gradient, weight, activation) as
+    /// `fwd` decides.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bwd<O: MatmulOut>(
+        &self,
+        gpu: &Gpu,
+        site: (usize, DySite, WSite, XSite),
+        dy: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+        x: &impl DevicePtr<bf16>,
+        (dx, beta): (&mut impl DevicePtrMut<O>, f32),
+        dw: &mut impl DevicePtrMut<f32>,
+        n: usize,
+        inp: usize,
+        out: usize,
+    ) -> Result<()> {
+        let Some(st) = self.fp8.as_ref().filter(|_| fits_fp8(n, inp, out)) else {
+            dx_bf16(&self.blas, dy, w, dx, n, inp, out, beta)?;
+            return dw_bf16(&self.blas, dy, x, dw, n, inp, out);
+        };
+        let st = &mut *st.borrow_mut();
+        let (layer, ds, ws, xs) = site;
+        let (di, wi, xi) = (
+            layer * E5M2_SITES + ds as usize,
+            w_index(layer, ws),
+            x_index(layer, xs),
+        );
+        st.x8_holds = None;
+        st.products += 2;
+        st.e5m2.first_use(gpu, di, dy)?;
+        let mut dy8 = st.dy8.slice_mut(..n * out);
+        fp8::cast_transposed(
+            gpu,
+            Fp8::E5M2,
+            dy,
+            n,
+            out,
+            Some(&mut dy8),
+            &mut st.dyt8.slice_mut(..n * out),
+            &at(&st.e5m2.scale, di),
+            &mut st.e5m2.amax.slice_mut(di..di + 1),
+        )?;
+        let dinv = at(&st.e5m2.scale_inv, di);
+        st.e4m3.first_use(gpu, wi, w)?;
+        let e = &mut st.e4m3;
+        // Wᵀ [in, out], k-major over `out` as the product needs.
+        fp8::cast_transposed(
+            gpu,
+            Fp8::E4M3,
+            w,
+            out,
+            inp,
+            None,
+            &mut st.w8.slice_mut(..out * inp),
+            &at(&e.scale, wi),
+            &mut e.amax.slice_mut(wi..wi + 1),
+        )?;
+        self.blas.matmul_fp8::<O>(
+            n,
+            out,
+            inp,
+            (&st.dy8.slice(..n * out), Fp8::E5M2, &dinv),
+            (&st.w8.slice(..out * inp), Fp8::E4M3, &at(&e.scale_inv, wi)),
+            dx,
+            1.0,
+            beta,
+            false,
+        )?;
+        st.e4m3.first_use(gpu, xi, x)?;
+        let e = &mut st.e4m3;
+        fp8::cast_transposed(
+            gpu,
+            Fp8::E4M3,
+            x,
+            n,
+            inp,
+            None,
+            &mut st.xt8.slice_mut(..n * inp),
+            &at(&e.scale, xi),
+            &mut e.amax.slice_mut(xi..xi + 1),
+        )?;
+        self.blas.matmul_fp8::<f32>(
+            out,
+            n,
+            inp,
+            (&st.dyt8.slice(..n * out), Fp8::E5M2, &dinv),
+            (&st.xt8.slice(..n * inp), Fp8::E4M3, &at(&e.scale_inv, xi)),
+            dw,
+            1.0,
+            1.0,
+            false,
+        )
+    }
+
+    /// The end of a backward: every scale from its history and the amaxes gathered since.
+    pub fn update_scales(&self, gpu: &Gpu) -> Result<()> {
+        if let Some(st) = &self.fp8 {
+            let st = &mut *st.borrow_mut();
+            st.x8_holds = None;
+            st.e4m3.update(gpu)?;
+            st.e5m2.update(gpu)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets which activation the scratch holds (a forward's activations are rewritten
+    /// in place by the next one).
+    pub fn new_pass(&self) {
+        if let Some(st) = &self.fp8 {
+            st.borrow_mut().x8_holds = None;
+        }
+    }
+}
+
+/// y [n, out] = x [n, in] · Wᵀ (W [out, in]) in bf16.
+#[allow(clippy::too_many_arguments)]
+pub fn fwd_bf16(
+    blas: &Blas,
+    x: &impl DevicePtr<bf16>,
+    w: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    n: usize,
+    inp: usize,
+    out: usize,
+) -> Result<()> {
+    blas.matmul::<bf16>(n, inp, out, x, false, w, true, y, 1.0, 0.0)
+}
+
+/// dx [n, in] (= or +=, by `beta`) dy [n, out] · W [out, in] in bf16.
+#[allow(clippy::too_many_arguments)]
+pub fn dx_bf16<O: MatmulOut>(
+    blas: &Blas,
+    dy: &impl DevicePtr<bf16>,
+    w: &impl DevicePtr<bf16>,
+    dx: &mut impl DevicePtrMut<O>,
+    n: usize,
+    inp: usize,
+    out: usize,
+    beta: f32,
+) -> Result<()> {
+    blas.matmul::<O>(n, out, inp, dy, false, w, false, dx, 1.0, beta)
+}
+
+/// dW [out, in] += dyᵀ · x in bf16.
+pub fn dw_bf16(
+    blas: &Blas,
+    dy: &impl DevicePtr<bf16>,
+    x: &impl DevicePtr<bf16>,
+    dw: &mut impl DevicePtrMut<f32>,
+    n: usize,
+    inp: usize,
+    out: usize,
+) -> Result<()> {
+    blas.matmul::<f32>(out, n, inp, dy, true, x, false, dw, 1.0, 1.0)
+}
+
+/// Tensor i's entry of a scale or scale_inv buffer (`SCALE_STRIDE` apart).
+fn at(buf: &CudaSlice<f32>, i: usize) -> CudaView<'_, f32> {
+    buf.slice(i * SCALE_STRIDE..i * SCALE_STRIDE + 1)
+}
+
+fn x_index(layer: usize, s: XSite) -> usize {
+    layer * E4M3_SITES + s as usize
+}
+
+fn w_index(layer: usize, s: WSite) -> usize {
+    layer * E4M3_SITES + X_SITES + s as usize
+}
