@@ -403,12 +403,16 @@ fn check(gpu: &Gpu, rng: &mut Rng, v: ModelVariant) -> Result<Vec<Row>> {
 
 /// Relative L2 error of the logits (FP8 linears) against the CPU reference. E4M3 keeps 3
 /// mantissa bits, so each product's operands carry a few per cent of rounding, compounded over
-/// the blocks: the H200 gave 0.097 here (session 29, call 3). A wrong scale, layout or
-/// transpose gives errors of order 1.
+/// the blocks: the H200 gave 0.097 and 0.104 on two draws (session 29, calls 3 and 5). A wrong
+/// scale, layout or transpose gives errors of order 1.
 const TOL_FP8_LOGITS: f64 = 0.2;
-/// The same for the parameter gradients, whose output gradients are E5M2 (2 mantissa bits):
-/// 0.187 measured.
-const TOL_FP8_GRADS: f64 = 0.35;
+/// The same for all parameter gradients, whose output gradients are E5M2 (2 mantissa bits):
+/// 0.187 and 0.251 measured.
+const TOL_FP8_GRADS: f64 = 0.4;
+/// The worst gradient of one FP8 product's weight (q, k, v, gate, o, gate, up, down of each
+/// block): a site wired to another's scale or layout shows here even when the overall error
+/// hides it.
+const TOL_FP8_WEIGHT: f64 = 0.6;
 
 fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
     let (mut e, mut w) = (0.0, 0.0);
@@ -453,6 +457,30 @@ fn check_fp8(gpu: &Gpu, rng: &mut Rng) -> Result<Vec<Row>> {
         .into_iter()
         .map(f64::from)
         .collect();
+    // The FP8 products' weights: the blocks' linear layers less the rank-H a/b projections.
+    let fp8_weight = |name: &str| {
+        [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "g_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .iter()
+        .any(|w| name.contains(&format!(".{w}.")))
+    };
+    let worst_weight = |g: &[f64]| {
+        model
+            .layout
+            .params
+            .iter()
+            .filter(|p| fp8_weight(&p.name))
+            .map(|p| rel_l2(&g[p.range()], &ref_grads[p.range()]))
+            .fold(0.0, f64::max)
+    };
     let row = |op: &str, err: f64, tol: f64| Row {
         op: op.into(),
         shape: shape.clone(),
@@ -483,6 +511,11 @@ fn check_fp8(gpu: &Gpu, rng: &mut Rng) -> Result<Vec<Row>> {
             "model FP8 linears: grads, step 2 (delayed scales)",
             rel_l2(&grads2, &ref_grads),
             TOL_FP8_GRADS,
+        ),
+        row(
+            "model FP8 linears: worst FP8 weight's grad",
+            worst_weight(&grads).max(worst_weight(&grads2)),
+            TOL_FP8_WEIGHT,
         ),
     ])
 }

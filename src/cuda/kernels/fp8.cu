@@ -93,8 +93,9 @@ __device__ void cast_transposed(const bf16* __restrict__ x, u8* __restrict__ y, 
             *reinterpret_cast<uint2*>(&tile[r][c]) = code;
         }
         __syncthreads();
-        // Columns out: thread t writes 16 rows of column t % 64 as one 16-byte store.
-        const int c = t & (TT - 1), rg = (t >> 6) * 16;
+        // Columns out: thread t writes 16 rows of column t / 4 as one 16-byte store, four
+        // threads one column's 64 rows, so that a warp writes 8 whole 64-byte row segments of yt.
+        const int c = t >> 2, rg = (t & 3) * 16;
         if (c0 + c < cols && r0 + rg < rows) {
             unsigned w[4];
 #pragma unroll
