@@ -224,26 +224,19 @@ fn time_product(gpu: &Gpu, blas: &Blas, reps: usize, m: usize, p: &Product) -> R
     })?;
     let e4 = |b| (b, Fp8::E4M3, &ones);
     let e5 = |b| (b, Fp8::E5M2, &ones);
-    for fast in [false, true] {
-        let t = time_eager(gpu, reps, &mut || {
-            blas.matmul_fp8::<bf16>(m, i, o, e4(&x8), e4(&w8), &mut y, 1.0, 0.0, fast)
-        })?;
-        if fast {
-            r.fp8_fwd_fast_ms = t;
-        } else {
-            r.fp8_fwd_ms = t;
-        }
-    }
-    for fast in [false, true] {
-        let t = time_eager(gpu, reps, &mut || {
-            blas.matmul_fp8::<bf16>(m, o, i, e5(&dy8), e4(&wt8), &mut dx, 1.0, 0.0, fast)
-        })?;
-        if fast {
-            r.fp8_dx_fast_ms = t;
-        } else {
-            r.fp8_dx_ms = t;
-        }
-    }
+    // (without, with) fast accumulation.
+    let both = |f: &mut dyn FnMut(bool) -> Result<()>| -> Result<(f64, f64)> {
+        Ok((
+            time_eager(gpu, reps, &mut || f(false))?,
+            time_eager(gpu, reps, &mut || f(true))?,
+        ))
+    };
+    (r.fp8_fwd_ms, r.fp8_fwd_fast_ms) = both(&mut |fast| {
+        blas.matmul_fp8::<bf16>(m, i, o, e4(&x8), e4(&w8), &mut y, 1.0, 0.0, fast)
+    })?;
+    (r.fp8_dx_ms, r.fp8_dx_fast_ms) = both(&mut |fast| {
+        blas.matmul_fp8::<bf16>(m, o, i, e5(&dy8), e4(&wt8), &mut dx, 1.0, 0.0, fast)
+    })?;
     r.fp8_dw_ms = time_eager(gpu, reps, &mut || {
         blas.matmul_fp8::<f32>(o, m, i, e5(&dyt8), e4(&xt8), &mut dw, 1.0, 1.0, false)
     })?;

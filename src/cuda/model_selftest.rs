@@ -305,6 +305,25 @@ fn test_batch_with(rng: &mut Rng, v: ModelVariant, cu: Vec<usize>) -> Result<Tes
     })
 }
 
+/// The CPU reference's training step, in f64 on the (bf16-rounded) parameters: logits, loss and
+/// parameter gradients.
+fn cpu_step(batch: &TestBatch) -> Result<(Vec<f64>, f64, Vec<f64>)> {
+    let TestBatch {
+        model,
+        params,
+        tokens,
+        targets,
+        cu,
+    } = batch;
+    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let acts = model.forward(&p64, tokens, cu)?;
+    let logits = acts.logits.clone();
+    let (loss, count) = model.loss(&acts, targets);
+    let mut grads = vec![0.0f64; p64.len()];
+    model.backward(&p64, acts, targets, count, 1.0, &mut grads);
+    Ok((logits, loss, grads))
+}
+
 /// The f64 CPU reference of a batch: logits and each token's noise ([`logits_noise`]), loss,
 /// parameter gradients and their tolerances.
 struct Reference {
@@ -328,13 +347,7 @@ fn check(gpu: &Gpu, rng: &mut Rng, v: ModelVariant) -> Result<Vec<Row>> {
     let tag = v;
     let shape = format!("T={n} N=2 d=64 L=2 H=2 K=V=64 {tag}");
 
-    // CPU reference, f64 on the bf16-rounded parameters.
-    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
-    let acts = model.forward(&p64, tokens, cu)?;
-    let ref_logits = acts.logits.clone();
-    let (ref_loss, count) = model.loss(&acts, targets);
-    let mut ref_grads = vec![0.0f64; p64.len()];
-    model.backward(&p64, acts, targets, count, 1.0, &mut ref_grads);
+    let (ref_logits, ref_loss, ref_grads) = cpu_step(&batch)?;
     let probe_seed = rng.next_u64();
     let noise = grad_noise(&batch, &ref_grads, &mut Rng::new(probe_seed))?;
     // Its own stream, so that the draws of the problems that follow stay those of earlier versions.
@@ -435,18 +448,13 @@ fn check_fp8(gpu: &Gpu, rng: &mut Rng) -> Result<Vec<Row>> {
     let batch = test_batch_with(rng, v, vec![0, 64, 112])?;
     let TestBatch {
         model,
-        params,
         tokens,
         targets,
         cu,
+        ..
     } = &batch;
     let shape = format!("T=112 N=2 d=64 L=2 H=2 K=V=64 {v}");
-    let p64: Vec<f64> = params.iter().map(|&v| v as f64).collect();
-    let acts = model.forward(&p64, tokens, cu)?;
-    let ref_logits = acts.logits.clone();
-    let (_, count) = model.loss(&acts, targets);
-    let mut ref_grads = vec![0.0f64; p64.len()];
-    model.backward(&p64, acts, targets, count, 1.0, &mut ref_grads);
+    let (ref_logits, _, ref_grads) = cpu_step(&batch)?;
 
     let (mut gm, logits, _, grads) = gpu_step(gpu, &batch, None, true)?;
     let first_products = gm.fp8_products();

@@ -21,7 +21,7 @@ use super::super::blas::{Blas, MatmulOut};
 use super::super::fp8::{self, Fp8, SCALE_STRIDE};
 use super::super::Gpu;
 use anyhow::Result;
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::cell::RefCell;
 
@@ -119,6 +119,37 @@ impl Scales {
                 .scale_inv
                 .slice_mut(i * SCALE_STRIDE..(i + 1) * SCALE_STRIDE),
         )
+    }
+
+    /// y = tensor i's codes of x (flat).
+    fn cast(
+        &mut self,
+        gpu: &Gpu,
+        i: usize,
+        x: &impl DevicePtr<bf16>,
+        y: &mut CudaViewMut<u8>,
+    ) -> Result<()> {
+        self.first_use(gpu, i, x)?;
+        let amax = &mut self.amax.slice_mut(i..i + 1);
+        fp8::cast(gpu, self.f, x, y, &at(&self.scale, i), amax)
+    }
+
+    /// yt = tensor i's codes of xᵀ (x [rows, cols]), and y those of x when given.
+    #[allow(clippy::too_many_arguments)]
+    fn cast_transposed(
+        &mut self,
+        gpu: &Gpu,
+        i: usize,
+        x: &impl DevicePtr<bf16>,
+        rows: usize,
+        cols: usize,
+        y: Option<&mut CudaViewMut<u8>>,
+        yt: &mut CudaViewMut<u8>,
+    ) -> Result<()> {
+        self.first_use(gpu, i, x)?;
+        let amax = &mut self.amax.slice_mut(i..i + 1);
+        let scale = &at(&self.scale, i);
+        fp8::cast_transposed(gpu, self.f, x, rows, cols, y, yt, scale, amax)
     }
 
     fn update(&mut self, gpu: &Gpu) -> Result<()> {
@@ -228,29 +259,13 @@ impl Linears {
         let (xi, wi) = (x_index(layer, xs), w_index(layer, ws));
         let xp = x.device_ptr(&gpu.stream).0;
         if st.x8_holds != Some((xi, xp)) {
-            st.e4m3.first_use(gpu, xi, x)?;
-            let e = &mut st.e4m3;
-            fp8::cast(
-                gpu,
-                Fp8::E4M3,
-                x,
-                &mut st.x8.slice_mut(..n * inp),
-                &at(&e.scale, xi),
-                &mut e.amax.slice_mut(xi..xi + 1),
-            )?;
+            st.e4m3.cast(gpu, xi, x, &mut st.x8.slice_mut(..n * inp))?;
             st.x8_holds = Some((xi, xp));
         }
         st.products += 1;
-        st.e4m3.first_use(gpu, wi, w)?;
-        let e = &mut st.e4m3;
-        fp8::cast(
-            gpu,
-            Fp8::E4M3,
-            w,
-            &mut st.w8.slice_mut(..out * inp),
-            &at(&e.scale, wi),
-            &mut e.amax.slice_mut(wi..wi + 1),
-        )?;
+        st.e4m3
+            .cast(gpu, wi, w, &mut st.w8.slice_mut(..out * inp))?;
+        let e = &st.e4m3;
         self.blas.matmul_fp8::<bf16>(
             n,
             inp,
@@ -264,8 +279,8 @@ impl Linears {
         )
     }
 
-    /// The backward of `fwd`: dx [n, in] (= or +=, by `beta`) dy · W, and dW [out, in] += dyᵀ · x. FP8 at `site` (layer, output gradient, weight, activation) as
-    /// `fwd` decides.
+    /// The backward of `fwd`: dx [n, in] (= or +=, by `beta`) dy · W, and dW [out, in] +=
+    /// dyᵀ · x. FP8 at `site` (layer, output gradient, weight, activation) as `fwd` decides.
     #[allow(clippy::too_many_arguments)]
     pub fn bwd<O: MatmulOut>(
         &self,
@@ -293,34 +308,15 @@ impl Linears {
         );
         st.x8_holds = None;
         st.products += 2;
-        st.e5m2.first_use(gpu, di, dy)?;
-        let mut dy8 = st.dy8.slice_mut(..n * out);
-        fp8::cast_transposed(
-            gpu,
-            Fp8::E5M2,
-            dy,
-            n,
-            out,
-            Some(&mut dy8),
-            &mut st.dyt8.slice_mut(..n * out),
-            &at(&st.e5m2.scale, di),
-            &mut st.e5m2.amax.slice_mut(di..di + 1),
-        )?;
+        let (mut dy8, mut dyt8) = (st.dy8.slice_mut(..n * out), st.dyt8.slice_mut(..n * out));
+        st.e5m2
+            .cast_transposed(gpu, di, dy, n, out, Some(&mut dy8), &mut dyt8)?;
         let dinv = at(&st.e5m2.scale_inv, di);
-        st.e4m3.first_use(gpu, wi, w)?;
-        let e = &mut st.e4m3;
         // Wᵀ [in, out], k-major over `out` as the product needs.
-        fp8::cast_transposed(
-            gpu,
-            Fp8::E4M3,
-            w,
-            out,
-            inp,
-            None,
-            &mut st.w8.slice_mut(..out * inp),
-            &at(&e.scale, wi),
-            &mut e.amax.slice_mut(wi..wi + 1),
-        )?;
+        let mut wt8 = st.w8.slice_mut(..out * inp);
+        st.e4m3
+            .cast_transposed(gpu, wi, w, out, inp, None, &mut wt8)?;
+        let e = &st.e4m3;
         self.blas.matmul_fp8::<O>(
             n,
             out,
@@ -334,19 +330,9 @@ impl Linears {
         )?;
         let xp = x.device_ptr(&gpu.stream).0;
         if st.xt8_holds != Some((xi, xp)) {
-            st.e4m3.first_use(gpu, xi, x)?;
-            let e = &mut st.e4m3;
-            fp8::cast_transposed(
-                gpu,
-                Fp8::E4M3,
-                x,
-                n,
-                inp,
-                None,
-                &mut st.xt8.slice_mut(..n * inp),
-                &at(&e.scale, xi),
-                &mut e.amax.slice_mut(xi..xi + 1),
-            )?;
+            let mut xt8 = st.xt8.slice_mut(..n * inp);
+            st.e4m3
+                .cast_transposed(gpu, xi, x, n, inp, None, &mut xt8)?;
             st.xt8_holds = Some((xi, xp));
         }
         let e = &st.e4m3;
