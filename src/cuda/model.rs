@@ -2739,6 +2739,19 @@ mod tests {
     }
 
     /// The 1.3B account at batch 8 × 4096 in every mode (the figures quoted in docs/perf.md).
+    /// `--fp8`'s scratch holds the largest product's codes: at FLA's 1.3B and 8 × 4096 tokens
+    /// the MLP's (X 5632 wide in the down projection, dY 11264 wide in gate‖up, W 11264 × 2048),
+    /// twice each for the transposed copies, and the scales of 21 × 17 tensors.
+    #[test]
+    fn fp8_scratch_is_sized_by_the_largest_product() {
+        let model = Model::new(crate::model::ModelConfig::preset("fla-1.3b").unwrap()).unwrap();
+        let t = 8 * 4096;
+        let scales = 21 * 17 * 4 * (1 + 2 * crate::cuda::fp8::SCALE_STRIDE + linear::HISTORY);
+        let want = 2 * t * 5632 + 2048 * 11264 + 2 * t * 11264 + scales;
+        assert_eq!(GpuModel::fp8_bytes(&model, t), want);
+        assert!((1.1e9..1.2e9).contains(&(want as f64)));
+    }
+
     #[test]
     fn fla_1_3b_account_fits_the_target() {
         use crate::cuda::train::GpuTrainer;
