@@ -534,6 +534,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     let mut last_loss = None;
     let mut last_eval = None;
     let mut saved_step = state.step;
+    let mut fp8_checked = false;
     while state.step < end {
         let t0 = Instant::now();
         engine.zero_grads()?;
@@ -567,6 +568,16 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         }
         let lr = c.schedule.lr_at(state.step);
         engine.update(&mut params, &mut opt, lr)?;
+        if opts.fp8 && !fp8_checked {
+            fp8_checked = true;
+            if matches!(&engine, Engine::Gpu(t) if t.model.fp8_products() == 0) {
+                say(
+                    "--fp8: no linear layer ran in FP8 (it needs the tokens per micro-batch and \
+                     the layers' widths to be multiples of 16), so this run is bf16"
+                        .into(),
+                );
+            }
+        }
         state.step += 1;
         state.tokens_seen += tokens;
         last_loss = Some(loss);
