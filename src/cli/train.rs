@@ -124,8 +124,9 @@ pub struct TrainArgs {
     pub graph: bool,
     /// GPU: the blocks' linear layers (q, k, v, gate, o, MLP) as FP8 matmuls, as Transformer
     /// Engine's hybrid recipe does them: activations and weights in E4M3, gradients in E5M2,
-    /// per-tensor scales from the amaxes of the last 16 steps, fp32 accumulation. Faster on
-    /// Hopper; the losses differ from bf16 (compare the curves on your data before relying on
+    /// per-tensor scales from the amaxes of the last 16 steps, fp32 outputs (the weight
+    /// gradients' partial sums promoted to fp32, the others in the tensor cores' accumulators).
+    /// Faster on Hopper; the losses differ from bf16 (compare the curves on your data before relying on
     /// it). The master weights, optimizer, norms, delta rule and lm head are unchanged. Not
     /// saved with the run: pass it again with --resume (the scales then start afresh).
     #[arg(long)]
