@@ -126,8 +126,8 @@ pub struct TrainArgs {
     /// Engine's hybrid recipe does them: activations and weights in E4M3, gradients in E5M2,
     /// per-tensor scales from the amaxes of the last 16 steps, fp32 outputs (the weight
     /// gradients' partial sums promoted to fp32, the others in the tensor cores' accumulators).
-    /// Faster on Hopper; the losses differ from bf16 (compare the curves on your data before relying on
-    /// it). The master weights, optimizer, norms, delta rule and lm head are unchanged. Not
+    /// Faster on Hopper; the losses differ from bf16 (compare the curves on your data before
+    /// relying on it). The master weights, optimizer, norms, delta rule and lm head are unchanged. Not
     /// saved with the run: pass it again with --resume (the scales then start afresh).
     #[arg(long)]
     pub fp8: bool,

@@ -3,8 +3,7 @@
 //! `bench/fla_train.py` times FLA's model: tokens/s, step time, model TFLOP/s (6 · parameters ·
 //! tokens/s) and the GPU memory in use.
 
-use super::model::memory::MemCategory;
-use super::model::{GpuModel, MemoryAccount, SaveMode, SavePlan};
+use super::model::{MemoryAccount, SaveMode, SavePlan};
 use super::train::{memory_in_use, GpuTrainer};
 use super::Gpu;
 use crate::data::Batch;
@@ -81,12 +80,8 @@ pub fn bench_train(gpu: Gpu, b: &TrainBench) -> Result<TrainBenchResult> {
         None if b.save == SaveMode::Auto => Some(GpuTrainer::free_budget(&gpu)?),
         None => None,
     };
-    let fp8_bytes = b.fp8.then(|| GpuModel::fp8_bytes(&model, n));
-    let budget = budget.map(|x| x.saturating_sub(fp8_bytes.unwrap_or(0)));
-    let (plan, mut account) = GpuTrainer::save_plan(&model, &opt, n, b.batch_size, b.save, budget)?;
-    if let Some(bytes) = fp8_bytes {
-        account.add(MemCategory::Misc, "FP8 codes and scales", 1, bytes, 1);
-    }
+    let (plan, account) =
+        GpuTrainer::save_plan(&model, &opt, n, b.batch_size, b.save, budget, b.fp8)?;
     println!(
         "memory account ({} × {} tokens, --save {}: {}{}):\n{}",
         b.batch_size,

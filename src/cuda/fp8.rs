@@ -113,28 +113,27 @@ pub fn cast(
 ) -> Result<()> {
     let op = "fp8::cast";
     expect_len(op, "y", y.len(), x.len(), "same as x")?;
+    expect_len(op, "scale", scale.len(), 1, "one per tensor")?;
     let s = &*gpu.stream;
     let (yp, _y) = y.device_ptr_mut(s);
-    flat(gpu, op, f, x, yp, scale, amax)
+    let (sp, _s) = scale.device_ptr(s);
+    flat(gpu, op, f, x, yp, sp, amax)
 }
 
 /// max |x| folded into `amax` (the first scale of a tensor, before it has a history).
-pub fn amax(
-    gpu: &Gpu,
-    x: &impl DevicePtr<bf16>,
-    amax: &mut impl DevicePtrMut<u32>,
-    scale: &impl DevicePtr<f32>,
-) -> Result<()> {
-    flat(gpu, "fp8::amax", Fp8::E4M3, x, 0, scale, amax)
+pub fn amax(gpu: &Gpu, x: &impl DevicePtr<bf16>, amax: &mut impl DevicePtrMut<u32>) -> Result<()> {
+    // No codes written (y null), so neither the format nor a scale (null) matters.
+    flat(gpu, "fp8::amax", Fp8::E4M3, x, 0, 0, amax)
 }
 
+/// The flat cast kernel: codes to `yp` unless null, scaled by `*sp` (1 where null).
 fn flat(
     gpu: &Gpu,
     op: &str,
     f: Fp8,
     x: &impl DevicePtr<bf16>,
     yp: u64,
-    scale: &impl DevicePtr<f32>,
+    sp: u64,
     amax: &mut impl DevicePtrMut<u32>,
 ) -> Result<()> {
     ensure!(
@@ -142,11 +141,9 @@ fn flat(
         "{op}: `x` has {} elements, not a multiple of 8",
         x.len()
     );
-    expect_len(op, "scale", scale.len(), 1, "one per tensor")?;
     expect_len(op, "amax", amax.len(), 1, "one per tensor")?;
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
-    let (sp, _s) = scale.device_ptr(s);
     let (ap, _a) = amax.device_ptr_mut(s);
     ensure!(
         xp.is_multiple_of(16) && yp.is_multiple_of(8),

@@ -2715,7 +2715,7 @@ mod tests {
             &model.layout,
         );
         let (t, seqs) = (100, 3);
-        let plan = |mode, budget| GpuTrainer::save_plan(&model, &opt, t, seqs, mode, budget);
+        let plan = |mode, budget| GpuTrainer::save_plan(&model, &opt, t, seqs, mode, budget, false);
         let lean = GpuTrainer::memory_account(&model, &opt, t, seqs, SavePlan::lean())
             .unwrap()
             .total();
@@ -2750,6 +2750,21 @@ mod tests {
         let want = 2 * t * 5632 + 2048 * 11264 + 2 * t * 11264 + scales;
         assert_eq!(GpuModel::fp8_bytes(&model, t), want);
         assert!((1.1e9..1.2e9).contains(&(want as f64)));
+        // The trainer's account carries it with --fp8.
+        let opt = crate::train::adamw::AdamW::new(Default::default(), &model.layout);
+        let total = |fp8| {
+            let plan = crate::cuda::train::GpuTrainer::save_plan(
+                &model,
+                &opt,
+                t,
+                8,
+                SaveMode::Lean,
+                None,
+                fp8,
+            );
+            plan.unwrap().1.total()
+        };
+        assert_eq!(total(true), total(false) + want);
     }
 
     #[test]
@@ -2786,6 +2801,7 @@ mod tests {
                     8,
                     SaveMode::Auto,
                     Some((limit * 1e9) as usize),
+                    false,
                 )
                 .unwrap();
                 println!("auto at {limit} GB: {} copies, {:.2} GB", p.gate_up, gb(&a));

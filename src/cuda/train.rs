@@ -185,11 +185,12 @@ impl GpuTrainer {
         Ok(acc)
     }
 
-    /// The plan of `mode` for these arguments, and its account. `budget` (bytes of the account,
-    /// i.e. what the trainer allocates; the CUDA context and modules come on top) bounds `auto`,
-    /// which keeps the MLP's gate/up outputs for as many blocks as fit it (at least lean), and
-    /// is checked for the other modes; an account over the budget is an error that names the
-    /// sizes.
+    /// The plan of `mode` for these arguments, and its account (with `fp8`, the FP8 state of
+    /// [`GpuTrainer::enable_fp8`] too). `budget` (bytes of the account, i.e. what the trainer
+    /// allocates; the CUDA context and modules come on top) bounds `auto`, which keeps the MLP's
+    /// gate/up outputs for as many blocks as fit it (at least lean), and is checked for the
+    /// other modes; an account over the budget is an error that names the sizes.
+    #[allow(clippy::too_many_arguments)]
     pub fn save_plan(
         model: &Model,
         opt: &AdamW,
@@ -197,9 +198,17 @@ impl GpuTrainer {
         max_seqs: usize,
         mode: SaveMode,
         budget: Option<usize>,
+        fp8: bool,
     ) -> Result<(SavePlan, MemoryAccount)> {
         let n_layers = model.config.num_hidden_layers;
-        let account = |p: SavePlan| Self::memory_account(model, opt, max_tokens, max_seqs, p);
+        let account = |p: SavePlan| -> Result<MemoryAccount> {
+            let mut acc = Self::memory_account(model, opt, max_tokens, max_seqs, p)?;
+            if fp8 {
+                let bytes = GpuModel::fp8_bytes(model, max_tokens);
+                acc.add(MemCategory::Misc, "FP8 codes and scales", 1, bytes, 1);
+            }
+            Ok(acc)
+        };
         let gb = |b: usize| b as f64 / 1e9;
         if mode == SaveMode::Auto {
             if let Some(budget) = budget {

@@ -5,8 +5,7 @@
 use super::adamw::{clip_grad_norm, AdamW};
 use super::checkpoint::{self, TrainerState};
 use super::config::{DataSpec, TrainConfig};
-use crate::cuda::model::memory::MemCategory;
-use crate::cuda::model::{GpuModel, SaveMode};
+use crate::cuda::model::SaveMode;
 use crate::cuda::train::{memory_in_use, GpuTrainer};
 use crate::cuda::Gpu;
 use crate::data::bytes::{ByteDataset, BYTE_VOCAB};
@@ -440,18 +439,9 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                 None if opts.save == SaveMode::Auto => Some(GpuTrainer::free_budget(&gpu)?),
                 None => None,
             };
-            let fp8_bytes = opts.fp8.then(|| GpuModel::fp8_bytes(&model, max_tokens));
-            let (plan, mut account) = GpuTrainer::save_plan(
-                &model,
-                &opt,
-                max_tokens,
-                max_seqs,
-                opts.save,
-                budget.map(|b| b.saturating_sub(fp8_bytes.unwrap_or(0))),
+            let (plan, account) = GpuTrainer::save_plan(
+                &model, &opt, max_tokens, max_seqs, opts.save, budget, opts.fp8,
             )?;
-            if let Some(bytes) = fp8_bytes {
-                account.add(MemCategory::Misc, "FP8 codes and scales", 1, bytes, 1);
-            }
             save_plan = Some(plan.describe(model.config.num_hidden_layers));
             gpu_memory = Some(account);
             let mut t = GpuTrainer::new(
@@ -534,7 +524,7 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     let mut last_loss = None;
     let mut last_eval = None;
     let mut saved_step = state.step;
-    let mut fp8_checked = false;
+    let first_step = state.step;
     while state.step < end {
         let t0 = Instant::now();
         engine.zero_grads()?;
@@ -568,15 +558,16 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
         }
         let lr = c.schedule.lr_at(state.step);
         engine.update(&mut params, &mut opt, lr)?;
-        if opts.fp8 && !fp8_checked {
-            fp8_checked = true;
-            if matches!(&engine, Engine::Gpu(t) if t.model.fp8_products() == 0) {
-                say(
-                    "--fp8: no linear layer ran in FP8 (it needs the tokens per micro-batch and \
-                     the layers' widths to be multiples of 16), so this run is bf16"
-                        .into(),
-                );
-            }
+        // After this invocation's first step, whether FP8 ran at all.
+        if opts.fp8
+            && state.step == first_step
+            && matches!(&engine, Engine::Gpu(t) if t.model.fp8_products() == 0)
+        {
+            say(
+                "--fp8: no linear layer ran in FP8 (it needs the tokens per micro-batch and the \
+                 layers' widths to be multiples of 16), so this run is bf16"
+                    .into(),
+            );
         }
         state.step += 1;
         state.tokens_seen += tokens;

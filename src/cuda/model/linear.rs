@@ -101,12 +101,7 @@ impl Scales {
             return Ok(());
         }
         self.seen[i] = true;
-        fp8::amax(
-            gpu,
-            x,
-            &mut self.amax.slice_mut(i..i + 1),
-            &at(&self.scale, i),
-        )?;
+        fp8::amax(gpu, x, &mut self.amax.slice_mut(i..i + 1))?;
         fp8::update_scales(
             gpu,
             self.f,
@@ -249,12 +244,10 @@ impl Linears {
         inp: usize,
         out: usize,
     ) -> Result<()> {
-        let (Some(st), Some((layer, xs, ws))) = (&self.fp8, site) else {
+        let fp8 = self.fp8.as_ref().filter(|_| fits_fp8(n, inp, out));
+        let (Some(st), Some((layer, xs, ws))) = (fp8, site) else {
             return fwd_bf16(&self.blas, x, w, y, n, inp, out);
         };
-        if !fits_fp8(n, inp, out) {
-            return fwd_bf16(&self.blas, x, w, y, n, inp, out);
-        }
         let st = &mut *st.borrow_mut();
         let (xi, wi) = (x_index(layer, xs), w_index(layer, ws));
         let xp = x.device_ptr(&gpu.stream).0;
