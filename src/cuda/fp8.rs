@@ -10,7 +10,7 @@
 
 use super::{expect_len, Gpu, KernelSource};
 use anyhow::{ensure, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 pub static FP8: KernelSource = KernelSource {
@@ -153,16 +153,64 @@ fn flat(
     if n8 == 0 {
         return Ok(());
     }
-    // Few enough blocks that their amax atomics are negligible; each thread loops.
-    let blocks = (n8 as usize).div_ceil(256).clamp(1, 2048) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+    let name = format!("fp8_cast_{}", f.suffix());
+    launch_named!(gpu, FP8, name, flat_cfg(n8); xp, yp, sp, ap, n8);
+    Ok(())
+}
+
+/// SwiGLU's forward with its output's E4M3 codes: act = silu(gate)·up [rows, w] from gu (gate ‖
+/// up, [rows, 2w]) into `act` (bf16) and `y` (codes · scale), act's max |·| folded into `amax`.
+/// w must be a multiple of 8; gu and act 16-byte, y 8-byte aligned.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_fwd(
+    gpu: &Gpu,
+    gu: &impl DevicePtr<bf16>,
+    act: &mut impl DevicePtrMut<bf16>,
+    w: usize,
+    y: &mut impl DevicePtrMut<u8>,
+    scale: &impl DevicePtr<f32>,
+    amax: &mut impl DevicePtrMut<u32>,
+) -> Result<()> {
+    let op = "fp8::swiglu_fwd";
+    ensure!(
+        w > 0 && w.is_multiple_of(8) && w <= i32::MAX as usize,
+        "{op}: width {w} is not supported (a multiple of 8)"
+    );
+    let n = act.len();
+    expect_len(op, "gu", gu.len(), 2 * n, "2 × act's")?;
+    expect_len(op, "y", y.len(), n, "act's")?;
+    ensure!(
+        n.is_multiple_of(w),
+        "{op}: act's {n} elements are not rows of {w}"
+    );
+    expect_len(op, "scale", scale.len(), 1, "one per tensor")?;
+    expect_len(op, "amax", amax.len(), 1, "one per tensor")?;
+    let s = &*gpu.stream;
+    let (gp, _g) = gu.device_ptr(s);
+    let (actp, _act) = act.device_ptr_mut(s);
+    let (yp, _y) = y.device_ptr_mut(s);
+    let (sp, _s) = scale.device_ptr(s);
+    let (ap, _a) = amax.device_ptr_mut(s);
+    ensure!(
+        gp.is_multiple_of(16) && actp.is_multiple_of(16) && yp.is_multiple_of(8),
+        "{op}: `gu` and `act` must start 16-byte and `y` 8-byte aligned"
+    );
+    let n8 = (n / 8) as i64;
+    if n8 == 0 {
+        return Ok(());
+    }
+    let w_ = w as i32;
+    launch!(gpu, FP8, "fp8_swiglu_fwd", flat_cfg(n8); gp, actp, yp, sp, ap, n8, w_);
+    Ok(())
+}
+
+/// Few enough blocks that their amax atomics are negligible; each thread loops.
+fn flat_cfg(n8: i64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n8 as usize).div_ceil(256).clamp(1, 2048) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
-    };
-    let name = format!("fp8_cast_{}", f.suffix());
-    launch_named!(gpu, FP8, name, cfg; xp, yp, sp, ap, n8);
-    Ok(())
+    }
 }
 
 /// The transposing cast: x bf16 [rows, cols] → yt = codes of xᵀ · scale [cols, rows], and y the
@@ -175,56 +223,165 @@ pub fn cast_transposed(
     x: &impl DevicePtr<bf16>,
     rows: usize,
     cols: usize,
-    y: Option<&mut cudarc::driver::CudaViewMut<u8>>,
+    y: Option<&mut CudaViewMut<u8>>,
     yt: &mut impl DevicePtrMut<u8>,
     scale: &impl DevicePtr<f32>,
     amax: &mut impl DevicePtrMut<u32>,
 ) -> Result<()> {
     let op = "fp8::cast_transposed";
-    ensure!(
-        rows.is_multiple_of(16) && cols.is_multiple_of(8),
-        "{op}: {rows}×{cols} is not supported (rows must be a multiple of 16, cols of 8)"
-    );
-    ensure!(
-        rows <= i32::MAX as usize && cols <= i32::MAX as usize,
-        "{op}: {rows}×{cols} is too large"
-    );
+    let name = format!("fp8_cast_t_{}", f.suffix());
+    let t = Transposed::check(gpu, op, rows, cols, 1, y, yt, scale, amax)?;
     expect_len(op, "x", x.len(), rows * cols, "rows × cols")?;
-    expect_len(op, "yt", yt.len(), rows * cols, "rows × cols")?;
-    if let Some(y) = &y {
-        expect_len(op, "y", y.len(), rows * cols, "rows × cols")?;
-    }
-    expect_len(op, "scale", scale.len(), 1, "one per tensor")?;
-    expect_len(op, "amax", amax.len(), 1, "one per tensor")?;
-    if rows == 0 || cols == 0 {
+    if t.empty {
         return Ok(());
     }
     let s = &*gpu.stream;
     let (xp, _x) = x.device_ptr(s);
-    let (ytp, _yt) = yt.device_ptr_mut(s);
-    let (yp, _y) = match y {
-        Some(y) => {
-            let (p, g) = y.device_ptr_mut(s);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (sp, _s) = scale.device_ptr(s);
-    let (ap, _a) = amax.device_ptr_mut(s);
-    ensure!(
-        xp.is_multiple_of(16) && yp.is_multiple_of(8) && ytp.is_multiple_of(16),
-        "{op}: `x` and `yt` must start 16-byte and `y` 8-byte aligned"
-    );
-    // Kernel constants: 64-column strips, 4 tiles of 64 rows per block.
-    let cfg = LaunchConfig {
-        grid_dim: (cols.div_ceil(64) as u32, rows.div_ceil(256) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let (r, c) = (rows as i32, cols as i32);
-    let name = format!("fp8_cast_t_{}", f.suffix());
-    launch_named!(gpu, FP8, name, cfg; xp, yp, ytp, sp, ap, r, c);
+    t.aligned(op, &[xp])?;
+    let (yp, ytp, sp, ap, r, c) = (t.y, t.yt, t.scale, t.amax, t.rows, t.cols);
+    launch_named!(gpu, FP8, name, t.cfg(); xp, yp, ytp, sp, ap, r, c);
     Ok(())
+}
+
+/// act = silu(gate)·up over gu (gate ‖ up, [rows, 2w]) as E4M3 codes of actᵀ [w, rows], scaled
+/// by `scale`, act's max |·| folded into `amax`; act itself is not written. For a backward that
+/// recomputes act only for the weight gradient of the product reading it. rows must be a
+/// multiple of 16 and w of 8.
+pub fn swiglu_fwd_t(
+    gpu: &Gpu,
+    gu: &impl DevicePtr<bf16>,
+    rows: usize,
+    w: usize,
+    yt: &mut impl DevicePtrMut<u8>,
+    scale: &impl DevicePtr<f32>,
+    amax: &mut impl DevicePtrMut<u32>,
+) -> Result<()> {
+    let op = "fp8::swiglu_fwd_t";
+    let t = Transposed::check(gpu, op, rows, w, 1, None, yt, scale, amax)?;
+    expect_len(op, "gu", gu.len(), 2 * rows * w, "rows × 2w")?;
+    if t.empty {
+        return Ok(());
+    }
+    let (gp, _g) = gu.device_ptr(&gpu.stream);
+    t.aligned(op, &[gp])?;
+    let (ytp, sp, ap, r, c) = (t.yt, t.scale, t.amax, t.rows, t.cols);
+    launch!(gpu, FP8, "fp8_swiglu_fwd_t", t.cfg(); gp, ytp, sp, ap, r, c);
+    Ok(())
+}
+
+/// SwiGLU's backward as E5M2 codes: d gate ‖ d up from gu (gate ‖ up, [rows, 2w]) and dy
+/// [rows, w], scaled by `scale`, into y [rows, 2w] and its transpose yt [2w, rows]; the
+/// gradient's max |·| folded into `amax`, the bf16 gradient not written. rows must be a multiple
+/// of 16 and w of 8.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_bwd_t(
+    gpu: &Gpu,
+    gu: &impl DevicePtr<bf16>,
+    dy: &impl DevicePtr<bf16>,
+    rows: usize,
+    w: usize,
+    y: &mut CudaViewMut<u8>,
+    yt: &mut impl DevicePtrMut<u8>,
+    scale: &impl DevicePtr<f32>,
+    amax: &mut impl DevicePtrMut<u32>,
+) -> Result<()> {
+    let op = "fp8::swiglu_bwd_t";
+    let t = Transposed::check(gpu, op, rows, w, 2, Some(y), yt, scale, amax)?;
+    expect_len(op, "gu", gu.len(), 2 * rows * w, "rows × 2w")?;
+    expect_len(op, "dy", dy.len(), rows * w, "rows × w")?;
+    if t.empty {
+        return Ok(());
+    }
+    let s = &*gpu.stream;
+    let (gp, _g) = gu.device_ptr(s);
+    let (dp, _d) = dy.device_ptr(s);
+    t.aligned(op, &[gp, dp])?;
+    let (yp, ytp, sp, ap, r, c) = (t.y, t.yt, t.scale, t.amax, t.rows, t.cols);
+    launch!(gpu, FP8, "fp8_swiglu_bwd_t", t.cfg(); gp, dp, yp, ytp, sp, ap, r, c);
+    Ok(())
+}
+
+/// The outputs and sizes of a transposing kernel (`codes_t` in fp8.cu: `parts` outputs of
+/// [rows, cols] side by side), checked, as device addresses.
+struct Transposed {
+    rows: i32,
+    cols: i32,
+    empty: bool,
+    y: u64,
+    yt: u64,
+    scale: u64,
+    amax: u64,
+}
+
+impl Transposed {
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        gpu: &Gpu,
+        op: &str,
+        rows: usize,
+        cols: usize,
+        parts: usize,
+        y: Option<&mut CudaViewMut<u8>>,
+        yt: &mut impl DevicePtrMut<u8>,
+        scale: &impl DevicePtr<f32>,
+        amax: &mut impl DevicePtrMut<u32>,
+    ) -> Result<Transposed> {
+        ensure!(
+            rows.is_multiple_of(16) && cols.is_multiple_of(8),
+            "{op}: {rows}×{cols} is not supported (rows must be a multiple of 16, cols of 8)"
+        );
+        ensure!(
+            rows <= i32::MAX as usize && parts * cols <= i32::MAX as usize,
+            "{op}: {rows}×{cols} is too large"
+        );
+        let n = parts * rows * cols;
+        expect_len(op, "yt", yt.len(), n, "the outputs' elements")?;
+        if let Some(y) = &y {
+            expect_len(op, "y", y.len(), n, "the outputs' elements")?;
+        }
+        expect_len(op, "scale", scale.len(), 1, "one per tensor")?;
+        expect_len(op, "amax", amax.len(), 1, "one per tensor")?;
+        // Bare addresses: the context tracks no events (`Gpu::new`), so the guards that
+        // `device_ptr` returns hold nothing the launch needs.
+        let s = &*gpu.stream;
+        let y = y.map_or(0, |y| y.device_ptr_mut(s).0);
+        let t = Transposed {
+            rows: rows as i32,
+            cols: cols as i32,
+            empty: n == 0,
+            y,
+            yt: yt.device_ptr_mut(s).0,
+            scale: scale.device_ptr(s).0,
+            amax: amax.device_ptr_mut(s).0,
+        };
+        ensure!(
+            t.y.is_multiple_of(8) && t.yt.is_multiple_of(16),
+            "{op}: `yt` must start 16-byte and `y` 8-byte aligned"
+        );
+        Ok(t)
+    }
+
+    /// The bf16 inputs' addresses must be 16-byte aligned (8-wide loads).
+    fn aligned(&self, op: &str, inputs: &[u64]) -> Result<()> {
+        ensure!(
+            inputs.iter().all(|p| p.is_multiple_of(16)),
+            "{op}: the bf16 inputs must start 16-byte aligned"
+        );
+        Ok(())
+    }
+
+    /// 64-column strips, 4 tiles of 64 rows per block (the kernels' constants).
+    fn cfg(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (
+                (self.cols as u32).div_ceil(64),
+                (self.rows as u32).div_ceil(256),
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
 }
 
 /// Floats between consecutive tensors' scales in `update_scales`' outputs: 256 bytes, so that

@@ -1098,15 +1098,18 @@ fn mlp_gate_up(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Re
     ctx.mark(fwd, "fwd mlp gate/up")
 }
 
-/// act = SiLU(gate)·up.
-fn mlp_swiglu(ctx: &BlockCtx, wk: &mut Work, fwd: bool) -> Result<()> {
-    let (n, inter) = (ctx.n, ctx.sz.inter);
-    ops::swiglu_fwd(
-        ctx.gpu,
-        &wk.gu.buf.slice(..2 * n * inter),
-        &mut wk.mlp.act.slice_mut(..n * inter),
-        inter,
-    )?;
+/// act = SiLU(gate)·up (with FP8, its codes for the down product in the same kernel).
+fn mlp_swiglu(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Result<()> {
+    let Sz { d, inter, .. } = ctx.sz;
+    let n = ctx.n;
+    let gu = wk.gu.buf.slice(..2 * n * inter);
+    let act = &mut wk.mlp.act.slice_mut(..n * inter);
+    if !ctx
+        .lin
+        .swiglu_fwd_codes(ctx.gpu, lr.index, &gu, act, n, inter, d)?
+    {
+        ops::swiglu_fwd(ctx.gpu, &gu, act, inter)?;
+    }
     ctx.mark(fwd, "fwd swiglu")
 }
 
@@ -1192,7 +1195,7 @@ fn block_forward(
     // MLP.
     mlp_norm(ctx, lr, x_in, s, wk, true)?;
     mlp_gate_up(ctx, lr, wk, true)?;
-    mlp_swiglu(ctx, wk, true)?;
+    mlp_swiglu(ctx, lr, wk, true)?;
     let mut down = tmp_d.slice_mut(..n * d);
     lin.fwd(
         gpu,
@@ -2171,8 +2174,19 @@ impl GpuModel {
             if redo_gu {
                 mlp_gate_up(&ctx, lr, wk, false)?;
             }
-            if redo_mlp {
-                mlp_swiglu(&ctx, wk, false)?;
+            // With FP8, act serves only down's weight gradient: its codes are enough.
+            if redo_mlp
+                && !lin.swiglu_recompute_codes(
+                    gpu,
+                    lr.index,
+                    &wk.gu.buf.slice(..2 * ni),
+                    &wk.mlp.act.slice(..ni),
+                    n,
+                    inter,
+                    d,
+                )?
+            {
+                mlp_swiglu(&ctx, lr, wk, false)?;
             }
             if redo_mlp || redo_gu {
                 mark(ctx.prof, gpu, "bwd recompute mlp")?;
@@ -2194,12 +2208,23 @@ impl GpuModel {
             mark(ctx.prof, gpu, "bwd mlp down")?;
             // d gate ‖ d up over gate ‖ up, then one matmul each for dx and dW.
             let ngu = 2 * ni;
-            ops::swiglu_bwd(
+            let fused = lin.swiglu_bwd_codes(
                 gpu,
-                &mut wk.gu.buf.slice_mut(..ngu),
+                lr.index,
+                &wk.gu.buf.slice(..ngu),
                 &b.dact.slice(..ni),
+                n,
+                d,
                 inter,
             )?;
+            if !fused {
+                ops::swiglu_bwd(
+                    gpu,
+                    &mut wk.gu.buf.slice_mut(..ngu),
+                    &b.dact.slice(..ni),
+                    inter,
+                )?;
+            }
             mark(ctx.prof, gpu, "bwd swiglu")?;
             let dgu = wk.gu.buf.slice(..ngu);
             let gate_up = lr.gate_proj.start..lr.up_proj.end;

@@ -31,6 +31,21 @@ __device__ __forceinline__ void silu_and_grad(float x, float& silu, float& grad)
     grad = s * (1.0f + x * (1.0f - s));
 }
 
+// The MLP's gate and up projections come from one matmul, side by side: gu [rows, 2w], gate in
+// columns [0, w), up in [w, 2w). Element i of a [rows, w] tensor is at gu + row·2w + column.
+__device__ __forceinline__ i64 gu_at(i64 i, int w) {
+    const i64 r = i / w;
+    return i + r * w;
+}
+
+// SwiGLU's backward at one element: d gate = dy · up · silu'(gate), d up = dy · silu(gate).
+__device__ __forceinline__ void swiglu_bwd1(float g, float u, float d, float& dg, float& du) {
+    float sl, sg;
+    silu_and_grad(g, sl, sg);
+    dg = d * u * sg;
+    du = d * sl;
+}
+
 // 8 bf16 <-> 8 floats through one 16-byte access (p 16-byte aligned). Rounding as tobf.
 __device__ __forceinline__ void unpack8(uint4 u, float* f) {
     const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);

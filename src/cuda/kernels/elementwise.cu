@@ -63,13 +63,6 @@ extern "C" __global__ void silu_bwd(const bf16* x, const bf16* dy, bf16* dx, i64
     }
 }
 
-// The MLP's gate and up projections come from one matmul, side by side: gu [rows, 2w], gate in
-// columns [0, w), up in [w, 2w). Element i of a [rows, w] tensor is at gu + row·2w + column.
-__device__ __forceinline__ i64 gu_at(i64 i, int w) {
-    const i64 r = i / w;
-    return i + r * w;
-}
-
 // y [rows, w] = silu(gate) * up
 extern "C" __global__ void swiglu_fwd(const bf16* gu, bf16* y, i64 rows, int w) {
     const i64 n = rows * w;
@@ -89,13 +82,6 @@ extern "C" __global__ void swiglu_fwd(const bf16* gu, bf16* y, i64 rows, int w) 
             y[i] = tobf(siluf_(ldf(p, 0)) * ldf(p, w));
         }
     }
-}
-
-__device__ __forceinline__ void swiglu_bwd1(float g, float u, float d, float& dg, float& du) {
-    float sl, sg;
-    silu_and_grad(g, sl, sg);
-    dg = d * u * sg;
-    du = d * sl;
 }
 
 // In place: gu (gate ‖ up) becomes d gate ‖ d up, with dy [rows, w]; d gate = dy · up ·

@@ -171,8 +171,12 @@ struct Fp8State {
     /// (site index, device address) of the activation `x8` now holds: the products that read
     /// one activation in a row (q, k, v, gate) cast it once.
     x8_holds: Option<(usize, u64)>,
-    /// The same for `xt8` in the backward (q‖k‖v and the output gate read h1ᵀ).
+    /// The same for `xt8` in the backward (q‖k‖v and the output gate read h1ᵀ), or set by a
+    /// kernel that wrote those codes itself (`swiglu_recompute_codes`).
     xt8_holds: Option<(usize, u64)>,
+    /// (site index, address of the bf16 gradient it stands for) of the codes in `dy8` and
+    /// `dyt8` when a kernel wrote them itself (`swiglu_bwd_codes`), for the next `bwd`.
+    dy8_holds: Option<(usize, u64)>,
     /// FP8 matmuls queued so far (a check that FP8 is in use).
     products: u64,
 }
@@ -213,6 +217,7 @@ impl Linears {
             dyt8: s.alloc_zeros(z.max_dy)?,
             x8_holds: None,
             xt8_holds: None,
+            dy8_holds: None,
             products: 0,
         };
         self.fp8 = Some(RefCell::new(st));
@@ -294,16 +299,15 @@ impl Linears {
         };
         let st = &mut *st.borrow_mut();
         let (layer, ds, ws, xs) = site;
-        let (di, wi, xi) = (
-            layer * E5M2_SITES + ds as usize,
-            w_index(layer, ws),
-            x_index(layer, xs),
-        );
+        let (di, wi, xi) = (dy_index(layer, ds), w_index(layer, ws), x_index(layer, xs));
         st.x8_holds = None;
         st.products += 2;
-        let (mut dy8, mut dyt8) = (st.dy8.slice_mut(..n * out), st.dyt8.slice_mut(..n * out));
-        st.e5m2
-            .cast_transposed(gpu, di, dy, n, out, Some(&mut dy8), &mut dyt8)?;
+        let dyp = dy.device_ptr(&gpu.stream).0;
+        if st.dy8_holds.take() != Some((di, dyp)) {
+            let (mut dy8, mut dyt8) = (st.dy8.slice_mut(..n * out), st.dyt8.slice_mut(..n * out));
+            st.e5m2
+                .cast_transposed(gpu, di, dy, n, out, Some(&mut dy8), &mut dyt8)?;
+        }
         let dinv = at(&st.e5m2.scale_inv, di);
         // Wᵀ [in, out], k-major over `out` as the product needs.
         let mut wt8 = st.w8.slice_mut(..out * inp);
@@ -342,11 +346,121 @@ impl Linears {
         )
     }
 
+    /// SwiGLU's backward (d gate ‖ d up from gu = gate ‖ up [n, 2·inter] and dact [n, inter])
+    /// written straight as the E5M2 codes that the gate/up product's `bwd` at `layer` reads, when
+    /// that product runs in FP8 and its gradient already has a scale; `bwd` must then be given
+    /// `gu` as dy (its address marks the codes). False where nothing was done: the caller runs
+    /// the bf16 kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn swiglu_bwd_codes(
+        &self,
+        gpu: &Gpu,
+        layer: usize,
+        gu: &CudaView<bf16>,
+        dact: &CudaView<bf16>,
+        n: usize,
+        d: usize,
+        inter: usize,
+    ) -> Result<bool> {
+        let di = dy_index(layer, DySite::GateUp);
+        let Some(mut st) = self.fused(n, d, 2 * inter, |st| st.e5m2.seen[di]) else {
+            return Ok(false);
+        };
+        let st = &mut *st;
+        let m = 2 * n * inter;
+        let (mut y, mut yt) = (st.dy8.slice_mut(..m), st.dyt8.slice_mut(..m));
+        let e = &mut st.e5m2;
+        let amax = &mut e.amax.slice_mut(di..di + 1);
+        fp8::swiglu_bwd_t(
+            gpu,
+            gu,
+            dact,
+            n,
+            inter,
+            &mut y,
+            &mut yt,
+            &at(&e.scale, di),
+            amax,
+        )?;
+        st.dy8_holds = Some((di, gu.device_ptr(&gpu.stream).0));
+        Ok(true)
+    }
+
+    /// SwiGLU's forward (act = silu(gate)·up over gu [n, 2·inter]) writing act and, when down
+    /// at `layer` runs in FP8 and act has a scale, its E4M3 codes for the down product (`fwd`
+    /// with `act` as x then casts nothing). False where nothing was done: the caller runs the
+    /// bf16 kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn swiglu_fwd_codes(
+        &self,
+        gpu: &Gpu,
+        layer: usize,
+        gu: &CudaView<bf16>,
+        act: &mut CudaViewMut<bf16>,
+        n: usize,
+        inter: usize,
+        d: usize,
+    ) -> Result<bool> {
+        let xi = x_index(layer, XSite::Act);
+        let Some(mut st) = self.fused(n, inter, d, |st| st.e4m3.seen[xi]) else {
+            return Ok(false);
+        };
+        let st = &mut *st;
+        let mut y = st.x8.slice_mut(..n * inter);
+        let e = &mut st.e4m3;
+        let amax = &mut e.amax.slice_mut(xi..xi + 1);
+        fp8::swiglu_fwd(gpu, gu, act, inter, &mut y, &at(&e.scale, xi), amax)?;
+        st.x8_holds = Some((xi, act.device_ptr(&gpu.stream).0));
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    /// SwiGLU recomputed for the backward of down at `layer` (act = silu(gate)·up over gu
+    /// [n, 2·inter]) straight as actᵀ's E4M3 codes, when down runs in FP8: act itself is not
+    /// written, and `bwd` must be given `act` as x (its address marks the codes). False where
+    /// nothing was done: the caller recomputes act in bf16.
+    pub fn swiglu_recompute_codes(
+        &self,
+        gpu: &Gpu,
+        layer: usize,
+        gu: &CudaView<bf16>,
+        act: &CudaView<bf16>,
+        n: usize,
+        inter: usize,
+        d: usize,
+    ) -> Result<bool> {
+        let xi = x_index(layer, XSite::Act);
+        let Some(mut st) = self.fused(n, inter, d, |st| st.e4m3.seen[xi]) else {
+            return Ok(false);
+        };
+        let st = &mut *st;
+        let mut yt = st.xt8.slice_mut(..n * inter);
+        let e = &mut st.e4m3;
+        let amax = &mut e.amax.slice_mut(xi..xi + 1);
+        fp8::swiglu_fwd_t(gpu, gu, n, inter, &mut yt, &at(&e.scale, xi), amax)?;
+        st.xt8_holds = Some((xi, act.device_ptr(&gpu.stream).0));
+        Ok(true)
+    }
+
+    /// The FP8 state, for a kernel that writes a product's codes itself: when FP8 is on, the
+    /// product's sizes allow it and `ready` (the site has a scale).
+    fn fused(
+        &self,
+        n: usize,
+        inp: usize,
+        out: usize,
+        ready: impl Fn(&Fp8State) -> bool,
+    ) -> Option<std::cell::RefMut<'_, Fp8State>> {
+        let st = self.fp8.as_ref().filter(|_| fits_fp8(n, inp, out))?;
+        let st = st.borrow_mut();
+        ready(&st).then_some(st)
+    }
+
     /// The end of a backward: every scale from its history and the amaxes gathered since.
     pub fn update_scales(&self, gpu: &Gpu) -> Result<()> {
         if let Some(st) = &self.fp8 {
             let st = &mut *st.borrow_mut();
-            (st.x8_holds, st.xt8_holds) = (None, None);
+            (st.x8_holds, st.xt8_holds, st.dy8_holds) = (None, None, None);
             st.e4m3.update(gpu)?;
             st.e5m2.update(gpu)?;
         }
@@ -358,7 +472,7 @@ impl Linears {
     pub fn new_pass(&self) {
         if let Some(st) = &self.fp8 {
             let st = &mut *st.borrow_mut();
-            (st.x8_holds, st.xt8_holds) = (None, None);
+            (st.x8_holds, st.xt8_holds, st.dy8_holds) = (None, None, None);
         }
     }
 }
@@ -412,6 +526,10 @@ fn at(buf: &CudaSlice<f32>, i: usize) -> CudaView<'_, f32> {
 
 fn x_index(layer: usize, s: XSite) -> usize {
     layer * E4M3_SITES + s as usize
+}
+
+fn dy_index(layer: usize, s: DySite) -> usize {
+    layer * E5M2_SITES + s as usize
 }
 
 fn w_index(layer: usize, s: WSite) -> usize {

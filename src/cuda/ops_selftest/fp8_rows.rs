@@ -47,6 +47,7 @@ impl Ctx<'_> {
 
     pub(super) fn fp8(&mut self, blas: &Blas) -> Result<()> {
         self.fp8_casts()?;
+        self.fp8_swiglu()?;
         self.fp8_scale_update()?;
         self.fp8_matmuls(blas)
     }
@@ -109,6 +110,165 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The SwiGLU kernels that write codes instead of bf16 (forward: actᵀ in E4M3; backward:
+    /// d gate ‖ d up in E5M2, both layouts) against the host's f32 formulas and codec. The
+    /// device's expf may differ from the host's in the last bit, which can move a value across a
+    /// rounding boundary: a code one step from the host's counts as such a miss, and the row
+    /// reports the fraction of misses (any larger difference fails it).
+    fn fp8_swiglu(&mut self) -> Result<()> {
+        let gpu = self.gpu;
+        let silu = |x: f32| x * (1.0 / (1.0 + (-x).exp()));
+        for (rows, w) in [(48usize, 200usize), (272, 64)] {
+            let shape = format!("{rows}×{w}");
+            let gu = self.randn_bf(2 * rows * w, 3.0);
+            let dy = self.randn_bf(rows * w, 1e-3);
+            let (gud, dyd) = (self.bf(&gu)?, self.bf(&dy)?);
+            let mut act = vec![0f32; rows * w];
+            let mut dgu = vec![0f32; 2 * rows * w];
+            for r in 0..rows {
+                for c in 0..w {
+                    let (g, u, d) = (gu[r * 2 * w + c], gu[r * 2 * w + w + c], dy[r * w + c]);
+                    let s = 1.0 / (1.0 + (-g).exp());
+                    act[r * w + c] = silu(g) * u;
+                    dgu[r * 2 * w + c] = d * u * (s * (1.0 + g * (1.0 - s)));
+                    dgu[r * 2 * w + w + c] = d * silu(g);
+                }
+            }
+            let transpose = |v: &[f32], cols: usize| -> Vec<f32> {
+                (0..v.len())
+                    .map(|i| v[(i % rows) * cols + i / rows])
+                    .collect()
+            };
+
+            let (f, scale) = (Fp8::E4M3, 4.0f32);
+            let sd = upload(gpu, &[scale])?;
+            let mut actd = self.nan_bf16(rows * w)?;
+            let mut y = upload(gpu, &vec![0x7fu8; rows * w])?;
+            let mut amax = upload(gpu, &[0u32])?;
+            fp8::swiglu_fwd(gpu, &gud, &mut actd, w, &mut y, &sd, &mut amax)?;
+            let got = download_bf16(gpu, &actd)?;
+            self.check("fp8 swiglu_fwd act", &shape, &got, &f64s(&act), TOL_BF16);
+            self.codes_row(
+                "fp8 swiglu_fwd codes (misses)",
+                &shape,
+                f,
+                scale,
+                &download(gpu, &y)?,
+                &act,
+            );
+            self.amax_row(
+                "fp8 swiglu_fwd amax",
+                &shape,
+                download(gpu, &amax)?[0],
+                &act,
+            );
+            let mut yt = upload(gpu, &vec![0x7fu8; rows * w])?;
+            let mut amax = upload(gpu, &[0u32])?;
+            fp8::swiglu_fwd_t(gpu, &gud, rows, w, &mut yt, &sd, &mut amax)?;
+            let want = transpose(&act, w);
+            self.codes_row(
+                "fp8 swiglu_fwd_t actᵀ (misses)",
+                &shape,
+                f,
+                scale,
+                &download(gpu, &yt)?,
+                &want,
+            );
+            self.amax_row(
+                "fp8 swiglu_fwd_t amax",
+                &shape,
+                download(gpu, &amax)?[0],
+                &act,
+            );
+
+            let (f, scale) = (Fp8::E5M2, 4096.0f32);
+            let sd = upload(gpu, &[scale])?;
+            let mut y = upload(gpu, &vec![0x7fu8; 2 * rows * w])?;
+            let mut yt = upload(gpu, &vec![0x7fu8; 2 * rows * w])?;
+            let mut amax = upload(gpu, &[0u32])?;
+            fp8::swiglu_bwd_t(
+                gpu,
+                &gud,
+                &dyd,
+                rows,
+                w,
+                &mut y.slice_mut(..),
+                &mut yt,
+                &sd,
+                &mut amax,
+            )?;
+            let got = download(gpu, &y)?;
+            self.codes_row(
+                "fp8 swiglu_bwd_t d gate‖up (misses)",
+                &shape,
+                f,
+                scale,
+                &got,
+                &dgu,
+            );
+            let want = transpose(&dgu, 2 * w);
+            let got = download(gpu, &yt)?;
+            self.codes_row(
+                "fp8 swiglu_bwd_t (d gate‖up)ᵀ (misses)",
+                &shape,
+                f,
+                scale,
+                &got,
+                &want,
+            );
+            self.amax_row(
+                "fp8 swiglu_bwd_t amax",
+                &shape,
+                download(gpu, &amax)?[0],
+                &dgu,
+            );
+        }
+        Ok(())
+    }
+
+    /// `got` against the codes of `want` · scale: the fraction of codes one step away (a bad
+    /// row where any is further), tolerance 1e-3.
+    fn codes_row(&mut self, op: &str, shape: &str, f: Fp8, scale: f32, got: &[u8], want: &[f32]) {
+        let min_sub = f.decode(1);
+        let mut misses = 0usize;
+        let mut far = got.len() != want.len();
+        for (&g, &w) in got.iter().zip(want) {
+            let e = f.encode(w * scale);
+            if g == e {
+                continue;
+            }
+            let neighbours = (g ^ e) & 0x80 == 0 && (g as i32 - e as i32).abs() == 1;
+            let near_zero = f.decode(g).abs() + f.decode(e).abs() <= 2.0 * min_sub;
+            if neighbours || near_zero {
+                misses += 1;
+            } else {
+                far = true;
+            }
+        }
+        self.rows.push(Row {
+            op: op.to_string(),
+            shape: shape.to_string(),
+            max_rel_err: if far {
+                f64::INFINITY
+            } else {
+                misses as f64 / got.len().max(1) as f64
+            },
+            tolerance: 1e-3,
+        });
+    }
+
+    /// A fused kernel's amax (f32 bits) against the host's max |want|.
+    fn amax_row(&mut self, op: &str, shape: &str, got: u32, want: &[f32]) {
+        let want = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        let err = (f32::from_bits(got) as f64 - want).abs() / want.max(f64::MIN_POSITIVE);
+        self.rows.push(Row {
+            op: op.to_string(),
+            shape: shape.to_string(),
+            max_rel_err: err,
+            tolerance: 1e-5,
+        });
     }
 
     fn fp8_scale_update(&mut self) -> Result<()> {
