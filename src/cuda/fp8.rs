@@ -17,6 +17,7 @@ pub static FP8: KernelSource = KernelSource {
     name: "fp8",
     code: concat!(
         include_str!("kernels/common.cuh"),
+        include_str!("kernels/fp8_codes.cuh"),
         include_str!("kernels/fp8.cu")
     ),
 };
@@ -155,6 +156,70 @@ fn flat(
     }
     let name = format!("fp8_cast_{}", f.suffix());
     launch_named!(gpu, FP8, name, flat_cfg(n8); xp, yp, sp, ap, n8);
+    Ok(())
+}
+
+/// FP8 codes that a producer kernel writes in place of its bf16 output, where that output only
+/// feeds an FP8 product: the codes' device address (laid out as the bf16 output would be), the
+/// scale to multiply by, and the amax counter to fold max |output| into. Bare addresses, as the
+/// kernels take them (the context tracks no events).
+#[derive(Clone, Copy, Debug)]
+pub struct CodesOut {
+    pub y: u64,
+    pub scale: u64,
+    pub amax: u64,
+}
+
+/// No codes: the null addresses a producer kernel reads as "write bf16 only".
+pub const NO_CODES: CodesOut = CodesOut {
+    y: 0,
+    scale: 0,
+    amax: 0,
+};
+
+impl CodesOut {
+    /// The same codes from element `elems` on (a producer of some of the columns).
+    pub fn offset(self, elems: usize) -> CodesOut {
+        CodesOut {
+            y: self.y + elems as u64,
+            ..self
+        }
+    }
+}
+
+/// yt [cols, rows] = y [rows, cols] for codes a producer wrote row-major (`CodesOut`). rows must
+/// be a multiple of 16 and cols of 8; y 8-byte and yt 16-byte aligned.
+pub fn transpose(
+    gpu: &Gpu,
+    y: &impl DevicePtr<u8>,
+    rows: usize,
+    cols: usize,
+    yt: &mut impl DevicePtrMut<u8>,
+) -> Result<()> {
+    let op = "fp8::transpose";
+    // Transposed::check wants a scale and an amax; the transpose has neither, so check here.
+    ensure!(
+        rows.is_multiple_of(16) && cols.is_multiple_of(8),
+        "{op}: {rows}×{cols} is not supported (rows must be a multiple of 16, cols of 8)"
+    );
+    ensure!(
+        rows <= i32::MAX as usize && cols <= i32::MAX as usize,
+        "{op}: {rows}×{cols} is too large"
+    );
+    expect_len(op, "y", y.len(), rows * cols, "rows × cols")?;
+    expect_len(op, "yt", yt.len(), rows * cols, "rows × cols")?;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    let s = &*gpu.stream;
+    let (yp, _y) = y.device_ptr(s);
+    let (ytp, _yt) = yt.device_ptr_mut(s);
+    ensure!(
+        yp.is_multiple_of(8) && ytp.is_multiple_of(16),
+        "{op}: `y` must start 8-byte and `yt` 16-byte aligned"
+    );
+    let (r, c) = (rows as i32, cols as i32);
+    launch!(gpu, FP8, "fp8_transpose", transposed_cfg(r, c); yp, ytp, r, c);
     Ok(())
 }
 
@@ -370,17 +435,18 @@ impl Transposed {
         Ok(())
     }
 
-    /// 64-column strips, 4 tiles of 64 rows per block (the kernels' constants).
     fn cfg(&self) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (
-                (self.cols as u32).div_ceil(64),
-                (self.rows as u32).div_ceil(256),
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        transposed_cfg(self.rows, self.cols)
+    }
+}
+
+/// The transposing kernels' grid: 64-column strips, 4 tiles of 64 rows per block (their
+/// constants).
+fn transposed_cfg(rows: i32, cols: i32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((cols as u32).div_ceil(64), (rows as u32).div_ceil(256), 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
     }
 }
 

@@ -20,6 +20,7 @@ use super::delta_rule::{
     chunk_backward, chunk_forward, saved_t_len, Backward, ChunkGrads, ChunkInputs, DecodeInputs,
     DecodeStep, DeltaRuleWorkspace,
 };
+use super::fp8::{CodesOut, NO_CODES};
 use super::profile::{mark, OpProfile};
 use super::{ops, ptr_mut_or_null, ptr_or_null, Gpu, KernelSource};
 use crate::model::lm::Model;
@@ -44,6 +45,7 @@ pub static MODEL_EXTRA: KernelSource = KernelSource {
     name: "model_extra",
     code: concat!(
         include_str!("kernels/common.cuh"),
+        include_str!("kernels/fp8_codes.cuh"),
         include_str!("kernels/model_extra.cu")
     ),
 };
@@ -210,6 +212,7 @@ pub fn rmsnorm_fwd_f32x(
     rstd: &mut impl DevicePtrMut<f32>,
     d: usize,
     eps: f32,
+    codes: Option<CodesOut>,
 ) -> Result<()> {
     ensure!(
         d > 0
@@ -251,10 +254,17 @@ pub fn rmsnorm_fwd_f32x(
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
+    let c = codes.unwrap_or(NO_CODES);
+    let (y8, s8, a8) = (c.y, c.scale, c.amax);
+    ensure!(
+        y8.is_multiple_of(4),
+        "rmsnorm_fwd_f32x: the FP8 codes must start 4-byte aligned"
+    );
     // arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, float*, const bf16*,
-    // bf16*, float*, int, int, float)`; lengths checked; one block of at most 256 threads per
-    // row.
-    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_fwd_f32x", cfg; xp, ap, sp, wp, yp, rp, rows, d_, eps);
+    // bf16*, float*, int, int, float, u8*, const float*, unsigned*)`; lengths checked (the
+    // codes, as y, by the caller: `Linears::x_codes`); one block of at most 256 threads per row.
+    launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_fwd_f32x", cfg;
+        xp, ap, sp, wp, yp, rp, rows, d_, eps, y8, s8, a8);
     Ok(())
 }
 
@@ -273,8 +283,9 @@ pub struct LowRank<'a> {
 /// dx is written (`accumulate` false) or added (true) into the fp32 residual gradient, and
 /// dw += Σ_rows dy·x·rstd (deterministic: per-block partials in `scratch`, then reduced in order).
 /// With `dx_bf`, the kernel also writes bf16(dx) there (the value `ops::cast_f32_to_bf16` of the
-/// finished dx gives, without the second pass over dx). With `addend`, the gradient is dy plus
-/// that low-rank term (in dx and in dw).
+/// finished dx gives, without the second pass over dx); with `codes`, dx's E5M2 codes instead
+/// (`Linears::dy_codes`). With `addend`, the gradient is dy plus that low-rank term (in dx and
+/// in dw).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd_f32(
     gpu: &Gpu,
@@ -285,6 +296,7 @@ pub fn rmsnorm_bwd_f32(
     addend: Option<LowRank>,
     dx: &mut impl DevicePtrMut<f32>,
     dx_bf: Option<&mut CudaViewMut<bf16>>,
+    codes: Option<CodesOut>,
     accumulate: bool,
     dw: &mut impl DevicePtrMut<f32>,
     scratch: &mut impl DevicePtrMut<f32>,
@@ -363,13 +375,20 @@ pub fn rmsnorm_bwd_f32(
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: (smem_floats * 4) as u32,
     };
+    let c = codes.unwrap_or(NO_CODES);
+    let (dx8, s8, a8) = (c.y, c.scale, c.amax);
+    ensure!(
+        dx8.is_multiple_of(4),
+        "rmsnorm_bwd_f32: the FP8 codes must start 4-byte aligned"
+    );
     // arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
-    // const float*, float*, bf16*, float*, int, int, int, const bf16*, const bf16*, int, int)`;
-    // lengths checked (dx_bf null or as long as dx, the addend's c and v as its rank and blocks
-    // say); at most MAX_NORM_WIDTH floats of dynamic shared memory (fits 48 KiB); scratch holds
-    // PARTS rows of d.
+    // const float*, float*, bf16*, float*, int, int, int, const bf16*, const bf16*, int, int, u8*,
+    // const float*, unsigned*)`; lengths checked (dx_bf null or as long as dx, the codes as dx by
+    // the caller: `Linears::dy_codes`, the addend's c and v as its rank and blocks say); at
+    // most MAX_NORM_WIDTH floats of dynamic shared memory (fits 48 KiB); scratch holds PARTS
+    // rows of d.
     launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_bwd_f32", cfg;
-        xp, wp, rp, yp, dxp, dbp, sp, rows, d_, acc, cp, vp, lr_r, lr_nb);
+        xp, wp, rp, yp, dxp, dbp, sp, rows, d_, acc, cp, vp, lr_r, lr_nb, dx8, s8, a8);
     let np = parts as i32;
     let cfg = LaunchConfig {
         grid_dim: (d.div_ceil(256) as u32, 1, 1),
@@ -970,6 +989,8 @@ enum Core<'a> {
 /// h1, rstd1 = RMSNorm(x_in).
 fn attn_norm(ctx: &BlockCtx, lr: &LayerRanges, x_in: &CudaView<f32>, wk: &mut Work) -> Result<()> {
     let (n, d) = (ctx.n, ctx.sz.d);
+    let h1 = wk.mix.h1.slice(..n * d);
+    let codes = ctx.lin.x_codes(ctx.gpu, lr.index, XSite::H1, &h1, n, d);
     rmsnorm_fwd_f32x(
         ctx.gpu,
         x_in,
@@ -979,6 +1000,7 @@ fn attn_norm(ctx: &BlockCtx, lr: &LayerRanges, x_in: &CudaView<f32>, wk: &mut Wo
         &mut wk.mix.rstd1.slice_mut(..n),
         d,
         ctx.sz.eps,
+        codes,
     )
 }
 
@@ -1063,6 +1085,8 @@ fn mlp_norm(
 ) -> Result<()> {
     let Sz { d, eps, .. } = ctx.sz;
     let nd = ctx.n * d;
+    let h2 = wk.mlp.h2.slice(..nd);
+    let codes = ctx.lin.x_codes(ctx.gpu, lr.index, XSite::H2, &h2, ctx.n, d);
     rmsnorm_fwd_f32x(
         ctx.gpu,
         x_in,
@@ -1075,6 +1099,7 @@ fn mlp_norm(
         &mut wk.mlp.rstd2.slice_mut(..ctx.n),
         d,
         eps,
+        codes,
     )?;
     ctx.mark(fwd, "fwd rmsnorm")
 }
@@ -1910,6 +1935,7 @@ impl GpuModel {
             &mut self.rstd_f.slice_mut(..n),
             d,
             eps,
+            None,
         )?;
         // The logits now when they fit the buffer, else a block at a time where they are read.
         if n <= self.logit_rows {
@@ -2111,7 +2137,15 @@ impl GpuModel {
         let cu_seqlens = &self.cu_host[..];
         let nseq = cu_seqlens.len() - 1;
 
-        // The final norm.
+        // The final norm. Its input gradient is the last down projection's output gradient:
+        // with FP8, its codes (`Linears::dy_codes`) instead of dres_bf.
+        let down_codes = |b: &BwdTemps, layer: Option<&LayerRanges>| {
+            layer.and_then(|lr| {
+                let dres_bf = b.dres_bf.slice(..nd);
+                lin.dy_codes(gpu, lr.index, DySite::Down, &dres_bf, n, sz.inter, d)
+            })
+        };
+        let codes = down_codes(b, self.layers.last());
         rmsnorm_bwd_f32(
             gpu,
             &self.xs[self.layers.len()].slice(..nd),
@@ -2121,6 +2155,7 @@ impl GpuModel {
             None,
             &mut b.dres.slice_mut(..nd),
             Some(&mut b.dres_bf.slice_mut(..nd)),
+            codes,
             false,
             &mut grads.slice_mut(self.norm.clone()),
             &mut b.scratch,
@@ -2241,6 +2276,10 @@ impl GpuModel {
                 2 * inter,
             )?;
             mark(ctx.prof, gpu, "bwd mlp gate/up")?;
+            // The MLP norm's input gradient is o_proj's output gradient (its FP8 codes, as
+            // above).
+            let dres_bf = b.dres_bf.slice(..nd);
+            let codes = lin.dy_codes(gpu, lr.index, DySite::O, &dres_bf, n, vd, d);
             rmsnorm_bwd_f32(
                 gpu,
                 &wk.mlp.x_mid.slice(..nd),
@@ -2250,6 +2289,7 @@ impl GpuModel {
                 None,
                 &mut b.dres.slice_mut(..nd),
                 Some(&mut b.dres_bf.slice_mut(..nd)),
+                codes,
                 true,
                 &mut grads.slice_mut(lr.mlp_norm.clone()),
                 &mut b.scratch,
@@ -2417,6 +2457,9 @@ impl GpuModel {
                 let (dq_conv, rest) = b.dact.split_at(nk);
                 let dk_conv = rest.slice(..nk);
                 let dv_conv = b.d_o.slice(..nv);
+                // With FP8, the convs write the projections' gradient as its E5M2 codes.
+                let dpre = wk.gu.buf.slice(dpre_at..dpre_at + nqkv);
+                let codes = lin.dy_codes(gpu, lr.index, DySite::Qkv, &dpre, n, d, ld);
                 for (pre, wr, dconv, ch, col) in [
                     (&s.q_pre, &lr.q_conv, &dq_conv, kd, 0),
                     (&s.k_pre, &lr.k_conv, &dk_conv, kd, kd),
@@ -2438,6 +2481,7 @@ impl GpuModel {
                         &cu,
                         ch,
                         w,
+                        codes.map(|c| c.offset(col)),
                     )?;
                 }
             }
@@ -2486,6 +2530,9 @@ impl GpuModel {
                 dw_bf16(&lin.blas, &dpv, &h1, dw, n, d, h)?;
             }
             mark(ctx.prof, gpu, "bwd mixer projections")?;
+            // The block below's down projection reads the input gradient (the embedding's
+            // backward, in bf16, below the first block).
+            let codes = down_codes(b, l.checked_sub(1).map(|i| &self.layers[i]));
             rmsnorm_bwd_f32(
                 gpu,
                 &x_in,
@@ -2500,6 +2547,7 @@ impl GpuModel {
                 }),
                 &mut b.dres.slice_mut(..nd),
                 Some(&mut b.dres_bf.slice_mut(..nd)),
+                codes,
                 true,
                 &mut grads.slice_mut(lr.attn_norm.clone()),
                 &mut b.scratch,

@@ -15,6 +15,7 @@
 //! gradients, master weights and moments fp32; all arithmetic in fp32 (fp64 for the loss mean and
 //! the gradient norm).
 
+use super::fp8::{CodesOut, NO_CODES};
 use super::{Gpu, KernelSource};
 use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::driver::{
@@ -37,7 +38,15 @@ macro_rules! kernel_source {
 pub static ELEMENTWISE: KernelSource = kernel_source!("ops_elementwise", "elementwise.cu");
 pub static NORMS: KernelSource = kernel_source!("ops_norms", "norms.cu");
 pub static GATES: KernelSource = kernel_source!("ops_gates", "gates.cu");
-pub static CONV: KernelSource = kernel_source!("ops_conv", "conv.cu");
+pub static CONV: KernelSource = KernelSource {
+    name: "ops_conv",
+    // The backward can write its input gradient as FP8 codes.
+    code: concat!(
+        include_str!("kernels/common.cuh"),
+        include_str!("kernels/fp8_codes.cuh"),
+        include_str!("kernels/conv.cu")
+    ),
+};
 pub static CROSS_ENTROPY: KernelSource = kernel_source!("ops_cross_entropy", "cross_entropy.cu");
 
 /// The `.cu` modules of this file (for `cuda::all_sources`).
@@ -906,6 +915,8 @@ pub fn conv_fwd(
 /// Convolution backward (`ops::conv::backward`): writes dx, accumulates dw [D, W] (fp32). Row t
 /// of dx starts at element t · `dx_ld` (≥ D; D for a dense [T, D] dx), so that the model can
 /// place the q and k gradients side by side in one [T, 2D] matrix for one projection matmul.
+/// With `codes`, dx is written there instead, as E5M2 codes in dx's layout (its input gradient
+/// then feeds only an FP8 product); the fast path's conditions must hold.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_bwd(
     gpu: &Gpu,
@@ -919,6 +930,7 @@ pub fn conv_bwd(
     cu_seqlens: &impl DevicePtr<i32>,
     channels: usize,
     width: usize,
+    codes: Option<CodesOut>,
 ) -> Result<()> {
     let op = "conv_bwd";
     conv_checks(op, channels, width, w.len())?;
@@ -966,12 +978,19 @@ pub fn conv_bwd(
     let (sp, _s) = scratch.device_ptr_mut(s);
     let (cp, _c) = cu_seqlens.device_ptr(s);
     let aligned8 = [xp, dyp, dxp].iter().all(|p| p % 8 == 0);
-    let parts = if channels.is_multiple_of(4) && dx_ld.is_multiple_of(4) && aligned8 {
+    let v4 = channels.is_multiple_of(4) && dx_ld.is_multiple_of(4) && aligned8;
+    ensure!(
+        codes.is_none() || v4 && codes.is_some_and(|c| c.y.is_multiple_of(4)),
+        "{op}: FP8 codes need channels and the row stride multiples of 4 and aligned tensors"
+    );
+    let parts = if v4 {
         // One thread per 4 channels and part.
         let np = CONV_PARTS as i32;
         let threads = channels / 4 * CONV_PARTS;
+        let c = codes.unwrap_or(NO_CODES);
+        let (y8, s8, a8) = (c.y, c.scale, c.amax);
         launch!(gpu, CONV, "conv_bwd_v4", grid_1d(threads, 256, usize::MAX);
-            xp, wp, dyp, dxp, ld_, sp, cp, nseq, t_, d_, w_, np);
+            xp, wp, dyp, dxp, y8, s8, a8, ld_, sp, cp, nseq, t_, d_, w_, np);
         CONV_PARTS
     } else {
         let cfg = LaunchConfig {

@@ -7,11 +7,13 @@
 //! checks one kernel.
 
 mod fp8_rows;
+use fp8_rows::FakeCodes;
 
 use super::blas::{BatchStrides, Blas};
 use super::buffer::{
     download, download_bf16, download_f32, round_bf16, upload, upload_bf16, upload_f32,
 };
+use super::fp8::Fp8;
 use super::selftest::Row;
 use super::{ops, Gpu};
 use crate::data::IGNORE;
@@ -543,9 +545,22 @@ impl Ctx<'_> {
                     add: ad.slice(..),
                     sum: &mut sum_view,
                 });
-                super::model::rmsnorm_fwd_f32x(gpu, &xd, residual, &wd, &mut y, &mut rstd, d, eps)?;
+                // Always with the FP8 codes of y beside it (they must not change y).
+                let (f8, codes) = (Fp8::E4M3, FakeCodes::new(gpu, rows * d, 96.0)?);
+                super::model::rmsnorm_fwd_f32x(
+                    gpu,
+                    &xd,
+                    residual,
+                    &wd,
+                    &mut y,
+                    &mut rstd,
+                    d,
+                    eps,
+                    Some(codes.out(gpu)),
+                )?;
                 let got = download_bf16(gpu, &y)?;
                 self.check("rmsnorm_fwd_f32x y", &shape, &got, &want_y, TOL_BF16);
+                self.codes_exact("rmsnorm_fwd_f32x y's FP8 codes", &shape, f8, &codes, &got)?;
                 let got = download_f32(gpu, &rstd)?;
                 self.check("rmsnorm_fwd_f32x rstd", &shape, &got, &want_r, TOL_F32);
                 if with_add {
@@ -553,8 +568,14 @@ impl Ctx<'_> {
                     self.check("rmsnorm_fwd_f32x x + add", &shape, &got, &want_sum, TOL_F32);
                 }
             }
-            for (acc, lowrank) in [(false, false), (true, false), (true, true)] {
-                let shape = format!("rows={rows} d={d} acc={acc} lowrank={lowrank}");
+            // The last: dx's FP8 codes in place of dx_bf.
+            for (acc, lowrank, fp8) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
+                let shape = format!("rows={rows} d={d} acc={acc} lowrank={lowrank} fp8={fp8}");
                 let x = self.randn(rows * d, 1.5);
                 let w = self.randn_bf(d, 1.0);
                 let (_, r64) = nn::rmsnorm_fwd(&f64s(&x), &f64s(&w), d, eps as f64);
@@ -602,6 +623,7 @@ impl Ctx<'_> {
                 let mut dw = self.f32(&dw0)?;
                 let mut scratch = self.nan_f32(ops::PARTS * d)?;
                 let (cd, vd) = (self.bf(&lr_c)?, self.bf(&lr_v)?);
+                let codes = FakeCodes::new(gpu, rows * d, 4096.0)?;
                 let addend = lowrank.then(|| super::model::LowRank {
                     c: cd.slice(..),
                     v: vd.slice(..),
@@ -617,6 +639,7 @@ impl Ctx<'_> {
                     addend,
                     &mut dx,
                     Some(&mut dxb.slice_mut(..)),
+                    fp8.then(|| codes.out(gpu)),
                     acc,
                     &mut dw,
                     &mut scratch,
@@ -625,6 +648,20 @@ impl Ctx<'_> {
                 let got = download_f32(gpu, &dx)?;
                 self.check("rmsnorm_bwd_f32 dx", &shape, &got, &want_dx, TOL_RED);
                 let got_b = download_bf16(gpu, &dxb)?;
+                if fp8 {
+                    let kept = got_b.iter().all(|v| v.is_nan());
+                    self.exact("rmsnorm_bwd_f32 codes: dx_bf untouched", &shape, kept);
+                    self.codes_exact(
+                        "rmsnorm_bwd_f32 dx's FP8 codes",
+                        &shape,
+                        Fp8::E5M2,
+                        &codes,
+                        &got,
+                    )?;
+                    let got = download_f32(gpu, &dw)?;
+                    self.check("rmsnorm_bwd_f32 dw", &shape, &got, &want_dw, TOL_RED);
+                    continue;
+                }
                 self.check("rmsnorm_bwd_f32 dx_bf", &shape, &got_b, &want_dx, TOL_BF16);
                 let cast = f64s(&round_bf16(&got));
                 self.check(
@@ -926,6 +963,7 @@ impl Ctx<'_> {
                     &cud,
                     d,
                     width,
+                    None,
                 )?;
                 let all = download_bf16(gpu, &dx)?;
                 let rows: Vec<f32> = (0..t)

@@ -84,14 +84,15 @@ extern "C" __global__ void __launch_bounds__(256) conv_fwd_v8(const bf16* x, con
 
 // Thread (channel group g of 4 channels, part p): tokens [p·per, (p+1)·per) with
 // per = ceil(T / parts); writes their dx (rows ldx apart) and partial[p, c·W + j] = the part's
-// share of dw[c, j], tokens in order.
+// share of dw[c, j], tokens in order. With y8 not null, dx goes there instead, as E5M2 codes of
+// dx · s8 (the input gradient feeds an FP8 product), and the thread's max |dx| is returned.
 template <int W>
-__device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, const bf16* dy, bf16* dx,
-                                                 int ldx, float* partial, const int* cu, int nseq, int T,
-                                                 int D, int parts) {
+__device__ __forceinline__ float conv_bwd_v4_impl(const bf16* x, const bf16* w, const bf16* dy, bf16* dx,
+                                                  u8* y8, float s8, int ldx, float* partial, const int* cu,
+                                                  int nseq, int T, int D, int parts) {
     const int groups = D >> 2;
     const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (i64)groups * parts) return;
+    float m = 0.0f;
     const int c = (int)(idx % groups) * 4;
     const int p = (int)(idx / groups);
     const int per = (T + parts - 1) / parts;
@@ -160,7 +161,13 @@ __device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, c
                         for (int i = 0; i < 4; ++i) acc[i][j] += gw[0][i] * xw[j][i];
                     }
                 }
-                st4bf(dx + (i64)t * ldx + c, make_float4(dxv[0], dxv[1], dxv[2], dxv[3]));
+                if (y8) {
+                    m = fmaxf(m, fmaxf(fmaxf(fabsf(dxv[0]), fabsf(dxv[1])), fmaxf(fabsf(dxv[2]), fabsf(dxv[3]))));
+                    *reinterpret_cast<unsigned*>(y8 + (i64)t * ldx + c) =
+                        fp8x4<__NV_E5M2>(dxv[0] * s8, dxv[1] * s8, dxv[2] * s8, dxv[3] * s8);
+                } else {
+                    st4bf(dx + (i64)t * ldx + c, make_float4(dxv[0], dxv[1], dxv[2], dxv[3]));
+                }
             }
         }
     }
@@ -170,18 +177,28 @@ __device__ __forceinline__ void conv_bwd_v4_impl(const bf16* x, const bf16* w, c
 #pragma unroll
         for (int j = 0; j < W; ++j) out[i * W + j] = acc[i][j];
     }
+    return m;
 }
 
-// Grid: ceil(D/4 · parts / blockDim) blocks.
+// Grid: ceil(D/4 · parts / blockDim) blocks. y8, scale8, amax8: null, or dx's FP8 codes instead of
+// dx (see conv_bwd_v4_impl), their scale, and the amax counter they fold into.
 extern "C" __global__ void __launch_bounds__(256) conv_bwd_v4(const bf16* x, const bf16* w, const bf16* dy,
-                                                              bf16* dx, int ldx, float* partial, const int* cu,
-                                                              int nseq, int T, int D, int W, int parts) {
-    switch (W) {
-        case 1: conv_bwd_v4_impl<1>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
-        case 2: conv_bwd_v4_impl<2>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
-        case 3: conv_bwd_v4_impl<3>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
-        default: conv_bwd_v4_impl<4>(x, w, dy, dx, ldx, partial, cu, nseq, T, D, parts); break;
+                                                              bf16* dx, u8* y8, const float* scale8,
+                                                              unsigned* amax8, int ldx, float* partial,
+                                                              const int* cu, int nseq, int T, int D, int W,
+                                                              int parts) {
+    float m = 0.0f;
+    // Threads past the last (group, part) stay for the block-wide amax fold.
+    if ((i64)blockIdx.x * blockDim.x + threadIdx.x < (i64)(D >> 2) * parts) {
+        const float s8 = y8 ? *scale8 : 1.0f;
+        switch (W) {
+            case 1: m = conv_bwd_v4_impl<1>(x, w, dy, dx, y8, s8, ldx, partial, cu, nseq, T, D, parts); break;
+            case 2: m = conv_bwd_v4_impl<2>(x, w, dy, dx, y8, s8, ldx, partial, cu, nseq, T, D, parts); break;
+            case 3: m = conv_bwd_v4_impl<3>(x, w, dy, dx, y8, s8, ldx, partial, cu, nseq, T, D, parts); break;
+            default: m = conv_bwd_v4_impl<4>(x, w, dy, dx, y8, s8, ldx, partial, cu, nseq, T, D, parts); break;
+        }
     }
+    if (y8) fold_amax(m, amax8);
 }
 
 // General path (any D, any alignment).

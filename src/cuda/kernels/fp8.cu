@@ -5,40 +5,7 @@
 //
 // Formats: E4M3 (max 448) for activations and weights, E5M2 (max 57344) for gradients.
 // Amaxes are non-negative floats kept as their bit patterns, whose unsigned order is the float
-// order, so one atomicMax merges them.
-#include <cuda_fp8.h>
-
-typedef unsigned char u8;
-
-template <__nv_fp8_interpretation_t F>
-__device__ __forceinline__ unsigned fp8x4(float a, float b, float c, float d) {
-    const unsigned lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, F);
-    const unsigned hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, F);
-    return lo | (hi << 16);
-}
-
-// 8 values scaled and packed into 8 codes (the first value in the lowest byte).
-template <__nv_fp8_interpretation_t F>
-__device__ __forceinline__ uint2 fp8x8(const float* f, float s) {
-    return make_uint2(fp8x4<F>(f[0] * s, f[1] * s, f[2] * s, f[3] * s),
-                      fp8x4<F>(f[4] * s, f[5] * s, f[6] * s, f[7] * s));
-}
-
-__device__ __forceinline__ float absmax8(const float* f, float m) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) m = fmaxf(m, fabsf(f[j]));
-    return m;
-}
-
-// At most one atomic per block: a block-wide max first, and no atomic where the counter already
-// holds as much (it only grows within a kernel, so a stale read errs on the side of the atomic).
-// Most blocks then skip it: same-address atomics serialise in L2, and a transposing cast of the
-// MLP's gradient has 22k blocks.
-__device__ __forceinline__ void fold_amax(float m, unsigned* amax) {
-    __shared__ float sh[33];
-    m = block_max(m, sh);
-    if (threadIdx.x == 0 && __float_as_uint(m) > *(volatile unsigned*)amax) atomicMax(amax, __float_as_uint(m));
-}
+// order, so one atomicMax merges them (fp8_codes.cuh).
 
 // Codes of a source's values over n8 chunks of 8 (chunk i to y + 8i, 8-byte aligned); y may be
 // null (amax only), scale null means 1.
@@ -97,6 +64,27 @@ extern "C" __global__ void __launch_bounds__(256) fp8_swiglu_fwd(const bf16* gu,
 // whole.
 #define TT 64
 #define TT_TILES 4
+// Columns out, for a tile of 64 rows from r0 and 64 columns from c0 of NP parts: thread t writes
+// 16 rows of column t / 4 as one 16-byte store, four threads one column's 64 rows, so that a warp
+// writes 8 whole 64-byte row segments of yt.
+template <int NP>
+__device__ __forceinline__ void store_tile_t(const u8 (*tile)[TT][TT], u8* __restrict__ yt, int rows, int cols,
+                                             int c0, int r0) {
+    const int c = threadIdx.x >> 2, rg = (threadIdx.x & 3) * 16;
+    if (c0 + c >= cols || r0 + rg >= rows) return;
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+        unsigned w[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            w[q] = 0;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[q] |= (unsigned)tile[p][rg + 4 * q + j][c] << (8 * j);
+        }
+        *reinterpret_cast<uint4*>(yt + ((i64)p * cols + c0 + c) * rows + r0 + rg) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
 template <int NP, __nv_fp8_interpretation_t F, class Src>
 __device__ void codes_t(Src src, u8* __restrict__ y, i64 ystride, u8* __restrict__ yt,
                         const float* __restrict__ scale, unsigned* __restrict__ amax, int rows, int cols) {
@@ -128,23 +116,7 @@ __device__ void codes_t(Src src, u8* __restrict__ y, i64 ystride, u8* __restrict
             for (int p = 0; p < NP; ++p) *reinterpret_cast<uint2*>(&tile[p][r][c]) = code[p];
         }
         __syncthreads();
-        // Columns out: thread t writes 16 rows of column t / 4 as one 16-byte store, four
-        // threads one column's 64 rows, so that a warp writes 8 whole 64-byte row segments of yt.
-        const int c = t >> 2, rg = (t & 3) * 16;
-        if (c0 + c < cols && r0 + rg < rows) {
-#pragma unroll
-            for (int p = 0; p < NP; ++p) {
-                unsigned w[4];
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    w[q] = 0;
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) w[q] |= (unsigned)tile[p][rg + 4 * q + j][c] << (8 * j);
-                }
-                *reinterpret_cast<uint4*>(yt + ((i64)p * cols + c0 + c) * rows + r0 + rg) =
-                    make_uint4(w[0], w[1], w[2], w[3]);
-            }
-        }
+        store_tile_t<NP>(tile, yt, rows, cols, c0, r0);
         __syncthreads();
     }
     fold_amax(m, amax);
@@ -162,6 +134,27 @@ extern "C" __global__ void __launch_bounds__(256) fp8_cast_t_e4m3(const bf16* x,
 }
 extern "C" __global__ void __launch_bounds__(256) fp8_cast_t_e5m2(const bf16* x, u8* y, u8* yt, const float* scale, unsigned* amax, int rows, int cols) {
     codes_t<1, __NV_E5M2>(CastSrc{x, cols}, y, cols, yt, scale, amax, rows, cols);
+}
+
+// Codes already written row-major by their producer (y [rows, cols]) → yt [cols, rows], the
+// operand layout of the weight gradient's product. Same blocks and constraints as above.
+extern "C" __global__ void __launch_bounds__(256) fp8_transpose(const u8* __restrict__ y, u8* __restrict__ yt, int rows, int cols) {
+    __shared__ __align__(16) u8 tile[1][TT][TT];
+    const int c0 = blockIdx.x * TT, t = threadIdx.x;
+    for (int tr = 0; tr < TT_TILES; ++tr) {
+        const int r0 = (blockIdx.y * TT_TILES + tr) * TT;
+        if (r0 >= rows) break;
+#pragma unroll
+        for (int it = 0; it < 2; ++it) {
+            const int idx = t + 256 * it, r = idx >> 3, c = (idx & 7) * 8;
+            uint2 code = make_uint2(0, 0);
+            if (r0 + r < rows && c0 + c < cols) code = *reinterpret_cast<const uint2*>(y + (i64)(r0 + r) * cols + c0 + c);
+            *reinterpret_cast<uint2*>(&tile[0][r][c]) = code;
+        }
+        __syncthreads();
+        store_tile_t<1>(tile, yt, rows, cols, c0, r0);
+        __syncthreads();
+    }
 }
 
 // SwiGLU with its output's codes (the MLP's gate and up side by side: gu [rows, 2w], gate in

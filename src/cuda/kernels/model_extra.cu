@@ -164,9 +164,11 @@ extern "C" __global__ void mx_add_f32_bf16(const float* a, const bf16* b, float*
 // rstd = 1/sqrt(mean(x²) + eps). With `add` not null, the row normalised is x + add (bf16), which
 // is also written to xs (the residual add before the MLP's norm, without a separate pass). One
 // block per row; with d a multiple of 4, at most 4 float4 per thread and aligned rows, the row is
-// read once into registers.
+// read once into registers. With y8 not null, y's E4M3 codes (of the bf16 values, · *scale8) go
+// there too, and max |y| into *amax8: the norm's output feeds FP8 products.
 extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* add, float* xs, const bf16* w, bf16* y,
-                                               float* rstd, int rows, int d, float eps) {
+                                               float* rstd, int rows, int d, float eps, u8* y8,
+                                               const float* scale8, unsigned* amax8) {
     __shared__ float sh[33];
     const int r = blockIdx.x;
     if (r >= rows) return;
@@ -193,14 +195,24 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* add, 
         ss = block_sum(ss, sh);
         const float rs = 1.0f / sqrtf(ss / (float)d + eps);
         if (threadIdx.x == 0) rstd[r] = rs;
+        const float s8 = y8 ? *scale8 : 1.0f;
+        float m = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             const int q = threadIdx.x + k * nt;
             if (q >= nv) break;
             const float4 wv = ld4bf(w + 4 * q);
-            st4bf(yr + 4 * q, make_float4(v[k].x * rs * wv.x, v[k].y * rs * wv.y, v[k].z * rs * wv.z,
-                                          v[k].w * rs * wv.w));
+            const float4 o = make_float4(v[k].x * rs * wv.x, v[k].y * rs * wv.y, v[k].z * rs * wv.z,
+                                         v[k].w * rs * wv.w);
+            st4bf(yr + 4 * q, o);
+            if (y8) {
+                const float4 b = make_float4(rbf(o.x), rbf(o.y), rbf(o.z), rbf(o.w));
+                m = fmaxf(m, fmaxf(fmaxf(fabsf(b.x), fabsf(b.y)), fmaxf(fabsf(b.z), fabsf(b.w))));
+                *reinterpret_cast<unsigned*>(y8 + (i64)r * d + 4 * q) =
+                    fp8x4<__NV_E4M3>(b.x * s8, b.y * s8, b.z * s8, b.w * s8);
+            }
         }
+        if (y8) fold_amax(m, amax8);
         return;
     }
     // Each thread reads back only the xs elements it wrote.
@@ -217,7 +229,18 @@ extern "C" __global__ void mx_rmsnorm_fwd_f32x(const float* x, const bf16* add, 
     const float rs = 1.0f / sqrtf(ss / (float)d + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
     const float* src = ar ? xsr : xr;
-    for (int c = threadIdx.x; c < d; c += nt) yr[c] = tobf(src[c] * rs * ldf(w, c));
+    const float s8 = y8 ? *scale8 : 1.0f;
+    float m = 0.0f;
+    for (int c = threadIdx.x; c < d; c += nt) {
+        const bf16 o = tobf(src[c] * rs * ldf(w, c));
+        yr[c] = o;
+        if (y8) {
+            const float b = __bfloat162float(o);
+            m = fmaxf(m, fabsf(b));
+            y8[(i64)r * d + c] = fp8_code<__NV_E4M3>(b * s8);
+        }
+    }
+    if (y8) fold_amax(m, amax8);
 }
 
 // Rows per block-wide reduction in mx_rmsnorm_bwd_f32's vector path: their loads are in flight
@@ -251,9 +274,14 @@ __device__ __forceinline__ float lowrank_at(const LowRank& lr, int rows, int row
 // column summed by one thread over the rows in order (deterministic). Vector path (d a multiple
 // of 4, at most 2 float4 per thread, aligned): MX_BWD_ROWS rows at a time in registers.
 // General path: one row at a time, the column sums in d floats of dynamic shared memory.
+// With dx8 not null, dx's E5M2 codes (· *scale8) are written there in place of dx_bf, and max |dx|
+// folded into *amax8: the gradient then feeds only FP8 products.
 extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const float* x, const bf16* w, const float* rstd, const float* dy,
                                               float* dx, bf16* dx_bf, float* partial, int rows, int d, int acc_dx,
-                                              const bf16* lr_c, const bf16* lr_v, int lr_r, int lr_nb) {
+                                              const bf16* lr_c, const bf16* lr_v, int lr_r, int lr_nb, u8* dx8,
+                                              const float* scale8, unsigned* amax8) {
+    const float s8 = dx8 ? *scale8 : 1.0f;
+    float m8 = 0.0f;
     const LowRank lr{lr_c, lr_v, lr_r, lr_nb};
     extern __shared__ float acc[];
     __shared__ float sh[32 * MX_BWD_ROWS];
@@ -354,7 +382,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
                         v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
                     }
                     d4[e] = v;
-                    if (dx_bf) st4bf(dx_bf + 4 * ((i64)(r + j) * nv + q), v);
+                    if (dx8) {
+                        m8 = fmaxf(m8, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+                        *reinterpret_cast<unsigned*>(dx8 + 4 * e) =
+                            fp8x4<__NV_E5M2>(v.x * s8, v.y * s8, v.z * s8, v.w * s8);
+                    } else if (dx_bf) {
+                        st4bf(dx_bf + 4 * e, v);
+                    }
                     cs[k].x += g.x * a.x * s;
                     cs[k].y += g.y * a.y * s;
                     cs[k].z += g.z * a.z * s;
@@ -372,6 +406,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
             p[2] = cs[k].z;
             p[3] = cs[k].w;
         }
+        if (dx8) fold_amax(m8, amax8);
         return;
     }
     for (int c = threadIdx.x; c < d; c += nt) acc[c] = 0.0f;
@@ -390,9 +425,15 @@ extern "C" __global__ void __launch_bounds__(256, 2) mx_rmsnorm_bwd_f32(const fl
             const float v = rs * (g * ldf(w, c) - xv * rs * mean);
             const float o = acc_dx ? dxr[c] + v : v;
             dxr[c] = o;
-            if (dx_bf) dx_bf[(i64)r * d + c] = tobf(o);
+            if (dx8) {
+                m8 = fmaxf(m8, fabsf(o));
+                dx8[(i64)r * d + c] = fp8_code<__NV_E5M2>(o * s8);
+            } else if (dx_bf) {
+                dx_bf[(i64)r * d + c] = tobf(o);
+            }
             acc[c] += g * xv * rs;  // each thread owns the columns it touches: no race
         }
     }
     for (int c = threadIdx.x; c < d; c += nt) partial[(i64)blockIdx.x * d + c] = acc[c];
+    if (dx8) fold_amax(m8, amax8);
 }

@@ -18,9 +18,9 @@
 //! Products whose sizes are not multiples of 16 (FP8's requirement) run in bf16.
 
 use super::super::blas::{Blas, MatmulOut};
-use super::super::fp8::{self, Fp8, SCALE_STRIDE};
+use super::super::fp8::{self, CodesOut, Fp8, SCALE_STRIDE};
 use super::super::Gpu;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::cell::RefCell;
@@ -174,9 +174,10 @@ struct Fp8State {
     /// The same for `xt8` in the backward (q‖k‖v and the output gate read h1ᵀ), or set by a
     /// kernel that wrote those codes itself (`swiglu_recompute_codes`).
     xt8_holds: Option<(usize, u64)>,
-    /// (site index, address of the bf16 gradient it stands for) of the codes in `dy8` and
-    /// `dyt8` when a kernel wrote them itself (`swiglu_bwd_codes`), for the next `bwd`.
-    dy8_holds: Option<(usize, u64)>,
+    /// What a producer kernel wrote itself for the next `bwd`: (site index, address of the bf16
+    /// gradient the codes stand for, whether `dyt8` holds their transpose too); `dy8` holds the
+    /// codes (`swiglu_bwd_codes`, `dy_codes`).
+    dy8_holds: Option<(usize, u64, bool)>,
     /// FP8 matmuls queued so far (a check that FP8 is in use).
     products: u64,
 }
@@ -303,10 +304,26 @@ impl Linears {
         st.x8_holds = None;
         st.products += 2;
         let dyp = dy.device_ptr(&gpu.stream).0;
-        if st.dy8_holds.take() != Some((di, dyp)) {
-            let (mut dy8, mut dyt8) = (st.dy8.slice_mut(..n * out), st.dyt8.slice_mut(..n * out));
-            st.e5m2
-                .cast_transposed(gpu, di, dy, n, out, Some(&mut dy8), &mut dyt8)?;
+        let (mut dy8, mut dyt8) = (st.dy8.slice_mut(..n * out), st.dyt8.slice_mut(..n * out));
+        // A producer's codes are for this product only; any others stay for theirs.
+        match st.dy8_holds {
+            Some((i, p, both)) if (i, p) == (di, dyp) => {
+                st.dy8_holds = None;
+                if !both {
+                    fp8::transpose(gpu, &dy8, n, out, &mut dyt8)?;
+                }
+            }
+            pending => {
+                // Codes written for another product, in place of its bf16 gradient, would be
+                // lost: a wrong gradient, not a slow one.
+                ensure!(
+                    pending.is_none(),
+                    "FP8: the gradient codes a kernel wrote for tensor {pending:?} were not used \
+                     before the next product's (internal error)"
+                );
+                st.e5m2
+                    .cast_transposed(gpu, di, dy, n, out, Some(&mut dy8), &mut dyt8)?
+            }
         }
         let dinv = at(&st.e5m2.scale_inv, di);
         // Wᵀ [in, out], k-major over `out` as the product needs.
@@ -363,7 +380,8 @@ impl Linears {
         inter: usize,
     ) -> Result<bool> {
         let di = dy_index(layer, DySite::GateUp);
-        let Some(mut st) = self.fused(n, d, 2 * inter, |st| st.e5m2.seen[di]) else {
+        let ready = |st: &Fp8State| st.e5m2.seen[di] && st.dy8_holds.is_none();
+        let Some(mut st) = self.fused(n, d, 2 * inter, ready) else {
             return Ok(false);
         };
         let st = &mut *st;
@@ -382,8 +400,66 @@ impl Linears {
             &at(&e.scale, di),
             amax,
         )?;
-        st.dy8_holds = Some((di, gu.device_ptr(&gpu.stream).0));
+        st.dy8_holds = Some((di, gu.device_ptr(&gpu.stream).0, true));
         Ok(true)
+    }
+
+    /// The E4M3 codes of the activation at (`layer`, `site`), for the kernel that writes it
+    /// (`x` [n, inp], in bf16 still) to write beside it, when products of that input can run in
+    /// FP8 and it already has a scale; `fwd` given `x` then casts nothing. None: the producer
+    /// writes x alone.
+    pub fn x_codes(
+        &self,
+        gpu: &Gpu,
+        layer: usize,
+        site: XSite,
+        x: &CudaView<bf16>,
+        n: usize,
+        inp: usize,
+    ) -> Option<CodesOut> {
+        let xi = x_index(layer, site);
+        // The products' widths are multiples of 16 in every preset; one that is not runs in
+        // bf16 from x itself.
+        let mut st = self.fused(n, inp, 16, |st| st.e4m3.seen[xi])?;
+        let s = &*gpu.stream;
+        let e = &st.e4m3;
+        let codes = CodesOut {
+            y: st.x8.device_ptr(s).0,
+            scale: at(&e.scale, xi).device_ptr(s).0,
+            amax: e.amax.slice(xi..xi + 1).device_ptr(s).0,
+        };
+        st.x8_holds = Some((xi, x.device_ptr(s).0));
+        Some(codes)
+    }
+
+    /// The E5M2 codes of the output gradient at (`layer`, `site`), for a kernel that would write
+    /// that gradient (`dy` [n, out]) to write instead, in dy's layout, when the product (n, inp,
+    /// out) runs in FP8 and the gradient already has a scale; `bwd` must then be given `dy`,
+    /// and only transposes the codes. None: the producer writes dy in bf16.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dy_codes(
+        &self,
+        gpu: &Gpu,
+        layer: usize,
+        site: DySite,
+        dy: &CudaView<bf16>,
+        n: usize,
+        inp: usize,
+        out: usize,
+    ) -> Option<CodesOut> {
+        let di = dy_index(layer, site);
+        // (Where codes are pending for another product, this one's producer writes bf16.)
+        let ready = |st: &Fp8State| st.e5m2.seen[di] && st.dy8_holds.is_none();
+        let mut st = self.fused(n, inp, out, ready)?;
+        let s = &*gpu.stream;
+        let e = &st.e5m2;
+        let codes = CodesOut {
+            y: st.dy8.device_ptr(s).0,
+            scale: at(&e.scale, di).device_ptr(s).0,
+            amax: e.amax.slice(di..di + 1).device_ptr(s).0,
+        };
+        st.dy8_holds = Some((di, dy.device_ptr(s).0, false));
+        Some(codes)
     }
 
     /// SwiGLU's forward (act = silu(gate)·up over gu [n, 2·inter]) writing act and, when down

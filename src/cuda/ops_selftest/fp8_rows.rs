@@ -6,8 +6,10 @@ use crate::cuda::blas::Blas;
 use crate::cuda::buffer::{download, download_bf16, download_f32, upload};
 use crate::cuda::fp8::{self, Fp8, SCALE_STRIDE};
 use crate::cuda::selftest::Row;
+use crate::cuda::Gpu;
 use crate::tensor::gemm;
 use anyhow::Result;
+use cudarc::driver::{CudaSlice, DevicePtr};
 use half::bf16;
 
 /// FP8 products into fp32. Hopper's FP8 tensor cores keep fewer bits than fp32 in their partial
@@ -18,8 +20,59 @@ const TOL_FP8_ACCUM: f64 = 1e-3;
 /// The same with `fast_accum` (never promoted; not worse at these k, looser for long k).
 const TOL_FAST_ACCUM: f64 = 5e-3;
 
+/// A buffer of FP8 codes (filled with a NaN code), its scale and amax, for a producer kernel
+/// that writes codes (`fp8::CodesOut`).
+pub(super) struct FakeCodes {
+    y: CudaSlice<u8>,
+    scale: CudaSlice<f32>,
+    amax: CudaSlice<u32>,
+    s: f32,
+}
+
+impl FakeCodes {
+    pub(super) fn new(gpu: &Gpu, n: usize, scale: f32) -> Result<FakeCodes> {
+        Ok(FakeCodes {
+            y: upload(gpu, &vec![0x7fu8; n])?,
+            scale: upload(gpu, &[scale])?,
+            amax: upload(gpu, &[0u32])?,
+            s: scale,
+        })
+    }
+
+    pub(super) fn out(&self, gpu: &Gpu) -> fp8::CodesOut {
+        let s = &*gpu.stream;
+        fp8::CodesOut {
+            y: self.y.device_ptr(s).0,
+            scale: self.scale.device_ptr(s).0,
+            amax: self.amax.device_ptr(s).0,
+        }
+    }
+}
+
 impl Ctx<'_> {
-    fn exact(&mut self, op: &str, shape: &str, same: bool) {
+    /// A producer's codes bit for bit against the host codec of the values it wrote beside them
+    /// (`vals`, as downloaded), and its amax exactly.
+    pub(super) fn codes_exact(
+        &mut self,
+        op: &str,
+        shape: &str,
+        f: Fp8,
+        c: &FakeCodes,
+        vals: &[f32],
+    ) -> Result<()> {
+        let want: Vec<u8> = vals.iter().map(|&v| f.encode(v * c.s)).collect();
+        self.exact(
+            &format!("{op} (bit-exact)"),
+            shape,
+            download(self.gpu, &c.y)? == want,
+        );
+        let amax = f32::from_bits(download(self.gpu, &c.amax)?[0]);
+        let want = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+        self.exact(&format!("{op}: amax (exact)"), shape, amax == want);
+        Ok(())
+    }
+
+    pub(super) fn exact(&mut self, op: &str, shape: &str, same: bool) {
         self.rows.push(Row {
             op: op.to_string(),
             shape: shape.to_string(),
@@ -48,6 +101,7 @@ impl Ctx<'_> {
     pub(super) fn fp8(&mut self, blas: &Blas) -> Result<()> {
         self.fp8_casts()?;
         self.fp8_swiglu()?;
+        self.fp8_conv_codes()?;
         self.fp8_scale_update()?;
         self.fp8_matmuls(blas)
     }
@@ -225,6 +279,108 @@ impl Ctx<'_> {
                 &dgu,
             );
         }
+        Ok(())
+    }
+
+    /// The short conv's backward writing its input gradient as E5M2 codes (the model's q‖k‖v
+    /// gradient: a column slice of a wider row, with sequences starting mid-run), then
+    /// `fp8::transpose` of the whole codes matrix, bit for bit.
+    fn fp8_conv_codes(&mut self) -> Result<()> {
+        let gpu = self.gpu;
+        let (d, width, cu) = (96usize, 4usize, vec![0usize, 5, 64, 160]);
+        let t = *cu.last().unwrap_or(&0);
+        let (ld, col) = (3 * d, d);
+        let shape = format!(
+            "D={d} W={width} cu_seqlens={cu:?} columns {col}..{} of {ld}",
+            col + d
+        );
+        let x = self.randn_bf(t * d, 1.0);
+        let w = self.randn_bf(d * width, 0.5);
+        let dy = self.randn_bf(t * d, 1e-2);
+        let dw0 = self.randn(d * width, 1.0);
+        let mut want_dw = f64s(&dw0);
+        let want_dx = crate::ops::conv::backward(
+            &f64s(&x),
+            &f64s(&w),
+            &f64s(&dy),
+            d,
+            width,
+            &cu,
+            &mut want_dw,
+        );
+        let want_dx: Vec<f32> = want_dx.iter().map(|&v| v as f32).collect();
+        let cu32: Vec<i32> = cu.iter().map(|&v| v as i32).collect();
+        let (xd, wd, dyd, cud) = (
+            self.bf(&x)?,
+            self.bf(&w)?,
+            self.bf(&dy)?,
+            upload(gpu, &cu32)?,
+        );
+        let (f, scale) = (Fp8::E5M2, 2048.0f32);
+        let sd = upload(gpu, &[scale])?;
+        let amax = upload(gpu, &[0u32])?;
+        let codes = upload(gpu, &vec![0x7fu8; t * ld])?;
+        let s = &*gpu.stream;
+        let c = fp8::CodesOut {
+            y: codes.device_ptr(s).0,
+            scale: sd.device_ptr(s).0,
+            amax: amax.device_ptr(s).0,
+        };
+        let mut dx = self.nan_bf16((t - 1) * ld + d)?;
+        let mut dw = self.f32(&dw0)?;
+        let mut scratch = self.nan_f32(crate::cuda::ops::conv_bwd_scratch_len(d, width))?;
+        crate::cuda::ops::conv_bwd(
+            gpu,
+            &xd,
+            &wd,
+            &dyd,
+            &mut dx,
+            ld,
+            &mut dw,
+            &mut scratch,
+            &cud,
+            d,
+            width,
+            Some(c.offset(col)),
+        )?;
+        let all = download(gpu, &codes)?;
+        let got: Vec<u8> = (0..t)
+            .flat_map(|r| all[r * ld + col..r * ld + col + d].to_vec())
+            .collect();
+        self.codes_row(
+            "conv_bwd dx as FP8 codes (misses)",
+            &shape,
+            f,
+            scale,
+            &got,
+            &want_dx,
+        );
+        let others_kept = (0..t * ld)
+            .filter(|i| !(col..col + d).contains(&(i % ld)))
+            .all(|i| all[i] == 0x7f);
+        let bf16_kept = download_bf16(gpu, &dx)?.iter().all(|v| v.is_nan());
+        self.exact(
+            "conv_bwd codes: other columns and dx untouched",
+            &shape,
+            others_kept && bf16_kept,
+        );
+        self.amax_row(
+            "conv_bwd codes amax",
+            &shape,
+            download(gpu, &amax)?[0],
+            &want_dx,
+        );
+        let got = download_f32(gpu, &dw)?;
+        self.check("conv_bwd dw (codes out)", &shape, &got, &want_dw, 1e-4);
+
+        let mut yt = upload(gpu, &vec![0u8; t * ld])?;
+        fp8::transpose(gpu, &codes, t, ld, &mut yt)?;
+        let want_t: Vec<u8> = (0..t * ld).map(|i| all[(i % t) * ld + i / t]).collect();
+        self.exact(
+            "fp8 transpose (bit-exact)",
+            &format!("{t}×{ld}"),
+            download(gpu, &yt)? == want_t,
+        );
         Ok(())
     }
 
