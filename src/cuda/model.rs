@@ -35,7 +35,7 @@ use std::ops::Range;
 pub mod linear;
 pub mod memory;
 pub mod save;
-use linear::{dw_bf16, dx_bf16, fwd_bf16, DySite, Linears, WSite, XSite};
+use linear::{dw_bf16, dx_bf16, fwd_bf16, Act, DySite, Linears, WSite, XSite};
 use memory::{Alloc, BufKind, CountAlloc, GpuAlloc, MemCategory, OnGpu};
 pub use memory::{MemEntry, MemoryAccount};
 pub use save::{SaveMode, SavePlan};
@@ -254,18 +254,24 @@ pub fn rmsnorm_fwd_f32x(
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let c = codes.unwrap_or(NO_CODES);
-    let (y8, s8, a8) = (c.y, c.scale, c.amax);
-    ensure!(
-        y8.is_multiple_of(4),
-        "rmsnorm_fwd_f32x: the FP8 codes must start 4-byte aligned"
-    );
+    let (y8, s8, a8) = codes_args("rmsnorm_fwd_f32x", codes)?;
     // arguments match `mx_rmsnorm_fwd_f32x(const float*, const bf16*, float*, const bf16*,
     // bf16*, float*, int, int, float, u8*, const float*, unsigned*)`; lengths checked (the
     // codes, as y, by the caller: `Linears::x_codes`); one block of at most 256 threads per row.
     launch!(gpu, MODEL_EXTRA, "mx_rmsnorm_fwd_f32x", cfg;
         xp, ap, sp, wp, yp, rp, rows, d_, eps, y8, s8, a8);
     Ok(())
+}
+
+/// The (codes, scale, amax) kernel arguments of an RMSNorm that may write FP8 codes (null
+/// without), the codes written 4 at a time.
+fn codes_args(op: &str, codes: Option<CodesOut>) -> Result<(u64, u64, u64)> {
+    let c = codes.unwrap_or(NO_CODES);
+    ensure!(
+        c.y.is_multiple_of(4),
+        "{op}: the FP8 codes must start 4-byte aligned"
+    );
+    Ok((c.y, c.scale, c.amax))
 }
 
 /// The low-rank addend of [`rmsnorm_bwd_f32`]'s dy: Σ over `nb` blocks b of c_b · v_b, with `c`
@@ -375,12 +381,7 @@ pub fn rmsnorm_bwd_f32(
         block_dim: ((d.clamp(1, 256).div_ceil(32) * 32) as u32, 1, 1),
         shared_mem_bytes: (smem_floats * 4) as u32,
     };
-    let c = codes.unwrap_or(NO_CODES);
-    let (dx8, s8, a8) = (c.y, c.scale, c.amax);
-    ensure!(
-        dx8.is_multiple_of(4),
-        "rmsnorm_bwd_f32: the FP8 codes must start 4-byte aligned"
-    );
+    let (dx8, s8, a8) = codes_args("rmsnorm_bwd_f32", codes)?;
     // arguments match `mx_rmsnorm_bwd_f32(const float*, const bf16*, const float*,
     // const float*, float*, bf16*, float*, int, int, int, const bf16*, const bf16*, int, int, u8*,
     // const float*, unsigned*)`; lengths checked (dx_bf null or as long as dx, the codes as dx by
@@ -1131,7 +1132,7 @@ fn mlp_swiglu(ctx: &BlockCtx, lr: &LayerRanges, wk: &mut Work, fwd: bool) -> Res
     let act = &mut wk.mlp.act.slice_mut(..n * inter);
     if !ctx
         .lin
-        .swiglu_fwd_codes(ctx.gpu, lr.index, &gu, act, n, inter, d)?
+        .swiglu_codes(ctx.gpu, lr.index, &gu, Act::Written(act), n, inter, d)?
     {
         ops::swiglu_fwd(ctx.gpu, &gu, act, inter)?;
     }
@@ -2211,11 +2212,11 @@ impl GpuModel {
             }
             // With FP8, act serves only down's weight gradient: its codes are enough.
             if redo_mlp
-                && !lin.swiglu_recompute_codes(
+                && !lin.swiglu_codes(
                     gpu,
                     lr.index,
                     &wk.gu.buf.slice(..2 * ni),
-                    &wk.mlp.act.slice(..ni),
+                    Act::CodesOnly(&wk.mlp.act.slice(..ni)),
                     n,
                     inter,
                     d,

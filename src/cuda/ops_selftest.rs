@@ -945,12 +945,15 @@ impl Ctx<'_> {
             );
             let dyd = self.bf(&dy)?;
             // dx dense, then with rows 2·D apart (the model's q and k side by side): the rows
-            // must match and the gaps keep their NaN.
-            for ld in [d, 2 * d] {
+            // must match and the gaps keep their NaN. Then (4-wide path) dx as FP8 codes in
+            // columns D..2D of rows 3·D apart (the model's q‖k‖v gradient), dx itself untouched.
+            let fp8_pass = (d % 4 == 0).then_some((3 * d, true));
+            for (ld, fp8) in [(d, false), (2 * d, false)].into_iter().chain(fp8_pass) {
                 let len = if t == 0 { 0 } else { (t - 1) * ld + d };
                 let mut dx = self.nan_bf16(len)?;
                 let mut dw = self.f32(&dw0)?;
                 let mut scratch = self.nan_f32(ops::conv_bwd_scratch_len(d, width))?;
+                let codes = FakeCodes::new(gpu, t * ld, 8.0)?;
                 ops::conv_bwd(
                     gpu,
                     &xd,
@@ -963,13 +966,28 @@ impl Ctx<'_> {
                     &cud,
                     d,
                     width,
-                    None,
+                    fp8.then(|| codes.out(gpu).offset(d)),
                 )?;
+                let shape = format!("{shape} dx_ld={ld}");
+                if fp8 {
+                    let want: Vec<f32> = want_dx.iter().map(|&v| v as f32).collect();
+                    let untouched = download_bf16(gpu, &dx)?.iter().all(|v| v.is_nan());
+                    self.codes_in_columns(
+                        "conv_bwd dx as FP8 codes",
+                        &shape,
+                        &codes,
+                        (d, ld),
+                        &want,
+                        untouched,
+                    )?;
+                    let got = download_f32(gpu, &dw)?;
+                    self.check("conv_bwd dw", &shape, &got, &want_dw, TOL_RED);
+                    continue;
+                }
                 let all = download_bf16(gpu, &dx)?;
                 let rows: Vec<f32> = (0..t)
                     .flat_map(|r| all[r * ld..r * ld + d].to_vec())
                     .collect();
-                let shape = format!("{shape} dx_ld={ld}");
                 self.check("conv_bwd dx", &shape, &rows, &want_dx, TOL_BF16);
                 let written_gaps = (0..t.saturating_sub(1))
                     .flat_map(|r| &all[r * ld + d..(r + 1) * ld])

@@ -147,6 +147,16 @@ impl Scales {
         fp8::cast_transposed(gpu, self.f, x, rows, cols, y, yt, scale, amax)
     }
 
+    /// Tensor i's codes written into `buf` by a producer kernel (bare addresses).
+    fn codes(&self, gpu: &Gpu, i: usize, buf: &CudaSlice<u8>) -> CodesOut {
+        let s = &*gpu.stream;
+        CodesOut {
+            y: buf.device_ptr(s).0,
+            scale: at(&self.scale, i).device_ptr(s).0,
+            amax: self.amax.slice(i..i + 1).device_ptr(s).0,
+        }
+    }
+
     fn update(&mut self, gpu: &Gpu) -> Result<()> {
         fp8::update_scales(
             gpu,
@@ -180,6 +190,15 @@ struct Fp8State {
     dy8_holds: Option<(usize, u64, bool)>,
     /// FP8 matmuls queued so far (a check that FP8 is in use).
     products: u64,
+}
+
+/// What `Linears::swiglu_codes` writes of act.
+pub enum Act<'a, 'b> {
+    /// act in bf16, and its codes for down's forward product.
+    Written(&'a mut CudaViewMut<'b, bf16>),
+    /// Only actᵀ's codes, for down's weight gradient (act recomputed in the backward): this
+    /// buffer is not written, its address marks the codes.
+    CodesOnly(&'a CudaView<'b, bf16>),
 }
 
 /// The largest sizes the FP8 scratch must hold, in elements.
@@ -421,14 +440,8 @@ impl Linears {
         // The products' widths are multiples of 16 in every preset; one that is not runs in
         // bf16 from x itself.
         let mut st = self.fused(n, inp, 16, |st| st.e4m3.seen[xi])?;
-        let s = &*gpu.stream;
-        let e = &st.e4m3;
-        let codes = CodesOut {
-            y: st.x8.device_ptr(s).0,
-            scale: at(&e.scale, xi).device_ptr(s).0,
-            amax: e.amax.slice(xi..xi + 1).device_ptr(s).0,
-        };
-        st.x8_holds = Some((xi, x.device_ptr(s).0));
+        let codes = st.e4m3.codes(gpu, xi, &st.x8);
+        st.x8_holds = Some((xi, x.device_ptr(&gpu.stream).0));
         Some(codes)
     }
 
@@ -451,28 +464,22 @@ impl Linears {
         // (Where codes are pending for another product, this one's producer writes bf16.)
         let ready = |st: &Fp8State| st.e5m2.seen[di] && st.dy8_holds.is_none();
         let mut st = self.fused(n, inp, out, ready)?;
-        let s = &*gpu.stream;
-        let e = &st.e5m2;
-        let codes = CodesOut {
-            y: st.dy8.device_ptr(s).0,
-            scale: at(&e.scale, di).device_ptr(s).0,
-            amax: e.amax.slice(di..di + 1).device_ptr(s).0,
-        };
-        st.dy8_holds = Some((di, dy.device_ptr(s).0, false));
+        let codes = st.e5m2.codes(gpu, di, &st.dy8);
+        st.dy8_holds = Some((di, dy.device_ptr(&gpu.stream).0, false));
         Some(codes)
     }
 
-    /// SwiGLU's forward (act = silu(gate)·up over gu [n, 2·inter]) writing act and, when down
-    /// at `layer` runs in FP8 and act has a scale, its E4M3 codes for the down product (`fwd`
-    /// with `act` as x then casts nothing). False where nothing was done: the caller runs the
+    /// SwiGLU's forward (act = silu(gate)·up over gu [n, 2·inter]) with the codes of act that
+    /// down at `layer` reads, when down runs in FP8 and act has a scale (see `Act`): `fwd` or
+    /// `bwd` given `act` then casts nothing. False where nothing was done: the caller runs the
     /// bf16 kernel.
     #[allow(clippy::too_many_arguments)]
-    pub fn swiglu_fwd_codes(
+    pub fn swiglu_codes(
         &self,
         gpu: &Gpu,
         layer: usize,
         gu: &CudaView<bf16>,
-        act: &mut CudaViewMut<bf16>,
+        act: Act,
         n: usize,
         inter: usize,
         d: usize,
@@ -482,39 +489,21 @@ impl Linears {
             return Ok(false);
         };
         let st = &mut *st;
-        let mut y = st.x8.slice_mut(..n * inter);
         let e = &mut st.e4m3;
-        let amax = &mut e.amax.slice_mut(xi..xi + 1);
-        fp8::swiglu_fwd(gpu, gu, act, inter, &mut y, &at(&e.scale, xi), amax)?;
-        st.x8_holds = Some((xi, act.device_ptr(&gpu.stream).0));
-        Ok(true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    /// SwiGLU recomputed for the backward of down at `layer` (act = silu(gate)·up over gu
-    /// [n, 2·inter]) straight as actᵀ's E4M3 codes, when down runs in FP8: act itself is not
-    /// written, and `bwd` must be given `act` as x (its address marks the codes). False where
-    /// nothing was done: the caller recomputes act in bf16.
-    pub fn swiglu_recompute_codes(
-        &self,
-        gpu: &Gpu,
-        layer: usize,
-        gu: &CudaView<bf16>,
-        act: &CudaView<bf16>,
-        n: usize,
-        inter: usize,
-        d: usize,
-    ) -> Result<bool> {
-        let xi = x_index(layer, XSite::Act);
-        let Some(mut st) = self.fused(n, inter, d, |st| st.e4m3.seen[xi]) else {
-            return Ok(false);
-        };
-        let st = &mut *st;
-        let mut yt = st.xt8.slice_mut(..n * inter);
-        let e = &mut st.e4m3;
-        let amax = &mut e.amax.slice_mut(xi..xi + 1);
-        fp8::swiglu_fwd_t(gpu, gu, n, inter, &mut yt, &at(&e.scale, xi), amax)?;
-        st.xt8_holds = Some((xi, act.device_ptr(&gpu.stream).0));
+        let (scale, amax) = (&at(&e.scale, xi), &mut e.amax.slice_mut(xi..xi + 1));
+        let s = &*gpu.stream;
+        match act {
+            Act::Written(act) => {
+                let mut y = st.x8.slice_mut(..n * inter);
+                fp8::swiglu_fwd(gpu, gu, act, inter, &mut y, scale, amax)?;
+                st.x8_holds = Some((xi, act.device_ptr(s).0));
+            }
+            Act::CodesOnly(act) => {
+                let mut yt = st.xt8.slice_mut(..n * inter);
+                fp8::swiglu_fwd_t(gpu, gu, n, inter, &mut yt, scale, amax)?;
+                st.xt8_holds = Some((xi, act.device_ptr(s).0));
+            }
+        }
         Ok(true)
     }
 

@@ -50,6 +50,38 @@ impl FakeCodes {
 }
 
 impl Ctx<'_> {
+    /// E5M2 codes a producer wrote into `cols` columns from `cols` of rows `ld` apart (a column
+    /// slice, as the model's q‖k‖v gradient), against the host codec of `want` (`codes_row`:
+    /// misses of one step allowed), the other columns untouched (and `bf16_untouched`: the
+    /// producer's bf16 output, which the codes replace), and its amax.
+    pub(super) fn codes_in_columns(
+        &mut self,
+        op: &str,
+        shape: &str,
+        c: &FakeCodes,
+        (cols, ld): (usize, usize),
+        want: &[f32],
+        bf16_untouched: bool,
+    ) -> Result<()> {
+        let all = download(self.gpu, &c.y)?;
+        let rows = want.len() / cols.max(1);
+        let got: Vec<u8> = (0..rows)
+            .flat_map(|r| all[r * ld + cols..r * ld + 2 * cols].to_vec())
+            .collect();
+        self.codes_row(&format!("{op} (misses)"), shape, Fp8::E5M2, c.s, &got, want);
+        let others = (0..all.len())
+            .filter(|i| !(cols..2 * cols).contains(&(i % ld)))
+            .all(|i| all[i] == 0x7f);
+        self.exact(
+            &format!("{op}: other columns and bf16 untouched"),
+            shape,
+            others && bf16_untouched,
+        );
+        let amax = download(self.gpu, &c.amax)?[0];
+        self.amax_row(&format!("{op}: amax"), shape, amax, want);
+        Ok(())
+    }
+
     /// A producer's codes bit for bit against the host codec of the values it wrote beside them
     /// (`vals`, as downloaded), and its amax exactly.
     pub(super) fn codes_exact(
@@ -101,7 +133,7 @@ impl Ctx<'_> {
     pub(super) fn fp8(&mut self, blas: &Blas) -> Result<()> {
         self.fp8_casts()?;
         self.fp8_swiglu()?;
-        self.fp8_conv_codes()?;
+        self.fp8_transpose()?;
         self.fp8_scale_update()?;
         self.fp8_matmuls(blas)
     }
@@ -282,111 +314,36 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The short conv's backward writing its input gradient as E5M2 codes (the model's q‖k‖v
-    /// gradient: a column slice of a wider row, with sequences starting mid-run), then
-    /// `fp8::transpose` of the whole codes matrix, bit for bit.
-    fn fp8_conv_codes(&mut self) -> Result<()> {
+    /// `fp8::transpose` of codes as a producer leaves them ([rows, cols]), bit for bit.
+    fn fp8_transpose(&mut self) -> Result<()> {
         let gpu = self.gpu;
-        let (d, width, cu) = (96usize, 4usize, vec![0usize, 5, 64, 160]);
-        let t = *cu.last().unwrap_or(&0);
-        let (ld, col) = (3 * d, d);
-        let shape = format!(
-            "D={d} W={width} cu_seqlens={cu:?} columns {col}..{} of {ld}",
-            col + d
-        );
-        let x = self.randn_bf(t * d, 1.0);
-        let w = self.randn_bf(d * width, 0.5);
-        let dy = self.randn_bf(t * d, 1e-2);
-        let dw0 = self.randn(d * width, 1.0);
-        let mut want_dw = f64s(&dw0);
-        let want_dx = crate::ops::conv::backward(
-            &f64s(&x),
-            &f64s(&w),
-            &f64s(&dy),
-            d,
-            width,
-            &cu,
-            &mut want_dw,
-        );
-        let want_dx: Vec<f32> = want_dx.iter().map(|&v| v as f32).collect();
-        let cu32: Vec<i32> = cu.iter().map(|&v| v as i32).collect();
-        let (xd, wd, dyd, cud) = (
-            self.bf(&x)?,
-            self.bf(&w)?,
-            self.bf(&dy)?,
-            upload(gpu, &cu32)?,
-        );
-        let (f, scale) = (Fp8::E5M2, 2048.0f32);
-        let sd = upload(gpu, &[scale])?;
-        let amax = upload(gpu, &[0u32])?;
-        let codes = upload(gpu, &vec![0x7fu8; t * ld])?;
-        let s = &*gpu.stream;
-        let c = fp8::CodesOut {
-            y: codes.device_ptr(s).0,
-            scale: sd.device_ptr(s).0,
-            amax: amax.device_ptr(s).0,
-        };
-        let mut dx = self.nan_bf16((t - 1) * ld + d)?;
-        let mut dw = self.f32(&dw0)?;
-        let mut scratch = self.nan_f32(crate::cuda::ops::conv_bwd_scratch_len(d, width))?;
-        crate::cuda::ops::conv_bwd(
-            gpu,
-            &xd,
-            &wd,
-            &dyd,
-            &mut dx,
-            ld,
-            &mut dw,
-            &mut scratch,
-            &cud,
-            d,
-            width,
-            Some(c.offset(col)),
-        )?;
-        let all = download(gpu, &codes)?;
-        let got: Vec<u8> = (0..t)
-            .flat_map(|r| all[r * ld + col..r * ld + col + d].to_vec())
-            .collect();
-        self.codes_row(
-            "conv_bwd dx as FP8 codes (misses)",
-            &shape,
-            f,
-            scale,
-            &got,
-            &want_dx,
-        );
-        let others_kept = (0..t * ld)
-            .filter(|i| !(col..col + d).contains(&(i % ld)))
-            .all(|i| all[i] == 0x7f);
-        let bf16_kept = download_bf16(gpu, &dx)?.iter().all(|v| v.is_nan());
-        self.exact(
-            "conv_bwd codes: other columns and dx untouched",
-            &shape,
-            others_kept && bf16_kept,
-        );
-        self.amax_row(
-            "conv_bwd codes amax",
-            &shape,
-            download(gpu, &amax)?[0],
-            &want_dx,
-        );
-        let got = download_f32(gpu, &dw)?;
-        self.check("conv_bwd dw (codes out)", &shape, &got, &want_dw, 1e-4);
-
-        let mut yt = upload(gpu, &vec![0u8; t * ld])?;
-        fp8::transpose(gpu, &codes, t, ld, &mut yt)?;
-        let want_t: Vec<u8> = (0..t * ld).map(|i| all[(i % t) * ld + i / t]).collect();
-        self.exact(
-            "fp8 transpose (bit-exact)",
-            &format!("{t}×{ld}"),
-            download(gpu, &yt)? == want_t,
-        );
+        for (rows, cols) in [(160usize, 288usize), (48, 200)] {
+            let codes: Vec<u8> = (0..rows * cols)
+                .map(|_| (self.rng.uniform() * 256.0) as u8)
+                .collect();
+            let y = upload(gpu, &codes)?;
+            let mut yt = upload(gpu, &vec![0u8; rows * cols])?;
+            fp8::transpose(gpu, &y, rows, cols, &mut yt)?;
+            let want: Vec<u8> = (0..rows * cols)
+                .map(|i| codes[(i % rows) * cols + i / rows])
+                .collect();
+            let same = download(gpu, &yt)? == want;
+            self.exact("fp8 transpose (bit-exact)", &format!("{rows}×{cols}"), same);
+        }
         Ok(())
     }
 
     /// `got` against the codes of `want` · scale: the fraction of codes one step away (a bad
     /// row where any is further), tolerance 1e-3.
-    fn codes_row(&mut self, op: &str, shape: &str, f: Fp8, scale: f32, got: &[u8], want: &[f32]) {
+    pub(super) fn codes_row(
+        &mut self,
+        op: &str,
+        shape: &str,
+        f: Fp8,
+        scale: f32,
+        got: &[u8],
+        want: &[f32],
+    ) {
         let min_sub = f.decode(1);
         let mut misses = 0usize;
         let mut far = got.len() != want.len();
@@ -416,7 +373,7 @@ impl Ctx<'_> {
     }
 
     /// A fused kernel's amax (f32 bits) against the host's max |want|.
-    fn amax_row(&mut self, op: &str, shape: &str, got: u32, want: &[f32]) {
+    pub(super) fn amax_row(&mut self, op: &str, shape: &str, got: u32, want: &[f32]) {
         let want = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
         let err = (f32::from_bits(got) as f64 - want).abs() / want.max(f64::MIN_POSITIVE);
         self.rows.push(Row {
