@@ -987,11 +987,20 @@ enum Core<'a> {
 // The pieces of a block's forward that its backward runs again (same kernels, same inputs, so
 // the same values): each writes [`Work`] only.
 
-/// h1, rstd1 = RMSNorm(x_in).
-fn attn_norm(ctx: &BlockCtx, lr: &LayerRanges, x_in: &CudaView<f32>, wk: &mut Work) -> Result<()> {
+/// h1, rstd1 = RMSNorm(x_in); with FP8, h1's codes beside it where `products` (h1's products
+/// run next: not in the backward's recomputation, which only needs h1 for dW).
+fn attn_norm(
+    ctx: &BlockCtx,
+    lr: &LayerRanges,
+    x_in: &CudaView<f32>,
+    wk: &mut Work,
+    products: bool,
+) -> Result<()> {
     let (n, d) = (ctx.n, ctx.sz.d);
     let h1 = wk.mix.h1.slice(..n * d);
-    let codes = ctx.lin.x_codes(ctx.gpu, lr.index, XSite::H1, &h1, n, d);
+    let codes = products
+        .then(|| ctx.lin.x_codes(ctx.gpu, lr.index, XSite::H1, &h1, n, d))
+        .flatten();
     rmsnorm_fwd_f32x(
         ctx.gpu,
         x_in,
@@ -1075,19 +1084,22 @@ fn out_norm(ctx: &BlockCtx, lr: &LayerRanges, s: &Saved, wk: &mut Work, fwd: boo
     ctx.mark(fwd, "fwd gated rmsnorm")
 }
 
-/// x_mid = x_in + mix; h2, rstd2 = RMSNorm(x_mid) (one kernel).
+/// x_mid = x_in + mix; h2, rstd2 = RMSNorm(x_mid) (one kernel); with FP8, h2's codes beside h2
+/// where `products` (the gate/up product runs next).
 fn mlp_norm(
     ctx: &BlockCtx,
     lr: &LayerRanges,
     x_in: &CudaView<f32>,
     s: &Saved,
     wk: &mut Work,
-    fwd: bool,
+    (fwd, products): (bool, bool),
 ) -> Result<()> {
     let Sz { d, eps, .. } = ctx.sz;
     let nd = ctx.n * d;
     let h2 = wk.mlp.h2.slice(..nd);
-    let codes = ctx.lin.x_codes(ctx.gpu, lr.index, XSite::H2, &h2, ctx.n, d);
+    let codes = products
+        .then(|| ctx.lin.x_codes(ctx.gpu, lr.index, XSite::H2, &h2, ctx.n, d))
+        .flatten();
     rmsnorm_fwd_f32x(
         ctx.gpu,
         x_in,
@@ -1164,7 +1176,7 @@ fn block_forward(
         vd,
         ..
     } = sz;
-    attn_norm(ctx, lr, x_in, wk)?;
+    attn_norm(ctx, lr, x_in, wk, true)?;
     mark(ctx.prof, gpu, "fwd rmsnorm")?;
     // Mixer projections.
     let h1 = wk.mix.h1.slice(..n * d);
@@ -1219,7 +1231,7 @@ fn block_forward(
     )?;
     mark(ctx.prof, gpu, "fwd o_proj")?;
     // MLP.
-    mlp_norm(ctx, lr, x_in, s, wk, true)?;
+    mlp_norm(ctx, lr, x_in, s, wk, (true, true))?;
     mlp_gate_up(ctx, lr, wk, true)?;
     mlp_swiglu(ctx, lr, wk, true)?;
     let mut down = tmp_d.slice_mut(..n * d);
@@ -2205,7 +2217,7 @@ impl GpuModel {
             let x_in = self.xs[l].slice(..nd);
             let ni = n * inter;
             if redo_mlp {
-                mlp_norm(&ctx, lr, &x_in, s, wk, false)?;
+                mlp_norm(&ctx, lr, &x_in, s, wk, (false, redo_gu))?;
             }
             if redo_gu {
                 mlp_gate_up(&ctx, lr, wk, false)?;
@@ -2305,7 +2317,7 @@ impl GpuModel {
                 mixer_convs(&ctx, lr, s, wk, false)?;
                 mixer_silu_norm(&ctx, wk, false)?;
                 out_norm(&ctx, lr, s, wk, false)?;
-                attn_norm(&ctx, lr, &x_in, wk)?;
+                attn_norm(&ctx, lr, &x_in, wk, false)?;
                 mark(ctx.prof, gpu, "bwd recompute mixer")?;
             }
             let dy = b.dres_bf.slice(..nd);

@@ -182,7 +182,7 @@ struct Fp8State {
     /// one activation in a row (q, k, v, gate) cast it once.
     x8_holds: Option<(usize, u64)>,
     /// The same for `xt8` in the backward (q‖k‖v and the output gate read h1ᵀ), or set by a
-    /// kernel that wrote those codes itself (`swiglu_recompute_codes`).
+    /// kernel that wrote those codes itself (`swiglu_codes`, `Act::CodesOnly`).
     xt8_holds: Option<(usize, u64)>,
     /// What a producer kernel wrote itself for the next `bwd`: (site index, address of the bf16
     /// gradient the codes stand for, whether `dyt8` holds their transpose too); `dy8` holds the
@@ -324,7 +324,7 @@ impl Linears {
         st.products += 2;
         let dyp = dy.device_ptr(&gpu.stream).0;
         let (mut dy8, mut dyt8) = (st.dy8.slice_mut(..n * out), st.dyt8.slice_mut(..n * out));
-        // A producer's codes are for this product only; any others stay for theirs.
+        // Codes a producer wrote for this product: only the transpose may be left to do.
         match st.dy8_holds {
             Some((i, p, both)) if (i, p) == (di, dyp) => {
                 st.dy8_holds = None;
