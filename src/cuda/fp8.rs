@@ -197,15 +197,7 @@ pub fn transpose(
     yt: &mut impl DevicePtrMut<u8>,
 ) -> Result<()> {
     let op = "fp8::transpose";
-    // Transposed::check wants a scale and an amax; the transpose has neither, so check here.
-    ensure!(
-        rows.is_multiple_of(16) && cols.is_multiple_of(8),
-        "{op}: {rows}×{cols} is not supported (rows must be a multiple of 16, cols of 8)"
-    );
-    ensure!(
-        rows <= i32::MAX as usize && cols <= i32::MAX as usize,
-        "{op}: {rows}×{cols} is too large"
-    );
+    transposed_shape(op, rows, cols, 1)?;
     expect_len(op, "y", y.len(), rows * cols, "rows × cols")?;
     expect_len(op, "yt", yt.len(), rows * cols, "rows × cols")?;
     if rows * cols == 0 {
@@ -391,14 +383,7 @@ impl Transposed {
         scale: &impl DevicePtr<f32>,
         amax: &mut impl DevicePtrMut<u32>,
     ) -> Result<Transposed> {
-        ensure!(
-            rows.is_multiple_of(16) && cols.is_multiple_of(8),
-            "{op}: {rows}×{cols} is not supported (rows must be a multiple of 16, cols of 8)"
-        );
-        ensure!(
-            rows <= i32::MAX as usize && parts * cols <= i32::MAX as usize,
-            "{op}: {rows}×{cols} is too large"
-        );
+        transposed_shape(op, rows, cols, parts)?;
         let n = parts * rows * cols;
         expect_len(op, "yt", yt.len(), n, "the outputs' elements")?;
         if let Some(y) = &y {
@@ -438,6 +423,20 @@ impl Transposed {
     fn cfg(&self) -> LaunchConfig {
         transposed_cfg(self.rows, self.cols)
     }
+}
+
+/// The sizes the transposing kernels take: `parts` outputs of [rows, cols] with rows a multiple
+/// of 16 and cols of 8 (whole 8-wide loads and 16-byte transposed stores), in 32-bit indices.
+fn transposed_shape(op: &str, rows: usize, cols: usize, parts: usize) -> Result<()> {
+    ensure!(
+        rows.is_multiple_of(16) && cols.is_multiple_of(8),
+        "{op}: {rows}×{cols} is not supported (rows must be a multiple of 16, cols of 8)"
+    );
+    ensure!(
+        rows <= i32::MAX as usize && parts * cols <= i32::MAX as usize,
+        "{op}: {rows}×{cols} is too large"
+    );
+    Ok(())
 }
 
 /// The transposing kernels' grid: 64-column strips, 4 tiles of 64 rows per block (their

@@ -24,12 +24,12 @@ use cudarc::driver::{
 use half::bf16;
 
 macro_rules! kernel_source {
-    ($name:literal, $file:literal) => {
+    ($name:literal, $($file:literal),+) => {
         KernelSource {
             name: $name,
             code: concat!(
                 include_str!("kernels/common.cuh"),
-                include_str!(concat!("kernels/", $file))
+                $(include_str!(concat!("kernels/", $file))),+
             ),
         }
     };
@@ -38,15 +38,8 @@ macro_rules! kernel_source {
 pub static ELEMENTWISE: KernelSource = kernel_source!("ops_elementwise", "elementwise.cu");
 pub static NORMS: KernelSource = kernel_source!("ops_norms", "norms.cu");
 pub static GATES: KernelSource = kernel_source!("ops_gates", "gates.cu");
-pub static CONV: KernelSource = KernelSource {
-    name: "ops_conv",
-    // The backward can write its input gradient as FP8 codes.
-    code: concat!(
-        include_str!("kernels/common.cuh"),
-        include_str!("kernels/fp8_codes.cuh"),
-        include_str!("kernels/conv.cu")
-    ),
-};
+// The backward can write its input gradient as FP8 codes.
+pub static CONV: KernelSource = kernel_source!("ops_conv", "fp8_codes.cuh", "conv.cu");
 pub static CROSS_ENTROPY: KernelSource = kernel_source!("ops_cross_entropy", "cross_entropy.cu");
 
 /// The `.cu` modules of this file (for `cuda::all_sources`).
