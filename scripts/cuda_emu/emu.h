@@ -129,6 +129,10 @@ inline void __syncwarp() { tw->bar.arrive_and_wait(); }
 // The split pass's publish() (followed passes only; the emulations give it no counts).
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline unsigned atomicAdd(unsigned* p, unsigned x) { return __atomic_fetch_add(p, x, __ATOMIC_SEQ_CST); }
+// A pass led by prep waits on its counts (LeadWait).
+inline void wait_count(const unsigned* c, unsigned need) {
+  while (__atomic_load_n(c, __ATOMIC_ACQUIRE) < need) std::this_thread::yield();
+}
 // A warp shuffle: every lane posts v and reads the lane src(lane) posted (its own v where src
 // gives a lane outside the warp).
 template <class F>

@@ -16,7 +16,7 @@ extract() {
   dir=$1
   shift
   {
-    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int ZLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2\|^template <int K> constexpr bool STATE_VIA_L1\|^constexpr int BAR_STATE' "$cu"
+    grep '^constexpr int MODE_FUSED\|^constexpr int TWLD\|^constexpr int ZLD\|^constexpr int REC_GL\|^constexpr unsigned NEG_BF2\|^template <int K> constexpr bool STATE_VIA_L1\|^constexpr int BAR_STATE\|^constexpr int LEAD_BATCH' "$cu"
     eval python3 "$here/extract.py" "$cu" "$common" '"$@"'
   } | sed 's/extern __shared__ __align__(128) char smem\[\];/char* smem = g_smem;/' \
     >"$out/$dir/extracted.h"
@@ -27,7 +27,7 @@ extract chunk ' tf32r(' 'void pair_store' ' store_grad_rows(' 'void scale_rows_d
 extract fwd_o 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' ' out_tiles(' \
   'struct FwdOSm' 'void fwd_o_impl'
 extract state 'struct SeqChunks' 'struct IntC' 'struct StateFwdSm' 'void state_sync' \
-  'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' frags_times(' ' p_times(' ' out_tiles(' 'void ws_output' 'void publish' 'void state_fwd_impl' \
+  'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' frags_times(' ' p_times(' ' out_tiles(' 'struct LeadWait' 'void ws_output' 'void publish' 'void state_fwd_impl' \
   'struct SegCombineSm' 'void seg_combine_impl'
 extract state_bwd 'struct SeqChunks' 'void scale_own_rows' \
   'void state_sync' 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' 'struct DvlocSm' \

@@ -80,14 +80,21 @@ static Out run_kernel(const Problem& p) {
   const bool fused = MODE != dr::MODE_SPLIT;
 
   typedef dr::StateFwdSm<K, NWC, MODE, KS> L;
+  // Every chunk counted as formed: the pass goes through its waits for a leading prep (LeadWait).
+  const std::vector<unsigned> formed((size_t)p.NC * H, 1u);
+  unsigned started = 0;  // the CTAs that have started, as a led pass counts them
   run_grid<L>(L::NW + L::NWO, {(unsigned)N, (unsigned)H, (unsigned)(V / (16 * NWC))}, false, [&] {
     dr::state_fwd_impl<K, NWC, MODE, KS>(
         p.w.data(), p.u.data(), p.k.data(), fused ? p.q.data() : nullptr,
         MODE == dr::MODE_WS ? p.pm.data() : nullptr, p.gc.data(),
         p.rec.data(), p.ctab.data(), p.seq_chunk.data(), p.with_h0 ? p.h0.data() : nullptr, H, 1,
         V, p.scale, fused ? nullptr : hout.data(), fused ? nullptr : vnew.data(),
-        fused ? o.data() : nullptr, r.ht.data(), nullptr, nullptr);
+        fused ? o.data() : nullptr, r.ht.data(), nullptr, nullptr, formed.data(), &started);
   });
+  if (started != (unsigned)(N * H * (V / (16 * NWC)))) {
+    fprintf(stderr, "state_emu: %u CTAs counted as started\n", started);
+    exit(1);
+  }
   auto tof = [](const std::vector<bf16>& v) {
     std::vector<float> f(v.size());
     for (size_t i = 0; i < v.size(); ++i) f[i] = __bfloat162float(v[i]);
@@ -280,7 +287,7 @@ static void check_seg(unsigned seed) {
       dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
           p.ctab.data(), seg_chunk.data(), nullptr, H, 1, V, p.scale, nullptr, nullptr, nullptr,
-          B.data(), A.data(), nullptr);
+          B.data(), A.data(), nullptr, nullptr, nullptr);
     });
     Out r;
     r.ht.assign((size_t)N * H * K * V, nanv);
@@ -294,7 +301,7 @@ static void check_seg(unsigned seed) {
       dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1>(
           p.w.data(), p.u.data(), p.k.data(), nullptr, nullptr, p.gc.data(), p.rec.data(),
           p.ctab.data(), seg_chunk.data(), X.data(), H, 1, V, p.scale, hout.data(), vnew.data(),
-          nullptr, nullptr, nullptr, nullptr);
+          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
     });
     auto tof = [](const std::vector<bf16>& v) {
       std::vector<float> f(v.size());

@@ -55,7 +55,7 @@ static bool run_case(const Case& c, unsigned seed) {
   run_grid<dr::PrepSm<K>>(8, grid, true, [&] {
     dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), q.data(), ctab.data(), H, 1, V,
                      scale, gc1.data(), rec1.data(), w1.data(), u1.data(), tmat.data(),
-                     with_p ? pm.data() : nullptr, &flag1);
+                     with_p ? pm.data() : nullptr, &flag1, blockIdx.x, blockIdx.y);
   });
   const size_t smem_prep = g_smem_size;
   // Without P, in the smaller shared memory the host launches it with (no Q rows): the same W,
@@ -65,11 +65,11 @@ static bool run_case(const Case& c, unsigned seed) {
   run_grid<dr::PrepSm<K, false>>(8, grid, true, [&] {
     dr::prep_impl<K>(k.data(), v.data(), g.data(), beta.data(), nullptr, ctab.data(), H, 1, V,
                      scale, gc0.data(), rec0.data(), w0.data(), u0.data(), tmat0.data(), nullptr,
-                     &flag0);
+                     &flag0, blockIdx.x, blockIdx.y);
   });
   run_grid<dr::WuSm<K>>(8, grid, true, [&] {
     dr::wu_impl<K>(k.data(), v.data(), g.data(), beta.data(), tmat.data(), ctab.data(), H, 1, V,
-                   gc2.data(), rec2.data(), w2.data(), u2.data());
+                   gc2.data(), rec2.data(), w2.data(), u2.data(), blockIdx.x, blockIdx.y);
   });
   const size_t smem_wu = g_smem_size;
 

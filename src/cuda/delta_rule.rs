@@ -400,6 +400,8 @@ struct ChunkKernels {
     state_seg: Option<StateKern>,
     state_bwd_seg: Option<StateKern>,
     seg_combine: Kern,
+    /// Holds the side stream until a led pass's CTAs have all started ([`Lead`]; one thread).
+    lead_gate: Kern,
 }
 
 impl ChunkKernels {
@@ -519,6 +521,11 @@ impl ChunkKernels {
                 (4, 1, 0),
             )?,
             seg_combine: need(ld("seg_combine", SLOT_SEG_COMBINE)?, "seg_combine", limit)?,
+            lead_gate: need(
+                load_kern(gpu, dk, "dr_lead_gate".into(), (0, 0), limit)?,
+                "lead_gate",
+                limit,
+            )?,
         })
     }
 }
@@ -1017,6 +1024,14 @@ pub struct DeltaRuleWorkspace {
     groups: Vec<SeqGroup>,
     /// Sequences a group when forced ([`DeltaRuleWorkspace::force_groups`]).
     groups_forced: Option<usize>,
+    /// The uploaded chunk table's chunks per position in their sequence (row r: every sequence's
+    /// r-th chunk), the rows a [`Lead`] counts in.
+    rows: Vec<usize>,
+    /// The [`Lead`]s' first launch when forced: the share of the rows it forms (0: no lead), by
+    /// [`DeltaRuleWorkspace::force_lead`] or `GDN_DR_LEAD`.
+    lead_forced: Option<f64>,
+    /// State passes that ran led ([`Lead`]), since [`DeltaRuleWorkspace::take_leads`].
+    leads: usize,
 }
 
 /// Sequence-parallel state passes (the forward's, the backward's recompute and its reverse pass)
@@ -1384,6 +1399,11 @@ impl DeltaRuleWorkspace {
             follows: 0,
             groups: Vec::new(),
             groups_forced: None,
+            rows: Vec::new(),
+            lead_forced: std::env::var("GDN_DR_LEAD")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok()),
+            leads: 0,
         })
     }
 
@@ -1445,6 +1465,7 @@ impl DeltaRuleWorkspace {
                 .context("uploading the delta rule chunk orders")?;
         }
         gpu.sync()?;
+        self.rows = chunks_per_row(&seq_chunk);
         self.cu_cached = cu.to_vec();
         self.n_chunks = nc;
         Ok(())
@@ -1595,8 +1616,15 @@ impl DeltaRuleWorkspace {
         .filter(|(on, _)| *on)
         .map(|(_, name)| format!("; {name} follows its pass{groups}"))
         .collect::<String>();
+        let lead = match self.forward_lead(fwd, walked) {
+            Some(l) => format!(
+                "; prep leads the forward ({} of {} items before it)",
+                l.first, l.items
+            ),
+            None => String::new(),
+        };
         format!(
-            "forward {} {} warps, recompute {}, backward {} {}{segs}{followers}",
+            "forward {} {} warps, recompute {}, backward {} {}{segs}{followers}{lead}",
             fwd.name(),
             f.shape(),
             self.state_kern(walked, PassKind::Split).0.shape(),
@@ -1828,17 +1856,52 @@ enum TSource {
     Saved { tmat: u64 },
 }
 
-/// Queues G, W and U for the state passes, by `prep` or `wu` as `src` says.
+/// Queues G, W and U for the state passes, by `prep` or `wu` as `src` says, for every chunk.
 fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSource) -> Result<()> {
+    let items = WuItems::All(ws.n_chunks);
+    run_w_u_on(&gpu.stream, gpu, ws, inp, src, items)
+}
+
+/// Which (chunk, head) items a `prep` or `wu` launch forms.
+#[derive(Clone, Copy)]
+enum WuItems {
+    /// Every one of the chunks, as a (chunk, head) grid.
+    All(usize),
+    /// Items `base..base + count` of the forward pass's chunk order, counted in `done` ([`Lead`]).
+    Led {
+        base: usize,
+        count: usize,
+        done: u64,
+    },
+}
+
+/// [`run_w_u`] of `items` on `stream` (the GPU's, or its side stream; the buffers are the
+/// workspace's, addressed through `gpu`).
+fn run_w_u_on(
+    stream: &CudaStream,
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    src: TSource,
+    items: WuItems,
+) -> Result<()> {
     let Dims {
         heads: h,
         dk: _,
         dv: v,
     } = ws.dims;
-    let nc = ws.n_chunks;
-    if nc == 0 {
-        return Ok(());
-    }
+    let (grid, lead) = match items {
+        WuItems::All(0) | WuItems::Led { count: 0, .. } => return Ok(()),
+        WuItems::All(nc) => ((nc as u32, h as u32, 1), [Arg::P(0), Arg::I(0), Arg::P(0)]),
+        WuItems::Led { base, count, done } => (
+            (count as u32, 1, 1),
+            [
+                Arg::P(ptr(gpu, &ws.order)),
+                Arg::I(base as i32),
+                Arg::P(done),
+            ],
+        ),
+    };
     let ctab = ptr(gpu, &ws.ctab);
     let gc = ptr_mut(gpu, &mut ws.gc);
     let rec = ptr_mut(gpu, &mut ws.rec);
@@ -1850,15 +1913,10 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
         Arg::P(ptr(gpu, &inp.g)),
         Arg::P(ptr(gpu, &inp.beta)),
     );
-    let grid = (nc as u32, h as u32, 1);
     let (hi, vi) = (Arg::I(h as i32), Arg::I(v as i32));
     match src {
-        TSource::Saved { tmat } => launch_kern(
-            gpu,
-            &ws.kern.wu,
-            grid,
-            256,
-            &[
+        TSource::Saved { tmat } => {
+            let mut args = vec![
                 k,
                 vv,
                 g,
@@ -1872,8 +1930,10 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
                 Arg::P(rec),
                 Arg::P(w),
                 Arg::P(u),
-            ],
-        ),
+            ];
+            args.extend(lead);
+            launch_kern_on(stream, &ws.kern.wu, grid, 256, &args)
+        }
         TSource::Solve { tmat, pm, pflag } => {
             let q = if pm != 0 { ptr(gpu, &inp.q) } else { 0 };
             // Forming P, prep needs Q's rows in shared memory too.
@@ -1883,33 +1943,27 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
             } else {
                 kp.smem
             };
-            launch(
-                gpu,
-                &kp.f,
-                &kp.name,
-                grid,
-                256,
-                smem,
-                &[
-                    k,
-                    vv,
-                    g,
-                    beta,
-                    Arg::P(q),
-                    Arg::P(ctab),
-                    hi,
-                    Arg::I(inp.group as i32),
-                    vi,
-                    Arg::F(inp.scale),
-                    Arg::P(gc),
-                    Arg::P(rec),
-                    Arg::P(w),
-                    Arg::P(u),
-                    Arg::P(tmat),
-                    Arg::P(pm),
-                    Arg::P(pflag),
-                ],
-            )
+            let mut args = vec![
+                k,
+                vv,
+                g,
+                beta,
+                Arg::P(q),
+                Arg::P(ctab),
+                hi,
+                Arg::I(inp.group as i32),
+                vi,
+                Arg::F(inp.scale),
+                Arg::P(gc),
+                Arg::P(rec),
+                Arg::P(w),
+                Arg::P(u),
+                Arg::P(tmat),
+                Arg::P(pm),
+                Arg::P(pflag),
+            ];
+            args.extend(lead);
+            launch_on(stream, &kp.f, &kp.name, grid, 256, smem, &args)
         }
     }
 }
@@ -1971,6 +2025,9 @@ enum StateOut {
         ht: u64,
         path: ForwardPath,
         pm: u64,
+        /// The counts of the prep that leads the pass, and where its CTAs count themselves as
+        /// they start ([`Lead`]; 0: none).
+        lead: (u64, u64),
     },
     /// The backward's recompute: h_c and Ṽ into the workspace.
     Recompute,
@@ -2018,6 +2075,10 @@ fn run_state_pass(
         StateOut::Forward { pm, .. } if path == ForwardPath::WarpSpecialised => pm,
         _ => 0,
     };
+    let (lead, started) = match out {
+        StateOut::Forward { lead, .. } => lead,
+        StateOut::Recompute => (0, 0),
+    };
     let follow = match out {
         StateOut::Forward { o, .. } if path == ForwardPath::Split => ws
             .follow_groups(|ws, len| ws.state_kern(len, PassKind::Split).0.nw)
@@ -2054,6 +2115,8 @@ fn run_state_pass(
                 Arg::P(at(ht, s0)),
                 Arg::P(0),
                 Arg::P(done),
+                Arg::P(lead),
+                Arg::P(started),
             ],
         )
     };
@@ -2148,6 +2211,8 @@ fn segment_walk(
             Arg::P(0),
             Arg::P(b),
             Arg::P(a),
+            Arg::P(0),
+            Arg::P(0),
             Arg::P(0),
         ],
     )?;
@@ -2492,6 +2557,136 @@ impl DeltaRuleWorkspace {
     pub fn take_follows(&mut self) -> usize {
         std::mem::take(&mut self.follows)
     }
+
+    /// Forces the share of the rows that a [`Lead`]'s first launch forms, rounded down (`Some(0.0)`:
+    /// no lead; `None`: the plan's choice, or `GDN_DR_LEAD`).
+    pub fn force_lead(&mut self, share: Option<f64>) {
+        self.lead_forced = share;
+    }
+
+    /// How many state passes ran led by their producer ([`Lead`]) since the last call.
+    pub fn take_leads(&mut self) -> usize {
+        std::mem::take(&mut self.leads)
+    }
+
+    /// `lead` where no stage probe is installed (each stage is then timed alone), counted in
+    /// `leads`.
+    fn take_lead(&mut self, lead: Option<Lead>) -> Option<Lead> {
+        let lead = lead.filter(|_| self.probe.is_none());
+        self.leads += usize::from(lead.is_some());
+        lead
+    }
+
+    /// The [`Lead`] of a pass of `ctas` CTAs by a producer whose item costs `ratio` pass steps of
+    /// one SM: where the pass leaves at least [`MIN_LEAD_SMS`] SMs idle and walks the sequences
+    /// in one group (the order the producer follows), and the producer's first launch would not
+    /// form every item.
+    fn lead_plan(&self, ctas: usize, ratio: f64) -> Option<Lead> {
+        let free = self.num_sms.saturating_sub(ctas);
+        let eligible = self.seg.is_none()
+            && self.groups.len() == 1
+            && self.n_chunks > 0
+            && ctas <= self.spread_up_to
+            && free >= MIN_LEAD_SMS;
+        if !eligible {
+            return None;
+        }
+        let rows = &self.rows;
+        let first_rows = match self.lead_forced {
+            Some(share) if share <= 0.0 => return None,
+            Some(share) => (share.min(1.0) * rows.len() as f64).floor() as usize,
+            None => lead_rows(rows, self.dims.heads, free, ratio),
+        };
+        let h = self.dims.heads;
+        let lead = Lead {
+            first: rows[..first_rows].iter().sum::<usize>() * h,
+            items: self.n_chunks * h,
+            ctas,
+        };
+        (lead.first < lead.items).then_some(lead)
+    }
+
+    /// The forward's [`Lead`] on `path` over `walked` sequences (the warp-specialised pass's only).
+    fn forward_lead(&self, path: ForwardPath, walked: usize) -> Option<Lead> {
+        let wk = self
+            .ws_kern()
+            .filter(|_| path == ForwardPath::WarpSpecialised)?;
+        let (x, y, z) = self.pass_grid(walked, wk.nw);
+        self.lead_plan((x * y * z) as usize, PREP_PER_WS_STEP)
+    }
+}
+
+/// `prep` leading the warp-specialised forward where that pass's grid leaves SMs idle. Prep's
+/// items are (chunk, head) pairs in the pass's chunk order (every sequence's first chunk, then
+/// every second, ...). The first `first` run on every SM before the pass; the rest run on the side
+/// stream beside it, on the SMs it leaves, and every prep CTA counts its item once stored. The
+/// pass waits for a chunk's count before it loads the chunk (`LeadWait` in delta_rule.cu), a
+/// batch of chunks at a time. Unled, prep on every SM and then the pass take the sum of their
+/// times; led, the pass starts once the first launch is done and the rest of prep hides beside
+/// it. The same kernels and the same bits.
+///
+/// The rest is queued behind `dr_lead_gate`, which waits until the pass's CTAs have all started:
+/// queued at once, prep's CTAs could take every SM first, and the pass, one CTA a whole SM,
+/// would then start only after them (H200, session 31, calls 1–2: B2·T8192·H16·K128 forward
+/// 0.422 → 0.435 ms without the gate; with it 0.487 → 0.434, in another call).
+///
+/// Nothing waits on a CTA that cannot run: the pass's `ctas` CTAs (one a SM, at most the SMs
+/// less [`MIN_LEAD_SMS`]) start beside the one-thread gate, the gate waits only for them, and
+/// prep waits for nothing (`wait_count` traps rather than hangs if a wait were ever not met).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lead {
+    first: usize,
+    items: usize,
+    /// The pass's CTAs.
+    ctas: usize,
+}
+
+/// Fewer idle SMs than this beside the pass and the rest of the producer would run too slowly
+/// to be worth leading.
+const MIN_LEAD_SMS: usize = 16;
+
+/// One prep item (a chunk and head) in the warp-specialised forward's pass steps of one SM, at
+/// K = 128 (H200, session 28: prep 0.174 ms for 4,096 items on 132 SMs, 5.6 SM·µs each; a state
+/// step 2.06 µs).
+const PREP_PER_WS_STEP: f64 = 2.7;
+
+/// The rows that a [`Lead`]'s first launch forms, for `rows` (chunks per row), `h` heads and
+/// `free` SMs beside the pass, an item costing `ratio` pass steps of one SM: the fewest for
+/// which the rest, formed in order on the free SMs as the pass starts, keeps ahead of it. A pass
+/// warp waits for LEAD_BATCH chunks at once, chunks c..c + LEAD_BATCH − 1 as it issues c's loads
+/// one step before chunk c, at c = 0, LEAD_BATCH, ...
+fn lead_rows(rows: &[usize], h: usize, free: usize, ratio: f64) -> usize {
+    let n = rows.len();
+    let per_row = |r: usize| (rows[r] * h) as f64 * ratio / free.max(1) as f64;
+    (0..n)
+        .find(|&first| {
+            let mut done_at = 0.0;
+            let mut r = first;
+            (0..n).step_by(LEAD_BATCH).all(|c| {
+                let last = (c + LEAD_BATCH).min(n);
+                while r < last {
+                    done_at += per_row(r);
+                    r += 1;
+                }
+                done_at <= c.saturating_sub(1) as f64
+            })
+        })
+        .unwrap_or(n)
+}
+
+/// Chunks a pass forms together in `LeadWait` (delta_rule.cu's LEAD_BATCH).
+const LEAD_BATCH: usize = 8;
+
+/// Per position r in a sequence, the chunks at it (the sequences with more than r chunks).
+fn chunks_per_row(seq_chunk: &[i32]) -> Vec<usize> {
+    let lens: Vec<usize> = seq_chunk
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as usize)
+        .collect();
+    let n = lens.iter().copied().max().unwrap_or(0);
+    (0..n)
+        .map(|r| lens.iter().filter(|&&l| l > r).count())
+        .collect()
 }
 
 /// The arguments a following kernel takes after its own: the chunk order (forward, or reverse
@@ -2687,8 +2882,12 @@ fn forward_impl(
         None if fwd_ws => (0, (ptr(gpu, &ws.p), 0)),
         None => (0, (0, 0)),
     };
-    run_w_u(gpu, ws, inp, TSource::Solve { tmat, pm, pflag })?;
-    probe_mark(gpu, ws, "fwd: prep")?;
+    let src = TSource::Solve { tmat, pm, pflag };
+    let lead = ws.take_lead(ws.forward_lead(path, walked));
+    if lead.is_none() {
+        run_w_u(gpu, ws, inp, src)?;
+        probe_mark(gpu, ws, "fwd: prep")?;
+    }
     // With T saved, the segment states go behind it for the backward, where there is room.
     let seg_dst = saved.and_then(|(t, len)| ws.saved_seg_at(t, len));
     if let Some((t, _)) = saved {
@@ -2704,7 +2903,58 @@ fn forward_impl(
         ("fwd: segment transitions", "fwd: segment starts"),
         seg_dst,
     )?;
-    run_state_pass(gpu, ws, inp, walk, StateOut::Forward { o, ht, path, pm })
+    if let Some(lead) = lead {
+        return led_pass(gpu, ws, inp, src, lead, walk, (o, ht, pm));
+    }
+    let out = StateOut::Forward {
+        o,
+        ht,
+        path,
+        pm,
+        lead: (0, 0),
+    };
+    run_state_pass(gpu, ws, inp, walk, out)
+}
+
+/// The warp-specialised forward led by prep ([`Lead`]): prep's first items, then the pass on the
+/// main stream and, on the side stream, once the pass's CTAs have all started (`dr_lead_gate`),
+/// prep's other items.
+fn led_pass(
+    gpu: &Gpu,
+    ws: &mut DeltaRuleWorkspace,
+    inp: &ChunkInputs,
+    src: TSource,
+    lead: Lead,
+    walk: Walk,
+    (o, ht, pm): (u64, u64, u64),
+) -> Result<()> {
+    let done = zero_counts(gpu, ws)?;
+    // The pass's CTAs count themselves in the ticket of the one sequence group (no kernel
+    // follows a led pass).
+    let started = done + 4 * (ws.n_chunks * ws.dims.heads) as u64;
+    let items = |base: usize, count: usize| WuItems::Led { base, count, done };
+    run_w_u_on(&gpu.stream, gpu, ws, inp, src, items(0, lead.first))?;
+    let side = gpu.fork()?;
+    let out = StateOut::Forward {
+        o,
+        ht,
+        path: ForwardPath::WarpSpecialised,
+        pm,
+        lead: (done, started),
+    };
+    run_state_pass(gpu, ws, inp, walk, out)?;
+    let gate = &ws.kern.lead_gate;
+    let need = Arg::I(lead.ctas as i32);
+    launch_kern_on(side, gate, (1, 1, 1), 32, &[Arg::P(started), need])?;
+    run_w_u_on(
+        side,
+        gpu,
+        ws,
+        inp,
+        src,
+        items(lead.first, lead.items - lead.first),
+    )?;
+    gpu.join()
 }
 
 /// Chunked backward for output gradient `d_o` ([T,H,V] bf16) and final-state gradient `d_final`
@@ -3328,7 +3578,26 @@ mod decode_tests {
 
 #[cfg(test)]
 mod chunk_table_tests {
-    use super::{chunk_table, reverse_step_order, step_order, CHUNK};
+    use super::{chunk_table, chunks_per_row, lead_rows, reverse_step_order, step_order, CHUNK};
+
+    #[test]
+    fn chunks_per_row_counts_the_sequences_that_reach_each_position() {
+        assert_eq!(chunks_per_row(&[0, 3, 3, 4, 6]), vec![3, 2, 1]);
+        assert_eq!(chunks_per_row(&[0, 0]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_lead_forms_first_what_the_rest_cannot_keep_ahead_of() {
+        // One chunk a row, a row costing `ratio` steps: the pass waits for rows 0..8 before its
+        // first step and for 8..16 before step 7, so the first launch takes 0..8 and whatever
+        // the rest cannot form in 7 steps.
+        assert_eq!(lead_rows(&[1; 16], 1, 1, 1.0), 9);
+        assert_eq!(lead_rows(&[1; 16], 1, 1, 0.5), 8);
+        assert_eq!(lead_rows(&[1; 16], 1, 1, 10.0), 16);
+        // More SMs beside the pass make the rows cheaper: 4 SMs at 2 steps an item, 2 items a
+        // row, is one step a row.
+        assert_eq!(lead_rows(&[2; 16], 1, 4, 2.0), 9);
+    }
 
     #[test]
     fn chunks_in_the_order_the_pass_forms_them() {

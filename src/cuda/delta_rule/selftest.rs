@@ -354,6 +354,32 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
                     if same { 0.0 } else { f64::INFINITY },
                     0.0,
                 ));
+                // Led by prep (`Lead`): a quarter of the rows before the pass, the rest beside
+                // it, the pass waiting on their counts; the same kernels' bits.
+                ws.take_leads();
+                ws.force_forward(Some(path));
+                ws.force_ks(Some(1));
+                ws.force_lead(Some(0.25));
+                let led = gpu_forward(gpu, ws, c, &d, &mut t_scratch);
+                ws.force_forward(None);
+                ws.force_ks(None);
+                ws.force_lead(None);
+                let (_, fs3, bits3) = led?;
+                let leads = ws.take_leads();
+                let same = bits3 == bits2 && same_bits(&fs3, &fs2);
+                rows.push(row(
+                    &format!(
+                        "delta_rule.chunk_fwd warp-specialised led by prep ({leads} passes) = \
+                         not led, bitwise"
+                    ),
+                    &c.label,
+                    if same && leads > 0 {
+                        0.0
+                    } else {
+                        f64::INFINITY
+                    },
+                    0.0,
+                ));
             }
             ForwardPath::Fused => {}
         }

@@ -92,6 +92,65 @@ __device__ __forceinline__ void cp_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// A split pass followed by fwd_o running beside it (the host's `Follow`): the pass counts, per
+// (chunk, head), its CTAs that have stored the chunk's h_c and Ṽ (publish); fwd_o CTAs take
+// (chunk, head) items by ticket in the order the pass forms them and wait for each one's count.
+// Prep and wu leading a state pass (the host's `Lead`) count their items the same way for it.
+// The release is cumulative: thread 0 fences after the CTA barrier that follows every warp's
+// stores, as a grid-wide barrier does.
+__device__ __forceinline__ void publish(unsigned* count) {
+  __threadfence();
+  atomicAdd(count, 1u);
+}
+
+// Waits until *count >= need. A producer that never comes (its CTAs could not all be resident:
+// the host runs a waiting kernel only where its producer fits beside it) ends in a trap, a launch
+// error, after some seconds, rather than a hang.
+__device__ __forceinline__ void wait_count(const unsigned* count, unsigned need) {
+  for (unsigned spins = 0;; ++spins) {
+    unsigned x;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(x) : "l"(count) : "memory");
+    if (x >= need) return;
+    if (spins >= (1u << 25)) __trap();
+    __nanosleep(128);
+  }
+}
+
+// A chunk-parallel kernel leading a state pass (the host's `Lead`) takes the items base +
+// blockIdx.x of the pass's chunk order, item i being (chunk order[i / H], head i mod H), so that
+// the chunks the pass needs first are formed first; without an order, (chunk blockIdx.x, head
+// blockIdx.y). Returns (chunk, head).
+__device__ __forceinline__ int2 lead_item(const int* __restrict__ order, int base, int H) {
+  if (!order) return make_int2(blockIdx.x, blockIdx.y);
+  const int i = base + blockIdx.x;
+  return make_int2(order[i / H], i % H);
+}
+// ... and counts the item in done (when given) once the whole CTA has stored it.
+__device__ __forceinline__ void lead_publish(unsigned* done, int2 item, int H) {
+  if (!done) return;
+  __syncthreads();
+  if (threadIdx.x == 0) publish(done + (long)item.x * H + item.y);
+}
+
+// A warp of a pass that a kernel leads reads a chunk's inputs only once that kernel has counted
+// them. It waits for its next LEAD_BATCH chunks at once (lane i acquires chunk c + i's count), so
+// that it stalls on one round trip to L2 per batch rather than per chunk: a state step takes about
+// 2 µs, an acquiring load under load a good part of one. Without counts it never waits.
+constexpr int LEAD_BATCH = 8;
+struct LeadWait {
+  const unsigned* done;
+  int h, H, ce, upto;
+  __device__ LeadWait(const unsigned* d, int h_, int H_, int ce_)
+      : done(d), h(h_), H(H_), ce(ce_), upto(0) {}
+  __device__ __forceinline__ void ensure(int c) {
+    if (!done || c < upto) return;
+    const int lane = threadIdx.x & 31, ci = c + lane;
+    if (lane < LEAD_BATCH && ci < ce) wait_count(done + (long)ci * H + h, 1);
+    __syncwarp();
+    upto = c + LEAD_BATCH;
+  }
+};
+
 // rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
 // dld); rows >= valid are zero-filled and not read. Two users keep this generic loop, where
 // load_rows_async below measured worse: the fused state pass at K = 256 and the U loop of
@@ -1019,7 +1078,7 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
                           const bf16* __restrict__ q, const int* __restrict__ ctab, int H, int VG,
                           int V, float scale, float* __restrict__ gc, float* __restrict__ rec,
                           bf16* __restrict__ w, bf16* __restrict__ u, float* __restrict__ tmat,
-                          bf16* __restrict__ pm, float* __restrict__ pflag) {
+                          bf16* __restrict__ pm, float* __restrict__ pflag, int cg, int h) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   PrepSm<K> S;
@@ -1027,7 +1086,6 @@ __device__ void prep_impl(const bf16* __restrict__ k, const bf16* __restrict__ v
   static_assert(K + 8 >= LD64 && CH * LF64 * 4 >= CH * LD64 * 2, "V slices must fit");
   static_assert(CH * LD64 * 2 + 10 * TWSZ * 2 <= CH * LF64 * 4, "tw must fit behind V slice 0");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
-  const int cg = blockIdx.x, h = blockIdx.y;
   const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
@@ -1213,14 +1271,13 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ g, const float* __restrict__ beta,
                         const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int VG,
                         int V, float* __restrict__ gc, float* __restrict__ rec,
-                        bf16* __restrict__ w, bf16* __restrict__ u) {
+                        bf16* __restrict__ w, bf16* __restrict__ u, int cg, int h) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   WuSm<K> S;
   S.carve(cv);
   static_assert(K + 8 >= LD64, "V slice 1 must fit in K's buffer");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
-  const int cg = blockIdx.x, h = blockIdx.y;
   const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
@@ -1324,29 +1381,6 @@ __device__ __forceinline__ void cp4(void* smem, const void* gmem, bool ok) {
 constexpr int MODE_FUSED = 0, MODE_SPLIT = 1, MODE_WS = 2;
 // The state passes' per-chunk tiles come through L1 (cp16's VIA_L1) at K <= 128 only, where it
 // was measured faster (session 14, call 2); at K = 256 it was slower.
-// A split pass followed by fwd_o running beside it (the host's `Follow`): the pass counts, per
-// (chunk, head), its CTAs that have stored the chunk's h_c and Ṽ (publish); fwd_o CTAs take
-// (chunk, head) items by ticket in the order the pass forms them and wait for each one's count.
-// The release is cumulative: thread 0 fences after the CTA barrier that follows every warp's
-// stores, as a grid-wide barrier does.
-__device__ __forceinline__ void publish(unsigned* count) {
-  __threadfence();
-  atomicAdd(count, 1u);
-}
-
-// Waits until *count >= need. A pass that never comes (its CTAs could not all be resident: the
-// host launches the followers only where they fit beside them) ends in a trap, a launch error,
-// after some tens of seconds, rather than a hang.
-__device__ __forceinline__ void wait_count(const unsigned* count, unsigned need) {
-  for (unsigned spins = 0;; ++spins) {
-    unsigned x;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(x) : "l"(count) : "memory");
-    if (x >= need) return;
-    if (spins >= (1u << 25)) __trap();
-    __nanosleep(128);
-  }
-}
-
 // The items (chunk order[i / H], head i mod H), i < items, by ticket (ticket[0]); each once its
 // count in done reaches need; body(chunk, head) with the whole CTA.
 template <class F>
@@ -1518,7 +1552,7 @@ template <int K, class L>
 __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ pm,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
                           int h, int H, int VG, int V, int v0, float scale,
-                          bf16* __restrict__ o) {
+                          bf16* __restrict__ o, LeadWait lead) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
   const QkHead qh = qk_head<K>(h, H, VG);
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
@@ -1528,6 +1562,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   bf16* ps = S.po + gi * CH * LD64;
   float* G = S.G + gi * CH;
   auto issue = [&](int c) {
+    lead.ensure(c);  // P and G come from prep
     const int s0 = sq.start(c), l = sq.len(c);
     load_rows_async<K, NTH>(qs, WLD, q + qh.at(s0), qh.ld, l, tg);
     // Every row of P (kernel 1 wrote zeros at rows >= len).
@@ -1606,7 +1641,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                                int H, int VG, int V, float scale, bf16* __restrict__ hout,
                                bf16* __restrict__ vnew, bf16* __restrict__ o,
                                float* __restrict__ ht, float* __restrict__ at,
-                               unsigned* __restrict__ done) {
+                               unsigned* __restrict__ done, const unsigned* __restrict__ lead_done,
+                               unsigned* __restrict__ lead_started) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   typedef StateFwdSm<K, NWC, MODE, KS> L;
@@ -1634,6 +1670,9 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   static_assert(!SEG || (MODE == MODE_SPLIT && KS == 1), "the transition pass is split, unsplit");
   constexpr bool PUBLISH = MODE == MODE_SPLIT && !SEG;
   const bool trans = SEG && v0 >= V;
+  // Led, the pass counts its CTAs as they start: the leader's other items are queued only
+  // once every one has its SM (`dr_lead_gate`).
+  if (lead_started && threadIdx.x == 0) atomicAdd(lead_started, 1u);
   if constexpr (WS) {
     // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
     // a thread, and at 168 the state warps spilled (ptxas: 56 bytes) where the split pass takes
@@ -1641,7 +1680,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     constexpr int OUT_REGS = 136, STATE_REGS = 232;
     if (warp >= NWC) {
       regs_dec<OUT_REGS>();
-      ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, VG, V, v0, scale, o);
+      ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, VG, V, v0, scale, o,
+                   LeadWait(lead_done, h, H, ce));
       return;
     }
     regs_inc<STATE_REGS>();
@@ -1685,8 +1725,13 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                              : 0.f);
     }
 
+  // Led by prep or wu (the host's `Lead`), the pass waits for each chunk's W, U and decay record
+  // (and, warp-specialised, its output warps for P and G) until the leader has counted them in
+  // lead_done.
+  LeadWait lead(lead_done, h, H, ce);
   // Chunk ci's group: W, K, U, its decay record (and fused G) into buffer b, and Q (fused).
   auto issue = [&](int ci, int s0, int l, int b) {
+    lead.ensure(ci);
     // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
     // so it keeps the generic loop.
     auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld, int valid) {
@@ -3965,6 +4010,14 @@ __device__ void smem_sizes_k(unsigned* out) {
 
 }  // namespace dr
 
+// Holds the side stream until all `need` CTAs of a led pass have started (`lead_started`), so
+// that the leader's items queued behind it find the pass's CTAs on their SMs and take only the
+// others: queued at once, they could take every SM first, and the pass, one CTA a whole SM, would
+// start only after them (H200, session 31, call 1: no gain at B2·T8192·H16·K128).
+extern "C" __global__ void dr_lead_gate(const unsigned* started, unsigned need) {
+  dr::wait_count(started, need);
+}
+
 extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     dr::smem_sizes_k<64>(out);
@@ -3977,14 +4030,20 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(256)                                                \
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
                    const bf16* q, const int* ctab, int H, int VG, int V, float scale, float* gc,   \
-                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm, float* pflag) {            \
-    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, VG, V, scale, gc, rec, w, u, tmat, pm, pflag);     \
+                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm, float* pflag,              \
+                   const int* order, int base, unsigned* done) {                                   \
+    const int2 it = dr::lead_item(order, base, H);                                                 \
+    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, VG, V, scale, gc, rec, w, u, tmat, pm, pflag,      \
+                     it.x, it.y);                                                                  \
+    dr::lead_publish(done, it, H);                                                                 \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                             \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
                  const float* tmat, const int* ctab, int H, int VG, int V, float* gc, float* rec,  \
-                 bf16* w, bf16* u) {                                                               \
-    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u);                            \
+                 bf16* w, bf16* u, const int* order, int base, unsigned* done) {                   \
+    const int2 it = dr::lead_item(order, base, H);                                                 \
+    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u, it.x, it.y);                \
+    dr::lead_publish(done, it, H);                                                                 \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
@@ -4049,9 +4108,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                                       const bf16* pm, const float* gc, const float* rec,           \
                                       const int* ctab, const int* seq_chunk, const float* h0,      \
                                       int H, int VG, int V, float scale, bf16* hout, bf16* vnew,   \
-                                      bf16* o, float* ht, float* at, unsigned* done) {             \
+                                      bf16* o, float* ht, float* at, unsigned* done,               \
+                                      const unsigned* lead_done, unsigned* lead_started) {         \
     dr::state_fwd_impl<K, NWC, MODE, KS>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, VG, V,   \
-                                         scale, hout, vnew, o, ht, at, done);                      \
+                                         scale, hout, vnew, o, ht, at, done, lead_done,            \
+                                         lead_started);                                            \
   }
 // Per pass: NWC = 1, 2, 4, 8 unsplit, then the K splits (names ending _ks2, _ks4) for NWC = 1, 2
 // (the host's STATE_KS).
@@ -4074,10 +4135,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_state_seg_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                \
                         const bf16* pm, const float* gc, const float* rec, const int* ctab,        \
                         const int* seq_chunk, const float* h0, int H, int VG, int V, float scale,  \
-                        bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done) {   \
+                        bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done,     \
+                        const unsigned* lead_done, unsigned* lead_started) {                       \
     dr::state_fwd_impl<K, 4, dr::MODE_SPLIT, 1, true>(w, u, k, q, pm, gc, rec, ctab, seq_chunk,    \
                                                       h0, H, VG, V, scale, hout, vnew, o, ht, at,  \
-                                                      done);                                       \
+                                                      done, lead_done, lead_started);              \
   }
 
 // The warp-specialised forward (state pass and output in one kernel): 4 state warps, 8 output
@@ -4087,9 +4149,11 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_state_ws_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,                 \
                        const bf16* pm, const float* gc, const float* rec, const int* ctab,         \
                        const int* seq_chunk, const float* h0, int H, int VG, int V, float scale,   \
-                       bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done) {    \
+                       bf16* hout, bf16* vnew, bf16* o, float* ht, float* at, unsigned* done,      \
+                       const unsigned* lead_done, unsigned* lead_started) {                        \
     dr::state_fwd_impl<K, 4, dr::MODE_WS, 1>(w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H,      \
-                                             VG, V, scale, hout, vnew, o, ht, at, done);           \
+                                             VG, V, scale, hout, vnew, o, ht, at, done, lead_done, \
+                                             lead_started);                                        \
   }
 
 // The reverse passes, and (NAME state_bwd_ws, 4 state warps and 8 dṼ_loc warps, one CTA per SM)
