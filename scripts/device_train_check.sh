@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU training checks on the GPU machine: GPU training runs agree with themselves across a resume
-# and with --recompute, --save auto / all and --graph (bit for bit) and with the CPU run of the same config (loss curves); the whole
+# (also with --fp8) and with --recompute, --save auto / all and --graph (bit for bit) and with the CPU run of the same config (loss curves); the whole
 # model's GPU gradients against the CPU (selftest --filter model); training throughput and memory of
 # FLA's 1.3B config at T 4096 × 8 beside the peer's fla_train.py in the same call.
 # Usage: GDN_BIN=path/to/gdn OUT=folder bash scripts/device_train_check.sh   (FLA wheels in .whl/,
@@ -18,6 +18,10 @@ timeout 120 "$B" train "${c[@]}" --device cuda --out "$W/gpu" 2>&1 | tail -2
 timeout 120 "$B" train "${c[@]}" --device cuda --out "$W/split" --stop-after 20 2>&1 | tail -1
 timeout 120 "$B" train --resume --out "$W/split" --device cuda --quiet 2>&1 | tail -1
 timeout 120 "$B" train "${c[@]}" --device cuda --recompute --out "$W/recompute" 2>&1 | tail -1
+# FP8: a run stopped and resumed continues with the scales it saved (amax histories): bit for bit.
+timeout 120 "$B" train "${c[@]}" --device cuda --fp8 --out "$W/fp8" 2>&1 | tail -1
+timeout 120 "$B" train "${c[@]}" --device cuda --fp8 --out "$W/fp8_split" --stop-after 20 2>&1 | tail -1
+timeout 120 "$B" train --resume --out "$W/fp8_split" --device cuda --fp8 --quiet 2>&1 | tail -1
 # Save policy (branch save-policy): every mode must give the same losses bit for bit.
 timeout 120 "$B" train "${c[@]}" --device cuda --save auto --out "$W/save_auto" 2>&1 | tail -1
 timeout 120 "$B" train "${c[@]}" --device cuda --save all --out "$W/save_all" 2>&1 | tail -1
@@ -30,6 +34,7 @@ timeout 120 "$B" train "${c[@]}" --device cuda --grad-accum 2 --graph --out "$W/
 wait $cpu
 python3 scripts/compare_runs.py "$W/gpu" "$W/split" "$W/recompute" "$W/save_auto" "$W/save_all" "$W/save_all_graph" "$W/graph" "$W/cpu" | tee "$OUT/train_check.jsonl"
 python3 scripts/compare_runs.py "$W/accum" "$W/accum_graph" | tee -a "$OUT/train_check.jsonl"
+python3 scripts/compare_runs.py "$W/fp8" "$W/fp8_split" | tee -a "$OUT/train_check.jsonl"
 cp "$W/gpu/metrics.jsonl" "$OUT/gpu_small_metrics.jsonl"
 # MODES: the 1.3B bench modes, ';'-separated (an empty field is the default mode).
 IFS=';' read -ra modes <<< "${MODES:-;--recompute;--save auto --memory-limit 68.9;--save auto;--save all}"

@@ -1,6 +1,7 @@
 //! End-to-end checks of the trainer: checkpoints, exact resumption, failure handling.
 
 use gdn::data::mqar::MqarConfig;
+use gdn::model::safetensors_io::NamedTensor;
 use gdn::model::{uniform_cu_seqlens, Model, ModelConfig};
 use gdn::tensor::Rng;
 use gdn::train::checkpoint;
@@ -106,6 +107,61 @@ fn checkpoint_round_trip_reproduces_the_logits_exactly() {
         let a = model.forward(&params, &tokens, &cu).unwrap().logits;
         let b = loaded.forward(&lp, &tokens, &cu).unwrap().logits;
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
+
+#[test]
+fn a_checkpoint_keeps_the_fp8_scales_it_is_given() {
+    let model = Model::new(ModelConfig::preset("tiny").unwrap()).unwrap();
+    let params: Vec<f32> = model.init_params(&mut Rng::new(7));
+    let moments = vec![0.0f32; params.len()];
+    let state = checkpoint::TrainerState {
+        step: 3,
+        tokens_seen: 96,
+        data_rng: Rng::new(8),
+        data_position: None,
+        config: tiny_run(4),
+    };
+    let scales = vec![
+        NamedTensor {
+            name: "e4m3.history".into(),
+            shape: vec![2, 3],
+            data: vec![0.5, 1.0, 0.0, 448.0, 3.25, f32::from_bits(1)],
+        },
+        NamedTensor {
+            name: "e5m2.seen".into(),
+            shape: vec![2],
+            data: vec![1.0, 0.0],
+        },
+    ];
+    for with in [false, true] {
+        let dir = gdn::io::scratch_dir(&format!("fp8-scales-{with}"));
+        let files = checkpoint::TrainerFiles {
+            state: &state,
+            m: &moments,
+            v: &moments,
+            fp8_scales: with.then_some(scales.as_slice()),
+        };
+        checkpoint::save(&dir, &model, &params, Some(files)).unwrap();
+        let loaded = checkpoint::load_fp8_scales(&dir).unwrap();
+        let same = |a: &NamedTensor, b: &NamedTensor| {
+            a.name == b.name
+                && a.shape == b.shape
+                && a.data
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .eq(b.data.iter().map(|x| x.to_bits()))
+        };
+        match loaded {
+            Some(l) => {
+                assert!(with, "a checkpoint saved without FP8 scales loaded some");
+                assert_eq!(l.len(), scales.len());
+                for t in &scales {
+                    assert!(l.iter().any(|x| same(x, t)), "{} changed", t.name);
+                }
+            }
+            None => assert!(!with, "the FP8 scales were lost"),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use super::fp8::{CodesOut, NO_CODES};
 use super::profile::{mark, OpProfile};
 use super::{ops, ptr_mut_or_null, ptr_or_null, Gpu, KernelSource};
 use crate::model::lm::Model;
+use crate::model::safetensors_io::NamedTensor;
 use crate::ops::delta_rule::Dims;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
@@ -2584,6 +2585,16 @@ impl GpuModel {
     pub fn enable_fp8(&mut self, gpu: &Gpu) -> Result<()> {
         let z = fp8_sizes(self.sz, self.layers.len(), self.max_tokens);
         self.lin.enable_fp8(gpu, z)
+    }
+
+    /// The FP8 scales for a checkpoint ([`Linears::fp8_scales`]).
+    pub fn fp8_scales(&self, gpu: &Gpu) -> Result<Option<Vec<NamedTensor>>> {
+        self.lin.fp8_scales(gpu)
+    }
+
+    /// Restores saved FP8 scales ([`Linears::load_fp8_scales`]).
+    pub fn load_fp8_scales(&mut self, gpu: &Gpu, tensors: &[NamedTensor]) -> Result<()> {
+        self.lin.load_fp8_scales(gpu, tensors)
     }
 
     /// FP8 matmuls queued so far (see [`Linears::fp8_products`]).

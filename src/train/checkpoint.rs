@@ -19,6 +19,18 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
+/// The FP8 scales of a GPU run with `--fp8` (amax histories, scales; see
+/// `cuda::model::linear`), so that a resumed run continues with them.
+pub const FP8_FILE: &str = "fp8_scales.safetensors";
+
+/// What a checkpoint holds besides the model: the trainer's state, the moments, and the FP8
+/// scales of an FP8 run.
+pub struct TrainerFiles<'a> {
+    pub state: &'a TrainerState,
+    pub m: &'a [f32],
+    pub v: &'a [f32],
+    pub fp8_scales: Option<&'a [NamedTensor]>,
+}
 
 /// Everything besides tensors that a resumed run needs to continue bit for bit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,23 +71,30 @@ fn named_bytes(model: &Model, sets: &[(&str, &[f32])]) -> Result<Vec<u8>> {
 }
 
 /// Writes a model checkpoint (what FLA loads) plus, when given, the trainer's files
-/// (state, first and second moments).
+/// (state, first and second moments, FP8 scales).
 pub fn save(
     dir: &Path,
     model: &Model,
     params: &[f32],
-    trainer: Option<(&TrainerState, &[f32], &[f32])>,
+    trainer: Option<TrainerFiles>,
 ) -> Result<()> {
     let mut files = vec![
         (MODEL_FILE, named_bytes(model, &[("", params)])?),
         (CONFIG_FILE, model.config.to_hf_json().into_bytes()),
     ];
-    if let Some((state, m, v)) = trainer {
+    if let Some(t) = trainer {
         files.push((
             OPTIMIZER_FILE,
-            named_bytes(model, &[("exp_avg.", m), ("exp_avg_sq.", v)])?,
+            named_bytes(model, &[("exp_avg.", t.m), ("exp_avg_sq.", t.v)])?,
         ));
-        files.push((STATE_FILE, serde_json::to_vec_pretty(state)?));
+        files.push((STATE_FILE, serde_json::to_vec_pretty(t.state)?));
+        if let Some(scales) = t.fp8_scales {
+            let views: Vec<(&str, &[usize], &[f32])> = scales
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice(), t.data.as_slice()))
+                .collect();
+            files.push((FP8_FILE, safetensors_io::to_bytes(&views, None)?));
+        }
     }
     io::write_dir_atomic(dir, &files)
         .with_context(|| format!("failed to write checkpoint {}", dir.display()))
@@ -140,6 +159,15 @@ pub fn load_model(dir: &Path) -> Result<(Model, Vec<f32>)> {
     let (tensors, _) = safetensors_io::read(&path)?;
     let params = fill(&model, &tensors, "", &path.display().to_string())?;
     Ok((model, params))
+}
+
+/// The FP8 scales a checkpoint holds (`None`: it has none, e.g. a run without `--fp8`).
+pub fn load_fp8_scales(dir: &Path) -> Result<Option<Vec<NamedTensor>>> {
+    let path = dir.join(FP8_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(safetensors_io::read(&path)?.0))
 }
 
 /// Loads the trainer's state and moments (m, v) of a checkpoint folder.

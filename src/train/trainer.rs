@@ -14,6 +14,7 @@ use crate::data::packed::{
     PackedConfig, PackedDataset, PackedPosition, TRAIN_PREFIX, VALID_PREFIX,
 };
 use crate::data::{Batch, IGNORE};
+use crate::model::safetensors_io::NamedTensor;
 use crate::model::{uniform_cu_seqlens, Model};
 use crate::tensor::Rng;
 use anyhow::{bail, ensure, Context, Result};
@@ -306,6 +307,14 @@ impl Engine {
     }
 
     /// Brings the host copies of the parameters and moments up to date.
+    /// The FP8 scales for a checkpoint (GPU runs with `--fp8` only).
+    fn fp8_scales(&self) -> Result<Option<Vec<NamedTensor>>> {
+        match self {
+            Engine::Cpu { .. } => Ok(None),
+            Engine::Gpu(t) => t.model.fp8_scales(&t.gpu),
+        }
+    }
+
     fn sync_host(&mut self, params: &mut [f32], opt: &mut AdamW) -> Result<()> {
         match self {
             Engine::Cpu { .. } => Ok(()),
@@ -480,6 +489,28 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
     if opts.fp8 && matches!(engine, Engine::Cpu { .. }) {
         say("--fp8 applies to GPU training; the CPU computes in fp32".into());
     }
+    // A resumed FP8 run continues with the scales it saved (amax histories included).
+    if opts.resume {
+        let saved = checkpoint::load_fp8_scales(&ckpt_dir)?;
+        match (&mut engine, saved) {
+            (Engine::Gpu(t), Some(scales)) if opts.fp8 => {
+                let gpu = &t.gpu;
+                t.model
+                    .load_fp8_scales(gpu, &scales)
+                    .with_context(|| format!("{}", ckpt_dir.join(checkpoint::FP8_FILE).display()))?
+            }
+            (_, Some(_)) => say(
+                "the checkpoint holds the FP8 scales of a --fp8 GPU run; this run does not \
+                 compute in FP8 (pass --fp8 on the GPU to continue in FP8)"
+                    .into(),
+            ),
+            (Engine::Gpu(_), None) if opts.fp8 => say(
+                "the checkpoint holds no FP8 scales (its run was not --fp8): they start afresh"
+                    .into(),
+            ),
+            _ => {}
+        }
+    }
     if !opts.quiet {
         say(format!(
             "gdn train: {} parameters on {}, {} sequences × {} tokens × {} accumulation per step, {} steps → {}",
@@ -617,7 +648,14 @@ pub fn train(config: Option<TrainConfig>, opts: &RunOptions) -> Result<TrainOutc
                 ));
             }
             state.data_position = source.position();
-            checkpoint::save(&ckpt_dir, &model, &params, Some((&state, &opt.m, &opt.v)))?;
+            let fp8_scales = engine.fp8_scales()?;
+            let files = checkpoint::TrainerFiles {
+                state: &state,
+                m: &opt.m,
+                v: &opt.v,
+                fp8_scales: fp8_scales.as_deref(),
+            };
+            checkpoint::save(&ckpt_dir, &model, &params, Some(files))?;
             saved_step = state.step;
             // The loss curve goes with each checkpoint; a failure to draw it costs the run nothing.
             metrics.flush().context("cannot flush metrics.jsonl")?;

@@ -20,7 +20,8 @@
 use super::super::blas::{Blas, MatmulOut};
 use super::super::fp8::{self, CodesOut, Fp8, SCALE_STRIDE};
 use super::super::Gpu;
-use anyhow::{ensure, Result};
+use crate::model::safetensors_io::NamedTensor;
+use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::cell::RefCell;
@@ -157,6 +158,69 @@ impl Scales {
         }
     }
 
+    /// Everything a resumed run needs to continue with the same scales, as f32 tensors named
+    /// `{prefix}{part}`: the amax counters (their bits), the histories, the scales, their
+    /// inverses, and which tensors have had their first amax (1 or 0).
+    fn export(&self, gpu: &Gpu, prefix: &str) -> Result<Vec<NamedTensor>> {
+        let s = &gpu.stream;
+        let amax: Vec<f32> = s
+            .clone_dtoh(&self.amax)?
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        let seen = self.seen.iter().map(|&b| f32::from(u8::from(b))).collect();
+        let n = self.seen.len();
+        Ok(vec![
+            scale_tensor(prefix, "amax", vec![n], amax),
+            scale_tensor(
+                prefix,
+                "history",
+                vec![n, HISTORY],
+                s.clone_dtoh(&self.history)?,
+            ),
+            scale_tensor(
+                prefix,
+                "scale",
+                vec![n, SCALE_STRIDE],
+                s.clone_dtoh(&self.scale)?,
+            ),
+            scale_tensor(
+                prefix,
+                "scale_inv",
+                vec![n, SCALE_STRIDE],
+                s.clone_dtoh(&self.scale_inv)?,
+            ),
+            scale_tensor(prefix, "seen", vec![n], seen),
+        ])
+    }
+
+    /// Puts back what [`Scales::export`] gave, each tensor checked against this model's shape.
+    fn import(&mut self, gpu: &Gpu, prefix: &str, tensors: &[NamedTensor]) -> Result<()> {
+        let n = self.seen.len();
+        let get = |part: &str, shape: &[usize]| -> Result<&[f32]> {
+            let name = format!("{prefix}{part}");
+            let t = tensors
+                .iter()
+                .find(|t| t.name == name)
+                .with_context(|| format!("FP8 scales: tensor `{name}` is missing"))?;
+            ensure!(
+                t.shape == shape,
+                "FP8 scales: tensor `{name}` has shape {:?}, this model's is {shape:?} (a \
+                 checkpoint of another model?)",
+                t.shape
+            );
+            Ok(&t.data)
+        };
+        let s = &gpu.stream;
+        let amax: Vec<u32> = get("amax", &[n])?.iter().map(|x| x.to_bits()).collect();
+        s.memcpy_htod(&amax, &mut self.amax)?;
+        s.memcpy_htod(get("history", &[n, HISTORY])?, &mut self.history)?;
+        s.memcpy_htod(get("scale", &[n, SCALE_STRIDE])?, &mut self.scale)?;
+        s.memcpy_htod(get("scale_inv", &[n, SCALE_STRIDE])?, &mut self.scale_inv)?;
+        self.seen = get("seen", &[n])?.iter().map(|&x| x != 0.0).collect();
+        Ok(())
+    }
+
     fn update(&mut self, gpu: &Gpu) -> Result<()> {
         fp8::update_scales(
             gpu,
@@ -166,6 +230,15 @@ impl Scales {
             &mut self.scale,
             &mut self.scale_inv,
         )
+    }
+}
+
+/// One tensor of the FP8 scales as a checkpoint holds it (`fp8_scales.safetensors`).
+fn scale_tensor(prefix: &str, part: &str, shape: Vec<usize>, data: Vec<f32>) -> NamedTensor {
+    NamedTensor {
+        name: format!("{prefix}{part}"),
+        shape,
+        data,
     }
 }
 
@@ -242,6 +315,29 @@ impl Linears {
         };
         self.fp8 = Some(RefCell::new(st));
         Ok(())
+    }
+
+    /// The FP8 scales (both formats' [`Scales`]) for a checkpoint; `None` without FP8. Waits
+    /// for the queued work.
+    pub fn fp8_scales(&self, gpu: &Gpu) -> Result<Option<Vec<NamedTensor>>> {
+        let Some(st) = &self.fp8 else {
+            return Ok(None);
+        };
+        let st = st.borrow();
+        let mut out = st.e4m3.export(gpu, "e4m3.")?;
+        out.extend(st.e5m2.export(gpu, "e5m2.")?);
+        Ok(Some(out))
+    }
+
+    /// Restores the scales that [`Linears::fp8_scales`] saved (FP8 must be on).
+    pub fn load_fp8_scales(&mut self, gpu: &Gpu, tensors: &[NamedTensor]) -> Result<()> {
+        let st = self
+            .fp8
+            .as_mut()
+            .context("FP8 scales given to a model without FP8")?;
+        let st = st.get_mut();
+        st.e4m3.import(gpu, "e4m3.", tensors)?;
+        st.e5m2.import(gpu, "e5m2.", tensors)
     }
 
     /// FP8 matmuls queued so far (0 without FP8, or when every product fell back to bf16).
