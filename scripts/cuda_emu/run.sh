@@ -27,7 +27,7 @@ extract chunk ' tf32r(' 'void pair_store' ' store_grad_rows(' 'void scale_rows_d
 extract fwd_o 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' ' out_tiles(' \
   'struct FwdOSm' 'void fwd_o_impl'
 extract state 'struct SeqChunks' 'struct IntC' 'struct StateFwdSm' 'void state_sync' \
-  'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' frags_times(' ' p_times(' ' out_tiles(' 'struct LeadWait' 'void ws_output' 'void publish' 'void state_fwd_impl' \
+  'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' p_rows(' ' frags_times(' ' p_times(' ' out_tiles(' ' lead_wait(' 'void ws_output' 'void publish' 'void state_fwd_impl' \
   'struct SegCombineSm' 'void seg_combine_impl'
 extract state_bwd 'struct SeqChunks' 'void scale_own_rows' \
   'void state_sync' 'void quad_transpose' 'void store_rows16' ' rows_from(' ' frags_in(' ' row_frags(' ' p_frags(' ' frags_times(' ' p_times(' 'struct DvlocSm' \

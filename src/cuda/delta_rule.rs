@@ -400,7 +400,10 @@ struct ChunkKernels {
     state_seg: Option<StateKern>,
     state_bwd_seg: Option<StateKern>,
     seg_combine: Kern,
-    /// Holds the side stream until a led pass's CTAs have all started ([`Lead`]; one thread).
+    /// Prep leading the warp-specialised forward and that forward led ([`Lead`]), K <= 128; the
+    /// gate that holds the side stream until the led pass's CTAs have all started (one thread).
+    prep_led: Option<Kern>,
+    state_ws_led: Option<StateKern>,
     lead_gate: Kern,
 }
 
@@ -521,6 +524,17 @@ impl ChunkKernels {
                 (4, 1, 0),
             )?,
             seg_combine: need(ld("seg_combine", SLOT_SEG_COMBINE)?, "seg_combine", limit)?,
+            prep_led: match dk {
+                ..=128 => load_kern(
+                    gpu,
+                    dk,
+                    format!("dr_prep_led_k{dk}"),
+                    (s(SLOT_PREP_P), s(SLOT_PREP_P)),
+                    limit,
+                )?,
+                _ => None,
+            },
+            state_ws_led: ws("state_ws_led", SLOT_STATE_WS, 8)?,
             lead_gate: need(
                 load_kern(gpu, dk, "dr_lead_gate".into(), (0, 0), limit)?,
                 "lead_gate",
@@ -1867,7 +1881,8 @@ fn run_w_u(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, inp: &ChunkInputs, src: TSour
 enum WuItems {
     /// Every one of the chunks, as a (chunk, head) grid.
     All(usize),
-    /// Items `base..base + count` of the forward pass's chunk order, counted in `done` ([`Lead`]).
+    /// Items `base..base + count` of the forward pass's chunk order, counted in `done`: prep
+    /// leading the warp-specialised forward ([`Lead`], `dr_prep_led`).
     Led {
         base: usize,
         count: usize,
@@ -1892,14 +1907,14 @@ fn run_w_u_on(
     } = ws.dims;
     let (grid, lead) = match items {
         WuItems::All(0) | WuItems::Led { count: 0, .. } => return Ok(()),
-        WuItems::All(nc) => ((nc as u32, h as u32, 1), [Arg::P(0), Arg::I(0), Arg::P(0)]),
+        WuItems::All(nc) => ((nc as u32, h as u32, 1), None),
         WuItems::Led { base, count, done } => (
             (count as u32, 1, 1),
-            [
+            Some([
                 Arg::P(ptr(gpu, &ws.order)),
                 Arg::I(base as i32),
                 Arg::P(done),
-            ],
+            ]),
         ),
     };
     let ctab = ptr(gpu, &ws.ctab);
@@ -1916,7 +1931,11 @@ fn run_w_u_on(
     let (hi, vi) = (Arg::I(h as i32), Arg::I(v as i32));
     match src {
         TSource::Saved { tmat } => {
-            let mut args = vec![
+            ensure!(
+                lead.is_none(),
+                "delta rule: wu is never led (internal error)"
+            );
+            let args = [
                 k,
                 vv,
                 g,
@@ -1931,17 +1950,15 @@ fn run_w_u_on(
                 Arg::P(w),
                 Arg::P(u),
             ];
-            args.extend(lead);
             launch_kern_on(stream, &ws.kern.wu, grid, 256, &args)
         }
         TSource::Solve { tmat, pm, pflag } => {
             let q = if pm != 0 { ptr(gpu, &inp.q) } else { 0 };
             // Forming P, prep needs Q's rows in shared memory too.
-            let kp = &ws.kern.prep;
             let smem = if pm != 0 {
                 ws.kern.prep_p_smem
             } else {
-                kp.smem
+                ws.kern.prep.smem
             };
             let mut args = vec![
                 k,
@@ -1962,7 +1979,16 @@ fn run_w_u_on(
                 Arg::P(pm),
                 Arg::P(pflag),
             ];
-            args.extend(lead);
+            let kp = match lead {
+                None => &ws.kern.prep,
+                Some(l) => {
+                    args.extend(l);
+                    ws.kern
+                        .prep_led
+                        .as_ref()
+                        .context("delta rule: no led prep for these dimensions")?
+                }
+            };
             launch_on(stream, &kp.f, &kp.name, grid, 256, smem, &args)
         }
     }
@@ -2134,7 +2160,15 @@ fn run_state_pass(
             },
         );
     }
-    pass(ws, ws.pass_kern(path, n)?, 0, n, 0)?;
+    let kern = match (path, lead) {
+        (ForwardPath::WarpSpecialised, l) if l != 0 => ws
+            .kern
+            .state_ws_led
+            .as_ref()
+            .context("delta rule: no led warp-specialised forward for these dimensions")?,
+        _ => ws.pass_kern(path, n)?,
+    };
+    pass(ws, kern, 0, n, 0)?;
     match (out, path) {
         (StateOut::Forward { .. }, ForwardPath::Fused) => {
             probe_mark(gpu, ws, "fwd: state_fwd (+ output)")
@@ -2608,9 +2642,10 @@ impl DeltaRuleWorkspace {
 
     /// The forward's [`Lead`] on `path` over `walked` sequences (the warp-specialised pass's only).
     fn forward_lead(&self, path: ForwardPath, walked: usize) -> Option<Lead> {
+        let led = self.kern.prep_led.is_some() && self.kern.state_ws_led.is_some();
         let wk = self
             .ws_kern()
-            .filter(|_| path == ForwardPath::WarpSpecialised)?;
+            .filter(|_| led && path == ForwardPath::WarpSpecialised)?;
         let (x, y, z) = self.pass_grid(walked, wk.nw);
         self.lead_plan((x * y * z) as usize, PREP_PER_WS_STEP)
     }

@@ -116,40 +116,33 @@ __device__ __forceinline__ void wait_count(const unsigned* count, unsigned need)
   }
 }
 
-// A chunk-parallel kernel leading a state pass (the host's `Lead`) takes the items base +
-// blockIdx.x of the pass's chunk order, item i being (chunk order[i / H], head i mod H), so that
-// the chunks the pass needs first are formed first; without an order, (chunk blockIdx.x, head
-// blockIdx.y). Returns (chunk, head).
+// Prep leading the warp-specialised forward (the host's `Lead`, `dr_prep_led`) takes the items
+// base + blockIdx.x of the pass's chunk order, item i being (chunk order[i / H], head i mod H), so
+// that the chunks the pass needs first are formed first. Returns (chunk, head).
 __device__ __forceinline__ int2 lead_item(const int* __restrict__ order, int base, int H) {
-  if (!order) return make_int2(blockIdx.x, blockIdx.y);
   const int i = base + blockIdx.x;
   return make_int2(order[i / H], i % H);
 }
-// ... and counts the item in done (when given) once the whole CTA has stored it.
+// ... and counts the item in done once the whole CTA has stored it.
 __device__ __forceinline__ void lead_publish(unsigned* done, int2 item, int H) {
-  if (!done) return;
   __syncthreads();
   if (threadIdx.x == 0) publish(done + (long)item.x * H + item.y);
 }
 
-// A warp of a pass that a kernel leads reads a chunk's inputs only once that kernel has counted
-// them. It waits for its next LEAD_BATCH chunks at once (lane i acquires chunk c + i's count), so
-// that it stalls on one round trip to L2 per batch rather than per chunk: a state step takes about
-// 2 µs, an acquiring load under load a good part of one. Without counts it never waits.
+// A warp of the pass that prep leads (the warp-specialised forward's `LED` variant) reads a
+// chunk's prep outputs only once prep has counted them. It waits for LEAD_BATCH chunks at once,
+// c .. c + LEAD_BATCH − 1 (lane i acquires chunk c + i's count), where c − cs (its first chunk
+// cs) is a multiple of LEAD_BATCH, so that it stalls on one round trip to L2 per batch rather than
+// per chunk: a state step takes about 2 µs, an acquiring load under load a good part of one. No
+// register is kept for it across the pass: the warp-specialised forward already has none to spare
+// (a pointer and a counter kept across it made it spill 64 bytes, session 31).
 constexpr int LEAD_BATCH = 8;
-struct LeadWait {
-  const unsigned* done;
-  int h, H, ce, upto;
-  __device__ LeadWait(const unsigned* d, int h_, int H_, int ce_)
-      : done(d), h(h_), H(H_), ce(ce_), upto(0) {}
-  __device__ __forceinline__ void ensure(int c) {
-    if (!done || c < upto) return;
-    const int lane = threadIdx.x & 31, ci = c + lane;
-    if (lane < LEAD_BATCH && ci < ce) wait_count(done + (long)ci * H + h, 1);
-    __syncwarp();
-    upto = c + LEAD_BATCH;
-  }
-};
+__device__ __forceinline__ void lead_wait(const unsigned* __restrict__ done, int c, int h, int H,
+                                          int ce) {
+  const int lane = threadIdx.x & 31, ci = c + lane;
+  if (lane < LEAD_BATCH && ci < ce) wait_count(done + (long)ci * H + h, 1);
+  __syncwarp();
+}
 
 // rows x cols bf16 tile (cols a multiple of 8) from global rows src + r*sld into dst (row stride
 // dld); rows >= valid are zero-filled and not read. Two users keep this generic loop, where
@@ -1271,13 +1264,14 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ g, const float* __restrict__ beta,
                         const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int VG,
                         int V, float* __restrict__ gc, float* __restrict__ rec,
-                        bf16* __restrict__ w, bf16* __restrict__ u, int cg, int h) {
+                        bf16* __restrict__ w, bf16* __restrict__ u) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   WuSm<K> S;
   S.carve(cv);
   static_assert(K + 8 >= LD64, "V slice 1 must fit in K's buffer");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
+  const int cg = blockIdx.x, h = blockIdx.y;
   const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
@@ -1548,11 +1542,11 @@ __device__ __forceinline__ void out_tiles(float (*acc)[4], const unsigned (*qa)[
 // samples, with the state warps waiting on "empty"). (Session 15, call 5: the state warps forming
 // diag(s γ) Q h_c from their registers instead made the state step 4.2 µs and the pass 0.270 ms,
 // against 0.237 ms.)
-template <int K, class L>
+template <int K, bool LED, class L>
 __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __restrict__ pm,
                           const float* __restrict__ gc, const SeqChunks& sq, int cs, int ce,
                           int h, int H, int VG, int V, int v0, float scale,
-                          bf16* __restrict__ o, LeadWait lead) {
+                          bf16* __restrict__ o, const unsigned* __restrict__ lead_done) {
   constexpr int WLD = L::WLD, NTH = L::NWG * 32;
   const QkHead qh = qk_head<K>(h, H, VG);
   const int t = threadIdx.x - 32 * L::NW, gi = t / NTH, tg = t % NTH, ow = tg >> 5;
@@ -1562,7 +1556,11 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   bf16* ps = S.po + gi * CH * LD64;
   float* G = S.G + gi * CH;
   auto issue = [&](int c) {
-    lead.ensure(c);  // P and G come from prep
+    // P and G come from prep: this group's chunks are cs + gi + 2j, its batches start at
+    // cs + gi + LEAD_BATCH·m.
+    if constexpr (LED) {
+      if ((c - cs - gi) % LEAD_BATCH == 0) lead_wait(lead_done, c, h, H, ce);
+    }
     const int s0 = sq.start(c), l = sq.len(c);
     load_rows_async<K, NTH>(qs, WLD, q + qh.at(s0), qh.ld, l, tg);
     // Every row of P (kernel 1 wrote zeros at rows >= len).
@@ -1632,7 +1630,7 @@ __device__ void ws_output(const L& S, const bf16* __restrict__ q, const bf16* __
   }
 }
 
-template <int K, int NWC, int MODE, int KS = 1, bool SEG = false>
+template <int K, int NWC, int MODE, int KS = 1, bool SEG = false, bool LED = false>
 __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restrict__ u,
                                const bf16* __restrict__ k, const bf16* __restrict__ qg,
                                const bf16* __restrict__ pm, const float* __restrict__ gc, const float* __restrict__ rec,
@@ -1670,9 +1668,13 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   static_assert(!SEG || (MODE == MODE_SPLIT && KS == 1), "the transition pass is split, unsplit");
   constexpr bool PUBLISH = MODE == MODE_SPLIT && !SEG;
   const bool trans = SEG && v0 >= V;
-  // Led, the pass counts its CTAs as they start: the leader's other items are queued only
-  // once every one has its SM (`dr_lead_gate`).
-  if (lead_started && threadIdx.x == 0) atomicAdd(lead_started, 1u);
+  // LED: the warp-specialised forward led by prep (the host's `Lead`), waiting for each
+  // chunk's prep outputs (LeadWait); it counts its CTAs as they start, and the rest of prep is
+  // queued only once every one has its SM (`dr_lead_gate`).
+  static_assert(!LED || WS, "only the warp-specialised forward is led");
+  if constexpr (LED) {
+    if (threadIdx.x == 0) atomicAdd(lead_started, 1u);
+  }
   if constexpr (WS) {
     // Registers from the output warpgroups (two) to the state warpgroup: the launch's cap is 168
     // a thread, and at 168 the state warps spilled (ptxas: 56 bytes) where the split pass takes
@@ -1680,8 +1682,8 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
     constexpr int OUT_REGS = 136, STATE_REGS = 232;
     if (warp >= NWC) {
       regs_dec<OUT_REGS>();
-      ws_output<K>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, VG, V, v0, scale, o,
-                   LeadWait(lead_done, h, H, ce));
+      ws_output<K, LED>(S, qg, pm, gc, SeqChunks(ctab, cs, ce), cs, ce, h, H, VG, V, v0, scale,
+                        o, lead_done);
       return;
     }
     regs_inc<STATE_REGS>();
@@ -1725,13 +1727,12 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
                              : 0.f);
     }
 
-  // Led by prep or wu (the host's `Lead`), the pass waits for each chunk's W, U and decay record
-  // (and, warp-specialised, its output warps for P and G) until the leader has counted them in
-  // lead_done.
-  LeadWait lead(lead_done, h, H, ce);
   // Chunk ci's group: W, K, U, its decay record (and fused G) into buffer b, and Q (fused).
   auto issue = [&](int ci, int s0, int l, int b) {
-    lead.ensure(ci);
+    // LED: W, U and the record come from prep (the output warps wait for P and G themselves).
+    if constexpr (LED) {
+      if ((ci - cs) % LEAD_BATCH == 0) lead_wait(lead_done, ci, h, H, ce);
+    }
     // The fused pass at K = 256 is at 255 registers: the unrolled loads' addresses spilled there,
     // so it keeps the generic loop.
     auto rows = [&](auto cols, bf16* dst, int dld, const bf16* src, long sld, int valid) {
@@ -4030,20 +4031,15 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
   extern "C" __global__ void __launch_bounds__(256)                                                \
       dr_prep_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                \
                    const bf16* q, const int* ctab, int H, int VG, int V, float scale, float* gc,   \
-                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm, float* pflag,              \
-                   const int* order, int base, unsigned* done) {                                   \
-    const int2 it = dr::lead_item(order, base, H);                                                 \
+                   float* rec, bf16* w, bf16* u, float* tmat, bf16* pm, float* pflag) {            \
     dr::prep_impl<K>(k, v, g, beta, q, ctab, H, VG, V, scale, gc, rec, w, u, tmat, pm, pflag,      \
-                     it.x, it.y);                                                                  \
-    dr::lead_publish(done, it, H);                                                                 \
+                     blockIdx.x, blockIdx.y);                                                      \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                             \
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
                  const float* tmat, const int* ctab, int H, int VG, int V, float* gc, float* rec,  \
-                 bf16* w, bf16* u, const int* order, int base, unsigned* done) {                   \
-    const int2 it = dr::lead_item(order, base, H);                                                 \
-    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u, it.x, it.y);                \
-    dr::lead_publish(done, it, H);                                                                 \
+                 bf16* w, bf16* u) {                                                               \
+    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u);                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
@@ -4156,6 +4152,34 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
                                              lead_started);                                        \
   }
 
+// Prep leading the warp-specialised forward (the host's `Lead`): its items in the pass's order,
+// each counted once stored.
+#define DR_PREP_LED_KERNEL(K)                                                                      \
+  extern "C" __global__ void __launch_bounds__(256)                                                \
+      dr_prep_led_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,            \
+                       const bf16* q, const int* ctab, int H, int VG, int V, float scale,          \
+                       float* gc, float* rec, bf16* w, bf16* u, float* tmat, bf16* pm,             \
+                       float* pflag, const int* order, int base, unsigned* done) {                 \
+    const int2 it = dr::lead_item(order, base, H);                                                 \
+    dr::prep_impl<K>(k, v, g, beta, q, ctab, H, VG, V, scale, gc, rec, w, u, tmat, pm, pflag,      \
+                     it.x, it.y);                                                                  \
+    dr::lead_publish(done, it, H);                                                                 \
+  }
+
+// The warp-specialised forward led by prep (`LED`: waits for each chunk's prep outputs).
+#define DR_STATE_WS_LED_KERNEL(K)                                                                  \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                             \
+      dr_state_ws_led_k##K(const bf16* w, const bf16* u, const bf16* k, const bf16* q,             \
+                           const bf16* pm, const float* gc, const float* rec, const int* ctab,     \
+                           const int* seq_chunk, const float* h0, int H, int VG, int V,            \
+                           float scale, bf16* hout, bf16* vnew, bf16* o, float* ht, float* at,     \
+                           unsigned* done, const unsigned* lead_done, unsigned* lead_started) {    \
+    dr::state_fwd_impl<K, 4, dr::MODE_WS, 1, false, true>(w, u, k, q, pm, gc, rec, ctab,           \
+                                                          seq_chunk, h0, H, VG, V, scale, hout,    \
+                                                          vnew, o, ht, at, done, lead_done,        \
+                                                          lead_started);                           \
+  }
+
 // The reverse passes, and (NAME state_bwd_ws, 4 state warps and 8 dṼ_loc warps, one CTA per SM)
 // the warp-specialised one; all take the same arguments (dvl unread by the latter, gc by the
 // others).
@@ -4222,6 +4246,8 @@ DR_CHUNK_KERNELS(64)
 DR_STATE_FWD_KERNELS(64)
 DR_STATE_SEG_KERNEL(64)
 DR_STATE_WS_KERNEL(64)
+DR_STATE_WS_LED_KERNEL(64)
+DR_PREP_LED_KERNEL(64)
 DR_STATE_BWD_KERNELS(64)
 DR_STATE_BWD_SEG_KERNEL(64)
 DR_STATE_BWD_WS_KERNEL(64)
@@ -4236,6 +4262,8 @@ DR_CHUNK_KERNELS(128)
 DR_STATE_FWD_KERNELS(128)
 DR_STATE_SEG_KERNEL(128)
 DR_STATE_WS_KERNEL(128)
+DR_STATE_WS_LED_KERNEL(128)
+DR_PREP_LED_KERNEL(128)
 DR_STATE_BWD_KERNELS(128)
 DR_STATE_BWD_SEG_KERNEL(128)
 DR_STATE_BWD_WS_KERNEL(128)
