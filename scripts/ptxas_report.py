@@ -7,6 +7,13 @@ Usage: scripts/ptxas_report.py K [NAME_FILTER] [--sass]   (K = 64, 128 or 256; e
 CUBIN through nvdisasm: NVDISASM, else on PATH; `pip install nvidia-cuda-nvdisasm` has one).
 Needs LD_LIBRARY_PATH to hold libnvrtc and its builtins (e.g. /opt/nvcu/nvidia/cu13/lib) and
 CUDA_HOME for cuda_bf16.h.
+
+scripts/ptxas_report.py --check FILE   (CI) compiles every K and fails if any kernel spills more
+                                        bytes (stores or loads) than FILE records, or is not in it
+scripts/ptxas_report.py --record FILE  writes every kernel's spills to FILE
+A change that makes a kernel spill slows it even where the new code never runs (session 31: a
+wait compiled into every state pass behind a run-time check made them 4-15 % slower), so the
+spills are recorded, and a change that adds some must record them on purpose.
 """
 import collections
 import ctypes
@@ -62,15 +69,11 @@ def sass_mix(nv, prog, filt):
         print(f"{name}: {sum(c.values())} instructions: {mix}")
 
 
-def main():
-    args = [a for a in sys.argv[1:] if a != "--sass"]
-    if not args or args[0] not in ("64", "128", "256"):
-        sys.exit(__doc__)
-    k, filt = args[0], (args[1] if len(args) > 1 else "")
+def compile_k(nv, k):
+    """Compiles delta_rule.cu for K = k (sm_90a); returns the program and ptxas's log."""
     here = os.path.dirname(os.path.abspath(__file__))
     src = open(os.path.join(here, "../src/cuda/kernels/delta_rule.cu")).read()
     src = f"#define DR_ONLY_K {k}\n" + src
-    nv = load_nvrtc()
     prog = ctypes.c_void_p()
     rc = nv.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"delta_rule.cu", 0, None, None)
     assert rc == 0, rc
@@ -85,9 +88,14 @@ def main():
     text = log.value.decode(errors="replace")
     if rc != 0:
         sys.exit(text)
+    return prog, text
+
+
+def kernels(text):
+    """(name, registers, spill store bytes, spill load bytes) per kernel of a ptxas log."""
     # ptxas prints, per function: "Compiling entry function 'X'", then "N bytes stack frame, A
     # bytes spill stores, B bytes spill loads", then "Used R registers, ...".
-    name, spill = None, ""
+    out, name, spill = [], None, (0, 0)
     for line in text.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)
         if m:
@@ -95,12 +103,68 @@ def main():
             continue
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
-            spill = f"spill st {m.group(1)} ld {m.group(2)}"
+            spill = (int(m.group(1)), int(m.group(2)))
             continue
         m = re.search(r"Used (\d+) registers", line)
-        if m and name and filt in name:
-            print(f"{name:48s} {m.group(1):>4s} regs  {spill}")
-            name, spill = None, ""
+        if m and name:
+            out.append((name, int(m.group(1)), *spill))
+            name, spill = None, (0, 0)
+    return out
+
+
+def spills_of_all(nv):
+    """Every kernel's (spill stores, spill loads) over the three modules."""
+    table = {}
+    for k in ("64", "128", "256"):
+        for name, _, st, ld in kernels(compile_k(nv, k)[1]):
+            table[name] = (st, ld)
+    return table
+
+
+def check(nv, path):
+    recorded = {}
+    for line in open(path):
+        if line.strip() and not line.startswith("#"):
+            name, st, ld = line.split()
+            recorded[name] = (int(st), int(ld))
+    now = spills_of_all(nv)
+    bad = []
+    for name, (st, ld) in sorted(now.items()):
+        if name not in recorded:
+            bad.append(f"{name}: not in {path} (spills st {st} ld {ld}); record it with --record")
+        elif st > recorded[name][0] or ld > recorded[name][1]:
+            r = recorded[name]
+            bad.append(f"{name}: spills st {st} ld {ld}, recorded st {r[0]} ld {r[1]}")
+    bad += [f"{n}: in {path} but no longer compiled; record again" for n in recorded if n not in now]
+    if bad:
+        sys.exit("ptxas_report: kernel spills changed:\n  " + "\n  ".join(bad))
+    print(f"ptxas_report: {len(now)} kernels, none spills more than {path} records")
+
+
+def main():
+    nv = load_nvrtc()
+    for flag in ("--check", "--record"):
+        if flag in sys.argv:
+            i = sys.argv.index(flag)
+            if i + 1 >= len(sys.argv):
+                sys.exit(__doc__)
+            path = sys.argv[i + 1]
+            if flag == "--check":
+                return check(nv, path)
+            with open(path, "w") as f:
+                f.write("# Spill bytes (stores, loads) of every delta_rule.cu kernel for sm_90a: "
+                        "scripts/ptxas_report.py --record\n")
+                for name, (st, ld) in sorted(spills_of_all(nv).items()):
+                    f.write(f"{name} {st} {ld}\n")
+            return
+    args = [a for a in sys.argv[1:] if a != "--sass"]
+    if not args or args[0] not in ("64", "128", "256"):
+        sys.exit(__doc__)
+    k, filt = args[0], (args[1] if len(args) > 1 else "")
+    prog, text = compile_k(nv, k)
+    for name, regs, st, ld in kernels(text):
+        if filt in name:
+            print(f"{name:48s} {regs:>4d} regs  spill st {st} ld {ld}")
     if "--sass" in sys.argv:
         sass_mix(nv, prog, filt)
 
