@@ -112,6 +112,12 @@ def kernels(text):
     return out
 
 
+def nvrtc_version(nv):
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    nv.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return f"NVRTC {major.value}.{minor.value}"
+
+
 def spills_of_all(nv):
     """Every kernel's (spill stores, spill loads) over the three modules."""
     table = {}
@@ -137,7 +143,8 @@ def check(nv, path):
             bad.append(f"{name}: spills st {st} ld {ld}, recorded st {r[0]} ld {r[1]}")
     bad += [f"{n}: in {path} but no longer compiled; record again" for n in recorded if n not in now]
     if bad:
-        sys.exit("ptxas_report: kernel spills changed:\n  " + "\n  ".join(bad))
+        sys.exit(f"ptxas_report ({nvrtc_version(nv)}): kernel spills changed:\n  "
+                 + "\n  ".join(bad))
     print(f"ptxas_report: {len(now)} kernels, none spills more than {path} records")
 
 
@@ -152,8 +159,8 @@ def main():
             if flag == "--check":
                 return check(nv, path)
             with open(path, "w") as f:
-                f.write("# Spill bytes (stores, loads) of every delta_rule.cu kernel for sm_90a: "
-                        "scripts/ptxas_report.py --record\n")
+                f.write("# Spill bytes (stores, loads) of every delta_rule.cu kernel for sm_90a, "
+                        f"{nvrtc_version(nv)}: scripts/ptxas_report.py --record\n")
                 for name, (st, ld) in sorted(spills_of_all(nv).items()):
                     f.write(f"{name} {st} {ld}\n")
             return
