@@ -129,7 +129,7 @@ inline void __syncwarp() { tw->bar.arrive_and_wait(); }
 // The split pass's publish() (followed passes only; the emulations give it no counts).
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline unsigned atomicAdd(unsigned* p, unsigned x) { return __atomic_fetch_add(p, x, __ATOMIC_SEQ_CST); }
-// A pass led by prep waits on its counts (LeadWait).
+// A pass led by prep waits on its counts (lead_wait).
 inline void wait_count(const unsigned* c, unsigned need) {
   while (__atomic_load_n(c, __ATOMIC_ACQUIRE) < need) std::this_thread::yield();
 }

@@ -2611,11 +2611,10 @@ impl DeltaRuleWorkspace {
         lead
     }
 
-    /// The [`Lead`] of a pass of `ctas` CTAs by a producer whose item costs `ratio` pass steps of
-    /// one SM: where the pass leaves at least [`MIN_LEAD_SMS`] SMs idle and walks the sequences
-    /// in one group (the order the producer follows), and the producer's first launch would not
-    /// form every item.
-    fn lead_plan(&self, ctas: usize, ratio: f64) -> Option<Lead> {
+    /// The [`Lead`] of a warp-specialised forward of `ctas` CTAs: where the pass leaves at least
+    /// [`MIN_LEAD_SMS`] SMs idle and walks the sequences in one group (the order prep follows),
+    /// and prep's first launch would not form every item.
+    fn lead_plan(&self, ctas: usize) -> Option<Lead> {
         let free = self.num_sms.saturating_sub(ctas);
         let eligible = self.seg.is_none()
             && self.groups.len() == 1
@@ -2629,7 +2628,7 @@ impl DeltaRuleWorkspace {
         let first_rows = match self.lead_forced {
             Some(share) if share <= 0.0 => return None,
             Some(share) => (share.min(1.0) * rows.len() as f64).floor() as usize,
-            None => lead_rows(rows, self.dims.heads, free, ratio),
+            None => lead_rows(rows, self.dims.heads, free, PREP_PER_WS_STEP),
         };
         let h = self.dims.heads;
         let lead = Lead {
@@ -2647,7 +2646,7 @@ impl DeltaRuleWorkspace {
             .ws_kern()
             .filter(|_| led && path == ForwardPath::WarpSpecialised)?;
         let (x, y, z) = self.pass_grid(walked, wk.nw);
-        self.lead_plan((x * y * z) as usize, PREP_PER_WS_STEP)
+        self.lead_plan((x * y * z) as usize)
     }
 }
 
@@ -2655,7 +2654,7 @@ impl DeltaRuleWorkspace {
 /// items are (chunk, head) pairs in the pass's chunk order (every sequence's first chunk, then
 /// every second, ...). The first `first` run on every SM before the pass; the rest run on the side
 /// stream beside it, on the SMs it leaves, and every prep CTA counts its item once stored. The
-/// pass waits for a chunk's count before it loads the chunk (`LeadWait` in delta_rule.cu), a
+/// pass waits for a chunk's count before it loads the chunk (`lead_wait` in delta_rule.cu), a
 /// batch of chunks at a time. Unled, prep on every SM and then the pass take the sum of their
 /// times; led, the pass starts once the first launch is done and the rest of prep hides beside
 /// it. The same kernels and the same bits.
@@ -2709,7 +2708,7 @@ fn lead_rows(rows: &[usize], h: usize, free: usize, ratio: f64) -> usize {
         .unwrap_or(n)
 }
 
-/// Chunks a pass forms together in `LeadWait` (delta_rule.cu's LEAD_BATCH).
+/// Chunks a pass waits for together in `lead_wait` (delta_rule.cu's LEAD_BATCH).
 const LEAD_BATCH: usize = 8;
 
 /// Per position r in a sequence, the chunks at it (the sequences with more than r chunks).

@@ -95,7 +95,7 @@ __device__ __forceinline__ void cp_wait() {
 // A split pass followed by fwd_o running beside it (the host's `Follow`): the pass counts, per
 // (chunk, head), its CTAs that have stored the chunk's h_c and Ṽ (publish); fwd_o CTAs take
 // (chunk, head) items by ticket in the order the pass forms them and wait for each one's count.
-// Prep and wu leading a state pass (the host's `Lead`) count their items the same way for it.
+// Prep leading the warp-specialised forward (the host's `Lead`) counts its items the same way.
 // The release is cumulative: thread 0 fences after the CTA barrier that follows every warp's
 // stores, as a grid-wide barrier does.
 __device__ __forceinline__ void publish(unsigned* count) {
@@ -1669,7 +1669,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   constexpr bool PUBLISH = MODE == MODE_SPLIT && !SEG;
   const bool trans = SEG && v0 >= V;
   // LED: the warp-specialised forward led by prep (the host's `Lead`), waiting for each
-  // chunk's prep outputs (LeadWait); it counts its CTAs as they start, and the rest of prep is
+  // chunk's prep outputs (lead_wait); it counts its CTAs as they start, and the rest of prep is
   // queued only once every one has its SM (`dr_lead_gate`).
   static_assert(!LED || WS, "only the warp-specialised forward is led");
   if constexpr (LED) {
