@@ -9,8 +9,10 @@ the inlining chains from nvdisasm -gi and charges each SASS address's samples to
 line of the chain that lies between FIRST and LAST (the function bodies of interest; helpers
 inlined into them count at their call site), else to the innermost line.
 
-Usage: scripts/ncu_lines.py K KERNEL SASS_CSV FIRST LAST [TOP]
+Usage: scripts/ncu_lines.py K KERNEL SASS_CSV FIRST LAST [TOP] [--inst]
   e.g. scripts/ncu_lines.py 128 dr_dqkwy_k128 call7_sass.csv.gz 2340 3200 40
+--inst ranks the lines by executed warp instructions (an issue-bound kernel's budget) and names
+their most executed opcodes, instead of by stall samples.
 SASS_CSV may hold several kernels (one "Kernel Name" block each) and may be gzipped. The SASS must
 be the one the GPU ran: the same delta_rule.cu and NVRTC 13.0 (the script checks every opcode).
 Needs LD_LIBRARY_PATH with libnvrtc, CUDA_HOME for the headers, and nvdisasm (NVDISASM or PATH).
@@ -100,11 +102,12 @@ def blocks(path):
 
 
 def main():
-    if len(sys.argv) < 6:
+    by_inst = "--inst" in sys.argv
+    argv = [a for a in sys.argv if a != "--inst"]
+    if len(argv) < 6:
         sys.exit(__doc__)
-    k, kernel, path, first, last = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \
-        int(sys.argv[5])
-    top = int(sys.argv[6]) if len(sys.argv) > 6 else 40
+    k, kernel, path, first, last = argv[1], argv[2], argv[3], int(argv[4]), int(argv[5])
+    top = int(argv[6]) if len(argv) > 6 else 40
     found = [b for b in blocks(path) if b[0] == kernel]
     if not found:
         sys.exit(f"ncu_lines: no block for {kernel} in {path}")
@@ -112,6 +115,7 @@ def main():
     loc = lines_of(kernel, k, first, last)
     ia, isrc = hdr.index("Address"), hdr.index("Source")
     iall = hdr.index("Warp Stall Sampling (All Samples)")
+    iexe = hdr.index("Instructions Executed")
     stalls = [i for i, h in enumerate(hdr) if h.startswith("stall_") and "Not Issued" not in h]
     base = int(data[0][ia], 16)
     per = collections.defaultdict(collections.Counter)
@@ -122,12 +126,18 @@ def main():
         if off not in loc or op.split(".")[0] not in loc[off][0]:
             sys.exit(f"ncu_lines: SASS differs at +{off:#x} ({op}): not the binary's source")
         line = loc[off][1]
+        if by_inst:
+            n = int(r[iexe] or 0)
+            per[line]["ALL"] += n
+            per[line][op.split(".")[0]] += n
+            continue
         per[line]["ALL"] += int(r[iall] or 0)
         for i in stalls:
             per[line][hdr[i][6:]] += int(r[i] or 0)
     src = open(CU).read().splitlines()
     total = sum(c["ALL"] for c in per.values())
-    print(f"{kernel}: {len(data)} SASS instructions, {total} samples")
+    unit = "executed warp instructions" if by_inst else "samples"
+    print(f"{kernel}: {len(data)} SASS instructions, {total} {unit}")
     for line, c in sorted(per.items(), key=lambda x: -x[1]["ALL"])[:top]:
         why = ", ".join(f"{n} {v}" for n, v in c.most_common(5) if n != "ALL" and v)
         text = src[line - 1].strip()[:64] if line > 0 else "?"
