@@ -69,7 +69,7 @@ static bool run_case(const Case& c, unsigned seed) {
   });
   run_grid<dr::WuSm<K>>(8, grid, true, [&] {
     dr::wu_impl<K>(k.data(), v.data(), g.data(), beta.data(), tmat.data(), ctab.data(), H, 1, V,
-                   gc2.data(), rec2.data(), w2.data(), u2.data(), blockIdx.x, blockIdx.y);
+                   gc2.data(), rec2.data(), w2.data(), u2.data());
   });
   const size_t smem_wu = g_smem_size;
 

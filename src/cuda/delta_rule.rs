@@ -405,10 +405,6 @@ struct ChunkKernels {
     prep_led: Option<Kern>,
     state_ws_led: Option<StateKern>,
     lead_gate: Kern,
-    /// wu leading the backward's recompute and the recompute led (unsplit split passes), K <= 128,
-    /// with how many wu CTAs fit on an SM beside one CTA of each led pass ([`Lead`]).
-    wu_led: Option<Kern>,
-    state_split_led: Vec<(StateKern, usize)>,
 }
 
 impl ChunkKernels {
@@ -470,23 +466,6 @@ impl ChunkKernels {
         };
         // dqk and wy run in one kernel, one after the other on the same shared memory.
         let dqkwy = s(SLOT_DQK).max(s(SLOT_WY));
-        let (wu_led, state_split_led) = if dk <= 128 {
-            let wu = need(ld("wu_led", SLOT_WU)?, "wu_led", limit)?;
-            prefer_all_shared(&wu)?;
-            let mut led = vec![];
-            for (i, &nw) in STATE_NWS.iter().enumerate() {
-                let name = format!("dr_state_split_led_k{dk}_nw{nw}");
-                let slot = s(SLOT_STATE_SPLIT + i);
-                if let Some(sk) = load_state_kern(gpu, dk, name, slot, limit, (nw, 1, 0))? {
-                    prefer_all_shared(&sk.k)?;
-                    let n = ctas_beside(gpu, &sk, &wu)?;
-                    led.push((sk, n));
-                }
-            }
-            (Some(wu), led)
-        } else {
-            (None, vec![])
-        };
         // The transition passes take the layouts of the 4-column-group passes.
         let nw4 = STATE_NWS.iter().position(|&w| w == 4).unwrap_or(0);
         Ok(ChunkKernels {
@@ -561,49 +540,8 @@ impl ChunkKernels {
                 "lead_gate",
                 limit,
             )?,
-            wu_led,
-            state_split_led,
         })
     }
-}
-
-/// Asks for an SM's whole shared-memory carveout for `k`. The driver sizes an SM's carveout for
-/// the kernel it places there: the led recompute, one 115 KB CTA a SM, got the smallest that
-/// holds one, and no wu CTA fitted beside it (H200, session 33, call 1: the rest of wu then ran on
-/// the 4 SMs the pass left, and the B4·T4096·H16·K128 backward took 2.5 ms instead of 1.0).
-fn prefer_all_shared(k: &Kern) -> Result<()> {
-    k.f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-        100,
-    )
-    .with_context(|| format!("the shared-memory carveout of {}", k.name))
-}
-
-/// CTAs of `beside` (256 threads) that fit on one SM next to one CTA of `pass` launched with its
-/// `spread_smem` (alone on its SM): shared memory (with the per-CTA reserve), registers (whole
-/// warps' worth, as the hardware allocates them) and threads.
-fn ctas_beside(gpu: &Gpu, pass: &StateKern, beside: &Kern) -> Result<usize> {
-    use CUdevice_attribute as A;
-    let sm_smem = device_attr(
-        gpu,
-        A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
-    )?;
-    let reserve = device_attr(gpu, A::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)?;
-    let sm_regs = device_attr(gpu, A::CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR)?;
-    let sm_threads = device_attr(gpu, A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
-    let regs = |k: &Kern| -> Result<usize> {
-        let r =
-            k.f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)
-                .with_context(|| format!("registers of {}", k.name))?;
-        Ok((r as usize).next_multiple_of(8) * 32)
-    };
-    let (pt, bt) = (pass.threads() as usize, 256);
-    let smem_left = sm_smem.saturating_sub(pass.spread_smem as usize + reserve);
-    let regs_left = sm_regs.saturating_sub(regs(&pass.k)? * pt / 32);
-    let by_smem = smem_left / (beside.smem as usize + reserve);
-    let by_regs = regs_left / (regs(beside)? * bt / 32);
-    let by_threads = sm_threads.saturating_sub(pt) / bt;
-    Ok(by_smem.min(by_regs).min(by_threads))
 }
 
 /// Whether the warp-specialised passes (forward and reverse) serve these dimensions: K <= 128
@@ -1699,16 +1637,8 @@ impl DeltaRuleWorkspace {
             ),
             None => String::new(),
         };
-        let wu_lead = match (self.recompute_lead(walked), self.split_led(walked)) {
-            (Some(l), Some((_, beside))) => format!(
-                "; wu (from a saved T) leads the recompute ({} of {} items before it, {beside} \
-                 wu CTAs beside each of its CTAs)",
-                l.first, l.items
-            ),
-            _ => String::new(),
-        };
         format!(
-            "forward {} {} warps, recompute {}, backward {} {}{segs}{followers}{lead}{wu_lead}",
+            "forward {} {} warps, recompute {}, backward {} {}{segs}{followers}{lead}",
             fwd.name(),
             f.shape(),
             self.state_kern(walked, PassKind::Split).0.shape(),
@@ -1952,8 +1882,7 @@ enum WuItems {
     /// Every one of the chunks, as a (chunk, head) grid.
     All(usize),
     /// Items `base..base + count` of the forward pass's chunk order, counted in `done`: prep
-    /// leading the warp-specialised forward, or wu the backward's recompute ([`Lead`],
-    /// `dr_prep_led`, `dr_wu_led`).
+    /// leading the warp-specialised forward ([`Lead`], `dr_prep_led`).
     Led {
         base: usize,
         count: usize,
@@ -2002,7 +1931,11 @@ fn run_w_u_on(
     let (hi, vi) = (Arg::I(h as i32), Arg::I(v as i32));
     match src {
         TSource::Saved { tmat } => {
-            let mut args = vec![
+            ensure!(
+                lead.is_none(),
+                "delta rule: wu is never led (internal error)"
+            );
+            let args = [
                 k,
                 vv,
                 g,
@@ -2017,17 +1950,7 @@ fn run_w_u_on(
                 Arg::P(w),
                 Arg::P(u),
             ];
-            let kw = match lead {
-                None => &ws.kern.wu,
-                Some(l) => {
-                    args.extend(l);
-                    ws.kern
-                        .wu_led
-                        .as_ref()
-                        .context("delta rule: no led wu for these dimensions")?
-                }
-            };
-            launch_kern_on(stream, kw, grid, 256, &args)
+            launch_kern_on(stream, &ws.kern.wu, grid, 256, &args)
         }
         TSource::Solve { tmat, pm, pflag } => {
             let q = if pm != 0 { ptr(gpu, &inp.q) } else { 0 };
@@ -2132,9 +2055,8 @@ enum StateOut {
         /// they start ([`Lead`]; 0: none).
         lead: (u64, u64),
     },
-    /// The backward's recompute: h_c and Ṽ into the workspace; `lead` as the forward's, for wu
-    /// leading it.
-    Recompute { lead: (u64, u64) },
+    /// The backward's recompute: h_c and Ṽ into the workspace.
+    Recompute,
 }
 
 /// Queues a state pass (kernel 2: `state_fwd`, or `state_split` then `fwd_o` or, recomputing,
@@ -2165,14 +2087,14 @@ fn run_state_pass(
     let (hs, vnew) = (ptr_mut(gpu, &mut ws.h), ptr_mut(gpu, &mut ws.vnew));
     let path = match out {
         StateOut::Forward { path, .. } => path,
-        StateOut::Recompute { .. } => ForwardPath::Split,
+        StateOut::Recompute => ForwardPath::Split,
     };
     // The fused and warp-specialised passes write O themselves and keep h_c and Ṽ on chip.
     let writes_o = path != ForwardPath::Split;
     let (q, o, ht) = match out {
         StateOut::Forward { o, ht, .. } if writes_o => (ptr(gpu, &inp.q), o, ht),
         StateOut::Forward { ht, .. } => (0, 0, ht),
-        StateOut::Recompute { .. } => (0, 0, 0),
+        StateOut::Recompute => (0, 0, 0),
     };
     let (hs, vnew) = if writes_o { (0, 0) } else { (hs, vnew) };
     let pm = match out {
@@ -2180,7 +2102,8 @@ fn run_state_pass(
         _ => 0,
     };
     let (lead, started) = match out {
-        StateOut::Forward { lead, .. } | StateOut::Recompute { lead } => lead,
+        StateOut::Forward { lead, .. } => lead,
+        StateOut::Recompute => (0, 0),
     };
     let follow = match out {
         StateOut::Forward { o, .. } if path == ForwardPath::Split => ws
@@ -2238,17 +2161,12 @@ fn run_state_pass(
         );
     }
     let kern = match (path, lead) {
-        (_, 0) => ws.pass_kern(path, n)?,
-        (ForwardPath::WarpSpecialised, _) => ws
+        (ForwardPath::WarpSpecialised, l) if l != 0 => ws
             .kern
             .state_ws_led
             .as_ref()
             .context("delta rule: no led warp-specialised forward for these dimensions")?,
-        _ => {
-            &ws.split_led(n)
-                .context("delta rule: no led recompute for these dimensions")?
-                .0
-        }
+        _ => ws.pass_kern(path, n)?,
     };
     pass(ws, kern, 0, n, 0)?;
     match (out, path) {
@@ -2263,7 +2181,7 @@ fn run_state_pass(
             run_fwd_o(gpu, ws, inp, o)?;
             probe_mark(gpu, ws, "fwd: fwd_o")
         }
-        (StateOut::Recompute { .. }, _) => Ok(()),
+        (StateOut::Recompute, _) => Ok(()),
     }
 }
 
@@ -2693,11 +2611,11 @@ impl DeltaRuleWorkspace {
         lead
     }
 
-    /// The [`Lead`] of a pass of `ctas` CTAs, one a SM, with `free` SMs' worth of the producer
-    /// beside it, an item costing `ratio` pass steps of one such SM: where that is at least
-    /// [`MIN_LEAD_SMS`] SMs, the pass walks the sequences in one group (the order the producer
-    /// follows), and the first launch would not form every item.
-    fn lead_plan(&self, ctas: usize, free: usize, ratio: f64) -> Option<Lead> {
+    /// The [`Lead`] of a warp-specialised forward of `ctas` CTAs: where the pass leaves at least
+    /// [`MIN_LEAD_SMS`] SMs idle and walks the sequences in one group (the order prep follows),
+    /// and prep's first launch would not form every item.
+    fn lead_plan(&self, ctas: usize) -> Option<Lead> {
+        let free = self.num_sms.saturating_sub(ctas);
         let eligible = self.seg.is_none()
             && self.groups.len() == 1
             && self.n_chunks > 0
@@ -2710,7 +2628,7 @@ impl DeltaRuleWorkspace {
         let first_rows = match self.lead_forced {
             Some(share) if share <= 0.0 => return None,
             Some(share) => (share.min(1.0) * rows.len() as f64).floor() as usize,
-            None => lead_rows(rows, self.dims.heads, free, ratio),
+            None => lead_rows(rows, self.dims.heads, free, PREP_PER_WS_STEP),
         };
         let h = self.dims.heads;
         let lead = Lead {
@@ -2728,25 +2646,7 @@ impl DeltaRuleWorkspace {
             .ws_kern()
             .filter(|_| led && path == ForwardPath::WarpSpecialised)?;
         let (x, y, z) = self.pass_grid(walked, wk.nw);
-        let ctas = (x * y * z) as usize;
-        self.lead_plan(ctas, self.num_sms.saturating_sub(ctas), PREP_PER_WS_STEP)
-    }
-
-    /// The led recompute with the warps of the one the cost model picks for `walked` sequences,
-    /// and the wu CTAs that fit beside one of its CTAs; none where that pick splits K.
-    fn split_led(&self, walked: usize) -> Option<&(StateKern, usize)> {
-        let sk = self.state_kern(walked, PassKind::Split).0;
-        let led = self.kern.state_split_led.iter();
-        led.filter(|_| sk.ks == 1).find(|(l, _)| l.nw == sk.nw)
-    }
-
-    /// The backward's recompute over `walked` sequences led by wu ([`Lead`]): wu's CTAs run on
-    /// every SM beside the pass's (one a SM), where at least one fits there.
-    fn recompute_lead(&self, walked: usize) -> Option<Lead> {
-        let (sk, beside) = self.split_led(walked).filter(|(_, b)| *b > 0)?;
-        let (x, y, z) = self.pass_grid(walked, sk.nw);
-        let ratio = WU_BESIDE_PER_SPLIT_STEP * WU_BESIDE_CTAS / *beside as f64;
-        self.lead_plan((x * y * z) as usize, self.num_sms, ratio)
+        self.lead_plan((x * y * z) as usize)
     }
 }
 
@@ -2783,13 +2683,6 @@ const MIN_LEAD_SMS: usize = 16;
 /// K = 128 (H200, session 28: prep 0.174 ms for 4,096 items on 132 SMs, 5.6 SM·µs each; a state
 /// step 2.06 µs).
 const PREP_PER_WS_STEP: f64 = 2.7;
-
-/// One wu item (a chunk and head) in the recompute's pass steps of one SM, formed by
-/// [`WU_BESIDE_CTAS`] wu CTAs beside the pass's CTA on that SM (K = 128, H200: wu alone 0.105
-/// ms for 4,096 items on 132 SMs, 3.4 SM·µs each, at 4–5 CTAs a SM; beside the pass at half that
-/// rate, a recompute step taking 2.1 µs: an estimate, session 33).
-const WU_BESIDE_PER_SPLIT_STEP: f64 = 3.2;
-const WU_BESIDE_CTAS: f64 = 2.0;
 
 /// The rows that a [`Lead`]'s first launch forms, for `rows` (chunks per row), `h` heads and
 /// `free` SMs beside the pass, an item costing `ratio` pass steps of one SM: the fewest for
@@ -3045,14 +2938,7 @@ fn forward_impl(
         seg_dst,
     )?;
     if let Some(lead) = lead {
-        let out = |lead| StateOut::Forward {
-            o,
-            ht,
-            path: ForwardPath::WarpSpecialised,
-            pm,
-            lead,
-        };
-        return led_pass(gpu, ws, inp, (src, lead), walk, out, None);
+        return led_pass(gpu, ws, inp, src, lead, walk, (o, ht, pm));
     }
     let out = StateOut::Forward {
         o,
@@ -3064,20 +2950,17 @@ fn forward_impl(
     run_state_pass(gpu, ws, inp, walk, out)
 }
 
-/// A pass led by its producer ([`Lead`]: the warp-specialised forward by prep, the recompute by
-/// wu, as `src` says): the producer's first items, then the pass (`out` of the counts and where
-/// the pass's CTAs count themselves) on the main stream and, on the side stream, once the pass's
-/// CTAs have all started (`dr_lead_gate`), the producer's other items, then dṼ_loc where given
-/// (`dvloc`: dO and dṼ_loc; it reads the G that wu forms). The main stream then waits for the
-/// side stream.
+/// The warp-specialised forward led by prep ([`Lead`]): prep's first items, then the pass on the
+/// main stream and, on the side stream, once the pass's CTAs have all started (`dr_lead_gate`),
+/// prep's other items.
 fn led_pass(
     gpu: &Gpu,
     ws: &mut DeltaRuleWorkspace,
     inp: &ChunkInputs,
-    (src, lead): (TSource, Lead),
+    src: TSource,
+    lead: Lead,
     walk: Walk,
-    out: impl FnOnce((u64, u64)) -> StateOut,
-    dvloc: Option<(u64, u64)>,
+    (o, ht, pm): (u64, u64, u64),
 ) -> Result<()> {
     let done = zero_counts(gpu, ws)?;
     // The pass's CTAs count themselves in the ticket of the one sequence group (no kernel
@@ -3086,7 +2969,14 @@ fn led_pass(
     let items = |base: usize, count: usize| WuItems::Led { base, count, done };
     run_w_u_on(&gpu.stream, gpu, ws, inp, src, items(0, lead.first))?;
     let side = gpu.fork()?;
-    run_state_pass(gpu, ws, inp, walk, out((done, started)))?;
+    let out = StateOut::Forward {
+        o,
+        ht,
+        path: ForwardPath::WarpSpecialised,
+        pm,
+        lead: (done, started),
+    };
+    run_state_pass(gpu, ws, inp, walk, out)?;
     let gate = &ws.kern.lead_gate;
     let need = Arg::I(lead.ctas as i32);
     launch_kern_on(side, gate, (1, 1, 1), 32, &[Arg::P(started), need])?;
@@ -3098,9 +2988,6 @@ fn led_pass(
         src,
         items(lead.first, lead.items - lead.first),
     )?;
-    if let Some(io) = dvloc {
-        run_dvloc(side, ws, inp, io)?;
-    }
     gpu.join()
 }
 
@@ -3220,17 +3107,10 @@ fn backward_impl(
     // The forward's P for a warp-specialised reverse pass: behind the saved (or kept) T, with
     // the flag that says whether that forward formed it; recomputing T, prep forms it here.
     let rev_ws = ws.reverse_pass(n).0 == BackwardPath::WarpSpecialised;
-    // wu leads the recompute where its CTAs fit beside the pass's ([`Lead`]).
-    let wu_lead = match src {
-        Intermediates::SavedT(..) => ws.take_lead(ws.recompute_lead(n)),
-        _ => None,
-    };
     let (tmat, pm, pflag) = match src {
         Intermediates::SavedT(tmat, _) => {
-            if wu_lead.is_none() {
-                run_w_u(gpu, ws, inp, TSource::Saved { tmat })?;
-                probe_mark(gpu, ws, "bwd: wu (saved T)")?;
-            }
+            run_w_u(gpu, ws, inp, TSource::Saved { tmat })?;
+            probe_mark(gpu, ws, "bwd: wu (saved T)")?;
             let (pm, pflag) = saved_p(ws.dims, ws.n_chunks, tmat).unwrap_or((0, 0));
             (tmat, pm, pflag)
         }
@@ -3280,9 +3160,9 @@ fn backward_impl(
     // on the side stream, its blocks take the SMs the state pass leaves idle (at B4·H6·K256 the
     // pass has 96 CTAs for 132 SMs). With a stage probe it runs alone, after the recompute, so
     // that each stage is timed by itself; it is then still in L2 (mostly its last chunks, which
-    // the reverse pass reads first). Led by wu, the recompute queues it after wu's last items.
+    // the reverse pass reads first).
     let beside = !rev_ws && ws.probe().is_none() && !matches!(src, Intermediates::Kept(..));
-    if beside && wu_lead.is_none() {
+    if beside {
         run_dvloc(gpu.fork()?, ws, inp, (pdo, dvloc))?;
     }
     // The segment states the forward saved behind T, if it did: the recompute walks the
@@ -3311,22 +3191,12 @@ fn backward_impl(
                 .0
             }
         };
-        match wu_lead {
-            Some(lead) => {
-                let src = (TSource::Saved { tmat }, lead);
-                let out = |lead| StateOut::Recompute { lead };
-                led_pass(gpu, ws, inp, src, walk, out, beside.then_some((pdo, dvloc)))?
-            }
-            None => run_state_pass(gpu, ws, inp, walk, StateOut::Recompute { lead: (0, 0) })?,
-        }
+        run_state_pass(gpu, ws, inp, walk, StateOut::Recompute)?;
         probe_mark(gpu, ws, "bwd: state_fwd (recompute)")?;
     }
     let (path, sb) = ws.reverse_pass(n);
     if beside {
-        // Led, the recompute's pass joined the side stream already.
-        if wu_lead.is_none() {
-            gpu.join()?;
-        }
+        gpu.join()?;
     } else if path == BackwardPath::Plain {
         run_dvloc(&gpu.stream, ws, inp, (pdo, dvloc))?;
         probe_mark(gpu, ws, "bwd: dvloc")?;

@@ -488,30 +488,6 @@ fn chunk_rows(gpu: &Gpu, ws: &mut DeltaRuleWorkspace, c: &Case, repeat: bool) ->
         t * h,
         n * h * dk * dv,
     ];
-    // wu leading the recompute (`Lead`): a quarter of its rows before the pass, the rest beside
-    // it, the pass waiting on their counts; the same kernels' bits. Unsplit, as the led pass is
-    // (at these shapes the cost model would split K).
-    ws.take_leads();
-    ws.force_ks(Some(1));
-    ws.force_lead(Some(0.25));
-    let led = backward(ws, Some(&saved_t), None);
-    let leads = ws.take_leads();
-    ws.force_lead(Some(0.0));
-    let both = led.and_then(|l| Ok((l, backward(ws, Some(&saved_t), None)?)));
-    ws.force_lead(None);
-    ws.force_ks(None);
-    let (g_led, g_unled) = both?;
-    if leads > 0 {
-        let same = same_grads(gpu, &g_led, &g_unled, lens)?;
-        rows.push(row(
-            &format!(
-                "delta_rule.chunk_bwd recompute led by wu ({leads} passes) = not led, bitwise"
-            ),
-            &c.label,
-            if same { 0.0 } else { f64::INFINITY },
-            0.0,
-        ));
-    }
     // The kernels that follow state passes (fwd_o, dqk + wy: `Follow`) take the items their own
     // grids take, in another order and beside the pass: the same bits. Checked where they ran.
     ws.take_follows();

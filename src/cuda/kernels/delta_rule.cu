@@ -1264,13 +1264,14 @@ __device__ void wu_impl(const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ g, const float* __restrict__ beta,
                         const float* __restrict__ tmat, const int* __restrict__ ctab, int H, int VG,
                         int V, float* __restrict__ gc, float* __restrict__ rec,
-                        bf16* __restrict__ w, bf16* __restrict__ u, int cg, int h) {
+                        bf16* __restrict__ w, bf16* __restrict__ u) {
   extern __shared__ __align__(128) char smem[];
   Carve cv(smem);
   WuSm<K> S;
   S.carve(cv);
   static_assert(K + 8 >= LD64, "V slice 1 must fit in K's buffer");
   static_assert(CH * CH / 8 == 2 * 256, "the T pass assumes 256 threads, 2 steps each");
+  const int cg = blockIdx.x, h = blockIdx.y;
   const QkHead qh = qk_head<K>(h, H, VG);
   const int start = ctab[2 * cg], len = ctab[2 * cg + 1];
   const int tid = threadIdx.x;
@@ -1667,12 +1668,10 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
   static_assert(!SEG || (MODE == MODE_SPLIT && KS == 1), "the transition pass is split, unsplit");
   constexpr bool PUBLISH = MODE == MODE_SPLIT && !SEG;
   const bool trans = SEG && v0 >= V;
-  // LED: the warp-specialised forward led by prep, or the backward's recompute (split) led by wu
-  // (the host's `Lead`), waiting for each chunk's W, U and record (lead_wait); it counts its CTAs
-  // as they start, and the rest of the producer is queued only once every one has its SM
-  // (`dr_lead_gate`).
-  static_assert(!LED || WS || (MODE == MODE_SPLIT && !SEG),
-                "led: the warp-specialised forward (by prep) and the recompute (by wu)");
+  // LED: the warp-specialised forward led by prep (the host's `Lead`), waiting for each
+  // chunk's prep outputs (lead_wait); it counts its CTAs as they start, and the rest of prep is
+  // queued only once every one has its SM (`dr_lead_gate`).
+  static_assert(!LED || WS, "only the warp-specialised forward is led");
   if constexpr (LED) {
     if (threadIdx.x == 0) atomicAdd(lead_started, 1u);
   }
@@ -1730,8 +1729,7 @@ __device__ void state_fwd_impl(const bf16* __restrict__ w, const bf16* __restric
 
   // Chunk ci's group: W, K, U, its decay record (and fused G) into buffer b, and Q (fused).
   auto issue = [&](int ci, int s0, int l, int b) {
-    // LED: W, U and the record come from the producer (the output warps wait for P and G
-    // themselves).
+    // LED: W, U and the record come from prep (the output warps wait for P and G themselves).
     if constexpr (LED) {
       if ((ci - cs) % LEAD_BATCH == 0) lead_wait(lead_done, ci, h, H, ce);
     }
@@ -4041,7 +4039,7 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
       dr_wu_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,                  \
                  const float* tmat, const int* ctab, int H, int VG, int V, float* gc, float* rec,  \
                  bf16* w, bf16* u) {                                                               \
-    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u, blockIdx.x, blockIdx.y);    \
+    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u);                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(dr::FwdOSm<K>::NW * 32, dr::FwdOSm<K>::MINB)        \
       dr_fwd_o_k##K(const bf16* q, const bf16* k, const float* gc, const bf16* hs,                 \
@@ -4168,41 +4166,6 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
     dr::lead_publish(done, it, H);                                                                 \
   }
 
-// wu leading the backward's recompute (the host's `Lead`): its items in the pass's order, each
-// counted once stored.
-#define DR_WU_LED_KERNEL(K)                                                                        \
-  extern "C" __global__ void __launch_bounds__(256, dr::WuSm<K>::MINB)                             \
-      dr_wu_led_k##K(const bf16* k, const bf16* v, const float* g, const float* beta,              \
-                     const float* tmat, const int* ctab, int H, int VG, int V, float* gc,          \
-                     float* rec, bf16* w, bf16* u, const int* order, int base, unsigned* done) {   \
-    const int2 it = dr::lead_item(order, base, H);                                                 \
-    dr::wu_impl<K>(k, v, g, beta, tmat, ctab, H, VG, V, gc, rec, w, u, it.x, it.y);                \
-    dr::lead_publish(done, it, H);                                                                 \
-  }
-
-// The recompute led by wu (`LED`: waits for each chunk's W, U and record), unsplit only: the led
-// backward serves many sequences, where the cost model picks no K split. K <= 128: at K = 256 the
-// pass's registers leave no room for wu beside it, and the waits made it spill 16–36 bytes
-// (ptxas, session 33) where it spills 8.
-#define DR_STATE_SPLIT_LED_KERNEL(K, NWC)                                                          \
-  extern "C" __global__ void __launch_bounds__(NWC * 32)                                           \
-      dr_state_split_led_k##K##_nw##NWC(                                                           \
-          const bf16* w, const bf16* u, const bf16* k, const bf16* q, const bf16* pm,              \
-          const float* gc, const float* rec, const int* ctab, const int* seq_chunk,                \
-          const float* h0, int H, int VG, int V, float scale, bf16* hout, bf16* vnew, bf16* o,     \
-          float* ht, float* at, unsigned* done, const unsigned* lead_done,                         \
-          unsigned* lead_started) {                                                                \
-    dr::state_fwd_impl<K, NWC, dr::MODE_SPLIT, 1, false, true>(                                    \
-        w, u, k, q, pm, gc, rec, ctab, seq_chunk, h0, H, VG, V, scale, hout, vnew, o, ht, at,      \
-        done, lead_done, lead_started);                                                            \
-  }
-#define DR_RECOMPUTE_LED_KERNELS(K)                                                                \
-  DR_WU_LED_KERNEL(K)                                                                              \
-  DR_STATE_SPLIT_LED_KERNEL(K, 1)                                                                  \
-  DR_STATE_SPLIT_LED_KERNEL(K, 2)                                                                  \
-  DR_STATE_SPLIT_LED_KERNEL(K, 4)                                                                  \
-  DR_STATE_SPLIT_LED_KERNEL(K, 8)
-
 // The warp-specialised forward led by prep (`LED`: waits for each chunk's prep outputs).
 #define DR_STATE_WS_LED_KERNEL(K)                                                                  \
   extern "C" __global__ void __launch_bounds__(384, 1)                                             \
@@ -4282,7 +4245,6 @@ extern "C" __global__ void dr_smem_sizes(unsigned* out) {
 DR_CHUNK_KERNELS(64)
 DR_STATE_FWD_KERNELS(64)
 DR_STATE_SEG_KERNEL(64)
-DR_RECOMPUTE_LED_KERNELS(64)
 DR_STATE_WS_KERNEL(64)
 DR_STATE_WS_LED_KERNEL(64)
 DR_PREP_LED_KERNEL(64)
@@ -4299,7 +4261,6 @@ DR_DECODE_KERNEL(64, 128, 128, 256, 4)
 DR_CHUNK_KERNELS(128)
 DR_STATE_FWD_KERNELS(128)
 DR_STATE_SEG_KERNEL(128)
-DR_RECOMPUTE_LED_KERNELS(128)
 DR_STATE_WS_KERNEL(128)
 DR_STATE_WS_LED_KERNEL(128)
 DR_PREP_LED_KERNEL(128)
